@@ -1,0 +1,255 @@
+"""Frame payloads (purpose ``ptth/frame``): the signed part of every mesh message.
+
+DESIGN.md §2 lists the keys. Each kind has its own required and optional keys; any
+other key is refused, so a frame means exactly one thing to every reader.
+
+=======  ==========================  ============
+kind     required (besides common)   optional
+=======  ==========================  ============
+msg      dst, body                   ct
+pub      topic, body                 ct
+sub      pat                         --
+unsub    pat                         --
+ann      body (an address envelope)  --
+rcpt     dst, ref                    --
+=======  ==========================  ============
+
+Common to all: ``t, src, id, ts, exp, hops``. ``ref`` (a receipt's subject: the id of
+the frame it acknowledges) is our addition to the DESIGN table.
+
+Topics are dot-separated words of ``A-Z a-z 0-9 _ -``; the first word may be
+``~<node-id>`` (a secure name only that node may publish under). Patterns are topics
+whose words may also be ``*`` (exactly one word) or ``#`` (zero or more words), as in
+AMQP's topic exchange.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from typing import Any, Final
+
+from crypto import _envelope
+from crypto._errors import Expired, Malformed
+from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId
+
+__all__ = [
+    "FRAME_ID_SIZE",
+    "MAX_BODY_SIZE",
+    "MAX_HOPS",
+    "MAX_LIFETIME_MS",
+    "Frame",
+    "Kind",
+    "validate_pattern",
+    "validate_topic",
+]
+
+FRAME_ID_SIZE: Final = 16
+#: Largest body: half the envelope limit, leaving room for headers and the signature.
+MAX_BODY_SIZE: Final = 512 * 1024
+#: Most hops an origin may allow: a mesh wider than this wants a routing protocol.
+MAX_HOPS: Final = 64
+#: Longest a frame may live: relays keep a seen-set entry for each frame's lifetime.
+MAX_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
+MAX_TOPIC_LENGTH: Final = 255
+MAX_TOPIC_WORDS: Final = 32
+MAX_CT_LENGTH: Final = 127
+_WORD: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SECURE_WORD: Final = re.compile(rf"~[a-z2-7]{{{NODE_ID_TEXT_LENGTH}}}")
+_CT: Final = re.compile(r"[!-~]+(?:; ?[!-~]+)*")
+
+
+class Kind(enum.StrEnum):
+    """What a frame is."""
+
+    MSG = "msg"
+    PUB = "pub"
+    SUB = "sub"
+    UNSUB = "unsub"
+    ANN = "ann"
+    RCPT = "rcpt"
+
+
+_COMMON: Final = frozenset({"t", "src", "id", "ts", "exp", "hops"})
+_REQUIRED: Final = {
+    Kind.MSG: frozenset({"dst", "body"}),
+    Kind.PUB: frozenset({"topic", "body"}),
+    Kind.SUB: frozenset({"pat"}),
+    Kind.UNSUB: frozenset({"pat"}),
+    Kind.ANN: frozenset({"body"}),
+    Kind.RCPT: frozenset({"dst", "ref"}),
+}
+_OPTIONAL: Final = {
+    Kind.MSG: frozenset({"ct"}),
+    Kind.PUB: frozenset({"ct"}),
+}
+
+
+def _check_words(text: str, what: str, *, wildcards: bool) -> str:
+    if not isinstance(text, str):
+        raise Malformed(f"{what} must be text, got {type(text).__name__}")
+    if not 0 < len(text) <= MAX_TOPIC_LENGTH:
+        raise Malformed(f"{what} is {len(text)} characters, expected 1..{MAX_TOPIC_LENGTH}")
+    words = text.split(".")
+    if len(words) > MAX_TOPIC_WORDS:
+        raise Malformed(f"{what} has {len(words)} words, limit {MAX_TOPIC_WORDS}")
+    for index, word in enumerate(words):
+        if wildcards and word in ("*", "#"):
+            continue
+        if index == 0 and word.startswith("~"):
+            if not _SECURE_WORD.fullmatch(word):
+                raise Malformed(f"{what} {text!r}: a first word with '~' must be ~<node-id>")
+            continue
+        if not _WORD.fullmatch(word):
+            allowed = "words of A-Z a-z 0-9 _ - (1..64)"
+            if wildcards:
+                allowed += ", '*' or '#'"
+            raise Malformed(f"{what} {text!r}: word {index + 1} {word!r} is not one of {allowed}")
+    return text
+
+
+def validate_topic(topic: str) -> str:
+    """Return ``topic`` if it is a valid topic (no wildcards); raise :class:`Malformed`."""
+    return _check_words(topic, "topic", wildcards=False)
+
+
+def validate_pattern(pattern: str) -> str:
+    """Return ``pattern`` if valid (words, ``*``, ``#``); raise :class:`Malformed`."""
+    return _check_words(pattern, "pattern", wildcards=True)
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Malformed(f"frame {name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise Malformed(f"frame {name} is {value}, expected {low}..{high}")
+    return value
+
+
+def _bytes(value: Any, name: str, *, size: int | None = None, limit: int | None = None) -> bytes:
+    if not isinstance(value, bytes):
+        raise Malformed(f"frame {name} must be a byte string, got {type(value).__name__}")
+    if size is not None and len(value) != size:
+        raise Malformed(f"frame {name} is {len(value)} bytes, expected {size}")
+    if limit is not None and len(value) > limit:
+        raise Malformed(f"frame {name} is {len(value)} bytes, limit {limit}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frame:
+    """A frame's signed content, validated on construction (raises :class:`Malformed`).
+
+    Times are ms since the epoch. ``hops`` is the most hops the origin allows.
+    """
+
+    kind: Kind
+    src: NodeId
+    id: bytes
+    ts: int
+    exp: int
+    hops: int
+    dst: NodeId | None = None
+    topic: str | None = None
+    pat: str | None = None
+    body: bytes | None = None
+    ct: str | None = None
+    ref: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _REQUIRED:
+            raise Malformed(f"frame kind {self.kind!r} is not one of {', '.join(Kind)}")
+        kind = Kind(self.kind)
+        if not isinstance(self.src, NodeId):
+            raise Malformed("frame src must be a node id")
+        _bytes(self.id, "id", size=FRAME_ID_SIZE)
+        _int(self.ts, "ts", 0, 2**63 - 1)
+        _int(self.exp, "exp", self.ts + 1, self.ts + MAX_LIFETIME_MS)
+        _int(self.hops, "hops", 1, MAX_HOPS)
+        present = {name for name in _FIELDS if getattr(self, name) is not None}
+        if missing := _REQUIRED[kind] - present:
+            raise Malformed(f"{kind} frame lacks {', '.join(sorted(missing))}")
+        if extra := present - _REQUIRED[kind] - _OPTIONAL.get(kind, frozenset()):
+            raise Malformed(f"{kind} frame must not have {', '.join(sorted(extra))}")
+        if self.topic is not None:
+            validate_topic(self.topic)
+        if self.pat is not None:
+            validate_pattern(self.pat)
+        if self.body is not None:
+            _bytes(self.body, "body", limit=MAX_BODY_SIZE)
+        if self.ref is not None:
+            _bytes(self.ref, "ref", size=FRAME_ID_SIZE)
+        if self.dst is not None and not isinstance(self.dst, NodeId):
+            raise Malformed("frame dst must be a node id")
+        if self.ct is not None and (
+            not isinstance(self.ct, str)
+            or len(self.ct) > MAX_CT_LENGTH
+            or not _CT.fullmatch(self.ct)
+        ):
+            raise Malformed(f"frame ct {self.ct!r} is not a content type of <= {MAX_CT_LENGTH}")
+
+    def to_payload(self) -> dict[str, Any]:
+        """The map that is signed."""
+        payload: dict[str, Any] = {
+            "t": str(self.kind),
+            "src": self.src.raw,
+            "id": self.id,
+            "ts": self.ts,
+            "exp": self.exp,
+            "hops": self.hops,
+        }
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                payload[name] = value.raw if isinstance(value, NodeId) else value
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[Any, Any]) -> Frame:
+        """Read a signed frame map; raise :class:`Malformed` for anything amiss."""
+        if missing := _COMMON - set(payload):
+            raise Malformed(f"frame lacks {', '.join(sorted(missing))}")
+        if unknown := set(payload) - _COMMON - set(_FIELDS):
+            raise Malformed(f"frame has unknown keys {sorted(map(repr, unknown))}")
+        src = payload["src"]
+        dst = payload.get("dst")
+        return cls(
+            kind=payload["t"],
+            src=NodeId(_bytes(src, "src")),
+            id=payload["id"],
+            ts=payload["ts"],
+            exp=payload["exp"],
+            hops=payload["hops"],
+            dst=None if dst is None else NodeId(_bytes(dst, "dst")),
+            topic=payload.get("topic"),
+            pat=payload.get("pat"),
+            body=payload.get("body"),
+            ct=payload.get("ct"),
+            ref=payload.get("ref"),
+        )
+
+    def seal(self, identity: Identity) -> bytes:
+        """Sign this frame as its origin. Raises :class:`Malformed` if ``src`` is not us."""
+        if identity.node_id != self.src:
+            raise Malformed(f"frame from {self.src.short} cannot be signed by {identity}")
+        return _envelope.seal(identity, _envelope.Purpose.FRAME, self.to_payload())
+
+    @classmethod
+    def open(cls, envelope: bytes, *, now: int | None = None) -> Frame:
+        """Verify a frame envelope; with ``now`` (ms), refuse it once expired.
+
+        Raises (the sender's fault) what :func:`crypto.open` raises, :class:`Malformed`
+        for a bad payload or a ``src`` that is not the signer, :class:`Expired` when
+        ``now`` is at or past ``exp``.
+        """
+        signer, payload = _envelope.open(envelope, _envelope.Purpose.FRAME)
+        frame = cls.from_payload(payload)
+        if frame.src != signer:
+            raise Malformed(f"frame from {frame.src.short} is signed by {signer.short}")
+        if now is not None and frame.exp <= now:
+            raise Expired(f"frame expired {(now - frame.exp) // 1000} s ago")
+        return frame
+
+
+_FIELDS: Final = ("dst", "topic", "pat", "body", "ct", "ref")

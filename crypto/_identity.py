@@ -1,0 +1,191 @@
+"""Node identities: an Ed25519 key pair per node; the node id is the public key.
+
+The text form of a node id is the 32 key bytes in lowercase, unpadded base32 (RFC 4648
+§6): 52 characters of ``a-z2-7``, a valid DNS label and URL path segment. 52 characters
+carry 260 bits, so the last character has 4 unused bits; they must be zero, or two
+texts would name the same node.
+
+The private key (the 32-byte Ed25519 seed) lives in a key file created with mode 0600;
+a key file that group or others can read is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from pathlib import Path
+from typing import Final
+
+import nacl.exceptions
+import nacl.signing
+
+from crypto._errors import BadSignature, KeyFileError, Malformed
+
+__all__ = ["NODE_ID_TEXT_LENGTH", "Identity", "NodeId"]
+
+NODE_ID_SIZE: Final = 32
+NODE_ID_TEXT_LENGTH: Final = 52
+_SHORT_LENGTH: Final = 10
+_BASE32_ALPHABET: Final = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_KEY_FILE_HEADER: Final = "ptth-ed25519-seed-v1"
+
+
+class NodeId:
+    """A node's id: its 32-byte Ed25519 public key. Immutable, hashable, ordered."""
+
+    __slots__ = ("_bytes",)
+    _bytes: bytes
+
+    def __init__(self, raw: bytes) -> None:
+        if not isinstance(raw, bytes) or len(raw) != NODE_ID_SIZE:
+            size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
+            raise Malformed(f"a node id is {NODE_ID_SIZE} bytes, got {size}")
+        object.__setattr__(self, "_bytes", raw)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("NodeId is immutable")
+
+    @classmethod
+    def parse(cls, text: str) -> NodeId:
+        """Parse the 52-character text form. Raises :class:`Malformed` saying what is wrong."""
+        if len(text) != NODE_ID_TEXT_LENGTH:
+            raise Malformed(
+                f"a node id is {NODE_ID_TEXT_LENGTH} characters of base32, got {len(text)}"
+            )
+        bad = sorted(set(text) - _BASE32_ALPHABET)
+        if bad:
+            shown = "".join(bad)
+            raise Malformed(f"a node id uses only a-z and 2-7 (lowercase base32); found {shown!r}")
+        raw = base64.b32decode(text.upper() + "====")
+        node_id = cls(raw)
+        if node_id.text != text:
+            raise Malformed("a node id's last character must leave its 4 spare bits zero")
+        return node_id
+
+    @property
+    def raw(self) -> bytes:
+        """The 32 raw bytes."""
+        return self._bytes
+
+    @property
+    def text(self) -> str:
+        """The 52-character lowercase base32 form."""
+        return base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+
+    @property
+    def short(self) -> str:
+        """The first 10 characters, for display."""
+        return self.text[:_SHORT_LENGTH]
+
+    def verify(self, message: bytes, signature: bytes) -> None:
+        """Check an Ed25519 ``signature`` of ``message`` by this node.
+
+        Raises :class:`BadSignature` when it does not verify (the signer's fault).
+        """
+        try:
+            nacl.signing.VerifyKey(self._bytes).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError) as exc:
+            raise BadSignature(f"signature does not verify for node {self.short}") from exc
+        except (ValueError, TypeError) as exc:
+            raise BadSignature(
+                f"signature of {len(signature)} bytes cannot be checked for node {self.short}"
+            ) from exc
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NodeId):
+            return self._bytes == other._bytes
+        return NotImplemented
+
+    def __lt__(self, other: NodeId) -> bool:
+        return self._bytes < other._bytes
+
+    def __hash__(self) -> int:
+        return hash(self._bytes)
+
+    def __repr__(self) -> str:
+        return f"NodeId({self.text!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Identity:
+    """A node's Ed25519 key pair. The private half never leaves this object but to a file."""
+
+    __slots__ = ("_key", "node_id")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != NODE_ID_SIZE:
+            raise Malformed(f"an Ed25519 seed is {NODE_ID_SIZE} bytes, got {len(seed)}")
+        self._key = nacl.signing.SigningKey(seed)
+        self.node_id = NodeId(bytes(self._key.verify_key))
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A new random identity (from the OS's CSPRNG, via libsodium)."""
+        return cls(bytes(nacl.signing.SigningKey.generate()))
+
+    @property
+    def seed(self) -> bytes:
+        """The 32-byte private seed. Handle with care."""
+        return bytes(self._key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
+        return self._key.sign(message).signature
+
+    def save(self, path: Path) -> None:
+        """Write the key file, created with mode 0600; never overwrite an existing file.
+
+        Raises :class:`KeyFileError` if the file exists or cannot be written.
+        """
+        text = f"{_KEY_FILE_HEADER}\n{base64.urlsafe_b64encode(self.seed).decode('ascii')}\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise KeyFileError(f"key file {path} already exists; not overwriting it") from exc
+        except OSError as exc:
+            raise KeyFileError(f"cannot create key file {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        """Read a key file written by :meth:`save`.
+
+        Raises :class:`KeyFileError` if it is missing, unreadable, malformed, or readable
+        by group or others (its mode must be 0600 or stricter).
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise KeyFileError(f"no key file at {path}") from exc
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if mode & 0o077:
+                raise KeyFileError(
+                    f"key file {path} has mode {mode:04o}: readable by others; "
+                    f"run 'chmod 600 {path}'"
+                )
+            text = f.read(1024)
+        lines = text.split()
+        if len(lines) != 2 or lines[0] != _KEY_FILE_HEADER:
+            raise KeyFileError(f"key file {path} is not a ptth key file ({_KEY_FILE_HEADER})")
+        try:
+            seed = base64.urlsafe_b64decode(lines[1])
+        except (binascii.Error, ValueError) as exc:
+            raise KeyFileError(f"key file {path} holds a damaged key") from exc
+        if len(seed) != NODE_ID_SIZE:
+            raise KeyFileError(
+                f"key file {path} holds a {len(seed)}-byte key, expected {NODE_ID_SIZE}"
+            )
+        return cls(seed)
+
+    def __repr__(self) -> str:
+        return f"Identity({self.node_id.text!r})"
