@@ -1,0 +1,5 @@
+"""``python -m node`` is ``ptth``."""
+
+from node._cli import main
+
+main()

@@ -1,0 +1,243 @@
+"""The ``ptth`` command line.
+
+Every command takes ``--data-dir`` (default ``$PTTH_DATA_DIR``, else the per-user data
+directory). Errors are one line on stderr and a non-zero exit status: 1 for a failure,
+2 for a usage mistake, 130 after Ctrl-C. No tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, TextIO
+
+import crypto
+from node._datadir import DataDir, default_data_dir
+from node._errors import NodeError
+
+__all__ = ["main"]
+
+DEFAULT_ADDRESS_LIFETIME: Final = "30d"
+_DURATION: Final = re.compile(r"(\d+)([smhd])")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: exit status 2."""
+
+
+def parse_duration(text: str) -> int:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or ``"1h30m"`` -> seconds."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 45s, 90m, 12h, 30d or 1h30m"
+        )
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return seconds
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _read_token_argument(argument: str, stdin: TextIO) -> str:
+    if argument == "-":
+        return stdin.read()
+    if argument.startswith("@"):
+        path = Path(argument[1:])
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise NodeError(f"cannot read token file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise NodeError(f"token file {path} is not text") from exc
+    return argument
+
+
+def _format_time(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+class Cli:
+    """The commands, with their output streams (so tests can call them directly)."""
+
+    def __init__(
+        self, args: argparse.Namespace, *, out: TextIO, err: TextIO, stdin: TextIO
+    ) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.stdin = stdin
+        self.data = DataDir(getattr(args, "data_dir", None) or default_data_dir())
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def cmd_init(self) -> None:
+        identity, created = self.data.init()
+        if created:
+            print(f"created identity in {self.data.path}", file=self.err)
+        self.say(identity.node_id.text)
+
+    def cmd_id(self) -> None:
+        self.say(self.data.identity().node_id.text)
+
+    def cmd_address(self) -> None:
+        identity = self.data.identity()
+        if self.args.endpoint:
+            exp = _now_ms() + self.args.expires_in * 1000
+            signed = self.data.sign_address(
+                identity, self.args.endpoint, exp=exp, name=self.args.name
+            )
+            self.say(signed.token)
+            return
+        if self.args.name is not None:
+            raise UsageError("--name needs --endpoint (it is part of a new address record)")
+        address = self.data.own_address()
+        if address is None:
+            raise NodeError(
+                "this node has no address yet: sign one with 'ptth address --endpoint URL'"
+            )
+        if address.record.exp <= _now_ms():
+            raise NodeError(
+                f"this node's address (seq {address.record.seq}) expired at "
+                f"{_format_time(address.record.exp)}: sign a new one with --endpoint"
+            )
+        self.say(address.token)
+
+    def cmd_peer_add(self) -> None:
+        identity = self.data.identity()
+        text = _read_token_argument(self.args.token, self.stdin)
+        address = crypto.parse_token(text, now=_now_ms())
+        if address.node == identity.node_id:
+            raise NodeError("that token is this node's own address; add another node's token")
+        try:
+            added = self.data.peers.add(address, now=_now_ms())
+        except crypto.Stale as exc:
+            raise NodeError(f"not added: {exc}") from exc
+        record = address.record
+        label = f" ({record.name})" if record.name else ""
+        verb = "added" if added else "already up to date:"
+        self.say(f"{verb} peer {record.node.text}{label} seq {record.seq}")
+
+    def cmd_peer_list(self) -> None:
+        now = _now_ms()
+        for address in self.data.peers:
+            record = address.record
+            state = "expired" if record.exp <= now else f"until {_format_time(record.exp)}"
+            name = record.name or "-"
+            endpoints = " ".join(record.endpoints)
+            self.say(f"{record.node.text}  {name}  seq {record.seq}  {state}  {endpoints}")
+
+    def cmd_peer_remove(self) -> None:
+        node = crypto.NodeId.parse(self.args.node_id)
+        self.data.peers.remove(node)
+        self.say(f"removed peer {node.text}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    # --data-dir is accepted before and after the command; the copy on the commands
+    # must not default, or it would overwrite a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the node's data directory (default: $PTTH_DATA_DIR, else a per-user directory)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="ptth",
+        description="ptth: a peer-to-peer relay mesh of signed messages over HTTP.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[Cli], None], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("init", Cli.cmd_init, "create this node's identity if absent; print its node id")
+    command("id", Cli.cmd_id, "print this node's id")
+    address = command(
+        "address",
+        Cli.cmd_address,
+        "sign a new address record with --endpoint, or print the current address token",
+    )
+    address.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="URL",
+        help="an http(s) URL where this node can be reached (repeatable)",
+    )
+    address.add_argument("--name", help="a display name to put in the record")
+    address.add_argument(
+        "--expires-in",
+        type=parse_duration,
+        default=parse_duration(DEFAULT_ADDRESS_LIFETIME),
+        metavar="DURATION",
+        help=f"how long the record is valid (default {DEFAULT_ADDRESS_LIFETIME})",
+    )
+
+    peer = commands.add_parser("peer", help="manage the peers this node knows", parents=[common])
+    peer_commands = peer.add_subparsers(dest="peer_command", required=True, metavar="COMMAND")
+
+    def peer_command(
+        name: str, handler: Callable[[Cli], None], help: str
+    ) -> argparse.ArgumentParser:
+        sub = peer_commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add = peer_command("add", Cli.cmd_peer_add, "verify and store a peer's address token")
+    add.add_argument("token", metavar="TOKEN", help="the token, @FILE to read it, - for stdin")
+    peer_command("list", Cli.cmd_peer_list, "list known peers")
+    remove = peer_command("remove", Cli.cmd_peer_remove, "forget a peer")
+    remove.add_argument("node_id", metavar="NODE_ID")
+    return parser
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    stdin: TextIO = sys.stdin,
+) -> int:
+    """Run the CLI with ``argv`` (without the program name); return the exit status."""
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage or help
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        args.handler(Cli(args, out=out, err=err, stdin=stdin))
+    except UsageError as exc:
+        print(f"ptth: usage: {exc}", file=err)
+        return 2
+    except (NodeError, crypto.CryptoError) as exc:
+        print(f"ptth: error: {exc}", file=err)
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ptth: error: {exc.strerror or exc}{where}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("ptth: interrupted", file=err)
+        return 130
+    return 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run(sys.argv[1:]))
