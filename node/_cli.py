@@ -8,19 +8,29 @@ directory). Errors are one line on stderr and a non-zero exit status: 1 for a fa
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
+import logging
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, TextIO
 
+import trio
+
 import crypto
+from node._api import ApiClient
 from node._datadir import DataDir, default_data_dir
-from node._errors import NodeError
+from node._errors import NodeError, NotRunning
+from node._node import Node, NodeConfig
 
 __all__ = ["main"]
+
+log = logging.getLogger("ptth.cli")
 
 DEFAULT_ADDRESS_LIFETIME: Final = "30d"
 _DURATION: Final = re.compile(r"(\d+)([smhd])")
@@ -62,6 +72,18 @@ def _read_token_argument(argument: str, stdin: TextIO) -> str:
     return argument
 
 
+def _read_body_argument(argument: str, stdin: TextIO) -> bytes:
+    if argument == "-":
+        return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8")
+    if argument.startswith("@"):
+        path = Path(argument[1:])
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise NodeError(f"cannot read message file {path}: {exc.strerror}") from exc
+    return argument.encode("utf-8")
+
+
 def _format_time(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
@@ -101,7 +123,7 @@ class Cli:
             return
         if self.args.name is not None:
             raise UsageError("--name needs --endpoint (it is part of a new address record)")
-        address = self.data.own_address()
+        address = self._running_address() or self.data.own_address()
         if address is None:
             raise NodeError(
                 "this node has no address yet: sign one with 'ptth address --endpoint URL'"
@@ -112,6 +134,93 @@ class Cli:
                 f"{_format_time(address.record.exp)}: sign a new one with --endpoint"
             )
         self.say(address.token)
+
+    def _running_address(self) -> crypto.SignedAddress | None:
+        try:
+            with ApiClient(self.data.path) as api:
+                token = api.status()["address"]
+        except NotRunning:
+            return None
+        return crypto.parse_token(token, now=_now_ms())
+
+    def cmd_run(self) -> None:
+        config = NodeConfig(
+            listen=self.args.listen, public_url=self.args.public_url, name=self.args.name
+        )
+        if self.args.public_url is not None:
+            crypto.validate_endpoint(self.args.public_url)
+        handler = logging.StreamHandler(self.err)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger = logging.getLogger("ptth")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if self.args.verbose else logging.INFO)
+        try:
+            trio.run(self._run_node, config)
+        finally:
+            logger.removeHandler(handler)
+
+    async def _run_node(self, config: NodeConfig) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with Node.open(self.data.path, config=config) as node:
+                self.say(f"node     {node.node_id.text}")
+                for endpoint in node.endpoints:
+                    self.say(f"endpoint {endpoint}")
+                self.say(f"address  {node.address_token()}")
+                self.out.flush()
+                log.info("ptth node %s running; Ctrl-C to stop", node.node_id.short)
+                async for signum in signals:
+                    log.info("stopping (%s)", signal.Signals(signum).name)
+                    break
+        log.info("stopped")
+
+    def cmd_send(self) -> None:
+        body = _read_body_argument(self.args.message, self.stdin)
+        with ApiClient(self.data.path, timeout=None) as api:
+            answer = api.send(self.args.node_id, body, self.args.content_type)
+        self.say(f"delivered to {answer['to'][:10]} ({answer['result']}), id {answer['id']}")
+
+    def cmd_inbox(self) -> None:
+        with ApiClient(self.data.path) as api:
+            for message in api.inbox(follow=self.args.follow):
+                if "body" in message:
+                    text = message["body"]
+                else:
+                    size = len(base64.b64decode(message["body_b64"]))
+                    text = f"[{size} bytes of {message['ct'] or 'binary'}]"
+                stamp = _format_time(message["received"])
+                self.say(f"{stamp}  from {message['src']}: {text}")
+                self.out.flush()
+                api.ack([message["id"]])
+
+    def cmd_status(self) -> None:
+        with ApiClient(self.data.path) as api:
+            status = api.status()
+        if self.args.json:
+            self.say(json.dumps(status, indent=2))
+            return
+        self.say(f"node      {status['node']}" + (f" ({status['name']})" if status["name"] else ""))
+        for endpoint in status["endpoints"]:
+            self.say(f"endpoint  {endpoint}")
+        self.say(
+            f"inbox     {status['inbox']['frames']} messages, {status['inbox']['bytes']} bytes"
+        )
+        self.say(f"peers     {len(status['peers'])}")
+        for peer in status["peers"]:
+            state = " (expired)" if peer["expired"] else ""
+            self.say(
+                f"  {peer['node']}  {peer['name'] or '-'}  {' '.join(peer['endpoints'])}{state}"
+            )
+        counters = status["counters"]
+        self.say(
+            "received  {frames_accepted} accepted, {frames_duplicate} duplicate, "
+            "{frames_rejected} rejected, {requests_refused} requests refused".format(**counters)
+        )
+        self.say(
+            "sent      {sent_accepted} accepted, {sent_duplicate} duplicate, "
+            "{sent_rejected} rejected, {send_failures} failed, {send_retries} retries".format(
+                **counters
+            )
+        )
 
     def cmd_peer_add(self) -> None:
         identity = self.data.identity()
@@ -187,6 +296,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help=f"how long the record is valid (default {DEFAULT_ADDRESS_LIFETIME})",
     )
+
+    run = command(
+        "run", Cli.cmd_run, "run a node in the foreground (creates its identity if absent)"
+    )
+    run.add_argument(
+        "--listen",
+        default=NodeConfig.listen,
+        metavar="HOST:PORT",
+        help="where to accept HTTP (default %(default)s; port 0 picks a free port)",
+    )
+    run.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the URL other nodes reach this one at (default: http://HOST:PORT of --listen)",
+    )
+    run.add_argument("--name", help="a display name for this node's address record")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every request")
+
+    send = command("send", Cli.cmd_send, "send a message through the running node")
+    send.add_argument("node_id", metavar="NODE_ID")
+    send.add_argument("message", metavar="TEXT|@FILE|-", help="the message, @FILE, or - for stdin")
+    send.add_argument("--content-type", "--ct", dest="content_type", metavar="TYPE")
+
+    inbox = command("inbox", Cli.cmd_inbox, "print received messages (and acknowledge them)")
+    inbox.add_argument("-f", "--follow", action="store_true", help="keep waiting for more")
+
+    status = command("status", Cli.cmd_status, "show the running node's state")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
 
     peer = commands.add_parser("peer", help="manage the peers this node knows", parents=[common])
     peer_commands = peer.add_subparsers(dest="peer_command", required=True, metavar="COMMAND")

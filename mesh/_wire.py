@@ -1,0 +1,179 @@
+"""The per-hop wire format of ``POST /ptth/v1/frames`` and its per-frame results.
+
+Request body (``application/cbor-seq``, RFC 8742): one CBOR item per frame,
+``[hops, envelope]``: the hops the frame has made so far (outside the signature: it is
+per-hop data) and the frame's COSE_Sign1 bytes.
+
+Response body (``application/cbor``): one array with a result per frame, in order:
+``["accepted"]``, ``["duplicate"]`` or ``["rejected", code, words]``. "accepted" and
+"duplicate" both mean the receiver has taken responsibility for the frame.
+
+A body that is not a CBOR sequence is refused whole (its frames cannot even be told
+apart); an item that is CBOR but not ``[hops, envelope]`` is rejected alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import crypto
+from crypto import _cbor
+
+__all__ = [
+    "CONTENT_TYPE_FRAMES",
+    "CONTENT_TYPE_RESULTS",
+    "MAX_FRAMES_PER_REQUEST",
+    "Outcome",
+    "Reason",
+    "Result",
+    "WireFrame",
+    "decode_frames",
+    "decode_results",
+    "encode_frames",
+    "encode_results",
+]
+
+CONTENT_TYPE_FRAMES: Final = "application/cbor-seq"
+CONTENT_TYPE_RESULTS: Final = "application/cbor"
+#: Most frames in one request: batches of 100 are the sweet spot (DESIGN.md §8); a
+#: request of more than this many is a peer we do not want to spend a whole turn on.
+MAX_FRAMES_PER_REQUEST: Final = 1000
+_MAX_RESULT_ITEMS: Final = MAX_FRAMES_PER_REQUEST
+
+
+class Outcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class Reason(enum.StrEnum):
+    """Why a frame was rejected: a code a program can act on."""
+
+    MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    BAD_SIGNATURE = "bad-signature"
+    WRONG_PURPOSE = "wrong-purpose"
+    EXPIRED = "expired"
+    NO_ROUTE = "no-route"
+    HOP_LIMIT = "hop-limit"
+    STORE_FULL = "store-full"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    """What the receiver did with one frame."""
+
+    outcome: Outcome
+    code: Reason | None = None
+    words: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The receiver took responsibility (accepted, or already had it)."""
+        return self.outcome is not Outcome.REJECTED
+
+    @classmethod
+    def rejected(cls, code: Reason, words: str) -> Result:
+        return cls(Outcome.REJECTED, code, words)
+
+    @classmethod
+    def for_error(cls, exc: crypto.CryptoError) -> Result:
+        """The rejection for a frame that failed :mod:`crypto`'s checks."""
+        code = Reason.MALFORMED
+        if isinstance(exc, crypto.TooLarge):
+            code = Reason.TOO_LARGE
+        elif isinstance(exc, crypto.BadSignature):
+            code = Reason.BAD_SIGNATURE
+        elif isinstance(exc, crypto.WrongPurpose):
+            code = Reason.WRONG_PURPOSE
+        elif isinstance(exc, crypto.Expired):
+            code = Reason.EXPIRED
+        return cls.rejected(code, str(exc))
+
+    def to_cbor(self) -> list[str]:
+        if self.outcome is Outcome.REJECTED:
+            return [self.outcome.value, str(self.code), self.words]
+        return [self.outcome.value]
+
+
+ACCEPTED: Final = Result(Outcome.ACCEPTED)
+DUPLICATE: Final = Result(Outcome.DUPLICATE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WireFrame:
+    """One frame as it travels a hop: hops made so far, and the signed envelope."""
+
+    hops: int
+    envelope: bytes
+
+
+def encode_frames(frames: Iterable[WireFrame]) -> bytes:
+    """The request body for ``frames``."""
+    return b"".join(_cbor.encode([f.hops, f.envelope]) for f in frames)
+
+
+def decode_frames(
+    body: bytes, *, max_frames: int = MAX_FRAMES_PER_REQUEST
+) -> list[WireFrame | Result]:
+    """Split a request body into frames; an item of the wrong shape becomes its rejection.
+
+    Raises :class:`crypto.Malformed` if the body is not a CBOR sequence (or is empty),
+    and :class:`crypto.TooLarge` if it holds more than ``max_frames`` items: both refuse
+    the whole request, the sender's fault.
+    """
+    items: list[WireFrame | Result] = []
+    for item in _cbor.decode_sequence(body, what="frame", max_items=max_frames):
+        items.append(_wire_frame(item, len(items)))
+    if not items:
+        raise crypto.Malformed("request body holds no frames")
+    return items
+
+
+def _wire_frame(item: Any, index: int) -> WireFrame | Result:
+    if not isinstance(item, list) or len(item) != 2:
+        return Result.rejected(Reason.MALFORMED, f"frame {index} is not [hops, envelope]")
+    hops, envelope = item
+    if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= crypto.MAX_HOPS:
+        return Result.rejected(
+            Reason.MALFORMED, f"frame {index}: hops is {hops!r}, expected 0..{crypto.MAX_HOPS}"
+        )
+    if not isinstance(envelope, bytes):
+        return Result.rejected(Reason.MALFORMED, f"frame {index}: envelope is not bytes")
+    return WireFrame(hops, envelope)
+
+
+def encode_results(results: Sequence[Result]) -> bytes:
+    """The response body for ``results``."""
+    return _cbor.encode([r.to_cbor() for r in results])
+
+
+def decode_results(body: bytes, *, expected: int) -> list[Result]:
+    """Read a response body; raise :class:`crypto.Malformed` unless it holds ``expected``."""
+    value = _cbor.decode(body, what="frame results")
+    if not isinstance(value, list) or len(value) != expected:
+        got = len(value) if isinstance(value, list) else type(value).__name__
+        raise crypto.Malformed(f"expected {expected} frame results, got {got}")
+    return [_result(item, index) for index, item in enumerate(value)]
+
+
+def _result(item: Any, index: int) -> Result:
+    if not isinstance(item, list) or not item:
+        raise crypto.Malformed(f"frame result {index} is not a non-empty array")
+    try:
+        outcome = Outcome(item[0])
+    except ValueError as exc:
+        raise crypto.Malformed(f"frame result {index}: unknown outcome {item[0]!r}") from exc
+    if outcome is not Outcome.REJECTED:
+        return ACCEPTED if outcome is Outcome.ACCEPTED else DUPLICATE
+    if len(item) != 3 or not isinstance(item[2], str):
+        raise crypto.Malformed(f"frame result {index}: a rejection is [outcome, code, words]")
+    try:
+        code = Reason(item[1])
+    except ValueError:
+        code = Reason.MALFORMED  # a code from a newer peer: still a rejection
+    return Result.rejected(code, item[2])

@@ -1,0 +1,26 @@
+"""Shared fixtures: nodes on loopback TCP or on an in-memory network."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from node import MemoryNetwork, TcpNetwork
+from tests.helpers import NodeFactory
+
+
+@pytest.fixture
+async def memory_nodes(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    async with trio.open_nursery() as nursery:
+        yield NodeFactory(tmp_path, MemoryNetwork(), nursery)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def tcp_nodes(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    async with trio.open_nursery() as nursery:
+        yield NodeFactory(tmp_path, TcpNetwork(), nursery)
+        nursery.cancel_scope.cancel()
