@@ -20,6 +20,7 @@ Errors are JSON ``{"error": words}`` with a fitting status.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -137,9 +138,10 @@ class LocalApi:
 
         async def events() -> AsyncIterator[bytes]:
             yield b": ptth inbox\n\n"
-            async for message in self.node.inbox(follow=follow):
-                data = json.dumps(message_json(message), separators=(",", ":"))
-                yield f"id: {message.seq}\nevent: message\ndata: {data}\n\n".encode()
+            async with contextlib.aclosing(self.node.inbox(follow=follow)) as messages:
+                async for message in messages:
+                    data = json.dumps(message_json(message), separators=(",", ":"))
+                    yield f"id: {message.seq}\nevent: message\ndata: {data}\n\n".encode()
             yield b"event: end\ndata: {}\n\n"
 
         headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]

@@ -28,7 +28,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -431,7 +431,7 @@ class Node:
             self._inbox_changed = trio.Event()
         return results
 
-    async def inbox(self, *, follow: bool = True) -> AsyncIterator[Message]:
+    async def inbox(self, *, follow: bool = True) -> AsyncGenerator[Message, None]:
         """Yield received messages not yet acknowledged, oldest first.
 
         With ``follow`` it then waits for more; without, it ends when the inbox is

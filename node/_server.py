@@ -354,15 +354,21 @@ class _ConnectionState:
 
     async def write_stream(self, response: Response) -> None:
         assert response.stream is not None
-        with trio.CancelScope() as scope:
-            if response.long_lived:
-                self.stream_scope = scope
-                if self.server._closing.is_set():
-                    scope.cancel()
-            async for chunk in response.stream:
-                with trio.fail_after(self.config.write_timeout):
-                    await self.write(h11.Data(data=chunk))
-        self.stream_scope = None
+        try:
+            with trio.CancelScope() as scope:
+                if response.long_lived:
+                    self.stream_scope = scope
+                    if self.server._closing.is_set():
+                        scope.cancel()
+                async for chunk in response.stream:
+                    with trio.fail_after(self.config.write_timeout):
+                        await self.write(h11.Data(data=chunk))
+        finally:
+            self.stream_scope = None
+            aclose = getattr(response.stream, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
         if scope.cancelled_caught:
             raise _Closing
 
