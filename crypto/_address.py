@@ -17,7 +17,7 @@ import urllib.parse
 from typing import Any, Final
 
 from crypto import _envelope
-from crypto._errors import Expired, Malformed, Stale
+from crypto._errors import Expired, Malformed, Stale, TooLarge
 from crypto._identity import Identity, NodeId
 
 __all__ = [
@@ -34,7 +34,7 @@ TOKEN_PREFIX: Final = "ptth:"  # noqa: S105 - a token prefix, not a password
 MAX_ENDPOINTS: Final = 16  # a node with more ways in than this is misconfigured
 MAX_URL_LENGTH: Final = 2048  # the de-facto limit of browsers and proxies
 MAX_NAME_LENGTH: Final = 64  # a display name, not a biography
-MAX_SEQ: Final = 2**63 - 1  # fits SQLite's INTEGER
+MAX_SEQ: Final = 2**63 - 1  # fits SQLite's INTEGER (so does exp, ms since the epoch)
 MAX_TOKEN_LENGTH: Final = 8192  # 16 endpoints of 2 KiB do not fit; real tokens are < 1 KiB
 _KEYS: Final = frozenset({"node", "seq", "endpoints", "exp", "name"})
 _REQUIRED: Final = frozenset({"node", "seq", "endpoints", "exp"})
@@ -80,14 +80,18 @@ class AddressRecord:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.node, NodeId):
+            raise Malformed(f"address node must be a node id, got {type(self.node).__name__}")
         if not isinstance(self.seq, int) or isinstance(self.seq, bool):
             raise Malformed(f"address seq must be an integer, got {type(self.seq).__name__}")
         if not 0 <= self.seq <= MAX_SEQ:
             raise Malformed(f"address seq {self.seq} is outside 0..{MAX_SEQ}")
-        if not isinstance(self.exp, int) or isinstance(self.exp, bool) or self.exp < 0:
-            raise Malformed(f"address exp must be a non-negative integer, got {self.exp!r}")
+        if not isinstance(self.exp, int) or isinstance(self.exp, bool):
+            raise Malformed(f"address exp must be an integer, got {type(self.exp).__name__}")
+        if not 0 <= self.exp <= MAX_SEQ:
+            raise Malformed(f"address exp {self.exp} is outside 0..{MAX_SEQ}")
         if not isinstance(self.endpoints, tuple) or not self.endpoints:
-            raise Malformed("an address record needs at least one endpoint")
+            raise Malformed("an address record needs a non-empty tuple of endpoints")
         if len(self.endpoints) > MAX_ENDPOINTS:
             raise Malformed(
                 f"address record has {len(self.endpoints)} endpoints, limit {MAX_ENDPOINTS}"
@@ -124,6 +128,9 @@ class AddressRecord:
             raise Malformed(f"address record lacks {', '.join(sorted(missing))}")
         if unknown := keys - _KEYS:
             raise Malformed(f"address record has unknown keys {sorted(map(repr, unknown))}")
+        if "name" in payload and payload["name"] is None:
+            # None means "no name"; a signed null would be a second encoding of it.
+            raise Malformed("address record has a null name; an absent name is left out")
         node = payload["node"]
         if not isinstance(node, bytes):
             raise Malformed("address record's node is not a byte string")
@@ -211,12 +218,13 @@ def sign_address(
 def parse_token(text: str, *, now: int) -> SignedAddress:
     """Read and verify a ``ptth:...`` token at time ``now`` (ms since the epoch).
 
-    Surrounding whitespace is ignored. Raises :class:`Malformed` if it is not a token,
-    and whatever :meth:`SignedAddress.open` raises for its envelope.
+    Surrounding whitespace is ignored. Raises :class:`TooLarge` if it is longer than
+    :data:`MAX_TOKEN_LENGTH` (checked before decoding), :class:`Malformed` if it is not a
+    token, and whatever :meth:`SignedAddress.open` raises for its envelope.
     """
     text = text.strip()
     if len(text) > MAX_TOKEN_LENGTH:
-        raise Malformed(f"token is {len(text)} characters, limit {MAX_TOKEN_LENGTH}")
+        raise TooLarge(f"token is {len(text)} characters, limit {MAX_TOKEN_LENGTH}")
     if not text.startswith(TOKEN_PREFIX):
         raise Malformed(f"not a ptth address token: it must start with {TOKEN_PREFIX!r}")
     body = text[len(TOKEN_PREFIX) :]

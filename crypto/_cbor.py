@@ -29,7 +29,7 @@ Decoding untrusted input is bounded *before and while* decoding, never after:
 from __future__ import annotations
 
 import io
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final
 
 import cbor2
@@ -88,11 +88,14 @@ class _TagRefused(Exception):
     """Raised inside cbor2's decoder; becomes :class:`Malformed` at the boundary."""
 
 
-def _refuse_builtin(value: Any, immutable: bool) -> Any:
-    raise _TagRefused("a CBOR tag that is not allowed here")
+def _refuser(tag: int) -> Callable[[Any, bool], Any]:
+    def refuse(value: Any, immutable: bool) -> Any:
+        raise _TagRefused(f"CBOR tag {tag} is not allowed here")
+
+    return refuse
 
 
-_REFUSE_BUILTINS: Final = dict.fromkeys(_BUILTIN_TAGS, _refuse_builtin)
+_REFUSE_BUILTINS: Final = {tag: _refuser(tag) for tag in _BUILTIN_TAGS}
 
 
 def encode(value: Any) -> bytes:

@@ -60,11 +60,19 @@ class Opened(NamedTuple):
 
 
 def seal(identity: Identity, purpose: Purpose | str, payload: dict[Any, Any]) -> bytes:
-    """Sign ``payload`` (a map) for ``purpose`` as a COSE_Sign1 envelope; return its bytes."""
+    """Sign ``payload`` (a map) for ``purpose`` as a COSE_Sign1 envelope; return its bytes.
+
+    Raises :class:`Malformed` (our bug, not a peer's) if ``payload`` is not a map that
+    :func:`open` would accept back: keys that are not text or bytes, values that CBOR
+    carries only as tags (big integers, dates, sets, ...), nesting over the limit.
+    """
+    if not isinstance(payload, dict):
+        raise Malformed(f"envelope payload must be a map, got {type(payload).__name__}")
     protected = _cbor.encode(
         {_ALG: _EDDSA, _CONTENT_TYPE: str(purpose), _KID: identity.node_id.raw}
     )
     payload_bytes = _cbor.encode(payload)
+    _cbor.decode(payload_bytes, what="envelope payload")  # as open() will read it
     signature = identity.sign(_sig_structure(protected, payload_bytes))
     return _cbor.encode(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload_bytes, signature]))
 

@@ -52,6 +52,8 @@ MAX_BODY_SIZE: Final = 512 * 1024
 MAX_HOPS: Final = 64
 #: Longest a frame may live: relays keep a seen-set entry for each frame's lifetime.
 MAX_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
+#: Latest time a frame may carry: times are stored as SQLite INTEGERs (signed 64-bit).
+MAX_TIME_MS: Final = 2**63 - 1
 MAX_TOPIC_LENGTH: Final = 255
 MAX_TOPIC_WORDS: Final = 32
 MAX_CT_LENGTH: Final = 127
@@ -158,14 +160,15 @@ class Frame:
     ref: bytes | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in _REQUIRED:
+        if not isinstance(self.kind, str) or self.kind not in _REQUIRED:
             raise Malformed(f"frame kind {self.kind!r} is not one of {', '.join(Kind)}")
         kind = Kind(self.kind)
+        object.__setattr__(self, "kind", kind)  # a str from a payload becomes the Kind
         if not isinstance(self.src, NodeId):
             raise Malformed("frame src must be a node id")
         _bytes(self.id, "id", size=FRAME_ID_SIZE)
-        _int(self.ts, "ts", 0, 2**63 - 1)
-        _int(self.exp, "exp", self.ts + 1, self.ts + MAX_LIFETIME_MS)
+        _int(self.ts, "ts", 0, MAX_TIME_MS - 1)
+        _int(self.exp, "exp", self.ts + 1, min(self.ts + MAX_LIFETIME_MS, MAX_TIME_MS))
         _int(self.hops, "hops", 1, MAX_HOPS)
         present = {name for name in _FIELDS if getattr(self, name) is not None}
         if missing := _REQUIRED[kind] - present:
@@ -212,6 +215,9 @@ class Frame:
             raise Malformed(f"frame lacks {', '.join(sorted(missing))}")
         if unknown := set(payload) - _COMMON - set(_FIELDS):
             raise Malformed(f"frame has unknown keys {sorted(map(repr, unknown))}")
+        if nulls := sorted(key for key, value in payload.items() if value is None):
+            # None means "absent" here; a signed null would be a second encoding of it.
+            raise Malformed(f"frame has null {', '.join(nulls)}; absent keys are left out")
         src = payload["src"]
         dst = payload.get("dst")
         return cls(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import stat
 from pathlib import Path
@@ -32,6 +33,7 @@ _BASE32_ALPHABET: Final = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 _KEY_FILE_HEADER: Final = "ptth-ed25519-seed-v1"
 
 
+@functools.total_ordering
 class NodeId:
     """A node's id: its 32-byte Ed25519 public key. Immutable, hashable, ordered."""
 
@@ -46,6 +48,13 @@ class NodeId:
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NodeId is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("NodeId is immutable")
+
+    def __reduce__(self) -> tuple[type[NodeId], tuple[bytes]]:
+        # copy, deepcopy and pickle would otherwise restore the slot with __setattr__.
+        return (NodeId, (self._bytes,))
 
     @classmethod
     def parse(cls, text: str) -> NodeId:
@@ -89,17 +98,17 @@ class NodeId:
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError) as exc:
             raise BadSignature(f"signature does not verify for node {self.short}") from exc
         except (ValueError, TypeError) as exc:
-            raise BadSignature(
-                f"signature of {len(signature)} bytes cannot be checked for node {self.short}"
-            ) from exc
+            raise BadSignature(f"signature cannot be checked for node {self.short}: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, NodeId):
             return self._bytes == other._bytes
         return NotImplemented
 
-    def __lt__(self, other: NodeId) -> bool:
-        return self._bytes < other._bytes
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, NodeId):
+            return self._bytes < other._bytes
+        return NotImplemented
 
     def __hash__(self) -> int:
         return hash(self._bytes)
@@ -148,10 +157,14 @@ class Identity:
             raise KeyFileError(f"key file {path} already exists; not overwriting it") from exc
         except OSError as exc:
             raise KeyFileError(f"cannot create key file {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            os.unlink(path)  # ours (O_EXCL); a partial key file would block every retry
+            raise KeyFileError(f"cannot write key file {path}: {exc.strerror}") from exc
 
     @classmethod
     def load(cls, path: Path) -> Identity:
@@ -166,14 +179,19 @@ class Identity:
             raise KeyFileError(f"no key file at {path}") from exc
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
-            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        try:
+            st_mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(st_mode):
+                raise KeyFileError(f"key file {path} is not a regular file")
+            mode = stat.S_IMODE(st_mode)
             if mode & 0o077:
                 raise KeyFileError(
                     f"key file {path} has mode {mode:04o}: readable by others; "
                     f"run 'chmod 600 {path}'"
                 )
-            text = f.read(1024)
+            text = os.read(fd, 1024).decode("ascii", errors="replace")
+        finally:
+            os.close(fd)
         lines = text.split()
         if len(lines) != 2 or lines[0] != _KEY_FILE_HEADER:
             raise KeyFileError(f"key file {path} is not a ptth key file ({_KEY_FILE_HEADER})")

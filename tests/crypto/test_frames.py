@@ -1,0 +1,521 @@
+"""Frame payloads (crypto.Frame): kinds, keys, limits, topics and patterns."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import crypto
+from crypto import (
+    FRAME_ID_SIZE,
+    MAX_BODY_SIZE,
+    MAX_ENVELOPE_SIZE,
+    MAX_HOPS,
+    MAX_LIFETIME_MS,
+    CryptoError,
+    Expired,
+    Frame,
+    Identity,
+    Kind,
+    Malformed,
+    NodeId,
+    Purpose,
+    WrongPurpose,
+    validate_pattern,
+    validate_topic,
+)
+from crypto._frames import MAX_TIME_MS
+
+ALICE = Identity(bytes(range(32)))
+BOB = Identity(bytes(range(1, 33)))
+TS = 1_700_000_000_000
+EXP = TS + 60_000
+FRAME_ID = bytes(range(16))
+
+# The DESIGN.md §2 table, restated here so the tests do not trust the code's own tables.
+REQUIRED: dict[Kind, set[str]] = {
+    Kind.MSG: {"dst", "body"},
+    Kind.PUB: {"topic", "body"},
+    Kind.SUB: {"pat"},
+    Kind.UNSUB: {"pat"},
+    Kind.ANN: {"body"},
+    Kind.RCPT: {"dst", "ref"},
+}
+OPTIONAL: dict[Kind, set[str]] = {Kind.MSG: {"ct"}, Kind.PUB: {"ct"}}
+VALUES: dict[str, Any] = {
+    "dst": BOB.node_id,
+    "topic": "news.tech",
+    "pat": "news.*",
+    "body": b"hello",
+    "ct": "text/plain",
+    "ref": bytes(16),
+}
+SECURE = f"~{ALICE.node_id.text}"
+
+# -- strategies ----------------------------------------------------------------------
+
+KINDS = st.sampled_from(Kind)
+IDENTITIES = st.binary(min_size=32, max_size=32).map(Identity)
+NODE_IDS = st.binary(min_size=32, max_size=32).map(NodeId)
+WORDS = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
+PATTERN_WORDS = WORDS | st.sampled_from(["*", "#"])
+CONTENT_TYPES = st.sampled_from(
+    ["text/plain", "application/cbor", "text/plain; charset=utf-8", "a/b;c=d"]
+) | st.from_regex(r"[!-~]{1,20}(; ?[!-~]{1,10}){0,2}", fullmatch=True)
+
+
+def dotted(words: st.SearchStrategy[str], secure: str | None) -> st.SearchStrategy[str]:
+    first = st.just([secure]) if secure else st.just([])
+    return st.builds(lambda a, b: ".".join(a + b), first, st.lists(words, min_size=1, max_size=5))
+
+
+@st.composite
+def frames(draw: st.DrawFn, kinds: st.SearchStrategy[Kind] = KINDS) -> tuple[Identity, Frame]:
+    """An (identity, frame) pair: a valid frame of any kind, from that identity."""
+    identity = draw(IDENTITIES)
+    kind = draw(kinds)
+    secure = draw(st.sampled_from([None, f"~{identity.node_id.text}"]))
+    fields: dict[str, Any] = {}
+    if kind in (Kind.MSG, Kind.RCPT):
+        fields["dst"] = draw(NODE_IDS)
+    if kind is Kind.PUB:
+        fields["topic"] = draw(dotted(WORDS, secure))
+    if kind in (Kind.SUB, Kind.UNSUB):
+        fields["pat"] = draw(dotted(PATTERN_WORDS, secure))
+    if kind in (Kind.MSG, Kind.PUB, Kind.ANN):
+        fields["body"] = draw(st.binary(max_size=64))
+    if kind in (Kind.MSG, Kind.PUB):
+        fields["ct"] = draw(st.none() | CONTENT_TYPES)
+    if kind is Kind.RCPT:
+        fields["ref"] = draw(st.binary(min_size=16, max_size=16))
+    ts = draw(st.integers(0, 2**50))
+    frame = Frame(
+        kind=kind,
+        src=identity.node_id,
+        id=draw(st.binary(min_size=16, max_size=16)),
+        ts=ts,
+        exp=ts + draw(st.integers(1, MAX_LIFETIME_MS)),
+        hops=draw(st.integers(1, MAX_HOPS)),
+        **fields,
+    )
+    return identity, frame
+
+
+def fields(kind: Kind = Kind.MSG, /, **changes: Any) -> dict[str, Any]:
+    """Constructor arguments for a valid frame of ``kind``, with ``changes``."""
+    values: dict[str, Any] = {
+        "kind": kind,
+        "src": ALICE.node_id,
+        "id": FRAME_ID,
+        "ts": TS,
+        "exp": EXP,
+        "hops": 8,
+    }
+    values.update({name: VALUES[name] for name in REQUIRED[kind]})
+    values.update(changes)
+    return values
+
+
+def payload(kind: Kind = Kind.MSG, /, **changes: Any) -> dict[str, Any]:
+    """A frame's signed map, with ``changes`` (``...`` removes a key)."""
+    values = Frame(**fields(kind)).to_payload()
+    values.update(changes)
+    return {key: value for key, value in values.items() if value is not ...}
+
+
+# -- round trips -----------------------------------------------------------------------
+
+
+@given(frames())
+def test_round_trip(pair: tuple[Identity, Frame]) -> None:
+    identity, frame = pair
+    sealed = frame.seal(identity)
+    assert Frame.open(sealed, now=frame.ts) == frame
+    assert Frame.open(sealed, now=frame.exp - 1) == frame
+    assert Frame.open(sealed) == frame
+    assert Frame.from_payload(frame.to_payload()) == frame
+    opened = Frame.open(sealed)
+    assert type(opened.kind) is Kind
+    assert crypto.open(sealed, Purpose.FRAME) == (identity.node_id, frame.to_payload())
+
+
+@given(frames(), st.data())
+def test_flipping_any_byte_fails(pair: tuple[Identity, Frame], data: st.DataObject) -> None:
+    identity, frame = pair
+    sealed = bytearray(frame.seal(identity))
+    index = data.draw(st.integers(0, len(sealed) - 1), label="index")
+    sealed[index] ^= data.draw(st.integers(1, 255), label="mask")
+    with pytest.raises(CryptoError):
+        Frame.open(bytes(sealed), now=frame.ts)
+
+
+def test_payload_layout() -> None:
+    frame = Frame(**fields(Kind.PUB, ct="text/plain"))
+    assert frame.to_payload() == {
+        "t": "pub",
+        "src": ALICE.node_id.raw,
+        "id": FRAME_ID,
+        "ts": TS,
+        "exp": EXP,
+        "hops": 8,
+        "topic": "news.tech",
+        "body": b"hello",
+        "ct": "text/plain",
+    }
+    assert type(frame.to_payload()["t"]) is str
+    assert Frame(**fields(Kind.RCPT)).to_payload()["dst"] == BOB.node_id.raw
+
+
+def test_kind_text_becomes_the_enum() -> None:
+    frame = Frame(**fields(kind="msg"))
+    assert frame.kind is Kind.MSG
+
+
+def test_frame_is_immutable() -> None:
+    frame = Frame(**fields())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frame.hops = 2  # type: ignore[misc]
+
+
+# -- keys per kind ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_each_kind_requires_its_keys(kind: Kind) -> None:
+    Frame(**fields(kind))
+    for name in REQUIRED[kind]:
+        with pytest.raises(Malformed, match=f"^{kind} frame lacks {name}$"):
+            Frame(**fields(kind, **{name: None}))
+        with pytest.raises(Malformed, match=f"^{kind} frame lacks {name}$"):
+            Frame.from_payload(payload(kind, **{name: ...}))
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_each_kind_allows_its_optional_keys(kind: Kind) -> None:
+    for name in OPTIONAL.get(kind, set()):
+        frame = Frame(**fields(kind, **{name: VALUES[name]}))
+        assert getattr(frame, name) == VALUES[name]
+        assert Frame.from_payload(frame.to_payload()) == frame
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_each_kind_forbids_other_keys(kind: Kind) -> None:
+    forbidden = set(VALUES) - REQUIRED[kind] - OPTIONAL.get(kind, set())
+    assert forbidden
+    for name in forbidden:
+        value = VALUES[name].raw if name == "dst" else VALUES[name]
+        with pytest.raises(Malformed, match=f"^{kind} frame must not have {name}$"):
+            Frame(**fields(kind, **{name: VALUES[name]}))
+        with pytest.raises(Malformed, match=f"^{kind} frame must not have {name}$"):
+            Frame.from_payload(payload(kind, **{name: value}))
+
+
+def test_missing_keys_are_listed_together() -> None:
+    with pytest.raises(Malformed, match=r"^rcpt frame lacks dst, ref$"):
+        Frame(**fields(Kind.RCPT, dst=None, ref=None))
+    with pytest.raises(Malformed, match=r"^sub frame must not have body, dst$"):
+        Frame(**fields(Kind.SUB, dst=BOB.node_id, body=b""))
+
+
+# -- types and sizes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param(
+            {"kind": "nope"},
+            "frame kind 'nope' is not one of msg, pub, sub, unsub, ann, rcpt",
+            id="kind-unknown",
+        ),
+        pytest.param({"kind": "MSG"}, "frame kind 'MSG' is not one of", id="kind-uppercase"),
+        pytest.param({"kind": 5}, "frame kind 5 is not one of", id="kind-int"),
+        pytest.param({"kind": ["msg"]}, r"frame kind \['msg'\] is not one of", id="kind-list"),
+        pytest.param({"src": ALICE.node_id.raw}, "frame src must be a node id", id="src-bytes"),
+        pytest.param({"id": "x" * 16}, "frame id must be a byte string, got str", id="id-str"),
+        pytest.param({"id": bytes(15)}, "frame id is 15 bytes, expected 16", id="id-15"),
+        pytest.param({"id": bytes(17)}, "frame id is 17 bytes, expected 16", id="id-17"),
+        pytest.param({"id": b""}, "frame id is 0 bytes, expected 16", id="id-empty"),
+        pytest.param({"ts": "1"}, "frame ts must be an integer, got str", id="ts-str"),
+        pytest.param({"ts": True}, "frame ts must be an integer, got bool", id="ts-bool"),
+        pytest.param({"ts": float(TS)}, "frame ts must be an integer, got float", id="ts-float"),
+        pytest.param(
+            {"ts": -1}, f"frame ts is -1, expected 0..{MAX_TIME_MS - 1}", id="ts-negative"
+        ),
+        pytest.param(
+            {"ts": MAX_TIME_MS, "exp": MAX_TIME_MS + 1},
+            f"frame ts is {MAX_TIME_MS}, expected",
+            id="ts-too-late",
+        ),
+        pytest.param(
+            {"exp": TS},
+            f"frame exp is {TS}, expected {TS + 1}..{TS + MAX_LIFETIME_MS}",
+            id="exp-equals-ts",
+        ),
+        pytest.param(
+            {"exp": TS - 1}, f"frame exp is {TS - 1}, expected {TS + 1}..", id="exp-before-ts"
+        ),
+        pytest.param(
+            {"exp": TS + MAX_LIFETIME_MS + 1},
+            f"frame exp is {TS + MAX_LIFETIME_MS + 1}, expected {TS + 1}..{TS + MAX_LIFETIME_MS}$",
+            id="lifetime",
+        ),
+        pytest.param(
+            {"ts": MAX_TIME_MS - 10, "exp": MAX_TIME_MS + 1},
+            f"expected {MAX_TIME_MS - 9}..{MAX_TIME_MS}$",
+            id="exp-past-int64",
+        ),
+        pytest.param({"exp": None}, "frame exp must be an integer, got NoneType", id="exp-none"),
+        pytest.param({"hops": 0}, f"frame hops is 0, expected 1..{MAX_HOPS}", id="hops-0"),
+        pytest.param({"hops": MAX_HOPS + 1}, "frame hops is 65, expected 1..64", id="hops-65"),
+        pytest.param({"hops": True}, "frame hops must be an integer, got bool", id="hops-bool"),
+        pytest.param({"dst": BOB.node_id.raw}, "frame dst must be a node id", id="dst-bytes"),
+        pytest.param({"body": "text"}, "frame body must be a byte string, got str", id="body-str"),
+        pytest.param(
+            {"body": bytes(MAX_BODY_SIZE + 1)},
+            "frame body is 524289 bytes, limit 524288",
+            id="body-big",
+        ),
+        pytest.param({"ct": 5}, "frame ct 5 is not a content type of <= 127", id="ct-int"),
+        pytest.param({"ct": ""}, "frame ct '' is not a content type", id="ct-empty"),
+        pytest.param(
+            {"ct": "text plain"}, "frame ct 'text plain' is not a content type", id="ct-space"
+        ),
+        pytest.param({"ct": "a;  b"}, "is not a content type", id="ct-two-spaces"),
+        pytest.param({"ct": "text/é"}, "is not a content type", id="ct-non-ascii"),
+        pytest.param({"ct": "a\n"}, "is not a content type", id="ct-newline"),
+        pytest.param({"ct": "x" * 128}, "is not a content type of <= 127", id="ct-long"),
+    ],
+)
+def test_bad_fields_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(Malformed, match=message):
+        Frame(**fields(**changes))
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "message"),
+    [
+        pytest.param(
+            Kind.RCPT, {"ref": bytes(15)}, "frame ref is 15 bytes, expected 16", id="ref-15"
+        ),
+        pytest.param(
+            Kind.RCPT, {"ref": "x" * 16}, "frame ref must be a byte string, got str", id="ref-str"
+        ),
+        pytest.param(Kind.PUB, {"topic": 5}, "topic must be text, got int", id="topic-int"),
+        pytest.param(
+            Kind.PUB, {"topic": "a..b"}, "topic 'a..b': word 2 '' is not one of", id="topic-bad"
+        ),
+        pytest.param(Kind.SUB, {"pat": b"a.*"}, "pattern must be text, got bytes", id="pat-bytes"),
+        pytest.param(
+            Kind.SUB, {"pat": "a*"}, "pattern 'a\\*': word 1 'a\\*' is not one of", id="pat-bad"
+        ),
+    ],
+)
+def test_bad_fields_of_other_kinds_are_refused(
+    kind: Kind, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(Malformed, match=message):
+        Frame(**fields(kind, **changes))
+
+
+def test_limits_are_inclusive() -> None:
+    Frame(**fields(body=bytes(MAX_BODY_SIZE), hops=MAX_HOPS, exp=TS + MAX_LIFETIME_MS))
+    Frame(**fields(ts=0, exp=1, hops=1, ct="x" * 127))
+    Frame(**fields(ts=MAX_TIME_MS - 1, exp=MAX_TIME_MS))
+    Frame(**fields(Kind.RCPT, ref=bytes(FRAME_ID_SIZE)))
+
+
+def test_largest_frame_fits_an_envelope() -> None:
+    frame = Frame(**fields(body=bytes(MAX_BODY_SIZE), ct="x" * 127, topic=None))
+    sealed = frame.seal(ALICE)
+    assert len(sealed) < MAX_ENVELOPE_SIZE
+    assert Frame.open(sealed, now=TS) == frame
+
+
+# -- from_payload ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param({"exp": ..., "id": ...}, "^frame lacks exp, id$", id="missing-common"),
+        pytest.param({"t": ...}, "^frame lacks t$", id="missing-kind"),
+        pytest.param({"x": 1}, r"""^frame has unknown keys \["'x'"\]$""", id="unknown"),
+        pytest.param({"kind": "msg"}, "unknown keys", id="attribute-name"),
+        pytest.param({"t": "nope"}, "frame kind 'nope' is not one of", id="kind-unknown"),
+        pytest.param({"t": ["msg"]}, r"frame kind \['msg'\] is not one of", id="kind-list"),
+        pytest.param({"t": {"msg": 1}}, "frame kind {'msg': 1} is not one of", id="kind-map"),
+        pytest.param({"t": None}, "^frame has null t; absent keys are left out$", id="kind-null"),
+        pytest.param({"ct": None}, "^frame has null ct; absent keys are left out$", id="ct-null"),
+        pytest.param({"topic": None, "ref": None}, "^frame has null ref, topic;", id="nulls"),
+        pytest.param(
+            {"src": ALICE.node_id.text}, "frame src must be a byte string, got str", id="src-text"
+        ),
+        pytest.param({"src": bytes(31)}, "a node id is 32 bytes, got 31", id="src-short"),
+        pytest.param(
+            {"dst": BOB.node_id.text}, "frame dst must be a byte string, got str", id="dst-text"
+        ),
+        pytest.param({"dst": bytes(33)}, "a node id is 32 bytes, got 33", id="dst-long"),
+        pytest.param({"hops": 0}, "frame hops is 0", id="hops"),
+    ],
+)
+def test_bad_payloads_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(Malformed, match=message):
+        Frame.from_payload(payload(**changes))
+    # ... and the same when the payload arrives signed.
+    with pytest.raises(Malformed, match=message):
+        Frame.open(crypto.seal(ALICE, Purpose.FRAME, payload(**changes)))
+
+
+# -- signers and expiry ----------------------------------------------------------------
+
+
+def test_frame_signed_by_another_node_than_src_is_refused() -> None:
+    envelope = crypto.seal(BOB, Purpose.FRAME, Frame(**fields()).to_payload())
+    with pytest.raises(
+        Malformed, match=f"frame from {ALICE.node_id.short} is signed by {BOB.node_id.short}"
+    ):
+        Frame.open(envelope)
+
+
+def test_seal_with_a_foreign_identity_is_refused() -> None:
+    with pytest.raises(
+        Malformed, match=f"frame from {ALICE.node_id.short} cannot be signed by Identity"
+    ):
+        Frame(**fields()).seal(BOB)
+
+
+def test_expired_frame_is_refused_on_open() -> None:
+    sealed = Frame(**fields()).seal(ALICE)
+    assert Frame.open(sealed, now=EXP - 1).exp == EXP
+    assert Frame.open(sealed).exp == EXP  # no clock, no expiry check
+    for now, ago in [(EXP, 0), (EXP + 2_500, 2), (EXP + 86_400_000, 86400)]:
+        with pytest.raises(Expired, match=f"frame expired {ago} s ago"):
+            Frame.open(sealed, now=now)
+
+
+def test_envelope_for_another_purpose_is_refused() -> None:
+    envelope = crypto.seal(ALICE, Purpose.ADDRESS, Frame(**fields()).to_payload())
+    with pytest.raises(WrongPurpose, match="envelope is for 'ptth/addr', expected 'ptth/frame'"):
+        Frame.open(envelope)
+
+
+# -- topics and patterns ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "a",
+        "a.b.c",
+        "News.Tech_2-x",
+        f"{SECURE}.chirp",
+        SECURE,
+        "x" * 64,
+        ".".join(["w"] * 32),
+        ".".join(["x" * 63] * 4),  # 255 characters
+    ],
+)
+def test_valid_topics(topic: str) -> None:
+    assert validate_topic(topic) == topic
+    assert validate_pattern(topic) == topic  # every topic is a pattern that matches itself
+    Frame(**fields(Kind.PUB, topic=topic))
+
+
+@pytest.mark.parametrize(
+    ("topic", "message"),
+    [
+        pytest.param("", "topic is 0 characters, expected 1..255", id="empty"),
+        pytest.param(
+            "a..b",
+            "topic 'a..b': word 2 '' is not one of words of A-Z a-z 0-9 _ - \\(1..64\\)$",
+            id="empty-word",
+        ),
+        pytest.param(".a", "word 1 '' is not one of", id="leading-dot"),
+        pytest.param("a.", "word 2 '' is not one of", id="trailing-dot"),
+        pytest.param("*", "topic '\\*': word 1 '\\*' is not one of", id="star"),
+        pytest.param("a.*.c", "word 2 '\\*' is not one of", id="star-word"),
+        pytest.param("a.#", "word 2 '#' is not one of", id="hash"),
+        pytest.param("a.b!", "word 2 'b!' is not one of", id="bang"),
+        pytest.param("a b", "word 1 'a b' is not one of", id="space"),
+        pytest.param("café", "word 1 'café' is not one of", id="non-ascii"),
+        pytest.param("a/b", "word 1 'a/b' is not one of", id="slash"),
+        pytest.param("x" * 65, "word 1 'x{65}' is not one of", id="long-word"),
+        pytest.param(".".join(["w"] * 33), "topic has 33 words, limit 32", id="too-many-words"),
+        pytest.param(
+            ".".join(["x" * 63] * 4) + "x",
+            "topic is 256 characters, expected 1..255",
+            id="too-long",
+        ),
+        pytest.param(
+            "~short", "topic '~short': a first word with '~' must be ~<node-id>", id="short-secure"
+        ),
+        pytest.param(
+            "~short.chirp", "a first word with '~' must be ~<node-id>", id="short-secure-words"
+        ),
+        pytest.param(
+            f"~{ALICE.node_id.text.upper()}", "a first word with '~' must be", id="uppercase-secure"
+        ),
+        pytest.param(f"{SECURE}x", "a first word with '~' must be", id="long-secure"),
+        pytest.param(f"a.{SECURE}", f"word 2 '{SECURE}' is not one of", id="secure-not-first"),
+        pytest.param("~", "a first word with '~' must be", id="tilde"),
+        pytest.param(5, "topic must be text, got int", id="int"),
+        pytest.param(None, "topic must be text, got NoneType", id="none"),
+    ],
+)
+def test_invalid_topics(topic: Any, message: str) -> None:
+    with pytest.raises(Malformed, match=message):
+        validate_topic(topic)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["a.*.c", "#", "a.#", "*", "*.*", "#.a", "a.#.b", f"{SECURE}.chirp.#", f"{SECURE}.*", "a.b.c"],
+)
+def test_valid_patterns(pattern: str) -> None:
+    assert validate_pattern(pattern) == pattern
+    Frame(**fields(Kind.SUB, pat=pattern))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        pytest.param("", "pattern is 0 characters, expected 1..255", id="empty"),
+        pytest.param(
+            "a..b",
+            "word 2 '' is not one of words of A-Z a-z 0-9 _ - \\(1..64\\), '\\*' or '#'$",
+            id="empty-word",
+        ),
+        pytest.param("a*", "pattern 'a\\*': word 1 'a\\*' is not one of", id="star-in-word"),
+        pytest.param("##", "word 1 '##' is not one of", id="double-hash"),
+        pytest.param("a.#b", "word 2 '#b' is not one of", id="hash-in-word"),
+        pytest.param("**", "word 1 '\\*\\*' is not one of", id="double-star"),
+        pytest.param(
+            "~short.#",
+            "pattern '~short.#': a first word with '~' must be ~<node-id>",
+            id="short-secure",
+        ),
+        pytest.param("*.~short", "word 2 '~short' is not one of", id="secure-not-first"),
+        pytest.param(".".join(["*"] * 33), "pattern has 33 words, limit 32", id="too-many-words"),
+        pytest.param("#" * 256, "pattern is 256 characters", id="too-long"),
+        pytest.param(b"a", "pattern must be text, got bytes", id="bytes"),
+    ],
+)
+def test_invalid_patterns(pattern: Any, message: str) -> None:
+    with pytest.raises(Malformed, match=message):
+        validate_pattern(pattern)
+
+
+@given(dotted(WORDS, None), dotted(WORDS, SECURE))
+def test_generated_topics_are_valid(topic: str, secure_topic: str) -> None:
+    assert validate_topic(topic) == topic
+    assert validate_topic(secure_topic) == secure_topic
+
+
+@given(dotted(PATTERN_WORDS, None))
+def test_generated_patterns_are_valid(pattern: str) -> None:
+    assert validate_pattern(pattern) == pattern
