@@ -96,7 +96,10 @@ def _bare(stream: trio.abc.Stream) -> trio.abc.Stream:
 
 
 class _StreamAdapter(httpcore.AsyncNetworkStream):
-    """An httpcore network stream over a ``trio.abc.Stream`` (mirrors httpcore's TrioStream)."""
+    """An httpcore network stream over a ``trio.abc.Stream`` (mirrors httpcore's TrioStream).
+
+    The ``timeout`` parameters (ruff ASYNC109) are httpcore's interface.
+    """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
@@ -152,13 +155,11 @@ class _StreamAdapter(httpcore.AsyncNetworkStream):
         ``"ssl_object"`` is the ``trio.SSLStream`` (it forwards ``getpeercert``,
         ``selected_alpn_protocol``, ``version``, ... of the ``ssl.SSLObject``);
         ``"is_readable"`` is whether a read would return at once (so an idle connection
-        is readable only when the server closed it); ``"trio_stream"`` is the stream
-        itself, e.g. to serve HTTP back over it after an Upgrade (DESIGN.md §4).
+        is readable only when the server closed it). The trio stream itself is not
+        offered: after an Upgrade, httpcore's wrapper holds bytes already read from it.
         """
         bare = _bare(self._stream)
         socket = bare.socket if isinstance(bare, trio.SocketStream) else None
-        if info == "trio_stream":
-            return self._stream
         if info == "ssl_object":
             return self._stream if isinstance(self._stream, trio.SSLStream) else None
         if info == "is_readable":
@@ -459,7 +460,7 @@ def _memory_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     """A listener of a :class:`MemoryNetwork`, bound to :attr:`address`.
 
-    Dialed connections wait in a backlog of :attr:`MemoryNetwork.backlog` until
+    Dialed connections wait in a backlog of :attr:`MemoryNetwork.BACKLOG` until
     accepted. Closing it unregisters the address, ends pending accepts with
     ``trio.ClosedResourceError`` and hangs up the connections still in the backlog.
     """
@@ -509,8 +510,8 @@ class MemoryNetwork:
     SYN that is not answered) until the connect timeout.
     """
 
-    FIRST_PORT = 40000
-    backlog = 128  # connections dialed but not yet accepted, per listener
+    FIRST_PORT = 40000  # port 0 allocates from here, like an ephemeral range
+    BACKLOG = 128  # connections dialed but not yet accepted, per listener (as listen(2))
 
     def __init__(self) -> None:
         self._listeners: dict[tuple[str, int], MemoryListener] = {}
@@ -531,7 +532,7 @@ class MemoryNetwork:
             port = self._free_port(host)
         elif (host, port) in self._listeners:
             raise OSError(errno.EADDRINUSE, f"address already in use: {host}:{port}")
-        listener = MemoryListener(self, (host, port), self.backlog)
+        listener = MemoryListener(self, (host, port), self.BACKLOG)
         self._listeners[host, port] = listener
         return [listener]
 
