@@ -86,7 +86,7 @@ class LocalApi:
         self.node = node
 
     async def handle(self, request: Request) -> Response:
-        if not _is_local(request.peer):
+        if request.relayed or not _is_local(request.peer):
             return _error(403, "the local API answers only clients on this machine")
         presented = request.header("authorization") or ""
         expected = f"Bearer {self.node.api_token}"

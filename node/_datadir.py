@@ -61,20 +61,36 @@ class PeerBook:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Verified records by node, with the (mtime, size) of the file they came from:
+        # a lookup per frame sent must not re-read and re-verify the file.
+        self._cache: dict[crypto.NodeId, tuple[tuple[int, int], crypto.SignedAddress]] = {}
 
     def _path(self, node: crypto.NodeId) -> Path:
         return self.directory / f"{node.text}.token"
 
     def get(self, node: crypto.NodeId, *, now: int) -> crypto.SignedAddress | None:
-        """The stored record for ``node``, or None if unknown or expired."""
+        """The stored record for ``node``, or None if unknown or expired.
+
+        Another process (the CLI) may change the file at any time; a change is noticed
+        at the next lookup.
+        """
+        path = self._path(node)
         try:
-            text = self._path(node).read_text(encoding="ascii")
+            info = path.stat()
         except FileNotFoundError:
+            self._cache.pop(node, None)
             return None
-        try:
-            return crypto.parse_token(text, now=now)
-        except crypto.Expired:
-            return None
+        version = (info.st_mtime_ns, info.st_size)
+        cached = self._cache.get(node)
+        if cached is not None and cached[0] == version:
+            address = cached[1]
+        else:
+            try:
+                address = crypto.parse_token(path.read_text(encoding="ascii"), now=0)
+            except FileNotFoundError:
+                return None
+            self._cache[node] = (version, address)
+        return address if address.record.exp > now else None
 
     def add(self, address: crypto.SignedAddress, *, now: int) -> bool:
         """Store ``address``; return False if the same record was already stored.

@@ -43,9 +43,20 @@ def _public_key(keyid: str) -> bytes:
 
 
 def sign_request(
-    identity: crypto.Identity, method: str, url: str, body: bytes, *, now: int
+    identity: crypto.Identity,
+    method: str,
+    url: str,
+    body: bytes,
+    *,
+    now: int,
+    nonce: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The headers that authenticate a request from ``identity`` (``now`` in seconds)."""
+    """The headers that authenticate a request from ``identity`` (``now`` in seconds).
+
+    Ed25519 is deterministic, so two identical requests in the same second would carry
+    the same signature and the second would look like a replay: pass a fresh ``nonce``
+    (RFC 9421 §2.3) for each request.
+    """
     digest = _httpsig.content_digest(body)
     message = _httpsig.Message(headers=[("content-digest", digest)], method=method, target_uri=url)
     signature = _httpsig.sign_message(
@@ -54,6 +65,7 @@ def sign_request(
         keyid=identity.node_id.text,
         created=now,
         components=REQUEST_COMPONENTS,
+        nonce=nonce,
     )
     return [("content-digest", digest), *signature]
 

@@ -19,6 +19,7 @@ application acknowledges it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -39,9 +40,11 @@ import crypto
 import mesh
 from node import _fabric
 from node._api import API_PREFIX, LocalApi
+from node._attach import RelayLink, RelayMode
 from node._datadir import DataDir, write_atomically
 from node._errors import DeliveryFailed, NodeError, PeerUnknown, Rejected
 from node._net import Network, TcpNetwork, make_transport
+from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
 from node._server import Request, Response, Server, ServerConfig
 
 __all__ = [
@@ -94,6 +97,14 @@ class NodeConfig:
     request_timeout: float = 30.0
     max_inbox_bytes: int = mesh.DEFAULT_MAX_INBOX_BYTES
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    #: Relays to stay attached to (their address tokens), for a node behind NAT.
+    relays: tuple[str, ...] = ()
+    #: How to attach: "auto" (Upgrade, falling back to long-poll), "upgrade", "long-poll".
+    relay_mode: str = "auto"
+    #: Reversed connections kept to each relay.
+    relay_pool: int = 2
+    #: Serving as a relay for others: policy and limits.
+    relay: RelayConfig = dataclasses.field(default_factory=RelayConfig)
 
 
 @dataclasses.dataclass
@@ -188,12 +199,18 @@ class Node:
         self.api_url: str | None = None
         self._senders: dict[crypto.NodeId, _PeerSender] = {}
         self._inbox_changed = trio.Event()
-        self._replay = _fabric.ReplayGuard()
+        self.replay_guard = _fabric.ReplayGuard()
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
         self._extra_routes: list[tuple[str, Callable[[Request], Any]]] = []
         self.server: Server | None = None
         self.add_route(API_PREFIX, LocalApi(self).handle)
+        self.relay_service: RelayService | None = None
+        if config.relay.policy != "off":
+            self.relay_service = RelayService(self, config.relay)
+            for prefix in (ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX, "/n/"):
+                self.add_route(prefix, self.relay_service.handle)
+        self.links: list[RelayLink] = []
 
     # -- opening and closing --------------------------------------------------------
 
@@ -260,7 +277,18 @@ class Node:
         _, bound_port = self.network.listener_address(listeners[0])
         local_url = f"http://{_url_host(host)}:{bound_port}"
         self.api_url = f"{local_url}/api/v1"
-        self.endpoints = (self.config.public_url or local_url,)
+        self.links = [
+            RelayLink(
+                self, relay, mode=RelayMode(self.config.relay_mode), pool=self.config.relay_pool
+            )
+            for relay in self._relay_addresses()
+        ]
+        # Relay URLs first: a sender tries endpoints in order, and a NATed node's own
+        # address is not reachable from outside.
+        self.endpoints = (
+            *(link.public_url for link in self.links),
+            self.config.public_url or local_url,
+        )
         await self.run_blocking(self._refresh_address)
         self.server = Server(self._handle, self.config.server)
         transport = make_transport(self.network)
@@ -272,6 +300,8 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.server.serve, listeners)
+                for link in self.links:
+                    await nursery.start(link.run)
                 await self.run_blocking(self._write_api_files)
                 try:
                     yield
@@ -289,6 +319,32 @@ class Node:
                         self.config.server.shutdown_grace + 1
                     )
             self._nursery = None
+
+    def _relay_addresses(self) -> list[crypto.SignedAddress]:
+        addresses = []
+        for token in self.config.relays:
+            try:
+                address = crypto.parse_token(token, now=self.clock())
+            except crypto.CryptoError as exc:
+                raise NodeError(f"bad --relay token: {exc}") from exc
+            if address.node == self.node_id:
+                raise NodeError("--relay names this node itself")
+            addresses.append(address)
+        return addresses
+
+    def sign_request(self, method: str, url: str, body: bytes) -> list[tuple[str, str]]:
+        """RFC 9421 headers for a request from this node, with a fresh nonce."""
+        nonce = base64.urlsafe_b64encode(self.rng.randbytes(12)).decode("ascii")
+        return _fabric.sign_request(
+            self.identity, method, url, body, now=self.clock() // 1000, nonce=nonce
+        )
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The node's HTTP client (one per node, pooled)."""
+        if self._client is None:
+            raise NodeError("node is not running")
+        return self._client
 
     def _refresh_address(self) -> None:
         """Sign a new address record if the endpoints changed or the old one is half gone."""
@@ -326,6 +382,8 @@ class Node:
 
     async def _handle(self, request: Request) -> Response:
         path = request.path
+        if path == PING_PATH:
+            return Response(204)
         if path == FRAMES_PATH:
             if request.method != "POST":
                 return Response.text(405, "use POST to deliver frames", [("allow", "POST")])
@@ -362,15 +420,14 @@ class Node:
                 f"not {content_type or 'nothing'!r}",
             )
         now = self.clock()
-        url = f"http://{request.header('host') or 'unknown'}{request.target}"
         try:
             sender = _fabric.verify_request(
                 request.method,
-                url,
+                request.url,
                 request.headers,
                 request.body,
                 now=now // 1000,
-                guard=self._replay,
+                guard=self.replay_guard,
             )
         except crypto.CryptoError as exc:
             return self._refuse(401, f"request not authenticated: {exc}")
@@ -515,7 +572,9 @@ class Node:
                 f"no address known for {dst.text}: add its token with 'ptth peer add'"
             )
         pending = _Pending(wire)
-        sender = self._senders.setdefault(dst, _PeerSender())
+        sender = self._senders.get(dst)
+        if sender is None:
+            sender = self._senders[dst] = _PeerSender()
         sender.queue.append(pending)
         if not sender.running:
             sender.running = True
@@ -598,7 +657,7 @@ class Node:
         assert self._client is not None
         headers = [
             ("content-type", mesh.CONTENT_TYPE_FRAMES),
-            *_fabric.sign_request(self.identity, "POST", url, body, now=self.clock() // 1000),
+            *self.sign_request("POST", url, body),
         ]
         digest = headers[1][1]
         self.statistics.send_requests += 1
@@ -654,6 +713,8 @@ class Node:
             "inbox": {"frames": stats.inbox_frames, "bytes": stats.inbox_bytes},
             "seen_ids": stats.seen_ids,
             "connections": self.server.active_connections if self.server else 0,
+            "attachments": [link.status() for link in self.links],
+            "relaying": self.relay_service.statistics() if self.relay_service else [],
             "counters": dataclasses.asdict(self.statistics),
         }
 

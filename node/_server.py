@@ -29,7 +29,7 @@ from typing import Final
 import h11
 import trio
 
-__all__ = ["Handler", "Request", "Response", "Server", "ServerConfig"]
+__all__ = ["Handler", "PrefixedStream", "Request", "Response", "Server", "ServerConfig"]
 
 log = logging.getLogger("ptth.server")
 
@@ -68,6 +68,20 @@ class Request:
     headers: Sequence[tuple[str, str]]
     body: bytes
     peer: str
+    #: The URL prefix the client addressed, when the server knows it better than the
+    #: Host header does (a request that came through a relay): the relay's public
+    #: ``http(s)://relay/n/<node-id>``. None means ``http://<Host>``.
+    base_url: str | None = None
+    #: The request came through a relay (it is not from this machine, whatever the
+    #: transport says).
+    relayed: bool = False
+
+    @property
+    def url(self) -> str:
+        """The absolute URL the client asked for (what its signature covers)."""
+        if self.base_url is not None:
+            return self.base_url.rstrip("/") + self.target
+        return f"http://{self.header('host') or 'unknown'}{self.target}"
 
     @property
     def path(self) -> str:
@@ -94,6 +108,9 @@ class Response:
     #: A stream that lives until the client leaves (e.g. Server-Sent Events): shutdown
     #: cancels it instead of waiting for it.
     long_lived: bool = False
+    #: With status 101: takes over the connection after the 101 is sent, with any
+    #: bytes the client sent after its request already in the stream it is given.
+    upgrade: Callable[[trio.abc.Stream], Awaitable[None]] | None = None
 
     @classmethod
     def text(cls, status: int, words: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -169,11 +186,24 @@ class Server:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(self._serve_connection, stream)
+            nursery.start_soon(self.serve_stream, stream)
 
-    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+    async def serve_stream(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        peer: str | None = None,
+        base_url: str | None = None,
+        relayed: bool = False,
+    ) -> None:
+        """Serve HTTP on one connection until it closes; then close it.
+
+        The accept loop calls this for every connection; a node calls it for a
+        connection it dialled itself (Reverse HTTP: after the 101 the node is the
+        server). ``base_url`` and ``relayed`` are passed on to every :class:`Request`.
+        """
         key = object()
-        state = _ConnectionState(self, stream)
+        state = _ConnectionState(self, stream, peer=peer, base_url=base_url, relayed=relayed)
         self._connections[key] = state
         try:
             if len(self._connections) > self.config.max_connections:
@@ -191,8 +221,18 @@ class Server:
 
 
 class _ConnectionState:
-    def __init__(self, server: Server, stream: trio.abc.Stream) -> None:
+    def __init__(
+        self,
+        server: Server,
+        stream: trio.abc.Stream,
+        *,
+        peer: str | None,
+        base_url: str | None,
+        relayed: bool,
+    ) -> None:
         self.server = server
+        self.base_url = base_url
+        self.relayed = relayed
         self.config = server.config
         self.stream = stream
         self.conn = h11.Connection(
@@ -201,7 +241,7 @@ class _ConnectionState:
         self.idle = True
         self.idle_scope: trio.CancelScope | None = None
         self.stream_scope: trio.CancelScope | None = None
-        self.peer = _peer_name(stream)
+        self.peer = peer or _peer_name(stream)
 
     def close_if_idle(self) -> None:
         if self.idle and self.idle_scope is not None:
@@ -225,6 +265,9 @@ class _ConnectionState:
             request = await self.read_request()
             self.idle = False
             response = await self.respond(request)
+            if response.status == 101 and response.upgrade is not None:
+                await self.switch_protocols(response)
+                raise _Closing
             await self.send(response, close=self.server._closing.is_set())
             self.server.requests_served += 1
             if self.conn.our_state is h11.MUST_CLOSE or self.server._closing.is_set():
@@ -233,6 +276,22 @@ class _ConnectionState:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError as exc:  # the client's request was not finished
                 raise _Closing from exc
+
+    async def switch_protocols(self, response: Response) -> None:
+        """Send the 101 and hand the connection, with bytes read past it, to the upgrade."""
+        assert response.upgrade is not None
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        await self.write(h11.InformationalResponse(status_code=101, headers=headers))
+        trailing, _ = self.conn.trailing_data
+        stream = PrefixedStream(self.stream, bytes(trailing))
+        # An upgraded connection lives as long as its new protocol: like a long-lived
+        # stream, shutdown cancels it rather than waiting for it.
+        with trio.CancelScope() as scope:
+            self.stream_scope = scope
+            if self.server._closing.is_set():
+                scope.cancel()
+            await response.upgrade(stream)
+        self.stream_scope = None
 
     async def respond(self, request: Request) -> Response:
         try:
@@ -299,7 +358,15 @@ class _ConnectionState:
             )
             raise _Closing
         body = await self.read_body()
-        return Request(request.method.decode("ascii"), target, headers, body, self.peer)
+        return Request(
+            request.method.decode("ascii"),
+            target,
+            headers,
+            body,
+            self.peer,
+            base_url=self.base_url,
+            relayed=self.relayed,
+        )
 
     async def read_body(self) -> bytes:
         chunks: list[bytes] = []
@@ -379,6 +446,41 @@ class _ConnectionState:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _Closing from exc
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream whose first bytes were already read from it by someone else.
+
+    After an Upgrade, h11 has read past the 101 (or the request before it); those
+    bytes belong to the next protocol and are served first (wsproto does the same
+    with h11's ``trailing_data``).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is not None:
+            await send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 async def _close_all(listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:

@@ -1,0 +1,419 @@
+"""The node side of Reverse HTTP: staying reachable through relays (DESIGN.md §4).
+
+For each relay (given as its address token) a :class:`RelayLink` keeps a pool of
+workers (default 2). Each worker dials the relay, sends a signed ``POST
+/ptth/v1/attach`` with ``Upgrade: PTTH/1.0`` (driving h11 itself, so nothing is lost of
+the bytes that arrive together with the ``101``), and then serves HTTP on that
+connection with the node's own server (:meth:`Server.serve_stream`): the relay is the
+client now. When the connection ends, the worker re-attaches at once; when attaching
+fails, it backs off 1 s -> 30 s with jitter.
+
+A connection on which the relay has sent nothing for the server's idle timeout (60 s:
+about 2.4 of the relay's 25 s ping intervals) is closed by the server, and the worker
+re-attaches: a silent attachment is restarted.
+
+``--relay-mode``: ``upgrade`` insists on the Upgrade; ``long-poll`` uses only the
+reversehttp.net long-poll session; ``auto`` (the default) tries Upgrade and falls back
+to long-poll when the relay's answer shows the Upgrade was refused or stripped on the
+way (a plain ``200`` poll session instead of a ``101``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import ssl
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Final
+
+import h11
+import httpcore
+import httpx
+import trio
+
+import crypto
+from node import _wrap
+from node._relay import ATTACH_PATH
+from node._server import PrefixedStream, Request, Response
+
+if TYPE_CHECKING:
+    from node._node import Node
+
+__all__ = ["RelayLink", "RelayMode"]
+
+log = logging.getLogger("ptth.attach")
+
+_READ_SIZE: Final = 64 * 1024
+#: Backoff between failed attach attempts: from 1 s, doubling, to 30 s (x0.5..1.5).
+BACKOFF_INITIAL: Final = 1.0
+BACKOFF_MAX: Final = 30.0
+#: How long the relay may take to answer the attach request.
+ATTACH_TIMEOUT: Final = 30.0
+DEFAULT_LEASE: Final = 60.0
+
+
+class RelayMode(enum.StrEnum):
+    AUTO = "auto"
+    UPGRADE = "upgrade"
+    LONG_POLL = "long-poll"
+
+
+class _AttachFailed(Exception):
+    """Attaching failed; the worker backs off and tries again."""
+
+
+class _UpgradeRefused(_AttachFailed):
+    """The relay answered the Upgrade with a poll session (Upgrade stripped or refused)."""
+
+    def __init__(self, session: dict[str, Any]) -> None:
+        super().__init__("the relay did not switch protocols")
+        self.session = session
+
+
+class _NetworkStream(trio.abc.Stream):
+    """An httpcore network stream (what the node's network seam dials) as a trio stream."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self.stream = stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return await self.stream.read(max_bytes or _READ_SIZE)
+        except httpcore.ReadError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.write(bytes(data))
+        except httpcore.WriteError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclasses.dataclass
+class _Status:
+    mode: str | None = None
+    connections: int = 0
+    lease: float | None = None
+    base_url: str | None = None
+    last_activity: int | None = None
+    attaches: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+class RelayLink:
+    """Keeps ``node`` attached to one relay with a pool of connections."""
+
+    def __init__(
+        self,
+        node: Node,
+        relay: crypto.SignedAddress,
+        *,
+        mode: RelayMode = RelayMode.AUTO,
+        pool: int = 2,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        self.node = node
+        self.relay = relay
+        self.mode = mode
+        self.pool = pool
+        self.lease = lease
+        self.endpoint = relay.record.endpoints[0].rstrip("/")
+        self.status_info = _Status()
+        parts = urllib.parse.urlsplit(self.endpoint)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def public_url(self) -> str:
+        """Where visitors reach this node through the relay."""
+        return f"{self.endpoint}/n/{self.node.node_id.text}"
+
+    def status(self) -> dict[str, Any]:
+        info = dataclasses.asdict(self.status_info)
+        return {"relay": self.relay.node.text, "endpoint": self.endpoint, **info}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the pool of workers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for index in range(self.pool):
+                nursery.start_soon(self._worker, index)
+            task_status.started()
+
+    async def _worker(self, index: int) -> None:
+        backoff = BACKOFF_INITIAL
+        mode = self.mode
+        while True:
+            try:
+                if mode is RelayMode.LONG_POLL:
+                    await self._long_poll(await self._open_poll_session())
+                else:
+                    await self._upgrade()
+                backoff = BACKOFF_INITIAL  # it worked and ended: re-attach at once
+                continue
+            except _UpgradeRefused as refused:
+                if mode is RelayMode.AUTO:
+                    log.info(
+                        "relay %s: Upgrade refused or stripped; using long-poll",
+                        self.relay.node.short,
+                    )
+                    mode = RelayMode.LONG_POLL
+                    try:
+                        await self._long_poll(refused.session)
+                        backoff = BACKOFF_INITIAL
+                        continue
+                    except _AttachFailed as exc:
+                        self._failed(exc)
+                else:
+                    self._failed(
+                        _AttachFailed(
+                            "the relay did not switch protocols (a proxy on the way may strip "
+                            "Upgrade); try --relay-mode auto or long-poll"
+                        )
+                    )
+            except _AttachFailed as exc:
+                self._failed(exc)
+            wait = backoff * self.node.rng.uniform(0.5, 1.5)
+            await trio.sleep(wait)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _failed(self, exc: Exception) -> None:
+        self.status_info.failures += 1
+        self.status_info.last_error = str(exc)
+        log.info("relay %s: attach failed: %s", self.relay.node.short, exc)
+
+    def _attach_headers(self, *, upgrade: bool) -> list[tuple[str, str]]:
+        url = self.endpoint + ATTACH_PATH
+        headers = [("ptth-lease", f"{self.lease:g}")]
+        if upgrade:
+            headers += [("upgrade", "PTTH/1.0"), ("connection", "Upgrade")]
+        return headers + self.node.sign_request("POST", url, b"")
+
+    # -- Upgrade --------------------------------------------------------------------
+
+    async def _dial(self) -> httpcore.AsyncNetworkStream:
+        backend = self.node.network.client_backend()
+        try:
+            stream = await backend.connect_tcp(self.host, self.port, timeout=ATTACH_TIMEOUT)
+            if self.scheme == "https":
+                stream = await stream.start_tls(
+                    ssl.create_default_context(), server_hostname=self.host, timeout=ATTACH_TIMEOUT
+                )
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            raise _AttachFailed(f"cannot reach {self.endpoint}: {exc}") from exc
+        return stream
+
+    async def _upgrade(self) -> None:
+        raw = await self._dial()
+        stream = _NetworkStream(raw)
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            host = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
+            request = h11.Request(
+                method="POST",
+                target=ATTACH_PATH,
+                headers=[
+                    ("host", host),
+                    ("content-length", "0"),
+                    *self._attach_headers(upgrade=True),
+                ],
+            )
+            try:
+                with trio.fail_after(ATTACH_TIMEOUT):
+                    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                    answer = await _read_answer(conn, stream)
+            except trio.TooSlowError as exc:
+                raise _AttachFailed(f"{self.endpoint} did not answer the attach in time") from exc
+            except (trio.BrokenResourceError, h11.ProtocolError) as exc:
+                raise _AttachFailed(f"attach to {self.endpoint} failed: {exc}") from exc
+            if not isinstance(answer, h11.InformationalResponse):
+                status, fields, body = answer
+                if status == 200 and _is_poll_session(fields):
+                    raise _UpgradeRefused(_session(body))
+                words = body.decode(errors="replace").strip()
+                raise _AttachFailed(f"{self.endpoint} refused the attach: {status} {words}")
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in answer.headers}
+            trailing = bytes(conn.trailing_data[0])
+            base_url = headers.get("ptth-base-url", self.public_url)
+            await self._serve(PrefixedStream(stream, trailing), headers, base_url)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve(self, stream: trio.abc.Stream, headers: dict[str, str], base_url: str) -> None:
+        info = self.status_info
+        info.mode = "upgrade"
+        info.attaches += 1
+        info.connections += 1
+        info.base_url = base_url
+        info.lease = float(headers.get("ptth-lease", self.lease))
+        info.last_activity = self.node.clock()
+        info.last_error = None
+        log.info("attached to relay %s (upgrade): %s", self.relay.node.short, base_url)
+        assert self.node.server is not None
+        try:
+            await self.node.server.serve_stream(
+                _Touch(stream, info, self.node),
+                peer=f"relay {self.relay.node.short}",
+                base_url=base_url,
+                relayed=True,
+            )
+        finally:
+            info.connections -= 1
+
+    # -- long-poll ------------------------------------------------------------------
+
+    async def _open_poll_session(self) -> dict[str, Any]:
+        client = self.node.http_client
+        try:
+            response = await client.post(
+                self.endpoint + ATTACH_PATH,
+                content=b"",
+                headers=self._attach_headers(upgrade=False),
+                timeout=ATTACH_TIMEOUT,
+            )
+        except httpx.TransportError as exc:
+            raise _AttachFailed(f"cannot reach {self.endpoint}: {exc}") from exc
+        if response.status_code != 200 or not _is_poll_session(list(response.headers.items())):
+            words = f"{response.status_code} {response.text.strip()}"
+            raise _AttachFailed(f"{self.endpoint} refused the attach: {words}")
+        return _session(response.content)
+
+    async def _long_poll(self, session: dict[str, Any]) -> None:
+        info = self.status_info
+        info.mode = "long-poll"
+        info.attaches += 1
+        info.connections += 1
+        info.base_url = str(session["base_url"])
+        info.lease = float(session.get("lease", self.lease))
+        info.last_error = None
+        hold = float(session.get("hold", 25.0))
+        poll_url = self.endpoint + str(session["poll"])
+        log.info("attached to relay %s (long-poll): %s", self.relay.node.short, info.base_url)
+        client = self.node.http_client
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        response = await client.get(poll_url, timeout=hold + 15)
+                    except httpx.TransportError as exc:
+                        raise _AttachFailed(f"poll to {self.endpoint} failed: {exc}") from exc
+                    info.last_activity = self.node.clock()
+                    if response.status_code == 204:
+                        continue
+                    if response.status_code != 200:
+                        return  # the session ended (404): attach again at once
+                    reply = response.headers.get("ptth-reply")
+                    if reply is None:
+                        raise _AttachFailed("the relay's poll answer has no PTTH-Reply URL")
+                    nursery.start_soon(
+                        self._answer, response.content, self.endpoint + reply, info.base_url
+                    )
+        finally:
+            info.connections -= 1
+
+    async def _answer(self, wrapped: bytes, reply_url: str, base_url: str) -> None:
+        try:
+            method, target, headers, body = _wrap.decode_request(wrapped)
+        except _wrap.WrapError as exc:
+            response = Response.text(400, f"wrapped request unreadable: {exc}")
+        else:
+            request = Request(
+                method,
+                target,
+                [(k.lower(), v) for k, v in headers],
+                body,
+                f"relay {self.relay.node.short}",
+                base_url=base_url,
+                relayed=True,
+            )
+            assert self.node.server is not None
+            response = await self.node.server.handler(request)
+        chunks = [response.body]
+        if response.stream is not None:
+            async for chunk in response.stream:
+                chunks.append(chunk)
+        wrapped_response = _wrap.encode_response(
+            response.status, response.headers, b"".join(chunks)
+        )
+        try:
+            await self.node.http_client.post(
+                reply_url, content=wrapped_response, headers={"content-type": "message/http"}
+            )
+        except httpx.TransportError as exc:
+            log.info("relay %s: could not deliver a reply: %s", self.relay.node.short, exc)
+
+
+class _Touch(trio.abc.Stream):
+    """Notes the time of the last bytes from the relay, for ``ptth status``."""
+
+    def __init__(self, stream: trio.abc.Stream, info: _Status, node: Node) -> None:
+        self.stream = stream
+        self.info = info
+        self.node = node
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.stream.receive_some(max_bytes)
+        self.info.last_activity = self.node.clock()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _read_answer(
+    conn: h11.Connection, stream: trio.abc.Stream
+) -> h11.InformationalResponse | tuple[int, list[tuple[str, str]], bytes]:
+    """The relay's answer to an attach: the 101, or a whole final response."""
+    head: h11.Response | None = None
+    body: list[bytes] = []
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(_READ_SIZE)
+            conn.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                return event
+            continue
+        if isinstance(event, h11.Response):
+            head = event
+        elif isinstance(event, h11.Data):
+            body.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage) and head is not None:
+            headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in head.headers]
+            return head.status_code, headers, b"".join(body)
+        else:
+            raise h11.RemoteProtocolError("the relay closed the connection without answering")
+
+
+def _is_poll_session(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-type" and v.startswith("application/json") for k, v in headers)
+
+
+def _session(body: bytes) -> dict[str, Any]:
+    try:
+        session = json.loads(body)
+        if session.get("mode") != "long-poll" or not isinstance(session.get("poll"), str):
+            raise ValueError("not a poll session")
+        str(session["base_url"])
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise _AttachFailed(f"the relay's answer is not a poll session: {exc}") from exc
+    assert isinstance(session, dict)
+    return session

@@ -1,0 +1,604 @@
+"""The relay side of Reverse HTTP (DESIGN.md §4; draft-lentczner-rhttp-00).
+
+A node that cannot be dialled attaches to a relay:
+
+* **Upgrade.** ``POST /ptth/v1/attach`` with ``Upgrade: PTTH/1.0``, ``Connection:
+  Upgrade``, a requested lease (``PTTH-Lease``, seconds) and an RFC 9421 signature: its
+  ``keyid`` is the node id, so a node can only attach as itself (no squatting). The
+  relay answers ``101 Switching Protocols`` with the granted lease and the node's
+  public base URL (``PTTH-Base-URL``); from the next byte the relay is the HTTP client
+  on that connection (an ``h11.Connection(CLIENT)``).
+* **Long-poll** (the reversehttp.net design, for paths that drop Upgrade). The same
+  attach without Upgrade creates a poll session: ``GET /ptth/v1/poll/<cap>`` is held
+  up to ``poll_hold`` seconds and answered ``204`` (nothing) or ``200`` with one
+  wrapped request (``message/http``) and a ``PTTH-Reply`` URL; the node POSTs the
+  wrapped response there. The URLs are unguessable capabilities.
+
+Visitors reach an attached node at ``/n/<node-id>/<rest>``: the relay re-serialises the
+request (hop-by-hop headers removed, ``Forwarded`` and ``Via`` added, visitor copies of
+those and of ``PTTH-*`` headers stripped) and sends ``/<rest>`` over an idle reversed
+connection, one exchange at a time on each, and streams the answer back. Errors the
+relay makes carry ``Proxy-Status`` (RFC 9209) so a caller can tell them from the
+node's own answers.
+
+Idle reversed connections are pinged every ``ping_interval``; one that does not answer
+within ``ping_timeout`` is dropped. After a node's last connection (or poll) ends, its
+URL space stays bound for its lease: visitors wait up to ``visitor_wait`` for it to come
+back, then get ``503`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import h11
+import trio
+
+import crypto
+from node import _fabric, _wrap
+from node._server import Request, Response
+
+if TYPE_CHECKING:
+    from node._node import Node
+
+__all__ = [
+    "ATTACH_PATH",
+    "PING_PATH",
+    "POLL_PREFIX",
+    "REPLY_PREFIX",
+    "RelayConfig",
+    "RelayService",
+]
+
+ATTACH_PATH: Final = "/ptth/v1/attach"
+POLL_PREFIX: Final = "/ptth/v1/poll/"
+REPLY_PREFIX: Final = "/ptth/v1/reply/"
+PING_PATH: Final = "/ptth/v1/ping"
+UPGRADE_TOKENS: Final = ("ptth/1.0", "ptth/0.9")
+_READ_SIZE: Final = 64 * 1024
+
+#: Headers that belong to one hop (RFC 9110 §7.6.1) and never cross the relay, plus
+#: those the relay sets itself (visitor-supplied copies are dropped).
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "content-length",
+        "forwarded",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "proxy-status",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayConfig:
+    """A relay's policy and limits. Every default has a reason."""
+
+    #: Who may attach: "open" (any node), "peers" (nodes in our peer book), "off".
+    policy: str = "open"
+    #: Nodes attached at once: each costs a few tasks and buffers.
+    max_nodes: int = 1000
+    #: Reversed connections per node: a pool of 2 is the default on the node side.
+    max_connections_per_node: int = 8
+    #: Longest lease granted (s): how long a URL space stays bound after the last
+    #: connection ends.
+    max_lease: float = 300.0
+    #: How long a visitor waits for a free (or returning) connection (s).
+    visitor_wait: float = 5.0
+    #: How long the node may take to answer a forwarded request (s).
+    reply_timeout: float = 30.0
+    #: Ping an idle reversed connection this often (s) ...
+    ping_interval: float = 25.0
+    #: ... and drop it if the ping is not answered within this (s).
+    ping_timeout: float = 10.0
+    #: How long a long-poll is held before ``204`` (s).
+    poll_hold: float = 25.0
+    #: Largest request or response body forwarded.
+    max_body_size: int = 16 * 1024 * 1024
+
+
+def _proxy_status(
+    relay: crypto.NodeId, status: int, error: str, words: str, retry_after: int | None = None
+) -> Response:
+    headers = [("proxy-status", f'ptth-{relay.short}; error={error}; details="{words}"')]
+    if retry_after is not None:
+        headers.append(("retry-after", str(retry_after)))
+    return Response.text(status, f"relay: {words}", headers)
+
+
+class _Reversed:
+    """One reversed connection: the relay is the HTTP client on it."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+        self.closed = trio.Event()
+        self.busy = False
+
+    def close(self) -> None:
+        self.closed.set()
+
+    async def send_request(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> None:
+        fields = [*headers, ("content-length", str(len(body)))]
+        data = self.conn.send(h11.Request(method=method, target=target, headers=fields))
+        data += self.conn.send(h11.Data(data=body)) if body else b""
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(bytes(await self.stream.receive_some(_READ_SIZE)))
+                continue
+            assert isinstance(event, h11.Event)
+            return event
+
+
+class _Exchange:
+    """A visitor request waiting for a long-poll session to carry it."""
+
+    def __init__(self, wrapped: bytes) -> None:
+        self.wrapped = wrapped
+        self.reply_token = secrets.token_urlsafe(24)
+        self.done = trio.Event()
+        self.response: bytes | None = None
+
+
+class _Attachment:
+    """Everything the relay holds for one attached node."""
+
+    def __init__(self, node: crypto.NodeId, lease: float) -> None:
+        self.node = node
+        self.lease = lease
+        self.connections: list[_Reversed] = []
+        self.idle: collections.deque[_Reversed] = collections.deque()
+        self.changed = trio.Event()
+        self.detached_at: float | None = None
+        self.poll_token: str | None = None
+        self.poll_deadline = 0.0
+        self.waiting: collections.deque[_Exchange] = collections.deque()
+        self.last_activity = trio.current_time()
+        self.requests = 0
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def polling(self) -> bool:
+        return self.poll_token is not None and trio.current_time() < self.poll_deadline
+
+    @property
+    def attached(self) -> bool:
+        return bool(self.connections) or self.polling
+
+    def lease_over(self) -> bool:
+        if self.attached:
+            return False
+        since = self.detached_at if self.detached_at is not None else self.poll_deadline
+        return trio.current_time() >= since + self.lease
+
+
+class RelayService:
+    """Serves attach, poll and reply for one node acting as a relay, and ``/n/...``."""
+
+    def __init__(self, node: Node, config: RelayConfig) -> None:
+        self.node = node
+        self.config = config
+        self.attachments: dict[crypto.NodeId, _Attachment] = {}
+        self._replies: dict[str, _Exchange] = {}
+        self._polls: dict[str, _Attachment] = {}
+
+    # -- routing --------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == ATTACH_PATH:
+            return await self.attach(request)
+        if path.startswith(POLL_PREFIX):
+            return await self.poll(request, path[len(POLL_PREFIX) :])
+        if path.startswith(REPLY_PREFIX):
+            return await self.reply(request, path[len(REPLY_PREFIX) :])
+        return await self.forward(request)
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """One entry per node attached (or within its lease)."""
+        now = trio.current_time()
+        return [
+            {
+                "node": a.node.text,
+                "connections": len(a.connections),
+                "polling": a.polling,
+                "lease": a.lease,
+                "idle_for": round(now - a.last_activity, 1),
+                "requests": a.requests,
+            }
+            for a in self.attachments.values()
+            if not a.lease_over()
+        ]
+
+    # -- attaching ------------------------------------------------------------------
+
+    def _refuse(self, status: int, words: str, retry_after: int | None = None) -> Response:
+        headers = [("retry-after", str(retry_after))] if retry_after is not None else []
+        return Response.text(status, words, headers)
+
+    async def attach(self, request: Request) -> Response:
+        if request.method != "POST":
+            return self._refuse(405, "attach with POST")
+        if self.config.policy == "off":
+            return self._refuse(403, "this node does not relay for others")
+        try:
+            node = _fabric.verify_request(
+                request.method,
+                request.url,
+                request.headers,
+                request.body,
+                now=self.node.clock() // 1000,
+                guard=self.node.replay_guard,
+            )
+        except crypto.CryptoError as exc:
+            return self._refuse(401, f"attach not authenticated: {exc}")
+        if self.config.policy == "peers" and self.node.peer_address(node) is None:
+            return self._refuse(403, f"this relay serves its peers only; {node.short} is not one")
+        lease = _requested_lease(request.header("ptth-lease"), self.config.max_lease)
+        attachment = self.attachments.get(node)
+        if attachment is None or attachment.lease_over():
+            self._sweep()
+            if len(self.attachments) >= self.config.max_nodes:
+                return self._refuse(
+                    503, f"relay full: {self.config.max_nodes} nodes attached", retry_after=30
+                )
+            attachment = self.attachments[node] = _Attachment(node, lease)
+        attachment.lease = lease
+        base_url = self.base_url(request, node)
+        upgrade = (request.header("upgrade") or "").lower()
+        wants = [token.strip() for token in upgrade.split(",") if token.strip()]
+        if not wants:
+            return self._open_poll_session(attachment, base_url)
+        if not any(token in UPGRADE_TOKENS for token in wants):
+            return self._refuse(400, f"cannot upgrade to {upgrade!r}; this relay speaks PTTH/1.0")
+        if len(attachment.connections) >= self.config.max_connections_per_node:
+            return self._refuse(
+                429,
+                f"{node.short} already has {len(attachment.connections)} connections, "
+                f"limit {self.config.max_connections_per_node}",
+                retry_after=5,
+            )
+        protocol = next(t for t in wants if t in UPGRADE_TOKENS)
+
+        async def serve(stream: trio.abc.Stream) -> None:
+            await self._serve_reversed(attachment, stream)
+
+        headers = [
+            ("upgrade", "PTTH/1.0" if protocol == "ptth/1.0" else "PTTH/0.9"),
+            ("connection", "Upgrade"),
+            ("ptth-lease", f"{lease:g}"),
+            ("ptth-base-url", base_url),
+        ]
+        return Response(101, headers, upgrade=serve)
+
+    def base_url(self, request: Request, node: crypto.NodeId) -> str:
+        return f"{request.url.split('/ptth/', 1)[0]}/n/{node.text}"
+
+    def _sweep(self) -> None:
+        for node, attachment in list(self.attachments.items()):
+            if attachment.lease_over() and not attachment.waiting:
+                del self.attachments[node]
+                if attachment.poll_token is not None:
+                    self._polls.pop(attachment.poll_token, None)
+
+    async def _serve_reversed(self, attachment: _Attachment, stream: trio.abc.Stream) -> None:
+        connection = _Reversed(stream)
+        attachment.connections.append(connection)
+        attachment.idle.append(connection)
+        attachment.detached_at = None
+        attachment.last_activity = trio.current_time()
+        attachment.notify()
+        try:
+            await self._keep_alive(attachment, connection)
+        finally:
+            connection.close()
+            attachment.connections.remove(connection)
+            if connection in attachment.idle:
+                attachment.idle.remove(connection)
+            if not attachment.connections:
+                attachment.detached_at = trio.current_time()
+            attachment.notify()
+
+    async def _keep_alive(self, attachment: _Attachment, connection: _Reversed) -> None:
+        """Ping the connection whenever it has been idle for a ping interval."""
+        idle_since = trio.current_time()
+        while not connection.closed.is_set():
+            with trio.move_on_at(idle_since + self.config.ping_interval):
+                await connection.closed.wait()
+                return
+            if connection.busy or connection not in attachment.idle:
+                idle_since = trio.current_time()
+                continue
+            if trio.current_time() - attachment.last_activity < self.config.ping_interval:
+                idle_since = attachment.last_activity
+                continue
+            attachment.idle.remove(connection)
+            connection.busy = True
+            if not await self._ping(connection):
+                return
+            connection.busy = False
+            attachment.idle.append(connection)
+            attachment.notify()
+            idle_since = trio.current_time()
+
+    async def _ping(self, connection: _Reversed) -> bool:
+        with trio.move_on_after(self.config.ping_timeout):
+            try:
+                await connection.send_request("OPTIONS", PING_PATH, [("host", "ptth")], b"")
+                while True:
+                    event = await connection.next_event()
+                    if isinstance(event, h11.EndOfMessage):
+                        connection.conn.start_next_cycle()
+                        return True
+                    if isinstance(event, h11.ConnectionClosed):
+                        return False
+            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+                return False
+        return False
+
+    # -- long-poll ------------------------------------------------------------------
+
+    def _open_poll_session(self, attachment: _Attachment, base_url: str) -> Response:
+        # One session per node: a node's pool of pollers share it (several polls may
+        # be held at once); a new session is made only when the old one has lapsed.
+        if attachment.poll_token is not None and attachment.polling:
+            token = attachment.poll_token
+        else:
+            if attachment.poll_token is not None:
+                self._polls.pop(attachment.poll_token, None)
+            token = secrets.token_urlsafe(24)
+        attachment.poll_token = token
+        attachment.poll_deadline = trio.current_time() + attachment.lease
+        attachment.detached_at = None
+        self._polls[token] = attachment
+        attachment.notify()
+        body = json.dumps(
+            {
+                "mode": "long-poll",
+                "poll": POLL_PREFIX + token,
+                "base_url": base_url,
+                "lease": attachment.lease,
+                "hold": self.config.poll_hold,
+            }
+        ).encode()
+        return Response(200, [("content-type", "application/json")], body)
+
+    async def poll(self, request: Request, token: str) -> Response:
+        attachment = self._polls.get(token)
+        if attachment is None or request.method != "GET":
+            return self._refuse(404, "no such poll session (it ended, or never was)")
+        attachment.poll_deadline = trio.current_time() + attachment.lease + self.config.poll_hold
+        attachment.last_activity = trio.current_time()
+        with trio.move_on_after(self.config.poll_hold):
+            while not attachment.waiting:
+                await attachment.changed.wait()
+                if attachment.poll_token != token:
+                    return self._refuse(404, "poll session replaced by a newer one")
+        attachment.poll_deadline = trio.current_time() + attachment.lease
+        if not attachment.waiting:
+            return Response(204)
+        exchange = attachment.waiting.popleft()
+        self._replies[exchange.reply_token] = exchange
+        headers = [
+            ("content-type", "message/http"),
+            ("ptth-reply", REPLY_PREFIX + exchange.reply_token),
+        ]
+        return Response(200, headers, exchange.wrapped)
+
+    async def reply(self, request: Request, token: str) -> Response:
+        exchange = self._replies.pop(token, None)
+        if exchange is None or request.method != "POST":
+            return self._refuse(404, "no such reply URL (answered already, or timed out)")
+        exchange.response = request.body
+        exchange.done.set()
+        return Response(204)
+
+    # -- forwarding -----------------------------------------------------------------
+
+    def _relay_error(
+        self, status: int, error: str, words: str, retry_after: int | None = None
+    ) -> Response:
+        return _proxy_status(self.node.node_id, status, error, words, retry_after)
+
+    async def forward(self, request: Request) -> Response:
+        rest = request.target[len("/n/") :]
+        node_text, slash, tail = rest.partition("/")
+        try:
+            node = crypto.NodeId.parse(node_text)
+        except crypto.Malformed as exc:
+            return self._relay_error(404, "destination_not_found", f"bad node id: {exc}")
+        attachment = self.attachments.get(node)
+        if attachment is None or (attachment.lease_over() and not attachment.attached):
+            return self._relay_error(
+                404, "destination_not_found", f"{node.short} is not attached here"
+            )
+        target = "/" + tail if slash else "/"
+        headers = self._forward_headers(request)
+        attachment.requests += 1
+        attachment.last_activity = trio.current_time()
+        deadline = trio.current_time() + self.config.visitor_wait
+        while True:
+            connection = self._take_idle(attachment)
+            if connection is not None:
+                return await self._exchange(attachment, connection, request, target, headers)
+            if attachment.polling and not attachment.connections:
+                return await self._exchange_by_poll(attachment, request, target, headers)
+            if trio.current_time() >= deadline:
+                if attachment.attached:
+                    return self._relay_error(
+                        503,
+                        "connection_limit_reached",
+                        f"no free connection to {node.short} within {self.config.visitor_wait:g} s",
+                        retry_after=1,
+                    )
+                return self._relay_error(
+                    503,
+                    "destination_unavailable",
+                    f"{node.short} is detached (its lease holds its URL space)",
+                    retry_after=max(1, int(self.config.visitor_wait)),
+                )
+            with trio.move_on_at(deadline):
+                await attachment.changed.wait()
+
+    def _take_idle(self, attachment: _Attachment) -> _Reversed | None:
+        while attachment.idle:
+            connection = attachment.idle.popleft()
+            if not connection.closed.is_set():
+                connection.busy = True
+                return connection
+        return None
+
+    def _forward_headers(self, request: Request) -> list[tuple[str, str]]:
+        named = {
+            token.strip().lower()
+            for token in (request.header("connection") or "").split(",")
+            if token.strip()
+        }
+        headers = [
+            (name, value)
+            for name, value in request.headers
+            if name not in _HOP_BY_HOP and name not in named and not name.startswith("ptth-")
+        ]
+        host = request.header("host") or "unknown"
+        visitor = request.peer.rpartition(":")[0] or request.peer
+        headers.append(("forwarded", f'for="{visitor}";host="{host}";proto=http'))
+        headers.append(("via", f"1.1 ptth-{self.node.node_id.short}"))
+        return headers
+
+    async def _exchange(
+        self,
+        attachment: _Attachment,
+        connection: _Reversed,
+        request: Request,
+        target: str,
+        headers: list[tuple[str, str]],
+    ) -> Response:
+        """Send the request over ``connection``; stream the answer back to the visitor."""
+        try:
+            with trio.fail_after(self.config.reply_timeout):
+                await connection.send_request(request.method, target, headers, request.body)
+                while True:
+                    event = await connection.next_event()
+                    if isinstance(event, h11.Response):
+                        break
+                    if not isinstance(event, h11.InformationalResponse):
+                        raise h11.RemoteProtocolError("the node closed without answering")
+        except trio.TooSlowError:
+            connection.close()
+            return self._relay_error(
+                504,
+                "http_response_timeout",
+                f"{attachment.node.short} did not answer within {self.config.reply_timeout:g} s",
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
+            connection.close()
+            return self._relay_error(
+                502, "http_protocol_error", f"bad answer from {attachment.node.short}: {exc}"
+            )
+        status = event.status_code
+        response_headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in event.headers
+            if name.decode("latin-1").lower() not in _HOP_BY_HOP
+        ]
+        response_headers.append(("via", f"1.1 ptth-{self.node.node_id.short}"))
+        return Response(status, response_headers, stream=self._body(attachment, connection))
+
+    async def _body(self, attachment: _Attachment, connection: _Reversed) -> AsyncIterator[bytes]:
+        complete = False
+        size = 0
+        try:
+            while True:
+                with trio.fail_after(self.config.reply_timeout):
+                    event = await connection.next_event()
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.config.max_body_size:
+                        return  # cut off: the connection is closed below
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    connection.conn.start_next_cycle()
+                    complete = True
+                    return
+                else:
+                    return
+        except (
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            h11.ProtocolError,
+        ):
+            return
+        finally:
+            connection.busy = False
+            if complete and not connection.closed.is_set():
+                attachment.idle.append(connection)
+                attachment.last_activity = trio.current_time()
+            else:
+                connection.close()
+            attachment.notify()
+
+    async def _exchange_by_poll(
+        self,
+        attachment: _Attachment,
+        request: Request,
+        target: str,
+        headers: list[tuple[str, str]],
+    ) -> Response:
+        exchange = _Exchange(_wrap.encode_request(request.method, target, headers, request.body))
+        attachment.waiting.append(exchange)
+        attachment.notify()
+        with trio.move_on_after(self.config.reply_timeout):
+            await exchange.done.wait()
+        if exchange in attachment.waiting:
+            attachment.waiting.remove(exchange)
+        self._replies.pop(exchange.reply_token, None)
+        if exchange.response is None:
+            return self._relay_error(
+                504,
+                "http_response_timeout",
+                f"{attachment.node.short} did not answer within {self.config.reply_timeout:g} s",
+            )
+        try:
+            status, response_headers, body = _wrap.decode_response(exchange.response)
+        except _wrap.WrapError as exc:
+            return self._relay_error(
+                502, "http_protocol_error", f"bad answer from {attachment.node.short}: {exc}"
+            )
+        kept = [(k, v) for k, v in response_headers if k.lower() not in _HOP_BY_HOP]
+        kept.append(("via", f"1.1 ptth-{self.node.node_id.short}"))
+        return Response(status, kept, body)
+
+
+def _requested_lease(value: str | None, maximum: float) -> float:
+    try:
+        asked = float(value) if value is not None else 60.0
+    except ValueError:
+        asked = 60.0
+    return max(1.0, min(asked, maximum))
