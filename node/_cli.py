@@ -24,9 +24,11 @@ import trio
 
 import crypto
 from node._api import ApiClient
+from node._attach import RelayMode
 from node._datadir import DataDir, default_data_dir
 from node._errors import NodeError, NotRunning
 from node._node import Node, NodeConfig
+from node._relay import RelayConfig
 
 __all__ = ["main"]
 
@@ -144,8 +146,14 @@ class Cli:
         return crypto.parse_token(token, now=_now_ms())
 
     def cmd_run(self) -> None:
+        relays = tuple(_read_token_argument(token, self.stdin).strip() for token in self.args.relay)
         config = NodeConfig(
-            listen=self.args.listen, public_url=self.args.public_url, name=self.args.name
+            listen=self.args.listen,
+            public_url=self.args.public_url,
+            name=self.args.name,
+            relays=relays,
+            relay_mode=self.args.relay_mode,
+            relay=RelayConfig(policy=self.args.relay_policy),
         )
         if self.args.public_url is not None:
             crypto.validate_endpoint(self.args.public_url)
@@ -210,6 +218,20 @@ class Cli:
             self.say(
                 f"  {peer['node']}  {peer['name'] or '-'}  {' '.join(peer['endpoints'])}{state}"
             )
+        for link in status["attachments"]:
+            last = link["last_activity"]
+            seen = f"last activity {_format_time(last)}" if last else "never attached"
+            problem = f"; last error: {link['last_error']}" if link["last_error"] else ""
+            self.say(
+                f"relay     {link['relay'][:10]} {link['endpoint']}  mode {link['mode'] or '-'}  "
+                f"{link['connections']} connections  lease {link['lease'] or '-'} s  "
+                f"{seen}{problem}"
+            )
+        if status["relaying"]:
+            self.say(f"relaying  for {len(status['relaying'])} nodes")
+            for entry in status["relaying"]:
+                mode = "long-poll" if entry["polling"] else f"{entry['connections']} connections"
+                self.say(f"  {entry['node']}  {mode}  {entry['requests']} requests")
         counters = status["counters"]
         self.say(
             "received  {frames_accepted} accepted, {frames_duplicate} duplicate, "
@@ -312,6 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="the URL other nodes reach this one at (default: http://HOST:PORT of --listen)",
     )
     run.add_argument("--name", help="a display name for this node's address record")
+    run.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="stay reachable through this relay (its address token, or @FILE); repeatable",
+    )
+    run.add_argument(
+        "--relay-mode",
+        choices=[m.value for m in RelayMode],
+        default=RelayMode.AUTO.value,
+        help="attach with PTTH Upgrade, long-poll, or auto (Upgrade, else long-poll)",
+    )
+    run.add_argument(
+        "--relay-policy",
+        choices=["open", "peers", "off"],
+        default="open",
+        help="who may attach to this node as their relay (default %(default)s)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
     send = command("send", Cli.cmd_send, "send a message through the running node")

@@ -300,14 +300,19 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.server.serve, listeners)
-                for link in self.links:
-                    await nursery.start(link.run)
+                links = trio.CancelScope()
+                if self.links:
+                    await nursery.start(self._run_links, links)
                 await self.run_blocking(self._write_api_files)
                 try:
                     yield
                 finally:
                     with contextlib.suppress(FileNotFoundError):
                         (self.data.path / "api.json").unlink()
+                    # Attachments are not work in flight for anyone: they end first.
+                    links.cancel()
+                    if self.relay_service is not None:
+                        self.relay_service.shutdown()
                     self.server.shutdown()
                     # Senders end with the block: what they hold has not been accepted,
                     # and their callers (inside the block) are being cancelled anyway.
@@ -319,6 +324,18 @@ class Node:
                         self.config.server.shutdown_grace + 1
                     )
             self._nursery = None
+
+    async def _run_links(
+        self,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for link in self.links:
+                    await nursery.start(link.run)
+                task_status.started()
 
     def _relay_addresses(self) -> list[crypto.SignedAddress]:
         addresses = []

@@ -207,6 +207,13 @@ class RelayService:
         self.attachments: dict[crypto.NodeId, _Attachment] = {}
         self._replies: dict[str, _Exchange] = {}
         self._polls: dict[str, _Attachment] = {}
+        self.closing = False
+
+    def shutdown(self) -> None:
+        """The node is stopping: release held polls now (they would hold shutdown up)."""
+        self.closing = True
+        for attachment in self.attachments.values():
+            attachment.notify()
 
     # -- routing --------------------------------------------------------------------
 
@@ -396,7 +403,7 @@ class RelayService:
         attachment.poll_deadline = trio.current_time() + attachment.lease + self.config.poll_hold
         attachment.last_activity = trio.current_time()
         with trio.move_on_after(self.config.poll_hold):
-            while not attachment.waiting:
+            while not attachment.waiting and not self.closing:
                 await attachment.changed.wait()
                 if attachment.poll_token != token:
                     return self._refuse(404, "poll session replaced by a newer one")
