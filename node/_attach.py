@@ -128,6 +128,7 @@ class RelayLink:
         self.lease = lease
         self.endpoint = relay.record.endpoints[0].rstrip("/")
         self.status_info = _Status()
+        self._changed = trio.Event()
         parts = urllib.parse.urlsplit(self.endpoint)
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
@@ -137,6 +138,16 @@ class RelayLink:
     def public_url(self) -> str:
         """Where visitors reach this node through the relay."""
         return f"{self.endpoint}/n/{self.node.node_id.text}"
+
+    async def wait_connected(self, count: int = 1) -> None:
+        """Return once at least ``count`` connections (or polls) to the relay are up."""
+        while self.status_info.connections < count:
+            await self._changed.wait()
+
+    def _connections_changed(self, delta: int) -> None:
+        self.status_info.connections += delta
+        self._changed.set()
+        self._changed = trio.Event()
 
     def status(self) -> dict[str, Any]:
         info = dataclasses.asdict(self.status_info)
@@ -253,7 +264,7 @@ class RelayLink:
         info = self.status_info
         info.mode = "upgrade"
         info.attaches += 1
-        info.connections += 1
+        self._connections_changed(+1)
         info.base_url = base_url
         info.lease = float(headers.get("ptth-lease", self.lease))
         info.last_activity = self.node.clock()
@@ -268,7 +279,7 @@ class RelayLink:
                 relayed=True,
             )
         finally:
-            info.connections -= 1
+            self._connections_changed(-1)
 
     # -- long-poll ------------------------------------------------------------------
 
@@ -292,7 +303,7 @@ class RelayLink:
         info = self.status_info
         info.mode = "long-poll"
         info.attaches += 1
-        info.connections += 1
+        self._connections_changed(+1)
         info.base_url = str(session["base_url"])
         info.lease = float(session.get("lease", self.lease))
         info.last_error = None
@@ -319,7 +330,7 @@ class RelayLink:
                         self._answer, response.content, self.endpoint + reply, info.base_url
                     )
         finally:
-            info.connections -= 1
+            self._connections_changed(-1)
 
     async def _answer(self, wrapped: bytes, reply_url: str, base_url: str) -> None:
         try:

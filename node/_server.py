@@ -406,13 +406,18 @@ class _ConnectionState:
             headers.append((b"content-length", str(len(response.body)).encode("ascii")))
         with trio.move_on_after(self.config.write_timeout) as scope:
             try:
-                await self.write(h11.Response(status_code=response.status, headers=headers))
+                head = h11.Response(status_code=response.status, headers=headers)
                 if response.stream is None:
+                    # One write for the whole response: one syscall, one segment.
+                    events: list[h11.Event] = [head]
                     if response.body:
-                        await self.write(h11.Data(data=response.body))
+                        events.append(h11.Data(data=response.body))
+                    events.append(h11.EndOfMessage())
+                    await self.write(*events)
                 else:
+                    await self.write(head)
                     await self.write_stream(response)
-                await self.write(h11.EndOfMessage())
+                    await self.write(h11.EndOfMessage())
             except h11.LocalProtocolError as exc:
                 log.debug("cannot answer on this connection: %s", exc)
                 raise _Closing from exc
@@ -439,8 +444,8 @@ class _ConnectionState:
         if scope.cancelled_caught:
             raise _Closing
 
-    async def write(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
+    async def write(self, *events: h11.Event) -> None:
+        data = b"".join(self.conn.send(event) or b"" for event in events)
         if data:
             try:
                 await self.stream.send_all(data)
