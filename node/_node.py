@@ -604,6 +604,18 @@ class Node:
             raise Rejected(str(pending.result.code), pending.result.words)
         return pending.result
 
+    async def add_peer(self, token: str) -> crypto.SignedAddress:
+        """Verify a peer's address token and store it (as `ptth peer add` does).
+
+        Raises :class:`crypto.CryptoError` for a bad token (:class:`crypto.Stale` if it
+        is older than the one held) and :class:`NodeError` for this node's own token.
+        """
+        address = crypto.parse_token(token, now=self.clock())
+        if address.node == self.node_id:
+            raise NodeError("that token is this node's own address")
+        await self.run_blocking(lambda: self.data.peers.add(address, now=self.clock()))
+        return address
+
     def peer_address(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
         """The current address record of peer ``node``, or None."""
         return self.data.peers.get(node, now=self.clock())

@@ -15,6 +15,7 @@ from node import (
     DeliveryFailed,
     MemoryNetwork,
     Node,
+    NodeError,
     PeerUnknown,
     Rejected,
     ServerConfig,
@@ -505,3 +506,14 @@ async def test_cancelling_the_whole_node_ends_cleanly(memory_nodes: NodeFactory)
                 await trio.testing.wait_all_tasks_blocked()
                 scope.cancel()
     assert scope.cancelled_caught
+
+
+async def test_add_peer_by_token(memory_nodes: NodeFactory) -> None:
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    address = await a.add_peer(b.address_token())
+    assert address.node == b.node_id
+    assert (await a.send(b.node_id, b"by token")).ok
+    with pytest.raises(crypto.Malformed, match="must start with 'ptth:'"):
+        await a.add_peer("nonsense")
+    with pytest.raises(NodeError, match="own address"):
+        await a.add_peer(a.address_token())
