@@ -205,12 +205,20 @@ def decode(
     max_size: int = MAX_ENVELOPE_SIZE,
     allowed_tags: Collection[int] = (),
     max_items: int | None = None,
+    any_keys: bool = False,
 ) -> Any:
     """Decode exactly one CBOR item from ``data``, bounded as the module docstring says.
 
-    Map keys must be text or byte strings unless ``max_items`` is given: then any key
-    type is allowed and every container is first checked to hold at most ``max_items``
-    (:func:`check_bounds`). ``what`` names the item in error messages.
+    Map keys must be text or byte strings, unless:
+
+    * ``max_items`` is given: then any key type is allowed once every container has
+      been checked to hold at most ``max_items`` (:func:`check_bounds`). The check is
+      made only if a decode with text/bytes keys fails, as it does for integer keys
+      (which it refuses before building the map), so the common case costs nothing;
+    * ``any_keys`` is true: for inputs so small (``max_size``) that no map in them can
+      be large, e.g. a COSE protected header.
+
+    ``what`` names the item in error messages.
 
     Raises :class:`TooLarge` before decoding if ``data`` is over ``max_size`` bytes, and
     :class:`Malformed` for anything that is not one well-formed item free of tags but
@@ -221,9 +229,17 @@ def decode(
     if not data:
         raise Malformed(f"{what} is empty")
     if max_items is not None:
-        check_bounds(data, what=what, max_items=max_items, allowed_tags=allowed_tags)
+        try:
+            return _decode_all(data, what, allowed_tags, any_keys=False)
+        except Malformed:
+            check_bounds(data, what=what, max_items=max_items, allowed_tags=allowed_tags)
+            any_keys = True
+    return _decode_all(data, what, allowed_tags, any_keys=any_keys)
+
+
+def _decode_all(data: bytes, what: str, allowed_tags: Collection[int], *, any_keys: bool) -> Any:
     fp = io.BytesIO(data)
-    value = _decode_one(_decoder(fp, allowed_tags, any_keys=max_items is not None), what)
+    value = _decode_one(_decoder(fp, allowed_tags, any_keys=any_keys), what)
     if fp.tell() != len(data):
         raise Malformed(f"{what} has {len(data) - fp.tell()} trailing bytes after the CBOR item")
     return value

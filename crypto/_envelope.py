@@ -131,10 +131,7 @@ def _untag(item: Any) -> tuple[Any, Any, Any, Any]:
 
 def _read_protected(protected: bytes) -> tuple[NodeId, str]:
     headers = _cbor.decode(
-        protected,
-        what="protected header",
-        max_size=_MAX_PROTECTED_SIZE,
-        max_items=_MAX_HEADER_ITEMS,
+        protected, what="protected header", max_size=_MAX_PROTECTED_SIZE, any_keys=True
     )
     if not isinstance(headers, dict):
         raise Malformed("envelope's protected header is not a map")
