@@ -20,6 +20,7 @@ application acknowledges it.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -463,7 +464,13 @@ class Node:
             ("content-type", mesh.CONTENT_TYPE_RESULTS),
             *_fabric.sign_response(self.identity, 200, body, digest, now=self.clock() // 1000),
         ]
-        log.debug("took %d frames from %s", len(items), sender.short)
+        outcomes = collections.Counter(result.outcome.value for result in results)
+        log.info(
+            "took %d frames from %s (%s)",
+            len(items),
+            sender.short,
+            ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())),
+        )
         return Response(200, headers, body)
 
     async def _admit_and_store(
