@@ -18,6 +18,7 @@ makes one store safe to use from any thread. No clock is read: ``now`` is passed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import threading
@@ -146,10 +147,16 @@ class Store:
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _translate(exc, self.path) from exc
+            except BaseException:
+                self._rollback()  # e.g. a value SQLite cannot bind: never leave it open
+                raise
 
     def _rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+        # SQLite may have rolled back already (it does on SQLITE_FULL); a closed
+        # connection has nothing to roll back, and asking it raises ProgrammingError.
+        with contextlib.suppress(sqlite3.ProgrammingError):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def _accept(self, batch: Sequence[Admitted], now: int) -> list[Result]:
         results: list[Result] = []
@@ -240,14 +247,24 @@ class Store:
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _translate(exc, self.path) from exc
+            except BaseException:
+                self._rollback()
+                raise
             self._inbox_bytes -= freed
             return removed
 
     def sweep(self, *, now: int) -> int:
-        """Forget seen ids of frames expired longer than the grace period ago."""
+        """Forget seen ids of frames expired longer than the grace period ago.
+
+        Ids of frames still in the inbox stay (the inbox's UNIQUE id needs them), so a
+        clock that runs fast cannot turn a redelivery into a second copy.
+        """
         with self._lock:
             try:
-                cursor = self._db.execute("DELETE FROM seen WHERE exp < ?", (now - SEEN_GRACE_MS,))
+                cursor = self._db.execute(
+                    "DELETE FROM seen WHERE exp < ? AND id NOT IN (SELECT id FROM inbox)",
+                    (now - SEEN_GRACE_MS,),
+                )
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path) from exc
             return cursor.rowcount

@@ -26,6 +26,7 @@ import dataclasses
 import fcntl
 import functools
 import logging
+import math
 import os
 import random
 import secrets
@@ -68,6 +69,8 @@ BATCH_SIZE: Final = 100
 #: released by libsodium, so the second core helps).
 _INLINE_VERIFY: Final = 8
 _ADDRESS_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
+#: How often expired frame ids leave the seen-set (seconds).
+SWEEP_INTERVAL: Final = 600.0
 
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -157,6 +160,8 @@ class _PeerSender:
     def __init__(self) -> None:
         self.queue: list[_Pending] = []
         self.running = False
+        #: The endpoint that answered last: the next batch starts there.
+        self.endpoint: str | None = None
 
 
 def _wall_clock_ms() -> int:
@@ -206,11 +211,11 @@ class Node:
         self._extra_routes: list[tuple[str, Callable[[Request], Any]]] = []
         self.server: Server | None = None
         self.add_route(API_PREFIX, LocalApi(self).handle)
-        self.relay_service: RelayService | None = None
-        if config.relay.policy != "off":
-            self.relay_service = RelayService(self, config.relay)
-            for prefix in (ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX, "/n/"):
-                self.add_route(prefix, self.relay_service.handle)
+        # Always served, also with policy "off": an attach then gets the relay's 403
+        # saying so (a node told "404 no such resource" cannot tell why).
+        self.relay_service: RelayService | None = RelayService(self, config.relay)
+        for prefix in (ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX, "/n/"):
+            self.add_route(prefix, self.relay_service.handle)
         self.links: list[RelayLink] = []
 
     # -- opening and closing --------------------------------------------------------
@@ -291,7 +296,9 @@ class Node:
             self.config.public_url or local_url,
         )
         await self.run_blocking(self._refresh_address)
-        self.server = Server(self._handle, self.config.server)
+        public = self.config.public_url or ""
+        scheme = "https" if public.startswith("https://") else "http"
+        self.server = Server(self._handle, self.config.server, scheme=scheme)
         transport = make_transport(self.network)
         timeout = httpx.Timeout(
             self.config.request_timeout, connect=min(10.0, self.config.request_timeout)
@@ -301,17 +308,17 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.server.serve, listeners)
-                links = trio.CancelScope()
-                if self.links:
-                    await nursery.start(self._run_links, links)
+                background = trio.CancelScope()
+                await nursery.start(self._run_background, background)
                 await self.run_blocking(self._write_api_files)
                 try:
                     yield
                 finally:
                     with contextlib.suppress(FileNotFoundError):
                         (self.data.path / "api.json").unlink()
-                    # Attachments are not work in flight for anyone: they end first.
-                    links.cancel()
+                    # Attachments and the sweeper are not work in flight for anyone:
+                    # they end first.
+                    background.cancel()
                     if self.relay_service is not None:
                         self.relay_service.shutdown()
                     self.server.shutdown()
@@ -326,14 +333,28 @@ class Node:
                     )
             self._nursery = None
 
-    async def _run_links(
+    async def _sweep_loop(self) -> None:
+        """Forget seen ids of long-expired frames, now and then."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            try:
+                swept = await self.run_blocking(lambda: self.store.sweep(now=self.clock()))
+            except mesh.MeshError as exc:
+                log.warning("sweeping the store failed: %s", exc)
+            else:
+                if swept:
+                    log.info("forgot %d expired frame ids", swept)
+
+    async def _run_background(
         self,
         scope: trio.CancelScope,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """The node's own upkeep (relay attachments, the sweeper), in ``scope``."""
         with scope:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sweep_loop)
                 for link in self.links:
                     await nursery.start(link.run)
                 task_status.started()
@@ -628,11 +649,12 @@ class Node:
         return self.data.peers.get(node, now=self.clock())
 
     async def _drain(self, dst: crypto.NodeId, sender: _PeerSender) -> None:
+        batch: list[_Pending] = []
         try:
             while sender.queue:
                 batch, sender.queue = sender.queue[:BATCH_SIZE], sender.queue[BATCH_SIZE:]
                 try:
-                    results = await self._post_frames(dst, [p.wire for p in batch])
+                    results = await self._post_frames(dst, [p.wire for p in batch], sender)
                 except (NodeError, crypto.CryptoError) as exc:
                     self.statistics.send_failures += len(batch)
                     for pending in batch:
@@ -650,11 +672,22 @@ class Node:
                         self.statistics.sent_rejected += 1
         finally:
             sender.running = False
+            # Cancelled (the node is stopping): whoever waits on these frames must hear
+            # that they were not handed on, not wait forever.
+            for pending in [*batch, *sender.queue]:
+                if not pending.done.is_set():
+                    pending.error = NodeError("node stopped before the frame was accepted")
+                    pending.done.set()
+            sender.queue = []
 
     async def _post_frames(
-        self, dst: crypto.NodeId, frames: list[mesh.WireFrame]
+        self, dst: crypto.NodeId, frames: list[mesh.WireFrame], sender: _PeerSender
     ) -> list[mesh.Result]:
-        """POST ``frames`` to ``dst`` until it answers, retrying what may be retried."""
+        """POST ``frames`` to ``dst`` until it answers, retrying what may be retried.
+
+        Starts at the endpoint that answered last; on a failure tries the next one at
+        once, and backs off only after a round of all of them.
+        """
         assert self._client is not None
         body = mesh.encode_frames(frames)
         deadline = trio.current_time() + self.config.send_timeout
@@ -666,16 +699,27 @@ class Node:
             if address is None:
                 raise PeerUnknown(f"no address known for {dst.text}")
             endpoints = address.record.endpoints
-            url = endpoints[attempt % len(endpoints)].rstrip("/") + FRAMES_PATH
+            start = endpoints.index(sender.endpoint) if sender.endpoint in endpoints else 0
+            endpoint = endpoints[(start + attempt) % len(endpoints)]
             attempt += 1
             retry_after: float | None = None
-            try:
-                results = await self._post_once(dst, url, body, len(frames))
-            except _Retry as retry:
-                last_problem = retry.problem
-                retry_after = retry.after
-            else:
-                return results
+            # No attempt may run past the deadline (a connect timeout would overrun it).
+            with trio.move_on_at(deadline) as attempt_scope:
+                try:
+                    results = await self._post_once(
+                        dst, endpoint.rstrip("/") + FRAMES_PATH, body, len(frames)
+                    )
+                except _Retry as retry:
+                    last_problem = retry.problem
+                    retry_after = retry.after
+                else:
+                    sender.endpoint = endpoint
+                    return results
+            if attempt_scope.cancelled_caught:
+                last_problem = f"no answer from {endpoint} before the deadline"
+                retry_after = math.inf
+            if retry_after is None and attempt % len(endpoints) != 0:
+                continue  # another endpoint may answer: try it now
             wait = retry_after if retry_after is not None else delay * self.rng.uniform(0.5, 1.5)
             if trio.current_time() + wait > deadline:
                 raise DeliveryFailed(

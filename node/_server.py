@@ -51,7 +51,8 @@ class ServerConfig:
     body_timeout: float = 30.0
     #: How long a keep-alive connection may sit between requests.
     idle_timeout: float = 60.0
-    #: How long a response may take to be written to a slow reader.
+    #: How long one write may wait for a slow reader: a whole response, or the head
+    #: or one piece of a streamed one (a stream itself may last as long as it likes).
     write_timeout: float = 30.0
     #: Concurrent connections; each costs a task and buffers.
     max_connections: int = 512
@@ -75,13 +76,16 @@ class Request:
     #: The request came through a relay (it is not from this machine, whatever the
     #: transport says).
     relayed: bool = False
+    #: The scheme clients use to reach this server: "https" behind a TLS-terminating
+    #: proxy (the server itself speaks plain HTTP).
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
         """The absolute URL the client asked for (what its signature covers)."""
         if self.base_url is not None:
             return self.base_url.rstrip("/") + self.target
-        return f"http://{self.header('host') or 'unknown'}{self.target}"
+        return f"{self.scheme}://{self.header('host') or 'unknown'}{self.target}"
 
     @property
     def path(self) -> str:
@@ -132,9 +136,12 @@ class _Closing(Exception):
 class Server:
     """Serves ``handler`` on listeners until :meth:`shutdown` or cancellation."""
 
-    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self, handler: Handler, config: ServerConfig | None = None, *, scheme: str = "http"
+    ) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
+        self.scheme = scheme
         self._closing = trio.Event()
         self._connections: dict[object, _ConnectionState] = {}
         self._drained: trio.Event | None = None
@@ -266,8 +273,16 @@ class _ConnectionState:
             self.idle = False
             response = await self.respond(request)
             if response.status == 101 and response.upgrade is not None:
-                await self.switch_protocols(response)
-                raise _Closing
+                if self.conn.their_state is not h11.DONE:  # h11 holds the client's proposal
+                    await self.switch_protocols(response)
+                    raise _Closing
+                # h11 cannot send a 101 the client did not ask for: a handler bug.
+                log.error(
+                    "handler answered 101 to %s %s, which did not ask to upgrade",
+                    request.method,
+                    request.path,
+                )
+                response = Response.text(500, "internal error while handling the request")
             await self.send(response, close=self.server._closing.is_set())
             self.server.requests_served += 1
             if self.conn.our_state is h11.MUST_CLOSE or self.server._closing.is_set():
@@ -280,18 +295,27 @@ class _ConnectionState:
     async def switch_protocols(self, response: Response) -> None:
         """Send the 101 and hand the connection, with bytes read past it, to the upgrade."""
         assert response.upgrade is not None
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        await self.write(h11.InformationalResponse(status_code=101, headers=headers))
+        try:
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+            await self.write_in_time(h11.InformationalResponse(status_code=101, headers=headers))
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            # e.g. a 101 to CONNECT, or a bad header: the handler's bug, this request's end.
+            log.error("cannot switch protocols: %s", exc)
+            raise _Closing from exc
         trailing, _ = self.conn.trailing_data
         stream = PrefixedStream(self.stream, bytes(trailing))
         # An upgraded connection lives as long as its new protocol: like a long-lived
         # stream, shutdown cancels it rather than waiting for it.
-        with trio.CancelScope() as scope:
-            self.stream_scope = scope
-            if self.server._closing.is_set():
-                scope.cancel()
-            await response.upgrade(stream)
-        self.stream_scope = None
+        try:
+            with trio.CancelScope() as scope:
+                self.stream_scope = scope
+                if self.server._closing.is_set():
+                    scope.cancel()
+                await response.upgrade(stream)
+        except Exception:
+            log.exception("the upgraded connection's protocol failed")
+        finally:
+            self.stream_scope = None
 
     async def respond(self, request: Request) -> Response:
         try:
@@ -364,6 +388,7 @@ class _ConnectionState:
             headers,
             body,
             self.peer,
+            scheme=self.server.scheme,
             base_url=self.base_url,
             relayed=self.relayed,
         )
@@ -398,31 +423,38 @@ class _ConnectionState:
             await self.send(Response.text(status, words), close=True)
 
     async def send(self, response: Response, *, close: bool) -> None:
-        headers = [(b"server", _SERVER_NAME)]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        if close:
-            headers.append((b"connection", b"close"))
-        if response.stream is None:
-            headers.append((b"content-length", str(len(response.body)).encode("ascii")))
-        with trio.move_on_after(self.config.write_timeout) as scope:
-            try:
-                head = h11.Response(status_code=response.status, headers=headers)
-                if response.stream is None:
-                    # One write for the whole response: one syscall, one segment.
-                    events: list[h11.Event] = [head]
-                    if response.body:
-                        events.append(h11.Data(data=response.body))
-                    events.append(h11.EndOfMessage())
-                    await self.write(*events)
-                else:
-                    await self.write(head)
-                    await self.write_stream(response)
-                    await self.write(h11.EndOfMessage())
-            except h11.LocalProtocolError as exc:
-                log.debug("cannot answer on this connection: %s", exc)
-                raise _Closing from exc
-        if scope.cancelled_caught:
-            raise _Closing
+        try:
+            headers = [(b"server", _SERVER_NAME)]
+            headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+            if close:
+                headers.append((b"connection", b"close"))
+            if response.stream is None:
+                headers.append((b"content-length", str(len(response.body)).encode("ascii")))
+            head = h11.Response(status_code=response.status, headers=headers)
+            if response.stream is None:
+                # One write for the whole response: one syscall, one segment.
+                events: list[h11.Event] = [head]
+                if response.body:
+                    events.append(h11.Data(data=response.body))
+                events.append(h11.EndOfMessage())
+                await self.write_in_time(*events)
+            else:
+                # A stream may take as long as it likes (Server-Sent Events live for
+                # hours); each write of it is bounded instead.
+                await self.write_in_time(head)
+                await self.write_stream(response)
+                await self.write_in_time(h11.EndOfMessage())
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            log.debug("cannot answer on this connection: %s", exc)
+            raise _Closing from exc
+        finally:
+            if response.stream is not None:
+                # Written or not (the head may have failed): its owner may hold
+                # something for it, e.g. the relay a reversed connection.
+                aclose = getattr(response.stream, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
 
     async def write_stream(self, response: Response) -> None:
         assert response.stream is not None
@@ -433,14 +465,22 @@ class _ConnectionState:
                     if self.server._closing.is_set():
                         scope.cancel()
                 async for chunk in response.stream:
-                    with trio.fail_after(self.config.write_timeout):
-                        await self.write(h11.Data(data=chunk))
+                    await self.write_in_time(h11.Data(data=chunk))
+        except (_Closing, h11.LocalProtocolError):
+            raise
+        except Exception as exc:
+            # The head is out: too late for a 500. End this connection, not the server.
+            log.exception("response stream failed after its head was sent")
+            raise _Closing from exc
         finally:
             self.stream_scope = None
-            aclose = getattr(response.stream, "aclose", None)
-            if aclose is not None:
-                with trio.CancelScope(shield=True):
-                    await aclose()
+        if scope.cancelled_caught:
+            raise _Closing
+
+    async def write_in_time(self, *events: h11.Event) -> None:
+        """:meth:`write` within ``write_timeout``; a client that does not read is left."""
+        with trio.move_on_after(self.config.write_timeout) as scope:
+            await self.write(*events)
         if scope.cancelled_caught:
             raise _Closing
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+from pathlib import Path
 
 import httpcore
 import httpx
@@ -15,13 +18,16 @@ from node import (
     DeliveryFailed,
     MemoryNetwork,
     Node,
+    NodeConfig,
     NodeError,
     PeerUnknown,
     Rejected,
     ServerConfig,
     make_transport,
+    run_inline,
 )
 from node._fabric import sign_request, verify_response
+from node._node import SWEEP_INTERVAL
 from tests.helpers import NodeFactory, peer
 
 
@@ -517,3 +523,85 @@ async def test_add_peer_by_token(memory_nodes: NodeFactory) -> None:
         await a.add_peer("nonsense")
     with pytest.raises(NodeError, match="own address"):
         await a.add_peer(a.address_token())
+
+
+async def test_the_sweeper_forgets_expired_ids_but_not_unacked_ones(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    network = MemoryNetwork()
+
+    def clock() -> int:
+        return 1_800_000_000_000 + int(trio.current_time() * 1000)
+
+    def opened(name: str) -> contextlib.AbstractAsyncContextManager[Node]:
+        return Node.open(
+            tmp_path / name,
+            config=NodeConfig(listen=f"{name}:8470"),
+            network=network,
+            clock=clock,
+            rng=random.Random(name),
+            run_blocking=run_inline,
+        )
+
+    async with opened("a") as a, opened("b") as b:
+        await a.add_peer(b.address_token())
+        await a.send(b.node_id, b"acked", ttl=60)
+        await a.send(b.node_id, b"kept", ttl=60)
+        async for message in b.inbox(follow=False):
+            if message.body == b"acked":
+                await message.ack()
+        assert b.store.statistics().seen_ids == 2
+        await trio.sleep(2.5 * SWEEP_INTERVAL)  # virtual: two sweeps, long after expiry
+        # The acknowledged frame's id is forgotten; the one still in the inbox stays.
+        assert b.store.statistics().seen_ids == 1
+
+
+async def test_a_caller_outside_the_node_hears_when_it_stops(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with memory_nodes.session("b") as b:
+        pass  # b existed once; now nobody answers at its address
+    errors: list[BaseException] = []
+
+    async def send(a: Node) -> None:
+        try:
+            await a.send(b.node_id, b"never accepted")
+        except NodeError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as outside, memory_nodes.session("a") as a:
+        await a.add_peer(b.address_token())
+        outside.start_soon(send, a)
+        await trio.sleep(1)  # virtual: the sender is retrying
+        # a has stopped; the caller outside its block is told, not left waiting.
+    assert [str(e) for e in errors] == ["node stopped before the frame was accepted"]
+
+
+async def test_send_timeout_is_not_overrun_by_a_slow_answer(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a", send_timeout=5.0, request_timeout=60.0)
+    b = await memory_nodes.open("b")
+    network = memory_nodes.network
+    # b's record points at a host that takes connections and never answers.
+    (listener,) = await network.open_listeners("blackhole", 8470)
+    held: list[trio.abc.Stream] = []
+
+    async def hold() -> None:
+        while True:
+            held.append(await listener.accept())
+
+    record = crypto.sign_address(
+        b.identity, seq=99, endpoints=["http://blackhole:8470"], exp=b.clock() + 3600_000
+    )
+    a.data.peers.add(record, now=a.clock())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold)
+        start = trio.current_time()
+        with pytest.raises(DeliveryFailed, match="before the deadline"):
+            await a.send(b.node_id, b"into a black hole")
+        assert trio.current_time() - start == pytest.approx(5.0)
+        nursery.cancel_scope.cancel()
+    for stream in held:
+        await stream.aclose()
+    await listener.aclose()
