@@ -24,6 +24,8 @@ import dataclasses
 import enum
 import json
 import logging
+import math
+import re
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
@@ -35,7 +37,7 @@ import trio
 
 import crypto
 from node import _wrap
-from node._relay import ATTACH_PATH
+from node._relay import ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX
 from node._server import PrefixedStream, Request, Response
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ BACKOFF_MAX: Final = 30.0
 #: How long the relay may take to answer the attach request.
 ATTACH_TIMEOUT: Final = 30.0
 DEFAULT_LEASE: Final = 60.0
+#: How long the relay holds a poll, unless its session says otherwise.
+DEFAULT_HOLD: Final = 25.0
 
 
 class RelayMode(enum.StrEnum):
@@ -266,7 +270,7 @@ class RelayLink:
         info.attaches += 1
         self._connections_changed(+1)
         info.base_url = base_url
-        info.lease = float(headers.get("ptth-lease", self.lease))
+        info.lease = _seconds(headers.get("ptth-lease"), self.lease)
         info.last_activity = self.node.clock()
         info.last_error = None
         log.info("attached to relay %s (upgrade): %s", self.relay.node.short, base_url)
@@ -305,38 +309,50 @@ class RelayLink:
         info.attaches += 1
         self._connections_changed(+1)
         info.base_url = str(session["base_url"])
-        info.lease = float(session.get("lease", self.lease))
+        info.lease = _seconds(session.get("lease"), self.lease)
         info.last_error = None
-        hold = float(session.get("hold", 25.0))
+        hold = _seconds(session.get("hold"), DEFAULT_HOLD)
         poll_url = self.endpoint + str(session["poll"])
         log.info("attached to relay %s (long-poll): %s", self.relay.node.short, info.base_url)
-        client = self.node.http_client
         try:
+            # Answers run in this nursery; a failure is returned, not raised in it, so
+            # that it reaches the worker as itself, not inside an ExceptionGroup.
             async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        response = await client.get(poll_url, timeout=hold + 15)
-                    except httpx.TransportError as exc:
-                        raise _AttachFailed(f"poll to {self.endpoint} failed: {exc}") from exc
-                    info.last_activity = self.node.clock()
-                    if response.status_code == 204:
-                        continue
-                    if response.status_code != 200:
-                        return  # the session ended (404): attach again at once
-                    reply = response.headers.get("ptth-reply")
-                    if reply is None:
-                        raise _AttachFailed("the relay's poll answer has no PTTH-Reply URL")
-                    nursery.start_soon(
-                        self._answer, response.content, self.endpoint + reply, info.base_url
-                    )
+                failure = await self._poll(nursery, poll_url, hold, info.base_url)
         finally:
             self._connections_changed(-1)
+        if failure is not None:
+            raise failure
+
+    async def _poll(
+        self, nursery: trio.Nursery, poll_url: str, hold: float, base_url: str
+    ) -> _AttachFailed | None:
+        """Poll until the session ends (None: attach again at once) or fails."""
+        client = self.node.http_client
+        while True:
+            try:
+                response = await client.get(poll_url, timeout=hold + 15)
+            except httpx.TransportError as exc:
+                return _AttachFailed(f"poll to {self.endpoint} failed: {exc}")
+            self.status_info.last_activity = self.node.clock()
+            if response.status_code == 204:
+                continue
+            if response.status_code == 404:
+                return None  # the session ended (e.g. the relay restarted)
+            if response.status_code != 200:  # e.g. a proxy's 502: back off, do not spin
+                words = f"{response.status_code} {response.text.strip()}"
+                return _AttachFailed(f"poll to {self.endpoint} answered {words}")
+            reply = response.headers.get("ptth-reply", "")
+            if not _is_capability(reply, REPLY_PREFIX):
+                return _AttachFailed(f"the relay's poll answer has no PTTH-Reply URL: {reply!r}")
+            nursery.start_soon(self._answer, response.content, self.endpoint + reply, base_url)
 
     async def _answer(self, wrapped: bytes, reply_url: str, base_url: str) -> None:
         try:
             method, target, headers, body = _wrap.decode_request(wrapped)
         except _wrap.WrapError as exc:
-            response = Response.text(400, f"wrapped request unreadable: {exc}")
+            unreadable = Response.text(400, f"wrapped request unreadable: {exc}")
+            wrapped_response = _encode(unreadable, unreadable.body)
         else:
             request = Request(
                 method,
@@ -347,21 +363,38 @@ class RelayLink:
                 base_url=base_url,
                 relayed=True,
             )
-            assert self.node.server is not None
-            response = await self.node.server.handler(request)
-        chunks = [response.body]
-        if response.stream is not None:
-            async for chunk in response.stream:
-                chunks.append(chunk)
-        wrapped_response = _wrap.encode_response(
-            response.status, response.headers, b"".join(chunks)
-        )
+            wrapped_response = await self._respond(request)
         try:
             await self.node.http_client.post(
                 reply_url, content=wrapped_response, headers={"content-type": "message/http"}
             )
         except httpx.TransportError as exc:
             log.info("relay %s: could not deliver a reply: %s", self.relay.node.short, exc)
+
+    async def _respond(self, request: Request) -> bytes:
+        """The node's wrapped answer to ``request``.
+
+        As on a connection (:class:`Server`), a handler's failure is a 500 for that
+        request, logged, not the end of the node.
+        """
+        assert self.node.server is not None
+        try:
+            response = await self.node.server.handler(request)
+            chunks = [response.body]
+            if response.stream is not None:
+                try:
+                    async for chunk in response.stream:
+                        chunks.append(chunk)
+                finally:
+                    aclose = getattr(response.stream, "aclose", None)
+                    if aclose is not None:
+                        with trio.CancelScope(shield=True):
+                            await aclose()
+            return _encode(response, b"".join(chunks))
+        except Exception:
+            log.exception("handler failed on %s %s (long-poll)", request.method, request.path)
+            failed = Response.text(500, "internal error while handling the request")
+            return _encode(failed, failed.body)
 
 
 class _Touch(trio.abc.Stream):
@@ -397,6 +430,8 @@ async def _read_answer(
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(_READ_SIZE)
+            if not data and conn.their_state is h11.SEND_RESPONSE:
+                raise h11.RemoteProtocolError("the relay closed the connection without answering")
             conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.InformationalResponse):
@@ -414,6 +449,26 @@ async def _read_answer(
             raise h11.RemoteProtocolError("the relay closed the connection without answering")
 
 
+def _encode(response: Response, body: bytes) -> bytes:
+    return _wrap.encode_response(response.status, response.headers, body)
+
+
+def _seconds(value: Any, default: float) -> float:
+    """A duration the relay sent (lease, poll hold); ``default`` if it is not one."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return default
+    return seconds if math.isfinite(seconds) and seconds >= 0 else default
+
+
+def _is_capability(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` + a token (the relay's session and reply URLs)."""
+    return (
+        path.startswith(prefix) and re.fullmatch(r"[A-Za-z0-9_-]+", path[len(prefix) :]) is not None
+    )
+
+
 def _is_poll_session(headers: list[tuple[str, str]]) -> bool:
     return any(k.lower() == "content-type" and v.startswith("application/json") for k, v in headers)
 
@@ -423,6 +478,8 @@ def _session(body: bytes) -> dict[str, Any]:
         session = json.loads(body)
         if session.get("mode") != "long-poll" or not isinstance(session.get("poll"), str):
             raise ValueError("not a poll session")
+        if not _is_capability(session["poll"], POLL_PREFIX):
+            raise ValueError(f"poll URL {session['poll']!r} is not {POLL_PREFIX}<token>")
         str(session["base_url"])
     except (ValueError, KeyError, AttributeError) as exc:
         raise _AttachFailed(f"the relay's answer is not a poll session: {exc}") from exc

@@ -40,8 +40,8 @@ import h11
 import trio
 
 import crypto
-from node import _fabric, _wrap
-from node._server import Request, Response
+from node import _fabric, _net, _wrap
+from node._server import PrefixedStream, Request, Response
 
 if TYPE_CHECKING:
     from node._node import Node
@@ -61,6 +61,9 @@ REPLY_PREFIX: Final = "/ptth/v1/reply/"
 PING_PATH: Final = "/ptth/v1/ping"
 UPGRADE_TOKENS: Final = ("ptth/1.0", "ptth/0.9")
 _READ_SIZE: Final = 64 * 1024
+#: How long a granted Upgrade holds a connection slot before its connection starts
+#: being served (the 101 is one small write; the server gives up on writes after 30 s).
+_UPGRADE_GRACE: Final = 30.0
 
 #: Headers that belong to one hop (RFC 9110 §7.6.1) and never cross the relay, plus
 #: those the relay sets itself (visitor-supplied copies are dropped).
@@ -113,10 +116,17 @@ class RelayConfig:
     max_body_size: int = 16 * 1024 * 1024
 
 
+def _sf_string(words: str) -> str:
+    """``words`` as the inside of an RFC 8941 sf-string: printable ASCII, escaped."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in words)
+    return printable.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _proxy_status(
     relay: crypto.NodeId, status: int, error: str, words: str, retry_after: int | None = None
 ) -> Response:
-    headers = [("proxy-status", f'ptth-{relay.short}; error={error}; details="{words}"')]
+    details = _sf_string(words)
+    headers = [("proxy-status", f'ptth-{relay.short}; error={error}; details="{details}"')]
     if retry_after is not None:
         headers.append(("retry-after", str(retry_after)))
     return Response.text(status, f"relay: {words}", headers)
@@ -130,14 +140,32 @@ class _Reversed:
         self.conn = h11.Connection(h11.CLIENT)
         self.closed = trio.Event()
         self.busy = False
+        #: When it last finished an exchange (pings are per connection: the node
+        #: closes a connection it has heard nothing on for a while).
+        self.last_used = trio.current_time()
 
     def close(self) -> None:
         self.closed.set()
 
+    def hung_up(self) -> bool:
+        """Whether the node sent anything while the connection was idle.
+
+        A node speaks only when asked, so that is its end of file (it closed the
+        connection; nobody was reading to notice) or bytes it had no business sending:
+        either way the connection is done. Checked before each use, as httpcore checks
+        a pooled connection, so that a visitor's request is not sent into a dead one.
+        """
+        stream = self.stream
+        while isinstance(stream, PrefixedStream):  # a prefix is the new connection's
+            stream = stream.stream
+        return bool(self.conn.trailing_data[0]) or bool(_net._is_readable(_net._bare(stream)))
+
     async def send_request(
         self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
     ) -> None:
-        fields = [*headers, ("content-length", str(len(body)))]
+        # Values as bytes: h11 takes ``str`` as ASCII, but a field may hold obs-text.
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        fields.append((b"content-length", str(len(body)).encode("ascii")))
         data = self.conn.send(h11.Request(method=method, target=target, headers=fields))
         data += self.conn.send(h11.Data(data=body)) if body else b""
         data += self.conn.send(h11.EndOfMessage())
@@ -147,10 +175,78 @@ class _Reversed:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                self.conn.receive_data(bytes(await self.stream.receive_some(_READ_SIZE)))
+                data = await self.stream.receive_some(_READ_SIZE)
+                if not data and self.conn.their_state is h11.SEND_RESPONSE:
+                    raise h11.RemoteProtocolError("the node hung up without answering")
+                self.conn.receive_data(bytes(data))
                 continue
             assert isinstance(event, h11.Event)
             return event
+
+
+class _RelayedBody(AsyncIterator[bytes]):
+    """The node's answer body, streamed on to the visitor.
+
+    When it ends, the connection goes back to the idle ones (a whole answer) or is
+    closed (anything else); also when it is closed unread, e.g. because the visitor
+    went away before the head could be written. (An async generator would not do:
+    closing one that never started runs none of its code.)
+    """
+
+    def __init__(self, attachment: _Attachment, connection: _Reversed, config: RelayConfig) -> None:
+        self.attachment = attachment
+        self.connection = connection
+        self.config = config
+        self.size = 0
+        self.released = False
+
+    def __aiter__(self) -> _RelayedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.released:
+            raise StopAsyncIteration
+        connection = self.connection
+        event: h11.Event | None
+        try:
+            with trio.fail_after(self.config.reply_timeout):
+                event = await connection.next_event()
+            if isinstance(event, h11.EndOfMessage):
+                connection.conn.start_next_cycle()
+        except (
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            h11.ProtocolError,
+        ):
+            event = None  # broken off: the connection is closed
+        except BaseException:
+            self.release(complete=False)
+            raise
+        if isinstance(event, h11.Data):
+            self.size += len(event.data)
+            if self.size <= self.config.max_body_size:
+                return bytes(event.data)
+            # Over the limit: cut off (the connection is closed).
+        self.release(complete=isinstance(event, h11.EndOfMessage))
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.release(complete=False)  # nothing if it was released already
+        await trio.lowlevel.checkpoint()
+
+    def release(self, *, complete: bool) -> None:
+        if self.released:
+            return
+        self.released = True
+        connection, attachment = self.connection, self.attachment
+        connection.busy = False
+        if complete and not connection.closed.is_set():
+            attachment.idle.append(connection)
+            attachment.last_activity = connection.last_used = trio.current_time()
+        else:
+            connection.close()
+        attachment.notify()
 
 
 class _Exchange:
@@ -171,8 +267,12 @@ class _Attachment:
         self.lease = lease
         self.connections: list[_Reversed] = []
         self.idle: collections.deque[_Reversed] = collections.deque()
+        #: Deadlines of Upgrades granted whose connections have not started yet.
+        self.upgrading: list[float] = []
         self.changed = trio.Event()
-        self.detached_at: float | None = None
+        # Detached until a connection or a poll session starts: a node that attached
+        # and never came holds its URL space for one lease, not longer.
+        self.detached_at: float | None = trio.current_time()
         self.poll_token: str | None = None
         self.poll_deadline = 0.0
         self.waiting: collections.deque[_Exchange] = collections.deque()
@@ -190,6 +290,12 @@ class _Attachment:
     @property
     def attached(self) -> bool:
         return bool(self.connections) or self.polling
+
+    def connection_count(self) -> int:
+        """Connections up, and those granted (by a 101) that are about to be."""
+        now = trio.current_time()
+        self.upgrading = [deadline for deadline in self.upgrading if deadline > now]
+        return len(self.connections) + len(self.upgrading)
 
     def lease_over(self) -> bool:
         if self.attached:
@@ -267,6 +373,11 @@ class RelayService:
             return self._refuse(401, f"attach not authenticated: {exc}")
         if self.config.policy == "peers" and self.node.peer_address(node) is None:
             return self._refuse(403, f"this relay serves its peers only; {node.short} is not one")
+        upgrade = (request.header("upgrade") or "").lower()
+        wants = [token.strip() for token in upgrade.split(",") if token.strip()]
+        protocols = [token for token in wants if token in UPGRADE_TOKENS]
+        if wants and not protocols:
+            return self._refuse(400, f"cannot upgrade to {upgrade!r}; this relay speaks PTTH/1.0")
         lease = _requested_lease(request.header("ptth-lease"), self.config.max_lease)
         attachment = self.attachments.get(node)
         if attachment is None or attachment.lease_over():
@@ -278,22 +389,24 @@ class RelayService:
             attachment = self.attachments[node] = _Attachment(node, lease)
         attachment.lease = lease
         base_url = self.base_url(request, node)
-        upgrade = (request.header("upgrade") or "").lower()
-        wants = [token.strip() for token in upgrade.split(",") if token.strip()]
         if not wants:
             return self._open_poll_session(attachment, base_url)
-        if not any(token in UPGRADE_TOKENS for token in wants):
-            return self._refuse(400, f"cannot upgrade to {upgrade!r}; this relay speaks PTTH/1.0")
-        if len(attachment.connections) >= self.config.max_connections_per_node:
+        count = attachment.connection_count()
+        if count >= self.config.max_connections_per_node:
             return self._refuse(
                 429,
-                f"{node.short} already has {len(attachment.connections)} connections, "
+                f"{node.short} already has {count} connections, "
                 f"limit {self.config.max_connections_per_node}",
                 retry_after=5,
             )
-        protocol = next(t for t in wants if t in UPGRADE_TOKENS)
+        protocol = protocols[0]
+        # The slot is taken now: two attaches at once must not both pass the limit.
+        granted = trio.current_time() + _UPGRADE_GRACE
+        attachment.upgrading.append(granted)
 
         async def serve(stream: trio.abc.Stream) -> None:
+            if granted in attachment.upgrading:
+                attachment.upgrading.remove(granted)
             await self._serve_reversed(attachment, stream)
 
         headers = [
@@ -342,8 +455,8 @@ class RelayService:
             if connection.busy or connection not in attachment.idle:
                 idle_since = trio.current_time()
                 continue
-            if trio.current_time() - attachment.last_activity < self.config.ping_interval:
-                idle_since = attachment.last_activity
+            if trio.current_time() - connection.last_used < self.config.ping_interval:
+                idle_since = connection.last_used
                 continue
             attachment.idle.remove(connection)
             connection.busy = True
@@ -476,9 +589,13 @@ class RelayService:
     def _take_idle(self, attachment: _Attachment) -> _Reversed | None:
         while attachment.idle:
             connection = attachment.idle.popleft()
-            if not connection.closed.is_set():
-                connection.busy = True
-                return connection
+            if connection.closed.is_set():
+                continue
+            if connection.hung_up():
+                connection.close()  # its keep-alive task takes it off the list
+                continue
+            connection.busy = True
+            return connection
         return None
 
     def _forward_headers(self, request: Request) -> list[tuple[str, str]]:
@@ -525,51 +642,27 @@ class RelayService:
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
             connection.close()
+            reason = str(exc) or "the connection was closed"  # (e.g. we are shutting down)
             return self._relay_error(
-                502, "http_protocol_error", f"bad answer from {attachment.node.short}: {exc}"
+                502, "http_protocol_error", f"bad answer from {attachment.node.short}: {reason}"
             )
+        except BaseException:
+            connection.close()  # never leave it taken (busy) and half-used
+            raise
         status = event.status_code
+        # The node's Content-Length is kept (when it used no other framing): then a body
+        # that breaks off, or is cut at max_body_size, cannot reach the visitor as a
+        # complete message.
+        chunked = any(name.lower() == b"transfer-encoding" for name, _ in event.headers)
         response_headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in event.headers
             if name.decode("latin-1").lower() not in _HOP_BY_HOP
+            or (name.lower() == b"content-length" and not chunked)
         ]
         response_headers.append(("via", f"1.1 ptth-{self.node.node_id.short}"))
-        return Response(status, response_headers, stream=self._body(attachment, connection))
-
-    async def _body(self, attachment: _Attachment, connection: _Reversed) -> AsyncIterator[bytes]:
-        complete = False
-        size = 0
-        try:
-            while True:
-                with trio.fail_after(self.config.reply_timeout):
-                    event = await connection.next_event()
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > self.config.max_body_size:
-                        return  # cut off: the connection is closed below
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    connection.conn.start_next_cycle()
-                    complete = True
-                    return
-                else:
-                    return
-        except (
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            h11.ProtocolError,
-        ):
-            return
-        finally:
-            connection.busy = False
-            if complete and not connection.closed.is_set():
-                attachment.idle.append(connection)
-                attachment.last_activity = trio.current_time()
-            else:
-                connection.close()
-            attachment.notify()
+        body = _RelayedBody(attachment, connection, self.config)
+        return Response(status, response_headers, stream=body)
 
     async def _exchange_by_poll(
         self,

@@ -29,16 +29,23 @@ def _decoded(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
+def _encoded(
+    headers: Sequence[tuple[str, str]], dropped: tuple[str, ...]
+) -> list[tuple[bytes, bytes]]:
+    # Bytes for h11, which takes ``str`` as ASCII: a field value may hold obs-text.
+    return [
+        (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers if k.lower() not in dropped
+    ]
+
+
 def encode_request(
     method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
 ) -> bytes:
     """One request as bytes (Content-Length framing)."""
-    fields = [
-        (k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")
-    ]
-    if not any(k.lower() == "host" for k, _ in fields):
-        fields.append(("host", "wrapped"))
-    fields.append(("content-length", str(len(body))))
+    fields = _encoded(headers, ("content-length", "transfer-encoding"))
+    if not any(k.lower() == b"host" for k, _ in fields):
+        fields.append((b"host", b"wrapped"))
+    fields.append((b"content-length", str(len(body)).encode("ascii")))
     conn = h11.Connection(h11.CLIENT)
     data = conn.send(h11.Request(method=method, target=target, headers=fields))
     data += conn.send(h11.Data(data=body)) if body else b""
@@ -51,12 +58,8 @@ def encode_response(status: int, headers: Sequence[tuple[str, str]], body: bytes
     conn.receive_data(h11.Connection(h11.CLIENT).send(_PRIMER_REQUEST) or b"")
     conn.next_event()  # the primer request
     conn.next_event()  # its end
-    fields = [
-        (k, v)
-        for k, v in headers
-        if k.lower() not in ("content-length", "transfer-encoding", "connection")
-    ]
-    fields.append(("content-length", str(len(body))))
+    fields = _encoded(headers, ("content-length", "transfer-encoding", "connection"))
+    fields.append((b"content-length", str(len(body)).encode("ascii")))
     data = conn.send(h11.Response(status_code=status, headers=fields))
     data += conn.send(h11.Data(data=body)) if body else b""
     return data + conn.send(h11.EndOfMessage())
@@ -85,6 +88,9 @@ def _read_message(conn: h11.Connection, data: bytes) -> tuple[h11.Request | h11.
     except h11.RemoteProtocolError as exc:
         raise WrapError(f"wrapped message is not HTTP/1.1: {exc}") from exc
     assert head is not None  # h11 yields the head before any body or end
+    extra = len(conn.trailing_data[0])
+    if extra:  # e.g. a body longer than its Content-Length: not one message
+        raise WrapError(f"wrapped message has {extra} bytes after its end")
     return head, b"".join(body)
 
 
