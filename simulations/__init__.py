@@ -1,0 +1,67 @@
+"""Real, unmodified ptth nodes on a simulated network, in virtual time (DESIGN.md §7).
+
+The network (:class:`SimNetwork`) plugs in under each node's httpx client (an httpcore
+network backend) and its h11 server (listeners of in-memory streams), so the whole HTTP
+stack and all node code run unchanged. It models named hosts, links with latency,
+jitter, loss, resets and bandwidth (:class:`Link`), NAT, partitions, and crashes. Time
+is virtual (``trio.testing.MockClock(autojump_threshold=0)``): an hour of mesh life
+runs in seconds, and a seed fixes every random choice.
+
+A test::
+
+    async def test_chain(autojump_clock):
+        async with open_simulation(seed=7, link=Link(latency=0.05)) as sim:
+            a, b, c = await sim.add_nodes(3)
+            sim.peer_all(chain([a, b, c]))
+            await a.send(b, b"hello")
+            assert [d.body for d in b.received] == [b"hello"]
+            sim.partition([[a], [b, c]])
+            ...
+
+From the shell: ``python -m simulations run chain --nodes 10 --seed 1 --duration 1h``
+(``--help`` lists the scenarios), or :func:`run_scenario` from Python.
+"""
+
+from simulations._errors import NodeDown, NotVirtualTime, SimulationError
+from simulations._link import MSS, Link
+from simulations._network import OUTSIDE, Host, HostNetwork, NetworkStatistics, SimNetwork
+from simulations._report import Delivery, Ledger, Report, SentMessage
+from simulations._scenarios import SCENARIOS, Progress, Scenario, run_scenario
+from simulations._simulation import EPOCH_MS, NODE_PORT, SimNode, Simulation, open_simulation
+from simulations._stream import SimStream
+from simulations._topology import both_ways, chain, complete, random_graph, ring, star
+from simulations._traffic import generate_traffic
+
+__all__ = [
+    "EPOCH_MS",
+    "MSS",
+    "NODE_PORT",
+    "OUTSIDE",
+    "SCENARIOS",
+    "Delivery",
+    "Host",
+    "HostNetwork",
+    "Ledger",
+    "Link",
+    "NetworkStatistics",
+    "NodeDown",
+    "NotVirtualTime",
+    "Progress",
+    "Report",
+    "Scenario",
+    "SentMessage",
+    "SimNetwork",
+    "SimNode",
+    "SimStream",
+    "Simulation",
+    "SimulationError",
+    "both_ways",
+    "chain",
+    "complete",
+    "generate_traffic",
+    "open_simulation",
+    "random_graph",
+    "ring",
+    "run_scenario",
+    "star",
+]

@@ -1,0 +1,27 @@
+"""The exceptions of the simulator.
+
+::
+
+    SimulationError         the simulation cannot do what was asked; the message says what
+    ├── NotVirtualTime      a simulation was opened under a real clock
+    └── NodeDown            the node asked for is crashed or stopped
+
+Errors of the nodes themselves (:class:`node.NodeError`, :class:`crypto.CryptoError`,
+...) pass through unchanged: a simulation runs real nodes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NodeDown", "NotVirtualTime", "SimulationError"]
+
+
+class SimulationError(Exception):
+    """Base of the simulator's errors (the caller's mistake, or the scenario's)."""
+
+
+class NotVirtualTime(SimulationError):
+    """The trio run does not use ``trio.testing.MockClock``: an hour would take an hour."""
+
+
+class NodeDown(SimulationError):
+    """The simulated node is not running (it crashed or was stopped)."""

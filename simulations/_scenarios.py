@@ -1,0 +1,291 @@
+"""Scenario scripts, and running one from start to report.
+
+A :class:`Scenario` builds its nodes and topology on a fresh :class:`Simulation`, drives
+traffic and faults, and lets virtual time run to the requested duration; the report is
+taken then. Traffic (:func:`generate_traffic`, resending what a node gave up on) stops
+10% of the duration (at most a minute) before the end, so messages in flight can land.
+
+Today's mesh delivers to direct peers only, so every scenario makes adjacent pairs talk.
+Scenarios for relays, routing and pub/sub are added here as those land.
+
+:func:`run_scenario` runs one in its own ``trio.run`` under
+``MockClock(autojump_threshold=0)``, with trio's scheduler made deterministic and
+seeded from the seed (trio otherwise shuffles tasks woken together with an unseeded
+RNG; it offers the switch for Hypothesis, ``trio._core._run``). So the same scenario,
+nodes, duration and seed give the same report, all but ``wall_seconds``.
+
+One caveat: httpcore expires kept-alive connections after 30 s of *real* time
+(``time.monotonic``). Servers close idle connections after 60 s of virtual time, long
+before that in any run faster than 2x real time, so this only matters for huge runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+import trio
+import trio.testing
+from trio._core import _run as trio_run
+
+from simulations._errors import SimulationError
+from simulations._link import Link
+from simulations._report import Report
+from simulations._simulation import SimNode, Simulation, open_simulation
+from simulations._topology import both_ways, chain, star
+from simulations._traffic import generate_traffic
+
+__all__ = ["SCENARIOS", "Progress", "Scenario", "run_scenario"]
+
+#: A link across a city or a country: 20-30 ms one way, 10 Mbit/s each way.
+WAN: Final = Link(latency=0.020, jitter=0.010, bandwidth=1.25e6)
+#: A bad link: WAN plus 2% segment loss, 1% of writes resetting their connection.
+LOSSY: Final = dataclasses.replace(WAN, jitter=0.030, loss=0.02, reset=0.01)
+#: Mean virtual seconds between two messages of one talking pair, and message size.
+INTERVAL: Final = 10.0
+SIZE: Final = 200
+
+Script = Callable[[Simulation, int, float], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A named script: ``script(sim, nodes, duration)`` builds and drives a simulation."""
+
+    name: str
+    summary: str
+    script: Script
+    link: Link = WAN
+    default_nodes: int = 10
+    min_nodes: int = 2
+
+    async def play(self, sim: Simulation, *, nodes: int, duration: float) -> None:
+        """Run the script on ``sim`` (whose default link it sets) until ``duration``.
+
+        Raises :class:`SimulationError` for fewer nodes than the scenario needs.
+        """
+        if nodes < self.min_nodes:
+            raise SimulationError(f"scenario {self.name} needs at least {self.min_nodes} nodes")
+        sim.network.default_link = self.link
+        await self.script(sim, nodes, duration)
+        await sim.advance_to(duration)
+
+
+def quiet_at(duration: float) -> float:
+    """When traffic stops: 10% of the duration, at most a minute, before the end."""
+    return duration - min(60.0, duration * 0.1)
+
+
+async def _talk(sim: Simulation, pairs: list[tuple[SimNode, SimNode]], duration: float) -> None:
+    with trio.move_on_at(sim.start_time + duration):
+        await generate_traffic(sim, pairs, interval=INTERVAL, size=SIZE, until=quiet_at(duration))
+
+
+async def _chain(sim: Simulation, count: int, duration: float) -> None:
+    nodes = await sim.add_nodes(count)
+    sim.peer_all(chain(nodes))
+    await _talk(sim, both_ways(chain(nodes)), duration)
+
+
+async def _star(sim: Simulation, count: int, duration: float) -> None:
+    hub, *leaves = await sim.add_nodes(count)
+    sim.peer_all(star(hub, leaves))
+    await _talk(sim, both_ways(star(hub, leaves)), duration)
+
+
+async def _partition(sim: Simulation, count: int, duration: float) -> None:
+    hub, *leaves = await sim.add_nodes(count)
+    sim.peer_all(star(hub, leaves))
+    cut = len(leaves) // 2
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_talk, sim, both_ways(star(hub, leaves)), duration)
+        await sim.advance_to(duration * 0.2)
+        sim.partition([[hub, *leaves[:cut]], leaves[cut:]])
+        await sim.advance_to(duration * 0.5)
+        sim.heal()
+
+
+async def _churn(sim: Simulation, count: int, duration: float) -> None:
+    hub, *leaves = await sim.add_nodes(count)
+    sim.peer_all(star(hub, leaves))
+    churn = functools.partial(
+        sim.run_churn,
+        leaves,
+        interval=max(30.0, duration / 20),
+        downtime=(10.0, 90.0),
+        until=quiet_at(duration) - 90.0,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(churn)
+        nursery.start_soon(_talk, sim, both_ways(star(hub, leaves)), duration)
+
+
+SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
+    {
+        scenario.name: scenario
+        for scenario in (
+            Scenario(
+                "chain",
+                "a chain of direct peers; each node talks to its neighbours (WAN links)",
+                _chain,
+            ),
+            Scenario(
+                "star",
+                "a hub peered with every leaf; leaves and hub talk both ways (WAN links)",
+                _star,
+            ),
+            Scenario(
+                "lossy",
+                "the chain on bad links: 2% segment loss, 1% of writes reset",
+                _chain,
+                link=LOSSY,
+            ),
+            Scenario(
+                "partition",
+                "the star, half the leaves cut off from 20% to 50% of the run, then healed",
+                _partition,
+                min_nodes=3,
+            ),
+            Scenario(
+                "churn",
+                "the star, leaves crashing and restarting (store kept) every few minutes",
+                _churn,
+                min_nodes=2,
+            ),
+        )
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far a run is: virtual seconds done of ``duration``, wall seconds so far."""
+
+    virtual: float
+    duration: float
+    wall: float
+    sent: int
+    delivered: int
+
+
+@contextlib.contextmanager
+def _deterministic_scheduling(seed: int) -> Iterator[None]:
+    """Make trio's scheduler deterministic and seed it, for one ``trio.run``.
+
+    Uses the switch trio keeps for Hypothesis (``trio._core._run``); if a trio release
+    moves it, runs are still correct, only perhaps not repeatable to the bit.
+    """
+    switch = "_ALLOW_DETERMINISTIC_SCHEDULING"
+    rng = getattr(trio_run, "_r", None)
+    if not isinstance(rng, random.Random) or not hasattr(trio_run, switch):
+        yield  # pragma: no cover - another trio
+        return
+    allowed = getattr(trio_run, switch)
+    state = rng.getstate()
+    setattr(trio_run, switch, True)
+    rng.seed(f"{seed}/trio")
+    try:
+        yield
+    finally:
+        setattr(trio_run, switch, allowed)
+        rng.setstate(state)
+
+
+def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
+    # Nodes commit with fsync; on tmpfs that costs nothing, on a disk it dominates.
+    shm = Path("/dev/shm")  # noqa: S108 - a private TemporaryDirectory inside it
+    usable = shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)
+    return tempfile.TemporaryDirectory(prefix="ptth-sim-", dir=shm if usable else None)
+
+
+def run_scenario(
+    name: str,
+    *,
+    nodes: int | None = None,
+    seed: int = 0,
+    duration: float = 600.0,
+    data_dir: Path | str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> Report:
+    """Run scenario ``name`` in virtual time and return its report.
+
+    ``nodes`` defaults to the scenario's; ``data_dir`` (default: a temporary directory,
+    on tmpfs when there is one) holds the nodes' directories; ``progress`` is called
+    at every 1% of the duration. Not from inside a trio run (it runs its own).
+
+    Raises :class:`SimulationError` for an unknown scenario, too few nodes or a
+    duration that is not positive.
+    """
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        raise SimulationError(f"no scenario {name!r}; there are: {', '.join(SCENARIOS)}")
+    count = scenario.default_nodes if nodes is None else nodes
+    if count < scenario.min_nodes:
+        raise SimulationError(
+            f"scenario {name} needs at least {scenario.min_nodes} nodes, not {count}"
+        )
+    if not (math.isfinite(duration) and duration > 0):
+        raise SimulationError(f"duration must be a positive number of seconds, not {duration}")
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(_scratch_dir())
+        main = functools.partial(
+            _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore
+        )
+        with _deterministic_scheduling(seed):
+            report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        return report
+
+
+def _ignore(progress: Progress) -> None:
+    pass
+
+
+async def _run(
+    scenario: Scenario,
+    nodes: int,
+    seed: int,
+    duration: float,
+    data_dir: Path,
+    progress: Callable[[Progress], None],
+) -> Report:
+    started = time.perf_counter()
+    async with open_simulation(seed=seed, data_dir=data_dir) as sim:
+        reported = 0
+
+        def report_progress() -> None:
+            progress(
+                Progress(
+                    virtual=sim.now,
+                    duration=duration,
+                    wall=time.perf_counter() - started,
+                    sent=len(sim.ledger.messages),
+                    delivered=sim.ledger.deliveries - sim.ledger.duplicates,
+                )
+            )
+
+        async def tick() -> None:
+            # Runs whether or not anyone watches, so that watching changes nothing.
+            nonlocal reported
+            for step in range(1, 101):
+                await sim.advance_to(duration * step / 100)
+                report_progress()
+                reported = step
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            await scenario.play(sim, nodes=nodes, duration=duration)
+            nursery.cancel_scope.cancel()
+        if reported < 100:  # the run ended as the last step came due: report the end
+            report_progress()
+        return sim.report(scenario=scenario.name, wall_seconds=time.perf_counter() - started)

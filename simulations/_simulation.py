@@ -1,0 +1,581 @@
+"""Real nodes on a simulated network, in virtual time.
+
+:func:`open_simulation` opens a :class:`Simulation`: a :class:`~simulations.SimNetwork`,
+a data directory, and a nursery where each :class:`SimNode` runs a real
+:class:`node.Node` (``Node.open`` with the host's view of the network, a virtual clock,
+a seeded RNG and the store called inline). Each node's application consumes its inbox,
+acknowledges every message and enters it in the simulation's
+:class:`~simulations.Ledger` (whence duplicates and latency) and in
+:attr:`SimNode.received`.
+
+Time: the trio run must use ``trio.testing.MockClock(autojump_threshold=0)`` (pytest-trio's
+``autojump_clock`` fixture): whenever every task waits, the clock jumps to the next
+deadline, so an idle hour costs nothing. Time passes by sleeping
+(:meth:`Simulation.advance`); the nodes' wall clock is :data:`EPOCH_MS` plus the
+virtual time since the simulation opened.
+
+Determinism: every random choice is drawn from an RNG derived from the seed and a name
+(:meth:`Simulation.rng`): node identities and frame ids, link delays and losses,
+traffic, churn. The same seed and script give the same run, provided trio schedules
+tasks deterministically too (:func:`simulations.run_scenario` sees to that).
+
+Crash and restart: :meth:`SimNode.crash` resets the host's connections (peers see
+RSTs) and cancels the node at once; :meth:`SimNode.start` runs it again. With
+``keep_store=True`` (the default) the data directory is reopened as it is: the store
+survives. With ``keep_store=False`` the SQLite store is deleted first, but the
+identity key, address record and peers stay: the same node (same id, same peers) with
+an empty seen-set and inbox, as after losing a disk that held only the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+import trio.testing
+
+import crypto
+import mesh
+from node import (
+    DeliveryFailed,
+    Message,
+    Node,
+    NodeConfig,
+    NodeError,
+    NodeStatistics,
+    PeerUnknown,
+    Rejected,
+    run_inline,
+)
+from simulations._errors import NodeDown, NotVirtualTime, SimulationError
+from simulations._link import Link
+from simulations._network import SimNetwork
+from simulations._report import (
+    Delivery,
+    Ledger,
+    Report,
+    SentMessage,
+    format_duration,
+    percentile,
+)
+
+__all__ = ["EPOCH_MS", "NODE_PORT", "RESEND_DELAY", "SimNode", "Simulation", "open_simulation"]
+
+#: The nodes' wall clock at virtual time 0: 2026-01-01T00:00:00Z, the same every run.
+EPOCH_MS: Final = 1_767_225_600_000
+#: The port every simulated node listens on.
+NODE_PORT: Final = 8470
+#: How long an application waits before resending a frame its node gave up on.
+RESEND_DELAY: Final = 5.0
+
+_STORE_FILES: Final = ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm")
+
+
+def derive_rng(seed: int, *names: str) -> random.Random:
+    """An RNG for one purpose, from the seed and names (independent of call order)."""
+    return random.Random("/".join([str(seed), *names]))
+
+
+class SimNode:
+    """A node of a simulation, across its crashes and restarts (see the module docstring).
+
+    :attr:`node` is the running :class:`node.Node`; :attr:`node_id` and :attr:`name`
+    stay the same for the node's whole life.
+    """
+
+    def __init__(self, sim: Simulation, name: str, *, nat: bool, config: NodeConfig) -> None:
+        self.sim = sim
+        self.name = name
+        self.nat = nat
+        self.config = config
+        self.data_dir = sim.data_dir / name
+        self.rng = sim.rng("node", name)
+        identity = crypto.Identity(sim.rng("identity", name).randbytes(32))
+        try:
+            self.data_dir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise SimulationError(
+                f"{self.data_dir} exists: a simulation needs a fresh directory per node"
+            ) from None
+        identity.save(self.data_dir / "identity.key")
+        self.node_id = identity.node_id
+        #: What this node's application received, in order (duplicates included).
+        self.received: list[Delivery] = []
+        #: How many times the node was started.
+        self.starts = 0
+        self._node: Node | None = None
+        self._scope: trio.CancelScope | None = None
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._stopped.set()
+        self._started = trio.Event()
+        self._past = NodeStatistics()
+        self._received_changed = trio.Event()
+        self._senders: dict[trio.CancelScope, None] = {}
+
+    def __repr__(self) -> str:
+        return f"<SimNode {self.name} {self.node_id.short}{' up' if self.up else ' down'}>"
+
+    @property
+    def node(self) -> Node:
+        """The running node. Raises :class:`NodeDown` if it is not running."""
+        if self._node is None:
+            raise NodeDown(f"node {self.name} is not running")
+        return self._node
+
+    @property
+    def up(self) -> bool:
+        return self._node is not None
+
+    @property
+    def statistics(self) -> NodeStatistics:
+        """The node's counters summed over all its runs."""
+        total = dataclasses.asdict(self._past)
+        if self._node is not None:
+            for key, value in dataclasses.asdict(self._node.statistics).items():
+                total[key] += value
+        return NodeStatistics(**total)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self, *, keep_store: bool = True) -> None:
+        """Run the node (again). ``keep_store=False`` deletes its store first.
+
+        Raises :class:`SimulationError` if it is running, and whatever
+        ``Node.open`` raises (:class:`node.NodeError`) if it cannot start.
+        """
+        if self.up or not self._stopped.is_set():
+            raise SimulationError(f"node {self.name} is already running")
+        if not keep_store:
+            for name in _STORE_FILES:
+                (self.data_dir / name).unlink(missing_ok=True)
+        await self.sim._nursery.start(self._run)
+        if self.starts > 1:
+            self.sim.log(f"{self.name} restarted" + ("" if keep_store else " with an empty store"))
+
+    async def stop(self) -> None:
+        """Shut the node down gracefully. Raises :class:`NodeDown` if it is not running."""
+        if not self.up:
+            raise NodeDown(f"node {self.name} is not running")
+        self._stop.set()
+        await self._stopped.wait()
+        self.sim.log(f"{self.name} stopped")
+
+    async def crash(self) -> None:
+        """Kill the node: its connections are reset, its tasks cancelled at once.
+
+        Raises :class:`NodeDown` if it is not running.
+        """
+        if not self.up or self._scope is None:
+            raise NodeDown(f"node {self.name} is not running")
+        self.sim.network.crash_host(self.name)
+        self._scope.cancel()
+        await self._stopped.wait()
+        self.sim.log(f"{self.name} crashed")
+
+    async def restart(self, *, keep_store: bool = True) -> None:
+        """Crash the node if it is running, then start it (see :meth:`start`)."""
+        if self.up:
+            await self.crash()
+        await self.start(keep_store=keep_store)
+
+    async def wait_up(self) -> None:
+        """Return when the node is running."""
+        while not self.up:
+            await self._started.wait()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stop = stop = trio.Event()
+        self._stopped = stopped = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with Node.open(
+                    self.data_dir,
+                    config=self.config,
+                    network=self.sim.network.host(self.name),
+                    clock=self.sim.clock_ms,
+                    rng=self.rng,
+                    run_blocking=run_inline,
+                ) as node:
+                    self._node = node
+                    self.starts += 1
+                    self._started.set()
+                    self._started = trio.Event()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._consume, node)
+                        task_status.started()
+                        await stop.wait()
+                        nursery.cancel_scope.cancel()
+        finally:
+            if self._node is not None:
+                for key, value in dataclasses.asdict(self._node.statistics).items():
+                    setattr(self._past, key, getattr(self._past, key) + value)
+            self._node = None
+            self._scope = None
+            for sender in list(self._senders):
+                sender.cancel()
+            stopped.set()
+
+    async def _consume(self, node: Node) -> None:
+        async with contextlib.aclosing(node.inbox()) as messages:
+            async for message in messages:
+                await message.ack()
+                self.sim._delivered(self, message)
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def send(
+        self, dst: SimNode, body: bytes, *, ct: str | None = None, resend: bool = False
+    ) -> mesh.Result:
+        """Send ``body`` to ``dst`` as this node's application; return the result.
+
+        The message is entered in the ledger (the report counts it). Without
+        ``resend`` this is ``node.send``: it raises :class:`NodeDown` if this node is
+        down (or goes down meanwhile), :class:`node.DeliveryFailed` after the node's
+        ``send_timeout``, :class:`node.Rejected` if ``dst`` refused the frame. With
+        ``resend`` the application keeps the frame and sends it again
+        (:data:`RESEND_DELAY` later, and when this node is up) until ``dst`` accepts it;
+        only a refusal (:class:`node.Rejected`) or an unknown peer
+        (:class:`node.PeerUnknown`) still raise. Resending the same frame is safe: the
+        destination's seen-set answers "duplicate".
+        """
+        if resend:
+            await self.wait_up()
+        node = self.node
+        frame = node.new_frame(dst.node_id, body, ct=ct)
+        wire = mesh.WireFrame(0, frame.seal(node.identity))
+        message = SentMessage(frame.id, self.name, dst.name, len(body), self.sim.now)
+        self.sim.ledger.sent(message)
+        while True:
+            try:
+                result = await self._send_once(dst.node_id, wire)
+            except (Rejected, PeerUnknown):
+                self.sim.ledger.failed(message)
+                raise
+            except (DeliveryFailed, NodeError, NodeDown):
+                if not resend:
+                    self.sim.ledger.failed(message)
+                    raise
+            else:
+                if message.accepted_at is None:
+                    message.accepted_at = self.sim.now
+                return result
+            await trio.sleep(RESEND_DELAY)
+            await self.wait_up()
+            self.sim.ledger.resent(message)
+
+    async def _send_once(self, dst: crypto.NodeId, wire: mesh.WireFrame) -> mesh.Result:
+        # A node that ends while a batch is in flight never resolves that batch's
+        # senders (they are expected to be inside the node's block), so this run of
+        # the node cancels its senders when it ends.
+        node = self.node
+        with trio.CancelScope() as scope:
+            self._senders[scope] = None
+            try:
+                return await node.send_frame(dst, wire)
+            finally:
+                del self._senders[scope]
+        raise NodeDown(f"node {self.name} went down while sending")
+
+    async def wait_received(self, count: int) -> list[Delivery]:
+        """Wait until the application has received ``count`` messages; return them."""
+        while len(self.received) < count:
+            await self._received_changed.wait()
+        return self.received
+
+    def _note(self, delivery: Delivery) -> None:
+        self.received.append(delivery)
+        self._received_changed.set()
+        self._received_changed = trio.Event()
+
+
+class Simulation:
+    """A simulated network and the nodes on it. Open one with :func:`open_simulation`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        seed: int,
+        data_dir: Path,
+        link: Link,
+        config: NodeConfig,
+    ) -> None:
+        self.seed = seed
+        self.data_dir = data_dir
+        self.config = config
+        self.network = SimNetwork(nursery, seed=seed, default_link=link)
+        self.ledger = Ledger()
+        self.start_time = trio.current_time()
+        #: ``(virtual time, what happened)``: crashes, restarts, partitions, heals.
+        self.events: list[tuple[float, str]] = []
+        self.nodes: dict[str, SimNode] = {}
+        self._by_id: dict[crypto.NodeId, SimNode] = {}
+        self._counters: dict[str, int] = {}
+        self._nursery = nursery
+
+    # -- time and randomness ------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the simulation opened."""
+        return trio.current_time() - self.start_time
+
+    def clock_ms(self) -> int:
+        """The nodes' wall clock: :data:`EPOCH_MS` plus virtual time, in ms."""
+        return EPOCH_MS + int(self.now * 1000)
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass (everything else runs meanwhile)."""
+        await trio.sleep(seconds)
+
+    async def advance_to(self, when: float) -> None:
+        """Let virtual time pass until ``when`` seconds since the simulation opened."""
+        await trio.sleep_until(self.start_time + when)
+
+    def rng(self, *names: str) -> random.Random:
+        """A random source for one purpose, derived from the seed and ``names``."""
+        return derive_rng(self.seed, *names)
+
+    def log(self, text: str) -> None:
+        """Note an event in :attr:`events` (and so in the report)."""
+        self.events.append((self.now, text))
+
+    # -- nodes --------------------------------------------------------------------------
+
+    async def add_node(
+        self, name: str | None = None, *, nat: bool = False, **config: Any
+    ) -> SimNode:
+        """Add a host named ``name`` (default ``n0``, ``n1``, ...) and start a node there.
+
+        ``nat``: the host is behind a NAT. ``config``: :class:`node.NodeConfig` fields
+        that differ from the simulation's. Raises :class:`SimulationError` for a name
+        already in use.
+        """
+        if name is None:
+            name = self._next_name("n")
+        self.network.add_host(name, nat=nat)
+        settings = dataclasses.replace(
+            self.config, listen=f"{name}:{NODE_PORT}", name=name, **config
+        )
+        sim_node = SimNode(self, name, nat=nat, config=settings)
+        self.nodes[name] = sim_node
+        self._by_id[sim_node.node_id] = sim_node
+        await sim_node.start()
+        return sim_node
+
+    async def add_nodes(
+        self, count: int, *, prefix: str = "n", nat: bool = False, **config: Any
+    ) -> list[SimNode]:
+        """Add ``count`` nodes named ``{prefix}{i}`` (numbered on from earlier ones)."""
+        return [
+            await self.add_node(self._next_name(prefix), nat=nat, **config) for _ in range(count)
+        ]
+
+    def _next_name(self, prefix: str) -> str:
+        number = self._counters.get(prefix, 0)
+        while f"{prefix}{number}" in self.nodes:
+            number += 1
+        self._counters[prefix] = number + 1
+        return f"{prefix}{number}"
+
+    def peer(self, a: SimNode, b: SimNode) -> None:
+        """Give ``a`` and ``b`` each other's address token (``ptth peer add``).
+
+        Raises :class:`NodeDown` unless both are running.
+        """
+        now = self.clock_ms()
+        a.node.data.peers.add(crypto.parse_token(b.node.address_token(), now=now), now=now)
+        b.node.data.peers.add(crypto.parse_token(a.node.address_token(), now=now), now=now)
+
+    def peer_all(self, pairs: Iterable[tuple[SimNode, SimNode]]) -> None:
+        """:meth:`peer` each pair (e.g. ``simulations.chain(nodes)``)."""
+        for a, b in pairs:
+            self.peer(a, b)
+
+    def by_id(self, node_id: crypto.NodeId) -> SimNode | None:
+        return self._by_id.get(node_id)
+
+    def _delivered(self, sim_node: SimNode, message: Message) -> None:
+        sent, duplicate = self.ledger.delivered(message.id, self.now)
+        origin = self._by_id.get(message.src)
+        sim_node._note(
+            Delivery(
+                id=message.id,
+                src=origin.name if origin is not None else None,
+                dst=sim_node.name,
+                body=message.body,
+                received_at=self.now,
+                latency=None if sent is None else self.now - sent.sent_at,
+                hops=message.hops,
+                duplicate=duplicate,
+            )
+        )
+
+    async def wait_delivered(self) -> None:
+        """Wait until every message sent with :meth:`SimNode.send` that did not fail
+        has been delivered (bound it with ``trio.fail_after``)."""
+        while self.ledger.pending:
+            await self.ledger.wait_changed()
+
+    # -- the network --------------------------------------------------------------------
+
+    def set_link(self, a: SimNode | str, b: SimNode | str, link: Link) -> None:
+        """Use ``link`` between two nodes' hosts (see :meth:`SimNetwork.set_link`)."""
+        self.network.set_link(_host(a), _host(b), link)
+
+    def partition(self, groups: Iterable[Iterable[SimNode | str]]) -> None:
+        """Split the network into ``groups`` (see :meth:`SimNetwork.partition`)."""
+        named = [[_host(member) for member in group] for group in groups]
+        self.network.partition(named)
+        self.log("partition " + " | ".join(_span(group) for group in named))
+
+    def heal(self) -> None:
+        """End the partition."""
+        self.network.heal()
+        self.log("healed")
+
+    async def run_churn(
+        self,
+        nodes: Sequence[SimNode],
+        *,
+        interval: float,
+        downtime: tuple[float, float],
+        keep_store: bool = True,
+        until: float = math.inf,
+        name: str = "churn",
+    ) -> None:
+        """Crash a random one of ``nodes`` every ``interval`` s on average (exponential
+        gaps) and restart it after ``downtime`` s (uniform between the two bounds),
+        keeping its store or not. A node already down is passed over. Crashes stop at
+        virtual time ``until``; then this returns once every crashed node is back up.
+        ``name`` names the random source (two churns need two names).
+        """
+        rng = self.rng(name)
+        async with trio.open_nursery() as restarts:
+            while True:
+                when = self.now + rng.expovariate(1 / interval)
+                if when >= until:
+                    break
+                await self.advance_to(when)
+                victim = nodes[rng.randrange(len(nodes))]
+                down_for = rng.uniform(*downtime)
+                if victim.up:
+                    await victim.crash()
+                    restarts.start_soon(self._restart_later, victim, down_for, keep_store)
+
+    async def _restart_later(self, victim: SimNode, delay: float, keep_store: bool) -> None:
+        await self.advance(delay)
+        await victim.start(keep_store=keep_store)
+
+    # -- the report ---------------------------------------------------------------------
+
+    def statistics(self) -> NodeStatistics:
+        """Every node's counters, summed over nodes and runs."""
+        total = NodeStatistics()
+        for sim_node in self.nodes.values():
+            for key, value in dataclasses.asdict(sim_node.statistics).items():
+                setattr(total, key, getattr(total, key) + value)
+        return total
+
+    def report(self, *, scenario: str = "custom", wall_seconds: float = 0.0) -> Report:
+        """A :class:`Report` of everything so far."""
+        messages = list(self.ledger.messages.values())
+        latencies = [m.latency for m in messages if m.latency is not None]
+        nodes = self.statistics()
+        net = self.network.statistics
+        return Report(
+            scenario=scenario,
+            nodes=len(self.nodes),
+            seed=self.seed,
+            virtual_seconds=round(self.now, 6),
+            wall_seconds=wall_seconds,
+            sent=len(messages),
+            delivered=len(latencies),
+            failed=sum(1 for m in messages if m.failed),
+            duplicates=self.ledger.duplicates,
+            latency_p50=_rounded(percentile(latencies, 0.50)),
+            latency_p95=_rounded(percentile(latencies, 0.95)),
+            latency_p99=_rounded(percentile(latencies, 0.99)),
+            latency_max=_rounded(max(latencies, default=None)),
+            http_requests=nodes.send_requests,
+            http_bytes=net.bytes,
+            connections=net.connections,
+            send_retries=nodes.send_retries,
+            send_failures=nodes.send_failures,
+            resends=self.ledger.resends,
+            duplicate_frames=nodes.frames_duplicate,
+            segments_lost=net.segments_lost,
+            syns_dropped=net.syns_dropped,
+            resets=net.resets,
+            dials_refused=net.dials_refused,
+            dials_unanswered=net.dials_unanswered,
+            events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events),
+        )
+
+
+def _host(member: SimNode | str) -> str:
+    return member.name if isinstance(member, SimNode) else member
+
+
+def _span(names: Sequence[str]) -> str:
+    if len(names) <= 4:
+        return "{" + ",".join(names) + "}"
+    return "{" + f"{names[0]},...,{names[-1]}: {len(names)} hosts" + "}"
+
+
+def _rounded(value: float | None) -> float | None:
+    # Virtual times are sums of floats: round away the last bits so reports compare.
+    return None if value is None else round(value, 6)
+
+
+@contextlib.asynccontextmanager
+async def open_simulation(
+    *,
+    seed: int = 0,
+    data_dir: Path | str | None = None,
+    link: Link | None = None,
+    config: NodeConfig | None = None,
+) -> AsyncIterator[Simulation]:
+    """A fresh simulation for the duration of the block; its nodes end with it.
+
+    ``seed`` fixes every random choice; ``data_dir`` holds the nodes' directories
+    (default: a temporary directory, deleted afterwards); ``link`` is the default link
+    between any two hosts (default: instant and perfect); ``config`` is the
+    :class:`node.NodeConfig` nodes start from (``listen`` and ``name`` are set per node).
+
+    Raises :class:`NotVirtualTime` unless the trio run uses
+    ``trio.testing.MockClock`` (give it ``autojump_threshold=0``).
+    """
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        raise NotVirtualTime(
+            "simulations run in virtual time: trio.run(..., clock="
+            "trio.testing.MockClock(autojump_threshold=0)), or pytest-trio's autojump_clock"
+        )
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ptth-sim-"))
+        # Inline, as every blocking call of a simulation: a thread would let the
+        # autojump clock jump while it works.
+        Path(data_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+        async with trio.open_nursery() as nursery:
+            sim = Simulation(
+                nursery,
+                seed=seed,
+                data_dir=Path(data_dir),
+                link=link or Link(),
+                config=config or NodeConfig(),
+            )
+            try:
+                yield sim
+            finally:
+                nursery.cancel_scope.cancel()

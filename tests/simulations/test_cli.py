@@ -1,0 +1,89 @@
+"""``python -m simulations``: the report on stdout, one-line errors, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+import pytest
+
+from simulations import SCENARIOS
+from simulations._cli import main
+
+
+def test_run_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "chain", "--nodes", "3", "--seed", "1", "--duration", "2m"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("scenario    chain: 3 nodes, seed 1\n")
+    assert "2m00s virtual" in out
+    assert "duplicates 0" in out
+    assert err == ""  # a short run prints no progress
+
+
+def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "star", "--nodes", "3", "--duration", "90s", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scenario"] == "star"
+    assert report["virtual_seconds"] == 90.0
+    assert report["duplicates"] == 0
+    assert report["seed"] == 0
+
+
+def test_progress_lines_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("simulations._cli.PROGRESS_EVERY", 0.0)
+    assert main(["run", "chain", "--nodes", "2", "--duration", "100s"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 100
+    assert lines[0].startswith("chain:   1% (1.00 s of 1m40s virtual, ")
+    assert lines[-1].startswith("chain: 100% (1m40s of 1m40s virtual, ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["run", "nope"], "invalid choice: 'nope'"),
+        (["run", "chain", "--nodes", "0"], "'0' is not a number of nodes"),
+        (["run", "chain", "--nodes", "x"], "'x' is not a number of nodes"),
+        (["run", "chain", "--duration", "1x"], "'1x' is not a duration like 90s"),
+        (["run", "chain", "--duration", "0s"], "duration '0s' is not positive"),
+        (["run", "chain", "--seed", "s"], "'s' is not an integer seed"),
+        (["run", "partition", "--nodes", "2"], "scenario partition needs at least 3 nodes"),
+        (["run"], "the following arguments are required: SCENARIO"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], words: str
+) -> None:
+    status: object
+    try:
+        status = main(argv)  # errors found running return 2 ...
+    except SystemExit as exited:  # ... and argparse's raise it
+        status = exited.code
+    assert status == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1, err
+    assert words in err
+    assert "Traceback" not in err
+
+
+def test_help_lists_the_scenarios(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["simulations", "--help"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("simulations", run_name="__main__")
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for name, scenario in SCENARIOS.items():
+        assert f"  {name}" in out
+        assert scenario.summary in out
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(SCENARIOS)

@@ -1,0 +1,112 @@
+"""Scenario scripts end to end: every scenario runs, loses nothing, duplicates nothing,
+and the same seed gives the same report.
+
+These call :func:`simulations.run_scenario`, which runs its own ``trio.run``, so they
+are plain (not async) tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulations import SCENARIOS, Progress, Report, SimulationError, run_scenario
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_scenario_delivers_everything_exactly_once(name: str) -> None:
+    report = run_scenario(name, nodes=4, seed=5, duration=240.0)
+    assert report.scenario == name
+    assert report.nodes == 4
+    assert report.virtual_seconds == pytest.approx(240.0)
+    assert report.sent > 20
+    assert report.duplicates == 0
+    assert report.delivery_ratio == 1.0, report.to_text()
+    assert report.latency_p50 is not None
+    assert report.latency_p50 <= (report.latency_p95 or 0) <= (report.latency_p99 or 0)
+    assert report.http_requests > 0
+    assert report.bytes_per_delivered is not None
+    assert report.bytes_per_delivered > 1000
+
+
+def test_faults_show_in_the_report() -> None:
+    lossy = run_scenario("lossy", nodes=4, seed=2, duration=300.0)
+    assert lossy.segments_lost > 0
+    assert lossy.resets > 0
+    assert lossy.send_retries > 0
+    partition = run_scenario("partition", nodes=5, seed=2, duration=300.0)
+    assert partition.syns_dropped > 0
+    assert partition.resends > 0
+    assert partition.latency_max is not None
+    assert partition.latency_max > 60.0  # messages waited for the heal
+    assert [event.split(": ")[1] for event in partition.events] == [
+        "partition {n0,n1,n2} | {n3,n4}",
+        "healed",
+    ]
+
+
+def test_the_same_seed_gives_the_same_report() -> None:
+    first = run_scenario("lossy", nodes=3, seed=11, duration=180.0)
+    again = run_scenario("lossy", nodes=3, seed=11, duration=180.0)
+    other = run_scenario("lossy", nodes=3, seed=12, duration=180.0)
+    assert again.deterministic() == first.deterministic()
+    assert other.deterministic() != first.deterministic()
+
+
+def test_progress_is_reported_along_the_way() -> None:
+    seen: list[Progress] = []
+    run_scenario("chain", nodes=2, seed=1, duration=100.0, progress=seen.append)
+    assert len(seen) == 100
+    assert [round(p.virtual) for p in seen[:3]] == [1, 2, 3]
+    assert seen[-1].virtual == pytest.approx(100.0)
+    assert seen[-1].sent >= seen[-1].delivered > 0
+
+
+def test_the_report_as_text_and_json() -> None:
+    report = run_scenario("star", nodes=3, seed=1, duration=120.0)
+    text = report.to_text()
+    for words in ("scenario    star: 3 nodes, seed 1", "2m00s virtual", "duplicates 0", "p99"):
+        assert words in text
+    assert "FAIL" not in text
+    data = json.loads(report.to_json())
+    assert data["delivered"] == report.delivered
+    assert data["delivery_ratio"] == 1.0
+    assert data.keys() >= {
+        "sent",
+        "delivered",
+        "duplicates",
+        "latency_p50",
+        "latency_p95",
+        "latency_p99",
+        "requests_per_delivered",
+        "bytes_per_delivered",
+        "wall_seconds",
+        "virtual_seconds",
+    }
+    assert "wall_seconds" not in report.deterministic()
+
+
+def test_a_report_with_duplicates_says_it_failed() -> None:
+    report = run_scenario("chain", nodes=2, seed=1, duration=60.0)
+    fields = {**report.to_dict(), "duplicates": 2}
+    for derived in ("undelivered", "delivery_ratio", "requests_per_delivered"):
+        del fields[derived]
+    del fields["bytes_per_delivered"]
+    fields["events"] = tuple(fields["events"])
+    assert "FAIL        applications saw 2 duplicates" in Report(**fields).to_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes", "duration", "words"),
+    [
+        ("nope", None, 60.0, "no scenario 'nope'; there are: chain, star"),
+        ("chain", 1, 60.0, "needs at least 2 nodes, not 1"),
+        ("partition", 2, 60.0, "needs at least 3 nodes"),
+        ("chain", 2, 0.0, "duration must be a positive"),
+        ("chain", 2, float("inf"), "duration must be a positive"),
+    ],
+)
+def test_bad_parameters(name: str, nodes: int | None, duration: float, words: str) -> None:
+    with pytest.raises(SimulationError, match=words):
+        run_scenario(name, nodes=nodes, duration=duration)
