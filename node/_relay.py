@@ -455,7 +455,10 @@ class RelayService:
             if connection.busy or connection not in attachment.idle:
                 idle_since = trio.current_time()
                 continue
-            if trio.current_time() - connection.last_used < self.config.ping_interval:
+            # Compare with the very deadline waited for: `now - last_used < interval`
+            # can hold in floating point at `now == last_used + interval`, and the loop
+            # would spin without time passing.
+            if trio.current_time() < connection.last_used + self.config.ping_interval:
                 idle_since = connection.last_used
                 continue
             attachment.idle.remove(connection)

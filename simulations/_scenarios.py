@@ -5,8 +5,9 @@ traffic and faults, and lets virtual time run to the requested duration; the rep
 taken then. Traffic (:func:`generate_traffic`, resending what a node gave up on) stops
 10% of the duration (at most a minute) before the end, so messages in flight can land.
 
-Today's mesh delivers to direct peers only, so every scenario makes adjacent pairs talk.
-Scenarios for relays, routing and pub/sub are added here as those land.
+Today's mesh delivers to direct peers only, so every scenario makes adjacent pairs talk;
+``nat`` has them talk through a relay (Reverse HTTP). Scenarios for routing and pub/sub
+are added here as those land.
 
 :func:`run_scenario` runs one in its own ``trio.run`` under
 ``MockClock(autojump_threshold=0)``, with trio's scheduler made deterministic and
@@ -42,7 +43,7 @@ from simulations._errors import SimulationError
 from simulations._link import Link
 from simulations._report import Report
 from simulations._simulation import SimNode, Simulation, open_simulation
-from simulations._topology import both_ways, chain, star
+from simulations._topology import both_ways, chain, ring, star
 from simulations._traffic import generate_traffic
 
 __all__ = ["SCENARIOS", "Progress", "Scenario", "run_scenario"]
@@ -115,6 +116,21 @@ async def _partition(sim: Simulation, count: int, duration: float) -> None:
         sim.heal()
 
 
+async def _nat(sim: Simulation, count: int, duration: float) -> None:
+    # The hub is a relay; every leaf is behind a NAT, attached to it (Reverse HTTP), and
+    # advertises the relay URL first. Leaves talk to each other, so every message goes
+    # leaf -> relay -> (reversed connection) -> leaf.
+    relay = await sim.add_node("relay")
+    leaves = await sim.add_nodes(
+        count - 1, prefix="nat", nat=True, relays=(relay.node.address_token(),)
+    )
+    for leaf in leaves:
+        await leaf.node.links[0].wait_connected(1)
+    pairs = ring(leaves) if len(leaves) > 2 else chain(leaves)
+    sim.peer_all(pairs)
+    await _talk(sim, both_ways(pairs), duration)
+
+
 async def _churn(sim: Simulation, count: int, duration: float) -> None:
     hub, *leaves = await sim.add_nodes(count)
     sim.peer_all(star(hub, leaves))
@@ -154,6 +170,14 @@ SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
                 "partition",
                 "the star, half the leaves cut off from 20% to 50% of the run, then healed",
                 _partition,
+                min_nodes=3,
+            ),
+            Scenario(
+                "nat",
+                "NATed leaves attached to a relay hub talk to each other through it, on "
+                "lossy links (2% segment loss, 1% of writes reset)",
+                _nat,
+                link=LOSSY,
                 min_nodes=3,
             ),
             Scenario(
