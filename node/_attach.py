@@ -48,7 +48,8 @@ __all__ = ["RelayLink", "RelayMode"]
 log = logging.getLogger("ptth.attach")
 
 _READ_SIZE: Final = 64 * 1024
-#: Backoff between failed attach attempts: from 1 s, doubling, to 30 s (x0.5..1.5).
+#: Backoff between failed attach attempts: from 1 s, doubling, jittered (x0.5..1.5),
+#: never more than 30 s.
 BACKOFF_INITIAL: Final = 1.0
 BACKOFF_MAX: Final = 30.0
 #: How long the relay may take to answer the attach request.
@@ -197,7 +198,7 @@ class RelayLink:
                     )
             except _AttachFailed as exc:
                 self._failed(exc)
-            wait = backoff * self.node.rng.uniform(0.5, 1.5)
+            wait = min(backoff * self.node.rng.uniform(0.5, 1.5), BACKOFF_MAX)
             await trio.sleep(wait)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
