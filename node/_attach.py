@@ -167,7 +167,7 @@ class RelayLink:
 
     async def _worker(self, index: int) -> None:
         backoff = BACKOFF_INITIAL
-        mode = self.mode
+        mode = self.mode  # the worker's mode never changes: auto decides per attach
         while True:
             try:
                 if mode is RelayMode.LONG_POLL:
@@ -178,11 +178,14 @@ class RelayLink:
                 continue
             except _UpgradeRefused as refused:
                 if mode is RelayMode.AUTO:
-                    log.info(
-                        "relay %s: Upgrade refused or stripped; using long-poll",
-                        self.relay.node.short,
-                    )
-                    mode = RelayMode.LONG_POLL
+                    # The refusal came with a poll session: use it. The next attach tries
+                    # Upgrade again (the path may have changed); the fallback costs no
+                    # extra round trip, as the relay answers a stripped Upgrade with one.
+                    if self.status_info.mode != "long-poll":
+                        log.info(
+                            "relay %s: Upgrade refused or stripped; using long-poll",
+                            self.relay.node.short,
+                        )
                     try:
                         await self._long_poll(refused.session)
                         backoff = BACKOFF_INITIAL

@@ -1133,6 +1133,29 @@ async def test_auto_mode_falls_back_to_long_poll_through_a_proxy(
         assert link.status_info.failures == 0
 
 
+async def test_auto_mode_tries_upgrade_again_when_it_reattaches(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    network = network_of(memory_nodes)
+    async with (
+        upgrade_stripping_proxy(network),
+        memory_nodes.session("relay", public_url="http://proxy:8470") as relay,
+    ):
+        nat = await natted(memory_nodes, relay, relay_mode="auto", connections=2)
+        link = link_of(nat)
+        assert link.status()["mode"] == "long-poll"
+    # The proxy is gone from the path: the relay itself now answers at its address.
+    async with memory_nodes.session(
+        "relay", listen="proxy:8470", public_url="http://proxy:8470"
+    ) as relay:
+        await wait_until(lambda: link.status()["mode"] == "upgrade")
+        await link.wait_connected(2)
+        sender = await memory_nodes.open("sender")
+        peer(sender, nat)
+        assert (await sender.send(nat.node_id, b"upgraded at last")).ok
+        assert await drain(nat) == [b"upgraded at last"]
+
+
 async def test_upgrade_mode_keeps_failing_through_a_proxy(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
