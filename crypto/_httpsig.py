@@ -93,6 +93,7 @@ class _InnerList:
 _KEY_RE: Final = re.compile(r"[a-z*][a-z0-9_\-.*]*")  # §3.1.2 key
 _TOKEN_RE: Final = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")  # §3.3.4
 _NUMBER_RE: Final = re.compile(r"-?([0-9]+)(?:\.([0-9]*))?")  # §4.2.4
+_PLAIN_STRING_RE: Final = re.compile(r'"([ !#-\[\]-~]*)"')  # §4.2.5, no escapes
 _BYTES_RE: Final = re.compile(r":([A-Za-z0-9+/=]*):")  # §3.3.5
 _BOOLEAN_RE: Final = re.compile(r"\?([01])")  # §3.3.6
 _DIGITS: Final = frozenset("-0123456789")
@@ -123,6 +124,13 @@ class _Reader:
     def skip(self, chars: str) -> None:
         while not self.at_end() and self.peek() in chars:
             self._pos += 1
+
+    def match_if(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        """Consume ``pattern`` here if it matches; else consume nothing."""
+        found = pattern.match(self._text, self._pos)
+        if found is not None:
+            self._pos = found.end()
+        return found
 
     def match(self, pattern: re.Pattern[str], what: str) -> re.Match[str]:
         """Consume ``pattern`` here, or fail naming ``what`` was expected."""
@@ -233,7 +241,11 @@ def _parse_number(reader: _Reader) -> int | float:
 
 
 def _parse_string(reader: _Reader) -> str:
-    # RFC 8941 §4.2.5: printable ASCII; only \" and \\ are escapes.
+    # RFC 8941 §4.2.5: printable ASCII; only \" and \\ are escapes. Strings without
+    # escapes (nearly all) are read in one match; the loop handles the rest and errors.
+    plain = reader.match_if(_PLAIN_STRING_RE)
+    if plain is not None:
+        return plain.group(1)
     reader.take()  # '"'
     chars: list[str] = []
     while True:

@@ -37,14 +37,19 @@ _KEY_FILE_HEADER: Final = "ptth-ed25519-seed-v1"
 class NodeId:
     """A node's id: its 32-byte Ed25519 public key. Immutable, hashable, ordered."""
 
-    __slots__ = ("_bytes",)
+    __slots__ = ("_bytes", "_text")
     _bytes: bytes
+    _text: str
 
     def __init__(self, raw: bytes) -> None:
         if not isinstance(raw, bytes) or len(raw) != NODE_ID_SIZE:
             size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
             raise Malformed(f"a node id is {NODE_ID_SIZE} bytes, got {size}")
         object.__setattr__(self, "_bytes", raw)
+        # The text form is asked for on every signature check and log line: make it once.
+        object.__setattr__(
+            self, "_text", base64.b32encode(raw).decode("ascii")[:NODE_ID_TEXT_LENGTH].lower()
+        )
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NodeId is immutable")
@@ -81,12 +86,12 @@ class NodeId:
     @property
     def text(self) -> str:
         """The 52-character lowercase base32 form."""
-        return base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+        return self._text
 
     @property
     def short(self) -> str:
         """The first 10 characters, for display."""
-        return self.text[:_SHORT_LENGTH]
+        return self._text[:_SHORT_LENGTH]
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Check an Ed25519 ``signature`` of ``message`` by this node.
