@@ -46,10 +46,6 @@ class NodeId:
             size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
             raise Malformed(f"a node id is {NODE_ID_SIZE} bytes, got {size}")
         object.__setattr__(self, "_bytes", raw)
-        # The text form is asked for on every signature check and log line: make it once.
-        object.__setattr__(
-            self, "_text", base64.b32encode(raw).decode("ascii")[:NODE_ID_TEXT_LENGTH].lower()
-        )
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NodeId is immutable")
@@ -63,7 +59,18 @@ class NodeId:
 
     @classmethod
     def parse(cls, text: str) -> NodeId:
-        """Parse the 52-character text form. Raises :class:`Malformed` saying what is wrong."""
+        """Parse the 52-character text form. Raises :class:`Malformed` saying what is wrong.
+
+        Every signed request names its signer this way, so parses are cached (node ids
+        are immutable; a failed parse is not cached).
+        """
+        node_id = _parse(text)
+        if type(node_id) is not cls:  # a subclass asked: build its own
+            return cls(node_id.raw)
+        return node_id
+
+    @classmethod
+    def _parse_uncached(cls, text: str) -> NodeId:
         if len(text) != NODE_ID_TEXT_LENGTH:
             raise Malformed(
                 f"a node id is {NODE_ID_TEXT_LENGTH} characters of base32, got {len(text)}"
@@ -76,7 +83,7 @@ class NodeId:
         node_id = cls(raw)
         if node_id.text != text:
             raise Malformed("a node id's last character must leave its 4 spare bits zero")
-        return node_id
+        return node_id  # its text is cached: node_id.text was just made
 
     @property
     def raw(self) -> bytes:
@@ -85,13 +92,18 @@ class NodeId:
 
     @property
     def text(self) -> str:
-        """The 52-character lowercase base32 form."""
-        return self._text
+        """The 52-character lowercase base32 form (made once, when first asked for)."""
+        try:
+            return self._text
+        except AttributeError:
+            text = base64.b32encode(self._bytes).decode("ascii")[:NODE_ID_TEXT_LENGTH].lower()
+            object.__setattr__(self, "_text", text)
+            return text
 
     @property
     def short(self) -> str:
         """The first 10 characters, for display."""
-        return self._text[:_SHORT_LENGTH]
+        return self.text[:_SHORT_LENGTH]
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Check an Ed25519 ``signature`` of ``message`` by this node.
@@ -123,6 +135,11 @@ class NodeId:
 
     def __str__(self) -> str:
         return self.text
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> NodeId:
+    return NodeId._parse_uncached(text)
 
 
 class Identity:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import crypto
 from crypto import (
     NODE_ID_TEXT_LENGTH,
     BadSignature,
@@ -377,3 +378,15 @@ def test_load_refuses_bad_base64(tmp_path: Path, seed_line: str, cause: type[Exc
     with pytest.raises(KeyFileError, match=f"key file {path} holds a damaged key") as info:
         Identity.load(path)
     assert isinstance(info.value.__cause__, cause)
+
+
+def test_parse_is_cached_and_subclasses_get_their_own_type() -> None:
+    node_id = crypto.Identity.generate().node_id
+    assert crypto.NodeId.parse(node_id.text) is crypto.NodeId.parse(node_id.text)
+
+    class Special(crypto.NodeId):
+        __slots__ = ()
+
+    special = Special.parse(node_id.text)
+    assert type(special) is Special
+    assert special == node_id
