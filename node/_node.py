@@ -31,7 +31,14 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,7 +54,7 @@ from node._datadir import DataDir, write_atomically
 from node._errors import DeliveryFailed, NodeError, PeerUnknown, Rejected
 from node._net import Network, TcpNetwork, make_transport
 from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
-from node._server import Request, Response, Server, ServerConfig
+from node._server import Handler, Request, Response, Server, ServerConfig
 
 __all__ = [
     "BATCH_SIZE",
@@ -208,7 +215,7 @@ class Node:
         self.replay_guard = _fabric.ReplayGuard()
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
-        self._extra_routes: list[tuple[str, Callable[[Request], Any]]] = []
+        self._extra_routes: list[tuple[str, Handler]] = []
         self.server: Server | None = None
         self.add_route(API_PREFIX, LocalApi(self).handle)
         # Always served, also with policy "off": an attach then gets the relay's 403
@@ -413,7 +420,7 @@ class Node:
         assert self.address is not None
         return self.address.token
 
-    def add_route(self, prefix: str, handler: Callable[[Request], Any]) -> None:
+    def add_route(self, prefix: str, handler: Handler) -> None:
         """Serve requests whose path starts with ``prefix`` with ``handler``."""
         self._extra_routes.append((prefix, handler))
 
@@ -438,8 +445,7 @@ class Node:
             )
         for prefix, handler in self._extra_routes:
             if path.startswith(prefix):
-                response: Response = await handler(request)
-                return response
+                return await handler(request)
         return Response.text(404, f"no such resource: {path}")
 
     def _refuse(self, status: int, words: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -819,7 +825,7 @@ def _url_host(host: str) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(directory: Path) -> Any:
+def _exclusive_lock(directory: Path) -> Iterator[None]:
     """Hold ``directory/lock`` so that one node at a time runs for a data directory."""
     path = directory / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
