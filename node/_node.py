@@ -72,6 +72,8 @@ FRAMES_PATH: Final = "/ptth/v1/frames"
 ADDRESS_PATH: Final = "/ptth/v1/address"
 #: Frames per POST: ~100 is where httpx's per-request cost stops mattering (DESIGN §8).
 BATCH_SIZE: Final = 100
+#: Requests in flight to one peer: a second overlaps the peer's work on the first.
+MAX_IN_FLIGHT: Final = 2
 #: Frames verified inline; a bigger batch is verified in a worker thread (the GIL is
 #: released by libsodium, so the second core helps).
 _INLINE_VERIFY: Final = 8
@@ -162,11 +164,11 @@ class _Pending:
 
 
 class _PeerSender:
-    """Batches frames for one peer; one request in flight at a time."""
+    """Batches frames for one peer: one request in flight, two when a batch waits."""
 
     def __init__(self) -> None:
         self.queue: list[_Pending] = []
-        self.running = False
+        self.running = 0
         #: The endpoint that answered last: the next batch starts there.
         self.endpoint: str | None = None
 
@@ -627,8 +629,12 @@ class Node:
         if sender is None:
             sender = self._senders[dst] = _PeerSender()
         sender.queue.append(pending)
-        if not sender.running:
-            sender.running = True
+        # A second request in flight only when a whole batch waits: the peer works on
+        # one batch while the next crosses the network, and batches stay full.
+        if not sender.running or (
+            sender.running < MAX_IN_FLIGHT and len(sender.queue) >= BATCH_SIZE
+        ):
+            sender.running += 1
             self._nursery.start_soon(self._drain, dst, sender)
         await pending.done.wait()
         if pending.error is not None:
@@ -677,7 +683,7 @@ class Node:
                     else:
                         self.statistics.sent_rejected += 1
         finally:
-            sender.running = False
+            sender.running -= 1
             # Cancelled (the node is stopping): whoever waits on these frames must hear
             # that they were not handed on, not wait forever.
             for pending in [*batch, *sender.queue]:

@@ -367,3 +367,42 @@ async def test_a_resent_frame_is_a_duplicate_not_an_error(memory_nodes: NodeFact
     assert (await a.send_frame(b.node_id, wire)).outcome is mesh.Outcome.DUPLICATE
     assert (a.statistics.sent_accepted, a.statistics.sent_duplicate) == (1, 1)
     assert await drain(b) == [b"once"]
+
+
+@pytest.mark.parametrize(("waiting", "peak"), [(50, 1), (150, 2)])
+async def test_a_second_request_in_flight_only_when_a_full_batch_waits(
+    memory_nodes: NodeFactory, waiting: int, peak: int
+) -> None:
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b")
+    peer(a, b)
+    assert b.server is not None
+    inner = b.server.handler
+    held = trio.Event()
+    release = trio.Event()
+    in_flight = 0
+    most = 0
+
+    async def counting(request: Request) -> Response:
+        nonlocal in_flight, most
+        if request.path != "/ptth/v1/frames":
+            return await inner(request)
+        in_flight += 1
+        most = max(most, in_flight)
+        held.set()
+        await release.wait()
+        try:
+            return await inner(request)
+        finally:
+            in_flight -= 1
+
+    b.server.handler = counting
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send, b.node_id, b"first, alone")
+        await held.wait()  # the first request is at b, held there
+        for i in range(waiting):
+            nursery.start_soon(a.send, b.node_id, b"%d" % i)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert most == peak
+    assert a.statistics.sent_accepted == waiting + 1
