@@ -620,7 +620,9 @@ class Node:
         """Hand one sealed frame to ``dst``'s sender; return its result (see :meth:`send`)."""
         if self._nursery is None:
             raise NodeError("node is not running")
-        if self.peer_address(dst) is None:
+        # A peer already sent to is looked up again for every batch (_post_frames): no
+        # file check per frame here.
+        if dst not in self._senders and self.peer_address(dst) is None:
             raise PeerUnknown(
                 f"no address known for {dst.text}: add its token with 'ptth peer add'"
             )

@@ -605,3 +605,14 @@ async def test_send_timeout_is_not_overrun_by_a_slow_answer(
     for stream in held:
         await stream.aclose()
     await listener.aclose()
+
+
+async def test_a_peer_removed_after_a_send_is_unknown_for_the_next(
+    memory_nodes: NodeFactory,
+) -> None:
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    peer(a, b)
+    assert (await a.send(b.node_id, b"while known")).ok
+    a.data.peers.remove(b.node_id)  # as `ptth peer remove` does, while a runs
+    with pytest.raises(PeerUnknown, match="no address known for"):
+        await a.send(b.node_id, b"after removal")
