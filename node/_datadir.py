@@ -74,6 +74,11 @@ class PeerBook:
         Another process (the CLI) may change the file at any time; a change is noticed
         at the next lookup.
         """
+        address = self._held(node)
+        return address if address is not None and address.record.exp > now else None
+
+    def _held(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
+        """The stored record, expired or not (an old seq must never come back)."""
         path = self._path(node)
         try:
             info = path.stat()
@@ -83,14 +88,13 @@ class PeerBook:
         version = (info.st_mtime_ns, info.st_size)
         cached = self._cache.get(node)
         if cached is not None and cached[0] == version:
-            address = cached[1]
-        else:
-            try:
-                address = crypto.parse_token(path.read_text(encoding="ascii"), now=0)
-            except FileNotFoundError:
-                return None
-            self._cache[node] = (version, address)
-        return address if address.record.exp > now else None
+            return cached[1]
+        try:
+            address = crypto.parse_token(path.read_text(encoding="ascii"), now=0)
+        except FileNotFoundError:
+            return None
+        self._cache[node] = (version, address)
+        return address
 
     def add(self, address: crypto.SignedAddress, *, now: int) -> bool:
         """Store ``address``; return False if the same record was already stored.
@@ -98,21 +102,13 @@ class PeerBook:
         Raises :class:`crypto.Stale` if a record with a higher or equal seq is held.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        held = self._read_any(address.node)
+        held = self._held(address.node)
         if held is not None and held.envelope == address.envelope:
             return False
         if held is not None:
             address.check_replaces(held)
         write_atomically(self._path(address.node), (address.token + "\n").encode("ascii"))
         return True
-
-    def _read_any(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
-        # The held record even if expired: an old seq must never come back.
-        try:
-            text = self._path(node).read_text(encoding="ascii")
-        except FileNotFoundError:
-            return None
-        return crypto.parse_token(text, now=0)
 
     def remove(self, node: crypto.NodeId) -> None:
         """Forget ``node``. Raises :class:`NodeError` if it is not a known peer."""

@@ -32,7 +32,14 @@ import httpx
 import trio
 import trio.testing
 
-__all__ = ["MemoryListener", "MemoryNetwork", "Network", "TcpNetwork", "make_transport"]
+__all__ = [
+    "MemoryListener",
+    "MemoryNetwork",
+    "Network",
+    "TcpNetwork",
+    "is_readable",
+    "make_transport",
+]
 
 # What ``connect_tcp`` gets from httpcore and passes to a network's dial function:
 # (host, port, local_address, socket_options).
@@ -163,7 +170,7 @@ class _StreamAdapter(httpcore.AsyncNetworkStream):
         if info == "ssl_object":
             return self._stream if isinstance(self._stream, trio.SSLStream) else None
         if info == "is_readable":
-            return _is_readable(bare)
+            return is_readable(bare)
         if socket is None:
             return None
         if info == "socket":
@@ -175,12 +182,15 @@ class _StreamAdapter(httpcore.AsyncNetworkStream):
         return None
 
 
-def _is_readable(stream: trio.abc.Stream) -> bool | None:
+def is_readable(stream: trio.abc.Stream) -> bool | None:
     """Whether ``receive_some`` would return at once; ``None`` if the stream cannot tell.
 
-    Sockets are polled; other streams are asked through an ``is_readable()`` method of
-    their own or, for a ``trio.StapledStream``, of its receive half.
+    Looks through TLS layers to the transport. Sockets are polled; other streams are
+    asked through an ``is_readable()`` method of their own or, for a
+    ``trio.StapledStream``, of its receive half. An idle HTTP connection that is
+    readable has been closed (or spoken out of turn) by its peer.
     """
+    stream = _bare(stream)
     if isinstance(stream, trio.SocketStream):
         return stream.socket.is_readable()
     probe: object = stream

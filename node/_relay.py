@@ -158,7 +158,7 @@ class _Reversed:
         stream = self.stream
         while isinstance(stream, PrefixedStream):  # a prefix is the new connection's
             stream = stream.stream
-        return bool(self.conn.trailing_data[0]) or bool(_net._is_readable(_net._bare(stream)))
+        return bool(self.conn.trailing_data[0]) or bool(_net.is_readable(stream))
 
     async def send_request(
         self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
