@@ -30,30 +30,9 @@ from crypto import (
     WrongPurpose,
     _cbor,
 )
+from tests.strategies import cbor_values
 
 IDENTITIES = st.binary(min_size=32, max_size=32).map(Identity)
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**64), max_value=2**64 - 1),
-    st.floats(allow_nan=False),
-    st.text(max_size=20),
-    st.binary(max_size=20),
-)
-
-
-def cbor_values(depth: int = 3) -> st.SearchStrategy[Any]:
-    """Values that deterministic CBOR carries and decodes back equal (no tags)."""
-    if depth == 0:
-        return SCALARS
-    inner = cbor_values(depth - 1)
-    return st.one_of(
-        SCALARS,
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    )
-
-
 PAYLOADS = st.dictionaries(st.text(max_size=10), cbor_values(), max_size=6)
 PURPOSES = st.sampled_from(Purpose) | st.text(min_size=1, max_size=20)
 
