@@ -1,6 +1,6 @@
 """ptth's crypto layer: identities, signed envelopes, address records, frame payloads.
 
-Pure functions over bytes (DESIGN.md §1, §2): nothing here does I/O but reading and
+Pure functions over bytes (docs/architecture.md): nothing here does I/O but reading and
 writing a key file, reads the clock (``now`` is passed in), or imports the rest of ptth.
 """
 
@@ -30,6 +30,7 @@ from crypto._frames import (
     MAX_BODY_SIZE,
     MAX_HOPS,
     MAX_LIFETIME_MS,
+    MAX_WHY_LENGTH,
     Frame,
     Kind,
     validate_pattern,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_ENVELOPE_SIZE",
     "MAX_HOPS",
     "MAX_LIFETIME_MS",
+    "MAX_WHY_LENGTH",
     "NODE_ID_TEXT_LENGTH",
     "TOKEN_PREFIX",
     "AddressRecord",

@@ -1,21 +1,25 @@
 """Frame payloads (purpose ``ptth/frame``): the signed part of every mesh message.
 
-DESIGN.md §2 lists the keys. Each kind has its own required and optional keys; any
+docs/architecture.md lists the keys. Each kind has its own required and optional keys; any
 other key is refused, so a frame means exactly one thing to every reader.
 
 =======  ==========================  ============
 kind     required (besides common)   optional
 =======  ==========================  ============
-msg      dst, body                   ct
+msg      dst, body                   ct, rr
 pub      topic, body                 ct
 sub      pat                         --
 unsub    pat                         --
-ann      body (an address envelope)  --
-rcpt     dst, ref                    --
+ann      body (an address envelope)  hello
+rcpt     dst, ref, st                why, n
 =======  ==========================  ============
 
-Common to all: ``t, src, id, ts, exp, hops``. ``ref`` (a receipt's subject: the id of
-the frame it acknowledges) is our addition to the DESIGN table.
+Common to all: ``t, src, id, ts, exp, hops``. Our additions to the table in docs/architecture.md:
+``rr`` (true: the origin asks for a delivery receipt), ``hello`` (true, on an announce a
+node sends to a neighbour it has just met: "send me your routes"), and for receipts ``ref`` (the id
+of the frame the receipt is about), ``st`` (``delivered`` or ``dropped``), ``why`` (for
+a drop: ``code: words``) and ``n`` (for a delivery: the hops the frame made). A
+receipt's ``src`` is the node that delivered or dropped the frame.
 
 Topics are dot-separated words of ``A-Z a-z 0-9 _ -``; the first word may be
 ``~<node-id>`` (a secure name only that node may publish under). Patterns are topics
@@ -39,6 +43,7 @@ __all__ = [
     "MAX_BODY_SIZE",
     "MAX_HOPS",
     "MAX_LIFETIME_MS",
+    "MAX_WHY_LENGTH",
     "Frame",
     "Kind",
     "validate_pattern",
@@ -57,6 +62,10 @@ MAX_TIME_MS: Final = 2**63 - 1
 MAX_TOPIC_LENGTH: Final = 255
 MAX_TOPIC_WORDS: Final = 32
 MAX_CT_LENGTH: Final = 127
+#: Longest reason a drop receipt carries.
+MAX_WHY_LENGTH: Final = 1024
+#: What a receipt says happened to its frame.
+RECEIPT_STATES: Final = frozenset({"delivered", "dropped"})
 _WORD: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SECURE_WORD: Final = re.compile(rf"~[a-z2-7]{{{NODE_ID_TEXT_LENGTH}}}")
 _CT: Final = re.compile(r"[!-~]+(?:; ?[!-~]+)*")
@@ -80,11 +89,13 @@ _REQUIRED: Final = {
     Kind.SUB: frozenset({"pat"}),
     Kind.UNSUB: frozenset({"pat"}),
     Kind.ANN: frozenset({"body"}),
-    Kind.RCPT: frozenset({"dst", "ref"}),
+    Kind.RCPT: frozenset({"dst", "ref", "st"}),
 }
 _OPTIONAL: Final = {
-    Kind.MSG: frozenset({"ct"}),
+    Kind.MSG: frozenset({"ct", "rr"}),
     Kind.PUB: frozenset({"ct"}),
+    Kind.RCPT: frozenset({"why", "n"}),
+    Kind.ANN: frozenset({"hello"}),
 }
 
 
@@ -158,6 +169,11 @@ class Frame:
     body: bytes | None = None
     ct: str | None = None
     ref: bytes | None = None
+    rr: bool | None = None
+    st: str | None = None
+    why: str | None = None
+    n: int | None = None
+    hello: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in _REQUIRED:
@@ -191,6 +207,18 @@ class Frame:
             or not _CT.fullmatch(self.ct)
         ):
             raise Malformed(f"frame ct {self.ct!r} is not a content type of <= {MAX_CT_LENGTH}")
+        if self.rr is not None and self.rr is not True:
+            raise Malformed(f"frame rr must be true when present, got {self.rr!r}")
+        if self.hello is not None and self.hello is not True:
+            raise Malformed(f"frame hello must be true when present, got {self.hello!r}")
+        if self.st is not None and (not isinstance(self.st, str) or self.st not in RECEIPT_STATES):
+            raise Malformed(f"frame st {self.st!r} is not one of delivered, dropped")
+        if self.why is not None and (
+            not isinstance(self.why, str) or len(self.why) > MAX_WHY_LENGTH
+        ):
+            raise Malformed(f"frame why must be text of <= {MAX_WHY_LENGTH} characters")
+        if self.n is not None:
+            _int(self.n, "n", 0, MAX_HOPS)
 
     def to_payload(self) -> dict[str, Any]:
         """The map that is signed."""
@@ -233,6 +261,11 @@ class Frame:
             body=payload.get("body"),
             ct=payload.get("ct"),
             ref=payload.get("ref"),
+            rr=payload.get("rr"),
+            st=payload.get("st"),
+            why=payload.get("why"),
+            n=payload.get("n"),
+            hello=payload.get("hello"),
         )
 
     def seal(self, identity: Identity) -> bytes:
@@ -258,4 +291,4 @@ class Frame:
         return frame
 
 
-_FIELDS: Final = ("dst", "topic", "pat", "body", "ct", "ref")
+_FIELDS: Final = ("dst", "topic", "pat", "body", "ct", "ref", "rr", "st", "why", "n", "hello")

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
@@ -582,6 +582,9 @@ class VerifiedSignature:
     keyid: str
     params: SignatureParams
     label: str
+    #: The 64 signature bytes as decoded (canonical: libsodium refuses a malleated S),
+    #: whatever the header's spelling: what a replay guard must remember.
+    signature: bytes = field(default=b"", compare=False)
 
 
 _INTEGER_PARAMS: Final = frozenset({"created", "expires"})
@@ -766,7 +769,9 @@ def verify_message(
             f"signature {chosen!r} by keyid {params.keyid!r} does not verify "
             f"over its {len(base)}-byte signature base"
         ) from exc
-    return VerifiedSignature(keyid=params.keyid, params=params, label=chosen)
+    return VerifiedSignature(
+        keyid=params.keyid, params=params, label=chosen, signature=bytes(signature)
+    )
 
 
 # --- RFC 9530: Content-Digest --------------------------------------------------------------

@@ -424,7 +424,7 @@ def test_protected_header_trailing_bytes_and_duplicates() -> None:
 
 def test_protected_header_need_not_be_deterministic() -> None:
     # RFC 9052 signs the protected bytes as they are; other encoders (pycose) put kid
-    # before content type. Only the payload has to be deterministic (DESIGN.md §2).
+    # before content type. Only the payload has to be deterministic (docs/architecture.md).
     protected = cbor2.dumps({4: ALICE.node_id.raw, 1: -8, 3: "ptth/frame"})
     assert protected != protected_header()
     assert crypto.open(envelope(protected=protected), Purpose.FRAME).signer == ALICE.node_id

@@ -16,6 +16,7 @@ from crypto import (
     MAX_ENVELOPE_SIZE,
     MAX_HOPS,
     MAX_LIFETIME_MS,
+    MAX_WHY_LENGTH,
     CryptoError,
     Expired,
     Frame,
@@ -36,16 +37,21 @@ TS = 1_700_000_000_000
 EXP = TS + 60_000
 FRAME_ID = bytes(range(16))
 
-# The DESIGN.md §2 table, restated here so the tests do not trust the code's own tables.
+# The docs/architecture.md table, restated here so the tests do not trust the code's own tables.
 REQUIRED: dict[Kind, set[str]] = {
     Kind.MSG: {"dst", "body"},
     Kind.PUB: {"topic", "body"},
     Kind.SUB: {"pat"},
     Kind.UNSUB: {"pat"},
     Kind.ANN: {"body"},
-    Kind.RCPT: {"dst", "ref"},
+    Kind.RCPT: {"dst", "ref", "st"},
 }
-OPTIONAL: dict[Kind, set[str]] = {Kind.MSG: {"ct"}, Kind.PUB: {"ct"}}
+OPTIONAL: dict[Kind, set[str]] = {
+    Kind.MSG: {"ct", "rr"},
+    Kind.PUB: {"ct"},
+    Kind.RCPT: {"why", "n"},
+    Kind.ANN: {"hello"},
+}
 VALUES: dict[str, Any] = {
     "dst": BOB.node_id,
     "topic": "news.tech",
@@ -53,6 +59,11 @@ VALUES: dict[str, Any] = {
     "body": b"hello",
     "ct": "text/plain",
     "ref": bytes(16),
+    "rr": True,
+    "st": "dropped",
+    "why": "expired: frame expired 3 s ago",
+    "n": 4,
+    "hello": True,
 }
 SECURE = f"~{ALICE.node_id.text}"
 
@@ -92,6 +103,13 @@ def frames(draw: st.DrawFn, kinds: st.SearchStrategy[Kind] = KINDS) -> tuple[Ide
         fields["ct"] = draw(st.none() | CONTENT_TYPES)
     if kind is Kind.RCPT:
         fields["ref"] = draw(st.binary(min_size=16, max_size=16))
+        fields["st"] = draw(st.sampled_from(["delivered", "dropped"]))
+        fields["why"] = draw(st.none() | st.text(max_size=40))
+        fields["n"] = draw(st.none() | st.integers(0, MAX_HOPS))
+    if kind is Kind.MSG:
+        fields["rr"] = draw(st.none() | st.just(True))
+    if kind is Kind.ANN:
+        fields["hello"] = draw(st.none() | st.just(True))
     ts = draw(st.integers(0, 2**50))
     frame = Frame(
         kind=kind,
@@ -215,8 +233,8 @@ def test_each_kind_forbids_other_keys(kind: Kind) -> None:
 
 
 def test_missing_keys_are_listed_together() -> None:
-    with pytest.raises(Malformed, match=r"^rcpt frame lacks dst, ref$"):
-        Frame(**fields(Kind.RCPT, dst=None, ref=None))
+    with pytest.raises(Malformed, match=r"^rcpt frame lacks dst, ref, st$"):
+        Frame(**fields(Kind.RCPT, dst=None, ref=None, st=None))
     with pytest.raises(Malformed, match=r"^sub frame must not have body, dst$"):
         Frame(**fields(Kind.SUB, dst=BOB.node_id, body=b""))
 
@@ -327,6 +345,93 @@ def test_limits_are_inclusive() -> None:
     Frame(**fields(ts=0, exp=1, hops=1, ct="x" * 127))
     Frame(**fields(ts=MAX_TIME_MS - 1, exp=MAX_TIME_MS))
     Frame(**fields(Kind.RCPT, ref=bytes(FRAME_ID_SIZE)))
+    Frame(**fields(Kind.RCPT, why="x" * MAX_WHY_LENGTH, n=0))
+    Frame(**fields(Kind.RCPT, why="", n=MAX_HOPS))
+
+
+# -- receipts and flags ------------------------------------------------------------------
+
+# Each new key, with a value its check refuses and what the refusal says: the keys a
+# receipt carries (st, why, n) and the flags that may only be true (rr, hello).
+BAD_NEW_KEYS = [
+    pytest.param(Kind.MSG, {"rr": False}, "^frame rr must be true when present, got False$",
+                 id="rr-false"),
+    pytest.param(Kind.MSG, {"rr": 1}, "^frame rr must be true when present, got 1$", id="rr-1"),
+    pytest.param(Kind.MSG, {"rr": "yes"}, "^frame rr must be true when present, got 'yes'$",
+                 id="rr-text"),
+    pytest.param(Kind.ANN, {"hello": False},
+                 "^frame hello must be true when present, got False$", id="hello-false"),
+    pytest.param(Kind.ANN, {"hello": 1}, "^frame hello must be true when present, got 1$",
+                 id="hello-1"),
+    pytest.param(Kind.RCPT, {"st": "lost"},
+                 "^frame st 'lost' is not one of delivered, dropped$", id="st-unknown"),
+    pytest.param(Kind.RCPT, {"st": "Delivered"},
+                 "^frame st 'Delivered' is not one of delivered, dropped$", id="st-case"),
+    pytest.param(Kind.RCPT, {"st": b"delivered"},
+                 "^frame st b'delivered' is not one of delivered, dropped$", id="st-bytes"),
+    pytest.param(Kind.RCPT, {"st": 1}, "^frame st 1 is not one of delivered, dropped$",
+                 id="st-int"),
+    pytest.param(Kind.RCPT, {"st": ""}, "^frame st '' is not one of delivered, dropped$",
+                 id="st-empty"),
+    pytest.param(Kind.RCPT, {"why": "x" * (MAX_WHY_LENGTH + 1)},
+                 f"^frame why must be text of <= {MAX_WHY_LENGTH} characters$", id="why-long"),
+    pytest.param(Kind.RCPT, {"why": b"expired"},
+                 f"^frame why must be text of <= {MAX_WHY_LENGTH} characters$", id="why-bytes"),
+    pytest.param(Kind.RCPT, {"why": 5},
+                 f"^frame why must be text of <= {MAX_WHY_LENGTH} characters$", id="why-int"),
+    pytest.param(Kind.RCPT, {"n": -1}, f"^frame n is -1, expected 0..{MAX_HOPS}$", id="n-negative"),
+    pytest.param(Kind.RCPT, {"n": MAX_HOPS + 1}, f"^frame n is 65, expected 0..{MAX_HOPS}$",
+                 id="n-too-many"),
+    pytest.param(Kind.RCPT, {"n": True}, "^frame n must be an integer, got bool$", id="n-bool"),
+    pytest.param(Kind.RCPT, {"n": "3"}, "^frame n must be an integer, got str$", id="n-text"),
+    pytest.param(Kind.RCPT, {"n": 2.0}, "^frame n must be an integer, got float$", id="n-float"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "changes", "message"), BAD_NEW_KEYS)
+def test_bad_receipt_keys_and_flags_are_refused(
+    kind: Kind, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(Malformed, match=message):
+        Frame(**fields(kind, **changes))
+
+
+@pytest.mark.parametrize(("kind", "changes", "message"), BAD_NEW_KEYS)
+def test_bad_receipt_keys_and_flags_are_refused_when_signed(
+    kind: Kind, changes: dict[str, Any], message: str
+) -> None:
+    # A signer that does not use Frame (another implementation, or an attacker) cannot
+    # get a frame with such a key past Frame.open.
+    envelope = crypto.seal(ALICE, Purpose.FRAME, payload(kind, **changes))
+    with pytest.raises(Malformed, match=message):
+        Frame.open(envelope, now=TS)
+
+
+@pytest.mark.parametrize("state", ["delivered", "dropped"])
+def test_both_receipt_states_round_trip(state: str) -> None:
+    frame = Frame(**fields(Kind.RCPT, st=state, why="expired: 3 s ago", n=MAX_HOPS))
+    opened = Frame.open(frame.seal(ALICE), now=TS)
+    assert opened == frame
+    assert (opened.st, opened.why, opened.n) == (state, "expired: 3 s ago", MAX_HOPS)
+
+
+def test_flags_are_absent_unless_true() -> None:
+    plain = Frame(**fields())
+    assert plain.rr is None
+    assert "rr" not in plain.to_payload()
+    asked = Frame(**fields(rr=True))
+    assert asked.to_payload()["rr"] is True
+    assert Frame.open(asked.seal(ALICE), now=TS).rr is True
+    greeting = Frame(**fields(Kind.ANN, hello=True))
+    assert greeting.to_payload()["hello"] is True
+    assert Frame.open(greeting.seal(ALICE), now=TS).hello is True
+    assert "hello" not in Frame(**fields(Kind.ANN)).to_payload()
+
+
+def test_a_receipt_without_why_and_n_is_valid() -> None:
+    frame = Frame(**fields(Kind.RCPT, st="delivered"))
+    assert (frame.why, frame.n) == (None, None)
+    assert set(frame.to_payload()) == {"t", "src", "id", "ts", "exp", "hops", "dst", "ref", "st"}
 
 
 def test_largest_frame_fits_an_envelope() -> None:

@@ -1026,3 +1026,40 @@ def test_arbitrary_signature_base_input_raises_only_crypto_errors(
 def test_round_trip_with_any_printable_header_value(value: str) -> None:
     message = signed(add_headers(REQUEST, ("X-A", value)), components=(*COVERED, "x-a"))
     assert verify(message, required=("x-a",)).keyid == KEYID
+
+
+def test_verified_signature_carries_the_decoded_signature_bytes() -> None:
+    """A replay guard keys on these bytes, not on the header's spelling of them."""
+    key = nacl.signing.SigningKey(bytes(range(32)))
+    message = Message(
+        headers=[("content-digest", "sha-256=:x:")], method="POST", target_uri="http://a/b"
+    )
+    headers = sign_message(
+        message,
+        signing_key=bytes(range(32)),
+        keyid="k",
+        created=NOW,
+        components=("@method", "@target-uri"),
+        nonce="n",
+    )
+    value = dict(headers)["signature"]
+    raw = base64.b64decode(value.split(":")[1])
+    unpadded = value.replace("==:", ":")  # the base64 padding, not the "sig=" member
+    assert unpadded != value
+    for spelling in (value, unpadded):
+        signed = Message(
+            headers=[
+                *message.headers,
+                ("signature-input", dict(headers)["signature-input"]),
+                ("signature", spelling),
+            ],
+            method="POST",
+            target_uri="http://a/b",
+        )
+        verified = verify_message(
+            signed,
+            public_key_for=lambda _: bytes(key.verify_key),
+            now=NOW,
+            required_components=("@method",),
+        )
+        assert verified.signature == raw

@@ -1,6 +1,6 @@
 """Interoperability with an independent RFC 9052 implementation: pycose (test-only).
 
-DESIGN.md §2: any RFC 9052 implementation must verify our envelopes, and ours must
+docs/architecture.md: any RFC 9052 implementation must verify our envelopes, and ours must
 verify theirs.
 """
 
