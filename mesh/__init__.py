@@ -1,12 +1,40 @@
-"""ptth's messaging application as sans-IO logic (DESIGN.md §1, §5).
+"""ptth's messaging application as sans-IO logic (docs/architecture.md).
 
-Frames on the wire and their per-frame results, admission of inbound frames, and the
-durable store. Nothing here imports trio, httpx or h11, or reads the clock.
+Frames on the wire and their per-frame results, admission of inbound frames, the
+routing decisions (:class:`Router`: neighbours and their links, the routing table,
+what to do with each frame), and the durable store. Nothing here imports trio, httpx or
+h11, or reads the clock.
 """
 
+from mesh._engine import (
+    Action,
+    Deliver,
+    Flood,
+    Forward,
+    ForwardPolicy,
+    Greet,
+    Reroute,
+    Router,
+    RouterConfig,
+    Wake,
+)
 from mesh._errors import HopLimitExceeded, MeshError, NoRoute, StoreFull
 from mesh._intake import Admitted, admit
-from mesh._store import DEFAULT_MAX_INBOX_BYTES, InboxEntry, Store, StoreStatistics
+from mesh._links import Link, Links, LinkState, Role
+from mesh._routes import Route, RoutingTable
+from mesh._store import (
+    DEFAULT_MAX_INBOX_BYTES,
+    InboxEntry,
+    Intake,
+    Outgoing,
+    Queued,
+    QueueStatistics,
+    Quotas,
+    Receipt,
+    Store,
+    StoreStatistics,
+    Trace,
+)
 from mesh._wire import (
     CONTENT_TYPE_FRAMES,
     CONTENT_TYPE_RESULTS,
@@ -26,17 +54,40 @@ __all__ = [
     "CONTENT_TYPE_RESULTS",
     "DEFAULT_MAX_INBOX_BYTES",
     "MAX_FRAMES_PER_REQUEST",
+    "Action",
     "Admitted",
+    "Deliver",
+    "Flood",
+    "Forward",
+    "ForwardPolicy",
+    "Greet",
     "HopLimitExceeded",
     "InboxEntry",
+    "Intake",
+    "Link",
+    "LinkState",
+    "Links",
     "MeshError",
     "NoRoute",
     "Outcome",
+    "Outgoing",
+    "QueueStatistics",
+    "Queued",
+    "Quotas",
     "Reason",
+    "Receipt",
+    "Reroute",
     "Result",
+    "Role",
+    "Route",
+    "Router",
+    "RouterConfig",
+    "RoutingTable",
     "Store",
     "StoreFull",
     "StoreStatistics",
+    "Trace",
+    "Wake",
     "WireFrame",
     "admit",
     "decode_frames",

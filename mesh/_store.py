@@ -1,16 +1,29 @@
 """The node's durable store: SQLite in WAL mode.
 
-Two tables matter now:
+Tables (schema 2):
 
-* ``seen``: the id of every frame this node has taken responsibility for, kept until
-  the frame expires (after that the frame itself is refused as expired, so a replay can
-  never be taken twice). Redelivery finds its id here and is answered "duplicate".
-* ``inbox``: frames addressed to this node that the application has not acknowledged.
+* ``seen``: (origin, id) of every frame delivered to this node, kept until the frame
+  expires (after that the frame itself is refused as expired, so a replay can never be
+  taken twice). Keyed by origin *and* id: one origin reusing another's frame id cannot
+  suppress the real frame. ``seen_v1`` keeps the id-only entries of a schema-1 store
+  until they expire.
+* ``inbox``: messages for this node that the application has not acknowledged.
+* ``queue``: frames this node holds for a next hop (its own and others'), or holds
+  with no next hop (``next_hop`` NULL) until a route appears or they expire. Unique by
+  (origin, id): a frame held here is a duplicate if it comes again.
+* ``sent``: the origin's trace of each frame it sent: first hop and when it accepted,
+  and what receipts said (delivered after N hops, or dropped by X because Y).
+* ``receipts``: every receipt that came back for a frame we sent.
+* ``routes`` and ``addresses``: the routing table and the address records learned from
+  announces, saved so a restarted node starts from what it knew.
 
-"Accepted" means committed: :meth:`Store.accept` writes a whole batch in one
-transaction (``synchronous=FULL``: the commit is on disk when it returns), so a node
-killed right after answering loses nothing it acknowledged, and one commit serves a
-batch (DESIGN.md §8: commit per batch, not per frame).
+"Accepted" means committed: :meth:`Store.accept` and :meth:`Store.enqueue` write a whole
+batch in one transaction (``synchronous=FULL``), so a node killed right after answering
+(or after ``send()`` returned) loses nothing it took (docs/architecture.md: commit per batch).
+
+Quotas: the inbox has its own; the queue has a total, per origin, per next hop and per
+neighbour the frames came from. A batch that would pass any of them is refused whole
+with :class:`StoreFull` (429 upstream, so the previous hop keeps the frames).
 
 The methods block; the runtime calls them through ``trio.to_thread``. A lock inside
 makes one store safe to use from any thread. No clock is read: ``now`` is passed in.
@@ -18,33 +31,55 @@ makes one store safe to use from any thread. No clock is read: ``now`` is passed
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import crypto
+from mesh._engine import Deliver, Forward
 from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
-from mesh._wire import ACCEPTED, DUPLICATE, Result
+from mesh._routes import Route
+from mesh._wire import ACCEPTED, DUPLICATE, Result, WireFrame
 
-__all__ = ["DEFAULT_MAX_INBOX_BYTES", "InboxEntry", "Store", "StoreStatistics"]
+__all__ = [
+    "DEFAULT_MAX_INBOX_BYTES",
+    "InboxEntry",
+    "Intake",
+    "Outgoing",
+    "QueueStatistics",
+    "Queued",
+    "Quotas",
+    "Receipt",
+    "Store",
+    "StoreStatistics",
+    "Trace",
+]
 
 #: Inbox quota: past it, senders are told to retry later (429) rather than fill the disk.
 DEFAULT_MAX_INBOX_BYTES: Final = 256 * 1024 * 1024
 #: How long the seen-set keeps an id past the frame's expiry: covers clock skew.
 SEEN_GRACE_MS: Final = 10 * 60 * 1000
-_SCHEMA_VERSION: Final = 1
+#: How long the origin keeps the trace of a frame past its expiry.
+TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
+SCHEMA_VERSION: Final = 2
+_T = TypeVar("_T")
+
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (id BLOB PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    src BLOB NOT NULL, id BLOB NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (src, id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_exp ON seen (exp);
+CREATE TABLE IF NOT EXISTS seen_v1 (id BLOB PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id BLOB NOT NULL UNIQUE,
+    id BLOB NOT NULL,
     src BLOB NOT NULL,
     kind TEXT NOT NULL,
     ts INTEGER NOT NULL,
@@ -54,9 +89,109 @@ CREATE TABLE IF NOT EXISTS inbox (
     ct TEXT,
     ref BLOB,
     body BLOB NOT NULL,
-    envelope BLOB NOT NULL
+    envelope BLOB NOT NULL,
+    UNIQUE (src, id)
 );
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    src BLOB NOT NULL,
+    id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    dst BLOB NOT NULL,
+    exp INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    next_hop BLOB,
+    came_from BLOB,
+    queued INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE (src, id)
+);
+CREATE INDEX IF NOT EXISTS queue_by_hop ON queue (next_hop, seq);
+CREATE INDEX IF NOT EXISTS queue_by_dst ON queue (dst);
+CREATE INDEX IF NOT EXISTS queue_by_exp ON queue (exp);
+CREATE TABLE IF NOT EXISTS sent (
+    id BLOB PRIMARY KEY,
+    dst BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    exp INTEGER NOT NULL,
+    receipt INTEGER NOT NULL,
+    first_hop BLOB,
+    first_accepted INTEGER,
+    state TEXT NOT NULL,
+    done_at INTEGER,
+    hops INTEGER,
+    by BLOB,
+    why TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    ref BLOB NOT NULL,
+    src BLOB NOT NULL,
+    st TEXT NOT NULL,
+    why TEXT,
+    hops INTEGER,
+    ts INTEGER NOT NULL,
+    received INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_by_ref ON receipts (ref);
+CREATE TABLE IF NOT EXISTS routes (
+    dst BLOB NOT NULL,
+    via BLOB NOT NULL,
+    ts INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    learned INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    announce BLOB NOT NULL,
+    PRIMARY KEY (dst, via)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS addresses (
+    node BLOB PRIMARY KEY, seq INTEGER NOT NULL, exp INTEGER NOT NULL, envelope BLOB NOT NULL
+) WITHOUT ROWID;
 """
+
+#: Schema 1 -> 2: dedup by (origin, id); the inbox unique by (origin, id). Ids seen
+#: without a known origin go to seen_v1 until they expire.
+_MIGRATE_1_TO_2: Final = """
+CREATE TABLE seen_new (
+    src BLOB NOT NULL, id BLOB NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (src, id)
+) WITHOUT ROWID;
+INSERT INTO seen_new SELECT inbox.src, seen.id, seen.exp FROM seen JOIN inbox USING (id);
+CREATE TABLE seen_v1 (id BLOB PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO seen_v1 SELECT id, exp FROM seen WHERE id NOT IN (SELECT id FROM inbox);
+DROP TABLE seen;
+ALTER TABLE seen_new RENAME TO seen;
+CREATE TABLE inbox_new (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id BLOB NOT NULL,
+    src BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    exp INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    ct TEXT,
+    ref BLOB,
+    body BLOB NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE (src, id)
+);
+INSERT INTO inbox_new SELECT seq, id, src, kind, ts, exp, received, hops, ct, ref, body, envelope
+    FROM inbox;
+DROP TABLE inbox;
+ALTER TABLE inbox_new RENAME TO inbox;
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Quotas:
+    """Limits on what the queue holds (bytes of envelopes)."""
+
+    total: int = 512 * 1024 * 1024
+    per_origin: int = 64 * 1024 * 1024
+    per_next_hop: int = 256 * 1024 * 1024
+    #: Frames taken from one neighbour: one neighbour cannot fill the store for all.
+    per_neighbour: int = 128 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,10 +211,123 @@ class InboxEntry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A frame to queue: sealed, with the hops it has made and where it goes next."""
+
+    src: crypto.NodeId
+    id: bytes
+    kind: crypto.Kind
+    dst: crypto.NodeId
+    exp: int
+    hops: int
+    envelope: bytes
+    next_hop: crypto.NodeId | None
+    came_from: crypto.NodeId | None = None
+
+    @classmethod
+    def of(
+        cls,
+        frame: crypto.Frame,
+        envelope: bytes,
+        *,
+        hops: int,
+        next_hop: crypto.NodeId | None,
+        came_from: crypto.NodeId | None = None,
+    ) -> Outgoing:
+        assert frame.dst is not None  # only msg and rcpt frames are queued
+        return cls(
+            frame.src, frame.id, frame.kind, frame.dst, frame.exp, hops, envelope, next_hop,
+            came_from,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Queued:
+    """A frame in the queue."""
+
+    seq: int
+    src: crypto.NodeId
+    id: bytes
+    kind: crypto.Kind
+    dst: crypto.NodeId
+    exp: int
+    hops: int
+    next_hop: crypto.NodeId | None
+    came_from: crypto.NodeId | None
+    queued: int
+    size: int
+    envelope: bytes
+
+    @property
+    def wire(self) -> WireFrame:
+        return WireFrame(self.hops, self.envelope)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Intake:
+    """One admitted frame and the router's decision for it.
+
+    ``receipt``: the delivery receipt to queue if the frame is delivered here for the
+    first time (the origin asked for one).
+    """
+
+    admitted: Admitted
+    decision: Deliver | Forward
+    came_from: crypto.NodeId | None
+    receipt: Outgoing | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a receipt said about one of our frames."""
+
+    by: crypto.NodeId
+    state: str  # delivered | dropped
+    why: str | None
+    hops: int | None
+    ts: int
+    received: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trace:
+    """Where a frame this node sent is known to be."""
+
+    id: bytes
+    dst: crypto.NodeId
+    kind: str
+    created: int
+    exp: int
+    receipt: bool
+    #: queued (here), held (here, no route), forwarded, delivered, dropped
+    state: str
+    next_hop: crypto.NodeId | None
+    first_hop: crypto.NodeId | None
+    first_accepted: int | None
+    done_at: int | None
+    hops: int | None
+    by: crypto.NodeId | None
+    why: str | None
+    receipts: tuple[Receipt, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueStatistics:
+    """Frames queued for one next hop (None: held, no route yet)."""
+
+    next_hop: crypto.NodeId | None
+    frames: int
+    bytes: int
+    oldest: int  # when the oldest was queued (ms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class StoreStatistics:
     inbox_frames: int
     inbox_bytes: int
     seen_ids: int
+    queued_frames: int
+    queued_bytes: int
 
 
 def _translate(exc: sqlite3.Error, path: str) -> MeshError:
@@ -89,13 +337,112 @@ def _translate(exc: sqlite3.Error, path: str) -> MeshError:
     return MeshError(f"store {path} failed: {text}")
 
 
-class Store:
-    """One node's SQLite store. Use :meth:`close` (or ``with``) when done."""
+def _node(raw: bytes | None) -> crypto.NodeId | None:
+    return None if raw is None else crypto.NodeId(raw)
 
-    def __init__(self, path: Path | str, *, max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES):
+
+def _raw(node: crypto.NodeId | None) -> bytes | None:
+    return None if node is None else node.raw
+
+
+_QUEUED_COLUMNS: Final = (
+    "seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued, size, envelope"
+)
+
+
+def _queued(row: Sequence[Any]) -> Queued:
+    return Queued(
+        seq=row[0],
+        src=crypto.NodeId(row[1]),
+        id=row[2],
+        kind=crypto.Kind(row[3]),
+        dst=crypto.NodeId(row[4]),
+        exp=row[5],
+        hops=row[6],
+        next_hop=_node(row[7]),
+        came_from=_node(row[8]),
+        queued=row[9],
+        size=row[10],
+        envelope=row[11],
+    )
+
+
+class _Usage:
+    """Bytes queued, in total and by origin, next hop and neighbour (kept in memory)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.origin: collections.Counter[bytes] = collections.Counter()
+        self.next_hop: collections.Counter[bytes | None] = collections.Counter()
+        self.neighbour: collections.Counter[bytes | None] = collections.Counter()
+
+    def add(self, src: bytes, next_hop: bytes | None, came_from: bytes | None, size: int) -> None:
+        self.total += size
+        self.origin[src] += size
+        self.next_hop[next_hop] += size
+        self.neighbour[came_from] += size
+
+    def remove(
+        self, src: bytes, next_hop: bytes | None, came_from: bytes | None, size: int
+    ) -> None:
+        self.add(src, next_hop, came_from, -size)
+        if self.origin[src] <= 0:
+            del self.origin[src]
+        if self.next_hop[next_hop] <= 0:
+            del self.next_hop[next_hop]
+        if self.neighbour[came_from] <= 0:
+            del self.neighbour[came_from]
+
+    def over(self, quotas: Quotas, added: _Usage) -> str | None:
+        """Why adding ``added`` would pass a quota, or None."""
+        if added.total and self.total + added.total > quotas.total:
+            return (
+                f"queue holds {self.total} bytes; {added.total} more would pass its quota "
+                f"of {quotas.total}; retry later"
+            )
+        for src, size in added.origin.items():
+            if size > 0 and self.origin[src] + size > quotas.per_origin:
+                return (
+                    f"queue holds {self.origin[src]} bytes from {crypto.NodeId(src).short}; "
+                    f"{size} more would pass its quota per origin of {quotas.per_origin}; "
+                    "retry later"
+                )
+        for hop, size in added.next_hop.items():
+            if size > 0 and hop is not None and self.next_hop[hop] + size > quotas.per_next_hop:
+                return (
+                    f"queue holds {self.next_hop[hop]} bytes for {crypto.NodeId(hop).short}; "
+                    f"{size} more would pass its quota per next hop of {quotas.per_next_hop}; "
+                    "retry later"
+                )
+        for came, size in added.neighbour.items():
+            if size > 0 and came is not None and self.neighbour[came] + size > quotas.per_neighbour:
+                return (
+                    f"queue holds {self.neighbour[came]} bytes taken from "
+                    f"{crypto.NodeId(came).short}; {size} more would pass its quota per "
+                    f"neighbour of {quotas.per_neighbour}; retry later"
+                )
+        return None
+
+
+class Store:
+    """One node's SQLite store. Use :meth:`close` (or ``with``) when done.
+
+    Raises :class:`MeshError` if the file cannot be opened or has a schema this ptth
+    does not know (a newer one); a schema-1 store is migrated in place.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
+        quotas: Quotas | None = None,
+    ):
         self.path = str(path)
         self.max_inbox_bytes = max_inbox_bytes
+        self.quotas = quotas or Quotas()
         self._lock = threading.Lock()
+        self._usage = _Usage()
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
@@ -105,22 +452,51 @@ class Store:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                raise MeshError(
-                    f"store {self.path} has schema {row[0]}; this ptth reads {_SCHEMA_VERSION}"
-                )
+            self._migrate()
             (self._inbox_bytes,) = self._db.execute(
                 "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM inbox"
             ).fetchone()
+            self._usage = self._count()
+            (legacy,) = self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()
+            self._legacy_seen = legacy > 0
         except sqlite3.Error as exc:
             self._db.close()
             raise _translate(exc, self.path) from exc
         except MeshError:
             self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        version = None if row is None else row[0]
+        if version is not None and version > SCHEMA_VERSION:
+            raise MeshError(
+                f"store {self.path} has schema {version}; this ptth reads up to "
+                f"{SCHEMA_VERSION} (a newer ptth wrote it): run that ptth, or move the file "
+                "away to start afresh"
+            )
+        if version == SCHEMA_VERSION:
+            db.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 1:
+                # Statement by statement: executescript would commit first.
+                for statement in _MIGRATE_1_TO_2.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            elif version is not None:
+                raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def __enter__(self) -> Store:
@@ -134,22 +510,7 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def accept(self, batch: Sequence[Admitted], *, now: int) -> list[Result]:
-        """Take responsibility for ``batch`` in one transaction; a result per frame.
-
-        A frame whose id is in the seen-set (from before, or earlier in this batch) is
-        a duplicate and is not stored again. Raises :class:`StoreFull` (nothing taken)
-        if the new frames would put the inbox over its quota or the disk is full.
-        """
-        with self._lock:
-            try:
-                return self._accept(batch, now)
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _translate(exc, self.path) from exc
-            except BaseException:
-                self._rollback()  # e.g. a value SQLite cannot bind: never leave it open
-                raise
+    # -- plumbing ---------------------------------------------------------------------
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already (it does on SQLITE_FULL); a closed
@@ -158,59 +519,537 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
 
-    def _accept(self, batch: Sequence[Admitted], now: int) -> list[Result]:
-        results: list[Result] = []
-        added = 0
-        self._db.execute("BEGIN IMMEDIATE")
-        for item in batch:
-            frame = item.frame
+    def _transaction(
+        self, work: Callable[[], _T], *, then: Callable[[_T], None] | None = None
+    ) -> _T:
+        """Run ``work`` in one write transaction, under the lock; roll back on error.
+
+        ``then(result)`` runs once the transaction is committed, still under the lock:
+        the in-memory byte counts change with the tables, so no thread sees (or
+        recounts) one without the other.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                result = work()
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _translate(exc, self.path) from exc
+            except BaseException:
+                self._rollback()  # e.g. a value SQLite cannot bind: never leave it open
+                raise
+            if then is not None:
+                then(result)
+            return result
+
+    def _read(self, work: Callable[[], _T]) -> _T:
+        with self._lock:
+            try:
+                return work()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+
+    # -- taking frames ----------------------------------------------------------------
+
+    def accept(self, batch: Sequence[Intake], *, now: int) -> list[Result]:
+        """Take responsibility for ``batch`` in one transaction; a result per frame.
+
+        Frames for this node go to the inbox (receipts to the trace of the frame they
+        are about); a frame delivered before (its origin and id are in the seen-set) is
+        a duplicate. Frames to forward go to the queue; one already queued here is a
+        duplicate. Raises :class:`StoreFull` (nothing taken) if the batch would pass the
+        inbox quota or a queue quota, or the disk is full.
+        """
+        usage = _Usage()
+        inbox_added = 0
+
+        def work() -> list[Result]:
+            nonlocal inbox_added
+            results: list[Result] = []
+            for item in batch:
+                if isinstance(item.decision, Forward):
+                    outgoing = Outgoing.of(
+                        item.admitted.frame,
+                        item.admitted.envelope,
+                        hops=item.admitted.hops,
+                        next_hop=item.decision.next_hop,
+                        came_from=item.came_from,
+                    )
+                    fresh = self._insert_queue(outgoing, now, usage)
+                    results.append(ACCEPTED if fresh else DUPLICATE)
+                    continue
+                delivered = self._deliver(item.admitted, now)
+                if delivered is None:
+                    results.append(DUPLICATE)
+                    continue
+                inbox_added += delivered
+                if item.receipt is not None:
+                    self._insert_queue(item.receipt, now, usage)
+                results.append(ACCEPTED)
+            if inbox_added and self._inbox_bytes + inbox_added > self.max_inbox_bytes:
+                raise StoreFull(
+                    f"inbox holds {self._inbox_bytes} bytes; {inbox_added} more would pass "
+                    f"its quota of {self.max_inbox_bytes}"
+                )
+            if problem := self._usage.over(self.quotas, usage):
+                raise StoreFull(problem)
+            return results
+
+        def committed(_: list[Result]) -> None:
+            self._inbox_bytes += inbox_added
+            self._merge(usage)
+
+        return self._transaction(work, then=committed)
+
+    def _forget(self, removed: Iterable[tuple[bytes, bytes | None, bytes | None, int]]) -> None:
+        for src, hop, came, size in removed:
+            self._usage.remove(src, hop, came, size)
+
+    def _merge(self, usage: _Usage) -> None:
+        for src, size in usage.origin.items():
+            self._usage.origin[src] += size
+        for hop, size in usage.next_hop.items():
+            self._usage.next_hop[hop] += size
+        for came, size in usage.neighbour.items():
+            self._usage.neighbour[came] += size
+        self._usage.total += usage.total
+
+    def _seen(self, frame: crypto.Frame) -> bool:
+        """Enter (origin, id) in the seen-set; return True if it was there already."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO seen (src, id, exp) VALUES (?, ?, ?)",
+            (frame.src.raw, frame.id, frame.exp),
+        )
+        if cursor.rowcount == 0:
+            return True
+        if self._legacy_seen:
+            row = self._db.execute("SELECT 1 FROM seen_v1 WHERE id = ?", (frame.id,)).fetchone()
+            return row is not None
+        return False
+
+    def _deliver(self, admitted: Admitted, now: int) -> int | None:
+        """Deliver one frame here; return the inbox bytes it took, None if a duplicate."""
+        frame = admitted.frame
+        if self._seen(frame):
+            return None
+        if frame.kind is crypto.Kind.RCPT:
+            self._apply_receipt(frame, now)
+            return 0
+        body = frame.body or b""
+        self._db.execute(
+            "INSERT INTO inbox (id, src, kind, ts, exp, received, hops, ct, ref, body,"
+            " envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                frame.id,
+                frame.src.raw,
+                str(frame.kind),
+                frame.ts,
+                frame.exp,
+                now,
+                admitted.hops,
+                frame.ct,
+                frame.ref,
+                body,
+                admitted.envelope,
+            ),
+        )
+        return len(body)
+
+    def _apply_receipt(self, frame: crypto.Frame, now: int) -> None:
+        assert frame.ref is not None  # rcpt frames have ref and st
+        assert frame.st is not None
+        self._insert_receipt(frame.ref, frame.src, frame.st, frame.why, frame.n, frame.ts, now)
+        self._record_outcome(frame.ref, frame.st, by=frame.src, why=frame.why, hops=frame.n,
+                             when=now)  # fmt: skip
+
+    def _insert_receipt(
+        self,
+        ref: bytes,
+        by: crypto.NodeId,
+        state: str,
+        why: str | None,
+        hops: int | None,
+        ts: int,
+        received: int,
+    ) -> None:
+        # Kept only for a frame this node sent (and keeps a trace of): receipts do not
+        # count against the inbox quota, so anyone could fill the disk with the others.
+        self._db.execute(
+            "INSERT INTO receipts (ref, src, st, why, hops, ts, received)"
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sent WHERE id = ?)",
+            (ref, by.raw, state, why, hops, ts, received, ref),
+        )
+
+    def _record_outcome(
+        self,
+        ref: bytes,
+        state: str,
+        *,
+        by: crypto.NodeId,
+        why: str | None,
+        hops: int | None,
+        when: int,
+    ) -> None:
+        # A delivery is final; a drop does not overwrite a delivery (a copy may have been
+        # dropped on another path after one got through). Only the destination can say
+        # it delivered: a relay that knows the id must not pass a drop off as one.
+        self._db.execute(
+            "UPDATE sent SET state = ?, done_at = ?, by = ?, why = ?, hops = ?"
+            " WHERE id = ? AND state != 'delivered' AND (? != 'delivered' OR dst = ?)",
+            (state, when, by.raw, why, hops, ref, state, by.raw),
+        )
+
+    def _insert_queue(self, outgoing: Outgoing, now: int, usage: _Usage) -> bool:
+        size = len(outgoing.envelope)
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO queue (src, id, kind, dst, exp, hops, next_hop, came_from,"
+            " queued, size, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                outgoing.src.raw,
+                outgoing.id,
+                str(outgoing.kind),
+                outgoing.dst.raw,
+                outgoing.exp,
+                outgoing.hops,
+                _raw(outgoing.next_hop),
+                _raw(outgoing.came_from),
+                now,
+                size,
+                outgoing.envelope,
+            ),
+        )
+        if cursor.rowcount == 0:
+            return False
+        usage.add(outgoing.src.raw, _raw(outgoing.next_hop), _raw(outgoing.came_from), size)
+        return True
+
+    def enqueue(
+        self, frames: Sequence[Outgoing], *, now: int, receipts: Sequence[bool] | None = None
+    ) -> None:
+        """Take custody of frames this node made (sent, or receipts it issues), in one
+        transaction. ``receipts[i]``: frame i asked for a delivery receipt (its trace
+        is kept either way for ``msg`` frames). Raises :class:`StoreFull` if a quota
+        would be passed (nothing taken)."""
+        usage = _Usage()
+
+        def work() -> None:
+            for index, outgoing in enumerate(frames):
+                if not self._insert_queue(outgoing, now, usage):
+                    raise MeshError(f"frame {outgoing.id.hex()} is queued already")
+                if outgoing.kind is crypto.Kind.MSG:
+                    wants = bool(receipts[index]) if receipts is not None else False
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO sent (id, dst, kind, created, exp, receipt,"
+                        " state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            outgoing.id,
+                            outgoing.dst.raw,
+                            str(outgoing.kind),
+                            now,
+                            outgoing.exp,
+                            int(wants),
+                            "queued",
+                        ),
+                    )
+            if problem := self._usage.over(self.quotas, usage):
+                raise StoreFull(problem)
+
+        self._transaction(work, then=lambda _: self._merge(usage))
+
+    # -- forwarding -------------------------------------------------------------------
+
+    def batch(
+        self, next_hop: crypto.NodeId, *, now: int, limit: int = 100, after: int = 0
+    ) -> list[Queued]:
+        """Up to ``limit`` unexpired frames queued for ``next_hop`` with ``seq`` above
+        ``after``, oldest first."""
+
+        def work() -> list[Queued]:
+            rows = self._db.execute(
+                f"SELECT {_QUEUED_COLUMNS} FROM queue"  # noqa: S608 - fixed column list
+                " WHERE next_hop = ? AND seq > ? AND exp > ? ORDER BY seq LIMIT ?",
+                (next_hop.raw, after, now, limit),
+            ).fetchall()
+            return [_queued(row) for row in rows]
+
+        return self._read(work)
+
+    def remove(self, seqs: Iterable[int]) -> int:
+        """Delete frames by ``seq`` (handed on, or dropped); return how many were there."""
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+
+        def work() -> list[tuple[bytes, bytes | None, bytes | None, int]]:
+            removed = []
+            for seq in seqs:
+                row = self._db.execute(
+                    "DELETE FROM queue WHERE seq = ? RETURNING src, next_hop, came_from, size",
+                    (seq,),
+                ).fetchone()
+                if row is not None:
+                    removed.append(row)
+            return removed
+
+        return len(self._transaction(work, then=self._forget))
+
+    def forwarded(self, seqs: Iterable[int], *, first_hop: crypto.NodeId, now: int) -> int:
+        """Frames handed on to ``first_hop``: delete them, and note the first hop in the
+        trace of those this node made. Return how many were still queued."""
+        seqs = list(seqs)
+
+        def work() -> list[tuple[bytes, bytes | None, bytes | None, int]]:
+            removed = []
+            for seq in seqs:
+                row = self._db.execute(
+                    "DELETE FROM queue WHERE seq = ?"
+                    " RETURNING id, src, next_hop, came_from, size, came_from IS NULL",
+                    (seq,),
+                ).fetchone()
+                if row is None:
+                    continue
+                removed.append(row[1:5])
+                if row[5]:
+                    self._db.execute(
+                        "UPDATE sent SET first_hop = ?, first_accepted = ?,"
+                        " state = CASE WHEN state IN ('queued', 'held') THEN 'forwarded'"
+                        " ELSE state END WHERE id = ? AND first_hop IS NULL",
+                        (first_hop.raw, now, row[0]),
+                    )
+            return removed
+
+        return len(self._transaction(work, then=self._forget))
+
+    def record_outcome(
+        self,
+        ref: bytes,
+        state: str,
+        *,
+        by: crypto.NodeId,
+        why: str | None = None,
+        hops: int | None = None,
+        now: int,
+    ) -> None:
+        """Note in the trace of our frame ``ref`` that ``by`` delivered or dropped it
+        (for a drop seen here, with no receipt frame to carry it)."""
+
+        def work() -> None:
+            self._insert_receipt(ref, by, state, why, hops, now, now)
+            self._record_outcome(ref, state, by=by, why=why, hops=hops, when=now)
+
+        self._transaction(work)
+
+    def reroute(self, dst: crypto.NodeId, next_hop: crypto.NodeId | None) -> int:
+        """Send every frame queued for ``dst`` to ``next_hop`` (None: hold them); those
+        that came from ``next_hop`` are held instead (never straight back). Return how
+        many frames changed next hop."""
+        hop = _raw(next_hop)
+
+        def work() -> tuple[int, _Usage | None]:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO seen (id, exp) VALUES (?, ?)", (frame.id, frame.exp)
+                "UPDATE queue SET next_hop = CASE WHEN came_from IS ? THEN NULL ELSE ? END"
+                " WHERE dst = ? AND next_hop IS NOT (CASE WHEN came_from IS ? THEN NULL"
+                " ELSE ? END)",
+                (hop, hop, dst.raw, hop, hop),
             )
-            if cursor.rowcount == 0:
-                results.append(DUPLICATE)
-                continue
-            body = frame.body or b""
-            added += len(body)
-            self._db.execute(
-                "INSERT INTO inbox (id, src, kind, ts, exp, received, hops, ct, ref, body,"
-                " envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    frame.id,
-                    frame.src.raw,
-                    str(frame.kind),
-                    frame.ts,
-                    frame.exp,
-                    now,
-                    item.hops,
-                    frame.ct,
-                    frame.ref,
-                    body,
-                    item.envelope,
+            return cursor.rowcount, self._count() if cursor.rowcount else None
+
+        def committed(result: tuple[int, _Usage | None]) -> None:
+            if result[1] is not None:
+                self._usage = result[1]
+
+        moved, _ = self._transaction(work, then=committed)
+        return moved
+
+    def _count(self) -> _Usage:
+        """The queue's bytes, counted from the table."""
+        usage = _Usage()
+        for src, hop, came, size in self._db.execute(
+            "SELECT src, next_hop, came_from, SUM(size) FROM queue"
+            " GROUP BY src, next_hop, came_from"
+        ):
+            usage.add(src, hop, came, size)
+        return usage
+
+    def held_destinations(self) -> list[crypto.NodeId]:
+        """Destinations of frames held with no next hop."""
+
+        def work() -> list[crypto.NodeId]:
+            rows = self._db.execute(
+                "SELECT DISTINCT dst FROM queue WHERE next_hop IS NULL"
+            ).fetchall()
+            return [crypto.NodeId(row[0]) for row in rows]
+
+        return self._read(work)
+
+    def queued_destinations(self) -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
+        """(destination, next hop) pairs that have frames queued."""
+
+        def work() -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
+            rows = self._db.execute("SELECT DISTINCT dst, next_hop FROM queue").fetchall()
+            return [(crypto.NodeId(row[0]), _node(row[1])) for row in rows]
+
+        return self._read(work)
+
+    def take_expired(self, *, now: int, limit: int = 1000) -> list[Queued]:
+        """Delete and return up to ``limit`` queued frames that have expired."""
+
+        def work() -> list[Queued]:
+            rows = self._db.execute(
+                f"DELETE FROM queue WHERE seq IN (SELECT seq FROM queue"  # noqa: S608
+                f" WHERE exp <= ? ORDER BY exp LIMIT ?) RETURNING {_QUEUED_COLUMNS}",
+                (now, limit),
+            ).fetchall()
+            return [_queued(row) for row in rows]
+
+        def committed(expired: list[Queued]) -> None:
+            self._forget(
+                (item.src.raw, _raw(item.next_hop), _raw(item.came_from), item.size)
+                for item in expired
+            )
+
+        return self._transaction(work, then=committed)
+
+    def queues(self) -> list[QueueStatistics]:
+        """Per next hop (None: held): frames, bytes, oldest."""
+
+        def work() -> list[QueueStatistics]:
+            rows = self._db.execute(
+                "SELECT next_hop, COUNT(*), SUM(size), MIN(queued) FROM queue GROUP BY next_hop"
+            ).fetchall()
+            return [QueueStatistics(_node(row[0]), row[1], row[2], row[3]) for row in rows]
+
+        return self._read(work)
+
+    def next_hop_of(self, frame_id: bytes) -> tuple[bool, crypto.NodeId | None]:
+        """Whether a frame we made is still queued here, and for which next hop."""
+
+        def work() -> tuple[bool, crypto.NodeId | None]:
+            row = self._db.execute(
+                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL", (frame_id,)
+            ).fetchone()
+            return (False, None) if row is None else (True, _node(row[0]))
+
+        return self._read(work)
+
+    # -- the trace --------------------------------------------------------------------
+
+    def trace(self, frame_id: bytes) -> Trace | None:
+        """What is known of frame ``frame_id`` that this node sent, or None."""
+
+        def work() -> Trace | None:
+            row = self._db.execute(
+                "SELECT id, dst, kind, created, exp, receipt, first_hop, first_accepted,"
+                " state, done_at, hops, by, why FROM sent WHERE id = ?",
+                (frame_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            queued = self._db.execute(
+                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL", (frame_id,)
+            ).fetchone()
+            receipts = self._db.execute(
+                "SELECT src, st, why, hops, ts, received FROM receipts WHERE ref = ?"
+                " ORDER BY received, rowid",
+                (frame_id,),
+            ).fetchall()
+            state = row[8]
+            if queued is not None and state in ("queued", "held", "forwarded"):
+                state = "queued" if queued[0] is not None else "held"
+            return Trace(
+                id=row[0],
+                dst=crypto.NodeId(row[1]),
+                kind=row[2],
+                created=row[3],
+                exp=row[4],
+                receipt=bool(row[5]),
+                state=state,
+                next_hop=None if queued is None else _node(queued[0]),
+                first_hop=_node(row[6]),
+                first_accepted=row[7],
+                done_at=row[9],
+                hops=row[10],
+                by=_node(row[11]),
+                why=row[12],
+                receipts=tuple(
+                    Receipt(crypto.NodeId(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in receipts
                 ),
             )
-            results.append(ACCEPTED)
-        if added and self._inbox_bytes + added > self.max_inbox_bytes:
-            self._db.execute("ROLLBACK")
-            raise StoreFull(
-                f"inbox holds {self._inbox_bytes} bytes; {added} more would pass its quota "
-                f"of {self.max_inbox_bytes}"
+
+        return self._read(work)
+
+    # -- routes and addresses ---------------------------------------------------------
+
+    def save_routes(self, routes: Iterable[Route]) -> None:
+        """Replace the saved routing table with ``routes``."""
+        rows = [
+            (r.dst.raw, r.via.raw, r.ts, r.hops, r.learned, r.expires, r.announce)
+            for r in routes
+            if r.announce
+        ]
+
+        def work() -> None:
+            self._db.execute("DELETE FROM routes")
+            self._db.executemany("INSERT OR REPLACE INTO routes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+        self._transaction(work)
+
+    def load_routes(self, *, now: int) -> list[Route]:
+        """The saved routes that have not expired."""
+
+        def work() -> list[Route]:
+            rows = self._db.execute(
+                "SELECT dst, via, ts, hops, learned, expires, announce FROM routes"
+                " WHERE expires > ?",
+                (now,),
+            ).fetchall()
+            return [
+                Route(crypto.NodeId(r[0]), crypto.NodeId(r[1]), r[2], r[3], r[4], r[5], r[6])
+                for r in rows
+            ]
+
+        return self._read(work)
+
+    def save_address(self, address: crypto.SignedAddress) -> bool:
+        """Keep a learned address record if it is newer than the one held; return
+        whether it was."""
+        record = address.record
+
+        def work() -> bool:
+            cursor = self._db.execute(
+                "INSERT INTO addresses (node, seq, exp, envelope) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET seq = excluded.seq, exp = excluded.exp,"
+                " envelope = excluded.envelope WHERE excluded.seq > addresses.seq",
+                (record.node.raw, record.seq, record.exp, address.envelope),
             )
-        self._db.execute("COMMIT")
-        self._inbox_bytes += added
-        return results
+            return cursor.rowcount > 0
+
+        return self._transaction(work)
+
+    def addresses(self, *, now: int) -> list[crypto.SignedAddress]:
+        """Learned address records that have not expired."""
+
+        def work() -> list[bytes]:
+            rows = self._db.execute(
+                "SELECT envelope FROM addresses WHERE exp > ?", (now,)
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return [crypto.SignedAddress.open(envelope, now=now) for envelope in self._read(work)]
+
+    # -- the inbox --------------------------------------------------------------------
 
     def pending(self, *, after: int = 0, limit: int = 100) -> list[InboxEntry]:
         """Unacknowledged inbox entries with ``seq`` above ``after``, oldest first."""
-        with self._lock:
-            try:
-                rows = self._db.execute(
-                    "SELECT seq, id, src, kind, ts, received, hops, ct, ref, body FROM inbox"
-                    " WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from exc
+
+        def work() -> list[Any]:
+            return self._db.execute(
+                "SELECT seq, id, src, kind, ts, received, hops, ct, ref, body FROM inbox"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+
         return [
             InboxEntry(
                 seq=row[0],
@@ -224,56 +1063,90 @@ class Store:
                 ref=row[8],
                 body=row[9],
             )
-            for row in rows
+            for row in self._read(work)
         ]
 
-    def ack(self, ids: Iterable[bytes]) -> int:
-        """Remove acknowledged entries from the inbox (their ids stay seen); return how many."""
-        ids = list(ids)
-        if not ids:
+    def ack(self, keys: Iterable[tuple[crypto.NodeId, bytes] | bytes]) -> int:
+        """Remove acknowledged entries from the inbox (they stay seen); return how many.
+
+        A key is ``(origin, frame id)``; a bare frame id removes that id from every
+        origin (only safe when the origins are trusted: prefer the pair).
+        """
+        keys = list(keys)
+        if not keys:
             return 0
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                freed = removed = 0
-                for frame_id in ids:
-                    row = self._db.execute(
-                        "DELETE FROM inbox WHERE id = ? RETURNING LENGTH(body)", (frame_id,)
-                    ).fetchone()
-                    if row is not None:
-                        removed += 1
-                        freed += row[0]
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _translate(exc, self.path) from exc
-            except BaseException:
-                self._rollback()
-                raise
-            self._inbox_bytes -= freed
-            return removed
+
+        def work() -> tuple[int, int]:
+            freed = removed = 0
+            for key in keys:
+                if isinstance(key, tuple):
+                    cursor = self._db.execute(
+                        "DELETE FROM inbox WHERE src = ? AND id = ? RETURNING LENGTH(body)",
+                        (key[0].raw, key[1]),
+                    )
+                else:
+                    cursor = self._db.execute(
+                        "DELETE FROM inbox WHERE id = ? RETURNING LENGTH(body)", (key,)
+                    )
+                for (size,) in cursor.fetchall():
+                    removed += 1
+                    freed += size
+            return removed, freed
+
+        def committed(result: tuple[int, int]) -> None:
+            self._inbox_bytes -= result[1]
+
+        removed, _ = self._transaction(work, then=committed)
+        return removed
+
+    # -- upkeep -----------------------------------------------------------------------
 
     def sweep(self, *, now: int) -> int:
-        """Forget seen ids of frames expired longer than the grace period ago.
+        """Forget seen ids of frames expired longer than the grace period ago, and
+        traces of long-expired frames. Return how many seen ids went.
 
-        Ids of frames still in the inbox stay (the inbox's UNIQUE id needs them), so a
+        Ids of frames still in the inbox stay (the inbox's UNIQUE key needs them), so a
         clock that runs fast cannot turn a redelivery into a second copy.
         """
-        with self._lock:
-            try:
-                cursor = self._db.execute(
-                    "DELETE FROM seen WHERE exp < ? AND id NOT IN (SELECT id FROM inbox)",
-                    (now - SEEN_GRACE_MS,),
-                )
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from exc
-            return cursor.rowcount
+
+        def work() -> int:
+            cursor = self._db.execute(
+                "DELETE FROM seen WHERE exp < ? AND NOT EXISTS"
+                " (SELECT 1 FROM inbox WHERE inbox.src = seen.src AND inbox.id = seen.id)",
+                (now - SEEN_GRACE_MS,),
+            )
+            swept = cursor.rowcount
+            swept += self._db.execute(
+                "DELETE FROM seen_v1 WHERE exp < ?", (now - SEEN_GRACE_MS,)
+            ).rowcount
+            old = now - TRACE_KEEP_MS
+            self._db.execute(
+                "DELETE FROM receipts WHERE ref IN (SELECT id FROM sent WHERE exp < ?)", (old,)
+            )
+            self._db.execute("DELETE FROM sent WHERE exp < ?", (old,))
+            self._db.execute("DELETE FROM routes WHERE expires <= ?", (now,))
+            self._db.execute("DELETE FROM addresses WHERE exp <= ?", (now,))
+            return swept
+
+        swept = self._transaction(work)
+        if self._legacy_seen:
+            (left,) = self._read(
+                lambda: self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()
+            )
+            self._legacy_seen = left > 0
+        return swept
 
     def statistics(self) -> StoreStatistics:
-        with self._lock:
-            try:
-                (inbox,) = self._db.execute("SELECT COUNT(*) FROM inbox").fetchone()
-                (seen,) = self._db.execute("SELECT COUNT(*) FROM seen").fetchone()
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from exc
-        return StoreStatistics(inbox_frames=inbox, inbox_bytes=self._inbox_bytes, seen_ids=seen)
+        def work() -> StoreStatistics:
+            (inbox,) = self._db.execute("SELECT COUNT(*) FROM inbox").fetchone()
+            (seen,) = self._db.execute("SELECT COUNT(*) FROM seen").fetchone()
+            (queued,) = self._db.execute("SELECT COUNT(*) FROM queue").fetchone()
+            return StoreStatistics(
+                inbox_frames=inbox,
+                inbox_bytes=self._inbox_bytes,
+                seen_ids=seen,
+                queued_frames=queued,
+                queued_bytes=self._usage.total,
+            )
+
+        return self._read(work)

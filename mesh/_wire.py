@@ -38,7 +38,7 @@ __all__ = [
 
 CONTENT_TYPE_FRAMES: Final = "application/cbor-seq"
 CONTENT_TYPE_RESULTS: Final = "application/cbor"
-#: Most frames in one request: batches of 100 are the sweet spot (DESIGN.md §8); a
+#: Most frames in one request: batches of 100 are the sweet spot (docs/architecture.md); a
 #: request of more than this many is a peer we do not want to spend a whole turn on.
 MAX_FRAMES_PER_REQUEST: Final = 1000
 _MAX_RESULT_ITEMS: Final = MAX_FRAMES_PER_REQUEST
@@ -61,6 +61,8 @@ class Reason(enum.StrEnum):
     NO_ROUTE = "no-route"
     HOP_LIMIT = "hop-limit"
     STORE_FULL = "store-full"
+    POLICY = "policy"
+    UNSUPPORTED = "unsupported"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Dependencies point one way (DESIGN.md §1): crypto <- mesh <- node.
+"""Dependencies point one way (docs/architecture.md): crypto <- mesh <- node.
 
 crypto/ and mesh/ are pure logic: importing them must not pull in the I/O stack (trio,
 httpx, h11, httpcore), and crypto/ imports nothing else of ours. Checked in a fresh

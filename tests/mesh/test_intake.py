@@ -1,10 +1,17 @@
-"""Admission of inbound frames (mesh.admit): what a node takes and why it refuses."""
+"""Admission of inbound frames (mesh.admit): verification, expiry and the hop limit.
+
+Admission decides nothing about where a frame goes: every valid kind, for any
+destination, is admitted. Deliver, forward or refuse is mesh.Router.classify's decision
+(tested with the Router).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import crypto
 from mesh import Admitted, Reason, Result, WireFrame, admit
@@ -41,14 +48,14 @@ def rejection(outcome: Admitted | Result) -> Result:
     return outcome
 
 
-def test_a_message_for_us_is_admitted_with_one_more_hop() -> None:
+def test_a_message_is_admitted_with_one_more_hop() -> None:
     frame = msg()
     envelope = frame.seal(ALICE)
-    admitted = admit(WireFrame(2, envelope), local=BOB.node_id, now=NOW)
+    admitted = admit(WireFrame(2, envelope), now=NOW)
     assert admitted == Admitted(frame, envelope, 3)
 
 
-def test_a_receipt_for_us_is_admitted() -> None:
+def test_a_receipt_is_admitted() -> None:
     receipt = crypto.Frame(
         kind=crypto.Kind.RCPT,
         src=ALICE.node_id,
@@ -58,8 +65,10 @@ def test_a_receipt_for_us_is_admitted() -> None:
         hops=1,
         dst=BOB.node_id,
         ref=bytes(range(16)),
+        st="delivered",
+        n=3,
     )
-    admitted = admit(wire(receipt), local=BOB.node_id, now=NOW)
+    admitted = admit(wire(receipt), now=NOW)
     assert isinstance(admitted, Admitted)
     assert admitted.frame == receipt
     assert admitted.hops == 1
@@ -68,81 +77,113 @@ def test_a_receipt_for_us_is_admitted() -> None:
 def test_bad_signature() -> None:
     envelope = bytearray(msg().seal(ALICE))
     envelope[-1] ^= 0x01  # the last byte is the signature's
-    result = rejection(admit(WireFrame(0, bytes(envelope)), local=BOB.node_id, now=NOW))
+    result = rejection(admit(WireFrame(0, bytes(envelope)), now=NOW))
     assert result.code is Reason.BAD_SIGNATURE
     assert "does not verify" in result.words
 
 
 @pytest.mark.parametrize("now", [EXP, EXP + 1, EXP + 3_600_000])
 def test_expired(now: int) -> None:
-    result = rejection(admit(wire(msg()), local=BOB.node_id, now=now))
+    result = rejection(admit(wire(msg()), now=now))
     assert result.code is Reason.EXPIRED
     assert f"expired {(now - EXP) // 1000} s ago" in result.words
 
 
 def test_just_before_expiry_is_admitted() -> None:
-    assert isinstance(admit(wire(msg()), local=BOB.node_id, now=EXP - 1), Admitted)
+    assert isinstance(admit(wire(msg()), now=EXP - 1), Admitted)
 
 
 def test_not_an_envelope_is_malformed() -> None:
-    result = rejection(admit(WireFrame(0, b"\x00"), local=BOB.node_id, now=NOW))
+    result = rejection(admit(WireFrame(0, b"\x00"), now=NOW))
     assert result.code is Reason.MALFORMED
 
 
 def test_an_envelope_for_another_purpose() -> None:
     envelope = crypto.seal(ALICE, crypto.Purpose.ADDRESS, {"node": ALICE.node_id.raw})
-    result = rejection(admit(WireFrame(0, envelope), local=BOB.node_id, now=NOW))
+    result = rejection(admit(WireFrame(0, envelope), now=NOW))
     assert result.code is Reason.WRONG_PURPOSE
 
 
 def test_too_large_envelope() -> None:
     envelope = b"\x00" * (crypto.MAX_ENVELOPE_SIZE + 1)
-    result = rejection(admit(WireFrame(0, envelope), local=BOB.node_id, now=NOW))
+    result = rejection(admit(WireFrame(0, envelope), now=NOW))
     assert result.code is Reason.TOO_LARGE
 
 
 @pytest.mark.parametrize(("allowed", "made"), [(4, 4), (4, 5), (1, 1), (1, crypto.MAX_HOPS)])
 def test_hop_limit(allowed: int, made: int) -> None:
-    result = rejection(admit(wire(msg(hops=allowed), made), local=BOB.node_id, now=NOW))
+    result = rejection(admit(wire(msg(hops=allowed), made), now=NOW))
     assert result.code is Reason.HOP_LIMIT
     assert result.words == f"frame has made {made} hops, its origin allows {allowed}"
 
 
 def test_last_allowed_hop_is_admitted() -> None:
-    admitted = admit(wire(msg(hops=4), 3), local=BOB.node_id, now=NOW)
+    admitted = admit(wire(msg(hops=4), 3), now=NOW)
     assert isinstance(admitted, Admitted)
     assert admitted.hops == 4
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"kind": crypto.Kind.PUB, "dst": None, "topic": "news"},
-        {"kind": crypto.Kind.SUB, "dst": None, "body": None, "pat": "news.#"},
-        {"kind": crypto.Kind.UNSUB, "dst": None, "body": None, "pat": "news.*"},
-        {"kind": crypto.Kind.ANN, "dst": None},
-    ],
-)
-def test_kinds_this_node_does_not_take_yet(changes: dict[str, object]) -> None:
+KINDS = [
+    pytest.param({}, id="msg"),
+    pytest.param({"rr": True}, id="msg-receipt"),
+    pytest.param({"kind": crypto.Kind.PUB, "dst": None, "topic": "news"}, id="pub"),
+    pytest.param({"kind": crypto.Kind.SUB, "dst": None, "body": None, "pat": "news.#"}, id="sub"),
+    pytest.param(
+        {"kind": crypto.Kind.UNSUB, "dst": None, "body": None, "pat": "news.*"}, id="unsub"
+    ),
+    pytest.param({"kind": crypto.Kind.ANN, "dst": None}, id="ann"),
+    pytest.param({"kind": crypto.Kind.ANN, "dst": None, "hello": True}, id="ann-hello"),
+    pytest.param(
+        {"kind": crypto.Kind.RCPT, "body": None, "ref": bytes(16), "st": "dropped", "why": "x"},
+        id="rcpt",
+    ),
+]
+
+
+@pytest.mark.parametrize("changes", KINDS)
+def test_every_kind_is_admitted(changes: dict[str, object]) -> None:
     frame = msg(**changes)
-    result = rejection(admit(wire(frame), local=BOB.node_id, now=NOW))
-    assert result.code is Reason.NO_ROUTE
-    assert result.words == f"this node does not take {frame.kind} frames yet"
+    admitted = admit(wire(frame, 1), now=NOW)
+    assert admitted == Admitted(frame, frame.seal(ALICE), 2)
 
 
-@pytest.mark.parametrize("kind", [crypto.Kind.MSG, crypto.Kind.RCPT])
-def test_a_frame_for_another_node_is_no_route(kind: crypto.Kind) -> None:
-    if kind is crypto.Kind.MSG:
-        frame = msg(dst=CAROL.node_id)
-    else:
-        frame = msg(kind=kind, dst=CAROL.node_id, body=None, ref=bytes(16))
-    result = rejection(admit(wire(frame), local=BOB.node_id, now=NOW))
-    assert result.code is Reason.NO_ROUTE
-    assert CAROL.node_id.short in result.words
-    assert "does not relay yet" in result.words
-
-
-def test_a_frame_from_us_to_us_is_admitted() -> None:
-    frame = msg(src=BOB.node_id)
-    admitted = admit(WireFrame(0, frame.seal(BOB)), local=BOB.node_id, now=NOW)
+@pytest.mark.parametrize("dst", [BOB.node_id, CAROL.node_id, ALICE.node_id])
+def test_any_destination_is_admitted(dst: crypto.NodeId) -> None:
+    # Whether the frame is ours, to relay, or to refuse is the Router's to say.
+    admitted = admit(wire(msg(dst=dst)), now=NOW)
     assert isinstance(admitted, Admitted)
+    assert admitted.frame.dst == dst
+
+
+def test_a_frame_signed_by_someone_else_than_its_origin() -> None:
+    envelope = crypto.seal(CAROL, crypto.Purpose.FRAME, msg().to_payload())
+    result = rejection(admit(WireFrame(0, envelope), now=NOW))
+    assert result.code is Reason.MALFORMED
+    assert f"signed by {CAROL.node_id.short}" in result.words
+
+
+def test_a_bad_payload_is_malformed() -> None:
+    payload = msg().to_payload()
+    payload["rr"] = False
+    envelope = crypto.seal(ALICE, crypto.Purpose.FRAME, payload)
+    result = rejection(admit(WireFrame(0, envelope), now=NOW))
+    assert result.code is Reason.MALFORMED
+    assert "rr must be true" in result.words
+
+
+@given(
+    allowed=st.integers(1, crypto.MAX_HOPS),
+    made=st.integers(0, 2 * crypto.MAX_HOPS),
+    offset=st.integers(-TS, 2 * (EXP - TS)),
+)
+def test_admission_is_expiry_then_hop_limit(allowed: int, made: int, offset: int) -> None:
+    now = TS + offset
+    outcome = admit(wire(msg(hops=allowed), made), now=now)
+    if now >= EXP:
+        assert rejection(outcome).code is Reason.EXPIRED
+    elif made >= allowed:
+        assert rejection(outcome).code is Reason.HOP_LIMIT
+    else:
+        assert isinstance(outcome, Admitted)
+        assert outcome.hops == made + 1
+        assert outcome.hops <= outcome.frame.hops

@@ -1,0 +1,390 @@
+"""The sans-IO core of the mesh: what to do with each frame, and when routes change.
+
+:class:`Router` holds the neighbours (:class:`mesh.Links`) and the routing table
+(:class:`mesh.RoutingTable`). The runtime feeds it events with the time (``now``, ms)
+and performs the actions it hands back; it never touches a socket, a file or a clock.
+
+Events and what comes back:
+
+=====================================  ===============================================
+``classify(admitted, sender, now)``    :class:`Deliver` (it is for us),
+                                       :class:`Forward` (queue for ``next_hop``; None:
+                                       hold until a route appears) or a rejection
+                                       :class:`mesh.Result`
+``on_announce(...)``                   its result, and actions: :class:`Reroute`
+                                       frames whose best next hop changed,
+                                       :class:`Flood` the announce to other neighbours,
+                                       :class:`Greet` back a neighbour saying hello
+``add_neighbour`` / ``remove_neighbour``  :class:`Greet` a new neighbour (our announce
+                                       and the routes we hold), :class:`Reroute`
+``sent_ok`` / ``send_failed`` /        link state changes: :class:`Reroute` around a
+``heard_from``                         neighbour gone DOWN and back, :class:`Wake` its
+                                       forwarder
+``tick(now)``                          routes expired: :class:`Reroute`; a hello that
+                                       came too soon is answered: :class:`Greet`
+=====================================  ===============================================
+
+Forwarding policy (whose frames this node relays): ``neighbours`` (default: its peers,
+its relays and the nodes attached to it), ``open`` (anyone), ``off`` (nobody; frames
+for this node are still taken).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from typing import Final
+
+import crypto
+from mesh._intake import Admitted
+from mesh._links import Links, LinkState, Role
+from mesh._routes import DEFAULT_MAX_DESTINATIONS, Route, RoutingTable
+from mesh._wire import ACCEPTED, DUPLICATE, Reason, Result, WireFrame
+
+__all__ = [
+    "Action",
+    "Deliver",
+    "Flood",
+    "ForwardPolicy",
+    "Forward",
+    "Greet",
+    "Reroute",
+    "Router",
+    "RouterConfig",
+    "Wake",
+]
+
+#: How often a node announces itself, and how long a route lives without a fresh copy.
+DEFAULT_ANNOUNCE_INTERVAL_MS: Final = 10 * 60 * 1000
+DEFAULT_ROUTE_TTL_MS: Final = 3 * DEFAULT_ANNOUNCE_INTERVAL_MS
+#: A fresher announce of one origin is flooded at most this often: an origin that
+#: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
+#: is answered with our routes at most this often too.
+DEFAULT_FLOOD_INTERVAL_MS: Final = 5_000
+
+
+class ForwardPolicy(enum.StrEnum):
+    NEIGHBOURS = "neighbours"
+    OPEN = "open"
+    OFF = "off"
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+    announce_interval_ms: int = DEFAULT_ANNOUNCE_INTERVAL_MS
+    route_ttl_ms: int = DEFAULT_ROUTE_TTL_MS
+    flood_interval_ms: int = DEFAULT_FLOOD_INTERVAL_MS
+    forward_policy: ForwardPolicy = ForwardPolicy.NEIGHBOURS
+    max_destinations: int = DEFAULT_MAX_DESTINATIONS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deliver:
+    """The frame is for this node."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Forward:
+    """Queue the frame for ``next_hop``; None holds it until a route appears."""
+
+    next_hop: crypto.NodeId | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reroute:
+    """Frames queued for ``dst`` now go to ``next_hop`` (None: hold them)."""
+
+    dst: crypto.NodeId
+    next_hop: crypto.NodeId | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Flood:
+    """Send ``wire`` (an announce) to each of ``to``: control traffic, not stored."""
+
+    to: tuple[crypto.NodeId, ...]
+    wire: WireFrame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Greet:
+    """Send ``node`` our announce and :meth:`Router.greeting` (the routes we hold).
+
+    ``hello``: ``node`` is a new neighbour; our announce carries ``hello`` so that it
+    greets us back. A greeting back (``hello`` False) does not ask for one.
+    """
+
+    node: crypto.NodeId
+    hello: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wake:
+    """``node``'s forwarder should try now (it was heard from)."""
+
+    node: crypto.NodeId
+
+
+Action = Reroute | Flood | Greet | Wake
+
+_DELIVER: Final = Deliver()
+_TRANSIT: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
+
+
+class Router:
+    """Routing decisions for the node ``local`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        local: crypto.NodeId,
+        *,
+        rng: random.Random,
+        config: RouterConfig | None = None,
+        links: Links | None = None,
+    ) -> None:
+        self.local = local
+        self.config = config or RouterConfig()
+        self.links = links or Links(rng=rng)
+        self.table = RoutingTable(max_destinations=self.config.max_destinations)
+        #: Per origin: (ts, when) of the last announce flooded on.
+        self._flooded: dict[crypto.NodeId, tuple[int, int]] = {}
+        #: Per neighbour: when we last greeted it back (answering its hello).
+        self._greeted_back: dict[crypto.NodeId, int] = {}
+        #: Neighbours whose hello came within the rate limit: greeted back at a tick.
+        self._greet_later: set[crypto.NodeId] = set()
+
+    # -- neighbours -----------------------------------------------------------------
+
+    def is_neighbour(self, node: crypto.NodeId) -> bool:
+        return node in self.links
+
+    def add_neighbour(self, node: crypto.NodeId, role: Role, now: int) -> list[Action]:
+        """``node`` took ``role``; a new neighbour is greeted and frames for it rerouted."""
+        if node == self.local or not self.links.add(node, role):
+            return []
+        return [Greet(node), *self._reroute({node}, now)]
+
+    def remove_neighbour(self, node: crypto.NodeId, role: Role, now: int) -> list[Action]:
+        """``node`` lost ``role``; if it is no longer a neighbour, routes via it go."""
+        if not self.links.remove(node, role):
+            return []
+        self._greeted_back.pop(node, None)
+        self._greet_later.discard(node)
+        affected = self.table.forget_via(node) | {node}
+        return self._reroute(affected, now)
+
+    # -- routing --------------------------------------------------------------------
+
+    def next_hop(
+        self, dst: crypto.NodeId, now: int, *, came_from: crypto.NodeId | None = None
+    ) -> crypto.NodeId | None:
+        """Where a frame for ``dst`` goes now; None: nowhere yet (hold it).
+
+        A usable direct neighbour first; then the best route through a usable neighbour;
+        then the direct neighbour even if DOWN; then any route. Never back to
+        ``came_from``.
+        """
+        links = self.links
+        direct = dst in links and dst != came_from
+        if direct and links.usable(dst):
+            return dst
+        best = self.table.best(dst, now=now, usable=links.usable, avoid=came_from)
+        if best is not None and links.usable(best.via):
+            return best.via
+        if direct:
+            return dst
+        return best.via if best is not None else None
+
+    def classify(
+        self, admitted: Admitted, sender: crypto.NodeId | None, now: int
+    ) -> Deliver | Forward | Result:
+        """Decide for a verified ``msg`` or ``rcpt`` frame that ``sender`` handed us."""
+        frame = admitted.frame
+        if frame.kind not in _TRANSIT:
+            return Result.rejected(
+                Reason.UNSUPPORTED, f"this node does not take {frame.kind} frames yet"
+            )
+        assert frame.dst is not None  # msg and rcpt frames have one
+        if frame.dst == self.local:
+            return _DELIVER
+        policy = self.config.forward_policy
+        if policy is ForwardPolicy.OFF:
+            return Result.rejected(Reason.POLICY, "this node does not forward frames for others")
+        if policy is ForwardPolicy.NEIGHBOURS and sender is not None and sender not in self.links:
+            return Result.rejected(
+                Reason.POLICY,
+                f"this node forwards only for its neighbours; {sender.short} is not one",
+            )
+        if admitted.hops >= frame.hops:
+            return Result.rejected(
+                Reason.HOP_LIMIT,
+                f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
+            )
+        return Forward(self.next_hop(frame.dst, now, came_from=sender))
+
+    # -- announces ------------------------------------------------------------------
+
+    def on_announce(
+        self, admitted: Admitted, sender: crypto.NodeId, now: int
+    ) -> tuple[Result, crypto.SignedAddress | None, list[Action]]:
+        """Take an ``ann`` frame from neighbour ``sender``.
+
+        Returns its result (accepted if news, duplicate if not), the address record it
+        carries (to keep), and the actions: greet ``sender`` back if it is the origin and
+        says hello, reroute frames for its origin if the best next hop changed, flood it
+        on if it is news.
+        """
+        frame = admitted.frame
+        if sender not in self.links:
+            return (
+                Result.rejected(
+                    Reason.POLICY,
+                    f"announces are taken from neighbours only; {sender.short} is not one",
+                ),
+                None,
+                [],
+            )
+        if frame.src == self.local:
+            return DUPLICATE, None, []  # our own, come back around
+        assert frame.body is not None  # ann frames have one
+        try:
+            address = crypto.SignedAddress.open(frame.body, now=now)
+        except crypto.CryptoError as exc:
+            return Result.for_error(exc), None, []
+        if address.node != frame.src:
+            return (
+                Result.rejected(
+                    Reason.MALFORMED,
+                    f"announce from {frame.src.short} carries the address of {address.node.short}",
+                ),
+                None,
+                [],
+            )
+        actions: list[Action] = []
+        # Only once the announce checks out: a refused one neither gets an answer nor
+        # uses up the interval.
+        if frame.hello and frame.src == sender:
+            # A neighbour that has just met us (it started, or peered with us) asks for
+            # our routes: without them it could not route until the next announces.
+            # At most once per flood interval; a hello within it (a node restarted at
+            # once) is answered at the first tick after the interval, not forgotten.
+            last = self._greeted_back.get(sender)
+            if last is None or now - last >= self.config.flood_interval_ms:
+                self._greeted_back[sender] = now
+                self._greet_later.discard(sender)
+                actions.append(Greet(sender, hello=False))
+            else:
+                self._greet_later.add(sender)
+        route = Route(
+            dst=frame.src,
+            via=sender,
+            ts=frame.ts,
+            hops=admitted.hops,
+            learned=now,
+            expires=min(now + self.config.route_ttl_ms, frame.exp),
+            announce=admitted.envelope,
+        )
+        before = self.next_hop(frame.src, now)
+        news = self.table.learn(route)
+        after = self.next_hop(frame.src, now)
+        if after != before:
+            actions.append(Reroute(frame.src, after))
+        if news and self._may_flood(frame.src, frame.ts, now) and admitted.hops < frame.hops:
+            to = tuple(
+                link.node
+                for link in self.links
+                if link.node not in (sender, frame.src) and link.state is not LinkState.DOWN
+            )
+            if to:
+                actions.append(Flood(to, WireFrame(admitted.hops, admitted.envelope)))
+        return (ACCEPTED if news else DUPLICATE), address, actions
+
+    def _may_flood(self, origin: crypto.NodeId, ts: int, now: int) -> bool:
+        last = self._flooded.get(origin)
+        if last is not None and ts != last[0] and now - last[1] < self.config.flood_interval_ms:
+            return False
+        if last is None or ts != last[0]:
+            self._flooded[origin] = (ts, now)
+        return True
+
+    def greeting(self, node: crypto.NodeId, now: int) -> list[WireFrame]:
+        """The announces of the best route to each destination, for new neighbour
+        ``node`` (not those of ``node`` itself, nor routes learned through it)."""
+        frames = []
+        for dst in self.table:
+            if dst == node:
+                continue
+            best = self.table.best(dst, now=now, usable=self.links.usable, avoid=node)
+            if best is not None and best.announce:
+                frames.append(WireFrame(best.hops, best.announce))
+        return frames
+
+    # -- link feedback and time -----------------------------------------------------
+
+    def sent_ok(self, node: crypto.NodeId, now: int) -> list[Action]:
+        """A batch to ``node`` was answered: the link is up."""
+        if self.links.succeeded(node, now):
+            return self._reroute(self.table.destinations_via(node) | {node}, now)
+        return []
+
+    def send_failed(
+        self, node: crypto.NodeId, now: int, problem: str, *, retry_after_ms: int | None = None
+    ) -> tuple[int, list[Action]]:
+        """A batch to ``node`` failed; return (ms to wait, actions)."""
+        wait, went_down = self.links.failed(node, now, problem, retry_after_ms=retry_after_ms)
+        if not went_down:
+            return wait, []
+        return wait, self._reroute(self.table.destinations_via(node) | {node}, now)
+
+    def heard_from(self, node: crypto.NodeId, now: int) -> list[Action]:
+        """``node`` sent us something: wake its forwarder if it was backing off."""
+        link = self.links.get(node)
+        was_down = link is not None and link.state is LinkState.DOWN
+        if not self.links.heard_from(node, now):
+            return []
+        actions: list[Action] = [Wake(node)]
+        if was_down:
+            actions += self._reroute(self.table.destinations_via(node) | {node}, now)
+        return actions
+
+    def tick(self, now: int) -> list[Action]:
+        """Expire lapsed routes and reroute what went through them; greet back the
+        neighbours whose hello came too soon after the last greeting."""
+        changed = self.table.expire(now)
+        for origin in [o for o in self._flooded if o not in self.table]:
+            del self._flooded[origin]
+        actions: list[Action] = []
+        for node in sorted(self._greet_later, key=lambda n: n.raw):
+            if now - self._greeted_back.get(node, 0) >= self.config.flood_interval_ms:
+                self._greet_later.discard(node)
+                self._greeted_back[node] = now
+                actions.append(Greet(node, hello=False))
+        return actions + self._reroute(changed, now)
+
+    def _reroute(self, destinations: set[crypto.NodeId], now: int) -> list[Action]:
+        # The store moves every frame queued for each destination to its current next
+        # hop; frames that would go back where they came from are held (the store
+        # knows where each came from).
+        return [
+            Reroute(dst, self.next_hop(dst, now))
+            for dst in sorted(destinations, key=lambda node: node.raw)
+        ]
+
+    # -- views ----------------------------------------------------------------------
+
+    def routes(self, now: int) -> list[Route]:
+        """The route in use for each destination (direct neighbours first)."""
+        chosen: dict[crypto.NodeId, Route] = {}
+        for dst in self.table:
+            hop = self.next_hop(dst, now)
+            for route in self.table.candidates(dst):
+                if route.via == hop and route.expires > now:
+                    chosen[dst] = route
+                    break
+        for link in self.links:
+            if link.node not in chosen and self.next_hop(link.node, now) == link.node:
+                chosen[link.node] = Route(
+                    dst=link.node, via=link.node, ts=0, hops=1, learned=0, expires=0
+                )
+        return sorted(chosen.values(), key=lambda r: (r.hops, r.dst.raw))
