@@ -1,9 +1,10 @@
-"""ptth's runtime: the HTTP server and client, the local API and the CLI (DESIGN.md §6).
+"""ptth's runtime: the HTTP server and client, the local API and the CLI (docs/architecture.md).
 
 It drives :mod:`mesh` with I/O; :class:`Node` is the object users run and embed::
 
     async with Node.open(data_dir) as node:
-        await node.send(peer_id, b"hello")
+        sent = await node.send(node_id, b"hello", receipt=True)  # in custody: durable
+        trace = await node.delivered(sent.id)  # the destination's receipt
         async for message in node.inbox():
             ...
             await message.ack()
@@ -11,12 +12,13 @@ It drives :mod:`mesh` with I/O; :class:`Node` is the object users run and embed:
 
 from node._datadir import DataDir, PeerBook, default_data_dir
 from node._errors import DeliveryFailed, NodeError, NotRunning, PeerUnknown, Rejected
+from node._mesh import NodeStatistics
+from node._message import Message, Sent
 from node._net import MemoryNetwork, Network, TcpNetwork, make_transport
-from node._node import BATCH_SIZE, Message, Node, NodeConfig, NodeStatistics, run_inline
+from node._node import Node, NodeConfig, run_inline
 from node._server import Request, Response, Server, ServerConfig
 
 __all__ = [
-    "BATCH_SIZE",
     "DataDir",
     "DeliveryFailed",
     "MemoryNetwork",
@@ -33,6 +35,7 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "Sent",
     "ServerConfig",
     "TcpNetwork",
     "default_data_dir",

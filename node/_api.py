@@ -4,15 +4,23 @@ Every request needs ``Authorization: Bearer <token>``, the token the running nod
 to ``DIR/api.token`` (mode 0600); it is answered only for clients on loopback (or an
 in-memory network). The running node also writes ``DIR/api.json`` with its API URL.
 
-===========================  =========================================================
-``POST /api/v1/send?to=ID``  body = the message bytes, ``Content-Type`` = its type;
-                             200 ``{"id", "to", "result"}`` once ID has taken it
-``GET /api/v1/inbox``        Server-Sent Events, one ``message`` event per received
-                             message (JSON: id, src, ts, received, hops, ct, body as
-                             text or ``body_b64``); ``?follow=0`` ends when drained
-``POST /api/v1/inbox/ack``   ``{"ids": [hex, ...]}`` -> ``{"acked": n}``
-``GET /api/v1/status``       JSON: node id, endpoints, address, peers, counters
-===========================  =========================================================
+=============================  =======================================================
+``POST /api/v1/send?to=ID``    body = the message bytes, ``Content-Type`` = its type;
+                               200 ``{"id", "to", "next_hop", "held"}`` once the frame
+                               is in this node's durable custody. ``&receipt=1`` asks
+                               for a delivery receipt; ``&wait=1[&timeout=S]`` also
+                               waits for it: 200 with ``"state": "delivered"``, 422
+                               if it was dropped (``"why"``), 504 on time-out
+``GET /api/v1/inbox``          Server-Sent Events, one ``message`` event per received
+                               message (JSON: id, src, ts, received, hops, ct, body as
+                               text or ``body_b64``); ``?follow=0`` ends when drained
+``POST /api/v1/inbox/ack``     ``{"ids": ["SRC:ID" or "ID", ...]}`` -> ``{"acked": n}``
+``GET /api/v1/status``         JSON: node id, endpoints, address, peers, counters
+``GET /api/v1/routes``         JSON list: destination, next_hop, hops, age
+``GET /api/v1/queues``         JSON list per next hop: frames, bytes, oldest, link
+``GET /api/v1/trace/ID``       JSON: where frame ID (sent here) is known to be
+``POST /api/v1/peers``         body = an address token: verify, store, greet it
+=============================  =======================================================
 
 Errors are JSON ``{"error": words}`` with a fitting status.
 """
@@ -24,22 +32,22 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import math
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
+import trio
 
 import crypto
 import mesh
-from node._errors import DeliveryFailed, NodeError, NotRunning, PeerUnknown, Rejected
+from node._errors import NodeError, NotRunning
+from node._message import Message, Sent
 from node._server import Request, Response
 
-if TYPE_CHECKING:
-    from node._node import Message, Node
-
-__all__ = ["API_PREFIX", "ApiClient", "LocalApi"]
+__all__ = ["API_PREFIX", "ApiClient", "ApiHost", "LocalApi", "trace_json"]
 
 API_PREFIX: Final = "/api/v1/"
 _JSON: Final = "application/json"
@@ -52,6 +60,24 @@ def _json(status: int, value: Any) -> Response:
 
 def _error(status: int, words: str) -> Response:
     return _json(status, {"error": words})
+
+
+def _json_error(status: int, words: str, headers: list[tuple[str, str]]) -> Response:
+    response = _error(status, words)
+    response.headers.extend(headers)
+    return response
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, ["0"])[-1].lower() in ("1", "true", "yes")
+
+
+def _ack_key(text: str) -> tuple[crypto.NodeId, bytes] | bytes:
+    """``SRC:ID`` (origin node id, frame id in hex) or a bare frame id."""
+    src, sep, frame_id = text.rpartition(":")
+    if sep:
+        return crypto.NodeId.parse(src), bytes.fromhex(frame_id)
+    return bytes.fromhex(text)
 
 
 def message_json(message: Message) -> dict[str, Any]:
@@ -71,18 +97,89 @@ def message_json(message: Message) -> dict[str, Any]:
     return value
 
 
+def trace_json(trace: mesh.Trace) -> dict[str, Any]:
+    """A frame's trace as JSON (times in ms since the epoch)."""
+
+    def text(node: crypto.NodeId | None) -> str | None:
+        return None if node is None else node.text
+
+    return {
+        "id": trace.id.hex(),
+        "to": trace.dst.text,
+        "state": trace.state,
+        "created": trace.created,
+        "expires": trace.exp,
+        "receipt_asked": trace.receipt,
+        "next_hop": text(trace.next_hop),
+        "first_hop": text(trace.first_hop),
+        "first_accepted": trace.first_accepted,
+        "settled_at": trace.done_at,
+        "hops": trace.hops,
+        "by": text(trace.by),
+        "why": trace.why,
+        "receipts": [
+            {
+                "by": r.by.text,
+                "state": r.state,
+                "why": r.why,
+                "hops": r.hops,
+                "at": r.ts,
+                "received": r.received,
+            }
+            for r in trace.receipts
+        ],
+    }
+
+
+class ApiHost(Protocol):
+    """What the local API needs from the node."""
+
+    api_token: str
+    identity: crypto.Identity
+
+    def new_frame(
+        self,
+        dst: crypto.NodeId,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        ttl: float | None = None,
+        receipt: bool = False,
+    ) -> crypto.Frame: ...
+
+    async def send_sealed(self, frames: Sequence[tuple[crypto.Frame, bytes]]) -> list[Sent]: ...
+
+    async def delivered(self, frame_id: bytes) -> mesh.Trace: ...
+
+    async def trace(self, frame_id: bytes) -> mesh.Trace | None: ...
+
+    def routes(self) -> list[dict[str, Any]]: ...
+
+    async def queues(self) -> list[dict[str, Any]]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def inbox(self, *, follow: bool = True) -> AsyncGenerator[Message, None]: ...
+
+    async def ack(self, keys: Sequence[tuple[crypto.NodeId, bytes] | bytes]) -> int: ...
+
+    async def add_peer(self, token: str) -> crypto.SignedAddress: ...
+
+
 def _is_local(peer: str) -> bool:
     host = peer.rpartition(":")[0].strip("[]") if ":" in peer else peer
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return True  # not an IP peer: an in-memory network inside this process
+        # Not an IP peer: an in-memory network inside this process; "?" is a peer the
+        # server could not name, which is not known to be local.
+        return host not in ("", "?")
 
 
 class LocalApi:
     """Serves ``/api/v1/`` for one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ApiHost) -> None:
         self.node = node
 
     async def handle(self, request: Request) -> Response:
@@ -102,6 +199,14 @@ class LocalApi:
             return await self.ack(request)
         if route == ("GET", "status"):
             return _json(200, self.node.status())
+        if route == ("GET", "routes"):
+            return _json(200, self.node.routes())
+        if route == ("GET", "queues"):
+            return _json(200, await self.node.queues())
+        if route[0] == "GET" and route[1].startswith("trace/"):
+            return await self.trace(route[1][len("trace/") :])
+        if route == ("POST", "peers"):
+            return await self.add_peer(request)
         return _error(404, f"no such API call: {request.method} {request.path}")
 
     async def send(self, request: Request, query: dict[str, list[str]]) -> Response:
@@ -112,26 +217,81 @@ class LocalApi:
             dst = crypto.NodeId.parse(targets[0])
         except crypto.Malformed as exc:
             return _error(400, f"bad node id: {exc}")
+        if dst == self.node.identity.node_id:
+            return _error(400, "a node cannot send to itself")
+        wait = _flag(query, "wait")
+        receipt = wait or _flag(query, "receipt")
+        timeout: float | None = None
+        if wait and "timeout" in query:
+            try:
+                timeout = float(query["timeout"][-1])
+                if not timeout > 0:
+                    raise ValueError(timeout)
+            except ValueError:
+                return _error(
+                    400,
+                    f"timeout must be a positive number of seconds, not {query['timeout'][-1]!r}",
+                )
         ct = request.header("content-type")
         if ct == "application/x-www-form-urlencoded":  # curl's default, not a real type
             ct = None
         try:
-            frame = self.node.new_frame(dst, request.body, ct=ct)
+            frame = self.node.new_frame(dst, request.body, ct=ct, receipt=receipt)
             envelope = frame.seal(self.node.identity)
         except crypto.Malformed as exc:
             status = 413 if len(request.body) > crypto.MAX_BODY_SIZE else 400
             return _error(status, str(exc))
         try:
-            result = await self.node.send_frame(dst, mesh.WireFrame(0, envelope))
-        except PeerUnknown as exc:
-            return _error(404, str(exc))
-        except Rejected as exc:
-            return _error(422, f"{dst.short} rejected the message: {exc}")
-        except DeliveryFailed as exc:
-            return _error(504, str(exc))
+            (sent,) = await self.node.send_sealed([(frame, envelope)])
+        except mesh.StoreFull as exc:
+            return _json_error(429, str(exc), [("retry-after", "30")])
         except NodeError as exc:
             return _error(503, str(exc))
-        return _json(200, {"id": frame.id.hex(), "to": dst.text, "result": str(result.outcome)})
+        except mesh.MeshError as exc:
+            return _error(503, f"store unavailable: {exc}")
+        answer: dict[str, Any] = {
+            "id": sent.id.hex(),
+            "to": dst.text,
+            "next_hop": None if sent.next_hop is None else sent.next_hop.text,
+            "held": sent.next_hop is None,
+        }
+        if not wait:
+            return _json(200, answer)
+        try:
+            with trio.fail_after(timeout if timeout is not None else math.inf):
+                trace = await self.node.delivered(sent.id)
+        except trio.TooSlowError:
+            answer["error"] = f"no receipt within {timeout:g} s; the frame is still in the mesh"
+            answer["state"] = "waiting"
+            return _json(504, answer)
+        # The custody fields (next hop at the time of sending) stay as they were.
+        answer.update({k: v for k, v in trace_json(trace).items() if k not in answer})
+        if trace.state != "delivered":
+            answer["error"] = f"dropped by {trace.by.short if trace.by else '?'}: {trace.why}"
+            return _json(422, answer)
+        return _json(200, answer)
+
+    async def trace(self, text: str) -> Response:
+        try:
+            frame_id = bytes.fromhex(text)
+        except ValueError:
+            return _error(400, f"frame id {text!r} is not hex")
+        trace = await self.node.trace(frame_id)
+        if trace is None:
+            return _error(404, f"this node sent no frame {text} (or forgot it)")
+        return _json(200, trace_json(trace))
+
+    async def add_peer(self, request: Request) -> Response:
+        try:
+            token = request.body.decode("ascii").strip()
+            address = await self.node.add_peer(token)
+        except UnicodeDecodeError:
+            return _error(400, "the body must be an address token (ptth:...)")
+        except crypto.CryptoError as exc:
+            return _error(400, f"not added: {exc}")
+        except NodeError as exc:
+            return _error(400, str(exc))
+        return _json(200, {"node": address.node.text, "seq": address.record.seq})
 
     def inbox(self, query: dict[str, list[str]]) -> Response:
         follow = query.get("follow", ["1"])[-1] not in ("0", "false", "no")
@@ -150,10 +310,10 @@ class LocalApi:
     async def ack(self, request: Request) -> Response:
         try:
             value = json.loads(request.body)
-            ids = [bytes.fromhex(i) for i in value["ids"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            return _error(400, f'body must be {{"ids": [hex frame ids]}}: {exc}')
-        return _json(200, {"acked": await self.node.ack(ids)})
+            keys = [_ack_key(text) for text in value["ids"]]
+        except (ValueError, KeyError, TypeError, crypto.Malformed) as exc:
+            return _error(400, f'body must be {{"ids": ["SRC:ID" or "ID" (hex), ...]}}: {exc}')
+        return _json(200, {"acked": await self.node.ack(keys)})
 
 
 class ApiClient:
@@ -205,9 +365,45 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise NodeError(f"lost the node's local API at {self.url}: {exc}") from exc
 
-    def send(self, dst: str, body: bytes, ct: str | None) -> Any:
+    def send(
+        self,
+        dst: str,
+        body: bytes,
+        ct: str | None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send; with ``wait``, return the answer even for a drop (422) or time-out (504)."""
         headers = {"content-type": ct} if ct else {}
-        return self.request("POST", "send", params={"to": dst}, content=body, headers=headers)
+        params: dict[str, str] = {"to": dst, "receipt": "1"}
+        if wait:
+            params["wait"] = "1"
+            if timeout is not None:
+                params["timeout"] = f"{timeout:g}"
+        try:
+            response = self.client.post("send", params=params, content=body, headers=headers)
+        except httpx.ConnectError as exc:
+            raise self._not_running() from exc
+        except httpx.TransportError as exc:
+            raise NodeError(f"lost the node's local API at {self.url}: {exc}") from exc
+        if wait and response.status_code in (422, 504):
+            value = response.json()
+            value["status"] = response.status_code
+            return value
+        return self._check(response)
+
+    def routes(self) -> Any:
+        return self.request("GET", "routes")
+
+    def queues(self) -> Any:
+        return self.request("GET", "queues")
+
+    def trace(self, frame_id: str) -> Any:
+        return self.request("GET", f"trace/{frame_id}")
+
+    def add_peer(self, token: str) -> Any:
+        return self.request("POST", "peers", content=token.encode("ascii", "replace"))
 
     def status(self) -> Any:
         return self.request("GET", "status")

@@ -1,4 +1,4 @@
-"""The node side of Reverse HTTP: staying reachable through relays (DESIGN.md §4).
+"""The node side of Reverse HTTP: staying reachable through relays (docs/architecture.md).
 
 For each relay (given as its address token) a :class:`RelayLink` keeps a pool of
 workers (default 2). Each worker dials the relay, sends a signed ``POST
@@ -16,6 +16,8 @@ re-attaches: a silent attachment is restarted.
 reversehttp.net long-poll session; ``auto`` (the default) tries Upgrade and falls back
 to long-poll when the relay's answer shows the Upgrade was refused or stripped on the
 way (a plain ``200`` poll session instead of a ``101``).
+
+A link knows the node it keeps attached only as an :class:`AttachHost`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import enum
 import json
 import logging
 import math
+import random
 import re
 import ssl
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import h11
 import httpcore
@@ -37,13 +41,11 @@ import trio
 
 import crypto
 from node import _wrap
+from node._net import Network
 from node._relay import ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX
-from node._server import PrefixedStream, Request, Response
+from node._server import PrefixedStream, Request, Response, Server
 
-if TYPE_CHECKING:
-    from node._node import Node
-
-__all__ = ["RelayLink", "RelayMode"]
+__all__ = ["AttachHost", "RelayLink", "RelayMode"]
 
 log = logging.getLogger("ptth.attach")
 
@@ -57,6 +59,40 @@ ATTACH_TIMEOUT: Final = 30.0
 DEFAULT_LEASE: Final = 60.0
 #: How long the relay holds a poll, unless its session says otherwise.
 DEFAULT_HOLD: Final = 25.0
+
+
+class AttachHost(Protocol):
+    """What a :class:`RelayLink` needs of the node it keeps attached (``Node`` is one).
+
+    Read-only: the link never sets any of these.
+    """
+
+    @property
+    def node_id(self) -> crypto.NodeId:
+        """The node's id (its public URL at the relay is made of it)."""
+
+    @property
+    def rng(self) -> random.Random:
+        """Drives the backoff jitter."""
+
+    @property
+    def network(self) -> Network:
+        """Where the link dials the relay (for an Upgrade, which httpx cannot do)."""
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        """Wall time in ms (for ``last_activity`` in the link's status)."""
+
+    @property
+    def server(self) -> Server | None:
+        """The node's server: it serves the reversed connections and the polled requests."""
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The node's HTTP client (long-poll sessions, polls and replies go through it)."""
+
+    def sign_request(self, method: str, url: str, body: bytes, /) -> list[tuple[str, str]]:
+        """RFC 9421 headers signing a request as the node (the attach requests)."""
 
 
 class RelayMode(enum.StrEnum):
@@ -119,7 +155,7 @@ class RelayLink:
 
     def __init__(
         self,
-        node: Node,
+        node: AttachHost,
         relay: crypto.SignedAddress,
         *,
         mode: RelayMode = RelayMode.AUTO,
@@ -281,7 +317,7 @@ class RelayLink:
         assert self.node.server is not None
         try:
             await self.node.server.serve_stream(
-                _Touch(stream, info, self.node),
+                _Touch(stream, info, self.node.clock),
                 peer=f"relay {self.relay.node.short}",
                 base_url=base_url,
                 relayed=True,
@@ -404,14 +440,14 @@ class RelayLink:
 class _Touch(trio.abc.Stream):
     """Notes the time of the last bytes from the relay, for ``ptth status``."""
 
-    def __init__(self, stream: trio.abc.Stream, info: _Status, node: Node) -> None:
+    def __init__(self, stream: trio.abc.Stream, info: _Status, clock: Callable[[], int]) -> None:
         self.stream = stream
         self.info = info
-        self.node = node
+        self.clock = clock
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.stream.receive_some(max_bytes)
-        self.info.last_activity = self.node.clock()
+        self.info.last_activity = self.clock()
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import json
 import logging
+import math
 import re
 import signal
 import sys
@@ -54,6 +56,16 @@ def parse_duration(text: str) -> int:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
     return seconds
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _now_ms() -> int:
@@ -154,6 +166,8 @@ class Cli:
             relays=relays,
             relay_mode=self.args.relay_mode,
             relay=RelayConfig(policy=self.args.relay_policy),
+            forward_policy=self.args.forward,
+            announce_interval=float(self.args.announce_interval),
         )
         if self.args.public_url is not None:
             crypto.validate_endpoint(self.args.public_url)
@@ -183,9 +197,113 @@ class Cli:
 
     def cmd_send(self) -> None:
         body = _read_body_argument(self.args.message, self.stdin)
+        if self.args.timeout is not None and not self.args.wait:
+            raise UsageError("--timeout needs --wait")
+        started = time.monotonic()
         with ApiClient(self.data.path, timeout=None) as api:
-            answer = api.send(self.args.node_id, body, self.args.content_type)
-        self.say(f"delivered to {answer['to'][:10]} ({answer['result']}), id {answer['id']}")
+            answer = api.send(
+                self.args.node_id,
+                body,
+                self.args.content_type,
+                wait=self.args.wait,
+                timeout=self.args.timeout,
+            )
+        where = "held: no route yet" if answer["held"] else f"next hop {answer['next_hop'][:10]}"
+        self.say(f"id {answer['id']}  in custody, {where}")
+        if not self.args.wait:
+            return
+        latency = time.monotonic() - started
+        state = answer.get("state")
+        if state == "delivered":
+            self.say(
+                f"delivered to {answer['to'][:10]} after {answer['hops']} hops"
+                f" in {latency * 1000:.0f} ms"
+            )
+            return
+        raise NodeError(answer.get("error") or f"not delivered ({state})")
+
+    def cmd_routes(self) -> None:
+        with ApiClient(self.data.path) as api:
+            routes = api.routes()
+        if self.args.json:
+            self.say(json.dumps(routes, indent=2))
+            return
+        if not routes:
+            self.say("no routes yet (peer with a node, or wait for announces)")
+            return
+        self.say(f"{'destination':<54}{'next hop':<12}{'hops':>5}{'age':>9}")
+        for route in routes:
+            age = "direct" if route["age"] is None else f"{route['age']:.0f}s"
+            self.say(
+                f"{route['destination']:<54}{route['next_hop'][:10]:<12}{route['hops']:>5}{age:>9}"
+            )
+
+    def cmd_queues(self) -> None:
+        with ApiClient(self.data.path) as api:
+            queues = api.queues()
+        if self.args.json:
+            self.say(json.dumps(queues, indent=2))
+            return
+        if not queues:
+            self.say("nothing queued, no neighbours")
+            return
+        self.say(
+            f"{'next hop':<12}{'frames':>8}{'bytes':>10}{'oldest':>9}  {'link':<12}next attempt"
+        )
+        for queue in queues:
+            hop = "(held)" if queue["next_hop"] is None else queue["next_hop"][:10]
+            oldest = "-" if queue["oldest_age"] is None else f"{queue['oldest_age']:.0f}s"
+            attempt = (
+                "-" if queue["next_attempt_in"] is None else f"in {queue['next_attempt_in']:.1f}s"
+            )
+            problem = (
+                f"  ({queue['last_error']})"
+                if queue["link"] != "up" and queue["last_error"]
+                else ""
+            )
+            self.say(
+                f"{hop:<12}{queue['frames']:>8}{queue['bytes']:>10}{oldest:>9}  "
+                f"{queue['link'] or '-':<12}{attempt}{problem}"
+            )
+
+    def cmd_trace(self) -> None:
+        with ApiClient(self.data.path) as api:
+            trace = api.trace(self.args.frame_id)
+        if self.args.json:
+            self.say(json.dumps(trace, indent=2))
+            return
+        self.say(f"frame {trace['id']} to {trace['to']}")
+        self.say(f"  {_format_time(trace['created'])}  taken into custody here")
+        if trace["state"] == "held":
+            self.say("  held here: no route yet")
+        elif trace["state"] == "queued":
+            self.say(f"  queued here for {trace['next_hop'][:10]}")
+        if trace["first_hop"]:
+            self.say(
+                f"  {_format_time(trace['first_accepted'])}  accepted by"
+                f" {trace['first_hop'][:10]} (signed receipt)"
+            )
+        for receipt in trace["receipts"]:
+            if receipt["state"] == "delivered" and receipt["by"] != trace["to"]:
+                # Only the destination can deliver: the node keeps such a receipt, and
+                # ignores it (the frame's state is not changed by it).
+                self.say(
+                    f"  {_format_time(receipt['at'])}  {receipt['by'][:10]} claims delivery,"
+                    " but is not the destination: ignored"
+                )
+            elif receipt["state"] == "delivered":
+                self.say(
+                    f"  {_format_time(receipt['at'])}  delivered by {receipt['by'][:10]}"
+                    f" after {receipt['hops']} hops"
+                )
+            else:
+                self.say(
+                    f"  {_format_time(receipt['at'])}  dropped at {receipt['by'][:10]}:"
+                    f" {receipt['why']}"
+                )
+        if trace["state"] == "forwarded" and not trace["receipts"]:
+            tail = "" if trace["receipt_asked"] else " (no delivery receipt was asked for)"
+            self.say(f"  in the mesh; no receipt yet{tail}")
 
     def cmd_inbox(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -198,7 +316,7 @@ class Cli:
                 stamp = _format_time(message["received"])
                 self.say(f"{stamp}  from {message['src']}: {text}")
                 self.out.flush()
-                api.ack([message["id"]])
+                api.ack([f"{message['src']}:{message['id']}"])
 
     def cmd_status(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -212,6 +330,15 @@ class Cli:
         self.say(
             f"inbox     {status['inbox']['frames']} messages, {status['inbox']['bytes']} bytes"
         )
+        queued = status["queued"]
+        self.say(f"queued    {queued['frames']} frames, {queued['bytes']} bytes (ptth queues)")
+        states = collections.Counter(link["state"] for link in status["neighbours"])
+        summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        self.say(
+            f"links     {len(status['neighbours'])} neighbours"
+            + (f" ({summary})" if summary else "")
+        )
+        self.say(f"routes    {status['routes']} destinations (ptth routes)")
         self.say(f"peers     {len(status['peers'])}")
         for peer in status["peers"]:
             state = " (expired)" if peer["expired"] else ""
@@ -254,6 +381,10 @@ class Cli:
             added = self.data.peers.add(address, now=_now_ms())
         except crypto.Stale as exc:
             raise NodeError(f"not added: {exc}") from exc
+        # A running node makes it a neighbour and greets it at once (else within its
+        # next tick, when it rescans the peers).
+        with contextlib.suppress(NotRunning), ApiClient(self.data.path) as api:
+            api.add_peer(address.token)
         record = address.record
         label = f" ({record.name})" if record.name else ""
         verb = "added" if added else "already up to date:"
@@ -353,12 +484,47 @@ def build_parser() -> argparse.ArgumentParser:
         default="open",
         help="who may attach to this node as their relay (default %(default)s)",
     )
+    run.add_argument(
+        "--forward",
+        choices=["neighbours", "open", "off"],
+        default=NodeConfig.forward_policy,
+        help="whose frames this node forwards: its neighbours (peers, relays, nodes "
+        "attached to it), anyone, or nobody (default %(default)s)",
+    )
+    run.add_argument(
+        "--announce-interval",
+        type=parse_duration,
+        default=int(NodeConfig.announce_interval),
+        metavar="DURATION",
+        help="how often this node announces itself to the mesh (default 10m)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
-    send = command("send", Cli.cmd_send, "send a message through the running node")
+    send = command(
+        "send",
+        Cli.cmd_send,
+        "send a message to any node of the mesh; returns once it is in durable custody",
+    )
     send.add_argument("node_id", metavar="NODE_ID")
     send.add_argument("message", metavar="TEXT|@FILE|-", help="the message, @FILE, or - for stdin")
     send.add_argument("--content-type", "--ct", dest="content_type", metavar="TYPE")
+    send.add_argument(
+        "--wait", action="store_true", help="wait for the delivery receipt (exit 1 if dropped)"
+    )
+    send.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="with --wait: give up after S seconds (exit 1; the frame stays in the mesh)",
+    )
+
+    routes = command("routes", Cli.cmd_routes, "show the routes the running node holds")
+    routes.add_argument("--json", action="store_true", help="print the raw JSON")
+    queues = command("queues", Cli.cmd_queues, "show what the running node holds for each next hop")
+    queues.add_argument("--json", action="store_true", help="print the raw JSON")
+    trace = command("trace", Cli.cmd_trace, "show where a frame this node sent is known to be")
+    trace.add_argument("frame_id", metavar="FRAME_ID", help="the id 'ptth send' printed")
+    trace.add_argument("--json", action="store_true", help="print the raw JSON")
 
     inbox = command("inbox", Cli.cmd_inbox, "print received messages (and acknowledge them)")
     inbox.add_argument("-f", "--follow", action="store_true", help="keep waiting for more")

@@ -1,4 +1,4 @@
-"""Hop-by-hop authentication of node-to-node HTTP (DESIGN.md §3).
+"""Hop-by-hop authentication of node-to-node HTTP (docs/architecture.md).
 
 Requests are signed with HTTP Message Signatures (RFC 9421), alg ed25519, ``keyid`` =
 the sender's node id, covering ``@method``, ``@target-uri``, ``content-digest`` (RFC
@@ -95,7 +95,9 @@ def verify_request(
         raise crypto.BadSignature("request has no content-digest")
     _httpsig.verify_content_digest(digest, body)
     if guard is not None:
-        guard.check(verified.keyid, _header(headers, "signature") or "", now=now)
+        # The decoded signature, not the header's text: the same signature spelled
+        # another way (base64 padding, another dictionary member) is the same request.
+        guard.check(verified.keyid, verified.signature, now=now)
     return crypto.NodeId.parse(verified.keyid)
 
 
@@ -167,9 +169,9 @@ class ReplayGuard:
     ) -> None:
         self.window = window
         self.max_entries = max_entries
-        self._seen: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[tuple[str, bytes], int] = collections.OrderedDict()
 
-    def check(self, keyid: str, signature: str, *, now: int) -> None:
+    def check(self, keyid: str, signature: bytes, *, now: int) -> None:
         """Record a signature; raise :class:`crypto.BadSignature` if it was seen."""
         while self._seen:
             key, seen_at = next(iter(self._seen.items()))

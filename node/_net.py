@@ -1,4 +1,4 @@
-"""The network seam of a node: where it listens and what it dials through (DESIGN.md §7).
+"""The network seam of a node: where it listens and what it dials through (docs/architecture.md).
 
 A node never opens a socket itself. Its h11 server accepts from the listeners of a
 :class:`Network`, and its httpx client dials through the network's httpcore backend, via
@@ -536,6 +536,7 @@ class MemoryNetwork:
         ``EADDRNOTAVAIL`` if port 0 finds no free port left.
         """
         await trio.lowlevel.checkpoint()
+        host = host.lower()  # host names are case-insensitive (and httpx lowercases them)
         if not 0 <= port <= 65535:
             raise OSError(errno.EINVAL, f"port must be 0-65535, not {port}")
         if port == 0:
@@ -578,7 +579,7 @@ class MemoryNetwork:
         """
         await trio.lowlevel.checkpoint()
         refused = ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused: {host}:{port}")
-        listener = self._listeners.get((host, port))
+        listener = self._listeners.get((host.lower(), port))
         if listener is None:
             raise refused
         client, server = self._make_pair(src_host, (host, port))

@@ -1,4 +1,4 @@
-"""The relay side of Reverse HTTP (DESIGN.md §4; draft-lentczner-rhttp-00).
+"""The relay side of Reverse HTTP (docs/architecture.md; draft-lentczner-rhttp-00).
 
 A node that cannot be dialled attaches to a relay:
 
@@ -25,6 +25,10 @@ Idle reversed connections are pinged every ``ping_interval``; one that does not 
 within ``ping_timeout`` is dropped. After a node's last connection (or poll) ends, its
 URL space stays bound for its lease: visitors wait up to ``visitor_wait`` for it to come
 back, then get ``503`` with ``Retry-After``.
+
+The relay runs in a host (the node) that it knows only as a :class:`RelayHost`: its id,
+its clock, its replay guard and its peer book. It can tell the host when a node attaches
+and detaches (``on_attachment``; see :class:`RelayService` for exactly when).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
+import math
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Final, Protocol
 
 import h11
 import trio
@@ -43,17 +49,17 @@ import crypto
 from node import _fabric, _net, _wrap
 from node._server import PrefixedStream, Request, Response
 
-if TYPE_CHECKING:
-    from node._node import Node
-
 __all__ = [
     "ATTACH_PATH",
     "PING_PATH",
     "POLL_PREFIX",
     "REPLY_PREFIX",
     "RelayConfig",
+    "RelayHost",
     "RelayService",
 ]
+
+log = logging.getLogger("ptth.relay")
 
 ATTACH_PATH: Final = "/ptth/v1/attach"
 POLL_PREFIX: Final = "/ptth/v1/poll/"
@@ -87,6 +93,28 @@ _HOP_BY_HOP: Final = frozenset(
         "proxy-status",
     }
 )
+
+
+class RelayHost(Protocol):
+    """What a :class:`RelayService` needs of the node it runs in (``Node`` is one).
+
+    Read-only: the service never sets any of these.
+    """
+
+    @property
+    def node_id(self) -> crypto.NodeId:
+        """The relay's own id (``Proxy-Status`` and ``Via`` name it)."""
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        """Wall time in ms (attach signatures are checked against it)."""
+
+    @property
+    def replay_guard(self) -> _fabric.ReplayGuard:
+        """Refuses an attach signature presented twice (shared with the node's own)."""
+
+    def peer_address(self, node: crypto.NodeId, /) -> crypto.SignedAddress | None:
+        """The address record of peer ``node``, or None (policy "peers" asks)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,25 +333,130 @@ class _Attachment:
 
 
 class RelayService:
-    """Serves attach, poll and reply for one node acting as a relay, and ``/n/...``."""
+    """Serves attach, poll and reply for one node acting as a relay, and ``/n/...``.
 
-    def __init__(self, node: Node, config: RelayConfig) -> None:
+    ``on_attachment(node, attached)``, if given, is told when a node's attachment here
+    begins and ends. For each node the calls alternate, starting with ``True``; it is
+    never called twice in a row with the same value for the same node. A node's
+    reversed connections and its poll session together make one attachment:
+
+    * ``(node, True)`` when the node goes from detached to attached: its first reversed
+      connection starts being served (right after the ``101`` is written), or its poll
+      session opens (when the attach that creates it is answered; also when a poll
+      revives a session that had lapsed, and had been reported so).
+    * ``(node, False)`` when it goes from attached to detached:
+
+      - its last reversed connection ends (the task serving it finishes: the node hung
+        up, a ping went unanswered, an exchange broke off), while it has no live poll
+        session; the call is made then and there;
+      - its poll session lapses (``lease`` seconds after its last poll ended, or after
+        the attach that opened it if no poll came), while it has no reversed
+        connection. Nothing happens at that moment by itself; the lapse is reported when
+        the relay notices it, the first of: the relay handles a request on any of its
+        routes (attach, poll, reply, ``/n/...``), :meth:`statistics` is called,
+        :meth:`watch` (if the host runs it) wakes at the deadline, or :meth:`shutdown`;
+      - :meth:`shutdown`: every node still attached is reported detached then, and no
+        node is reported attached after it.
+
+    A detached node's URL space stays bound for its lease (visitors wait, then get
+    ``503``): that, and its end, are not reported. The calls are made synchronously in
+    the relay's own tasks (the relay's state is updated first, so the callback may look
+    at it); the callback must not block, and an exception from it is logged and
+    otherwise ignored.
+    """
+
+    def __init__(
+        self,
+        node: RelayHost,
+        config: RelayConfig,
+        *,
+        on_attachment: Callable[[crypto.NodeId, bool], None] | None = None,
+    ) -> None:
         self.node = node
         self.config = config
+        self.on_attachment = on_attachment
         self.attachments: dict[crypto.NodeId, _Attachment] = {}
         self._replies: dict[str, _Exchange] = {}
         self._polls: dict[str, _Attachment] = {}
         self.closing = False
+        #: The nodes last reported attached (kept also when nobody listens).
+        self._reported: set[crypto.NodeId] = set()
+        #: No poll session of a node reported attached lapses before this (a lower
+        #: bound: polls push deadlines on), so most requests need not look at them all.
+        self._next_lapse = math.inf
+        self._lapse_moved = trio.Event()
 
     def shutdown(self) -> None:
-        """The node is stopping: release held polls now (they would hold shutdown up)."""
+        """The node is stopping: release held polls now (they would hold shutdown up).
+
+        Every node still attached is reported detached (``on_attachment``).
+        """
         self.closing = True
-        for attachment in self.attachments.values():
+        for attachment in list(self.attachments.values()):
+            self._update(attachment)
             attachment.notify()
+
+    # -- attached, detached -----------------------------------------------------------
+
+    def _update(self, attachment: _Attachment) -> None:
+        """Report ``attachment``'s node attached or detached if that changed."""
+        node = attachment.node
+        if self.attachments.get(node) is not attachment:
+            # Replaced or forgotten (reported detached before that): the node's state
+            # is the current attachment's to report.
+            return
+        attached = attachment.attached and not self.closing
+        if attached == (node in self._reported):
+            return
+        if attached:
+            self._reported.add(node)
+        else:
+            self._reported.discard(node)
+        if self.on_attachment is None:
+            return
+        try:
+            self.on_attachment(node, attached)
+        except Exception:
+            log.exception("on_attachment(%s, %s) failed", node.short, attached)
+
+    def _poll_deadline(self, attachment: _Attachment, deadline: float) -> None:
+        """Set ``attachment``'s poll deadline (every change of it goes through here)."""
+        attachment.poll_deadline = deadline
+        if deadline < self._next_lapse:
+            self._next_lapse = deadline
+            self._lapse_moved.set()
+            self._lapse_moved = trio.Event()
+
+    def _notice_lapses(self) -> None:
+        """Report the poll sessions that have lapsed (cheap while none can have)."""
+        if trio.current_time() < self._next_lapse:
+            return
+        self._next_lapse = math.inf
+        for node in list(self._reported):
+            attachment = self.attachments.get(node)
+            if attachment is None:
+                continue
+            self._update(attachment)
+            if node in self._reported and attachment.polling:
+                self._next_lapse = min(self._next_lapse, attachment.poll_deadline)
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report poll sessions detached as they lapse, until cancelled.
+
+        Optional: a host that runs this (in its background) hears of a lapse at its
+        deadline; without it, at the relay's next request or :meth:`statistics`.
+        """
+        task_status.started()
+        while True:
+            self._notice_lapses()
+            moved = self._lapse_moved
+            with trio.move_on_at(self._next_lapse):
+                await moved.wait()
 
     # -- routing --------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
+        self._notice_lapses()
         path = request.path
         if path == ATTACH_PATH:
             return await self.attach(request)
@@ -335,6 +468,7 @@ class RelayService:
 
     def statistics(self) -> list[dict[str, Any]]:
         """One entry per node attached (or within its lease)."""
+        self._notice_lapses()
         now = trio.current_time()
         return [
             {
@@ -422,6 +556,7 @@ class RelayService:
 
     def _sweep(self) -> None:
         for node, attachment in list(self.attachments.items()):
+            self._update(attachment)  # (a node is reported detached before it is forgotten)
             if attachment.lease_over() and not attachment.waiting:
                 del self.attachments[node]
                 if attachment.poll_token is not None:
@@ -434,6 +569,7 @@ class RelayService:
         attachment.detached_at = None
         attachment.last_activity = trio.current_time()
         attachment.notify()
+        self._update(attachment)
         try:
             await self._keep_alive(attachment, connection)
         finally:
@@ -444,6 +580,7 @@ class RelayService:
             if not attachment.connections:
                 attachment.detached_at = trio.current_time()
             attachment.notify()
+            self._update(attachment)
 
     async def _keep_alive(self, attachment: _Attachment, connection: _Reversed) -> None:
         """Ping the connection whenever it has been idle for a ping interval."""
@@ -497,10 +634,11 @@ class RelayService:
                 self._polls.pop(attachment.poll_token, None)
             token = secrets.token_urlsafe(24)
         attachment.poll_token = token
-        attachment.poll_deadline = trio.current_time() + attachment.lease
+        self._poll_deadline(attachment, trio.current_time() + attachment.lease)
         attachment.detached_at = None
         self._polls[token] = attachment
         attachment.notify()
+        self._update(attachment)
         body = json.dumps(
             {
                 "mode": "long-poll",
@@ -516,14 +654,16 @@ class RelayService:
         attachment = self._polls.get(token)
         if attachment is None or request.method != "GET":
             return self._refuse(404, "no such poll session (it ended, or never was)")
-        attachment.poll_deadline = trio.current_time() + attachment.lease + self.config.poll_hold
+        hold_until = trio.current_time() + attachment.lease + self.config.poll_hold
+        self._poll_deadline(attachment, hold_until)
         attachment.last_activity = trio.current_time()
+        self._update(attachment)  # (a poll revives a lapsed session)
         with trio.move_on_after(self.config.poll_hold):
             while not attachment.waiting and not self.closing:
                 await attachment.changed.wait()
                 if attachment.poll_token != token:
                     return self._refuse(404, "poll session replaced by a newer one")
-        attachment.poll_deadline = trio.current_time() + attachment.lease
+        self._poll_deadline(attachment, trio.current_time() + attachment.lease)
         if not attachment.waiting:
             return Response(204)
         exchange = attachment.waiting.popleft()

@@ -1,16 +1,21 @@
-"""The local API: bearer token, send, inbox as Server-Sent Events, ack, status."""
+"""The local API: bearer token, send (custody, receipts, waiting), inbox as Server-Sent
+Events, ack, status, routes, queues, trace, peers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 import crypto
+import mesh
 from node import MemoryNetwork, Node, make_transport
 from node._api import _is_local
-from tests.helpers import NodeFactory, peer
+from tests.helpers import NodeFactory, messages, peer
 
 
 def api(node: Node, network: MemoryNetwork, *, token: str | None = None) -> httpx.AsyncClient:
@@ -19,6 +24,7 @@ def api(node: Node, network: MemoryNetwork, *, token: str | None = None) -> http
         transport=make_transport(network),
         base_url=node.api_url + "/",
         headers={"authorization": f"Bearer {token or node.api_token}"},
+        timeout=None,  # calls that wait are bounded by the tests (virtual time)
     )
 
 
@@ -36,7 +42,7 @@ def sse_messages(text: str) -> list[dict[str, object]]:
 @pytest.fixture
 async def pair(memory_nodes: NodeFactory) -> tuple[Node, Node, MemoryNetwork]:
     a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    peer(a, b)
+    await peer(a, b)
     assert isinstance(memory_nodes.network, MemoryNetwork)
     return a, b, memory_nodes.network
 
@@ -64,33 +70,75 @@ async def test_send_inbox_ack_status(pair: tuple[Node, Node, MemoryNetwork]) -> 
         )
         assert response.status_code == 200, response.text
         sent = response.json()
-        assert sent["to"] == b.node_id.text
-        assert sent["result"] == "accepted"
+        assert sent == {
+            "id": sent["id"],
+            "to": b.node_id.text,
+            "next_hop": b.node_id.text,
+            "held": False,
+        }
         response = await client.post("send", params={"to": b.node_id.text}, content=b"\xff\x00")
         assert response.status_code == 200
+    with trio.fail_after(10):
+        await messages(b, 2)
 
     async with api(b, network) as client:
         response = await client.get("inbox", params={"follow": "0"})
         assert response.headers["content-type"] == "text/event-stream"
-        messages = sse_messages(response.text)
-        assert [m.get("body") for m in messages] == ["hi b", None]
-        assert messages[0]["ct"] == "text/plain"
-        assert messages[0]["id"] == sent["id"]
-        assert messages[0]["src"] == a.node_id.text
-        assert messages[1]["body_b64"] == "/wA="
+        received = sse_messages(response.text)
+        assert [m.get("body") for m in received] == ["hi b", None]
+        assert received[0]["ct"] == "text/plain"
+        assert received[0]["id"] == sent["id"]
+        assert received[0]["src"] == a.node_id.text
+        assert received[0]["hops"] == 1
+        assert received[1]["body_b64"] == "/wA="
         assert response.text.rstrip().endswith("event: end\ndata: {}")
 
-        response = await client.post("inbox/ack", json={"ids": [sent["id"], "00" * 16]})
+        # By origin and id, as "SRC:ID"; an id nobody sent acknowledges nothing.
+        response = await client.post(
+            "inbox/ack", json={"ids": [f"{a.node_id.text}:{sent['id']}", "00" * 16]}
+        )
         assert response.json() == {"acked": 1}
         response = await client.get("inbox", params={"follow": "0"})
-        assert len(sse_messages(response.text)) == 1
+        (left,) = sse_messages(response.text)
+        # A bare id still works (whoever sent it).
+        response = await client.post("inbox/ack", json={"ids": [left["id"]]})
+        assert response.json() == {"acked": 1}
 
         status = (await client.get("status")).json()
         assert status["node"] == b.node_id.text
-        assert status["inbox"]["frames"] == 1
-        assert status["counters"]["frames_accepted"] == 2
+        assert status["inbox"]["frames"] == 0
         assert [p["node"] for p in status["peers"]] == [a.node_id.text]
+        assert [(n["node"], n["roles"], n["state"]) for n in status["neighbours"]] == [
+            (a.node_id.text, ["peer"], "up")
+        ]
+        assert status["routes"] == 1  # to a, from a's announce
+        assert status["queued"] == {"frames": 0, "bytes": 0}
+        assert status["counters"]["frames_accepted"] >= 2
         assert crypto.parse_token(status["address"], now=b.clock()).node == b.node_id
+
+
+async def test_an_ack_by_origin_leaves_the_same_id_from_another_origin(
+    memory_nodes: NodeFactory,
+) -> None:
+    a, b, x = [await memory_nodes.open(name) for name in "abx"]
+    await peer(a, b)
+    await peer(x, b)
+    frame = a.new_frame(b.node_id, b"from a")
+    await a.send_sealed([(frame, frame.seal(a.identity))])
+    copy = dataclasses.replace(x.new_frame(b.node_id, b"from x"), id=frame.id)
+    await x.send_sealed([(copy, copy.seal(x.identity))])
+    with trio.fail_after(10):
+        await messages(b, 2)
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    async with api(b, memory_nodes.network) as client:
+        response = await client.post(
+            "inbox/ack", json={"ids": [f"{x.node_id.text}:{frame.id.hex()}"]}
+        )
+        assert response.json() == {"acked": 1}
+        response = await client.get("inbox", params={"follow": "0"})
+        assert [(m["src"], m["body"]) for m in sse_messages(response.text)] == [
+            (a.node_id.text, "from a")
+        ]
 
 
 @pytest.mark.parametrize(
@@ -98,17 +146,30 @@ async def test_send_inbox_ack_status(pair: tuple[Node, Node, MemoryNetwork]) -> 
     [
         ({}, 400, "?to=NODE_ID"),
         ({"to": "nope"}, 400, "bad node id"),
-        ({"to": "a" * 52}, 404, "no address known"),
+        ({"wait": "1", "timeout": "0"}, 400, "timeout must be a positive number of seconds"),
+        ({"wait": "1", "timeout": "soon"}, 400, "not 'soon'"),
+        ({"wait": "1", "timeout": "-3"}, 400, "not '-3'"),
     ],
 )
 async def test_send_errors(
     pair: tuple[Node, Node, MemoryNetwork], params: dict[str, str], status: int, words: str
 ) -> None:
-    a, _, network = pair
+    a, b, network = pair
+    if "wait" in params:
+        params = {"to": b.node_id.text, **params}
     async with api(a, network) as client:
         response = await client.post("send", params=params, content=b"x")
     assert response.status_code == status
     assert words in response.json()["error"]
+    assert a.store.statistics().queued_frames == 0
+
+
+async def test_send_to_itself_is_400(pair: tuple[Node, Node, MemoryNetwork]) -> None:
+    a, _, network = pair
+    async with api(a, network) as client:
+        response = await client.post("send", params={"to": a.node_id.text}, content=b"x")
+    assert response.status_code == 400
+    assert "cannot send to itself" in response.json()["error"]
 
 
 async def test_send_oversized_body(pair: tuple[Node, Node, MemoryNetwork]) -> None:
@@ -121,13 +182,182 @@ async def test_send_oversized_body(pair: tuple[Node, Node, MemoryNetwork]) -> No
     assert f"limit {crypto.MAX_BODY_SIZE}" in response.json()["error"]
 
 
+async def test_send_to_nobody_known_is_held(pair: tuple[Node, Node, MemoryNetwork]) -> None:
+    a, _, network = pair
+    nobody = crypto.Identity.generate().node_id
+    async with api(a, network) as client:
+        response = await client.post("send", params={"to": nobody.text, "receipt": "1"})
+        assert response.status_code == 200
+        sent = response.json()
+        assert (sent["to"], sent["next_hop"], sent["held"]) == (nobody.text, None, True)
+        trace = (await client.get(f"trace/{sent['id']}")).json()
+        assert (trace["state"], trace["receipt_asked"], trace["next_hop"]) == ("held", True, None)
+        queues = (await client.get("queues")).json()
+    (held,) = [q for q in queues if q["next_hop"] is None]
+    assert (held["frames"], held["link"], held["roles"]) == (1, None, [])
+    assert held["bytes"] > 0
+
+
+async def test_send_and_wait_for_the_receipt(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, network = pair
+    async with api(a, network) as client:
+        response = await client.post(
+            "send", params={"to": b.node_id.text, "wait": "1", "timeout": "30"}, content=b"w"
+        )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["state"], answer["hops"], answer["by"], answer["held"]) == (
+        "delivered",
+        1,
+        b.node_id.text,
+        False,
+    )
+    assert answer["next_hop"] == b.node_id.text
+    assert answer["receipt_asked"] is True
+    assert [r["state"] for r in answer["receipts"]] == ["delivered"]
+
+
+async def test_send_and_wait_times_out_with_504(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, _, network = pair
+    nobody = crypto.Identity.generate().node_id
+    async with api(a, network) as client:
+        start = trio.current_time()
+        response = await client.post(
+            "send", params={"to": nobody.text, "wait": "1", "timeout": "7.5"}, content=b"w"
+        )
+        assert trio.current_time() - start == pytest.approx(7.5)
+        assert response.status_code == 504
+        answer = response.json()
+        assert answer["error"] == "no receipt within 7.5 s; the frame is still in the mesh"
+        assert (answer["state"], answer["held"]) == ("waiting", True)
+        # Still in custody: its trace says so.
+        trace = (await client.get(f"trace/{answer['id']}")).json()
+        assert trace["state"] == "held"
+
+
+async def test_send_and_wait_for_a_drop_is_422(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b", forward_policy="off")
+    c = await memory_nodes.open("c")
+    await peer(a, b)
+    await peer(b, c)
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    async with api(a, memory_nodes.network) as client:
+        # Held until c's announce comes through b, then refused by b.
+        with trio.fail_after(60):
+            response = await client.post(
+                "send", params={"to": c.node_id.text, "wait": "1"}, content=b"w"
+            )
+    assert response.status_code == 422
+    answer = response.json()
+    why = f"policy: refused by {b.node_id.short}: this node does not forward frames for others"
+    assert answer["error"] == f"dropped by {b.node_id.short}: {why}"
+    assert (answer["state"], answer["by"], answer["why"]) == ("dropped", b.node_id.text, why)
+
+
+async def test_routes_queues_and_trace(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = [await memory_nodes.open(name) for name in "abc"]
+    await peer(a, b)
+    await peer(b, c)
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    async with api(a, memory_nodes.network) as client:
+        with trio.fail_after(60):
+            response = await client.post(
+                "send", params={"to": c.node_id.text, "wait": "1"}, content=b"two hops"
+            )
+        assert response.status_code == 200, response.text
+        frame_id = response.json()["id"]
+
+        routes = (await client.get("routes")).json()
+        assert [(r["destination"], r["next_hop"], r["hops"], r["direct"]) for r in routes] == [
+            (b.node_id.text, b.node_id.text, 1, True),
+            (c.node_id.text, b.node_id.text, 2, False),
+        ]
+        assert routes[0]["age"] >= 0  # learned from b's own announce
+        assert routes[1]["age"] >= 0
+        assert routes[1]["expires_in"] > 0
+
+        queues = (await client.get("queues")).json()
+        assert [(q["next_hop"], q["frames"], q["link"], q["roles"]) for q in queues] == [
+            (b.node_id.text, 0, "up", ["peer"])
+        ]
+        assert queues[0]["next_attempt_in"] is None
+
+        trace = (await client.get(f"trace/{frame_id}")).json()
+        assert trace["id"] == frame_id
+        assert (trace["to"], trace["state"], trace["hops"], trace["by"]) == (
+            c.node_id.text,
+            "delivered",
+            2,
+            c.node_id.text,
+        )
+        assert trace["first_hop"] == b.node_id.text
+        assert trace["created"] <= trace["first_accepted"] <= trace["settled_at"]
+        assert trace["expires"] > trace["created"]
+        (receipt,) = trace["receipts"]
+        assert (receipt["by"], receipt["state"], receipt["hops"]) == (
+            c.node_id.text,
+            "delivered",
+            2,
+        )
+
+        response = await client.get(f"trace/{'00' * 16}")
+        assert response.status_code == 404
+        assert "sent no frame 0000" in response.json()["error"]
+        response = await client.get("trace/xyz")
+        assert response.status_code == 400
+        assert "'xyz' is not hex" in response.json()["error"]
+
+
+async def test_add_a_peer_through_the_api(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    async with api(a, memory_nodes.network) as client:
+        response = await client.post("peers", content=b.address_token().encode() + b"\n")
+        assert response.status_code == 200, response.text
+        record = b.address.record if b.address else None
+        assert record is not None
+        assert response.json() == {"node": b.node_id.text, "seq": record.seq}
+        # A neighbour at once: frames go straight to it.
+        response = await client.post("send", params={"to": b.node_id.text}, content=b"hi")
+        assert response.json()["next_hop"] == b.node_id.text
+        assert a.peer_address(b.node_id) is not None
+
+        for body, words in [
+            (b"nonsense", "not added: "),
+            (b"\xff\xfe", "must be an address token"),
+            (a.address_token().encode(), "this node's own address"),
+        ]:
+            response = await client.post("peers", content=body)
+            assert response.status_code == 400
+            assert words in response.json()["error"]
+    with trio.fail_after(10):
+        assert [m.body for m in await messages(b, 1)] == [b"hi"]
+
+
 async def test_bad_ack_body_and_unknown_call(pair: tuple[Node, Node, MemoryNetwork]) -> None:
     a, _, network = pair
     async with api(a, network) as client:
         response = await client.post("inbox/ack", content=b"[1, 2]")
         assert response.status_code == 400
         assert '{"ids"' in response.json()["error"]
+        response = await client.post("inbox/ack", json={"ids": ["nobody:00"]})
+        assert response.status_code == 400
+        response = await client.post("inbox/ack", json={"ids": ["zz"]})
+        assert response.status_code == 400
         response = await client.get("nothing")
+        assert response.status_code == 404
+        response = await client.get("send")
         assert response.status_code == 404
 
 
@@ -151,3 +381,19 @@ async def test_follow_streams_new_messages(pair: tuple[Node, Node, MemoryNetwork
 )
 def test_loopback_rule(peer_name: str, local: bool) -> None:
     assert _is_local(peer_name) is local
+
+
+async def test_send_past_the_store_quota_is_429(memory_nodes: NodeFactory) -> None:
+    a = await memory_nodes.open("a", quotas=mesh.Quotas(total=2000))
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    nobody = crypto.Identity.generate().node_id  # held: it stays in a's queue
+    async with api(a, memory_nodes.network) as client:
+        response = await client.post("send", params={"to": nobody.text}, content=b"x" * 1000)
+        assert response.status_code == 200, response.text
+        response = await client.post("send", params={"to": nobody.text}, content=b"x" * 1000)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "30"
+    assert "2000" in response.json()["error"]
+    assert a.store.statistics().queued_frames == 1
+    with pytest.raises(mesh.StoreFull):
+        await a.send(nobody, b"x" * 1000)

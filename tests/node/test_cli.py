@@ -1,9 +1,13 @@
-"""The ptth CLI: init, id, address, peer add/list/remove, and its one-line errors."""
+"""The ptth CLI: init, id, address, peer add/list/remove, and its one-line errors; send,
+routes, queues and trace against a running node (on loopback TCP)."""
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -11,9 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 import crypto
-from node._cli import parse_duration, run
+import mesh
+from node import Node
+from node._cli import build_parser, parse_duration, run
+from tests.helpers import NodeFactory, chain, delivered, messages
 
 
 class Result:
@@ -250,3 +258,221 @@ def test_console_script_runs(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("ptth: error: no identity in ")
     assert "Traceback" not in done.stderr
+
+
+# -- commands that talk to a running node (loopback TCP; the CLI in a worker thread) ----
+
+
+async def cli(node: Node, *argv: str) -> Result:
+    """Run ``ptth --data-dir DIR argv...`` against the running ``node``."""
+    return await trio.to_thread.run_sync(
+        functools.partial(ptth, "--data-dir", node.data.path, *argv)
+    )
+
+
+async def cli_ok(node: Node, *argv: str) -> list[str]:
+    result = await cli(node, *argv)
+    assert result.status == 0, result.err
+    assert "Traceback" not in result.err
+    return result.out.splitlines()
+
+
+async def cli_fails(node: Node, *argv: str, status: int = 1) -> Result:
+    result = await cli(node, *argv)
+    assert result.status == status, (result.out, result.err)
+    assert "Traceback" not in result.err
+    if status == 1:
+        assert len(result.err.strip().splitlines()) == 1, result.err
+    return result
+
+
+@pytest.fixture
+async def trio_line(tcp_nodes: NodeFactory) -> tuple[Node, Node, Node]:
+    """a - b - c on loopback TCP, a's route to c known (a message went there)."""
+    a, b, c = [await tcp_nodes.open(name) for name in "abc"]
+    await chain([a, b, c])
+    with trio.fail_after(20):
+        await delivered(a, c, b"warm-up")
+    return a, b, c
+
+
+async def test_send_prints_custody_then_delivery(trio_line: tuple[Node, Node, Node]) -> None:
+    a, b, c = trio_line
+    (line,) = await cli_ok(a, "send", c.node_id.text, "hello c")
+    frame_id, _, rest = line.removeprefix("id ").partition("  ")
+    assert len(bytes.fromhex(frame_id)) == crypto.FRAME_ID_SIZE
+    assert rest == f"in custody, next hop {b.node_id.text[:10]}"
+    first, second = await cli_ok(a, "send", "--wait", c.node_id.text, "again")
+    assert first.endswith(f"in custody, next hop {b.node_id.text[:10]}")
+    expected = rf"delivered to {c.node_id.text[:10]} after 2 hops in \d+ ms"
+    assert re.fullmatch(expected, second), second
+    with trio.fail_after(10):
+        got = await messages(c, 3)
+    assert [m.body for m in got] == [b"warm-up", b"hello c", b"again"]
+    trace = await a.trace(bytes.fromhex(frame_id))
+    assert trace is not None
+    assert trace.receipt  # the CLI always asks for a receipt
+
+
+async def test_send_to_nobody_known_is_held(tcp_nodes: NodeFactory) -> None:
+    a = await tcp_nodes.open("a")
+    nobody = crypto.Identity.generate().node_id.text
+    (line,) = await cli_ok(a, "send", nobody, "x")
+    assert re.fullmatch(r"id [0-9a-f]{32}  in custody, held: no route yet", line), line
+    result = await cli_fails(a, "send", "--wait", "--timeout", "0.3", nobody, "x")
+    assert re.fullmatch(r"id [0-9a-f]{32}  in custody, held: no route yet\n", result.out)
+    assert result.err == ("ptth: error: no receipt within 0.3 s; the frame is still in the mesh\n")
+    assert (await cli_fails(a, "send", "--timeout", "3", nobody, "x", status=2)).err == (
+        "ptth: usage: --timeout needs --wait\n"
+    )
+    zero = await cli_fails(a, "send", "--wait", "--timeout", "0", nobody, "x", status=2)
+    assert "is not a positive number of seconds" in zero.err.splitlines()[-1]
+    assert "a node cannot send to itself" in (await cli_fails(a, "send", a.node_id.text, "x")).err
+
+
+async def test_send_wait_for_a_dropped_frame_exits_1(tcp_nodes: NodeFactory) -> None:
+    a = await tcp_nodes.open("a")
+    b = await tcp_nodes.open("b", forward_policy="off")
+    c = await tcp_nodes.open("c")
+    await chain([a, b, c])
+    result = await cli_fails(a, "send", "--wait", "--timeout", "20", c.node_id.text, "x")
+    assert "in custody, " in result.out
+    why = f"policy: refused by {b.node_id.short}: this node does not forward frames for others"
+    assert result.err == f"ptth: error: dropped by {b.node_id.short}: {why}\n"
+
+
+async def test_routes(trio_line: tuple[Node, Node, Node]) -> None:
+    a, b, c = trio_line
+    header, *rows = await cli_ok(a, "routes")
+    assert header.split() == ["destination", "next", "hop", "hops", "age"]
+    assert [row.split()[:3] for row in rows] == [
+        [b.node_id.text, b.node_id.text[:10], "1"],
+        [c.node_id.text, b.node_id.text[:10], "2"],
+    ]
+    assert all(re.fullmatch(r"\d+s", row.split()[3]) for row in rows)
+    routes = json.loads("\n".join(await cli_ok(a, "routes", "--json")))
+    assert [(r["destination"], r["hops"]) for r in routes] == [
+        (b.node_id.text, 1),
+        (c.node_id.text, 2),
+    ]
+
+
+async def test_queues(trio_line: tuple[Node, Node, Node]) -> None:
+    a, b, _ = trio_line
+    await a.send(crypto.Identity.generate().node_id, b"held")
+    header, *rows = await cli_ok(a, "queues")
+    assert header.split() == ["next", "hop", "frames", "bytes", "oldest", "link", "next", "attempt"]
+    assert len(rows) == 2
+    held = rows[0].split()
+    assert (held[0], held[1], held[4], held[5]) == ("(held)", "1", "-", "-")
+    assert re.fullmatch(r"\d+s", held[3])
+    assert rows[1].split() == [b.node_id.text[:10], "0", "0", "-", "up", "-"]
+    queues = json.loads("\n".join(await cli_ok(a, "queues", "--json")))
+    assert [(q["next_hop"], q["frames"], q["link"]) for q in queues] == [
+        (None, 1, None),
+        (b.node_id.text, 0, "up"),
+    ]
+
+
+async def test_trace(trio_line: tuple[Node, Node, Node]) -> None:
+    a, b, c = trio_line
+    with trio.fail_after(10):
+        trace = await delivered(a, c, b"traced")
+    lines = await cli_ok(a, "trace", trace.id.hex())
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    patterns = [
+        rf"frame {trace.id.hex()} to {c.node_id.text}",
+        rf"  {stamp}  taken into custody here",
+        rf"  {stamp}  accepted by {b.node_id.text[:10]} \(signed receipt\)",
+        rf"  {stamp}  delivered by {c.node_id.text[:10]} after 2 hops",
+    ]
+    assert len(lines) == len(patterns), lines
+    for line, pattern in zip(lines, patterns, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    raw = json.loads("\n".join(await cli_ok(a, "trace", "--json", trace.id.hex())))
+    assert (raw["state"], raw["hops"], raw["by"]) == ("delivered", 2, c.node_id.text)
+
+    # Held here; and handed on without a receipt asked for.
+    held = await a.send(crypto.Identity.generate().node_id, b"held")
+    lines = await cli_ok(a, "trace", held.id.hex())
+    assert lines[2:] == ["  held here: no route yet"]
+    quiet = await a.send(c.node_id, b"no receipt")
+    with trio.fail_after(10):
+        await messages(c, 3)
+        # A frame queued now goes in a's next batch to b, after a has committed b's
+        # answer for the quiet one: its receipt means the quiet one is handed on.
+        await delivered(a, c, b"loud")
+    lines = await cli_ok(a, "trace", quiet.id.hex())
+    assert lines[-1] == "  in the mesh; no receipt yet (no delivery receipt was asked for)"
+
+    result = await cli_fails(a, "trace", "00" * 16)
+    assert result.err == (f"ptth: error: this node sent no frame {'00' * 16} (or forgot it)\n")
+    assert "is not hex" in (await cli_fails(a, "trace", "xyz")).err
+
+
+async def test_peer_add_tells_the_running_node(tcp_nodes: NodeFactory) -> None:
+    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b")
+    assert not a.mesh.router.is_neighbour(b.node_id)
+    (line,) = await cli_ok(a, "peer", "add", b.address_token())
+    assert line == f"added peer {b.node_id.text} (b) seq 1"
+    # A neighbour at once: no waiting for the node's next look at its peer book.
+    assert a.mesh.router.is_neighbour(b.node_id)
+    sent = await a.send(b.node_id, b"hello")
+    assert sent.next_hop == b.node_id
+    with trio.fail_after(10):
+        assert [m.body for m in await messages(b, 1)] == [b"hello"]
+
+
+async def test_commands_need_a_running_node(alice: Path) -> None:
+    for command in (["routes"], ["queues"], ["trace", "00"], ["send", "x" * 52, "y"]):
+        line = fails("--data-dir", alice, *command)
+        assert line == (
+            f"ptth: error: no node is running for {alice} "
+            f"(start one with 'ptth run --data-dir {alice}')"
+        )
+
+
+def test_run_options() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["run", "--forward", "open", "--announce-interval", "90s"])
+    assert (args.forward, args.announce_interval) == ("open", 90)
+    args = parser.parse_args(["run"])
+    assert (args.forward, args.announce_interval) == ("neighbours", 600)
+    assert "invalid choice: 'sometimes'" in fails("run", "--forward", "sometimes", status=2)
+    assert "not a duration" in fails("run", "--announce-interval", "10", status=2)
+
+
+async def test_trace_shows_a_delivery_claimed_by_another_node_as_ignored(
+    tcp_nodes: NodeFactory,
+) -> None:
+    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b")
+    nobody = crypto.Identity.generate().node_id
+    sent = await a.send(nobody, b"held", receipt=True)
+    # b, which is not the destination, claims to have delivered it.
+    now = b.clock()
+    lie = crypto.Frame(
+        kind=crypto.Kind.RCPT,
+        src=b.node_id,
+        id=os.urandom(crypto.FRAME_ID_SIZE),
+        ts=now,
+        exp=now + 60_000,
+        hops=8,
+        dst=a.node_id,
+        ref=sent.id,
+        st="delivered",
+        n=1,
+    ).seal(b.identity)
+    url = a.endpoints[0] + "/ptth/v1/frames"
+    body = mesh.encode_frames([mesh.WireFrame(0, lie)])
+    headers = [("content-type", mesh.CONTENT_TYPE_FRAMES), *b.sign_request("POST", url, body)]
+    response = await b.http_client.post(url, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert mesh.decode_results(response.content, expected=1)[0].outcome is mesh.Outcome.ACCEPTED
+    lines = await cli_ok(a, "trace", sent.id.hex())
+    assert lines[2] == "  held here: no route yet"
+    assert re.fullmatch(
+        rf"  .* UTC  {b.node_id.text[:10]} claims delivery, but is not the destination: ignored",
+        lines[3],
+    ), lines
+    trace = json.loads("\n".join(await cli_ok(a, "trace", "--json", sent.id.hex())))
+    assert (trace["state"], trace["by"]) == ("held", None)

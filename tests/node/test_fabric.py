@@ -1,4 +1,5 @@
-"""Signed frames between real nodes: delivery, exactly-once, and every bad input."""
+"""Signed frames between real nodes: delivery, exactly-once, custody across stops,
+and every bad input straight at a node's frames endpoint."""
 
 from __future__ import annotations
 
@@ -15,39 +16,41 @@ import trio
 import crypto
 import mesh
 from node import (
-    DeliveryFailed,
     MemoryNetwork,
     Node,
     NodeConfig,
     NodeError,
-    PeerUnknown,
-    Rejected,
+    Request,
+    Response,
     ServerConfig,
     make_transport,
     run_inline,
 )
 from node._fabric import sign_request, verify_response
+from node._forwarder import BATCH_SIZE
+from node._mesh import TICK_INTERVAL
 from node._node import SWEEP_INTERVAL
-from tests.helpers import NodeFactory, peer
-
-
-async def drain(node: Node) -> list[bytes]:
-    """Every message in ``node``'s inbox, acknowledged."""
-    bodies = []
-    async for message in node.inbox(follow=False):
-        bodies.append(message.body)
-        await message.ack()
-    return bodies
+from tests.helpers import (
+    NodeFactory,
+    delivered,
+    drain,
+    messages,
+    next_message,
+    peer,
+    record,
+)
 
 
 async def test_two_nodes_on_loopback_tcp_exactly_once(tcp_nodes: NodeFactory) -> None:
     async with tcp_nodes.session("alice") as alice:
+        posts = record(alice)
         bob_session = tcp_nodes.session("bob", listen="127.0.0.1:0")
         async with bob_session as bob:
-            peer(alice, bob)
+            await peer(alice, bob)
             bob_port = bob.endpoints[0].rsplit(":", 1)[1]
-            result = await alice.send(bob.node_id, b"hello bob", ct="text/plain")
-            assert result.outcome is mesh.Outcome.ACCEPTED
+            with trio.fail_after(10):
+                trace = await delivered(alice, bob, b"hello bob", ct="text/plain")
+            assert (trace.hops, trace.by, trace.first_hop) == (1, bob.node_id, bob.node_id)
             async for message in bob.inbox(follow=False):
                 assert (message.src, message.body, message.ct) == (
                     alice.node_id,
@@ -57,29 +60,54 @@ async def test_two_nodes_on_loopback_tcp_exactly_once(tcp_nodes: NodeFactory) ->
                 assert message.hops == 1
                 await message.ack()
             frame = alice.new_frame(bob.node_id, b"resent after restart")
-            wire = mesh.WireFrame(0, frame.seal(alice.identity))
-            assert (await alice.send_frame(bob.node_id, wire)).outcome is mesh.Outcome.ACCEPTED
+            envelope = frame.seal(alice.identity)
+            await alice.send_sealed([(frame, envelope)])
+            with trio.fail_after(10):
+                assert [m.body for m in await messages(bob, 1)] == [b"resent after restart"]
             assert await drain(bob) == [b"resent after restart"]
-        # Restart bob on the same port: his store remembers what he took.
+        # Restart bob on the same port: his store remembers what he took. The frame
+        # comes again (as after a crash of alice between bob's answer and her commit).
         async with tcp_nodes.session("bob", listen=f"127.0.0.1:{bob_port}") as bob:
-            result = await alice.send_frame(bob.node_id, wire)
-            assert result.outcome is mesh.Outcome.DUPLICATE
-            assert await drain(bob) == []
+            await alice.send_sealed([(frame, envelope)])
+
+            def answered() -> list[mesh.Outcome]:
+                return [
+                    result.outcome
+                    for post in posts.to(bob)
+                    if post.results is not None
+                    for wire, result in zip(post.frames, post.results, strict=True)
+                    if wire.envelope == envelope
+                ]
+
+            with trio.fail_after(10):
+                await posts.wait_for(lambda: len(answered()) == 2)
+            assert answered() == [mesh.Outcome.ACCEPTED, mesh.Outcome.DUPLICATE]
             assert bob.statistics.frames_duplicate == 1
-            assert bob.statistics.frames_accepted == 0
+            # A frame after it goes in a later batch: alice has counted the duplicate.
+            with trio.fail_after(10):
+                await delivered(alice, bob, b"after")
+            assert alice.statistics.sent_duplicate == 1
+            assert await drain(bob) == [b"after"]
 
 
 async def test_three_nodes_each_pair(tcp_nodes: NodeFactory) -> None:
     nodes = [await tcp_nodes.open(name) for name in ("a", "b", "c")]
     for i, x in enumerate(nodes):
         for y in nodes[i + 1 :]:
-            peer(x, y)
-    async with trio.open_nursery() as nursery:
-        for x in nodes:
-            for y in nodes:
-                if x is not y:
-                    body = f"{x.config.name}->{y.config.name}".encode()
-                    nursery.start_soon(x.send, y.node_id, body)
+            await peer(x, y)
+    traces: list[mesh.Trace] = []
+
+    async def send(x: Node, y: Node) -> None:
+        body = f"{x.config.name}->{y.config.name}".encode()
+        traces.append(await delivered(x, y, body))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for x in nodes:
+                for y in nodes:
+                    if x is not y:
+                        nursery.start_soon(send, x, y)
+    assert sorted(t.hops or 0 for t in traces) == [1] * 6  # each pair directly
     for y in nodes:
         got = sorted(await drain(y))
         assert got == sorted(
@@ -87,69 +115,53 @@ async def test_three_nodes_each_pair(tcp_nodes: NodeFactory) -> None:
         )
 
 
-async def test_memory_network_batches_concurrent_sends(memory_nodes: NodeFactory) -> None:
+async def test_memory_network_batches_concurrent_sends(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
     a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    peer(a, b)
+    await peer(a, b)
+    posts = record(a)
     async with trio.open_nursery() as nursery:
         for i in range(250):
             nursery.start_soon(a.send, b.node_id, b"%d" % i)
-    assert sorted(await drain(b)) == sorted(b"%d" % i for i in range(250))
+
+    def batches() -> list[int]:
+        return [post.messages for post in posts.to(b) if post.results and post.messages]
+
+    with trio.fail_after(30):
+        got = await messages(b, 250)
+        await posts.wait_for(lambda: sum(batches()) == 250)
+    assert sorted(m.body for m in got) == sorted(b"%d" % i for i in range(250))
     # 250 frames queued at once go in batches of at most 100, not one POST each.
-    assert a.statistics.send_requests <= 4
+    sizes = batches()
+    assert max(sizes) <= BATCH_SIZE
+    assert len(sizes) <= 4
     assert a.statistics.sent_accepted == 250
 
 
-async def test_send_to_unknown_peer(memory_nodes: NodeFactory) -> None:
+async def test_send_to_a_node_nobody_knows_is_held(memory_nodes: NodeFactory) -> None:
     a = await memory_nodes.open("a")
-    with pytest.raises(PeerUnknown, match="no address known for"):
-        await a.send(crypto.Identity.generate().node_id, b"x")
-
-
-async def test_frame_for_another_node_is_rejected_no_route(memory_nodes: NodeFactory) -> None:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    peer(a, b)
     stranger = crypto.Identity.generate().node_id
-    wire = mesh.WireFrame(0, a.new_frame(stranger, b"x").seal(a.identity))
-    with pytest.raises(Rejected, match=r"does not relay yet \(no-route\)"):
-        await a.send_frame(b.node_id, wire)
-    assert b.statistics.frames_rejected == 1
-
-
-async def test_unreachable_peer_fails_after_send_timeout(
-    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
-) -> None:
-    a = await memory_nodes.open("a", send_timeout=30.0)
-    async with memory_nodes.session("b") as b:
-        peer(a, b)
-    start = trio.current_time()
-    with pytest.raises(DeliveryFailed, match="unreachable for 30 s after"):
-        await a.send(b.node_id, b"into the void")
-    assert trio.current_time() - start <= 30.0
-    assert a.statistics.send_retries >= 5  # backoff 0.2, 0.4, ... within 30 s
-
-
-async def test_sender_retries_until_the_peer_comes_back(
-    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
-) -> None:
-    a = await memory_nodes.open("a")
-    async with memory_nodes.session("b") as b:
-        peer(a, b)
-    delivered = trio.Event()
-    result: list[mesh.Result] = []
-
-    async def send() -> None:
-        result.append(await a.send(b.node_id, b"patience"))
-        delivered.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        await trio.sleep(5)  # virtual time: bob is down for 5 s while alice retries
-        assert not delivered.is_set()
-        async with memory_nodes.session("b") as b:
-            await delivered.wait()
-            assert await drain(b) == [b"patience"]
-    assert result[0].outcome is mesh.Outcome.ACCEPTED
-    assert a.statistics.send_retries >= 3
+    sent = await a.send(stranger.text, b"x")
+    assert (sent.dst, sent.next_hop) == (stranger, None)
+    trace = await a.trace(sent.id)
+    assert trace is not None
+    assert (trace.state, trace.dst, trace.next_hop, trace.receipt) == (
+        "held",
+        stranger,
+        None,
+        False,
+    )
+    assert a.statistics.frames_held == 1
+    with pytest.raises(NodeError, match="cannot send to itself"):
+        await a.send(a.node_id, b"x")
+    with pytest.raises(crypto.Malformed, match="52 characters"):
+        await a.send("nope", b"x")
+    with pytest.raises(crypto.Malformed, match="body"):
+        await a.send(stranger, b"x" * (crypto.MAX_BODY_SIZE + 1))
+    assert await a.trace(b"\x00" * crypto.FRAME_ID_SIZE) is None
+    with pytest.raises(NodeError, match="this node sent no frame 0000"):
+        await a.delivered(b"\x00" * crypto.FRAME_ID_SIZE)
 
 
 # -- bad input, straight at the server ----------------------------------------------
@@ -281,6 +293,44 @@ async def test_per_frame_rejections_do_not_fail_the_batch(target: tuple[Node, Ra
     ]
     assert "does not verify" in results[0].words
     assert await drain(node) == [b"fine"]
+
+
+async def test_a_strangers_frame_for_another_node_is_refused_by_policy(
+    target: tuple[Node, Raw],
+) -> None:
+    node, raw = target
+    elsewhere = crypto.Identity.generate().node_id
+    response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, raw.frame(dst=elsewhere))]))
+    assert response.status_code == 200
+    (result,) = mesh.decode_results(response.content, expected=1)
+    assert (result.outcome, result.code) == (mesh.Outcome.REJECTED, mesh.Reason.POLICY)
+    assert result.words == (
+        f"this node forwards only for its neighbours; {raw.identity.node_id.short} is not one"
+    )
+    assert node.statistics.frames_rejected == 1
+    assert node.store.statistics().queued_frames == 0
+
+
+async def test_announces_from_a_stranger_are_refused(target: tuple[Node, Raw]) -> None:
+    node, raw = target
+    now = node.clock()
+    address = crypto.sign_address(
+        raw.identity, seq=1, endpoints=["http://stranger:8470"], exp=now + 3_600_000
+    )
+    announce = crypto.Frame(
+        kind=crypto.Kind.ANN,
+        src=raw.identity.node_id,
+        id=os.urandom(16),
+        ts=now,
+        exp=now + 60_000,
+        hops=4,
+        body=address.envelope,
+    ).seal(raw.identity)
+    response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, announce)]))
+    (result,) = mesh.decode_results(response.content, expected=1)
+    assert (result.outcome, result.code) == (mesh.Outcome.REJECTED, mesh.Reason.POLICY)
+    assert "announces are taken from neighbours only" in result.words
+    assert node.routes() == []
 
 
 async def test_expired_frame_rejected(target: tuple[Node, Raw]) -> None:
@@ -483,29 +533,43 @@ async def test_huge_headers_get_431(target: tuple[Node, Raw]) -> None:
     await assert_still_serving(node, raw)
 
 
-# -- cancellation --------------------------------------------------------------------
+# -- cancellation and shutdown ----------------------------------------------------------
 
 
-async def test_leaving_node_open_with_requests_in_flight(memory_nodes: NodeFactory) -> None:
+async def test_a_receiver_stopping_with_requests_in_flight_loses_nothing(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
     a = await memory_nodes.open("a")
+    held = trio.Event()
     async with memory_nodes.session("b") as b:
-        peer(a, b)
-        async with trio.open_nursery() as nursery:
-            for i in range(50):
-                nursery.start_soon(a.send, b.node_id, b"%d" % i)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-    # b closed cleanly with sends in flight; a is still healthy and can reach a new b.
+        await peer(a, b)
+        assert b.server is not None
+        inner = b.server.handler
+
+        async def stuck(request: Request) -> Response:
+            if request.path == "/ptth/v1/frames":
+                held.set()
+                await trio.sleep_forever()
+            return await inner(request)
+
+        b.server.handler = stuck
+        sent = [await a.send(b.node_id, b"%d" % i, receipt=True) for i in range(50)]
+        await held.wait()  # a's first batch is at b, which will never answer it
+    # b stopped with a's request in flight; a keeps the frames and, once b is back
+    # (and greets it), hands each over exactly once.
     async with memory_nodes.session("b") as b:
-        assert (await a.send(b.node_id, b"after")).ok
-        assert b"after" in await drain(b)
+        with trio.fail_after(60):
+            traces = [await a.delivered(s.id) for s in sent]
+        assert {t.state for t in traces} == {"delivered"}
+        assert sorted(await drain(b)) == sorted(b"%d" % i for i in range(50))
+        assert a.store.statistics().queued_frames == 0
 
 
 async def test_cancelling_the_whole_node_ends_cleanly(memory_nodes: NodeFactory) -> None:
     b = await memory_nodes.open("b")
     with trio.CancelScope() as scope:
         async with memory_nodes.session("a") as a:
-            peer(a, b)
+            await peer(a, b)
             async with trio.open_nursery() as nursery:
                 for i in range(20):
                     nursery.start_soon(a.send, b.node_id, b"%d" % i)
@@ -514,15 +578,30 @@ async def test_cancelling_the_whole_node_ends_cleanly(memory_nodes: NodeFactory)
     assert scope.cancelled_caught
 
 
-async def test_add_peer_by_token(memory_nodes: NodeFactory) -> None:
+async def test_add_peer_by_token(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
     a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
     address = await a.add_peer(b.address_token())
     assert address.node == b.node_id
-    assert (await a.send(b.node_id, b"by token")).ok
+    assert a.peer_address(b.node_id) == address  # stored in the peer book
+    # A neighbour at once: a route to it, and frames go straight there.
+    assert [(r["destination"], r["direct"]) for r in a.routes()] == [(b.node_id.text, True)]
+    sent = await a.send(b.node_id, b"by token")
+    assert sent.next_hop == b.node_id
+    with trio.fail_after(10):
+        assert (await next_message(b)).body == b"by token"
+    assert b.statistics.announces_received >= 1  # a greeted b
+    assert not await a.add_peer_address(address)  # held already
     with pytest.raises(crypto.Malformed, match="must start with 'ptth:'"):
         await a.add_peer("nonsense")
     with pytest.raises(NodeError, match="own address"):
         await a.add_peer(a.address_token())
+    older = crypto.sign_address(
+        b.identity, seq=0, endpoints=list(b.endpoints), exp=b.clock() + 3_600_000
+    )
+    with pytest.raises(crypto.Stale):
+        await a.add_peer(older.token)
 
 
 async def test_the_sweeper_forgets_expired_ids_but_not_unacked_ones(
@@ -547,7 +626,9 @@ async def test_the_sweeper_forgets_expired_ids_but_not_unacked_ones(
         await a.add_peer(b.address_token())
         await a.send(b.node_id, b"acked", ttl=60)
         await a.send(b.node_id, b"kept", ttl=60)
-        async for message in b.inbox(follow=False):
+        with trio.fail_after(10):
+            got = await messages(b, 2)
+        for message in got:
             if message.body == b"acked":
                 await message.ack()
         assert b.store.statistics().seen_ids == 2
@@ -556,31 +637,41 @@ async def test_the_sweeper_forgets_expired_ids_but_not_unacked_ones(
         assert b.store.statistics().seen_ids == 1
 
 
+@pytest.mark.parametrize("how", ["leaves its block", "is cancelled"])
 async def test_a_caller_outside_the_node_hears_when_it_stops(
-    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock, how: str
 ) -> None:
     async with memory_nodes.session("b") as b:
         pass  # b existed once; now nobody answers at its address
     errors: list[BaseException] = []
 
-    async def send(a: Node) -> None:
+    async def wait(a: Node, frame_id: bytes) -> None:
         try:
-            await a.send(b.node_id, b"never accepted")
+            await a.delivered(frame_id)
         except NodeError as exc:
             errors.append(exc)
 
-    async with trio.open_nursery() as outside, memory_nodes.session("a") as a:
-        await a.add_peer(b.address_token())
-        outside.start_soon(send, a)
-        await trio.sleep(1)  # virtual: the sender is retrying
+    async with trio.open_nursery() as outside:
+        with trio.CancelScope() as scope:
+            async with memory_nodes.session("a") as a:
+                await a.add_peer(b.address_token())
+                sent = await a.send(b.node_id, b"never accepted", receipt=True)
+                outside.start_soon(wait, a, sent.id)
+                await trio.sleep(1)  # virtual: the forwarder is retrying
+                if how == "is cancelled":
+                    scope.cancel()
         # a has stopped; the caller outside its block is told, not left waiting.
-    assert [str(e) for e in errors] == ["node stopped before the frame was accepted"]
+    assert [str(e) for e in errors] == [
+        f"node stopped before frame {sent.id.hex()} was settled (it stays in the store)"
+    ]
+    with pytest.raises(NodeError, match="node is not running"):
+        await a.send(b.node_id, b"too late")
 
 
-async def test_send_timeout_is_not_overrun_by_a_slow_answer(
+async def test_a_slow_neighbour_costs_an_attempt_no_more_than_the_request_timeout(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a = await memory_nodes.open("a", send_timeout=5.0, request_timeout=60.0)
+    a = await memory_nodes.open("a", request_timeout=5.0)
     b = await memory_nodes.open("b")
     network = memory_nodes.network
     # b's record points at a host that takes connections and never answers.
@@ -591,28 +682,42 @@ async def test_send_timeout_is_not_overrun_by_a_slow_answer(
         while True:
             held.append(await listener.accept())
 
-    record = crypto.sign_address(
+    record_ = crypto.sign_address(
         b.identity, seq=99, endpoints=["http://blackhole:8470"], exp=b.clock() + 3600_000
     )
-    a.data.peers.add(record, now=a.clock())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hold)
+        posts = record(a)
         start = trio.current_time()
-        with pytest.raises(DeliveryFailed, match="before the deadline"):
-            await a.send(b.node_id, b"into a black hole")
-        assert trio.current_time() - start == pytest.approx(5.0)
+        await a.add_peer_address(record_)
+        sent = await a.send(b.node_id, b"into a black hole")
+        with trio.fail_after(60):
+            await posts.wait_for(lambda: len(posts.failures(b)) >= 2)
+        first, second = posts.failures(b)[:2]
+        assert first.at - start == pytest.approx(5.0)
+        assert first.problem is not None
+        assert "ReadTimeout from http://blackhole:8470/ptth/v1/frames" in first.problem
+        assert second.at - first.at == pytest.approx(5.0, abs=0.5)  # back-off + 5 s
+        trace = await a.trace(sent.id)
+        assert trace is not None
+        assert (trace.state, trace.next_hop) == ("queued", b.node_id)
         nursery.cancel_scope.cancel()
     for stream in held:
         await stream.aclose()
     await listener.aclose()
 
 
-async def test_a_peer_removed_after_a_send_is_unknown_for_the_next(
-    memory_nodes: NodeFactory,
+async def test_a_peer_removed_while_running_is_no_neighbour_after_a_tick(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    peer(a, b)
-    assert (await a.send(b.node_id, b"while known")).ok
+    await peer(a, b)
+    with trio.fail_after(10):
+        await delivered(a, b, b"while known")
     a.data.peers.remove(b.node_id)  # as `ptth peer remove` does, while a runs
-    with pytest.raises(PeerUnknown, match="no address known for"):
-        await a.send(b.node_id, b"after removal")
+    await trio.sleep(TICK_INTERVAL + 1)  # virtual: a notices on its next tick
+    assert a.routes() == []
+    assert [q["next_hop"] for q in await a.queues()] == []
+    sent = await a.send(b.node_id, b"after removal")
+    assert sent.next_hop is None  # held: b is nobody to a now
+    assert await drain(b) == [b"while known"]

@@ -1,5 +1,7 @@
-"""The sending side of a node (Node.send and its per-peer sender): what it retries, how
-long it waits, what it gives up on, and how one bad frame in a batch fails alone.
+"""The forwarding side of a node (:mod:`node._forwarder`): a :class:`Forwarder` per
+neighbour drains its queue in batches through the :class:`FrameClient`. What it
+retries and how long it waits, what a refusal drops, and how one refused frame in a
+batch drops alone.
 
 A :class:`Front` stands on its own address in front of a receiving node: it hands
 requests to the node's handler (so answers are really signed by the node) or answers
@@ -17,8 +19,9 @@ import trio.testing
 
 import crypto
 import mesh
-from node import DeliveryFailed, MemoryNetwork, Node, Rejected, Request, Response, Server
-from tests.helpers import NodeFactory, peer
+from node import MemoryNetwork, Node, Request, Response, Server
+from node._forwarder import BATCH_SIZE
+from tests.helpers import NodeFactory, delivered, drain, messages, next_message, peer, record
 
 FRONT = ("front", 8471)  # not port 80: a default port would leave the Host header
 
@@ -72,50 +75,42 @@ async def front(memory_nodes: NodeFactory) -> Front:
     return front
 
 
-def point(sender: Node, identity: crypto.Identity, *endpoints: str, seq: int = 1) -> None:
-    """Make ``sender`` believe ``identity``'s node is reachable at ``endpoints``."""
+async def point(sender: Node, identity: crypto.Identity, *endpoints: str, seq: int = 1) -> None:
+    """Make ``identity``'s node a neighbour of ``sender``, reachable at ``endpoints``."""
     now = sender.clock()
     address = crypto.sign_address(identity, seq=seq, endpoints=endpoints, exp=now + 3_600_000)
-    sender.data.peers.add(address, now=now)
-
-
-async def drain(node: Node) -> list[bytes]:
-    bodies = []
-    async for message in node.inbox(follow=False):
-        bodies.append(message.body)
-        await message.ack()
-    return bodies
+    await sender.add_peer_address(address)
 
 
 # -- 429: the receiver's store is full -----------------------------------------------
 
 
-async def test_429_retry_after_is_honoured_until_send_timeout(
+async def test_429_retry_after_is_honoured_until_the_frame_expires(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a = await memory_nodes.open("a", send_timeout=100)
+    a = await memory_nodes.open("a")
     b = await memory_nodes.open("b", max_inbox_bytes=10)
-    peer(a, b)
+    await peer(a, b)
+    posts = record(a)
     start = trio.current_time()
-    with pytest.raises(DeliveryFailed, match=r"after 4 attempts: 429 from .*quota of 10"):
-        await a.send(b.node_id, b"x" * 11)
-    # Attempts at 0, 30, 60 and 90 s; one more at 120 would pass the 100 s budget.
-    assert trio.current_time() - start == pytest.approx(90)
-    assert (a.statistics.send_requests, a.statistics.send_retries) == (4, 3)
-    assert a.statistics.send_failures == 1
+    sent = await a.send(b.node_id, b"x" * 11, ttl=100, receipt=True)
+    with trio.fail_after(200):
+        trace = await a.delivered(sent.id)
+    # Attempts at 0, 30, 60 and 90 s (b's Retry-After: 30); at 120 it has expired.
+    tries = [post for post in posts.to(b) if post.messages]
+    assert [post.at - start for post in tries] == pytest.approx([0, 30, 60, 90])
+    assert all(post.results is None for post in tries)
+    assert tries[0].problem is not None
+    assert "429 from http://b:8470/ptth/v1/frames" in tries[0].problem
+    assert "quota of 10" in tries[0].problem
     assert b.statistics.requests_refused == 4
-
-
-async def test_429_shorter_send_timeout_than_retry_after_fails_at_once(
-    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
-) -> None:
-    a = await memory_nodes.open("a", send_timeout=20)
-    b = await memory_nodes.open("b", max_inbox_bytes=10)
-    peer(a, b)
-    start = trio.current_time()
-    with pytest.raises(DeliveryFailed, match="unreachable for 20 s after 1 attempts: 429"):
-        await a.send(b.node_id, b"x" * 11)
-    assert trio.current_time() == start  # no point waiting 30 s with 20 s to go
+    # It expired in a's custody: dropped there, with the reason in its trace.
+    assert (trace.state, trace.by) == ("dropped", a.node_id)
+    assert trace.why is not None
+    assert trace.why.startswith(f"expired: expired at {a.node_id.short} (queued for ")
+    assert 100 <= trio.current_time() - start <= 100 + 15  # the next tick
+    assert a.store.statistics().queued_frames == 0
+    assert await drain(b) == []
 
 
 async def test_429_then_delivered_once_the_receiver_makes_room(
@@ -123,8 +118,9 @@ async def test_429_then_delivered_once_the_receiver_makes_room(
 ) -> None:
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b", max_inbox_bytes=10)
-    peer(a, b)
-    assert (await a.send(b.node_id, b"12345678")).ok
+    await peer(a, b)
+    with trio.fail_after(10):
+        await delivered(a, b, b"12345678")
     acked_at: list[float] = []
 
     async def make_room() -> None:
@@ -133,14 +129,17 @@ async def test_429_then_delivered_once_the_receiver_makes_room(
             await message.ack()
         acked_at.append(trio.current_time())
 
+    posts = record(a)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(make_room)
-        result = await a.send(b.node_id, b"12345")
-    assert result.outcome is mesh.Outcome.ACCEPTED
+        with trio.fail_after(60):
+            trace = await delivered(a, b, b"12345")
+    assert trace.hops == 1
     assert acked_at == [pytest.approx(start + 10)]
-    assert trio.current_time() - start == pytest.approx(30)  # Retry-After, not backoff
-    assert a.statistics.send_retries == 1
+    tries = [post for post in posts.to(b) if post.messages]
+    assert [post.at - start for post in tries] == pytest.approx([0, 30])  # Retry-After
+    assert [post.results is None for post in tries] == [True, False]
     assert await drain(b) == [b"12345"]
 
 
@@ -162,13 +161,15 @@ async def test_retry_after_values(
     low: float,
     high: float,
 ) -> None:
-    a = await memory_nodes.open("a", send_timeout=600)
+    a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
-    point(a, b.identity, front.url)
     front.target = b
     headers = [] if retry_after is None else [("retry-after", retry_after)]
     front.answers = [Response.text(429, "slow down", headers)]
-    assert (await a.send(b.node_id, b"hello")).ok
+    await point(a, b.identity, front.url)
+    await a.send(b.node_id, b"hello")
+    with trio.fail_after(600):
+        assert (await next_message(b)).body == b"hello"
     assert front.statuses == [429, 200]
     (gap,) = front.gaps
     assert low <= gap <= high
@@ -181,52 +182,56 @@ async def test_503_from_a_shutting_down_receiver_is_retried(
     memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    delivered = trio.Event()
-    results: list[mesh.Result] = []
-
-    async def send(dst: crypto.NodeId) -> None:
-        results.append(await a.send(dst, b"across a restart"))
-        delivered.set()
-
-    async with trio.open_nursery() as nursery:
-        async with memory_nodes.session("b") as b:
-            point(a, b.identity, front.url)
-            front.target = b
-            assert b.server is not None
-            b.server.shutdown()
-            nursery.start_soon(send, b.node_id)
-            await front.wait_for(2)
-        async with memory_nodes.session("b") as b:
-            front.target = b
-            await delivered.wait()
-            assert await drain(b) == [b"across a restart"]
-    assert results[0].outcome is mesh.Outcome.ACCEPTED
+    async with memory_nodes.session("b") as b:
+        front.target = b
+        assert b.server is not None
+        b.server.shutdown()
+        await point(a, b.identity, front.url)
+        await a.send(b.node_id, b"across a restart")
+        await front.wait_for(2)
+    async with memory_nodes.session("b") as b:
+        front.target = b
+        with trio.fail_after(30):
+            assert (await next_message(b)).body == b"across a restart"
+        assert await drain(b) == [b"across a restart"]
     assert front.statuses == [503, 503, 200]
     assert front.gaps == [pytest.approx(5), pytest.approx(5)]  # its Retry-After: 5
 
 
-# -- answers that are final, and answers that are not from the destination -----------
+# -- whole requests refused, and answers not from the destination ----------------------
 
 
-async def test_401_fails_at_once_without_retry(
+async def test_a_request_refused_whole_is_retried_with_back_off(
     memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
-    point(a, b.identity, front.url)
     front.target = b
     front.strip_signature = True  # b really answers: unsigned requests are refused
-    start = trio.current_time()
-    with pytest.raises(DeliveryFailed, match="refused the request: 401 request not authent"):
-        await a.send(b.node_id, b"unsigned")
-    assert front.statuses == [401]
-    assert (a.statistics.send_requests, a.statistics.send_retries) == (1, 0)
-    assert trio.current_time() == start
-    assert b.statistics.requests_refused == 1
+    posts = record(a)
+    await point(a, b.identity, front.url)
+    sent = await a.send(b.node_id, b"unsigned, then signed")
+    with trio.fail_after(60):
+        await front.wait_for(3)
+    # Not a refusal of the frame: the frames stay, the link backs off (0.2 s doubling).
+    front.strip_signature = False
+    with trio.fail_after(60):
+        assert (await next_message(b)).body == b"unsigned, then signed"
+    assert front.statuses == [401, 401, 401, 200]
+    for n, gap in enumerate(front.gaps):
+        assert 0.1 * 2**n <= gap <= 0.3 * 2**n
+    problem = posts.failures(b)[0].problem
+    assert problem is not None
+    assert f"{b.node_id.short} refused the request: 401 request not authenticated" in problem
+    assert b.statistics.requests_refused == 3
+    await trio.testing.wait_all_tasks_blocked()  # a has had b's answer
+    trace = await a.trace(sent.id)
+    assert trace is not None
+    assert (trace.state, trace.first_hop) == ("forwarded", b.node_id)
 
 
 @pytest.mark.parametrize("status", [400, 404, 413, 415])
-async def test_other_4xx_are_final(
+async def test_other_4xx_are_retried_too(
     memory_nodes: NodeFactory,
     front: Front,
     autojump_clock: trio.testing.MockClock,
@@ -234,27 +239,42 @@ async def test_other_4xx_are_final(
 ) -> None:
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
-    point(a, b.identity, front.url)
+    front.target = b
     front.answers = [Response.text(status, "no")]
-    with pytest.raises(DeliveryFailed, match=f"refused the request: {status} no"):
-        await a.send(b.node_id, b"x")
-    assert front.statuses == [status]
+    posts = record(a)
+    await point(a, b.identity, front.url)
+    await a.send(b.node_id, b"x")
+    with trio.fail_after(60):
+        assert (await next_message(b)).body == b"x"
+    assert front.statuses == [status, 200]
+    (failure,) = posts.failures(b)
+    assert failure.problem == f"{b.node_id.short} refused the request: {status} no"
 
 
-async def test_an_answer_not_signed_by_the_destination_is_retried_then_fails(
+async def test_an_answer_not_signed_by_the_destination_is_retried_until_expiry(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a = await memory_nodes.open("a", send_timeout=5)
+    a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
     c = await memory_nodes.open("c")
+    posts = record(a)
     # b's record points at c's endpoint (as if c had taken over b's old address).
-    point(a, b.identity, c.endpoints[0])
-    with pytest.raises(DeliveryFailed, match="bad answer from http://c:8470/ptth/v1/frames"):
-        await a.send(b.node_id, b"for b only")
-    attempts = a.statistics.send_requests
-    assert attempts >= 3
-    assert a.statistics.send_retries == attempts - 1
-    assert c.statistics.frames_rejected == attempts  # c saw them, and took none
+    await point(a, b.identity, c.endpoints[0])
+    sent = await a.send(b.node_id, b"for b only", ttl=60, receipt=True)
+    with trio.fail_after(120):
+        trace = await a.delivered(sent.id)
+    assert trace.state == "dropped"
+    assert trace.why is not None
+    assert trace.why.startswith(f"expired: expired at {a.node_id.short}")
+    failures = posts.failures(b)
+    assert len(failures) >= 5
+    assert all(post.results is None for post in posts.to(b))
+    assert all(
+        "bad answer from http://c:8470/ptth/v1/frames" in (post.problem or "") for post in failures
+    )
+    # c saw them, and took none (a stranger's frame for another node).
+    assert c.statistics.frames_rejected >= len(failures)
+    assert c.store.statistics().queued_frames == 0
     assert await drain(c) == []
     assert await drain(b) == []
 
@@ -264,12 +284,17 @@ async def test_an_answer_that_is_not_results_is_retried(
 ) -> None:
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
-    point(a, b.identity, front.url)
     front.target = b
     front.answers = [Response(200, [("content-type", "application/cbor")], b"\xa0")]
-    assert (await a.send(b.node_id, b"eventually")).ok
+    posts = record(a)
+    await point(a, b.identity, front.url)
+    await a.send(b.node_id, b"eventually")
+    with trio.fail_after(60):
+        assert (await next_message(b)).body == b"eventually"
     assert front.statuses == [200, 200]
-    assert a.statistics.send_retries == 1
+    (failure,) = posts.failures(b)
+    assert failure.problem is not None
+    assert failure.problem.startswith(f"bad answer from {front.url}/ptth/v1/frames")
     assert await drain(b) == [b"eventually"]
 
 
@@ -283,14 +308,18 @@ async def test_endpoints_rotate_on_failure(
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
     dead_ends = [f"http://nobody-{n}:8470" for n in range(dead)]
-    point(a, b.identity, *dead_ends, b.endpoints[0])
     start = trio.current_time()
-    assert (await a.send(b.node_id, b"the long way")).ok
+    await point(a, b.identity, *dead_ends, b.endpoints[0])
+    await a.send(b.node_id, b"the long way")  # in one batch with a's greeting
+    with trio.fail_after(10):
+        await next_message(b)
     # Each dead endpoint is tried once, at once (no backoff within a round) ...
     assert (a.statistics.send_requests, a.statistics.send_retries) == (dead + 1, 0)
     assert trio.current_time() - start < a.config.retry_initial
     # ... and the next batch starts at the endpoint that answered.
-    assert (await a.send(b.node_id, b"straight there")).ok
+    await a.send(b.node_id, b"straight there")
+    with trio.fail_after(10):
+        await messages(b, 2)
     assert a.statistics.send_requests == dead + 2
     assert await drain(b) == [b"the long way", b"straight there"]
 
@@ -300,8 +329,10 @@ async def test_the_first_endpoint_is_tried_first(
 ) -> None:
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
-    point(a, b.identity, b.endpoints[0], front.url)
-    assert (await a.send(b.node_id, b"direct")).ok
+    await point(a, b.identity, b.endpoints[0], front.url)
+    await a.send(b.node_id, b"direct")
+    with trio.fail_after(10):
+        await next_message(b)
     assert front.log == []
     assert (a.statistics.send_requests, a.statistics.send_retries) == (1, 0)
 
@@ -309,73 +340,99 @@ async def test_the_first_endpoint_is_tried_first(
 # -- batches -------------------------------------------------------------------------
 
 
-def _foreign(a: Node, b: Node, kind: str) -> mesh.WireFrame:
-    """A frame ``b`` refuses, for a reason chosen by ``kind``."""
-    now = a.clock()
-    if kind == "no-route":
-        frame = a.new_frame(crypto.Identity.generate().node_id, b"not for b")
-        return mesh.WireFrame(0, frame.seal(a.identity))
-    if kind == "expired":
-        frame = dataclasses.replace(a.new_frame(b.node_id, b"stale"), ts=now - 20, exp=now - 10)
-        return mesh.WireFrame(0, frame.seal(a.identity))
-    assert kind == "hop-limit"
-    frame = a.new_frame(b.node_id, b"too far")
-    return mesh.WireFrame(frame.hops, frame.seal(a.identity))
+def _bad(a: Node, b: Node, c: Node, kind: str) -> tuple[crypto.Frame, bytes]:
+    """A frame of ``a``'s that ``b`` refuses, for the reason ``kind``."""
+    if kind == "bad-signature":
+        frame = a.new_frame(b.node_id, b"tampered", receipt=True)
+        envelope = bytearray(frame.seal(a.identity))
+        envelope[-1] ^= 1
+        return frame, bytes(envelope)
+    if kind == "hop-limit":  # one hop allowed: b may take it, not pass it on
+        frame = dataclasses.replace(a.new_frame(c.node_id, b"too far", receipt=True), hops=1)
+        return frame, frame.seal(a.identity)
+    assert kind == "policy"  # b forwards nothing
+    frame = a.new_frame(c.node_id, b"not through b", receipt=True)
+    return frame, frame.seal(a.identity)
 
 
-@pytest.mark.parametrize("kind", ["no-route", "expired", "hop-limit"])
-async def test_one_rejected_frame_fails_only_its_own_send(
-    memory_nodes: NodeFactory, kind: str
+@pytest.mark.parametrize("kind", ["bad-signature", "hop-limit", "policy"])
+async def test_one_refused_frame_in_a_batch_is_dropped_alone(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b", forward_policy="off" if kind == "policy" else "neighbours")
+    c = await memory_nodes.open("c")
+    await peer(a, b)
+    await peer(b, c)
+    with trio.fail_after(60):  # settled (delivered, or dropped by policy): a knows c
+        await a.delivered((await a.send(c.node_id, b"warm-up", receipt=True)).id)
+    posts = record(a)
+    good = [a.new_frame(b.node_id, b"%d" % n, receipt=True) for n in range(6)]
+    bad, bad_envelope = _bad(a, b, c, kind)
+    batch = [(frame, frame.seal(a.identity)) for frame in good]
+    batch.insert(3, (bad, bad_envelope))
+    sent = await a.send_sealed(batch)
+    assert [s.next_hop for s in sent] == [b.node_id] * 7
+    with trio.fail_after(60):
+        traces = [await a.delivered(s.id) for s in sent]
+    (post,) = [post for post in posts.to(b) if post.messages]  # one batch carried all
+    assert len([kind for kind in post.kinds if kind != "ann"]) == 7
+    assert post.results is not None
+    assert [r.code for r in post.results if not r.ok] == [kind]
+    dropped = traces.pop(3)
+    assert [t.state for t in traces] == ["delivered"] * 6
+    assert (dropped.state, dropped.by) == ("dropped", b.node_id)
+    assert dropped.why is not None
+    assert dropped.why.startswith(f"{kind}: refused by {b.node_id.short}: ")
+    assert sorted(await drain(b)) == sorted(b"%d" % n for n in range(6))
+    assert (a.statistics.sent_rejected, a.statistics.frames_dropped) == (
+        1 + (kind == "policy"),
+        1 + (kind == "policy"),
+    )
+    # Not retried: it left a's queue with its refusal.
+    await trio.sleep(120)
+    assert [p for p in posts.to(b) if bad_envelope in [w.envelope for w in p.frames]] == [post]
+    assert a.store.statistics().queued_frames == 0
+
+
+async def test_a_resent_frame_is_a_duplicate_not_an_error(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    peer(a, b)
-    results: dict[int, mesh.Result] = {}
-    failures: list[Rejected] = []
+    await peer(a, b)
+    frame = a.new_frame(b.node_id, b"once", receipt=True)
+    envelope = frame.seal(a.identity)
+    posts = record(a)
 
-    async def send(n: int) -> None:
-        results[n] = await a.send(b.node_id, b"%d" % n)
+    def outcomes() -> list[mesh.Outcome]:
+        return [
+            result.outcome
+            for post in posts.to(b)
+            for wire, result in zip(post.frames, post.results or (), strict=False)
+            if wire.envelope == envelope
+        ]
 
-    async def send_bad() -> None:
-        try:
-            await a.send_frame(b.node_id, _foreign(a, b, kind))
-        except Rejected as exc:
-            failures.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        for n in range(3):
-            nursery.start_soon(send, n)
-        nursery.start_soon(send_bad)
-        for n in range(3, 6):
-            nursery.start_soon(send, n)
-    assert a.statistics.send_requests == 1  # one batch carried all seven
-    (failure,) = failures
-    assert failure.code == kind
-    assert str(failure).endswith(f"({kind})")
-    assert sorted(results) == list(range(6))
-    assert all(r.outcome is mesh.Outcome.ACCEPTED for r in results.values())
-    assert sorted(await drain(b)) == sorted(b"%d" % n for n in range(6))
-    assert (a.statistics.sent_accepted, a.statistics.sent_rejected) == (6, 1)
-    assert (b.statistics.frames_accepted, b.statistics.frames_rejected) == (6, 1)
-
-
-async def test_a_resent_frame_is_a_duplicate_not_an_error(memory_nodes: NodeFactory) -> None:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    peer(a, b)
-    frame = a.new_frame(b.node_id, b"once")
-    wire = mesh.WireFrame(0, frame.seal(a.identity))
-    assert (await a.send_frame(b.node_id, wire)).outcome is mesh.Outcome.ACCEPTED
-    assert (await a.send_frame(b.node_id, wire)).outcome is mesh.Outcome.DUPLICATE
+    with trio.fail_after(10):
+        await a.send_sealed([(frame, envelope)])
+        assert (await a.delivered(frame.id)).state == "delivered"
+        # The same frame again (as after a crash between b's answer and a's commit).
+        await a.send_sealed([(frame, envelope)])
+        await posts.wait_for(lambda: len(outcomes()) == 2)
+    assert outcomes() == [mesh.Outcome.ACCEPTED, mesh.Outcome.DUPLICATE]
+    await trio.testing.wait_all_tasks_blocked()
     assert (a.statistics.sent_accepted, a.statistics.sent_duplicate) == (1, 1)
+    assert a.store.statistics().queued_frames == 0
     assert await drain(b) == [b"once"]
 
 
-@pytest.mark.parametrize(("waiting", "peak"), [(50, 1), (150, 2)])
-async def test_a_second_request_in_flight_only_when_a_full_batch_waits(
-    memory_nodes: NodeFactory, waiting: int, peak: int
+async def test_one_request_in_flight_per_neighbour(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
     b = await memory_nodes.open("b")
-    peer(a, b)
+    await peer(a, b)
+    with trio.fail_after(10):
+        await delivered(a, b, b"warm-up")  # greetings done
     assert b.server is not None
     inner = b.server.handler
     held = trio.Event()
@@ -397,12 +454,21 @@ async def test_a_second_request_in_flight_only_when_a_full_batch_waits(
             in_flight -= 1
 
     b.server.handler = counting
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(a.send, b.node_id, b"first, alone")
-        await held.wait()  # the first request is at b, held there
-        for i in range(waiting):
-            nursery.start_soon(a.send, b.node_id, b"%d" % i)
-        await trio.testing.wait_all_tasks_blocked()
-        release.set()
-    assert most == peak
-    assert a.statistics.sent_accepted == waiting + 1
+    posts = record(a)
+    await a.send(b.node_id, b"first, alone")
+    await held.wait()  # the first request is at b, held there
+    for i in range(150):
+        await a.send(b.node_id, b"%d" % i)
+    release.set()
+    with trio.fail_after(60):
+        await messages(b, 152)
+
+    def sizes() -> list[int]:
+        return [post.messages for post in posts.to(b) if post.results and post.messages]
+
+    with trio.fail_after(60):
+        await posts.wait_for(lambda: sum(sizes()) == 151)
+    assert most == 1
+    assert sizes()[0] == 1
+    assert max(sizes()) <= BATCH_SIZE
+    assert len(sizes()) == 3  # 1, then 100 and 50

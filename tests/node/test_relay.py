@@ -1,4 +1,4 @@
-"""Reverse HTTP (DESIGN.md §4): attaching to a relay, and everything a relay does.
+"""Reverse HTTP (docs/architecture.md): attaching to a relay, and everything a relay does.
 
 Most tests run on the in-memory network under the autojump clock, so leases, pings,
 poll holds and backoff pass in virtual time. Some play one side by hand (a fake relay,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -28,11 +29,19 @@ import mesh
 from crypto import _httpsig
 from node import MemoryNetwork, Node, Request, Response, Server, make_transport
 from node._attach import BACKOFF_MAX, RelayLink
-from node._fabric import REQUEST_COMPONENTS, sign_request, verify_request
-from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig
+from node._fabric import REQUEST_COMPONENTS, ReplayGuard, sign_request, verify_request
+from node._relay import (
+    ATTACH_PATH,
+    PING_PATH,
+    POLL_PREFIX,
+    REPLY_PREFIX,
+    RelayConfig,
+    RelayHost,
+    RelayService,
+)
 from node._server import PrefixedStream
 from node._wrap import decode_request, decode_response, encode_request, encode_response
-from tests.helpers import NodeFactory, peer
+from tests.helpers import NodeFactory, delivered, peer
 
 RELAY = "http://relay:8470"
 ATTACH_URL = RELAY + ATTACH_PATH
@@ -232,19 +241,23 @@ async def test_frames_through_the_relay(
     relay = await memory_nodes.open("relay")
     nat = await natted(memory_nodes, relay, relay_mode=mode)
     sender = await memory_nodes.open("sender")
-    peer(sender, nat)
+    await peer(sender, nat)
     # The relay URL comes first in the node's address: senders try it first.
     assert nat.endpoints[0] == relayed_url(nat)
     assert link_of(nat).status()["mode"] == mode
     assert link_of(nat).status()["base_url"] == relayed_url(nat)
 
-    result = await sender.send(nat.node_id, b"through the relay")
-    assert result.outcome is mesh.Outcome.ACCEPTED
+    with trio.fail_after(30):
+        await delivered(sender, nat, b"through the relay")
     assert await drain(nat) == [b"through the relay"]
+    # The sender tried the relay URL first, and it answered (the receipt may come
+    # back before that answer does: wait until nothing moves).
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.mesh.frame_client._preferred[nat.node_id] == relayed_url(nat)
     assert relay.relay_service is not None
     (entry,) = relay.relay_service.statistics()
     assert entry["node"] == nat.node_id.text
-    assert entry["requests"] == 1
+    assert entry["requests"] >= 1
 
     # The node checks the sender's RFC 9421 signature against the relay URL the sender
     # used: a request signed for the node's own address does not verify there.
@@ -409,12 +422,18 @@ async def fake_relay(
     """A relay played by hand: answers the attach with the 101 *and*, in the same
     write, a first request on the reversed connection; records what comes back."""
     (listener,) = await network.open_listeners("fakerelay", 8470)
-    async with listener:
+    async with listener, trio.open_nursery() as others:
         task_status.started()
-        stream = await listener.accept()
-        async with stream:
+        while True:
+            stream = await listener.accept()
             server = HandServer(stream)
             attach, _ = await server.next_request()
+            if attach.target == ATTACH_PATH.encode():
+                break
+            # The node's forwarder greeting its relay (a neighbour): not played here.
+            await stream.aclose()
+        others.start_soon(hang_up_on_everyone, listener)
+        async with stream:
             headers = [(k.decode().lower(), v.decode()) for k, v in attach.headers]
             result["attach"] = attach
             result["node"] = verify_request(
@@ -442,6 +461,12 @@ async def fake_relay(
                     result["status"] = event.status_code
                 elif isinstance(event, h11.EndOfMessage):
                     break
+        others.cancel_scope.cancel()
+
+
+async def hang_up_on_everyone(listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+    while True:
+        await (await listener.accept()).aclose()
 
 
 @pytest.mark.parametrize("preamble", [b"", b"HTTP/1.1 100 Continue\r\n\r\n"])
@@ -572,8 +597,8 @@ async def test_node_reattaches_after_the_relay_restarts(
     async with memory_nodes.session("relay") as relay:
         nat = await natted(memory_nodes, relay, connections=2, relay_mode=mode)
         sender = await memory_nodes.open("sender")
-        peer(sender, nat)
-        assert (await sender.send(nat.node_id, b"before")).ok
+        await peer(sender, nat)
+        await delivered(sender, nat, b"before")
     link = link_of(nat)
     await wait_until(lambda: link.status_info.connections == 0)
     await trio.sleep(20)  # the relay is down for 20 s; the node backs off meanwhile
@@ -586,9 +611,13 @@ async def test_node_reattaches_after_the_relay_restarts(
         assert trio.current_time() - back <= BACKOFF_MAX
         assert link.status_info.last_error is None
         assert link.status_info.mode == mode
-        assert (await sender.send(nat.node_id, b"after")).ok
+        await delivered(sender, nat, b"after")
+        # (The sender may take nat's own address now: on this network it answers.)
+        async with visitor(network_of(memory_nodes)) as client:
+            response = await client.get(relayed_url(nat, "/ptth/v1/address"))
+        assert response.status_code == 200
         assert relay.relay_service is not None
-        assert relay.relay_service.statistics()[0]["requests"] == 1
+        assert relay.relay_service.statistics()[0]["requests"] >= 1
     assert await drain(nat) == [b"before", b"after"]
 
 
@@ -820,8 +849,8 @@ async def test_connections_per_node_limit(
     assert link.status_info.connections == 1
     assert relay_connections(relay, nat.node_id) == 1
     sender = await memory_nodes.open("sender")
-    peer(sender, nat)
-    assert (await sender.send(nat.node_id, b"one is enough")).ok
+    await peer(sender, nat)
+    await delivered(sender, nat, b"one is enough")
     assert await drain(nat) == [b"one is enough"]
 
 
@@ -877,7 +906,7 @@ async def test_relaying_for_peers_only(
     link = link_of(nat)
     await wait_until(lambda: link.status_info.failures >= 1)
     assert "serves its peers only" in str(link.status_info.last_error)
-    peer(relay, nat)  # now it is one: the next attempt (after backoff) is let in
+    await peer(relay, nat)  # now it is one: the next attempt (after backoff) is let in
     with trio.fail_after(BACKOFF_MAX * 1.5):
         await link.wait_connected(2)
 
@@ -1127,8 +1156,8 @@ async def test_auto_mode_falls_back_to_long_poll_through_a_proxy(
         assert link.status()["base_url"] == relayed_url(nat, relay="http://proxy:8470")
         assert nat.endpoints[0] == relayed_url(nat, relay="http://proxy:8470")
         sender = await memory_nodes.open("sender")
-        peer(sender, nat)
-        assert (await sender.send(nat.node_id, b"via a proxy")).ok
+        await peer(sender, nat)
+        await delivered(sender, nat, b"via a proxy")
         assert await drain(nat) == [b"via a proxy"]
         assert link.status_info.failures == 0
 
@@ -1151,8 +1180,8 @@ async def test_auto_mode_tries_upgrade_again_when_it_reattaches(
         await wait_until(lambda: link.status()["mode"] == "upgrade")
         await link.wait_connected(2)
         sender = await memory_nodes.open("sender")
-        peer(sender, nat)
-        assert (await sender.send(nat.node_id, b"upgraded at last")).ok
+        await peer(sender, nat)
+        await delivered(sender, nat, b"upgraded at last")
         assert await drain(nat) == [b"upgraded at last"]
 
 
@@ -1395,9 +1424,9 @@ async def test_long_poll_mode(
     nat = await natted(memory_nodes, relay, relay_mode="long-poll", connections=2)
     echo_route(nat)
     sender = await memory_nodes.open("sender")
-    peer(sender, nat)
+    await peer(sender, nat)
     for i in range(3):
-        assert (await sender.send(nat.node_id, b"%d" % i)).ok
+        await delivered(sender, nat, b"%d" % i)
         await trio.sleep(40)  # idle polls come back 204 and are made again
     assert await drain(nat) == [b"0", b"1", b"2"]
     assert relay.relay_service is not None
@@ -1435,6 +1464,181 @@ async def test_handler_failure_over_long_poll_is_500(
         assert response.status_code == 200
 
 
+# -- attached and detached, as the relay reports it ----------------------------------------
+
+Events = list[tuple[crypto.NodeId, bool]]
+
+
+def attachment_events(relay: Node) -> Events:
+    """What ``relay`` tells its ``on_attachment`` from now on, in order."""
+    events: Events = []
+    assert relay.relay_service is not None
+    relay.relay_service.on_attachment = lambda node, attached: events.append((node, attached))
+    return events
+
+
+async def test_on_attachment_in_upgrade_mode(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = RelayConfig()
+    async with memory_nodes.session("relay") as relay:
+        events = attachment_events(relay)
+        token = relay.address_token()
+        async with memory_nodes.session("nat", relays=(token,), relay_mode="upgrade") as nat:
+            await link_of(nat).wait_connected(2)
+            nat_id = nat.node_id
+            await trio.sleep(100)  # pings come and go
+            # Two connections, one attachment: reported once.
+            assert events == [(nat_id, True)]
+        # The node is gone. The relay notices at the latest when it next pings: when
+        # the last of the two connections is dropped, the node is detached.
+        gone = trio.current_time()
+        await wait_until(lambda: len(events) == 2)
+        assert events == [(nat_id, True), (nat_id, False)]
+        assert relay_connections(relay, nat_id) == 0
+        assert trio.current_time() - gone <= config.ping_interval + config.ping_timeout
+
+        # Back within the lease: attached again.
+        nat = await natted(memory_nodes, relay, connections=2, relay_mode="upgrade")
+        assert nat.node_id == nat_id
+        assert events[2:] == [(nat_id, True)]
+        async with visitor(network_of(memory_nodes)) as client:
+            response = await client.get(relayed_url(nat, "/ptth/v1/address"))
+            assert response.status_code == 200
+        assert events[2:] == [(nat_id, True)]
+    # The relay stops with the node attached: it reports it detached, once.
+    assert events[2:] == [(nat_id, True), (nat_id, False)]
+
+
+async def test_on_attachment_counts_connections_not_each(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    relay = await memory_nodes.open("relay")
+    events = attachment_events(relay)
+    network = network_of(memory_nodes)
+    identity = crypto.Identity.generate()
+    node = identity.node_id
+    first = await raw_attach(network, signed_attach_headers(identity))
+    second = await raw_attach(network, signed_attach_headers(identity))
+    assert first.status == second.status == 101
+    await wait_until(lambda: relay_connections(relay, node) == 2)
+    assert events == [(node, True)]
+
+    async def pong(request: Request) -> Response:
+        return Response(204)
+
+    async with trio.open_nursery() as nursery:
+        # The second connection answers the relay's pings; the first is hung up.
+        nursery.start_soon(functools.partial(Server(pong).serve_stream, second.stream))
+        await first.stream.aclose()
+        await wait_until(lambda: relay_connections(relay, node) == 1)
+        await trio.sleep(100)
+        assert relay_connections(relay, node) == 1
+        assert events == [(node, True)]
+        nursery.cancel_scope.cancel()  # (serving the second ends by closing it)
+    await wait_until(lambda: relay_connections(relay, node) == 0)
+    assert events == [(node, True), (node, False)]
+
+
+async def test_on_attachment_in_long_poll_mode(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = RelayConfig()
+    relay = await memory_nodes.open("relay", relay=config)
+    service = relay.relay_service
+    assert service is not None
+    events = attachment_events(relay)
+    token = relay.address_token()
+    for visit in (True, False):
+        async with memory_nodes.session("nat", relays=(token,), relay_mode="long-poll") as nat:
+            await link_of(nat).wait_connected(2)
+            nat_id = nat.node_id
+            await trio.sleep(200)  # polls held, answered 204 and made again
+            assert service.statistics()[0]["polling"] is True
+            # Two pollers, one session: reported once.
+            assert events[-1:] == [(nat_id, True)]
+            attachment = service.attachments[nat_id]
+        # The node is gone: its held polls end, and a lease later its session lapses.
+        # A relay node runs watch(): the lapse is reported when it happens.
+        assert events[-1:] == [(nat_id, True)]
+        await wait_until(lambda: events[-1:] == [(nat_id, False)])  # noqa: B023
+        assert not attachment.polling
+        assert trio.current_time() == pytest.approx(attachment.poll_deadline, abs=0.05)
+        if visit:
+            async with visitor(network_of(memory_nodes)) as client:
+                response = await client.get(relayed_url(nat_id, "/ptth/v1/address"))
+            assert response.status_code == 503  # the lease holds its URL space
+            assert "error=destination_unavailable" in proxy_status(response)
+    # Each lapse reported once (a visitor after it changes nothing).
+    assert events == [(nat_id, True), (nat_id, False)] * 2
+
+
+@dataclasses.dataclass
+class BareHost:
+    """All a relay needs of its host (:class:`RelayHost`); no Node at all."""
+
+    node_id: crypto.NodeId = dataclasses.field(
+        default_factory=lambda: crypto.Identity.generate().node_id
+    )
+    replay_guard: ReplayGuard = dataclasses.field(default_factory=ReplayGuard)
+    clock: Callable[[], int] = lambda: int(time.time() * 1000)
+
+    def peer_address(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
+        return None
+
+
+async def test_on_attachment_of_a_poll_session_by_hand(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: Events = []
+
+    def on_attachment(node: crypto.NodeId, attached: bool) -> None:
+        events.append((node, attached))
+        raise RuntimeError("a bug in the callback")
+
+    host: RelayHost = BareHost()
+    service = RelayService(host, RelayConfig(poll_hold=25), on_attachment=on_attachment)
+    identity = crypto.Identity.generate()
+    node = identity.node_id
+
+    async def attach() -> str:
+        headers = signed_attach_headers(identity, upgrade=None)
+        response = await service.handle(Request("POST", ATTACH_PATH, headers, b"", "hand"))
+        assert response.status == 200, response.body
+        return str(json.loads(response.body)["poll"])
+
+    async def poll(path: str) -> int:
+        response = await service.handle(Request("GET", path, [("host", "relay")], b"", "hand"))
+        return response.status
+
+    path = await attach()
+    assert events == [(node, True)]
+    # A failing callback is logged; the relay goes on.
+    assert "on_attachment(" in caplog.text
+    assert "a bug in the callback" in caplog.text
+    for _ in range(4):  # 100 s of polls
+        assert await poll(path) == 204
+    assert await attach() == path  # the same session: nothing to report
+    assert events == [(node, True)]
+
+    # A lease (60 s) after the last poll ended, the session has lapsed: reported when
+    # the relay next looks (here: statistics).
+    await trio.sleep(61)
+    assert events == [(node, True)]
+    assert service.statistics()[0]["polling"] is False
+    assert events == [(node, True), (node, False)]
+    assert service.statistics()[0]["polling"] is False
+    assert events == [(node, True), (node, False)]
+    # A poll on the lapsed session (still known within the lease) revives it.
+    assert await poll(path) == 204
+    assert events[2:] == [(node, True)]
+    # Shutting down reports every node detached; none is reported attached after.
+    service.shutdown()
+    assert events[2:] == [(node, True), (node, False)]
+    await attach()
+    assert events[4:] == []
+
+
 # -- real TCP ------------------------------------------------------------------------------
 
 
@@ -1444,9 +1648,14 @@ async def test_relay_on_loopback_tcp(tcp_nodes: NodeFactory) -> None:
     with trio.fail_after(10):
         await link_of(nat).wait_connected(2)
     sender = await tcp_nodes.open("sender")
-    peer(sender, nat)
+    await peer(sender, nat)
     assert nat.endpoints[0].startswith(relay.endpoints[0] + "/n/")
-    assert (await sender.send(nat.node_id, b"over loopback")).ok
-    assert await drain(nat) == [b"over loopback"]
+    await delivered(sender, nat, b"over loopback")
+    # A second frame goes in a later batch, once the first one's POST was answered.
+    await delivered(sender, nat, b"and again")
+    assert await drain(nat) == [b"over loopback", b"and again"]
+    # The relay URL comes first in nat's address, and it answered: the frames went
+    # through the relay (with the greetings, so more than one request).
+    assert sender.mesh.frame_client._preferred[nat.node_id] == nat.endpoints[0]
     assert relay.relay_service is not None
-    assert relay.relay_service.statistics()[0]["requests"] == 1
+    assert relay.relay_service.statistics()[0]["requests"] >= 1

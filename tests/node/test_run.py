@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,9 +45,9 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_node(data_dir: Path) -> Iterator[Running]:
+def running_node(data_dir: Path, *options: str) -> Iterator[Running]:
     process = subprocess.Popen(
-        [ptth_exe(), "--data-dir", str(data_dir), "run", "--listen", "127.0.0.1:0"],
+        [ptth_exe(), "--data-dir", str(data_dir), "run", "--listen", "127.0.0.1:0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -81,8 +82,10 @@ def test_two_processes_send_and_receive(tmp_path: Path) -> None:
         ptth(bob_dir, "peer", "add", alice.lines["address"])
         ptth(alice_dir, "peer", "add", bob.lines["address"])
 
-        sent = ptth(alice_dir, "send", bob_id, "hello from alice")
-        assert sent.stdout.startswith(f"delivered to {bob_id[:10]} (accepted), id ")
+        sent = ptth(alice_dir, "send", "--wait", "--timeout", "30", bob_id, "hello from alice")
+        custody, delivery = sent.stdout.splitlines()
+        assert re.fullmatch(rf"id [0-9a-f]{{32}}  in custody, next hop {bob_id[:10]}", custody)
+        assert re.fullmatch(rf"delivered to {bob_id[:10]} after 1 hops in \d+ ms", delivery)
 
         inbox = ptth(bob_dir, "inbox").stdout.splitlines()
         assert len(inbox) == 1
@@ -91,11 +94,16 @@ def test_two_processes_send_and_receive(tmp_path: Path) -> None:
 
         status = ptth(bob_dir, "status").stdout
         assert f"node      {bob_id}" in status
-        assert "received  1 accepted, 0 duplicate" in status
+        assert "inbox     0 messages, 0 bytes" in status
+        assert "peers     1" in status
+        assert re.search(r"^received  \d+ accepted, \d+ duplicate, 0 rejected", status, re.M)
 
-        unknown = ptth(alice_dir, "send", "a" * 52, "x", check=False)
-        assert unknown.returncode == 1
-        assert unknown.stderr.startswith("ptth: error: no address known for")
+        routes = ptth(alice_dir, "routes").stdout.splitlines()
+        assert [line.split()[:3] for line in routes[1:]] == [[bob_id, bob_id[:10], "1"]]
+
+        # A node nobody knows: held in custody, not an error.
+        unknown = ptth(alice_dir, "send", "a" * 52, "x")
+        assert unknown.stdout.endswith("  in custody, held: no route yet\n")
 
         again = subprocess.run(
             [ptth_exe(), "--data-dir", str(alice_dir), "run", "--listen", "127.0.0.1:0"],
@@ -113,6 +121,30 @@ def test_two_processes_send_and_receive(tmp_path: Path) -> None:
         f"ptth: error: no node is running for {bob_dir} "
         f"(start one with 'ptth run --data-dir {bob_dir}')"
     )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals")
+def test_forward_off_refuses_transit(tmp_path: Path) -> None:
+    a_dir, b_dir, c_dir = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    with (
+        running_node(a_dir) as a,
+        running_node(b_dir, "--forward", "off", "--announce-interval", "1h") as b,
+        running_node(c_dir, "--forward", "open", "--announce-interval", "10m") as c,
+    ):
+        ptth(a_dir, "peer", "add", b.lines["address"])
+        ptth(b_dir, "peer", "add", a.lines["address"])
+        ptth(b_dir, "peer", "add", c.lines["address"])
+        ptth(c_dir, "peer", "add", b.lines["address"])
+        # b passes announces on (c's reaches a), but no frames: a's frame for c is refused.
+        refused = ptth(
+            a_dir, "send", "--wait", "--timeout", "30", c.lines["node"], "for c", check=False
+        )
+        assert refused.returncode == 1, refused.stderr
+        b_short = b.lines["node"][:10]
+        assert refused.stderr == (
+            f"ptth: error: dropped by {b_short}: policy: refused by {b_short}: "
+            "this node does not forward frames for others\n"
+        )
 
 
 def test_listen_address_in_use(tmp_path: Path) -> None:

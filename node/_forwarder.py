@@ -1,0 +1,245 @@
+"""Per-neighbour forwarders: drain what is queued for one neighbour, in batches.
+
+A :class:`Forwarder` runs for each neighbour. It sends, in one ``POST
+/ptth/v1/frames``, the control frames waiting for the neighbour (announces: in memory,
+not stored) and up to a batch of the frames the store holds for it, oldest first. On
+the neighbour's signed answer it hands each frame's result to its host (which deletes
+what was taken and issues receipts for what was refused); on a failure (connection
+error, 429, 503, a bad answer) it asks the host how long to back off and keeps
+everything. It wakes when frames arrive for its neighbour (not before a back-off ends)
+and at once when the neighbour is heard from.
+
+:class:`FrameClient` is the HTTP side: one POST to one neighbour, trying its endpoints
+in turn (starting with the one that answered last), with the request signed and the
+answer's signature checked (RFC 9421; see :mod:`node._fabric`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import httpx
+import trio
+
+import crypto
+import mesh
+from node import _fabric
+from node._errors import DeliveryFailed
+
+__all__ = ["FRAMES_PATH", "Forwarder", "FrameClient", "PostFailed", "ForwarderHost"]
+
+log = logging.getLogger("ptth.node")
+
+FRAMES_PATH: Final = "/ptth/v1/frames"
+#: Frames per POST: ~100 is where httpx's per-request cost stops mattering (docs/architecture.md).
+BATCH_SIZE: Final = 100
+#: Bytes of envelopes per POST: well under the server's 16 MiB body limit, so a batch
+#: of large frames is never refused whole as too large.
+BATCH_BYTES: Final = 4 * 1024 * 1024
+#: Announces waiting for one neighbour: past this the oldest go (they are periodic).
+MAX_CONTROL_FRAMES: Final = 2000
+
+
+class PostFailed(Exception):
+    """A POST did not get an answer to act on; ``retry_after`` is the peer's word (s)."""
+
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.retry_after = retry_after
+
+
+class FrameClient:
+    """Posts batches of frames to neighbours over one pooled HTTP client."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        sign_request: Callable[[str, str, bytes], list[tuple[str, str]]],
+        clock: Callable[[], int],
+        on_request: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.sign_request = sign_request
+        self.clock = clock
+        self.on_request = on_request
+        self._preferred: dict[crypto.NodeId, str] = {}
+
+    async def post(
+        self, dst: crypto.NodeId, endpoints: Sequence[str], frames: Sequence[mesh.WireFrame]
+    ) -> list[mesh.Result]:
+        """POST ``frames`` to ``dst``, trying each endpoint once; return the results.
+
+        Raises :class:`PostFailed` if no endpoint gave an answer to act on, and
+        :class:`DeliveryFailed` if ``dst`` refused the whole request (4xx but 429).
+        """
+        body = mesh.encode_frames(frames)
+        preferred = self._preferred.get(dst)
+        ordered = list(endpoints)
+        if preferred in ordered:
+            ordered.remove(preferred)
+            ordered.insert(0, preferred)
+        problems: list[str] = []
+        retry_after: float | None = None
+        for endpoint in ordered:
+            url = endpoint.rstrip("/") + FRAMES_PATH
+            try:
+                results = await self._post_once(dst, url, body, len(frames))
+            except PostFailed as failure:
+                problems.append(failure.problem)
+                if failure.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, failure.retry_after)
+                continue
+            self._preferred[dst] = endpoint
+            return results
+        raise PostFailed("; ".join(problems) or "no endpoints", retry_after)
+
+    async def _post_once(
+        self, dst: crypto.NodeId, url: str, body: bytes, count: int
+    ) -> list[mesh.Result]:
+        headers = [
+            ("content-type", mesh.CONTENT_TYPE_FRAMES),
+            *self.sign_request("POST", url, body),
+        ]
+        digest = headers[1][1]
+        self.on_request()
+        try:
+            response = await self.client.post(url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise PostFailed(f"{type(exc).__name__} from {url}: {exc}") from exc
+        if response.status_code in (429, 503):
+            after = _retry_after(response.headers.get("retry-after"))
+            raise PostFailed(f"{response.status_code} from {url}: {response.text.strip()}", after)
+        if response.status_code != 200:
+            raise DeliveryFailed(
+                f"{dst.short} refused the request: {response.status_code} {response.text.strip()}"
+            )
+        try:
+            _fabric.verify_response(
+                200,
+                list(response.headers.multi_items()),
+                response.content,
+                expected=dst,
+                request_digest=digest,
+                now=self.clock() // 1000,
+            )
+            return mesh.decode_results(response.content, expected=count)
+        except crypto.CryptoError as exc:
+            # Not a receipt from dst: perhaps another node now holds that address.
+            raise PostFailed(f"bad answer from {url}: {exc}") from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), 300.0)
+
+
+class ForwarderHost(Protocol):
+    """What a forwarder needs from the node."""
+
+    frame_client: FrameClient
+
+    def endpoints_of(self, node: crypto.NodeId) -> Sequence[str]: ...
+
+    async def queued_for(self, node: crypto.NodeId, limit: int) -> list[mesh.Queued]: ...
+
+    async def handed_on(
+        self,
+        node: crypto.NodeId,
+        control: Sequence[mesh.WireFrame],
+        queued: Sequence[mesh.Queued],
+        results: Sequence[mesh.Result],
+    ) -> None: ...
+
+    async def post_failed(self, node: crypto.NodeId, problem: str, after: float | None) -> float:
+        """Note the failure; return the seconds to wait before trying again."""
+        ...
+
+
+class Forwarder:
+    """Drains what is queued for ``node`` (see the module docstring)."""
+
+    def __init__(self, host: ForwarderHost, node: crypto.NodeId) -> None:
+        self.host = host
+        self.node = node
+        self.control: list[mesh.WireFrame] = []
+        self.control_dropped = 0
+        self._data = trio.Event()  # frames arrived for the neighbour
+        self._now = trio.Event()  # try now, even during a back-off
+        self.retry_at = -math.inf  # trio time of the next attempt after a failure
+        self.sending = False
+
+    def add_control(self, wires: Sequence[mesh.WireFrame]) -> None:
+        """Queue announces (in memory); the oldest go past :data:`MAX_CONTROL_FRAMES`."""
+        self.control.extend(wires)
+        if len(self.control) > MAX_CONTROL_FRAMES:
+            excess = len(self.control) - MAX_CONTROL_FRAMES
+            self.control_dropped += excess
+            del self.control[:excess]
+        self.poke()
+
+    def poke(self) -> None:
+        """Frames arrived for the neighbour."""
+        self._data.set()
+
+    def wake(self) -> None:
+        """Try now: the neighbour was heard from (ends a back-off)."""
+        self.retry_at = -math.inf
+        self._now.set()
+        self._data.set()
+
+    async def run(self) -> None:
+        while True:
+            if trio.current_time() < self.retry_at:
+                with trio.move_on_at(self.retry_at):
+                    await self._now.wait()
+                self._now = trio.Event()
+                continue
+            self._data = trio.Event()
+            self._now = trio.Event()
+            sent = await self._send_one_batch()
+            if not sent:
+                await self._data.wait()
+
+    async def _send_one_batch(self) -> bool:
+        """Send one batch; return False if there was nothing to send (or nowhere to)."""
+        endpoints = self.host.endpoints_of(self.node)
+        if not endpoints:
+            return False  # wait for an address to be learned (poke wakes us)
+        control = self.control[:BATCH_SIZE]
+        queued = await self.host.queued_for(self.node, BATCH_SIZE - len(control))
+        if not control and not queued:
+            return False
+        size = sum(len(wire.envelope) for wire in control)
+        for index, item in enumerate(queued):
+            size += item.size
+            if size > BATCH_BYTES and index > 0:
+                queued = queued[:index]  # the rest goes in the next batch
+                break
+        del self.control[: len(control)]
+        frames = [*control, *(item.wire for item in queued)]
+        self.sending = True
+        try:
+            results = await self.host.frame_client.post(self.node, endpoints, frames)
+        except (PostFailed, DeliveryFailed) as failure:
+            problem = failure.problem if isinstance(failure, PostFailed) else str(failure)
+            after = failure.retry_after if isinstance(failure, PostFailed) else None
+            # Announces are periodic: those that did not go are put back in front.
+            self.control[:0] = control
+            wait = await self.host.post_failed(self.node, problem, after)
+            self.retry_at = trio.current_time() + wait
+            return True
+        finally:
+            self.sending = False
+        await self.host.handed_on(
+            self.node, control, queued, results[len(control) :] if control else results
+        )
+        if control:
+            for wire, result in zip(control, results[: len(control)], strict=True):
+                if not result.ok:
+                    log.debug("%s refused an announce: %s %s", self.node.short, result.code, wire)
+        return True

@@ -1,0 +1,646 @@
+"""The mesh runtime: drives :class:`mesh.Router` and :class:`mesh.Store` with I/O.
+
+* **Custody.** :meth:`MeshRuntime.send` seals a ``msg`` frame, asks the router for its
+  next hop, commits it to the store (queued for that hop, or held with no route) and
+  returns the frame id: from then on the frame survives a crash of this node.
+* **Intake.** :meth:`MeshRuntime.receive` takes the frames a neighbour POSTed: each is
+  verified (:func:`mesh.admit`), announces update the routes (and are flooded on),
+  ``msg`` and ``rcpt`` frames are delivered here or queued for their next hop, all in
+  one transaction, before the neighbour is answered.
+* **Forwarding.** One :class:`node._forwarder.Forwarder` per neighbour drains its
+  queue. A frame refused by the next hop is dropped with a signed ``rcpt`` back to
+  its origin; so is one that expires here.
+* **Announces.** This node's ``ann`` frame goes to every neighbour at start, to each new
+  neighbour with the routes held, and every ``announce_interval`` (with jitter).
+* **Timers.** Routes expire, expired frames are dropped with receipts, peers added by
+  the CLI are noticed; the routing table is saved a second after it changes.
+
+It performs the router's actions (:class:`mesh.Reroute`, :class:`mesh.Flood`,
+:class:`mesh.Greet`, :class:`mesh.Wake`); every decision is the router's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final
+
+import trio
+
+import crypto
+import mesh
+from node._errors import NodeError
+from node._forwarder import Forwarder, FrameClient
+
+__all__ = ["MeshConfig", "MeshRuntime", "NodeStatistics"]
+
+log = logging.getLogger("ptth.node")
+
+#: Frames verified inline; a bigger batch is verified in a worker thread (the GIL is
+#: released by libsodium, so the second core helps).
+_INLINE_VERIFY: Final = 8
+#: How often routes expire, expired frames are swept and the table is saved (s).
+TICK_INTERVAL: Final = 15.0
+#: How soon after a change the routing table is saved (s).
+ROUTES_SAVE_DELAY: Final = 1.0
+
+
+RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    hops: int
+    frame_ttl: float
+    announce_interval: float
+    router: mesh.RouterConfig
+
+
+@dataclasses.dataclass
+class NodeStatistics:
+    """Counters since start. ``frames_*`` are inbound, ``sent_*`` outbound (per hop)."""
+
+    requests_refused: int = 0
+    frames_accepted: int = 0
+    frames_duplicate: int = 0
+    frames_rejected: int = 0
+    frames_forwarded: int = 0
+    frames_held: int = 0
+    frames_dropped: int = 0
+    receipts_sent: int = 0
+    #: Drop receipts this node could not queue (its store was full).
+    receipts_lost: int = 0
+    announces_sent: int = 0
+    announces_received: int = 0
+    sent_accepted: int = 0
+    sent_duplicate: int = 0
+    sent_rejected: int = 0
+    send_failures: int = 0
+    send_requests: int = 0
+    send_retries: int = 0
+
+
+class MeshRuntime:
+    """One node's mesh: see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        identity: crypto.Identity,
+        store: mesh.Store,
+        config: MeshConfig,
+        clock: Callable[[], int],
+        rng: random.Random,
+        new_id: Callable[[], bytes],
+        run_blocking: RunBlocking,
+        own_address: Callable[[], crypto.SignedAddress],
+        peer_addresses: Callable[[], Iterable[crypto.SignedAddress]],
+    ) -> None:
+        self.identity = identity
+        self.local = identity.node_id
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.new_id = new_id
+        self.run_blocking = run_blocking
+        self.own_address = own_address
+        self.peer_addresses = peer_addresses
+        self.router = mesh.Router(self.local, rng=rng, config=config.router)
+        self.statistics = NodeStatistics()
+        self.frame_client: FrameClient  # set by start()
+        self.forwarders: dict[crypto.NodeId, Forwarder] = {}
+        #: Address records: peers' (from the data directory), relays', learned ones.
+        self.addresses: dict[crypto.NodeId, crypto.SignedAddress] = {}
+        self._peers: set[crypto.NodeId] = set()
+        self._nursery: trio.Nursery | None = None
+        self._outcomes: dict[bytes, trio.Event] = {}
+        self.inbox_changed = trio.Event()
+        self._routes_dirty = trio.Event()
+
+    # -- life -------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        frame_client: FrameClient,
+        relays: Sequence[crypto.SignedAddress],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the forwarders, announces and timers until cancelled."""
+        self.frame_client = frame_client
+        now = self.clock()
+        routes = await self.run_blocking(lambda: self.store.load_routes(now=now))
+        learned = await self.run_blocking(lambda: self.store.addresses(now=now))
+        for address in learned:
+            self._keep_address(address)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for relay in relays:
+                self._keep_address(relay)
+                await self._apply(self.router.add_neighbour(relay.node, mesh.Role.RELAY, now))
+            await self.refresh_peers()
+            for route in routes:
+                if self.router.is_neighbour(route.via):
+                    self.router.table.learn(route)
+            # Whatever was queued before a restart goes where the routes say now.
+            pairs = await self.run_blocking(self.store.queued_destinations)
+            await self._apply(
+                [
+                    mesh.Reroute(dst, self.router.next_hop(dst, now))
+                    for dst in sorted({dst for dst, _ in pairs}, key=lambda n: n.raw)
+                ]
+            )
+            for _, hop in pairs:
+                if hop is not None:
+                    self._forwarder(hop).poke()
+            nursery.start_soon(self._announce_loop)
+            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._save_loop)
+            task_status.started()
+
+    def _forwarder(self, node: crypto.NodeId) -> Forwarder:
+        forwarder = self.forwarders.get(node)
+        if forwarder is None:
+            assert self._nursery is not None
+            forwarder = self.forwarders[node] = Forwarder(self, node)
+            self._nursery.start_soon(forwarder.run)
+        return forwarder
+
+    # -- neighbours and addresses -----------------------------------------------------
+
+    def _keep_address(self, address: crypto.SignedAddress) -> bool:
+        held = self.addresses.get(address.node)
+        if held is not None and held.record.seq >= address.record.seq:
+            return False
+        self.addresses[address.node] = address
+        forwarder = self.forwarders.get(address.node)
+        if forwarder is not None:
+            forwarder.poke()  # it may have been waiting for an address
+        return True
+
+    def endpoints_of(self, node: crypto.NodeId) -> Sequence[str]:
+        address = self.addresses.get(node)
+        if address is None or address.record.exp <= self.clock():
+            return ()
+        return address.record.endpoints
+
+    async def refresh_peers(self) -> None:
+        """Make the peers in the data directory neighbours (and forget removed ones)."""
+        now = self.clock()
+        current: set[crypto.NodeId] = set()
+        for address in self.peer_addresses():
+            if address.record.exp <= now or address.node == self.local:
+                continue
+            current.add(address.node)
+            self._keep_address(address)
+        actions: list[mesh.Action] = []
+        for node in sorted(current - self._peers, key=lambda n: n.raw):
+            actions += self.router.add_neighbour(node, mesh.Role.PEER, now)
+        for node in sorted(self._peers - current, key=lambda n: n.raw):
+            actions += self.router.remove_neighbour(node, mesh.Role.PEER, now)
+        self._peers = current
+        await self._apply(actions)
+
+    async def add_peer(self, address: crypto.SignedAddress) -> None:
+        """``address`` was just stored as a peer: greet it now."""
+        self._keep_address(address)
+        if address.node not in self._peers:
+            self._peers.add(address.node)
+            await self._apply(self.router.add_neighbour(address.node, mesh.Role.PEER, self.clock()))
+
+    async def attachment_changed(self, node: crypto.NodeId, attached: bool) -> None:
+        """A node attached to this one as its relay (or detached)."""
+        now = self.clock()
+        if attached:
+            await self._apply(self.router.add_neighbour(node, mesh.Role.ATTACHED, now))
+        else:
+            await self._apply(self.router.remove_neighbour(node, mesh.Role.ATTACHED, now))
+
+    # -- actions ----------------------------------------------------------------------
+
+    async def _apply(self, actions: Sequence[mesh.Action]) -> None:
+        for action in actions:
+            if isinstance(action, mesh.Reroute):
+                dst, hop = action.dst, action.next_hop
+                moved = await self.run_blocking(functools.partial(self.store.reroute, dst, hop))
+                if moved:
+                    log.info(
+                        "rerouted %d frames for %s via %s",
+                        moved,
+                        dst.short,
+                        hop.short if hop else "nobody (held)",
+                    )
+                    if hop is not None:
+                        self._forwarder(hop).poke()
+                self._routes_dirty.set()
+            elif isinstance(action, mesh.Flood):
+                for node in action.to:
+                    self._forwarder(node).add_control([action.wire])
+            elif isinstance(action, mesh.Greet):
+                now = self.clock()
+                frames = [
+                    self._own_announce(now, hello=action.hello),
+                    *self.router.greeting(action.node, now),
+                ]
+                self.statistics.announces_sent += 1
+                self._forwarder(action.node).add_control(frames)
+            elif isinstance(action, mesh.Wake):
+                self._forwarder(action.node).wake()
+
+    # -- announces --------------------------------------------------------------------
+
+    def _own_announce(self, now: int, *, hello: bool = False) -> mesh.WireFrame:
+        frame = crypto.Frame(
+            kind=crypto.Kind.ANN,
+            src=self.local,
+            id=self.new_id(),
+            ts=now,
+            exp=now + self.config.router.route_ttl_ms,
+            hops=self.config.hops,
+            body=self.own_address().envelope,
+            hello=True if hello else None,
+        )
+        return mesh.WireFrame(0, frame.seal(self.identity))
+
+    def announce(self) -> None:
+        """Send this node's announce to every neighbour now."""
+        now = self.clock()
+        wire = self._own_announce(now)
+        for link in self.router.links:
+            self._forwarder(link.node).add_control([wire])
+            self.statistics.announces_sent += 1
+
+    async def _announce_loop(self) -> None:
+        interval = self.config.announce_interval
+        # Neighbours known at start were greeted (our announce and our routes) already.
+        while True:
+            await trio.sleep(interval * self.rng.uniform(0.75, 1.25))
+            self.announce()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(TICK_INTERVAL)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Expire routes, notice peers added or removed, drop expired frames with
+        receipts."""
+        now = self.clock()
+        await self._apply(self.router.tick(now))
+        await self.refresh_peers()
+        while True:
+            expired = await self.run_blocking(lambda: self.store.take_expired(now=now))
+            for item in expired:
+                where = f"queued for {item.next_hop.short}" if item.next_hop else "held, no route"
+                await self._dropped(item, "expired", f"expired at {self.local.short} ({where})")
+            if len(expired) < 1000:
+                break
+
+    async def _save_loop(self) -> None:
+        """Save the routing table soon after it changes, so a node killed and restarted
+        routes at once (the table is rebuilt by announces otherwise)."""
+        try:
+            while True:
+                await self._routes_dirty.wait()
+                await trio.sleep(ROUTES_SAVE_DELAY)  # one save for a burst of changes
+                self._routes_dirty = trio.Event()
+                await self.run_blocking(
+                    functools.partial(self.store.save_routes, self.router.table.all_routes())
+                )
+        finally:
+            if self._routes_dirty.is_set():
+                # Stopping within a second of a change: save it now, or the restarted
+                # node would route with a table older than the one it had.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.run_blocking(
+                            functools.partial(
+                                self.store.save_routes, self.router.table.all_routes()
+                            )
+                        )
+                    except mesh.MeshError as exc:
+                        log.warning("could not save the routing table: %s", exc)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def new_frame(
+        self,
+        dst: crypto.NodeId,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        ttl: float | None = None,
+        receipt: bool = False,
+    ) -> crypto.Frame:
+        """A ``msg`` frame from this node to ``dst``."""
+        now = self.clock()
+        lifetime = int((ttl if ttl is not None else self.config.frame_ttl) * 1000)
+        return crypto.Frame(
+            kind=crypto.Kind.MSG,
+            src=self.local,
+            id=self.new_id(),
+            ts=now,
+            exp=now + lifetime,
+            hops=self.config.hops,
+            dst=dst,
+            body=body,
+            ct=ct,
+            rr=True if receipt else None,
+        )
+
+    async def send_frames(
+        self, frames: Sequence[tuple[crypto.Frame, bytes]]
+    ) -> list[crypto.NodeId | None]:
+        """Take custody of sealed frames of ours; return each one's next hop (None: held).
+
+        Raises :class:`mesh.StoreFull` if a quota is reached (nothing was taken).
+        """
+        now = self.clock()
+        outgoing = []
+        hops: list[crypto.NodeId | None] = []
+        for frame, envelope in frames:
+            assert frame.dst is not None
+            if frame.dst == self.local:
+                raise NodeError("a node cannot send to itself")
+            hop = self.router.next_hop(frame.dst, now)
+            hops.append(hop)
+            outgoing.append(mesh.Outgoing.of(frame, envelope, hops=0, next_hop=hop))
+        receipts = [bool(frame.rr) for frame, _ in frames]
+        await self.run_blocking(lambda: self.store.enqueue(outgoing, now=now, receipts=receipts))
+        for hop in set(hops):
+            if hop is not None:
+                self._forwarder(hop).poke()
+            else:
+                self.statistics.frames_held += 1
+        return hops
+
+    def outcome_event(self, frame_id: bytes) -> trio.Event:
+        """An event set when a receipt (or a drop here) settles frame ``frame_id``."""
+        event = self._outcomes.get(frame_id)
+        if event is None:
+            event = self._outcomes[frame_id] = trio.Event()
+        return event
+
+    def _settled(self, frame_id: bytes) -> None:
+        event = self._outcomes.pop(frame_id, None)
+        if event is not None:
+            event.set()
+
+    def release_waiters(self) -> None:
+        """Wake everyone waiting for an outcome (the node stops: none will come)."""
+        outcomes, self._outcomes = self._outcomes, {}
+        for event in outcomes.values():
+            event.set()
+
+    # -- forwarder host ---------------------------------------------------------------
+
+    async def queued_for(self, node: crypto.NodeId, limit: int) -> list[mesh.Queued]:
+        if limit <= 0:
+            return []
+        now = self.clock()
+        batch: list[mesh.Queued] = await self.run_blocking(
+            lambda: self.store.batch(node, now=now, limit=limit)
+        )
+        return batch
+
+    async def handed_on(
+        self,
+        node: crypto.NodeId,
+        control: Sequence[mesh.WireFrame],
+        queued: Sequence[mesh.Queued],
+        results: Sequence[mesh.Result],
+    ) -> None:
+        now = self.clock()
+        await self._apply(self.router.sent_ok(node, now))
+        taken = []
+        refused = []
+        for item, result in zip(queued, results, strict=True):
+            if result.outcome is mesh.Outcome.ACCEPTED:
+                self.statistics.sent_accepted += 1
+                taken.append(item.seq)
+            elif result.outcome is mesh.Outcome.DUPLICATE:
+                self.statistics.sent_duplicate += 1
+                taken.append(item.seq)
+            else:
+                self.statistics.sent_rejected += 1
+                refused.append((item, result))
+        if taken:
+            await self.run_blocking(lambda: self.store.forwarded(taken, first_hop=node, now=now))
+            self.statistics.frames_forwarded += len(taken)
+        for item, result in refused:
+            await self.run_blocking(functools.partial(self.store.remove, [item.seq]))
+            await self._dropped(
+                item, str(result.code), f"refused by {node.short}: {result.words}", by=node
+            )
+
+    async def post_failed(self, node: crypto.NodeId, problem: str, after: float | None) -> float:
+        self.statistics.send_retries += 1
+        now = self.clock()
+        wait_ms, actions = self.router.send_failed(
+            node, now, problem, retry_after_ms=None if after is None else int(after * 1000)
+        )
+        log.info("retrying %s in %.1f s: %s", node.short, wait_ms / 1000, problem)
+        await self._apply(actions)
+        return wait_ms / 1000
+
+    async def _dropped(
+        self, item: mesh.Queued, code: str, words: str, *, by: crypto.NodeId | None = None
+    ) -> None:
+        """A frame was dropped here: tell its origin (a receipt, or our own trace)."""
+        self.statistics.frames_dropped += 1
+        why = f"{code}: {words}"[: crypto.MAX_WHY_LENGTH]
+        log.info("dropped frame %s from %s: %s", item.id.hex()[:12], item.src.short, why)
+        if item.kind is not crypto.Kind.MSG:
+            return  # no receipts about receipts
+        now = self.clock()
+        if item.src == self.local:
+            dropper = by or self.local
+            await self.run_blocking(
+                lambda: self.store.record_outcome(item.id, "dropped", by=dropper, why=why, now=now)
+            )
+            self._settled(item.id)
+            return
+        receipt = self._receipt(item.src, item.id, "dropped", why=why, now=now)
+        try:
+            await self.run_blocking(lambda: self.store.enqueue([receipt], now=now))
+        except mesh.MeshError as exc:
+            # Counted and logged: the frame itself was already gone.
+            self.statistics.receipts_lost += 1
+            log.warning("could not queue a drop receipt for %s: %s", item.src.short, exc)
+            return
+        self.statistics.receipts_sent += 1
+        if receipt.next_hop is not None:
+            self._forwarder(receipt.next_hop).poke()
+
+    def _receipt(
+        self,
+        origin: crypto.NodeId,
+        ref: bytes,
+        state: str,
+        *,
+        now: int,
+        why: str | None = None,
+        hops: int | None = None,
+    ) -> mesh.Outgoing:
+        frame = crypto.Frame(
+            kind=crypto.Kind.RCPT,
+            src=self.local,
+            id=self.new_id(),
+            ts=now,
+            exp=now + int(self.config.frame_ttl * 1000),
+            hops=self.config.hops,
+            dst=origin,
+            ref=ref,
+            st=state,
+            why=why,
+            n=hops,
+        )
+        return mesh.Outgoing.of(
+            frame, frame.seal(self.identity), hops=0, next_hop=self.router.next_hop(origin, now)
+        )
+
+    # -- intake -----------------------------------------------------------------------
+
+    async def receive(
+        self, items: list[mesh.WireFrame | mesh.Result], sender: crypto.NodeId, now: int
+    ) -> list[mesh.Result]:
+        """Take the frames ``sender`` POSTed; a result per item.
+
+        Raises :class:`mesh.StoreFull` (answer 429: nothing was taken) and
+        :class:`mesh.MeshError` (503) from the store.
+        """
+
+        def check() -> list[mesh.Admitted | mesh.Result]:
+            return [
+                item if isinstance(item, mesh.Result) else mesh.admit(item, now=now)
+                for item in items
+            ]
+
+        checked = check() if len(items) <= _INLINE_VERIFY else await self.run_blocking(check)
+        await self._apply(self.router.heard_from(sender, now))
+        results: list[mesh.Result | None] = []
+        intakes: list[mesh.Intake] = []
+        actions: list[mesh.Action] = []
+        learned: list[crypto.SignedAddress] = []
+        for item in checked:
+            if isinstance(item, mesh.Result):
+                results.append(item)
+                continue
+            kind = item.frame.kind
+            if kind is crypto.Kind.ANN:
+                self.statistics.announces_received += 1
+                result, address, more = self.router.on_announce(item, sender, now)
+                actions += more
+                if result.outcome is mesh.Outcome.ACCEPTED:
+                    self._routes_dirty.set()
+                if address is not None and self._keep_address(address):
+                    learned.append(address)
+                results.append(result)
+                continue
+            decision = self.router.classify(item, sender, now)
+            if isinstance(decision, mesh.Result):
+                results.append(decision)
+                continue
+            receipt = None
+            frame = item.frame
+            if isinstance(decision, mesh.Deliver) and frame.rr:
+                receipt = self._receipt(frame.src, frame.id, "delivered", now=now, hops=item.hops)
+            intakes.append(mesh.Intake(item, decision, sender, receipt))
+            results.append(None)
+        stored: list[mesh.Result] = []
+        if intakes:
+            stored = await self.run_blocking(lambda: self.store.accept(intakes, now=now))
+        stored_iter = iter(zip(intakes, stored, strict=True))
+        final: list[mesh.Result] = []
+        wake: set[crypto.NodeId] = set()
+        delivered = False
+        for pending in results:
+            if pending is None:
+                intake, result = next(stored_iter)
+                if result.outcome is mesh.Outcome.ACCEPTED:
+                    if isinstance(intake.decision, mesh.Forward):
+                        if intake.decision.next_hop is None:
+                            self.statistics.frames_held += 1
+                        else:
+                            wake.add(intake.decision.next_hop)
+                    elif intake.admitted.frame.kind is crypto.Kind.RCPT:
+                        ref = intake.admitted.frame.ref
+                        assert ref is not None
+                        self._settled(ref)
+                    else:
+                        delivered = True
+                        if intake.receipt is not None:
+                            self.statistics.receipts_sent += 1
+                            if intake.receipt.next_hop is not None:
+                                wake.add(intake.receipt.next_hop)
+            else:
+                result = pending
+            final.append(result)
+            if result.outcome is mesh.Outcome.ACCEPTED:
+                self.statistics.frames_accepted += 1
+            elif result.outcome is mesh.Outcome.DUPLICATE:
+                self.statistics.frames_duplicate += 1
+            else:
+                self.statistics.frames_rejected += 1
+                log.info(
+                    "rejected a frame from %s: %s: %s", sender.short, result.code, result.words
+                )
+        for node in wake:
+            self._forwarder(node).poke()
+        if delivered:
+            self.inbox_changed.set()
+            self.inbox_changed = trio.Event()
+        await self._apply(actions)
+        for address in learned:
+            await self.run_blocking(functools.partial(self.store.save_address, address))
+        return final
+
+    # -- views ------------------------------------------------------------------------
+
+    def routes(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {
+                "destination": route.dst.text,
+                "next_hop": route.via.text,
+                "hops": route.hops,
+                "age": None if not route.learned else round((now - route.learned) / 1000, 1),
+                "expires_in": None if not route.expires else round((route.expires - now) / 1000),
+                "direct": route.dst == route.via,
+            }
+            for route in self.router.routes(now)
+        ]
+
+    async def queues(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        stats: list[mesh.QueueStatistics] = await self.run_blocking(self.store.queues)
+        by_hop = {item.next_hop: item for item in stats}
+        rows = []
+        for hop in sorted(
+            set(by_hop) | {link.node for link in self.router.links},
+            key=lambda n: b"" if n is None else n.raw,
+        ):
+            item = by_hop.get(hop)
+            link = self.router.links.get(hop) if hop is not None else None
+            forwarder = self.forwarders.get(hop) if hop is not None else None
+            retry = None
+            if forwarder is not None and forwarder.retry_at > trio.current_time():
+                retry = round(forwarder.retry_at - trio.current_time(), 1)
+            rows.append(
+                {
+                    "next_hop": None if hop is None else hop.text,
+                    "frames": item.frames if item else 0,
+                    "bytes": item.bytes if item else 0,
+                    "oldest_age": None if item is None else round((now - item.oldest) / 1000, 1),
+                    "link": None if link is None else str(link.state),
+                    "roles": [] if link is None else sorted(str(r) for r in link.roles),
+                    "next_attempt_in": retry,
+                    "last_error": None if link is None else link.last_error,
+                    "announces_waiting": len(forwarder.control) if forwarder else 0,
+                }
+            )
+        return rows
