@@ -16,8 +16,8 @@ Each link is a small state machine, driven by what the forwarder saw::
     any           heard from the neighbour  UP, delay reset (it is alive: try it now)
 
 Routes through a DOWN neighbour are used only when no feasible route through a usable
-neighbour is left (see :class:`mesh.RoutingTable`). Times are ms since the epoch, passed in; jitter comes from
-the RNG the caller passes (a seeded one in simulations).
+neighbour is left (see :class:`mesh.RoutingTable`). Times are ms since the epoch, passed
+in; jitter comes from the RNG the caller passes (a seeded one in simulations).
 """
 
 from __future__ import annotations

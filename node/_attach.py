@@ -185,6 +185,11 @@ class RelayLink:
         while self.status_info.connections < count:
             await self._changed.wait()
 
+    async def wait_detached(self) -> None:
+        """Return once no connection (nor poll) to the relay is up."""
+        while self.status_info.connections > 0:
+            await self._changed.wait()
+
     def _connections_changed(self, delta: int) -> None:
         self.status_info.connections += delta
         self._changed.set()

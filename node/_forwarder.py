@@ -153,7 +153,9 @@ class ForwarderHost(Protocol):
         control: Sequence[mesh.WireFrame],
         queued: Sequence[mesh.Queued],
         results: Sequence[mesh.Result],
-    ) -> None: ...
+    ) -> float | None:
+        """Act on the results; return seconds to wait before the next batch, if any."""
+        ...
 
     async def post_failed(self, node: crypto.NodeId, problem: str, after: float | None) -> float:
         """Note the failure; return the seconds to wait before trying again."""
@@ -235,9 +237,9 @@ class Forwarder:
             return True
         finally:
             self.sending = False
-        await self.host.handed_on(
-            self.node, control, queued, results[len(control) :] if control else results
-        )
+        pause = await self.host.handed_on(self.node, control, queued, results[len(control) :])
+        if pause is not None:
+            self.retry_at = trio.current_time() + pause
         if control:
             for wire, result in zip(control, results[: len(control)], strict=True):
                 if not result.ok:

@@ -212,6 +212,13 @@ class MeshRuntime:
             self._peers.add(address.node)
             await self._apply(self.router.add_neighbour(address.node, mesh.Role.PEER, self.clock()))
 
+    async def greet(self, node: crypto.NodeId) -> None:
+        """Send ``node`` our announce with hello (and our routes): it answers with its
+        own. A node does this each time it (re)attaches to a relay, since the relay
+        refuses announces from a node not attached to it yet."""
+        if self.router.is_neighbour(node):
+            await self._apply([mesh.Greet(node)])
+
     async def attachment_changed(self, node: crypto.NodeId, attached: bool) -> None:
         """A node attached to this one as its relay (or detached)."""
         now = self.clock()
@@ -413,11 +420,16 @@ class MeshRuntime:
         control: Sequence[mesh.WireFrame],
         queued: Sequence[mesh.Queued],
         results: Sequence[mesh.Result],
-    ) -> None:
+    ) -> float | None:
+        """Act on a neighbour's per-frame results; return seconds to wait before the
+        next batch when frames were kept for a retry (else None)."""
         now = self.clock()
         await self._apply(self.router.sent_ok(node, now))
         taken = []
         refused = []
+        deferred = 0
+        link = self.router.links.get(node)
+        our_relay = link is not None and mesh.Role.RELAY in link.roles
         for item, result in zip(queued, results, strict=True):
             if result.outcome is mesh.Outcome.ACCEPTED:
                 self.statistics.sent_accepted += 1
@@ -425,6 +437,11 @@ class MeshRuntime:
             elif result.outcome is mesh.Outcome.DUPLICATE:
                 self.statistics.sent_duplicate += 1
                 taken.append(item.seq)
+            elif result.code is mesh.Reason.POLICY and our_relay:
+                # A relay counts us as a neighbour once we are attached to it; until
+                # then (we just started, or it did) it refuses our frames by policy.
+                # Keep them and try again: it will be, in a moment.
+                deferred += 1
             else:
                 self.statistics.sent_rejected += 1
                 refused.append((item, result))
@@ -436,6 +453,11 @@ class MeshRuntime:
             await self._dropped(
                 item, str(result.code), f"refused by {node.short}: {result.words}", by=node
             )
+        if deferred:
+            return await self.post_failed(
+                node, f"our relay refused {deferred} frames by policy (not attached yet?)", None
+            )
+        return None
 
     async def post_failed(self, node: crypto.NodeId, problem: str, after: float | None) -> float:
         self.statistics.send_retries += 1

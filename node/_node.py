@@ -363,7 +363,16 @@ class Node:
                 await nursery.start(self.relay_service.watch)
                 for link in self.links:
                     await nursery.start(link.run)
+                    nursery.start_soon(self._greet_on_attach, link)
                 task_status.started()
+
+    async def _greet_on_attach(self, link: RelayLink) -> None:
+        """Greet the relay each time this node (re)attaches to it: only then does the
+        relay count it as a neighbour and take its announce."""
+        while True:
+            await link.wait_connected(1)
+            await self.mesh.greet(link.relay.node)
+            await link.wait_detached()
 
     def _attachment_changed(self, node: crypto.NodeId, attached: bool) -> None:
         if self._nursery is not None:

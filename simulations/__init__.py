@@ -1,21 +1,24 @@
-"""Real, unmodified ptth nodes on a simulated network, in virtual time (DESIGN.md §7).
+"""Real, unmodified ptth nodes on a simulated network, in virtual time (docs/architecture.md).
 
 The network (:class:`SimNetwork`) plugs in under each node's httpx client (an httpcore
 network backend) and its h11 server (listeners of in-memory streams), so the whole HTTP
 stack and all node code run unchanged. It models named hosts, links with latency,
 jitter, loss, resets and bandwidth (:class:`Link`), NAT, partitions, and crashes. Time
-is virtual (``trio.testing.MockClock(autojump_threshold=0)``): an hour of mesh life
-runs in seconds, and a seed fixes every random choice.
+is virtual (``trio.testing.MockClock(autojump_threshold=0)``): an hour of a small mesh
+runs in seconds (a big one costs what its announces and frames cost to process), and a
+seed fixes every random choice.
 
-A test::
+Sending is custody, as in the node: :meth:`SimNode.send` returns once the origin holds
+the frame; the mesh carries it hop by hop. A test::
 
     async def test_chain(autojump_clock):
         async with open_simulation(seed=7, link=Link(latency=0.05)) as sim:
             a, b, c = await sim.add_nodes(3)
-            sim.peer_all(chain([a, b, c]))
-            await a.send(b, b"hello")
-            assert [d.body for d in b.received] == [b"hello"]
-            sim.partition([[a], [b, c]])
+            await sim.peer_all(chain([a, b, c]))
+            await a.send(c, b"hello")  # two hops, through b
+            [delivery] = await c.wait_received(1)
+            assert (delivery.body, delivery.hops) == (b"hello", 2)
+            sim.partition([[a], [b, c]])  # a holds what it sends until sim.heal()
             ...
 
 From the shell: ``python -m simulations run chain --nodes 10 --seed 1 --duration 1h``

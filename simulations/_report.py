@@ -1,19 +1,39 @@
 """What a simulation measured: the ledger of messages and the report made from it.
 
-The :class:`Ledger` is kept by the simulation's applications: a message is entered when
-:meth:`SimNode.send` creates its frame, and each time an inbox consumer acknowledges a
-frame (so a frame seen twice by applications is a duplicate; it must never happen).
-Latency is virtual receive time minus the time the application asked to send.
+The :class:`Ledger` is kept by the simulation's applications. A message is entered when
+:meth:`SimNode.send` hands it to its node (the node has it in custody from then on);
+each time an inbox consumer acknowledges a frame it is entered as delivered (so a frame
+seen twice by applications is a duplicate; it must never happen); a drop receipt that
+comes back to the origin (``node.delivered(id)`` settles with state ``dropped``) enters
+it as dropped; a delivery receipt, as acknowledged. Latency is virtual receive time
+minus the time the application sent it.
+
+Each message ends the run in one state (:meth:`SentMessage.state`): ``delivered`` (the
+destination's application got it; final, whatever else happens to other copies),
+``expired`` (dropped because its lifetime ran out, or still undelivered past its
+expiry), ``dropped`` (a drop receipt for another reason, or its origin lost the store
+that held it), or ``pending`` (still in the mesh).
 
 A :class:`Report` adds what the nodes and the network counted. Its figures:
 
+* ``delivery_ratio``: delivered over the messages that did not expire; ``refused``:
+  messages the origin's node would not take (its store full), not counted as sent;
+  ``acknowledged``: messages whose delivery receipt came back to the origin (for those
+  sent asking for one);
+* ``hops_mean``, ``hops_max``: the hops each delivered message made (1: from a direct
+  neighbour);
 * ``http_requests``: frame POSTs the nodes made, every attempt (the nodes'
   ``statistics.send_requests``); ``http_bytes``: every byte any node wrote to the
   simulated network, requests and responses, heads and bodies (counted by the network);
-* ``send_retries``: the nodes' own retries (``statistics.send_retries``);
-  ``resends``: the applications' resends of a frame the node gave up on;
+* ``send_retries``: failed POSTs the forwarders retried; ``frames_forwarded``: frames
+  handed on to a next hop (every hop counts, the first included); ``frames_dropped``:
+  frames a node gave up on (refused by the next hop, or expired);
   ``duplicate_frames``: frames a node received again and answered "duplicate" (what
   exactly-once delivery absorbed);
+* ``announces_sent``: a node's own announces (to a new neighbour, and periodic);
+  ``announces_received``: every announce copy a node took in (its neighbours' and the
+  flooded ones); per node and hour in :attr:`Report.announces_sent_per_node_hour` and
+  :attr:`Report.announces_received_per_node_hour`;
 * everything but ``wall_seconds`` depends only on the scenario, its parameters and the
   seed.
 """
@@ -25,7 +45,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -41,31 +61,54 @@ __all__ = [
 ]
 
 
+#: How the reason of a drop for an expired frame begins (``code: words``).
+_EXPIRED: Final = "expired"
+
+
 @dataclasses.dataclass
 class SentMessage:
-    """A message an application sent through :meth:`SimNode.send`."""
+    """A message an application sent through :meth:`SimNode.send`.
+
+    Times are virtual seconds since the simulation opened; ``exp`` is when its frame
+    expires. ``hops``: how many it made to the destination (once delivered).
+    ``receipt``: the origin asked for a delivery receipt; ``acknowledged_at`` is when
+    it came back. ``why`` says why it was dropped.
+    """
 
     id: bytes
     src: str
     dst: str
     size: int
     sent_at: float
-    accepted_at: float | None = None
+    exp: float = math.inf
+    receipt: bool = False
     delivered_at: float | None = None
-    resends: int = 0
-    failed: bool = False
+    hops: int | None = None
+    dropped_at: float | None = None
+    why: str | None = None
+    acknowledged_at: float | None = None
 
     @property
     def latency(self) -> float | None:
         """Virtual seconds from send to the destination's application, if delivered."""
         return None if self.delivered_at is None else self.delivered_at - self.sent_at
 
+    def state(self, now: float) -> str:
+        """``delivered``, ``expired``, ``dropped`` or ``pending`` at virtual time ``now``
+        (see the module docstring)."""
+        if self.delivered_at is not None:
+            return "delivered"
+        if self.dropped_at is not None:
+            return "expired" if (self.why or "").startswith(_EXPIRED) else "dropped"
+        return "expired" if self.exp <= now else "pending"
+
 
 @dataclasses.dataclass(frozen=True)
 class Delivery:
     """A message as the destination's application saw it. ``src`` is a node name
     (None for a sender outside the simulation); ``latency`` is None for a message not
-    sent with :meth:`SimNode.send`; ``duplicate``: its frame was delivered before."""
+    sent with :meth:`SimNode.send`; ``hops``: how many it made (1: from a direct
+    neighbour); ``duplicate``: its frame was delivered before."""
 
     id: bytes
     src: str | None
@@ -84,9 +127,10 @@ class Ledger:
         self.messages: dict[bytes, SentMessage] = {}
         self.deliveries = 0
         self.duplicates = 0
-        self.resends = 0
-        #: Messages sent, neither delivered nor given up.
+        #: Messages sent, neither delivered nor dropped.
         self.pending = 0
+        #: Messages the origin's node refused to take (its store was full).
+        self.refused = 0
         self._seen: set[bytes] = set()  # membership only: never iterated
         self._changed = trio.Event()
 
@@ -95,7 +139,7 @@ class Ledger:
         self.pending += 1
         self._wake()
 
-    def delivered(self, frame_id: bytes, now: float) -> tuple[SentMessage | None, bool]:
+    def delivered(self, frame_id: bytes, now: float, hops: int) -> tuple[SentMessage | None, bool]:
         """Enter a delivery to an application; return the message (None if it was not
         sent through the ledger) and whether its frame was delivered before."""
         self.deliveries += 1
@@ -105,20 +149,24 @@ class Ledger:
         message = self.messages.get(frame_id)
         if message is not None and message.delivered_at is None:
             message.delivered_at = now
-            self.pending -= not message.failed
+            message.hops = hops
+            self.pending -= message.dropped_at is None
         self._wake()
         return message, duplicate
 
-    def failed(self, message: SentMessage) -> None:
-        """The sender gave up on ``message`` (it may still arrive)."""
-        if not message.failed:
-            message.failed = True
+    def dropped(self, message: SentMessage, now: float, why: str) -> None:
+        """A drop receipt came back for ``message`` (a copy may still have arrived)."""
+        if message.dropped_at is None:
+            message.dropped_at = now
+            message.why = why
             self.pending -= message.delivered_at is None
             self._wake()
 
-    def resent(self, message: SentMessage) -> None:
-        message.resends += 1
-        self.resends += 1
+    def acknowledged(self, message: SentMessage, now: float) -> None:
+        """The delivery receipt of ``message`` came back to its origin."""
+        if message.acknowledged_at is None:
+            message.acknowledged_at = now
+            self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -188,19 +236,27 @@ class Report:
     wall_seconds: float
     sent: int
     delivered: int
-    failed: int
+    dropped: int
+    expired: int
+    pending: int
+    refused: int
     duplicates: int
+    acknowledged: int
     latency_p50: float | None
     latency_p95: float | None
     latency_p99: float | None
     latency_max: float | None
+    hops_mean: float | None
+    hops_max: int | None
     http_requests: int
     http_bytes: int
     connections: int
     send_retries: int
-    send_failures: int
-    resends: int
+    frames_forwarded: int
+    frames_dropped: int
     duplicate_frames: int
+    announces_sent: int
+    announces_received: int
     segments_lost: int
     syns_dropped: int
     resets: int
@@ -214,7 +270,9 @@ class Report:
 
     @property
     def delivery_ratio(self) -> float | None:
-        return self.delivered / self.sent if self.sent else None
+        """Delivered over the messages that did not expire."""
+        eligible = self.sent - self.expired
+        return self.delivered / eligible if eligible else None
 
     @property
     def requests_per_delivered(self) -> float | None:
@@ -223,6 +281,19 @@ class Report:
     @property
     def bytes_per_delivered(self) -> float | None:
         return self.http_bytes / self.delivered if self.delivered else None
+
+    def _per_node_hour(self, count: int) -> float | None:
+        if not self.nodes or self.virtual_seconds <= 0:
+            return None
+        return round(count / self.nodes / (self.virtual_seconds / 3600), 3)
+
+    @property
+    def announces_sent_per_node_hour(self) -> float | None:
+        return self._per_node_hour(self.announces_sent)
+
+    @property
+    def announces_received_per_node_hour(self) -> float | None:
+        return self._per_node_hour(self.announces_received)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field and derived figure, for JSON."""
@@ -233,6 +304,8 @@ class Report:
             delivery_ratio=self.delivery_ratio,
             requests_per_delivered=self.requests_per_delivered,
             bytes_per_delivered=self.bytes_per_delivered,
+            announces_sent_per_node_hour=self.announces_sent_per_node_hour,
+            announces_received_per_node_hour=self.announces_received_per_node_hour,
         )
         return data
 
@@ -261,17 +334,23 @@ class Report:
             f"time        {format_duration(self.virtual_seconds)} virtual in "
             f"{self.wall_seconds:.2f} s wall ({speed:,.0f}x)",
             f"messages    sent {self.sent}, delivered {self.delivered} "
-            f"(ratio {ratio(self.delivery_ratio, 4)}), undelivered {self.undelivered}, "
-            f"failed {self.failed}, duplicates {self.duplicates}",
+            f"(ratio {ratio(self.delivery_ratio, 4)} of non-expired), dropped {self.dropped}, "
+            f"expired {self.expired}, pending {self.pending}, refused {self.refused}, "
+            f"duplicates {self.duplicates}, receipts back {self.acknowledged}",
             f"latency     p50 {ms(self.latency_p50)}, p95 {ms(self.latency_p95)}, "
             f"p99 {ms(self.latency_p99)}, max {ms(self.latency_max)}",
+            f"hops        mean {ratio(self.hops_mean)}, max {self.hops_max or '-'} per delivered",
             f"http        {self.http_requests} requests "
             f"({ratio(self.requests_per_delivered)} per delivered), "
             f"{format_bytes(self.http_bytes)} "
             f"({'-' if per_message is None else format_bytes(per_message)} per delivered), "
             f"{self.connections} connections",
-            f"recovery    {self.send_retries} node retries, {self.resends} app resends, "
-            f"{self.send_failures} send failures, {self.duplicate_frames} duplicate frames",
+            f"mesh        {self.frames_forwarded} frames forwarded, {self.frames_dropped} "
+            f"dropped, {self.duplicate_frames} duplicate frames, {self.send_retries} retries",
+            f"announces   {self.announces_sent} sent "
+            f"({ratio(self.announces_sent_per_node_hour, 1)} per node-hour), "
+            f"{self.announces_received} received "
+            f"({ratio(self.announces_received_per_node_hour, 1)} per node-hour)",
             f"network     {self.segments_lost} segments lost, {self.syns_dropped} SYNs "
             f"dropped by partitions or NAT, {self.resets} resets, "
             f"{self.dials_refused} dials refused, {self.dials_unanswered} unanswered",

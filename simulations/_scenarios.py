@@ -2,12 +2,21 @@
 
 A :class:`Scenario` builds its nodes and topology on a fresh :class:`Simulation`, drives
 traffic and faults, and lets virtual time run to the requested duration; the report is
-taken then. Traffic (:func:`generate_traffic`, resending what a node gave up on) stops
-10% of the duration (at most a minute) before the end, so messages in flight can land.
+taken then. Traffic (:func:`generate_traffic`: each message handed to the mesh once)
+stops 10% of the duration (at most a minute) before the end, so messages in flight can
+land.
 
-Today's mesh delivers to direct peers only, so every scenario makes adjacent pairs talk;
-``nat`` has them talk through a relay (Reverse HTTP). Scenarios for routing and pub/sub
-are added here as those land.
+The small scenarios (``chain``, ``star``, ``lossy``, ``partition``, ``nat``, ``churn``)
+make neighbours talk and also pairs two or more hops apart (a chain's ends, leaves of a
+star through the hub, NATed leaves across their ring). ``mesh`` is the big one: a
+random graph of low degree (:data:`MESH_DEGREE`) over two thirds of the nodes; the
+other third are NATed, each attached to one relay (a random public node) and peered,
+through that relay's URL, with one more public node. On links with 1% segment loss,
+with nodes crashing and restarting (store kept) and a connected region (a seventh of
+the public nodes, with the NATed nodes attached there) cut off from 30% to 45% of the
+run, as many random pairs as there are nodes, none of them neighbours, exchange
+messages with delivery receipts (:data:`MESH_INTERVAL` s apart on average per pair).
+Its nodes announce every :data:`MESH_ANNOUNCE_INTERVAL` s.
 
 :func:`run_scenario` runs one in its own ``trio.run`` under
 ``MockClock(autojump_threshold=0)``, with trio's scheduler made deterministic and
@@ -15,9 +24,9 @@ seeded from the seed (trio otherwise shuffles tasks woken together with an unsee
 RNG; it offers the switch for Hypothesis, ``trio._core._run``). So the same scenario,
 nodes, duration and seed give the same report, all but ``wall_seconds``.
 
-One caveat: httpcore expires kept-alive connections after 30 s of *real* time
-(``time.monotonic``). Servers close idle connections after 60 s of virtual time, long
-before that in any run faster than 2x real time, so this only matters for huge runs.
+httpcore's kept-alive connections expire by trio's (virtual) clock while a simulation
+is open (see :func:`simulations.open_simulation`), so how fast the machine runs a
+scenario changes nothing in its report.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 import trio
 import trio.testing
@@ -43,7 +52,7 @@ from simulations._errors import SimulationError
 from simulations._link import Link
 from simulations._report import Report
 from simulations._simulation import SimNode, Simulation, open_simulation
-from simulations._topology import both_ways, chain, ring, star
+from simulations._topology import both_ways, chain, random_graph, ring, star
 from simulations._traffic import generate_traffic
 
 __all__ = ["SCENARIOS", "Progress", "Scenario", "run_scenario"]
@@ -52,9 +61,17 @@ __all__ = ["SCENARIOS", "Progress", "Scenario", "run_scenario"]
 WAN: Final = Link(latency=0.020, jitter=0.010, bandwidth=1.25e6)
 #: A bad link: WAN plus 2% segment loss, 1% of writes resetting their connection.
 LOSSY: Final = dataclasses.replace(WAN, jitter=0.030, loss=0.02, reset=0.01)
+#: The mesh scenario's links: WAN plus 1% segment loss.
+MESH_LINK: Final = dataclasses.replace(WAN, loss=0.01)
 #: Mean virtual seconds between two messages of one talking pair, and message size.
 INTERVAL: Final = 10.0
 SIZE: Final = 200
+#: The mesh scenario: average degree of the graph of public nodes, and the mean
+#: seconds between two messages of one pair (there are as many pairs as nodes).
+MESH_DEGREE: Final = 3.0
+MESH_INTERVAL: Final = 60.0
+#: The mesh scenario's announce interval (s): routes lapse after three.
+MESH_ANNOUNCE_INTERVAL: Final = 600.0
 
 Script = Callable[[Simulation, int, float], Awaitable[None]]
 
@@ -69,15 +86,19 @@ class Scenario:
     link: Link = WAN
     default_nodes: int = 10
     min_nodes: int = 2
+    #: :class:`node.NodeConfig` fields the scenario's nodes use (over the simulation's).
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     async def play(self, sim: Simulation, *, nodes: int, duration: float) -> None:
-        """Run the script on ``sim`` (whose default link it sets) until ``duration``.
+        """Run the script on ``sim`` (whose default link and node configuration it sets)
+        until ``duration``.
 
         Raises :class:`SimulationError` for fewer nodes than the scenario needs.
         """
         if nodes < self.min_nodes:
             raise SimulationError(f"scenario {self.name} needs at least {self.min_nodes} nodes")
         sim.network.default_link = self.link
+        sim.config = dataclasses.replace(sim.config, **self.config)
         await self.script(sim, nodes, duration)
         await sim.advance_to(duration)
 
@@ -87,29 +108,53 @@ def quiet_at(duration: float) -> float:
     return duration - min(60.0, duration * 0.1)
 
 
-async def _talk(sim: Simulation, pairs: list[tuple[SimNode, SimNode]], duration: float) -> None:
+async def _talk(
+    sim: Simulation,
+    pairs: list[tuple[SimNode, SimNode]],
+    duration: float,
+    *,
+    interval: float = INTERVAL,
+    receipt: bool = False,
+) -> None:
     with trio.move_on_at(sim.start_time + duration):
-        await generate_traffic(sim, pairs, interval=INTERVAL, size=SIZE, until=quiet_at(duration))
+        await generate_traffic(
+            sim, pairs, interval=interval, size=SIZE, until=quiet_at(duration), receipt=receipt
+        )
+
+
+def _across(nodes: list[SimNode]) -> list[tuple[SimNode, SimNode]]:
+    """Each node with the one two places on (wrapping): pairs that are not adjacent in
+    a chain or a ring of ``nodes`` (none below 4 nodes)."""
+    if len(nodes) < 4:
+        return []
+    return [(node, nodes[(index + 2) % len(nodes)]) for index, node in enumerate(nodes)]
 
 
 async def _chain(sim: Simulation, count: int, duration: float) -> None:
     nodes = await sim.add_nodes(count)
-    sim.peer_all(chain(nodes))
-    await _talk(sim, both_ways(chain(nodes)), duration)
+    await sim.peer_all(chain(nodes))
+    ends = [(nodes[0], nodes[-1])] if count > 2 else []
+    await _talk(sim, both_ways(chain(nodes) + ends), duration)
 
 
 async def _star(sim: Simulation, count: int, duration: float) -> None:
     hub, *leaves = await sim.add_nodes(count)
-    sim.peer_all(star(hub, leaves))
-    await _talk(sim, both_ways(star(hub, leaves)), duration)
+    await sim.peer_all(star(hub, leaves))
+    await _talk(sim, both_ways(star(hub, leaves) + _leaf_pairs(leaves)), duration)
+
+
+def _leaf_pairs(leaves: list[SimNode]) -> list[tuple[SimNode, SimNode]]:
+    """Each leaf with the next (two hops, through the hub)."""
+    return chain(leaves)
 
 
 async def _partition(sim: Simulation, count: int, duration: float) -> None:
     hub, *leaves = await sim.add_nodes(count)
-    sim.peer_all(star(hub, leaves))
+    await sim.peer_all(star(hub, leaves))
     cut = len(leaves) // 2
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_talk, sim, both_ways(star(hub, leaves)), duration)
+        pairs = both_ways(star(hub, leaves) + _leaf_pairs(leaves))
+        nursery.start_soon(_talk, sim, pairs, duration)
         await sim.advance_to(duration * 0.2)
         sim.partition([[hub, *leaves[:cut]], leaves[cut:]])
         await sim.advance_to(duration * 0.5)
@@ -118,8 +163,9 @@ async def _partition(sim: Simulation, count: int, duration: float) -> None:
 
 async def _nat(sim: Simulation, count: int, duration: float) -> None:
     # The hub is a relay; every leaf is behind a NAT, attached to it (Reverse HTTP), and
-    # advertises the relay URL first. Leaves talk to each other, so every message goes
-    # leaf -> relay -> (reversed connection) -> leaf.
+    # advertises the relay URL first. Leaves peer in a ring (through each other's relay
+    # URL) and talk to their ring neighbours and across the ring, so every message goes
+    # leaf -> relay -> (reversed connection) -> leaf, some of them twice.
     relay = await sim.add_node("relay")
     leaves = await sim.add_nodes(
         count - 1, prefix="nat", nat=True, relays=(relay.node.address_token(),)
@@ -127,13 +173,13 @@ async def _nat(sim: Simulation, count: int, duration: float) -> None:
     for leaf in leaves:
         await leaf.node.links[0].wait_connected(1)
     pairs = ring(leaves) if len(leaves) > 2 else chain(leaves)
-    sim.peer_all(pairs)
-    await _talk(sim, both_ways(pairs), duration)
+    await sim.peer_all(pairs)
+    await _talk(sim, both_ways(pairs + _across(leaves)), duration)
 
 
 async def _churn(sim: Simulation, count: int, duration: float) -> None:
     hub, *leaves = await sim.add_nodes(count)
-    sim.peer_all(star(hub, leaves))
+    await sim.peer_all(star(hub, leaves))
     churn = functools.partial(
         sim.run_churn,
         leaves,
@@ -143,7 +189,97 @@ async def _churn(sim: Simulation, count: int, duration: float) -> None:
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(churn)
-        nursery.start_soon(_talk, sim, both_ways(star(hub, leaves)), duration)
+        pairs = both_ways(star(hub, leaves) + _leaf_pairs(leaves))
+        nursery.start_soon(_talk, sim, pairs, duration)
+
+
+async def _mesh(sim: Simulation, count: int, duration: float) -> None:
+    rng = sim.rng("mesh")
+    natted_count = count // 3
+    public = await sim.add_nodes(count - natted_count)
+    edges = random_graph(public, MESH_DEGREE, rng)
+    await sim.peer_all(edges)
+    # Each NATed node is attached to one relay (a random public node) and also peers,
+    # through its relay URL, with one other public node: it is reachable through its
+    # relay only, but can send by two ways.
+    natted: list[SimNode] = []
+    relay_of: dict[str, SimNode] = {}
+    neighbours = {frozenset((a.name, b.name)) for a, b in edges}
+    extra: list[tuple[SimNode, SimNode]] = []
+    for _ in range(natted_count):
+        relay = public[rng.randrange(len(public))]
+        (node,) = await sim.add_nodes(
+            1, prefix="nat", nat=True, relays=(relay.node.address_token(),)
+        )
+        natted.append(node)
+        relay_of[node.name] = relay
+        neighbours.add(frozenset((node.name, relay.name)))
+        others = [p for p in public if p is not relay]
+        if others:
+            other = others[rng.randrange(len(others))]
+            extra.append((node, other))
+            neighbours.add(frozenset((node.name, other.name)))
+    for node in natted:
+        await node.node.links[0].wait_connected(1)
+    # A NATed node also peers with its relay (tokens both ways, as `ptth peer add` on
+    # each side): the relay then knows its address and forwards for it whether or not
+    # it is attached at the moment (e.g. while re-attaching after a crash).
+    await sim.peer_all([(node, relay_of[node.name]) for node in natted])
+    await sim.peer_all(extra)
+    everyone = [*public, *natted]
+    # Traffic between random pairs that are not neighbours: every message crosses hops.
+    strangers = [
+        (src, dst)
+        for src in everyone
+        for dst in everyone
+        if src is not dst and frozenset((src.name, dst.name)) not in neighbours
+    ]
+    pairs = rng.sample(strangers, min(count, len(strangers)))
+    # A region (a connected part of the graph, with the NATed nodes attached in it) is
+    # cut off from 30% to 45% of the run; nodes crash and restart throughout.
+    region = _region(public, edges, max(1, len(public) // 7), rng)
+    region += [node for node in natted if relay_of[node.name] in region]
+    churn = functools.partial(
+        sim.run_churn,
+        everyone,
+        interval=max(20.0, duration / max(1, count // 5)),
+        downtime=(10.0, 90.0),
+        until=quiet_at(duration) - 90.0,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(churn)
+        nursery.start_soon(
+            functools.partial(_talk, sim, pairs, duration, interval=MESH_INTERVAL, receipt=True)
+        )
+        if len(region) < len(everyone):
+            await sim.advance_to(duration * 0.30)
+            sim.partition([region])
+            await sim.advance_to(duration * 0.45)
+            sim.heal()
+
+
+def _region(
+    nodes: list[SimNode],
+    edges: list[tuple[SimNode, SimNode]],
+    size: int,
+    rng: random.Random,
+) -> list[SimNode]:
+    """``size`` nodes connected among themselves: a breadth-first walk from a random one."""
+    adjacent: dict[str, list[SimNode]] = {node.name: [] for node in nodes}
+    for a, b in edges:
+        adjacent[a.name].append(b)
+        adjacent[b.name].append(a)
+    first = nodes[rng.randrange(len(nodes))]
+    region, frontier = [first], [first]
+    seen = {first.name}
+    while frontier and len(region) < size:
+        here = frontier.pop(0)
+        for other in adjacent[here.name]:
+            if other.name not in seen and len(region) < size:
+                seen.add(other.name)
+                region.append(other)
+                frontier.append(other)
+    return region
 
 
 SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
@@ -185,6 +321,16 @@ SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
                 "the star, leaves crashing and restarting (store kept) every few minutes",
                 _churn,
                 min_nodes=2,
+            ),
+            Scenario(
+                "mesh",
+                "a random low-degree graph, a third of the nodes NATed behind relays, 1% "
+                "segment loss, churn and a healed partition; random non-neighbours talk",
+                _mesh,
+                link=MESH_LINK,
+                default_nodes=200,
+                min_nodes=4,
+                config=MappingProxyType({"announce_interval": MESH_ANNOUNCE_INTERVAL}),
             ),
         )
     }

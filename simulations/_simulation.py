@@ -5,8 +5,14 @@ a data directory, and a nursery where each :class:`SimNode` runs a real
 :class:`node.Node` (``Node.open`` with the host's view of the network, a virtual clock,
 a seeded RNG and the store called inline). Each node's application consumes its inbox,
 acknowledges every message and enters it in the simulation's
-:class:`~simulations.Ledger` (whence duplicates and latency) and in
+:class:`~simulations.Ledger` (whence duplicates, hops and latency) and in
 :attr:`SimNode.received`.
+
+Sending is custody: :meth:`SimNode.send` returns once the origin node has committed the
+frame to its store; the mesh then carries it hop by hop (the application never sends
+again). The origin's application watches each frame it sent (``node.delivered(id)``,
+in the node's own nursery, again after each restart): a drop receipt enters the message
+in the ledger as dropped, a delivery receipt (when asked for) as acknowledged.
 
 Time: the trio run must use ``trio.testing.MockClock(autojump_threshold=0)`` (pytest-trio's
 ``autojump_clock`` fixture): whenever every task waits, the clock jumps to the next
@@ -22,38 +28,33 @@ tasks deterministically too (:func:`simulations.run_scenario` sees to that).
 Crash and restart: :meth:`SimNode.crash` resets the host's connections (peers see
 RSTs) and cancels the node at once; :meth:`SimNode.start` runs it again. With
 ``keep_store=True`` (the default) the data directory is reopened as it is: the store
-survives. With ``keep_store=False`` the SQLite store is deleted first, but the
-identity key, address record and peers stay: the same node (same id, same peers) with
-an empty seen-set and inbox, as after losing a disk that held only the store.
+survives, with the frames it held in custody. With ``keep_store=False`` the SQLite
+store is deleted first, but the identity key, address record and peers stay: the same
+node (same id, same peers) with an empty seen-set, inbox and queue, as after losing a
+disk that held only the store (the frames it held are lost: their messages count as
+dropped).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
 import random
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import trio
 import trio.testing
+from httpcore._async import http11 as _httpcore_http11
 
 import crypto
 import mesh
-from node import (
-    DeliveryFailed,
-    Message,
-    Node,
-    NodeConfig,
-    NodeError,
-    NodeStatistics,
-    PeerUnknown,
-    Rejected,
-    run_inline,
-)
+from node import Message, Node, NodeConfig, NodeError, NodeStatistics, Sent, run_inline
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError
 from simulations._link import Link
 from simulations._network import SimNetwork
@@ -66,14 +67,14 @@ from simulations._report import (
     percentile,
 )
 
-__all__ = ["EPOCH_MS", "NODE_PORT", "RESEND_DELAY", "SimNode", "Simulation", "open_simulation"]
+__all__ = ["EPOCH_MS", "LOST", "NODE_PORT", "SimNode", "Simulation", "open_simulation"]
 
 #: The nodes' wall clock at virtual time 0: 2026-01-01T00:00:00Z, the same every run.
 EPOCH_MS: Final = 1_767_225_600_000
 #: The port every simulated node listens on.
 NODE_PORT: Final = 8470
-#: How long an application waits before resending a frame its node gave up on.
-RESEND_DELAY: Final = 5.0
+#: Why a message whose origin lost its store (``keep_store=False``) counts as dropped.
+LOST: Final = "lost: its origin restarted without the store that held it"
 
 _STORE_FILES: Final = ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm")
 
@@ -118,7 +119,10 @@ class SimNode:
         self._started = trio.Event()
         self._past = NodeStatistics()
         self._received_changed = trio.Event()
-        self._senders: dict[trio.CancelScope, None] = {}
+        #: Messages this node sent whose outcome its application still waits for.
+        self._outstanding: dict[bytes, SentMessage] = {}
+        self._watchers: dict[bytes, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
         return f"<SimNode {self.name} {self.node_id.short}{' up' if self.up else ' down'}>"
@@ -210,7 +214,10 @@ class SimNode:
                     self._started.set()
                     self._started = trio.Event()
                     async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         nursery.start_soon(self._consume, node)
+                        for message in list(self._outstanding.values()):
+                            self._watch(node, message)
                         task_status.started()
                         await stop.wait()
                         nursery.cancel_scope.cancel()
@@ -220,8 +227,8 @@ class SimNode:
                     setattr(self._past, key, getattr(self._past, key) + value)
             self._node = None
             self._scope = None
-            for sender in list(self._senders):
-                sender.cancel()
+            self._nursery = None
+            self._watchers.clear()
             stopped.set()
 
     async def _consume(self, node: Node) -> None:
@@ -233,57 +240,86 @@ class SimNode:
     # -- messages -----------------------------------------------------------------------
 
     async def send(
-        self, dst: SimNode, body: bytes, *, ct: str | None = None, resend: bool = False
-    ) -> mesh.Result:
-        """Send ``body`` to ``dst`` as this node's application; return the result.
+        self,
+        dst: SimNode,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        ttl: float | None = None,
+        receipt: bool = False,
+    ) -> Sent:
+        """Send ``body`` to ``dst`` as this node's application (``node.send``); return
+        once this node has the frame in custody (committed to its store).
 
-        The message is entered in the ledger (the report counts it). Without
-        ``resend`` this is ``node.send``: it raises :class:`NodeDown` if this node is
-        down (or goes down meanwhile), :class:`node.DeliveryFailed` after the node's
-        ``send_timeout``, :class:`node.Rejected` if ``dst`` refused the frame. With
-        ``resend`` the application keeps the frame and sends it again
-        (:data:`RESEND_DELAY` later, and when this node is up) until ``dst`` accepts it;
-        only a refusal (:class:`node.Rejected`) or an unknown peer
-        (:class:`node.PeerUnknown`) still raise. Resending the same frame is safe: the
-        destination's seen-set answers "duplicate".
+        The message is entered in the ledger (the report counts it), and watched: a drop
+        receipt marks it dropped; with ``receipt`` the destination's delivery receipt
+        marks it acknowledged. ``ttl``: the frame's lifetime in seconds (default the
+        node's ``frame_ttl``). Raises :class:`NodeDown` if this node is down,
+        :class:`mesh.StoreFull` if its store's quota is reached (nothing was sent).
         """
-        if resend:
-            await self.wait_up()
         node = self.node
-        frame = node.new_frame(dst.node_id, body, ct=ct)
-        wire = mesh.WireFrame(0, frame.seal(node.identity))
-        message = SentMessage(frame.id, self.name, dst.name, len(body), self.sim.now)
+        frame = node.new_frame(dst.node_id, body, ct=ct, ttl=ttl, receipt=receipt)
+        (sent,) = await node.send_sealed([(frame, frame.seal(node.identity))])
+        message = SentMessage(
+            id=frame.id,
+            src=self.name,
+            dst=dst.name,
+            size=len(body),
+            sent_at=self.sim.now,
+            exp=(frame.exp - EPOCH_MS) / 1000,
+            receipt=receipt,
+        )
         self.sim.ledger.sent(message)
-        while True:
-            try:
-                result = await self._send_once(dst.node_id, wire)
-            except (Rejected, PeerUnknown):
-                self.sim.ledger.failed(message)
-                raise
-            except (DeliveryFailed, NodeError, NodeDown):
-                if not resend:
-                    self.sim.ledger.failed(message)
-                    raise
-            else:
-                if message.accepted_at is None:
-                    message.accepted_at = self.sim.now
-                return result
-            await trio.sleep(RESEND_DELAY)
-            await self.wait_up()
-            self.sim.ledger.resent(message)
+        self._outstanding[frame.id] = message
+        self._watch(node, message)
+        return sent
 
-    async def _send_once(self, dst: crypto.NodeId, wire: mesh.WireFrame) -> mesh.Result:
-        # A node that ends while a batch is in flight never resolves that batch's
-        # senders (they are expected to be inside the node's block), so this run of
-        # the node cancels its senders when it ends.
+    async def post(self, dst: SimNode, wires: Sequence[mesh.WireFrame]) -> list[mesh.Result]:
+        """POST ``wires`` to ``dst`` at once, as a forwarder would (no store, no retry):
+        for tests that hand a node a frame again. Returns ``dst``'s results.
+
+        Raises :class:`NodeDown` if this node is down, and whatever the POST raises
+        (``node._forwarder.PostFailed`` if ``dst`` did not answer).
+        """
         node = self.node
-        with trio.CancelScope() as scope:
-            self._senders[scope] = None
+        endpoints = node.mesh.endpoints_of(dst.node_id) or dst.node.endpoints
+        return await node.mesh.frame_client.post(dst.node_id, endpoints, wires)
+
+    def _watch(self, node: Node, message: SentMessage) -> None:
+        """Wait for ``message``'s outcome in this run of the node (if ``node`` is still
+        running; its next run watches every message still outstanding)."""
+        if self._node is not node or self._nursery is None:
+            return
+        scope = self._watchers[message.id] = trio.CancelScope()
+        self._nursery.start_soon(self._await_outcome, node, message, scope)
+
+    async def _await_outcome(
+        self, node: Node, message: SentMessage, scope: trio.CancelScope
+    ) -> None:
+        with scope:
             try:
-                return await node.send_frame(dst, wire)
-            finally:
-                del self._senders[scope]
-        raise NodeDown(f"node {self.name} went down while sending")
+                trace = await node.delivered(message.id)
+            except NodeError:  # no trace: the store that had it is gone
+                self.sim.ledger.dropped(message, self.sim.now, LOST)
+            else:
+                if trace.state == "delivered":
+                    self.sim.ledger.acknowledged(message, self.sim.now)
+                else:
+                    self.sim.ledger.dropped(message, self.sim.now, trace.why or trace.state)
+            self._settle(message.id)
+
+    def _settle(self, frame_id: bytes) -> None:
+        """Stop waiting for the outcome of ``frame_id`` (it is known)."""
+        self._outstanding.pop(frame_id, None)
+        scope = self._watchers.pop(frame_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    def _arrived(self, message: SentMessage) -> None:
+        """``message`` reached its destination's application: unless a receipt was
+        asked for, there is nothing left to wait for."""
+        if not message.receipt:
+            self._settle(message.id)
 
     async def wait_received(self, count: int) -> list[Delivery]:
         """Wait until the application has received ``count`` messages; return them."""
@@ -387,26 +423,31 @@ class Simulation:
         self._counters[prefix] = number + 1
         return f"{prefix}{number}"
 
-    def peer(self, a: SimNode, b: SimNode) -> None:
-        """Give ``a`` and ``b`` each other's address token (``ptth peer add``).
+    async def peer(self, a: SimNode, b: SimNode) -> None:
+        """Give ``a`` and ``b`` each other's address token (``ptth peer add``); the
+        running nodes make each other neighbours and greet each other at once.
 
         Raises :class:`NodeDown` unless both are running.
         """
+        node_a, node_b = a.node, b.node
         now = self.clock_ms()
-        a.node.data.peers.add(crypto.parse_token(b.node.address_token(), now=now), now=now)
-        b.node.data.peers.add(crypto.parse_token(a.node.address_token(), now=now), now=now)
+        token_a, token_b = node_a.address_token(), node_b.address_token()
+        await node_a.add_peer_address(crypto.parse_token(token_b, now=now))
+        await node_b.add_peer_address(crypto.parse_token(token_a, now=now))
 
-    def peer_all(self, pairs: Iterable[tuple[SimNode, SimNode]]) -> None:
+    async def peer_all(self, pairs: Iterable[tuple[SimNode, SimNode]]) -> None:
         """:meth:`peer` each pair (e.g. ``simulations.chain(nodes)``)."""
         for a, b in pairs:
-            self.peer(a, b)
+            await self.peer(a, b)
 
     def by_id(self, node_id: crypto.NodeId) -> SimNode | None:
         return self._by_id.get(node_id)
 
     def _delivered(self, sim_node: SimNode, message: Message) -> None:
-        sent, duplicate = self.ledger.delivered(message.id, self.now)
+        sent, duplicate = self.ledger.delivered(message.id, self.now, message.hops)
         origin = self._by_id.get(message.src)
+        if sent is not None and origin is not None:
+            origin._arrived(sent)
         sim_node._note(
             Delivery(
                 id=message.id,
@@ -421,8 +462,8 @@ class Simulation:
         )
 
     async def wait_delivered(self) -> None:
-        """Wait until every message sent with :meth:`SimNode.send` that did not fail
-        has been delivered (bound it with ``trio.fail_after``)."""
+        """Wait until every message sent with :meth:`SimNode.send` has been delivered
+        or dropped (bound it with ``trio.fail_after``)."""
         while self.ledger.pending:
             await self.ledger.wait_changed()
 
@@ -489,30 +530,41 @@ class Simulation:
     def report(self, *, scenario: str = "custom", wall_seconds: float = 0.0) -> Report:
         """A :class:`Report` of everything so far."""
         messages = list(self.ledger.messages.values())
+        now = self.now
+        states = collections.Counter(message.state(now) for message in messages)
         latencies = [m.latency for m in messages if m.latency is not None]
+        hops = [m.hops for m in messages if m.hops is not None]
         nodes = self.statistics()
         net = self.network.statistics
         return Report(
             scenario=scenario,
             nodes=len(self.nodes),
             seed=self.seed,
-            virtual_seconds=round(self.now, 6),
+            virtual_seconds=round(now, 6),
             wall_seconds=wall_seconds,
             sent=len(messages),
-            delivered=len(latencies),
-            failed=sum(1 for m in messages if m.failed),
+            delivered=states["delivered"],
+            dropped=states["dropped"],
+            expired=states["expired"],
+            pending=states["pending"],
+            refused=self.ledger.refused,
             duplicates=self.ledger.duplicates,
+            acknowledged=sum(1 for m in messages if m.acknowledged_at is not None),
             latency_p50=_rounded(percentile(latencies, 0.50)),
             latency_p95=_rounded(percentile(latencies, 0.95)),
             latency_p99=_rounded(percentile(latencies, 0.99)),
             latency_max=_rounded(max(latencies, default=None)),
+            hops_mean=round(sum(hops) / len(hops), 3) if hops else None,
+            hops_max=max(hops, default=None),
             http_requests=nodes.send_requests,
             http_bytes=net.bytes,
             connections=net.connections,
             send_retries=nodes.send_retries,
-            send_failures=nodes.send_failures,
-            resends=self.ledger.resends,
+            frames_forwarded=nodes.frames_forwarded,
+            frames_dropped=nodes.frames_dropped,
             duplicate_frames=nodes.frames_duplicate,
+            announces_sent=nodes.announces_sent,
+            announces_received=nodes.announces_received,
             segments_lost=net.segments_lost,
             syns_dropped=net.syns_dropped,
             resets=net.resets,
@@ -537,6 +589,41 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
+class _TrioTime:
+    """The ``time`` module, but ``monotonic()`` reads trio's clock (in a trio run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def monotonic() -> float:
+        try:
+            return trio.current_time()
+        except RuntimeError:  # not in a trio run
+            return time.monotonic()
+
+
+@contextlib.contextmanager
+def _virtual_keepalive() -> Iterator[None]:
+    """Make httpcore time its kept-alive connections by trio's (virtual) clock.
+
+    httpcore expires an idle connection ``keepalive_expiry`` seconds after its last
+    exchange by ``time.monotonic()``: in a simulation that is real time, so whether a
+    connection is reused would depend on how fast the machine runs the simulation,
+    and two runs of one seed could differ. While a simulation is open, its HTTP/1.1
+    connections read trio's clock instead (httpcore reads ``time`` nowhere else there).
+    """
+    modules = [module for module in (_httpcore_http11,) if hasattr(module, "time")]
+    saved = [module.time for module in modules]
+    for module in modules:
+        module.time = _TrioTime()
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            module.time = original
+
+
 @contextlib.asynccontextmanager
 async def open_simulation(
     *,
@@ -552,6 +639,9 @@ async def open_simulation(
     between any two hosts (default: instant and perfect); ``config`` is the
     :class:`node.NodeConfig` nodes start from (``listen`` and ``name`` are set per node).
 
+    While it is open, httpcore times kept-alive connections by trio's clock (virtual
+    time), not ``time.monotonic()``.
+
     Raises :class:`NotVirtualTime` unless the trio run uses
     ``trio.testing.MockClock`` (give it ``autojump_threshold=0``).
     """
@@ -562,6 +652,7 @@ async def open_simulation(
             "trio.testing.MockClock(autojump_threshold=0)), or pytest-trio's autojump_clock"
         )
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_virtual_keepalive())
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ptth-sim-"))
         # Inline, as every blocking call of a simulation: a thread would let the

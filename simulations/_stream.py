@@ -25,18 +25,43 @@ import collections
 import enum
 import math
 import operator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from simulations._network import SimNetwork
+from simulations._link import Transit
 
-__all__ = ["WINDOW", "SimStream", "open_connection"]
+__all__ = ["WINDOW", "Carrier", "SimStream", "open_connection"]
 
 #: Bytes in flight plus unread, per direction, before ``send_all`` waits for the
 #: receiver to read (the order of Linux's default socket buffers).
 WINDOW: Final = 4 * 1024 * 1024
+
+
+class _Counters(Protocol):
+    bytes: int
+    writes: int
+    resets: int
+    random_resets: int
+
+
+class Carrier(Protocol):
+    """What a stream needs of the network that carries it (:class:`SimNetwork` is one;
+    a protocol, so that this module need not import the network's)."""
+
+    @property
+    def statistics(self) -> _Counters: ...
+
+    def _transit(self, src: str, dst: str, size: int) -> Transit: ...
+
+    def _forget(self, end: SimStream) -> None: ...
+
+    def _start_pump(self, pump: Callable[[], Awaitable[None]]) -> None: ...
+
+    def is_cut(self, a: str, b: str) -> bool: ...
+
+    async def _wait_topology_change(self) -> None: ...
 
 
 class _Signal(enum.Enum):
@@ -57,9 +82,7 @@ class SimStream(trio.abc.HalfCloseableStream):
     receive (``trio.BusyResourceError``). ``window``: see :data:`WINDOW`.
     """
 
-    def __init__(
-        self, network: SimNetwork, local: str, remote: str, *, window: int = WINDOW
-    ) -> None:
+    def __init__(self, network: Carrier, local: str, remote: str, *, window: int = WINDOW) -> None:
         self.network = network
         self.local = local
         self.remote = remote
@@ -283,7 +306,7 @@ class SimStream(trio.abc.HalfCloseableStream):
 
 
 def open_connection(
-    network: SimNetwork, client: str, server: str, *, window: int = WINDOW
+    network: Carrier, client: str, server: str, *, window: int = WINDOW
 ) -> tuple[SimStream, SimStream]:
     """The ``(client end, server end)`` of a new connection between two hosts."""
     client_end = SimStream(network, client, server, window=window)

@@ -2,22 +2,20 @@
 
 Each talking pair ``(src, dst)`` sends messages as a Poisson process (exponential gaps,
 mean ``interval`` virtual seconds), from a random source derived from the seed and the
-two names. Every message is sent in its own task with :meth:`SimNode.send`; with
-``resend`` (the default) an application keeps a message its node gave up on and sends
-the same frame again, as an application with a durable outbox would, so a partition or a
-crash delays messages instead of losing them.
+two names. A message is handed to the source's node (:meth:`SimNode.send`: custody) and
+the mesh carries it from there, however many hops away ``dst`` is; the application
+never sends it again. An application whose node is down (crashed, not yet restarted)
+sends nothing meanwhile: it runs on the same host. A message the node refuses (its
+store is full) is counted in the ledger as refused.
 """
 
 from __future__ import annotations
 
-import contextlib
+import heapq
 import math
 from collections.abc import Sequence
 
-import trio
-
-from node import NodeError
-from simulations._errors import NodeDown
+import mesh
 from simulations._simulation import SimNode, Simulation
 
 __all__ = ["generate_traffic"]
@@ -30,51 +28,39 @@ async def generate_traffic(
     interval: float,
     size: int = 200,
     until: float = math.inf,
-    resend: bool = True,
+    receipt: bool = False,
+    ttl: float | None = None,
 ) -> None:
-    """Send messages between ``pairs`` until virtual time ``until``, then wait for the
-    sends still under way (cancel to stop them).
+    """Send messages between ``pairs`` until virtual time ``until``, then return.
 
-    Messages are ``size`` bytes. A refused message (:class:`node.Rejected`, e.g.
-    ``no-route`` for a pair that is not adjacent) or an unknown peer counts as failed
-    in the ledger and does not stop the traffic; so does a send that fails without
-    ``resend``. Raises :class:`ValueError` for ``interval <= 0`` or ``size < 0``.
+    Messages are ``size`` bytes; ``receipt``: ask for delivery receipts (the report
+    counts those that came back); ``ttl``: the frames' lifetime (default: the nodes'
+    ``frame_ttl``). Raises :class:`ValueError` for ``interval <= 0`` or ``size < 0``.
     """
     if not interval > 0:
         raise ValueError(f"interval must be > 0 seconds, not {interval}")
     if size < 0:
         raise ValueError(f"size must be >= 0 bytes, not {size}")
-    async with trio.open_nursery() as nursery:
-        for src, dst in pairs:
-            nursery.start_soon(_pair, sim, src, dst, interval, size, until, resend, nursery)
-
-
-async def _pair(
-    sim: Simulation,
-    src: SimNode,
-    dst: SimNode,
-    interval: float,
-    size: int,
-    until: float,
-    resend: bool,
-    nursery: trio.Nursery,
-) -> None:
-    rng = sim.rng("traffic", src.name, dst.name)
-    when = sim.now
-    number = 0
-    while True:
-        when += rng.expovariate(1 / interval)
+    # One schedule for all pairs (each with its own random source): the next message
+    # due is sent, and its pair's next one drawn. No task per pair or per message.
+    sources = [sim.rng("traffic", src.name, dst.name) for src, dst in pairs]
+    numbers = [0] * len(pairs)
+    start = sim.now
+    schedule = [(start + rng.expovariate(1 / interval), index) for index, rng in enumerate(sources)]
+    heapq.heapify(schedule)
+    while schedule:
+        when, index = schedule[0]
         if when >= until:
             return
         await sim.advance_to(when)
-        head = f"{src.name}>{dst.name} #{number} ".encode()
+        heapq.heapreplace(schedule, (when + sources[index].expovariate(1 / interval), index))
+        src, dst = pairs[index]
+        head = f"{src.name}>{dst.name} #{numbers[index]} ".encode()
         body = (head + b"." * size)[:size]
-        number += 1
-        nursery.start_soon(_send, src, dst, body, resend)
-
-
-async def _send(src: SimNode, dst: SimNode, body: bytes, resend: bool) -> None:
-    # Refusals, unknown peers and (without resend) failures and crashes are figures
-    # of the report, entered in the ledger, not errors of the traffic.
-    with contextlib.suppress(NodeError, NodeDown):
-        await src.send(dst, body, resend=resend)
+        numbers[index] += 1
+        if not src.up:
+            continue
+        try:
+            await src.send(dst, body, receipt=receipt, ttl=ttl)
+        except mesh.StoreFull:
+            sim.ledger.refused += 1

@@ -1076,6 +1076,9 @@ async def test_idle_connections_are_pinged(
     relay = await memory_nodes.open("relay")
     nat = await natted(memory_nodes, relay, connections=2)
     assert nat.server is not None
+    # The relay's greeting (its announce and routes) reaches nat over a reversed
+    # connection once nat attaches and greets it: let that exchange finish first.
+    await trio.testing.wait_all_tasks_blocked()
     served = nat.server.requests_served
     await trio.sleep(26)
     assert nat.server.requests_served == served + 2  # one OPTIONS ping on each

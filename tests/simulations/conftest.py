@@ -4,6 +4,9 @@ Both run in virtual time, so a test that waits a simulated minute takes millisec
 pytest-trio takes the clock from the *test's* arguments only, so a test using them
 must also take ``autojump_clock``; they refuse to run without it. The seed is fixed; a
 failing test that used one prints it, so the run can be repeated exactly.
+
+Tests marked ``slow`` (full-size simulations: an hour of wall time or more) are skipped
+unless selected with ``-m slow``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ async def sim(
     require_virtual_time()
     async with open_simulation(seed=seed, data_dir=tmp_path / "sim") as simulation:
         yield simulation
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``slow`` tests unless ``-m`` names them."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a full-size simulation: run it with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 @pytest.hookimpl(wrapper=True)
