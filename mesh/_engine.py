@@ -93,10 +93,12 @@ class Forward:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reroute:
-    """Frames queued for ``dst`` now go to ``next_hop`` (None: hold them)."""
+    """Frames queued for ``dst`` now go to ``next_hop`` (None: hold them); those that
+    came from ``next_hop`` go to ``instead`` (never straight back; None: hold them)."""
 
     dst: crypto.NodeId
     next_hop: crypto.NodeId | None
+    instead: crypto.NodeId | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -289,7 +291,7 @@ class Router:
         news = self.table.learn(route)
         after = self.next_hop(frame.src, now)
         if after != before:
-            actions.append(Reroute(frame.src, after))
+            actions.append(self.reroute(frame.src, now))
         if news and self._may_flood(frame.src, frame.ts, now) and admitted.hops < frame.hops:
             to = tuple(
                 link.node
@@ -362,14 +364,15 @@ class Router:
                 actions.append(Greet(node, hello=False))
         return actions + self._reroute(changed, now)
 
+    def reroute(self, dst: crypto.NodeId, now: int) -> Reroute:
+        """Where frames queued for ``dst`` go now: its best next hop, and for those
+        that came from that hop, the best one that does not go straight back."""
+        hop = self.next_hop(dst, now)
+        instead = None if hop is None else self.next_hop(dst, now, came_from=hop)
+        return Reroute(dst, hop, instead)
+
     def _reroute(self, destinations: set[crypto.NodeId], now: int) -> list[Action]:
-        # The store moves every frame queued for each destination to its current next
-        # hop; frames that would go back where they came from are held (the store
-        # knows where each came from).
-        return [
-            Reroute(dst, self.next_hop(dst, now))
-            for dst in sorted(destinations, key=lambda node: node.raw)
-        ]
+        return [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
 
     # -- views ----------------------------------------------------------------------
 

@@ -840,18 +840,25 @@ class Store:
 
         self._transaction(work)
 
-    def reroute(self, dst: crypto.NodeId, next_hop: crypto.NodeId | None) -> int:
+    def reroute(
+        self,
+        dst: crypto.NodeId,
+        next_hop: crypto.NodeId | None,
+        *,
+        instead: crypto.NodeId | None = None,
+    ) -> int:
         """Send every frame queued for ``dst`` to ``next_hop`` (None: hold them); those
-        that came from ``next_hop`` are held instead (never straight back). Return how
-        many frames changed next hop."""
+        that came from ``next_hop`` go to ``instead`` (never straight back; None: hold
+        them). Return how many frames changed next hop."""
         hop = _raw(next_hop)
+        other = None if instead == next_hop else _raw(instead)
 
         def work() -> tuple[int, _Usage | None]:
             cursor = self._db.execute(
-                "UPDATE queue SET next_hop = CASE WHEN came_from IS ? THEN NULL ELSE ? END"
-                " WHERE dst = ? AND next_hop IS NOT (CASE WHEN came_from IS ? THEN NULL"
+                "UPDATE queue SET next_hop = CASE WHEN came_from IS ? THEN ? ELSE ? END"
+                " WHERE dst = ? AND next_hop IS NOT (CASE WHEN came_from IS ? THEN ?"
                 " ELSE ? END)",
-                (hop, hop, dst.raw, hop, hop),
+                (hop, other, hop, dst.raw, hop, other, hop),
             )
             return cursor.rowcount, self._count() if cursor.rowcount else None
 

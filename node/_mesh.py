@@ -150,7 +150,7 @@ class MeshRuntime:
             pairs = await self.run_blocking(self.store.queued_destinations)
             await self._apply(
                 [
-                    mesh.Reroute(dst, self.router.next_hop(dst, now))
+                    self.router.reroute(dst, now)
                     for dst in sorted({dst for dst, _ in pairs}, key=lambda n: n.raw)
                 ]
             )
@@ -232,8 +232,10 @@ class MeshRuntime:
     async def _apply(self, actions: Sequence[mesh.Action]) -> None:
         for action in actions:
             if isinstance(action, mesh.Reroute):
-                dst, hop = action.dst, action.next_hop
-                moved = await self.run_blocking(functools.partial(self.store.reroute, dst, hop))
+                dst, hop, instead = action.dst, action.next_hop, action.instead
+                moved = await self.run_blocking(
+                    functools.partial(self.store.reroute, dst, hop, instead=instead)
+                )
                 if moved:
                     log.info(
                         "rerouted %d frames for %s via %s",
@@ -241,8 +243,9 @@ class MeshRuntime:
                         dst.short,
                         hop.short if hop else "nobody (held)",
                     )
-                    if hop is not None:
-                        self._forwarder(hop).poke()
+                    for node in (hop, instead):
+                        if node is not None:
+                            self._forwarder(node).poke()
                 self._routes_dirty.set()
             elif isinstance(action, mesh.Flood):
                 for node in action.to:

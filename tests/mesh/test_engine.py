@@ -425,8 +425,9 @@ def test_a_copy_that_is_not_news_is_a_duplicate_and_not_flooded() -> None:
     result, address_, actions = r.on_announce(admitted(envelope, hops=2), B, NOW + 1)
     assert result.outcome is Outcome.DUPLICATE
     assert address_ == address(X_ID)  # still worth keeping
-    # Not news, but a tie now won by the lower id: frames for X move.
-    assert actions == [Reroute(X, B)]
+    # Not news, but a tie now won by the lower id: frames for X move to B, and
+    # those that came from B go the other way, through C.
+    assert actions == [Reroute(X, B, instead=C)]
     result, _, actions = r.on_announce(admitted(envelope, hops=3), A, NOW + 2)
     assert (result.outcome, actions) == (Outcome.DUPLICATE, [])
     older = announce(X_ID, ts=T0 - 1)
@@ -627,7 +628,8 @@ def test_a_new_neighbour_is_greeted_and_frames_for_it_rerouted() -> None:
 def test_a_new_neighbour_that_was_reachable_through_another() -> None:
     r = router(A)
     learn(r, B, A, hops=2)
-    assert r.add_neighbour(B, Role.ATTACHED, NOW) == [Greet(B), Reroute(B, B)]
+    # Frames for B go to B; any that came from B go on the old way, through A.
+    assert r.add_neighbour(B, Role.ATTACHED, NOW) == [Greet(B), Reroute(B, B, instead=A)]
 
 
 def test_removing_a_neighbour_forgets_its_routes() -> None:
@@ -700,12 +702,13 @@ def test_a_link_going_down_reroutes_around_it_and_back() -> None:
     assert r.next_hop(X, NOW) == A
     actions = take_down(r, A, NOW)
     # Y has nowhere else, Z nowhere feasible: they stay with A (held there); A too.
-    assert actions == by_dst(Reroute(X, B), Reroute(Y, A), Reroute(Z, A), Reroute(A, A))
+    # X's go to B, except those that came from B: they wait for A.
+    assert actions == by_dst(Reroute(X, B, instead=A), Reroute(Y, A), Reroute(Z, A), Reroute(A, A))
     # Further failures while DOWN change nothing.
     assert r.send_failed(A, NOW + 2 * DOWN_AFTER, "refused")[1] == []
     # A send that works brings it back.
     back = r.sent_ok(A, NOW + 3 * DOWN_AFTER)
-    assert back == by_dst(Reroute(X, A), Reroute(Y, A), Reroute(Z, A), Reroute(A, A))
+    assert back == by_dst(Reroute(X, A, instead=B), Reroute(Y, A), Reroute(Z, A), Reroute(A, A))
     assert r.sent_ok(A, NOW + 3 * DOWN_AFTER) == []  # already up
 
 
@@ -716,7 +719,7 @@ def test_hearing_from_a_down_neighbour_wakes_it_and_reroutes_back() -> None:
     take_down(r, A, NOW)
     assert r.heard_from(A, NOW + DOWN_AFTER + 1) == [
         Wake(A),
-        *sorted([Reroute(X, A), Reroute(A, A)], key=lambda a: a.dst.raw),
+        *sorted([Reroute(X, A, instead=B), Reroute(A, A)], key=lambda a: a.dst.raw),
     ]
     assert r.heard_from(A, NOW + DOWN_AFTER + 2) == []  # up already: nothing to do
 

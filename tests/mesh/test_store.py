@@ -542,6 +542,13 @@ def test_reroute_and_the_came_from_rule(store: Store) -> None:
     assert store.reroute(ALICE.node_id, carol) == 4
     assert hops() == {1: carol, 2: carol, 3: carol, 4: carol, 5: carol}
     assert store.reroute(BOB.node_id, dave) == 0  # nothing queued for BOB
+    # DAVE again, with a second way for what he gave us: through BOB.
+    bob = BOB.node_id
+    assert store.reroute(ALICE.node_id, dave, instead=bob) == 4
+    assert hops() == {1: dave, 2: dave, 3: bob, 4: bob, 5: carol}
+    # "Instead" the very hop it came from is never taken: held.
+    assert store.reroute(ALICE.node_id, dave, instead=dave) == 2
+    assert hops() == {1: dave, 2: dave, 3: None, 4: None, 5: carol}
     assert store.statistics() == stats(queued=5, queued_bytes=5 * S)
 
 
