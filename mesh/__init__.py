@@ -9,6 +9,7 @@ h11, or reads the clock.
 from mesh._engine import (
     Action,
     Deliver,
+    Fanout,
     Flood,
     Forward,
     ForwardPolicy,
@@ -20,6 +21,7 @@ from mesh._engine import (
 )
 from mesh._errors import HopLimitExceeded, MeshError, NoRoute, StoreFull
 from mesh._intake import Admitted, admit
+from mesh._interests import Interest, Interests, Learned, secure_owner
 from mesh._links import Link, Links, LinkState, Role
 from mesh._routes import Route, RoutingTable
 from mesh._store import (
@@ -31,10 +33,12 @@ from mesh._store import (
     QueueStatistics,
     Quotas,
     Receipt,
+    SavedSubscription,
     Store,
     StoreStatistics,
     Trace,
 )
+from mesh._topics import TopicTrie, covers, matches
 from mesh._wire import (
     CONTENT_TYPE_FRAMES,
     CONTENT_TYPE_RESULTS,
@@ -57,6 +61,7 @@ __all__ = [
     "Action",
     "Admitted",
     "Deliver",
+    "Fanout",
     "Flood",
     "Forward",
     "ForwardPolicy",
@@ -64,6 +69,9 @@ __all__ = [
     "HopLimitExceeded",
     "InboxEntry",
     "Intake",
+    "Interest",
+    "Interests",
+    "Learned",
     "Link",
     "LinkState",
     "Links",
@@ -83,15 +91,20 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RoutingTable",
+    "SavedSubscription",
     "Store",
     "StoreFull",
     "StoreStatistics",
+    "TopicTrie",
     "Trace",
     "Wake",
     "WireFrame",
     "admit",
+    "covers",
     "decode_frames",
     "decode_results",
     "encode_frames",
     "encode_results",
+    "matches",
+    "secure_owner",
 ]

@@ -38,6 +38,14 @@ from typing import Final
 
 import crypto
 from mesh._intake import Admitted
+from mesh._interests import (
+    DEFAULT_MAX_INTERESTS,
+    DEFAULT_MAX_PATTERNS_PER_ORIGIN,
+    Interest,
+    Interests,
+    Learned,
+    secure_owner,
+)
 from mesh._links import Links, LinkState, Role
 from mesh._routes import DEFAULT_MAX_DESTINATIONS, Route, RoutingTable
 from mesh._wire import ACCEPTED, DUPLICATE, Reason, Result, WireFrame
@@ -45,6 +53,7 @@ from mesh._wire import ACCEPTED, DUPLICATE, Reason, Result, WireFrame
 __all__ = [
     "Action",
     "Deliver",
+    "Fanout",
     "Flood",
     "ForwardPolicy",
     "Forward",
@@ -77,6 +86,8 @@ class RouterConfig:
     flood_interval_ms: int = DEFAULT_FLOOD_INTERVAL_MS
     forward_policy: ForwardPolicy = ForwardPolicy.NEIGHBOURS
     max_destinations: int = DEFAULT_MAX_DESTINATIONS
+    max_patterns_per_origin: int = DEFAULT_MAX_PATTERNS_PER_ORIGIN
+    max_interests: int = DEFAULT_MAX_INTERESTS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +110,18 @@ class Reroute:
     dst: crypto.NodeId
     next_hop: crypto.NodeId | None
     instead: crypto.NodeId | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fanout:
+    """A ``pub`` frame: deliver it here if ``deliver`` (a local subscription matches),
+    and queue a copy for each of ``next_hops`` (neighbours toward matching subscribers).
+
+    The store takes it once per (origin, id): a publication seen before is a duplicate.
+    """
+
+    deliver: bool
+    next_hops: tuple[crypto.NodeId, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +172,10 @@ class Router:
         self.config = config or RouterConfig()
         self.links = links or Links(rng=rng)
         self.table = RoutingTable(max_destinations=self.config.max_destinations)
+        self.interests = Interests(
+            max_per_origin=self.config.max_patterns_per_origin,
+            max_total=self.config.max_interests,
+        )
         #: Per origin: (ts, when) of the last announce flooded on.
         self._flooded: dict[crypto.NodeId, tuple[int, int]] = {}
         #: Per neighbour: when we last greeted it back (answering its hello).
@@ -200,9 +227,12 @@ class Router:
 
     def classify(
         self, admitted: Admitted, sender: crypto.NodeId | None, now: int
-    ) -> Deliver | Forward | Result:
-        """Decide for a verified ``msg`` or ``rcpt`` frame that ``sender`` handed us."""
+    ) -> Deliver | Forward | Fanout | Result:
+        """Decide for a verified ``msg``, ``rcpt`` or ``pub`` frame that ``sender``
+        handed us (None: our own)."""
         frame = admitted.frame
+        if frame.kind is crypto.Kind.PUB:
+            return self._publication(admitted, sender, now)
         if frame.kind not in _TRANSIT:
             return Result.rejected(
                 Reason.UNSUPPORTED, f"this node does not take {frame.kind} frames yet"
@@ -224,6 +254,91 @@ class Router:
                 f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
             )
         return Forward(self.next_hop(frame.dst, now, came_from=sender))
+
+    # -- publish/subscribe ----------------------------------------------------------
+
+    def _publication(
+        self, admitted: Admitted, sender: crypto.NodeId | None, now: int
+    ) -> Fanout | Result:
+        """A ``pub`` frame: delivered here if a local interest matches, and a copy for
+        the next hop toward each other matching subscriber (never back to ``sender``)."""
+        frame = admitted.frame
+        assert frame.topic is not None  # pub frames have one
+        owner = secure_owner(frame.topic)
+        if owner is not None and owner != frame.src:
+            return Result.rejected(
+                Reason.FORBIDDEN,
+                f"topic {frame.topic!r} is {owner.short}'s secure name; only it may publish "
+                f"there, not {frame.src.short}",
+            )
+        subscribers = self.interests.subscribers(frame.topic, now=now)
+        deliver = self.local in subscribers
+        subscribers.discard(self.local)
+        if not subscribers or not self._may_forward(admitted, sender):
+            return Fanout(deliver, ())
+        hops = {self.next_hop(node, now) for node in subscribers}
+        hops.discard(None)
+        hops.discard(sender)
+        return Fanout(deliver, tuple(sorted((h for h in hops if h), key=lambda n: n.raw)))
+
+    def _may_forward(self, admitted: Admitted, sender: crypto.NodeId | None) -> bool:
+        if sender is None:
+            return True  # our own
+        policy = self.config.forward_policy
+        if policy is ForwardPolicy.OFF:
+            return False
+        if policy is ForwardPolicy.NEIGHBOURS and sender not in self.links:
+            return False
+        return admitted.hops < admitted.frame.hops
+
+    def on_interest(
+        self, admitted: Admitted, sender: crypto.NodeId, now: int
+    ) -> tuple[Result, list[Action]]:
+        """Take a ``sub`` or ``unsub`` frame from neighbour ``sender``: learn it, and
+        flood it on to the other neighbours if it is news."""
+        frame = admitted.frame
+        if sender not in self.links:
+            return (
+                Result.rejected(
+                    Reason.POLICY,
+                    f"interests are taken from neighbours only; {sender.short} is not one",
+                ),
+                [],
+            )
+        if frame.src == self.local:
+            return DUPLICATE, []  # our own, come back around
+        interest = Interest.of(frame, admitted.envelope, hops=admitted.hops)
+        learned = self.interests.learn(interest, now=now)
+        if learned is Learned.STALE:
+            return DUPLICATE, []
+        if learned is Learned.FULL:
+            return (
+                Result.rejected(
+                    Reason.STORE_FULL,
+                    f"{frame.src.short} holds {self.config.max_patterns_per_origin} patterns "
+                    f"here or the node holds {self.config.max_interests} in all; withdraw "
+                    "some first",
+                ),
+                [],
+            )
+        if admitted.hops >= frame.hops:
+            return ACCEPTED, []
+        return ACCEPTED, self._flood_interest(interest, avoid=(sender, frame.src))
+
+    def own_interest(self, frame: crypto.Frame, envelope: bytes, now: int) -> list[Action]:
+        """Our own ``sub`` or ``unsub`` (signed by the runtime): learn it and flood it."""
+        interest = Interest.of(frame, envelope, hops=0)
+        if self.interests.learn(interest, now=now) is not Learned.NEWS:
+            return []
+        return self._flood_interest(interest, avoid=())
+
+    def _flood_interest(
+        self, interest: Interest, *, avoid: tuple[crypto.NodeId, ...]
+    ) -> list[Action]:
+        # DOWN neighbours too: the forwarder keeps control frames until the link is back,
+        # and a publication must not miss a subscriber because a link was out.
+        to = tuple(link.node for link in self.links if link.node not in avoid)
+        return [Flood(to, WireFrame(interest.hops, interest.envelope))] if to else []
 
     # -- announces ------------------------------------------------------------------
 
@@ -320,6 +435,11 @@ class Router:
             best = self.table.best(dst, now=now, usable=self.links.usable, avoid=node)
             if best is not None and best.announce:
                 frames.append(WireFrame(best.hops, best.announce))
+        # And the interests held (tombstones too: a neighbour back from a restart must
+        # hear of an unsubscription it missed), but not those of ``node`` itself.
+        for interest in self.interests.held(now=now):
+            if interest.origin != node:
+                frames.append(WireFrame(interest.hops, interest.envelope))
         return frames
 
     # -- link feedback and time -----------------------------------------------------
@@ -354,6 +474,7 @@ class Router:
         """Expire lapsed routes and reroute what went through them; greet back the
         neighbours whose hello came too soon after the last greeting."""
         changed = self.table.expire(now)
+        self.interests.expire(now)
         for origin in [o for o in self._flooded if o not in self.table]:
             del self._flooded[origin]
         actions: list[Action] = []

@@ -1,25 +1,36 @@
 """The node's durable store: SQLite in WAL mode.
 
-Tables (schema 2):
+Tables (schema 3):
 
-* ``seen``: (origin, id) of every frame delivered to this node, kept until the frame
-  expires (after that the frame itself is refused as expired, so a replay can never be
-  taken twice). Keyed by origin *and* id: one origin reusing another's frame id cannot
+* ``seen``: (origin, id) of every frame delivered to this node, and of every
+  publication it took (delivered, passed on, or both), kept until the frame expires
+  (after that the frame itself is refused as expired, so a replay can never be taken
+  twice). Keyed by origin *and* id: one origin reusing another's frame id cannot
   suppress the real frame. ``seen_v1`` keeps the id-only entries of a schema-1 store
   until they expire.
-* ``inbox``: messages for this node that the application has not acknowledged.
+* ``inbox``: messages and publications for this node that the application has not
+  acknowledged (``topic``: a publication's topic, NULL for a message).
 * ``queue``: frames this node holds for a next hop (its own and others'), or holds
-  with no next hop (``next_hop`` NULL) until a route appears or they expire. Unique by
-  (origin, id): a frame held here is a duplicate if it comes again.
+  with no next hop (``next_hop`` NULL) until a route appears or they expire. A ``msg``
+  or ``rcpt`` is held once: unique by (origin, id), so a frame held here is a duplicate
+  if it comes again. A ``pub`` is held once *per next hop* (unique by (origin, id,
+  dst), where ``dst`` of a pub copy is the next hop it is for: bookkeeping only, a pub
+  has no destination); a pub copy never changes next hop (:meth:`Store.reroute`
+  leaves it), it stays until that neighbour takes it or it expires. Whether a pub is
+  new is decided by the seen-set, not the queue.
 * ``sent``: the origin's trace of each frame it sent: first hop and when it accepted,
   and what receipts said (delivered after N hops, or dropped by X because Y).
 * ``receipts``: every receipt that came back for a frame we sent.
 * ``routes`` and ``addresses``: the routing table and the address records learned from
   announces, saved so a restarted node starts from what it knew.
+* ``interests``: the subscribers' interests (from ``sub``/``unsub`` frames, withdrawn
+  ones as tombstones) the router holds, saved whole like the routes.
+* ``subscriptions``: this node's named durable subscriptions (patterns, lease).
 
-"Accepted" means committed: :meth:`Store.accept` and :meth:`Store.enqueue` write a whole
-batch in one transaction (``synchronous=FULL``), so a node killed right after answering
-(or after ``send()`` returned) loses nothing it took (docs/architecture.md: commit per batch).
+"Accepted" means committed: :meth:`Store.accept`, :meth:`Store.enqueue` and
+:meth:`Store.publish` write a whole batch in one transaction (``synchronous=FULL``), so
+a node killed right after answering (or after ``send()`` returned) loses nothing it took
+(docs/architecture.md: commit per batch).
 
 Quotas: the inbox has its own; the queue has a total, per origin, per next hop and per
 neighbour the frames came from. A batch that would pass any of them is refused whole
@@ -34,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -41,9 +53,10 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import crypto
-from mesh._engine import Deliver, Forward
+from mesh._engine import Deliver, Fanout, Forward
 from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
+from mesh._interests import Interest
 from mesh._routes import Route
 from mesh._wire import ACCEPTED, DUPLICATE, Result, WireFrame
 
@@ -56,6 +69,7 @@ __all__ = [
     "Queued",
     "Quotas",
     "Receipt",
+    "SavedSubscription",
     "Store",
     "StoreStatistics",
     "Trace",
@@ -67,7 +81,7 @@ DEFAULT_MAX_INBOX_BYTES: Final = 256 * 1024 * 1024
 SEEN_GRACE_MS: Final = 10 * 60 * 1000
 #: How long the origin keeps the trace of a frame past its expiry.
 TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _T = TypeVar("_T")
 
 _SCHEMA: Final = """
@@ -90,6 +104,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     ref BLOB,
     body BLOB NOT NULL,
     envelope BLOB NOT NULL,
+    topic TEXT,
     UNIQUE (src, id)
 );
 CREATE TABLE IF NOT EXISTS queue (
@@ -105,8 +120,9 @@ CREATE TABLE IF NOT EXISTS queue (
     queued INTEGER NOT NULL,
     size INTEGER NOT NULL,
     envelope BLOB NOT NULL,
-    UNIQUE (src, id)
+    UNIQUE (src, id, dst)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS queue_one_copy ON queue (src, id) WHERE kind != 'pub';
 CREATE INDEX IF NOT EXISTS queue_by_hop ON queue (next_hop, seq);
 CREATE INDEX IF NOT EXISTS queue_by_dst ON queue (dst);
 CREATE INDEX IF NOT EXISTS queue_by_exp ON queue (exp);
@@ -148,6 +164,22 @@ CREATE TABLE IF NOT EXISTS routes (
 CREATE TABLE IF NOT EXISTS addresses (
     node BLOB PRIMARY KEY, seq INTEGER NOT NULL, exp INTEGER NOT NULL, envelope BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS interests (
+    origin BLOB NOT NULL,
+    pattern TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    exp INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    withdrawn INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    PRIMARY KEY (origin, pattern)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    name TEXT PRIMARY KEY,
+    patterns TEXT NOT NULL, -- a JSON list of patterns
+    lease_ms INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
 """
 
 #: Schema 1 -> 2: dedup by (origin, id); the inbox unique by (origin, id). Ids seen
@@ -182,6 +214,36 @@ DROP TABLE inbox;
 ALTER TABLE inbox_new RENAME TO inbox;
 """
 
+#: Schema 2 -> 3, the queue: unique by (origin, id, dst) (a pub is queued once per next
+#: hop), and by (origin, id) for the other kinds. SQLite cannot change a UNIQUE
+#: constraint, so the table is rebuilt, every row (and its seq, and the seq counter) kept;
+#: _SCHEMA recreates the indexes. (The inbox gets its ``topic`` column separately: a
+#: schema-1 store migrated on the way has no queue yet.)
+_MIGRATE_2_TO_3_QUEUE: Final = """
+CREATE TABLE queue_new (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    src BLOB NOT NULL,
+    id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    dst BLOB NOT NULL,
+    exp INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    next_hop BLOB,
+    came_from BLOB,
+    queued INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE (src, id, dst)
+);
+INSERT INTO queue_new SELECT seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued,
+    size, envelope FROM queue;
+DELETE FROM sqlite_sequence WHERE name = 'queue_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'queue_new', seq FROM sqlite_sequence
+    WHERE name = 'queue';
+DROP TABLE queue;
+ALTER TABLE queue_new RENAME TO queue;
+"""
+
 
 @dataclasses.dataclass(frozen=True)
 class Quotas:
@@ -196,7 +258,8 @@ class Quotas:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """A received frame waiting for the application to acknowledge it."""
+    """A received frame (``msg`` or ``pub``) waiting for the application to acknowledge
+    it. ``topic``: a publication's topic (None for a message)."""
 
     seq: int
     id: bytes
@@ -208,11 +271,16 @@ class InboxEntry:
     ct: str | None
     ref: bytes | None
     body: bytes
+    topic: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A frame to queue: sealed, with the hops it has made and where it goes next."""
+    """A frame to queue: sealed, with the hops it has made and where it goes next.
+
+    Build it with :meth:`of` (``msg``, ``rcpt``) or :meth:`copy_for` (one copy of a
+    ``pub`` for one next hop: ``dst`` is that next hop, for bookkeeping).
+    """
 
     src: crypto.NodeId
     id: bytes
@@ -234,16 +302,34 @@ class Outgoing:
         next_hop: crypto.NodeId | None,
         came_from: crypto.NodeId | None = None,
     ) -> Outgoing:
-        assert frame.dst is not None  # only msg and rcpt frames are queued
+        assert frame.dst is not None  # msg and rcpt frames; a pub: copy_for
         return cls(
             frame.src, frame.id, frame.kind, frame.dst, frame.exp, hops, envelope, next_hop,
+            came_from,
+        )  # fmt: skip
+
+    @classmethod
+    def copy_for(
+        cls,
+        frame: crypto.Frame,
+        envelope: bytes,
+        *,
+        hops: int,
+        next_hop: crypto.NodeId,
+        came_from: crypto.NodeId | None = None,
+    ) -> Outgoing:
+        """The copy of publication ``frame`` queued for ``next_hop``."""
+        assert frame.kind is crypto.Kind.PUB  # msg and rcpt frames: of
+        return cls(
+            frame.src, frame.id, frame.kind, next_hop, frame.exp, hops, envelope, next_hop,
             came_from,
         )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Queued:
-    """A frame in the queue."""
+    """A frame in the queue. For a copy of a ``pub``, ``dst`` is the next hop the copy
+    is for (the frame has no destination)."""
 
     seq: int
     src: crypto.NodeId
@@ -265,14 +351,15 @@ class Queued:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Intake:
-    """One admitted frame and the router's decision for it.
+    """One admitted frame and the router's decision for it (:class:`Fanout` for a
+    ``pub``, and only for one).
 
     ``receipt``: the delivery receipt to queue if the frame is delivered here for the
     first time (the origin asked for one).
     """
 
     admitted: Admitted
-    decision: Deliver | Forward
+    decision: Deliver | Forward | Fanout
     came_from: crypto.NodeId | None
     receipt: Outgoing | None = None
 
@@ -309,6 +396,16 @@ class Trace:
     by: crypto.NodeId | None
     why: str | None
     receipts: tuple[Receipt, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SavedSubscription:
+    """A named durable subscription of this node: its patterns and lease (ms)."""
+
+    name: str
+    patterns: tuple[str, ...]
+    lease_ms: int
+    created: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -428,7 +525,8 @@ class Store:
     """One node's SQLite store. Use :meth:`close` (or ``with``) when done.
 
     Raises :class:`MeshError` if the file cannot be opened or has a schema this ptth
-    does not know (a newer one); a schema-1 store is migrated in place.
+    does not know (a newer one); a schema-1 or schema-2 store is migrated in place, in
+    one transaction (a migration that fails leaves the file as it was).
     """
 
     def __init__(
@@ -480,18 +578,26 @@ class Store:
         if version == SCHEMA_VERSION:
             db.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             return
+        if version is not None and version not in (1, 2):
+            raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
+
+        def run(script: str) -> None:
+            # Statement by statement: executescript would commit first.
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
         db.execute("BEGIN IMMEDIATE")
         try:
             if version == 1:
-                # Statement by statement: executescript would commit first.
-                for statement in _MIGRATE_1_TO_2.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            elif version is not None:
-                raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+                run(_MIGRATE_1_TO_2)
+                version = 2
+            if version == 2:
+                # A schema-1 store migrated just now has no queue yet: _SCHEMA makes it.
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone():
+                    run(_MIGRATE_2_TO_3_QUEUE)
+                db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
+            run(_SCHEMA)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("COMMIT")
         except BaseException:
@@ -558,8 +664,11 @@ class Store:
         Frames for this node go to the inbox (receipts to the trace of the frame they
         are about); a frame delivered before (its origin and id are in the seen-set) is
         a duplicate. Frames to forward go to the queue; one already queued here is a
-        duplicate. Raises :class:`StoreFull` (nothing taken) if the batch would pass the
-        inbox quota or a queue quota, or the disk is full.
+        duplicate. A publication (:class:`Fanout`) taken before (in the seen-set) is a
+        duplicate; else it is entered in the seen-set, delivered to the inbox if
+        ``deliver``, and a copy is queued for each next hop: accepted, even with nowhere
+        to go. Raises :class:`StoreFull` (nothing taken) if the batch would pass the
+        inbox quota or a queue quota (each pub copy counts), or the disk is full.
         """
         usage = _Usage()
         inbox_added = 0
@@ -568,6 +677,17 @@ class Store:
             nonlocal inbox_added
             results: list[Result] = []
             for item in batch:
+                if isinstance(item.decision, Fanout):
+                    added = self._fan_out(
+                        item.admitted, item.decision, came_from=item.came_from, now=now,
+                        usage=usage,
+                    )  # fmt: skip
+                    if added is None:
+                        results.append(DUPLICATE)
+                    else:
+                        inbox_added += added
+                        results.append(ACCEPTED)
+                    continue
                 if isinstance(item.decision, Forward):
                     outgoing = Outgoing.of(
                         item.admitted.frame,
@@ -587,13 +707,7 @@ class Store:
                 if item.receipt is not None:
                     self._insert_queue(item.receipt, now, usage)
                 results.append(ACCEPTED)
-            if inbox_added and self._inbox_bytes + inbox_added > self.max_inbox_bytes:
-                raise StoreFull(
-                    f"inbox holds {self._inbox_bytes} bytes; {inbox_added} more would pass "
-                    f"its quota of {self.max_inbox_bytes}"
-                )
-            if problem := self._usage.over(self.quotas, usage):
-                raise StoreFull(problem)
+            self._check_quotas(inbox_added, usage)
             return results
 
         def committed(_: list[Result]) -> None:
@@ -601,6 +715,44 @@ class Store:
             self._merge(usage)
 
         return self._transaction(work, then=committed)
+
+    def _check_quotas(self, inbox_added: int, usage: _Usage) -> None:
+        """Raise :class:`StoreFull` if ``inbox_added`` bytes more in the inbox or
+        ``usage`` more in the queue would pass a quota (in a transaction: rolled back)."""
+        if inbox_added and self._inbox_bytes + inbox_added > self.max_inbox_bytes:
+            raise StoreFull(
+                f"inbox holds {self._inbox_bytes} bytes; {inbox_added} more would pass "
+                f"its quota of {self.max_inbox_bytes}"
+            )
+        if problem := self._usage.over(self.quotas, usage):
+            raise StoreFull(problem)
+
+    def _fan_out(
+        self,
+        admitted: Admitted,
+        decision: Fanout,
+        *,
+        came_from: crypto.NodeId | None,
+        now: int,
+        usage: _Usage,
+    ) -> int | None:
+        """Take publication ``admitted``: the seen-set, the inbox if ``decision.deliver``,
+        a queue copy per next hop. Return the inbox bytes it took, None if a duplicate."""
+        frame = admitted.frame
+        if frame.kind is not crypto.Kind.PUB:
+            raise MeshError(
+                f"frame {frame.id.hex()} is a {frame.kind} frame: only pub frames fan out "
+                "(a bug in the router: report it)"
+            )
+        if self._seen(frame):
+            return None
+        added = self._insert_inbox(admitted, now) if decision.deliver else 0
+        for hop in dict.fromkeys(decision.next_hops):  # once per next hop, in order
+            copy = Outgoing.copy_for(
+                frame, admitted.envelope, hops=admitted.hops, next_hop=hop, came_from=came_from
+            )
+            self._insert_queue(copy, now, usage)
+        return added
 
     def _forget(self, removed: Iterable[tuple[bytes, bytes | None, bytes | None, int]]) -> None:
         for src, hop, came, size in removed:
@@ -636,10 +788,15 @@ class Store:
         if frame.kind is crypto.Kind.RCPT:
             self._apply_receipt(frame, now)
             return 0
+        return self._insert_inbox(admitted, now)
+
+    def _insert_inbox(self, admitted: Admitted, now: int) -> int:
+        """Put a frame in the inbox; return the bytes it counts against the quota."""
+        frame = admitted.frame
         body = frame.body or b""
         self._db.execute(
             "INSERT INTO inbox (id, src, kind, ts, exp, received, hops, ct, ref, body,"
-            " envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " envelope, topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 frame.id,
                 frame.src.raw,
@@ -652,6 +809,7 @@ class Store:
                 frame.ref,
                 body,
                 admitted.envelope,
+                frame.topic,
             ),
         )
         return len(body)
@@ -728,9 +886,9 @@ class Store:
         self, frames: Sequence[Outgoing], *, now: int, receipts: Sequence[bool] | None = None
     ) -> None:
         """Take custody of frames this node made (sent, or receipts it issues), in one
-        transaction. ``receipts[i]``: frame i asked for a delivery receipt (its trace
-        is kept either way for ``msg`` frames). Raises :class:`StoreFull` if a quota
-        would be passed (nothing taken)."""
+        transaction (publications: :meth:`publish`). ``receipts[i]``: frame i asked for
+        a delivery receipt (its trace is kept either way for ``msg`` frames). Raises
+        :class:`StoreFull` if a quota would be passed (nothing taken)."""
         usage = _Usage()
 
         def work() -> None:
@@ -756,6 +914,48 @@ class Store:
                 raise StoreFull(problem)
 
         self._transaction(work, then=lambda _: self._merge(usage))
+
+    def publish(
+        self,
+        frame: crypto.Frame,
+        envelope: bytes,
+        *,
+        deliver: bool,
+        next_hops: Iterable[crypto.NodeId],
+        now: int,
+    ) -> None:
+        """Take custody of a publication this node made, in one transaction: enter it
+        in the seen-set (a copy coming back is a duplicate), deliver it to our inbox if
+        ``deliver`` (a local subscription matches), and queue a copy for each of
+        ``next_hops``. No trace is kept (a pub has no one destination, and no receipts):
+        :meth:`trace` of its id is None.
+
+        Raises :class:`MeshError` if the frame is not a ``pub`` or was taken already,
+        :class:`StoreFull` if a quota would be passed (nothing taken).
+        """
+        hops = list(next_hops)
+        usage = _Usage()
+        inbox_added = 0
+
+        def work() -> None:
+            nonlocal inbox_added
+            added = self._fan_out(
+                Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops)), came_from=None,
+                now=now, usage=usage,
+            )  # fmt: skip
+            if added is None:
+                raise MeshError(
+                    f"publication {frame.id.hex()} from {frame.src.short} was taken already: "
+                    "publish each frame once (a new frame has a new id)"
+                )
+            inbox_added = added
+            self._check_quotas(inbox_added, usage)
+
+        def committed(_: None) -> None:
+            self._inbox_bytes += inbox_added
+            self._merge(usage)
+
+        self._transaction(work, then=committed)
 
     # -- forwarding -------------------------------------------------------------------
 
@@ -804,7 +1004,8 @@ class Store:
             for seq in seqs:
                 row = self._db.execute(
                     "DELETE FROM queue WHERE seq = ?"
-                    " RETURNING id, src, next_hop, came_from, size, came_from IS NULL",
+                    " RETURNING id, src, next_hop, came_from, size,"
+                    " came_from IS NULL AND kind != 'pub'",
                     (seq,),
                 ).fetchone()
                 if row is None:
@@ -849,15 +1050,16 @@ class Store:
     ) -> int:
         """Send every frame queued for ``dst`` to ``next_hop`` (None: hold them); those
         that came from ``next_hop`` go to ``instead`` (never straight back; None: hold
-        them). Return how many frames changed next hop."""
+        them). Return how many frames changed next hop. Copies of publications stay
+        with the next hop they were queued for."""
         hop = _raw(next_hop)
         other = None if instead == next_hop else _raw(instead)
 
         def work() -> tuple[int, _Usage | None]:
             cursor = self._db.execute(
                 "UPDATE queue SET next_hop = CASE WHEN came_from IS ? THEN ? ELSE ? END"
-                " WHERE dst = ? AND next_hop IS NOT (CASE WHEN came_from IS ? THEN ?"
-                " ELSE ? END)",
+                " WHERE dst = ? AND kind != 'pub' AND next_hop IS NOT"
+                " (CASE WHEN came_from IS ? THEN ? ELSE ? END)",
                 (hop, other, hop, dst.raw, hop, other, hop),
             )
             return cursor.rowcount, self._count() if cursor.rowcount else None
@@ -880,21 +1082,25 @@ class Store:
         return usage
 
     def held_destinations(self) -> list[crypto.NodeId]:
-        """Destinations of frames held with no next hop."""
+        """Destinations of frames held with no next hop (copies of publications always
+        have one, and no destination)."""
 
         def work() -> list[crypto.NodeId]:
             rows = self._db.execute(
-                "SELECT DISTINCT dst FROM queue WHERE next_hop IS NULL"
+                "SELECT DISTINCT dst FROM queue WHERE next_hop IS NULL AND kind != 'pub'"
             ).fetchall()
             return [crypto.NodeId(row[0]) for row in rows]
 
         return self._read(work)
 
     def queued_destinations(self) -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
-        """(destination, next hop) pairs that have frames queued."""
+        """(destination, next hop) pairs that have frames queued (not counting copies of
+        publications: they have no destination)."""
 
         def work() -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
-            rows = self._db.execute("SELECT DISTINCT dst, next_hop FROM queue").fetchall()
+            rows = self._db.execute(
+                "SELECT DISTINCT dst, next_hop FROM queue WHERE kind != 'pub'"
+            ).fetchall()
             return [(crypto.NodeId(row[0]), _node(row[1])) for row in rows]
 
         return self._read(work)
@@ -930,20 +1136,36 @@ class Store:
         return self._read(work)
 
     def next_hop_of(self, frame_id: bytes) -> tuple[bool, crypto.NodeId | None]:
-        """Whether a frame we made is still queued here, and for which next hop."""
+        """Whether a frame we made (``msg`` or ``rcpt``) is still queued here, and for
+        which next hop. Copies of our publications: :meth:`copies_of`."""
 
         def work() -> tuple[bool, crypto.NodeId | None]:
             row = self._db.execute(
-                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL", (frame_id,)
+                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL AND kind != 'pub'",
+                (frame_id,),
             ).fetchone()
             return (False, None) if row is None else (True, _node(row[0]))
+
+        return self._read(work)
+
+    def copies_of(self, origin: crypto.NodeId, frame_id: bytes) -> list[crypto.NodeId]:
+        """The next hops that copies of publication (``origin``, ``frame_id``) are still
+        queued for, oldest copy first."""
+
+        def work() -> list[crypto.NodeId]:
+            rows = self._db.execute(
+                "SELECT next_hop FROM queue WHERE src = ? AND id = ? AND kind = 'pub' ORDER BY seq",
+                (origin.raw, frame_id),
+            ).fetchall()
+            return [crypto.NodeId(row[0]) for row in rows]
 
         return self._read(work)
 
     # -- the trace --------------------------------------------------------------------
 
     def trace(self, frame_id: bytes) -> Trace | None:
-        """What is known of frame ``frame_id`` that this node sent, or None."""
+        """What is known of frame ``frame_id`` that this node sent, or None (also for
+        our publications: no trace is kept of them)."""
 
         def work() -> Trace | None:
             row = self._db.execute(
@@ -954,7 +1176,8 @@ class Store:
             if row is None:
                 return None
             queued = self._db.execute(
-                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL", (frame_id,)
+                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL AND kind != 'pub'",
+                (frame_id,),
             ).fetchone()
             receipts = self._db.execute(
                 "SELECT src, st, why, hops, ts, received FROM receipts WHERE ref = ?"
@@ -1045,6 +1268,79 @@ class Store:
 
         return [crypto.SignedAddress.open(envelope, now=now) for envelope in self._read(work)]
 
+    # -- interests and subscriptions --------------------------------------------------
+
+    def save_interests(self, items: Iterable[Interest]) -> None:
+        """Replace the saved interests (withdrawn ones too: tombstones) with ``items``."""
+        rows = [
+            (i.origin.raw, i.pattern, i.ts, i.exp, i.envelope, int(i.withdrawn), i.hops)
+            for i in items
+        ]
+
+        def work() -> None:
+            self._db.execute("DELETE FROM interests")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO interests VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+
+        self._transaction(work)
+
+    def interests(self, *, now: int) -> list[Interest]:
+        """The saved interests that have not expired (tombstones too), by origin and
+        pattern."""
+
+        def work() -> list[Interest]:
+            rows = self._db.execute(
+                "SELECT origin, pattern, ts, exp, envelope, withdrawn, hops FROM interests"
+                " WHERE exp > ? ORDER BY origin, pattern",
+                (now,),
+            ).fetchall()
+            return [
+                Interest(crypto.NodeId(r[0]), r[1], r[2], r[3], r[4], bool(r[5]), r[6])
+                for r in rows
+            ]
+
+        return self._read(work)
+
+    def save_subscription(
+        self, name: str, patterns: Sequence[str], lease_ms: int, *, now: int
+    ) -> None:
+        """Keep (or replace the patterns and lease of) subscription ``name``; a
+        replaced one keeps when it was created. The caller validates the patterns."""
+        text = json.dumps(list(patterns))
+
+        def work() -> None:
+            self._db.execute(
+                "INSERT INTO subscriptions (name, patterns, lease_ms, created)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " patterns = excluded.patterns, lease_ms = excluded.lease_ms",
+                (name, text, lease_ms, now),
+            )
+
+        self._transaction(work)
+
+    def delete_subscription(self, name: str) -> bool:
+        """Forget subscription ``name``; return whether there was one."""
+
+        def work() -> bool:
+            cursor = self._db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
+            return cursor.rowcount > 0
+
+        return self._transaction(work)
+
+    def subscriptions(self) -> list[SavedSubscription]:
+        """This node's named subscriptions, by name."""
+
+        def work() -> list[Any]:
+            return self._db.execute(
+                "SELECT name, patterns, lease_ms, created FROM subscriptions ORDER BY name"
+            ).fetchall()
+
+        return [
+            SavedSubscription(row[0], tuple(json.loads(row[1])), row[2], row[3])
+            for row in self._read(work)
+        ]
+
     # -- the inbox --------------------------------------------------------------------
 
     def pending(self, *, after: int = 0, limit: int = 100) -> list[InboxEntry]:
@@ -1052,7 +1348,7 @@ class Store:
 
         def work() -> list[Any]:
             return self._db.execute(
-                "SELECT seq, id, src, kind, ts, received, hops, ct, ref, body FROM inbox"
+                "SELECT seq, id, src, kind, ts, received, hops, ct, ref, body, topic FROM inbox"
                 " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
@@ -1069,6 +1365,7 @@ class Store:
                 ct=row[7],
                 ref=row[8],
                 body=row[9],
+                topic=row[10],
             )
             for row in self._read(work)
         ]
@@ -1109,8 +1406,9 @@ class Store:
     # -- upkeep -----------------------------------------------------------------------
 
     def sweep(self, *, now: int) -> int:
-        """Forget seen ids of frames expired longer than the grace period ago, and
-        traces of long-expired frames. Return how many seen ids went.
+        """Forget seen ids of frames expired longer than the grace period ago, traces of
+        long-expired frames, expired routes, addresses and interests. Return how many
+        seen ids went.
 
         Ids of frames still in the inbox stay (the inbox's UNIQUE key needs them), so a
         clock that runs fast cannot turn a redelivery into a second copy.
@@ -1133,6 +1431,7 @@ class Store:
             self._db.execute("DELETE FROM sent WHERE exp < ?", (old,))
             self._db.execute("DELETE FROM routes WHERE expires <= ?", (now,))
             self._db.execute("DELETE FROM addresses WHERE exp <= ?", (now,))
+            self._db.execute("DELETE FROM interests WHERE exp <= ?", (now,))
             return swept
 
         swept = self._transaction(work)

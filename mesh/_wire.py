@@ -62,6 +62,8 @@ class Reason(enum.StrEnum):
     HOP_LIMIT = "hop-limit"
     STORE_FULL = "store-full"
     POLICY = "policy"
+    #: A publication under another node's secure name (``~<node-id>``).
+    FORBIDDEN = "forbidden"
     UNSUPPORTED = "unsupported"
 
 

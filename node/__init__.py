@@ -8,14 +8,19 @@ It drives :mod:`mesh` with I/O; :class:`Node` is the object users run and embed:
         async for message in node.inbox():
             ...
             await message.ack()
+        await node.publish("news.tech", b"...")  # to every subscriber of a match
+        async with node.subscribe("news.#") as subscription:
+            async for publication in subscription:
+                ...
 """
 
 from node._datadir import DataDir, PeerBook, default_data_dir
 from node._errors import DeliveryFailed, NodeError, NotRunning, PeerUnknown, Rejected
 from node._mesh import NodeStatistics
-from node._message import Message, Sent
+from node._message import Message, Publication, Published, Sent
 from node._net import MemoryNetwork, Network, TcpNetwork, make_transport
 from node._node import Node, NodeConfig, run_inline
+from node._pubsub import Subscription
 from node._server import Request, Response, Server, ServerConfig
 
 __all__ = [
@@ -31,12 +36,15 @@ __all__ = [
     "NotRunning",
     "PeerBook",
     "PeerUnknown",
+    "Publication",
+    "Published",
     "Rejected",
     "Request",
     "Response",
     "Sent",
     "Server",
     "ServerConfig",
+    "Subscription",
     "TcpNetwork",
     "default_data_dir",
     "make_transport",

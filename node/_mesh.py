@@ -34,6 +34,8 @@ import crypto
 import mesh
 from node._errors import NodeError
 from node._forwarder import Forwarder, FrameClient
+from node._message import Publication, Published
+from node._pubsub import DEFAULT_LEASE, LocalSubscriptions
 
 __all__ = ["MeshConfig", "MeshRuntime", "NodeStatistics"]
 
@@ -57,6 +59,7 @@ class MeshConfig:
     frame_ttl: float
     announce_interval: float
     router: mesh.RouterConfig
+    lease: float = DEFAULT_LEASE
 
 
 @dataclasses.dataclass
@@ -75,6 +78,11 @@ class NodeStatistics:
     receipts_lost: int = 0
     announces_sent: int = 0
     announces_received: int = 0
+    interests_received: int = 0
+    publications_received: int = 0
+    publications_delivered: int = 0
+    #: Copies of publications queued for neighbours (ours and others').
+    publications_forwarded: int = 0
     sent_accepted: int = 0
     sent_duplicate: int = 0
     sent_rejected: int = 0
@@ -120,6 +128,18 @@ class MeshRuntime:
         self._outcomes: dict[bytes, trio.Event] = {}
         self.inbox_changed = trio.Event()
         self._routes_dirty = trio.Event()
+        #: Set (and replaced) when an interest of another node is learned or withdrawn.
+        self.interests_changed = trio.Event()
+        self.subscriptions = LocalSubscriptions(
+            local=self.local,
+            router=self.router,
+            sign=lambda frame: frame.seal(identity),
+            apply=self._own_interests,
+            clock=clock,
+            new_id=new_id,
+            hops=config.hops,
+            lease=config.lease,
+        )
 
     # -- life -------------------------------------------------------------------------
 
@@ -137,6 +157,9 @@ class MeshRuntime:
         learned = await self.run_blocking(lambda: self.store.addresses(now=now))
         for address in learned:
             self._keep_address(address)
+        for interest in await self.run_blocking(lambda: self.store.interests(now=now)):
+            if interest.origin != self.local:  # ours are stated afresh by subscribing
+                self.router.interests.learn(interest, now=now)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for relay in relays:
@@ -158,6 +181,7 @@ class MeshRuntime:
                 if hop is not None:
                     self._forwarder(hop).poke()
             nursery.start_soon(self._announce_loop)
+            nursery.start_soon(self.subscriptions.refresh_loop)
             nursery.start_soon(self._tick_loop)
             nursery.start_soon(self._save_loop)
             task_status.started()
@@ -318,22 +342,86 @@ class MeshRuntime:
                 await self._routes_dirty.wait()
                 await trio.sleep(ROUTES_SAVE_DELAY)  # one save for a burst of changes
                 self._routes_dirty = trio.Event()
-                await self.run_blocking(
-                    functools.partial(self.store.save_routes, self.router.table.all_routes())
-                )
+                await self.run_blocking(self._save_tables())
         finally:
             if self._routes_dirty.is_set():
                 # Stopping within a second of a change: save it now, or the restarted
                 # node would route with a table older than the one it had.
                 with trio.CancelScope(shield=True):
                     try:
-                        await self.run_blocking(
-                            functools.partial(
-                                self.store.save_routes, self.router.table.all_routes()
-                            )
-                        )
+                        await self.run_blocking(self._save_tables())
                     except mesh.MeshError as exc:
                         log.warning("could not save the routing table: %s", exc)
+
+    def _save_tables(self) -> Callable[[], None]:
+        routes = self.router.table.all_routes()
+        interests = self.router.interests.held(now=self.clock())
+
+        def save() -> None:
+            self.store.save_routes(routes)
+            self.store.save_interests(interests)
+
+        return save
+
+    # -- publish/subscribe ------------------------------------------------------------
+
+    async def _own_interests(self, actions: Sequence[mesh.Action]) -> None:
+        self._routes_dirty.set()
+        await self._apply(actions)
+
+    async def publish(
+        self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
+    ) -> Published:
+        """Take custody of a publication of ours (see ``Node.publish``)."""
+        crypto.validate_topic(topic)
+        owner = mesh.secure_owner(topic)
+        if owner is not None and owner != self.local:
+            raise NodeError(
+                f"topic {topic!r} is {owner.short}'s secure name: only that node may publish "
+                f"there (ours is ~{self.local.text})"
+            )
+        now = self.clock()
+        lifetime = int((ttl if ttl is not None else self.config.frame_ttl) * 1000)
+        frame = crypto.Frame(
+            kind=crypto.Kind.PUB,
+            src=self.local,
+            id=self.new_id(),
+            ts=now,
+            exp=now + lifetime,
+            hops=self.config.hops,
+            topic=topic,
+            body=body,
+            ct=ct,
+        )
+        envelope = frame.seal(self.identity)
+        decision = self.router.classify(mesh.Admitted(frame, envelope, 0), None, now)
+        assert isinstance(decision, mesh.Fanout)  # our own: neither refused nor a msg
+        await self.run_blocking(
+            lambda: self.store.publish(
+                frame, envelope, deliver=False, next_hops=decision.next_hops, now=now
+            )
+        )
+        for hop in decision.next_hops:
+            self._forwarder(hop).poke()
+        self.statistics.publications_forwarded += len(decision.next_hops)
+        if decision.deliver:
+            self._hand_over(frame, hops=0, now=now)
+        return Published(frame.id, topic, decision.next_hops, decision.deliver)
+
+    def _hand_over(self, frame: crypto.Frame, *, hops: int, now: int) -> None:
+        assert frame.topic is not None
+        publication = Publication(
+            topic=frame.topic,
+            body=frame.body or b"",
+            ct=frame.ct,
+            origin=frame.src,
+            id=frame.id,
+            ts=frame.ts,
+            received=now,
+            hops=hops,
+        )
+        if self.subscriptions.dispatch(publication):
+            self.statistics.publications_delivered += 1
 
     # -- sending ----------------------------------------------------------------------
 
@@ -551,6 +639,7 @@ class MeshRuntime:
         intakes: list[mesh.Intake] = []
         actions: list[mesh.Action] = []
         learned: list[crypto.SignedAddress] = []
+        live: set[int] = set()  # id() of the admitted publications to hand over here
         for item in checked:
             if isinstance(item, mesh.Result):
                 results.append(item)
@@ -566,12 +655,29 @@ class MeshRuntime:
                     learned.append(address)
                 results.append(result)
                 continue
+            if kind is crypto.Kind.SUB or kind is crypto.Kind.UNSUB:
+                self.statistics.interests_received += 1
+                result, more = self.router.on_interest(item, sender, now)
+                actions += more
+                if result.outcome is mesh.Outcome.ACCEPTED:
+                    self._routes_dirty.set()
+                    self.interests_changed.set()
+                    self.interests_changed = trio.Event()
+                results.append(result)
+                continue
             decision = self.router.classify(item, sender, now)
             if isinstance(decision, mesh.Result):
                 results.append(decision)
                 continue
             receipt = None
             frame = item.frame
+            if isinstance(decision, mesh.Fanout):
+                self.statistics.publications_received += 1
+                if decision.deliver:
+                    live.add(id(item))
+                # The inbox keeps publications for durable subscriptions only; live
+                # ones are handed over from memory once the frame is committed.
+                decision = mesh.Fanout(False, decision.next_hops)
             if isinstance(decision, mesh.Deliver) and frame.rr:
                 receipt = self._receipt(frame.src, frame.id, "delivered", now=now, hops=item.hops)
             intakes.append(mesh.Intake(item, decision, sender, receipt))
@@ -587,7 +693,13 @@ class MeshRuntime:
             if pending is None:
                 intake, result = next(stored_iter)
                 if result.outcome is mesh.Outcome.ACCEPTED:
-                    if isinstance(intake.decision, mesh.Forward):
+                    if isinstance(intake.decision, mesh.Fanout):
+                        wake.update(intake.decision.next_hops)
+                        self.statistics.publications_forwarded += len(intake.decision.next_hops)
+                        if id(intake.admitted) in live:
+                            self._hand_over(intake.admitted.frame, hops=intake.admitted.hops,
+                                            now=now)  # fmt: skip
+                    elif isinstance(intake.decision, mesh.Forward):
                         if intake.decision.next_hop is None:
                             self.statistics.frames_held += 1
                         else:

@@ -1,4 +1,5 @@
-"""What the application sees: a received :class:`Message`, a :class:`Sent` frame."""
+"""What the application sees: a received :class:`Message`, a :class:`Sent` frame, a
+received :class:`Publication` and a :class:`Published` one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import crypto
 
-__all__ = ["Message", "Sent"]
+__all__ = ["Message", "Published", "Publication", "Sent"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,3 +38,29 @@ class Sent:
     id: bytes
     dst: crypto.NodeId
     next_hop: crypto.NodeId | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Publication:
+    """A publication a subscription received: ``origin`` published ``body`` to
+    ``topic`` at ``ts`` (ms, its clock); it reached us at ``received`` after ``hops``."""
+
+    topic: str
+    body: bytes
+    ct: str | None
+    origin: crypto.NodeId
+    id: bytes
+    ts: int
+    received: int
+    hops: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """A publication in this node's custody: its id, and the neighbours it goes to now
+    (toward the subscribers known here; none: nobody subscribed to the topic)."""
+
+    id: bytes
+    topic: str
+    next_hops: tuple[crypto.NodeId, ...]
+    delivered_here: bool

@@ -50,8 +50,9 @@ from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
 from node._mesh import MeshConfig, MeshRuntime, NodeStatistics, RunBlocking
-from node._message import Message, Sent
+from node._message import Message, Published, Sent
 from node._net import Network, TcpNetwork, make_transport
+from node._pubsub import Subscription
 from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
 from node._server import Handler, Request, Response, Server, ServerConfig
 
@@ -97,6 +98,9 @@ class NodeConfig:
     #: How often this node announces itself to the mesh (s; jitter x0.75..1.25); routes
     #: lapse after three intervals without a fresh announce.
     announce_interval: float = 600.0
+    #: How long the mesh keeps this node's subscriptions without a refresh (s); they
+    #: are signed again every half lease while they live.
+    lease: float = 3600.0
     #: Whose frames this node forwards: "neighbours" (peers, relays, attached nodes),
     #: "open" (anyone), "off" (nobody; frames for this node are still taken).
     forward_policy: str = "neighbours"
@@ -180,6 +184,7 @@ class Node:
                 frame_ttl=config.frame_ttl,
                 announce_interval=config.announce_interval,
                 router=config.router_config(),
+                lease=config.lease,
             ),
             clock=clock,
             rng=rng,
@@ -331,6 +336,7 @@ class Node:
                 # waiting for a receipt) are told so rather than left waiting.
                 self._nursery = None
                 self.mesh.release_waiters()
+                self.mesh.subscriptions.close_all()
 
     def _count_request(self) -> None:
         self.mesh.statistics.send_requests += 1
@@ -614,6 +620,45 @@ class Node:
             for (frame, _), hop in zip(frames, hops, strict=True)
             if frame.dst is not None
         ]
+
+    # -- publish/subscribe --------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
+    ) -> Published:
+        """Publish ``body`` to ``topic``; return once it is in this node's durable
+        custody, with the neighbours it goes to (toward every subscriber whose pattern
+        matches, as far as this node knows: none if nobody subscribed).
+
+        Raises :class:`crypto.Malformed` for a bad topic, body or content type;
+        :class:`NodeError` for a topic under another node's secure name (``~<id>``) or
+        when the node is not running; :class:`mesh.StoreFull` when a quota is reached.
+        """
+        if self._nursery is None:
+            raise NodeError("node is not running")
+        return await self.mesh.publish(topic, body, ct=ct, ttl=ttl)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, *patterns: str) -> AsyncIterator[Subscription]:
+        """Subscribe to publications whose topic matches any of ``patterns`` (AMQP
+        topic rules: ``*`` one word, ``#`` zero or more)::
+
+            async with node.subscribe("news.#") as sub:
+                async for publication in sub:
+                    print(publication.topic, publication.body)
+
+        Each publication is handed over once, however many of the patterns match.
+        Leaving the block unsubscribes. Raises :class:`crypto.Malformed` for a bad
+        pattern and :class:`NodeError` when the node is not running.
+        """
+        if self._nursery is None:
+            raise NodeError("node is not running")
+        subscription = await self.mesh.subscriptions.open(patterns)
+        try:
+            yield subscription
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.mesh.subscriptions.close(subscription)
 
     async def delivered(self, frame_id: bytes) -> mesh.Trace:
         """Wait until a receipt settles frame ``frame_id`` (delivered, or dropped

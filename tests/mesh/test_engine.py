@@ -271,8 +271,8 @@ def test_policy_off_forwards_for_nobody() -> None:
         assert result.words == "this node does not forward frames for others"
 
 
-@pytest.mark.parametrize("kind", [crypto.Kind.PUB, crypto.Kind.SUB, crypto.Kind.UNSUB])
-def test_unsupported_kinds(kind: crypto.Kind) -> None:
+@pytest.mark.parametrize("kind", [crypto.Kind.SUB, crypto.Kind.UNSUB])
+def test_interests_are_not_classified_as_traffic(kind: crypto.Kind) -> None:
     r = router(A, policy=ForwardPolicy.OPEN)
     result = rejection(r.classify(admitted(message(LOCAL, kind=kind)), A, NOW))
     assert result.code is Reason.UNSUPPORTED

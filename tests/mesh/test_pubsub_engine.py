@@ -1,0 +1,412 @@
+"""Publish/subscribe in the sans-IO core: interests learned from sub/unsub frames, the
+fan-out of publications along routes, secure names, leases and quotas.
+
+Plain calls with ``now`` in ms and real signed frames; the last test floods
+subscriptions and publications through a random mesh of Routers (with cycles) and
+checks that each subscriber gets each matching publication once and no publication
+crosses a link toward nobody.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import crypto
+from mesh import (
+    Admitted,
+    Fanout,
+    Flood,
+    ForwardPolicy,
+    Interest,
+    Interests,
+    Learned,
+    Outcome,
+    Reason,
+    Result,
+    Role,
+    Route,
+    Router,
+    RouterConfig,
+    WireFrame,
+    admit,
+    matches,
+    secure_owner,
+)
+
+T0 = 1_700_000_000_000
+NOW = T0 + 1000
+LEASE = 600_000
+
+
+def identity(n: int) -> crypto.Identity:
+    return crypto.Identity(bytes([n]) * 32)
+
+
+LOCAL_ID = identity(1)
+LOCAL = LOCAL_ID.node_id
+_OTHERS = sorted((identity(n) for n in range(2, 9)), key=lambda i: i.node_id.raw)
+A_ID, B_ID, C_ID, D_ID, X_ID, Y_ID, Z_ID = _OTHERS
+A, B, C, D, X, Y, Z = (i.node_id for i in _OTHERS)
+_ids = itertools.count(1)
+
+
+def frame_id() -> bytes:
+    return next(_ids).to_bytes(16, "big")
+
+
+def interest(
+    origin: crypto.Identity,
+    pattern: str,
+    *,
+    ts: int = T0,
+    lease: int = LEASE,
+    withdraw: bool = False,
+    hops: int = 8,
+) -> bytes:
+    frame = crypto.Frame(
+        kind=crypto.Kind.UNSUB if withdraw else crypto.Kind.SUB,
+        src=origin.node_id,
+        id=frame_id(),
+        ts=ts,
+        exp=ts + lease,
+        hops=hops,
+        pat=pattern,
+    )
+    return frame.seal(origin)
+
+
+def publication(
+    origin: crypto.Identity, topic: str, *, ts: int = T0, hops: int = 16, body: bytes = b"x"
+) -> bytes:
+    frame = crypto.Frame(
+        kind=crypto.Kind.PUB,
+        src=origin.node_id,
+        id=frame_id(),
+        ts=ts,
+        exp=ts + LEASE,
+        hops=hops,
+        topic=topic,
+        body=body,
+    )
+    return frame.seal(origin)
+
+
+def admitted(envelope: bytes, hops: int = 0, now: int = NOW) -> Admitted:
+    checked = admit(WireFrame(hops, envelope), now=now)
+    assert isinstance(checked, Admitted), checked
+    return checked
+
+
+def router(
+    *neighbours: crypto.NodeId,
+    policy: ForwardPolicy = ForwardPolicy.NEIGHBOURS,
+    local: crypto.NodeId = LOCAL,
+    max_per_origin: int = 1024,
+    max_total: int = 200_000,
+) -> Router:
+    r = Router(
+        local,
+        rng=random.Random(0),
+        config=RouterConfig(
+            forward_policy=policy,
+            max_patterns_per_origin=max_per_origin,
+            max_interests=max_total,
+        ),
+    )
+    for node in neighbours:
+        r.add_neighbour(node, Role.PEER, T0)
+    return r
+
+
+def route(r: Router, dst: crypto.NodeId, via: crypto.NodeId, hops: int = 2) -> None:
+    r.table.learn(Route(dst=dst, via=via, ts=T0, hops=hops, learned=T0, expires=T0 + 100 * LEASE))
+
+
+def subscribe(r: Router, origin: crypto.Identity, pattern: str, sender: crypto.NodeId) -> None:
+    result, _ = r.on_interest(admitted(interest(origin, pattern)), sender, NOW)
+    assert result.outcome is Outcome.ACCEPTED, result
+
+
+# -- the table -----------------------------------------------------------------------
+
+
+def test_the_fresher_word_wins_and_a_tombstone_stops_a_late_copy() -> None:
+    table = Interests()
+    sub = Interest(X, "news.#", T0, T0 + LEASE, b"sub")
+    assert table.learn(sub, now=NOW) is Learned.NEWS
+    assert table.learn(sub, now=NOW) is Learned.STALE  # the same again
+    assert table.subscribers("news.tech", now=NOW) == {X}
+    unsub = Interest(X, "news.#", T0 + 10, T0 + 10 + LEASE, b"unsub", withdrawn=True)
+    assert table.learn(unsub, now=NOW) is Learned.NEWS
+    assert table.subscribers("news.tech", now=NOW) == set()
+    # The sub, arriving late by another path, is older than the tombstone.
+    assert table.learn(sub, now=NOW) is Learned.STALE
+    assert table.subscribers("news.tech", now=NOW) == set()
+    # A fresher sub (the subscriber came back) wins over the tombstone.
+    again = Interest(X, "news.#", T0 + 20, T0 + 20 + LEASE, b"sub2")
+    assert table.learn(again, now=NOW) is Learned.NEWS
+    assert table.subscribers("news", now=NOW) == {X}
+
+
+def test_leases_lapse_and_clean_up() -> None:
+    table = Interests()
+    table.learn(Interest(X, "a.*", T0, T0 + 100, b"1"), now=T0)
+    table.learn(Interest(Y, "a.b", T0, T0 + 200, b"2"), now=T0)
+    table.learn(Interest(Z, "a.b", T0, T0 + 150, b"3", withdrawn=True), now=T0)
+    assert table.subscribers("a.b", now=T0 + 50) == {X, Y}
+    # Lapsed but not yet expired by a tick: already not a subscriber.
+    assert table.subscribers("a.b", now=T0 + 100) == {Y}
+    assert [i.origin for i in table.expire(T0 + 100)] == [X]
+    assert len(table) == 2
+    assert table.expire(T0 + 150) == []  # the tombstone goes quietly
+    assert [i.origin for i in table.expire(T0 + 200)] == [Y]
+    assert len(table) == 0
+    assert table.subscribers("a.b", now=T0) == set()
+    # An already lapsed frame is not taken at all.
+    assert table.learn(Interest(X, "a", T0, T0 + 10, b"4"), now=T0 + 10) is Learned.STALE
+
+
+def test_quotas_per_origin_and_in_all() -> None:
+    table = Interests(max_per_origin=2, max_total=3)
+    assert table.learn(Interest(X, "a", T0, T0 + LEASE, b""), now=NOW) is Learned.NEWS
+    assert table.learn(Interest(X, "b", T0, T0 + LEASE, b""), now=NOW) is Learned.NEWS
+    assert table.learn(Interest(X, "c", T0, T0 + LEASE, b""), now=NOW) is Learned.FULL
+    # A refresh of a pattern held is not a new entry.
+    assert table.learn(Interest(X, "a", T0 + 1, T0 + LEASE, b""), now=NOW) is Learned.NEWS
+    assert table.learn(Interest(Y, "a", T0, T0 + LEASE, b""), now=NOW) is Learned.NEWS
+    assert table.learn(Interest(Z, "a", T0, T0 + LEASE, b""), now=NOW) is Learned.FULL
+    assert table.subscribers("c", now=NOW) == set()
+    assert table.forget_origin(X) == 2
+    assert table.learn(Interest(Z, "a", T0, T0 + LEASE, b""), now=NOW) is Learned.NEWS
+
+
+def test_secure_owner() -> None:
+    assert secure_owner(f"~{X.text}.chirp") == X
+    assert secure_owner("news.tech") is None
+    assert secure_owner(f"news.~{X.text}") is None  # only the first word names an owner
+
+
+# -- interests through the router ----------------------------------------------------
+
+
+def test_a_sub_from_a_neighbour_is_learned_and_flooded_to_the_others() -> None:
+    r = router(A, B, C)
+    result, actions = r.on_interest(admitted(interest(X_ID, "news.#"), hops=2), A, NOW)
+    assert result.outcome is Outcome.ACCEPTED
+    [flood] = actions
+    assert isinstance(flood, Flood)
+    assert set(flood.to) == {B, C}
+    assert flood.wire.hops == 3
+    assert r.interests.subscribers("news.tech", now=NOW) == {X}
+    # The same frame again (another path): a duplicate, not flooded.
+    result, actions = r.on_interest(admitted(flood.wire.envelope, hops=3), B, NOW)
+    assert (result.outcome, actions) == (Outcome.DUPLICATE, [])
+
+
+def test_interests_from_strangers_and_our_own_echo() -> None:
+    r = router(A)
+    result, actions = r.on_interest(admitted(interest(X_ID, "a")), B, NOW)
+    assert (result.outcome, result.code, actions) == (Outcome.REJECTED, Reason.POLICY, [])
+    result, actions = r.on_interest(admitted(interest(LOCAL_ID, "a")), A, NOW)
+    assert (result.outcome, actions) == (Outcome.DUPLICATE, [])
+    assert r.interests.subscribers("a", now=NOW) == set()
+
+
+def test_a_sub_at_its_hop_limit_is_learned_but_not_passed_on() -> None:
+    r = router(A, B)
+    result, actions = r.on_interest(admitted(interest(X_ID, "a", hops=3), hops=2), A, NOW)
+    assert result.outcome is Outcome.ACCEPTED
+    assert actions == []
+    assert r.interests.subscribers("a", now=NOW) == {X}
+
+
+def test_a_full_table_refuses_with_a_reason() -> None:
+    r = router(A, max_per_origin=1)
+    subscribe(r, X_ID, "a", A)
+    result, actions = r.on_interest(admitted(interest(X_ID, "b")), A, NOW)
+    assert (result.outcome, result.code, actions) == (Outcome.REJECTED, Reason.STORE_FULL, [])
+    assert "withdraw" in result.words
+
+
+def test_an_unsub_withdraws_and_is_flooded() -> None:
+    r = router(A, B)
+    subscribe(r, X_ID, "a.*", A)
+    unsub = interest(X_ID, "a.*", ts=T0 + 1, withdraw=True)
+    result, actions = r.on_interest(admitted(unsub), A, NOW)
+    assert result.outcome is Outcome.ACCEPTED
+    assert actions == [Flood((B,), WireFrame(1, unsub))]
+    assert r.interests.subscribers("a.b", now=NOW) == set()
+
+
+def test_our_own_interest_is_flooded_to_every_neighbour_even_down() -> None:
+    r = router(A, B)
+    for _ in range(5):
+        r.send_failed(B, NOW + 30_000, "refused")
+    frame = crypto.Frame(
+        kind=crypto.Kind.SUB, src=LOCAL, id=frame_id(), ts=NOW, exp=NOW + LEASE, hops=8, pat="a"
+    )
+    envelope = frame.seal(LOCAL_ID)
+    [flood] = r.own_interest(frame, envelope, NOW)
+    assert isinstance(flood, Flood)
+    assert set(flood.to) == {A, B}
+    assert r.own_interest(frame, envelope, NOW) == []  # the same word twice
+
+
+def test_a_greeting_carries_the_interests_held_but_not_the_neighbours_own() -> None:
+    r = router(A, B)
+    subscribe(r, X_ID, "a", A)
+    subscribe(r, A_ID, "b", A)
+    withdrawn = interest(Y_ID, "c", withdraw=True)
+    r.on_interest(admitted(withdrawn), B, NOW)
+    envelopes = {w.envelope for w in r.greeting(A, NOW)}
+    assert withdrawn in envelopes  # tombstones too
+    assert {Interest.of(admit_frame(e), e, hops=0).pattern for e in envelopes} == {"a", "c"}
+
+
+def admit_frame(envelope: bytes) -> crypto.Frame:
+    return crypto.Frame.open(envelope)
+
+
+# -- publications ----------------------------------------------------------------------
+
+
+def test_a_publication_goes_once_to_each_next_hop_toward_a_matching_subscriber() -> None:
+    r = router(A, B, C)
+    route(r, X, A)
+    route(r, Y, A)  # X and Y both behind A: one copy
+    route(r, Z, B)
+    subscribe(r, X_ID, "news.#", A)
+    subscribe(r, Y_ID, "news.tech", A)
+    subscribe(r, Z_ID, "news.*", B)
+    decision = r.classify(admitted(publication(D_ID, "news.tech")), C, NOW)
+    assert decision == Fanout(False, tuple(sorted([A, B], key=lambda n: n.raw)))
+    # Never back where it came from.
+    decision = r.classify(admitted(publication(D_ID, "news.tech")), A, NOW)
+    assert decision == Fanout(False, (B,))
+    # Only what matches: news.tech.deep matches news.# (X) alone.
+    decision = r.classify(admitted(publication(D_ID, "news.tech.deep")), C, NOW)
+    assert decision == Fanout(False, (A,))
+    decision = r.classify(admitted(publication(D_ID, "sport")), C, NOW)
+    assert decision == Fanout(False, ())
+
+
+def test_a_local_subscription_delivers_here_and_ours_go_out() -> None:
+    r = router(A)
+    route(r, X, A)
+    subscribe(r, X_ID, "a.#", A)
+    frame = crypto.Frame(
+        kind=crypto.Kind.SUB, src=LOCAL, id=frame_id(), ts=NOW, exp=NOW + LEASE, hops=8, pat="a.b"
+    )
+    r.own_interest(frame, frame.seal(LOCAL_ID), NOW)
+    assert r.classify(admitted(publication(B_ID, "a.b")), A, NOW) == Fanout(True, ())
+    # Our own publication: sender None, delivered here too and sent toward X.
+    assert r.classify(admitted(publication(LOCAL_ID, "a.b")), None, NOW) == Fanout(True, (A,))
+
+
+def test_no_forwarding_past_the_hop_limit_or_against_the_policy() -> None:
+    r = router(A, B)
+    route(r, X, B)
+    subscribe(r, X_ID, "a", B)
+    assert r.classify(admitted(publication(C_ID, "a", hops=3), hops=2), A, NOW) == Fanout(False, ())
+    assert r.classify(admitted(publication(C_ID, "a")), C, NOW) == Fanout(False, ())  # stranger
+    open_ = router(A, B, policy=ForwardPolicy.OPEN)
+    route(open_, X, B)
+    subscribe(open_, X_ID, "a", B)
+    assert open_.classify(admitted(publication(C_ID, "a")), C, NOW) == Fanout(False, (B,))
+
+
+def test_secure_names_are_published_by_their_owner_only() -> None:
+    r = router(A, B)
+    route(r, X, B)
+    topic = f"~{Y.text}.chirp"
+    subscribe(r, X_ID, topic, B)
+    forged = r.classify(admitted(publication(Z_ID, topic)), A, NOW)
+    assert isinstance(forged, Result)
+    assert (forged.outcome, forged.code) == (Outcome.REJECTED, Reason.FORBIDDEN)
+    assert Y.short in forged.words
+    assert Z.short in forged.words
+    assert r.classify(admitted(publication(Y_ID, topic)), A, NOW) == Fanout(False, (B,))
+
+
+# -- a mesh of routers -----------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_in_a_mesh_with_cycles_each_subscriber_gets_each_match_once(seed: int) -> None:
+    rng = random.Random(seed)
+    ids = [identity(n) for n in range(20, 32)]
+    nodes = [i.node_id for i in ids]
+    edges = {tuple(sorted((nodes[i], nodes[i + 1]), key=lambda n: n.raw)) for i in range(11)}
+    while len(edges) < 18:  # a chain plus random chords: cycles
+        a, b = rng.sample(nodes, 2)
+        edges.add(tuple(sorted((a, b), key=lambda n: n.raw)))
+    routers = {n: router(local=n) for n in nodes}
+    for a, b in edges:
+        routers[a].add_neighbour(b, Role.PEER, T0)
+        routers[b].add_neighbour(a, Role.PEER, T0)
+    # Shortest-path routes (what converged announces give).
+    for src in nodes:
+        dist = {src: 0}
+        first: dict[crypto.NodeId, crypto.NodeId] = {}
+        queue = collections.deque([src])
+        while queue:
+            here = queue.popleft()
+            for a, b in edges:
+                if here in (a, b):
+                    there = b if here == a else a
+                    if there not in dist:
+                        dist[there] = dist[here] + 1
+                        first[there] = there if here == src else first[here]
+                        queue.append(there)
+        for dst, hop in first.items():
+            routers[src].table.learn(
+                Route(dst=dst, via=hop, ts=T0, hops=dist[dst], learned=T0, expires=T0 + LEASE)
+            )
+    # Subscriptions flood through the mesh.
+    patterns = ["a.#", "a.*", "a.b", "b.#", "#.c", "*.b"]
+    wanted = {n: rng.sample(patterns, 2) for n in rng.sample(nodes, 5)}
+    pending: collections.deque[tuple[crypto.NodeId, crypto.NodeId | None, WireFrame]]
+    pending = collections.deque()
+    for subscriber, pats in wanted.items():
+        identity_ = ids[nodes.index(subscriber)]
+        for pattern in pats:
+            envelope = interest(identity_, pattern)
+            frame = crypto.Frame.open(envelope)
+            for action in routers[subscriber].own_interest(frame, envelope, NOW):
+                assert isinstance(action, Flood)
+                pending.extend((to, subscriber, action.wire) for to in action.to)
+    while pending:
+        to, sender, wire = pending.popleft()
+        assert sender is not None
+        _, actions = routers[to].on_interest(admitted(wire.envelope, wire.hops), sender, NOW)
+        for action in actions:
+            assert isinstance(action, Flood)
+            pending.extend((nxt, to, action.wire) for nxt in action.to)
+    # Publications from random nodes: delivered once to each matching subscriber, and
+    # every copy handed on goes toward someone who wants it.
+    for topic in ["a", "a.b", "a.b.c", "x.b", "b", "c"]:
+        origin = rng.choice(ids)
+        envelope = publication(origin, topic)
+        delivered: collections.Counter[crypto.NodeId] = collections.Counter()
+        seen: set[crypto.NodeId] = set()
+        hops: collections.deque[tuple[crypto.NodeId, crypto.NodeId | None, int]]
+        hops = collections.deque([(origin.node_id, None, 0)])
+        while hops:
+            here, sender, made = hops.popleft()
+            if here in seen:
+                continue  # the store's seen-set: a duplicate
+            seen.add(here)
+            decision = routers[here].classify(admitted(envelope, made), sender, NOW)
+            assert isinstance(decision, Fanout)
+            if decision.deliver:
+                delivered[here] += 1
+            hops.extend((nxt, here, made + (sender is not None)) for nxt in decision.next_hops)
+        expected = {n for n, pats in wanted.items() if any(matches(p, topic) for p in pats)}
+        assert set(delivered) == expected, topic
+        assert all(count == 1 for count in delivered.values())

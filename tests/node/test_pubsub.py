@@ -1,0 +1,228 @@
+"""Publish/subscribe end to end on the in-memory network, in virtual time: fan-out to
+local subscribers, filtering at relays, unsubscribe, secure names, aggregation and
+interests kept across a relay's restart.
+
+Waits are on events (a publication arriving, an interest learned), bounded by
+``trio.fail_after``; ``wait_all_tasks_blocked`` lets the network settle before
+checking that something did *not* happen.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import crypto
+import mesh
+from node import Node, NodeError, Publication, Subscription
+from tests.helpers import NodeFactory, chain, peer
+
+
+async def knows(node: Node, topic: str, subscriber: Node) -> None:
+    """Wait until ``node`` knows that ``subscriber`` wants ``topic``."""
+    with trio.fail_after(60):
+        while subscriber.node_id not in node.mesh.router.interests.subscribers(
+            topic, now=node.clock()
+        ):
+            await node.mesh.interests_changed.wait()
+
+
+async def forgets(node: Node, topic: str, subscriber: Node) -> None:
+    with trio.fail_after(60):
+        while subscriber.node_id in node.mesh.router.interests.subscribers(topic, now=node.clock()):
+            await node.mesh.interests_changed.wait()
+
+
+async def take(subscription: Subscription, count: int) -> list[Publication]:
+    got = []
+    with trio.fail_after(60):
+        for _ in range(count):
+            got.append(await subscription.get())
+    return got
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked(cushion=0.5)
+
+
+async def test_a_publication_crosses_a_chain_to_its_subscriber_only(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = [await memory_nodes.open(name) for name in "abc"]
+    await chain([a, b, c])
+    async with c.subscribe("news.#") as sub:
+        await knows(a, "news.tech", c)
+        published = await a.publish("news.tech", b"one", ct="text/plain")
+        assert published.next_hops == (b.node_id,)
+        assert not published.delivered_here
+        await a.publish("sport.ball", b"nobody wants this")
+        await a.publish("news", b"two")  # news.# matches news
+        got = await take(sub, 2)
+        assert [(p.topic, p.body) for p in got] == [("news.tech", b"one"), ("news", b"two")]
+        first = got[0]
+        assert (first.origin, first.id, first.ct, first.hops) == (
+            a.node_id,
+            published.id,
+            "text/plain",
+            2,
+        )
+        await settle()
+        # b filtered: the unwanted publication never crossed it; c took two.
+        assert b.statistics.publications_received == 2
+        assert c.statistics.publications_received == 2
+        assert b.statistics.publications_forwarded == 2
+
+
+async def test_fan_out_to_local_subscribers_once_each(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    await peer(a, b)
+    async with (
+        b.subscribe("x.*", "x.y", "#") as overlapping,
+        b.subscribe("x.y") as exact,
+        b.subscribe("z") as other,
+    ):
+        await knows(a, "x.y", b)
+        await a.publish("x.y", b"hi")
+        [one] = await take(overlapping, 1)  # three patterns match: handed over once
+        [two] = await take(exact, 1)
+        assert one == two
+        await settle()
+        assert overlapping._receive.statistics().current_buffer_used == 0
+        assert other._receive.statistics().current_buffer_used == 0
+        assert b.statistics.publications_received == 1
+        # Aggregated: "#" covers the rest, so b advertised it alone.
+        assert b.mesh.subscriptions.advertised == {"#"}
+
+
+async def test_own_publications_reach_own_subscriptions(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    async with a.subscribe("t") as sub:
+        published = await a.publish("t", b"to myself")
+        assert published.delivered_here
+        [got] = await take(sub, 1)
+        assert got.body == b"to myself"
+
+
+async def test_leaving_unsubscribes_and_stops_the_flow(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = [await memory_nodes.open(name) for name in "abc"]
+    await chain([a, b, c])
+    async with c.subscribe("t.#") as sub:
+        await knows(a, "t.x", c)
+        await a.publish("t.x", b"1")
+        await take(sub, 1)
+    await forgets(a, "t.x", c)
+    await forgets(b, "t.x", c)
+    published = await a.publish("t.x", b"2")
+    assert published.next_hops == ()
+    await settle()
+    assert b.statistics.publications_received == 1
+
+
+async def test_aggregation_advertises_the_covered_pattern_when_the_cover_goes(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    await peer(a, b)
+    async with b.subscribe("news.tech") as narrow:
+        async with b.subscribe("news.#"):
+            await knows(a, "news.sport", b)
+            assert b.mesh.subscriptions.advertised == {"news.#"}
+        await forgets(a, "news.sport", b)
+        assert b.mesh.subscriptions.advertised == {"news.tech"}
+        await knows(a, "news.tech", b)
+        await a.publish("news.tech", b"still wanted")
+        [got] = await take(narrow, 1)
+        assert got.body == b"still wanted"
+
+
+async def test_secure_names(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    await peer(a, b)
+    theirs = f"~{b.node_id.text}.chirp"
+    with pytest.raises(NodeError, match=b.node_id.short):
+        await a.publish(theirs, b"forged")
+    async with a.subscribe(theirs) as sub:  # anyone may follow
+        await knows(b, theirs, a)
+        await b.publish(theirs, b"mine")
+        [got] = await take(sub, 1)
+        assert got.origin == b.node_id
+
+
+async def test_a_forged_secure_name_publication_is_refused_at_the_first_hop(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = [await memory_nodes.open(name) for name in "abc"]
+    await chain([a, b, c])
+    topic = f"~{c.node_id.text}.chirp"
+    async with c.subscribe(topic):
+        await knows(b, topic, c)
+        # a signs a pub under c's name and hands it to b directly.
+        frame = crypto.Frame(
+            kind=crypto.Kind.PUB,
+            src=a.node_id,
+            id=b"\x01" * 16,
+            ts=a.clock(),
+            exp=a.clock() + 60_000,
+            hops=8,
+            topic=topic,
+            body=b"forged",
+        )
+        results = await b.mesh.receive(
+            [mesh.WireFrame(0, frame.seal(a.identity))], a.node_id, b.clock()
+        )
+        assert [(r.outcome, r.code) for r in results] == [
+            (mesh.Outcome.REJECTED, mesh.Reason.FORBIDDEN)
+        ]
+        assert c.statistics.publications_received == 0
+
+
+async def test_bad_patterns_and_topics_are_refused_clearly(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    for bad in ["", "a..b", "a b", "a.#x"]:
+        with pytest.raises(crypto.Malformed, match="pattern"):
+            async with a.subscribe(bad):
+                pass
+    for bad in ["a.*", "a.#", ""]:
+        with pytest.raises(crypto.Malformed, match="topic"):
+            await a.publish(bad, b"")
+    assert len(a.mesh.subscriptions) == 0
+
+
+async def test_a_restarted_relay_keeps_the_interests_it_knew(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    relay = await memory_nodes.start("b")
+    c = await memory_nodes.open("c")
+    await chain([a, relay.node, c])
+    async with c.subscribe("t"):
+        await knows(relay.node, "t", c)
+        await settle()  # saved a second after the change
+        await relay.stop()
+        restarted = await memory_nodes.open("b")
+        assert c.node_id in restarted.mesh.router.interests.subscribers("t", now=a.clock())
+
+
+async def test_a_neighbour_that_comes_later_is_told_the_interests(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, c = [await memory_nodes.open(name) for name in "abc"]
+    await peer(b, c)
+    async with c.subscribe("late.#") as sub:
+        await knows(b, "late.x", c)
+        await peer(a, b)  # a new neighbour is greeted with the interests b holds
+        await knows(a, "late.x", c)
+        await a.publish("late.x", b"found you")
+        [got] = await take(sub, 1)
+        assert got.hops == 2
