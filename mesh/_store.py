@@ -180,6 +180,10 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     lease_ms INTEGER NOT NULL,
     created INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sub_pending (
+    name TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (name, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sub_pending_by_seq ON sub_pending (seq);
 """
 
 #: Schema 1 -> 2: dedup by (origin, id); the inbox unique by (origin, id). Ids seen
@@ -362,6 +366,8 @@ class Intake:
     decision: Deliver | Forward | Fanout
     came_from: crypto.NodeId | None
     receipt: Outgoing | None = None
+    #: For a publication delivered here: the named subscriptions it is pending for.
+    named: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -680,7 +686,7 @@ class Store:
                 if isinstance(item.decision, Fanout):
                     added = self._fan_out(
                         item.admitted, item.decision, came_from=item.came_from, now=now,
-                        usage=usage,
+                        usage=usage, named=item.named,
                     )  # fmt: skip
                     if added is None:
                         results.append(DUPLICATE)
@@ -735,9 +741,11 @@ class Store:
         came_from: crypto.NodeId | None,
         now: int,
         usage: _Usage,
+        named: Sequence[str] = (),
     ) -> int | None:
-        """Take publication ``admitted``: the seen-set, the inbox if ``decision.deliver``,
-        a queue copy per next hop. Return the inbox bytes it took, None if a duplicate."""
+        """Take publication ``admitted``: the seen-set, the inbox if ``decision.deliver``
+        (pending for each of the ``named`` subscriptions), a queue copy per next hop.
+        Return the inbox bytes it took, None if a duplicate."""
         frame = admitted.frame
         if frame.kind is not crypto.Kind.PUB:
             raise MeshError(
@@ -747,6 +755,14 @@ class Store:
         if self._seen(frame):
             return None
         added = self._insert_inbox(admitted, now) if decision.deliver else 0
+        if added or decision.deliver:
+            (seq,) = self._db.execute(
+                "SELECT seq FROM inbox WHERE src = ? AND id = ?", (frame.src.raw, frame.id)
+            ).fetchone()
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sub_pending (name, seq) VALUES (?, ?)",
+                [(name, seq) for name in named],
+            )
         for hop in dict.fromkeys(decision.next_hops):  # once per next hop, in order
             copy = Outgoing.copy_for(
                 frame, admitted.envelope, hops=admitted.hops, next_hop=hop, came_from=came_from
@@ -923,6 +939,7 @@ class Store:
         deliver: bool,
         next_hops: Iterable[crypto.NodeId],
         now: int,
+        named: Sequence[str] = (),
     ) -> None:
         """Take custody of a publication this node made, in one transaction: enter it
         in the seen-set (a copy coming back is a duplicate), deliver it to our inbox if
@@ -941,7 +958,7 @@ class Store:
             nonlocal inbox_added
             added = self._fan_out(
                 Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops)), came_from=None,
-                now=now, usage=usage,
+                now=now, usage=usage, named=named,
             )  # fmt: skip
             if added is None:
                 raise MeshError(
@@ -1322,11 +1339,60 @@ class Store:
     def delete_subscription(self, name: str) -> bool:
         """Forget subscription ``name``; return whether there was one."""
 
-        def work() -> bool:
+        def work() -> tuple[bool, int]:
             cursor = self._db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
-            return cursor.rowcount > 0
+            self._db.execute("DELETE FROM sub_pending WHERE name = ?", (name,))
+            return cursor.rowcount > 0, self._drop_orphan_publications()
 
-        return self._transaction(work)
+        def committed(result: tuple[bool, int]) -> None:
+            self._inbox_bytes -= result[1]
+
+        existed, _ = self._transaction(work, then=committed)
+        return existed
+
+    def _drop_orphan_publications(self) -> int:
+        """Delete inbox publications no named subscription waits for; return bytes freed."""
+        rows = self._db.execute(
+            "DELETE FROM inbox WHERE kind = 'pub' AND NOT EXISTS"
+            " (SELECT 1 FROM sub_pending WHERE sub_pending.seq = inbox.seq)"
+            " RETURNING LENGTH(body)"
+        ).fetchall()
+        return sum(size for (size,) in rows)
+
+    def subscription_pending(
+        self, name: str, *, after: int = 0, limit: int = 100
+    ) -> list[InboxEntry]:
+        """Publications pending for subscription ``name`` (not acknowledged by it),
+        with ``seq`` above ``after``, in the order they arrived."""
+
+        def work() -> list[Any]:
+            return self._db.execute(
+                "SELECT inbox.seq, id, src, kind, ts, received, hops, ct, ref, body, topic"
+                " FROM sub_pending JOIN inbox ON inbox.seq = sub_pending.seq"
+                " WHERE name = ? AND sub_pending.seq > ? ORDER BY sub_pending.seq LIMIT ?",
+                (name, after, limit),
+            ).fetchall()
+
+        return [_inbox_entry(row) for row in self._read(work)]
+
+    def ack_subscription(self, name: str, seqs: Iterable[int]) -> int:
+        """Subscription ``name`` is done with these publications; return how many were
+        pending. A publication no subscription waits for any more leaves the inbox."""
+        seqs = list(seqs)
+
+        def work() -> tuple[int, int]:
+            acked = 0
+            for seq in seqs:
+                acked += self._db.execute(
+                    "DELETE FROM sub_pending WHERE name = ? AND seq = ?", (name, seq)
+                ).rowcount
+            return acked, self._drop_orphan_publications() if acked else 0
+
+        def committed(result: tuple[int, int]) -> None:
+            self._inbox_bytes -= result[1]
+
+        acked, _ = self._transaction(work, then=committed)
+        return acked
 
     def subscriptions(self) -> list[SavedSubscription]:
         """This node's named subscriptions, by name."""
@@ -1343,32 +1409,21 @@ class Store:
 
     # -- the inbox --------------------------------------------------------------------
 
-    def pending(self, *, after: int = 0, limit: int = 100) -> list[InboxEntry]:
-        """Unacknowledged inbox entries with ``seq`` above ``after``, oldest first."""
+    def pending(
+        self, *, after: int = 0, limit: int = 100, publications: bool = False
+    ) -> list[InboxEntry]:
+        """Unacknowledged messages in the inbox with ``seq`` above ``after``, oldest
+        first; publications only with ``publications`` (they are reached through their
+        subscriptions: :meth:`subscription_pending`)."""
 
         def work() -> list[Any]:
             return self._db.execute(
                 "SELECT seq, id, src, kind, ts, received, hops, ct, ref, body, topic FROM inbox"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
+                " WHERE seq > ? AND (? OR kind != 'pub') ORDER BY seq LIMIT ?",
+                (after, publications, limit),
             ).fetchall()
 
-        return [
-            InboxEntry(
-                seq=row[0],
-                id=row[1],
-                src=crypto.NodeId(row[2]),
-                kind=crypto.Kind(row[3]),
-                ts=row[4],
-                received=row[5],
-                hops=row[6],
-                ct=row[7],
-                ref=row[8],
-                body=row[9],
-                topic=row[10],
-            )
-            for row in self._read(work)
-        ]
+        return [_inbox_entry(row) for row in self._read(work)]
 
     def ack(self, keys: Iterable[tuple[crypto.NodeId, bytes] | bytes]) -> int:
         """Remove acknowledged entries from the inbox (they stay seen); return how many.
@@ -1414,7 +1469,7 @@ class Store:
         clock that runs fast cannot turn a redelivery into a second copy.
         """
 
-        def work() -> int:
+        def work() -> tuple[int, int]:
             cursor = self._db.execute(
                 "DELETE FROM seen WHERE exp < ? AND NOT EXISTS"
                 " (SELECT 1 FROM inbox WHERE inbox.src = seen.src AND inbox.id = seen.id)",
@@ -1432,9 +1487,19 @@ class Store:
             self._db.execute("DELETE FROM routes WHERE expires <= ?", (now,))
             self._db.execute("DELETE FROM addresses WHERE exp <= ?", (now,))
             self._db.execute("DELETE FROM interests WHERE exp <= ?", (now,))
-            return swept
+            # Publications waiting for a named subscription are kept until they expire.
+            self._db.execute(
+                "DELETE FROM sub_pending WHERE seq IN"
+                " (SELECT seq FROM inbox WHERE kind = 'pub' AND exp <= ?)",
+                (now,),
+            )
+            freed = self._drop_orphan_publications()
+            return swept, freed
 
-        swept = self._transaction(work)
+        def committed(result: tuple[int, int]) -> None:
+            self._inbox_bytes -= result[1]
+
+        swept, _ = self._transaction(work, then=committed)
         if self._legacy_seen:
             (left,) = self._read(
                 lambda: self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()
@@ -1456,3 +1521,19 @@ class Store:
             )
 
         return self._read(work)
+
+
+def _inbox_entry(row: Sequence[Any]) -> InboxEntry:
+    return InboxEntry(
+        seq=row[0],
+        id=row[1],
+        src=crypto.NodeId(row[2]),
+        kind=crypto.Kind(row[3]),
+        ts=row[4],
+        received=row[5],
+        hops=row[6],
+        ct=row[7],
+        ref=row[8],
+        body=row[9],
+        topic=row[10],
+    )

@@ -20,12 +20,13 @@ from node._mesh import NodeStatistics
 from node._message import Message, Publication, Published, Sent
 from node._net import MemoryNetwork, Network, TcpNetwork, make_transport
 from node._node import Node, NodeConfig, run_inline
-from node._pubsub import Subscription
+from node._pubsub import DurableSubscription, Subscription
 from node._server import Request, Response, Server, ServerConfig
 
 __all__ = [
     "DataDir",
     "DeliveryFailed",
+    "DurableSubscription",
     "MemoryNetwork",
     "Message",
     "Network",

@@ -35,7 +35,7 @@ import mesh
 from node._errors import NodeError
 from node._forwarder import Forwarder, FrameClient
 from node._message import Publication, Published
-from node._pubsub import DEFAULT_LEASE, LocalSubscriptions
+from node._pubsub import DEFAULT_LEASE, LocalSubscriptions, validate_name
 
 __all__ = ["MeshConfig", "MeshRuntime", "NodeStatistics"]
 
@@ -169,6 +169,9 @@ class MeshRuntime:
             for route in routes:
                 if self.router.is_neighbour(route.via):
                     self.router.table.learn(route)
+            # Named subscriptions are ours from the start, reader or not.
+            for saved in await self.run_blocking(self.store.subscriptions):
+                await self.subscriptions.keep(saved.name, saved.patterns)
             # Whatever was queued before a restart goes where the routes say now.
             pairs = await self.run_blocking(self.store.queued_destinations)
             await self._apply(
@@ -365,6 +368,29 @@ class MeshRuntime:
 
     # -- publish/subscribe ------------------------------------------------------------
 
+    def _inbox_changed(self) -> None:
+        self.inbox_changed.set()
+        self.inbox_changed = trio.Event()
+
+    async def keep_subscription(self, name: str, patterns: Sequence[str]) -> tuple[str, ...]:
+        """Hold (or change) named subscription ``name``: saved, then advertised."""
+        validate_name(name)
+        kept = tuple(dict.fromkeys(crypto.validate_pattern(p) for p in patterns))
+        if not kept:
+            raise crypto.Malformed("a subscription needs at least one pattern")
+        now = self.clock()
+        lease_ms = self.subscriptions.lease_ms
+        await self.run_blocking(
+            lambda: self.store.save_subscription(name, kept, lease_ms, now=now)
+        )
+        return await self.subscriptions.keep(name, kept)
+
+    async def drop_subscription(self, name: str) -> bool:
+        """Forget named subscription ``name`` and what was pending for it."""
+        dropped = await self.run_blocking(lambda: self.store.delete_subscription(name))
+        forgotten = await self.subscriptions.forget(name)
+        return bool(dropped or forgotten)
+
     async def _own_interests(self, actions: Sequence[mesh.Action]) -> None:
         self._routes_dirty.set()
         await self._apply(actions)
@@ -396,11 +422,19 @@ class MeshRuntime:
         envelope = frame.seal(self.identity)
         decision = self.router.classify(mesh.Admitted(frame, envelope, 0), None, now)
         assert isinstance(decision, mesh.Fanout)  # our own: neither refused nor a msg
+        named = self.subscriptions.durable_names(topic) if decision.deliver else ()
         await self.run_blocking(
             lambda: self.store.publish(
-                frame, envelope, deliver=False, next_hops=decision.next_hops, now=now
+                frame,
+                envelope,
+                deliver=bool(named),
+                next_hops=decision.next_hops,
+                now=now,
+                named=named,
             )
         )
+        if named:
+            self._inbox_changed()
         for hop in decision.next_hops:
             self._forwarder(hop).poke()
         self.statistics.publications_forwarded += len(decision.next_hops)
@@ -671,16 +705,19 @@ class MeshRuntime:
                 continue
             receipt = None
             frame = item.frame
+            named: tuple[str, ...] = ()
             if isinstance(decision, mesh.Fanout):
                 self.statistics.publications_received += 1
                 if decision.deliver:
                     live.add(id(item))
-                # The inbox keeps publications for durable subscriptions only; live
-                # ones are handed over from memory once the frame is committed.
-                decision = mesh.Fanout(False, decision.next_hops)
+                    assert frame.topic is not None
+                    named = self.subscriptions.durable_names(frame.topic)
+                # The store keeps publications for named subscriptions only; live ones
+                # are handed over from memory once the frame is committed.
+                decision = mesh.Fanout(bool(named), decision.next_hops)
             if isinstance(decision, mesh.Deliver) and frame.rr:
                 receipt = self._receipt(frame.src, frame.id, "delivered", now=now, hops=item.hops)
-            intakes.append(mesh.Intake(item, decision, sender, receipt))
+            intakes.append(mesh.Intake(item, decision, sender, receipt, named))
             results.append(None)
         stored: list[mesh.Result] = []
         if intakes:
@@ -696,6 +733,8 @@ class MeshRuntime:
                     if isinstance(intake.decision, mesh.Fanout):
                         wake.update(intake.decision.next_hops)
                         self.statistics.publications_forwarded += len(intake.decision.next_hops)
+                        if intake.named:
+                            delivered = True
                         if id(intake.admitted) in live:
                             self._hand_over(intake.admitted.frame, hops=intake.admitted.hops,
                                             now=now)  # fmt: skip
@@ -729,8 +768,7 @@ class MeshRuntime:
         for node in wake:
             self._forwarder(node).poke()
         if delivered:
-            self.inbox_changed.set()
-            self.inbox_changed = trio.Event()
+            self._inbox_changed()
         await self._apply(actions)
         for address in learned:
             await self.run_blocking(functools.partial(self.store.save_address, address))

@@ -43,7 +43,8 @@ class Sent:
 @dataclasses.dataclass(frozen=True)
 class Publication:
     """A publication a subscription received: ``origin`` published ``body`` to
-    ``topic`` at ``ts`` (ms, its clock); it reached us at ``received`` after ``hops``."""
+    ``topic`` at ``ts`` (ms, its clock); it reached us at ``received`` after ``hops``.
+    Those of a named subscription are offered again until acknowledged (:meth:`ack`)."""
 
     topic: str
     body: bytes
@@ -53,6 +54,17 @@ class Publication:
     ts: int
     received: int
     hops: int
+    #: Where it is in the store (a named subscription's publications), else 0.
+    seq: int = 0
+    _ack: Callable[[], Awaitable[object]] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    async def ack(self) -> None:
+        """A named subscription is done with it: it will not be offered again. (A live
+        subscription's publications need no acknowledgement: this does nothing.)"""
+        if self._ack is not None:
+            await self._ack()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import httpx
 import trio
@@ -52,7 +52,7 @@ from node._forwarder import FRAMES_PATH, FrameClient
 from node._mesh import MeshConfig, MeshRuntime, NodeStatistics, RunBlocking
 from node._message import Message, Published, Sent
 from node._net import Network, TcpNetwork, make_transport
-from node._pubsub import Subscription
+from node._pubsub import DurableSubscription, Subscription
 from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
 from node._server import Handler, Request, Response, Server, ServerConfig
 
@@ -638,8 +638,22 @@ class Node:
             raise NodeError("node is not running")
         return await self.mesh.publish(topic, body, ct=ct, ttl=ttl)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, *patterns: str) -> AsyncIterator[Subscription]:
+    @overload
+    def subscribe(
+        self, *patterns: str, name: None = None
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
+    @overload
+    def subscribe(
+        self, *patterns: str, name: str
+    ) -> contextlib.AbstractAsyncContextManager[DurableSubscription]: ...
+
+    def subscribe(
+        self, *patterns: str, name: str | None = None
+    ) -> (
+        contextlib.AbstractAsyncContextManager[Subscription]
+        | contextlib.AbstractAsyncContextManager[DurableSubscription]
+    ):
         """Subscribe to publications whose topic matches any of ``patterns`` (AMQP
         topic rules: ``*`` one word, ``#`` zero or more)::
 
@@ -648,9 +662,22 @@ class Node:
                     print(publication.topic, publication.body)
 
         Each publication is handed over once, however many of the patterns match.
-        Leaving the block unsubscribes. Raises :class:`crypto.Malformed` for a bad
-        pattern and :class:`NodeError` when the node is not running.
+        Leaving the block unsubscribes.
+
+        With ``name`` the subscription is durable: it is kept in the store (its
+        patterns replace those it had), stays in force when the block is left and
+        after a restart, and what it matches waits for it until each publication is
+        acknowledged (``await publication.ack()``); end it with :meth:`unsubscribe`.
+
+        Raises :class:`crypto.Malformed` for a bad pattern or name and
+        :class:`NodeError` when the node is not running.
         """
+        if name is not None:
+            return self._durable(name, patterns)
+        return self._live(patterns)
+
+    @contextlib.asynccontextmanager
+    async def _live(self, patterns: Sequence[str]) -> AsyncIterator[Subscription]:
         if self._nursery is None:
             raise NodeError("node is not running")
         subscription = await self.mesh.subscriptions.open(patterns)
@@ -659,6 +686,40 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await self.mesh.subscriptions.close(subscription)
+
+    @contextlib.asynccontextmanager
+    async def _durable(
+        self, name: str, patterns: Sequence[str]
+    ) -> AsyncIterator[DurableSubscription]:
+        if self._nursery is None:
+            raise NodeError("node is not running")
+        kept = await self.mesh.keep_subscription(name, patterns)
+        store = self.store
+
+        async def fetch(after: int) -> list[mesh.InboxEntry]:
+            entries: list[mesh.InboxEntry] = await self.run_blocking(
+                lambda: store.subscription_pending(name, after=after)
+            )
+            return entries
+
+        async def ack(seq: int) -> object:
+            return await self.run_blocking(lambda: store.ack_subscription(name, [seq]))
+
+        yield DurableSubscription(
+            name, kept, fetch=fetch, ack=ack, changed=lambda: self.mesh.inbox_changed
+        )
+
+    async def unsubscribe(self, name: str) -> bool:
+        """End named subscription ``name``: withdrawn from the mesh, and what was pending
+        for it dropped. Returns whether there was one."""
+        if self._nursery is None:
+            raise NodeError("node is not running")
+        return await self.mesh.drop_subscription(name)
+
+    async def subscriptions(self) -> list[mesh.SavedSubscription]:
+        """This node's named subscriptions."""
+        saved: list[mesh.SavedSubscription] = await self.run_blocking(self.store.subscriptions)
+        return saved
 
     async def delivered(self, frame_id: bytes) -> mesh.Trace:
         """Wait until a receipt settles frame ``frame_id`` (delivered, or dropped

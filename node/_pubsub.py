@@ -3,6 +3,12 @@ application.
 
 * Each :class:`Subscription` holds one or more patterns. A publication that matches any
   of them is handed to it once (a :class:`TopicTrie` of subscription ids finds them).
+* A named subscription is durable: its patterns are kept in the store and advertised
+  from the node's start, whether a reader is there or not; the publications it matches
+  wait in the store (pending for it) until the application acknowledges each
+  (:class:`DurableSubscription`). So a subscriber that was down, or detached from its
+  relay, gets what was published meanwhile: the relays kept it for it (within the
+  lease, the frames' expiry and the quotas).
 * The node advertises the patterns of all its subscriptions, aggregated: a pattern that
   another one covers (``news.tech`` under ``news.#``) is not advertised, since every
   publication it matches comes for the other anyway. When the covering pattern goes,
@@ -21,7 +27,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final
 
 import trio
 
@@ -29,7 +37,13 @@ import crypto
 import mesh
 from node._message import Publication
 
-__all__ = ["DEFAULT_LEASE", "LocalSubscriptions", "Subscription"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "DurableSubscription",
+    "LocalSubscriptions",
+    "Subscription",
+    "validate_name",
+]
 
 log = logging.getLogger("ptth.node")
 
@@ -37,6 +51,16 @@ log = logging.getLogger("ptth.node")
 DEFAULT_LEASE = 3600.0
 #: Publications a subscription buffers for a slow reader.
 DEFAULT_CAPACITY = 10_000
+_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can name a subscription; raise :class:`crypto.Malformed`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise crypto.Malformed(
+            f"subscription name {name!r} must be 1..64 of A-Z a-z 0-9 _ . -"
+        )
+    return name
 
 
 class Subscription:
@@ -79,6 +103,71 @@ class Subscription:
         self._send.close()
 
 
+class DurableSubscription:
+    """A named subscription's reader: ``async for publication in subscription``, then
+    ``await publication.ack()``. It offers what is pending (oldest first), then waits
+    for more; what is not acknowledged is offered again by the next reader."""
+
+    def __init__(
+        self,
+        name: str,
+        patterns: tuple[str, ...],
+        *,
+        fetch: Callable[[int], Awaitable[list[mesh.InboxEntry]]],
+        ack: Callable[[int], Awaitable[object]],
+        changed: Callable[[], trio.Event],
+    ) -> None:
+        self.name = name
+        self.patterns = patterns
+        self._fetch = fetch
+        self._ack = ack
+        self._changed = changed
+        self._after = 0
+        self._ready: list[mesh.InboxEntry] = []
+
+    def __aiter__(self) -> DurableSubscription:
+        return self
+
+    async def __anext__(self) -> Publication:
+        return await self.get()
+
+    async def get(self) -> Publication:
+        """The next pending publication (waits for one)."""
+        while not self._ready:
+            changed = self._changed()
+            self._ready = await self._fetch(self._after)
+            if not self._ready:
+                await changed.wait()
+        entry = self._ready.pop(0)
+        self._after = entry.seq
+        return self._publication(entry)
+
+    async def pending(self) -> list[Publication]:
+        """Everything pending now, without waiting (and without moving on)."""
+        found: list[Publication] = []
+        after = 0
+        while batch := await self._fetch(after):
+            found += [self._publication(entry) for entry in batch]
+            after = batch[-1].seq
+        return found
+
+    def _publication(self, entry: mesh.InboxEntry) -> Publication:
+        assert entry.topic is not None  # publications have one
+        seq = entry.seq
+        return Publication(
+            topic=entry.topic,
+            body=entry.body,
+            ct=entry.ct,
+            origin=entry.src,
+            id=entry.id,
+            ts=entry.ts,
+            received=entry.received,
+            hops=entry.hops,
+            seq=seq,
+            _ack=lambda: self._ack(seq),
+        )
+
+
 Sign = Callable[[crypto.Frame], bytes]
 Apply = Callable[[Sequence[mesh.Action]], Awaitable[None]]
 
@@ -111,6 +200,9 @@ class LocalSubscriptions:
         self._ids = itertools.count(1)
         self._live: dict[int, Subscription] = {}
         self._trie: mesh.TopicTrie[int] = mesh.TopicTrie()
+        #: Named (durable) subscriptions: name -> patterns, and a trie of names.
+        self.durable: dict[str, tuple[str, ...]] = {}
+        self._durable_trie: mesh.TopicTrie[str] = mesh.TopicTrie()
         #: The patterns advertised now (aggregated).
         self.advertised: set[str] = set()
         self.changed = trio.Event()
@@ -139,6 +231,37 @@ class LocalSubscriptions:
         subscription._close()
         await self._advertise()
 
+    async def keep(self, name: str, patterns: Iterable[str]) -> tuple[str, ...]:
+        """Hold named subscription ``name`` with ``patterns`` (replacing its old ones);
+        advertise what is new, withdraw what nobody wants any more. Returns the
+        patterns, validated and without repeats."""
+        wanted = tuple(dict.fromkeys(crypto.validate_pattern(p) for p in patterns))
+        if not wanted:
+            raise crypto.Malformed("a subscription needs at least one pattern")
+        self._drop_durable(validate_name(name))
+        self.durable[name] = wanted
+        for pattern in wanted:
+            self._durable_trie.add(pattern, name)
+        await self._advertise()
+        return wanted
+
+    async def forget(self, name: str) -> bool:
+        """Drop named subscription ``name``; withdraw what nobody wants any more."""
+        if not self._drop_durable(name):
+            return False
+        await self._advertise()
+        return True
+
+    def _drop_durable(self, name: str) -> bool:
+        old = self.durable.pop(name, None)
+        for pattern in old or ():
+            self._durable_trie.remove(pattern, name)
+        return old is not None
+
+    def durable_names(self, topic: str) -> tuple[str, ...]:
+        """The named subscriptions a publication to ``topic`` is pending for."""
+        return tuple(sorted(self._durable_trie.match(topic)))
+
     def close_all(self) -> None:
         """The node stops: end every subscription's iteration (nothing is withdrawn:
         the leases lapse, or the node comes back and refreshes them)."""
@@ -154,7 +277,7 @@ class LocalSubscriptions:
         return len(sids)
 
     def wants(self, topic: str) -> bool:
-        return bool(self._trie.match(topic))
+        return bool(self._trie.match(topic)) or bool(self._durable_trie.match(topic))
 
     async def refresh(self) -> None:
         """Sign every advertised pattern again (a fresh lease)."""
@@ -166,7 +289,7 @@ class LocalSubscriptions:
             await self.refresh()
 
     async def _advertise(self) -> None:
-        wanted = _aggregate(self._trie.patterns())
+        wanted = _aggregate([*self._trie.patterns(), *self._durable_trie.patterns()])
         added = sorted(wanted - self.advertised)
         withdrawn = sorted(self.advertised - wanted)
         self.advertised = wanted

@@ -169,7 +169,7 @@ def test_fan_out(store: Store, deliver: bool, names: tuple[str, ...]) -> None:
         queued_frames=len(hops),
         queued_bytes=len(item.envelope) * len(hops),
     )
-    pending = store.pending()
+    pending = store.pending(publications=True)
     if deliver:
         (entry,) = pending
         assert (entry.src, entry.id, entry.kind, entry.topic, entry.body, entry.hops) == (
@@ -220,7 +220,7 @@ def test_a_next_hop_named_twice_gets_one_copy(store: Store) -> None:
 def test_a_publication_delivered_here_is_acknowledged_like_a_message(store: Store) -> None:
     store.accept([fanout(pub(1), deliver=True), fanout(pub(2), deliver=True)], now=NOW)
     assert store.ack([(ALICE.node_id, frame_id(1))]) == 1
-    assert [e.id for e in store.pending()] == [frame_id(2)]
+    assert [e.id for e in store.pending(publications=True)] == [frame_id(2)]
     assert store.statistics().inbox_bytes == B
     # Still seen: it comes again, it is a duplicate.
     assert outcomes(store.accept([fanout(pub(1), deliver=True)], now=NOW)) == ["duplicate"]
@@ -229,7 +229,7 @@ def test_a_publication_delivered_here_is_acknowledged_like_a_message(store: Stor
 def test_messages_in_the_inbox_have_no_topic(store: Store) -> None:
     store.accept([Intake(message(1), Deliver(), CAROL.node_id)], now=NOW)
     store.accept([fanout(pub(2), deliver=True)], now=NOW)
-    assert [(e.kind, e.topic) for e in store.pending()] == [
+    assert [(e.kind, e.topic) for e in store.pending(publications=True)] == [
         (crypto.Kind.MSG, None),
         (crypto.Kind.PUB, "news.sport"),
     ]
@@ -250,7 +250,7 @@ def test_a_publication_taken_before_is_a_duplicate_and_adds_nothing(store: Store
     assert outcomes(store.accept(again, now=NOW + 1)) == ["duplicate"] * 3
     assert store.statistics() == before
     assert copies(store) == [(ALICE.node_id.raw, frame_id(1), DAVE.node_id.raw, CAROL.node_id.raw)]
-    assert len(store.pending()) == 1
+    assert len(store.pending(publications=True)) == 1
 
 
 def test_a_duplicate_within_one_batch(store: Store) -> None:
@@ -276,7 +276,7 @@ def test_another_origin_reusing_the_id_is_not_a_duplicate(store: Store) -> None:
         (ALICE.node_id, frame_id(1)),
         (EVE.node_id, frame_id(1)),
     ]
-    assert [e.src for e in store.pending()] == [ALICE.node_id, EVE.node_id]
+    assert [e.src for e in store.pending(publications=True)] == [ALICE.node_id, EVE.node_id]
 
 
 def test_a_message_and_a_publication_share_the_seen_set(store: Store) -> None:
@@ -370,7 +370,7 @@ def own_pub(n: int, **changes: object) -> tuple[crypto.Frame, bytes]:
 def test_publish_takes_custody_of_our_own_publication(store: Store) -> None:
     frame, envelope = own_pub(1, topic="weather.paris")
     store.publish(frame, envelope, deliver=True, next_hops=[CAROL.node_id, DAVE.node_id], now=NOW)
-    (entry,) = store.pending()
+    (entry,) = store.pending(publications=True)
     assert (entry.src, entry.topic, entry.hops, entry.received) == (
         BOB.node_id,
         "weather.paris",
@@ -616,13 +616,26 @@ def test_a_reopened_store_keeps_everything(path: Path) -> None:
         store.publish(frame, envelope, deliver=True, next_hops=[CAROL.node_id], now=NOW)
         store.save_interests([interest(ALICE, "news.#")])
         store.save_subscription("weather", ["weather.#"], 60_000, now=NOW)
-        before = (store.statistics(), store.pending(), store.queues(), dict(store._usage.origin))
+        before = (
+            store.statistics(),
+            store.pending(publications=True),
+            store.queues(),
+            dict(store._usage.origin),
+        )
         schema = sql(store, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     with Store(path) as store:
         assert sql(store, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
-        after = (store.statistics(), store.pending(), store.queues(), dict(store._usage.origin))
+        after = (
+            store.statistics(),
+            store.pending(publications=True),
+            store.queues(),
+            dict(store._usage.origin),
+        )
         assert after == before
-        assert [e.topic for e in store.pending()] == ["news.sport", "weather.paris"]
+        assert [e.topic for e in store.pending(publications=True)] == [
+            "news.sport",
+            "weather.paris",
+        ]
         assert store.copies_of(ALICE.node_id, frame_id(1)) == [DAVE.node_id, FRANK.node_id]
         assert outcomes(store.accept([fanout(pub(1), [EVE], deliver=True)], now=NOW)) == [
             "duplicate"
@@ -818,7 +831,7 @@ def test_a_schema_2_store_is_migrated(path: Path) -> None:
     with Store(path) as store:
         assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(3,)]
         # Every row kept, seqs too.
-        (entry,) = store.pending()
+        (entry,) = store.pending(publications=True)
         assert (entry.src, entry.id, entry.topic, entry.received) == (
             ALICE.node_id,
             frame_id(1),
@@ -849,7 +862,7 @@ def test_a_schema_2_store_is_migrated(path: Path) -> None:
         seqs = [q.seq for q in store.batch(DAVE.node_id, now=NOW)]
         assert seqs[0] == 5
         assert seqs[1] > 7
-        assert [e.topic for e in store.pending()] == [None, "news.sport"]
+        assert [e.topic for e in store.pending(publications=True)] == [None, "news.sport"]
         schema = sql(store, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     with Store(path) as store:  # reopening a migrated store changes nothing
         assert sql(store, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
@@ -907,3 +920,65 @@ def test_an_empty_schema_2_store_is_migrated(path: Path) -> None:
             "accepted"
         ]
         assert [q.seq for q in store.batch(DAVE.node_id, now=NOW)] == [1]
+
+
+# -- named (durable) subscriptions -----------------------------------------------------
+
+
+def named(item: Admitted, *names: str) -> Intake:
+    return Intake(item, Fanout(True, ()), CAROL.node_id, named=names)
+
+
+def test_a_publication_is_pending_for_each_named_subscription_until_each_acks(
+    store: Store,
+) -> None:
+    store.accept([named(pub(1), "timeline", "archive"), named(pub(2), "timeline")], now=NOW)
+    assert store.pending() == []  # publications are not messages
+    timeline = store.subscription_pending("timeline")
+    assert [e.id for e in timeline] == [frame_id(1), frame_id(2)]
+    assert [e.topic for e in timeline] == ["news.sport", "news.sport"]
+    assert [e.id for e in store.subscription_pending("archive")] == [frame_id(1)]
+    assert [e.id for e in store.subscription_pending("timeline", after=timeline[0].seq)] == [
+        frame_id(2)
+    ]
+    # The first is acked by the timeline: still there for the archive.
+    assert store.ack_subscription("timeline", [timeline[0].seq]) == 1
+    assert store.ack_subscription("timeline", [timeline[0].seq]) == 0  # once
+    assert store.statistics().inbox_frames == 2
+    assert store.ack_subscription("archive", [timeline[0].seq]) == 1
+    assert store.statistics().inbox_frames == 1
+    assert store.statistics().inbox_bytes == len(b"goal")
+    # Taken again (another path): a duplicate, pending nowhere twice.
+    assert outcomes(store.accept([named(pub(2), "timeline")], now=NOW)) == ["duplicate"]
+    assert len(store.subscription_pending("timeline")) == 1
+
+
+def test_forgetting_a_subscription_drops_what_only_it_waited_for(store: Store) -> None:
+    store.accept([named(pub(1), "a", "b"), named(pub(2), "a")], now=NOW)
+    store.save_subscription("a", ["news.#"], 1000, now=NOW)
+    assert store.delete_subscription("a")
+    assert store.subscription_pending("a") == []
+    assert [e.id for e in store.subscription_pending("b")] == [frame_id(1)]
+    assert store.statistics().inbox_frames == 1
+
+
+def test_pending_publications_are_kept_until_they_expire(store: Store) -> None:
+    store.accept([named(pub(1, exp=NOW + 10), "a"), named(pub(2), "a")], now=NOW)
+    store.sweep(now=NOW + 10)
+    assert [e.id for e in store.subscription_pending("a")] == [frame_id(2)]
+    assert store.statistics().inbox_frames == 1
+
+
+def test_our_own_publication_is_pending_for_our_named_subscriptions(store: Store) -> None:
+    frame, envelope = publication(1, src=BOB)
+    store.publish(frame, envelope, deliver=True, next_hops=[], now=NOW, named=["mine"])
+    assert [e.src for e in store.subscription_pending("mine")] == [BOB.node_id]
+
+
+def test_pending_publications_survive_a_restart(path: Path) -> None:
+    with Store(path) as store:
+        store.accept([named(pub(1), "timeline")], now=NOW)
+    with Store(path) as store:
+        [entry] = store.subscription_pending("timeline")
+        assert entry.body == b"goal"
+        assert store.statistics().inbox_bytes == len(b"goal")

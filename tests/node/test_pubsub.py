@@ -226,3 +226,76 @@ async def test_a_neighbour_that_comes_later_is_told_the_interests(
         await a.publish("late.x", b"found you")
         [got] = await take(sub, 1)
         assert got.hops == 2
+
+
+# -- named (durable) subscriptions -------------------------------------------------------
+
+
+async def test_a_named_subscription_gets_what_was_published_while_it_was_down(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    subscriber = await memory_nodes.start("c")
+    await chain([a, b, subscriber.node])
+    c = subscriber.node
+    async with c.subscribe("news.#", name="timeline") as sub:
+        await knows(a, "news.x", c)
+        await a.publish("news.x", b"before")
+        first = await sub.get()
+        assert first.body == b"before"
+        await first.ack()
+    await settle()
+    await subscriber.stop()
+    # c is down: b keeps what is published for it.
+    await a.publish("news.y", b"while down 1")
+    await a.publish("sport", b"not for c")
+    await a.publish("news.z", b"while down 2")
+    await settle()
+    assert b.statistics.publications_forwarded == 1 + 2  # queued for c, waiting
+    c = await memory_nodes.open("c")
+    async with c.subscribe("news.#", name="timeline") as sub:
+        got = [await sub.get(), await sub.get()]
+        assert [p.body for p in got] == [b"while down 1", b"while down 2"]
+        await got[0].ack()
+    # Not acknowledged: offered again to the next reader, and only it.
+    async with c.subscribe("news.#", name="timeline") as sub:
+        assert [p.body for p in await sub.pending()] == [b"while down 2"]
+    assert [s.name for s in await c.subscriptions()] == ["timeline"]
+
+
+async def test_a_named_subscription_is_advertised_without_a_reader_after_a_restart(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    subscriber = await memory_nodes.start("b")
+    await peer(a, subscriber.node)
+    async with subscriber.node.subscribe("t.*", name="keep"):
+        pass  # leaving the block keeps it
+    await subscriber.stop()
+    b = await memory_nodes.open("b")
+    assert b.mesh.subscriptions.advertised == {"t.*"}
+    await knows(a, "t.1", b)
+    await a.publish("t.1", b"kept for you")
+    async with b.subscribe("t.*", name="keep") as sub:
+        assert (await sub.get()).body == b"kept for you"
+    # Unsubscribing withdraws it and drops what was pending.
+    assert await b.unsubscribe("keep")
+    await forgets(a, "t.1", b)
+    assert not await b.unsubscribe("keep")
+    assert await b.subscriptions() == []
+
+
+async def test_named_and_live_subscriptions_side_by_side(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    await peer(a, b)
+    async with b.subscribe("x", name="durable") as durable, b.subscribe("x") as live:
+        await knows(a, "x", b)
+        await a.publish("x", b"both")
+        assert (await live.get()).body == b"both"
+        assert (await durable.get()).body == b"both"
+        assert b.statistics.publications_received == 1
+    with pytest.raises(crypto.Malformed, match="name"):
+        async with b.subscribe("x", name="no spaces"):
+            pass
