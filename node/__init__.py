@@ -14,6 +14,7 @@ It drives :mod:`mesh` with I/O; :class:`Node` is the object users run and embed:
                 ...
 """
 
+from node._chirp import Chirp, Post
 from node._datadir import DataDir, PeerBook, default_data_dir
 from node._errors import DeliveryFailed, NodeError, NotRunning, PeerUnknown, Rejected
 from node._mesh import NodeStatistics
@@ -24,6 +25,7 @@ from node._pubsub import DurableSubscription, Subscription
 from node._server import Request, Response, Server, ServerConfig
 
 __all__ = [
+    "Chirp",
     "DataDir",
     "DeliveryFailed",
     "DurableSubscription",
@@ -37,6 +39,7 @@ __all__ = [
     "NotRunning",
     "PeerBook",
     "PeerUnknown",
+    "Post",
     "Publication",
     "Published",
     "Rejected",

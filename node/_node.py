@@ -46,6 +46,7 @@ import mesh
 from node import _fabric
 from node._api import API_PREFIX, LocalApi
 from node._attach import RelayLink, RelayMode
+from node._chirp import Chirp
 from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
@@ -176,6 +177,8 @@ class Node:
         self._client: httpx.AsyncClient | None = None
         self._extra_routes: list[tuple[str, Handler]] = []
         self.server: Server | None = None
+        #: The toy Twitter: post, follow, timeline (a thin layer over pub/sub).
+        self.chirp = Chirp(self)
         self.mesh = MeshRuntime(
             identity=identity,
             store=store,
