@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
@@ -48,6 +49,10 @@ _INLINE_VERIFY: Final = 8
 TICK_INTERVAL: Final = 15.0
 #: How soon after a change the routing table is saved (s).
 ROUTES_SAVE_DELAY: Final = 1.0
+#: The tables are saved at most this often (s): in a busy mesh routes change every few
+#: seconds, and each save writes them all. A node killed in between comes back with
+#: slightly older routes and is greeted with fresh ones by its neighbours.
+ROUTES_SAVE_INTERVAL: Final = 30.0
 
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -338,12 +343,18 @@ class MeshRuntime:
                 break
 
     async def _save_loop(self) -> None:
-        """Save the routing table soon after it changes, so a node killed and restarted
-        routes at once (the table is rebuilt by announces otherwise)."""
+        """Save the routing table (and the interests) soon after it changes, so a node
+        killed and restarted routes at once (the table is rebuilt by announces
+        otherwise): a second after a change, at most every ROUTES_SAVE_INTERVAL."""
+        saved = -math.inf
         try:
             while True:
                 await self._routes_dirty.wait()
-                await trio.sleep(ROUTES_SAVE_DELAY)  # one save for a burst of changes
+                # One save for a burst of changes, and not more often than the interval.
+                await trio.sleep_until(
+                    max(trio.current_time() + ROUTES_SAVE_DELAY, saved + ROUTES_SAVE_INTERVAL)
+                )
+                saved = trio.current_time()
                 self._routes_dirty = trio.Event()
                 await self.run_blocking(self._save_tables())
         finally:
