@@ -391,9 +391,7 @@ class MeshRuntime:
             raise crypto.Malformed("a subscription needs at least one pattern")
         now = self.clock()
         lease_ms = self.subscriptions.lease_ms
-        await self.run_blocking(
-            lambda: self.store.save_subscription(name, kept, lease_ms, now=now)
-        )
+        await self.run_blocking(lambda: self.store.save_subscription(name, kept, lease_ms, now=now))
         return await self.subscriptions.keep(name, kept)
 
     async def drop_subscription(self, name: str) -> bool:

@@ -57,9 +57,7 @@ _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 def validate_name(name: str) -> str:
     """Return ``name`` if it can name a subscription; raise :class:`crypto.Malformed`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise crypto.Malformed(
-            f"subscription name {name!r} must be 1..64 of A-Z a-z 0-9 _ . -"
-        )
+        raise crypto.Malformed(f"subscription name {name!r} must be 1..64 of A-Z a-z 0-9 _ . -")
     return name
 
 
