@@ -15,6 +15,19 @@ in-memory network). The running node also writes ``DIR/api.json`` with its API U
                                message (JSON: id, src, ts, received, hops, ct, body as
                                text or ``body_b64``); ``?follow=0`` ends when drained
 ``POST /api/v1/inbox/ack``     ``{"ids": ["SRC:ID" or "ID", ...]}`` -> ``{"acked": n}``
+``POST /api/v1/publish``       ``?topic=T[&ttl=S]``, body = the publication,
+                               ``Content-Type`` = its type; 200 ``{"id", "topic",
+                               "next_hops", "delivered_here"}`` once the frame is in
+                               this node's durable custody (``next_hops``: the
+                               neighbours toward the subscribers known now). 403 for
+                               a topic under another node's secure name ``~<id>``
+``GET /api/v1/subscribe``      ``?pattern=P[&pattern=Q...]`` (``*`` one word, ``#``
+                               zero or more): Server-Sent Events, one ``publication``
+                               event per publication that matches (JSON: topic,
+                               origin, id, ts, received, hops, ct, body as text or
+                               ``body_b64``). Subscribed before the first line (a
+                               comment) is sent; unsubscribed when the client leaves
+                               (a comment every 15 s notices that)
 ``GET /api/v1/status``         JSON: node id, endpoints, address, peers, counters
 ``GET /api/v1/routes``         JSON list: destination, next_hop, hops, age
 ``GET /api/v1/queues``         JSON list per next hop: frames, bytes, oldest, link
@@ -22,7 +35,9 @@ in-memory network). The running node also writes ``DIR/api.json`` with its API U
 ``POST /api/v1/peers``         body = an address token: verify, store, greet it
 =============================  =======================================================
 
-Errors are JSON ``{"error": words}`` with a fitting status.
+Errors are JSON ``{"error": words}`` with a fitting status: 400 for a bad request, 413
+for a body over the limit, 429 (with ``Retry-After``) when the store is full, 503 when
+the node cannot take it now.
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ import ipaddress
 import json
 import math
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -44,13 +59,20 @@ import trio
 import crypto
 import mesh
 from node._errors import NodeError, NotRunning
-from node._message import Message, Sent
+from node._message import Message, Publication, Published, Sent
+from node._pubsub import Subscription
 from node._server import Request, Response
 
 __all__ = ["API_PREFIX", "ApiClient", "ApiHost", "LocalApi", "trace_json"]
 
 API_PREFIX: Final = "/api/v1/"
 _JSON: Final = "application/json"
+#: Seconds between the comments that keep a quiet subscription stream alive: through
+#: proxies, and so that a client that left is noticed (a write to it fails) and its
+#: subscription ends.
+KEEPALIVE: Final = 15.0
+#: The longest ``ttl`` a publication may ask for (s): a frame's lifetime limit.
+_MAX_TTL: Final = crypto.MAX_LIFETIME_MS / 1000
 
 
 def _json(status: int, value: Any) -> Response:
@@ -80,6 +102,14 @@ def _ack_key(text: str) -> tuple[crypto.NodeId, bytes] | bytes:
     return bytes.fromhex(text)
 
 
+def _body_json(body: bytes) -> dict[str, str]:
+    """``{"body": text}`` when ``body`` is UTF-8, else ``{"body_b64": base64}``."""
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"body_b64": base64.b64encode(body).decode("ascii")}
+
+
 def message_json(message: Message) -> dict[str, Any]:
     """A received message as JSON: the body as text when it is UTF-8, else base64."""
     value: dict[str, Any] = {
@@ -90,11 +120,30 @@ def message_json(message: Message) -> dict[str, Any]:
         "hops": message.hops,
         "ct": message.ct,
     }
-    try:
-        value["body"] = message.body.decode("utf-8")
-    except UnicodeDecodeError:
-        value["body_b64"] = base64.b64encode(message.body).decode("ascii")
+    value.update(_body_json(message.body))
     return value
+
+
+def publication_json(publication: Publication) -> dict[str, Any]:
+    """A received publication as JSON: the body as text when it is UTF-8, else base64."""
+    value: dict[str, Any] = {
+        "topic": publication.topic,
+        "origin": publication.origin.text,
+        "id": publication.id.hex(),
+        "ts": publication.ts,
+        "received": publication.received,
+        "hops": publication.hops,
+        "ct": publication.ct,
+    }
+    value.update(_body_json(publication.body))
+    return value
+
+
+def _content_type(request: Request) -> str | None:
+    ct = request.header("content-type")
+    if ct == "application/x-www-form-urlencoded":  # curl's default, not a real type
+        return None
+    return ct
 
 
 def trace_json(trace: mesh.Trace) -> dict[str, Any]:
@@ -165,6 +214,12 @@ class ApiHost(Protocol):
 
     async def add_peer(self, token: str) -> crypto.SignedAddress: ...
 
+    async def publish(
+        self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
+    ) -> Published: ...
+
+    def subscribe(self, *patterns: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
 
 def _is_local(peer: str) -> bool:
     host = peer.rpartition(":")[0].strip("[]") if ":" in peer else peer
@@ -207,6 +262,10 @@ class LocalApi:
             return await self.trace(route[1][len("trace/") :])
         if route == ("POST", "peers"):
             return await self.add_peer(request)
+        if route == ("POST", "publish"):
+            return await self.publish(request, query)
+        if route == ("GET", "subscribe"):
+            return self.subscribe(query)
         return _error(404, f"no such API call: {request.method} {request.path}")
 
     async def send(self, request: Request, query: dict[str, list[str]]) -> Response:
@@ -232,9 +291,7 @@ class LocalApi:
                     400,
                     f"timeout must be a positive number of seconds, not {query['timeout'][-1]!r}",
                 )
-        ct = request.header("content-type")
-        if ct == "application/x-www-form-urlencoded":  # curl's default, not a real type
-            ct = None
+        ct = _content_type(request)
         try:
             frame = self.node.new_frame(dst, request.body, ct=ct, receipt=receipt)
             envelope = frame.seal(self.node.identity)
@@ -314,6 +371,93 @@ class LocalApi:
         except (ValueError, KeyError, TypeError, crypto.Malformed) as exc:
             return _error(400, f'body must be {{"ids": ["SRC:ID" or "ID" (hex), ...]}}: {exc}')
         return _json(200, {"acked": await self.node.ack(keys)})
+
+    async def publish(self, request: Request, query: dict[str, list[str]]) -> Response:
+        topics = query.get("topic", [])
+        if len(topics) != 1:
+            return _error(400, "say which topic to publish to, once: ?topic=TOPIC")
+        topic = topics[0]
+        ttl: float | None = None
+        if "ttl" in query:
+            try:
+                ttl = float(query["ttl"][-1])
+                if not 0 < ttl <= _MAX_TTL:
+                    raise ValueError(ttl)
+            except ValueError:
+                return _error(
+                    400,
+                    f"ttl must be a positive number of seconds up to {_MAX_TTL:.0f}, "
+                    f"not {query['ttl'][-1]!r}",
+                )
+        try:
+            crypto.validate_topic(topic)
+            owner = mesh.secure_owner(topic)
+            published = await self.node.publish(
+                topic, request.body, ct=_content_type(request), ttl=ttl
+            )
+        except crypto.Malformed as exc:
+            status = 413 if len(request.body) > crypto.MAX_BODY_SIZE else 400
+            return _error(status, str(exc))
+        except mesh.StoreFull as exc:
+            return _json_error(429, str(exc), [("retry-after", "30")])
+        except NodeError as exc:
+            # Another node's secure name, or a node that is stopping.
+            foreign = owner is not None and owner != self.node.identity.node_id
+            return _error(403 if foreign else 503, str(exc))
+        except mesh.MeshError as exc:
+            return _error(503, f"store unavailable: {exc}")
+        return _json(
+            200,
+            {
+                "id": published.id.hex(),
+                "topic": published.topic,
+                "next_hops": [hop.text for hop in published.next_hops],
+                "delivered_here": published.delivered_here,
+            },
+        )
+
+    def subscribe(self, query: dict[str, list[str]]) -> Response:
+        patterns = query.get("pattern", [])
+        if not patterns:
+            return _error(
+                400,
+                "say what to subscribe to: ?pattern=P (repeatable; '*' matches one word, "
+                "'#' zero or more)",
+            )
+        try:
+            for pattern in patterns:
+                crypto.validate_pattern(pattern)
+        except crypto.Malformed as exc:
+            return _error(400, str(exc))
+
+        async def events() -> AsyncIterator[bytes]:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    subscription = await stack.enter_async_context(self.node.subscribe(*patterns))
+                except NodeError as exc:
+                    data = json.dumps({"error": str(exc)}, separators=(",", ":"))
+                    yield f"event: end\ndata: {data}\n\n".encode()
+                    return
+                # Subscribed: whatever is published from now on reaches this stream.
+                yield f": ptth subscribe {' '.join(subscription.patterns)}\n\n".encode()
+                while True:
+                    publication: Publication | None = None
+                    with trio.move_on_after(KEEPALIVE):
+                        try:
+                            publication = await subscription.get()
+                        except trio.EndOfChannel:  # the node stops
+                            break
+                    if publication is None:
+                        yield b": keep-alive\n\n"
+                        continue
+                    data = json.dumps(publication_json(publication), separators=(",", ":"))
+                    yield (
+                        f"id: {publication.id.hex()}\nevent: publication\ndata: {data}\n\n"
+                    ).encode()
+            yield b"event: end\ndata: {}\n\n"
+
+        headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]
+        return Response(200, headers, stream=events(), long_lived=True)
 
 
 class ApiClient:
@@ -411,20 +555,18 @@ class ApiClient:
     def ack(self, ids: list[str]) -> int:
         return int(self.request("POST", "inbox/ack", json={"ids": ids})["acked"])
 
-    def inbox(self, *, follow: bool) -> Any:
-        """Yield each message (a dict) as the node streams it."""
+    def _events(self, path: str, params: Any) -> Generator[dict[str, str], None, None]:
+        """Yield each Server-Sent Event of ``GET path`` (its fields) as it comes."""
         try:
-            with self.client.stream(
-                "GET", "inbox", params={"follow": "1" if follow else "0"}, timeout=None
-            ) as response:
+            with self.client.stream("GET", path, params=params, timeout=None) as response:
                 if response.status_code != 200:
                     response.read()
                     self._check(response)
                 event: dict[str, str] = {}
                 for line in response.iter_lines():
                     if line == "":
-                        if event.get("event") == "message":
-                            yield json.loads(event["data"])
+                        if event:
+                            yield event
                         event = {}
                     elif not line.startswith(":"):
                         field, _, value = line.partition(":")
@@ -433,3 +575,33 @@ class ApiClient:
             raise self._not_running() from exc
         except httpx.TransportError as exc:
             raise NodeError(f"lost the node's local API at {self.url}: {exc}") from exc
+
+    def inbox(self, *, follow: bool) -> Any:
+        """Yield each message (a dict) as the node streams it."""
+        params = {"follow": "1" if follow else "0"}
+        with contextlib.closing(self._events("inbox", params)) as events:
+            for event in events:
+                if event.get("event") == "message":
+                    yield json.loads(event["data"])
+
+    def publish(self, topic: str, body: bytes, ct: str | None, ttl: float | None = None) -> Any:
+        """Publish; the answer once the node has it in durable custody."""
+        headers = {"content-type": ct} if ct else {}
+        params = {"topic": topic}
+        if ttl is not None:
+            params["ttl"] = f"{ttl:g}"
+        return self.request("POST", "publish", params=params, content=body, headers=headers)
+
+    def subscribe(self, patterns: Sequence[str]) -> Generator[dict[str, Any], None, None]:
+        """Yield each publication (a dict) that matches ``patterns`` as the node streams
+        it, until the node stops. Closing the generator unsubscribes."""
+        params = [("pattern", pattern) for pattern in patterns]
+        with contextlib.closing(self._events("subscribe", params)) as events:
+            for event in events:
+                if event.get("event") == "publication":
+                    yield json.loads(event["data"])
+                elif event.get("event") == "end":
+                    error = json.loads(event.get("data") or "{}").get("error")
+                    if error:
+                        raise NodeError(error)
+                    return

@@ -68,6 +68,19 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _ttl(text: str) -> float:
+    """A publication's lifetime: seconds (``300``) or a duration (``90m``, ``1h30m``)."""
+    try:
+        return _positive_seconds(text)
+    except argparse.ArgumentTypeError:
+        try:
+            return float(parse_duration(text))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive number of seconds or a duration like 90m or 12h"
+            ) from None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -221,6 +234,39 @@ class Cli:
             )
             return
         raise NodeError(answer.get("error") or f"not delivered ({state})")
+
+    def cmd_publish(self) -> None:
+        body = _read_body_argument(self.args.message, self.stdin)
+        with ApiClient(self.data.path, timeout=None) as api:
+            answer = api.publish(self.args.topic, body, self.args.content_type, self.args.ttl)
+        self.say(answer["id"])
+        hops = len(answer["next_hops"])
+        where = [f"to {hops} neighbour{'s' if hops != 1 else ''}"] if hops else []
+        if answer["delivered_here"]:
+            where.append("to a subscription here")
+        note = " and ".join(where) if where else "no subscriber known yet"
+        print(f"in custody, {note}", file=self.err)
+
+    def cmd_subscribe(self) -> None:
+        try:
+            with (
+                ApiClient(self.data.path, timeout=None) as api,
+                contextlib.closing(api.subscribe(self.args.patterns)) as publications,
+            ):
+                for publication in publications:
+                    if self.args.json:
+                        self.say(json.dumps(publication, separators=(",", ":")))
+                    else:
+                        if "body" in publication:
+                            text = publication["body"]
+                        else:
+                            size = len(base64.b64decode(publication["body_b64"]))
+                            text = f"[{size} bytes of {publication['ct'] or 'binary'}]"
+                        self.say(f"{publication['topic']} {publication['origin'][:10]}: {text}")
+                    self.out.flush()
+        except KeyboardInterrupt:
+            # Ctrl-C is how a subscription ends: leaving unsubscribes.
+            return
 
     def cmd_routes(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -516,6 +562,47 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         metavar="S",
         help="with --wait: give up after S seconds (exit 1; the frame stays in the mesh)",
+    )
+
+    publish = command(
+        "publish",
+        Cli.cmd_publish,
+        "publish a message to a topic, for every node subscribed to a matching pattern; "
+        "returns once it is in durable custody and prints its frame id",
+    )
+    publish.add_argument(
+        "topic",
+        metavar="TOPIC",
+        help="dot-separated words, e.g. news.tech (no wildcards); ~<your node id>.x is "
+        "a secure name only this node may publish under",
+    )
+    publish.add_argument(
+        "message", metavar="TEXT|@FILE|-", help="the message, @FILE, or - for stdin"
+    )
+    publish.add_argument(
+        "--content-type", "--ct", dest="content_type", metavar="TYPE", help="e.g. text/plain"
+    )
+    publish.add_argument(
+        "--ttl",
+        type=_ttl,
+        metavar="DURATION",
+        help="how long the mesh keeps it for subscribers not reached yet: seconds, or "
+        "like 90m or 12h (default: the node's frame lifetime)",
+    )
+    subscribe = command(
+        "subscribe",
+        Cli.cmd_subscribe,
+        "print each publication whose topic matches a pattern, one line each, until Ctrl-C",
+    )
+    subscribe.add_argument(
+        "patterns",
+        nargs="+",
+        metavar="PATTERN",
+        help="a topic pattern: dot-separated words, '*' for one word, '#' for zero or more "
+        "(e.g. news.# or *.alerts)",
+    )
+    subscribe.add_argument(
+        "--json", action="store_true", help="print each publication as a JSON object"
     )
 
     routes = command("routes", Cli.cmd_routes, "show the routes the running node holds")

@@ -1,10 +1,12 @@
 """The local API: bearer token, send (custody, receipts, waiting), inbox as Server-Sent
-Events, ack, status, routes, queues, trace, peers."""
+Events, ack, status, routes, queues, trace, peers; publish, and subscribe as Server-Sent
+Events."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,8 +15,8 @@ import trio.testing
 
 import crypto
 import mesh
-from node import MemoryNetwork, Node, make_transport
-from node._api import _is_local
+from node import MemoryNetwork, Node, Request, make_transport
+from node._api import KEEPALIVE, LocalApi, _is_local
 from tests.helpers import NodeFactory, messages, peer
 
 
@@ -397,3 +399,245 @@ async def test_send_past_the_store_quota_is_429(memory_nodes: NodeFactory) -> No
     assert a.store.statistics().queued_frames == 1
     with pytest.raises(mesh.StoreFull):
         await a.send(nobody, b"x" * 1000)
+
+
+# -- publish/subscribe ------------------------------------------------------------------
+
+
+async def learned(node: Node, topic: str, subscriber: Node) -> None:
+    """Wait until ``node`` knows that ``subscriber`` wants ``topic``."""
+    with trio.fail_after(60):
+        while subscriber.node_id not in node.mesh.router.interests.subscribers(
+            topic, now=node.clock()
+        ):
+            await node.mesh.interests_changed.wait()
+
+
+async def unsubscribed(node: Node) -> None:
+    """Wait until ``node`` holds no live subscription."""
+    with trio.fail_after(60):
+        while len(node.mesh.subscriptions):
+            await node.mesh.subscriptions.changed.wait()
+
+
+async def next_event(lines: AsyncIterator[str]) -> dict[str, str]:
+    """The fields of the next Server-Sent Event (comments skipped)."""
+    fields: dict[str, str] = {}
+    async for line in lines:
+        if line == "":
+            if fields:
+                return fields
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    raise AssertionError(f"the stream ended; last fields {fields}")
+
+
+async def test_publish_and_subscribe_through_the_api(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, network = pair
+    async with api(a, network) as client_a, api(b, network) as client_b:
+        async with client_b.stream(
+            "GET", "subscribe", params=[("pattern", "news.#"), ("pattern", "*.alerts")]
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"] == "text/event-stream"
+            lines = stream.aiter_lines()
+            # The first line comes once the subscription is live.
+            assert await anext(lines) == ": ptth subscribe news.# *.alerts"
+            assert len(b.mesh.subscriptions) == 1
+            await learned(a, "news.tech", b)
+            response = await client_a.post(
+                "publish",
+                params={"topic": "news.tech"},
+                content=b"hi b",
+                headers={"content-type": "text/plain"},
+            )
+            assert response.status_code == 200, response.text
+            published = response.json()
+            assert published == {
+                "id": published["id"],
+                "topic": "news.tech",
+                "next_hops": [b.node_id.text],
+                "delivered_here": False,
+            }
+            response = await client_a.post(
+                "publish", params={"topic": "x.alerts", "ttl": "60"}, content=b"\xff\x00"
+            )
+            assert response.status_code == 200, response.text
+            binary_id = response.json()["id"]
+
+            event = await next_event(lines)
+            assert (event["event"], event["id"]) == ("publication", published["id"])
+            got = json.loads(event["data"])
+            assert got == {
+                "topic": "news.tech",
+                "origin": a.node_id.text,
+                "id": published["id"],
+                "ts": got["ts"],
+                "received": got["received"],
+                "hops": 1,
+                "ct": "text/plain",
+                "body": "hi b",
+            }
+            assert got["ts"] <= got["received"]
+            event = await next_event(lines)
+            got = json.loads(event["data"])
+            assert (got["id"], got["topic"], got["ct"]) == (binary_id, "x.alerts", None)
+            assert got["body_b64"] == "/wA="
+            assert "body" not in got
+        # The client left: the node notices (its next write fails) and unsubscribes.
+        await unsubscribed(b)
+        assert b.mesh.subscriptions.advertised == set()
+        # Nobody wants it any more, once a has heard.
+        response = await client_a.post("publish", params={"topic": "sport"}, content=b"x")
+        assert response.json()["next_hops"] == []
+
+
+async def test_a_publication_reaches_a_subscription_on_the_same_node(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, _, network = pair
+    async with (
+        api(a, network) as client,
+        client.stream("GET", "subscribe", params={"pattern": "t"}) as stream,
+    ):
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": ptth subscribe t"
+        response = await client.post("publish", params={"topic": "t"}, content=b"to me")
+        assert response.json()["delivered_here"] is True
+        got = json.loads((await next_event(lines))["data"])
+        assert (got["body"], got["hops"], got["origin"]) == ("to me", 0, a.node_id.text)
+
+
+async def test_a_quiet_subscription_stream_is_kept_alive(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, _, network = pair
+    async with (
+        api(a, network) as client,
+        client.stream("GET", "subscribe", params={"pattern": "t"}) as stream,
+    ):
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": ptth subscribe t"
+        assert await anext(lines) == ""
+        start = trio.current_time()
+        assert await anext(lines) == ": keep-alive"
+        assert trio.current_time() - start == pytest.approx(KEEPALIVE)
+        assert len(a.mesh.subscriptions) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({}, "?topic=TOPIC"),
+        ({"topic": "a.*"}, "topic 'a.*': word 2 '*' is not one of"),
+        ({"topic": ""}, "?topic=TOPIC"),  # an empty value is no value
+        ({"topic": "~nobody.x"}, "must be ~<node-id>"),
+        ({"topic": "t", "ttl": "0"}, "ttl must be a positive number of seconds up to"),
+        ({"topic": "t", "ttl": "soon"}, "not 'soon'"),
+        ({"topic": "t", "ttl": "inf"}, "not 'inf'"),
+        ({"topic": "t", "ttl": str(10**9)}, f"not '{10**9}'"),
+    ],
+)
+async def test_publish_errors(
+    pair: tuple[Node, Node, MemoryNetwork], params: dict[str, str], words: str
+) -> None:
+    a, _, network = pair
+    async with api(a, network) as client:
+        response = await client.post("publish", params=params, content=b"x")
+    assert response.status_code == 400
+    assert words in response.json()["error"]
+
+
+async def test_publish_a_bad_content_type_or_an_oversized_body(
+    pair: tuple[Node, Node, MemoryNetwork],
+) -> None:
+    a, _, network = pair
+    async with api(a, network) as client:
+        response = await client.post(
+            "publish", params={"topic": "t"}, content=b"x", headers={"content-type": "x" * 200}
+        )
+        assert response.status_code == 400
+        assert "is not a content type" in response.json()["error"]
+        response = await client.post(
+            "publish", params={"topic": "t"}, content=b"x" * (crypto.MAX_BODY_SIZE + 1)
+        )
+    assert response.status_code == 413
+    assert f"limit {crypto.MAX_BODY_SIZE}" in response.json()["error"]
+
+
+async def test_publish_under_another_nodes_secure_name_is_403(
+    pair: tuple[Node, Node, MemoryNetwork],
+) -> None:
+    a, b, network = pair
+    async with api(a, network) as client:
+        response = await client.post(
+            "publish", params={"topic": f"~{b.node_id.text}.chirp"}, content=b"forged"
+        )
+        assert response.status_code == 403
+        error = response.json()["error"]
+        assert f"{b.node_id.short}'s secure name" in error
+        assert f"ours is ~{a.node_id.text}" in error
+        response = await client.post(
+            "publish", params={"topic": f"~{a.node_id.text}.chirp"}, content=b"mine"
+        )
+        assert response.status_code == 200, response.text
+
+
+async def test_publish_past_the_store_quota_is_429(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a", quotas=mesh.Quotas(total=2000))
+    b = await memory_nodes.open("b")
+    await peer(a, b)
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    async with b.subscribe("t"):
+        await learned(a, "t", b)
+        await a.send(crypto.Identity.generate().node_id, b"x" * 1000)  # held: it stays
+        async with api(a, memory_nodes.network) as client:
+            response = await client.post("publish", params={"topic": "t"}, content=b"x" * 1000)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "30"
+    assert "2000" in response.json()["error"]
+
+
+async def test_publish_on_a_stopped_node_is_503(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    running = await memory_nodes.start("a")
+    await running.stop()
+    node = running.node
+    # The server is gone with the node: call its API handler directly.
+    request = Request(
+        "POST",
+        "/api/v1/publish?topic=t",
+        [("authorization", f"Bearer {node.api_token}")],
+        b"x",
+        "memory",
+    )
+    response = await LocalApi(node).handle(request)
+    assert response.status == 503
+    assert json.loads(response.body) == {"error": "node is not running"}
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ((), "?pattern=P"),
+        ((("pattern", "a.#x"),), "pattern 'a.#x': word 2 '#x' is not one of"),
+        ((("pattern", "ok"), ("pattern", "a..b")), "pattern 'a..b'"),
+    ],
+)
+async def test_subscribe_errors(
+    pair: tuple[Node, Node, MemoryNetwork],
+    params: tuple[tuple[str, str], ...],
+    words: str,
+) -> None:
+    a, _, network = pair
+    async with api(a, network) as client:
+        response = await client.get("subscribe", params=params)
+    assert response.status_code == 400
+    assert words in response.json()["error"]
+    assert len(a.mesh.subscriptions) == 0

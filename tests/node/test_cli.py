@@ -1,5 +1,5 @@
 """The ptth CLI: init, id, address, peer add/list/remove, and its one-line errors; send,
-routes, queues and trace against a running node (on loopback TCP)."""
+routes, queues, trace, publish and subscribe against a running node (on loopback TCP)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -476,3 +477,122 @@ async def test_trace_shows_a_delivery_claimed_by_another_node_as_ignored(
     ), lines
     trace = json.loads("\n".join(await cli_ok(a, "trace", "--json", sent.id.hex())))
     assert (trace["state"], trace["by"]) == ("held", None)
+
+
+# -- publish and subscribe ----------------------------------------------------------------
+
+
+async def learned(node: Node, topic: str, subscriber: Node) -> None:
+    """Wait until ``node`` knows that ``subscriber`` wants ``topic``."""
+    with trio.fail_after(20):
+        while subscriber.node_id not in node.mesh.router.interests.subscribers(
+            topic, now=node.clock()
+        ):
+            await node.mesh.interests_changed.wait()
+
+
+async def test_publish_prints_the_frame_id(tcp_nodes: NodeFactory, tmp_path: Path) -> None:
+    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b")
+    await chain([a, b])
+    result = await cli(a, "publish", "news.tech", "nobody yet")
+    assert result.status == 0, result.err
+    assert re.fullmatch(r"[0-9a-f]{32}\n", result.out), result.out
+    assert result.err == "in custody, no subscriber known yet\n"
+    async with b.subscribe("news.#") as subscription:
+        await learned(a, "news.tech", b)
+        result = await cli(a, "publish", "news.tech", "hello b")
+        assert result.status == 0, result.err
+        frame_id = result.out.strip()
+        assert result.err == "in custody, to 1 neighbour\n"
+        body = tmp_path / "body.bin"
+        body.write_bytes(b"\x00\x01")
+        result = await cli(
+            a, "publish", "--ct", "application/x-thing", "--ttl", "90m", "news", f"@{body}"
+        )
+        assert result.status == 0, result.err
+        with trio.fail_after(10):
+            first, second = await subscription.get(), await subscription.get()
+    assert (first.id.hex(), first.body, first.origin) == (frame_id, b"hello b", a.node_id)
+    assert (second.id.hex(), second.body, second.ct) == (
+        result.out.strip(),
+        b"\x00\x01",
+        "application/x-thing",
+    )
+    assert second.ts + 90 * 60 * 1000 > second.received
+
+
+async def test_publish_errors_are_one_line(tcp_nodes: NodeFactory) -> None:
+    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b")
+    result = await cli_fails(a, "publish", "news.*", "x")
+    assert result.err == (
+        "ptth: error: topic 'news.*': word 2 '*' is not one of words of A-Z a-z 0-9 _ - (1..64)\n"
+    )
+    result = await cli_fails(a, "publish", f"~{b.node_id.text}.chirp", "x")
+    assert result.err.startswith(f"ptth: error: topic '~{b.node_id.text}.chirp' is ")
+    assert f"{b.node_id.short}'s secure name" in result.err
+    result = await cli_fails(a, "publish", "--ttl", "soon", "t", "x", status=2)
+    assert "'soon' is not a positive number of seconds or a duration" in result.err
+    assert "cannot read message file" in (await cli_fails(a, "publish", "t", "@/nonexistent")).err
+
+
+@pytest.mark.parametrize("json_flag", [True, False])
+async def test_subscribe_prints_publications_until_ctrl_c(
+    tcp_nodes: NodeFactory, json_flag: bool
+) -> None:
+    a = await tcp_nodes.open("a")
+    exe = shutil.which("ptth", path=str(Path(sys.executable).parent))
+    assert exe is not None, "the ptth console script is not installed in this environment"
+    argv = [exe, "--data-dir", str(a.data.path), "subscribe", "news.#", "*.alerts"]
+    if json_flag:
+        argv.append("--json")
+    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    output = b""
+    try:
+        with trio.fail_after(30):
+            while not len(a.mesh.subscriptions):  # the CLI has subscribed
+                await a.mesh.subscriptions.changed.wait()
+            await a.publish("sport", b"not wanted")
+            published = await a.publish("news.tech", b"hello", ct="text/plain")
+            await a.publish("x.alerts", b"\xff", ct="image/png")
+            while output.count(b"\n") < 2:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"ptth subscribe ended early: {process.poll()} {output!r}"
+                output += chunk
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            status = await process.wait()
+        errors = b""
+        while chunk := await process.stderr.receive_some():
+            errors += chunk
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+            errors = bytes(await process.stderr.receive_some())
+            print(f"ptth subscribe printed {output!r}, and on stderr {errors!r}")
+    assert (status, errors) == (0, b"")
+    first, second = output.decode().splitlines()
+    if json_flag:
+        got = json.loads(first)
+        assert got == {
+            "topic": "news.tech",
+            "origin": a.node_id.text,
+            "id": published.id.hex(),
+            "ts": got["ts"],
+            "received": got["received"],
+            "hops": 0,
+            "ct": "text/plain",
+            "body": "hello",
+        }
+        assert json.loads(second)["body_b64"] == "/w=="
+    else:
+        assert first == f"news.tech {a.node_id.short}: hello"
+        assert second == f"x.alerts {a.node_id.short}: [1 bytes of image/png]"
+
+
+def test_publish_and_subscribe_need_a_running_node(alice: Path) -> None:
+    for command in (["publish", "t", "x"], ["subscribe", "t"]):
+        line = fails("--data-dir", alice, *command)
+        assert line.startswith(f"ptth: error: no node is running for {alice} ")
