@@ -58,6 +58,7 @@ __all__ = [
     "ForwardPolicy",
     "Forward",
     "Greet",
+    "Notify",
     "Reroute",
     "Router",
     "RouterConfig",
@@ -151,7 +152,18 @@ class Wake:
     node: crypto.NodeId
 
 
-Action = Reroute | Flood | Greet | Wake
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell ``origin`` that its frame ``ref`` was dropped here, and ``why`` (a drop
+    receipt): a publication under another's secure name, or a neighbour's interest
+    refused by a quota or lapsed (so that the subscriber states it again)."""
+
+    origin: crypto.NodeId
+    ref: bytes
+    why: str
+
+
+Action = Reroute | Flood | Greet | Wake | Notify
 
 _DELIVER: Final = Deliver()
 _TRANSIT: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
@@ -182,6 +194,9 @@ class Router:
         self._greeted_back: dict[crypto.NodeId, int] = {}
         #: Neighbours whose hello came within the rate limit: greeted back at a tick.
         self._greet_later: set[crypto.NodeId] = set()
+        #: Per origin: when we last sent it a drop notice (at most one per flood
+        #: interval: a stranger cannot make us fill our queue with notices to it).
+        self._notified: dict[crypto.NodeId, int] = {}
 
     # -- neighbours -----------------------------------------------------------------
 
@@ -291,6 +306,21 @@ class Router:
             return False
         return admitted.hops < admitted.frame.hops
 
+    def refused(self, admitted: Admitted, result: Result, now: int) -> list[Action]:
+        """A frame was refused here: a drop notice for its origin if the refusal is one
+        it should hear of (a publication under another's secure name), rate-limited."""
+        frame = admitted.frame
+        if result.code is not Reason.FORBIDDEN or frame.src == self.local:
+            return []
+        return self._notify(frame.src, frame.id, f"{result.code}: {result.words}", now)
+
+    def _notify(self, origin: crypto.NodeId, ref: bytes, why: str, now: int) -> list[Action]:
+        last = self._notified.get(origin)
+        if last is not None and now - last < self.config.flood_interval_ms:
+            return []
+        self._notified[origin] = now
+        return [Notify(origin, ref, why)]
+
     def on_interest(
         self, admitted: Admitted, sender: crypto.NodeId, now: int
     ) -> tuple[Result, list[Action]]:
@@ -312,15 +342,17 @@ class Router:
         if learned is Learned.STALE:
             return DUPLICATE, []
         if learned is Learned.FULL:
-            return (
-                Result.rejected(
-                    Reason.STORE_FULL,
-                    f"{frame.src.short} holds {self.config.max_patterns_per_origin} patterns "
-                    f"here or the node holds {self.config.max_interests} in all; withdraw "
-                    "some first",
-                ),
-                [],
+            refusal = Result.rejected(
+                Reason.STORE_FULL,
+                f"{frame.src.short} holds {self.config.max_patterns_per_origin} patterns "
+                f"here or the node holds {self.config.max_interests} in all; withdraw "
+                "some first",
             )
+            # The subscriber hears of it if it is our neighbour (the relay it relies on).
+            notice: list[Action] = []
+            if frame.src == sender:
+                notice = self._notify(frame.src, frame.id, f"{refusal.code}: {refusal.words}", now)
+            return refusal, notice
         if admitted.hops >= frame.hops:
             return ACCEPTED, []
         return ACCEPTED, self._flood_interest(interest, avoid=(sender, frame.src))
@@ -474,7 +506,23 @@ class Router:
         """Expire lapsed routes and reroute what went through them; greet back the
         neighbours whose hello came too soon after the last greeting."""
         changed = self.table.expire(now)
-        self.interests.expire(now)
+        notices: list[Action] = []
+        for interest in self.interests.expire(now):
+            # A neighbour's interest lapsed (no refresh came): if it is still there, it
+            # should state it again, or publications for it stop here.
+            if interest.origin in self.links:
+                frame = crypto.Frame.open(interest.envelope)
+                notices += self._notify(
+                    interest.origin,
+                    frame.id,
+                    f"lapsed: the lease of {interest.origin.short}'s interest in "
+                    f"{interest.pattern!r} ended at {self.local.short} with no refresh",
+                    now,
+                )
+        for origin in [
+            o for o, t in self._notified.items() if now - t >= self.config.flood_interval_ms
+        ]:
+            del self._notified[origin]
         for origin in [o for o in self._flooded if o not in self.table]:
             del self._flooded[origin]
         actions: list[Action] = []
@@ -483,7 +531,7 @@ class Router:
                 self._greet_later.discard(node)
                 self._greeted_back[node] = now
                 actions.append(Greet(node, hello=False))
-        return actions + self._reroute(changed, now)
+        return actions + notices + self._reroute(changed, now)
 
     def reroute(self, dst: crypto.NodeId, now: int) -> Reroute:
         """Where frames queued for ``dst`` go now: its best next hop, and for those

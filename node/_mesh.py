@@ -292,6 +292,24 @@ class MeshRuntime:
                 self._forwarder(action.node).add_control(frames)
             elif isinstance(action, mesh.Wake):
                 self._forwarder(action.node).wake()
+            elif isinstance(action, mesh.Notify):
+                await self._notify(action)
+
+    async def _notify(self, action: mesh.Notify) -> None:
+        """Queue a drop receipt for ``action.origin`` about its frame ``action.ref``."""
+        now = self.clock()
+        why = action.why[: crypto.MAX_WHY_LENGTH]
+        receipt = self._receipt(action.origin, action.ref, "dropped", why=why, now=now)
+        try:
+            await self.run_blocking(lambda: self.store.enqueue([receipt], now=now))
+        except mesh.MeshError as exc:
+            self.statistics.receipts_lost += 1
+            log.warning("could not queue a drop notice for %s: %s", action.origin.short, exc)
+            return
+        self.statistics.receipts_sent += 1
+        log.info("told %s: %s", action.origin.short, why)
+        if receipt.next_hop is not None:
+            self._forwarder(receipt.next_hop).poke()
 
     # -- announces --------------------------------------------------------------------
 
@@ -683,6 +701,7 @@ class MeshRuntime:
         actions: list[mesh.Action] = []
         learned: list[crypto.SignedAddress] = []
         live: set[int] = set()  # id() of the admitted publications to hand over here
+        refresh = False
         for item in checked:
             if isinstance(item, mesh.Result):
                 results.append(item)
@@ -710,6 +729,7 @@ class MeshRuntime:
                 continue
             decision = self.router.classify(item, sender, now)
             if isinstance(decision, mesh.Result):
+                actions += self.router.refused(item, decision, now)
                 results.append(decision)
                 continue
             receipt = None
@@ -756,6 +776,10 @@ class MeshRuntime:
                         ref = intake.admitted.frame.ref
                         assert ref is not None
                         self._settled(ref)
+                        if self.subscriptions.is_ours(ref):
+                            # A neighbour dropped one of our interests (its lease lapsed
+                            # there, or a quota): state them all again.
+                            refresh = True
                     else:
                         delivered = True
                         if intake.receipt is not None:
@@ -779,6 +803,8 @@ class MeshRuntime:
         if delivered:
             self._inbox_changed()
         await self._apply(actions)
+        if refresh:
+            await self.subscriptions.refresh()
         for address in learned:
             await self.run_blocking(functools.partial(self.store.save_address, address))
         return final

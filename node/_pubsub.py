@@ -203,6 +203,9 @@ class LocalSubscriptions:
         self._durable_trie: mesh.TopicTrie[str] = mesh.TopicTrie()
         #: The patterns advertised now (aggregated).
         self.advertised: set[str] = set()
+        #: The id of the last ``sub`` frame signed for each advertised pattern: a drop
+        #: receipt about one of them means a neighbour forgot it.
+        self._signed: dict[str, bytes] = {}
         self.changed = trio.Event()
 
     def __len__(self) -> int:
@@ -315,7 +318,15 @@ class LocalSubscriptions:
                 pat=pattern,
             )
             actions += self.router.own_interest(frame, self.sign(frame), now)
+            if kind is crypto.Kind.SUB:
+                self._signed[pattern] = frame.id
+            else:
+                self._signed.pop(pattern, None)
         await self.apply(actions)
+
+    def is_ours(self, frame_id: bytes) -> bool:
+        """Is ``frame_id`` one of the ``sub`` frames stating our interests now?"""
+        return frame_id in self._signed.values()
 
 
 def _aggregate(patterns: Iterable[str]) -> set[str]:

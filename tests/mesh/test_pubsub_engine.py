@@ -25,6 +25,7 @@ from mesh import (
     Interest,
     Interests,
     Learned,
+    Notify,
     Outcome,
     Reason,
     Result,
@@ -410,3 +411,41 @@ def test_in_a_mesh_with_cycles_each_subscriber_gets_each_match_once(seed: int) -
         expected = {n for n, pats in wanted.items() if any(matches(p, topic) for p in pats)}
         assert set(delivered) == expected, topic
         assert all(count == 1 for count in delivered.values())
+
+
+# -- drop notices -------------------------------------------------------------------------
+
+
+def test_a_forged_secure_name_earns_its_origin_one_notice_per_interval() -> None:
+    r = router(A)
+    topic = f"~{Y.text}.chirp"
+    forged = admitted(publication(Z_ID, topic))
+    result = r.classify(forged, A, NOW)
+    assert isinstance(result, Result)
+    [notice] = r.refused(forged, result, NOW)
+    assert isinstance(notice, Notify)
+    assert (notice.origin, notice.ref) == (Z, forged.frame.id)
+    assert notice.why.startswith("forbidden: ")
+    again = admitted(publication(Z_ID, topic))
+    assert r.refused(again, result, NOW + 1) == []  # within the interval: quiet
+    assert len(r.refused(again, result, NOW + 5_000)) == 1
+    # Other refusals are answered to the sender only.
+    assert r.refused(forged, Result.rejected(Reason.POLICY, "no"), NOW + 10_000) == []
+
+
+def test_a_neighbour_hears_when_its_interest_is_refused_or_lapses() -> None:
+    r = router(A, B, max_per_origin=1)
+    subscribe(r, A_ID, "a", A)
+    envelope = interest(A_ID, "b")
+    result, actions = r.on_interest(admitted(envelope), A, NOW)
+    assert result.code is Reason.STORE_FULL
+    assert [type(a) for a in actions] == [Notify]
+    # From a subscriber further away: refused, but no notice (not our neighbour).
+    subscribe(r, X_ID, "x", B)
+    result, actions = r.on_interest(admitted(interest(X_ID, "y")), B, NOW)
+    assert (result.code, actions) == (Reason.STORE_FULL, [])
+    # Leases lapse: the neighbour's earns it a notice, the far subscriber's does not.
+    actions = r.tick(T0 + LEASE)
+    notices = [a for a in actions if isinstance(a, Notify)]
+    assert [(n.origin, n.why.split(":")[0]) for n in notices] == [(A, "lapsed")]
+    assert r.interests.subscribers("a", now=T0 + LEASE) == set()

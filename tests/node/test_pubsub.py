@@ -299,3 +299,29 @@ async def test_named_and_live_subscriptions_side_by_side(
     with pytest.raises(crypto.Malformed, match="name"):
         async with b.subscribe("x", name="no spaces"):
             pass
+
+
+async def test_a_subscriber_told_its_interest_was_dropped_states_it_again(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    await peer(a, b)
+    async with b.subscribe("t.#") as sub:
+        await knows(a, "t.x", b)
+        await settle()  # nothing in flight
+        # a forgets b's interest (as when its lease lapsed with no refresh)...
+        held = a.mesh.router.interests.get(b.node_id, "t.#")
+        assert held is not None
+        ref = crypto.Frame.open(held.envelope).id
+        assert a.mesh.router.interests.forget_origin(b.node_id) == 1
+        await settle()
+        assert a.mesh.router.interests.subscribers("t.x", now=a.clock()) == set()
+        # ... and tells b so, with a drop notice about the sub frame it held.
+        await a.mesh._apply([mesh.Notify(b.node_id, ref, "lapsed: a test")])
+        await knows(a, "t.x", b)  # b signed it again
+        await a.publish("t.x", b"flowing again")
+        assert (await sub.get()).body == b"flowing again"
+    # A notice about a frame that is not one of ours changes nothing.
+    await a.mesh._apply([mesh.Notify(b.node_id, b"\x07" * 16, "lapsed: not ours")])
+    await settle()
+    assert b.mesh.subscriptions.advertised == set()
