@@ -350,7 +350,12 @@ class MeshRuntime:
         """Expire routes, notice peers added or removed, drop expired frames with
         receipts."""
         now = self.clock()
+        held = len(self.router.interests)
         await self._apply(self.router.tick(now))
+        if len(self.router.interests) != held:  # some lapsed
+            self._routes_dirty.set()
+            self.interests_changed.set()
+            self.interests_changed = trio.Event()
         await self.refresh_peers()
         while True:
             expired = await self.run_blocking(lambda: self.store.take_expired(now=now))

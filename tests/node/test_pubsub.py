@@ -325,3 +325,23 @@ async def test_a_subscriber_told_its_interest_was_dropped_states_it_again(
     await a.mesh._apply([mesh.Notify(b.node_id, b"\x07" * 16, "lapsed: not ours")])
     await settle()
     assert b.mesh.subscriptions.advertised == set()
+
+
+async def test_the_interest_of_a_subscriber_that_died_lapses_with_its_lease(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    subscriber = await memory_nodes.start("b", lease=30.0)
+    b = subscriber.node
+    await peer(a, b)
+    async with b.subscribe("t", name="kept"):
+        await knows(a, "t", b)
+    # Alive, it signs its interest again every half lease: a minute later a still has it.
+    await trio.sleep(60)
+    assert b.node_id in a.mesh.router.interests.subscribers("t", now=a.clock())
+    await subscriber.stop()  # killed: no unsub, no refresh
+    started = trio.current_time()
+    await forgets(a, "t", b)
+    assert trio.current_time() - started <= 30 + 15  # the lease, then a tick
+    published = await a.publish("t", b"nobody")
+    assert published.next_hops == ()
