@@ -28,7 +28,7 @@ From the shell: ``python -m simulations run chain --nodes 10 --seed 1 --duration
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError
 from simulations._link import MSS, Link
 from simulations._network import OUTSIDE, Host, HostNetwork, NetworkStatistics, SimNetwork
-from simulations._report import Delivery, Ledger, Report, SentMessage
+from simulations._report import ChirpReport, Delivery, Ledger, Report, SentMessage, SentPost
 from simulations._scenarios import SCENARIOS, Progress, Scenario, run_scenario
 from simulations._simulation import EPOCH_MS, NODE_PORT, SimNode, Simulation, open_simulation
 from simulations._stream import SimStream
@@ -41,6 +41,7 @@ __all__ = [
     "NODE_PORT",
     "OUTSIDE",
     "SCENARIOS",
+    "ChirpReport",
     "Delivery",
     "Host",
     "HostNetwork",
@@ -53,6 +54,7 @@ __all__ = [
     "Report",
     "Scenario",
     "SentMessage",
+    "SentPost",
     "SimNetwork",
     "SimNode",
     "SimStream",

@@ -6,8 +6,8 @@
     python -m simulations list
 
 Bad input is one line on stderr and exit status 2; a run whose applications saw
-duplicates prints its report and exits with 1. Long runs print a progress line on
-stderr every few seconds of wall time (``--quiet`` turns it off).
+duplicates (messages or posts) prints its report and exits with 1. Long runs print a
+progress line on stderr every few seconds of wall time (``--quiet`` turns it off).
 """
 
 from __future__ import annotations
@@ -148,4 +148,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     print(report.to_json() if args.json else report.to_text())
-    return 1 if report.duplicates else 0
+    return 1 if report.failed else 0

@@ -36,6 +36,26 @@ A :class:`Report` adds what the nodes and the network counted. Its figures:
   :attr:`Report.announces_received_per_node_hour`;
 * everything but ``wall_seconds`` depends only on the scenario, its parameters and the
   seed.
+
+Posts (publish/subscribe, the ``chirp`` scenario) have their own part of the ledger. A
+post is entered when :meth:`SimNode.chirp` hands it to its author's node, with the
+followers it has then (:class:`SentPost`); each time a follower's application takes it
+from its ``chirp`` subscription (and acknowledges it), the arrival is entered: the first
+for each (post, follower) is a delivery, a second one a duplicate (it must never
+happen). A report of a run with posts has a :class:`ChirpReport` (``report.chirp``;
+None otherwise, and then neither the text nor the JSON mention posts):
+
+* ``expected``: (post, follower) pairs; ``delivered``: those that arrived;
+  ``expired``: those that did not, past the post's expiry; ``delivery_ratio``: delivered
+  over the pairs that did not expire; latency: from post to each first arrival;
+* ``copies``: publication copies the nodes queued for a neighbour (the nodes'
+  ``statistics.publications_forwarded``: every hop counts, the author's included; a
+  copy retried counts once), beside what a flood would cost: ``flood_minimum``, posts
+  x (nodes - 1), the least any flood sends (one copy into each other node), and
+  ``flood_naive``, posts x directed links, what a flood that sends every post over
+  every link once each way sends;
+* ``interests_received``: ``sub``/``unsub`` copies the nodes took in (what the
+  subscriptions cost the mesh), per node-hour in ``interests_received_per_node_hour``.
 """
 
 from __future__ import annotations
@@ -50,10 +70,12 @@ from typing import Any, Final
 import trio
 
 __all__ = [
+    "ChirpReport",
     "Delivery",
     "Ledger",
     "Report",
     "SentMessage",
+    "SentPost",
     "format_bytes",
     "format_duration",
     "parse_duration",
@@ -120,11 +142,39 @@ class Delivery:
     duplicate: bool = False
 
 
+@dataclasses.dataclass
+class SentPost:
+    """A post an application made through :meth:`SimNode.chirp`.
+
+    Times are virtual seconds since the simulation opened; ``exp`` is when the post
+    expires. ``followers``: the names of the nodes following ``author`` when it posted;
+    ``arrivals``: when the post first reached each of them (its application).
+    """
+
+    id: bytes
+    author: str
+    posted_at: float
+    followers: tuple[str, ...]
+    exp: float = math.inf
+    arrivals: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The followers it has not reached (yet)."""
+        return tuple(name for name in self.followers if name not in self.arrivals)
+
+
 class Ledger:
-    """Every message sent and every delivery, for the report (see the module docstring)."""
+    """Every message sent and every delivery, every post and every arrival, for the
+    report (see the module docstring)."""
 
     def __init__(self) -> None:
         self.messages: dict[bytes, SentMessage] = {}
+        self.posts: dict[bytes, SentPost] = {}
+        #: (post, follower) pairs expected and not arrived yet.
+        self.posts_outstanding = 0
+        #: Second arrivals of a post at one node's application.
+        self.post_duplicates = 0
         self.deliveries = 0
         self.duplicates = 0
         #: Messages sent, neither delivered nor dropped.
@@ -167,6 +217,27 @@ class Ledger:
         if message.acknowledged_at is None:
             message.acknowledged_at = now
             self._wake()
+
+    def posted(self, post: SentPost) -> None:
+        self.posts[post.id] = post
+        self.posts_outstanding += len(post.followers)
+        self._wake()
+
+    def post_arrived(self, post_id: bytes, follower: str, now: float) -> bool:
+        """Enter an arrival of post ``post_id`` at ``follower``'s application; return
+        whether it arrived there before (a duplicate). A post not entered with
+        :meth:`posted` is not counted."""
+        post = self.posts.get(post_id)
+        if post is None:
+            return False
+        if follower in post.arrivals:
+            self.post_duplicates += 1
+            self._wake()
+            return True
+        post.arrivals[follower] = now
+        self.posts_outstanding -= follower in post.followers
+        self._wake()
+        return False
 
     def _wake(self) -> None:
         self._changed.set()
@@ -226,6 +297,81 @@ def format_bytes(size: float) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChirpReport:
+    """How posts fared (publish/subscribe): see the module docstring."""
+
+    posts: int
+    expected: int
+    delivered: int
+    expired: int
+    duplicates: int
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    latency_max: float | None
+    copies: int
+    flood_minimum: int
+    flood_naive: int
+    interests_received: int
+    interests_received_per_node_hour: float | None
+
+    @property
+    def delivery_ratio(self) -> float | None:
+        """Delivered over the (post, follower) pairs that did not expire."""
+        eligible = self.expected - self.expired
+        return self.delivered / eligible if eligible else None
+
+    @property
+    def copies_per_post(self) -> float | None:
+        return self.copies / self.posts if self.posts else None
+
+    @property
+    def copies_per_delivered(self) -> float | None:
+        return self.copies / self.delivered if self.delivered else None
+
+    @property
+    def flood_share(self) -> float | None:
+        """Copies over the least a flood would send (``flood_minimum``)."""
+        return self.copies / self.flood_minimum if self.flood_minimum else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(
+            delivery_ratio=self.delivery_ratio,
+            copies_per_post=self.copies_per_post,
+            copies_per_delivered=self.copies_per_delivered,
+            flood_share=self.flood_share,
+        )
+        return data
+
+    def lines(self) -> list[str]:
+        """The report's lines about posts."""
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else format_duration(value)
+
+        def ratio(value: float | None, digits: int = 2) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        per_post = self.flood_minimum / self.posts if self.posts else 0
+        naive_per_post = self.flood_naive / self.posts if self.posts else 0
+        return [
+            f"posts       {self.posts} posted, {self.expected} expected (post x follower), "
+            f"delivered {self.delivered} (ratio {ratio(self.delivery_ratio, 4)} of "
+            f"non-expired), expired {self.expired}, duplicates {self.duplicates}",
+            f"post lat.   p50 {ms(self.latency_p50)}, p95 {ms(self.latency_p95)}, "
+            f"p99 {ms(self.latency_p99)}, max {ms(self.latency_max)}",
+            f"pub/sub     {self.copies} copies handed on ({ratio(self.copies_per_post)} per "
+            f"post, {ratio(self.copies_per_delivered)} per delivered); a flood: at least "
+            f"{self.flood_minimum} ({per_post:.0f} per post), naive {self.flood_naive} "
+            f"({naive_per_post:.0f} per post); copies/least flood "
+            f"{ratio(self.flood_share, 3)}",
+            f"interests   {self.interests_received} received "
+            f"({ratio(self.interests_received_per_node_hour, 1)} per node-hour)",
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """How the mesh behaved in one simulation run (see the module docstring)."""
 
@@ -263,6 +409,13 @@ class Report:
     dials_refused: int
     dials_unanswered: int
     events: tuple[str, ...] = ()
+    #: How posts fared, for a run with posts (None otherwise).
+    chirp: ChirpReport | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Applications saw duplicates (messages or posts)."""
+        return bool(self.duplicates or (self.chirp is not None and self.chirp.duplicates))
 
     @property
     def undelivered(self) -> int:
@@ -299,6 +452,9 @@ class Report:
         """Every field and derived figure, for JSON."""
         data = dataclasses.asdict(self)
         data["events"] = list(self.events)
+        del data["chirp"]
+        if self.chirp is not None:  # other runs' reports say nothing of posts
+            data["chirp"] = self.chirp.to_dict()
         data.update(
             undelivered=self.undelivered,
             delivery_ratio=self.delivery_ratio,
@@ -355,10 +511,14 @@ class Report:
             f"dropped by partitions or NAT, {self.resets} resets, "
             f"{self.dials_refused} dials refused, {self.dials_unanswered} unanswered",
         ]
+        if self.chirp is not None:
+            lines += self.chirp.lines()
         shown = self.events if len(self.events) <= 10 else self.events[:9]
         lines += [f"event       {event}" for event in shown]
         if len(shown) < len(self.events):
             lines.append(f"event       ... and {len(self.events) - len(shown)} more (--json)")
         if self.duplicates:
             lines.append(f"FAIL        applications saw {self.duplicates} duplicates")
+        if self.chirp is not None and self.chirp.duplicates:
+            lines.append(f"FAIL        followers saw {self.chirp.duplicates} duplicate posts")
         return "\n".join(lines)

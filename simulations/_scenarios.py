@@ -18,6 +18,20 @@ run, as many random pairs as there are nodes, none of them neighbours, exchange
 messages with delivery receipts (:data:`MESH_INTERVAL` s apart on average per pair).
 Its nodes announce every :data:`MESH_ANNOUNCE_INTERVAL` s.
 
+``chirp`` is a toy Twitter over publish/subscribe on the same network (built by the
+same code, with the same links, announce interval, churn and direct messages between
+non-neighbours, but no partition). Each user follows :data:`CHIRP_FOLLOWS` others,
+drawn with weights 1/rank over a random order of popularity (a few are followed by
+many); the follows are set up first (they are kept in the nodes' stores, so they survive
+restarts), and posting starts once every author knows each of its followers and a way
+to it (at most :data:`CHIRP_SETTLE` s). Each user then posts (``node.chirp.post``,
+:data:`CHIRP_POST_SIZE` characters) as a Poisson process, every
+:data:`CHIRP_POST_INTERVAL` s on average, while its node is up, and every node's
+application reads its ``chirp`` subscription while it runs (see
+:class:`simulations.SimNode`). Posts stop when the traffic does; nodes stop crashing
+:data:`CHIRP_CHURN_MARGIN` s before that, so each is back up before the quiet tail, and
+every post (they live a week) must reach each follower by the end, exactly once.
+
 :func:`run_scenario` runs one in its own ``trio.run`` under
 ``MockClock(autojump_threshold=0)``, with trio's scheduler made deterministic and
 seeded from the seed (trio otherwise shuffles tasks woken together with an unseeded
@@ -34,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import heapq
 import math
 import os
 import random
@@ -48,9 +63,10 @@ import trio
 import trio.testing
 from trio._core import _run as trio_run
 
+from node._chirp import chirp_topic
 from simulations._errors import SimulationError
 from simulations._link import Link
-from simulations._report import Report
+from simulations._report import Report, format_duration
 from simulations._simulation import SimNode, Simulation, open_simulation
 from simulations._topology import both_ways, chain, random_graph, ring, star
 from simulations._traffic import generate_traffic
@@ -72,6 +88,18 @@ MESH_DEGREE: Final = 3.0
 MESH_INTERVAL: Final = 60.0
 #: The mesh scenario's announce interval (s): routes lapse after three.
 MESH_ANNOUNCE_INTERVAL: Final = 600.0
+#: How long a crashed node stays down in the mesh and chirp scenarios (s, uniform).
+CHURN_DOWNTIME: Final = (10.0, 90.0)
+#: The chirp scenario: mean seconds between two posts of one user; post size
+#: (characters); how many users each one follows (uniform between the bounds).
+CHIRP_POST_INTERVAL: Final = 450.0
+CHIRP_POST_SIZE: Final = 100
+CHIRP_FOLLOWS: Final = (3, 8)
+#: The chirp scenario's churn stops crashing nodes this long before posts stop (s), so
+#: that every node is back up (within :data:`CHURN_DOWNTIME`) before the quiet tail.
+CHIRP_CHURN_MARGIN: Final = CHURN_DOWNTIME[1]
+#: How long the chirp scenario waits at most for the follows to spread (s).
+CHIRP_SETTLE: Final = 120.0
 
 Script = Callable[[Simulation, int, float], Awaitable[None]]
 
@@ -193,8 +221,37 @@ async def _churn(sim: Simulation, count: int, duration: float) -> None:
         nursery.start_soon(_talk, sim, pairs, duration)
 
 
-async def _mesh(sim: Simulation, count: int, duration: float) -> None:
-    rng = sim.rng("mesh")
+@dataclasses.dataclass
+class _MeshTopology:
+    """The ``mesh`` scenario's network (see :func:`_build_mesh`)."""
+
+    public: list[SimNode]
+    natted: list[SimNode]
+    #: The graph of public nodes.
+    edges: list[tuple[SimNode, SimNode]]
+    relay_of: dict[str, SimNode]
+    #: Every pair of neighbours, by name.
+    neighbours: set[frozenset[str]]
+
+    @property
+    def everyone(self) -> list[SimNode]:
+        return [*self.public, *self.natted]
+
+    def strangers(self) -> list[tuple[SimNode, SimNode]]:
+        """Every ordered pair of nodes that are not neighbours."""
+        everyone = self.everyone
+        return [
+            (src, dst)
+            for src in everyone
+            for dst in everyone
+            if src is not dst and frozenset((src.name, dst.name)) not in self.neighbours
+        ]
+
+
+async def _build_mesh(sim: Simulation, count: int, rng: random.Random) -> _MeshTopology:
+    """Start ``count`` nodes and peer them as the ``mesh`` scenario does: a random graph
+    of low degree over two thirds of them (public), the other third NATed, each attached
+    to a relay (a random public node) and peered with one more public node."""
     natted_count = count // 3
     public = await sim.add_nodes(count - natted_count)
     edges = random_graph(public, MESH_DEGREE, rng)
@@ -226,26 +283,34 @@ async def _mesh(sim: Simulation, count: int, duration: float) -> None:
     # it is attached at the moment (e.g. while re-attaching after a crash).
     await sim.peer_all([(node, relay_of[node.name]) for node in natted])
     await sim.peer_all(extra)
-    everyone = [*public, *natted]
+    return _MeshTopology(public, natted, edges, relay_of, neighbours)
+
+
+def _mesh_churn(
+    sim: Simulation, nodes: list[SimNode], duration: float, *, until: float
+) -> Callable[[], Awaitable[None]]:
+    """The ``mesh`` scenario's churn of ``nodes``, crashing until ``until``."""
+    return functools.partial(
+        sim.run_churn,
+        nodes,
+        interval=max(20.0, duration / max(1, len(nodes) // 5)),
+        downtime=CHURN_DOWNTIME,
+        until=until,
+    )
+
+
+async def _mesh(sim: Simulation, count: int, duration: float) -> None:
+    rng = sim.rng("mesh")
+    net = await _build_mesh(sim, count, rng)
+    everyone = net.everyone
     # Traffic between random pairs that are not neighbours: every message crosses hops.
-    strangers = [
-        (src, dst)
-        for src in everyone
-        for dst in everyone
-        if src is not dst and frozenset((src.name, dst.name)) not in neighbours
-    ]
+    strangers = net.strangers()
     pairs = rng.sample(strangers, min(count, len(strangers)))
     # A region (a connected part of the graph, with the NATed nodes attached in it) is
     # cut off from 30% to 45% of the run; nodes crash and restart throughout.
-    region = _region(public, edges, max(1, len(public) // 7), rng)
-    region += [node for node in natted if relay_of[node.name] in region]
-    churn = functools.partial(
-        sim.run_churn,
-        everyone,
-        interval=max(20.0, duration / max(1, count // 5)),
-        downtime=(10.0, 90.0),
-        until=quiet_at(duration) - 90.0,
-    )
+    region = _region(net.public, net.edges, max(1, len(net.public) // 7), rng)
+    region += [node for node in net.natted if net.relay_of[node.name] in region]
+    churn = _mesh_churn(sim, everyone, duration, until=quiet_at(duration) - CHURN_DOWNTIME[1])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(churn)
         nursery.start_soon(
@@ -256,6 +321,88 @@ async def _mesh(sim: Simulation, count: int, duration: float) -> None:
             sim.partition([region])
             await sim.advance_to(duration * 0.45)
             sim.heal()
+
+
+async def _chirp(sim: Simulation, count: int, duration: float) -> None:
+    rng = sim.rng("chirp")
+    net = await _build_mesh(sim, count, rng)
+    users = net.everyone
+    for user, followed in _choose_follows(users, rng).items():
+        await user.follow(*followed)
+    await _spread_follows(sim, users, until=min(CHIRP_SETTLE, quiet_at(duration) / 4))
+    strangers = net.strangers()
+    pairs = rng.sample(strangers, min(count, len(strangers)))
+    until = quiet_at(duration)
+    churn = _mesh_churn(sim, users, duration, until=until - CHIRP_CHURN_MARGIN)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(churn)
+        nursery.start_soon(_post_at_random, sim, users, until)
+        nursery.start_soon(
+            functools.partial(_talk, sim, pairs, duration, interval=MESH_INTERVAL, receipt=True)
+        )
+
+
+def _choose_follows(users: list[SimNode], rng: random.Random) -> dict[SimNode, list[SimNode]]:
+    """Whom each user follows: between :data:`CHIRP_FOLLOWS` others, drawn without
+    repeats with weights 1/rank over a random order of popularity (Zipf: the first
+    users in it are followed by many, most by a few)."""
+    ranked = rng.sample(users, len(users))
+    weight = {user.name: 1 / rank for rank, user in enumerate(ranked, start=1)}
+    follows: dict[SimNode, list[SimNode]] = {}
+    for user in users:
+        others = [other for other in ranked if other is not user]
+        wanted = min(len(others), rng.randint(*CHIRP_FOLLOWS))
+        chosen: list[SimNode] = []
+        while len(chosen) < wanted:
+            (pick,) = rng.choices(others, weights=[weight[other.name] for other in others])
+            chosen.append(pick)
+            others.remove(pick)
+        follows[user] = chosen
+    return follows
+
+
+async def _spread_follows(sim: Simulation, users: list[SimNode], *, until: float) -> None:
+    """Let time pass until each author knows each of its followers' interest and a
+    route to it (or until ``until``): posts made before would not go to them."""
+    started = sim.now
+    while not all(_knows(author, user) for user in users for author in user.following):
+        if sim.now >= until:
+            sim.log(f"follows not all known after {format_duration(sim.now - started)}")
+            return
+        await sim.advance(1.0)
+    sim.log(f"follows known after {format_duration(sim.now - started)}")
+
+
+def _knows(author: SimNode, follower: SimNode) -> bool:
+    """``author`` knows ``follower`` follows it, and a way to it."""
+    node = author.node
+    now = node.clock()
+    topic = chirp_topic(author.node_id)
+    router = node.mesh.router
+    subscribers = router.interests.subscribers(topic, now=now)
+    return follower.node_id in subscribers and router.next_hop(follower.node_id, now) is not None
+
+
+async def _post_at_random(sim: Simulation, users: list[SimNode], until: float) -> None:
+    """Each user posts as a Poisson process (mean :data:`CHIRP_POST_INTERVAL` s) until
+    ``until``; a user whose node is down posts nothing meanwhile."""
+    sources = [sim.rng("posts", user.name) for user in users]
+    numbers = [0] * len(users)
+    start = sim.now
+    rate = 1 / CHIRP_POST_INTERVAL
+    schedule = [(start + rng.expovariate(rate), index) for index, rng in enumerate(sources)]
+    heapq.heapify(schedule)
+    while schedule:
+        when, index = schedule[0]
+        if when >= until:
+            return
+        await sim.advance_to(when)
+        heapq.heapreplace(schedule, (when + sources[index].expovariate(rate), index))
+        user = users[index]
+        text = (f"{user.name} #{numbers[index]} " + "." * CHIRP_POST_SIZE)[:CHIRP_POST_SIZE]
+        numbers[index] += 1
+        if user.up:
+            await user.chirp(text)
 
 
 def _region(
@@ -327,6 +474,17 @@ SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
                 "a random low-degree graph, a third of the nodes NATed behind relays, 1% "
                 "segment loss, churn and a healed partition; random non-neighbours talk",
                 _mesh,
+                link=MESH_LINK,
+                default_nodes=200,
+                min_nodes=4,
+                config=MappingProxyType({"announce_interval": MESH_ANNOUNCE_INTERVAL}),
+            ),
+            Scenario(
+                "chirp",
+                "toy Twitter over publish/subscribe on the mesh scenario's network (1% "
+                "segment loss, churn): users follow others (a few popular ones by many) "
+                "and post; non-neighbours also exchange direct messages",
+                _chirp,
                 link=MESH_LINK,
                 default_nodes=200,
                 min_nodes=4,

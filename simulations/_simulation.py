@@ -8,6 +8,13 @@ acknowledges every message and enters it in the simulation's
 :class:`~simulations.Ledger` (whence duplicates, hops and latency) and in
 :attr:`SimNode.received`.
 
+Chirp (posts over publish/subscribe): :meth:`SimNode.follow` follows other nodes (the
+node's named subscription ``chirp``, kept in its store); from then on, while the node
+runs, its application reads that subscription (patterns from
+``node.chirp.following()``, again after each restart), acknowledges each post and
+enters it in the ledger and in :attr:`SimNode.posts_received`. :meth:`SimNode.chirp`
+posts (``node.chirp.post``), entered in the ledger with the author's followers then.
+
 Sending is custody: :meth:`SimNode.send` returns once the origin node has committed the
 frame to its store; the mesh then carries it hop by hop (the application never sends
 again). The origin's application watches each frame it sent (``node.delivered(id)``,
@@ -54,15 +61,28 @@ from httpcore._async import http11 as _httpcore_http11
 
 import crypto
 import mesh
-from node import Message, Node, NodeConfig, NodeError, NodeStatistics, Sent, run_inline
+from node import (
+    Message,
+    Node,
+    NodeConfig,
+    NodeError,
+    NodeStatistics,
+    Publication,
+    Published,
+    Sent,
+    run_inline,
+)
+from node._chirp import POST_TTL, SUBSCRIPTION, chirp_topic
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError
 from simulations._link import Link
 from simulations._network import SimNetwork
 from simulations._report import (
+    ChirpReport,
     Delivery,
     Ledger,
     Report,
     SentMessage,
+    SentPost,
     format_duration,
     percentile,
 )
@@ -109,6 +129,13 @@ class SimNode:
         self.node_id = identity.node_id
         #: What this node's application received, in order (duplicates included).
         self.received: list[Delivery] = []
+        #: The nodes this one follows (chirp), in the order followed.
+        self.following: list[SimNode] = []
+        #: The posts this node's application read, in order (duplicates included).
+        self.posts_received: list[Delivery] = []
+        self._posts_changed = trio.Event()
+        self._follows = trio.Lock()  # following and (re)subscribing, one at a time
+        self._reading = False
         #: How many times the node was started.
         self.starts = 0
         self._node: Node | None = None
@@ -216,6 +243,8 @@ class SimNode:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         nursery.start_soon(self._consume, node)
+                        if self.following:
+                            self._read_posts(node)
                         for message in list(self._outstanding.values()):
                             self._watch(node, message)
                         task_status.started()
@@ -228,6 +257,7 @@ class SimNode:
             self._node = None
             self._scope = None
             self._nursery = None
+            self._reading = False
             self._watchers.clear()
             stopped.set()
 
@@ -236,6 +266,72 @@ class SimNode:
             async for message in messages:
                 await message.ack()
                 self.sim._delivered(self, message)
+
+    # -- chirp ------------------------------------------------------------------------
+
+    async def follow(self, *others: SimNode) -> None:
+        """Follow ``others`` (``node.chirp.follow``: kept in the store, so it survives
+        restarts); from now on the application reads its posts as they come.
+
+        Raises :class:`NodeDown` if this node is down, :class:`node.NodeError` for
+        itself.
+        """
+        node = self.node
+        async with self._follows:
+            for other in others:
+                await node.chirp.follow(other.node_id)
+                if other not in self.following:
+                    self.following.append(other)
+        self._read_posts(node)
+
+    async def chirp(self, text: str) -> Published:
+        """Post ``text`` as this node's application (``node.chirp.post``); return once
+        this node has it in custody. The post is entered in the ledger with this node's
+        followers now. Raises :class:`NodeDown` if this node is down, and what
+        ``node.chirp.post`` raises."""
+        node = self.node
+        published = await node.chirp.post(text)
+        self.sim.ledger.posted(
+            SentPost(
+                id=published.id,
+                author=self.name,
+                posted_at=self.sim.now,
+                followers=self.sim.followers_of(self),
+                exp=self.sim.now + POST_TTL,
+            )
+        )
+        return published
+
+    async def wait_posts(self, count: int) -> list[Delivery]:
+        """Wait until the application has read ``count`` posts; return them."""
+        while len(self.posts_received) < count:
+            await self._posts_changed.wait()
+        return self.posts_received
+
+    def _read_posts(self, node: Node) -> None:
+        """Start reading the ``chirp`` subscription in this run of the node (once)."""
+        if self._node is node and self._nursery is not None and not self._reading:
+            self._reading = True
+            self._nursery.start_soon(self._consume_posts, node)
+
+    async def _consume_posts(self, node: Node) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            async with self._follows:
+                followed = await node.chirp.following()
+                if not followed:
+                    return
+                patterns = [chirp_topic(author) for author in followed]
+                posts = await stack.enter_async_context(
+                    node.subscribe(*patterns, name=SUBSCRIPTION)
+                )
+            async for publication in posts:
+                await publication.ack()
+                self.sim._post_arrived(self, publication)
+
+    def _note_post(self, delivery: Delivery) -> None:
+        self.posts_received.append(delivery)
+        self._posts_changed.set()
+        self._posts_changed = trio.Event()
 
     # -- messages -----------------------------------------------------------------------
 
@@ -356,6 +452,8 @@ class Simulation:
         self.nodes: dict[str, SimNode] = {}
         self._by_id: dict[crypto.NodeId, SimNode] = {}
         self._counters: dict[str, int] = {}
+        #: Every pair of nodes peered (by :meth:`peer`), by name.
+        self.peerings: set[frozenset[str]] = set()
         self._nursery = nursery
 
     # -- time and randomness ------------------------------------------------------------
@@ -434,6 +532,7 @@ class Simulation:
         token_a, token_b = node_a.address_token(), node_b.address_token()
         await node_a.add_peer_address(crypto.parse_token(token_b, now=now))
         await node_b.add_peer_address(crypto.parse_token(token_a, now=now))
+        self.peerings.add(frozenset((a.name, b.name)))
 
     async def peer_all(self, pairs: Iterable[tuple[SimNode, SimNode]]) -> None:
         """:meth:`peer` each pair (e.g. ``simulations.chain(nodes)``)."""
@@ -460,6 +559,33 @@ class Simulation:
                 duplicate=duplicate,
             )
         )
+
+    def followers_of(self, author: SimNode) -> tuple[str, ...]:
+        """The names of the nodes that follow ``author`` now (:meth:`SimNode.follow`)."""
+        return tuple(name for name, node in self.nodes.items() if author in node.following)
+
+    def _post_arrived(self, follower: SimNode, publication: Publication) -> None:
+        duplicate = self.ledger.post_arrived(publication.id, follower.name, self.now)
+        post = self.ledger.posts.get(publication.id)
+        author = self._by_id.get(publication.origin)
+        follower._note_post(
+            Delivery(
+                id=publication.id,
+                src=author.name if author is not None else None,
+                dst=follower.name,
+                body=publication.body,
+                received_at=self.now,
+                latency=None if post is None else self.now - post.posted_at,
+                hops=publication.hops,
+                duplicate=duplicate,
+            )
+        )
+
+    async def wait_posts_delivered(self) -> None:
+        """Wait until every post made with :meth:`SimNode.chirp` has reached every
+        follower it had (bound it with ``trio.fail_after``)."""
+        while self.ledger.posts_outstanding:
+            await self.ledger.wait_changed()
 
     async def wait_delivered(self) -> None:
         """Wait until every message sent with :meth:`SimNode.send` has been delivered
@@ -571,6 +697,39 @@ class Simulation:
             dials_refused=net.dials_refused,
             dials_unanswered=net.dials_unanswered,
             events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events),
+            chirp=self._chirp_report(nodes) if self.ledger.posts else None,
+        )
+
+    def _chirp_report(self, nodes: NodeStatistics) -> ChirpReport:
+        now = self.now
+        posts = list(self.ledger.posts.values())
+        latencies = [
+            arrived - post.posted_at
+            for post in posts
+            for name, arrived in post.arrivals.items()
+            if name in post.followers
+        ]
+        expected = sum(len(post.followers) for post in posts)
+        hours = now / 3600
+        return ChirpReport(
+            posts=len(posts),
+            expected=expected,
+            delivered=len(latencies),
+            expired=sum(len(post.missing) for post in posts if post.exp <= now),
+            duplicates=self.ledger.post_duplicates,
+            latency_p50=_rounded(percentile(latencies, 0.50)),
+            latency_p95=_rounded(percentile(latencies, 0.95)),
+            latency_p99=_rounded(percentile(latencies, 0.99)),
+            latency_max=_rounded(max(latencies, default=None)),
+            copies=nodes.publications_forwarded,
+            flood_minimum=len(posts) * max(0, len(self.nodes) - 1),
+            flood_naive=len(posts) * 2 * len(self.peerings),
+            interests_received=nodes.interests_received,
+            interests_received_per_node_hour=(
+                round(nodes.interests_received / len(self.nodes) / hours, 3)
+                if self.nodes and hours > 0
+                else None
+            ),
         )
 
 
