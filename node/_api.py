@@ -4,46 +4,67 @@ Every request needs ``Authorization: Bearer <token>``, the token the running nod
 to ``DIR/api.token`` (mode 0600); it is answered only for clients on loopback (or an
 in-memory network). The running node also writes ``DIR/api.json`` with its API URL.
 
-=============================  =======================================================
-``POST /api/v1/send?to=ID``    body = the message bytes, ``Content-Type`` = its type;
-                               200 ``{"id", "to", "next_hop", "held"}`` once the frame
-                               is in this node's durable custody. ``&receipt=1`` asks
-                               for a delivery receipt; ``&wait=1[&timeout=S]`` also
-                               waits for it: 200 with ``"state": "delivered"``, 422
-                               if it was dropped (``"why"``), 504 on time-out
-``GET /api/v1/inbox``          Server-Sent Events, one ``message`` event per received
-                               message (JSON: id, src, ts, received, hops, ct, body as
-                               text or ``body_b64``); ``?follow=0`` ends when drained
-``POST /api/v1/inbox/ack``     ``{"ids": ["SRC:ID" or "ID", ...]}`` -> ``{"acked": n}``
-``POST /api/v1/publish``       ``?topic=T[&ttl=S]``, body = the publication,
-                               ``Content-Type`` = its type; 200 ``{"id", "topic",
-                               "next_hops", "delivered_here"}`` once the frame is in
-                               this node's durable custody (``next_hops``: the
-                               neighbours toward the subscribers known now). 403 for
-                               a topic under another node's secure name ``~<id>``
-``GET /api/v1/subscribe``      ``?pattern=P[&pattern=Q...]`` (``*`` one word, ``#``
-                               zero or more): Server-Sent Events, one ``publication``
-                               event per publication that matches (JSON: topic,
-                               origin, id, ts, received, hops, ct, body as text or
-                               ``body_b64``). Subscribed before the first line (a
-                               comment) is sent; unsubscribed when the client leaves
-                               (a comment every 15 s notices that)
-``GET /api/v1/status``         JSON: node id, endpoints, address, peers, counters
-``GET /api/v1/routes``         JSON list: destination, next_hop, hops, age
-``GET /api/v1/queues``         JSON list per next hop: frames, bytes, oldest, link
-``GET /api/v1/trace/ID``       JSON: where frame ID (sent here) is known to be
-``POST /api/v1/peers``         body = an address token: verify, store, greet it
-=============================  =======================================================
+=======================================  ===========================================================
+``POST /api/v1/send?to=ID``              body = the message bytes, ``Content-Type`` = its type; 200
+                                         ``{"id", "to", "next_hop", "held"}`` once the frame is in
+                                         this node's durable custody. ``&receipt=1`` asks for a
+                                         delivery receipt; ``&wait=1[&timeout=S]`` also waits for
+                                         it: 200 with ``"state": "delivered"``, 422 if it was
+                                         dropped (``"why"``), 504 on time-out
+``GET /api/v1/inbox``                    Server-Sent Events, one ``message`` event per received
+                                         message (JSON: id, src, ts, received, hops, ct, body as
+                                         text or ``body_b64``); ``?follow=0`` ends when drained
+``POST /api/v1/inbox/ack``               ``{"ids": ["SRC:ID" or "ID", ...]}`` -> ``{"acked": n}``
+``POST /api/v1/publish``                 ``?topic=T[&ttl=S]``, body = the publication,
+                                         ``Content-Type`` = its type; 200 ``{"id", "topic",
+                                         "next_hops", "delivered_here"}`` once the frame is in this
+                                         node's durable custody (``next_hops``: the neighbours
+                                         toward the subscribers known now). 403 for a topic under
+                                         another node's secure name ``~<id>``
+``GET /api/v1/subscribe``                ``?pattern=P[&pattern=Q...]`` (``*`` one word, ``#`` zero
+                                         or more): Server-Sent Events, one ``publication`` event per
+                                         publication that matches (JSON: topic, origin, id, ts,
+                                         received, hops, ct, body as text or ``body_b64``).
+                                         Subscribed before the first line (a comment) is sent;
+                                         unsubscribed when the client leaves (a comment every 15 s
+                                         notices that). With ``&name=N`` the subscription is durable
+                                         (kept, and advertised, when the client leaves; its patterns
+                                         replace the old ones, or are the old ones if none is
+                                         given): the stream first carries what is pending for it,
+                                         oldest first, then new ones; each event has its ``seq``
+                                         (also the event's ``id``). Streaming acknowledges nothing
+``POST /api/v1/subscriptions/NAME/ack``  ``{"seqs": [seq, ...]}`` -> ``{"acked": n}``: done with
+                                         these; they are not streamed again
+``GET /api/v1/subscriptions``            JSON list of named subscriptions: name, patterns, lease
+                                         (s), created (ms since the epoch)
+``DELETE /api/v1/subscriptions/NAME``    end it (withdrawn, what was pending dropped): ``{"name",
+                                         "removed": true}``; 404 if unknown
+``POST /api/v1/chirp/post``              body = the post (UTF-8 text): ``{"id", "topic",
+                                         "next_hops"}``
+``POST /api/v1/chirp/follow``            ``?node=ID``: ``{"following": [ids]}``
+``POST /api/v1/chirp/unfollow``          ``?node=ID``: ``{"unfollowed": bool, "following"}``
+``GET /api/v1/chirp/following``          ``{"following": [ids]}``, in the order followed
+``GET /api/v1/chirp/timeline``           JSON list of posts (author, text, ts, id, received), oldest
+                                         first; ``?follow=1``: Server-Sent Events, one ``post``
+                                         event each, the timeline then new posts (a comment every
+                                         15 s); 409 if nobody is followed
+``GET /api/v1/status``                   JSON: node id, endpoints, address, peers, counters
+``GET /api/v1/routes``                   JSON list: destination, next_hop, hops, age
+``GET /api/v1/queues``                   JSON list per next hop: frames, bytes, oldest, link
+``GET /api/v1/trace/ID``                 JSON: where frame ID (sent here) is known to be
+``POST /api/v1/peers``                   body = an address token: verify, store, greet it
+=======================================  ===========================================================
 
-Errors are JSON ``{"error": words}`` with a fitting status: 400 for a bad request, 413
-for a body over the limit, 429 (with ``Retry-After``) when the store is full, 503 when
-the node cannot take it now.
+Errors are JSON ``{"error": words}`` with a fitting status: 400 for a bad request, 404
+for an unknown subscription, 413 for a body over the limit, 429 (with ``Retry-After``)
+when the store is full, 503 when the node cannot take it now.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -51,16 +72,18 @@ import math
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, overload
 
 import httpx
 import trio
 
 import crypto
 import mesh
+from node._chirp import SUBSCRIPTION as CHIRP_SUBSCRIPTION
+from node._chirp import Chirp, Post, chirp_topic
 from node._errors import NodeError, NotRunning
 from node._message import Message, Publication, Published, Sent
-from node._pubsub import Subscription
+from node._pubsub import DurableSubscription, Subscription, validate_name
 from node._server import Request, Response
 
 __all__ = ["API_PREFIX", "ApiClient", "ApiHost", "LocalApi", "trace_json"]
@@ -73,6 +96,10 @@ _JSON: Final = "application/json"
 KEEPALIVE: Final = 15.0
 #: The longest ``ttl`` a publication may ask for (s): a frame's lifetime limit.
 _MAX_TTL: Final = crypto.MAX_LIFETIME_MS / 1000
+#: Publications of named subscriptions streamed lately whose acknowledgement needs no
+#: look in the store (by name and seq, without their bodies); older ones are found
+#: among what is pending.
+_ACKABLE: Final = 10_000
 
 
 def _json(status: int, value: Any) -> Response:
@@ -137,6 +164,34 @@ def publication_json(publication: Publication) -> dict[str, Any]:
     }
     value.update(_body_json(publication.body))
     return value
+
+
+def post_json(post: Post) -> dict[str, Any]:
+    """A chirp post as JSON."""
+    return {
+        "author": post.author.text,
+        "text": post.text,
+        "ts": post.ts,
+        "id": post.id.hex(),
+        "received": post.received,
+    }
+
+
+def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    head = "" if event_id is None else f"id: {event_id}\n"
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _failure(exc: crypto.Malformed | mesh.MeshError | NodeError) -> Response:
+    """The answer to a call the node refused: 400 for a bad value, 429 when the store
+    is full, 503 when the node cannot take it now."""
+    if isinstance(exc, crypto.Malformed):
+        return _error(400, str(exc))
+    if isinstance(exc, mesh.StoreFull):
+        return _json_error(429, str(exc), [("retry-after", "30")])
+    if isinstance(exc, mesh.MeshError):
+        return _error(503, f"store unavailable: {exc}")
+    return _error(503, str(exc))
 
 
 def _content_type(request: Request) -> str | None:
@@ -218,7 +273,22 @@ class ApiHost(Protocol):
         self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
     ) -> Published: ...
 
-    def subscribe(self, *patterns: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    @overload
+    def subscribe(
+        self, *patterns: str, name: None = None
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
+    @overload
+    def subscribe(
+        self, *patterns: str, name: str
+    ) -> contextlib.AbstractAsyncContextManager[DurableSubscription]: ...
+
+    async def unsubscribe(self, name: str) -> bool: ...
+
+    async def subscriptions(self) -> list[mesh.SavedSubscription]: ...
+
+    @property
+    def chirp(self) -> Chirp: ...
 
 
 def _is_local(peer: str) -> bool:
@@ -236,6 +306,7 @@ class LocalApi:
 
     def __init__(self, node: ApiHost) -> None:
         self.node = node
+        self._streamed: dict[tuple[str, int], Publication] = {}
 
     async def handle(self, request: Request) -> Response:
         if request.relayed or not _is_local(request.peer):
@@ -265,7 +336,19 @@ class LocalApi:
         if route == ("POST", "publish"):
             return await self.publish(request, query)
         if route == ("GET", "subscribe"):
-            return self.subscribe(query)
+            return await self.subscribe(query)
+        if route == ("GET", "subscriptions"):
+            return await self.subscriptions()
+        method, path = route
+        if path.startswith("subscriptions/"):
+            name, _, action = path[len("subscriptions/") :].partition("/")
+            name = urllib.parse.unquote(name)
+            if (method, action) == ("POST", "ack"):
+                return await self.ack_subscription(name, request)
+            if (method, action) == ("DELETE", ""):
+                return await self.unsubscribe(name)
+        if path.startswith("chirp/"):
+            return await self.chirp(method, path[len("chirp/") :], request, query)
         return _error(404, f"no such API call: {request.method} {request.path}")
 
     async def send(self, request: Request, query: dict[str, list[str]]) -> Response:
@@ -416,9 +499,13 @@ class LocalApi:
             },
         )
 
-    def subscribe(self, query: dict[str, list[str]]) -> Response:
+    async def subscribe(self, query: dict[str, list[str]]) -> Response:
         patterns = query.get("pattern", [])
-        if not patterns:
+        names = query.get("name", [])
+        if len(names) > 1:
+            return _error(400, f"name the subscription once (&name=NAME), not {len(names)} times")
+        name = names[0] if names else None
+        if not patterns and name is None:
             return _error(
                 400,
                 "say what to subscribe to: ?pattern=P (repeatable; '*' matches one word, "
@@ -427,19 +514,39 @@ class LocalApi:
         try:
             for pattern in patterns:
                 crypto.validate_pattern(pattern)
+            if name is not None:
+                validate_name(name)
         except crypto.Malformed as exc:
             return _error(400, str(exc))
+        if name is not None and not patterns:
+            # Resume a named subscription as it is.
+            try:
+                saved = await self._saved(name)
+            except (mesh.MeshError, NodeError) as exc:
+                return _failure(exc)
+            if saved is None:
+                return _no_subscription(name, "give its patterns (&pattern=P) to start it")
+            patterns = list(saved.patterns)
 
         async def events() -> AsyncIterator[bytes]:
             async with contextlib.AsyncExitStack() as stack:
+                subscription: Subscription | DurableSubscription
                 try:
-                    subscription = await stack.enter_async_context(self.node.subscribe(*patterns))
+                    if name is None:
+                        subscription = await stack.enter_async_context(
+                            self.node.subscribe(*patterns)
+                        )
+                    else:
+                        subscription = await stack.enter_async_context(
+                            self.node.subscribe(*patterns, name=name)
+                        )
                 except NodeError as exc:
-                    data = json.dumps({"error": str(exc)}, separators=(",", ":"))
-                    yield f"event: end\ndata: {data}\n\n".encode()
+                    yield _sse("end", {"error": str(exc)})
                     return
-                # Subscribed: whatever is published from now on reaches this stream.
-                yield f": ptth subscribe {' '.join(subscription.patterns)}\n\n".encode()
+                # Subscribed: whatever is published from now on reaches this stream (and
+                # a named subscription's stream starts with what is pending for it).
+                named = "" if name is None else f" as {name}"
+                yield f": ptth subscribe {' '.join(subscription.patterns)}{named}\n\n".encode()
                 while True:
                     publication: Publication | None = None
                     with trio.move_on_after(KEEPALIVE):
@@ -450,14 +557,202 @@ class LocalApi:
                     if publication is None:
                         yield b": keep-alive\n\n"
                         continue
-                    data = json.dumps(publication_json(publication), separators=(",", ":"))
-                    yield (
-                        f"id: {publication.id.hex()}\nevent: publication\ndata: {data}\n\n"
-                    ).encode()
+                    data = publication_json(publication)
+                    if name is None:
+                        yield _sse("publication", data, publication.id.hex())
+                        continue
+                    data["seq"] = publication.seq
+                    self._remember(name, publication)
+                    yield _sse("publication", data, str(publication.seq))
             yield b"event: end\ndata: {}\n\n"
 
         headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]
         return Response(200, headers, stream=events(), long_lived=True)
+
+    def _remember(self, name: str, publication: Publication) -> None:
+        """Keep how to acknowledge a streamed publication (not its body)."""
+        key = (name, publication.seq)
+        self._streamed.pop(key, None)
+        self._streamed[key] = dataclasses.replace(publication, body=b"")
+        if len(self._streamed) > _ACKABLE:
+            del self._streamed[next(iter(self._streamed))]
+
+    async def _saved(self, name: str) -> mesh.SavedSubscription | None:
+        for saved in await self.node.subscriptions():
+            if saved.name == name:
+                return saved
+        return None
+
+    async def subscriptions(self) -> Response:
+        try:
+            saved = await self.node.subscriptions()
+        except (mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        return _json(
+            200,
+            [
+                {
+                    "name": s.name,
+                    "patterns": list(s.patterns),
+                    "lease": s.lease_ms / 1000,
+                    "created": s.created,
+                }
+                for s in saved
+            ],
+        )
+
+    async def ack_subscription(self, name: str, request: Request) -> Response:
+        try:
+            validate_name(name)
+        except crypto.Malformed as exc:
+            return _error(400, str(exc))
+        try:
+            seqs = json.loads(request.body)["seqs"]
+            if not isinstance(seqs, list) or not all(
+                isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 for seq in seqs
+            ):
+                raise TypeError(f"got {seqs!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f'body must be {{"seqs": [seq (a positive integer), ...]}}: {exc}')
+        try:
+            saved = await self._saved(name)
+            if saved is None:
+                return _no_subscription(name)
+            acked = 0
+            rest: set[int] = set()
+            for seq in dict.fromkeys(seqs):
+                streamed = self._streamed.pop((name, seq), None)
+                if streamed is None:
+                    rest.add(seq)
+                else:
+                    await streamed.ack()
+                    acked += 1
+            if rest:
+                async with self.node.subscribe(*saved.patterns, name=name) as subscription:
+                    for publication in await subscription.pending():
+                        if publication.seq in rest:
+                            await publication.ack()
+                            acked += 1
+        except (crypto.Malformed, mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        return _json(200, {"acked": acked})
+
+    async def unsubscribe(self, name: str) -> Response:
+        try:
+            validate_name(name)
+            removed = await self.node.unsubscribe(name)
+        except (crypto.Malformed, mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        for key in [key for key in self._streamed if key[0] == name]:
+            del self._streamed[key]
+        if not removed:
+            return _no_subscription(name)
+        return _json(200, {"name": name, "removed": True})
+
+    # -- chirp --------------------------------------------------------------------------
+
+    async def chirp(
+        self, method: str, call: str, request: Request, query: dict[str, list[str]]
+    ) -> Response:
+        chirp = self.node.chirp
+        try:
+            if (method, call) == ("POST", "post"):
+                try:
+                    text = request.body.decode("utf-8")
+                except UnicodeDecodeError:
+                    return _error(400, "a post is UTF-8 text; this body is not")
+                published = await chirp.post(text)
+                return _json(
+                    200,
+                    {
+                        "id": published.id.hex(),
+                        "topic": published.topic,
+                        "next_hops": [hop.text for hop in published.next_hops],
+                    },
+                )
+            if (method, call) in (("POST", "follow"), ("POST", "unfollow")):
+                who = _node_param(query)
+                if isinstance(who, Response):
+                    return who
+                if who == self.node.identity.node_id:
+                    return _error(400, f"a node does not {call} itself: give another node's id")
+                if call == "follow":
+                    return _json(200, {"following": _texts(await chirp.follow(who))})
+                unfollowed = await chirp.unfollow(who)
+                following = _texts(await chirp.following())
+                return _json(200, {"unfollowed": unfollowed, "following": following})
+            if (method, call) == ("GET", "following"):
+                return _json(200, {"following": _texts(await chirp.following())})
+            if (method, call) == ("GET", "timeline"):
+                if _flag(query, "follow"):
+                    return await self.chirp_watch(chirp)
+                return _json(200, [post_json(post) for post in await chirp.timeline()])
+        except (crypto.Malformed, mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        return _error(404, f"no such API call: {request.method} {request.path}")
+
+    async def chirp_watch(self, chirp: Chirp) -> Response:
+        """The timeline, then each new post, as Server-Sent Events. (This is
+        ``Chirp.watch``, but waiting in a way that can be interrupted for the keep-alive
+        comments: interrupting that generator would end it.)"""
+        followed = await chirp.following()
+        if not followed:
+            return _error(
+                409, "this node follows nobody: follow someone first ('ptth chirp follow NODE_ID')"
+            )
+        topics = [chirp_topic(author) for author in followed]
+
+        async def events() -> AsyncIterator[bytes]:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    backlog = await chirp.timeline()
+                    subscription = await stack.enter_async_context(
+                        self.node.subscribe(*topics, name=CHIRP_SUBSCRIPTION)
+                    )
+                except (mesh.MeshError, NodeError) as exc:
+                    yield _sse("end", {"error": str(exc)})
+                    return
+                yield b": ptth chirp timeline\n\n"
+                for post in backlog:
+                    yield _sse("post", post_json(post), post.id.hex())
+                # The subscription offers the backlog again first: skip it.
+                shown = {(post.author, post.id) for post in backlog}
+                wanted = set(followed)
+                while True:
+                    publication: Publication | None = None
+                    with trio.move_on_after(KEEPALIVE):
+                        publication = await subscription.get()
+                    if publication is None:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if (publication.origin, publication.id) in shown:
+                        continue
+                    if publication.origin in wanted:
+                        post = Post.of(publication)
+                        yield _sse("post", post_json(post), post.id.hex())
+
+        headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]
+        return Response(200, headers, stream=events(), long_lived=True)
+
+
+def _texts(nodes: Sequence[crypto.NodeId]) -> list[str]:
+    return [node.text for node in nodes]
+
+
+def _node_param(query: dict[str, list[str]]) -> crypto.NodeId | Response:
+    values = query.get("node", [])
+    if len(values) != 1:
+        return _error(400, "say which node, once: ?node=NODE_ID")
+    try:
+        return crypto.NodeId.parse(values[0])
+    except crypto.Malformed as exc:
+        return _error(400, f"bad node id: {exc}")
+
+
+def _no_subscription(
+    name: str, hint: str = "list them with GET /api/v1/subscriptions or 'ptth subscriptions'"
+) -> Response:
+    return _error(404, f"this node has no subscription named {name!r} ({hint})")
 
 
 class ApiClient:
@@ -592,16 +887,69 @@ class ApiClient:
             params["ttl"] = f"{ttl:g}"
         return self.request("POST", "publish", params=params, content=body, headers=headers)
 
-    def subscribe(self, patterns: Sequence[str]) -> Generator[dict[str, Any], None, None]:
+    def subscribe(
+        self, patterns: Sequence[str], *, name: str | None = None
+    ) -> Generator[dict[str, Any], None, None]:
         """Yield each publication (a dict) that matches ``patterns`` as the node streams
-        it, until the node stops. Closing the generator unsubscribes."""
+        it, until the node stops. Closing the generator unsubscribes.
+
+        With ``name`` the subscription is durable (``patterns`` may then be empty: those
+        it has): the node streams what is pending for it first, each with its ``seq``;
+        acknowledge them with :meth:`ack_subscription`, else they come again."""
         params = [("pattern", pattern) for pattern in patterns]
+        if name is not None:
+            params.append(("name", name))
         with contextlib.closing(self._events("subscribe", params)) as events:
-            for event in events:
-                if event.get("event") == "publication":
-                    yield json.loads(event["data"])
-                elif event.get("event") == "end":
-                    error = json.loads(event.get("data") or "{}").get("error")
-                    if error:
-                        raise NodeError(error)
-                    return
+            yield from _data_of(events, "publication")
+
+    def ack_subscription(self, name: str, seqs: Sequence[int]) -> int:
+        """Named subscription ``name`` is done with these; return how many were pending."""
+        path = f"subscriptions/{_path_part(name)}/ack"
+        return int(self.request("POST", path, json={"seqs": list(seqs)})["acked"])
+
+    def subscriptions(self) -> Any:
+        return self.request("GET", "subscriptions")
+
+    def unsubscribe(self, name: str) -> Any:
+        return self.request("DELETE", f"subscriptions/{_path_part(name)}")
+
+    def chirp_post(self, text: str) -> Any:
+        return self.request("POST", "chirp/post", content=text.encode("utf-8"))
+
+    def chirp_follow(self, node_id: str) -> list[str]:
+        return list(self.request("POST", "chirp/follow", params={"node": node_id})["following"])
+
+    def chirp_unfollow(self, node_id: str) -> Any:
+        return self.request("POST", "chirp/unfollow", params={"node": node_id})
+
+    def chirp_following(self) -> list[str]:
+        return list(self.request("GET", "chirp/following")["following"])
+
+    def chirp_timeline(self) -> list[dict[str, Any]]:
+        """The timeline now, oldest first."""
+        return list(self.request("GET", "chirp/timeline"))
+
+    def chirp_watch(self) -> Generator[dict[str, Any], None, None]:
+        """Yield each post of the timeline, then each new one as it comes."""
+        with contextlib.closing(self._events("chirp/timeline", {"follow": "1"})) as events:
+            yield from _data_of(events, "post")
+
+
+def _path_part(text: str) -> str:
+    """``text`` as one segment of a URL path (dots too, so ``..`` is a name, not a step
+    up)."""
+    return urllib.parse.quote(text, safe="").replace(".", "%2E")
+
+
+def _data_of(
+    events: Generator[dict[str, str], None, None], kind: str
+) -> Generator[dict[str, Any], None, None]:
+    """The data of each event of ``kind``, until an ``end`` event (which may say why)."""
+    for event in events:
+        if event.get("event") == kind:
+            yield json.loads(event["data"])
+        elif event.get("event") == "end":
+            error = json.loads(event.get("data") or "{}").get("error")
+            if error:
+                raise NodeError(error)
+            return

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import trio
 
@@ -113,6 +113,21 @@ def _read_body_argument(argument: str, stdin: TextIO) -> bytes:
 
 def _format_time(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def _post_line(post: dict[str, Any]) -> str:
+    """``2026-12-02 03:04:05 <author's short id>: text`` (the time is UTC)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(post["ts"] / 1000))
+    return f"{stamp} {post['author'][:10]}: {post['text']}"
+
+
+def _publication_line(publication: dict[str, Any]) -> str:
+    if "body" in publication:
+        text = publication["body"]
+    else:
+        size = len(base64.b64decode(publication["body_b64"]))
+        text = f"[{size} bytes of {publication['ct'] or 'binary'}]"
+    return f"{publication['topic']} {publication['origin'][:10]}: {text}"
 
 
 class Cli:
@@ -248,25 +263,112 @@ class Cli:
         print(f"in custody, {note}", file=self.err)
 
     def cmd_subscribe(self) -> None:
+        name = self.args.name
+        if not self.args.patterns and name is None:
+            raise UsageError(
+                "say what to subscribe to: one PATTERN or more (or --name NAME alone to "
+                "resume a named subscription)"
+            )
         try:
             with (
                 ApiClient(self.data.path, timeout=None) as api,
-                contextlib.closing(api.subscribe(self.args.patterns)) as publications,
+                contextlib.closing(api.subscribe(self.args.patterns, name=name)) as publications,
             ):
                 for publication in publications:
                     if self.args.json:
                         self.say(json.dumps(publication, separators=(",", ":")))
                     else:
-                        if "body" in publication:
-                            text = publication["body"]
-                        else:
-                            size = len(base64.b64decode(publication["body_b64"]))
-                            text = f"[{size} bytes of {publication['ct'] or 'binary'}]"
-                        self.say(f"{publication['topic']} {publication['origin'][:10]}: {text}")
+                        self.say(_publication_line(publication))
                     self.out.flush()
+                    if name is not None:
+                        # Printed: done with it, the next run does not print it again.
+                        api.ack_subscription(name, [publication["seq"]])
         except KeyboardInterrupt:
-            # Ctrl-C is how a subscription ends: leaving unsubscribes.
+            # Ctrl-C is how a subscription ends: leaving unsubscribes (a named one
+            # stays, and what comes for it waits for the next run).
             return
+
+    def cmd_subscriptions(self) -> None:
+        with ApiClient(self.data.path) as api:
+            subscriptions = api.subscriptions()
+        if self.args.json:
+            self.say(json.dumps(subscriptions, indent=2))
+            return
+        if not subscriptions:
+            print(
+                "no named subscriptions (start one with 'ptth subscribe PATTERN --name NAME')",
+                file=self.err,
+            )
+            return
+        for sub in subscriptions:
+            self.say(
+                f"{sub['name']}  {' '.join(sub['patterns'])}  lease {sub['lease']:g} s  "
+                f"since {_format_time(sub['created'])}"
+            )
+
+    def cmd_unsubscribe(self) -> None:
+        with ApiClient(self.data.path) as api:
+            api.unsubscribe(self.args.name)
+        self.say(f"unsubscribed {self.args.name} (what was pending for it is dropped)")
+
+    def cmd_chirp_post(self) -> None:
+        body = _read_body_argument(self.args.text, self.stdin)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NodeError(f"a post is UTF-8 text; byte {exc.start} is not") from None
+        if self.args.text == "-" or self.args.text.startswith("@"):
+            text = text.removesuffix("\n")  # a file's or a pipe's last line break
+        with ApiClient(self.data.path) as api:
+            answer = api.chirp_post(text)
+        self.say(answer["id"])
+        hops = len(answer["next_hops"])
+        note = f"to {hops} neighbour{'s' if hops != 1 else ''}" if hops else "no follower known yet"
+        print(f"posted, {note}", file=self.err)
+
+    def cmd_chirp_follow(self) -> None:
+        with ApiClient(self.data.path) as api:
+            following = api.chirp_follow(self.args.node_id)
+        self.say(f"following {self.args.node_id} ({len(following)} followed)")
+
+    def cmd_chirp_unfollow(self) -> None:
+        with ApiClient(self.data.path) as api:
+            answer = api.chirp_unfollow(self.args.node_id)
+        if not answer["unfollowed"]:
+            raise NodeError(
+                f"this node does not follow {self.args.node_id} (see 'ptth chirp following')"
+            )
+        self.say(f"unfollowed {self.args.node_id} ({len(answer['following'])} followed)")
+
+    def cmd_chirp_following(self) -> None:
+        with ApiClient(self.data.path) as api:
+            following = api.chirp_following()
+        if not following:
+            print("following nobody yet ('ptth chirp follow NODE_ID')", file=self.err)
+        for node_id in following:
+            self.say(node_id)
+
+    def cmd_chirp_timeline(self) -> None:
+        def show(post: dict[str, Any]) -> None:
+            self.say(
+                json.dumps(post, separators=(",", ":")) if self.args.json else _post_line(post)
+            )
+            self.out.flush()
+
+        if not self.args.follow:
+            with ApiClient(self.data.path) as api:
+                for post in api.chirp_timeline():
+                    show(post)
+            return
+        try:
+            with (
+                ApiClient(self.data.path, timeout=None) as api,
+                contextlib.closing(api.chirp_watch()) as posts,
+            ):
+                for post in posts:
+                    show(post)
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how following the timeline ends
 
     def cmd_routes(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -592,18 +694,36 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe = command(
         "subscribe",
         Cli.cmd_subscribe,
-        "print each publication whose topic matches a pattern, one line each, until Ctrl-C",
+        "print each publication whose topic matches a pattern, one line each, until Ctrl-C; "
+        "with --name, a durable subscription: what came meanwhile is printed first",
     )
     subscribe.add_argument(
         "patterns",
-        nargs="+",
+        nargs="*",
         metavar="PATTERN",
         help="a topic pattern: dot-separated words, '*' for one word, '#' for zero or more "
-        "(e.g. news.# or *.alerts)",
+        "(e.g. news.# or *.alerts); with --name, none means the patterns it has",
+    )
+    subscribe.add_argument(
+        "--name",
+        metavar="NAME",
+        help="a durable subscription (1..64 of A-Z a-z 0-9 _ . -): it stays after Ctrl-C "
+        "and a restart, and what it matches waits for the next run; each publication is "
+        "acknowledged once printed (end it with 'ptth unsubscribe NAME')",
     )
     subscribe.add_argument(
         "--json", action="store_true", help="print each publication as a JSON object"
     )
+    subscriptions = command(
+        "subscriptions", Cli.cmd_subscriptions, "list this node's named (durable) subscriptions"
+    )
+    subscriptions.add_argument("--json", action="store_true", help="print the raw JSON")
+    unsubscribe = command(
+        "unsubscribe",
+        Cli.cmd_unsubscribe,
+        "end a named subscription: withdrawn from the mesh, what was pending for it dropped",
+    )
+    unsubscribe.add_argument("name", metavar="NAME")
 
     routes = command("routes", Cli.cmd_routes, "show the routes the running node holds")
     routes.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -634,6 +754,46 @@ def build_parser() -> argparse.ArgumentParser:
     peer_command("list", Cli.cmd_peer_list, "list known peers")
     remove = peer_command("remove", Cli.cmd_peer_remove, "forget a peer")
     remove.add_argument("node_id", metavar="NODE_ID")
+
+    chirp = commands.add_parser(
+        "chirp",
+        help="a toy Twitter over publish/subscribe: post, follow, read the timeline",
+        description="a toy Twitter over publish/subscribe: a post goes to the nodes that "
+        "follow this one; the timeline holds the posts of the nodes this one follows",
+        parents=[common],
+    )
+    chirp_commands = chirp.add_subparsers(dest="chirp_command", required=True, metavar="COMMAND")
+
+    def chirp_command(
+        name: str, handler: Callable[[Cli], None], help: str
+    ) -> argparse.ArgumentParser:
+        sub = chirp_commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    post = chirp_command(
+        "post", Cli.cmd_chirp_post, "post to this node's followers; prints the post's id"
+    )
+    post.add_argument("text", metavar="TEXT|@FILE|-", help="the post, @FILE, or - for stdin")
+    follow = chirp_command(
+        "follow", Cli.cmd_chirp_follow, "follow a node: its posts come to the timeline"
+    )
+    follow.add_argument("node_id", metavar="NODE_ID")
+    unfollow = chirp_command("unfollow", Cli.cmd_chirp_unfollow, "stop following a node")
+    unfollow.add_argument("node_id", metavar="NODE_ID")
+    chirp_command("following", Cli.cmd_chirp_following, "list the nodes followed, one a line")
+    timeline = chirp_command(
+        "timeline",
+        Cli.cmd_chirp_timeline,
+        "print the posts of the nodes followed, oldest first: time (UTC), author, text",
+    )
+    timeline.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new posts as they come, until Ctrl-C",
+    )
+    timeline.add_argument("--json", action="store_true", help="print each post as a JSON object")
     return parser
 
 

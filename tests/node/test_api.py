@@ -1,12 +1,13 @@
 """The local API: bearer token, send (custody, receipts, waiting), inbox as Server-Sent
 Events, ack, status, routes, queues, trace, peers; publish, and subscribe as Server-Sent
-Events."""
+Events; named subscriptions (streamed, acknowledged, listed, ended); chirp."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ import crypto
 import mesh
 from node import MemoryNetwork, Node, Request, make_transport
 from node._api import KEEPALIVE, LocalApi, _is_local
+from node._chirp import chirp_topic
 from tests.helpers import NodeFactory, messages, peer
 
 
@@ -641,3 +643,314 @@ async def test_subscribe_errors(
     assert response.status_code == 400
     assert words in response.json()["error"]
     assert len(a.mesh.subscriptions) == 0
+
+
+# -- named (durable) subscriptions ------------------------------------------------------
+
+
+async def take_publications(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
+    """The next ``count`` publication events: their data, checking that each event's id is
+    its seq."""
+    got = []
+    for _ in range(count):
+        event = await next_event(lines)
+        assert event["event"] == "publication", event
+        data = json.loads(event["data"])
+        assert event["id"] == str(data["seq"])
+        got.append(data)
+    return got
+
+
+async def test_a_named_subscription_streams_what_is_pending_until_acknowledged(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, network = pair
+    async with api(a, network) as client_a, api(b, network) as client_b:
+        params = (("pattern", "news.#"), ("name", "feed"))
+        async with client_b.stream("GET", "subscribe", params=params) as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == ": ptth subscribe news.# as feed"
+            await learned(a, "news.x", b)
+            ids = []
+            for i in range(3):
+                response = await client_a.post(
+                    "publish", params={"topic": f"news.{i}"}, content=f"n{i}".encode()
+                )
+                assert response.json()["next_hops"] == [b.node_id.text]
+                ids.append(response.json()["id"])
+            first = await take_publications(lines, 3)
+        assert [(p["topic"], p["body"], p["id"]) for p in first] == [
+            (f"news.{i}", f"n{i}", ids[i]) for i in range(3)
+        ]
+        assert first[0]["origin"] == a.node_id.text
+        seqs = [p["seq"] for p in first]
+        assert seqs == sorted(seqs)
+        # The stream ended: the subscription stays, and nothing was acknowledged.
+        assert b.mesh.subscriptions.advertised == {"news.#"}
+        response = await client_b.post("subscriptions/feed/ack", json={"seqs": seqs[:2]})
+        assert response.json() == {"acked": 2}
+        response = await client_b.post("subscriptions/feed/ack", json={"seqs": seqs[:1]})
+        assert response.json() == {"acked": 0}  # not pending any more
+
+        # Streamed again (its name alone: the patterns it has): only what is not
+        # acknowledged, then what comes.
+        async with client_b.stream("GET", "subscribe", params={"name": "feed"}) as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == ": ptth subscribe news.# as feed"
+            [again] = await take_publications(lines, 1)
+            assert (again["seq"], again["body"]) == (seqs[2], "n2")
+            await client_a.post("publish", params={"topic": "news"}, content=b"later")
+            [later] = await take_publications(lines, 1)
+            assert later["body"] == "later"
+            assert later["seq"] > seqs[2]
+            response = await client_b.post(
+                "subscriptions/feed/ack", json={"seqs": [seqs[2], later["seq"]]}
+            )
+            assert response.json() == {"acked": 2}
+        async with client_b.stream("GET", "subscribe", params={"name": "feed"}) as stream:
+            lines = stream.aiter_lines()
+            await anext(lines)
+            await client_a.post("publish", params={"topic": "news"}, content=b"newest")
+            [newest] = await take_publications(lines, 1)
+            assert newest["body"] == "newest"  # the first event: nothing else was pending
+        listing = (await client_b.get("subscriptions")).json()
+        assert listing == [
+            {
+                "name": "feed",
+                "patterns": ["news.#"],
+                "lease": b.mesh.subscriptions.lease_ms / 1000,
+                "created": listing[0]["created"],
+            }
+        ]
+        assert listing[0]["created"] <= b.clock()
+
+
+async def test_acknowledge_what_was_streamed_before_a_restart(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    subscriber = await memory_nodes.start("b")
+    b = subscriber.node
+    assert isinstance(memory_nodes.network, MemoryNetwork)
+    network = memory_nodes.network
+    async with b.subscribe("t", name="keep"):
+        pass
+    await b.publish("t", b"one")
+    await b.publish("t", b"two")
+    async with (
+        api(b, network) as client,
+        client.stream("GET", "subscribe", params={"name": "keep"}) as stream,
+    ):
+        lines = stream.aiter_lines()
+        await anext(lines)
+        streamed = await take_publications(lines, 2)
+    await subscriber.stop()
+    b = await memory_nodes.open("b")  # another API: it streamed nothing yet
+    async with api(b, network) as client:
+        response = await client.post("subscriptions/keep/ack", json={"seqs": [streamed[0]["seq"]]})
+        assert response.json() == {"acked": 1}
+    async with b.subscribe("t", name="keep") as sub:
+        assert [p.body for p in await sub.pending()] == [b"two"]
+
+
+async def test_a_quiet_named_subscription_stream_is_kept_alive_and_loses_nothing(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, _, network = pair
+    async with (
+        api(a, network) as client,
+        client.stream("GET", "subscribe", params={"pattern": "t", "name": "n"}) as stream,
+    ):
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": ptth subscribe t as n"
+        assert await anext(lines) == ""
+        start = trio.current_time()
+        assert await anext(lines) == ": keep-alive"
+        assert trio.current_time() - start == pytest.approx(KEEPALIVE)
+        await client.post("publish", params={"topic": "t"}, content=b"after a pause")
+        [got] = await take_publications(lines, 1)
+        assert got["body"] == "after a pause"
+
+
+async def test_unsubscribe_through_the_api(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, network = pair
+    async with b.subscribe("x.*", name="gone"):
+        pass
+    await learned(a, "x.1", b)
+    async with api(b, network) as client:
+        response = await client.delete("subscriptions/gone")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"name": "gone", "removed": True}
+        assert (await client.get("subscriptions")).json() == []
+        response = await client.delete("subscriptions/gone")
+    assert response.status_code == 404
+    assert response.json()["error"] == (
+        "this node has no subscription named 'gone' "
+        "(list them with GET /api/v1/subscriptions or 'ptth subscriptions')"
+    )
+    assert b.mesh.subscriptions.advertised == set()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body", "status", "words"),
+    [
+        ("GET", "subscribe", {"name": "no spaces"}, None, 400, "subscription name 'no spaces'"),
+        ("GET", "subscribe", [("name", "a"), ("name", "b")], None, 400, "not 2 times"),
+        ("GET", "subscribe", {"name": "nobody"}, None, 404, "no subscription named 'nobody'"),
+        ("GET", "subscribe", {"name": "x", "pattern": "a..b"}, None, 400, "pattern 'a..b'"),
+        ("POST", "subscriptions/nobody/ack", {}, {"seqs": [1]}, 404, "named 'nobody'"),
+        ("POST", "subscriptions/a%20b/ack", {}, {"seqs": [1]}, 400, "subscription name 'a b'"),
+        ("POST", "subscriptions/feed/ack", {}, {"ids": [1]}, 400, '{"seqs": [seq'),
+        ("POST", "subscriptions/feed/ack", {}, {"seqs": [0]}, 400, "got [0]"),
+        ("POST", "subscriptions/feed/ack", {}, {"seqs": ["1"]}, 400, "got ['1']"),
+        ("POST", "subscriptions/feed/ack", {}, {"seqs": [True]}, 400, "got [True]"),
+        ("POST", "subscriptions/feed/ack", {}, [1], 400, '{"seqs": [seq'),
+        # A dot is a name, not a step up the path.
+        ("DELETE", "subscriptions/%2E%2E", {}, None, 404, "named '..'"),
+        ("DELETE", "subscriptions/a%2Fb", {}, None, 400, "subscription name 'a/b'"),
+        ("PUT", "subscriptions/feed", {}, None, 404, "no such API call"),
+        ("POST", "subscriptions/feed/nack", {}, None, 404, "no such API call"),
+    ],
+)
+async def test_named_subscription_errors(
+    pair: tuple[Node, Node, MemoryNetwork],
+    method: str,
+    path: str,
+    params: Any,
+    body: Any,
+    status: int,
+    words: str,
+) -> None:
+    a, _, network = pair
+    async with a.subscribe("t", name="feed"):
+        pass
+    async with api(a, network) as client:
+        response = await client.request(method, path, params=params, json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert [s.name for s in await a.subscriptions()] == ["feed"]
+
+
+async def test_subscription_calls_on_a_stopped_node_are_503(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    running = await memory_nodes.start("a")
+    node = running.node
+    async with node.subscribe("t", name="feed"):
+        pass
+    await running.stop()
+    auth = [("authorization", f"Bearer {node.api_token}")]
+    handler = LocalApi(node).handle
+    for method, target, body in [
+        ("DELETE", "/api/v1/subscriptions/feed", b""),
+        ("POST", "/api/v1/subscriptions/feed/ack", b'{"seqs": [1]}'),
+        ("POST", "/api/v1/chirp/post", b"hello"),
+        ("POST", f"/api/v1/chirp/follow?node={crypto.Identity.generate().node_id.text}", b""),
+    ]:
+        response = await handler(Request(method, target, auth, body, "memory"))
+        assert response.status == 503, (target, response.body)
+        error = json.loads(response.body)["error"]
+        assert "not running" in error or "closed database" in error, (target, error)
+
+
+# -- chirp ------------------------------------------------------------------------------
+
+
+async def test_chirp_through_the_api(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    alice, bob, network = pair
+    async with api(alice, network) as to_alice, api(bob, network) as to_bob:
+        assert (await to_bob.get("chirp/following")).json() == {"following": []}
+        assert (await to_bob.get("chirp/timeline")).json() == []
+        response = await to_bob.post("chirp/follow", params={"node": alice.node_id.text})
+        assert response.json() == {"following": [alice.node_id.text]}
+        assert (await to_bob.get("chirp/following")).json() == {"following": [alice.node_id.text]}
+        await learned(alice, chirp_topic(alice.node_id), bob)
+        response = await to_alice.post("chirp/post", content="first ✓".encode())
+        assert response.status_code == 200, response.text
+        posted = response.json()
+        assert posted == {
+            "id": posted["id"],
+            "topic": chirp_topic(alice.node_id),
+            "next_hops": [bob.node_id.text],
+        }
+        with trio.fail_after(60):
+            while True:
+                changed = bob.mesh.inbox_changed  # before looking: no change is missed
+                if timeline := (await to_bob.get("chirp/timeline")).json():
+                    break
+                await changed.wait()
+        assert timeline == [
+            {
+                "author": alice.node_id.text,
+                "text": "first ✓",
+                "ts": timeline[0]["ts"],
+                "id": posted["id"],
+                "received": timeline[0]["received"],
+            }
+        ]
+        assert timeline[0]["ts"] <= timeline[0]["received"]
+
+        # Followed: the timeline, then new posts, then a keep-alive when quiet.
+        async with to_bob.stream("GET", "chirp/timeline", params={"follow": "1"}) as stream:
+            assert stream.headers["content-type"] == "text/event-stream"
+            lines = stream.aiter_lines()
+            assert await anext(lines) == ": ptth chirp timeline"
+            event = await next_event(lines)
+            assert (event["event"], event["id"]) == ("post", posted["id"])
+            assert json.loads(event["data"]) == timeline[0]
+            await trio.sleep(1)  # the next post is a second younger
+            second = (await to_alice.post("chirp/post", content=b"second")).json()
+            event = await next_event(lines)
+            got = json.loads(event["data"])
+            assert (event["event"], got["id"], got["text"]) == ("post", second["id"], "second")
+            assert got["ts"] > timeline[0]["ts"]
+            start = trio.current_time()
+            assert await anext(lines) == ": keep-alive"
+            assert trio.current_time() - start == pytest.approx(KEEPALIVE)
+        assert [p["text"] for p in (await to_bob.get("chirp/timeline")).json()] == [
+            "first ✓",
+            "second",
+        ]
+
+        response = await to_bob.post("chirp/unfollow", params={"node": alice.node_id.text})
+        assert response.json() == {"unfollowed": True, "following": []}
+        response = await to_bob.post("chirp/unfollow", params={"node": alice.node_id.text})
+        assert response.json() == {"unfollowed": False, "following": []}
+        assert (await to_bob.get("chirp/timeline")).json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body", "status", "words"),
+    [
+        ("POST", "chirp/follow", {}, b"", 400, "?node=NODE_ID"),
+        ("POST", "chirp/follow", {"node": "nope"}, b"", 400, "bad node id: "),
+        ("POST", "chirp/follow", {"node": "SELF"}, b"", 400, "does not follow itself"),
+        ("POST", "chirp/unfollow", {"node": "nope"}, b"", 400, "bad node id"),
+        ("POST", "chirp/post", {}, b"  ", 400, "a post needs some text"),
+        ("POST", "chirp/post", {}, b"\xff", 400, "UTF-8"),
+        ("POST", "chirp/post", {}, b"x" * 1001, 400, "at most 1000 characters; this one has 1001"),
+        ("GET", "chirp/timeline", {"follow": "1"}, b"", 409, "follow someone first"),
+        ("GET", "chirp/post", {}, b"", 404, "no such API call"),
+        ("POST", "chirp/retweet", {}, b"", 404, "no such API call"),
+    ],
+)
+async def test_chirp_errors(
+    pair: tuple[Node, Node, MemoryNetwork],
+    method: str,
+    path: str,
+    params: dict[str, str],
+    body: bytes,
+    status: int,
+    words: str,
+) -> None:
+    a, _, network = pair
+    if params.get("node") == "SELF":
+        params = {"node": a.node_id.text}
+    async with api(a, network) as client:
+        response = await client.request(method, path, params=params, content=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert await a.subscriptions() == []

@@ -1,8 +1,10 @@
 """The ptth CLI: init, id, address, peer add/list/remove, and its one-line errors; send,
-routes, queues, trace, publish and subscribe against a running node (on loopback TCP)."""
+routes, queues, trace, publish and subscribe (live and named), subscriptions,
+unsubscribe and chirp against a running node (on loopback TCP)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -13,6 +15,8 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,8 @@ import trio
 
 import crypto
 import mesh
-from node import Node
+from node import Node, Post
+from node._chirp import chirp_topic
 from node._cli import build_parser, parse_duration, run
 from tests.helpers import NodeFactory, chain, delivered, messages
 
@@ -264,15 +269,15 @@ def test_console_script_runs(tmp_path: Path) -> None:
 # -- commands that talk to a running node (loopback TCP; the CLI in a worker thread) ----
 
 
-async def cli(node: Node, *argv: str) -> Result:
+async def cli(node: Node, *argv: str, stdin: str = "") -> Result:
     """Run ``ptth --data-dir DIR argv...`` against the running ``node``."""
     return await trio.to_thread.run_sync(
-        functools.partial(ptth, "--data-dir", node.data.path, *argv)
+        functools.partial(ptth, "--data-dir", node.data.path, *argv, stdin=stdin)
     )
 
 
-async def cli_ok(node: Node, *argv: str) -> list[str]:
-    result = await cli(node, *argv)
+async def cli_ok(node: Node, *argv: str, stdin: str = "") -> list[str]:
+    result = await cli(node, *argv, stdin=stdin)
     assert result.status == 0, result.err
     assert "Traceback" not in result.err
     return result.out.splitlines()
@@ -593,6 +598,249 @@ async def test_subscribe_prints_publications_until_ctrl_c(
 
 
 def test_publish_and_subscribe_need_a_running_node(alice: Path) -> None:
-    for command in (["publish", "t", "x"], ["subscribe", "t"]):
+    for command in (
+        ["publish", "t", "x"],
+        ["subscribe", "t"],
+        ["subscribe", "--name", "x"],
+        ["subscriptions"],
+        ["unsubscribe", "x"],
+        ["chirp", "post", "x"],
+        ["chirp", "follow", "x"],
+        ["chirp", "following"],
+        ["chirp", "timeline"],
+        ["chirp", "timeline", "--follow"],
+    ):
         line = fails("--data-dir", alice, *command)
         assert line.startswith(f"ptth: error: no node is running for {alice} ")
+
+
+# -- named subscriptions, and chirp ---------------------------------------------------------
+
+
+class Command:
+    """A `ptth` command run in its own process against a running node, ended (as a user
+    does) with Ctrl-C."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.output = b""
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(cls, node: Node, *argv: str) -> AsyncIterator[Command]:
+        exe = shutil.which("ptth", path=str(Path(sys.executable).parent))
+        assert exe is not None, "the ptth console script is not installed in this environment"
+        process = await trio.lowlevel.open_process(
+            [exe, "--data-dir", str(node.data.path), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        command = cls(process)
+        try:
+            yield command
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+                print(f"ptth {' '.join(argv)} printed {command.output!r}")
+
+    async def lines(self, count: int) -> list[str]:
+        """Every line printed so far, once there are ``count``."""
+        assert self.process.stdout is not None
+        with trio.fail_after(30):
+            while self.output.count(b"\n") < count:
+                chunk = await self.process.stdout.receive_some()
+                assert chunk, f"ended early: {self.process.poll()} {self.output!r}"
+                self.output += chunk
+        return self.output.decode().splitlines()
+
+    async def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C: its exit status and what it wrote on stderr."""
+        assert self.process.stderr is not None
+        self.process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            status = await self.process.wait()
+        errors = b""
+        while chunk := await self.process.stderr.receive_some():
+            errors += chunk
+        return status, errors.decode()
+
+
+async def no_pending(node: Node, name: str, patterns: tuple[str, ...]) -> None:
+    """Wait until nothing is pending for named subscription ``name`` (all acknowledged)."""
+    with trio.fail_after(30):
+        while True:
+            async with node.subscribe(*patterns, name=name) as subscription:
+                if not await subscription.pending():
+                    return
+            await trio.sleep(0.02)  # acknowledgements are not announced: look again
+
+
+async def test_a_named_subscribe_prints_what_is_pending_and_acknowledges_it(
+    tcp_nodes: NodeFactory,
+) -> None:
+    a = await tcp_nodes.open("a")
+    async with a.subscribe("news.#", name="feed"):
+        pass
+    await a.publish("news.1", b"one")
+    await a.publish("sport", b"not for feed")
+    await a.publish("news.2", b"two", ct="text/plain")
+    async with Command.run(a, "subscribe", "news.#", "--name", "feed") as command:
+        assert await command.lines(2) == [
+            f"news.1 {a.node_id.short}: one",
+            f"news.2 {a.node_id.short}: two",
+        ]
+        await a.publish("news.3", b"three")
+        assert (await command.lines(3))[2] == f"news.3 {a.node_id.short}: three"
+        await no_pending(a, "feed", ("news.#",))
+        assert await command.interrupt() == (0, "")
+    # A second run (by its name alone) prints only what came since.
+    last = await a.publish("news.4", b"four")
+    async with Command.run(a, "subscribe", "--name", "feed", "--json") as command:
+        (line,) = await command.lines(1)
+        got = json.loads(line)
+        assert (got["id"], got["body"], got["topic"]) == (last.id.hex(), "four", "news.4")
+        assert got["seq"] > 0
+        await no_pending(a, "feed", ("news.#",))
+        assert await command.interrupt() == (0, "")
+    assert [(s.name, s.patterns) for s in await a.subscriptions()] == [("feed", ("news.#",))]
+
+
+async def test_subscriptions_and_unsubscribe(tcp_nodes: NodeFactory) -> None:
+    a = await tcp_nodes.open("a")
+    result = await cli(a, "subscriptions")
+    assert (result.status, result.out) == (0, "")
+    assert result.err == (
+        "no named subscriptions (start one with 'ptth subscribe PATTERN --name NAME')\n"
+    )
+    async with a.subscribe("news.#", "*.alerts", name="feed"):
+        pass
+    (line,) = await cli_ok(a, "subscriptions")
+    assert re.fullmatch(
+        r"feed  news\.# \*\.alerts  lease 3600 s  since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", line
+    ), line
+    listing = json.loads("\n".join(await cli_ok(a, "subscriptions", "--json")))
+    assert [(s["name"], s["patterns"], s["lease"]) for s in listing] == [
+        ("feed", ["news.#", "*.alerts"], 3600)
+    ]
+    assert await cli_ok(a, "unsubscribe", "feed") == [
+        "unsubscribed feed (what was pending for it is dropped)"
+    ]
+    assert await a.subscriptions() == []
+    result = await cli_fails(a, "unsubscribe", "feed")
+    assert result.err == (
+        "ptth: error: this node has no subscription named 'feed' "
+        "(list them with GET /api/v1/subscriptions or 'ptth subscriptions')\n"
+    )
+    result = await cli_fails(a, "unsubscribe", "a b")
+    assert result.err.startswith("ptth: error: subscription name 'a b' must be 1..64 of ")
+    result = await cli_fails(a, "subscribe", "t", "--name", "a/b")
+    assert result.err.startswith("ptth: error: subscription name 'a/b' must be 1..64 of ")
+    result = await cli_fails(a, "subscribe", "--name", "nothing")
+    assert "has no subscription named 'nothing' (give its patterns" in result.err
+    result = await cli_fails(a, "subscribe", status=2)
+    assert result.err.endswith(
+        "ptth: usage: say what to subscribe to: one PATTERN or more (or --name NAME alone "
+        "to resume a named subscription)\n"
+    )
+
+
+@pytest.fixture
+async def chirpers(tcp_nodes: NodeFactory) -> tuple[Node, Node]:
+    """alice - bob on loopback TCP, bob following alice (through the CLI)."""
+    alice, bob = await tcp_nodes.open("alice"), await tcp_nodes.open("bob")
+    await chain([alice, bob])
+    assert await cli_ok(bob, "chirp", "follow", alice.node_id.text) == [
+        f"following {alice.node_id.text} (1 followed)"
+    ]
+    await learned(alice, chirp_topic(alice.node_id), bob)
+    return alice, bob
+
+
+async def timeline_of(node: Node, count: int) -> list[Post]:
+    """Wait until ``node``'s timeline holds ``count`` posts; return it."""
+    with trio.fail_after(20):
+        while True:
+            changed = node.mesh.inbox_changed  # before looking: no change is missed
+            if len(posts := await node.chirp.timeline()) >= count:
+                return posts
+            await changed.wait()
+
+
+def post_line(post: Post) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(post.ts / 1000))
+    return f"{stamp} {post.author.short}: {post.text}"
+
+
+async def test_chirp_post_follow_and_timeline(chirpers: tuple[Node, Node]) -> None:
+    alice, bob = chirpers
+    assert await cli_ok(bob, "chirp", "following") == [alice.node_id.text]
+    result = await cli(alice, "chirp", "post", "hello bob")
+    assert result.status == 0, result.err
+    assert result.err == "posted, to 1 neighbour\n"
+    (first_id,) = result.out.split()
+    assert len(bytes.fromhex(first_id)) == crypto.FRAME_ID_SIZE
+    (second_id,) = await cli_ok(alice, "chirp", "post", "-", stdin="from a pipe\n")
+    posts = await timeline_of(bob, 2)
+    assert [(p.id.hex(), p.text) for p in posts] == [
+        (first_id, "hello bob"),
+        (second_id, "from a pipe"),  # the pipe's last line break is not part of it
+    ]
+    assert await cli_ok(bob, "chirp", "timeline") == [post_line(p) for p in posts]
+    assert re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {alice.node_id.short}: hello bob",
+        post_line(posts[0]),
+    )
+    raw = [json.loads(line) for line in await cli_ok(bob, "chirp", "timeline", "--json")]
+    assert [(p["author"], p["text"], p["id"]) for p in raw] == [
+        (alice.node_id.text, "hello bob", first_id),
+        (alice.node_id.text, "from a pipe", second_id),
+    ]
+    assert await cli_ok(alice, "chirp", "timeline") == []  # alice follows nobody
+
+    assert await cli_ok(bob, "chirp", "unfollow", alice.node_id.text) == [
+        f"unfollowed {alice.node_id.text} (0 followed)"
+    ]
+    assert await cli_ok(bob, "chirp", "timeline") == []
+    result = await cli(bob, "chirp", "following")
+    assert (result.status, result.out) == (0, "")
+    assert result.err == "following nobody yet ('ptth chirp follow NODE_ID')\n"
+
+
+async def test_chirp_errors_are_one_line(chirpers: tuple[Node, Node], tmp_path: Path) -> None:
+    alice, bob = chirpers
+    result = await cli_fails(bob, "chirp", "unfollow", crypto.Identity.generate().node_id.text)
+    assert result.err.startswith("ptth: error: this node does not follow ")
+    assert result.err.endswith(" (see 'ptth chirp following')\n")
+    result = await cli_fails(alice, "chirp", "follow", alice.node_id.text)
+    assert result.err == ("ptth: error: a node does not follow itself: give another node's id\n")
+    result = await cli_fails(alice, "chirp", "follow", "nope")
+    assert result.err == "ptth: error: bad node id: a node id is 52 characters of base32, got 4\n"
+    assert (await cli_fails(alice, "chirp", "post", " ")).err == (
+        "ptth: error: a post needs some text\n"
+    )
+    binary = tmp_path / "post.bin"
+    binary.write_bytes(b"ok \xff")
+    assert (await cli_fails(alice, "chirp", "post", f"@{binary}")).err == (
+        "ptth: error: a post is UTF-8 text; byte 3 is not\n"
+    )
+    result = await cli_fails(alice, "chirp", "timeline", "--follow")
+    assert result.err == (
+        "ptth: error: this node follows nobody: follow someone first "
+        "('ptth chirp follow NODE_ID')\n"
+    )
+    assert "invalid choice" in (await cli_fails(alice, "chirp", "retweet", status=2)).err
+
+
+async def test_chirp_timeline_follow_prints_new_posts_until_ctrl_c(
+    chirpers: tuple[Node, Node],
+) -> None:
+    alice, bob = chirpers
+    await alice.chirp.post("old news")
+    async with Command.run(bob, "chirp", "timeline", "--follow") as command:
+        (old,) = await command.lines(1)
+        await alice.chirp.post("fresh")
+        new = (await command.lines(2))[1]
+        assert await command.interrupt() == (0, "")
+    assert [old, new] == [post_line(p) for p in await bob.chirp.timeline()]
+    assert new.endswith(f" {alice.node_id.short}: fresh")
