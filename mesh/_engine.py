@@ -48,7 +48,14 @@ from mesh._interests import (
 )
 from mesh._links import Links, LinkState, Role
 from mesh._routes import DEFAULT_MAX_DESTINATIONS, Route, RoutingTable
-from mesh._wire import ACCEPTED, DUPLICATE, Reason, Result, WireFrame
+from mesh._wire import (
+    ACCEPTED,
+    DUPLICATE,
+    MAX_SUBSCRIBERS_PER_COPY,
+    Reason,
+    Result,
+    WireFrame,
+)
 
 __all__ = [
     "Action",
@@ -116,13 +123,19 @@ class Reroute:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Fanout:
     """A ``pub`` frame: deliver it here if ``deliver`` (a local subscription matches),
-    and queue a copy for each of ``next_hops`` (neighbours toward matching subscribers).
+    and queue a copy for each of ``next_hops`` (neighbours toward matching subscribers);
+    ``to[i]`` lists the subscribers the copy for ``next_hops[i]`` is for (empty: the
+    next hop works them out itself).
 
     The store takes it once per (origin, id): a publication seen before is a duplicate.
     """
 
     deliver: bool
     next_hops: tuple[crypto.NodeId, ...]
+    to: tuple[tuple[crypto.NodeId, ...], ...] = ()
+
+    def subscribers_for(self, index: int) -> tuple[crypto.NodeId, ...]:
+        return self.to[index] if index < len(self.to) else ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -289,12 +302,26 @@ class Router:
         subscribers = self.interests.subscribers(frame.topic, now=now)
         deliver = self.local in subscribers
         subscribers.discard(self.local)
+        if admitted.to:
+            # The previous hop sent it here for these: the others it sent elsewhere, and
+            # going toward them too would make copies meet at each subscriber.
+            subscribers.intersection_update(admitted.to)
         if not subscribers or not self._may_forward(admitted, sender):
             return Fanout(deliver, ())
-        hops = {self.next_hop(node, now) for node in subscribers}
-        hops.discard(None)
-        hops.discard(sender)
-        return Fanout(deliver, tuple(sorted((h for h in hops if h), key=lambda n: n.raw)))
+        by_hop: dict[crypto.NodeId, list[crypto.NodeId]] = {}
+        for node in sorted(subscribers, key=lambda n: n.raw):
+            hop = self.next_hop(node, now)
+            if hop is not None and hop != sender:
+                by_hop.setdefault(hop, []).append(node)
+        hops = sorted(by_hop, key=lambda n: n.raw)
+        return Fanout(
+            deliver,
+            tuple(hops),
+            # Past the most one copy can name, the next hop works them out itself.
+            tuple(
+                tuple(by_hop[h]) if len(by_hop[h]) <= MAX_SUBSCRIBERS_PER_COPY else () for h in hops
+            ),
+        )
 
     def _may_forward(self, admitted: Admitted, sender: crypto.NodeId | None) -> bool:
         if sender is None:

@@ -18,11 +18,14 @@ __all__ = ["Admitted", "admit"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Admitted:
-    """A verified frame, with its envelope and the hops it has made counting this one."""
+    """A verified frame, with its envelope and the hops it has made counting this one;
+    ``to``: for a publication, the subscribers the previous hop sent it here for
+    (:attr:`WireFrame.to`; empty: every matching one)."""
 
     frame: crypto.Frame
     envelope: bytes
     hops: int
+    to: tuple[crypto.NodeId, ...] = ()
 
 
 def admit(wire: WireFrame, *, now: int) -> Admitted | Result:
@@ -35,4 +38,4 @@ def admit(wire: WireFrame, *, now: int) -> Admitted | Result:
         return Result.rejected(
             Reason.HOP_LIMIT, f"frame has made {wire.hops} hops, its origin allows {frame.hops}"
         )
-    return Admitted(frame, wire.envelope, wire.hops + 1)
+    return Admitted(frame, wire.envelope, wire.hops + 1, wire.to)

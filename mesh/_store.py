@@ -58,7 +58,7 @@ from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
 from mesh._interests import Interest
 from mesh._routes import Route
-from mesh._wire import ACCEPTED, DUPLICATE, Result, WireFrame
+from mesh._wire import ACCEPTED, DUPLICATE, MAX_SUBSCRIBERS_PER_COPY, Result, WireFrame
 
 __all__ = [
     "DEFAULT_MAX_INBOX_BYTES",
@@ -81,7 +81,7 @@ DEFAULT_MAX_INBOX_BYTES: Final = 256 * 1024 * 1024
 SEEN_GRACE_MS: Final = 10 * 60 * 1000
 #: How long the origin keeps the trace of a frame past its expiry.
 TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _T = TypeVar("_T")
 
 _SCHEMA: Final = """
@@ -120,6 +120,7 @@ CREATE TABLE IF NOT EXISTS queue (
     queued INTEGER NOT NULL,
     size INTEGER NOT NULL,
     envelope BLOB NOT NULL,
+    subscribers BLOB,
     UNIQUE (src, id, dst)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS queue_one_copy ON queue (src, id) WHERE kind != 'pub';
@@ -295,6 +296,8 @@ class Outgoing:
     envelope: bytes
     next_hop: crypto.NodeId | None
     came_from: crypto.NodeId | None = None
+    #: A publication's copy: the subscribers it is for (empty: every matching one).
+    to: tuple[crypto.NodeId, ...] = ()
 
     @classmethod
     def of(
@@ -321,12 +324,14 @@ class Outgoing:
         hops: int,
         next_hop: crypto.NodeId,
         came_from: crypto.NodeId | None = None,
+        to: tuple[crypto.NodeId, ...] = (),
     ) -> Outgoing:
-        """The copy of publication ``frame`` queued for ``next_hop``."""
+        """The copy of publication ``frame`` queued for ``next_hop``, for the
+        subscribers ``to`` (empty: every matching one)."""
         assert frame.kind is crypto.Kind.PUB  # msg and rcpt frames: of
         return cls(
             frame.src, frame.id, frame.kind, next_hop, frame.exp, hops, envelope, next_hop,
-            came_from,
+            came_from, to,
         )  # fmt: skip
 
 
@@ -347,10 +352,11 @@ class Queued:
     queued: int
     size: int
     envelope: bytes
+    to: tuple[crypto.NodeId, ...] = ()
 
     @property
     def wire(self) -> WireFrame:
-        return WireFrame(self.hops, self.envelope)
+        return WireFrame(self.hops, self.envelope, self.to)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -449,7 +455,7 @@ def _raw(node: crypto.NodeId | None) -> bytes | None:
 
 
 _QUEUED_COLUMNS: Final = (
-    "seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued, size, envelope"
+    "seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued, size, envelope, subscribers"
 )
 
 
@@ -467,7 +473,15 @@ def _queued(row: Sequence[Any]) -> Queued:
         queued=row[9],
         size=row[10],
         envelope=row[11],
+        to=_nodes(row[12]),
     )
+
+
+def _nodes(raw: bytes | None) -> tuple[crypto.NodeId, ...]:
+    """Node ids stored concatenated (NULL: none)."""
+    if not raw:
+        return ()
+    return tuple(crypto.NodeId(raw[i : i + 32]) for i in range(0, len(raw), 32))
 
 
 class _Usage:
@@ -584,7 +598,7 @@ class Store:
         if version == SCHEMA_VERSION:
             db.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             return
-        if version is not None and version not in (1, 2):
+        if version is not None and version not in (1, 2, 3):
             raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
 
         def run(script: str) -> None:
@@ -603,6 +617,13 @@ class Store:
                 if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone():
                     run(_MIGRATE_2_TO_3_QUEUE)
                 db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
+                version = 3
+            if (
+                version == 3
+                and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone()
+            ):
+                # Schema 4: a publication's copy names the subscribers it is for.
+                db.execute("ALTER TABLE queue ADD COLUMN subscribers BLOB")
             run(_SCHEMA)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("COMMIT")
@@ -745,7 +766,13 @@ class Store:
     ) -> int | None:
         """Take publication ``admitted``: the seen-set, the inbox if ``decision.deliver``
         (pending for each of the ``named`` subscriptions), a queue copy per next hop.
-        Return the inbox bytes it took, None if a duplicate."""
+        Return the inbox bytes it took, None if a duplicate.
+
+        A duplicate whose copies name their subscribers (``decision.to``) is still passed
+        on toward those: two copies sent for different subscribers may meet here (paths
+        of equal length), and the second must not stop its subscribers' way. A copy
+        queued for the same next hop and not yet sent takes the new ones on.
+        """
         frame = admitted.frame
         if frame.kind is not crypto.Kind.PUB:
             raise MeshError(
@@ -753,6 +780,8 @@ class Store:
                 "(a bug in the router: report it)"
             )
         if self._seen(frame):
+            if any(decision.to):
+                self._queue_copies(admitted, decision, came_from, now, usage, addressed=True)
             return None
         added = self._insert_inbox(admitted, now) if decision.deliver else 0
         if added or decision.deliver:
@@ -763,12 +792,50 @@ class Store:
                 "INSERT OR IGNORE INTO sub_pending (name, seq) VALUES (?, ?)",
                 [(name, seq) for name in named],
             )
-        for hop in dict.fromkeys(decision.next_hops):  # once per next hop, in order
-            copy = Outgoing.copy_for(
-                frame, admitted.envelope, hops=admitted.hops, next_hop=hop, came_from=came_from
-            )
-            self._insert_queue(copy, now, usage)
+        self._queue_copies(admitted, decision, came_from, now, usage)
         return added
+
+    def _queue_copies(
+        self,
+        admitted: Admitted,
+        decision: Fanout,
+        came_from: crypto.NodeId | None,
+        now: int,
+        usage: _Usage,
+        *,
+        addressed: bool = False,
+    ) -> None:
+        """A copy per next hop (with ``addressed``, only those naming subscribers)."""
+        frame = admitted.frame
+        taken: set[crypto.NodeId] = set()
+        for index, hop in enumerate(decision.next_hops):
+            to = decision.subscribers_for(index)
+            if hop in taken or (addressed and not to):
+                continue  # once per next hop, in order
+            taken.add(hop)
+            copy = Outgoing.copy_for(
+                frame, admitted.envelope, hops=admitted.hops, next_hop=hop, came_from=came_from,
+                to=to,
+            )  # fmt: skip
+            if not self._insert_queue(copy, now, usage):
+                self._widen_copy(copy)
+
+    def _widen_copy(self, copy: Outgoing) -> None:
+        """A copy for this next hop is queued already: make it carry ``copy.to`` too."""
+        key = (copy.src.raw, copy.id, copy.dst.raw)
+        row = self._db.execute(
+            "SELECT subscribers FROM queue WHERE src = ? AND id = ? AND dst = ?", key
+        ).fetchone()
+        if row is None or row[0] is None:
+            return  # (NULL: the queued copy is for every matching subscriber already)
+        merged = tuple(dict.fromkeys((*_nodes(row[0]), *copy.to)))
+        widened = None
+        if copy.to and len(merged) <= MAX_SUBSCRIBERS_PER_COPY:
+            widened = b"".join(node.raw for node in merged)
+        self._db.execute(
+            "UPDATE queue SET subscribers = ? WHERE src = ? AND id = ? AND dst = ?",
+            (widened, *key),
+        )
 
     def _forget(self, removed: Iterable[tuple[bytes, bytes | None, bytes | None, int]]) -> None:
         for src, hop, came, size in removed:
@@ -878,7 +945,7 @@ class Store:
         size = len(outgoing.envelope)
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO queue (src, id, kind, dst, exp, hops, next_hop, came_from,"
-            " queued, size, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " queued, size, envelope, subscribers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 outgoing.src.raw,
                 outgoing.id,
@@ -891,6 +958,7 @@ class Store:
                 now,
                 size,
                 outgoing.envelope,
+                b"".join(node.raw for node in outgoing.to) or None,
             ),
         )
         if cursor.rowcount == 0:
@@ -940,6 +1008,7 @@ class Store:
         next_hops: Iterable[crypto.NodeId],
         now: int,
         named: Sequence[str] = (),
+        to: Sequence[tuple[crypto.NodeId, ...]] = (),
     ) -> None:
         """Take custody of a publication this node made, in one transaction: enter it
         in the seen-set (a copy coming back is a duplicate), deliver it to our inbox if
@@ -957,7 +1026,8 @@ class Store:
         def work() -> None:
             nonlocal inbox_added
             added = self._fan_out(
-                Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops)), came_from=None,
+                Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops), tuple(to)),
+                came_from=None,
                 now=now, usage=usage, named=named,
             )  # fmt: skip
             if added is None:

@@ -26,6 +26,7 @@ __all__ = [
     "CONTENT_TYPE_FRAMES",
     "CONTENT_TYPE_RESULTS",
     "MAX_FRAMES_PER_REQUEST",
+    "MAX_SUBSCRIBERS_PER_COPY",
     "Outcome",
     "Reason",
     "Result",
@@ -41,6 +42,9 @@ CONTENT_TYPE_RESULTS: Final = "application/cbor"
 #: Most frames in one request: batches of 100 are the sweet spot (docs/architecture.md); a
 #: request of more than this many is a peer we do not want to spend a whole turn on.
 MAX_FRAMES_PER_REQUEST: Final = 1000
+#: Most subscribers one copy of a publication may be addressed to (``WireFrame.to``).
+MAX_SUBSCRIBERS_PER_COPY: Final = 4096
+_NODE_ID_SIZE: Final = 32
 _MAX_RESULT_ITEMS: Final = MAX_FRAMES_PER_REQUEST
 
 
@@ -110,15 +114,27 @@ DUPLICATE: Final = Result(Outcome.DUPLICATE)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WireFrame:
-    """One frame as it travels a hop: hops made so far, and the signed envelope."""
+    """One frame as it travels a hop: hops made so far, and the signed envelope.
+
+    ``to``: for a copy of a publication, the subscribers this copy is for (the next hop
+    passes it on toward those only, so a publication reaches each subscriber by one
+    path); empty: every matching subscriber. Per hop, outside the signature.
+    """
 
     hops: int
     envelope: bytes
+    to: tuple[crypto.NodeId, ...] = ()
 
 
 def encode_frames(frames: Iterable[WireFrame]) -> bytes:
-    """The request body for ``frames``."""
-    return b"".join(_cbor.encode([f.hops, f.envelope]) for f in frames)
+    """The request body for ``frames``: ``[hops, envelope]`` each, or
+    ``[hops, envelope, to]`` with ``to`` the subscriber ids concatenated."""
+    return b"".join(
+        _cbor.encode(
+            [f.hops, f.envelope, b"".join(n.raw for n in f.to)] if f.to else [f.hops, f.envelope]
+        )
+        for f in frames
+    )
 
 
 def decode_frames(
@@ -139,16 +155,34 @@ def decode_frames(
 
 
 def _wire_frame(item: Any, index: int) -> WireFrame | Result:
-    if not isinstance(item, list) or len(item) != 2:
-        return Result.rejected(Reason.MALFORMED, f"frame {index} is not [hops, envelope]")
-    hops, envelope = item
+    if not isinstance(item, list) or len(item) not in (2, 3):
+        return Result.rejected(
+            Reason.MALFORMED, f"frame {index} is not [hops, envelope] or [hops, envelope, to]"
+        )
+    hops, envelope = item[0], item[1]
+    to: tuple[crypto.NodeId, ...] = ()
+    if len(item) == 3:
+        ids = item[2]
+        size = _NODE_ID_SIZE
+        if (
+            not isinstance(ids, bytes)
+            or not ids
+            or len(ids) % size
+            or len(ids) > size * MAX_SUBSCRIBERS_PER_COPY
+        ):
+            return Result.rejected(
+                Reason.MALFORMED,
+                f"frame {index}: 'to' must be 1..{MAX_SUBSCRIBERS_PER_COPY} node ids of "
+                f"{size} bytes, concatenated",
+            )
+        to = tuple(crypto.NodeId(ids[i : i + size]) for i in range(0, len(ids), size))
     if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= crypto.MAX_HOPS:
         return Result.rejected(
             Reason.MALFORMED, f"frame {index}: hops is {hops!r}, expected 0..{crypto.MAX_HOPS}"
         )
     if not isinstance(envelope, bytes):
         return Result.rejected(Reason.MALFORMED, f"frame {index}: envelope is not bytes")
-    return WireFrame(hops, envelope)
+    return WireFrame(hops, envelope, to)
 
 
 def encode_results(results: Sequence[Result]) -> bytes:

@@ -463,6 +463,7 @@ class MeshRuntime:
                 next_hops=decision.next_hops,
                 now=now,
                 named=named,
+                to=decision.to,
             )
         )
         if named:
@@ -748,7 +749,7 @@ class MeshRuntime:
                     named = self.subscriptions.durable_names(frame.topic)
                 # The store keeps publications for named subscriptions only; live ones
                 # are handed over from memory once the frame is committed.
-                decision = mesh.Fanout(bool(named), decision.next_hops)
+                decision = dataclasses.replace(decision, deliver=bool(named))
             if isinstance(decision, mesh.Deliver) and frame.rr:
                 receipt = self._receipt(frame.src, frame.id, "delivered", now=now, hops=item.hops)
             intakes.append(mesh.Intake(item, decision, sender, receipt, named))
@@ -763,6 +764,9 @@ class MeshRuntime:
         for pending in results:
             if pending is None:
                 intake, result = next(stored_iter)
+                if isinstance(intake.decision, mesh.Fanout) and any(intake.decision.to):
+                    # A duplicate that names its subscribers is passed on toward them.
+                    wake.update(intake.decision.next_hops)
                 if result.outcome is mesh.Outcome.ACCEPTED:
                     if isinstance(intake.decision, mesh.Fanout):
                         wake.update(intake.decision.next_hops)

@@ -97,8 +97,10 @@ def publication(
     return frame.seal(origin)
 
 
-def admitted(envelope: bytes, hops: int = 0, now: int = NOW) -> Admitted:
-    checked = admit(WireFrame(hops, envelope), now=now)
+def admitted(
+    envelope: bytes, hops: int = 0, now: int = NOW, to: tuple[crypto.NodeId, ...] = ()
+) -> Admitted:
+    checked = admit(WireFrame(hops, envelope, to), now=now)
     assert isinstance(checked, Admitted), checked
     return checked
 
@@ -285,15 +287,46 @@ def test_a_publication_goes_once_to_each_next_hop_toward_a_matching_subscriber()
     subscribe(r, Y_ID, "news.tech", A)
     subscribe(r, Z_ID, "news.*", B)
     decision = r.classify(admitted(publication(D_ID, "news.tech")), C, NOW)
-    assert decision == Fanout(False, tuple(sorted([A, B], key=lambda n: n.raw)))
+    # Each copy names the subscribers it is for.
+    assert decision == Fanout(False, *by_hop({A: [X, Y], B: [Z]}))
     # Never back where it came from.
     decision = r.classify(admitted(publication(D_ID, "news.tech")), A, NOW)
-    assert decision == Fanout(False, (B,))
+    assert decision == Fanout(False, (B,), ((Z,),))
     # Only what matches: news.tech.deep matches news.# (X) alone.
     decision = r.classify(admitted(publication(D_ID, "news.tech.deep")), C, NOW)
-    assert decision == Fanout(False, (A,))
+    assert decision == Fanout(False, (A,), ((X,),))
     decision = r.classify(admitted(publication(D_ID, "sport")), C, NOW)
     assert decision == Fanout(False, ())
+
+
+def by_hop(
+    copies: dict[crypto.NodeId, list[crypto.NodeId]],
+) -> tuple[tuple[crypto.NodeId, ...], tuple[tuple[crypto.NodeId, ...], ...]]:
+    """(next hops, subscribers of each copy) as the router orders them: by id."""
+    hops = sorted(copies, key=lambda n: n.raw)
+    return tuple(hops), tuple(tuple(sorted(copies[h], key=lambda n: n.raw)) for h in hops)
+
+
+def test_a_copy_goes_on_toward_the_subscribers_it_was_sent_for_only() -> None:
+    r = router(A, B, C)
+    route(r, X, A)
+    route(r, Y, B)
+    subscribe(r, X_ID, "t", A)
+    subscribe(r, Y_ID, "t", B)
+    # C sent this copy for X only (its copy for Y went another way): not toward Y.
+    decision = r.classify(admitted(publication(D_ID, "t"), to=(X,)), C, NOW)
+    assert decision == Fanout(False, (A,), ((X,),))
+    # Listed but not interested here (or unknown): nothing goes toward it.
+    decision = r.classify(admitted(publication(D_ID, "t"), to=(Z,)), C, NOW)
+    assert decision == Fanout(False, ())
+    # A local subscription is delivered to whatever the list says.
+    frame = crypto.Frame(
+        kind=crypto.Kind.SUB, src=LOCAL, id=frame_id(), ts=NOW, exp=NOW + LEASE, hops=8, pat="t"
+    )
+    r.own_interest(frame, frame.seal(LOCAL_ID), NOW)
+    assert r.classify(admitted(publication(D_ID, "t"), to=(Y,)), C, NOW) == Fanout(
+        True, (B,), ((Y,),)
+    )
 
 
 def test_a_local_subscription_delivers_here_and_ours_go_out() -> None:
@@ -306,7 +339,9 @@ def test_a_local_subscription_delivers_here_and_ours_go_out() -> None:
     r.own_interest(frame, frame.seal(LOCAL_ID), NOW)
     assert r.classify(admitted(publication(B_ID, "a.b")), A, NOW) == Fanout(True, ())
     # Our own publication: sender None, delivered here too and sent toward X.
-    assert r.classify(admitted(publication(LOCAL_ID, "a.b")), None, NOW) == Fanout(True, (A,))
+    assert r.classify(admitted(publication(LOCAL_ID, "a.b")), None, NOW) == Fanout(
+        True, (A,), ((X,),)
+    )
 
 
 def test_no_forwarding_past_the_hop_limit_or_against_the_policy() -> None:
@@ -318,7 +353,7 @@ def test_no_forwarding_past_the_hop_limit_or_against_the_policy() -> None:
     open_ = router(A, B, policy=ForwardPolicy.OPEN)
     route(open_, X, B)
     subscribe(open_, X_ID, "a", B)
-    assert open_.classify(admitted(publication(C_ID, "a")), C, NOW) == Fanout(False, (B,))
+    assert open_.classify(admitted(publication(C_ID, "a")), C, NOW) == Fanout(False, (B,), ((X,),))
 
 
 def test_secure_names_are_published_by_their_owner_only() -> None:
@@ -331,7 +366,7 @@ def test_secure_names_are_published_by_their_owner_only() -> None:
     assert (forged.outcome, forged.code) == (Outcome.REJECTED, Reason.FORBIDDEN)
     assert Y.short in forged.words
     assert Z.short in forged.words
-    assert r.classify(admitted(publication(Y_ID, topic)), A, NOW) == Fanout(False, (B,))
+    assert r.classify(admitted(publication(Y_ID, topic)), A, NOW) == Fanout(False, (B,), ((X,),))
 
 
 # -- a mesh of routers -----------------------------------------------------------------
@@ -352,6 +387,7 @@ def test_in_a_mesh_with_cycles_each_subscriber_gets_each_match_once(seed: int) -
         routers[a].add_neighbour(b, Role.PEER, T0)
         routers[b].add_neighbour(a, Role.PEER, T0)
     # Shortest-path routes (what converged announces give).
+    dist_from: dict[crypto.NodeId, dict[crypto.NodeId, int]] = {}
     for src in nodes:
         dist = {src: 0}
         first: dict[crypto.NodeId, crypto.NodeId] = {}
@@ -365,6 +401,7 @@ def test_in_a_mesh_with_cycles_each_subscriber_gets_each_match_once(seed: int) -
                         dist[there] = dist[here] + 1
                         first[there] = there if here == src else first[here]
                         queue.append(there)
+        dist_from[src] = dist
         for dst, hop in first.items():
             routers[src].table.learn(
                 Route(dst=dst, via=hop, ts=T0, hops=dist[dst], learned=T0, expires=T0 + LEASE)
@@ -395,22 +432,40 @@ def test_in_a_mesh_with_cycles_each_subscriber_gets_each_match_once(seed: int) -
         origin = rng.choice(ids)
         envelope = publication(origin, topic)
         delivered: collections.Counter[crypto.NodeId] = collections.Counter()
+        duplicates = 0
         seen: set[crypto.NodeId] = set()
-        hops: collections.deque[tuple[crypto.NodeId, crypto.NodeId | None, int]]
-        hops = collections.deque([(origin.node_id, None, 0)])
+        copies = 0
+        hops: collections.deque[
+            tuple[crypto.NodeId, crypto.NodeId | None, int, tuple[crypto.NodeId, ...]]
+        ]
+        hops = collections.deque([(origin.node_id, None, 0, ())])
         while hops:
-            here, sender, made = hops.popleft()
-            if here in seen:
-                continue  # the store's seen-set: a duplicate
-            seen.add(here)
-            decision = routers[here].classify(admitted(envelope, made), sender, NOW)
+            here, sender, made, wanted_by = hops.popleft()
+            decision = routers[here].classify(admitted(envelope, made, to=wanted_by), sender, NOW)
             assert isinstance(decision, Fanout)
-            if decision.deliver:
-                delivered[here] += 1
-            hops.extend((nxt, here, made + (sender is not None)) for nxt in decision.next_hops)
+            if here in seen:
+                # The store's seen-set: a duplicate, passed on only toward the
+                # subscribers its copy names (two copies can meet on paths of equal
+                # length).
+                duplicates += 1
+                if not any(decision.to):
+                    continue
+            else:
+                seen.add(here)
+                if decision.deliver:
+                    delivered[here] += 1
+            copies += len(decision.next_hops)
+            hops.extend(
+                (nxt, here, made + (sender is not None), decision.subscribers_for(i))
+                for i, nxt in enumerate(decision.next_hops)
+            )
         expected = {n for n, pats in wanted.items() if any(matches(p, topic) for p in pats)}
         assert set(delivered) == expected, topic
         assert all(count == 1 for count in delivered.values())
+        # Each copy goes toward subscribers that want it, by one path each: at most
+        # (their distances from the origin) copies, far below a flood.
+        bound = sum(dist_from[origin.node_id].get(node, 0) for node in expected)
+        assert copies <= bound, (topic, copies, bound)
 
 
 # -- drop notices -------------------------------------------------------------------------

@@ -829,7 +829,7 @@ def schema_2_store(path: Path) -> None:
 def test_a_schema_2_store_is_migrated(path: Path) -> None:
     schema_2_store(path)
     with Store(path) as store:
-        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(3,)]
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(4,)]
         # Every row kept, seqs too.
         (entry,) = store.pending(publications=True)
         assert (entry.src, entry.id, entry.topic, entry.received) == (
@@ -982,3 +982,40 @@ def test_pending_publications_survive_a_restart(path: Path) -> None:
         [entry] = store.subscription_pending("timeline")
         assert entry.body == b"goal"
         assert store.statistics().inbox_bytes == len(b"goal")
+
+
+# -- copies that name their subscribers ---------------------------------------------------
+
+
+def addressed(item: Admitted, copies: dict[crypto.Identity, list[crypto.Identity]]) -> Intake:
+    hops = tuple(hop.node_id for hop in copies)
+    to = tuple(tuple(s.node_id for s in subs) for subs in copies.values())
+    return Intake(item, Fanout(False, hops, to), CAROL.node_id)
+
+
+def test_a_copy_keeps_the_subscribers_it_is_for(store: Store) -> None:
+    store.accept([addressed(pub(1), {DAVE: [ALICE, BOB], EVE: [EVE]})], now=NOW)
+    [dave] = store.batch(DAVE.node_id, now=NOW)
+    assert dave.wire.to == (ALICE.node_id, BOB.node_id)
+    [eve] = store.batch(EVE.node_id, now=NOW)
+    assert eve.wire.to == (EVE.node_id,)
+
+
+def test_a_duplicate_naming_other_subscribers_is_passed_on_toward_them(store: Store) -> None:
+    # Two copies sent for different subscribers meet here (paths of equal length).
+    assert outcomes(store.accept([addressed(pub(1), {DAVE: [ALICE]})], now=NOW)) == ["accepted"]
+    results = store.accept([addressed(pub(1), {DAVE: [BOB], EVE: [EVE]})], now=NOW)
+    assert outcomes(results) == ["duplicate"]
+    # DAVE's copy, not yet sent, now carries both; EVE gets one of her own.
+    [dave] = store.batch(DAVE.node_id, now=NOW)
+    assert dave.wire.to == (ALICE.node_id, BOB.node_id)
+    [eve] = store.batch(EVE.node_id, now=NOW)
+    assert eve.wire.to == (EVE.node_id,)
+    # Sent: a later duplicate for DAVE queues a fresh copy.
+    store.forwarded([dave.seq], first_hop=DAVE.node_id, now=NOW)
+    store.accept([addressed(pub(1), {DAVE: [CAROL]})], now=NOW)
+    [again] = store.batch(DAVE.node_id, now=NOW)
+    assert again.wire.to == (CAROL.node_id,)
+    # A duplicate that names nobody (every matching subscriber) adds nothing.
+    store.accept([fanout(pub(1), [BOB])], now=NOW)
+    assert store.batch(BOB.node_id, now=NOW) == []

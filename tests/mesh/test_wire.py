@@ -17,6 +17,7 @@ import crypto
 from crypto import _cbor
 from mesh import (
     MAX_FRAMES_PER_REQUEST,
+    MAX_SUBSCRIBERS_PER_COPY,
     Outcome,
     Reason,
     Result,
@@ -80,7 +81,7 @@ def test_items_of_the_wrong_shape_are_rejected_alone_and_in_order() -> None:
         good,
         "not a list",
         [1],
-        [1, b"x", 2],
+        [1, b"x", 2, 3],
         ["1", b"x"],
         [-1, b"x"],
         [crypto.MAX_HOPS + 1, b"x"],
@@ -97,16 +98,33 @@ def test_items_of_the_wrong_shape_are_rejected_alone_and_in_order() -> None:
     assert all(isinstance(r, Result) and r.code is Reason.MALFORMED for r in rejected)
     words = [r.words for r in rejected if isinstance(r, Result)]
     assert words == [
-        "frame 1 is not [hops, envelope]",
-        "frame 2 is not [hops, envelope]",
-        "frame 3 is not [hops, envelope]",
+        "frame 1 is not [hops, envelope] or [hops, envelope, to]",
+        "frame 2 is not [hops, envelope] or [hops, envelope, to]",
+        "frame 3 is not [hops, envelope] or [hops, envelope, to]",
         f"frame 4: hops is '1', expected 0..{crypto.MAX_HOPS}",
         f"frame 5: hops is -1, expected 0..{crypto.MAX_HOPS}",
         f"frame 6: hops is {crypto.MAX_HOPS + 1}, expected 0..{crypto.MAX_HOPS}",
         f"frame 7: hops is True, expected 0..{crypto.MAX_HOPS}",
         f"frame 8: hops is 1.0, expected 0..{crypto.MAX_HOPS}",
         "frame 9: envelope is not bytes",
-        "frame 10 is not [hops, envelope]",
+        "frame 10 is not [hops, envelope] or [hops, envelope, to]",
+    ]
+
+
+def test_a_copy_names_its_subscribers() -> None:
+    ids = tuple(crypto.NodeId(bytes([n]) * 32) for n in (1, 2))
+    body = encode_frames([WireFrame(1, b"pub", ids), WireFrame(2, b"msg")])
+    assert decode_frames(body) == [WireFrame(1, b"pub", ids), WireFrame(2, b"msg")]
+    bad = cbor_seq(
+        [0, b"x", b""],
+        [0, b"x", b"\x01" * 33],
+        [0, b"x", "text"],
+        [0, b"x", b"\x01" * 32 * (MAX_SUBSCRIBERS_PER_COPY + 1)],
+    )
+    words = [r.words for r in decode_frames(bad) if isinstance(r, Result)]
+    assert words == [
+        f"frame {i}: 'to' must be 1..{MAX_SUBSCRIBERS_PER_COPY} node ids of 32 bytes, concatenated"
+        for i in range(4)
     ]
 
 
