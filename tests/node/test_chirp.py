@@ -27,9 +27,11 @@ async def knows(node: Node, topic: str, subscriber: Node) -> None:
 async def timeline_of(node: Node, count: int) -> list[Post]:
     """Wait until ``node``'s timeline holds ``count`` posts; return it."""
     with trio.fail_after(60):
-        while len(posts := await node.chirp.timeline()) < count:
-            await node.mesh.inbox_changed.wait()
-    return posts
+        while True:
+            changed = node.mesh.inbox_changed  # before reading: no change slips between
+            if len(posts := await node.chirp.timeline()) >= count:
+                return posts
+            await changed.wait()
 
 
 async def test_posts_reach_followers_in_order(
