@@ -1,8 +1,10 @@
 """The local API under ``/api/v1/``, for the CLI and for programs in any language.
 
 Every request needs ``Authorization: Bearer <token>``, the token the running node wrote
-to ``DIR/api.token`` (mode 0600); it is answered only for clients on loopback (or an
-in-memory network). The running node also writes ``DIR/api.json`` with its API URL.
+to ``DIR/api.token`` (mode 0600); a GET may carry it as ``?access_token=<token>``
+instead (RFC 6750 2.3: a browser's ``EventSource`` cannot set headers). It is answered
+only for clients on loopback (or an in-memory network). The running node also writes
+``DIR/api.json`` with its API URL.
 
 =======================================  ===========================================================
 ``POST /api/v1/send?to=ID``              body = the message bytes, ``Content-Type`` = its type; 200
@@ -311,12 +313,15 @@ class LocalApi:
     async def handle(self, request: Request) -> Response:
         if request.relayed or not _is_local(request.peer):
             return _error(403, "the local API answers only clients on this machine")
+        query = urllib.parse.parse_qs(request.query)
         presented = request.header("authorization") or ""
+        if not presented and request.method == "GET" and "access_token" in query:
+            # A browser's EventSource cannot set headers: RFC 6750 2.3, for GETs only.
+            presented = f"Bearer {query.pop('access_token')[-1]}"
         expected = f"Bearer {self.node.api_token}"
         if not hmac.compare_digest(presented.encode(), expected.encode()):
             return _error(401, "missing or wrong bearer token (see api.token in the data dir)")
         route = (request.method, request.path[len(API_PREFIX) :])
-        query = urllib.parse.parse_qs(request.query)
         if route == ("POST", "send"):
             return await self.send(request, query)
         if route == ("GET", "inbox"):

@@ -63,6 +63,24 @@ async def test_token_required(pair: tuple[Node, Node, MemoryNetwork]) -> None:
     assert response.status_code == 401
 
 
+async def test_a_get_may_carry_the_token_in_the_query_as_eventsource_must(
+    pair: tuple[Node, Node, MemoryNetwork],
+) -> None:
+    a, _, network = pair
+    assert a.api_url is not None
+    async with httpx.AsyncClient(transport=make_transport(network)) as client:
+        response = await client.get(a.api_url + "/status", params={"access_token": a.api_token})
+        assert response.status_code == 200, response.text
+        assert response.json()["node"] == a.node_id.text
+        wrong = await client.get(a.api_url + "/status", params={"access_token": "wrong"})
+        assert wrong.status_code == 401
+        # Not for calls that change something: those need the header.
+        posted = await client.post(
+            a.api_url + "/publish", params={"topic": "t", "access_token": a.api_token}
+        )
+        assert posted.status_code == 401
+
+
 async def test_send_inbox_ack_status(pair: tuple[Node, Node, MemoryNetwork]) -> None:
     a, b, network = pair
     async with api(a, network) as client:
