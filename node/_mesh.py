@@ -297,19 +297,26 @@ class MeshRuntime:
 
     async def _notify(self, action: mesh.Notify) -> None:
         """Queue a drop receipt for ``action.origin`` about its frame ``action.ref``."""
-        now = self.clock()
         why = action.why[: crypto.MAX_WHY_LENGTH]
-        receipt = self._receipt(action.origin, action.ref, "dropped", why=why, now=now)
+        if await self._send_drop_receipt(action.origin, action.ref, why, now=self.clock()):
+            log.info("told %s: %s", action.origin.short, why)
+
+    async def _send_drop_receipt(
+        self, origin: crypto.NodeId, ref: bytes, why: str, *, now: int
+    ) -> bool:
+        """Queue a signed drop receipt for ``origin``; False if the store would not take
+        it (counted and logged: the frame itself is gone already)."""
+        receipt = self._receipt(origin, ref, "dropped", why=why, now=now)
         try:
             await self.run_blocking(lambda: self.store.enqueue([receipt], now=now))
         except mesh.MeshError as exc:
             self.statistics.receipts_lost += 1
-            log.warning("could not queue a drop notice for %s: %s", action.origin.short, exc)
-            return
+            log.warning("could not queue a drop receipt for %s: %s", origin.short, exc)
+            return False
         self.statistics.receipts_sent += 1
-        log.info("told %s: %s", action.origin.short, why)
         if receipt.next_hop is not None:
             self._forwarder(receipt.next_hop).poke()
+        return True
 
     # -- announces --------------------------------------------------------------------
 
@@ -644,17 +651,7 @@ class MeshRuntime:
             )
             self._settled(item.id)
             return
-        receipt = self._receipt(item.src, item.id, "dropped", why=why, now=now)
-        try:
-            await self.run_blocking(lambda: self.store.enqueue([receipt], now=now))
-        except mesh.MeshError as exc:
-            # Counted and logged: the frame itself was already gone.
-            self.statistics.receipts_lost += 1
-            log.warning("could not queue a drop receipt for %s: %s", item.src.short, exc)
-            return
-        self.statistics.receipts_sent += 1
-        if receipt.next_hop is not None:
-            self._forwarder(receipt.next_hop).poke()
+        await self._send_drop_receipt(item.src, item.id, why, now=now)
 
     def _receipt(
         self,
