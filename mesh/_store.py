@@ -58,7 +58,7 @@ from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
 from mesh._interests import Interest
 from mesh._routes import Route
-from mesh._wire import ACCEPTED, DUPLICATE, MAX_SUBSCRIBERS_PER_COPY, Result, WireFrame
+from mesh._wire import ACCEPTED, DUPLICATE, Result, WireFrame
 
 __all__ = [
     "DEFAULT_MAX_INBOX_BYTES",
@@ -81,7 +81,7 @@ DEFAULT_MAX_INBOX_BYTES: Final = 256 * 1024 * 1024
 SEEN_GRACE_MS: Final = 10 * 60 * 1000
 #: How long the origin keeps the trace of a frame past its expiry.
 TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 _T = TypeVar("_T")
 
 _SCHEMA: Final = """
@@ -120,8 +120,8 @@ CREATE TABLE IF NOT EXISTS queue (
     queued INTEGER NOT NULL,
     size INTEGER NOT NULL,
     envelope BLOB NOT NULL,
-    subscribers BLOB,
-    UNIQUE (src, id, dst)
+    subscribers BLOB NOT NULL DEFAULT x'',
+    UNIQUE (src, id, dst, subscribers)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS queue_one_copy ON queue (src, id) WHERE kind != 'pub';
 CREATE INDEX IF NOT EXISTS queue_by_hop ON queue (next_hop, seq);
@@ -224,6 +224,35 @@ ALTER TABLE inbox_new RENAME TO inbox;
 #: constraint, so the table is rebuilt, every row (and its seq, and the seq counter) kept;
 #: _SCHEMA recreates the indexes. (The inbox gets its ``topic`` column separately: a
 #: schema-1 store migrated on the way has no queue yet.)
+#: Schema 4 -> 5: ``subscribers`` (who a publication's copy is for; empty: every
+#: matching subscriber; schema 4 had it nullable, and schema 3 gains it first) becomes
+#: part of the queue's unique key. Rebuilt as for 2 -> 3.
+_MIGRATE_4_TO_5_QUEUE: Final = """
+CREATE TABLE queue_new (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    src BLOB NOT NULL,
+    id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    dst BLOB NOT NULL,
+    exp INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    next_hop BLOB,
+    came_from BLOB,
+    queued INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    subscribers BLOB NOT NULL DEFAULT x'',
+    UNIQUE (src, id, dst, subscribers)
+);
+INSERT INTO queue_new SELECT seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued,
+    size, envelope, COALESCE(subscribers, x'') FROM queue;
+DELETE FROM sqlite_sequence WHERE name = 'queue_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'queue_new', seq FROM sqlite_sequence
+    WHERE name = 'queue';
+DROP TABLE queue;
+ALTER TABLE queue_new RENAME TO queue;
+"""
+
 _MIGRATE_2_TO_3_QUEUE: Final = """
 CREATE TABLE queue_new (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -598,7 +627,7 @@ class Store:
         if version == SCHEMA_VERSION:
             db.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             return
-        if version is not None and version not in (1, 2, 3):
+        if version is not None and version not in (1, 2, 3, 4):
             raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
 
         def run(script: str) -> None:
@@ -618,12 +647,14 @@ class Store:
                     run(_MIGRATE_2_TO_3_QUEUE)
                 db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
                 version = 3
-            if (
-                version == 3
-                and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone()
-            ):
+            queue = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone()
+            if version == 3 and queue:
                 # Schema 4: a publication's copy names the subscribers it is for.
                 db.execute("ALTER TABLE queue ADD COLUMN subscribers BLOB")
+                version = 4
+            if version == 4 and queue:
+                # Schema 5: copies for other subscribers are rows of their own.
+                run(_MIGRATE_4_TO_5_QUEUE)
             run(_SCHEMA)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("COMMIT")
@@ -770,8 +801,9 @@ class Store:
 
         A duplicate whose copies name their subscribers (``decision.to``) is still passed
         on toward those: two copies sent for different subscribers may meet here (paths
-        of equal length), and the second must not stop its subscribers' way. A copy
-        queued for the same next hop and not yet sent takes the new ones on.
+        of equal length), and the second must not stop its subscribers' way. Copies for
+        one next hop naming other subscribers are rows of their own (a row being sent
+        must not change under the forwarder).
         """
         frame = admitted.frame
         if frame.kind is not crypto.Kind.PUB:
@@ -817,25 +849,7 @@ class Store:
                 frame, admitted.envelope, hops=admitted.hops, next_hop=hop, came_from=came_from,
                 to=to,
             )  # fmt: skip
-            if not self._insert_queue(copy, now, usage):
-                self._widen_copy(copy)
-
-    def _widen_copy(self, copy: Outgoing) -> None:
-        """A copy for this next hop is queued already: make it carry ``copy.to`` too."""
-        key = (copy.src.raw, copy.id, copy.dst.raw)
-        row = self._db.execute(
-            "SELECT subscribers FROM queue WHERE src = ? AND id = ? AND dst = ?", key
-        ).fetchone()
-        if row is None or row[0] is None:
-            return  # (NULL: the queued copy is for every matching subscriber already)
-        merged = tuple(dict.fromkeys((*_nodes(row[0]), *copy.to)))
-        widened = None
-        if copy.to and len(merged) <= MAX_SUBSCRIBERS_PER_COPY:
-            widened = b"".join(node.raw for node in merged)
-        self._db.execute(
-            "UPDATE queue SET subscribers = ? WHERE src = ? AND id = ? AND dst = ?",
-            (widened, *key),
-        )
+            self._insert_queue(copy, now, usage)
 
     def _forget(self, removed: Iterable[tuple[bytes, bytes | None, bytes | None, int]]) -> None:
         for src, hop, came, size in removed:
@@ -958,7 +972,7 @@ class Store:
                 now,
                 size,
                 outgoing.envelope,
-                b"".join(node.raw for node in outgoing.to) or None,
+                b"".join(node.raw for node in outgoing.to),
             ),
         )
         if cursor.rowcount == 0:
