@@ -148,10 +148,6 @@ class Interests:
                 found.add(key[0])
         return found
 
-    def live(self, *, now: int) -> list[Interest]:
-        """Interests in force (not withdrawn, not lapsed)."""
-        return [i for i in self._held.values() if not i.withdrawn and i.exp > now]
-
     def held(self, *, now: int) -> list[Interest]:
         """Everything unexpired, tombstones included (what is worth saving)."""
         return [i for i in self._held.values() if i.exp > now]

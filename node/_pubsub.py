@@ -203,9 +203,11 @@ class LocalSubscriptions:
         self._durable_trie: mesh.TopicTrie[str] = mesh.TopicTrie()
         #: The patterns advertised now (aggregated).
         self.advertised: set[str] = set()
-        #: The id of the last ``sub`` frame signed for each advertised pattern: a drop
-        #: receipt about one of them means a neighbour forgot it.
+        #: The id of the last ``sub`` frame signed for each advertised pattern, and the
+        #: reverse: a drop receipt about one of them means a neighbour forgot it (every
+        #: receipt that reaches us is looked up here).
         self._signed: dict[str, bytes] = {}
+        self._signed_ids: set[bytes] = set()
         self.changed = trio.Event()
 
     def __len__(self) -> int:
@@ -277,9 +279,6 @@ class LocalSubscriptions:
             self._live[sid]._offer(publication)
         return len(sids)
 
-    def wants(self, topic: str) -> bool:
-        return bool(self._trie.match(topic)) or bool(self._durable_trie.match(topic))
-
     async def refresh(self) -> None:
         """Sign every advertised pattern again (a fresh lease)."""
         await self._state(sorted(self.advertised), crypto.Kind.SUB)
@@ -318,15 +317,16 @@ class LocalSubscriptions:
                 pat=pattern,
             )
             actions += self.router.own_interest(frame, self.sign(frame), now)
+            old = self._signed.pop(pattern, None)
+            self._signed_ids.discard(old or b"")
             if kind is crypto.Kind.SUB:
                 self._signed[pattern] = frame.id
-            else:
-                self._signed.pop(pattern, None)
+                self._signed_ids.add(frame.id)
         await self.apply(actions)
 
     def is_ours(self, frame_id: bytes) -> bool:
         """Is ``frame_id`` one of the ``sub`` frames stating our interests now?"""
-        return frame_id in self._signed.values()
+        return frame_id in self._signed_ids
 
 
 def _aggregate(patterns: Iterable[str]) -> set[str]:
