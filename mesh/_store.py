@@ -1425,8 +1425,10 @@ class Store:
 
         def work() -> tuple[bool, int]:
             cursor = self._db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
-            self._db.execute("DELETE FROM sub_pending WHERE name = ?", (name,))
-            return cursor.rowcount > 0, self._drop_orphan_publications()
+            pending = self._db.execute(
+                "DELETE FROM sub_pending WHERE name = ? RETURNING seq", (name,)
+            ).fetchall()
+            return cursor.rowcount > 0, self._drop_orphan_publications(s for (s,) in pending)
 
         def committed(result: tuple[bool, int]) -> None:
             self._inbox_bytes -= result[1]
@@ -1434,14 +1436,18 @@ class Store:
         existed, _ = self._transaction(work, then=committed)
         return existed
 
-    def _drop_orphan_publications(self) -> int:
-        """Delete inbox publications no named subscription waits for; return bytes freed."""
-        rows = self._db.execute(
-            "DELETE FROM inbox WHERE kind = 'pub' AND NOT EXISTS"
-            " (SELECT 1 FROM sub_pending WHERE sub_pending.seq = inbox.seq)"
-            " RETURNING LENGTH(body)"
-        ).fetchall()
-        return sum(size for (size,) in rows)
+    def _drop_orphan_publications(self, seqs: Iterable[int]) -> int:
+        """Of the inbox publications ``seqs``, delete those no named subscription waits
+        for any more; return the bytes freed."""
+        freed = 0
+        for seq in seqs:
+            row = self._db.execute(
+                "DELETE FROM inbox WHERE seq = ? AND kind = 'pub' AND NOT EXISTS"
+                " (SELECT 1 FROM sub_pending WHERE sub_pending.seq = ?) RETURNING LENGTH(body)",
+                (seq, seq),
+            ).fetchone()
+            freed += row[0] if row else 0
+        return freed
 
     def subscription_pending(
         self, name: str, *, after: int = 0, limit: int = 100
@@ -1465,12 +1471,14 @@ class Store:
         seqs = list(seqs)
 
         def work() -> tuple[int, int]:
-            acked = 0
-            for seq in seqs:
-                acked += self._db.execute(
+            acked = [
+                seq
+                for seq in seqs
+                if self._db.execute(
                     "DELETE FROM sub_pending WHERE name = ? AND seq = ?", (name, seq)
                 ).rowcount
-            return acked, self._drop_orphan_publications() if acked else 0
+            ]
+            return len(acked), self._drop_orphan_publications(acked)
 
         def committed(result: tuple[int, int]) -> None:
             self._inbox_bytes -= result[1]
@@ -1572,13 +1580,14 @@ class Store:
             self._db.execute("DELETE FROM addresses WHERE exp <= ?", (now,))
             self._db.execute("DELETE FROM interests WHERE exp <= ?", (now,))
             # Publications waiting for a named subscription are kept until they expire.
-            self._db.execute(
-                "DELETE FROM sub_pending WHERE seq IN"
-                " (SELECT seq FROM inbox WHERE kind = 'pub' AND exp <= ?)",
+            expired = self._db.execute(
+                "DELETE FROM inbox WHERE kind = 'pub' AND exp <= ? RETURNING seq, LENGTH(body)",
                 (now,),
+            ).fetchall()
+            self._db.executemany(
+                "DELETE FROM sub_pending WHERE seq = ?", [(seq,) for seq, _ in expired]
             )
-            freed = self._drop_orphan_publications()
-            return swept, freed
+            return swept, sum(size for _, size in expired)
 
         def committed(result: tuple[int, int]) -> None:
             self._inbox_bytes -= result[1]
