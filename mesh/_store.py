@@ -84,7 +84,25 @@ TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
 SCHEMA_VERSION: Final = 5
 _T = TypeVar("_T")
 
-_SCHEMA: Final = """
+#: The queue's columns and keys, for _SCHEMA and for the migrations that rebuild it.
+_QUEUE_TABLE: Final = """(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    src BLOB NOT NULL,
+    id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    dst BLOB NOT NULL,
+    exp INTEGER NOT NULL,
+    hops INTEGER NOT NULL,
+    next_hop BLOB,
+    came_from BLOB,
+    queued INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    subscribers BLOB NOT NULL DEFAULT x'',
+    UNIQUE (src, id, dst, subscribers)
+)"""
+
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (
     src BLOB NOT NULL, id BLOB NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (src, id)
@@ -107,22 +125,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     topic TEXT,
     UNIQUE (src, id)
 );
-CREATE TABLE IF NOT EXISTS queue (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    src BLOB NOT NULL,
-    id BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    dst BLOB NOT NULL,
-    exp INTEGER NOT NULL,
-    hops INTEGER NOT NULL,
-    next_hop BLOB,
-    came_from BLOB,
-    queued INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    envelope BLOB NOT NULL,
-    subscribers BLOB NOT NULL DEFAULT x'',
-    UNIQUE (src, id, dst, subscribers)
-);
+CREATE TABLE IF NOT EXISTS queue {_QUEUE_TABLE};
 CREATE UNIQUE INDEX IF NOT EXISTS queue_one_copy ON queue (src, id) WHERE kind != 'pub';
 CREATE INDEX IF NOT EXISTS queue_by_hop ON queue (next_hop, seq);
 CREATE INDEX IF NOT EXISTS queue_by_dst ON queue (dst);
@@ -219,64 +222,24 @@ DROP TABLE inbox;
 ALTER TABLE inbox_new RENAME TO inbox;
 """
 
-#: Schema 2 -> 3, the queue: unique by (origin, id, dst) (a pub is queued once per next
-#: hop), and by (origin, id) for the other kinds. SQLite cannot change a UNIQUE
-#: constraint, so the table is rebuilt, every row (and its seq, and the seq counter) kept;
-#: _SCHEMA recreates the indexes. (The inbox gets its ``topic`` column separately: a
-#: schema-1 store migrated on the way has no queue yet.)
-#: Schema 4 -> 5: ``subscribers`` (who a publication's copy is for; empty: every
-#: matching subscriber; schema 4 had it nullable, and schema 3 gains it first) becomes
-#: part of the queue's unique key. Rebuilt as for 2 -> 3.
-_MIGRATE_4_TO_5_QUEUE: Final = """
-CREATE TABLE queue_new (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    src BLOB NOT NULL,
-    id BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    dst BLOB NOT NULL,
-    exp INTEGER NOT NULL,
-    hops INTEGER NOT NULL,
-    next_hop BLOB,
-    came_from BLOB,
-    queued INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    envelope BLOB NOT NULL,
-    subscribers BLOB NOT NULL DEFAULT x'',
-    UNIQUE (src, id, dst, subscribers)
-);
-INSERT INTO queue_new SELECT seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued,
-    size, envelope, COALESCE(subscribers, x'') FROM queue;
-DELETE FROM sqlite_sequence WHERE name = 'queue_new';
-INSERT INTO sqlite_sequence (name, seq) SELECT 'queue_new', seq FROM sqlite_sequence
-    WHERE name = 'queue';
-DROP TABLE queue;
-ALTER TABLE queue_new RENAME TO queue;
-"""
 
-_MIGRATE_2_TO_3_QUEUE: Final = """
-CREATE TABLE queue_new (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    src BLOB NOT NULL,
-    id BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    dst BLOB NOT NULL,
-    exp INTEGER NOT NULL,
-    hops INTEGER NOT NULL,
-    next_hop BLOB,
-    came_from BLOB,
-    queued INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    envelope BLOB NOT NULL,
-    UNIQUE (src, id, dst)
-);
+def _rebuild_queue(subscribers: str) -> str:
+    """Schemas 2, 3, 4 -> 5: the queue is unique by (origin, id, dst, subscribers) (a
+    pub is queued once per next hop and per list of subscribers it names), and by
+    (origin, id) for the other kinds. SQLite cannot change a UNIQUE constraint, so the
+    table is rebuilt, every row (and its seq, and the seq counter) kept; _SCHEMA
+    recreates the indexes. ``subscribers``: the SQL for each row's list (schema 4 had
+    the column, nullable; before it there was none)."""
+    return f"""
+CREATE TABLE queue_new {_QUEUE_TABLE};
 INSERT INTO queue_new SELECT seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued,
-    size, envelope FROM queue;
+    size, envelope, {subscribers} FROM queue;
 DELETE FROM sqlite_sequence WHERE name = 'queue_new';
 INSERT INTO sqlite_sequence (name, seq) SELECT 'queue_new', seq FROM sqlite_sequence
     WHERE name = 'queue';
 DROP TABLE queue;
 ALTER TABLE queue_new RENAME TO queue;
-"""
+"""  # noqa: S608 - built from our own constants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -641,20 +604,12 @@ class Store:
             if version == 1:
                 run(_MIGRATE_1_TO_2)
                 version = 2
-            if version == 2:
-                # A schema-1 store migrated just now has no queue yet: _SCHEMA makes it.
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone():
-                    run(_MIGRATE_2_TO_3_QUEUE)
-                db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
-                version = 3
+            # A schema-1 store migrated just now has no queue yet: _SCHEMA makes it.
             queue = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone()
-            if version == 3 and queue:
-                # Schema 4: a publication's copy names the subscribers it is for.
-                db.execute("ALTER TABLE queue ADD COLUMN subscribers BLOB")
-                version = 4
-            if version == 4 and queue:
-                # Schema 5: copies for other subscribers are rows of their own.
-                run(_MIGRATE_4_TO_5_QUEUE)
+            if queue:
+                run(_rebuild_queue("COALESCE(subscribers, x'')" if version == 4 else "x''"))
+            if version == 2:
+                db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
             run(_SCHEMA)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("COMMIT")
