@@ -25,7 +25,7 @@ from typing import Any, Final, TextIO
 import trio
 
 import crypto
-from node._api import ApiClient
+from node._apiclient import ApiClient
 from node._attach import RelayMode
 from node._datadir import DataDir, default_data_dir
 from node._errors import NodeError, NotRunning

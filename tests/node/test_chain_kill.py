@@ -37,7 +37,7 @@ import trio
 import trio.testing
 
 from node import _cli as cli
-from node._api import ApiClient
+from node._apiclient import ApiClient
 from node._mesh import ROUTES_SAVE_DELAY
 from tests.helpers import NodeFactory, peer
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from node._api import ApiClient
+from node._apiclient import ApiClient
 from tests.node.test_chain_kill import Deadline, Proc, processes, ptth
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
