@@ -6,21 +6,53 @@ h11 says we may. Defences, each a named limit in :class:`ServerConfig`:
 
 * headers bigger than ``max_header_size`` -> 431; a body bigger than ``max_body_size``
   -> 413 (refused from Content-Length before a byte of the body is read);
+* an admission hook (``Server(..., admit=...)``) sees each request's head before any
+  of its body is read, and may answer it at once (e.g. 401 to a stranger's 16 MiB
+  POST): the body is never read into memory;
+* request bodies held in memory, across all connections, stay within
+  ``max_body_bytes_in_flight``: a request's declared Content-Length is reserved
+  before its body is read (a chunked body's pieces as they arrive) and released when
+  its response has been sent; a request that does not fit is answered 503 with
+  ``Retry-After`` and its body is not read;
 * a client must finish its headers within ``header_timeout`` of their first byte (a
   client that trickles headers cannot hold a slot), and its body within
   ``body_timeout``; an idle keep-alive connection is closed after ``idle_timeout``;
-* at most ``max_connections`` at once; past that a connection is answered 503 with
-  ``Retry-After`` and closed;
+* at most ``max_connections`` at once, at most ``max_connections_per_address`` from
+  one IP address (an IPv6 /64; a peer that is no IP address, on an in-process network
+  or a Unix socket, is not capped); past either a connection is answered 503 with
+  ``Retry-After`` and closed. When the server is full, a newcomer whose address holds
+  less than its fair share (``max_connections`` // addresses) is served by closing a
+  connection that is idle or still reading its head, from the address holding the
+  most; a connection in the middle of a request, a response or a stream is never
+  closed for another;
+* under pressure (``busy_fraction`` of ``max_connections`` open) idle and head waits
+  are cut to ``busy_idle_timeout`` and ``busy_header_timeout``;
 * a malformed request gets the 4xx h11 suggests, and the connection is closed.
+
+Memory: request bodies are at most ``max_body_bytes_in_flight`` (twice that for the
+instant a body's pieces are joined into one ``bytes``), plus per connection h11's
+buffer of at most ``max_header_size`` + 64 KiB (one read), times ``max_connections``:
+with the defaults 64 MiB (128 MiB at worst for an instant) + 512 x 80 KiB = 40 MiB.
+Responses are the handler's to bound. A connection refused at once does not hold a
+slot; after a refusal whose request body was left unread, the server half-closes and
+discards what the client still sends for at most 1 s and 1 MiB ("lingering close",
+as nginx does), so that the client reads the refusal instead of a reset.
+
+Connections served by :meth:`Server.serve_stream` with ``relayed=True`` (a node's own
+connection to its relay, served after the 101) count against ``max_connections`` and
+pass the admission hook and the body budget, but have no address: they are neither
+limited per address, nor closed for a newcomer, nor cut short under pressure.
 
 Shutdown (:meth:`Server.shutdown`) is graceful: stop accepting, close idle connections,
 let requests in flight finish (up to ``shutdown_grace``), cancel long-lived streams.
-Any error in a handler becomes a 500 for that request, logged, not a crash.
+Any error in a handler (or the admission hook) becomes a 500 for that request, logged,
+not a crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,12 +61,18 @@ from typing import Final
 import h11
 import trio
 
-__all__ = ["Handler", "PrefixedStream", "Request", "Response", "Server", "ServerConfig"]
+__all__ = ["Admit", "Handler", "PrefixedStream", "Request", "Response", "Server", "ServerConfig"]
 
 log = logging.getLogger("ptth.server")
 
 _READ_SIZE: Final = 64 * 1024
 _SERVER_NAME: Final = b"ptth"
+_MIB: Final = 1024 * 1024
+#: After a refusal that left a request body unread: how long, and how much of what the
+#: client still sends, to discard before closing, so that the close is not a reset that
+#: destroys the refusal on its way (a client busy sending reads it once we stop).
+_LINGER_TIME: Final = 1.0
+_LINGER_BYTES: Final = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +94,40 @@ class ServerConfig:
     write_timeout: float = 30.0
     #: Concurrent connections; each costs a task and buffers.
     max_connections: int = 512
+    #: Concurrent connections from one IP address (IPv6: one /64, what one site gets):
+    #: a node's client pools at most 16 per peer, so 64 leaves room for a few nodes
+    #: behind one NAT, while one address cannot take more than an eighth of the slots.
+    max_connections_per_address: int = 64
+    #: Request bodies in memory at once, over all connections. Four bodies of the
+    #: maximum size (16 MiB), or hundreds of everyday frame batches; without it 200
+    #: parallel 16 MiB uploads would take 3.2 GiB before anyone looked at them.
+    max_body_bytes_in_flight: int = 64 * 1024 * 1024
+    #: The server is under pressure from this share of ``max_connections`` open: half
+    #: full leaves time to shed idle connections before newcomers must be refused.
+    busy_fraction: float = 0.5
+    #: Under pressure, how long a keep-alive connection may sit between requests: a
+    #: client that has nothing to say gives its slot to one that has.
+    busy_idle_timeout: float = 5.0
+    #: Under pressure, how long a client may take from its head's first byte to its
+    #: end: an honest head arrives in one round trip.
+    busy_header_timeout: float = 5.0
     #: On shutdown, how long requests in flight may take to finish.
     shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes_in_flight < self.max_body_size:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below "
+                f"max_body_size ({self.max_body_size}): a body of the maximum size could "
+                "never be taken; raise the budget or lower the body limit"
+            )
+        if self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise ValueError(
+                f"max_connections ({self.max_connections}) and max_connections_per_address "
+                f"({self.max_connections_per_address}) must be at least 1"
+            )
+        if not 0 < self.busy_fraction <= 1:
+            raise ValueError(f"busy_fraction is {self.busy_fraction}; it must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +149,9 @@ class Request:
     #: The scheme clients use to reach this server: "https" behind a TLS-terminating
     #: proxy (the server itself speaks plain HTTP).
     scheme: str = "http"
+    #: What the admission hook learned from the head (e.g. the authenticated sender),
+    #: for the handler: the request it is given carries the same dict.
+    notes: dict[str, object] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def url(self) -> str:
@@ -127,6 +200,10 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: An admission hook: given a request's head (a :class:`Request` whose ``body`` is
+#: ``b""``: the body has not been read), a :class:`Response` refuses it (sent with
+#: ``connection: close``, the body never read), None lets it in.
+Admit = Callable[[Request], Awaitable[Response | None]]
 
 
 class _Closing(Exception):
@@ -134,22 +211,60 @@ class _Closing(Exception):
 
 
 class Server:
-    """Serves ``handler`` on listeners until :meth:`shutdown` or cancellation."""
+    """Serves ``handler`` on listeners until :meth:`shutdown` or cancellation.
+
+    ``admit``, when given, is called with every request's head (its ``body`` is
+    ``b""``) once the head has passed the size checks, before any body byte is read;
+    a :class:`Response` it returns is sent with ``connection: close`` and the
+    connection closed, the body unread. It may leave what it learned in
+    ``request.notes`` for the handler. An exception in it is a 500, as in the handler.
+    """
 
     def __init__(
-        self, handler: Handler, config: ServerConfig | None = None, *, scheme: str = "http"
+        self,
+        handler: Handler,
+        config: ServerConfig | None = None,
+        *,
+        scheme: str = "http",
+        admit: Admit | None = None,
     ) -> None:
         self.handler = handler
+        self.admit = admit
         self.config = config or ServerConfig()
         self.scheme = scheme
         self._closing = trio.Event()
         self._connections: dict[object, _ConnectionState] = {}
         self._drained: trio.Event | None = None
         self.requests_served = 0
+        #: Request-body bytes reserved now, and the most ever reserved at once.
+        self.body_bytes_in_flight = 0
+        self.peak_body_bytes_in_flight = 0
+        # Connections holding a slot: all of them, and per address (relayed ones have
+        # none). ``_waiting`` holds, per address and oldest first, those waiting for a
+        # request (idle or reading its head): the ones that may be closed for others.
+        self._slots: set[_ConnectionState] = set()
+        self._per_address: dict[str, int] = {}
+        self._waiting: dict[str, dict[_ConnectionState, None]] = {}
+        self._pressure = False
 
     @property
     def active_connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections holding a slot (``active_connections`` also counts refused ones
+        still being answered)."""
+        return len(self._slots)
+
+    @property
+    def under_pressure(self) -> bool:
+        """Whether ``busy_fraction`` of ``max_connections`` are open (shorter waits)."""
+        return self._pressure
+
+    def connections_from(self, address: str) -> int:
+        """Connections holding a slot from ``address`` (an IP, an IPv6 /64, or a peer name)."""
+        return self._per_address.get(address, 0)
 
     async def serve(
         self,
@@ -207,24 +322,128 @@ class Server:
 
         The accept loop calls this for every connection; a node calls it for a
         connection it dialled itself (Reverse HTTP: after the 101 the node is the
-        server). ``base_url`` and ``relayed`` are passed on to every :class:`Request`.
+        server). ``base_url`` and ``relayed`` are passed on to every :class:`Request`;
+        a relayed connection has no address (module docstring).
         """
         key = object()
         state = _ConnectionState(self, stream, peer=peer, base_url=base_url, relayed=relayed)
         self._connections[key] = state
         try:
-            if len(self._connections) > self.config.max_connections:
-                await state.refuse_busy()
+            refusal = self._take_slot(state)
+            if refusal is not None:
+                await state.refuse(Response.text(503, refusal, [("retry-after", "1")]))
             else:
                 await state.run()
         except _Closing:
             pass
         finally:
+            self._release_body(state)
+            self._release_slot(state)
             del self._connections[key]
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
             if not self._connections and self._drained is not None:
                 self._drained.set()
+
+    # -- slots -------------------------------------------------------------------------
+
+    def _take_slot(self, state: _ConnectionState) -> str | None:
+        """Give ``state`` a slot, closing another for it if fair; else the refusal's words."""
+        config = self.config
+        address = state.address
+        held = 0 if address is None else self._per_address.get(address, 0)
+        if address is not None and state.limited and held >= config.max_connections_per_address:
+            return (
+                f"too many connections from {address}: {held} open "
+                f"(limit {config.max_connections_per_address}); retry shortly"
+            )
+        if len(self._slots) >= config.max_connections and not self._make_room(address, held):
+            return f"server busy: {config.max_connections} connections open; retry shortly"
+        self._slots.add(state)
+        if address is not None:
+            self._per_address[address] = held + 1
+        if not self._pressure and len(self._slots) >= config.busy_fraction * config.max_connections:
+            self._pressure = True
+            # Once per onset: cut the waits already running (O(connections waiting)).
+            for waiting in self._waiting.values():
+                for other in list(waiting):
+                    other.hurry()
+        return None
+
+    def _make_room(self, address: str | None, held: int) -> bool:
+        """When full: close a waiting connection of the address holding the most, if
+        the newcomer's address holds less than its fair share and that one more."""
+        distinct = len(self._per_address) + (0 if held else 1)
+        fair = max(1, self.config.max_connections // distinct)
+        if held >= fair:
+            return False
+        victim_address, most = None, fair
+        for candidate in self._waiting:  # only addresses with a waiting connection
+            count = self._per_address[candidate]
+            if count > most:
+                victim_address, most = candidate, count
+        if victim_address is None:
+            return False
+        victim = next(iter(self._waiting[victim_address]))  # waiting the longest
+        log.debug(
+            "full: closing a waiting connection of %s (%d open, fair share %d) for %s",
+            victim_address,
+            most,
+            fair,
+            address,
+        )
+        victim.evict()
+        return True
+
+    def _release_slot(self, state: _ConnectionState) -> None:
+        if state not in self._slots:
+            return
+        self._stop_waiting(state)
+        self._slots.remove(state)
+        address = state.address
+        if address is not None:
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
+        config = self.config
+        if self._pressure and len(self._slots) < config.busy_fraction * config.max_connections:
+            self._pressure = False
+
+    def _start_waiting(self, state: _ConnectionState) -> None:
+        if state.address is not None and state in self._slots:
+            self._waiting.setdefault(state.address, {})[state] = None
+
+    def _stop_waiting(self, state: _ConnectionState) -> None:
+        if state.address is None:
+            return
+        waiting = self._waiting.get(state.address)
+        if waiting is not None and state in waiting:
+            del waiting[state]
+            if not waiting:
+                del self._waiting[state.address]
+
+    # -- the body budget -------------------------------------------------------------
+
+    def _reserve_body(self, state: _ConnectionState, size: int) -> str | None:
+        """Reserve ``size`` bytes of body for ``state``; else the refusal's words."""
+        limit = self.config.max_body_bytes_in_flight
+        if self.body_bytes_in_flight + size > limit:
+            return (
+                f"server busy: {_size(self.body_bytes_in_flight)} of request bodies in "
+                f"memory (limit {_size(limit)}); retry shortly"
+            )
+        self.body_bytes_in_flight += size
+        state.reserved += size
+        self.peak_body_bytes_in_flight = max(
+            self.peak_body_bytes_in_flight, self.body_bytes_in_flight
+        )
+        return None
+
+    def _release_body(self, state: _ConnectionState) -> None:
+        self.body_bytes_in_flight -= state.reserved
+        state.reserved = 0
 
 
 class _ConnectionState:
@@ -246,51 +465,113 @@ class _ConnectionState:
             h11.SERVER, max_incomplete_event_size=self.config.max_header_size
         )
         self.idle = True
-        self.idle_scope: trio.CancelScope | None = None
+        # While waiting for a request: the scope of the wait, when it began, and when
+        # the head began (its first byte) and must end.
+        self.wait_scope: trio.CancelScope | None = None
+        self.wait_since = 0.0
+        self.head_since: float | None = None
+        self.head_deadline = math.inf
+        self.evicted = False
         self.stream_scope: trio.CancelScope | None = None
         self.peer = peer or _peer_name(stream)
+        #: The address this connection counts against; None for a relayed connection.
+        self.address = None if relayed else _address_of(self.peer)
+        #: Whether the per-address cap applies: only to an IP address (a name is an
+        #: in-process network's or the caller's, not a stranger's).
+        self.limited = self.address is not None and _is_ip(self.address)
+        #: Request-body bytes reserved from the server's budget.
+        self.reserved = 0
 
     def close_if_idle(self) -> None:
-        if self.idle and self.idle_scope is not None:
-            self.idle_scope.cancel()
+        if self.idle and self.wait_scope is not None:
+            self.wait_scope.cancel()
         if self.stream_scope is not None:
             self.stream_scope.cancel()
 
-    async def refuse_busy(self) -> None:
-        await self.send(
-            Response.text(
-                503,
-                f"server busy: {self.config.max_connections} connections open; retry shortly",
-                [("retry-after", "1")],
-            ),
-            close=True,
-        )
+    def evict(self) -> None:
+        """Close this waiting connection for another: its slot is free at once."""
+        self.evicted = True
+        self.server._release_slot(self)
+        if self.wait_scope is not None:
+            self.wait_scope.cancel()
+
+    def hurry(self) -> None:
+        """Pressure began: cut this connection's wait to the busy timeouts."""
+        if self.wait_scope is None:
+            return
+        config = self.config
+        if self.head_since is None:
+            limit = min(config.idle_timeout, config.busy_idle_timeout)
+            self.wait_scope.deadline = min(self.wait_scope.deadline, self.wait_since + limit)
+        else:
+            limit = min(config.header_timeout, config.busy_header_timeout)
+            self.head_deadline = min(self.head_deadline, self.head_since + limit)
+            self.wait_scope.deadline = min(self.wait_scope.deadline, self.head_deadline)
+
+    def _hurried(self) -> bool:
+        return self.server._pressure and not self.relayed
+
+    async def refuse(self, response: Response) -> None:
+        """Send ``response`` and close; discard, for a moment, what the client still sends.
+
+        What it had of a body is dropped: its reservation is released before the linger.
+        """
+        self.server._release_body(self)
+        await self.send(response, close=True)
+        await self.linger()
+
+    async def linger(self) -> None:
+        """Half-close, then read and drop what the client sends (at most 1 s, 1 MiB).
+
+        Closing a socket with unread bytes in it resets the connection, and a reset
+        may destroy the answer before the client has read it.
+        """
+        with trio.move_on_after(_LINGER_TIME):
+            try:
+                send_eof = getattr(self.stream, "send_eof", None)
+                if send_eof is not None:
+                    await send_eof()
+                dropped = 0
+                while dropped < _LINGER_BYTES:
+                    data = await self.stream.receive_some(_READ_SIZE)
+                    if not data:
+                        return
+                    dropped += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def run(self) -> None:
-        while True:
-            self.idle = True
-            request = await self.read_request()
-            self.idle = False
-            response = await self.respond(request)
-            if response.status == 101 and response.upgrade is not None:
-                if self.conn.their_state is not h11.DONE:  # h11 holds the client's proposal
-                    await self.switch_protocols(response)
-                    raise _Closing
-                # h11 cannot send a 101 the client did not ask for: a handler bug.
-                log.error(
-                    "handler answered 101 to %s %s, which did not ask to upgrade",
-                    request.method,
-                    request.path,
-                )
-                response = Response.text(500, "internal error while handling the request")
-            await self.send(response, close=self.server._closing.is_set())
-            self.server.requests_served += 1
-            if self.conn.our_state is h11.MUST_CLOSE or self.server._closing.is_set():
-                raise _Closing
+        while await self.cycle():
             try:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError as exc:  # the client's request was not finished
                 raise _Closing from exc
+
+    async def cycle(self) -> bool:
+        """Serve one request; whether the connection may serve another.
+
+        The request and response die with this call: an idle connection holds no body.
+        """
+        self.idle = True
+        request = await self.read_request()
+        self.idle = False
+        response = await self.respond(request)
+        if response.status == 101 and response.upgrade is not None:
+            if self.conn.their_state is not h11.DONE:  # h11 holds the client's proposal
+                self.server._release_body(self)
+                await self.switch_protocols(response)
+                raise _Closing
+            # h11 cannot send a 101 the client did not ask for: a handler bug.
+            log.error(
+                "handler answered 101 to %s %s, which did not ask to upgrade",
+                request.method,
+                request.path,
+            )
+            response = Response.text(500, "internal error while handling the request")
+        await self.send(response, close=self.server._closing.is_set())
+        self.server._release_body(self)
+        self.server.requests_served += 1
+        return not (self.conn.our_state is h11.MUST_CLOSE or self.server._closing.is_set())
 
     async def switch_protocols(self, response: Response) -> None:
         """Send the 101 and hand the connection, with bytes read past it, to the upgrade."""
@@ -340,60 +621,106 @@ class _ConnectionState:
             await self.send_error(exc.error_status_hint, f"malformed request: {exc}")
             raise _Closing from exc
 
-    async def read_request(self) -> Request:
-        # Wait for the first byte (idle), then for the rest of the headers.
-        head_deadline = math.inf
+    async def read_head(self) -> h11.Request:
+        """Wait for the first byte (idle), then for the rest of the head."""
+        config = self.config
         request: h11.Request | None = None
-        with trio.CancelScope(deadline=trio.current_time() + self.config.idle_timeout) as idle:
-            self.idle_scope = idle
-            while request is None:
-                event = await self.next_event()
-                if isinstance(event, h11.Request):
-                    request = event
-                    continue
-                if isinstance(event, h11.ConnectionClosed):
-                    raise _Closing
-                if event is not h11.NEED_DATA:
-                    raise _Closing  # PAUSED or anything unexpected: nothing to serve
-                await self.receive()
-                if head_deadline == math.inf and self.conn.trailing_data[0]:
-                    head_deadline = trio.current_time() + self.config.header_timeout
-                    idle.deadline = min(idle.deadline, head_deadline)
-                    self.idle = False
-        self.idle_scope = None
+        self.wait_since = trio.current_time()
+        self.head_since, self.head_deadline = None, math.inf
+        idle_limit = config.idle_timeout
+        if self._hurried():
+            idle_limit = min(idle_limit, config.busy_idle_timeout)
+        try:
+            with trio.CancelScope(deadline=self.wait_since + idle_limit) as scope:
+                self.wait_scope = scope
+                self.server._start_waiting(self)
+                while request is None:
+                    event = await self.next_event()
+                    if isinstance(event, h11.Request):
+                        request = event
+                        continue
+                    if isinstance(event, h11.ConnectionClosed):
+                        raise _Closing
+                    if event is not h11.NEED_DATA:
+                        raise _Closing  # PAUSED or anything unexpected: nothing to serve
+                    await self.receive()
+                    if self.head_since is None and self.conn.trailing_data[0]:
+                        self.head_since = now = trio.current_time()
+                        head_limit = config.header_timeout
+                        if self._hurried():
+                            head_limit = min(head_limit, config.busy_header_timeout)
+                        self.head_deadline = scope.deadline = now + head_limit
+                        self.idle = False
+        finally:
+            self.wait_scope = None
+            self.server._stop_waiting(self)
+        if self.evicted:  # closed for a newcomer (perhaps just as the head completed)
+            if self.head_since is not None:
+                await self.send_error(
+                    503,
+                    f"server busy: {config.max_connections} connections open, and this one "
+                    "was waiting for its request; retry shortly",
+                    [("retry-after", "1")],
+                )
+            raise _Closing
         if request is None:  # the idle or header deadline passed
-            if head_deadline != math.inf and trio.current_time() >= head_deadline:
+            if trio.current_time() >= self.head_deadline:
                 await self.send_error(408, "request headers took too long to arrive")
             raise _Closing
+        return request
+
+    async def read_request(self) -> Request:
+        request = await self.read_head()
+        config = self.config
         # h11 bounds only headers that arrive in pieces; a whole head in one read is
         # measured here.
         head_size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
-        if head_size > self.config.max_header_size:
+        if head_size > config.max_header_size:
             await self.send_error(
-                431, f"request headers are {head_size} bytes, limit {self.config.max_header_size}"
+                431, f"request headers are {head_size} bytes, limit {config.max_header_size}"
             )
             raise _Closing
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers]
-        target = request.target.decode("latin-1")
         length = _content_length(request.headers)
-        if length is not None and length > self.config.max_body_size:
-            await self.send_error(
-                413, f"request body is {length} bytes, limit {self.config.max_body_size}"
+        if length is not None and length > config.max_body_size:
+            await self.refuse(
+                Response.text(413, f"request body is {length} bytes, limit {config.max_body_size}")
             )
             raise _Closing
-        body = await self.read_body()
-        return Request(
+        head = Request(
             request.method.decode("ascii"),
-            target,
-            headers,
-            body,
+            request.target.decode("latin-1"),
+            [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers],
+            b"",
             self.peer,
             scheme=self.server.scheme,
             base_url=self.base_url,
             relayed=self.relayed,
         )
+        await self.admit(head)
+        if length:
+            busy = self.server._reserve_body(self, length)
+            if busy is not None:
+                await self.refuse(Response.text(503, busy, [("retry-after", "1")]))
+                raise _Closing
+        body = await self.read_body(reserved=length is not None)
+        return dataclasses.replace(head, body=body)  # the same notes
 
-    async def read_body(self) -> bytes:
+    async def admit(self, head: Request) -> None:
+        """Ask the server's admission hook; a refusal is sent and ends the connection."""
+        if self.server.admit is None:
+            return
+        try:
+            refusal = await self.server.admit(head)
+        except Exception:
+            log.exception("admission failed on %s %s", head.method, head.path)
+            refusal = Response.text(500, "internal error while handling the request")
+        if refusal is not None:
+            await self.refuse(refusal)
+            raise _Closing
+
+    async def read_body(self, *, reserved: bool) -> bytes:
+        """The body; ``reserved``: its declared length is reserved already, else each
+        piece is reserved as it arrives."""
         chunks: list[bytes] = []
         size = 0
         with trio.move_on_after(self.config.body_timeout) as scope:
@@ -402,10 +729,20 @@ class _ConnectionState:
                 if isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > self.config.max_body_size:
-                        await self.send_error(
-                            413, f"request body is over the limit of {self.config.max_body_size}"
+                        chunks.clear()
+                        await self.refuse(
+                            Response.text(
+                                413,
+                                f"request body is over the limit of {self.config.max_body_size}",
+                            )
                         )
                         raise _Closing
+                    if not reserved:
+                        busy = self.server._reserve_body(self, len(event.data))
+                        if busy is not None:
+                            chunks.clear()
+                            await self.refuse(Response.text(503, busy, [("retry-after", "1")]))
+                            raise _Closing
                     chunks.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     return b"".join(chunks)
@@ -417,10 +754,12 @@ class _ConnectionState:
         await self.send_error(408, f"request body took over {self.config.body_timeout:g} s")
         raise _Closing
 
-    async def send_error(self, status: int, words: str) -> None:
+    async def send_error(
+        self, status: int, words: str, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         # h11 lets a server answer from IDLE too, for a request it could not parse.
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            await self.send(Response.text(status, words), close=True)
+            await self.send(Response.text(status, words, headers), close=True)
 
     async def send(self, response: Response, *, close: bool) -> None:
         try:
@@ -542,6 +881,8 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):  # TLS over TCP: the TCP peer
+        stream = stream.transport_stream
     socket = getattr(stream, "socket", None)
     if socket is not None:
         try:
@@ -550,3 +891,34 @@ def _peer_name(stream: trio.abc.Stream) -> str:
             return "?"
         return f"{host}:{port}"
     return str(getattr(stream, "peer_name", "memory"))
+
+
+def _address_of(peer: str) -> str:
+    """What ``peer`` ("host:port") counts against: its IP address, an IPv6 address's
+    /64 (one site's share), and for a peer that is no IP address the peer string."""
+    host = peer.rpartition(":")[0] if ":" in peer else peer
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return peer
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+    return str(ip)
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_network(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _size(size: int) -> str:
+    """``size`` bytes in words: "62 MiB", "1.5 MiB", "300 KiB", "12 bytes"."""
+    for unit, scale in (("MiB", _MIB), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
