@@ -1,6 +1,6 @@
 """The node's durable store: SQLite in WAL mode.
 
-Tables (schema 3):
+Tables (schema 6):
 
 * ``seen``: (origin, id) of every frame delivered to this node, and of every
   publication it took (delivered, passed on, or both), kept until the frame expires
@@ -20,21 +20,32 @@ Tables (schema 3):
   new is decided by the seen-set, not the queue.
 * ``sent``: the origin's trace of each frame it sent: first hop and when it accepted,
   and what receipts said (delivered after N hops, or dropped by X because Y).
-* ``receipts``: every receipt that came back for a frame we sent.
+* ``receipts``: the receipts that came back for a frame we sent (at most
+  :data:`MAX_RECEIPTS_PER_FRAME` each).
 * ``routes`` and ``addresses``: the routing table and the address records learned from
   announces, saved so a restarted node starts from what it knew.
 * ``interests``: the subscribers' interests (from ``sub``/``unsub`` frames, withdrawn
   ones as tombstones) the router holds, saved whole like the routes.
 * ``subscriptions``: this node's named durable subscriptions (patterns, lease).
+* ``idempotency``: the local API's idempotency keys (the IETF httpapi
+  Idempotency-Key draft) of this node's own sends and publications, with what the first
+  request answered, for :data:`IDEMPOTENCY_WINDOW_MS` (at most
+  :data:`MAX_IDEMPOTENCY_KEYS`, oldest go first).
 
 "Accepted" means committed: :meth:`Store.accept`, :meth:`Store.enqueue` and
 :meth:`Store.publish` write a whole batch in one transaction (``synchronous=FULL``), so
 a node killed right after answering (or after ``send()`` returned) loses nothing it took
 (docs/architecture.md: commit per batch).
 
-Quotas: the inbox has its own; the queue has a total, per origin, per next hop and per
-neighbour the frames came from. A batch that would pass any of them is refused whole
-with :class:`StoreFull` (429 upstream, so the previous hop keeps the frames).
+Quotas: the inbox has a total and one per origin; the queue has a total, per origin, per
+next hop and per neighbour the frames came from. They count what is stored: every inbox
+and queue row is charged :func:`stored_charge` of the bytes it holds (envelope, and an
+inbox row's copy of the body) plus what SQLite spends on the row and its index entries,
+so empty frames cost something too. The charges are counted in memory (recounted from
+the tables when the store opens), never summed per frame. A batch that would pass any
+quota is refused whole with :class:`StoreFull` (429 upstream, so the previous hop keeps
+the frames). The byte figures of :meth:`Store.statistics` and :meth:`Store.queues` are
+these charges too, so they compare with the quotas.
 
 The methods block; the runtime calls them through ``trio.to_thread``. A lock inside
 makes one store safe to use from any thread. No clock is read: ``now`` is passed in.
@@ -45,6 +56,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import sqlite3
 import threading
@@ -58,10 +70,16 @@ from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
 from mesh._interests import Interest
 from mesh._routes import Route
-from mesh._wire import ACCEPTED, DUPLICATE, Result, WireFrame
+from mesh._wire import ACCEPTED, DUPLICATE, Reason, Result, WireFrame
 
 __all__ = [
     "DEFAULT_MAX_INBOX_BYTES",
+    "IDEMPOTENCY_WINDOW_MS",
+    "INBOX_ORIGIN_SHARE",
+    "MAX_IDEMPOTENCY_KEYS",
+    "MIN_CHARGE",
+    "ROW_OVERHEAD",
+    "Idempotent",
     "InboxEntry",
     "Intake",
     "Outgoing",
@@ -73,16 +91,62 @@ __all__ = [
     "Store",
     "StoreStatistics",
     "Trace",
+    "stored_charge",
 ]
 
 #: Inbox quota: past it, senders are told to retry later (429) rather than fill the disk.
 DEFAULT_MAX_INBOX_BYTES: Final = 256 * 1024 * 1024
+#: The inbox quota per origin is the inbox quota divided by this (unless given): one
+#: origin, e.g. a throw-away identity, cannot fill the inbox for all; 8 leave room for
+#: several busy senders at once.
+INBOX_ORIGIN_SHARE: Final = 8
+#: What SQLite spends on a row besides the bytes of its blobs: the other columns, record
+#: and cell headers, the entries in the table's indexes, pages left part-full; for an
+#: inbox row also its seen-set entry. Measured (SQLite 3.40, 4 KiB pages): 20,000 frames
+#: with empty bodies and random ids from 8 origins taken through accept() into the queue
+#: and, in another store, the inbox; the growth of (page_count - freelist_count) *
+#: page_size after a WAL checkpoint, divided by 20,000, less the blob bytes per row:
+#: 518 bytes per queue row (it has 5 indexes), 337 per inbox row. With bodies of 100 to
+#: 1,500 bytes: 490-550 per queue row. Rows of a few KiB leave up to half a page unused
+#: each (up to 2,100 bytes measured, e.g. queue rows of 2.3 KiB, inbox rows of 6 KiB),
+#: so a full store may take up to 1.6 times its charges on disk; for small frames, the
+#: flood case, the charges cover what is on disk.
+ROW_OVERHEAD: Final = 512
+#: The least a row is charged, whatever it holds: a message with an empty body (a
+#: 277-byte envelope) took 795 bytes in the queue; the smallest frame, a publication with
+#: an empty body and a one-letter topic, has a 217-byte envelope and costs about as much.
+MIN_CHARGE: Final = 768
+#: How long an idempotency key of the local API answers with the first result: a day,
+#: long past any client's retries (the Idempotency-Key draft leaves it to the server).
+IDEMPOTENCY_WINDOW_MS: Final = 24 * 3600 * 1000
+#: Idempotency keys kept at most (oldest go first): bounds the table whatever clients
+#: send; a day of 100,000 sends is more than one node's local API makes.
+MAX_IDEMPOTENCY_KEYS: Final = 100_000
 #: How long the seen-set keeps an id past the frame's expiry: covers clock skew.
 SEEN_GRACE_MS: Final = 10 * 60 * 1000
 #: How long the origin keeps the trace of a frame past its expiry.
 TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 _T = TypeVar("_T")
+
+
+def stored_charge(stored_bytes: int) -> int:
+    """What a row holding ``stored_bytes`` of blobs counts against the quotas: those
+    bytes plus :data:`ROW_OVERHEAD`, at least :data:`MIN_CHARGE`. A queue row holds its
+    envelope; an inbox row its envelope and the body again."""
+    return max(MIN_CHARGE, stored_bytes + ROW_OVERHEAD)
+
+
+#: stored_charge in SQL, of a queue row and of an inbox row.
+_QUEUE_CHARGE: Final = f"MAX({MIN_CHARGE}, size + {ROW_OVERHEAD})"
+_INBOX_CHARGE: Final = f"MAX({MIN_CHARGE}, LENGTH(envelope) + LENGTH(body) + {ROW_OVERHEAD})"
+#: Receipts kept for one frame this node sent: one per hop that dropped a copy and the
+#: destination's delivery, with room to spare; more (forged by relays that saw the id)
+#: would take disk no quota counts.
+MAX_RECEIPTS_PER_FRAME: Final = 32
+#: Idempotency keys longer than this (UTF-8 bytes), or that UTF-8 cannot encode, are
+#: stored as a digest (:func:`_key_text`).
+_MAX_KEY_BYTES: Final = 1024
 
 #: The queue's columns and keys, for _SCHEMA and for the migrations that rebuild it.
 _QUEUE_TABLE: Final = """(
@@ -188,6 +252,13 @@ CREATE TABLE IF NOT EXISTS sub_pending (
     name TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (name, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sub_pending_by_seq ON sub_pending (seq);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    response BLOB NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_created ON idempotency (created);
 """
 
 #: Schema 1 -> 2: dedup by (origin, id); the inbox unique by (origin, id). Ids seen
@@ -244,13 +315,31 @@ ALTER TABLE queue_new RENAME TO queue;
 
 @dataclasses.dataclass(frozen=True)
 class Quotas:
-    """Limits on what the queue holds (bytes of envelopes)."""
+    """Limits on what the queue holds, in bytes charged (:func:`stored_charge` of each
+    row's envelope)."""
 
     total: int = 512 * 1024 * 1024
     per_origin: int = 64 * 1024 * 1024
     per_next_hop: int = 256 * 1024 * 1024
     #: Frames taken from one neighbour: one neighbour cannot fill the store for all.
     per_neighbour: int = 128 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Idempotent:
+    """An idempotency key of the local API and what its first request got.
+
+    Given to :meth:`Store.enqueue` or :meth:`Store.publish`: if ``key`` is recorded
+    (within :data:`IDEMPOTENCY_WINDOW_MS`), nothing is taken and the record is returned;
+    else the frames are taken and this is recorded with them, in one transaction.
+    ``fingerprint``: what identifies the request (e.g. a digest of its body), for the
+    caller to tell a retry from another request reusing the key (the store does not
+    compare it). ``response``: what to answer a retry with.
+    """
+
+    key: str
+    fingerprint: bytes
+    response: bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -414,7 +503,8 @@ class SavedSubscription:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueStatistics:
-    """Frames queued for one next hop (None: held, no route yet)."""
+    """Frames queued for one next hop (None: held, no route yet). ``bytes``: what they
+    are charged (:func:`stored_charge`), as the quotas count."""
 
     next_hop: crypto.NodeId | None
     frames: int
@@ -424,6 +514,9 @@ class QueueStatistics:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreStatistics:
+    """What the store holds. The byte figures are charges (:func:`stored_charge`), as
+    the quotas count them: what the rows take on disk, not the bytes of bodies."""
+
     inbox_frames: int
     inbox_bytes: int
     seen_ids: int
@@ -469,6 +562,23 @@ def _queued(row: Sequence[Any]) -> Queued:
     )
 
 
+def _key_text(key: str) -> str:
+    """The text idempotency key ``key`` is stored as: the key itself, or, if UTF-8
+    cannot encode it (lone surrogates), it is longer than :data:`_MAX_KEY_BYTES` or it
+    starts with NUL, NUL and the SHA-256 of its bytes in hex. Any str is stored, and
+    distinct keys stay distinct (the two forms cannot meet: only digests start with
+    NUL)."""
+    raw = key.encode("utf-8", "surrogatepass")
+    if len(raw) <= _MAX_KEY_BYTES and not key.startswith("\0"):
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return key
+    return "\0" + hashlib.sha256(raw).hexdigest()
+
+
 def _nodes(raw: bytes | None) -> tuple[crypto.NodeId, ...]:
     """Node ids stored concatenated (NULL: none)."""
     if not raw:
@@ -477,7 +587,8 @@ def _nodes(raw: bytes | None) -> tuple[crypto.NodeId, ...]:
 
 
 class _Usage:
-    """Bytes queued, in total and by origin, next hop and neighbour (kept in memory)."""
+    """Bytes charged for the queue, in total and by origin, next hop and neighbour (kept
+    in memory)."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -537,8 +648,12 @@ class Store:
     """One node's SQLite store. Use :meth:`close` (or ``with``) when done.
 
     Raises :class:`MeshError` if the file cannot be opened or has a schema this ptth
-    does not know (a newer one); a schema-1 or schema-2 store is migrated in place, in
-    one transaction (a migration that fails leaves the file as it was).
+    does not know (a newer one); a store of an older schema (1 to 5) is migrated in
+    place, in one transaction (a migration that fails leaves the file as it was).
+
+    ``max_inbox_bytes``: the inbox quota, in bytes charged (:func:`stored_charge`).
+    ``max_inbox_bytes_per_origin``: what one origin's frames may take of it (None: the
+    quota divided by :data:`INBOX_ORIGIN_SHARE`). ``quotas``: the queue's.
     """
 
     def __init__(
@@ -546,13 +661,23 @@ class Store:
         path: Path | str,
         *,
         max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
+        max_inbox_bytes_per_origin: int | None = None,
         quotas: Quotas | None = None,
     ):
         self.path = str(path)
         self.max_inbox_bytes = max_inbox_bytes
+        self.max_inbox_bytes_per_origin = (
+            max_inbox_bytes // INBOX_ORIGIN_SHARE
+            if max_inbox_bytes_per_origin is None
+            else max_inbox_bytes_per_origin
+        )
         self.quotas = quotas or Quotas()
         self._lock = threading.Lock()
         self._usage = _Usage()
+        # Bytes charged for the inbox, in total and by origin.
+        self._inbox_bytes = 0
+        self._inbox_origin: collections.Counter[bytes] = collections.Counter()
+        self._idempotency_keys = 0  # rows in the idempotency table
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
@@ -563,10 +688,15 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-            (self._inbox_bytes,) = self._db.execute(
-                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM inbox"
-            ).fetchone()
+            for src, charged in self._db.execute(
+                f"SELECT src, SUM({_INBOX_CHARGE}) FROM inbox GROUP BY src"  # noqa: S608
+            ):
+                self._inbox_origin[src] = charged
+                self._inbox_bytes += charged
             self._usage = self._count()
+            (self._idempotency_keys,) = self._db.execute(
+                "SELECT COUNT(*) FROM idempotency"
+            ).fetchone()
             (legacy,) = self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()
             self._legacy_seen = legacy > 0
         except sqlite3.Error as exc:
@@ -590,7 +720,7 @@ class Store:
         if version == SCHEMA_VERSION:
             db.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             return
-        if version is not None and version not in (1, 2, 3, 4):
+        if version is not None and version not in (1, 2, 3, 4, 5):
             raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
 
         def run(script: str) -> None:
@@ -606,10 +736,12 @@ class Store:
                 version = 2
             # A schema-1 store migrated just now has no queue yet: _SCHEMA makes it.
             queue = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone()
-            if queue:
+            if queue and version is not None and version < 5:
                 run(_rebuild_queue("COALESCE(subscribers, x'')" if version == 4 else "x''"))
             if version == 2:
                 db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
+            # Schema 5 -> 6: the idempotency table (_SCHEMA makes it). The quotas' byte
+            # counts, now charges, are not stored: counted from the tables on opening.
             run(_SCHEMA)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             db.execute("COMMIT")
@@ -681,15 +813,19 @@ class Store:
         duplicate; else it is entered in the seen-set, delivered to the inbox if
         ``deliver``, and a copy is queued for each next hop: accepted, even with nowhere
         to go. Raises :class:`StoreFull` (nothing taken) if the batch would pass the
-        inbox quota or a queue quota (each pub copy counts), or the disk is full.
+        inbox quota (in total or its origin's) or a queue quota (each pub copy counts),
+        or the disk is full.
         """
         usage = _Usage()
-        inbox_added = 0
+        inbox_added: collections.Counter[bytes] = collections.Counter()
 
         def work() -> list[Result]:
-            nonlocal inbox_added
             results: list[Result] = []
             for item in batch:
+                refusal = self._origin_refusal(item, inbox_added, usage)
+                if refusal is not None:
+                    results.append(refusal)
+                    continue
                 if isinstance(item.decision, Fanout):
                     added = self._fan_out(
                         item.admitted, item.decision, came_from=item.came_from, now=now,
@@ -698,7 +834,7 @@ class Store:
                     if added is None:
                         results.append(DUPLICATE)
                     else:
-                        inbox_added += added
+                        inbox_added[item.admitted.frame.src.raw] += added
                         results.append(ACCEPTED)
                     continue
                 if isinstance(item.decision, Forward):
@@ -716,7 +852,7 @@ class Store:
                 if delivered is None:
                     results.append(DUPLICATE)
                     continue
-                inbox_added += delivered
+                inbox_added[item.admitted.frame.src.raw] += delivered
                 if item.receipt is not None:
                     self._insert_queue(item.receipt, now, usage)
                 results.append(ACCEPTED)
@@ -724,21 +860,94 @@ class Store:
             return results
 
         def committed(_: list[Result]) -> None:
-            self._inbox_bytes += inbox_added
+            self._inbox_taken(inbox_added)
             self._merge(usage)
 
         return self._transaction(work, then=committed)
 
-    def _check_quotas(self, inbox_added: int, usage: _Usage) -> None:
-        """Raise :class:`StoreFull` if ``inbox_added`` bytes more in the inbox or
-        ``usage`` more in the queue would pass a quota (in a transaction: rolled back)."""
-        if inbox_added and self._inbox_bytes + inbox_added > self.max_inbox_bytes:
+    def _origin_refusal(
+        self, item: Intake, inbox_added: collections.Counter[bytes], usage: _Usage
+    ) -> Result | None:
+        """A rejection (``store-full``) if ``item`` would take its origin past its share
+        of the inbox or of the queue; else None.
+
+        Per frame, not for the whole request: the neighbour that carried it drops it and
+        tells its origin, while the other origins' frames of the same request are taken.
+        An origin over its share cannot push anything more, empty or not (the charge has
+        a minimum), nor a copy of what it pushed before.
+        """
+        frame = item.admitted.frame
+        if frame.kind is crypto.Kind.RCPT:
+            return None  # receipts are not charged (see _take_receipt)
+        envelope = len(item.admitted.envelope)
+        decision = item.decision
+        to_inbox = not isinstance(decision, Forward) and (
+            not isinstance(decision, Fanout) or decision.deliver
+        )
+        copies = (
+            1
+            if isinstance(decision, Forward)
+            else len(decision.next_hops)
+            if isinstance(decision, Fanout)
+            else 0
+        )
+        src = frame.src.raw
+        if to_inbox:
+            charge = stored_charge(envelope + len(frame.body or b""))
+            held = self._inbox_origin[src] + inbox_added[src]
+            if held + charge > self.max_inbox_bytes_per_origin:
+                return Result.rejected(
+                    Reason.STORE_FULL,
+                    f"inbox holds {held} bytes from {frame.src.short}, its quota per origin "
+                    f"is {self.max_inbox_bytes_per_origin}: no more until some are read",
+                )
+        if copies:
+            charge = copies * stored_charge(envelope)
+            held = self._usage.origin[src] + usage.origin[src]
+            if held + charge > self.quotas.per_origin:
+                return Result.rejected(
+                    Reason.STORE_FULL,
+                    f"queue holds {held} bytes from {frame.src.short}, its quota per origin "
+                    f"is {self.quotas.per_origin}: no more until some are passed on",
+                )
+        return None
+
+    def _check_quotas(self, inbox_added: collections.Counter[bytes], usage: _Usage) -> None:
+        """Raise :class:`StoreFull` if ``inbox_added`` (bytes charged, by origin) more in
+        the inbox or ``usage`` more in the queue would pass a quota (in a transaction:
+        rolled back)."""
+        added = sum(inbox_added.values())
+        if added and self._inbox_bytes + added > self.max_inbox_bytes:
             raise StoreFull(
-                f"inbox holds {self._inbox_bytes} bytes; {inbox_added} more would pass "
-                f"its quota of {self.max_inbox_bytes}"
+                f"inbox holds {self._inbox_bytes} bytes; {added} more would pass its quota "
+                f"of {self.max_inbox_bytes}; retry later"
             )
+        for src, size in inbox_added.items():
+            held = self._inbox_origin[src]
+            if size > 0 and held + size > self.max_inbox_bytes_per_origin:
+                raise StoreFull(
+                    f"inbox holds {held} bytes from {crypto.NodeId(src).short}; {size} more "
+                    f"would pass its quota per origin of {self.max_inbox_bytes_per_origin}; "
+                    "retry later"
+                )
         if problem := self._usage.over(self.quotas, usage):
             raise StoreFull(problem)
+
+    def _inbox_taken(self, added: collections.Counter[bytes]) -> None:
+        """Count bytes charged (by origin) that a committed transaction put in the inbox."""
+        for src, size in added.items():
+            if size:
+                self._inbox_origin[src] += size
+                self._inbox_bytes += size
+
+    def _inbox_freed(self, removed: Iterable[tuple[bytes, int]]) -> None:
+        """Count (origin, bytes charged) rows a committed transaction took out of the
+        inbox."""
+        for src, size in removed:
+            self._inbox_bytes -= size
+            self._inbox_origin[src] -= size
+            if self._inbox_origin[src] <= 0:
+                del self._inbox_origin[src]
 
     def _fan_out(
         self,
@@ -752,7 +961,7 @@ class Store:
     ) -> int | None:
         """Take publication ``admitted``: the seen-set, the inbox if ``decision.deliver``
         (pending for each of the ``named`` subscriptions), a queue copy per next hop.
-        Return the inbox bytes it took, None if a duplicate.
+        Return the bytes charged for the inbox, None if a duplicate.
 
         A duplicate whose copies name their subscribers (``decision.to``) is still passed
         on toward those: two copies sent for different subscribers may meet here (paths
@@ -807,8 +1016,10 @@ class Store:
             self._insert_queue(copy, now, usage)
 
     def _forget(self, removed: Iterable[tuple[bytes, bytes | None, bytes | None, int]]) -> None:
+        """Count queue rows (origin, next hop, neighbour, envelope size) a committed
+        transaction deleted."""
         for src, hop, came, size in removed:
-            self._usage.remove(src, hop, came, size)
+            self._usage.remove(src, hop, came, stored_charge(size))
 
     def _merge(self, usage: _Usage) -> None:
         for src, size in usage.origin.items():
@@ -833,17 +1044,43 @@ class Store:
         return False
 
     def _deliver(self, admitted: Admitted, now: int) -> int | None:
-        """Deliver one frame here; return the inbox bytes it took, None if a duplicate."""
+        """Deliver one frame here; return the bytes charged for the inbox, None if a
+        duplicate."""
         frame = admitted.frame
+        if frame.kind is crypto.Kind.RCPT:
+            return self._take_receipt(frame, now)
         if self._seen(frame):
             return None
-        if frame.kind is crypto.Kind.RCPT:
-            self._apply_receipt(frame, now)
-            return 0
         return self._insert_inbox(admitted, now)
 
+    def _take_receipt(self, frame: crypto.Frame, now: int) -> int | None:
+        """A receipt for this node: 0 (it takes no inbox room), None if a duplicate.
+
+        Only receipts about a frame this node sent (and keeps a trace of) are kept, at
+        most :data:`MAX_RECEIPTS_PER_FRAME` of them: the others are not even entered in
+        the seen-set (no quota counts receipts, so anyone could fill the disk with
+        them). Past that number, a receipt still settles the trace, without a row.
+        """
+        assert frame.ref is not None  # rcpt frames have ref and st
+        row = self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM receipts WHERE ref = ?) FROM sent WHERE id = ?",
+            (frame.ref, frame.ref),
+        ).fetchone()
+        if row is None:
+            return 0
+        if row[0] >= MAX_RECEIPTS_PER_FRAME:
+            assert frame.st is not None
+            self._record_outcome(frame.ref, frame.st, by=frame.src, why=frame.why,
+                                 hops=frame.n, when=now)  # fmt: skip
+            return 0
+        if self._seen(frame):
+            return None
+        self._apply_receipt(frame, now)
+        return 0
+
     def _insert_inbox(self, admitted: Admitted, now: int) -> int:
-        """Put a frame in the inbox; return the bytes it counts against the quota."""
+        """Put a frame in the inbox; return the bytes it is charged (its envelope and
+        body: the row holds both)."""
         frame = admitted.frame
         body = frame.body or b""
         self._db.execute(
@@ -864,7 +1101,7 @@ class Store:
                 frame.topic,
             ),
         )
-        return len(body)
+        return stored_charge(len(admitted.envelope) + len(body))
 
     def _apply_receipt(self, frame: crypto.Frame, now: int) -> None:
         assert frame.ref is not None  # rcpt frames have ref and st
@@ -932,19 +1169,63 @@ class Store:
         )
         if cursor.rowcount == 0:
             return False
-        usage.add(outgoing.src.raw, _raw(outgoing.next_hop), _raw(outgoing.came_from), size)
+        usage.add(
+            outgoing.src.raw, _raw(outgoing.next_hop), _raw(outgoing.came_from),
+            stored_charge(size),
+        )  # fmt: skip
         return True
 
+    def _recorded(self, idempotent: Idempotent, now: int) -> Idempotent | None:
+        """The record of ``idempotent.key`` if there is one younger than the window."""
+        row = self._db.execute(
+            "SELECT fingerprint, response FROM idempotency WHERE key = ? AND created > ?",
+            (_key_text(idempotent.key), now - IDEMPOTENCY_WINDOW_MS),
+        ).fetchone()
+        return None if row is None else Idempotent(idempotent.key, row[0], row[1])
+
+    def _record(self, idempotent: Idempotent | None, now: int) -> int:
+        """Record ``idempotent`` (replacing an expired record of its key), the oldest
+        records going past :data:`MAX_IDEMPOTENCY_KEYS`; return how many are kept."""
+        if idempotent is None:
+            return self._idempotency_keys
+        key = _key_text(idempotent.key)
+        kept = self._idempotency_keys + 1
+        kept -= self._db.execute("DELETE FROM idempotency WHERE key = ?", (key,)).rowcount
+        self._db.execute(
+            "INSERT INTO idempotency (key, fingerprint, response, created) VALUES (?, ?, ?, ?)",
+            (key, idempotent.fingerprint, idempotent.response, now),
+        )
+        if kept > MAX_IDEMPOTENCY_KEYS:
+            kept -= self._db.execute(
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency"
+                " WHERE key != ? ORDER BY created, rowid LIMIT ?)",
+                (key, kept - MAX_IDEMPOTENCY_KEYS),
+            ).rowcount
+        return kept
+
     def enqueue(
-        self, frames: Sequence[Outgoing], *, now: int, receipts: Sequence[bool] | None = None
-    ) -> None:
+        self,
+        frames: Sequence[Outgoing],
+        *,
+        now: int,
+        receipts: Sequence[bool] | None = None,
+        idempotent: Idempotent | None = None,
+    ) -> Idempotent | None:
         """Take custody of frames this node made (sent, or receipts it issues), in one
         transaction (publications: :meth:`publish`). ``receipts[i]``: frame i asked for
         a delivery receipt (its trace is kept either way for ``msg`` frames). Raises
-        :class:`StoreFull` if a quota would be passed (nothing taken)."""
+        :class:`StoreFull` if a quota would be passed (nothing taken).
+
+        With ``idempotent``: if its key is recorded (and younger than
+        :data:`IDEMPOTENCY_WINDOW_MS`), nothing is taken and that record is returned;
+        else the frames are taken, ``idempotent`` is recorded with them and None is
+        returned (also without ``idempotent``).
+        """
         usage = _Usage()
 
-        def work() -> None:
+        def work() -> tuple[Idempotent | None, int]:
+            if idempotent is not None and (recorded := self._recorded(idempotent, now)):
+                return recorded, self._idempotency_keys
             for index, outgoing in enumerate(frames):
                 if not self._insert_queue(outgoing, now, usage):
                     raise MeshError(f"frame {outgoing.id.hex()} is queued already")
@@ -965,8 +1246,14 @@ class Store:
                     )
             if problem := self._usage.over(self.quotas, usage):
                 raise StoreFull(problem)
+            return None, self._record(idempotent, now)
 
-        self._transaction(work, then=lambda _: self._merge(usage))
+        def committed(result: tuple[Idempotent | None, int]) -> None:
+            self._idempotency_keys = result[1]
+            self._merge(usage)
+
+        recorded, _ = self._transaction(work, then=committed)
+        return recorded
 
     def publish(
         self,
@@ -978,7 +1265,8 @@ class Store:
         now: int,
         named: Sequence[str] = (),
         to: Sequence[tuple[crypto.NodeId, ...]] = (),
-    ) -> None:
+        idempotent: Idempotent | None = None,
+    ) -> Idempotent | None:
         """Take custody of a publication this node made, in one transaction: enter it
         in the seen-set (a copy coming back is a duplicate), deliver it to our inbox if
         ``deliver`` (a local subscription matches), and queue a copy for each of
@@ -987,13 +1275,17 @@ class Store:
 
         Raises :class:`MeshError` if the frame is not a ``pub`` or was taken already,
         :class:`StoreFull` if a quota would be passed (nothing taken).
+
+        ``idempotent``: as for :meth:`enqueue` (a recorded key: nothing is taken, not
+        even checked, and its record is returned; else None).
         """
         hops = list(next_hops)
         usage = _Usage()
-        inbox_added = 0
+        inbox_added: collections.Counter[bytes] = collections.Counter()
 
-        def work() -> None:
-            nonlocal inbox_added
+        def work() -> tuple[Idempotent | None, int]:
+            if idempotent is not None and (recorded := self._recorded(idempotent, now)):
+                return recorded, self._idempotency_keys
             added = self._fan_out(
                 Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops), tuple(to)),
                 came_from=None,
@@ -1004,14 +1296,17 @@ class Store:
                     f"publication {frame.id.hex()} from {frame.src.short} was taken already: "
                     "publish each frame once (a new frame has a new id)"
                 )
-            inbox_added = added
+            inbox_added[frame.src.raw] += added
             self._check_quotas(inbox_added, usage)
+            return None, self._record(idempotent, now)
 
-        def committed(_: None) -> None:
-            self._inbox_bytes += inbox_added
+        def committed(result: tuple[Idempotent | None, int]) -> None:
+            self._idempotency_keys = result[1]
+            self._inbox_taken(inbox_added)
             self._merge(usage)
 
-        self._transaction(work, then=committed)
+        recorded, _ = self._transaction(work, then=committed)
+        return recorded
 
     # -- forwarding -------------------------------------------------------------------
 
@@ -1128,10 +1423,10 @@ class Store:
         return moved
 
     def _count(self) -> _Usage:
-        """The queue's bytes, counted from the table."""
+        """The queue's bytes charged, counted from the table."""
         usage = _Usage()
         for src, hop, came, size in self._db.execute(
-            "SELECT src, next_hop, came_from, SUM(size) FROM queue"
+            f"SELECT src, next_hop, came_from, SUM({_QUEUE_CHARGE}) FROM queue"  # noqa: S608
             " GROUP BY src, next_hop, came_from"
         ):
             usage.add(src, hop, came, size)
@@ -1181,11 +1476,12 @@ class Store:
         return self._transaction(work, then=committed)
 
     def queues(self) -> list[QueueStatistics]:
-        """Per next hop (None: held): frames, bytes, oldest."""
+        """Per next hop (None: held): frames, bytes charged, oldest."""
 
         def work() -> list[QueueStatistics]:
             rows = self._db.execute(
-                "SELECT next_hop, COUNT(*), SUM(size), MIN(queued) FROM queue GROUP BY next_hop"
+                f"SELECT next_hop, COUNT(*), SUM({_QUEUE_CHARGE}), MIN(queued)"  # noqa: S608
+                " FROM queue GROUP BY next_hop"
             ).fetchall()
             return [QueueStatistics(_node(row[0]), row[1], row[2], row[3]) for row in rows]
 
@@ -1378,30 +1674,32 @@ class Store:
     def delete_subscription(self, name: str) -> bool:
         """Forget subscription ``name``; return whether there was one."""
 
-        def work() -> tuple[bool, int]:
+        def work() -> tuple[bool, list[tuple[bytes, int]]]:
             cursor = self._db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
             pending = self._db.execute(
                 "DELETE FROM sub_pending WHERE name = ? RETURNING seq", (name,)
             ).fetchall()
             return cursor.rowcount > 0, self._drop_orphan_publications(s for (s,) in pending)
 
-        def committed(result: tuple[bool, int]) -> None:
-            self._inbox_bytes -= result[1]
+        def committed(result: tuple[bool, list[tuple[bytes, int]]]) -> None:
+            self._inbox_freed(result[1])
 
         existed, _ = self._transaction(work, then=committed)
         return existed
 
-    def _drop_orphan_publications(self, seqs: Iterable[int]) -> int:
+    def _drop_orphan_publications(self, seqs: Iterable[int]) -> list[tuple[bytes, int]]:
         """Of the inbox publications ``seqs``, delete those no named subscription waits
-        for any more; return the bytes freed."""
-        freed = 0
+        for any more; return (origin, bytes charged) of each."""
+        freed = []
         for seq in seqs:
             row = self._db.execute(
-                "DELETE FROM inbox WHERE seq = ? AND kind = 'pub' AND NOT EXISTS"
-                " (SELECT 1 FROM sub_pending WHERE sub_pending.seq = ?) RETURNING LENGTH(body)",
+                "DELETE FROM inbox WHERE seq = ? AND kind = 'pub' AND NOT EXISTS"  # noqa: S608
+                " (SELECT 1 FROM sub_pending WHERE sub_pending.seq = ?)"
+                f" RETURNING src, {_INBOX_CHARGE}",
                 (seq, seq),
             ).fetchone()
-            freed += row[0] if row else 0
+            if row is not None:
+                freed.append((row[0], row[1]))
         return freed
 
     def subscription_pending(
@@ -1425,7 +1723,7 @@ class Store:
         pending. A publication no subscription waits for any more leaves the inbox."""
         seqs = list(seqs)
 
-        def work() -> tuple[int, int]:
+        def work() -> tuple[int, list[tuple[bytes, int]]]:
             acked = [
                 seq
                 for seq in seqs
@@ -1435,8 +1733,8 @@ class Store:
             ]
             return len(acked), self._drop_orphan_publications(acked)
 
-        def committed(result: tuple[int, int]) -> None:
-            self._inbox_bytes -= result[1]
+        def committed(result: tuple[int, list[tuple[bytes, int]]]) -> None:
+            self._inbox_freed(result[1])
 
         acked, _ = self._transaction(work, then=committed)
         return acked
@@ -1482,41 +1780,36 @@ class Store:
         if not keys:
             return 0
 
-        def work() -> tuple[int, int]:
-            freed = removed = 0
+        def work() -> list[tuple[bytes, int]]:
+            freed: list[tuple[bytes, int]] = []
             for key in keys:
+                args: tuple[bytes, ...]
                 if isinstance(key, tuple):
-                    cursor = self._db.execute(
-                        "DELETE FROM inbox WHERE src = ? AND id = ? RETURNING LENGTH(body)",
-                        (key[0].raw, key[1]),
-                    )
+                    where, args = "src = ? AND id = ?", (key[0].raw, key[1])
                 else:
-                    cursor = self._db.execute(
-                        "DELETE FROM inbox WHERE id = ? RETURNING LENGTH(body)", (key,)
-                    )
-                for (size,) in cursor.fetchall():
-                    removed += 1
-                    freed += size
-            return removed, freed
+                    where, args = "id = ?", (key,)
+                freed.extend(
+                    self._db.execute(
+                        f"DELETE FROM inbox WHERE {where} RETURNING src, {_INBOX_CHARGE}",  # noqa: S608
+                        args,
+                    ).fetchall()
+                )
+            return freed
 
-        def committed(result: tuple[int, int]) -> None:
-            self._inbox_bytes -= result[1]
-
-        removed, _ = self._transaction(work, then=committed)
-        return removed
+        return len(self._transaction(work, then=self._inbox_freed))
 
     # -- upkeep -----------------------------------------------------------------------
 
     def sweep(self, *, now: int) -> int:
         """Forget seen ids of frames expired longer than the grace period ago, traces of
-        long-expired frames, expired routes, addresses and interests. Return how many
-        seen ids went.
+        long-expired frames, expired routes, addresses and interests, idempotency keys
+        older than :data:`IDEMPOTENCY_WINDOW_MS`. Return how many seen ids went.
 
         Ids of frames still in the inbox stay (the inbox's UNIQUE key needs them), so a
         clock that runs fast cannot turn a redelivery into a second copy.
         """
 
-        def work() -> tuple[int, int]:
+        def work() -> tuple[int, list[tuple[bytes, int]], int]:
             cursor = self._db.execute(
                 "DELETE FROM seen WHERE exp < ? AND NOT EXISTS"
                 " (SELECT 1 FROM inbox WHERE inbox.src = seen.src AND inbox.id = seen.id)",
@@ -1536,18 +1829,23 @@ class Store:
             self._db.execute("DELETE FROM interests WHERE exp <= ?", (now,))
             # Publications waiting for a named subscription are kept until they expire.
             expired = self._db.execute(
-                "DELETE FROM inbox WHERE kind = 'pub' AND exp <= ? RETURNING seq, LENGTH(body)",
+                "DELETE FROM inbox WHERE kind = 'pub' AND exp <= ?"  # noqa: S608
+                f" RETURNING seq, src, {_INBOX_CHARGE}",
                 (now,),
             ).fetchall()
             self._db.executemany(
-                "DELETE FROM sub_pending WHERE seq = ?", [(seq,) for seq, _ in expired]
+                "DELETE FROM sub_pending WHERE seq = ?", [(seq,) for seq, _, _ in expired]
             )
-            return swept, sum(size for _, size in expired)
+            keys = self._db.execute(
+                "DELETE FROM idempotency WHERE created <= ?", (now - IDEMPOTENCY_WINDOW_MS,)
+            ).rowcount
+            return swept, [(src, size) for _, src, size in expired], keys
 
-        def committed(result: tuple[int, int]) -> None:
-            self._inbox_bytes -= result[1]
+        def committed(result: tuple[int, list[tuple[bytes, int]], int]) -> None:
+            self._inbox_freed(result[1])
+            self._idempotency_keys -= result[2]
 
-        swept, _ = self._transaction(work, then=committed)
+        swept, _, _ = self._transaction(work, then=committed)
         if self._legacy_seen:
             (left,) = self._read(
                 lambda: self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()

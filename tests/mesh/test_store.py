@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import crypto
+import mesh
 from mesh import (
     Admitted,
     Deliver,
@@ -48,6 +49,7 @@ from mesh import (
     StoreStatistics,
     Trace,
     WireFrame,
+    stored_charge,
 )
 from mesh._store import SEEN_GRACE_MS, TRACE_KEEP_MS
 
@@ -203,6 +205,18 @@ def sql(store: Store, query: str, *args: object) -> list[tuple[object, ...]]:
 #: such frame is the same size (ids and node ids are fixed-size).
 S = size_of(own(1))
 assert size_of(admitted(1), admitted(2, src=EVE), own(2, next_hop=None)) == 3 * S
+#: What one such frame is charged in the queue (the quotas and byte counts are charges).
+Q = stored_charge(S)
+
+
+def inbox_charge(body: bytes = b"body") -> int:
+    """What one message from ``admitted(n, body)`` is charged in the inbox: the row holds
+    its envelope and the body again."""
+    return stored_charge(size_of(admitted(1, body)) + len(body))
+
+
+#: What one ``inbound(n)`` (the default body) is charged in the inbox.
+B = inbox_charge()
 
 
 @pytest.fixture
@@ -233,7 +247,7 @@ def test_duplicates_within_one_batch(store: Store) -> None:
     assert outcomes(results) == ["accepted", "duplicate", "duplicate"]
     (entry,) = store.pending()
     assert entry.body == b"body"
-    assert store.statistics() == stats(inbox=1, inbox_bytes=4, seen=1)
+    assert store.statistics() == stats(inbox=1, inbox_bytes=B, seen=1)
 
 
 def test_a_duplicate_from_another_neighbour_is_still_a_duplicate(store: Store) -> None:
@@ -273,7 +287,7 @@ def test_receipts_go_to_the_trace_not_the_inbox(store: Store) -> None:
     store.enqueue([own(1)], now=NOW, receipts=[True])
     assert outcomes(store.accept([deliver(receipt(50, frame_id(1)))], now=NOW + 1)) == ["accepted"]
     assert store.pending() == []
-    assert store.statistics() == stats(seen=1, queued=1, queued_bytes=S)
+    assert store.statistics() == stats(seen=1, queued=1, queued_bytes=Q)
     trace = store.trace(frame_id(1))
     assert trace is not None
     # Delivered, though a copy is still queued here: the receipt says what matters.
@@ -288,7 +302,7 @@ def test_seen_set_and_inbox_survive_reopening(path: Path) -> None:
         before = store.pending()
     with Store(path) as store:
         assert store.pending() == before
-        assert store.statistics() == stats(inbox=1, inbox_bytes=20, seen=2)
+        assert store.statistics() == stats(inbox=1, inbox_bytes=inbox_charge(b"b" * 20), seen=2)
         # Acknowledged or not, a frame taken once is a duplicate until it expires.
         assert outcomes(store.accept([inbound(1), inbound(2)], now=NOW)) == [
             "duplicate",
@@ -319,7 +333,7 @@ def test_an_origin_reusing_a_frame_id_cannot_suppress_the_real_frame(store: Stor
     assert store.ack([(EVE.node_id, frame_id(7))]) == 1
     assert [(e.src, e.body) for e in store.pending()] == [(ALICE.node_id, b"real")]
     assert store.ack([(EVE.node_id, frame_id(7))]) == 0
-    assert store.statistics() == stats(inbox=1, inbox_bytes=4, seen=2)
+    assert store.statistics() == stats(inbox=1, inbox_bytes=inbox_charge(b"real"), seen=2)
     assert store.ack([(ALICE.node_id, frame_id(7))]) == 1
     assert store.pending() == []
 
@@ -386,7 +400,9 @@ def test_ack(store: Store) -> None:
     store.accept([inbound(n, b"x" * (n + 1)) for n in range(4)], now=NOW)
     assert store.ack([frame_id(1), frame_id(3), frame_id(99), frame_id(1)]) == 2
     assert [e.id for e in store.pending()] == [frame_id(0), frame_id(2)]
-    assert store.statistics() == stats(inbox=2, inbox_bytes=1 + 3, seen=4)
+    assert store.statistics() == stats(
+        inbox=2, inbox_bytes=inbox_charge(b"x") + inbox_charge(b"xxx"), seen=4
+    )
     assert store.ack([]) == 0
     assert store.ack(iter([frame_id(0)])) == 1  # any iterable
     assert store.ack([frame_id(0)]) == 0
@@ -403,14 +419,19 @@ def test_ack_accepts_a_generator_once(store: Store) -> None:
 
 
 def test_inbox_bytes_accounting(path: Path) -> None:
+    # What each row is charged: its envelope, its body again, and what SQLite spends on
+    # a row; an empty body costs something too.
+    x, y, empty = inbox_charge(b"x" * 100), inbox_charge(b"y" * 50), inbox_charge(b"")
+    assert x == size_of(admitted(1, b"x" * 100)) + 100 + mesh.ROW_OVERHEAD
+    assert empty >= mesh.MIN_CHARGE
     with Store(path) as store:
         store.accept([inbound(1, b"x" * 100), inbound(2, b"y" * 50)], now=NOW)
         store.accept([inbound(2, b"y" * 50), inbound(3, b"")], now=NOW)
-        assert store.statistics() == stats(inbox=3, inbox_bytes=150, seen=3)
+        assert store.statistics() == stats(inbox=3, inbox_bytes=x + y + empty, seen=3)
         store.ack([frame_id(1)])
-        assert store.statistics().inbox_bytes == 50
+        assert store.statistics().inbox_bytes == y + empty
     with Store(path) as store:
-        assert store.statistics() == stats(inbox=2, inbox_bytes=50, seen=3)
+        assert store.statistics() == stats(inbox=2, inbox_bytes=y + empty, seen=3)
         store.ack([frame_id(2), frame_id(3)])
         assert store.statistics() == stats(seen=3)
 
@@ -444,7 +465,7 @@ def test_enqueue_then_batch_oldest_first(store: Store) -> None:
     assert store.batch(CAROL.node_id, now=NOW, after=fifth.seq) == []
     assert [q.id for q in store.batch(DAVE.node_id, now=NOW)] == [frame_id(3)]
     assert store.batch(EVE.node_id, now=NOW) == []  # held frames go to nobody
-    assert store.statistics() == stats(queued=5, queued_bytes=5 * S)
+    assert store.statistics() == stats(queued=5, queued_bytes=5 * Q)
 
 
 def test_batch_leaves_out_expired_frames(store: Store) -> None:
@@ -459,9 +480,9 @@ def test_enqueue_refuses_a_frame_queued_already_and_takes_nothing(store: Store) 
         store.enqueue([own(2), own(1)], now=NOW)
     assert [q.id for q in store.batch(CAROL.node_id, now=NOW)] == [frame_id(1)]
     assert store.trace(frame_id(2)) is None
-    assert store.statistics() == stats(queued=1, queued_bytes=S)
+    assert store.statistics() == stats(queued=1, queued_bytes=Q)
     store.enqueue([], now=NOW)
-    assert store.statistics() == stats(queued=1, queued_bytes=S)
+    assert store.statistics() == stats(queued=1, queued_bytes=Q)
 
 
 def test_relayed_frames_are_queued_with_where_they_came_from(store: Store) -> None:
@@ -480,7 +501,7 @@ def test_relayed_frames_are_queued_with_where_they_came_from(store: Store) -> No
     assert store.trace(frame_id(1)) is None  # a trace is for frames this node made
     # Queued here already: a duplicate, whoever hands it over again.
     assert outcomes(store.accept([relay(item, None, came_from=DAVE)], now=NOW)) == ["duplicate"]
-    assert store.statistics() == stats(queued=1, queued_bytes=S)
+    assert store.statistics() == stats(queued=1, queued_bytes=Q)
 
 
 def test_forwarded_deletes_and_writes_the_first_hop(store: Store) -> None:
@@ -500,7 +521,7 @@ def test_forwarded_deletes_and_writes_the_first_hop(store: Store) -> None:
     assert store.forwarded([ours.seq], first_hop=DAVE.node_id, now=NOW + 8) == 0
     assert store.trace(frame_id(1)) == trace
     assert store.forwarded([], first_hop=DAVE.node_id, now=NOW + 8) == 0
-    assert store.statistics() == stats(queued=1, queued_bytes=S)
+    assert store.statistics() == stats(queued=1, queued_bytes=Q)
     (left,) = store.batch(DAVE.node_id, now=NOW)
     assert left.id == frame_id(2)
 
@@ -549,7 +570,7 @@ def test_reroute_and_the_came_from_rule(store: Store) -> None:
     # "Instead" the very hop it came from is never taken: held.
     assert store.reroute(ALICE.node_id, dave, instead=dave) == 2
     assert hops() == {1: dave, 2: dave, 3: None, 4: None, 5: carol}
-    assert store.statistics() == stats(queued=5, queued_bytes=5 * S)
+    assert store.statistics() == stats(queued=5, queued_bytes=5 * Q)
 
 
 def test_held_frames_and_queue_statistics(store: Store) -> None:
@@ -559,9 +580,9 @@ def test_held_frames_and_queue_statistics(store: Store) -> None:
     by_hop = {q.next_hop: q for q in store.queues()}
     big = size_of(admitted(5, dst=EVE, body=b"longer body"))
     assert by_hop == {
-        None: QueueStatistics(None, 3, 2 * S + big, NOW),
-        CAROL.node_id: QueueStatistics(CAROL.node_id, 1, S, NOW),
-        DAVE.node_id: QueueStatistics(DAVE.node_id, 1, S, NOW + 3),
+        None: QueueStatistics(None, 3, 2 * Q + stored_charge(big), NOW),
+        CAROL.node_id: QueueStatistics(CAROL.node_id, 1, Q, NOW),
+        DAVE.node_id: QueueStatistics(DAVE.node_id, 1, Q, NOW + 3),
     }
     assert sorted(store.held_destinations(), key=lambda n: n.raw) == sorted(
         [ALICE.node_id, EVE.node_id], key=lambda n: n.raw
@@ -579,8 +600,8 @@ def test_held_frames_and_queue_statistics(store: Store) -> None:
     # A route to ALICE via CAROL: her held frame and DAVE's move; EVE's stay held.
     assert store.reroute(ALICE.node_id, CAROL.node_id) == 2
     by_hop = {q.next_hop: q for q in store.queues()}
-    assert by_hop[None] == QueueStatistics(None, 2, S + big, NOW + 3)
-    assert by_hop[CAROL.node_id] == QueueStatistics(CAROL.node_id, 3, 3 * S, NOW)
+    assert by_hop[None] == QueueStatistics(None, 2, Q + stored_charge(big), NOW + 3)
+    assert by_hop[CAROL.node_id] == QueueStatistics(CAROL.node_id, 3, 3 * Q, NOW)
     assert DAVE.node_id not in by_hop  # DAVE's frame was for ALICE too
 
 
@@ -599,7 +620,7 @@ def test_take_expired(store: Store) -> None:
         (frame_id(3), NOW + 97),
         (frame_id(4), NOW + 96),
     ]
-    assert store.statistics() == stats(queued=4, queued_bytes=4 * S)
+    assert store.statistics() == stats(queued=4, queued_bytes=4 * Q)
     # With a limit, the earliest expiry goes first.
     assert [q.id for q in store.take_expired(now=NOW + 1000, limit=1)] == [frame_id(2)]
     expired = store.take_expired(now=NOW + 1000)
@@ -626,25 +647,30 @@ def test_take_expired(store: Store) -> None:
 
 
 def test_inbox_quota_is_atomic(path: Path) -> None:
-    with Store(path, max_inbox_bytes=100) as store:
+    a, b, c = inbox_charge(b"a" * 60), inbox_charge(b"b" * 20), inbox_charge(b"c" * 21)
+    quota = a + inbox_charge(b"b" * 40)
+    # One origin may take all of it (its own quota is the subject of test_store_quotas).
+    with Store(path, max_inbox_bytes=quota, max_inbox_bytes_per_origin=10 * quota) as store:
         store.accept([inbound(1, b"a" * 60)], now=NOW)
         with pytest.raises(StoreFull) as caught:
             store.accept([inbound(2, b"b" * 20), inbound(3, b"c" * 21)], now=NOW)
-        assert str(caught.value) == "inbox holds 60 bytes; 41 more would pass its quota of 100"
+        assert str(caught.value) == (
+            f"inbox holds {a} bytes; {b + c} more would pass its quota of {quota}; retry later"
+        )
         assert caught.value.status_hint == 429
         # Nothing of the refused batch was taken: not even the frame that would fit.
         assert [e.id for e in store.pending()] == [frame_id(1)]
-        assert store.statistics() == stats(inbox=1, inbox_bytes=60, seen=1)
+        assert store.statistics() == stats(inbox=1, inbox_bytes=a, seen=1)
         # So the same frames are not duplicates later, once there is room.
         assert outcomes(store.accept([inbound(2, b"b" * 40)], now=NOW)) == ["accepted"]
-        assert store.statistics().inbox_bytes == 100  # exactly at the quota is fine
-        with pytest.raises(StoreFull, match="inbox holds 100 bytes; 1 more"):
-            store.accept([inbound(3, b"c")], now=NOW)
-        # Duplicates, empty bodies and receipts add nothing: taken even when full.
-        results = store.accept(
-            [inbound(1, b"a" * 60), inbound(4, b""), deliver(receipt(5, frame_id(1)))], now=NOW
-        )
-        assert outcomes(results) == ["duplicate", "accepted", "accepted"]
+        assert store.statistics().inbox_bytes == quota  # exactly at the quota is fine
+        # An empty body is charged too: the row is stored all the same.
+        with pytest.raises(StoreFull, match=f"inbox holds {quota} bytes; {inbox_charge(b'')} more"):
+            store.accept([inbound(3, b"")], now=NOW)
+        # Duplicates and receipts (about frames we did not send) add nothing: taken even
+        # when full.
+        results = store.accept([inbound(1, b"a" * 60), deliver(receipt(5, frame_id(1)))], now=NOW)
+        assert outcomes(results) == ["duplicate", "accepted"]
         # Frames to forward do not count against the inbox.
         assert outcomes(store.accept([relay(admitted(6, b"d" * 60, dst=DAVE), DAVE)], now=NOW)) == [
             "accepted"
@@ -656,36 +682,37 @@ def test_inbox_quota_is_atomic(path: Path) -> None:
 def test_inbox_quota_counts_what_is_already_stored_after_reopening(path: Path) -> None:
     with Store(path) as store:
         store.accept([inbound(1, b"a" * 80)], now=NOW)
+    quota = inbox_charge(b"a" * 80) + inbox_charge(b"b" * 21) - 1
     with (
-        Store(path, max_inbox_bytes=100) as store,
-        pytest.raises(StoreFull, match="inbox holds 80 bytes"),
+        Store(path, max_inbox_bytes=quota, max_inbox_bytes_per_origin=10 * quota) as store,
+        pytest.raises(StoreFull, match=f"inbox holds {inbox_charge(b'a' * 80)} bytes"),
     ):
         store.accept([inbound(2, b"b" * 21)], now=NOW)
 
 
 def test_total_queue_quota(path: Path) -> None:
-    with Store(path, quotas=Quotas(total=3 * S)) as store:
+    with Store(path, quotas=Quotas(total=3 * Q)) as store:
         store.enqueue([own(1), own(2, next_hop=None)], now=NOW)
         with pytest.raises(StoreFull) as caught:
             store.enqueue([own(3), own(4, next_hop=DAVE)], now=NOW)
         assert str(caught.value) == (
-            f"queue holds {2 * S} bytes; {2 * S} more would pass its quota of {3 * S}; retry later"
+            f"queue holds {2 * Q} bytes; {2 * Q} more would pass its quota of {3 * Q}; retry later"
         )
         assert caught.value.status_hint == 429
-        with pytest.raises(StoreFull, match=f"queue holds {2 * S} bytes"):
+        with pytest.raises(StoreFull, match=f"queue holds {2 * Q} bytes"):
             store.accept(
                 [inbound(10), *(relay(admitted(n, dst=DAVE), DAVE) for n in (3, 4))], now=NOW
             )
         assert store.trace(frame_id(3)) is None
         assert store.pending() == []  # the whole batch, the inbox part too
-        assert store.statistics() == stats(queued=2, queued_bytes=2 * S)
+        assert store.statistics() == stats(queued=2, queued_bytes=2 * Q)
         store.enqueue([own(3)], now=NOW)  # exactly at the quota is fine
-        with pytest.raises(StoreFull, match=f"queue holds {3 * S} bytes; {S} more"):
+        with pytest.raises(StoreFull, match=f"queue holds {3 * Q} bytes; {Q} more"):
             store.enqueue([own(4)], now=NOW)
         # Duplicates add nothing.
         assert outcomes(store.accept([relay(admitted(1, src=BOB), DAVE)], now=NOW)) == ["duplicate"]
-    with Store(path, quotas=Quotas(total=3 * S)) as store:
-        with pytest.raises(StoreFull, match=f"queue holds {3 * S} bytes; {S} more"):
+    with Store(path, quotas=Quotas(total=3 * Q)) as store:
+        with pytest.raises(StoreFull, match=f"queue holds {3 * Q} bytes; {Q} more"):
             store.enqueue([own(4)], now=NOW)
         (first, *_) = store.batch(CAROL.node_id, now=NOW)
         store.forwarded([first.seq], first_hop=CAROL.node_id, now=NOW)
@@ -693,36 +720,37 @@ def test_total_queue_quota(path: Path) -> None:
 
 
 def test_per_origin_quota(path: Path) -> None:
-    quotas = Quotas(per_origin=2 * S)
+    quotas = Quotas(per_origin=2 * Q)
     with Store(path, quotas=quotas) as store:
         from_alice = [relay(admitted(n, dst=DAVE), DAVE) for n in range(3)]
         store.accept(from_alice[:2], now=NOW)
         eve = relay(admitted(1, src=EVE, dst=DAVE), DAVE)
-        with pytest.raises(StoreFull) as caught:
-            store.accept([eve, from_alice[2]], now=NOW)
-        assert str(caught.value) == (
-            f"queue holds {2 * S} bytes from {ALICE.node_id.short}; {S} more would pass "
-            f"its quota per origin of {2 * S}; retry later"
+        # Per frame: the neighbour drops Alice's and tells her; Eve's is taken.
+        results = store.accept([eve, from_alice[2]], now=NOW)
+        assert outcomes(results) == ["accepted", "rejected"]
+        assert results[1].code is mesh.Reason.STORE_FULL
+        assert results[1].words == (
+            f"queue holds {2 * Q} bytes from {ALICE.node_id.short}, its quota per origin "
+            f"is {2 * Q}: no more until some are passed on"
         )
-        assert store.statistics().queued_frames == 2
-        store.accept([eve], now=NOW)  # another origin has room of its own
-        # This node is an origin too, with the same quota.
+        assert store.statistics().queued_frames == 3
+        # This node is an origin too, with the same quota: its own sends get StoreFull.
         store.enqueue([own(1), own(2)], now=NOW)
         with pytest.raises(StoreFull, match=f"bytes from {BOB.node_id.short}"):
             store.enqueue([own(3)], now=NOW)
-    with Store(path, quotas=quotas) as store, pytest.raises(StoreFull, match="per origin"):
-        store.accept([from_alice[2]], now=NOW)
+    with Store(path, quotas=quotas) as store:
+        assert outcomes(store.accept([from_alice[2]], now=NOW)) == ["rejected"]
 
 
 def test_per_next_hop_quota(path: Path) -> None:
-    quotas = Quotas(per_next_hop=2 * S)
+    quotas = Quotas(per_next_hop=2 * Q)
     with Store(path, quotas=quotas) as store:
         store.enqueue([own(1), own(2)], now=NOW)
         with pytest.raises(StoreFull) as caught:
             store.enqueue([own(3, next_hop=DAVE), own(4)], now=NOW)
         assert str(caught.value) == (
-            f"queue holds {2 * S} bytes for {CAROL.node_id.short}; {S} more would pass its "
-            f"quota per next hop of {2 * S}; retry later"
+            f"queue holds {2 * Q} bytes for {CAROL.node_id.short}; {Q} more would pass its "
+            f"quota per next hop of {2 * Q}; retry later"
         )
         assert store.statistics().queued_frames == 2
         # Held frames wait for any next hop: no next-hop quota applies to them.
@@ -731,15 +759,15 @@ def test_per_next_hop_quota(path: Path) -> None:
         with pytest.raises(StoreFull, match=f"for {DAVE.node_id.short}"):
             store.accept([relay(admitted(3, dst=EVE), DAVE)], now=NOW)
     with Store(path, quotas=quotas) as store:
-        with pytest.raises(StoreFull, match=f"queue holds {2 * S} bytes for {CAROL.node_id.short}"):
+        with pytest.raises(StoreFull, match=f"queue holds {2 * Q} bytes for {CAROL.node_id.short}"):
             store.enqueue([own(6)], now=NOW)
         # Rerouting counts: CAROL's frames for ALICE (and the held ones) go to DAVE,
         # past his quota (a reroute does not refuse); CAROL has room again.
         assert store.reroute(ALICE.node_id, DAVE.node_id) == 5
-        with pytest.raises(StoreFull, match=f"queue holds {7 * S} bytes for {DAVE.node_id.short}"):
+        with pytest.raises(StoreFull, match=f"queue holds {7 * Q} bytes for {DAVE.node_id.short}"):
             store.enqueue([own(6, dst=EVE, next_hop=DAVE)], now=NOW)
         store.enqueue([own(6, dst=EVE), own(7, dst=EVE)], now=NOW)
-        with pytest.raises(StoreFull, match=f"{2 * S} bytes for {CAROL.node_id.short}"):
+        with pytest.raises(StoreFull, match=f"{2 * Q} bytes for {CAROL.node_id.short}"):
             store.enqueue([own(8, dst=EVE)], now=NOW)
         # Removing makes room.
         (first, *_) = store.batch(CAROL.node_id, now=NOW)
@@ -748,7 +776,7 @@ def test_per_next_hop_quota(path: Path) -> None:
 
 
 def test_per_neighbour_quota(path: Path) -> None:
-    quotas = Quotas(per_neighbour=2 * S)
+    quotas = Quotas(per_neighbour=2 * Q)
     with Store(path, quotas=quotas) as store:
         store.accept([relay(admitted(n, dst=EVE), DAVE, came_from=CAROL) for n in (1, 2)], now=NOW)
         with pytest.raises(StoreFull) as caught:
@@ -760,8 +788,8 @@ def test_per_neighbour_quota(path: Path) -> None:
                 now=NOW,
             )
         assert str(caught.value) == (
-            f"queue holds {2 * S} bytes taken from {CAROL.node_id.short}; {S} more would "
-            f"pass its quota per neighbour of {2 * S}; retry later"
+            f"queue holds {2 * Q} bytes taken from {CAROL.node_id.short}; {Q} more would "
+            f"pass its quota per neighbour of {2 * Q}; retry later"
         )
         assert store.statistics().queued_frames == 2
         # Other neighbours have room of their own; this node's frames, and the receipts
@@ -772,11 +800,11 @@ def test_per_neighbour_quota(path: Path) -> None:
         assert outcomes(store.accept([asked], now=NOW)) == ["accepted"]
     with Store(path, quotas=quotas) as store:
         refused = relay(admitted(6, dst=EVE), DAVE, came_from=CAROL)
-        with pytest.raises(StoreFull, match=f"{2 * S} bytes taken from {CAROL.node_id.short}"):
+        with pytest.raises(StoreFull, match=f"{2 * Q} bytes taken from {CAROL.node_id.short}"):
             store.accept([refused], now=NOW)
         # Rerouting does not change where frames came from.
         assert store.reroute(EVE.node_id, None) == 3
-        with pytest.raises(StoreFull, match=f"{2 * S} bytes taken from {CAROL.node_id.short}"):
+        with pytest.raises(StoreFull, match=f"{2 * Q} bytes taken from {CAROL.node_id.short}"):
             store.accept([refused], now=NOW)
         ((seq,), _) = sql(store, "SELECT seq FROM queue WHERE came_from = ?", CAROL.node_id.raw)
         assert store.remove([seq]) == 1  # type: ignore[list-item]
@@ -785,9 +813,9 @@ def test_per_neighbour_quota(path: Path) -> None:
 
 def test_a_delivery_receipt_counts_against_the_queue_quota(path: Path) -> None:
     rcpt = own_receipt(100, frame_id(1))
-    with Store(path, quotas=Quotas(total=size_of(rcpt) - 1)) as store:
+    with Store(path, quotas=Quotas(total=stored_charge(size_of(rcpt)) - 1)) as store:
         asked = deliver(admitted(1), receipt=rcpt)
-        with pytest.raises(StoreFull, match=f"{size_of(rcpt)} more"):
+        with pytest.raises(StoreFull, match=f"{stored_charge(size_of(rcpt))} more"):
             store.accept([asked], now=NOW)
         assert store.pending() == []  # the delivery is refused with its receipt
         assert outcomes(store.accept([inbound(2)], now=NOW)) == ["accepted"]
@@ -805,13 +833,15 @@ def test_disk_full_is_store_full_and_reads_still_work(store: Store) -> None:
     with pytest.raises(StoreFull, match="out of disk space"):
         store.enqueue([own(n, os.urandom(100_000)) for n in range(2, 5)], now=NOW)
     assert [e.id for e in store.pending()] == [frame_id(1)]
-    assert store.statistics() == stats(inbox=1, inbox_bytes=5, seen=1, queued=1, queued_bytes=S)
+    assert store.statistics() == stats(
+        inbox=1, inbox_bytes=inbox_charge(b"small"), seen=1, queued=1, queued_bytes=Q
+    )
     # Not taken, so not seen: the same frames are accepted once there is room.
     store._db.execute("PRAGMA max_page_count=1073741823")
     assert outcomes(store.accept(big, now=NOW)) == ["accepted"] * 3
     store.enqueue([own(2)], now=NOW)
     assert store.statistics().inbox_frames == 4
-    assert store.statistics().queued_bytes == 2 * S
+    assert store.statistics().queued_bytes == 2 * Q
 
 
 def test_a_value_sqlite_cannot_take_leaves_no_transaction_open(store: Store) -> None:
@@ -979,7 +1009,7 @@ def test_a_delivery_with_a_receipt_queues_it_once(store: Store) -> None:
     assert outcomes(store.accept([again], now=NOW + 1)) == ["duplicate"]
     assert [q.id for q in store.batch(CAROL.node_id, now=NOW)] == [frame_id(100)]
     assert store.statistics() == stats(
-        inbox=1, inbox_bytes=4, seen=1, queued=1, queued_bytes=size_of(rcpt)
+        inbox=1, inbox_bytes=B, seen=1, queued=1, queued_bytes=stored_charge(size_of(rcpt))
     )
 
 
@@ -1108,7 +1138,7 @@ def test_sweep_forgets_traces_long_after_expiry(store: Store) -> None:
 def test_wal_and_full_sync(store: Store) -> None:
     assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
-    assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(5,)]
+    assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
 
 
 def set_schema(path: Path, version: int) -> None:
@@ -1121,15 +1151,15 @@ def set_schema(path: Path, version: int) -> None:
 def test_a_newer_schema_is_refused(path: Path) -> None:
     with Store(path) as store:
         store.accept([inbound(1)], now=NOW)
-    set_schema(path, 6)
+    set_schema(path, 7)
     with pytest.raises(MeshError) as caught:
         Store(path)
     assert str(caught.value) == (
-        f"store {path} has schema 6; this ptth reads up to 5 (a newer ptth wrote it): "
+        f"store {path} has schema 7; this ptth reads up to 6 (a newer ptth wrote it): "
         "run that ptth, or move the file away to start afresh"
     )
     # Refused, not changed.
-    set_schema(path, 5)
+    set_schema(path, 6)
     with Store(path) as store:
         assert [e.id for e in store.pending()] == [frame_id(1)]
 
@@ -1149,7 +1179,7 @@ def test_reopening_a_current_store_changes_nothing(path: Path) -> None:
         schema = sql(store, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     with Store(path) as store:
         assert sql(store, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
-        assert store.statistics() == stats(inbox=1, inbox_bytes=4, seen=1, queued=1, queued_bytes=S)
+        assert store.statistics() == stats(inbox=1, inbox_bytes=B, seen=1, queued=1, queued_bytes=Q)
 
 
 def test_a_corrupt_file_is_a_mesh_error(path: Path) -> None:
@@ -1246,14 +1276,15 @@ def test_a_schema_1_store_is_migrated(path: Path) -> None:
     unread = [admitted(1, b"unread"), admitted(2, b"also unread", src=EVE)]
     schema_1_store(path, inbox=unread, acked=[frame_id(3), frame_id(4)])
     with Store(path) as store:
-        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(5,)]
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
         # The inbox is kept as it was.
         pending = store.pending()
         assert [(e.src, e.id, e.body, e.received, e.hops) for e in pending] == [
             (ALICE.node_id, frame_id(1), b"unread", NOW, 1),
             (EVE.node_id, frame_id(2), b"also unread", NOW, 1),
         ]
-        assert store.statistics() == stats(inbox=2, inbox_bytes=6 + 11, seen=2)
+        charged = inbox_charge(b"unread") + inbox_charge(b"also unread")
+        assert store.statistics() == stats(inbox=2, inbox_bytes=charged, seen=2)
         # Ids of unread frames are now keyed by their origin: still duplicates from
         # that origin, and no longer block another origin's frame with the same id.
         results = store.accept(
@@ -1340,7 +1371,9 @@ def test_accept_from_many_threads(store: Store) -> None:
     flat = [outcome for per_thread in results for outcome in per_thread]
     assert flat.count("accepted") == threads * batches * size + 1  # the shared one once
     assert flat.count("duplicate") == threads * batches - 1
-    expected_bytes = sum((t + 1) * batches * size for t in range(threads)) + len(b"shared")
+    expected_bytes = sum(
+        inbox_charge(b"x" * (t + 1)) * batches * size for t in range(threads)
+    ) + inbox_charge(b"shared")
     frames = threads * batches * size + 1
     assert store.statistics() == stats(frames, expected_bytes, frames)
     with Store(store.path) as again:
@@ -1406,29 +1439,37 @@ def test_no_thread_can_recount_between_a_commit_and_its_accounting(
     store.enqueue([own(1), own(2)], now=NOW)
     store.accept([relay(admitted(3), CAROL, came_from=DAVE)], now=NOW)
     assert_accounting(store)
-    assert store.statistics().queued_bytes == 3 * S
+    assert store.statistics().queued_bytes == 3 * Q
 
 
 # -- properties --------------------------------------------------------------------------
 
 
 def assert_accounting(store: Store) -> None:
-    """The store's byte counts equal what its tables hold."""
-    ((total, frames),) = sql(store, "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM queue")
-    ((inbox_bytes, inbox),) = sql(
-        store, "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM inbox"
-    )
+    """The store's byte counts equal what its tables hold (charged by stored_charge)."""
+    db = store._db
+    queue = [
+        (src, hop, came, stored_charge(size))
+        for src, hop, came, size in db.execute("SELECT src, next_hop, came_from, size FROM queue")
+    ]
+    inbox = [
+        (src, stored_charge(stored))
+        for src, stored in db.execute("SELECT src, LENGTH(envelope) + LENGTH(body) FROM inbox")
+    ]
+    total = sum(row[3] for row in queue)
     statistics = store.statistics()
-    assert (statistics.queued_bytes, statistics.queued_frames) == (total, frames)
-    assert (statistics.inbox_bytes, statistics.inbox_frames) == (inbox_bytes, inbox)
+    assert (statistics.queued_bytes, statistics.queued_frames) == (total, len(queue))
+    inbox_bytes = sum(size for _, size in inbox)
+    assert (statistics.inbox_bytes, statistics.inbox_frames) == (inbox_bytes, len(inbox))
+    by_origin: dict[object, int] = {}
+    for src, size in inbox:
+        by_origin[src] = by_origin.get(src, 0) + size
+    assert {k: v for k, v in store._inbox_origin.items() if v} == by_origin
     usage = store._usage
-    for column, counter in (
-        ("src", usage.origin),
-        ("next_hop", usage.next_hop),
-        ("came_from", usage.neighbour),
-    ):
-        query = f"SELECT {column}, SUM(size) FROM queue GROUP BY {column}"
-        grouped = {row[0]: row[1] for row in sql(store, query)}
+    for column, counter in ((0, usage.origin), (1, usage.next_hop), (2, usage.neighbour)):
+        grouped: dict[object, int] = {}
+        for row in queue:
+            grouped[row[column]] = grouped.get(row[column], 0) + row[3]
         held: dict[object, int] = {k: v for k, v in counter.items() if v}
         assert held == grouped, column
     assert usage.total == total
@@ -1466,15 +1507,21 @@ class StoreMachine(RuleBasedStateMachine):
         self.directory = tempfile.TemporaryDirectory()
         self.path = Path(self.directory.name) / "store.sqlite3"
         self.quotas = Quotas(
-            total=12 * S, per_origin=6 * S, per_next_hop=5 * S, per_neighbour=5 * S
+            total=12 * Q, per_origin=6 * Q, per_next_hop=5 * Q, per_neighbour=5 * Q
         )
-        self.max_inbox = 150
+        self.max_inbox = 5 * B
+        self.max_inbox_per_origin = 3 * B
         self.store = self.open()
         self.now = NOW
         self.serial = 1000
 
     def open(self) -> Store:
-        return Store(self.path, max_inbox_bytes=self.max_inbox, quotas=self.quotas)
+        return Store(
+            self.path,
+            max_inbox_bytes=self.max_inbox,
+            max_inbox_bytes_per_origin=self.max_inbox_per_origin,
+            quotas=self.quotas,
+        )
 
     def teardown(self) -> None:
         self.store.close()
@@ -1517,7 +1564,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.contents() == before
             return
         assert len(results) == len(batch)
-        assert all(r.outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE) for r in results)
+        # A frame past its origin's share is refused on its own (store-full).
+        assert all(r.ok or r.code is mesh.Reason.STORE_FULL for r in results)
 
     @rule(
         items=st.lists(
@@ -1589,6 +1637,7 @@ class StoreMachine(RuleBasedStateMachine):
             if came is not None
         )
         assert self.store.statistics().inbox_bytes <= self.max_inbox
+        assert all(size <= self.max_inbox_per_origin for size in self.store._inbox_origin.values())
 
 
 StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crypto
+import mesh
 from mesh import (
     Admitted,
     Deliver,
@@ -34,6 +35,7 @@ from mesh import (
     Store,
     StoreFull,
     StoreStatistics,
+    stored_charge,
 )
 from mesh._store import SEEN_GRACE_MS, SavedSubscription
 
@@ -134,10 +136,11 @@ def copies(store: Store) -> list[tuple[bytes, bytes, bytes, bytes | None]]:
     return [(r[0], r[1], r[2], r[3]) for r in rows]  # type: ignore[misc]
 
 
-#: Envelope bytes of one ``pub(n)`` with the default body and topic.
-P = len(pub(1).envelope)
-#: Inbox bytes of one (the body).
-B = len(b"goal")
+#: What one ``pub(n)`` with the default body and topic is charged in the queue (the
+#: quotas and byte counts are charges: mesh.stored_charge).
+P = stored_charge(len(pub(1).envelope))
+#: What one is charged in the inbox (the row holds the envelope and the body again).
+B = stored_charge(len(pub(1).envelope) + len(b"goal"))
 
 
 @pytest.fixture
@@ -164,10 +167,10 @@ def test_fan_out(store: Store, deliver: bool, names: tuple[str, ...]) -> None:
     assert outcomes(results) == ["accepted"]
     assert store.statistics() == StoreStatistics(
         inbox_frames=int(deliver),
-        inbox_bytes=B * deliver,
+        inbox_bytes=stored_charge(len(item.envelope) + len(b"goal")) * deliver,
         seen_ids=1,
         queued_frames=len(hops),
-        queued_bytes=len(item.envelope) * len(hops),
+        queued_bytes=stored_charge(len(item.envelope)) * len(hops),
     )
     pending = store.pending(publications=True)
     if deliver:
@@ -202,10 +205,12 @@ def test_fan_out(store: Store, deliver: bool, names: tuple[str, ...]) -> None:
         )
     assert store.copies_of(ALICE.node_id, frame_id(1)) == [hop.node_id for hop in hops]
     assert sorted(store.queues(), key=lambda q: q.next_hop.raw if q.next_hop else b"") == sorted(
-        (QueueStatistics(hop.node_id, 1, len(item.envelope), NOW) for hop in hops),
+        (QueueStatistics(hop.node_id, 1, stored_charge(len(item.envelope)), NOW) for hop in hops),
         key=lambda q: q.next_hop.raw if q.next_hop else b"",
     )
-    assert store._usage.next_hop == {hop.node_id.raw: len(item.envelope) for hop in hops}
+    assert store._usage.next_hop == {
+        hop.node_id.raw: stored_charge(len(item.envelope)) for hop in hops
+    }
     # Pub copies have no destination: nothing to reroute or wait for a route for.
     assert store.held_destinations() == []
     assert store.queued_destinations() == []
@@ -356,7 +361,7 @@ def test_reroute_leaves_publication_copies_alone(store: Store) -> None:
     assert store._usage.next_hop == {
         DAVE.node_id.raw: P,
         FRANK.node_id.raw: P,
-        None: len(message(2).envelope),
+        None: stored_charge(len(message(2).envelope)),
     }
 
 
@@ -438,20 +443,17 @@ def test_a_message_of_ours_and_a_publication_copy_for_its_destination(store: Sto
 
 def test_each_copy_counts_against_the_queue_quotas(path: Path) -> None:
     with Store(path, quotas=Quotas(per_origin=3 * P)) as store:
-        # 2 + 2 copies of ALICE's publications: the second pub would pass her quota,
-        # so the batch is refused whole.
+        # 2 + 2 copies of ALICE's publications: the second pub would pass her quota, so
+        # it is refused (per frame: the neighbour drops it and tells her).
         batch = [fanout(pub(1), [DAVE, FRANK], deliver=True), fanout(pub(2), [DAVE, FRANK])]
-        with pytest.raises(StoreFull) as caught:
-            store.accept(batch, now=NOW)
-        assert str(caught.value) == (
-            f"queue holds 0 bytes from {ALICE.node_id.short}; {4 * P} more would pass its "
-            f"quota per origin of {3 * P}; retry later"
+        results = store.accept(batch, now=NOW)
+        assert outcomes(results) == ["accepted", "rejected"]
+        assert results[1].code is mesh.Reason.STORE_FULL
+        assert results[1].words == (
+            f"queue holds {2 * P} bytes from {ALICE.node_id.short}, its quota per origin "
+            f"is {3 * P}: no more until some are passed on"
         )
-        # Nothing taken: not seen, not delivered, not queued.
-        assert store.statistics() == StoreStatistics(0, 0, 0, 0, 0)
-        assert outcomes(store.accept(batch[:1], now=NOW)) == ["accepted"]
-        with pytest.raises(StoreFull):
-            store.accept([fanout(pub(3), [DAVE, FRANK])], now=NOW)
+        assert outcomes(store.accept([fanout(pub(3), [DAVE, FRANK])], now=NOW)) == ["rejected"]
         assert outcomes(store.accept([fanout(pub(3), [DAVE])], now=NOW)) == ["accepted"]
         assert store.statistics() == StoreStatistics(1, B, 2, 3, 3 * P)
 
@@ -472,12 +474,12 @@ def test_copies_count_per_next_hop_and_per_neighbour(path: Path) -> None:
 
 
 def test_publications_delivered_here_count_against_the_inbox_quota(path: Path) -> None:
-    with Store(path, max_inbox_bytes=2 * B) as store:
+    with Store(path, max_inbox_bytes=2 * B, max_inbox_bytes_per_origin=10 * B) as store:
         store.accept([fanout(pub(1), deliver=True)], now=NOW)
         with pytest.raises(StoreFull) as caught:
             store.accept([fanout(pub(2), deliver=True), fanout(pub(3), deliver=True)], now=NOW)
         assert str(caught.value) == (
-            f"inbox holds {B} bytes; {2 * B} more would pass its quota of {2 * B}"
+            f"inbox holds {B} bytes; {2 * B} more would pass its quota of {2 * B}; retry later"
         )
         # Passed on without a local delivery, it takes no inbox room.
         assert outcomes(store.accept([fanout(pub(2), [DAVE])], now=NOW)) == ["accepted"]
@@ -689,8 +691,10 @@ def test_byte_counts_match_the_queue_whatever_happens(
                 case ("expire", int(n)):
                     store.take_expired(now=NOW + 100 + n)
             assert store._usage.__dict__ == store._count().__dict__
-            rows = sql(store, "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue")
-            assert rows == [(store.statistics().queued_frames, store.statistics().queued_bytes)]
+            sizes = [size for (size,) in store._db.execute("SELECT size FROM queue")]
+            charged = sum(stored_charge(size) for size in sizes)
+            statistics = store.statistics()
+            assert (statistics.queued_frames, statistics.queued_bytes) == (len(sizes), charged)
 
 
 # -- migration from schema 2 -------------------------------------------------------------
@@ -829,7 +833,7 @@ def schema_2_store(path: Path) -> None:
 def test_a_schema_2_store_is_migrated(path: Path) -> None:
     schema_2_store(path)
     with Store(path) as store:
-        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(5,)]
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
         # Every row kept, seqs too.
         (entry,) = store.pending(publications=True)
         assert (entry.src, entry.id, entry.topic, entry.received) == (
@@ -847,7 +851,8 @@ def test_a_schema_2_store_is_migrated(path: Path) -> None:
         assert trace is not None
         assert (trace.state, trace.next_hop, trace.receipt) == ("queued", CAROL.node_id, True)
         size = len(message(1).envelope)
-        assert store.statistics() == StoreStatistics(1, 4, 1, 3, 3 * size)
+        inbox = stored_charge(size + len(message(1).frame.body or b""))
+        assert store.statistics() == StoreStatistics(1, inbox, 1, 3, 3 * stored_charge(size))
         # The queue has its new keys and indexes.
         indexes = {row[0] for row in sql(store, "SELECT name FROM pragma_index_list('queue')")}
         assert {"queue_by_hop", "queue_by_dst", "queue_by_exp", "queue_one_copy"} <= indexes
@@ -947,7 +952,7 @@ def test_a_publication_is_pending_for_each_named_subscription_until_each_acks(
     assert store.statistics().inbox_frames == 2
     assert store.ack_subscription("archive", [timeline[0].seq]) == 1
     assert store.statistics().inbox_frames == 1
-    assert store.statistics().inbox_bytes == len(b"goal")
+    assert store.statistics().inbox_bytes == B
     # Taken again (another path): a duplicate, pending nowhere twice.
     assert outcomes(store.accept([named(pub(2), "timeline")], now=NOW)) == ["duplicate"]
     assert len(store.subscription_pending("timeline")) == 1
@@ -981,7 +986,7 @@ def test_pending_publications_survive_a_restart(path: Path) -> None:
     with Store(path) as store:
         [entry] = store.subscription_pending("timeline")
         assert entry.body == b"goal"
-        assert store.statistics().inbox_bytes == len(b"goal")
+        assert store.statistics().inbox_bytes == B
 
 
 # -- copies that name their subscribers ---------------------------------------------------
