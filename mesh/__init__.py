@@ -6,6 +6,7 @@ what to do with each frame), and the durable store. Nothing here imports trio, h
 h11, or reads the clock.
 """
 
+from mesh._admission import MAX_POLICY_ENTRIES, Admission, InboxPolicy, Policy
 from mesh._engine import (
     Action,
     Deliver,
@@ -27,6 +28,12 @@ from mesh._links import Link, Links, LinkState, Role
 from mesh._routes import Route, RoutingTable
 from mesh._store import (
     DEFAULT_MAX_INBOX_BYTES,
+    IDEMPOTENCY_WINDOW_MS,
+    INBOX_ORIGIN_SHARE,
+    MAX_IDEMPOTENCY_KEYS,
+    MIN_CHARGE,
+    ROW_OVERHEAD,
+    Idempotent,
     InboxEntry,
     Intake,
     Outgoing,
@@ -38,6 +45,7 @@ from mesh._store import (
     Store,
     StoreStatistics,
     Trace,
+    stored_charge,
 )
 from mesh._topics import TopicTrie, covers, matches
 from mesh._wire import (
@@ -59,9 +67,16 @@ __all__ = [
     "CONTENT_TYPE_FRAMES",
     "CONTENT_TYPE_RESULTS",
     "DEFAULT_MAX_INBOX_BYTES",
+    "IDEMPOTENCY_WINDOW_MS",
+    "INBOX_ORIGIN_SHARE",
     "MAX_FRAMES_PER_REQUEST",
+    "MAX_IDEMPOTENCY_KEYS",
+    "MAX_POLICY_ENTRIES",
     "MAX_SUBSCRIBERS_PER_COPY",
+    "MIN_CHARGE",
+    "ROW_OVERHEAD",
     "Action",
+    "Admission",
     "Admitted",
     "Deliver",
     "Fanout",
@@ -70,7 +85,9 @@ __all__ = [
     "ForwardPolicy",
     "Greet",
     "HopLimitExceeded",
+    "Idempotent",
     "InboxEntry",
+    "InboxPolicy",
     "Intake",
     "Interest",
     "Interests",
@@ -83,6 +100,7 @@ __all__ = [
     "Notify",
     "Outcome",
     "Outgoing",
+    "Policy",
     "QueueStatistics",
     "Queued",
     "Quotas",
@@ -111,4 +129,5 @@ __all__ = [
     "encode_results",
     "matches",
     "secure_owner",
+    "stored_charge",
 ]

@@ -37,6 +37,7 @@ import random
 from typing import Final
 
 import crypto
+from mesh._admission import Policy
 from mesh._intake import Admitted
 from mesh._interests import (
     DEFAULT_MAX_INTERESTS,
@@ -192,10 +193,13 @@ class Router:
         rng: random.Random,
         config: RouterConfig | None = None,
         links: Links | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.local = local
         self.config = config or RouterConfig()
         self.links = links or Links(rng=rng)
+        #: Whose frames we take and whose reach our application (mesh/_admission.py).
+        self.policy = policy or Policy()
         self.table = RoutingTable(max_destinations=self.config.max_destinations)
         self.interests = Interests(
             max_per_origin=self.config.max_patterns_per_origin,
@@ -267,6 +271,10 @@ class Router:
             )
         assert frame.dst is not None  # msg and rcpt frames have one
         if frame.dst == self.local:
+            if frame.kind is crypto.Kind.MSG:
+                refusal = self.policy.inbox_refusal(frame.src)
+                if refusal is not None:
+                    return Result.rejected(Reason.BLOCKED, refusal)
             return _DELIVER
         policy = self.config.forward_policy
         if policy is ForwardPolicy.OFF:
@@ -300,7 +308,7 @@ class Router:
                 f"there, not {frame.src.short}",
             )
         subscribers = self.interests.subscribers(frame.topic, now=now)
-        deliver = self.local in subscribers
+        deliver = self.local in subscribers and self.policy.inbox_refusal(frame.src) is None
         subscribers.discard(self.local)
         if admitted.to:
             # The previous hop sent it here for these: the others it sent elsewhere, and

@@ -68,6 +68,8 @@ class Reason(enum.StrEnum):
     POLICY = "policy"
     #: A publication under another node's secure name (``~<node-id>``).
     FORBIDDEN = "forbidden"
+    #: The destination does not take frames from this origin (its block or allow list).
+    BLOCKED = "blocked"
     UNSUPPORTED = "unsupported"
 
 

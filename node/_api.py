@@ -55,7 +55,21 @@ only for clients on loopback (or an in-memory network). The running node also wr
 ``GET /api/v1/queues``                   JSON list per next hop: frames, bytes, oldest, link
 ``GET /api/v1/trace/ID``                 JSON: where frame ID (sent here) is known to be
 ``POST /api/v1/peers``                   body = an address token: verify, store, greet it
+``GET /api/v1/policy``                   ``{"admission", "inbox", "blocked": [ids], "allowed":
+                                         [ids]}``
+``POST /api/v1/policy/block``            ``{"node": ID}``: its requests are refused (403) and its
+                                         frames do not reach this node's application; the answer
+                                         is the policy with ``"changed": bool``. Also ``unblock``,
+                                         ``allow`` and ``unallow`` (the allow-list of inbox policy
+                                         ``allow-list``)
 =======================================  ===========================================================
+
+``POST /api/v1/send`` and ``POST /api/v1/publish`` take an ``Idempotency-Key`` header (1 to
+255 printable ASCII characters; the IETF httpapi draft): the same key within 24 hours
+returns the first call's answer (with ``Idempotent-Replayed: true``) and takes nothing
+more, also after the node restarted; the same key with another request is 422. The key
+is kept with the frame in one transaction, so a client that lost its connection retries
+safely.
 
 Errors are JSON ``{"error": words}`` with a fitting status: 400 for a bad request, 404
 for an unknown subscription, 413 for a body over the limit, 429 (with ``Retry-After``)
@@ -67,12 +81,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import json
 import math
+import re
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Final, Protocol, overload
 
 import trio
@@ -81,7 +97,7 @@ import crypto
 import mesh
 from node._chirp import SUBSCRIPTION as CHIRP_SUBSCRIPTION
 from node._chirp import Chirp, Post, chirp_topic
-from node._errors import NodeError
+from node._errors import NodeError, Replayed
 from node._message import Message, Publication, Published, Sent
 from node._pubsub import DurableSubscription, Subscription, validate_name
 from node._server import Request, Response
@@ -100,11 +116,76 @@ _MAX_TTL: Final = crypto.MAX_LIFETIME_MS / 1000
 #: look in the store (by name and seq, without their bodies); older ones are found
 #: among what is pending.
 _ACKABLE: Final = 10_000
+#: What ``POST /api/v1/policy/<change>`` may ask (mesh.Policy's methods).
+_POLICY_CHANGES: Final = ("block", "unblock", "allow", "unallow")
+#: The Idempotency-Key header, and what a key may be: printable ASCII, no spaces.
+_KEY_HEADER: Final = "idempotency-key"
+_KEY_RE: Final = re.compile(r"[!-~]{1,255}")
+#: Set on an answer given again for a key seen before.
+_REPLAYED: Final = "idempotent-replayed"
 
 
-def _json(status: int, value: Any) -> Response:
+def _json(status: int, value: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
     body = (json.dumps(value, separators=(",", ":")) + "\n").encode("utf-8")
-    return Response(status, [("content-type", _JSON)], body)
+    return Response(status, [("content-type", _JSON), *headers], body)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    """An ``Idempotency-Key`` and the fingerprint of the request that carried it."""
+
+    key: str
+    fingerprint: bytes
+
+    def record(self, answer: dict[str, Any]) -> mesh.Idempotent:
+        return mesh.Idempotent(self.key, self.fingerprint, json.dumps(answer).encode("utf-8"))
+
+
+def _idempotency(request: Request, *parts: str) -> _Key | Response | None:
+    """The request's ``Idempotency-Key`` (draft-ietf-httpapi-idempotency-key-header),
+    with a fingerprint of what it asks (``parts`` and the body); None without one; a
+    400 for a malformed one."""
+    key = request.header(_KEY_HEADER)
+    if key is None:
+        return None
+    key = key.strip().strip('"')  # the draft's sf-string form, or a bare token
+    if not _KEY_RE.fullmatch(key):
+        return _error(
+            400,
+            "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces "
+            f"(e.g. a random token), not {key[:40]!r}",
+        )
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8") + b"\0")
+    digest.update(request.body)
+    return _Key(key, digest.digest())
+
+
+def _key_reused(replay: Replayed) -> Response:
+    return _error(
+        422,
+        f"Idempotency-Key {replay.record.key!r} was used for a different request in the "
+        f"last {mesh.IDEMPOTENCY_WINDOW_MS // 3_600_000} h: use a new key for a new request",
+    )
+
+
+def _sent_json(sent: Sent) -> dict[str, Any]:
+    return {
+        "id": sent.id.hex(),
+        "to": sent.dst.text,
+        "next_hop": None if sent.next_hop is None else sent.next_hop.text,
+        "held": sent.next_hop is None,
+    }
+
+
+def _published_json(published: Published) -> dict[str, Any]:
+    return {
+        "id": published.id.hex(),
+        "topic": published.topic,
+        "next_hops": [hop.text for hop in published.next_hops],
+        "delivered_here": published.delivered_here,
+    }
 
 
 def _error(status: int, words: str) -> Response:
@@ -121,8 +202,18 @@ def _flag(query: dict[str, list[str]], name: str) -> bool:
     return query.get(name, ["0"])[-1].lower() in ("1", "true", "yes")
 
 
-def _ack_key(text: str) -> tuple[crypto.NodeId, bytes] | bytes:
+def _load_json(body: bytes) -> Any:
+    """``body`` as JSON; ValueError for anything else (also nesting too deep to parse)."""
+    try:
+        return json.loads(body)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _ack_key(text: object) -> tuple[crypto.NodeId, bytes] | bytes:
     """``SRC:ID`` (origin node id, frame id in hex) or a bare frame id."""
+    if not isinstance(text, str):
+        raise TypeError(f"{text!r} is not a string")
     src, sep, frame_id = text.rpartition(":")
     if sep:
         return crypto.NodeId.parse(src), bytes.fromhex(frame_id)
@@ -251,7 +342,12 @@ class ApiHost(Protocol):
         receipt: bool = False,
     ) -> crypto.Frame: ...
 
-    async def send_sealed(self, frames: Sequence[tuple[crypto.Frame, bytes]]) -> list[Sent]: ...
+    async def send_sealed(
+        self,
+        frames: Sequence[tuple[crypto.Frame, bytes]],
+        *,
+        idempotent: Callable[[list[Sent]], mesh.Idempotent] | None = None,
+    ) -> list[Sent]: ...
 
     async def delivered(self, frame_id: bytes) -> mesh.Trace: ...
 
@@ -270,7 +366,13 @@ class ApiHost(Protocol):
     async def add_peer(self, token: str) -> crypto.SignedAddress: ...
 
     async def publish(
-        self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        ttl: float | None = None,
+        idempotent: Callable[[Published], mesh.Idempotent] | None = None,
     ) -> Published: ...
 
     @overload
@@ -289,6 +391,10 @@ class ApiHost(Protocol):
 
     @property
     def chirp(self) -> Chirp: ...
+
+    def policy(self) -> dict[str, Any]: ...
+
+    async def change_policy(self, change: str, node: crypto.NodeId) -> bool: ...
 
 
 def _is_local(peer: str) -> bool:
@@ -352,6 +458,10 @@ class LocalApi:
                 return await self.unsubscribe(name)
         if path.startswith("chirp/"):
             return await self.chirp(method, path[len("chirp/") :], request, query)
+        if route == ("GET", "policy"):
+            return _json(200, self.node.policy())
+        if method == "POST" and path.startswith("policy/"):
+            return await self.change_policy(path[len("policy/") :], request)
         return _error(404, f"no such API call: {request.method} {request.path}")
 
     async def send(self, request: Request, query: dict[str, list[str]]) -> Response:
@@ -378,41 +488,64 @@ class LocalApi:
                     f"timeout must be a positive number of seconds, not {query['timeout'][-1]!r}",
                 )
         ct = _content_type(request)
+        key = _idempotency(request, "send", dst.text, ct or "", str(receipt))
+        if isinstance(key, Response):
+            return key
         try:
             frame = self.node.new_frame(dst, request.body, ct=ct, receipt=receipt)
             envelope = frame.seal(self.node.identity)
         except crypto.Malformed as exc:
             status = 413 if len(request.body) > crypto.MAX_BODY_SIZE else 400
             return _error(status, str(exc))
+        replayed = False
         try:
-            (sent,) = await self.node.send_sealed([(frame, envelope)])
+            (sent,) = await self.node.send_sealed(
+                [(frame, envelope)],
+                idempotent=None if key is None else lambda s: key.record(_sent_json(s[0])),
+            )
+            answer = _sent_json(sent)
+        except Replayed as replay:
+            if key is None or replay.record.fingerprint != key.fingerprint:
+                return _key_reused(replay)
+            answer, replayed = json.loads(replay.record.response), True
         except mesh.StoreFull as exc:
             return _json_error(429, str(exc), [("retry-after", "30")])
         except NodeError as exc:
             return _error(503, str(exc))
         except mesh.MeshError as exc:
             return _error(503, f"store unavailable: {exc}")
-        answer: dict[str, Any] = {
-            "id": sent.id.hex(),
-            "to": dst.text,
-            "next_hop": None if sent.next_hop is None else sent.next_hop.text,
-            "held": sent.next_hop is None,
-        }
+        headers = [(_REPLAYED, "true")] if replayed else []
         if not wait:
-            return _json(200, answer)
+            return _json(200, answer, headers)
         try:
             with trio.fail_after(timeout if timeout is not None else math.inf):
-                trace = await self.node.delivered(sent.id)
+                trace = await self.node.delivered(bytes.fromhex(answer["id"]))
         except trio.TooSlowError:
             answer["error"] = f"no receipt within {timeout:g} s; the frame is still in the mesh"
             answer["state"] = "waiting"
-            return _json(504, answer)
+            return _json(504, answer, headers)
         # The custody fields (next hop at the time of sending) stay as they were.
         answer.update({k: v for k, v in trace_json(trace).items() if k not in answer})
         if trace.state != "delivered":
             answer["error"] = f"dropped by {trace.by.short if trace.by else '?'}: {trace.why}"
-            return _json(422, answer)
-        return _json(200, answer)
+            return _json(422, answer, headers)
+        return _json(200, answer, headers)
+
+    async def change_policy(self, change: str, request: Request) -> Response:
+        if change not in _POLICY_CHANGES:
+            return _error(
+                404, f"no such policy change {change!r}: use one of {', '.join(_POLICY_CHANGES)}"
+            )
+        try:
+            value = _load_json(request.body)
+            node = crypto.NodeId.parse(value["node"])
+        except (ValueError, KeyError, TypeError, crypto.Malformed) as exc:
+            return _error(400, f'body must be {{"node": "NODE_ID"}}: {exc}')
+        try:
+            changed = await self.node.change_policy(change, node)
+        except (ValueError, NodeError) as exc:
+            return _error(409 if isinstance(exc, ValueError) else 503, str(exc))
+        return _json(200, {**self.node.policy(), "changed": changed})
 
     async def trace(self, text: str) -> Response:
         try:
@@ -452,7 +585,7 @@ class LocalApi:
 
     async def ack(self, request: Request) -> Response:
         try:
-            value = json.loads(request.body)
+            value = _load_json(request.body)
             keys = [_ack_key(text) for text in value["ids"]]
         except (ValueError, KeyError, TypeError, crypto.Malformed) as exc:
             return _error(400, f'body must be {{"ids": ["SRC:ID" or "ID" (hex), ...]}}: {exc}')
@@ -475,12 +608,25 @@ class LocalApi:
                     f"ttl must be a positive number of seconds up to {_MAX_TTL:.0f}, "
                     f"not {query['ttl'][-1]!r}",
                 )
+        ct = _content_type(request)
+        key = _idempotency(request, "publish", topic, ct or "", str(ttl))
+        if isinstance(key, Response):
+            return key
+        owner = None
         try:
             crypto.validate_topic(topic)
             owner = mesh.secure_owner(topic)
             published = await self.node.publish(
-                topic, request.body, ct=_content_type(request), ttl=ttl
+                topic,
+                request.body,
+                ct=ct,
+                ttl=ttl,
+                idempotent=None if key is None else lambda p: key.record(_published_json(p)),
             )
+        except Replayed as replay:
+            if key is None or replay.record.fingerprint != key.fingerprint:
+                return _key_reused(replay)
+            return _json(200, json.loads(replay.record.response), [(_REPLAYED, "true")])
         except crypto.Malformed as exc:
             status = 413 if len(request.body) > crypto.MAX_BODY_SIZE else 400
             return _error(status, str(exc))
@@ -492,15 +638,7 @@ class LocalApi:
             return _error(403 if foreign else 503, str(exc))
         except mesh.MeshError as exc:
             return _error(503, f"store unavailable: {exc}")
-        return _json(
-            200,
-            {
-                "id": published.id.hex(),
-                "topic": published.topic,
-                "next_hops": [hop.text for hop in published.next_hops],
-                "delivered_here": published.delivered_here,
-            },
-        )
+        return _json(200, _published_json(published))
 
     async def subscribe(self, query: dict[str, list[str]]) -> Response:
         patterns = query.get("pattern", [])
@@ -610,7 +748,7 @@ class LocalApi:
         except crypto.Malformed as exc:
             return _error(400, str(exc))
         try:
-            seqs = json.loads(request.body)["seqs"]
+            seqs = _load_json(request.body)["seqs"]
             if not isinstance(seqs, list) or not all(
                 isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 for seq in seqs
             ):

@@ -5,6 +5,7 @@ Layout (every file written atomically: a temporary file, fsync, rename)::
     DIR/identity.key         Ed25519 seed, mode 0600 (crypto.Identity)
     DIR/address.token        the last address record this node signed
     DIR/peers/<node-id>.token  one verified address token per peer
+    DIR/policy.json          the block and allow lists (``ptth block``, ``ptth allow``)
 
 The CLI and a running node share the directory; a peer added by the CLI is seen by the
 node the next time it looks a peer up, without a restart.
@@ -13,11 +14,12 @@ node the next time it looks a peer up, without a restart.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import platformdirs
 
@@ -30,6 +32,7 @@ DATA_DIR_ENV: Final = "PTTH_DATA_DIR"
 _IDENTITY: Final = "identity.key"
 _ADDRESS: Final = "address.token"
 _PEERS: Final = "peers"
+_POLICY: Final = "policy.json"
 
 
 def default_data_dir() -> Path:
@@ -188,3 +191,25 @@ class DataDir:
         address = crypto.sign_address(identity, seq=seq, endpoints=endpoints, exp=exp, name=name)
         write_atomically(self.path / _ADDRESS, (address.token + "\n").encode("ascii"))
         return address
+
+    def policy_lists(self) -> dict[str, Any]:
+        """The block and allow lists as :meth:`mesh.Policy.lists` wrote them ({} if none).
+
+        Raises :class:`NodeError` if the file cannot be read or is not a JSON object."""
+        path = self.path / _POLICY
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise NodeError(
+                f"cannot read {path}: {exc}; fix or remove it (it holds the block and allow lists)"
+            ) from exc
+        if not isinstance(value, dict):
+            raise NodeError(f"{path} is not a JSON object; fix or remove it")
+        return value
+
+    def save_policy_lists(self, lists: dict[str, list[str]]) -> None:
+        write_atomically(
+            self.path / _POLICY, (json.dumps(lists, indent=1) + "\n").encode("utf-8"), mode=0o600
+        )

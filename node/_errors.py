@@ -5,8 +5,9 @@
     NodeError               something the runtime cannot do; the message says what
     ├── NotRunning          no node is running for a data directory (CLI -> local API)
     ├── PeerUnknown         no address is known for a node id
-    └── DeliveryFailed      a frame was refused or could not be handed on
-        └── Rejected        the next hop refused the frame (reason code + words)
+    ├── DeliveryFailed      a frame was refused or could not be handed on
+    │   └── Rejected        the next hop refused the frame (reason code + words)
+    └── Replayed            an idempotency key was used before: nothing new was taken
 
 Errors of the layers below (:class:`crypto.CryptoError`, :class:`mesh.MeshError`) pass
 through unchanged; the CLI prints any of them as one line.
@@ -14,7 +15,9 @@ through unchanged; the CLI prints any of them as one line.
 
 from __future__ import annotations
 
-__all__ = ["DeliveryFailed", "NodeError", "NotRunning", "PeerUnknown", "Rejected"]
+import mesh
+
+__all__ = ["DeliveryFailed", "NodeError", "NotRunning", "PeerUnknown", "Rejected", "Replayed"]
 
 
 class NodeError(Exception):
@@ -39,3 +42,13 @@ class Rejected(DeliveryFailed):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{message} ({code})")
         self.code = code
+
+
+class Replayed(NodeError):
+    """A call carried an idempotency key this node recorded before (within
+    :data:`mesh.IDEMPOTENCY_WINDOW_MS`): nothing was taken this time, and ``record``
+    holds the first call's fingerprint and answer."""
+
+    def __init__(self, record: mesh.Idempotent) -> None:
+        super().__init__(f"idempotency key {record.key!r} was used before")
+        self.record = record

@@ -30,6 +30,8 @@ __all__ = [
     "sign_request",
     "sign_response",
     "verify_request",
+    "verify_request_body",
+    "verify_request_head",
     "verify_response",
 ]
 
@@ -81,6 +83,27 @@ def verify_request(
 ) -> crypto.NodeId:
     """Check a request's signature and digest; return the node that sent it.
 
+    :func:`verify_request_head` then :func:`verify_request_body`: see those.
+    """
+    sender = verify_request_head(method, url, headers, now=now, guard=guard)
+    verify_request_body(headers, body)
+    return sender
+
+
+def verify_request_head(
+    method: str,
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    *,
+    now: int,
+    guard: ReplayGuard | None = None,
+) -> crypto.NodeId:
+    """Check a request's signature from its head alone; return the node that sent it.
+
+    The signature covers the ``Content-Digest`` header, so it can be checked before a
+    byte of the body is read; :func:`verify_request_body` then checks the body against
+    that digest. A server decides from the head whether to read the body at all.
+
     Raises :class:`crypto.BadSignature` (401) if it is unsigned, signed badly, does not
     cover what we require, or was seen before; :class:`crypto.Expired` if its signature
     is too old; :class:`crypto.Malformed` for unparseable signature fields. The
@@ -90,15 +113,22 @@ def verify_request(
     verified = _httpsig.verify_message(
         message, public_key_for=_public_key, now=now, required_components=REQUEST_COMPONENTS
     )
-    digest = _header(headers, "content-digest")
-    if digest is None:  # covered components were present, so this cannot be missing
-        raise crypto.BadSignature("request has no content-digest")
-    _httpsig.verify_content_digest(digest, body)
     if guard is not None:
         # The decoded signature, not the header's text: the same signature spelled
         # another way (base64 padding, another dictionary member) is the same request.
         guard.check(verified.keyid, verified.signature, now=now)
     return crypto.NodeId.parse(verified.keyid)
+
+
+def verify_request_body(headers: Sequence[tuple[str, str]], body: bytes) -> None:
+    """Check the body of a request whose head :func:`verify_request_head` accepted
+    against its signed ``Content-Digest``; raises :class:`crypto.BadSignature` if it
+    differs (the sender's fault: 401) and :class:`crypto.Malformed` if the digest field
+    cannot be read."""
+    digest = _header(headers, "content-digest")
+    if digest is None:  # covered by the signature, so present once the head verified
+        raise crypto.BadSignature("request has no content-digest")
+    _httpsig.verify_content_digest(digest, body)
 
 
 def sign_response(

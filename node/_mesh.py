@@ -33,7 +33,7 @@ import trio
 
 import crypto
 import mesh
-from node._errors import NodeError
+from node._errors import NodeError, Replayed
 from node._forwarder import Forwarder, FrameClient
 from node._message import Publication, Published
 from node._pubsub import DEFAULT_LEASE, LocalSubscriptions, validate_name
@@ -435,9 +435,16 @@ class MeshRuntime:
         await self._apply(actions)
 
     async def publish(
-        self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        ttl: float | None = None,
+        idempotent: Callable[[Published], mesh.Idempotent] | None = None,
     ) -> Published:
-        """Take custody of a publication of ours (see ``Node.publish``)."""
+        """Take custody of a publication of ours (see ``Node.publish``; ``idempotent``
+        as for :meth:`send_frames`)."""
         crypto.validate_topic(topic)
         owner = mesh.secure_owner(topic)
         if owner is not None and owner != self.local:
@@ -462,7 +469,9 @@ class MeshRuntime:
         decision = self.router.classify(mesh.Admitted(frame, envelope, 0), None, now)
         assert isinstance(decision, mesh.Fanout)  # our own: neither refused nor a msg
         named = self.subscriptions.durable_names(topic) if decision.deliver else ()
-        await self.run_blocking(
+        published = Published(frame.id, topic, decision.next_hops, decision.deliver)
+        record = None if idempotent is None else idempotent(published)
+        earlier = await self.run_blocking(
             lambda: self.store.publish(
                 frame,
                 envelope,
@@ -471,8 +480,11 @@ class MeshRuntime:
                 now=now,
                 named=named,
                 to=decision.to,
+                idempotent=record,
             )
         )
+        if earlier is not None:
+            raise Replayed(earlier)
         if named:
             self._inbox_changed()
         for hop in decision.next_hops:
@@ -480,7 +492,7 @@ class MeshRuntime:
         self.statistics.publications_forwarded += len(decision.next_hops)
         if decision.deliver:
             self._hand_over(frame, hops=0, now=now)
-        return Published(frame.id, topic, decision.next_hops, decision.deliver)
+        return published
 
     def _hand_over(self, frame: crypto.Frame, *, hops: int, now: int) -> None:
         assert frame.topic is not None
@@ -525,11 +537,17 @@ class MeshRuntime:
         )
 
     async def send_frames(
-        self, frames: Sequence[tuple[crypto.Frame, bytes]]
+        self,
+        frames: Sequence[tuple[crypto.Frame, bytes]],
+        *,
+        idempotent: Callable[[list[crypto.NodeId | None]], mesh.Idempotent] | None = None,
     ) -> list[crypto.NodeId | None]:
         """Take custody of sealed frames of ours; return each one's next hop (None: held).
 
-        Raises :class:`mesh.StoreFull` if a quota is reached (nothing was taken).
+        With ``idempotent`` (given the next hops, the record of this call to keep with
+        the frames, in the same transaction): raises :class:`Replayed` if its key was
+        used before, having taken nothing. Raises :class:`mesh.StoreFull` if a quota is
+        reached (nothing was taken).
         """
         now = self.clock()
         outgoing = []
@@ -542,7 +560,12 @@ class MeshRuntime:
             hops.append(hop)
             outgoing.append(mesh.Outgoing.of(frame, envelope, hops=0, next_hop=hop))
         receipts = [bool(frame.rr) for frame, _ in frames]
-        await self.run_blocking(lambda: self.store.enqueue(outgoing, now=now, receipts=receipts))
+        record = None if idempotent is None else idempotent(hops)
+        earlier = await self.run_blocking(
+            lambda: self.store.enqueue(outgoing, now=now, receipts=receipts, idempotent=record)
+        )
+        if earlier is not None:
+            raise Replayed(earlier)
         for hop in set(hops):
             if hop is not None:
                 self._forwarder(hop).poke()

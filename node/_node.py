@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import json
 import logging
 import os
 import random
@@ -50,6 +51,7 @@ from node._chirp import Chirp
 from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
+from node._local import open_unix_listener
 from node._mesh import MeshConfig, MeshRuntime, NodeStatistics, RunBlocking
 from node._message import Message, Published, Sent
 from node._net import Network, TcpNetwork, make_transport
@@ -73,6 +75,10 @@ ADDRESS_PATH: Final = "/ptth/v1/address"
 _ADDRESS_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
 #: How often expired frame ids leave the seen-set (seconds).
 SWEEP_INTERVAL: Final = 600.0
+#: The local API's Unix socket in the data directory (node/_local.py).
+_API_SOCKET: Final = "api.sock"
+#: Limits of the server on that socket: only this machine's user can connect.
+_LOCAL_SERVER: Final = ServerConfig(max_connections=64)
 
 
 async def run_inline(function: Callable[[], Any]) -> Any:
@@ -94,6 +100,9 @@ class NodeConfig:
     #: Timeout of one HTTP exchange with a peer.
     request_timeout: float = 30.0
     max_inbox_bytes: int = mesh.DEFAULT_MAX_INBOX_BYTES
+    #: What one origin's frames may take of the inbox (None: max_inbox_bytes //
+    #: mesh.INBOX_ORIGIN_SHARE), so one sender cannot fill it for all.
+    max_inbox_bytes_per_origin: int | None = None
     #: What the store holds for next hops: total, per origin, per next hop, per neighbour.
     quotas: mesh.Quotas = dataclasses.field(default_factory=mesh.Quotas)
     #: How often this node announces itself to the mesh (s; jitter x0.75..1.25); routes
@@ -105,6 +114,13 @@ class NodeConfig:
     #: Whose frames this node forwards: "neighbours" (peers, relays, attached nodes),
     #: "open" (anyone), "off" (nobody; frames for this node are still taken).
     forward_policy: str = "neighbours"
+    #: Who may hand this node frames at all: "neighbours" (peers, relays, attached
+    #: nodes; a stranger is refused 403 from its request's head) or "open" (any node
+    #: that signs its requests; quotas per origin still bound what each one stores).
+    admission: str = "neighbours"
+    #: Whose frames reach the application: "anyone" (but blocked nodes) or
+    #: "allow-list" (only nodes put on the allow-list with ``ptth allow``).
+    inbox_policy: str = "anyone"
     #: Back-off between retries to a neighbour: first delay and cap (s; jitter x0.5..1.5).
     retry_initial: float = 0.2
     retry_max: float = 30.0
@@ -127,11 +143,26 @@ class NodeConfig:
             raise NodeError(
                 f"forward policy {self.forward_policy!r} is not one of {choices}"
             ) from None
+        self.policy()  # a bad admission or inbox policy fails here too
         return mesh.RouterConfig(
             announce_interval_ms=interval_ms,
             route_ttl_ms=3 * interval_ms,
             forward_policy=policy,
         )
+
+    def policy(self) -> mesh.Policy:
+        """The admission policy these settings ask for (with empty lists)."""
+        try:
+            admission = mesh.Admission(self.admission)
+        except ValueError:
+            choices = ", ".join(a.value for a in mesh.Admission)
+            raise NodeError(f"admission {self.admission!r} is not one of {choices}") from None
+        try:
+            inbox = mesh.InboxPolicy(self.inbox_policy)
+        except ValueError:
+            choices = ", ".join(p.value for p in mesh.InboxPolicy)
+            raise NodeError(f"inbox policy {self.inbox_policy!r} is not one of {choices}") from None
+        return mesh.Policy(admission, inbox)
 
 
 def _wall_clock_ms() -> int:
@@ -173,6 +204,8 @@ class Node:
         self.address: crypto.SignedAddress | None = None
         self.api_token = secrets.token_urlsafe(32)
         self.api_url: str | None = None
+        #: The Unix socket serving the local API to this machine's user (None: none).
+        self.api_socket: Path | None = None
         self.replay_guard = _fabric.ReplayGuard()
         self._client: httpx.AsyncClient | None = None
         self._extra_routes: list[tuple[str, Handler]] = []
@@ -248,6 +281,11 @@ class Node:
         blocking: RunBlocking = run_blocking or trio.to_thread.run_sync
         data = DataDir(Path(data_dir))
         identity, _ = await blocking(data.init)
+        policy = config.policy()
+        try:
+            policy.with_lists(await blocking(data.policy_lists))
+        except crypto.Malformed as exc:
+            raise NodeError(f"{data.path / 'policy.json'}: {exc}; fix or remove it") from exc
         new_id: Callable[[], bytes] = (
             functools.partial(rng.randbytes, crypto.FRAME_ID_SIZE)
             if rng is not None
@@ -258,6 +296,7 @@ class Node:
                 lambda: mesh.Store(
                     data.path / "store.sqlite3",
                     max_inbox_bytes=config.max_inbox_bytes,
+                    max_inbox_bytes_per_origin=config.max_inbox_bytes_per_origin,
                     quotas=config.quotas,
                 )
             )
@@ -273,6 +312,7 @@ class Node:
                     blocking,
                     new_id,
                 )
+                node.mesh.router.policy = policy
                 async with node._run():
                     yield node
             finally:
@@ -306,7 +346,16 @@ class Node:
         await self.run_blocking(self._refresh_address)
         public = self.config.public_url or ""
         scheme = "https" if public.startswith("https://") else "http"
-        self.server = Server(self._handle, self.config.server, scheme=scheme)
+        self.server = Server(self._handle, self.config.server, scheme=scheme, admit=self._admit)
+        # The operator's CLI gets a door of its own, where strangers cannot take its
+        # slots (real TCP only: a simulated node has no data-dir socket to offer).
+        local_listener = (
+            await open_unix_listener(self.data.path / _API_SOCKET)
+            if isinstance(self.network, TcpNetwork)
+            else None
+        )
+        local_server = Server(self._handle, _LOCAL_SERVER, admit=self._admit)
+        self.api_socket = None if local_listener is None else self.data.path / _API_SOCKET
         transport = make_transport(self.network)
         timeout = httpx.Timeout(
             self.config.request_timeout, connect=min(10.0, self.config.request_timeout)
@@ -318,6 +367,8 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(self.server.serve, listeners)
+                    if local_listener is not None:
+                        await nursery.start(local_server.serve, [local_listener])
                     background = trio.CancelScope()
                     await nursery.start(self._run_background, background, frame_client, relays)
                     await self.run_blocking(self._write_api_files)
@@ -331,6 +382,7 @@ class Node:
                         background.cancel()
                         self.relay_service.shutdown()
                         self.server.shutdown()
+                        local_server.shutdown()
                         nursery.cancel_scope.deadline = trio.current_time() + (
                             self.config.server.shutdown_grace + 1
                         )
@@ -440,8 +492,10 @@ class Node:
     def _write_api_files(self) -> None:
         token_path = self.data.path / "api.token"
         write_atomically(token_path, self.api_token.encode("ascii"), mode=0o600)
-        info = f'{{"url": "{self.api_url}", "pid": {os.getpid()}, "node": "{self.node_id.text}"}}\n'
-        write_atomically(self.data.path / "api.json", info.encode("utf-8"))
+        info: dict[str, Any] = {"url": self.api_url, "pid": os.getpid(), "node": self.node_id.text}
+        if self.api_socket is not None:
+            info["socket"] = os.fspath(self.api_socket)
+        write_atomically(self.data.path / "api.json", (json.dumps(info) + "\n").encode("utf-8"))
 
     def address_token(self) -> str:
         """This node's current address token (``ptth:...``)."""
@@ -479,7 +533,12 @@ class Node:
         log.info("refused a request: %d %s", status, words)
         return Response.text(status, words, headers)
 
-    async def _receive_frames(self, request: Request) -> Response:
+    async def _admit(self, request: Request) -> Response | None:
+        """Decide a frames POST from its head, before its body is read: who signed it,
+        whether that node may hand us frames, and in what form. Bodies are read only
+        for requests that pass (the server's body budget bounds those)."""
+        if request.path != FRAMES_PATH or request.method != "POST":
+            return None
         server = self.server
         if server is not None and server._closing.is_set():
             return self._refuse(503, "node is shutting down", [("retry-after", "5")])
@@ -490,18 +549,38 @@ class Node:
                 f"frames must be sent as {mesh.CONTENT_TYPE_FRAMES}, "
                 f"not {content_type or 'nothing'!r}",
             )
-        now = self.clock()
         try:
-            sender = _fabric.verify_request(
+            sender = _fabric.verify_request_head(
                 request.method,
                 request.url,
                 request.headers,
-                request.body,
-                now=now // 1000,
+                now=self.clock() // 1000,
                 guard=self.replay_guard,
             )
         except crypto.CryptoError as exc:
             return self._refuse(401, f"request not authenticated: {exc}")
+        refusal = self.mesh.router.policy.sender_refusal(
+            sender, neighbour=sender in self.mesh.router.links
+        )
+        if refusal is not None:
+            return self._refuse(403, refusal)
+        request.notes["sender"] = sender
+        return None
+
+    async def _receive_frames(self, request: Request) -> Response:
+        sender = request.notes.get("sender")
+        if not isinstance(sender, crypto.NodeId):
+            # Not admitted from its head (a server without the hook): decide it now.
+            refused = await self._admit(request)
+            if refused is not None:
+                return refused
+            sender = request.notes["sender"]
+            assert isinstance(sender, crypto.NodeId)
+        try:
+            _fabric.verify_request_body(request.headers, request.body)
+        except crypto.CryptoError as exc:
+            return self._refuse(401, f"request not authenticated: {exc}")
+        now = self.clock()
         try:
             items = mesh.decode_frames(request.body)
         except crypto.TooLarge as exc:
@@ -612,22 +691,39 @@ class Node:
         (sent,) = await self.send_sealed([(frame, frame.seal(self.identity))])
         return sent
 
-    async def send_sealed(self, frames: Sequence[tuple[crypto.Frame, bytes]]) -> list[Sent]:
+    async def send_sealed(
+        self,
+        frames: Sequence[tuple[crypto.Frame, bytes]],
+        *,
+        idempotent: Callable[[list[Sent]], mesh.Idempotent] | None = None,
+    ) -> list[Sent]:
         """Take custody of frames made with :meth:`new_frame` and sealed by this node, in
-        one transaction (see :meth:`send`)."""
+        one transaction (see :meth:`send`; ``idempotent`` as for :meth:`publish`)."""
         if self._nursery is None:
             raise NodeError("node is not running")
-        hops = await self.mesh.send_frames(frames)
-        return [
-            Sent(frame.id, frame.dst, hop)
-            for (frame, _), hop in zip(frames, hops, strict=True)
-            if frame.dst is not None
-        ]
+
+        def sent(hops: Sequence[crypto.NodeId | None]) -> list[Sent]:
+            return [
+                Sent(frame.id, frame.dst, hop)
+                for (frame, _), hop in zip(frames, hops, strict=True)
+                if frame.dst is not None
+            ]
+
+        hops = await self.mesh.send_frames(
+            frames, idempotent=None if idempotent is None else (lambda h: idempotent(sent(h)))
+        )
+        return sent(hops)
 
     # -- publish/subscribe --------------------------------------------------------------
 
     async def publish(
-        self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        ttl: float | None = None,
+        idempotent: Callable[[Published], mesh.Idempotent] | None = None,
     ) -> Published:
         """Publish ``body`` to ``topic``; return once it is in this node's durable
         custody, with the neighbours it goes to (toward every subscriber whose pattern
@@ -636,10 +732,15 @@ class Node:
         Raises :class:`crypto.Malformed` for a bad topic, body or content type;
         :class:`NodeError` for a topic under another node's secure name (``~<id>``) or
         when the node is not running; :class:`mesh.StoreFull` when a quota is reached.
+
+        ``idempotent`` makes the call safe to repeat: given the answer, it returns the
+        record (key, fingerprint, answer) to keep with the publication in one
+        transaction; a call whose key was recorded before takes nothing and raises
+        :class:`Replayed` with the first call's record.
         """
         if self._nursery is None:
             raise NodeError("node is not running")
-        return await self.mesh.publish(topic, body, ct=ct, ttl=ttl)
+        return await self.mesh.publish(topic, body, ct=ct, ttl=ttl, idempotent=idempotent)
 
     @overload
     def subscribe(
@@ -780,6 +881,34 @@ class Node:
         )
         await self.mesh.add_peer(address)
         return added
+
+    # -- admission policy ---------------------------------------------------------------
+
+    def policy(self) -> dict[str, Any]:
+        """The admission policy and the block and allow lists (``ptth policy``)."""
+        return self.mesh.router.policy.describe()
+
+    async def change_policy(self, change: str, node: crypto.NodeId) -> bool:
+        """``block``, ``unblock``, ``allow`` or ``unallow`` ``node``, and keep the lists in
+        the data directory; return False if nothing changed.
+
+        Blocking a node refuses its requests (403) and its frames at this destination
+        (a drop receipt tells their origin); the allow-list matters with inbox policy
+        ``allow-list``. Raises ValueError past :data:`mesh.MAX_POLICY_ENTRIES` nodes.
+        """
+        policy = self.mesh.router.policy
+        changes: dict[str, Callable[[crypto.NodeId], bool]] = {
+            "block": policy.block,
+            "unblock": policy.unblock,
+            "allow": policy.allow,
+            "unallow": policy.unallow,
+        }
+        changed = changes[change](node)
+        if changed:
+            lists = policy.lists()
+            await self.run_blocking(lambda: self.data.save_policy_lists(lists))
+            log.info("policy: %s %s", change, node.text)
+        return changed
 
     def peer_address(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
         """The current address record of peer ``node``, or None."""

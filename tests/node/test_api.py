@@ -342,7 +342,8 @@ async def test_routes_queues_and_trace(
 async def test_add_a_peer_through_the_api(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    # Only a peers with b here: b takes frames from anyone (admission open).
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b", admission="open")
     assert isinstance(memory_nodes.network, MemoryNetwork)
     async with api(a, memory_nodes.network) as client:
         response = await client.post("peers", content=b.address_token().encode() + b"\n")

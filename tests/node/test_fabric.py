@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from pathlib import Path
 
 import httpcore
@@ -208,7 +209,7 @@ class Raw:
 
 @pytest.fixture
 async def target(memory_nodes: NodeFactory) -> tuple[Node, Raw]:
-    node = await memory_nodes.open("target")
+    node = await memory_nodes.open("target", admission="open")  # Raw is a stranger
     assert isinstance(memory_nodes.network, MemoryNetwork)
     return node, Raw(memory_nodes.network, node)
 
@@ -423,7 +424,7 @@ async def test_wrong_method_and_unknown_path(target: tuple[Node, Raw]) -> None:
 
 
 async def test_oversized_body_is_413_before_it_is_read(memory_nodes: NodeFactory) -> None:
-    node = await memory_nodes.open("small", server=_small_server())
+    node = await memory_nodes.open("small", server=_small_server(), admission="open")
     assert isinstance(memory_nodes.network, MemoryNetwork)
     raw = Raw(memory_nodes.network, node)
     body = b"\x00" * 5000
@@ -445,16 +446,30 @@ async def test_too_many_frames_is_413(target: tuple[Node, Raw]) -> None:
     assert f"more than {mesh.MAX_FRAMES_PER_REQUEST} items" in response.text
 
 
+def _inbox_charge(body: bytes) -> int:
+    """What a message with ``body`` from a Raw sender is charged in the inbox."""
+    identity = crypto.Identity.generate()
+    now = int(time.time() * 1000)
+    envelope = crypto.Frame(
+        kind=crypto.Kind.MSG, src=identity.node_id, id=bytes(16), ts=now, exp=now + 60_000,
+        hops=4, dst=identity.node_id, body=body,
+    ).seal(identity)  # fmt: skip
+    return mesh.stored_charge(len(envelope) + len(body))
+
+
 async def test_store_full_is_429_with_retry_after(memory_nodes: NodeFactory) -> None:
-    node = await memory_nodes.open("full", max_inbox_bytes=10)
+    quota = _inbox_charge(b"x" * 2000)
+    node = await memory_nodes.open(
+        "full", max_inbox_bytes=quota, max_inbox_bytes_per_origin=10 * quota, admission="open"
+    )
     assert isinstance(memory_nodes.network, MemoryNetwork)
     raw = Raw(memory_nodes.network, node)
-    response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, raw.frame(body=b"x" * 11))]))
+    response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, raw.frame(body=b"x" * 2001))]))
     assert response.status_code == 429
     assert response.headers["retry-after"] == "30"
-    assert "quota of 10" in response.text
+    assert f"quota of {quota}" in response.text
     # What fits is still taken.
-    response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, raw.frame(body=b"x" * 5))]))
+    response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, raw.frame(body=b"x" * 2000))]))
     assert response.status_code == 200
 
 
@@ -581,7 +596,8 @@ async def test_cancelling_the_whole_node_ends_cleanly(memory_nodes: NodeFactory)
 async def test_add_peer_by_token(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    # One-sided peering: b takes frames from any node (admission open).
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b", admission="open")
     address = await a.add_peer(b.address_token())
     assert address.node == b.node_id
     assert a.peer_address(b.node_id) == address  # stored in the peer book
@@ -624,6 +640,7 @@ async def test_the_sweeper_forgets_expired_ids_but_not_unacked_ones(
 
     async with opened("a") as a, opened("b") as b:
         await a.add_peer(b.address_token())
+        await b.add_peer(a.address_token())
         await a.send(b.node_id, b"acked", ttl=60)
         await a.send(b.node_id, b"kept", ttl=60)
         with trio.fail_after(10):

@@ -85,11 +85,19 @@ async def point(sender: Node, identity: crypto.Identity, *endpoints: str, seq: i
 # -- 429: the receiver's store is full -----------------------------------------------
 
 
+def inbox_charge(sender: Node, body: bytes) -> int:
+    """What a message from ``sender`` with ``body`` (and a receipt asked) is charged in
+    its destination's inbox."""
+    frame = sender.new_frame(sender.node_id, body, receipt=True)
+    return mesh.stored_charge(len(frame.seal(sender.identity)) + len(body))
+
+
 async def test_429_retry_after_is_honoured_until_the_frame_expires(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b", max_inbox_bytes=10)
+    quota = inbox_charge(a, b"x" * 10)
+    b = await memory_nodes.open("b", max_inbox_bytes=quota, max_inbox_bytes_per_origin=2 * quota)
     await peer(a, b)
     posts = record(a)
     start = trio.current_time()
@@ -102,7 +110,7 @@ async def test_429_retry_after_is_honoured_until_the_frame_expires(
     assert all(post.results is None for post in tries)
     assert tries[0].problem is not None
     assert "429 from http://b:8470/ptth/v1/frames" in tries[0].problem
-    assert "quota of 10" in tries[0].problem
+    assert f"quota of {quota}" in tries[0].problem
     assert b.statistics.requests_refused == 4
     # It expired in a's custody: dropped there, with the reason in its trace.
     assert (trace.state, trace.by) == ("dropped", a.node_id)
@@ -117,7 +125,8 @@ async def test_429_then_delivered_once_the_receiver_makes_room(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b", max_inbox_bytes=10)
+    quota = inbox_charge(a, b"12345678")
+    b = await memory_nodes.open("b", max_inbox_bytes=quota, max_inbox_bytes_per_origin=2 * quota)
     await peer(a, b)
     with trio.fail_after(10):
         await delivered(a, b, b"12345678")
@@ -162,7 +171,7 @@ async def test_retry_after_values(
     high: float,
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     front.target = b
     headers = [] if retry_after is None else [("retry-after", retry_after)]
     front.answers = [Response.text(429, "slow down", headers)]
@@ -182,14 +191,14 @@ async def test_503_from_a_shutting_down_receiver_is_retried(
     memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    async with memory_nodes.session("b") as b:
+    async with memory_nodes.session("b", admission="open") as b:
         front.target = b
         assert b.server is not None
         b.server.shutdown()
         await point(a, b.identity, front.url)
         await a.send(b.node_id, b"across a restart")
         await front.wait_for(2)
-    async with memory_nodes.session("b") as b:
+    async with memory_nodes.session("b", admission="open") as b:
         front.target = b
         with trio.fail_after(30):
             assert (await next_message(b)).body == b"across a restart"
@@ -205,7 +214,7 @@ async def test_a_request_refused_whole_is_retried_with_back_off(
     memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     front.target = b
     front.strip_signature = True  # b really answers: unsigned requests are refused
     posts = record(a)
@@ -238,7 +247,7 @@ async def test_other_4xx_are_retried_too(
     status: int,
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     front.target = b
     front.answers = [Response.text(status, "no")]
     posts = record(a)
@@ -255,8 +264,8 @@ async def test_an_answer_not_signed_by_the_destination_is_retried_until_expiry(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
-    c = await memory_nodes.open("c")
+    b = await memory_nodes.open("b", admission="open")
+    c = await memory_nodes.open("c", admission="open")  # it answers, for itself
     posts = record(a)
     # b's record points at c's endpoint (as if c had taken over b's old address).
     await point(a, b.identity, c.endpoints[0])
@@ -283,7 +292,7 @@ async def test_an_answer_that_is_not_results_is_retried(
     memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     front.target = b
     front.answers = [Response(200, [("content-type", "application/cbor")], b"\xa0")]
     posts = record(a)
@@ -306,7 +315,7 @@ async def test_endpoints_rotate_on_failure(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock, dead: int
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     dead_ends = [f"http://nobody-{n}:8470" for n in range(dead)]
     start = trio.current_time()
     await point(a, b.identity, *dead_ends, b.endpoints[0])
@@ -328,7 +337,7 @@ async def test_the_first_endpoint_is_tried_first(
     memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     await point(a, b.identity, b.endpoints[0], front.url)
     await a.send(b.node_id, b"direct")
     with trio.fail_after(10):
@@ -360,7 +369,9 @@ async def test_one_refused_frame_in_a_batch_is_dropped_alone(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock, kind: str
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b", forward_policy="off" if kind == "policy" else "neighbours")
+    b = await memory_nodes.open(
+        "b", forward_policy="off" if kind == "policy" else "neighbours", admission="open"
+    )
     c = await memory_nodes.open("c")
     await peer(a, b)
     await peer(b, c)
@@ -398,7 +409,7 @@ async def test_one_refused_frame_in_a_batch_is_dropped_alone(
 async def test_a_resent_frame_is_a_duplicate_not_an_error(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b", admission="open")
     await peer(a, b)
     frame = a.new_frame(b.node_id, b"once", receipt=True)
     envelope = frame.seal(a.identity)
@@ -429,7 +440,7 @@ async def test_one_request_in_flight_per_neighbour(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
-    b = await memory_nodes.open("b")
+    b = await memory_nodes.open("b", admission="open")
     await peer(a, b)
     with trio.fail_after(10):
         await delivered(a, b, b"warm-up")  # greetings done

@@ -410,8 +410,9 @@ class Stranger:
 async def test_forward_policy(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock, policy: str
 ) -> None:
-    # m - n - z: n forwards by its policy; a stranger posts to n directly.
-    n = await memory_nodes.open("n", forward_policy=policy)
+    # m - n - z: n forwards by its policy; a stranger posts to n directly (n's admission
+    # is open, or the stranger would be refused from its request's head).
+    n = await memory_nodes.open("n", forward_policy=policy, admission="open")
     m, z = await memory_nodes.open("m"), await memory_nodes.open("z")
     await chain([m, n, z])
     stranger = Stranger(network_of(memory_nodes))
@@ -474,7 +475,8 @@ async def test_a_frame_id_reused_by_another_origin_does_not_suppress_the_real_on
 ) -> None:
     # a - b - d carries a's real frame; x, a neighbour of b, knows its id beforehand
     # and pushes a frame of its own with that id first, to d through b as well.
-    a, b, d, x = [await memory_nodes.open(name) for name in "abdx"]
+    a, b, x = [await memory_nodes.open(name) for name in "abx"]
+    d = await memory_nodes.open("d", admission="open")  # the stranger below posts to it
     await chain([a, b, d])
     await peer(x, b)
     real = a.new_frame(d.node_id, b"the real one", receipt=True)
@@ -504,7 +506,7 @@ async def test_a_frame_id_reused_by_another_origin_does_not_suppress_the_real_on
 async def test_a_transit_node_holds_a_frame_until_a_route_appears(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    n = await memory_nodes.open("n", forward_policy="open")
+    n = await memory_nodes.open("n", forward_policy="open", admission="open")
     stranger = Stranger(network_of(memory_nodes))
     async with memory_nodes.session("c") as c:
         c_token, c_id = c.address_token(), c.node_id
@@ -515,6 +517,7 @@ async def test_a_transit_node_holds_a_frame_until_a_route_appears(
     assert held["frames"] == 1
     async with memory_nodes.session("c") as c:
         await n.add_peer(c_token)
+        await c.add_peer(n.address_token())
         with trio.fail_after(30):
             message = await next_message(c)
         assert (message.src, message.body, message.hops) == (
