@@ -391,6 +391,8 @@ def _split_target_uri(text: str) -> _TargetURI:
         raise Malformed(f"target URI {text!r}: authority {authority!r} is not host[:port]")
     scheme = scheme.lower()
     host, port = host_port.group(1).lower(), host_port.group(2)
+    if port and (len(port) > 5 or int(port) > 65535):
+        raise Malformed(f"target URI {text[:80]!r}...: port {port[:10]!r} is not 0..65535")
     # RFC 9110 §4.2.3: an empty or default port is omitted.
     if port and int(port) != _DEFAULT_PORTS.get(scheme):
         host = f"{host}:{int(port)}"

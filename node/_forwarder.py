@@ -133,9 +133,11 @@ class FrameClient:
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which float() does not.
+    text = "" if value is None else value.strip()
+    if not text.isascii() or not text.isdigit():
         return None
-    return min(float(value.strip()), 300.0)
+    return min(float(text), 300.0)
 
 
 class ForwarderHost(Protocol):
