@@ -1,17 +1,25 @@
 """The client side of the local API: what the ``ptth`` command line talks to.
 
 It finds the node running for a data directory from the files that node writes there
-(``api.json``: its URL; ``api.token``: the bearer token) and turns every answer that is
-not a success into :class:`node.NodeError` (or :class:`node.NotRunning`) with the
-node's own words.
+(``api.json``: its URL, and the path of its Unix socket if it serves one; ``api.token``:
+the bearer token) and turns every answer that is not a success into
+:class:`node.NodeError` (or :class:`node.NotRunning`) with the node's own words.
+
+Through the Unix socket (when ``api.json`` names one and it is there) the CLI does not
+compete with strangers for the TCP server's connection slots. Sends and publications
+may carry an ``Idempotency-Key``: the node then does them at most once per key, and the
+client may retry one after a lost connection (a node restarting) without making a
+second frame; :meth:`ApiClient.send` and :meth:`ApiClient.publish` do so on their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 import urllib.parse
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,27 +27,101 @@ import httpx
 
 from node._errors import NodeError, NotRunning
 
-__all__ = ["ApiClient"]
+__all__ = [
+    "IDEMPOTENCY_KEY_MAX",
+    "RETRY_FOR",
+    "ApiClient",
+    "Unconfirmed",
+    "validate_idempotency_key",
+]
+
+log = logging.getLogger("ptth.cli.api")
 
 _JSON: Final = "application/json"
+#: The longest ``Idempotency-Key`` the node keeps (characters).
+IDEMPOTENCY_KEY_MAX: Final = 255
+#: How long a send or publish with an idempotency key is retried after transport
+#: failures (s): long enough for a node to restart.
+RETRY_FOR: Final = 30.0
+#: The first pause between two attempts (s), doubled after each failure up to
+#: ``_RETRY_PAUSE_MAX``: quick for a dropped connection, gentle on a node starting up.
+_RETRY_PAUSE: Final = 0.1
+_RETRY_PAUSE_MAX: Final = 2.0
+#: The host name of requests through the Unix socket (any name would do: the socket
+#: is the address).
+_SOCKET_HOST: Final = "ptth-local"
+
+
+def validate_idempotency_key(key: str) -> str:
+    """Return ``key`` if it is 1..255 printable ASCII characters without spaces, else
+    raise ValueError saying so."""
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not all("!" <= c <= "~" for c in key):
+        raise ValueError(
+            f"{key[:40]!r} is not an idempotency key: 1..{IDEMPOTENCY_KEY_MAX} printable "
+            "ASCII characters, no spaces"
+        )
+    return key
+
+
+class Unconfirmed(NodeError):
+    """A send or publish with an idempotency key got no answer, even after retries: it
+    may have been done or not. Retrying it with the same ``key`` is safe."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(
+            f"{reason}; the request may or may not have been done: retry it with "
+            f"Idempotency-Key {key} (the node does it at most once per key within 24 h)"
+        )
+        self.key = key
+        #: What went wrong, without the advice (the CLI gives its own).
+        self.reason = reason
 
 
 class ApiClient:
     """The CLI's side of the local API of the node running for a data directory."""
 
-    def __init__(self, data_dir: Path, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, data_dir: Path, *, timeout: float | None = 30.0, retry_for: float = RETRY_FOR
+    ) -> None:
         self.data_dir = data_dir
+        self.timeout = timeout
+        #: How long :meth:`send` and :meth:`publish` with an idempotency key retry (s).
+        self.retry_for = retry_for
+        self.url, self.socket, self.client = self._connect()
+
+    @property
+    def where(self) -> str:
+        """The node's local API, as error messages name it."""
+        return self.url if self.socket is None else f"{self.socket} ({self.url})"
+
+    def _connect(self) -> tuple[str, str | None, httpx.Client]:
+        """Read the files the running node wrote; a client for its local API."""
         try:
-            info = json.loads((data_dir / "api.json").read_text(encoding="utf-8"))
-            token = (data_dir / "api.token").read_text(encoding="ascii").strip()
-            self.url = str(info["url"])
-        except (OSError, ValueError, KeyError) as exc:
+            info = json.loads((self.data_dir / "api.json").read_text(encoding="utf-8"))
+            token = (self.data_dir / "api.token").read_text(encoding="ascii").strip()
+            url = str(info["url"])
+            socket = info.get("socket")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise self._not_running() from exc
-        self.client = httpx.Client(
-            base_url=self.url,
-            headers={"authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=5.0),
-        )
+        options: dict[str, Any] = {
+            "headers": {"authorization": f"Bearer {token}"},
+            "timeout": httpx.Timeout(self.timeout, connect=5.0),
+            # The bearer token goes to the node only: never through a proxy from the
+            # environment (HTTP_PROXY and friends).
+            "trust_env": False,
+        }
+        if isinstance(socket, str) and Path(socket).is_absolute() and _is_socket(socket):
+            path = urllib.parse.urlsplit(url).path or "/api/v1/"
+            transport = httpx.HTTPTransport(uds=socket)
+            base_url = f"http://{_SOCKET_HOST}{path}"
+            return url, socket, httpx.Client(base_url=base_url, transport=transport, **options)
+        return url, None, httpx.Client(base_url=url, **options)
+
+    def _reconnect(self) -> None:
+        """Read the node's files again (a restarted node has a new token, maybe a new
+        port or socket) and start afresh with new connections."""
+        self.client.close()
+        self.url, self.socket, self.client = self._connect()
 
     def _not_running(self) -> NotRunning:
         return NotRunning(
@@ -57,12 +139,10 @@ class ApiClient:
         self.close()
 
     def _check(self, response: httpx.Response) -> Any:
-        if response.headers.get("content-type", "").startswith(_JSON):
-            value = response.json()
-        else:
-            value = {"error": response.text.strip()}
+        value = _json_of(response) if _is_json(response) else {"error": response.text.strip()}
         if response.status_code != 200:
-            raise NodeError(value.get("error", f"node answered {response.status_code}"))
+            error = value.get("error") if isinstance(value, dict) else None
+            raise NodeError(error or f"node answered {response.status_code}")
         return value
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -71,7 +151,71 @@ class ApiClient:
         except httpx.ConnectError as exc:
             raise self._not_running() from exc
         except httpx.TransportError as exc:
-            raise NodeError(f"lost the node's local API at {self.url}: {exc}") from exc
+            raise NodeError(f"lost the node's local API at {self.where}: {exc}") from exc
+
+    def _post(
+        self,
+        path: str,
+        *,
+        params: Any,
+        content: bytes,
+        headers: Mapping[str, str],
+        idempotency_key: str | None,
+    ) -> httpx.Response:
+        """POST once; with an idempotency key, again with the same key after each
+        transport failure (reconnecting: the node may be restarting), for up to
+        :attr:`retry_for` seconds from the first failure."""
+        if idempotency_key is None:
+            try:
+                return self.client.post(path, params=params, content=content, headers=headers)
+            except httpx.ConnectError as exc:
+                raise self._not_running() from exc
+            except httpx.TransportError as exc:
+                raise NodeError(f"lost the node's local API at {self.where}: {exc}") from exc
+        headers = {**headers, "idempotency-key": validate_idempotency_key(idempotency_key)}
+        deadline: float | None = None
+        pause = _RETRY_PAUSE
+        attempts = 0
+        stale = False
+        while True:
+            attempts += 1
+            try:
+                if stale:
+                    self._reconnect()
+                    stale = False
+                return self.client.post(path, params=params, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                stale = True
+            except NotRunning:
+                problem = f"no node is running for {self.data_dir}"
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.retry_for
+            if now >= deadline:
+                raise Unconfirmed(
+                    idempotency_key,
+                    f"no answer from the node's local API at {self.where} in {attempts} "
+                    f"attempts over {self.retry_for:g} s (last: {problem})",
+                )
+            log.info(
+                "no answer from the node's local API (%s): trying again in %.1f s with the "
+                "same Idempotency-Key %s",
+                problem,
+                pause,
+                idempotency_key,
+            )
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, _RETRY_PAUSE_MAX)
+
+    @staticmethod
+    def _replayed(response: httpx.Response, value: Any) -> Any:
+        """Mark an answer the node replayed for a key it had seen: ``"replayed": true``."""
+        if response.headers.get("idempotent-replayed", "").lower() == "true" and isinstance(
+            value, dict
+        ):
+            value["replayed"] = True
+        return value
 
     def send(
         self,
@@ -81,25 +225,28 @@ class ApiClient:
         *,
         wait: bool = False,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
-        """Send; with ``wait``, return the answer even for a drop (422) or time-out (504)."""
+        """Send; with ``wait``, return the answer even for a drop (422) or time-out (504).
+
+        With ``idempotency_key`` the node sends it at most once per key (an answer it
+        replays has ``"replayed": true``), and a transport failure is retried with the
+        same key for up to :attr:`retry_for` seconds; then :class:`Unconfirmed`."""
         headers = {"content-type": ct} if ct else {}
         params: dict[str, str] = {"to": dst, "receipt": "1"}
         if wait:
             params["wait"] = "1"
             if timeout is not None:
                 params["timeout"] = f"{timeout:g}"
-        try:
-            response = self.client.post("send", params=params, content=body, headers=headers)
-        except httpx.ConnectError as exc:
-            raise self._not_running() from exc
-        except httpx.TransportError as exc:
-            raise NodeError(f"lost the node's local API at {self.url}: {exc}") from exc
-        if wait and response.status_code in (422, 504):
-            value = response.json()
-            value["status"] = response.status_code
-            return value
-        return self._check(response)
+        response = self._post(
+            "send", params=params, content=body, headers=headers, idempotency_key=idempotency_key
+        )
+        if wait and response.status_code in (422, 504) and _is_json(response):
+            value = _json_of(response)
+            if isinstance(value, dict) and "id" in value:  # a trace: dropped, or no receipt
+                value["status"] = response.status_code
+                return self._replayed(response, value)
+        return self._replayed(response, self._check(response))
 
     def routes(self) -> Any:
         return self.request("GET", "routes")
@@ -138,7 +285,7 @@ class ApiClient:
         except httpx.ConnectError as exc:
             raise self._not_running() from exc
         except httpx.TransportError as exc:
-            raise NodeError(f"lost the node's local API at {self.url}: {exc}") from exc
+            raise NodeError(f"lost the node's local API at {self.where}: {exc}") from exc
 
     def inbox(self, *, follow: bool) -> Any:
         """Yield each message (a dict) as the node streams it."""
@@ -148,13 +295,29 @@ class ApiClient:
                 if event.get("event") == "message":
                     yield json.loads(event["data"])
 
-    def publish(self, topic: str, body: bytes, ct: str | None, ttl: float | None = None) -> Any:
-        """Publish; the answer once the node has it in durable custody."""
+    def publish(
+        self,
+        topic: str,
+        body: bytes,
+        ct: str | None,
+        ttl: float | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Publish; the answer once the node has it in durable custody. An idempotency
+        key works as for :meth:`send`."""
         headers = {"content-type": ct} if ct else {}
         params = {"topic": topic}
         if ttl is not None:
             params["ttl"] = f"{ttl:g}"
-        return self.request("POST", "publish", params=params, content=body, headers=headers)
+        response = self._post(
+            "publish",
+            params=params,
+            content=body,
+            headers=headers,
+            idempotency_key=idempotency_key,
+        )
+        return self._replayed(response, self._check(response))
 
     def subscribe(
         self, patterns: Sequence[str], *, name: str | None = None
@@ -202,6 +365,36 @@ class ApiClient:
         """Yield each post of the timeline, then each new one as it comes."""
         with contextlib.closing(self._events("chirp/timeline", {"follow": "1"})) as events:
             yield from _data_of(events, "post")
+
+    def policy(self) -> Any:
+        """The admission policy: admission, inbox, blocked and allowed node ids."""
+        return self.request("GET", "policy")
+
+    def change_policy(self, change: str, node_id: str) -> Any:
+        """``block``, ``unblock``, ``allow`` or ``unallow`` a node: the policy after it,
+        with ``"changed": false`` if it was so already."""
+        return self.request("POST", f"policy/{_path_part(change)}", json={"node": node_id})
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return Path(path).is_socket()
+    except OSError:
+        return False
+
+
+def _is_json(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith(_JSON)
+
+
+def _json_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise NodeError(
+            f"the node answered {response.status_code} with JSON that does not parse"
+        ) from None
 
 
 def _path_part(text: str) -> str:

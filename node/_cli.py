@@ -1,8 +1,13 @@
 """The ``ptth`` command line.
 
 Every command takes ``--data-dir`` (default ``$PTTH_DATA_DIR``, else the per-user data
-directory). Errors are one line on stderr and a non-zero exit status: 1 for a failure,
-2 for a usage mistake, 130 after Ctrl-C. No tracebacks.
+directory) and ``-v`` (more logs on stderr). Errors are one line on stderr and a
+non-zero exit status: 1 for a failure, 2 for a usage mistake, 130 after Ctrl-C, 141
+when whoever read stdout stopped reading (``ptth status | head -1``). No tracebacks.
+
+What came from the network (message bodies, topics, posts, names, reasons) is printed
+through :func:`node._terminal.for_terminal`: its control characters show as escapes
+and never act on the terminal. ``--raw`` writes bodies as they are, ``--json`` as JSON.
 """
 
 from __future__ import annotations
@@ -11,32 +16,45 @@ import argparse
 import base64
 import collections
 import contextlib
+import importlib.metadata
+import io
 import json
 import logging
 import math
+import os
 import re
+import secrets
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 import trio
 
 import crypto
-from node._apiclient import ApiClient
+import mesh
+from node._apiclient import RETRY_FOR, ApiClient, Unconfirmed, validate_idempotency_key
 from node._attach import RelayMode
 from node._datadir import DataDir, default_data_dir
 from node._errors import NodeError, NotRunning
 from node._node import Node, NodeConfig
 from node._relay import RelayConfig
+from node._terminal import for_terminal
 
 __all__ = ["main"]
 
 log = logging.getLogger("ptth.cli")
 
 DEFAULT_ADDRESS_LIFETIME: Final = "30d"
+#: How long ``ptth send`` and ``ptth publish`` retry after losing the node's local API
+#: (s), with the same idempotency key: long enough for the node to restart.
+API_RETRY_FOR: Final = RETRY_FOR
+#: The exit status after stdout was closed early (128 + SIGPIPE, what a shell shows
+#: for a program a closed pipe ended).
+EXIT_BROKEN_PIPE: Final = 141
 _DURATION: Final = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -81,6 +99,58 @@ def _ttl(text: str) -> float:
             ) from None
 
 
+def _listen_address(text: str) -> str:
+    """``--listen``: HOST:PORT (``[v6]:PORT`` too), the port 0..65535."""
+    host, sep, port = text.rpartition(":")
+    bare = host.removeprefix("[").removesuffix("]")
+    if (
+        not sep
+        or not bare
+        or not port.isascii()
+        or not port.isdigit()
+        or int(port) > 65535
+        or (host.startswith("[") != host.endswith("]"))
+        or any(c.isspace() or c in "/[]" for c in bare)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT with a port 0..65535 (e.g. 127.0.0.1:8470, "
+            "0.0.0.0:8470 or [::1]:8470)"
+        )
+    return text
+
+
+def _public_url(text: str) -> str:
+    """``--public-url``: http(s)://host[:port][/path]."""
+    try:
+        return crypto.validate_endpoint(text)
+    except crypto.Malformed as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc} (give http(s)://HOST[:PORT][/PATH], e.g. http://203.0.113.7:8470)"
+        ) from None
+
+
+def _node_id(text: str) -> str:
+    """A node id argument, checked here so that a mistake is a usage error."""
+    try:
+        return crypto.NodeId.parse(text).text
+    except crypto.CryptoError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _idempotency_key(text: str) -> str:
+    try:
+        return validate_idempotency_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ptth")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -111,8 +181,29 @@ def _read_body_argument(argument: str, stdin: TextIO) -> bytes:
     return argument.encode("utf-8")
 
 
+def _body_bytes(item: dict[str, Any]) -> bytes:
+    """The exact bytes of a message's or publication's body (``body`` or ``body_b64``)."""
+    if "body" in item:
+        return str(item["body"]).encode("utf-8", "surrogatepass")
+    return base64.b64decode(item["body_b64"])
+
+
 def _format_time(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def _message_line(message: dict[str, Any]) -> str:
+    """``<received, UTC>  from <sender's id>: text`` (or what the bytes are)."""
+    if "body" in message:
+        text = message["body"]
+    else:
+        size = len(base64.b64decode(message["body_b64"]))
+        text = f"[{size} bytes of {message['ct'] or 'binary'}]"
+    return f"{_format_time(message['received'])}  from {message['src']}: {text}"
+
+
+def _post_bytes(post: dict[str, Any]) -> bytes:
+    return str(post["text"]).encode("utf-8", "surrogatepass")
 
 
 def _post_line(post: dict[str, Any]) -> str:
@@ -130,6 +221,66 @@ def _publication_line(publication: dict[str, Any]) -> str:
     return f"{publication['topic']} {publication['origin'][:10]}: {text}"
 
 
+#: What each admission and inbox policy means, for ``ptth policy``.
+_ADMISSION: Final = collections.defaultdict(
+    lambda: "?",
+    neighbours="frames only from peers, relays and nodes attached here",
+    open="frames from any node that signs its requests",
+)
+_INBOX: Final = collections.defaultdict(
+    lambda: "?",
+    anyone="messages from any node but blocked ones",
+    **{"allow-list": "messages only from allowed nodes"},
+)
+
+
+def _policy_change_line(change: str, node_id: str, policy: dict[str, Any]) -> str:
+    """What ``ptth block`` (``unblock``, ``allow``, ``unallow``) did, in one line."""
+    changed = policy.get("changed", True)
+    allow_list = policy["inbox"] == "allow-list"
+    if change == "block":
+        if not changed:
+            return f"{node_id} was blocked already"
+        return f"blocked {node_id}: its requests are refused, its frames no longer reach the inbox"
+    if change == "unblock":
+        if not changed:
+            return f"{node_id} was not blocked"
+        if allow_list and node_id not in policy["allowed"]:
+            return (
+                f"unblocked {node_id}; the inbox takes only allowed nodes "
+                f"('ptth allow {node_id}' too)"
+            )
+        return f"unblocked {node_id}: its frames reach the inbox again"
+    if change == "allow":
+        line = f"allowed {node_id}" if changed else f"{node_id} was allowed already"
+        if node_id in policy["blocked"]:
+            return f"{line}, but it is blocked ('ptth unblock {node_id}')"
+        if not allow_list:
+            return f"{line} (the inbox takes anyone now: 'ptth run --inbox allow-list')"
+        return f"{line}: its frames reach the inbox"
+    if not changed:
+        return f"{node_id} was not on the allow-list"
+    if allow_list:
+        return f"took {node_id} off the allow-list: its frames no longer reach the inbox"
+    return f"took {node_id} off the allow-list"
+
+
+def _store_problem(exc: mesh.MeshError) -> NodeError | mesh.MeshError:
+    """A store that SQLite cannot read (not a database, malformed) as what to do."""
+    cause = exc.__cause__
+    found = re.fullmatch(r"store (.+) failed: (.*)", str(exc), re.DOTALL)
+    # Not its subclasses: OperationalError is a locked, unreadable or full file.
+    damaged = type(cause) is sqlite3.DatabaseError
+    if found is None or not damaged:
+        return exc
+    path, problem = found.groups()
+    return NodeError(
+        f"store {path} is damaged: {problem}; move it aside (mv {path} {path}.damaged) "
+        "and run again: the node starts with an empty store (what the old one held "
+        "stays in the file)"
+    )
+
+
 class Cli:
     """The commands, with their output streams (so tests can call them directly)."""
 
@@ -143,12 +294,50 @@ class Cli:
         self.data = DataDir(getattr(args, "data_dir", None) or default_data_dir())
 
     def say(self, text: str = "") -> None:
-        print(text, file=self.out)
+        """Print a line for a human: what came from the network in it cannot act on the
+        terminal (see :func:`for_terminal`)."""
+        print(for_terminal(text), file=self.out)
+
+    def note(self, text: str) -> None:
+        """A line on stderr, for a human."""
+        print(for_terminal(text), file=self.err)
+
+    def say_json(self, value: Any, *, indent: int | None = None) -> None:
+        """Print ``value`` as JSON (ASCII: its control characters are escaped)."""
+        separators = (",", ":") if indent is None else None
+        print(json.dumps(value, indent=indent, separators=separators), file=self.out)
+
+    def write_raw(self, data: bytes) -> None:
+        """Write ``data`` to stdout as it is (``--raw``: for pipes and files)."""
+        self.out.flush()
+        buffer = getattr(self.out, "buffer", None)
+        if buffer is None:  # a text-only stream (tests)
+            self.out.write(data.decode("utf-8", "surrogateescape"))
+            self.out.flush()
+            return
+        buffer.write(data)
+        buffer.flush()
+
+    def show(
+        self,
+        item: dict[str, Any],
+        line: Callable[[dict[str, Any]], str],
+        body: Callable[[dict[str, Any]], bytes] = _body_bytes,
+    ) -> None:
+        """One message, publication or post: its ``body`` with ``--raw``, JSON with
+        ``--json``, else a ``line`` for a human."""
+        if getattr(self.args, "raw", False):
+            self.write_raw(body(item))
+        elif getattr(self.args, "json", False):
+            self.say_json(item)
+        else:
+            self.say(line(item))
+        self.out.flush()
 
     def cmd_init(self) -> None:
         identity, created = self.data.init()
         if created:
-            print(f"created identity in {self.data.path}", file=self.err)
+            self.note(f"created identity in {self.data.path}")
         self.say(identity.node_id.text)
 
     def cmd_id(self) -> None:
@@ -195,19 +384,12 @@ class Cli:
             relay_mode=self.args.relay_mode,
             relay=RelayConfig(policy=self.args.relay_policy),
             forward_policy=self.args.forward,
+            admission=self.args.admission,
+            inbox_policy=self.args.inbox_policy,
             announce_interval=float(self.args.announce_interval),
         )
-        if self.args.public_url is not None:
-            crypto.validate_endpoint(self.args.public_url)
-        handler = logging.StreamHandler(self.err)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger = logging.getLogger("ptth")
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if self.args.verbose else logging.INFO)
-        try:
-            trio.run(self._run_node, config)
-        finally:
-            logger.removeHandler(handler)
+        log.debug("%s", config)
+        trio.run(self._run_node, config)
 
     async def _run_node(self, config: NodeConfig) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -218,24 +400,49 @@ class Cli:
                 self.say(f"address  {node.address_token()}")
                 self.out.flush()
                 log.info("ptth node %s running; Ctrl-C to stop", node.node_id.short)
+                log.debug("local API at %s", node.api_url)
                 async for signum in signals:
                     log.info("stopping (%s)", signal.Signals(signum).name)
                     break
         log.info("stopped")
+
+    @contextlib.contextmanager
+    def _idempotent(self, command: str) -> Iterator[str]:
+        """This invocation's idempotency key (``--idempotency-key``, else a new one):
+        the ApiClient's retries after a lost connection repeat it, so the node sends
+        one frame at most; and if no answer ever comes, the error says how to retry."""
+        key: str = self.args.idempotency_key or secrets.token_urlsafe(16)
+        try:
+            yield key
+        except Unconfirmed as exc:
+            raise NodeError(
+                f"{exc.reason}: it may or may not be in custody; retry safely with: "
+                f"ptth {command} --idempotency-key {key} (and the same arguments)"
+            ) from exc
+
+    def _replayed(self, answer: dict[str, Any], key: str) -> None:
+        # A key of the command's own is replayed only to its own retry: nothing to say.
+        if answer.get("replayed") and self.args.idempotency_key is not None:
+            self.note(f"done before with idempotency key {key}: this is its first answer")
 
     def cmd_send(self) -> None:
         body = _read_body_argument(self.args.message, self.stdin)
         if self.args.timeout is not None and not self.args.wait:
             raise UsageError("--timeout needs --wait")
         started = time.monotonic()
-        with ApiClient(self.data.path, timeout=None) as api:
+        with (
+            self._idempotent("send") as key,
+            ApiClient(self.data.path, timeout=None, retry_for=API_RETRY_FOR) as api,
+        ):
             answer = api.send(
                 self.args.node_id,
                 body,
                 self.args.content_type,
                 wait=self.args.wait,
                 timeout=self.args.timeout,
+                idempotency_key=key,
             )
+        self._replayed(answer, key)
         where = "held: no route yet" if answer["held"] else f"next hop {answer['next_hop'][:10]}"
         self.say(f"id {answer['id']}  in custody, {where}")
         if not self.args.wait:
@@ -252,15 +459,21 @@ class Cli:
 
     def cmd_publish(self) -> None:
         body = _read_body_argument(self.args.message, self.stdin)
-        with ApiClient(self.data.path, timeout=None) as api:
-            answer = api.publish(self.args.topic, body, self.args.content_type, self.args.ttl)
+        with (
+            self._idempotent("publish") as key,
+            ApiClient(self.data.path, timeout=None, retry_for=API_RETRY_FOR) as api,
+        ):
+            answer = api.publish(
+                self.args.topic, body, self.args.content_type, self.args.ttl, idempotency_key=key
+            )
+        self._replayed(answer, key)
         self.say(answer["id"])
         hops = len(answer["next_hops"])
         where = [f"to {hops} neighbour{'s' if hops != 1 else ''}"] if hops else []
         if answer["delivered_here"]:
             where.append("to a subscription here")
         note = " and ".join(where) if where else "no subscriber known yet"
-        print(f"in custody, {note}", file=self.err)
+        self.note(f"in custody, {note}")
 
     def cmd_subscribe(self) -> None:
         name = self.args.name
@@ -275,11 +488,7 @@ class Cli:
                 contextlib.closing(api.subscribe(self.args.patterns, name=name)) as publications,
             ):
                 for publication in publications:
-                    if self.args.json:
-                        self.say(json.dumps(publication, separators=(",", ":")))
-                    else:
-                        self.say(_publication_line(publication))
-                    self.out.flush()
+                    self.show(publication, _publication_line)
                     if name is not None:
                         # Printed: done with it, the next run does not print it again.
                         api.ack_subscription(name, [publication["seq"]])
@@ -292,12 +501,11 @@ class Cli:
         with ApiClient(self.data.path) as api:
             subscriptions = api.subscriptions()
         if self.args.json:
-            self.say(json.dumps(subscriptions, indent=2))
+            self.say_json(subscriptions, indent=2)
             return
         if not subscriptions:
-            print(
-                "no named subscriptions (start one with 'ptth subscribe PATTERN --name NAME')",
-                file=self.err,
+            self.note(
+                "no named subscriptions (start one with 'ptth subscribe PATTERN --name NAME')"
             )
             return
         for sub in subscriptions:
@@ -324,7 +532,7 @@ class Cli:
         self.say(answer["id"])
         hops = len(answer["next_hops"])
         note = f"to {hops} neighbour{'s' if hops != 1 else ''}" if hops else "no follower known yet"
-        print(f"posted, {note}", file=self.err)
+        self.note(f"posted, {note}")
 
     def cmd_chirp_follow(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -344,16 +552,13 @@ class Cli:
         with ApiClient(self.data.path) as api:
             following = api.chirp_following()
         if not following:
-            print("following nobody yet ('ptth chirp follow NODE_ID')", file=self.err)
+            self.note("following nobody yet ('ptth chirp follow NODE_ID')")
         for node_id in following:
             self.say(node_id)
 
     def cmd_chirp_timeline(self) -> None:
         def show(post: dict[str, Any]) -> None:
-            self.say(
-                json.dumps(post, separators=(",", ":")) if self.args.json else _post_line(post)
-            )
-            self.out.flush()
+            self.show(post, _post_line, _post_bytes)
 
         if not self.args.follow:
             with ApiClient(self.data.path) as api:
@@ -374,7 +579,7 @@ class Cli:
         with ApiClient(self.data.path) as api:
             routes = api.routes()
         if self.args.json:
-            self.say(json.dumps(routes, indent=2))
+            self.say_json(routes, indent=2)
             return
         if not routes:
             self.say("no routes yet (peer with a node, or wait for announces)")
@@ -390,7 +595,7 @@ class Cli:
         with ApiClient(self.data.path) as api:
             queues = api.queues()
         if self.args.json:
-            self.say(json.dumps(queues, indent=2))
+            self.say_json(queues, indent=2)
             return
         if not queues:
             self.say("nothing queued, no neighbours")
@@ -418,7 +623,7 @@ class Cli:
         with ApiClient(self.data.path) as api:
             trace = api.trace(self.args.frame_id)
         if self.args.json:
-            self.say(json.dumps(trace, indent=2))
+            self.say_json(trace, indent=2)
             return
         self.say(f"frame {trace['id']} to {trace['to']}")
         self.say(f"  {_format_time(trace['created'])}  taken into custody here")
@@ -456,21 +661,15 @@ class Cli:
     def cmd_inbox(self) -> None:
         with ApiClient(self.data.path) as api:
             for message in api.inbox(follow=self.args.follow):
-                if "body" in message:
-                    text = message["body"]
-                else:
-                    size = len(base64.b64decode(message["body_b64"]))
-                    text = f"[{size} bytes of {message['ct'] or 'binary'}]"
-                stamp = _format_time(message["received"])
-                self.say(f"{stamp}  from {message['src']}: {text}")
-                self.out.flush()
+                self.show(message, _message_line)
+                # Printed: done with it, the next run does not print it again.
                 api.ack([f"{message['src']}:{message['id']}"])
 
     def cmd_status(self) -> None:
         with ApiClient(self.data.path) as api:
             status = api.status()
         if self.args.json:
-            self.say(json.dumps(status, indent=2))
+            self.say_json(status, indent=2)
             return
         self.say(f"node      {status['node']}" + (f" ({status['name']})" if status["name"] else ""))
         for endpoint in status["endpoints"]:
@@ -519,6 +718,34 @@ class Cli:
             )
         )
 
+    def cmd_policy(self) -> None:
+        with ApiClient(self.data.path) as api:
+            policy = api.policy()
+        if self.args.json:
+            self.say_json(policy, indent=2)
+            return
+        self.say(f"admission  {policy['admission']}  ({_ADMISSION[policy['admission']]})")
+        self.say(f"inbox      {policy['inbox']}  ({_INBOX[policy['inbox']]})")
+        for kind in ("blocked", "allowed"):
+            self.say(f"{kind:<11}{len(policy[kind])}")
+            for node_id in policy[kind]:
+                self.say(f"  {node_id}")
+
+    def cmd_policy_change(self) -> None:
+        change: str = self.args.change
+        node_id: str = self.args.node_id
+        if change == "block" and node_id == self._own_id():
+            raise UsageError("that is this node's own id: a node does not block itself")
+        with ApiClient(self.data.path) as api:
+            policy = api.change_policy(change, node_id)
+        self.say(_policy_change_line(change, node_id, policy))
+
+    def _own_id(self) -> str | None:
+        try:
+            return self.data.identity().node_id.text
+        except (NodeError, crypto.CryptoError):
+            return None  # no identity (yet): no node running either, as will be said
+
     def cmd_peer_add(self) -> None:
         identity = self.data.identity()
         text = _read_token_argument(self.args.token, self.stdin)
@@ -553,22 +780,39 @@ class Cli:
         self.say(f"removed peer {node.text}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line (exit status 2), saying where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: usage: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     # --data-dir is accepted before and after the command; the copy on the commands
     # must not default, or it would overwrite a value given before the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--data-dir",
         type=Path,
         default=argparse.SUPPRESS,
         help="the node's data directory (default: $PTTH_DATA_DIR, else a per-user directory)",
     )
-    parser = argparse.ArgumentParser(
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logs on stderr: -v what the node does (ptth run: links, retries, drops, "
+        "refused requests, relays) and the CLI's retries; -vv also debug details (the "
+        "configuration, each batch of frames taken, each local API request)",
+    )
+    parser = _Parser(
         prog="ptth",
         description="ptth: a peer-to-peer relay mesh of signed messages over HTTP.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"ptth {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[Cli], None], help: str) -> argparse.ArgumentParser:
@@ -603,12 +847,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--listen",
+        type=_listen_address,
         default=NodeConfig.listen,
         metavar="HOST:PORT",
         help="where to accept HTTP (default %(default)s; port 0 picks a free port)",
     )
     run.add_argument(
         "--public-url",
+        type=_public_url,
         metavar="URL",
         help="the URL other nodes reach this one at (default: http://HOST:PORT of --listen)",
     )
@@ -640,13 +886,27 @@ def build_parser() -> argparse.ArgumentParser:
         "attached to it), anyone, or nobody (default %(default)s)",
     )
     run.add_argument(
+        "--admission",
+        choices=["neighbours", "open"],
+        default=NodeConfig.admission,
+        help="who may hand this node frames: its neighbours (peers, relays, nodes attached "
+        "to it) or any node that signs its requests (default %(default)s)",
+    )
+    run.add_argument(
+        "--inbox",
+        dest="inbox_policy",
+        choices=["anyone", "allow-list"],
+        default=NodeConfig.inbox_policy,
+        help="whose messages reach the inbox: anyone but blocked nodes, or only the nodes "
+        "allowed with 'ptth allow' (default %(default)s)",
+    )
+    run.add_argument(
         "--announce-interval",
         type=parse_duration,
         default=int(NodeConfig.announce_interval),
         metavar="DURATION",
         help="how often this node announces itself to the mesh (default 10m)",
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
     send = command(
         "send",
@@ -664,6 +924,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         metavar="S",
         help="with --wait: give up after S seconds (exit 1; the frame stays in the mesh)",
+    )
+    idempotency_help = (
+        "send it at most once per KEY (1..255 printable ASCII characters, no spaces) "
+        "within 24 h: a repeat prints the first answer (default: a new key, which the "
+        "command's own retries reuse; the error after a lost connection names it)"
+    )
+    send.add_argument(
+        "--idempotency-key", type=_idempotency_key, metavar="KEY", help=idempotency_help
     )
 
     publish = command(
@@ -691,6 +959,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the mesh keeps it for subscribers not reached yet: seconds, or "
         "like 90m or 12h (default: the node's frame lifetime)",
     )
+    publish.add_argument(
+        "--idempotency-key",
+        type=_idempotency_key,
+        metavar="KEY",
+        help=idempotency_help.replace("send it", "publish it"),
+    )
     subscribe = command(
         "subscribe",
         Cli.cmd_subscribe,
@@ -711,9 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and a restart, and what it matches waits for the next run; each publication is "
         "acknowledged once printed (end it with 'ptth unsubscribe NAME')",
     )
-    subscribe.add_argument(
-        "--json", action="store_true", help="print each publication as a JSON object"
-    )
+    _output_options(subscribe, "publication")
     subscriptions = command(
         "subscriptions", Cli.cmd_subscriptions, "list this node's named (durable) subscriptions"
     )
@@ -735,9 +1007,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     inbox = command("inbox", Cli.cmd_inbox, "print received messages (and acknowledge them)")
     inbox.add_argument("-f", "--follow", action="store_true", help="keep waiting for more")
+    _output_options(inbox, "message")
 
     status = command("status", Cli.cmd_status, "show the running node's state")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    for change, does in (
+        ("block", "refuse a node: its requests get 403, its frames do not reach the inbox"),
+        ("unblock", "take a node off the block list"),
+        (
+            "allow",
+            "put a node on the allow-list: with 'ptth run --inbox allow-list' only the "
+            "nodes on it reach the inbox",
+        ),
+        ("unallow", "take a node off the allow-list"),
+    ):
+        sub = command(
+            change, Cli.cmd_policy_change, f"{does}; the running node keeps it across restarts"
+        )
+        sub.set_defaults(change=change)
+        sub.add_argument("node_id", type=_node_id, metavar="NODE_ID")
+    policy = command(
+        "policy",
+        Cli.cmd_policy,
+        "show the running node's admission and inbox policy, and whom it blocks and allows",
+    )
+    policy.add_argument("--json", action="store_true", help="print the raw JSON")
 
     peer = commands.add_parser("peer", help="manage the peers this node knows", parents=[common])
     peer_commands = peer.add_subparsers(dest="peer_command", required=True, metavar="COMMAND")
@@ -793,8 +1088,108 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then print new posts as they come, until Ctrl-C",
     )
-    timeline.add_argument("--json", action="store_true", help="print each post as a JSON object")
+    _output_options(timeline, "post")
     return parser
+
+
+def _output_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json`` and ``--raw`` for a command that prints bodies from the network."""
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--json", action="store_true", help=f"print each {what} as a JSON object, one a line"
+    )
+    formats.add_argument(
+        "--raw",
+        action="store_true",
+        help=f"write each {what}'s body as it is, nothing added (for pipes and files; a "
+        "terminal gets its control characters as they are)",
+    )
+
+
+class _TerminalFormatter(logging.Formatter):
+    """Log lines whose words (which may quote the network) cannot act on the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = for_terminal(record.message)
+        return super().formatMessage(record)
+
+
+@contextlib.contextmanager
+def _logging(args: argparse.Namespace, err: TextIO) -> Iterator[None]:
+    """Logs on ``err`` for this command, as ``-v`` asks.
+
+    ``ptth run``: warnings, and its own start and stop lines; ``-v`` what the node
+    does (info); ``-vv`` debug too. Other commands: nothing; ``-v`` the CLI's own notes
+    (retries); ``-vv`` debug too, and each request to the local API.
+    """
+    verbosity: int = getattr(args, "verbose", 0)
+    node = args.handler is Cli.cmd_run
+    if not node and verbosity == 0:
+        yield
+        return
+    levels: dict[str, int] = {"ptth.cli": logging.DEBUG if verbosity >= 2 else logging.INFO}
+    if node:
+        levels["ptth"] = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+    elif verbosity >= 2:
+        levels["httpx"] = logging.INFO  # one line per request
+    # The node's loggers all live under "ptth"; others only the CLI's own (in a test the
+    # same process runs nodes whose logs are not this command's).
+    tops = ["ptth"] if node else ["ptth.cli", "httpx"]
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(_TerminalFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    for name in tops:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield
+    finally:
+        for name in tops:
+            logging.getLogger(name).removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``: itself, or those of an exception group (trio's)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _failure(exc: BaseException) -> tuple[int, str | None] | None:
+    """The exit status and the line to print for ``exc`` (an error the CLI expects,
+    alone or in a group), or None for a bug (whose traceback is then worth seeing)."""
+    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+        return EXIT_BROKEN_PIPE, None  # whoever read stdout has gone: nothing to say
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return 130, "ptth: interrupted"
+    known = (UsageError, NodeError, crypto.CryptoError, mesh.MeshError, OSError)
+    if not leaves or not all(isinstance(leaf, known) for leaf in leaves):
+        return None
+    first = leaves[0]
+    if isinstance(first, UsageError):
+        return 2, f"ptth: usage: {first}"
+    if isinstance(first, mesh.MeshError):
+        first = _store_problem(first)
+    if isinstance(first, OSError):
+        where = f": {first.filename}" if first.filename else ""
+        return 1, f"ptth: error: {first.strerror or first}{where}"
+    return 1, f"ptth: error: {first}"
+
+
+def _discard_stdout(out: TextIO) -> None:
+    """Point ``out``'s file descriptor at /dev/null: what is still buffered for a reader
+    that has gone is dropped quietly at exit (no "Broken pipe" traceback)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = out.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
 
 
 def run(
@@ -809,26 +1204,34 @@ def run(
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed usage or help
+        with _logging(args, err):
+            args.handler(Cli(args, out=out, err=err, stdin=stdin))
+    except SystemExit as exc:  # argparse has printed usage, help or the version
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        args.handler(Cli(args, out=out, err=err, stdin=stdin))
-    except UsageError as exc:
-        print(f"ptth: usage: {exc}", file=err)
-        return 2
-    except (NodeError, crypto.CryptoError) as exc:
-        print(f"ptth: error: {exc}", file=err)
-        return 1
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"ptth: error: {exc.strerror or exc}{where}", file=err)
-        return 1
-    except KeyboardInterrupt:
-        print("ptth: interrupted", file=err)
-        return 130
+    except BaseException as exc:
+        failure = _failure(exc)
+        if failure is None:
+            raise
+        status, line = failure
+        if status == EXIT_BROKEN_PIPE:
+            _discard_stdout(out)
+        if line is not None:
+            with contextlib.suppress(OSError):
+                print(for_terminal(line), file=err)
+        return status
     return 0
 
 
 def main() -> None:
     """Console entry point."""
-    sys.exit(run(sys.argv[1:]))
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A terminal or pipe that cannot encode some character gets an escape for it,
+        # not a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
+    status = run(sys.argv[1:])
+    try:
+        sys.stdout.flush()  # what is still buffered, while a broken pipe can be caught
+    except BrokenPipeError:
+        _discard_stdout(sys.stdout)
+        status = EXIT_BROKEN_PIPE
+    sys.exit(status)

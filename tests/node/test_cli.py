@@ -417,7 +417,8 @@ async def test_trace(trio_line: tuple[Node, Node, Node]) -> None:
 
 
 async def test_peer_add_tells_the_running_node(tcp_nodes: NodeFactory) -> None:
-    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b")
+    # b takes frames from any node: only a is told of the other here.
+    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b", admission="open")
     assert not a.mesh.router.is_neighbour(b.node_id)
     (line,) = await cli_ok(a, "peer", "add", b.address_token())
     assert line == f"added peer {b.node_id.text} (b) seq 1"
@@ -451,7 +452,8 @@ def test_run_options() -> None:
 async def test_trace_shows_a_delivery_claimed_by_another_node_as_ignored(
     tcp_nodes: NodeFactory,
 ) -> None:
-    a, b = await tcp_nodes.open("a"), await tcp_nodes.open("b")
+    # a takes frames from any node that signs its requests (b is no neighbour of it).
+    a, b = await tcp_nodes.open("a", admission="open"), await tcp_nodes.open("b")
     nobody = crypto.Identity.generate().node_id
     sent = await a.send(nobody, b"held", receipt=True)
     # b, which is not the destination, claims to have delivered it.

@@ -161,8 +161,8 @@ def test_listen_address_in_use(tmp_path: Path) -> None:
 
 def test_bad_listen_and_public_url(tmp_path: Path) -> None:
     bad = ptth(tmp_path / "a", "run", "--listen", "nonsense", check=False)
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # a usage mistake
     assert "is not HOST:PORT" in bad.stderr
     bad = ptth(tmp_path / "a", "run", "--public-url", "ftp://x", check=False)
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert "must use http or https" in bad.stderr
