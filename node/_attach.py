@@ -6,7 +6,11 @@ workers (default 2). Each worker dials the relay, sends a signed ``POST
 the bytes that arrive together with the ``101``), and then serves HTTP on that
 connection with the node's own server (:meth:`Server.serve_stream`): the relay is the
 client now. When the connection ends, the worker re-attaches at once; when attaching
-fails, it backs off 1 s -> 30 s with jitter.
+fails, it backs off 1 s -> 30 s with jitter, and never sooner than the relay's
+``Retry-After`` (a full relay's ``503``, a rate or address limit's ``429``; see
+:mod:`node._relay`), which it then follows (x1..1.2, so that nodes told the same time do
+not all come back at once; at most :data:`RETRY_AFTER_MAX`). The link's status shows the
+relay's words (``last_error``) and its ``Retry-After`` (``retry_after``).
 
 A connection on which the relay has sent nothing for the server's idle timeout (60 s:
 about 2.4 of the relay's 25 s ping intervals) is closed by the server, and the worker
@@ -23,6 +27,8 @@ A link knows the node it keeps attached only as an :class:`AttachHost`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import email.utils
 import enum
 import json
 import logging
@@ -45,7 +51,7 @@ from node._net import Network
 from node._relay import ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX
 from node._server import PrefixedStream, Request, Response, Server
 
-__all__ = ["AttachHost", "RelayLink", "RelayMode"]
+__all__ = ["RETRY_AFTER_MAX", "AttachHost", "RelayLink", "RelayMode"]
 
 log = logging.getLogger("ptth.attach")
 
@@ -54,6 +60,9 @@ _READ_SIZE: Final = 64 * 1024
 #: never more than 30 s.
 BACKOFF_INITIAL: Final = 1.0
 BACKOFF_MAX: Final = 30.0
+#: The longest ``Retry-After`` (s) followed: a relay that asks for more (a broken or
+#: hostile one) is tried again after this. A relay's lease is at most minutes.
+RETRY_AFTER_MAX: Final = 600.0
 #: How long the relay may take to answer the attach request.
 ATTACH_TIMEOUT: Final = 30.0
 DEFAULT_LEASE: Final = 60.0
@@ -102,7 +111,14 @@ class RelayMode(enum.StrEnum):
 
 
 class _AttachFailed(Exception):
-    """Attaching failed; the worker backs off and tries again."""
+    """Attaching failed; the worker backs off and tries again.
+
+    ``retry_after``: the seconds the relay asked us to wait (its ``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _UpgradeRefused(_AttachFailed):
@@ -148,6 +164,8 @@ class _Status:
     attaches: int = 0
     failures: int = 0
     last_error: str | None = None
+    #: The relay's ``Retry-After`` (s) with the last failure, if it sent one.
+    retry_after: float | None = None
 
 
 class RelayLink:
@@ -210,6 +228,7 @@ class RelayLink:
         backoff = BACKOFF_INITIAL
         mode = self.mode  # the worker's mode never changes: auto decides per attach
         while True:
+            failure: _AttachFailed
             try:
                 if mode is RelayMode.LONG_POLL:
                     await self._long_poll(await self._open_poll_session())
@@ -232,23 +251,31 @@ class RelayLink:
                         backoff = BACKOFF_INITIAL
                         continue
                     except _AttachFailed as exc:
-                        self._failed(exc)
+                        failure = exc
                 else:
-                    self._failed(
-                        _AttachFailed(
-                            "the relay did not switch protocols (a proxy on the way may strip "
-                            "Upgrade); try --relay-mode auto or long-poll"
-                        )
+                    failure = _AttachFailed(
+                        "the relay did not switch protocols (a proxy on the way may strip "
+                        "Upgrade); try --relay-mode auto or long-poll"
                     )
             except _AttachFailed as exc:
-                self._failed(exc)
-            wait = min(backoff * self.node.rng.uniform(0.5, 1.5), BACKOFF_MAX)
-            await trio.sleep(wait)
+                failure = exc
+            self._failed(failure)
+            await trio.sleep(self._backoff(backoff, failure.retry_after))
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _failed(self, exc: Exception) -> None:
+    def _backoff(self, backoff: float, retry_after: float | None) -> float:
+        """How long to wait before the next attempt (``backoff``: the current step)."""
+        rng = self.node.rng
+        wait = min(backoff * rng.uniform(0.5, 1.5), BACKOFF_MAX)
+        if retry_after is not None:
+            # Never sooner than the relay asked; a little later, spread out.
+            wait = max(wait, min(retry_after, RETRY_AFTER_MAX) * rng.uniform(1.0, 1.2))
+        return wait
+
+    def _failed(self, exc: _AttachFailed) -> None:
         self.status_info.failures += 1
         self.status_info.last_error = str(exc)
+        self.status_info.retry_after = exc.retry_after
         log.info("relay %s: attach failed: %s", self.relay.node.short, exc)
 
     def _attach_headers(self, *, upgrade: bool) -> list[tuple[str, str]]:
@@ -300,7 +327,7 @@ class RelayLink:
                 if status == 200 and _is_poll_session(fields):
                     raise _UpgradeRefused(_session(body))
                 words = body.decode(errors="replace").strip()
-                raise _AttachFailed(f"{self.endpoint} refused the attach: {status} {words}")
+                raise self._refused(status, words, dict(fields).get("retry-after"))
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in answer.headers}
             trailing = bytes(conn.trailing_data[0])
             base_url = headers.get("ptth-base-url", self.public_url)
@@ -317,7 +344,7 @@ class RelayLink:
         info.base_url = base_url
         info.lease = _seconds(headers.get("ptth-lease"), self.lease)
         info.last_activity = self.node.clock()
-        info.last_error = None
+        info.last_error = info.retry_after = None
         log.info("attached to relay %s (upgrade): %s", self.relay.node.short, base_url)
         assert self.node.server is not None
         try:
@@ -344,9 +371,17 @@ class RelayLink:
         except httpx.TransportError as exc:
             raise _AttachFailed(f"cannot reach {self.endpoint}: {exc}") from exc
         if response.status_code != 200 or not _is_poll_session(list(response.headers.items())):
-            words = f"{response.status_code} {response.text.strip()}"
-            raise _AttachFailed(f"{self.endpoint} refused the attach: {words}")
+            status, words = response.status_code, response.text.strip()
+            raise self._refused(status, words, response.headers.get("retry-after"))
         return _session(response.content)
+
+    def _refused(self, status: int, words: str, retry_after: str | None) -> _AttachFailed:
+        """The relay refused the attach: its status and words, and its ``Retry-After``."""
+        seconds = _retry_after(retry_after, self.node.clock())
+        message = f"{self.endpoint} refused the attach: {status} {words}"
+        if seconds is not None:
+            message += f" (Retry-After: {seconds:g} s)"
+        return _AttachFailed(message, seconds)
 
     async def _long_poll(self, session: dict[str, Any]) -> None:
         info = self.status_info
@@ -355,7 +390,7 @@ class RelayLink:
         self._connections_changed(+1)
         info.base_url = str(session["base_url"])
         info.lease = _seconds(session.get("lease"), self.lease)
-        info.last_error = None
+        info.last_error = info.retry_after = None
         hold = _seconds(session.get("hold"), DEFAULT_HOLD)
         poll_url = self.endpoint + str(session["poll"])
         log.info("attached to relay %s (long-poll): %s", self.relay.node.short, info.base_url)
@@ -386,7 +421,8 @@ class RelayLink:
                 return None  # the session ended (e.g. the relay restarted)
             if response.status_code != 200:  # e.g. a proxy's 502: back off, do not spin
                 words = f"{response.status_code} {response.text.strip()}"
-                return _AttachFailed(f"poll to {self.endpoint} answered {words}")
+                seconds = _retry_after(response.headers.get("retry-after"), self.node.clock())
+                return _AttachFailed(f"poll to {self.endpoint} answered {words}", seconds)
             reply = response.headers.get("ptth-reply", "")
             if not _is_capability(reply, REPLY_PREFIX):
                 return _AttachFailed(f"the relay's poll answer has no PTTH-Reply URL: {reply!r}")
@@ -507,6 +543,24 @@ def _seconds(value: Any, default: float) -> float:
     return seconds if math.isfinite(seconds) and seconds >= 0 else default
 
 
+def _retry_after(value: str | None, now_ms: int) -> float | None:
+    """A ``Retry-After`` value (RFC 9110 §10.2.3) in seconds from now; None if absent or
+    unreadable. ``now_ms``: wall time, for the HTTP-date form."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # ("-0000": UTC, with no zone said)
+        when = when.replace(tzinfo=datetime.UTC)
+    seconds = when.timestamp() - now_ms / 1000
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
 def _is_capability(path: str, prefix: str) -> bool:
     """Whether ``path`` is ``prefix`` + a token (the relay's session and reply URLs)."""
     return (
@@ -526,7 +580,8 @@ def _session(body: bytes) -> dict[str, Any]:
         if not _is_capability(session["poll"], POLL_PREFIX):
             raise ValueError(f"poll URL {session['poll']!r} is not {POLL_PREFIX}<token>")
         str(session["base_url"])
-    except (ValueError, KeyError, AttributeError) as exc:
+    except (ValueError, KeyError, AttributeError, RecursionError) as exc:
+        # RecursionError: JSON nested too deeply to parse (a hostile relay's answer).
         raise _AttachFailed(f"the relay's answer is not a poll session: {exc}") from exc
     assert isinstance(session, dict)
     return session

@@ -26,6 +26,42 @@ within ``ping_timeout`` is dropped. After a node's last connection (or poll) end
 URL space stays bound for its lease: visitors wait up to ``visitor_wait`` for it to come
 back, then get ``503`` with ``Retry-After``.
 
+**Who may attach, and how many** (:class:`RelayConfig`). ``policy``: ``open`` (any node
+that signs its attach as itself), ``peers`` (nodes in the relay's peer book), ``off``
+(nobody: ``403``). A node that already has an attachment here (its pool reconnecting, or
+coming back within its lease) always gets back in, within ``max_connections_per_node``;
+a *new* attachment must pass, in this order:
+
+1. ``attach_rate`` / ``attach_burst``: a token bucket per source address (``429``,
+   ``Retry-After`` = the seconds until a token is there): a stranger cannot churn through
+   fresh identities. Every new attachment tried takes a token, also one that a later
+   limit refuses.
+2. ``max_nodes_per_address``: nodes attached at once from one source address (``429``,
+   ``Retry-After: 30``).
+3. ``max_nodes``: nodes attached at once (``503``, ``Retry-After: 30``).
+
+A source address is the host part of the attach request's peer address (``Request.peer``,
+``host:port``); for IPv6, its /64 (one site gets a /64, and can make up any address in
+it). A peer that names no IP address (an in-process network's ``memory``, a Unix socket's
+``?``) has no source address and is limited by ``max_nodes`` only: there is nothing to
+tell strangers apart by. An attachment counts against the address of the attach that
+created it, once, for as long as the relay keeps it (re-attaching, from anywhere, never
+counts twice).
+
+**Eviction.** When limit 2 or 3 is reached, the relay first makes room by evicting an
+attachment that can give way (of that address, for 2; any, for 3): one with no reversed
+connection, no Upgrade about to start and no poll held, whose node is detached (kept only
+for its lease) or whose poll session has seen no poll for ``poll_grace`` seconds since
+its last poll ended or it opened (a vanished poller: a node's pool polls again at once;
+a vanished node's slot is free at most ``poll_hold`` + ``poll_grace`` after its last
+poll began). Of those, the one whose node was last seen (attached, polled, a connection
+began or ended) longest ago goes; it is reported detached (``on_attachment``), its poll
+session ends (its next poll gets ``404``, and it attaches again as a new node) and
+visitors waiting for it get ``503``. Only when nothing can give way is the attach
+refused. These refusals carry ``Proxy-Status`` (``error=http_request_denied`` for the
+two ``429``, ``connection_limit_reached`` for the ``503``) and say which limit, with
+its number.
+
 The relay runs in a host (the node) that it knows only as a :class:`RelayHost`: its id,
 its clock, its replay guard and its peer book. It can tell the host when a node attaches
 and detaches (``on_attachment``; see :class:`RelayService` for exactly when).
@@ -35,6 +71,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
@@ -57,6 +94,7 @@ __all__ = [
     "RelayConfig",
     "RelayHost",
     "RelayService",
+    "source_address",
 ]
 
 log = logging.getLogger("ptth.relay")
@@ -70,6 +108,15 @@ _READ_SIZE: Final = 64 * 1024
 #: How long a granted Upgrade holds a connection slot before its connection starts
 #: being served (the 101 is one small write; the server gives up on writes after 30 s).
 _UPGRADE_GRACE: Final = 30.0
+#: ``Retry-After`` (s) of an attach refused because the relay, or the attach's source
+#: address, is full: about a poll hold plus the poll grace, the soonest a node that
+#: vanishes now can give way.
+_FULL_RETRY_AFTER: Final = 30
+#: Source addresses whose attach rate is tracked at once. An address past the bound
+#: that has not attached for longest is forgotten (it starts again with a full burst):
+#: a bound on memory against senders of many addresses, which gain little from it
+#: (one /64 is one address; 10 000 x ~200 bytes is 2 MB).
+_RATE_ADDRESSES: Final = 10_000
 
 #: Headers that belong to one hop (RFC 9110 §7.6.1) and never cross the relay, plus
 #: those the relay sets itself (visitor-supplied copies are dropped).
@@ -123,8 +170,25 @@ class RelayConfig:
 
     #: Who may attach: "open" (any node), "peers" (nodes in our peer book), "off".
     policy: str = "open"
-    #: Nodes attached at once: each costs a few tasks and buffers.
+    #: Nodes attached at once: each costs a few tasks and buffers. When full, an idle
+    #: attachment gives way to a new one (see the module docstring); 503 if none can.
     max_nodes: int = 1000
+    #: Nodes attached at once from one source address (IPv6: one /64): many nodes
+    #: behind one NAT are plausible, hundreds are not; a stranger with one address
+    #: cannot take more than this of ``max_nodes``. 429 past it. Behind a reverse proxy
+    #: every node comes from the proxy's address: raise it to ``max_nodes`` there.
+    max_nodes_per_address: int = 16
+    #: New attachments per second from one source address (a token bucket; 429 with
+    #: the wait past it): one a second is far more than a NAT's nodes starting up
+    #: need, and stops a stranger churning through fresh identities. Re-attaching
+    #: nodes (their pools reconnecting) are not counted.
+    attach_rate: float = 1.0
+    #: ... and how many at once: a NAT's nodes (or one node's restarts) all get in.
+    attach_burst: int = 20
+    #: A poll session with no poll held can give way to a new node (when the relay or
+    #: the source address is full) once its last poll ended (or it opened, if none came)
+    #: this long ago (s): a node's pollers poll again at once, so after 10 s it is gone.
+    poll_grace: float = 10.0
     #: Reversed connections per node: a pool of 2 is the default on the node side.
     max_connections_per_node: int = 8
     #: Longest lease granted (s): how long a URL space stays bound after the last
@@ -142,6 +206,69 @@ class RelayConfig:
     poll_hold: float = 25.0
     #: Largest request or response body forwarded.
     max_body_size: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("open", "peers", "off"):
+            raise ValueError(f"relay policy must be open, peers or off, not {self.policy!r}")
+        for name in ("max_nodes", "max_nodes_per_address", "attach_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.attach_rate > 0:
+            raise ValueError(f"attach_rate must be above 0 per second, not {self.attach_rate}")
+        if not self.poll_grace >= 0:
+            raise ValueError(f"poll_grace must be 0 s or more, not {self.poll_grace}")
+
+
+def source_address(peer: str) -> str | None:
+    """The source address an attach from ``peer`` (``Request.peer``) counts against.
+
+    The host part of ``host:port``; an IPv6 address as its /64 (``2001:db8:1:2::/64``),
+    an IPv4-mapped one as the IPv4 address. None for a peer that names no IP address (an
+    in-memory network's ``memory``, a Unix socket's ``?``).
+    """
+    host = peer.rpartition(":")[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])  # (without an IPv6 zone)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class _AttachRate:
+    """Token buckets of new attachments, one per source address."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        #: address -> (tokens, when counted); least recently used first.
+        self.buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def take(self, address: str, now: float) -> float:
+        """Take a token for ``address``: 0, or (none there) the seconds until one is."""
+        tokens, then = self.buckets.pop(address, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / self.rate
+        self.buckets[address] = (tokens, now)
+        self._prune(now)
+        return wait
+
+    def _prune(self, now: float) -> None:
+        # Least recently used first: those refilled to a full burst are as good as new,
+        # and forgetting them changes nothing.
+        full = self.burst / self.rate
+        while self.buckets:
+            address, (_, then) = next(iter(self.buckets.items()))
+            if now - then < full and len(self.buckets) <= _RATE_ADDRESSES:
+                break
+            del self.buckets[address]
 
 
 def _sf_string(words: str) -> str:
@@ -290,9 +417,12 @@ class _Exchange:
 class _Attachment:
     """Everything the relay holds for one attached node."""
 
-    def __init__(self, node: crypto.NodeId, lease: float) -> None:
+    def __init__(self, node: crypto.NodeId, lease: float, address: str | None) -> None:
         self.node = node
         self.lease = lease
+        #: The source address it counts against (that of the attach that created it;
+        #: None: a peer with no IP address).
+        self.address = address
         self.connections: list[_Reversed] = []
         self.idle: collections.deque[_Reversed] = collections.deque()
         #: Deadlines of Upgrades granted whose connections have not started yet.
@@ -306,6 +436,13 @@ class _Attachment:
         self.waiting: collections.deque[_Exchange] = collections.deque()
         self.last_activity = trio.current_time()
         self.requests = 0
+        #: When the node last showed life (attached, polled, a connection began or
+        #: ended): the attachment idle longest gives way first.
+        self.last_seen = trio.current_time()
+        #: Polls being held now.
+        self.polls_held = 0
+        #: Its place was given to another node: it is gone from the relay.
+        self.evicted = False
 
     def notify(self) -> None:
         self.changed.set()
@@ -317,7 +454,7 @@ class _Attachment:
 
     @property
     def attached(self) -> bool:
-        return bool(self.connections) or self.polling
+        return not self.evicted and (bool(self.connections) or self.polling)
 
     def connection_count(self) -> int:
         """Connections up, and those granted (by a 101) that are about to be."""
@@ -330,6 +467,19 @@ class _Attachment:
             return False
         since = self.detached_at if self.detached_at is not None else self.poll_deadline
         return trio.current_time() >= since + self.lease
+
+    def can_give_way(self, poll_grace: float) -> bool:
+        """Whether a new node may take its place (the relay, or its address, is full).
+
+        Not while it has a reversed connection, an Upgrade about to start or a poll
+        held; yes when its node is detached (it is kept only for its lease), or its poll
+        session has seen no poll for ``poll_grace`` seconds (its pollers are gone).
+        """
+        if self.connections or self.connection_count() or self.polls_held:
+            return False
+        if self.polling:
+            return trio.current_time() >= self.last_seen + poll_grace
+        return True
 
 
 class RelayService:
@@ -355,6 +505,8 @@ class RelayService:
         the relay notices it, the first of: the relay handles a request on any of its
         routes (attach, poll, reply, ``/n/...``), :meth:`statistics` is called,
         :meth:`watch` (if the host runs it) wakes at the deadline, or :meth:`shutdown`;
+      - its place is given to a new node (the relay or its source address is full and
+        its poll session has gone quiet; see the module docstring): then and there;
       - :meth:`shutdown`: every node still attached is reported detached then, and no
         node is reported attached after it.
 
@@ -376,6 +528,9 @@ class RelayService:
         self.config = config
         self.on_attachment = on_attachment
         self.attachments: dict[crypto.NodeId, _Attachment] = {}
+        #: How many of :attr:`attachments` count against each source address.
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self._attach_rate = _AttachRate(config.attach_rate, config.attach_burst)
         self._replies: dict[str, _Exchange] = {}
         self._polls: dict[str, _Attachment] = {}
         self.closing = False
@@ -473,6 +628,7 @@ class RelayService:
         return [
             {
                 "node": a.node.text,
+                "address": a.address,
                 "connections": len(a.connections),
                 "polling": a.polling,
                 "lease": a.lease,
@@ -515,12 +671,18 @@ class RelayService:
         lease = _requested_lease(request.header("ptth-lease"), self.config.max_lease)
         attachment = self.attachments.get(node)
         if attachment is None or attachment.lease_over():
-            self._sweep()
-            if len(self.attachments) >= self.config.max_nodes:
-                return self._refuse(
-                    503, f"relay full: {self.config.max_nodes} nodes attached", retry_after=30
-                )
-            attachment = self.attachments[node] = _Attachment(node, lease)
+            # A new attachment (a node here already, reconnecting, is not one).
+            if attachment is not None:
+                self._update(attachment)
+                self._remove(attachment)
+            address = source_address(request.peer)
+            refusal = self._make_room(address)
+            if refusal is not None:
+                return refusal
+            attachment = _Attachment(node, lease, address)
+            self.attachments[node] = attachment
+            if address is not None:
+                self._per_address[address] += 1
         attachment.lease = lease
         base_url = self.base_url(request, node)
         if not wants:
@@ -541,6 +703,11 @@ class RelayService:
         async def serve(stream: trio.abc.Stream) -> None:
             if granted in attachment.upgrading:
                 attachment.upgrading.remove(granted)
+            if self.attachments.get(attachment.node) is not attachment:
+                # Its place went to another node meanwhile (the 101 took over
+                # _UPGRADE_GRACE to write): hang up; the node attaches again.
+                await stream.aclose()
+                return
             await self._serve_reversed(attachment, stream)
 
         headers = [
@@ -555,19 +722,97 @@ class RelayService:
         return f"{request.url.split('/ptth/', 1)[0]}/n/{node.text}"
 
     def _sweep(self) -> None:
-        for node, attachment in list(self.attachments.items()):
+        for attachment in list(self.attachments.values()):
             self._update(attachment)  # (a node is reported detached before it is forgotten)
             if attachment.lease_over() and not attachment.waiting:
-                del self.attachments[node]
-                if attachment.poll_token is not None:
-                    self._polls.pop(attachment.poll_token, None)
+                self._remove(attachment)
+
+    def _remove(self, attachment: _Attachment) -> None:
+        """Forget ``attachment`` (its node's state was reported already)."""
+        if self.attachments.get(attachment.node) is not attachment:
+            return
+        del self.attachments[attachment.node]
+        address = attachment.address
+        if address is not None:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+        if attachment.poll_token is not None:
+            self._polls.pop(attachment.poll_token, None)
+
+    def _make_room(self, address: str | None) -> Response | None:
+        """Make room for a new attachment from ``address``; None, or the refusal."""
+        config = self.config
+        wait = 0.0 if address is None else self._attach_rate.take(address, trio.current_time())
+        if wait > 0:
+            seconds = math.ceil(wait)
+            return self._attach_refusal(
+                429,
+                "http_request_denied",
+                f"too many new attachments from {address} (limit {config.attach_rate:g}/s, "
+                f"burst {config.attach_burst}); next in {seconds} s",
+                retry_after=seconds,
+            )
+        self._sweep()
+        count = 0 if address is None else self._per_address[address]
+        if count >= config.max_nodes_per_address and not self._evict(address):
+            return self._attach_refusal(
+                429,
+                "http_request_denied",
+                f"{count} nodes already attached from {address} "
+                f"(limit {config.max_nodes_per_address})",
+                retry_after=_FULL_RETRY_AFTER,
+            )
+        if len(self.attachments) >= config.max_nodes and not self._evict(None):
+            return self._attach_refusal(
+                503,
+                "connection_limit_reached",
+                f"full: {len(self.attachments)} nodes attached (limit {config.max_nodes}), "
+                "none idle long enough to give way",
+                retry_after=_FULL_RETRY_AFTER,
+            )
+        return None
+
+    def _evict(self, address: str | None) -> bool:
+        """Give the place of the attachment (from ``address``, or any) idle longest away.
+
+        False if none can give way (:meth:`_Attachment.can_give_way`).
+        """
+        grace = self.config.poll_grace
+        candidates = [
+            attachment
+            for attachment in self.attachments.values()
+            if (address is None or attachment.address == address) and attachment.can_give_way(grace)
+        ]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda attachment: attachment.last_seen)
+        log.debug(
+            "%s gives way to a new node (last seen %.0f s ago, from %s)",
+            victim.node.short,
+            trio.current_time() - victim.last_seen,
+            victim.address,
+        )
+        victim.evicted = True  # detached, and never attached again: a new one comes
+        self._update(victim)
+        self._remove(victim)
+        victim.poll_token = None
+        for exchange in victim.waiting:
+            exchange.done.set()  # (no response: the visitor gets a 503)
+        victim.waiting.clear()
+        victim.notify()
+        return True
+
+    def _attach_refusal(self, status: int, error: str, words: str, retry_after: int) -> Response:
+        """An attach refused for a limit: ``Proxy-Status`` names the limit, like the words."""
+        return _proxy_status(self.node.node_id, status, error, words, retry_after)
 
     async def _serve_reversed(self, attachment: _Attachment, stream: trio.abc.Stream) -> None:
         connection = _Reversed(stream)
         attachment.connections.append(connection)
         attachment.idle.append(connection)
         attachment.detached_at = None
-        attachment.last_activity = trio.current_time()
+        attachment.last_activity = attachment.last_seen = trio.current_time()
         attachment.notify()
         self._update(attachment)
         try:
@@ -577,6 +822,7 @@ class RelayService:
             attachment.connections.remove(connection)
             if connection in attachment.idle:
                 attachment.idle.remove(connection)
+            attachment.last_seen = trio.current_time()
             if not attachment.connections:
                 attachment.detached_at = trio.current_time()
             attachment.notify()
@@ -636,6 +882,7 @@ class RelayService:
         attachment.poll_token = token
         self._poll_deadline(attachment, trio.current_time() + attachment.lease)
         attachment.detached_at = None
+        attachment.last_seen = trio.current_time()
         self._polls[token] = attachment
         attachment.notify()
         self._update(attachment)
@@ -656,13 +903,18 @@ class RelayService:
             return self._refuse(404, "no such poll session (it ended, or never was)")
         hold_until = trio.current_time() + attachment.lease + self.config.poll_hold
         self._poll_deadline(attachment, hold_until)
-        attachment.last_activity = trio.current_time()
+        attachment.last_activity = attachment.last_seen = trio.current_time()
         self._update(attachment)  # (a poll revives a lapsed session)
-        with trio.move_on_after(self.config.poll_hold):
-            while not attachment.waiting and not self.closing:
-                await attachment.changed.wait()
-                if attachment.poll_token != token:
-                    return self._refuse(404, "poll session replaced by a newer one")
+        attachment.polls_held += 1
+        try:
+            with trio.move_on_after(self.config.poll_hold):
+                while not attachment.waiting and not self.closing:
+                    await attachment.changed.wait()
+                    if attachment.poll_token != token:
+                        return self._refuse(404, "poll session replaced by a newer one")
+        finally:
+            attachment.polls_held -= 1
+            attachment.last_seen = trio.current_time()
         self._poll_deadline(attachment, trio.current_time() + attachment.lease)
         if not attachment.waiting:
             return Response(204)
@@ -712,6 +964,8 @@ class RelayService:
                 return await self._exchange(attachment, connection, request, target, headers)
             if attachment.polling and not attachment.connections:
                 return await self._exchange_by_poll(attachment, request, target, headers)
+            if attachment.evicted:
+                return self._gave_way(attachment)
             if trio.current_time() >= deadline:
                 if attachment.attached:
                     return self._relay_error(
@@ -728,6 +982,14 @@ class RelayService:
                 )
             with trio.move_on_at(deadline):
                 await attachment.changed.wait()
+
+    def _gave_way(self, attachment: _Attachment) -> Response:
+        return self._relay_error(
+            503,
+            "destination_unavailable",
+            f"{attachment.node.short} went away; its place here went to another node",
+            retry_after=max(1, int(self.config.visitor_wait)),
+        )
 
     def _take_idle(self, attachment: _Attachment) -> _Reversed | None:
         while attachment.idle:
@@ -822,6 +1084,8 @@ class RelayService:
         if exchange in attachment.waiting:
             attachment.waiting.remove(exchange)
         self._replies.pop(exchange.reply_token, None)
+        if exchange.response is None and attachment.evicted:
+            return self._gave_way(attachment)
         if exchange.response is None:
             return self._relay_error(
                 504,

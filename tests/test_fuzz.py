@@ -30,13 +30,9 @@ from fuzz.__main__ import main
 from fuzz._harness import crash_key
 from tests.strategies import cbor_values
 
-# (exception type, file) of crashes reported to the lead and not fixed yet.
-KNOWN_CRASHES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # json.loads on deeply nested arrays raises RecursionError (not a ValueError).
-        ("RecursionError", "json/decoder.py"),
-    }
-)
+# (exception type, file) of crashes found and not fixed yet: none today. A new one goes
+# here with a strict xfail test reproducing it, until it is fixed.
+KNOWN_CRASHES: frozenset[tuple[str, str]] = frozenset()
 
 FAST = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -195,7 +191,6 @@ def test_any_header_number_text(text: str) -> None:
 
 
 # -- crashes found by fuzzing, fixed: each input is now refused cleanly ---------------------
-# (one not fixed yet is a strict xfail: its fix makes that test fail; then drop the mark)
 
 
 def _crash(name: str, data: bytes) -> None:
@@ -212,7 +207,6 @@ def test_known_retry_after_superscript_digit() -> None:
     _crash("header_numbers", "²".encode("latin-1"))
 
 
-@pytest.mark.xfail(strict=True, reason="node/_attach.py _session: RecursionError (reported)")
 def test_known_relay_session_deep_json() -> None:
     _crash("relay_session", b"[" * 100_000)
 

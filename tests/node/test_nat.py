@@ -209,14 +209,19 @@ def test_send_to_a_node_behind_nat_through_the_relay(nat: Nat, tmp_path: Path, m
                 "--public-url", f"http://{IN_IP}:8470",
                 "--relay", f"@{tmp_path / 'relay.token'}",
                 "--relay-mode", mode,
+                "-v",  # (info logs: "attached to relay ... (<mode>)")
                 wait_for=f"({mode})",
             ) as inside_token,
             run_node(
                 nat.out, sender_dir, "--listen", "0.0.0.0:8471",
                 "--public-url", f"http://{OUT_IP}:8471",
-            ),
+            ) as sender_token,
         ):  # fmt: skip
             added = ptth(nat.out, sender_dir, "peer", "add", inside_token)
+            assert added.returncode == 0, added.stderr
+            # Both ways (as two people would): the inside node takes frames from its
+            # neighbours only, by default.
+            added = ptth(nat.inside, inside_dir, "peer", "add", sender_token)
             assert added.returncode == 0, added.stderr
             inside_id = ptth(nat.inside, inside_dir, "id").stdout.strip()
             text = f"hello through NAT ({mode})"

@@ -862,15 +862,19 @@ async def test_nodes_limit(
         await link_of(first).wait_connected(2)
         second = await memory_nodes.open("second", relays=(relay.address_token(),))
         await wait_until(lambda: link_of(second).status_info.failures >= 1)
-        assert "503 relay full: 1 nodes attached" in str(link_of(second).status_info.last_error)
+        words = "full: 1 nodes attached (limit 1), none idle long enough to give way"
+        assert f"503 relay: {words}" in str(link_of(second).status_info.last_error)
         answer = await raw_attach(
             network_of(memory_nodes), signed_attach_headers(crypto.Identity.generate())
         )
         assert answer.status == 503
         assert answer.headers["retry-after"] == "30"
+        status = f'ptth-{relay.node_id.short}; error=connection_limit_reached; details="{words}"'
+        assert answer.headers["proxy-status"] == status
         await answer.stream.aclose()
-    # Once the first node's lease has run out, its place is free for the second.
-    with trio.fail_after(60 + 35 + BACKOFF_MAX):
+    # Once the first node is gone (the relay notices by its next ping), its place goes
+    # to the second (which comes back within 1.2 x Retry-After), before its lease is over.
+    with trio.fail_after(25 + 10 + 30 * 1.2 + 1):
         await link_of(second).wait_connected(1)
 
 
@@ -1077,8 +1081,10 @@ async def test_idle_connections_are_pinged(
     nat = await natted(memory_nodes, relay, connections=2)
     assert nat.server is not None
     # The relay's greeting (its announce and routes) reaches nat over a reversed
-    # connection once nat attaches and greets it: let that exchange finish first.
-    await trio.testing.wait_all_tasks_blocked()
+    # connection once nat attaches and greets it (a greeting that came before the
+    # attachment is retried): let those exchanges finish first, well within a ping
+    # interval.
+    await trio.sleep(5)
     served = nat.server.requests_served
     await trio.sleep(26)
     assert nat.server.requests_served == served + 2  # one OPTIONS ping on each
