@@ -247,3 +247,40 @@ async def test_a_bad_policy_setting_fails_before_anything_starts(
     with pytest.raises(NodeError, match=words):
         async with memory_nodes.session("x", **{setting: value}):
             pass  # pragma: no cover
+
+
+async def test_a_flood_of_empty_frames_stops_at_the_origins_share_and_others_flow(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The attack: empty-body frames from a throw-away identity to a node that takes
+    # anyone's (admission open). Each is charged what it stores, so the flood stops at
+    # the origin's share of the inbox; another origin still delivers.
+    quota = 4 * 1024 * 1024
+    b = await memory_nodes.open("b", admission="open", max_inbox_bytes=quota)
+    a = await memory_nodes.open("a")
+    await peer(a, b)
+    flooder = Stranger(network_of(memory_nodes))
+    share = quota // mesh.INBOX_ORIGIN_SHARE
+    accepted = refused = 0
+    words = ""
+    for _ in range(20):
+        now = b.clock()
+        batch = [
+            flooder.frame(b.node_id, now, body=b"") for _ in range(mesh.MAX_FRAMES_PER_REQUEST)
+        ]
+        response = await flooder.post(b, batch)
+        assert response.status_code == 200, response.text
+        for result in mesh.decode_results(response.content, expected=len(batch)):
+            if result.ok:
+                accepted += 1
+            else:
+                assert result.code is mesh.Reason.STORE_FULL
+                refused += 1
+                words = result.words
+    charge = mesh.stored_charge(len(flooder.frame(b.node_id, b.clock(), body=b"")))
+    assert accepted == share // charge
+    assert refused == 20 * mesh.MAX_FRAMES_PER_REQUEST - accepted
+    assert words.startswith(f"inbox holds {accepted * charge} bytes from ")
+    assert b.store.statistics().inbox_bytes == accepted * charge <= share
+    with trio.fail_after(30):
+        await delivered(a, b, b"honest")
