@@ -641,9 +641,9 @@ _WRAP_WORDS: Final = (
 
 def check_header_numbers(data: bytes) -> None:
     """The numbers read from peers' headers and answers: the relay's ``PTTH-Lease``
-    (``_relay._requested_lease``), a ``Retry-After`` (``_forwarder._retry_after``), a
-    relay's lease and hold (``_attach._seconds``). None may raise; each returns a sane
-    number or its default."""
+    (``_relay._requested_lease``), a ``Retry-After`` (``_forwarder._retry_after``,
+    ``_attach._retry_after``), a relay's lease and hold (``_attach._seconds``). None
+    may raise; each returns a sane number or its default."""
     text = data.decode("latin-1")
     lease = _relay._requested_lease(text, 3600.0)
     if not 1.0 <= lease <= 3600.0:
@@ -654,10 +654,17 @@ def check_header_numbers(data: bytes) -> None:
     seconds = _attach._seconds(text, 60.0)
     if not math.isfinite(seconds) or seconds < 0:
         raise PropertyFailed(f"seconds {seconds!r} is not a finite duration")
+    # An attaching node reads a relay's Retry-After too (seconds or an HTTP date).
+    waited = _attach._retry_after(text, NOW_MS)
+    if waited is not None and not math.isfinite(waited):
+        raise PropertyFailed(f"attach retry-after {waited!r} is not finite")
 
 
 def _number_seeds() -> list[bytes]:
-    return [b"60", b"1.5", b"0", b"-1", b"1e3", b"nan", b"inf", b" 30 ", b"300"]
+    return [
+        b"60", b"1.5", b"0", b"-1", b"1e3", b"nan", b"inf", b" 30 ", b"300",
+        b"Wed, 21 Oct 2037 07:28:00 GMT",
+    ]  # fmt: skip
 
 
 def check_relay_session(data: bytes) -> None:

@@ -874,7 +874,8 @@ class Store:
         Per frame, not for the whole request: the neighbour that carried it drops it and
         tells its origin, while the other origins' frames of the same request are taken.
         An origin over its share cannot push anything more, empty or not (the charge has
-        a minimum), nor a copy of what it pushed before.
+        a minimum); a copy of what it pushed before is still a duplicate (so the hop
+        before does not tell the origin it was dropped).
         """
         frame = item.admitted.frame
         if frame.kind is crypto.Kind.RCPT:
@@ -892,25 +893,26 @@ class Store:
             else 0
         )
         src = frame.src.raw
+        words = None
         if to_inbox:
             charge = stored_charge(envelope + len(frame.body or b""))
             held = self._inbox_origin[src] + inbox_added[src]
             if held + charge > self.max_inbox_bytes_per_origin:
-                return Result.rejected(
-                    Reason.STORE_FULL,
+                words = (
                     f"inbox holds {held} bytes from {frame.src.short}, its quota per origin "
-                    f"is {self.max_inbox_bytes_per_origin}: no more until some are read",
+                    f"is {self.max_inbox_bytes_per_origin}: no more until some are read"
                 )
         if copies:
             charge = copies * stored_charge(envelope)
             held = self._usage.origin[src] + usage.origin[src]
-            if held + charge > self.quotas.per_origin:
-                return Result.rejected(
-                    Reason.STORE_FULL,
+            if words is None and held + charge > self.quotas.per_origin:
+                words = (
                     f"queue holds {held} bytes from {frame.src.short}, its quota per origin "
-                    f"is {self.quotas.per_origin}: no more until some are passed on",
+                    f"is {self.quotas.per_origin}: no more until some are passed on"
                 )
-        return None
+        if words is None or self._held(frame):
+            return None  # room, or a copy of what was taken (a duplicate, whatever its share)
+        return Result.rejected(Reason.STORE_FULL, words)
 
     def _check_quotas(self, inbox_added: collections.Counter[bytes], usage: _Usage) -> None:
         """Raise :class:`StoreFull` if ``inbox_added`` (bytes charged, by origin) more in
@@ -1029,6 +1031,18 @@ class Store:
         for came, size in usage.neighbour.items():
             self._usage.neighbour[came] += size
         self._usage.total += usage.total
+
+    def _held(self, frame: crypto.Frame) -> bool:
+        """Is (origin, id) in the seen-set or the queue already? (Looks only.)"""
+        key = (frame.src.raw, frame.id)
+        return (
+            self._db.execute("SELECT 1 FROM seen WHERE src = ? AND id = ?", key).fetchone()
+            is not None
+            or self._db.execute(
+                "SELECT 1 FROM queue WHERE src = ? AND id = ? LIMIT 1", key
+            ).fetchone()
+            is not None
+        )
 
     def _seen(self, frame: crypto.Frame) -> bool:
         """Enter (origin, id) in the seen-set; return True if it was there already."""

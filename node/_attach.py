@@ -549,7 +549,7 @@ def _retry_after(value: str | None, now_ms: int) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²": isdigit() takes it, float() not
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

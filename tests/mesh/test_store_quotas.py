@@ -516,3 +516,27 @@ def test_a_schema_5_store_is_migrated_keeping_every_row(path: Path) -> None:
     with Store(path, max_inbox_bytes=MiB) as store:
         queued_bytes = statistics.queued_bytes + stored_charge(len(own(30).envelope))
         assert store.statistics() == StoreStatistics(8, statistics.inbox_bytes, 8, 6, queued_bytes)
+
+
+def outcomes(results: Sequence[mesh.Result]) -> list[str]:
+    return [result.outcome.value for result in results]
+
+
+def test_a_copy_of_a_taken_frame_is_a_duplicate_even_past_the_share(path: Path) -> None:
+    # The hop before resends what this node took (its answer was lost): still a
+    # duplicate, so it does not tell the origin a frame was dropped that was not.
+    items = [message(n, b"x" * 100) for n in range(3)]
+    each = inbox_charge(items[0])
+    with Store(path, max_inbox_bytes=10 * each, max_inbox_bytes_per_origin=2 * each) as store:
+        assert outcomes(store.accept([here(items[0]), here(items[1])], now=NOW)) == [
+            "accepted",
+            "accepted",
+        ]
+        results = store.accept([here(items[0]), here(items[2])], now=NOW)
+        assert outcomes(results) == ["duplicate", "rejected"]
+        assert results[1].code is mesh.Reason.STORE_FULL
+    quotas = Quotas(per_origin=stored_charge(len(onward(message(9, dst=ALICE)).admitted.envelope)))
+    with Store(path.with_name("relay.sqlite3"), quotas=quotas) as store:
+        first, second = onward(message(10, dst=ALICE)), onward(message(11, dst=ALICE))
+        assert outcomes(store.accept([first], now=NOW)) == ["accepted"]
+        assert outcomes(store.accept([first, second], now=NOW)) == ["duplicate", "rejected"]
