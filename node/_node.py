@@ -897,18 +897,32 @@ class Node:
         ``allow-list``. Raises ValueError past :data:`mesh.MAX_POLICY_ENTRIES` nodes.
         """
         policy = self.mesh.router.policy
+        # Changed on a copy, kept on disk, then applied: a change that could not be
+        # saved is not live either.
+        copy = dataclasses.replace(policy, blocked=set(policy.blocked), allowed=set(policy.allowed))
         changes: dict[str, Callable[[crypto.NodeId], bool]] = {
-            "block": policy.block,
-            "unblock": policy.unblock,
-            "allow": policy.allow,
-            "unallow": policy.unallow,
+            "block": copy.block,
+            "unblock": copy.unblock,
+            "allow": copy.allow,
+            "unallow": copy.unallow,
         }
-        changed = changes[change](node)
-        if changed:
-            lists = policy.lists()
+        if not changes[change](node):
+            return False
+        lists = copy.lists()
+        try:
             await self.run_blocking(lambda: self.data.save_policy_lists(lists))
-            log.info("policy: %s %s", change, node.text)
-        return changed
+        except OSError as exc:
+            raise NodeError(
+                f"cannot save the policy in {self.data.path / 'policy.json'}: "
+                f"{exc.strerror or exc}; nothing changed"
+            ) from exc
+        policy.blocked, policy.allowed = copy.blocked, copy.allowed
+        log.info("policy: %s %s", change, node.text)
+        return True
+
+    def blocked(self, node: crypto.NodeId) -> bool:
+        """Has this node blocked ``node`` (``ptth block``)?"""
+        return node in self.mesh.router.policy.blocked
 
     def peer_address(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
         """The current address record of peer ``node``, or None."""

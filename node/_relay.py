@@ -163,6 +163,9 @@ class RelayHost(Protocol):
     def peer_address(self, node: crypto.NodeId, /) -> crypto.SignedAddress | None:
         """The address record of peer ``node``, or None (policy "peers" asks)."""
 
+    def blocked(self, node: crypto.NodeId, /) -> bool:
+        """Has the host blocked ``node`` (``ptth block``)? A blocked node cannot attach."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RelayConfig:
@@ -663,6 +666,8 @@ class RelayService:
             return self._refuse(401, f"attach not authenticated: {exc}")
         if self.config.policy == "peers" and self.node.peer_address(node) is None:
             return self._refuse(403, f"this relay serves its peers only; {node.short} is not one")
+        if self.node.blocked(node):
+            return self._refuse(403, f"node {node.short} is blocked here")
         upgrade = (request.header("upgrade") or "").lower()
         wants = [token.strip() for token in upgrade.split(",") if token.strip()]
         protocols = [token for token in wants if token in UPGRADE_TOKENS]

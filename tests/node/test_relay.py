@@ -915,6 +915,22 @@ async def test_relaying_for_peers_only(
         await link.wait_connected(2)
 
 
+async def test_a_blocked_node_cannot_attach(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    relay = await memory_nodes.open("relay")
+    stranger = crypto.Identity.generate()
+    await relay.change_policy("block", stranger.node_id)
+    answer = await raw_attach(network_of(memory_nodes), signed_attach_headers(stranger))
+    assert answer.status == 403
+    assert f"node {stranger.node_id.short} is blocked here".encode() in answer.body
+    await answer.stream.aclose()
+    # Others attach as before.
+    nat = await memory_nodes.open("nat", relays=(relay.address_token(),))
+    with trio.fail_after(30):
+        await link_of(nat).wait_connected(2)
+
+
 # -- failures of the node's answers ------------------------------------------------------
 
 
@@ -1594,6 +1610,9 @@ class BareHost:
 
     def peer_address(self, node: crypto.NodeId) -> crypto.SignedAddress | None:
         return None
+
+    def blocked(self, node: crypto.NodeId) -> bool:
+        return False
 
 
 async def test_on_attachment_of_a_poll_session_by_hand(
