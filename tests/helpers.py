@@ -6,19 +6,31 @@ import contextlib
 import dataclasses
 import itertools
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import trio.testing
 
 import crypto
 import mesh
-from node import MemoryNetwork, Message, Network, Node, NodeConfig, TcpNetwork, run_inline
+from node import (
+    MemoryNetwork,
+    Message,
+    Network,
+    Node,
+    NodeConfig,
+    TcpNetwork,
+    make_transport,
+    run_inline,
+)
 from node._errors import DeliveryFailed
-from node._forwarder import FrameClient, PostFailed
+from node._fabric import sign_request
+from node._forwarder import FRAMES_PATH, FrameClient, PostFailed
 
 
 async def peer(a: Node, b: Node) -> None:
@@ -237,3 +249,40 @@ class Running:
         """Cancel the node (as if its process were killed) and wait until it is gone."""
         self.scope.cancel()
         await self.done.wait()
+
+
+class Stranger:
+    """A node identity (by default nobody's neighbour) posting frames by hand."""
+
+    def __init__(self, network: MemoryNetwork, identity: crypto.Identity | None = None) -> None:
+        self.identity = identity or crypto.Identity.generate()
+        self.network = network
+
+    def frame(self, dst: crypto.NodeId, now: int, *, body: bytes = b"x") -> bytes:
+        return crypto.Frame(
+            kind=crypto.Kind.MSG,
+            src=self.identity.node_id,
+            id=secrets.token_bytes(crypto.FRAME_ID_SIZE),
+            ts=now,
+            exp=now + 60_000,
+            hops=8,
+            dst=dst,
+            body=body,
+        ).seal(self.identity)
+
+    async def post_raw(self, target: Node, envelopes: list[bytes]) -> httpx.Response:
+        """POST ``envelopes`` to ``target``'s frames endpoint, signed; the answer."""
+        url = target.endpoints[0] + FRAMES_PATH
+        body = mesh.encode_frames([mesh.WireFrame(0, e) for e in envelopes])
+        headers = [
+            ("content-type", mesh.CONTENT_TYPE_FRAMES),
+            *sign_request(self.identity, "POST", url, body, now=target.clock() // 1000),
+        ]
+        async with httpx.AsyncClient(transport=make_transport(self.network)) as client:
+            return await client.post(url, content=body, headers=headers)
+
+    async def post(self, target: Node, envelopes: list[bytes]) -> list[mesh.Result]:
+        """POST ``envelopes``; it must be taken (200): the per-frame results."""
+        response = await self.post_raw(target, envelopes)
+        assert response.status_code == 200, response.text
+        return mesh.decode_results(response.content, expected=len(envelopes))

@@ -9,7 +9,6 @@ traffic flowing.
 from __future__ import annotations
 
 import json
-import secrets
 
 import httpx
 import pytest
@@ -18,44 +17,10 @@ import trio.testing
 
 import crypto
 import mesh
-from node import MemoryNetwork, Node, NodeError, make_transport
+from node import MemoryNetwork, NodeError, make_transport
 from node._fabric import sign_request
 from node._forwarder import FRAMES_PATH
-from tests.helpers import NodeFactory, chain, delivered, drain, peer
-
-
-class Stranger:
-    """A node identity, nobody's neighbour, posting frames by hand."""
-
-    def __init__(self, network: MemoryNetwork) -> None:
-        self.identity = crypto.Identity.generate()
-        self.network = network
-
-    def frame(self, dst: crypto.NodeId, now: int, *, body: bytes = b"x") -> bytes:
-        return crypto.Frame(
-            kind=crypto.Kind.MSG,
-            src=self.identity.node_id,
-            id=secrets.token_bytes(crypto.FRAME_ID_SIZE),
-            ts=now,
-            exp=now + 60_000,
-            hops=8,
-            dst=dst,
-            body=body,
-        ).seal(self.identity)
-
-    async def post(
-        self, target: Node, envelopes: list[bytes], *, declared: bytes | None = None
-    ) -> httpx.Response:
-        """POST ``envelopes``; with ``declared``, sign (and declare the length of) that
-        body instead, but send only the real one's head: the server must decide first."""
-        url = target.endpoints[0] + FRAMES_PATH
-        body = mesh.encode_frames([mesh.WireFrame(0, e) for e in envelopes])
-        headers = [
-            ("content-type", mesh.CONTENT_TYPE_FRAMES),
-            *sign_request(self.identity, "POST", url, body, now=target.clock() // 1000),
-        ]
-        async with httpx.AsyncClient(transport=make_transport(self.network)) as client:
-            return await client.post(url, content=body, headers=headers)
+from tests.helpers import NodeFactory, Stranger, chain, delivered, drain, peer
 
 
 def network_of(factory: NodeFactory) -> MemoryNetwork:
@@ -69,7 +34,7 @@ async def test_a_stranger_is_refused_from_the_head_and_neighbours_go_on(
     a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
     await peer(a, b)
     stranger = Stranger(network_of(memory_nodes))
-    response = await stranger.post(b, [stranger.frame(b.node_id, b.clock())])
+    response = await stranger.post_raw(b, [stranger.frame(b.node_id, b.clock())])
     assert response.status_code == 403
     assert response.text.strip() == (
         f"node {stranger.identity.node_id.short} is not a neighbour of this node: this "
@@ -87,7 +52,7 @@ async def test_open_admission_takes_a_strangers_frames(
 ) -> None:
     b = await memory_nodes.open("b", admission="open")
     stranger = Stranger(network_of(memory_nodes))
-    response = await stranger.post(b, [stranger.frame(b.node_id, b.clock(), body=b"hi")])
+    response = await stranger.post_raw(b, [stranger.frame(b.node_id, b.clock(), body=b"hi")])
     assert response.status_code == 200
     (result,) = mesh.decode_results(response.content, expected=1)
     assert result.outcome is mesh.Outcome.ACCEPTED
@@ -268,7 +233,7 @@ async def test_a_flood_of_empty_frames_stops_at_the_origins_share_and_others_flo
         batch = [
             flooder.frame(b.node_id, now, body=b"") for _ in range(mesh.MAX_FRAMES_PER_REQUEST)
         ]
-        response = await flooder.post(b, batch)
+        response = await flooder.post_raw(b, batch)
         assert response.status_code == 200, response.text
         for result in mesh.decode_results(response.content, expected=len(batch)):
             if result.ok:

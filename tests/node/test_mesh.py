@@ -17,7 +17,6 @@ import secrets
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -26,11 +25,10 @@ from hypothesis import strategies as st
 
 import crypto
 import mesh
-from node import MemoryNetwork, Node, make_transport
-from node._fabric import sign_request
-from node._forwarder import FRAMES_PATH
+from node import MemoryNetwork, Node
 from tests.helpers import (
     NodeFactory,
+    Stranger,
     chain,
     delivered,
     drain,
@@ -372,38 +370,6 @@ async def test_diamond_falls_back_to_the_other_path(
 
 
 # -- whose frames a node forwards -------------------------------------------------------
-
-
-class Stranger:
-    """A node identity (by default nobody's neighbour) posting frames by hand."""
-
-    def __init__(self, network: MemoryNetwork, identity: crypto.Identity | None = None) -> None:
-        self.identity = identity or crypto.Identity.generate()
-        self.network = network
-
-    def frame(self, dst: crypto.NodeId, now: int, *, body: bytes = b"x") -> bytes:
-        return crypto.Frame(
-            kind=crypto.Kind.MSG,
-            src=self.identity.node_id,
-            id=secrets.token_bytes(crypto.FRAME_ID_SIZE),
-            ts=now,
-            exp=now + 60_000,
-            hops=8,
-            dst=dst,
-            body=body,
-        ).seal(self.identity)
-
-    async def post(self, target: Node, envelopes: list[bytes]) -> list[mesh.Result]:
-        url = target.endpoints[0] + FRAMES_PATH
-        body = mesh.encode_frames([mesh.WireFrame(0, e) for e in envelopes])
-        headers = [
-            ("content-type", mesh.CONTENT_TYPE_FRAMES),
-            *sign_request(self.identity, "POST", url, body, now=target.clock() // 1000),
-        ]
-        async with httpx.AsyncClient(transport=make_transport(self.network)) as client:
-            response = await client.post(url, content=body, headers=headers)
-        assert response.status_code == 200, response.text
-        return mesh.decode_results(response.content, expected=len(envelopes))
 
 
 @pytest.mark.parametrize("policy", ["neighbours", "open", "off"])
