@@ -544,21 +544,24 @@ def _seconds(value: Any, default: float) -> float:
 
 
 def _retry_after(value: str | None, now_ms: int) -> float | None:
-    """A ``Retry-After`` value (RFC 9110 §10.2.3) in seconds from now; None if absent or
-    unreadable. ``now_ms``: wall time, for the HTTP-date form."""
+    """A ``Retry-After`` value (RFC 9110 §10.2.3) in seconds from now, at most
+    :data:`RETRY_AFTER_MAX`; None if absent or unreadable. ``now_ms``: wall time, for
+    the HTTP-date form."""
     if value is None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # not "²": isdigit() takes it, float() not
-        return float(value)
+        # Thousands of digits make float() inf; more than the cap is the cap.
+        return min(float(value[:12]) if len(value) <= 12 else RETRY_AFTER_MAX, RETRY_AFTER_MAX)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a year, time or zone offset no datetime can hold.
         return None
     if when.tzinfo is None:  # ("-0000": UTC, with no zone said)
         when = when.replace(tzinfo=datetime.UTC)
     seconds = when.timestamp() - now_ms / 1000
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX) if math.isfinite(seconds) else None
 
 
 def _is_capability(path: str, prefix: str) -> bool:

@@ -583,6 +583,13 @@ async def test_relay_link_waits_as_long_as_the_relay_says(
         ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),
         ("Thu, 01 Jan 1970 00:01:40 -0000", 60.0),
         ("Thu, 01 Jan 1970 00:00:10 GMT", 0.0),
+        # Found by python -m fuzz: none may raise, all stay within the cap.
+        ("86400", 600.0),
+        ("9" * 5000, 600.0),
+        ("Wed, 21 Oct 2037 07:28:00 -9223372036854775807", None),
+        ("Wed, 21 Oct 2037 07:28:004294967296", None),
+        ("Wed, " + "29" * 2000 + "1 Oct 2037 07:28:00 GMT", None),
+        ("²", None),
     ],
 )
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
