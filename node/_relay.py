@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import ipaddress
 import json
 import logging
 import math
@@ -84,7 +83,7 @@ import trio
 
 import crypto
 from node import _fabric, _net, _wrap
-from node._server import PrefixedStream, Request, Response
+from node._server import PrefixedStream, Request, Response, source_address
 
 __all__ = [
     "ATTACH_PATH",
@@ -220,25 +219,6 @@ class RelayConfig:
             raise ValueError(f"attach_rate must be above 0 per second, not {self.attach_rate}")
         if not self.poll_grace >= 0:
             raise ValueError(f"poll_grace must be 0 s or more, not {self.poll_grace}")
-
-
-def source_address(peer: str) -> str | None:
-    """The source address an attach from ``peer`` (``Request.peer``) counts against.
-
-    The host part of ``host:port``; an IPv6 address as its /64 (``2001:db8:1:2::/64``),
-    an IPv4-mapped one as the IPv4 address. None for a peer that names no IP address (an
-    in-memory network's ``memory``, a Unix socket's ``?``).
-    """
-    host = peer.rpartition(":")[0].strip("[]")
-    try:
-        ip = ipaddress.ip_address(host.partition("%")[0])  # (without an IPv6 zone)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class _AttachRate:

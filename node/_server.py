@@ -61,7 +61,16 @@ from typing import Final
 import h11
 import trio
 
-__all__ = ["Admit", "Handler", "PrefixedStream", "Request", "Response", "Server", "ServerConfig"]
+__all__ = [
+    "Admit",
+    "Handler",
+    "PrefixedStream",
+    "Request",
+    "Response",
+    "Server",
+    "ServerConfig",
+    "source_address",
+]
 
 log = logging.getLogger("ptth.server")
 
@@ -475,10 +484,11 @@ class _ConnectionState:
         self.stream_scope: trio.CancelScope | None = None
         self.peer = peer or _peer_name(stream)
         #: The address this connection counts against; None for a relayed connection.
-        self.address = None if relayed else _address_of(self.peer)
+        ip = source_address(self.peer)
+        self.address = None if relayed else (ip or self.peer)
         #: Whether the per-address cap applies: only to an IP address (a name is an
         #: in-process network's or the caller's, not a stranger's).
-        self.limited = self.address is not None and _is_ip(self.address)
+        self.limited = self.address is not None and ip is not None
         #: Request-body bytes reserved from the server's budget.
         self.reserved = 0
 
@@ -893,27 +903,24 @@ def _peer_name(stream: trio.abc.Stream) -> str:
     return str(getattr(stream, "peer_name", "memory"))
 
 
-def _address_of(peer: str) -> str:
-    """What ``peer`` ("host:port") counts against: its IP address, an IPv6 address's
-    /64 (one site's share), and for a peer that is no IP address the peer string."""
-    host = peer.rpartition(":")[0] if ":" in peer else peer
+def source_address(peer: str) -> str | None:
+    """The source address a connection or an attach from ``peer`` (``Request.peer``)
+    counts against.
+
+    The host part of ``host:port``; an IPv6 address as its /64 (``2001:db8:1:2::/64``),
+    an IPv4-mapped one as the IPv4 address. None for a peer that names no IP address (an
+    in-memory network's ``memory``, a Unix socket's ``?``).
+    """
+    host = peer.rpartition(":")[0].strip("[]")
     try:
-        ip = ipaddress.ip_address(host.strip("[]"))
+        ip = ipaddress.ip_address(host.partition("%")[0])  # (without an IPv6 zone)
     except ValueError:
-        return peer
+        return None
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
-        return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_network(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _size(size: int) -> str:

@@ -31,9 +31,9 @@ from node._server import (
     Response,
     Server,
     ServerConfig,
-    _address_of,
     _peer_name,
     _size,
+    source_address,
 )
 from tests.node.test_server import App, Client, guard
 
@@ -398,12 +398,13 @@ async def test_a_flood_from_one_address_is_capped_and_others_are_served(
 
 
 async def test_ipv6_addresses_count_per_64() -> None:
-    assert _address_of("2001:db8:1:2:aaaa::1:443") == "2001:db8:1:2::/64"
-    assert _address_of("[2001:db8:1:2:bbbb::7]:443") == "2001:db8:1:2::/64"
-    assert _address_of("::ffff:192.0.2.1:80") == "192.0.2.1"
-    assert _address_of("192.0.2.1:4321") == "192.0.2.1"
-    assert _address_of("memory") == "memory"
-    assert _address_of("?") == "?"
+    assert source_address("2001:db8:1:2:aaaa::1:443") == "2001:db8:1:2::/64"
+    assert source_address("[2001:db8:1:2:bbbb::7]:443") == "2001:db8:1:2::/64"
+    assert source_address("::ffff:192.0.2.1:80") == "192.0.2.1"
+    assert source_address("192.0.2.1:4321") == "192.0.2.1"
+    # No IP address: counted under the peer's own name, and not capped.
+    assert source_address("memory") is None
+    assert source_address("?") is None
     config = ServerConfig(max_connections_per_address=2)
     async with serving(App(), config) as served:
         first = await served.connect("2001:db8:1:2::1")
@@ -642,4 +643,4 @@ async def test_the_peer_of_a_tls_connection_is_its_tcp_peer() -> None:
         with accepted:
             tls = trio.SSLStream(trio.SocketStream(accepted), ssl.create_default_context())
             assert _peer_name(tls).startswith("127.0.0.2:")
-            assert _address_of(_peer_name(tls)) == "127.0.0.2"
+            assert source_address(_peer_name(tls)) == "127.0.0.2"
