@@ -6,7 +6,8 @@
     python -m simulations list
 
 Bad input is one line on stderr and exit status 2; a run whose applications saw
-duplicates (messages or posts) prints its report and exits with 1. Long runs print a
+duplicates (messages or posts), or that lost a post (undelivered, unexpired, held by no
+running node), prints its report and exits with 1. Long runs print a
 progress line on stderr every few seconds of wall time (``--quiet`` turns it off).
 """
 

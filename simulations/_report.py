@@ -304,6 +304,12 @@ class ChirpReport:
     expected: int
     delivered: int
     expired: int
+    #: (post, follower) pairs neither delivered nor expired at the end whose post some
+    #: running node still held (queued for a next hop, or unread in the follower's
+    #: subscription): in flight when the run stopped.
+    in_flight: int
+    #: Such pairs whose post no running node held any more: lost.
+    lost: int
     duplicates: int
     latency_p50: float | None
     latency_p95: float | None
@@ -358,7 +364,8 @@ class ChirpReport:
         return [
             f"posts       {self.posts} posted, {self.expected} expected (post x follower), "
             f"delivered {self.delivered} (ratio {ratio(self.delivery_ratio, 4)} of "
-            f"non-expired), expired {self.expired}, duplicates {self.duplicates}",
+            f"non-expired), expired {self.expired}, in flight at the end "
+            f"{self.in_flight}, lost {self.lost}, duplicates {self.duplicates}",
             f"post lat.   p50 {ms(self.latency_p50)}, p95 {ms(self.latency_p95)}, "
             f"p99 {ms(self.latency_p99)}, max {ms(self.latency_max)}",
             f"pub/sub     {self.copies} copies handed on ({ratio(self.copies_per_post)} per "
@@ -414,8 +421,10 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        """Applications saw duplicates (messages or posts)."""
-        return bool(self.duplicates or (self.chirp is not None and self.chirp.duplicates))
+        """Applications saw duplicates (messages or posts), or a post was lost (no
+        running node held it any more, undelivered and not expired)."""
+        chirp = self.chirp
+        return bool(self.duplicates or (chirp is not None and (chirp.duplicates or chirp.lost)))
 
     @property
     def undelivered(self) -> int:

@@ -696,9 +696,49 @@ class Simulation:
             resets=net.resets,
             dials_refused=net.dials_refused,
             dials_unanswered=net.dials_unanswered,
-            events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events),
+            events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events)
+            + tuple(self._undelivered_posts()),
             chirp=self._chirp_report(nodes) if self.ledger.posts else None,
         )
+
+    def _holders(self, post: SentPost, follower: str) -> list[str]:
+        """Where running nodes still hold ``post`` on its way to ``follower``: ``A->B``
+        for a copy queued at A for next hop B, ``F (unread)`` when it waits in the
+        follower's subscription. Empty when no running node holds it."""
+        holders: list[str] = []
+        author = self.nodes[post.author].node_id
+        names = {sim_node.node_id: name for name, sim_node in self.nodes.items()}
+        for name, sim_node in self.nodes.items():
+            if not sim_node.up:
+                continue
+            store = sim_node.node.mesh.store
+            for hop in store.copies_of(author, post.id):
+                holders.append(f"{name}->{names.get(hop, hop.short)}")
+            if name == follower:
+                pending = store.subscription_pending(SUBSCRIPTION, limit=1_000_000)
+                if any(entry.id == post.id for entry in pending):
+                    holders.append(f"{name} (unread)")
+        return holders
+
+    def _undelivered_posts(self, limit: int = 20) -> list[str]:
+        """A line for each (post, follower) pair neither delivered nor expired (the
+        first ``limit``): where the post is held, or that nobody holds it."""
+        now = self.now
+        lines: list[str] = []
+        for post in self.ledger.posts.values():
+            if post.exp <= now:
+                continue
+            for follower in post.missing:
+                if len(lines) == limit:
+                    lines.append("... (more undelivered posts)")
+                    return lines
+                holders = self._holders(post, follower)
+                where = "held at " + ", ".join(holders) if holders else "held nowhere: lost"
+                lines.append(
+                    f"{format_duration(post.posted_at)}: post {post.id.hex()[:12]} by "
+                    f"{post.author} not at {follower} at the end; {where}"
+                )
+        return lines
 
     def _chirp_report(self, nodes: NodeStatistics) -> ChirpReport:
         now = self.now
@@ -711,11 +751,21 @@ class Simulation:
         ]
         expected = sum(len(post.followers) for post in posts)
         hours = now / 3600
+        in_flight = lost = 0
+        for post in posts:
+            if post.exp > now:
+                for follower in post.missing:
+                    if self._holders(post, follower):
+                        in_flight += 1
+                    else:
+                        lost += 1
         return ChirpReport(
             posts=len(posts),
             expected=expected,
             delivered=len(latencies),
             expired=sum(len(post.missing) for post in posts if post.exp <= now),
+            in_flight=in_flight,
+            lost=lost,
             duplicates=self.ledger.post_duplicates,
             latency_p50=_rounded(percentile(latencies, 0.50)),
             latency_p95=_rounded(percentile(latencies, 0.95)),

@@ -127,3 +127,30 @@ async def test_a_follower_down_while_posts_are_made_gets_them_after_restart(
     assert (chirp.posts, chirp.expected, chirp.delivered, chirp.duplicates) == (4, 4, 4, 0)
     assert chirp.latency_max is not None
     assert chirp.latency_max > 60  # the posts made while it was down waited for it
+
+
+async def test_the_report_tells_a_post_in_flight_from_a_lost_one(
+    sim: Simulation, autojump_clock: trio.testing.MockClock
+) -> None:
+    author, relay, follower = await sim.add_nodes(3)
+    await sim.peer_all(chain([author, relay, follower]))
+    await follower.follow(author)
+    with trio.fail_after(60):
+        await knows_follower(author, follower)
+    sim.partition([[author, relay], [follower]])
+    await author.chirp("stuck at the relay")
+    await sim.advance(30)
+    report = sim.report()
+    chirp = chirp_of(report)
+    assert (chirp.expected, chirp.delivered, chirp.in_flight, chirp.lost) == (1, 0, 1, 0)
+    assert not report.failed
+    assert report.events[-1].endswith("by n0 not at n2 at the end; held at n1->n2")
+    # The relay held the only copy (the author handed it over): without its store, the
+    # post is gone, and the report says so.
+    await relay.crash()
+    await relay.start(keep_store=False)
+    report = sim.report()
+    chirp = chirp_of(report)
+    assert (chirp.in_flight, chirp.lost) == (0, 1)
+    assert report.failed
+    assert report.events[-1].endswith("not at n2 at the end; held nowhere: lost")
