@@ -45,6 +45,7 @@ from mesh._store import (
     Store,
     StoreStatistics,
     Trace,
+    Write,
     stored_charge,
 )
 from mesh._topics import TopicTrie, covers, matches
@@ -121,6 +122,7 @@ __all__ = [
     "Trace",
     "Wake",
     "WireFrame",
+    "Write",
     "admit",
     "covers",
     "decode_frames",

@@ -62,7 +62,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import crypto
 from mesh._engine import Deliver, Fanout, Forward
@@ -91,6 +91,7 @@ __all__ = [
     "Store",
     "StoreStatistics",
     "Trace",
+    "Write",
     "stored_charge",
 ]
 
@@ -127,7 +128,20 @@ SEEN_GRACE_MS: Final = 10 * 60 * 1000
 #: How long the origin keeps the trace of a frame past its expiry.
 TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
 SCHEMA_VERSION: Final = 6
+#: Parameters in one ``IN (...)`` list at most (SQLite's limit is 32,766 since 3.32).
+_IN_CHUNK: Final = 500
 _T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Write(Generic[_T]):
+    """One write of a :class:`Store`'s, ready to run: alone (:meth:`Store.write`) or
+    with others in one transaction (:meth:`Store.write_group`). Made by the store's
+    ``*_write`` methods; ``work`` runs in the transaction and ``then`` once its changes
+    stand (the in-memory counts follow the tables)."""
+
+    work: Callable[[], _T]
+    then: Callable[[_T], None] | None = None
 
 
 def stored_charge(stored_bytes: int) -> int:
@@ -586,6 +600,18 @@ def _nodes(raw: bytes | None) -> tuple[crypto.NodeId, ...]:
     return tuple(crypto.NodeId(raw[i : i + 32]) for i in range(0, len(raw), 32))
 
 
+class _WriteFailed(Exception):
+    """A write of a group run without savepoints raised: run them again with."""
+
+
+@dataclasses.dataclass
+class _Counts:
+    usage: _Usage
+    inbox_bytes: int
+    inbox_origin: collections.Counter[bytes]
+    idempotency_keys: int
+
+
 class _Usage:
     """Bytes charged for the queue, in total and by origin, next hop and neighbour (kept
     in memory)."""
@@ -688,15 +714,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-            for src, charged in self._db.execute(
-                f"SELECT src, SUM({_INBOX_CHARGE}) FROM inbox GROUP BY src"  # noqa: S608
-            ):
-                self._inbox_origin[src] = charged
-                self._inbox_bytes += charged
-            self._usage = self._count()
-            (self._idempotency_keys,) = self._db.execute(
-                "SELECT COUNT(*) FROM idempotency"
-            ).fetchone()
+            self._recount()
             (legacy,) = self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()
             self._legacy_seen = legacy > 0
         except sqlite3.Error as exc:
@@ -750,6 +768,19 @@ class Store:
                 db.execute("ROLLBACK")
             raise
 
+    def _recount(self) -> None:
+        """Count the quotas' bytes and the idempotency keys from the tables (on opening,
+        and after a group of writes failed to commit)."""
+        self._inbox_origin = collections.Counter()
+        self._inbox_bytes = 0
+        for src, charged in self._db.execute(
+            f"SELECT src, SUM({_INBOX_CHARGE}) FROM inbox GROUP BY src"  # noqa: S608
+        ):
+            self._inbox_origin[src] = charged
+            self._inbox_bytes += charged
+        self._usage = self._count()
+        (self._idempotency_keys,) = self._db.execute("SELECT COUNT(*) FROM idempotency").fetchone()
+
     def __enter__(self) -> Store:
         return self
 
@@ -800,6 +831,85 @@ class Store:
                 return work()
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path) from exc
+
+    def write(self, write: Write[_T]) -> _T:
+        """Run ``write`` in a transaction of its own; raise what it raises."""
+        return self._transaction(write.work, then=write.then)
+
+    def write_group(self, writes: Sequence[Write[Any]]) -> list[Any]:
+        """Run ``writes`` in one transaction: one fsync for them all (group commit).
+        Return, for each, its result, or the :class:`MeshError` it raised
+        (:class:`StoreFull` for a quota, say): that one's changes are undone, the
+        others stand.
+
+        Raises :class:`MeshError` (none of the writes stands) if the transaction
+        fails (the disk is full, the file cannot be written), and what a write raises
+        that is not a :class:`MeshError` (a bug), undoing them all.
+
+        The writes run one after another, each seeing those before it (a quota check
+        counts them); if one raises, the transaction is rolled back and they run again,
+        each in a savepoint of its own, so that only its changes are undone (a
+        savepoint per write costs as much again as the write: paid only then).
+        """
+        with self._lock:
+            counts = self._counts()
+            if len(writes) > 1:
+                try:
+                    return self._run_group(writes, counts, savepoints=False)
+                except _WriteFailed:
+                    pass
+            return self._run_group(writes, counts, savepoints=True)
+
+    def _run_group(
+        self, writes: Sequence[Write[Any]], counts: _Counts, *, savepoints: bool
+    ) -> list[Any]:
+        outcomes: list[Any] = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for write in writes:
+                if savepoints:
+                    self._db.execute("SAVEPOINT write")
+                try:
+                    result = write.work()
+                except MeshError as exc:
+                    if not savepoints:
+                        raise _WriteFailed from exc
+                    self._db.execute("ROLLBACK TO write")
+                    self._db.execute("RELEASE write")
+                    outcomes.append(exc)
+                    continue
+                if savepoints:
+                    self._db.execute("RELEASE write")
+                # Counted now, so the next write's quota check sees this one; if the
+                # transaction does not stand, the counts are put back as they were.
+                if write.then is not None:
+                    write.then(result)
+                outcomes.append(result)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            self._restore(counts)
+            raise _translate(exc, self.path) from exc
+        except BaseException:
+            self._rollback()
+            self._restore(counts)
+            raise
+        return outcomes
+
+    def _counts(self) -> _Counts:
+        """A copy of the in-memory counts, to put back if a transaction fails."""
+        usage = _Usage()
+        usage.total = self._usage.total
+        usage.origin = self._usage.origin.copy()
+        usage.next_hop = self._usage.next_hop.copy()
+        usage.neighbour = self._usage.neighbour.copy()
+        return _Counts(usage, self._inbox_bytes, self._inbox_origin.copy(), self._idempotency_keys)
+
+    def _restore(self, counts: _Counts) -> None:
+        self._usage = counts.usage
+        self._inbox_bytes = counts.inbox_bytes
+        self._inbox_origin = counts.inbox_origin
+        self._idempotency_keys = counts.idempotency_keys
 
     # -- taking frames ----------------------------------------------------------------
 
@@ -1225,6 +1335,19 @@ class Store:
         receipts: Sequence[bool] | None = None,
         idempotent: Idempotent | None = None,
     ) -> Idempotent | None:
+        """:meth:`enqueue_write`, run alone."""
+        return self.write(
+            self.enqueue_write(frames, now=now, receipts=receipts, idempotent=idempotent)
+        )
+
+    def enqueue_write(
+        self,
+        frames: Sequence[Outgoing],
+        *,
+        now: int,
+        receipts: Sequence[bool] | None = None,
+        idempotent: Idempotent | None = None,
+    ) -> Write[Idempotent | None]:
         """Take custody of frames this node made (sent, or receipts it issues), in one
         transaction (publications: :meth:`publish`). ``receipts[i]``: frame i asked for
         a delivery receipt (its trace is kept either way for ``msg`` frames). Raises
@@ -1236,10 +1359,13 @@ class Store:
         returned (also without ``idempotent``).
         """
         usage = _Usage()
+        kept: list[int] = []  # the idempotency keys kept, once recorded
 
-        def work() -> tuple[Idempotent | None, int]:
+        def work() -> Idempotent | None:
+            nonlocal usage
+            usage = _Usage()  # afresh: a group may run its writes twice
             if idempotent is not None and (recorded := self._recorded(idempotent, now)):
-                return recorded, self._idempotency_keys
+                return recorded
             for index, outgoing in enumerate(frames):
                 if not self._insert_queue(outgoing, now, usage):
                     raise MeshError(f"frame {outgoing.id.hex()} is queued already")
@@ -1260,14 +1386,15 @@ class Store:
                     )
             if problem := self._usage.over(self.quotas, usage):
                 raise StoreFull(problem)
-            return None, self._record(idempotent, now)
+            kept.append(self._record(idempotent, now))
+            return None
 
-        def committed(result: tuple[Idempotent | None, int]) -> None:
-            self._idempotency_keys = result[1]
-            self._merge(usage)
+        def committed(recorded: Idempotent | None) -> None:
+            if recorded is None:
+                self._idempotency_keys = kept[-1]
+                self._merge(usage)
 
-        recorded, _ = self._transaction(work, then=committed)
-        return recorded
+        return Write(work, committed)
 
     def publish(
         self,
@@ -1281,6 +1408,32 @@ class Store:
         to: Sequence[tuple[crypto.NodeId, ...]] = (),
         idempotent: Idempotent | None = None,
     ) -> Idempotent | None:
+        """:meth:`publish_write`, run alone."""
+        return self.write(
+            self.publish_write(
+                frame,
+                envelope,
+                deliver=deliver,
+                next_hops=next_hops,
+                now=now,
+                named=named,
+                to=to,
+                idempotent=idempotent,
+            )
+        )
+
+    def publish_write(
+        self,
+        frame: crypto.Frame,
+        envelope: bytes,
+        *,
+        deliver: bool,
+        next_hops: Iterable[crypto.NodeId],
+        now: int,
+        named: Sequence[str] = (),
+        to: Sequence[tuple[crypto.NodeId, ...]] = (),
+        idempotent: Idempotent | None = None,
+    ) -> Write[Idempotent | None]:
         """Take custody of a publication this node made, in one transaction: enter it
         in the seen-set (a copy coming back is a duplicate), deliver it to our inbox if
         ``deliver`` (a local subscription matches), and queue a copy for each of
@@ -1296,10 +1449,13 @@ class Store:
         hops = list(next_hops)
         usage = _Usage()
         inbox_added: collections.Counter[bytes] = collections.Counter()
+        kept: list[int] = []  # the idempotency keys kept, once recorded
 
-        def work() -> tuple[Idempotent | None, int]:
+        def work() -> Idempotent | None:
+            nonlocal usage, inbox_added
+            usage, inbox_added = _Usage(), collections.Counter()  # afresh, as above
             if idempotent is not None and (recorded := self._recorded(idempotent, now)):
-                return recorded, self._idempotency_keys
+                return recorded
             added = self._fan_out(
                 Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops), tuple(to)),
                 came_from=None,
@@ -1312,15 +1468,16 @@ class Store:
                 )
             inbox_added[frame.src.raw] += added
             self._check_quotas(inbox_added, usage)
-            return None, self._record(idempotent, now)
+            kept.append(self._record(idempotent, now))
+            return None
 
-        def committed(result: tuple[Idempotent | None, int]) -> None:
-            self._idempotency_keys = result[1]
-            self._inbox_taken(inbox_added)
-            self._merge(usage)
+        def committed(recorded: Idempotent | None) -> None:
+            if recorded is None:
+                self._idempotency_keys = kept[-1]
+                self._inbox_taken(inbox_added)
+                self._merge(usage)
 
-        recorded, _ = self._transaction(work, then=committed)
-        return recorded
+        return Write(work, committed)
 
     # -- forwarding -------------------------------------------------------------------
 
@@ -1365,24 +1522,27 @@ class Store:
         seqs = list(seqs)
 
         def work() -> list[tuple[bytes, bytes | None, bytes | None, int]]:
-            removed = []
-            for seq in seqs:
-                row = self._db.execute(
-                    "DELETE FROM queue WHERE seq = ?"
+            removed: list[tuple[bytes, bytes | None, bytes | None, int]] = []
+            ours: list[tuple[bytes, int, bytes]] = []
+            for start in range(0, len(seqs), _IN_CHUNK):
+                chunk = seqs[start : start + _IN_CHUNK]
+                rows = self._db.execute(
+                    f"DELETE FROM queue WHERE seq IN ({','.join('?' * len(chunk))})"  # noqa: S608
                     " RETURNING id, src, next_hop, came_from, size,"
                     " came_from IS NULL AND kind != 'pub'",
-                    (seq,),
-                ).fetchone()
-                if row is None:
-                    continue
-                removed.append(row[1:5])
-                if row[5]:
-                    self._db.execute(
-                        "UPDATE sent SET first_hop = ?, first_accepted = ?,"
-                        " state = CASE WHEN state IN ('queued', 'held') THEN 'forwarded'"
-                        " ELSE state END WHERE id = ? AND first_hop IS NULL",
-                        (first_hop.raw, now, row[0]),
-                    )
+                    chunk,
+                ).fetchall()
+                for row in rows:
+                    removed.append(row[1:5])
+                    if row[5]:
+                        ours.append((first_hop.raw, now, row[0]))
+            if ours:
+                self._db.executemany(
+                    "UPDATE sent SET first_hop = ?, first_accepted = ?,"
+                    " state = CASE WHEN state IN ('queued', 'held') THEN 'forwarded'"
+                    " ELSE state END WHERE id = ? AND first_hop IS NULL",
+                    ours,
+                )
             return removed
 
         return len(self._transaction(work, then=self._forget))

@@ -2,7 +2,8 @@
 
 A :class:`Forwarder` runs for each neighbour. It sends, in one ``POST
 /ptth/v1/frames``, the control frames waiting for the neighbour (announces: in memory,
-not stored) and up to a batch of the frames the store holds for it, oldest first. On
+not stored) and up to a batch of the frames the store holds for it, oldest first, with
+up to :data:`WINDOW` such POSTs in flight. On
 the neighbour's signed answer it hands each frame's result to its host (which deletes
 what was taken and issues receipts for what was refused); on a failure (connection
 error, 429, 503, a bad answer) it asks the host how long to back off and keeps
@@ -29,7 +30,7 @@ import mesh
 from node import _fabric
 from node._errors import DeliveryFailed
 
-__all__ = ["FRAMES_PATH", "Forwarder", "FrameClient", "PostFailed", "ForwarderHost"]
+__all__ = ["FRAMES_PATH", "WINDOW", "Forwarder", "ForwarderHost", "FrameClient", "PostFailed"]
 
 log = logging.getLogger("ptth.node")
 
@@ -41,6 +42,9 @@ BATCH_SIZE: Final = 100
 BATCH_BYTES: Final = 4 * 1024 * 1024
 #: Announces waiting for one neighbour: past this the oldest go (they are periodic).
 MAX_CONTROL_FRAMES: Final = 2000
+#: POSTs in flight to one neighbour at once: two keep both nodes busy (one batch is
+#: verified and committed there while the next is on its way).
+WINDOW: Final = 2
 
 
 class PostFailed(Exception):
@@ -147,7 +151,12 @@ class ForwarderHost(Protocol):
 
     def endpoints_of(self, node: crypto.NodeId) -> Sequence[str]: ...
 
-    async def queued_for(self, node: crypto.NodeId, limit: int) -> list[mesh.Queued]: ...
+    async def queued_for(
+        self, node: crypto.NodeId, limit: int, *, after: int = 0
+    ) -> list[mesh.Queued]:
+        """Up to ``limit`` frames queued for ``node`` with ``seq`` above ``after``,
+        oldest first."""
+        ...
 
     async def handed_on(
         self,
@@ -165,17 +174,29 @@ class ForwarderHost(Protocol):
 
 
 class Forwarder:
-    """Drains what is queued for ``node`` (see the module docstring)."""
+    """Drains what is queued for ``node`` (see the module docstring).
 
-    def __init__(self, host: ForwarderHost, node: crypto.NodeId) -> None:
+    Up to ``window`` POSTs are in flight at once: while the neighbour verifies and
+    commits one batch, the next is sealed, sent and read, so the two nodes work at the
+    same time instead of taking turns. A batch takes what is queued when a slot is free
+    (it does not wait to fill up), beyond the frames already in flight.
+    """
+
+    def __init__(self, host: ForwarderHost, node: crypto.NodeId, *, window: int = WINDOW) -> None:
         self.host = host
         self.node = node
+        self.window = window
         self.control: list[mesh.WireFrame] = []
         self.control_dropped = 0
-        self._data = trio.Event()  # frames arrived for the neighbour
+        self._data = trio.Event()  # frames arrived for the neighbour, or a slot freed
         self._now = trio.Event()  # try now, even during a back-off
         self.retry_at = -math.inf  # trio time of the next attempt after a failure
-        self.sending = False
+        self.in_flight = 0  # POSTs under way
+        self._cursor = 0  # the highest seq in a batch under way (0: none)
+
+    @property
+    def sending(self) -> bool:
+        return self.in_flight > 0
 
     def add_control(self, wires: Sequence[mesh.WireFrame]) -> None:
         """Queue announces (in memory); the oldest go past :data:`MAX_CONTROL_FRAMES`."""
@@ -197,27 +218,37 @@ class Forwarder:
         self._data.set()
 
     async def run(self) -> None:
-        while True:
-            if trio.current_time() < self.retry_at:
-                with trio.move_on_at(self.retry_at):
-                    await self._now.wait()
+        async with trio.open_nursery() as posts:
+            while True:
+                if trio.current_time() < self.retry_at:
+                    with trio.move_on_at(self.retry_at):
+                        await self._now.wait()
+                    self._now = trio.Event()
+                    continue
+                self._data = trio.Event()
                 self._now = trio.Event()
-                continue
-            self._data = trio.Event()
-            self._now = trio.Event()
-            sent = await self._send_one_batch()
-            if not sent:
+                if self.in_flight < self.window:
+                    batch = await self._next_batch()
+                    if batch is not None:
+                        self.in_flight += 1
+                        posts.start_soon(self._post, *batch)
+                        continue
                 await self._data.wait()
 
-    async def _send_one_batch(self) -> bool:
-        """Send one batch; return False if there was nothing to send (or nowhere to)."""
+    async def _next_batch(
+        self,
+    ) -> tuple[Sequence[str], list[mesh.WireFrame], list[mesh.Queued]] | None:
+        """What to send next, beyond what is in flight; None if there is nothing to send
+        (or nowhere to)."""
         endpoints = self.host.endpoints_of(self.node)
         if not endpoints:
-            return False  # wait for an address to be learned (poke wakes us)
+            return None  # wait for an address to be learned (poke wakes us)
         control = self.control[:BATCH_SIZE]
-        queued = await self.host.queued_for(self.node, BATCH_SIZE - len(control))
+        queued = await self.host.queued_for(
+            self.node, BATCH_SIZE - len(control), after=self._cursor
+        )
         if not control and not queued:
-            return False
+            return None
         size = sum(len(wire.envelope) for wire in control)
         for index, item in enumerate(queued):
             size += item.size
@@ -225,8 +256,33 @@ class Forwarder:
                 queued = queued[:index]  # the rest goes in the next batch
                 break
         del self.control[: len(control)]
+        if queued:
+            self._cursor = max(self._cursor, queued[-1].seq)
+        return endpoints, control, queued
+
+    async def _post(
+        self,
+        endpoints: Sequence[str],
+        control: list[mesh.WireFrame],
+        queued: list[mesh.Queued],
+    ) -> None:
+        try:
+            await self._send(endpoints, control, queued)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                # Nothing under way: start again from the oldest frame still queued
+                # (those of a failed batch are).
+                self._cursor = 0
+            self._data.set()
+
+    async def _send(
+        self,
+        endpoints: Sequence[str],
+        control: list[mesh.WireFrame],
+        queued: list[mesh.Queued],
+    ) -> None:
         frames = [*control, *(item.wire for item in queued)]
-        self.sending = True
         try:
             results = await self.host.frame_client.post(self.node, endpoints, frames)
         except (PostFailed, DeliveryFailed) as failure:
@@ -235,15 +291,12 @@ class Forwarder:
             # Announces are periodic: those that did not go are put back in front.
             self.control[:0] = control
             wait = await self.host.post_failed(self.node, problem, after)
-            self.retry_at = trio.current_time() + wait
-            return True
-        finally:
-            self.sending = False
+            self.retry_at = max(self.retry_at, trio.current_time() + wait)
+            return
         pause = await self.host.handed_on(self.node, control, queued, results[len(control) :])
         if pause is not None:
-            self.retry_at = trio.current_time() + pause
+            self.retry_at = max(self.retry_at, trio.current_time() + pause)
         if control:
             for wire, result in zip(control, results[: len(control)], strict=True):
                 if not result.ok:
                     log.debug("%s refused an announce: %s %s", self.node.short, result.code, wire)
-        return True

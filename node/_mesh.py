@@ -26,13 +26,14 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import trio
 
 import crypto
 import mesh
+from node._commit import GroupCommit, RunBlocking
 from node._errors import NodeError, Replayed
 from node._forwarder import Forwarder, FrameClient
 from node._message import Publication, Published
@@ -53,9 +54,6 @@ ROUTES_SAVE_DELAY: Final = 1.0
 #: seconds, and each save writes them all. A node killed in between comes back with
 #: slightly older routes and is greeted with fresh ones by its neighbours.
 ROUTES_SAVE_INTERVAL: Final = 30.0
-
-
-RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +118,8 @@ class MeshRuntime:
         self.rng = rng
         self.new_id = new_id
         self.run_blocking = run_blocking
+        #: Custody of our own frames (sends, publications): one commit for many.
+        self.commits = GroupCommit(store, run_blocking)
         self.own_address = own_address
         self.peer_addresses = peer_addresses
         self.router = mesh.Router(self.local, rng=rng, config=config.router)
@@ -471,8 +471,8 @@ class MeshRuntime:
         named = self.subscriptions.durable_names(topic) if decision.deliver else ()
         published = Published(frame.id, topic, decision.next_hops, decision.deliver)
         record = None if idempotent is None else idempotent(published)
-        earlier = await self.run_blocking(
-            lambda: self.store.publish(
+        earlier = await self.commits.run(
+            self.store.publish_write(
                 frame,
                 envelope,
                 deliver=bool(named),
@@ -561,8 +561,8 @@ class MeshRuntime:
             outgoing.append(mesh.Outgoing.of(frame, envelope, hops=0, next_hop=hop))
         receipts = [bool(frame.rr) for frame, _ in frames]
         record = None if idempotent is None else idempotent(hops)
-        earlier = await self.run_blocking(
-            lambda: self.store.enqueue(outgoing, now=now, receipts=receipts, idempotent=record)
+        earlier = await self.commits.run(
+            self.store.enqueue_write(outgoing, now=now, receipts=receipts, idempotent=record)
         )
         if earlier is not None:
             raise Replayed(earlier)
@@ -593,12 +593,14 @@ class MeshRuntime:
 
     # -- forwarder host ---------------------------------------------------------------
 
-    async def queued_for(self, node: crypto.NodeId, limit: int) -> list[mesh.Queued]:
+    async def queued_for(
+        self, node: crypto.NodeId, limit: int, *, after: int = 0
+    ) -> list[mesh.Queued]:
         if limit <= 0:
             return []
         now = self.clock()
         batch: list[mesh.Queued] = await self.run_blocking(
-            lambda: self.store.batch(node, now=now, limit=limit)
+            lambda: self.store.batch(node, now=now, limit=limit, after=after)
         )
         return batch
 

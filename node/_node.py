@@ -48,11 +48,12 @@ from node import _fabric
 from node._api import API_PREFIX, LocalApi
 from node._attach import RelayLink, RelayMode
 from node._chirp import Chirp
+from node._commit import RunBlocking
 from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
 from node._local import open_unix_listener
-from node._mesh import MeshConfig, MeshRuntime, NodeStatistics, RunBlocking
+from node._mesh import MeshConfig, MeshRuntime, NodeStatistics
 from node._message import Message, Published, Sent
 from node._net import Network, TcpNetwork, make_transport
 from node._pubsub import DurableSubscription, Subscription
