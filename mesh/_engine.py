@@ -134,6 +134,9 @@ class Fanout:
     deliver: bool
     next_hops: tuple[crypto.NodeId, ...]
     to: tuple[tuple[crypto.NodeId, ...], ...] = ()
+    #: Matching subscribers with no way on now but straight back: a copy for each is
+    #: held here (addressed to it) until a route to it appears.
+    held: tuple[crypto.NodeId, ...] = ()
 
     def subscribers_for(self, index: int) -> tuple[crypto.NodeId, ...]:
         return self.to[index] if index < len(self.to) else ()
@@ -317,10 +320,19 @@ class Router:
         if not subscribers or not self._may_forward(admitted, sender):
             return Fanout(deliver, ())
         by_hop: dict[crypto.NodeId, list[crypto.NodeId]] = {}
+        held: list[crypto.NodeId] = []
         for node in sorted(subscribers, key=lambda n: n.raw):
-            hop = self.next_hop(node, now)
-            if hop is not None and hop != sender:
+            # Never straight back: the best way that does not go through the sender.
+            hop = self.next_hop(node, now, came_from=sender)
+            if hop is not None:
                 by_hop.setdefault(hop, []).append(node)
+            elif admitted.to and node not in (sender, frame.src):
+                # The sender gave it to us for this subscriber, and our only way to it
+                # is back (routes still settling, e.g. its relay restarted and it has
+                # not attached again): hold a copy for it until a way appears, rather
+                # than let its way end here (it would be lost). An unaddressed copy's
+                # sender serves the subscribers behind it itself.
+                held.append(node)
         hops = sorted(by_hop, key=lambda n: n.raw)
         return Fanout(
             deliver,
@@ -329,6 +341,7 @@ class Router:
             tuple(
                 tuple(by_hop[h]) if len(by_hop[h]) <= MAX_SUBSCRIBERS_PER_COPY else () for h in hops
             ),
+            tuple(held),
         )
 
     def _may_forward(self, admitted: Admitted, sender: crypto.NodeId | None) -> bool:

@@ -429,11 +429,31 @@ class Outgoing:
             came_from, to,
         )  # fmt: skip
 
+    @classmethod
+    def held_for(
+        cls,
+        frame: crypto.Frame,
+        envelope: bytes,
+        *,
+        hops: int,
+        subscriber: crypto.NodeId,
+        came_from: crypto.NodeId | None = None,
+    ) -> Outgoing:
+        """The copy of publication ``frame`` held for ``subscriber`` (no next hop yet):
+        addressed to it, with it as ``dst``, so that :meth:`Store.reroute` sends it on
+        once a route to it appears."""
+        assert frame.kind is crypto.Kind.PUB
+        return cls(
+            frame.src, frame.id, frame.kind, subscriber, frame.exp, hops, envelope, None,
+            came_from, (subscriber,),
+        )  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Queued:
     """A frame in the queue. For a copy of a ``pub``, ``dst`` is the next hop the copy
-    is for (the frame has no destination)."""
+    is for (the frame has no destination), or for a copy held for one subscriber
+    (:meth:`Outgoing.held_for`), that subscriber."""
 
     seq: int
     src: crypto.NodeId
@@ -1088,8 +1108,13 @@ class Store:
                 "(a bug in the router: report it)"
             )
         if self._seen(frame):
-            if any(decision.to):
-                self._queue_copies(admitted, decision, came_from, now, usage, addressed=True)
+            # Held copies only for a copy addressed to its subscribers: an unaddressed
+            # duplicate's subscribers were seen to when it was first taken.
+            hold = bool(admitted.to)
+            if any(decision.to) or (hold and decision.held):
+                self._queue_copies(
+                    admitted, decision, came_from, now, usage, addressed=True, hold=hold
+                )
             return None
         added = self._insert_inbox(admitted, now) if decision.deliver else 0
         if added or decision.deliver:
@@ -1112,8 +1137,10 @@ class Store:
         usage: _Usage,
         *,
         addressed: bool = False,
+        hold: bool = True,
     ) -> None:
-        """A copy per next hop (with ``addressed``, only those naming subscribers)."""
+        """A copy per next hop (with ``addressed``, only those naming subscribers), and
+        with ``hold`` one held for each of ``decision.held``."""
         frame = admitted.frame
         taken: set[crypto.NodeId] = set()
         for index, hop in enumerate(decision.next_hops):
@@ -1126,6 +1153,12 @@ class Store:
                 to=to,
             )  # fmt: skip
             self._insert_queue(copy, now, usage)
+        for subscriber in decision.held if hold else ():
+            held = Outgoing.held_for(
+                frame, admitted.envelope, hops=admitted.hops, subscriber=subscriber,
+                came_from=came_from,
+            )  # fmt: skip
+            self._insert_queue(held, now, usage)
 
     def _forget(self, removed: Iterable[tuple[bytes, bytes | None, bytes | None, int]]) -> None:
         """Count queue rows (origin, next hop, neighbour, envelope size) a committed
@@ -1587,7 +1620,17 @@ class Store:
                 " (CASE WHEN came_from IS ? THEN ? ELSE ? END)",
                 (hop, other, hop, dst.raw, hop, other, hop),
             )
-            return cursor.rowcount, self._count() if cursor.rowcount else None
+            moved = cursor.rowcount
+            if hop is not None:
+                # Publication copies held for subscriber dst go its way now, even back
+                # where they came from: that node takes them as addressed duplicates
+                # and, never sending them straight back, on toward dst.
+                moved += self._db.execute(
+                    "UPDATE queue SET next_hop = ? WHERE dst = ? AND kind = 'pub'"
+                    " AND next_hop IS NULL AND subscribers = ?",
+                    (hop, dst.raw, dst.raw),
+                ).rowcount
+            return moved, self._count() if moved else None
 
         def committed(result: tuple[int, _Usage | None]) -> None:
             if result[1] is not None:
@@ -1607,24 +1650,25 @@ class Store:
         return usage
 
     def held_destinations(self) -> list[crypto.NodeId]:
-        """Destinations of frames held with no next hop (copies of publications always
-        have one, and no destination)."""
+        """Destinations of frames held with no next hop (for a copy of a publication
+        held for a subscriber, that subscriber)."""
 
         def work() -> list[crypto.NodeId]:
             rows = self._db.execute(
-                "SELECT DISTINCT dst FROM queue WHERE next_hop IS NULL AND kind != 'pub'"
+                "SELECT DISTINCT dst FROM queue WHERE next_hop IS NULL"
             ).fetchall()
             return [crypto.NodeId(row[0]) for row in rows]
 
         return self._read(work)
 
     def queued_destinations(self) -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
-        """(destination, next hop) pairs that have frames queued (not counting copies of
-        publications: they have no destination)."""
+        """(destination, next hop) pairs that have frames queued (copies of publications
+        only when held for a subscriber: the others have a next hop, no destination)."""
 
         def work() -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
             rows = self._db.execute(
-                "SELECT DISTINCT dst, next_hop FROM queue WHERE kind != 'pub'"
+                "SELECT DISTINCT dst, next_hop FROM queue"
+                " WHERE kind != 'pub' OR (next_hop IS NULL AND subscribers = dst)"
             ).fetchall()
             return [(crypto.NodeId(row[0]), _node(row[1])) for row in rows]
 

@@ -329,6 +329,29 @@ def test_a_copy_goes_on_toward_the_subscribers_it_was_sent_for_only() -> None:
     )
 
 
+def test_a_copy_for_a_subscriber_reachable_only_back_is_held_here() -> None:
+    # Found by the chirp scenario: X's relay A restarted and, its routes still
+    # settling, sent us the copy for X (X had not attached again); our only way to X is
+    # back through A. Dropping X from the copy lost the post for X: hold it for X.
+    r = router(A, B, C)
+    route(r, X, A)
+    subscribe(r, X_ID, "t", A)
+    decision = r.classify(admitted(publication(D_ID, "t"), to=(X,)), A, NOW)
+    assert decision == Fanout(False, (), (), held=(X,))
+    # Another way to X, not through the sender: it goes that way, nothing held.
+    route(r, X, B)
+    decision = r.classify(admitted(publication(D_ID, "t"), to=(X,)), A, NOW)
+    assert decision == Fanout(False, (B,), ((X,),))
+    # An unaddressed copy from A: A serves the subscribers behind it itself.
+    r = router(A, B, C)
+    route(r, X, A)
+    subscribe(r, X_ID, "t", A)
+    assert r.classify(admitted(publication(D_ID, "t")), A, NOW) == Fanout(False, ())
+    # Nor is a copy held for the subscriber that sent it, or for the origin.
+    decision = r.classify(admitted(publication(X_ID, "t"), to=(X,)), A, NOW)
+    assert decision == Fanout(False, ())
+
+
 def test_a_local_subscription_delivers_here_and_ours_go_out() -> None:
     r = router(A)
     route(r, X, A)

@@ -1026,3 +1026,36 @@ def test_a_duplicate_naming_other_subscribers_is_passed_on_toward_them(store: St
     # A duplicate that names nobody (every matching subscriber) adds nothing.
     store.accept([fanout(pub(1), [BOB])], now=NOW)
     assert store.batch(BOB.node_id, now=NOW) == []
+
+
+def held_for(item: Admitted, *subscribers: crypto.Identity, came_from: crypto.Identity) -> Intake:
+    """A copy addressed to ``subscribers`` that this node can send on only back to
+    ``came_from``: held here for each."""
+    to = tuple(s.node_id for s in subscribers)
+    decision = Fanout(False, (), (), held=to)
+    return Intake(Admitted(item.frame, item.envelope, item.hops, to), decision, came_from.node_id)
+
+
+def test_a_copy_held_for_a_subscriber_goes_on_once_a_route_appears(store: Store) -> None:
+    # DAVE sent us the copy for FRANK; our only way to FRANK was back through DAVE.
+    assert outcomes(store.accept([held_for(pub(1), FRANK, came_from=DAVE)], now=NOW)) == [
+        "accepted"
+    ]
+    assert store.held_destinations() == [FRANK.node_id]
+    assert (FRANK.node_id, None) in store.queued_destinations()
+    assert len(copies(store)) == 1
+    # A second copy for FRANK meets it here (a duplicate): one held copy is enough.
+    results = store.accept([held_for(pub(1), FRANK, came_from=EVE)], now=NOW)
+    assert outcomes(results) == ["duplicate"]
+    assert len(sql(store, "SELECT 1 FROM queue WHERE next_hop IS NULL")) == 1
+    # Routes settle: FRANK is reached through DAVE, where the first came from. It goes
+    # there (DAVE takes it as an addressed duplicate and, never sending it straight
+    # back, on toward FRANK).
+    assert store.reroute(FRANK.node_id, DAVE.node_id) == 1
+    copies_for_dave = store.batch(DAVE.node_id, now=NOW)
+    assert [q.wire.to for q in copies_for_dave] == [(FRANK.node_id,)]
+    assert store.held_destinations() == []
+    # Copies queued for a next hop are not moved by a reroute of that next hop.
+    store.accept([addressed(pub(2), {EVE: [FRANK]})], now=NOW)
+    store.reroute(EVE.node_id, None)
+    assert len(store.batch(EVE.node_id, now=NOW)) == 1
