@@ -90,7 +90,7 @@ class ServerConfig:
 
     #: Request line + headers: our requests carry a few signature headers, ~1 KiB.
     max_header_size: int = 16 * 1024
-    #: A frames POST of 100 frames of 64 KiB fits; a peer wanting more sends two.
+    #: A frames POST of 250 frames of 64 KiB fits; a peer wanting more sends two.
     max_body_size: int = 16 * 1024 * 1024
     #: From a request's first byte to the end of its headers.
     header_timeout: float = 10.0

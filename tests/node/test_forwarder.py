@@ -20,7 +20,7 @@ import trio.testing
 import crypto
 import mesh
 from node import MemoryNetwork, Node, Request, Response, Server
-from node._forwarder import BATCH_SIZE, FRAMES_PATH
+from node._forwarder import BATCH_SIZE, FRAMES_PATH, WINDOW
 from tests.helpers import NodeFactory, delivered, drain, messages, next_message, peer, record
 
 FRONT = ("front", 8471)  # not port 80: a default port would leave the Host header
@@ -448,7 +448,7 @@ async def test_a_resent_frame_is_a_duplicate_not_an_error(
     assert await drain(b) == [b"once"]
 
 
-async def test_one_request_in_flight_per_neighbour(
+async def test_at_most_a_window_of_requests_in_flight_per_neighbour(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     a = await memory_nodes.open("a")
@@ -480,18 +480,23 @@ async def test_one_request_in_flight_per_neighbour(
     posts = record(a)
     await a.send(b.node_id, b"first, alone")
     await held.wait()  # the first request is at b, held there
-    for i in range(150):
+    for i in range(WINDOW + 2):  # each alone: a request each while slots are free
+        await a.send(b.node_id, b"alone %d" % i)
+        await trio.testing.wait_all_tasks_blocked()
+    for i in range(150):  # at once (the store is inline here: no checkpoint between)
         await a.send(b.node_id, b"%d" % i)
     release.set()
+    total = 1 + WINDOW + 2 + 150
     with trio.fail_after(60):
-        await messages(b, 152)
+        await messages(b, total + 1)
 
     def sizes() -> list[int]:
         return [post.messages for post in posts.to(b) if post.results and post.messages]
 
     with trio.fail_after(60):
-        await posts.wait_for(lambda: sum(sizes()) == 151)
-    assert most == 1
-    assert sizes()[0] == 1
-    assert max(sizes()) <= BATCH_SIZE
-    assert len(sizes()) == 3  # 1, then 100 and 50
+        await posts.wait_for(lambda: sum(sizes()) == total)
+    # The first WINDOW requests each took what was queued when they went (one frame);
+    # the rest waited for a free slot and went together.
+    assert most == WINDOW
+    assert sizes() == [1] * WINDOW + [total - WINDOW]
+    assert total - WINDOW <= BATCH_SIZE
