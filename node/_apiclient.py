@@ -9,11 +9,13 @@ Through the Unix socket (when ``api.json`` names one and it is there) the CLI do
 compete with strangers for the TCP server's connection slots. Sends and publications
 may carry an ``Idempotency-Key``: the node then does them at most once per key, and the
 client may retry one after a lost connection (a node restarting) without making a
-second frame; :meth:`ApiClient.send` and :meth:`ApiClient.publish` do so on their own.
+second frame; :meth:`ApiClient.send`, :meth:`ApiClient.send_batch` and
+:meth:`ApiClient.publish` do so on their own.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -32,12 +34,15 @@ __all__ = [
     "RETRY_FOR",
     "ApiClient",
     "Unconfirmed",
+    "batch_line",
     "validate_idempotency_key",
 ]
 
 log = logging.getLogger("ptth.cli.api")
 
 _JSON: Final = "application/json"
+#: How ``POST send/batch`` is given its messages: one JSON object a line.
+_NDJSON: Final = "application/x-ndjson"
 #: The longest ``Idempotency-Key`` the node keeps (characters).
 IDEMPOTENCY_KEY_MAX: Final = 255
 #: How long a send or publish with an idempotency key is retried after transport
@@ -61,6 +66,22 @@ def validate_idempotency_key(key: str) -> str:
             "ASCII characters, no spaces"
         )
     return key
+
+
+def batch_line(message: Mapping[str, Any]) -> bytes:
+    """One message of a batch as its NDJSON line (newline included): ``to``, ``body``
+    (bytes: as text when they are UTF-8, else as ``body_b64``; or text), and ``ct``,
+    ``receipt``, ``ttl`` when given. Raises ValueError for a text body that is not
+    valid Unicode (a lone surrogate)."""
+    value = dict(message)
+    body = value.pop("body", b"")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    try:
+        value["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        value["body_b64"] = base64.b64encode(body).decode("ascii")
+    return (json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 class Unconfirmed(NodeError):
@@ -247,6 +268,36 @@ class ApiClient:
                 value["status"] = response.status_code
                 return self._replayed(response, value)
         return self._replayed(response, self._check(response))
+
+    def send_batch(
+        self, messages: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> Any:
+        """Send many messages in one request (``POST send/batch``): each a mapping with
+        ``to`` (a node id) and ``body`` (bytes or text), optionally ``ct``, ``receipt``
+        and ``ttl`` (s). The node takes all of them into custody in one transaction, or
+        none (then :class:`NodeError` with its words, which name the first bad line).
+        The answer is ``{"sent": [{"id", "to", "next_hop", "held"}, ...]}``, in order.
+
+        An idempotency key works as for :meth:`send`: the node takes the batch at most
+        once per key (a replayed answer has ``"replayed": true``), and a transport
+        failure is retried with the same key for up to :attr:`retry_for` seconds; then
+        :class:`Unconfirmed`."""
+        content = b"".join(batch_line(message) for message in messages)
+        response = self._post(
+            "send/batch",
+            params=None,
+            content=content,
+            headers={"content-type": _NDJSON},
+            idempotency_key=idempotency_key,
+        )
+        answer = self._replayed(response, self._check(response))
+        sent = answer.get("sent") if isinstance(answer, dict) else None
+        if not isinstance(sent, list) or len(sent) != len(messages):
+            count = len(sent) if isinstance(sent, list) else "no"
+            raise NodeError(
+                f"the node answered a batch of {len(messages)} messages with {count} ids"
+            )
+        return answer
 
     def routes(self) -> Any:
         return self.request("GET", "routes")

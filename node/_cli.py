@@ -16,6 +16,8 @@ import argparse
 import base64
 import collections
 import contextlib
+import dataclasses
+import functools
 import importlib.metadata
 import io
 import json
@@ -36,7 +38,14 @@ import trio
 
 import crypto
 import mesh
-from node._apiclient import RETRY_FOR, ApiClient, Unconfirmed, validate_idempotency_key
+from node._apiclient import (
+    IDEMPOTENCY_KEY_MAX,
+    RETRY_FOR,
+    ApiClient,
+    Unconfirmed,
+    batch_line,
+    validate_idempotency_key,
+)
 from node._attach import RelayMode
 from node._datadir import DataDir, default_data_dir
 from node._errors import NodeError, NotRunning
@@ -55,6 +64,20 @@ API_RETRY_FOR: Final = RETRY_FOR
 #: The exit status after stdout was closed early (128 + SIGPIPE, what a shell shows
 #: for a program a closed pipe ended).
 EXIT_BROKEN_PIPE: Final = 141
+#: ``ptth send --lines`` sends a batch once it holds this many lines ...
+LINES_PER_BATCH: Final = 1_000
+#: ... or would pass this many bytes of NDJSON with the next line (a line with the
+#: largest body a message may carry still goes, alone): a request the node answers in
+#: well under a second, far below its body limit (16 MiB).
+BATCH_BYTES: Final = 1024 * 1024
+#: How much of stdin one read takes at most; a read returns what is there, so a slow
+#: producer's lines are not held back waiting for more.
+_READ_SIZE: Final = 64 * 1024
+#: Reads of stdin held ahead of what is being sent: what ``--lines`` keeps in memory
+#: besides the batch in flight is bounded by this many reads (and one line).
+_READ_AHEAD: Final = 4
+#: The longest ``--idempotency-key`` with ``--lines``: ``:<batch number>`` is appended.
+_LINES_KEY_MAX: Final = IDEMPOTENCY_KEY_MAX - 11
 _DURATION: Final = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -186,6 +209,60 @@ def _body_bytes(item: dict[str, Any]) -> bytes:
     if "body" in item:
         return str(item["body"]).encode("utf-8", "surrogatepass")
     return base64.b64decode(item["body_b64"])
+
+
+def _lines(first: int, last: int) -> str:
+    """``line 4`` or ``lines 4-9``."""
+    return f"line {first}" if first == last else f"lines {first}-{last}"
+
+
+def _in_custody(first: int) -> str:
+    """``lines 1-<first - 1> are in custody`` (line ``first`` is where it stopped)."""
+    return f"{_lines(1, first - 1)} {'is' if first == 2 else 'are'} in custody"
+
+
+def _sent_before(first: int) -> str:
+    """What ``ptth send --lines`` had done when it stopped at line ``first``."""
+    if first == 1:
+        return "nothing was sent"
+    return f"{_in_custody(first)}, line {first} on not sent"
+
+
+@dataclasses.dataclass
+class _LineBatch:
+    """The lines of stdin ``ptth send --lines`` has made messages of and not sent yet."""
+
+    first: int = 1  # the number of the first line in it (1-based)
+    messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    size: int = 0  # bytes of NDJSON
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.messages) - 1
+
+    def full_with(self, size: int) -> bool:
+        """Is there no room for one more line of ``size`` bytes?"""
+        return bool(self.messages) and (
+            len(self.messages) >= LINES_PER_BATCH or self.size + size > BATCH_BYTES
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unreadable:
+    """Stdin cannot go on (a line longer than a message may be): sent after the lines
+    before it, so that those are sent first."""
+
+    words: str
+
+
+def _no_cr(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+def _too_long(number: int) -> _Unreadable:
+    return _Unreadable(
+        f"line {number} is over {crypto.MAX_BODY_SIZE} bytes, the most a message may carry"
+    )
 
 
 def _format_time(ms: int) -> str:
@@ -426,9 +503,20 @@ class Cli:
             self.note(f"done before with idempotency key {key}: this is its first answer")
 
     def cmd_send(self) -> None:
-        body = _read_body_argument(self.args.message, self.stdin)
         if self.args.timeout is not None and not self.args.wait:
             raise UsageError("--timeout needs --wait")
+        if self.args.lines:
+            self._check_lines_usage()
+            trio.run(self._send_lines)
+            return
+        if self.args.message is None:
+            raise UsageError(
+                "say what to send: TEXT, @FILE or - (stdin), or --lines to send each line "
+                "of stdin as a message"
+            )
+        if self.args.json:
+            raise UsageError("--json is for --lines (one JSON object per message sent)")
+        body = _read_body_argument(self.args.message, self.stdin)
         started = time.monotonic()
         with (
             self._idempotent("send") as key,
@@ -456,6 +544,213 @@ class Cli:
             )
             return
         raise NodeError(answer.get("error") or f"not delivered ({state})")
+
+    # -- ptth send --lines ----------------------------------------------------------------
+
+    def _check_lines_usage(self) -> None:
+        if self.args.message is not None:
+            raise UsageError(
+                "with --lines the messages come from stdin, one a line: give no TEXT "
+                f"(got {self.args.message[:40]!r})"
+            )
+        if self.args.wait:
+            raise UsageError(
+                "--wait is for one message; with --lines, 'ptth trace ID' shows where each is"
+            )
+        try:
+            crypto.NodeId.parse(self.args.node_id)
+        except crypto.CryptoError as exc:
+            raise UsageError(f"NODE_ID: {exc}") from None
+        if self.args.node_id == self._own_id():
+            raise UsageError("that is this node's own id: a node does not send to itself")
+        key = self.args.idempotency_key
+        if key is not None and len(key) > _LINES_KEY_MAX:
+            raise UsageError(
+                f"with --lines the idempotency key gets ':<batch number>' appended: give "
+                f"at most {_LINES_KEY_MAX} characters, not {len(key)}"
+            )
+
+    def _stdin_reader(self) -> Callable[[], bytes]:
+        """A blocking read of what stdin has now (at most :data:`_READ_SIZE` bytes; b""
+        at its end), for a worker thread. From the file descriptor, not through Python's
+        buffered reader: a thread left blocked in a read (Ctrl-C) then holds no lock that
+        the interpreter needs when it exits."""
+        try:
+            fd = self.stdin.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None  # io.UnsupportedOperation is an OSError and a ValueError
+        if fd is not None:
+            return functools.partial(os.read, fd, _READ_SIZE)
+        text = self.stdin  # a text-only stream (tests): its text as UTF-8
+
+        def read() -> bytes:
+            return text.read(_READ_SIZE).encode("utf-8", "surrogateescape")
+
+        return read
+
+    async def _read_lines(self, lines: trio.MemorySendChannel[list[bytes] | _Unreadable]) -> None:
+        """Read stdin in a worker thread and pass on its lines (without their line
+        breaks, ``\n`` or ``\r\n``) as soon as each read ends: a slow producer's line
+        goes on at once. A last line without a line break counts too."""
+        read = self._stdin_reader()
+        longest = crypto.MAX_BODY_SIZE + 1  # a body, and a "\r"
+        number = 0  # lines passed on
+        async with lines:
+            pending: list[bytes] = []  # the start of a line still being read
+            pending_size = 0
+            while True:
+                chunk = await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+                if not chunk:
+                    if pending_size:  # a last line without a line break
+                        await lines.send([_no_cr(b"".join(pending))])
+                    return
+                *complete, rest = chunk.split(b"\n")
+                if complete:
+                    complete[0] = b"".join([*pending, complete[0]])
+                    pending, pending_size = [], 0
+                    too_long = next(
+                        (i for i, line in enumerate(complete) if len(line) > longest), None
+                    )
+                    if too_long is not None:
+                        await lines.send([_no_cr(line) for line in complete[:too_long]])
+                        await lines.send(_too_long(number + too_long + 1))
+                        return
+                    number += len(complete)
+                    await lines.send([_no_cr(line) for line in complete])
+                pending.append(rest)
+                pending_size += len(rest)
+                if pending_size > longest:
+                    await lines.send(_too_long(number + 1))
+                    return
+
+    async def _send_lines(self) -> None:
+        """``ptth send --lines``: each line of stdin a message to NODE_ID, in batches of
+        one request each; print each message's id as its batch is in custody.
+
+        A batch goes when it is full (:data:`LINES_PER_BATCH` lines or
+        :data:`BATCH_BYTES`), at the end of stdin, and, without ``--idempotency-key``,
+        as soon as stdin has nothing more to give right now (so ``tail -f`` lines go at
+        once, while a fast producer fills batches: lines pile up while one is sent).
+        With ``--idempotency-key K`` batches are cut by count and size only, the same
+        for the same input, and batch n carries key ``K:n``: a rerun of the same input
+        takes nothing twice. Without one, each batch has a fresh key of its own (its
+        retries after a lost connection are safe; a rerun is not)."""
+        explicit = self.args.idempotency_key
+        base = explicit or secrets.token_urlsafe(16)
+        idle_flush = explicit is None
+        started = time.monotonic()
+        batches = held = 0
+        batch = _LineBatch()
+        send, receive = trio.open_memory_channel[list[bytes] | _Unreadable](_READ_AHEAD)
+        with ApiClient(self.data.path, timeout=None, retry_for=API_RETRY_FOR) as api:
+
+            async def flush() -> None:
+                nonlocal batch, batches, held
+                if not batch.messages:
+                    return
+                batches += 1
+                answer = await self._send_batch(api, batch, f"{base}:{batches}")
+                held += sum(1 for sent in answer["sent"] if sent["held"])
+                batch = _LineBatch(first=batch.last + 1)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_lines, send)
+                async with receive:
+                    while True:
+                        try:
+                            if batch.messages and idle_flush:
+                                try:
+                                    item = receive.receive_nowait()
+                                except trio.WouldBlock:
+                                    await flush()  # stdin has nothing more for now
+                                    continue
+                            else:
+                                item = await receive.receive()
+                        except trio.EndOfChannel:
+                            break
+                        if isinstance(item, _Unreadable):
+                            await flush()
+                            raise NodeError(f"{item.words}: {_sent_before(batch.first)}")
+                        for raw in item:
+                            number = batch.last + 1
+                            try:
+                                text = raw.decode("utf-8")
+                            except UnicodeDecodeError as exc:
+                                await flush()
+                                raise NodeError(
+                                    f"line {number} is not UTF-8 text (byte {exc.start + 1}): "
+                                    f"{_sent_before(number)}"
+                                ) from None
+                            message: dict[str, Any] = {"to": self.args.node_id, "body": text}
+                            if self.args.content_type:
+                                message["ct"] = self.args.content_type
+                            # As 'ptth send' does: 'ptth trace ID' can tell of delivery.
+                            message["receipt"] = True
+                            size = len(batch_line(message))
+                            if batch.full_with(size):
+                                await flush()
+                            batch.messages.append(message)
+                            batch.size += size
+                await flush()
+        elapsed = time.monotonic() - started
+        count = batch.first - 1
+        log.info(
+            "sent %d message%s in %d batch%s in %.2f s (%.0f/s)%s",
+            count,
+            "" if count == 1 else "s",
+            batches,
+            "" if batches == 1 else "es",
+            elapsed,
+            count / elapsed if elapsed > 0 else 0,
+            f"; {held} held here: no route yet" if held else "",
+        )
+
+    async def _send_batch(self, api: ApiClient, batch: _LineBatch, key: str) -> Any:
+        """Send one batch (in a worker thread: the client blocks) and print its ids."""
+        lines = _lines(batch.first, batch.last)
+        started = time.monotonic()
+        try:
+            answer = await trio.to_thread.run_sync(
+                functools.partial(api.send_batch, batch.messages, idempotency_key=key),
+                abandon_on_cancel=True,
+            )
+        except Unconfirmed as exc:
+            if self.args.idempotency_key is not None:
+                advice = (
+                    "; run again with the same input and --idempotency-key "
+                    f"{self.args.idempotency_key}: what is in custody is not sent again"
+                )
+            else:
+                advice = " (with --idempotency-key, running again with the same input is safe)"
+            done = "" if batch.first == 1 else f"; {_in_custody(batch.first)}"
+            raise NodeError(
+                f"{exc.reason}: {lines} may or may not be in custody{done}; line "
+                f"{batch.last + 1} on not sent{advice}"
+            ) from exc
+        except NodeError as exc:  # the node's refusal: nothing of the batch was taken
+            words = re.sub(
+                r"^line (\d+):",
+                lambda found: f"line {batch.first + int(found[1]) - 1}:",
+                str(exc),
+            )
+            raise NodeError(f"{words}: {_sent_before(batch.first)}") from exc
+        log.debug(
+            "%s (%d bytes) in custody in %.0f ms",
+            lines,
+            batch.size,
+            (time.monotonic() - started) * 1000,
+        )
+        if answer.get("replayed") and self.args.idempotency_key is not None:
+            self.note(
+                f"{lines} were sent before with idempotency key {key}: these are their first ids"
+            )
+        for number, sent in enumerate(answer["sent"], batch.first):
+            if self.args.json:
+                self.say_json({"line": number, **sent})
+            else:
+                self.say(sent["id"])
+        self.out.flush()
+        return answer
 
     def cmd_publish(self) -> None:
         body = _read_body_argument(self.args.message, self.stdin)
@@ -914,8 +1209,25 @@ def build_parser() -> argparse.ArgumentParser:
         "send a message to any node of the mesh; returns once it is in durable custody",
     )
     send.add_argument("node_id", metavar="NODE_ID")
-    send.add_argument("message", metavar="TEXT|@FILE|-", help="the message, @FILE, or - for stdin")
+    send.add_argument(
+        "message",
+        nargs="?",
+        metavar="TEXT|@FILE|-",
+        help="the message, @FILE, or - for stdin (none with --lines)",
+    )
     send.add_argument("--content-type", "--ct", dest="content_type", metavar="TYPE")
+    send.add_argument(
+        "--lines",
+        action="store_true",
+        help="send each line of stdin (UTF-8 text, its line break stripped) as a message, "
+        f"in batches (up to {LINES_PER_BATCH} lines or {BATCH_BYTES >> 20} MiB, sooner "
+        "when stdin is idle); print each message's id as it is in custody",
+    )
+    send.add_argument(
+        "--json",
+        action="store_true",
+        help="with --lines: print a JSON object per message (line, id, to, next_hop, held)",
+    )
     send.add_argument(
         "--wait", action="store_true", help="wait for the delivery receipt (exit 1 if dropped)"
     )
@@ -931,7 +1243,12 @@ def build_parser() -> argparse.ArgumentParser:
         "command's own retries reuse; the error after a lost connection names it)"
     )
     send.add_argument(
-        "--idempotency-key", type=_idempotency_key, metavar="KEY", help=idempotency_help
+        "--idempotency-key",
+        type=_idempotency_key,
+        metavar="KEY",
+        help=idempotency_help
+        + "; with --lines, batch n uses KEY:n and batches are cut by count and size only, "
+        "so running again with the same input sends nothing twice",
     )
 
     publish = command(
