@@ -15,16 +15,22 @@ Usage: python benchmarks/fabric.py [--frames N] [--body BYTES]
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's directory comes first on sys.path, and benchmarks/mesh.py
+# would shadow the ``mesh`` package: take the directory off before importing ptth.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
 import argparse
 import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import timeit
-from pathlib import Path
 
 import nacl.signing
 import trio

@@ -1,0 +1,162 @@
+"""benchmarks/versus.py: its ptth rows move messages end to end, a missing broker is
+named with how to install it (and the rest is measured), ratios are taken within rounds,
+and the broker rows run where the brokers are installed (skipped, saying why, elsewhere).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from benchmarks import versus
+
+
+def ptth_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RabbitMQ and no NATS, whatever this machine has."""
+    monkeypatch.setattr(versus, "find_rabbitmq", lambda: None)
+    monkeypatch.setattr(versus, "find_nats_server", lambda: None)
+
+
+def test_ptth_rows_measured_and_missing_brokers_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ptth_only(monkeypatch)
+    out = io.StringIO()
+    argv = ["--messages", "30", "--rounds", "1", "--samples", "5", "--dir", str(tmp_path)]
+    assert versus.main([*argv, "--json"], out=out) == 0
+    result = json.loads(out.getvalue())
+
+    for system in ("ptth-1hop", "ptth-3hop"):
+        (rate,) = result["systems"][system]["rates"]
+        assert rate is not None
+        assert rate > 0
+    assert set(result["systems"]) == {"ptth-1hop", "ptth-3hop"}
+    assert "apt-get install rabbitmq-server" in result["missing"]["rabbitmq"]
+    assert "pip install -e '.[bench]'" in result["missing"]["nats"]
+    assert result["one at a time"]["ptth send until custody"]["samples"] == 5
+    goals = {goal["goal"]: goal for goal in result["goals"]}
+    assert goals["ptth-1hop >= 1.0x RabbitMQ end to end"]["met"] is None
+    assert goals["ptth-1hop >= 0.6x Ed25519 verify of both cores"]["value"] > 0
+    assert goals["ptth-3hop >= 0.7x ptth-1hop"]["met"] is not None
+    assert list(tmp_path.iterdir()) == []  # every data directory removed
+
+
+def test_text_report_names_missing_brokers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ptth_only(monkeypatch)
+    out = io.StringIO()
+    argv = ["--systems", "rabbitmq,nats", "--rounds", "1", "--samples", "0"]
+    assert versus.main([*argv, "--dir", str(tmp_path)], out=out) == 0
+    text = out.getvalue()
+    assert (
+        "rabbitmq: not measured: no rabbitmq-server found "
+        "(Debian/Ubuntu: `apt-get install rabbitmq-server`)" in text
+    )
+    assert "nats: not measured: no nats-server found" in text
+    assert "ptth-1hop >= 1.0x RabbitMQ end to end" in text
+    assert "not measured\n" in text
+
+
+def test_ratios_are_taken_within_rounds() -> None:
+    rounds: list[dict[str, float | None]] = [
+        {"ptth-1hop": 100.0, "ptth-3hop": 80.0, "rabbitmq": 200.0},
+        {"ptth-1hop": 300.0, "ptth-3hop": 150.0, "rabbitmq": 200.0},
+        {"ptth-1hop": 50.0, "ptth-3hop": None, "rabbitmq": 25.0},
+    ]
+    samples = {
+        "ptth send until custody": [0.002] * 10,
+        "rabbitmq publish+confirm": [0.001] * 10,
+    }
+    summary = versus.summarize(
+        ["ptth-1hop", "ptth-3hop", "rabbitmq"], rounds, [100.0, 100.0, 100.0], samples
+    )
+    one_hop = summary["systems"]["ptth-1hop"]
+    assert one_hop["vs rabbitmq"] == [0.5, 1.5, 2.0]
+    assert one_hop["median vs rabbitmq"] == 1.5  # not median(ptth) / median(rabbitmq) = 0.5
+    assert (one_hop["median"], one_hop["min"], one_hop["max"]) == (100.0, 50.0, 300.0)
+    assert summary["systems"]["ptth-3hop"]["vs rabbitmq"] == [0.4, 0.75, None]
+    met = {goal["goal"]: (goal["value"], goal["met"]) for goal in summary["goals"]}
+    assert met["ptth-1hop >= 1.0x RabbitMQ end to end"] == (1.5, True)
+    assert met["ptth-1hop >= 0.6x Ed25519 verify of both cores"] == (0.5, False)
+    assert met["one at a time: ptth p50 <= 1.5x RabbitMQ publish+confirm"] == (2.0, False)
+    assert met["ptth-3hop >= 0.7x ptth-1hop"] == (0.65, False)
+
+    out = io.StringIO()
+    versus.report(summary, out)
+    assert "0.50 1.50 2.00" in out.getvalue()
+
+
+def test_rounds_rotate_the_order() -> None:
+    systems = ["a", "b", "c"]
+    assert [versus.rotated(systems, i) for i in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--messages", "0"], "must be at least 1, not 0"),
+        (["--systems", "ptth-1hop,kafka"], "unknown system kafka"),
+        (["--samples", "-1"], "must be 0 or more, not -1"),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        versus.main(argv)
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_missing_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert versus.main(["--dir", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"versus.py: --dir {tmp_path / 'absent'} is not a directory"
+    )
+
+
+def test_finders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert versus.find_rabbitmq(scripts=[]) is None
+    script = tmp_path / "rabbitmq-server"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    assert versus.find_rabbitmq(scripts=[]) == script
+    server = tmp_path / "nats-server"
+    server.write_text("#!/bin/sh\n")
+    server.chmod(server.stat().st_mode | stat.S_IXUSR)
+    assert versus.find_nats_server() == server
+
+
+BODY = os.urandom(200)
+
+
+def test_rabbitmq_row(tmp_path: Path) -> None:
+    server = versus.find_rabbitmq()
+    if server is None:
+        pytest.skip(f"no rabbitmq-server ({versus.RABBITMQ_HINT})")
+    if not versus.has_module("pika"):
+        pytest.skip(f"no pika ({versus.BENCH_HINT})")
+    with versus.rabbitmq_broker(server, tmp_path) as port:
+        assert versus.rabbitmq_round(port, 50, BODY, 10, 60, 1) > 0
+        assert len(versus.rabbitmq_one_at_a_time(port, 3, BODY)) == 3
+
+
+def test_nats_row(tmp_path: Path) -> None:
+    server = versus.find_nats_server()
+    if server is None:
+        pytest.skip(f"no nats-server ({versus.BENCH_HINT})")
+    if not versus.has_module("nats"):
+        pytest.skip(f"no nats-py ({versus.BENCH_HINT})")
+    with versus.nats_broker(server, tmp_path, "always") as url:
+        assert versus.nats_round(url, 50, BODY, 10, 60, 1) > 0
+        assert len(versus.nats_one_at_a_time(url, 3, BODY)) == 3
