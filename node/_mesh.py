@@ -21,6 +21,7 @@ It performs the router's actions (:class:`mesh.Reroute`, :class:`mesh.Flood`,
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -566,9 +567,9 @@ class MeshRuntime:
         )
         if earlier is not None:
             raise Replayed(earlier)
-        for hop in set(hops):
+        for hop, count in collections.Counter(hops).items():
             if hop is not None:
-                self._forwarder(hop).poke()
+                self._forwarder(hop).poke(count)
             else:
                 self.statistics.frames_held += 1
         return hops
@@ -781,7 +782,7 @@ class MeshRuntime:
             stored = await self.run_blocking(lambda: self.store.accept(intakes, now=now))
         stored_iter = iter(zip(intakes, stored, strict=True))
         final: list[mesh.Result] = []
-        wake: set[crypto.NodeId] = set()
+        wake: collections.Counter[crypto.NodeId] = collections.Counter()  # frames per hop
         delivered = False
         for pending in results:
             if pending is None:
@@ -802,7 +803,7 @@ class MeshRuntime:
                         if intake.decision.next_hop is None:
                             self.statistics.frames_held += 1
                         else:
-                            wake.add(intake.decision.next_hop)
+                            wake[intake.decision.next_hop] += 1
                     elif intake.admitted.frame.kind is crypto.Kind.RCPT:
                         ref = intake.admitted.frame.ref
                         assert ref is not None
@@ -816,7 +817,7 @@ class MeshRuntime:
                         if intake.receipt is not None:
                             self.statistics.receipts_sent += 1
                             if intake.receipt.next_hop is not None:
-                                wake.add(intake.receipt.next_hop)
+                                wake[intake.receipt.next_hop] += 1
             else:
                 result = pending
             final.append(result)
@@ -829,8 +830,8 @@ class MeshRuntime:
                 log.info(
                     "rejected a frame from %s: %s: %s", sender.short, result.code, result.words
                 )
-        for node in wake:
-            self._forwarder(node).poke()
+        for node, count in wake.items():
+            self._forwarder(node).poke(count)
         if delivered:
             self._inbox_changed()
         await self._apply(actions)
