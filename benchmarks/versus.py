@@ -21,6 +21,11 @@ same way untimed (warm-up).
 * ``ptth-3hop``: the same over a chain origin -> r1 -> r2 -> destination (each forwarder
   verifies and commits every frame), the three other nodes ``ptth run`` processes, set
   up as ``benchmarks/mesh.py --processes`` does.
+* ``ptth-api``: the path of a program in another language: two ``ptth run`` processes
+  peered with each other; this process posts the messages to the sender's local API
+  with ``POST /api/v1/send/batch`` (NDJSON, 500 messages a request, two requests in
+  flight; each request is taken into custody in one transaction), and consumes at the
+  receiver as above.
 * ``rabbitmq``: RabbitMQ from the OS package (``rabbitmq-server``), a broker of its own
   started for this run on loopback (state, logs, Erlang cookie and epmd private, in a
   temporary directory; no plugins) and stopped after. A durable classic queue,
@@ -85,6 +90,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import functools
 import importlib.metadata
@@ -112,7 +118,7 @@ from benchmarks.fabric import verify_rate
 from benchmarks.mesh import Process, chain, percentile, processes
 from node import Node
 
-SYSTEMS = ("ptth-1hop", "ptth-3hop", "rabbitmq", "nats")
+SYSTEMS = ("ptth-1hop", "ptth-3hop", "ptth-api", "rabbitmq", "nats")
 BASELINE = "rabbitmq"
 #: Messages sent, consumed and acknowledged, untimed, before each timed run (or
 #: --messages, if fewer).
@@ -134,9 +140,13 @@ GOALS = (
     ("ptth-1hop >= 0.6x Ed25519 verify of both cores", "ptth-1hop vs 2x verify", True, 0.6),
     ("one at a time: ptth p50 <= 1.5x RabbitMQ publish+confirm", "p50 vs rabbitmq", False, 1.5),
     ("ptth-3hop >= 0.7x ptth-1hop", "ptth-3hop vs ptth-1hop", True, 0.7),
+    ("local API (ptth-api) >= 0.5x RabbitMQ", "ptth-api vs rabbitmq", True, 0.5),
 )
+#: Messages per ``POST /api/v1/send/batch`` of the ptth-api row, and such requests in
+#: flight at once.
+API_BATCH = 500
+API_REQUESTS = 2
 NOT_MEASURED_HERE = (
-    "local API >= 0.5x RabbitMQ (no local-API sender row here)",
     "5-hop latency and publish/subscribe: benchmarks/mesh.py, benchmarks/pubsub.py",
     "simulator scale: benchmarks/simulation.py",
 )
@@ -318,6 +328,65 @@ async def ptth_rate(
                 await transfer(origin, consumer, last.node_id, min(WARM_UP, count), body, in_flight)
                 seconds = await transfer(origin, consumer, last.node_id, count, body, in_flight)
     return count / seconds
+
+
+async def post_batches(
+    client: httpx.AsyncClient, dst: crypto.NodeId, count: int, body: bytes
+) -> None:
+    """``count`` messages through ``POST /api/v1/send/batch`` (NDJSON), in batches of
+    :data:`API_BATCH`, :data:`API_REQUESTS` requests in flight."""
+    line = json.dumps({"to": dst.text, "body_b64": base64.b64encode(body).decode()}) + "\n"
+    sizes = [min(API_BATCH, count - start) for start in range(0, count, API_BATCH)]
+    batches = iter(sizes)
+
+    async def poster() -> None:
+        for size in batches:
+            response = await client.post(
+                "send/batch",
+                content=(line * size).encode(),
+                headers={"content-type": "application/x-ndjson"},
+            )
+            response.raise_for_status()
+            if len(response.json()["sent"]) != size:
+                raise RuntimeError(f"sent {size}, the node took {response.text[:200]}")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(API_REQUESTS):
+            nursery.start_soon(poster)
+
+
+async def ptth_api_rate(
+    sender: Process, receiver: Process, count: int, body: bytes, in_flight: int, limit: float
+) -> float:
+    """Messages/s from a program posting batches to one `ptth run` node's local API to
+    another's application (the same consumer as the other ptth rows)."""
+    with trio.fail_after(limit):
+        await sender.add_peer(receiver.token)
+        await receiver.add_peer(sender.token)
+        while not await sender.route_to(receiver.node_id):  # noqa: ASYNC110 - no event for it
+            await trio.sleep(0.01)
+        async with (
+            httpx.AsyncClient(base_url=sender.url, headers=sender.headers, timeout=None) as client,
+            consuming(receiver, in_flight) as consumer,
+        ):
+            for number, timed in ((min(WARM_UP, count), False), (count, True)):
+                target = consumer.acked + number
+                start = time.perf_counter()
+                await post_batches(client, receiver.node_id, number, body)
+                await consumer.wait_acked(target)
+                if timed:
+                    return count / (time.perf_counter() - start)
+    raise AssertionError("unreachable")
+
+
+def ptth_api_round(
+    where: Path, count: int, body: bytes, in_flight: int, timeout: float, _round: int
+) -> float:
+    with (
+        tempfile.TemporaryDirectory(dir=where, prefix="versus-ptth-") as tmp,
+        processes(Path(tmp), 2) as (sender, receiver),
+    ):
+        return trio.run(ptth_api_rate, sender, receiver, count, body, in_flight, timeout)
 
 
 def ptth_round(
@@ -848,6 +917,8 @@ def measurers(
             found[system] = functools.partial(ptth_round, work.where, 1, *same)
         elif system == "ptth-3hop":
             found[system] = functools.partial(ptth_round, work.where, 3, *same)
+        elif system == "ptth-api":
+            found[system] = functools.partial(ptth_api_round, work.where, *same)
         elif system == "rabbitmq" and anchors.rabbitmq_port is not None:
             found[system] = functools.partial(rabbitmq_round, anchors.rabbitmq_port, *same)
         elif system == "nats" and anchors.nats_url is not None:
@@ -923,6 +994,7 @@ def summarize(
     figures: dict[str, float | None] = {
         "ptth-1hop vs rabbitmq": median_of(ratios(rounds, "ptth-1hop", BASELINE)),
         "ptth-3hop vs ptth-1hop": median_of(ratios(rounds, "ptth-3hop", "ptth-1hop")),
+        "ptth-api vs rabbitmq": median_of(ratios(rounds, "ptth-api", BASELINE)),
     }
     ceiling = [
         None if one_hop is None else one_hop / (2 * rate)
