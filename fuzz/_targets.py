@@ -878,7 +878,7 @@ class ApiStub:
     def status(self) -> dict[str, Any]:
         return {"node": IDENTITY.node_id.text}
 
-    async def inbox(self, *, follow: bool = True) -> AsyncGenerator[Any, None]:
+    async def inbox_pages(self, *, follow: bool = True) -> AsyncGenerator[Any, None]:
         return
         yield  # an async generator that yields nothing
 

@@ -529,7 +529,7 @@ class ApiHost(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def inbox(self, *, follow: bool = True) -> AsyncGenerator[Message, None]: ...
+    def inbox_pages(self, *, follow: bool = True) -> AsyncGenerator[list[Message], None]: ...
 
     async def ack(self, keys: Sequence[tuple[crypto.NodeId, bytes] | bytes]) -> int: ...
 
@@ -803,10 +803,14 @@ class LocalApi:
 
         async def events() -> AsyncIterator[bytes]:
             yield b": ptth inbox\n\n"
-            async with contextlib.aclosing(self.node.inbox(follow=follow)) as messages:
-                async for message in messages:
-                    data = json.dumps(message_json(message), separators=(",", ":"))
-                    yield f"id: {message.seq}\nevent: message\ndata: {data}\n\n".encode()
+            async with contextlib.aclosing(self.node.inbox_pages(follow=follow)) as pages:
+                async for page in pages:
+                    # A page of events in one write: one send for up to 100 messages.
+                    yield "".join(
+                        f"id: {message.seq}\nevent: message\ndata: "
+                        f"{json.dumps(message_json(message), separators=(',', ':'))}\n\n"
+                        for message in page
+                    ).encode()
             yield b"event: end\ndata: {}\n\n"
 
         headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]

@@ -619,27 +619,38 @@ class Node:
         exhausted. A message not acknowledged is offered again by the next ``inbox()``
         (at-least-once), but never stored twice (each (origin, frame id) is taken once).
         """
+        async with contextlib.aclosing(self.inbox_pages(follow=follow)) as pages:
+            async for page in pages:
+                for message in page:
+                    yield message
+
+    async def inbox_pages(self, *, follow: bool = True) -> AsyncGenerator[list[Message], None]:
+        """:meth:`inbox`, a page at a time (up to 100 messages, as the store reads
+        them): for a consumer that hands them on together (the local API writes a page
+        of events at once)."""
         after = 0
         while True:
             changed = self.mesh.inbox_changed
             entries = await self.run_blocking(functools.partial(self.store.pending, after=after))
-            for entry in entries:
-                after = entry.seq
-                key = (entry.src, entry.id)
-                yield Message(
-                    id=entry.id,
-                    src=entry.src,
-                    body=entry.body,
-                    ct=entry.ct,
-                    ts=entry.ts,
-                    received=entry.received,
-                    hops=entry.hops,
-                    seq=entry.seq,
-                    _ack=functools.partial(self.ack, [key]),
-                )
-            if not entries:
-                if not follow:
-                    return
+            if entries:
+                after = entries[-1].seq
+                yield [
+                    Message(
+                        id=entry.id,
+                        src=entry.src,
+                        body=entry.body,
+                        ct=entry.ct,
+                        ts=entry.ts,
+                        received=entry.received,
+                        hops=entry.hops,
+                        seq=entry.seq,
+                        _ack=functools.partial(self.ack, [(entry.src, entry.id)]),
+                    )
+                    for entry in entries
+                ]
+            elif not follow:
+                return
+            else:
                 await changed.wait()
 
     async def ack(self, keys: Sequence[tuple[crypto.NodeId, bytes] | bytes]) -> int:

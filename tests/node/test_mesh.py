@@ -55,6 +55,24 @@ async def test_chain_of_three_routes_and_delivers(
     assert [m.body async for m in c.inbox(follow=False)] == [b"hello c"]
 
 
+async def test_the_inbox_reads_in_pages_and_one_by_one_alike(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b")
+    await peer(a, b)
+    sent = {b"%d" % i for i in range(250)}
+    for body in sorted(sent):
+        await a.send(b.node_id, body)
+    with trio.fail_after(30):
+        await messages(b, 250)
+    pages = [[m.body for m in page] async for page in b.inbox_pages(follow=False)]
+    assert [len(page) for page in pages] == [100, 100, 50]  # the store's pages
+    flat = [body for page in pages for body in page]
+    assert set(flat) == sent
+    assert [m.body async for m in b.inbox(follow=False)] == flat
+
+
 async def test_chain_of_four_with_receipts_and_hops(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
