@@ -7,11 +7,13 @@ Sections (``--only NAME`` runs one; all run by default):
   SQLite store (in /dev/shm when there is one: the figures are then CPU-bound), in a
   line publisher -> ... -> subscriber of 1 and 3 hops. The subscriber holds a live
   subscription to ``bench.#``; the publisher publishes N publications of ``--body``
-  bytes one after the other (each in custody when ``publish`` returns: one commit per
-  publication), while the relays filter and pass them on in batches. Printed:
-  publications/s from the first publish to the last arrival, and that rate as a ratio
-  of this machine's Ed25519 verify rate (PyNaCl, one core), measured in the same run
-  (every publication is verified once per hop).
+  bytes, one at a time and then ``--publishers`` (100) at once (each in custody when
+  ``publish`` returns), while the relays filter and pass them on in batches. Printed:
+  publications/s from the first publish to the last arrival, that rate as a ratio of
+  this machine's Ed25519 verify rate (PyNaCl, one core), measured in the same run (every
+  publication is verified once per hop), and beside it the same line and load point to
+  point (``node.send`` to the far end, counted as it arrives in its inbox) with the
+  ratio publish/send.
 
 * **matcher**: 10,000 subscription patterns of realistic shapes (secure names
   ``~<node-id>.chirp`` and ``~<node-id>.#``, ``news.*.tech``, ``logs.<service>.#``,
@@ -215,8 +217,11 @@ async def line(root: Path, hops: int) -> AsyncIterator[tuple[Node, Node]]:
         yield nodes[0], nodes[-1]
 
 
-async def publish_to_subscriber(root: Path, hops: int, count: int, body: bytes) -> float:
-    """Publications/s from a publisher to a subscriber ``hops`` away."""
+async def publish_to_subscriber(
+    root: Path, hops: int, count: int, body: bytes, tasks: int
+) -> float:
+    """Publications/s from a publisher to a subscriber ``hops`` away, ``tasks``
+    publishing at once."""
     async with (
         line(root, hops) as (publisher, subscriber),
         subscriber.subscribe("bench.#") as subscription,
@@ -236,13 +241,48 @@ async def publish_to_subscriber(root: Path, hops: int, count: int, body: bytes) 
             await subscription.get()
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(publish, count)
+            for share in _shares(count, tasks):
+                nursery.start_soon(publish, share)
             for _ in range(count):
                 await subscription.get()
         elapsed = time.perf_counter() - started
         if subscription.dropped:
             raise SystemExit(f"the subscription dropped {subscription.dropped}: fix this")
         return count / elapsed
+
+
+async def send_to_receiver(root: Path, hops: int, count: int, body: bytes, tasks: int) -> float:
+    """The same line and load as :func:`publish_to_subscriber`, point to point: messages/s
+    from ``node.send`` at one end to their arrival in the other's inbox."""
+    async with line(root, hops) as (sender, receiver):
+        with trio.fail_after(SETUP_TIMEOUT):
+            while not any(r["destination"] == receiver.node_id.text for r in sender.routes()):  # noqa: ASYNC110
+                await trio.sleep(0.01)  # no event says "a route appeared"
+
+        async def send(n: int) -> None:
+            for _ in range(n):
+                await sender.send(receiver.node_id, body)
+
+        async with contextlib.aclosing(receiver.inbox_pages(follow=True)) as pages:
+            await send(WARM_UP)
+            arrived = 0
+            started = 0.0
+            async with trio.open_nursery() as nursery:
+                async for page in pages:
+                    arrived += len(page)
+                    if arrived == WARM_UP:
+                        started = time.perf_counter()
+                        for share in _shares(count, tasks):
+                            nursery.start_soon(send, share)
+                    if arrived >= WARM_UP + count:
+                        break
+        return count / (time.perf_counter() - started)
+
+
+def _shares(count: int, tasks: int) -> list[int]:
+    """``count`` split over ``tasks`` (at least one each, while there are any)."""
+    tasks = max(1, min(tasks, count))
+    return [count // tasks + (1 if i < count % tasks else 0) for i in range(tasks)]
 
 
 def data_root() -> tuple[str, str]:
@@ -259,13 +299,20 @@ def throughput(args: argparse.Namespace) -> None:
     verify = verify_rate()
     print(f"throughput: {args.publications} publications of {args.body} bytes; data in {words}")
     print(f"  Ed25519 verify (baseline, one core)  {verify:10.0f} /s")
-    for hops in (1, 3):
-        with tempfile.TemporaryDirectory(dir=where, prefix="ptth-bench-") as tmp:
-            rate_ = trio.run(publish_to_subscriber, Path(tmp), hops, args.publications, body)
-        print(
-            f"  publish -> subscriber, {hops} hop{'s' if hops > 1 else ' '}      "
-            f"{rate_:10.0f} /s   {rate_ / verify:.3f} x verify"
-        )
+    for tasks in sorted({1, args.publishers}):
+        for hops in (1, 3):
+            with tempfile.TemporaryDirectory(dir=where, prefix="ptth-bench-") as tmp:
+                published = trio.run(
+                    publish_to_subscriber, Path(tmp), hops, args.publications, body, tasks
+                )
+            with tempfile.TemporaryDirectory(dir=where, prefix="ptth-bench-") as tmp:
+                sent = trio.run(send_to_receiver, Path(tmp), hops, args.publications, body, tasks)
+            plural = "s" if hops > 1 else " "
+            print(
+                f"  {tasks:>3} at once, {hops} hop{plural}: publish -> subscriber "
+                f"{published:7.0f} /s ({published / verify:.3f} x verify); send -> receiver "
+                f"{sent:7.0f} /s; publish/send {published / sent:.2f}"
+            )
 
 
 SECTIONS_BY_NAME: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -287,6 +334,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the pattern/topic maker")
     parser.add_argument(
         "--publications", type=int, default=2000, help="publications for the throughput"
+    )
+    parser.add_argument(
+        "--publishers", type=int, default=100, help="tasks publishing (and sending) at once"
     )
     parser.add_argument("--body", type=int, default=200, help="bytes per publication")
     args = parser.parse_args()
