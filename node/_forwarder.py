@@ -205,10 +205,6 @@ class Forwarder:
         self._cursor = 0  # the highest seq in a batch under way (0: none)
         self._backlog = 0  # frames queued (as poked) and not yet taken into a batch
 
-    @property
-    def sending(self) -> bool:
-        return self.in_flight > 0
-
     def add_control(self, wires: Sequence[mesh.WireFrame]) -> None:
         """Queue announces (in memory); the oldest go past :data:`MAX_CONTROL_FRAMES`."""
         self.control.extend(wires)

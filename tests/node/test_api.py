@@ -43,14 +43,6 @@ def sse_messages(text: str) -> list[dict[str, object]]:
     return events
 
 
-@pytest.fixture
-async def pair(memory_nodes: NodeFactory) -> tuple[Node, Node, MemoryNetwork]:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    await peer(a, b)
-    assert isinstance(memory_nodes.network, MemoryNetwork)
-    return a, b, memory_nodes.network
-
-
 async def test_token_required(pair: tuple[Node, Node, MemoryNetwork]) -> None:
     a, _, network = pair
     async with api(a, network, token="wrong") as client:

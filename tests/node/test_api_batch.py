@@ -22,7 +22,7 @@ import mesh
 import node._api
 from node import MemoryNetwork, Node, Request
 from node._api import MAX_BATCH, LocalApi, _BadBatch, _batch_items, _batch_message
-from tests.helpers import NodeFactory, messages, peer
+from tests.helpers import NodeFactory, messages
 from tests.node.test_api import api
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -35,14 +35,6 @@ def ndjson(*items: Any) -> bytes:
 
 def cbor_seq(*items: Any) -> bytes:
     return b"".join(cbor2.dumps(item) for item in items)
-
-
-@pytest.fixture
-async def pair(memory_nodes: NodeFactory) -> tuple[Node, Node, MemoryNetwork]:
-    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
-    await peer(a, b)
-    assert isinstance(memory_nodes.network, MemoryNetwork)
-    return a, b, memory_nodes.network
 
 
 async def post_batch(
