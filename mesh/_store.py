@@ -78,6 +78,7 @@ __all__ = [
     "INBOX_ORIGIN_SHARE",
     "MAX_IDEMPOTENCY_KEYS",
     "MIN_CHARGE",
+    "PURGED",
     "ROW_OVERHEAD",
     "Idempotent",
     "InboxEntry",
@@ -130,6 +131,8 @@ TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
 SCHEMA_VERSION: Final = 6
 #: Parameters in one ``IN (...)`` list at most (SQLite's limit is 32,766 since 3.32).
 _IN_CHUNK: Final = 500
+#: Why a frame this node made was dropped by :meth:`Store.purge` (its trace says so).
+PURGED: Final = "purged by the operator"
 _T = TypeVar("_T")
 
 
@@ -1638,6 +1641,52 @@ class Store:
 
         moved, _ = self._transaction(work, then=committed)
         return moved
+
+    def purge(
+        self, next_hop: crypto.NodeId | None, *, by: crypto.NodeId, now: int
+    ) -> tuple[int, int]:
+        """Delete every frame queued for ``next_hop`` (None: those held with no next
+        hop, copies of publications held for a subscriber too), in one transaction;
+        return (frames, bytes charged) as :meth:`queues` counted them. The quotas are
+        released at once.
+
+        The trace of each of this node's own messages among them says it was dropped
+        by ``by`` (this node) because :data:`PURGED`, with a receipt of that, so that
+        ``trace`` and a wait for the outcome end. The origins of the others are not
+        told: a receipt per frame would refill the very queues being emptied.
+        Announces waiting in memory are not the store's and stay.
+        """
+        hop = _raw(next_hop)
+        ours = "SELECT id FROM queue WHERE next_hop IS ? AND came_from IS NULL AND kind != 'pub'"
+
+        def work() -> list[tuple[bytes, bytes | None, int, int]]:
+            groups: list[tuple[bytes, bytes | None, int, int]] = self._db.execute(
+                f"SELECT src, came_from, COUNT(*), SUM({_QUEUE_CHARGE}) FROM queue"  # noqa: S608
+                " WHERE next_hop IS ? GROUP BY src, came_from",
+                (hop,),
+            ).fetchall()
+            if not groups:
+                return groups
+            self._db.execute(
+                "INSERT INTO receipts (ref, src, st, why, hops, ts, received)"  # noqa: S608
+                f" SELECT id, ?, 'dropped', ?, NULL, ?, ? FROM sent WHERE id IN ({ours})"
+                " AND state != 'delivered'",
+                (by.raw, PURGED, now, now, hop),
+            )
+            self._db.execute(
+                "UPDATE sent SET state = 'dropped', done_at = ?, by = ?, why = ?,"  # noqa: S608
+                f" hops = NULL WHERE id IN ({ours}) AND state != 'delivered'",
+                (now, by.raw, PURGED, hop),
+            )
+            self._db.execute("DELETE FROM queue WHERE next_hop IS ?", (hop,))
+            return groups
+
+        def committed(groups: list[tuple[bytes, bytes | None, int, int]]) -> None:
+            for src, came, _, charged in groups:
+                self._usage.remove(src, hop, came, charged)
+
+        groups = self._transaction(work, then=committed)
+        return sum(group[2] for group in groups), sum(group[3] for group in groups)
 
     def _count(self) -> _Usage:
         """The queue's bytes charged, counted from the table."""
