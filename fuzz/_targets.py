@@ -34,6 +34,7 @@ import trio.testing
 import crypto
 import mesh
 from crypto import _cbor, _envelope, _httpsig
+from mesh import _stomp
 from node import _attach, _fabric, _forwarder, _relay, _wrap
 from node._api import LocalApi
 from node._errors import NodeError, Replayed
@@ -873,9 +874,12 @@ class ApiStub:
         return []
 
     async def queues(self) -> list[dict[str, Any]]:
-        return []
+        return [{"next_hop": OTHER.node_id.text, "frames": 1, "bytes": 800}]
 
-    def status(self) -> dict[str, Any]:
+    async def purge_queue(self, next_hop: crypto.NodeId | None) -> tuple[int, int]:
+        return (1, 800) if next_hop == OTHER.node_id else (0, 0)
+
+    async def current_status(self) -> dict[str, Any]:
         return {"node": IDENTITY.node_id.text}
 
     async def inbox_pages(self, *, follow: bool = True) -> AsyncGenerator[Any, None]:
@@ -984,6 +988,9 @@ def _api_seeds() -> list[bytes]:
         ("GET", "/api/v1/inbox?follow=0", [], b""),
         ("GET", f"/api/v1/trace/{'00' * 16}", [], b""),
         ("GET", "/api/v1/status", [], b""),
+        ("GET", "/api/v1/neighbours", [], b""),
+        ("POST", f"/api/v1/queues/{other}/purge", [], b""),
+        ("POST", "/api/v1/queues/held/purge", [], b""),
         ("POST", "/api/v1/peers", [], token.encode()),
         ("POST", "/api/v1/publish?topic=news.sport&ttl=60", [("content-type", "a/b")], b"x"),
         ("GET", "/api/v1/subscribe?pattern=news.*&pattern=%23&name=saved", [], b""),
@@ -1037,6 +1044,66 @@ _API_WORDS: Final = (
     b"~",
     b"\n",
 )
+
+
+def _stomp_seeds() -> list[bytes]:
+    """A client's whole conversation: connect, subscribe (each ack mode), send with and
+    without content-length, a transaction, acks, heart-beat EOLs, disconnect."""
+    frames = [
+        _stomp.Frame(
+            "CONNECT",
+            (("accept-version", "1.0,1.1,1.2"), ("host", "h"), ("heart-beat", "1000,1000")),
+        ),
+        _stomp.Frame("SUBSCRIBE", (("id", "0"), ("destination", "/topic/news.#"), ("ack", "auto"))),
+        _stomp.Frame(
+            "SUBSCRIBE",
+            (
+                ("id", "1"),
+                ("destination", "/queue/feed"),
+                ("ack", "client-individual"),
+                ("pattern", "a.*,b.#"),
+            ),
+        ),
+        _stomp.Frame("SUBSCRIBE", (("id", "2"), ("destination", "/node/me"), ("ack", "client"))),
+        _stomp.Frame(
+            "SEND",
+            (
+                ("destination", "/topic/news.tech"),
+                ("receipt", "r1"),
+                ("content-type", "text/plain"),
+            ),
+            b"hello\x00world",
+        ),
+        _stomp.Frame("BEGIN", (("transaction", "t1"),)),
+        _stomp.Frame(
+            "SEND", (("destination", f"/node/{IDENTITY.node_id.text}"), ("transaction", "t1")), b"x"
+        ),
+        _stomp.Frame("ACK", (("id", "m-1"), ("transaction", "t1"))),
+        _stomp.Frame("COMMIT", (("transaction", "t1"),)),
+        _stomp.Frame("NACK", (("id", "m-2"),)),
+        _stomp.Frame("UNSUBSCRIBE", (("id", "0"),)),
+        _stomp.Frame("DISCONNECT", (("receipt", "bye"),)),
+    ]
+    whole = b"\n".join(_stomp.encode(frame) for frame in frames)
+    # Also a NUL-terminated SEND (no content-length), as hand-written clients send.
+    bare = b"SEND\ndestination:/topic/a\n\nno length\x00\n"
+    return [whole, _stomp.encode(frames[0]) + bare, _stomp.encode(frames[0])]
+
+
+def check_stomp(data: bytes) -> None:
+    """``mesh._stomp``: a client's bytes through the Decoder (fed in two pieces, as a
+    socket splits them) and every frame through a Session: a StompError for bad bytes,
+    an ERROR action for a bad frame, never anything else."""
+    decoder = _stomp.Decoder()
+    session = _stomp.Session(local=IDENTITY.node_id)
+    half = len(data) // 2
+    for piece in (data[:half], data[half:]):
+        for frame in decoder.feed(piece):
+            session.receive(frame)
+            if session.closed:
+                return
+            if session.version is not None:
+                decoder.version = session.version
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -1199,6 +1266,16 @@ TARGETS: Final[dict[str, Target]] = {
             cbor=False,
             batch=run_api_batch,
             share=0.2,
+        ),
+        Target(
+            "stomp",
+            "mesh._stomp: a STOMP client's bytes through the Decoder and each frame through "
+            "a Session (the gateway's protocol state)",
+            check_stomp,
+            (_stomp.StompError,),
+            _stomp_seeds,
+            (b"\n", b"\x00", b":", b"content-length:", b"receipt:", b"SEND", b"\\c", b"\r\n"),
+            cbor=False,
         ),
         Target(
             "server",

@@ -62,9 +62,23 @@ only for clients on loopback (or an in-memory network). The running node also wr
                                          first; ``?follow=1``: Server-Sent Events, one ``post``
                                          event each, the timeline then new posts (a comment every
                                          15 s); 409 if nobody is followed
-``GET /api/v1/status``                   JSON: node id, endpoints, address, peers, counters
+``GET /api/v1/status``                   JSON: node id, name, endpoints, address, ``uptime`` (s),
+                                         peers, ``neighbours`` (as ``GET neighbours``),
+                                         ``routes`` (how many ``GET routes`` lists) and
+                                         ``route_sample`` (its first :data:`ROUTE_SAMPLE`,
+                                         nearest first), ``queues`` (as ``GET queues``),
+                                         inbox and queued totals, attachments, relaying,
+                                         ``subscriptions`` (named), ``counters``
+``GET /api/v1/neighbours``               JSON list: each neighbour's link (node, roles, state,
+                                         last_heard, last_ok, last_error, failures, ...), its
+                                         ``name`` (a peer's) and what is ``queued`` for it
+                                         (frames, bytes)
 ``GET /api/v1/routes``                   JSON list: destination, next_hop, hops, age
 ``GET /api/v1/queues``                   JSON list per next hop: frames, bytes, oldest, link
+``POST /api/v1/queues/NEXT_HOP/purge``   drop every frame queued for NEXT_HOP (a node id, or
+                                         ``held``: those with no route yet): ``{"next_hop",
+                                         "frames", "bytes"}``; 400 for a malformed id, 404 if
+                                         it is no neighbour and nothing is queued for it
 ``GET /api/v1/trace/ID``                 JSON: where frame ID (sent here) is known to be
 ``POST /api/v1/peers``                   body = an address token: verify, store, greet it
 ``GET /api/v1/policy``                   ``{"admission", "inbox", "blocked": [ids], "allowed":
@@ -84,8 +98,8 @@ the same key with another request (for a batch: another body) is 422. The key is
 with the frames in one transaction, so a client that lost its connection retries safely.
 
 Errors are JSON ``{"error": words}`` with a fitting status: 400 for a bad request, 404
-for an unknown subscription, 413 for a body over the limit, 429 (with ``Retry-After``)
-when the store is full, 503 when the node cannot take it now.
+for an unknown subscription or next hop, 413 for a body over the limit, 429 (with
+``Retry-After``) when the store is full, 503 when the node cannot take it now.
 """
 
 from __future__ import annotations
@@ -115,7 +129,15 @@ from node._message import Message, Publication, Published, Sent
 from node._pubsub import DurableSubscription, Subscription, validate_name
 from node._server import Request, Response
 
-__all__ = ["API_PREFIX", "MAX_BATCH", "ApiHost", "LocalApi", "trace_json"]
+__all__ = [
+    "API_PREFIX",
+    "MAX_BATCH",
+    "ROUTE_SAMPLE",
+    "ApiHost",
+    "LocalApi",
+    "neighbours_json",
+    "trace_json",
+]
 
 API_PREFIX: Final = "/api/v1/"
 _JSON: Final = "application/json"
@@ -140,6 +162,9 @@ _REPLAYED: Final = "idempotent-replayed"
 #: batch is one store transaction and its frames are sealed before it; a bigger one
 #: would only hold the store (and the answer's memory) longer for no gain in rate.
 MAX_BATCH: Final = 10_000
+#: Routes ``GET /api/v1/status`` lists (``route_sample``): enough for an overview; all
+#: of them, thousands in a big mesh, are ``GET /api/v1/routes``.
+ROUTE_SAMPLE: Final = 5
 #: The batch formats: one JSON object a line, or a CBOR sequence (RFC 8742).
 _NDJSON: Final = "application/x-ndjson"
 _CBOR_SEQ: Final = "application/cbor-seq"
@@ -462,6 +487,37 @@ def _content_type(request: Request) -> str | None:
     return ct
 
 
+def neighbours_json(
+    status: dict[str, Any], queues: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each neighbour's link as ``status["neighbours"]`` has it, with its peer ``name``
+    (None if it is no peer or has none), what is ``queued`` for it (frames, bytes
+    charged) and its ``announces_waiting``, from ``queues`` (``GET queues``)."""
+    names = {peer.get("node"): peer.get("name") for peer in status.get("peers", [])}
+    by_hop = {queue.get("next_hop"): queue for queue in queues}
+    neighbours = []
+    for link in status.get("neighbours", []):
+        queue = by_hop.get(link.get("node"), {})
+        neighbours.append(
+            {
+                **link,
+                "name": names.get(link.get("node")),
+                "queued": {"frames": queue.get("frames", 0), "bytes": queue.get("bytes", 0)},
+                "announces_waiting": queue.get("announces_waiting", 0),
+            }
+        )
+    return neighbours
+
+
+def _subscription_json(saved: mesh.SavedSubscription) -> dict[str, Any]:
+    return {
+        "name": saved.name,
+        "patterns": list(saved.patterns),
+        "lease": saved.lease_ms / 1000,
+        "created": saved.created,
+    }
+
+
 def trace_json(trace: mesh.Trace) -> dict[str, Any]:
     """A frame's trace as JSON (times in ms since the epoch)."""
 
@@ -527,7 +583,9 @@ class ApiHost(Protocol):
 
     async def queues(self) -> list[dict[str, Any]]: ...
 
-    def status(self) -> dict[str, Any]: ...
+    async def purge_queue(self, next_hop: crypto.NodeId | None) -> tuple[int, int]: ...
+
+    async def current_status(self) -> dict[str, Any]: ...
 
     def inbox_pages(self, *, follow: bool = True) -> AsyncGenerator[list[Message], None]: ...
 
@@ -583,18 +641,32 @@ class LocalApi:
     def __init__(self, node: ApiHost) -> None:
         self.node = node
         self._streamed: dict[tuple[str, int], Publication] = {}
+        #: When the node started (trio time: it makes its API as it starts), for the
+        #: ``uptime`` of ``GET status``; None if made outside trio.
+        self._started: float | None = None
+        with contextlib.suppress(RuntimeError):
+            self._started = trio.current_time()
 
-    async def handle(self, request: Request) -> Response:
+    def refusal(self, request: Request, query: dict[str, list[str]]) -> Response | None:
+        """Why ``request`` may not use the API (403 from elsewhere than this machine,
+        401 without the bearer token), or None. Takes ``access_token`` out of
+        ``query``."""
         if request.relayed or not _is_local(request.peer):
             return _error(403, "the local API answers only clients on this machine")
-        query = urllib.parse.parse_qs(request.query)
         presented = request.header("authorization") or ""
-        if not presented and request.method == "GET" and "access_token" in query:
+        if not presented and request.method in ("GET", "HEAD") and "access_token" in query:
             # A browser's EventSource cannot set headers: RFC 6750 2.3, for GETs only.
             presented = f"Bearer {query.pop('access_token')[-1]}"
         expected = f"Bearer {self.node.api_token}"
         if not hmac.compare_digest(presented.encode(), expected.encode()):
             return _error(401, "missing or wrong bearer token (see api.token in the data dir)")
+        return None
+
+    async def handle(self, request: Request) -> Response:
+        query = urllib.parse.parse_qs(request.query)
+        refused = self.refusal(request, query)
+        if refused is not None:
+            return refused
         route = (request.method, request.path[len(API_PREFIX) :])
         if route == ("POST", "send"):
             return await self.send(request, query)
@@ -605,7 +677,9 @@ class LocalApi:
         if route == ("POST", "inbox/ack"):
             return await self.ack(request)
         if route == ("GET", "status"):
-            return _json(200, self.node.status())
+            return await self.status()
+        if route == ("GET", "neighbours"):
+            return await self.neighbours()
         if route == ("GET", "routes"):
             return _json(200, self.node.routes())
         if route == ("GET", "queues"):
@@ -628,6 +702,10 @@ class LocalApi:
                 return await self.ack_subscription(name, request)
             if (method, action) == ("DELETE", ""):
                 return await self.unsubscribe(name)
+        if path.startswith("queues/"):
+            hop, _, action = path[len("queues/") :].partition("/")
+            if (method, action) == ("POST", "purge"):
+                return await self.purge_queue(urllib.parse.unquote(hop))
         if path.startswith("chirp/"):
             return await self.chirp(method, path[len("chirp/") :], request, query)
         if route == ("GET", "policy"):
@@ -962,18 +1040,64 @@ class LocalApi:
             saved = await self.node.subscriptions()
         except (mesh.MeshError, NodeError) as exc:
             return _failure(exc)
-        return _json(
-            200,
-            [
-                {
-                    "name": s.name,
-                    "patterns": list(s.patterns),
-                    "lease": s.lease_ms / 1000,
-                    "created": s.created,
-                }
-                for s in saved
-            ],
-        )
+        return _json(200, [_subscription_json(s) for s in saved])
+
+    # -- the operator's views ------------------------------------------------------------
+
+    async def status(self) -> Response:
+        """``GET status``: the node's own status, with what an overview needs besides
+        (``ptth status`` makes one request)."""
+        try:
+            status = await self.node.current_status()
+            queues = await self.node.queues()
+            saved = await self.node.subscriptions()
+        except (mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        routes = self.node.routes()
+        started = self._started
+        status["uptime"] = None if started is None else round(trio.current_time() - started, 3)
+        status["neighbours"] = neighbours_json(status, queues)
+        # The destinations with a route in use, neighbours too, as GET routes lists them
+        # (nearest first): the routing table alone holds only the learned ones.
+        status["routes"] = len(routes)
+        status["route_sample"] = routes[:ROUTE_SAMPLE]
+        status["queues"] = queues
+        status["subscriptions"] = [_subscription_json(s) for s in saved]
+        return _json(200, status)
+
+    async def neighbours(self) -> Response:
+        try:
+            status = await self.node.current_status()
+            queues = await self.node.queues()
+        except (mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        return _json(200, neighbours_json(status, queues))
+
+    async def purge_queue(self, text: str) -> Response:
+        """``POST queues/NEXT_HOP/purge``: NEXT_HOP is a node id, or ``held``."""
+        next_hop: crypto.NodeId | None = None
+        try:
+            if text != "held":
+                try:
+                    next_hop = crypto.NodeId.parse(text)
+                except crypto.Malformed as exc:
+                    return _error(
+                        400,
+                        f"bad next hop {_clip(text, 60)!r}: {exc} (give a node id, or 'held' "
+                        "for the frames held with no route)",
+                    )
+                hops = {queue.get("next_hop") for queue in await self.node.queues()}
+                if next_hop.text not in hops:
+                    return _error(
+                        404,
+                        f"this node has no queue for {next_hop.text}: it is no neighbour and "
+                        "nothing is queued for it (see GET /api/v1/queues or 'ptth queues')",
+                    )
+            frames, size = await self.node.purge_queue(next_hop)
+        except (mesh.MeshError, NodeError) as exc:
+            return _failure(exc)
+        hop = None if next_hop is None else next_hop.text
+        return _json(200, {"next_hop": hop, "frames": frames, "bytes": size})
 
     async def ack_subscription(self, name: str, request: Request) -> Response:
         try:

@@ -55,6 +55,8 @@ _RETRY_PAUSE_MAX: Final = 2.0
 #: The host name of requests through the Unix socket (any name would do: the socket
 #: is the address).
 _SOCKET_HOST: Final = "ptth-local"
+#: ``url`` of a node that serves its API on its Unix socket only (--api-listen none).
+_NO_URL: Final = "http://ptth-local/api/v1"
 
 
 def validate_idempotency_key(key: str) -> str:
@@ -113,15 +115,20 @@ class ApiClient:
     @property
     def where(self) -> str:
         """The node's local API, as error messages name it."""
-        return self.url if self.socket is None else f"{self.socket} ({self.url})"
+        if self.socket is None:
+            return self.url
+        return self.socket if self.url == _NO_URL else f"{self.socket} ({self.url})"
 
     def _connect(self) -> tuple[str, str | None, httpx.Client]:
-        """Read the files the running node wrote; a client for its local API."""
+        """Read the files the running node wrote; a client for its local API: through
+        its Unix socket when it has one, else its loopback TCP listener."""
         try:
             info = json.loads((self.data_dir / "api.json").read_text(encoding="utf-8"))
             token = (self.data_dir / "api.token").read_text(encoding="ascii").strip()
-            url = str(info["url"])
+            url = str(info.get("url", _NO_URL))
             socket = info.get("socket")
+            if url == _NO_URL and socket is None:
+                raise ValueError("api.json names no API listener")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise self._not_running() from exc
         options: dict[str, Any] = {
@@ -136,6 +143,9 @@ class ApiClient:
             transport = httpx.HTTPTransport(uds=socket)
             base_url = f"http://{_SOCKET_HOST}{path}"
             return url, socket, httpx.Client(base_url=base_url, transport=transport, **options)
+        if url == _NO_URL:
+            # Only a socket, and it is gone: the node is not running (or crashed).
+            raise self._not_running()
         return url, None, httpx.Client(base_url=url, **options)
 
     def _reconnect(self) -> None:
@@ -304,6 +314,17 @@ class ApiClient:
 
     def queues(self) -> Any:
         return self.request("GET", "queues")
+
+    def neighbours(self) -> Any:
+        """Each neighbour: its link, name and what is queued for it."""
+        return self.request("GET", "neighbours")
+
+    def purge_queue(self, next_hop: str | None) -> Any:
+        """Drop every frame queued for ``next_hop`` (a node id; None: those held with no
+        route): ``{"next_hop", "frames", "bytes"}``. :class:`NodeError` with the node's
+        words for a malformed id or one with no queue."""
+        hop = "held" if next_hop is None else next_hop
+        return self.request("POST", f"queues/{_path_part(hop)}/purge")
 
     def trace(self, frame_id: str) -> Any:
         return self.request("GET", f"trace/{frame_id}")

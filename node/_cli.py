@@ -17,9 +17,11 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import datetime
 import functools
 import importlib.metadata
 import io
+import ipaddress
 import json
 import logging
 import math
@@ -51,6 +53,8 @@ from node._datadir import DataDir, default_data_dir
 from node._errors import NodeError, NotRunning
 from node._node import Node, NodeConfig
 from node._relay import RelayConfig
+from node._stomp import StompConfig
+from node._tables import Column, human_age, human_bytes, human_count, human_rate, render, short_id
 from node._terminal import for_terminal
 
 __all__ = ["main"]
@@ -58,6 +62,17 @@ __all__ = ["main"]
 log = logging.getLogger("ptth.cli")
 
 DEFAULT_ADDRESS_LIFETIME: Final = "30d"
+#: ``ptth run --log-format``, and the environment variable that sets its default.
+LOG_FORMATS: Final = ("text", "json")
+LOG_FORMAT_ENV: Final = "PTTH_LOG_FORMAT"
+#: ``ptth run --log-level``, and the environment variable that sets its default.
+LOG_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+LOG_LEVEL_ENV: Final = "PTTH_LOG_LEVEL"
 #: How long ``ptth send`` and ``ptth publish`` retry after losing the node's local API
 #: (s), with the same idempotency key: long enough for the node to restart.
 API_RETRY_FOR: Final = RETRY_FOR
@@ -120,6 +135,25 @@ def _ttl(text: str) -> float:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a positive number of seconds or a duration like 90m or 12h"
             ) from None
+
+
+def _api_listen_address(text: str) -> str | None:
+    """``--api-listen``: a loopback HOST:PORT, or ``none``."""
+    if text.lower() == "none":
+        return None
+    address = _listen_address(text)
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host.lower() == "localhost"
+    if not loopback:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a loopback address: the local API never faces the network "
+            "(e.g. 127.0.0.1:8471 or [::1]:8471; --metrics-listen serves /metrics "
+            "elsewhere)"
+        )
+    return address
 
 
 def _listen_address(text: str) -> str:
@@ -358,6 +392,318 @@ def _store_problem(exc: mesh.MeshError) -> NodeError | mesh.MeshError:
     )
 
 
+# -- the operator's views: JSON of the local API as tables ----------------------------------
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _ago(now: int, then: Any) -> str:
+    """How long ago ``then`` (ms since the epoch) was, or ``-``."""
+    return human_age((now - then) / 1000) if isinstance(then, int | float) else "-"
+
+
+def _in(seconds: Any) -> str:
+    """``in 3.5s`` for a number of seconds ahead, or ``-``."""
+    if not isinstance(seconds, int | float):
+        return "-"
+    return f"in {seconds:.1f}s" if seconds < 60 else f"in {human_age(seconds)}"
+
+
+def _many(count: int, word: str) -> str:
+    """``1 frame``, ``1,234 frames``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+#: A cut last error keeps this many characters, unless --wide.
+_ERROR_WIDTH: Final = 48
+
+
+def _neighbour_table(
+    neighbours: Sequence[dict[str, Any]], *, now: int, wide: bool, indent: int = 0
+) -> list[str]:
+    """``GET neighbours`` (or status' ``neighbours``): a row each."""
+    columns = [
+        Column("node"),
+        Column("name", limit=16),
+        Column("roles"),
+        Column("link"),
+        Column("heard", right=True),
+        Column("last ok", right=True),
+        Column("failures", right=True),
+        Column("queued", right=True),
+        Column("bytes", right=True),
+        Column("next attempt"),
+        Column("last error", limit=_ERROR_WIDTH),
+    ]
+    rows = []
+    for link in neighbours:
+        queued = link.get("queued") or {}
+        attempt = link.get("next_attempt")
+        rows.append(
+            [
+                short_id(link.get("node"), wide=wide),
+                _text(link.get("name")),
+                ",".join(link.get("roles") or []) or "-",
+                _text(link.get("state")),
+                _ago(now, link.get("last_heard")),
+                _ago(now, link.get("last_ok")),
+                human_count(link.get("failures")),
+                human_count(queued.get("frames")),
+                human_bytes(queued.get("bytes")),
+                _in((attempt - now) / 1000) if isinstance(attempt, int) and attempt > now else "-",
+                _text(link.get("last_error") if link.get("state") != "up" else None),
+            ]
+        )
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+def _route_table(routes: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0) -> list[str]:
+    """``GET routes``: a row each."""
+    columns = [
+        Column("destination"),
+        Column("next hop"),
+        Column("hops", right=True),
+        Column("age", right=True),
+        Column("expires", right=True),
+    ]
+    rows = [
+        [
+            short_id(route.get("destination"), wide=wide),
+            short_id(route.get("next_hop"), wide=wide),
+            human_count(route.get("hops")),
+            "direct" if route.get("age") is None else human_age(route["age"]),
+            "-" if route.get("expires_in") is None else f"in {human_age(route['expires_in'])}",
+        ]
+        for route in routes
+    ]
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+def _queue_table(queues: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0) -> list[str]:
+    """``GET queues``: a row per next hop (``(held)``: no route yet)."""
+    columns = [
+        Column("next hop"),
+        Column("frames", right=True),
+        Column("bytes", right=True),
+        Column("oldest", right=True),
+        Column("link"),
+        Column("next attempt"),
+        Column("announces", right=True),
+        Column("last error", limit=_ERROR_WIDTH),
+    ]
+    rows = [
+        [
+            "(held)" if queue.get("next_hop") is None else short_id(queue["next_hop"], wide=wide),
+            human_count(queue.get("frames")),
+            human_bytes(queue.get("bytes")),
+            human_age(queue.get("oldest_age")),
+            _text(queue.get("link")),
+            _in(queue.get("next_attempt_in")),
+            human_count(queue.get("announces_waiting", 0)),
+            _text(queue.get("last_error") if queue.get("link") != "up" else None),
+        ]
+        for queue in queues
+    ]
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+def _subscription_table(
+    subscriptions: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0
+) -> list[str]:
+    """``GET subscriptions``: a row per named subscription."""
+    columns = [
+        Column("name"),
+        Column("patterns", limit=40),
+        Column("lease", right=True),
+        Column("created"),
+    ]
+    rows = [
+        [
+            _text(sub.get("name")),
+            " ".join(sub.get("patterns") or []) or "-",
+            human_age(sub.get("lease")),
+            "-" if sub.get("created") is None else _format_time(sub["created"]),
+        ]
+        for sub in subscriptions
+    ]
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+def _attachment_table(
+    attachments: Sequence[dict[str, Any]], *, now: int, wide: bool, indent: int = 0
+) -> list[str]:
+    """Status' ``attachments``: the relays this node is attached to."""
+    columns = [
+        Column("relay"),
+        Column("endpoint", limit=40),
+        Column("mode"),
+        Column("connections", right=True),
+        Column("lease", right=True),
+        Column("last activity", right=True),
+        Column("last error", limit=_ERROR_WIDTH),
+    ]
+    rows = [
+        [
+            short_id(link.get("relay"), wide=wide),
+            _text(link.get("endpoint")),
+            _text(link.get("mode")),
+            human_count(link.get("connections")),
+            human_age(link.get("lease")),
+            _ago(now, link.get("last_activity")) if link.get("last_activity") else "never",
+            _text(link.get("last_error")),
+        ]
+        for link in attachments
+    ]
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+def _relaying_table(
+    relaying: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0
+) -> list[str]:
+    """Status' ``relaying``: the nodes attached to this one as their relay."""
+    columns = [
+        Column("node"),
+        Column("mode"),
+        Column("connections", right=True),
+        Column("requests", right=True),
+        Column("idle", right=True),
+    ]
+    rows = [
+        [
+            short_id(entry.get("node"), wide=wide),
+            "long-poll" if entry.get("polling") else "upgrade",
+            human_count(entry.get("connections")),
+            human_count(entry.get("requests")),
+            human_age(entry.get("idle_for")),
+        ]
+        for entry in relaying
+    ]
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+def _peer_table(peers: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0) -> list[str]:
+    """Status' ``peers``: the address records in the peer book."""
+    columns = [
+        Column("node"),
+        Column("name", limit=16),
+        Column("seq", right=True),
+        Column("address"),
+        Column("endpoints", limit=60),
+    ]
+    rows = [
+        [
+            short_id(peer.get("node"), wide=wide),
+            _text(peer.get("name")),
+            human_count(peer.get("seq")),
+            "expired" if peer.get("expired") else "valid",
+            " ".join(peer.get("endpoints") or []) or "-",
+        ]
+        for peer in peers
+    ]
+    return render(columns, rows, wide=wide, indent=indent)
+
+
+#: The counters ``ptth status`` always shows (others when they are not 0; ``--json``
+#: has them all): what comes in, what goes out, what is lost.
+_MAIN_COUNTERS: Final[tuple[str, ...]] = (
+    "frames_accepted",
+    "frames_duplicate",
+    "frames_rejected",
+    "frames_forwarded",
+    "frames_held",
+    "frames_dropped",
+    "sent_accepted",
+    "sent_rejected",
+    "send_failures",
+    "send_retries",
+    "publications_received",
+    "publications_delivered",
+    "requests_refused",
+)
+
+
+def _counter_table(
+    counters: dict[str, Any], seconds: float | None, before: dict[str, Any] | None
+) -> list[str]:
+    """The node's counters: the total since start, and per second: over ``seconds``
+    since ``before`` (an earlier reading), or on average over ``seconds`` of uptime
+    (``before`` None), or none."""
+    columns = [Column("counter"), Column("total", right=True), Column("per second", right=True)]
+    names = [name for name in _MAIN_COUNTERS if name in counters]
+    names += sorted(
+        name
+        for name, value in counters.items()
+        if name not in _MAIN_COUNTERS and isinstance(value, int) and value
+    )
+    rows = []
+    for name in names:
+        total = counters[name]
+        if not isinstance(total, int):
+            continue
+        rate: float | None = None
+        if seconds:
+            start = 0 if before is None else before.get(name, 0)
+            rate = (total - start) / seconds if isinstance(start, int) else None
+        rows.append([name, human_count(total), human_rate(rate)])
+    return render(columns, rows, indent=2)
+
+
+def _span(before: dict[str, Any], after: dict[str, Any], elapsed: float) -> float:
+    """Seconds between two status readings: by the node's uptime when both have it
+    (what its counters count in), else as the CLI measured them."""
+    start, end = before.get("uptime"), after.get("uptime")
+    if isinstance(start, int | float) and isinstance(end, int | float) and end > start:
+        return float(end - start)
+    return max(elapsed, 1e-3)
+
+
+def _resolve_next_hop(
+    wanted: str, queues: Sequence[dict[str, Any]], neighbours: Sequence[dict[str, Any]]
+) -> str | None:
+    """The next hop ``wanted`` names: ``held`` (None), a node id, or the one next hop
+    with a queue whose id starts with it or whose peer name it is. Raises NodeError for
+    none or several."""
+    if wanted == "held":
+        return None
+    with contextlib.suppress(crypto.CryptoError):
+        return crypto.NodeId.parse(wanted).text
+    hops = {queue["next_hop"] for queue in queues if queue.get("next_hop")}
+    hops |= {link["node"] for link in neighbours if link.get("node")}
+    names = {link["node"]: link.get("name") for link in neighbours if link.get("node")}
+    found = sorted(hop for hop in hops if hop.startswith(wanted) or names.get(hop) == wanted)
+    if not found:
+        raise NodeError(
+            f"no next hop is {wanted!r}: give a node id, a prefix of one or a peer's name "
+            "from 'ptth queues' or 'ptth neighbours', or 'held'"
+        )
+    if len(found) > 1:
+        some = ", ".join(_hop_name(hop, neighbours) for hop in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise NodeError(f"{wanted!r} could be {some}{more}: give more of the id")
+    hop: str = found[0]
+    return hop
+
+
+def _hop_name(hop: str, neighbours: Sequence[dict[str, Any]]) -> str:
+    """``2ebq7xkzpl``, or ``2ebq7xkzpl (bob)`` for a neighbour with a name."""
+    name = next((link.get("name") for link in neighbours if link.get("node") == hop), None)
+    return f"{short_id(hop)} ({name})" if name else short_id(hop)
+
+
+def _queue_words(hop: str | None, neighbours: Sequence[dict[str, Any]]) -> str:
+    """``queued for 2ebq7xkzpl (bob)``, or ``held here (no route yet)`` for None."""
+    return "held here (no route yet)" if hop is None else f"queued for {_hop_name(hop, neighbours)}"
+
+
 class Cli:
     """The commands, with their output streams (so tests can call them directly)."""
 
@@ -378,6 +724,12 @@ class Cli:
     def note(self, text: str) -> None:
         """A line on stderr, for a human."""
         print(for_terminal(text), file=self.err)
+
+    def show_lines(self, lines: Sequence[str]) -> None:
+        """Print the lines of a table as they are: :func:`node._tables.render` made each
+        cell safe for a terminal already (escaping again would double backslashes)."""
+        for line in lines:
+            print(line, file=self.out)
 
     def say_json(self, value: Any, *, indent: int | None = None) -> None:
         """Print ``value`` as JSON (ASCII: its control characters are escaped)."""
@@ -455,6 +807,10 @@ class Cli:
         relays = tuple(_read_token_argument(token, self.stdin).strip() for token in self.args.relay)
         config = NodeConfig(
             listen=self.args.listen,
+            api_listen=self.args.api_listen,
+            metrics_listen=self.args.metrics_listen,
+            stomp=self.args.stomp,
+            stomp_config=StompConfig(allow_remote=self.args.stomp_allow_remote),
             public_url=self.args.public_url,
             name=self.args.name,
             relays=relays,
@@ -475,9 +831,20 @@ class Cli:
                 for endpoint in node.endpoints:
                     self.say(f"endpoint {endpoint}")
                 self.say(f"address  {node.address_token()}")
+                if node.api_url is not None:
+                    self.say(f"api      {node.api_url}")
+                if node.api_socket is not None:
+                    self.say(f"socket   {node.api_socket}")
+                if node.metrics_url is not None:
+                    self.say(f"metrics  {node.metrics_url}")
+                if node.stomp_address is not None:
+                    self.say(f"stomp    {node.stomp_address}")
                 self.out.flush()
-                log.info("ptth node %s running; Ctrl-C to stop", node.node_id.short)
-                log.debug("local API at %s", node.api_url)
+                log.info(
+                    "ptth node %s running; Ctrl-C to stop ('ptth dashboard' opens its dashboard)",
+                    node.node_id.short,
+                )
+                log.debug("local API at %s", node.api_url or node.api_socket)
                 async for signum in signals:
                     log.info("stopping (%s)", signal.Signals(signum).name)
                     break
@@ -803,11 +1170,7 @@ class Cli:
                 "no named subscriptions (start one with 'ptth subscribe PATTERN --name NAME')"
             )
             return
-        for sub in subscriptions:
-            self.say(
-                f"{sub['name']}  {' '.join(sub['patterns'])}  lease {sub['lease']:g} s  "
-                f"since {_format_time(sub['created'])}"
-            )
+        self.show_lines(_subscription_table(subscriptions, wide=self.args.wide))
 
     def cmd_unsubscribe(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -879,12 +1242,7 @@ class Cli:
         if not routes:
             self.say("no routes yet (peer with a node, or wait for announces)")
             return
-        self.say(f"{'destination':<54}{'next hop':<12}{'hops':>5}{'age':>9}")
-        for route in routes:
-            age = "direct" if route["age"] is None else f"{route['age']:.0f}s"
-            self.say(
-                f"{route['destination']:<54}{route['next_hop'][:10]:<12}{route['hops']:>5}{age:>9}"
-            )
+        self.show_lines(_route_table(routes, wide=self.args.wide))
 
     def cmd_queues(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -895,24 +1253,64 @@ class Cli:
         if not queues:
             self.say("nothing queued, no neighbours")
             return
-        self.say(
-            f"{'next hop':<12}{'frames':>8}{'bytes':>10}{'oldest':>9}  {'link':<12}next attempt"
-        )
-        for queue in queues:
-            hop = "(held)" if queue["next_hop"] is None else queue["next_hop"][:10]
-            oldest = "-" if queue["oldest_age"] is None else f"{queue['oldest_age']:.0f}s"
-            attempt = (
-                "-" if queue["next_attempt_in"] is None else f"in {queue['next_attempt_in']:.1f}s"
+        self.show_lines(_queue_table(queues, wide=self.args.wide))
+
+    def cmd_neighbours(self) -> None:
+        with ApiClient(self.data.path) as api:
+            neighbours = api.neighbours()
+        if self.args.json:
+            self.say_json(neighbours, indent=2)
+            return
+        if not neighbours:
+            self.say("no neighbours (add a peer with 'ptth peer add TOKEN', or run with --relay)")
+            return
+        self.show_lines(_neighbour_table(neighbours, now=_now_ms(), wide=self.args.wide))
+
+    def cmd_queue_purge(self) -> None:
+        """``ptth queue purge NEXT_HOP``: what is queued for it, confirmed, dropped."""
+        wanted: str = self.args.next_hop
+        if not wanted:
+            raise UsageError(
+                "say whose queue: NEXT_HOP is a node id, a prefix of one, a name or 'held'"
             )
-            problem = (
-                f"  ({queue['last_error']})"
-                if queue["link"] != "up" and queue["last_error"]
-                else ""
+        with ApiClient(self.data.path, timeout=None) as api:
+            queues = api.queues()
+            neighbours = api.neighbours()
+            hop = _resolve_next_hop(wanted, queues, neighbours)
+            where = _queue_words(hop, neighbours)
+            row = next((queue for queue in queues if queue["next_hop"] == hop), None)
+            if row is None:
+                if hop is not None:
+                    raise NodeError(
+                        f"this node has no queue for {hop}: it is no neighbour and nothing is "
+                        "queued for it (see 'ptth queues')"
+                    )
+                row = {"frames": 0, "bytes": 0}
+            if not row["frames"]:
+                self.say(f"nothing {where}: nothing to purge")
+                return
+            what = f"{_many(row['frames'], 'frame')} ({human_bytes(row['bytes'])}) {where}"
+            if not self.args.yes:
+                self._confirm(f"purge {what}?")
+            elif _is_terminal(self.err):
+                self.note(f"purging {what} ...")
+            answer = api.purge_queue(hop)
+        purged = f"{_many(answer['frames'], 'frame')} ({human_bytes(answer['bytes'])})"
+        self.say(f"purged {purged} {where}")
+
+    def _confirm(self, question: str) -> None:
+        """Ask ``question`` on a terminal; return if the answer is yes. Raises
+        UsageError without a terminal (a script says ``--yes``), NodeError for no."""
+        if not _is_terminal(self.stdin):
+            raise UsageError(
+                f"stdin is not a terminal, so nobody can be asked to {question[:-1]}: "
+                "add --yes to purge without asking"
             )
-            self.say(
-                f"{hop:<12}{queue['frames']:>8}{queue['bytes']:>10}{oldest:>9}  "
-                f"{queue['link'] or '-':<12}{attempt}{problem}"
-            )
+        print(f"{for_terminal(question)} [y/N] ", end="", file=self.err, flush=True)
+        reply = self.stdin.readline().strip()
+        if reply.lower() not in ("y", "yes"):
+            said = f"the answer was {reply[:20]!r}" if reply else "no answer"
+            raise NodeError(f"not purged ({said}, not yes)")
 
     def cmd_trace(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -961,57 +1359,127 @@ class Cli:
                 api.ack([f"{message['src']}:{message['id']}"])
 
     def cmd_status(self) -> None:
+        interval: float | None = self.args.rates
         with ApiClient(self.data.path) as api:
+            before = None
+            started = time.monotonic()
+            if interval is not None:
+                before = api.status()
+                if _is_terminal(self.err):
+                    self.note(f"measuring rates over {interval:g} s ...")
+                time.sleep(interval)  # what --rates measures over, not a wait for an event
             status = api.status()
+            elapsed = time.monotonic() - started
         if self.args.json:
             self.say_json(status, indent=2)
             return
-        self.say(f"node      {status['node']}" + (f" ({status['name']})" if status["name"] else ""))
-        for endpoint in status["endpoints"]:
+        wide: bool = self.args.wide
+        now = _now_ms()
+        name = f" ({status['name']})" if status.get("name") else ""
+        self.say(f"node      {status['node']}{name}")
+        for endpoint in status.get("endpoints", []):
             self.say(f"endpoint  {endpoint}")
+        if status.get("uptime") is not None:
+            self.say(f"uptime    {human_age(status['uptime'])}")
+        inbox, queued = status.get("inbox", {}), status.get("queued", {})
         self.say(
-            f"inbox     {status['inbox']['frames']} messages, {status['inbox']['bytes']} bytes"
+            f"inbox     {_many(inbox.get('frames', 0), 'message')}, "
+            f"{human_bytes(inbox.get('bytes'))}"
         )
-        queued = status["queued"]
-        self.say(f"queued    {queued['frames']} frames, {queued['bytes']} bytes (ptth queues)")
-        states = collections.Counter(link["state"] for link in status["neighbours"])
+        self.say(
+            f"queued    {_many(queued.get('frames', 0), 'frame')}, "
+            f"{human_bytes(queued.get('bytes'))}"
+        )
+
+        neighbours = status.get("neighbours", [])
+        states = collections.Counter(str(link.get("state")) for link in neighbours)
         summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-        self.say(
-            f"links     {len(status['neighbours'])} neighbours"
-            + (f" ({summary})" if summary else "")
+        self._section(
+            f"neighbours: {len(neighbours)}" + (f" ({summary})" if summary else ""),
+            _neighbour_table(neighbours, now=now, wide=wide, indent=2) if neighbours else [],
         )
-        self.say(f"routes    {status['routes']} destinations (ptth routes)")
-        self.say(f"peers     {len(status['peers'])}")
-        for peer in status["peers"]:
-            state = " (expired)" if peer["expired"] else ""
-            self.say(
-                f"  {peer['node']}  {peer['name'] or '-'}  {' '.join(peer['endpoints'])}{state}"
+        routes = status.get("routes")
+        sample = status.get("route_sample")
+        if isinstance(routes, int):
+            more = ""
+            if sample and routes > len(sample):
+                more = f", the first {len(sample)} ('ptth routes' lists all)"
+            self._section(
+                f"routes: {_many(routes, 'destination')}{more}",
+                _route_table(sample, wide=wide, indent=2) if sample else [],
             )
-        for link in status["attachments"]:
-            last = link["last_activity"]
-            seen = f"last activity {_format_time(last)}" if last else "never attached"
-            problem = f"; last error: {link['last_error']}" if link["last_error"] else ""
-            self.say(
-                f"relay     {link['relay'][:10]} {link['endpoint']}  mode {link['mode'] or '-'}  "
-                f"{link['connections']} connections  lease {link['lease'] or '-'} s  "
-                f"{seen}{problem}"
+        if "queues" in status:
+            queues = [queue for queue in status["queues"] if queue.get("frames")]
+            self._section(
+                f"queues: {_many(len(queues), 'next hop')} with frames queued"
+                if queues
+                else "queues: nothing queued",
+                _queue_table(queues, wide=wide, indent=2) if queues else [],
             )
-        if status["relaying"]:
-            self.say(f"relaying  for {len(status['relaying'])} nodes")
-            for entry in status["relaying"]:
-                mode = "long-poll" if entry["polling"] else f"{entry['connections']} connections"
-                self.say(f"  {entry['node']}  {mode}  {entry['requests']} requests")
-        counters = status["counters"]
-        self.say(
-            "received  {frames_accepted} accepted, {frames_duplicate} duplicate, "
-            "{frames_rejected} rejected, {requests_refused} requests refused".format(**counters)
+        attachments = status.get("attachments", [])
+        if attachments:
+            self._section(
+                f"attached to relays: {len(attachments)}",
+                _attachment_table(attachments, now=now, wide=wide, indent=2),
+            )
+        relaying = status.get("relaying", [])
+        if relaying:
+            self._section(
+                f"relaying for: {_many(len(relaying), 'node')}",
+                _relaying_table(relaying, wide=wide, indent=2),
+            )
+        if "subscriptions" in status:
+            subscriptions = status["subscriptions"]
+            self._section(
+                f"subscriptions: {len(subscriptions)} named",
+                _subscription_table(subscriptions, wide=wide, indent=2) if subscriptions else [],
+            )
+        peers = status.get("peers", [])
+        self._section(
+            f"peers: {len(peers)}", _peer_table(peers, wide=wide, indent=2) if peers else []
         )
-        self.say(
-            "sent      {sent_accepted} accepted, {sent_duplicate} duplicate, "
-            "{sent_rejected} rejected, {send_failures} failed, {send_retries} retries".format(
-                **counters
+        counters = status.get("counters", {})
+        if before is None:
+            uptime = status.get("uptime")
+            self._section(
+                "counters: since start" + (", per second on average" if uptime else ""),
+                _counter_table(counters, uptime or None, None),
             )
-        )
+        else:
+            span = _span(before, status, elapsed)
+            self._section(
+                f"counters: since start, per second over the last {span:.1f} s",
+                _counter_table(counters, span, before.get("counters", {})),
+            )
+
+    def _section(self, title: str, lines: list[str]) -> None:
+        """A blank line, the section's title, and its table (indented)."""
+        self.say()
+        self.say(title)
+        self.show_lines(lines)
+
+    def cmd_dashboard(self) -> None:
+        """Print the link to the running node's dashboard (token in the fragment, which
+        the browser keeps to itself); ``--open`` opens it in a browser."""
+        with ApiClient(self.data.path) as api:
+            api.status()  # the node answers: api.json and api.token are its own
+        info = json.loads((self.data.path / "api.json").read_text(encoding="utf-8"))
+        token = (self.data.path / "api.token").read_text(encoding="ascii").strip()
+        url = info.get("url")
+        if not isinstance(url, str):
+            raise NodeError(
+                "this node serves its API on its Unix socket only (ptth run --api-listen "
+                "none), where a browser cannot go: restart it with --api-listen "
+                "127.0.0.1:PORT (or without the option)"
+            )
+        base = url.removesuffix("/").removesuffix("/api/v1")
+        link = f"{base}/{'chirp' if self.args.chirp else ''}#token={token}"
+        self.say(link)
+        if self.args.open:
+            import webbrowser  # only for --open: it reads the environment at import
+
+            if not webbrowser.open(link):
+                raise NodeError("found no browser to open: open the link above yourself")
 
     def cmd_policy(self) -> None:
         with ApiClient(self.data.path) as api:
@@ -1148,6 +1616,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to accept HTTP (default %(default)s; port 0 picks a free port)",
     )
     run.add_argument(
+        "--api-listen",
+        type=_api_listen_address,
+        default=NodeConfig.api_listen,
+        metavar="HOST:PORT",
+        help="the local API's and the dashboard's TCP listener, on loopback only "
+        "(default %(default)s: a free port, named by api.json in the data directory; "
+        "'none': only the Unix socket DIR/api.sock)",
+    )
+    run.add_argument(
+        "--stomp",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="also serve STOMP 1.2 here, for any STOMP client (e.g. 127.0.0.1:61613; "
+        "loopback only unless --stomp-allow-remote; default: no STOMP)",
+    )
+    run.add_argument(
+        "--stomp-allow-remote",
+        action="store_true",
+        help="let --stomp listen on a non-loopback address (clients must then log in "
+        "with a login:passcode line of DIR/stomp.users)",
+    )
+    run.add_argument(
+        "--metrics-listen",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="also serve /metrics here, without a token, for a Prometheus server "
+        "(default: only on the API listener, with the token)",
+    )
+    run.add_argument(
         "--public-url",
         type=_public_url,
         metavar="URL",
@@ -1201,6 +1698,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(NodeConfig.announce_interval),
         metavar="DURATION",
         help="how often this node announces itself to the mesh (default 10m)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="logs on stderr as text lines, or as JSON, one object a line (ts, level, "
+        f"logger, message and any extra fields) (default: ${LOG_FORMAT_ENV}, else text)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=list(LOG_LEVELS),
+        help="the least level logged (default: as -v says, else ${LOG_LEVEL_ENV}, else "
+        "warning; the node's start and stop lines are always logged)",
     )
 
     send = command(
@@ -1306,7 +1815,7 @@ def build_parser() -> argparse.ArgumentParser:
     subscriptions = command(
         "subscriptions", Cli.cmd_subscriptions, "list this node's named (durable) subscriptions"
     )
-    subscriptions.add_argument("--json", action="store_true", help="print the raw JSON")
+    _view_options(subscriptions)
     unsubscribe = command(
         "unsubscribe",
         Cli.cmd_unsubscribe,
@@ -1315,9 +1824,39 @@ def build_parser() -> argparse.ArgumentParser:
     unsubscribe.add_argument("name", metavar="NAME")
 
     routes = command("routes", Cli.cmd_routes, "show the routes the running node holds")
-    routes.add_argument("--json", action="store_true", help="print the raw JSON")
+    _view_options(routes)
     queues = command("queues", Cli.cmd_queues, "show what the running node holds for each next hop")
-    queues.add_argument("--json", action="store_true", help="print the raw JSON")
+    _view_options(queues)
+    neighbours = command(
+        "neighbours",
+        Cli.cmd_neighbours,
+        "show the running node's neighbours: link state, when last heard, what is queued",
+    )
+    _view_options(neighbours)
+    queue = commands.add_parser(
+        "queue", help="act on what the running node holds for a next hop", parents=[common]
+    )
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
+    purge_help = (
+        "drop every frame queued for a next hop (its origins are not told; this node's own "
+        "messages are traced as dropped); asks first"
+    )
+    purge = queue_commands.add_parser(
+        "purge", help=purge_help, description=purge_help, parents=[common]
+    )
+    purge.set_defaults(handler=Cli.cmd_queue_purge)
+    purge.add_argument(
+        "next_hop",
+        metavar="NEXT_HOP",
+        help="a node id, a prefix of one or a peer's name (as 'ptth queues' and 'ptth "
+        "neighbours' show them), or 'held' for the frames held with no route yet",
+    )
+    purge.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="do not ask (without it, a purge with no terminal to ask on is refused)",
+    )
     trace = command("trace", Cli.cmd_trace, "show where a frame this node sent is known to be")
     trace.add_argument("frame_id", metavar="FRAME_ID", help="the id 'ptth send' printed")
     trace.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -1326,8 +1865,32 @@ def build_parser() -> argparse.ArgumentParser:
     inbox.add_argument("-f", "--follow", action="store_true", help="keep waiting for more")
     _output_options(inbox, "message")
 
-    status = command("status", Cli.cmd_status, "show the running node's state")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status = command(
+        "status",
+        Cli.cmd_status,
+        "an overview of the running node: itself, its neighbours, routes, queues, "
+        "attachments, subscriptions, peers and counters",
+    )
+    _view_options(status)
+    status.add_argument(
+        "--rates",
+        nargs="?",
+        type=_positive_seconds,
+        const=1.0,
+        metavar="S",
+        help="show the counters per second over the next S seconds (default 1) instead "
+        "of on average since start: two readings, S seconds apart",
+    )
+    dashboard = command(
+        "dashboard",
+        Cli.cmd_dashboard,
+        "print the link to the running node's web dashboard (with its access token: keep "
+        "it to yourself); it opens on this machine only",
+    )
+    dashboard.add_argument("--open", action="store_true", help="open it in a web browser too")
+    dashboard.add_argument(
+        "--chirp", action="store_true", help="link to the chirp page instead of the overview"
+    )
 
     for change, does in (
         ("block", "refuse a node: its requests get 403, its frames do not reach the inbox"),
@@ -1409,6 +1972,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _view_options(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--wide`` for a command that shows a table of the node's state."""
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="show node ids whole and long cells uncut (default: ids as their first 10 characters)",
+    )
+
+
 def _output_options(parser: argparse.ArgumentParser, what: str) -> None:
     """``--json`` and ``--raw`` for a command that prints bodies from the network."""
     formats = parser.add_mutually_exclusive_group()
@@ -1431,12 +2004,55 @@ class _TerminalFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class _JsonFormatter(logging.Formatter):
+    """A log record as one line of JSON: ``ts`` (ISO 8601, UTC, ms), ``level``,
+    ``logger``, ``message``, the fields given with ``extra=``, and ``exc`` (the
+    traceback) if there is one. ASCII only: control characters are escaped, so what a
+    message quotes from the network cannot act on the terminal either."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, Any] = {
+            "ts": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=repr, separators=(",", ":"))
+
+
+#: What every log record has: anything else came with ``extra=``.
+_RECORD_ATTRIBUTES: Final = frozenset(
+    [*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName"]
+)
+
+
+def _log_setting(flag: str | None, env: str, allowed: Sequence[str]) -> str | None:
+    """A ``ptth run`` log option: the flag, else the environment variable ``env``
+    (UsageError if it says something else than ``allowed``), else None."""
+    if flag is not None:
+        return flag
+    value = os.environ.get(env, "").strip().lower()
+    if not value:
+        return None
+    if value not in allowed:
+        raise UsageError(f"${env} is {value[:40]!r}, not one of {', '.join(allowed)}")
+    return value
+
+
 @contextlib.contextmanager
 def _logging(args: argparse.Namespace, err: TextIO) -> Iterator[None]:
-    """Logs on ``err`` for this command, as ``-v`` asks.
+    """Logs on ``err`` for this command, as ``-v`` (or ``ptth run --log-level``) asks.
 
     ``ptth run``: warnings, and its own start and stop lines; ``-v`` what the node
-    does (info); ``-vv`` debug too. Other commands: nothing; ``-v`` the CLI's own notes
+    does (info); ``-vv`` debug too; ``--log-level`` (or ``$PTTH_LOG_LEVEL`` without
+    ``-v``) says the level outright, and ``--log-format json`` (``$PTTH_LOG_FORMAT``)
+    makes each line a JSON object. Other commands: nothing; ``-v`` the CLI's own notes
     (retries); ``-vv`` debug too, and each request to the local API.
     """
     verbosity: int = getattr(args, "verbose", 0)
@@ -1445,15 +2061,24 @@ def _logging(args: argparse.Namespace, err: TextIO) -> Iterator[None]:
         yield
         return
     levels: dict[str, int] = {"ptth.cli": logging.DEBUG if verbosity >= 2 else logging.INFO}
+    formatter: logging.Formatter = _TerminalFormatter("%(asctime)s %(message)s", "%H:%M:%S")
     if node:
         levels["ptth"] = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+        named = None  # -v says it, unless --log-level does
+        if args.log_level is not None or verbosity == 0:
+            named = _log_setting(args.log_level, LOG_LEVEL_ENV, list(LOG_LEVELS))
+        if named is not None:
+            levels["ptth"] = LOG_LEVELS[named]
+            levels["ptth.cli"] = min(LOG_LEVELS[named], logging.INFO)  # start and stop
+        if _log_setting(args.log_format, LOG_FORMAT_ENV, LOG_FORMATS) == "json":
+            formatter = _JsonFormatter()
     elif verbosity >= 2:
         levels["httpx"] = logging.INFO  # one line per request
     # The node's loggers all live under "ptth"; others only the CLI's own (in a test the
     # same process runs nodes whose logs are not this command's).
     tops = ["ptth"] if node else ["ptth.cli", "httpx"]
     handler = logging.StreamHandler(err)
-    handler.setFormatter(_TerminalFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(formatter)
     saved = {name: logging.getLogger(name).level for name in levels}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)

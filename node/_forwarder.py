@@ -8,7 +8,9 @@ the neighbour's signed answer it hands each frame's result to its host (which de
 what was taken and issues receipts for what was refused); on a failure (connection
 error, 429, 503, a bad answer) it asks the host how long to back off and keeps
 everything. It wakes when frames arrive for its neighbour (not before a back-off ends)
-and at once when the neighbour is heard from.
+and at once when the neighbour is heard from. While the operator purges the
+neighbour's queue it reads no batch, and a batch read across a purge is not sent
+(:meth:`Forwarder.purging`).
 
 :class:`FrameClient` is the HTTP side: one POST to one neighbour, trying its endpoints
 in turn (starting with the one that answered last), with the request signed and the
@@ -17,9 +19,10 @@ answer's signature checked (RFC 9421; see :mod:`node._fabric`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, Protocol
 
 import httpx
@@ -204,6 +207,19 @@ class Forwarder:
         self.in_flight = 0  # POSTs under way
         self._cursor = 0  # the highest seq in a batch under way (0: none)
         self._backlog = 0  # frames queued (as poked) and not yet taken into a batch
+        # Purges of the neighbour's queue begun (a batch read across one is not sent)
+        # and under way (no batch is read meanwhile): see purging().
+        self._purges = 0
+        self._purging = 0
+        #: Counters since start (announces not included): POSTs made and those that got
+        #: no answer to act on; stored frames put in them (a retried frame counts each
+        #: time), and of those answered, the ones the neighbour took (accepted, or had
+        #: already) and the ones it refused.
+        self.posts = 0
+        self.posts_failed = 0
+        self.frames_sent = 0
+        self.frames_acknowledged = 0
+        self.frames_refused = 0
 
     def add_control(self, wires: Sequence[mesh.WireFrame]) -> None:
         """Queue announces (in memory); the oldest go past :data:`MAX_CONTROL_FRAMES`."""
@@ -224,6 +240,20 @@ class Forwarder:
         self.retry_at = -math.inf
         self._now.set()
         self._data.set()
+
+    @contextlib.contextmanager
+    def purging(self) -> Iterator[None]:
+        """Hold batches while the neighbour's queue is purged (``ptth queue purge``): no
+        batch is read meanwhile, and one being read when it began is not sent (its
+        frames may be gone). POSTs already under way go on: their frames have left."""
+        self._purges += 1
+        self._purging += 1
+        try:
+            yield
+        finally:
+            self._purging -= 1
+            self._backlog = 0  # what was poked for is gone; new frames poke again
+            self._data.set()
 
     async def run(self) -> None:
         async with trio.open_nursery() as posts:
@@ -251,12 +281,15 @@ class Forwarder:
         """What to send next, beyond what is in flight; None if there is nothing to send
         (or nowhere to)."""
         endpoints = self.host.endpoints_of(self.node)
-        if not endpoints:
-            return None  # wait for an address to be learned (poke wakes us)
+        if not endpoints or self._purging:
+            return None  # wait for an address to be learned, or a purge (both wake us)
+        purges = self._purges
         control = self.control[:BATCH_SIZE]
         queued = await self.host.queued_for(
             self.node, BATCH_SIZE - len(control), after=self._cursor
         )
+        if self._purges != purges:
+            return None  # read across a purge: read again once it is done
         if not control and not queued:
             return None
         size = sum(len(wire.envelope) for wire in control)
@@ -297,9 +330,12 @@ class Forwarder:
         queued: list[mesh.Queued],
     ) -> None:
         frames = [*control, *(item.wire for item in queued)]
+        self.posts += 1
+        self.frames_sent += len(queued)
         try:
             results = await self.host.frame_client.post(self.node, endpoints, frames)
         except (PostFailed, DeliveryFailed) as failure:
+            self.posts_failed += 1
             problem = failure.problem if isinstance(failure, PostFailed) else str(failure)
             after = failure.retry_after if isinstance(failure, PostFailed) else None
             # Announces are periodic: those that did not go are put back in front.
@@ -307,6 +343,9 @@ class Forwarder:
             wait = await self.host.post_failed(self.node, problem, after)
             self.retry_at = max(self.retry_at, trio.current_time() + wait)
             return
+        taken = sum(1 for result in results[len(control) :] if result.ok)
+        self.frames_acknowledged += taken
+        self.frames_refused += len(queued) - taken
         pause = await self.host.handed_on(self.node, control, queued, results[len(control) :])
         if pause is not None:
             self.retry_at = max(self.retry_at, trio.current_time() + pause)

@@ -22,6 +22,7 @@ It performs the router's actions (:class:`mesh.Reroute`, :class:`mesh.Flood`,
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -68,7 +69,14 @@ class MeshConfig:
 
 @dataclasses.dataclass
 class NodeStatistics:
-    """Counters since start. ``frames_*`` are inbound, ``sent_*`` outbound (per hop)."""
+    """Counters since start. ``frames_*`` are inbound, ``sent_*`` outbound (per hop).
+
+    Besides the fields (flat integers: what ``ptth status`` shows, and what simulations
+    add up), :attr:`rejected_by_reason` breaks ``frames_rejected`` down by
+    :class:`mesh.Reason` (for the metrics). It is no field, so that
+    :func:`dataclasses.asdict` (which cannot copy a ``Counter``) and the sums stay as
+    they were.
+    """
 
     requests_refused: int = 0
     frames_accepted: int = 0
@@ -77,9 +85,15 @@ class NodeStatistics:
     frames_forwarded: int = 0
     frames_held: int = 0
     frames_dropped: int = 0
+    #: Receipts this node made: delivery receipts and drop receipts.
     receipts_sent: int = 0
+    #: Of ``receipts_sent``, the drop receipts.
+    drop_receipts_sent: int = 0
     #: Drop receipts this node could not queue (its store was full).
     receipts_lost: int = 0
+    #: Receipts that came back for frames this node sent, by what they say.
+    receipts_received_delivered: int = 0
+    receipts_received_dropped: int = 0
     announces_sent: int = 0
     announces_received: int = 0
     interests_received: int = 0
@@ -93,6 +107,10 @@ class NodeStatistics:
     send_failures: int = 0
     send_requests: int = 0
     send_retries: int = 0
+
+    def __post_init__(self) -> None:
+        #: ``frames_rejected`` by reason (a :class:`mesh.Reason` value).
+        self.rejected_by_reason: collections.Counter[str] = collections.Counter()
 
 
 class MeshRuntime:
@@ -125,6 +143,9 @@ class MeshRuntime:
         self.peer_addresses = peer_addresses
         self.router = mesh.Router(self.local, rng=rng, config=config.router)
         self.statistics = NodeStatistics()
+        #: Told each frame a neighbour handed us that the store took (the dashboard's
+        #: recent frames), with the time it was taken.
+        self.on_intake: Callable[[mesh.Intake, int], None] | None = None
         self.frame_client: FrameClient  # set by start()
         self.forwarders: dict[crypto.NodeId, Forwarder] = {}
         #: Address records: peers' (from the data directory), relays', learned ones.
@@ -315,6 +336,7 @@ class MeshRuntime:
             log.warning("could not queue a drop receipt for %s: %s", origin.short, exc)
             return False
         self.statistics.receipts_sent += 1
+        self.statistics.drop_receipts_sent += 1
         if receipt.next_hop is not None:
             self._forwarder(receipt.next_hop).poke()
         return True
@@ -587,7 +609,8 @@ class MeshRuntime:
             event.set()
 
     def release_waiters(self) -> None:
-        """Wake everyone waiting for an outcome (the node stops: none will come)."""
+        """Wake everyone waiting for an outcome: each looks at its frame's trace again
+        (the node stops, and none will come; or a purge settled some)."""
         outcomes, self._outcomes = self._outcomes, {}
         for event in outcomes.values():
             event.set()
@@ -640,7 +663,8 @@ class MeshRuntime:
             await self.run_blocking(lambda: self.store.forwarded(taken, first_hop=node, now=now))
             self.statistics.frames_forwarded += len(taken)
         for item, result in refused:
-            await self.run_blocking(functools.partial(self.store.remove, [item.seq]))
+            if not await self.run_blocking(functools.partial(self.store.remove, [item.seq])):
+                continue  # purged meanwhile (ptth queue purge): dropped already
             await self._dropped(
                 item, str(result.code), f"refused by {node.short}: {result.words}", by=node
             )
@@ -787,6 +811,8 @@ class MeshRuntime:
         for pending in results:
             if pending is None:
                 intake, result = next(stored_iter)
+                if result.outcome is mesh.Outcome.ACCEPTED and self.on_intake is not None:
+                    self.on_intake(intake, now)
                 if isinstance(intake.decision, mesh.Fanout) and any(intake.decision.to):
                     # A duplicate that names its subscribers is passed on toward them.
                     wake.update(intake.decision.next_hops)
@@ -808,6 +834,10 @@ class MeshRuntime:
                         ref = intake.admitted.frame.ref
                         assert ref is not None
                         self._settled(ref)
+                        if intake.admitted.frame.st == "delivered":
+                            self.statistics.receipts_received_delivered += 1
+                        else:  # "dropped": crypto admits no other state
+                            self.statistics.receipts_received_dropped += 1
                         if self.subscriptions.is_ours(ref):
                             # A neighbour dropped one of our interests (its lease lapsed
                             # there, or a quota): state them all again.
@@ -827,6 +857,7 @@ class MeshRuntime:
                 self.statistics.frames_duplicate += 1
             else:
                 self.statistics.frames_rejected += 1
+                self.statistics.rejected_by_reason[str(result.code or "unknown")] += 1
                 log.info(
                     "rejected a frame from %s: %s: %s", sender.short, result.code, result.words
                 )
@@ -856,6 +887,25 @@ class MeshRuntime:
             }
             for route in self.router.routes(now)
         ]
+
+    async def purge(self, next_hop: crypto.NodeId | None) -> tuple[int, int]:
+        """Drop every frame queued for ``next_hop`` (None: those held with no route);
+        return (frames, bytes charged). Its forwarder reads no batch meanwhile and sends
+        none it read before (POSTs under way go on: those frames have left). This
+        node's own messages among them are settled as dropped (:meth:`mesh.Store.purge`);
+        other origins are not told."""
+        forwarder = None if next_hop is None else self.forwarders.get(next_hop)
+        now = self.clock()
+        purge = functools.partial(self.store.purge, next_hop, by=self.local, now=now)
+        with contextlib.nullcontext() if forwarder is None else forwarder.purging():
+            frames, size = await self.run_blocking(purge)
+        if frames:
+            self.release_waiters()  # waits for our own purged frames end
+        where = "held here" if next_hop is None else f"queued for {next_hop.short}"
+        hop = None if next_hop is None else next_hop.text
+        fields = {"next_hop": hop, "frames": frames, "bytes": size}
+        log.info("purged %d frames (%d bytes) %s", frames, size, where, extra=fields)
+        return frames, size
 
     async def queues(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -23,12 +23,14 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import ipaddress
 import json
 import logging
 import os
 import random
 import secrets
 import time
+import urllib.parse
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -49,16 +51,19 @@ from node._api import API_PREFIX, LocalApi
 from node._attach import RelayLink, RelayMode
 from node._chirp import Chirp
 from node._commit import RunBlocking
+from node._dashboard import OVERVIEW_PATH, Dashboard
 from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
 from node._local import open_unix_listener
 from node._mesh import MeshConfig, MeshRuntime, NodeStatistics
 from node._message import Message, Published, Sent
+from node._metrics import METRICS_PATH, Metrics
 from node._net import Network, TcpNetwork, make_transport
 from node._pubsub import DurableSubscription, Subscription
 from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
 from node._server import Handler, Request, Response, Server, ServerConfig
+from node._stomp import STOMP_USERS, StompConfig, StompGateway, stomp_address
 
 __all__ = [
     "Message",
@@ -78,7 +83,8 @@ _ADDRESS_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
 SWEEP_INTERVAL: Final = 600.0
 #: The local API's Unix socket in the data directory (node/_local.py).
 _API_SOCKET: Final = "api.sock"
-#: Limits of the server on that socket: only this machine's user can connect.
+#: Limits of the servers of the API listeners (and of --metrics-listen): only this
+#: machine's clients connect to them.
 _LOCAL_SERVER: Final = ServerConfig(max_connections=64)
 
 
@@ -93,6 +99,13 @@ class NodeConfig:
 
     listen: str = "127.0.0.1:8470"
     public_url: str | None = None
+    #: The local API's (and the dashboard's) TCP listener: a loopback address only, port
+    #: 0 for any free one (api.json names it); None for none (the Unix socket
+    #: ``DIR/api.sock`` still serves the API where the platform has Unix sockets).
+    api_listen: str | None = "127.0.0.1:0"
+    #: Where ``/metrics`` is also served without a token, for a Prometheus server
+    #: (any address; None: only on the API listener, with the token).
+    metrics_listen: str | None = None
     name: str | None = None
     #: How long a frame lives (its exp - ts) unless the sender says otherwise.
     frame_ttl: float = 24 * 3600.0
@@ -134,6 +147,11 @@ class NodeConfig:
     relay_pool: int = 2
     #: Serving as a relay for others: policy and limits.
     relay: RelayConfig = dataclasses.field(default_factory=RelayConfig)
+    #: Where the STOMP gateway listens (``--stomp``; a loopback HOST:PORT unless
+    #: ``stomp_config.allow_remote``); None: no STOMP.
+    stomp: str | None = None
+    #: The STOMP gateway's limits (node/_stomp.py).
+    stomp_config: StompConfig = dataclasses.field(default_factory=StompConfig)
 
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)
@@ -170,11 +188,28 @@ def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
+def _parse_listen(listen: str, option: str = "--listen") -> tuple[str, int]:
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise NodeError(f"--listen {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8470)")
+        raise NodeError(f"{option} {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8470)")
     return host.strip("[]"), int(port_text)
+
+
+def _parse_api_listen(listen: str) -> tuple[str, int]:
+    """``--api-listen``: HOST:PORT with a loopback HOST, since the local API (and the
+    dashboard it serves) must never face the network."""
+    host, port = _parse_listen(listen, "--api-listen")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host.lower() == "localhost"
+    if not loopback:
+        raise NodeError(
+            f"--api-listen {listen!r} is not a loopback address: the local API never "
+            "faces the network (use 127.0.0.1:PORT or [::1]:PORT; --metrics-listen "
+            "serves /metrics to a Prometheus server elsewhere)"
+        )
+    return host, port
 
 
 class Node:
@@ -232,7 +267,17 @@ class Node:
         )
         self.mesh.router.links.backoff_initial_ms = int(config.retry_initial * 1000)
         self.mesh.router.links.backoff_max_ms = int(config.retry_max * 1000)
-        self.add_route(API_PREFIX, LocalApi(self).handle)
+        self.api = LocalApi(self)
+        #: The web pages and their live overview (served by the API listeners).
+        self.dashboard = Dashboard(self, self.api.refusal)
+        self.mesh.on_intake = self.dashboard.received
+        #: Serves the API listeners (set while running).
+        self.api_server: Server | None = None
+        #: Where --metrics-listen serves /metrics (set while running, if it does).
+        self.metrics_url: str | None = None
+        #: The STOMP gateway and its HOST:PORT (set while running, with --stomp).
+        self.stomp: StompGateway | None = None
+        self.stomp_address: str | None = None
         # Always served, also with policy "off": an attach then gets the relay's 403
         # saying so (a node told "404 no such resource" cannot tell why).
         self.relay_service = RelayService(
@@ -242,6 +287,9 @@ class Node:
             self.add_route(prefix, self.relay_service.handle)
         self.links: list[RelayLink] = []
         self._nursery: trio.Nursery | None = None
+        #: Prometheus metrics (``GET /metrics``); the public server reports each
+        #: request it answers to ``metrics.observe_request``.
+        self.metrics = Metrics(self)
 
     @property
     def statistics(self) -> NodeStatistics:
@@ -278,9 +326,16 @@ class Node:
         """
         config = config or NodeConfig()
         config.router_config()  # a bad forward policy fails before anything starts
+        _parse_listen(config.listen)  # and so does a bad listen address
+        if config.api_listen is not None:
+            _parse_api_listen(config.api_listen)
+        if config.metrics_listen is not None:
+            _parse_listen(config.metrics_listen, "--metrics-listen")
         network = network or TcpNetwork()
         blocking: RunBlocking = run_blocking or trio.to_thread.run_sync
         data = DataDir(Path(data_dir))
+        if config.stomp is not None:  # a bad --stomp fails before anything starts
+            stomp_address(config.stomp, config.stomp_config, data.path / STOMP_USERS)
         identity, _ = await blocking(data.init)
         policy = config.policy()
         try:
@@ -322,15 +377,9 @@ class Node:
     @contextlib.asynccontextmanager
     async def _run(self) -> AsyncIterator[None]:
         host, port = _parse_listen(self.config.listen)
-        try:
-            listeners = await self.network.open_listeners(host, port)
-        except OSError as exc:
-            raise NodeError(
-                f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
-            ) from exc
+        listeners = await self._listen(host, port, "--listen", self.config.listen)
         _, bound_port = self.network.listener_address(listeners[0])
         local_url = f"http://{_url_host(host)}:{bound_port}"
-        self.api_url = f"{local_url}/api/v1"
         relays = self._relay_addresses()
         self.links = [
             RelayLink(
@@ -347,16 +396,45 @@ class Node:
         await self.run_blocking(self._refresh_address)
         public = self.config.public_url or ""
         scheme = "https" if public.startswith("https://") else "http"
-        self.server = Server(self._handle, self.config.server, scheme=scheme, admit=self._admit)
-        # The operator's CLI gets a door of its own, where strangers cannot take its
-        # slots (real TCP only: a simulated node has no data-dir socket to offer).
-        local_listener = (
-            await open_unix_listener(self.data.path / _API_SOCKET)
-            if isinstance(self.network, TcpNetwork)
-            else None
+        observe = self.metrics.observe_request
+        self.server = Server(
+            self._handle, self.config.server, scheme=scheme, admit=self._admit, observe=observe
         )
-        local_server = Server(self._handle, _LOCAL_SERVER, admit=self._admit)
-        self.api_socket = None if local_listener is None else self.data.path / _API_SOCKET
+        # The local API has listeners of its own that never face the network: a Unix
+        # socket in the data directory (real TCP only: a simulated node has none) and a
+        # loopback TCP port. Strangers cannot reach it, nor take its connection slots.
+        api_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        if isinstance(self.network, TcpNetwork):
+            unix = await open_unix_listener(self.data.path / _API_SOCKET)
+            if unix is not None:
+                api_listeners.append(unix)
+                self.api_socket = self.data.path / _API_SOCKET
+        if self.config.api_listen is not None:
+            api_host, api_port = _parse_api_listen(self.config.api_listen)
+            tcp = await self._listen(api_host, api_port, "--api-listen", self.config.api_listen)
+            _, bound = self.network.listener_address(tcp[0])
+            self.api_url = f"http://{_url_host(api_host)}:{bound}{API_PREFIX.rstrip('/')}"
+            api_listeners.extend(tcp)
+        self.api_server = Server(self._handle_api, _LOCAL_SERVER, observe=observe)
+        metrics_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        if self.config.metrics_listen is not None:
+            m_host, m_port = _parse_listen(self.config.metrics_listen, "--metrics-listen")
+            metrics_listeners = await self._listen(
+                m_host, m_port, "--metrics-listen", self.config.metrics_listen
+            )
+            _, bound = self.network.listener_address(metrics_listeners[0])
+            self.metrics_url = f"http://{_url_host(m_host)}:{bound}{METRICS_PATH}"
+        metrics_server = Server(self._handle_metrics, _LOCAL_SERVER)
+        stomp_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        if self.config.stomp is not None:
+            users = self.data.path / STOMP_USERS
+            stomp_config = self.config.stomp_config
+            s_host, s_port, remote = stomp_address(self.config.stomp, stomp_config, users)
+            stomp_listeners = await self._listen(s_host, s_port, "--stomp", self.config.stomp)
+            _, bound = self.network.listener_address(stomp_listeners[0])
+            self.stomp_address = f"{_url_host(s_host)}:{bound}"
+            self.stomp = StompGateway(self, stomp_config, users=users, remote=remote)
+        servers = (self.server, self.api_server, metrics_server)
         transport = make_transport(self.network)
         timeout = httpx.Timeout(
             self.config.request_timeout, connect=min(10.0, self.config.request_timeout)
@@ -368,8 +446,12 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(self.server.serve, listeners)
-                    if local_listener is not None:
-                        await nursery.start(local_server.serve, [local_listener])
+                    if api_listeners:
+                        await nursery.start(self.api_server.serve, api_listeners)
+                    if metrics_listeners:
+                        await nursery.start(metrics_server.serve, metrics_listeners)
+                    if self.stomp is not None:
+                        await nursery.start(self.stomp.serve, stomp_listeners)
                     background = trio.CancelScope()
                     await nursery.start(self._run_background, background, frame_client, relays)
                     await self.run_blocking(self._write_api_files)
@@ -382,8 +464,10 @@ class Node:
                         # for anyone: they end first. What they held stays in the store.
                         background.cancel()
                         self.relay_service.shutdown()
-                        self.server.shutdown()
-                        local_server.shutdown()
+                        if self.stomp is not None:
+                            self.stomp.shutdown()
+                        for server in servers:
+                            server.shutdown()
                         nursery.cancel_scope.deadline = trio.current_time() + (
                             self.config.server.shutdown_grace + 1
                         )
@@ -393,6 +477,14 @@ class Node:
                 self._nursery = None
                 self.mesh.release_waiters()
                 self.mesh.subscriptions.close_all()
+
+    async def _listen(
+        self, host: str, port: int, option: str, text: str
+    ) -> list[trio.abc.Listener[trio.abc.Stream]]:
+        try:
+            return await self.network.open_listeners(host, port)
+        except OSError as exc:
+            raise NodeError(f"cannot listen on {text} ({option}): {exc.strerror or exc}") from exc
 
     def _count_request(self) -> None:
         self.mesh.statistics.send_requests += 1
@@ -422,6 +514,10 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.mesh.serve, frame_client, relays)
                 nursery.start_soon(self._sweep_loop)
+                if self.api_url is not None or self.api_socket is not None:
+                    # The dashboard's throughput history, for a node someone can look
+                    # at (a simulated node has no API listener: no wake-ups for it).
+                    nursery.start_soon(self.dashboard.sample)
                 await nursery.start(self.relay_service.watch)
                 for link in self.links:
                     await nursery.start(link.run)
@@ -493,9 +589,15 @@ class Node:
     def _write_api_files(self) -> None:
         token_path = self.data.path / "api.token"
         write_atomically(token_path, self.api_token.encode("ascii"), mode=0o600)
-        info: dict[str, Any] = {"url": self.api_url, "pid": os.getpid(), "node": self.node_id.text}
+        info: dict[str, Any] = {"pid": os.getpid(), "node": self.node_id.text}
+        if self.api_url is not None:
+            info["url"] = self.api_url
         if self.api_socket is not None:
             info["socket"] = os.fspath(self.api_socket)
+        if self.metrics_url is not None:
+            info["metrics"] = self.metrics_url
+        if self.stomp_address is not None:
+            info["stomp"] = self.stomp_address
         write_atomically(self.data.path / "api.json", (json.dumps(info) + "\n").encode("utf-8"))
 
     def address_token(self) -> str:
@@ -505,6 +607,29 @@ class Node:
     def add_route(self, prefix: str, handler: Handler) -> None:
         """Serve requests whose path starts with ``prefix`` with ``handler``."""
         self._extra_routes.append((prefix, handler))
+
+    # -- the local API's listeners ---------------------------------------------------
+
+    async def _handle_api(self, request: Request) -> Response:
+        """The API listeners: ``/api/v1/...``, ``/metrics`` (with the API's token), and
+        the dashboard's pages."""
+        path = request.path
+        if path == OVERVIEW_PATH:
+            return await self.dashboard.overview(request)
+        if path.startswith(API_PREFIX):
+            return await self.api.handle(request)
+        if path == METRICS_PATH:
+            refused = self.api.refusal(request, urllib.parse.parse_qs(request.query))
+            if refused is not None:
+                return refused
+            return await self.metrics.handle(request)
+        return await self.dashboard.handle(request)
+
+    async def _handle_metrics(self, request: Request) -> Response:
+        """``--metrics-listen``: ``/metrics`` only, without a token."""
+        if request.path == METRICS_PATH:
+            return await self.metrics.handle(request)
+        return Response.text(404, f"no such resource: {request.path} (only {METRICS_PATH})")
 
     # -- receiving ------------------------------------------------------------------
 
@@ -527,6 +652,13 @@ class Node:
         for prefix, handler in self._extra_routes:
             if path.startswith(prefix):
                 return await handler(request)
+        if path.startswith(API_PREFIX):
+            return Response.text(
+                404,
+                "the local API is not served on the node's public address: use it on the "
+                "node's machine, through the API listener that api.json in its data "
+                "directory names",
+            )
         return Response.text(404, f"no such resource: {path}")
 
     def _refuse(self, status: int, words: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -724,6 +856,7 @@ class Node:
         hops = await self.mesh.send_frames(
             frames, idempotent=None if idempotent is None else (lambda h: idempotent(sent(h)))
         )
+        self.dashboard.sent(frames)
         return sent(hops)
 
     # -- publish/subscribe --------------------------------------------------------------
@@ -752,7 +885,9 @@ class Node:
         """
         if self._nursery is None:
             raise NodeError("node is not running")
-        return await self.mesh.publish(topic, body, ct=ct, ttl=ttl, idempotent=idempotent)
+        published = await self.mesh.publish(topic, body, ct=ct, ttl=ttl, idempotent=idempotent)
+        self.dashboard.sent_publication(published, body)
+        return published
 
     @overload
     def subscribe(
@@ -873,6 +1008,12 @@ class Node:
         """Per next hop (and held frames): frames, bytes, oldest, link state."""
         return await self.mesh.queues()
 
+    async def purge_queue(self, next_hop: crypto.NodeId | None) -> tuple[int, int]:
+        """Drop every frame queued for ``next_hop`` (None: those held, no route yet);
+        return (frames, bytes charged). ``ptth queue purge``; see
+        :meth:`MeshRuntime.purge <node._mesh.MeshRuntime.purge>`."""
+        return await self.mesh.purge(next_hop)
+
     async def add_peer(self, token: str) -> crypto.SignedAddress:
         """Verify a peer's address token, store it (as `ptth peer add` does) and make it
         a neighbour at once.
@@ -942,8 +1083,13 @@ class Node:
 
     # -- status ---------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """What ``ptth status`` shows: identity, endpoints, peers, counters."""
+    async def current_status(self) -> dict[str, Any]:
+        """:meth:`status`, the store's statistics read off the event loop."""
+        return self.status(await self.run_blocking(self.store.statistics))
+
+    def status(self, store: mesh.StoreStatistics | None = None) -> dict[str, Any]:
+        """What ``ptth status`` shows: identity, endpoints, peers, counters. ``store``:
+        the store's statistics read already (off the event loop); None reads them here."""
         now = self.clock()
         peers = []
         for address in self.data.peers:
@@ -957,7 +1103,7 @@ class Node:
                     "expired": record.exp <= now,
                 }
             )
-        stats = self.store.statistics()
+        stats = self.store.statistics() if store is None else store
         return {
             "node": self.node_id.text,
             "name": self.config.name,

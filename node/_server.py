@@ -43,6 +43,12 @@ connection to its relay, served after the 101) count against ``max_connections``
 pass the admission hook and the body budget, but have no address: they are neither
 limited per address, nor closed for a newcomer, nor cut short under pressure.
 
+An observer hook (``Server(..., observe=...)``) is told, once per request whose head
+was read, its path, the status answered and the seconds from the head being parsed to
+the response head being written (a streamed body counts up to its head; a 101 up to
+the 101). Requests that end without an answer written (the client left) and bytes that
+never made a request (a malformed or unfinished head) are not observed.
+
 Shutdown (:meth:`Server.shutdown`) is graceful: stop accepting, close idle connections,
 let requests in flight finish (up to ``shutdown_grace``), cancel long-lived streams.
 Any error in a handler (or the admission hook) becomes a 500 for that request, logged,
@@ -55,6 +61,7 @@ import dataclasses
 import ipaddress
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 
@@ -64,6 +71,7 @@ import trio
 __all__ = [
     "Admit",
     "Handler",
+    "Observe",
     "PrefixedStream",
     "Request",
     "Response",
@@ -213,6 +221,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 #: ``b""``: the body has not been read), a :class:`Response` refuses it (sent with
 #: ``connection: close``, the body never read), None lets it in.
 Admit = Callable[[Request], Awaitable[Response | None]]
+#: An observer: told a request's path, the status answered and the seconds the answer
+#: took (see the module docstring). Called in the connection's task: it must not block.
+Observe = Callable[[str, int, float], None]
 
 
 class _Closing(Exception):
@@ -227,6 +238,9 @@ class Server:
     a :class:`Response` it returns is sent with ``connection: close`` and the
     connection closed, the body unread. It may leave what it learned in
     ``request.notes`` for the handler. An exception in it is a 500, as in the handler.
+
+    ``observe``, when given, is told each answered request (:data:`Observe`); an
+    exception in it is logged and otherwise ignored.
     """
 
     def __init__(
@@ -236,9 +250,11 @@ class Server:
         *,
         scheme: str = "http",
         admit: Admit | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self.handler = handler
         self.admit = admit
+        self.observe = observe
         self.config = config or ServerConfig()
         self.scheme = scheme
         self._closing = trio.Event()
@@ -491,6 +507,10 @@ class _ConnectionState:
         self.limited = self.address is not None and ip is not None
         #: Request-body bytes reserved from the server's budget.
         self.reserved = 0
+        #: The target of the request being answered and when its head was parsed
+        #: (perf_counter), until the answer is observed (None: nothing to observe).
+        self.head_target: bytes | None = None
+        self.head_at = 0.0
 
     def close_if_idle(self) -> None:
         if self.idle and self.wait_scope is not None:
@@ -563,6 +583,7 @@ class _ConnectionState:
         The request and response die with this call: an idle connection holds no body.
         """
         self.idle = True
+        self.head_target = None
         request = await self.read_request()
         self.idle = False
         response = await self.respond(request)
@@ -589,6 +610,7 @@ class _ConnectionState:
         try:
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
             await self.write_in_time(h11.InformationalResponse(status_code=101, headers=headers))
+            self.observed(101)
         except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
             # e.g. a 101 to CONNECT, or a bad header: the handler's bug, this request's end.
             log.error("cannot switch protocols: %s", exc)
@@ -681,6 +703,8 @@ class _ConnectionState:
 
     async def read_request(self) -> Request:
         request = await self.read_head()
+        if self.server.observe is not None:
+            self.head_target, self.head_at = request.target, time.perf_counter()
         config = self.config
         # h11 bounds only headers that arrive in pieces; a whole head in one read is
         # measured here.
@@ -787,10 +811,12 @@ class _ConnectionState:
                     events.append(h11.Data(data=response.body))
                 events.append(h11.EndOfMessage())
                 await self.write_in_time(*events)
+                self.observed(response.status)
             else:
                 # A stream may take as long as it likes (Server-Sent Events live for
                 # hours); each write of it is bounded instead.
                 await self.write_in_time(head)
+                self.observed(response.status)
                 await self.write_stream(response)
                 await self.write_in_time(h11.EndOfMessage())
         except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
@@ -804,6 +830,21 @@ class _ConnectionState:
                 if aclose is not None:
                     with trio.CancelScope(shield=True):
                         await aclose()
+
+    def observed(self, status: int) -> None:
+        """Tell the server's observer that the request's answer (``status``) is out."""
+        target, self.head_target = self.head_target, None
+        observe = self.server.observe
+        if target is None or observe is None:
+            return
+        try:
+            observe(
+                target.partition(b"?")[0].decode("latin-1"),
+                status,
+                time.perf_counter() - self.head_at,
+            )
+        except Exception:
+            log.exception("the request observer failed")
 
     async def write_stream(self, response: Response) -> None:
         assert response.stream is not None

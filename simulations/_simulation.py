@@ -497,8 +497,10 @@ class Simulation:
         if name is None:
             name = self._next_name("n")
         self.network.add_host(name, nat=nat)
+        # A simulated host has no operator at a terminal: no local API listener (its
+        # tests and scenarios use the Node's methods).
         settings = dataclasses.replace(
-            self.config, listen=f"{name}:{NODE_PORT}", name=name, **config
+            self.config, listen=f"{name}:{NODE_PORT}", name=name, **{"api_listen": None, **config}
         )
         sim_node = SimNode(self, name, nat=nat, config=settings)
         self.nodes[name] = sim_node

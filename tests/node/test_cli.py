@@ -350,12 +350,17 @@ async def test_send_wait_for_a_dropped_frame_exits_1(tcp_nodes: NodeFactory) -> 
 async def test_routes(trio_line: tuple[Node, Node, Node]) -> None:
     a, b, c = trio_line
     header, *rows = await cli_ok(a, "routes")
-    assert header.split() == ["destination", "next", "hop", "hops", "age"]
+    assert header.split() == ["destination", "next", "hop", "hops", "age", "expires"]
     assert [row.split()[:3] for row in rows] == [
-        [b.node_id.text, b.node_id.text[:10], "1"],
-        [c.node_id.text, b.node_id.text[:10], "2"],
+        [b.node_id.short, b.node_id.short, "1"],
+        [c.node_id.short, b.node_id.short, "2"],
     ]
-    assert all(re.fullmatch(r"\d+s", row.split()[3]) for row in rows)
+    assert all(re.fullmatch(r"\d+s|\d+m\d\ds", row.split()[3]) for row in rows)
+    wide = await cli_ok(a, "routes", "--wide")
+    assert [row.split()[:2] for row in wide[1:]] == [
+        [b.node_id.text, b.node_id.text],
+        [c.node_id.text, b.node_id.text],
+    ]
     routes = json.loads("\n".join(await cli_ok(a, "routes", "--json")))
     assert [(r["destination"], r["hops"]) for r in routes] == [
         (b.node_id.text, 1),
@@ -367,12 +372,14 @@ async def test_queues(trio_line: tuple[Node, Node, Node]) -> None:
     a, b, _ = trio_line
     await a.send(crypto.Identity.generate().node_id, b"held")
     header, *rows = await cli_ok(a, "queues")
-    assert header.split() == ["next", "hop", "frames", "bytes", "oldest", "link", "next", "attempt"]
+    assert header.split() == [
+        *("next", "hop", "frames", "bytes", "oldest", "link"),
+        *("next", "attempt", "announces", "last", "error"),
+    ]
     assert len(rows) == 2
-    held = rows[0].split()
-    assert (held[0], held[1], held[4], held[5]) == ("(held)", "1", "-", "-")
-    assert re.fullmatch(r"\d+s", held[3])
-    assert rows[1].split() == [b.node_id.text[:10], "0", "0", "-", "up", "-"]
+    # The held frame is charged what its row takes (mesh.stored_charge): < 1 KiB.
+    assert re.fullmatch(r"\(held\) +1 +\d+ B +\d+s +- +- +0 +-", rows[0]), rows[0]
+    assert re.fullmatch(rf"{b.node_id.short} +0 +0 B +- +up +- +\d+ +-", rows[1]), rows[1]
     queues = json.loads("\n".join(await cli_ok(a, "queues", "--json")))
     assert [(q["next_hop"], q["frames"], q["link"]) for q in queues] == [
         (None, 1, None),
@@ -717,9 +724,10 @@ async def test_subscriptions_and_unsubscribe(tcp_nodes: NodeFactory) -> None:
     )
     async with a.subscribe("news.#", "*.alerts", name="feed"):
         pass
-    (line,) = await cli_ok(a, "subscriptions")
+    header, line = await cli_ok(a, "subscriptions")
+    assert header.split() == ["name", "patterns", "lease", "created"]
     assert re.fullmatch(
-        r"feed  news\.# \*\.alerts  lease 3600 s  since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", line
+        r"feed  news\.# \*\.alerts  1h00m  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", line
     ), line
     listing = json.loads("\n".join(await cli_ok(a, "subscriptions", "--json")))
     assert [(s["name"], s["patterns"], s["lease"]) for s in listing] == [

@@ -237,4 +237,5 @@ def test_send_to_a_node_behind_nat_through_the_relay(nat: Nat, tmp_path: Path, m
                 received += inbox.stdout
             assert received.strip().endswith(text)
             status = ptth(nat.inside, inside_dir, "status").stdout
-            assert f"mode {mode}" in status
+            _, attached = status.split("\nattached to relays: 1\n", 1)
+            assert attached.splitlines()[1].split()[2] == mode, status

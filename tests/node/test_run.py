@@ -94,12 +94,13 @@ def test_two_processes_send_and_receive(tmp_path: Path) -> None:
 
         status = ptth(bob_dir, "status").stdout
         assert f"node      {bob_id}" in status
-        assert "inbox     0 messages, 0 bytes" in status
-        assert "peers     1" in status
-        assert re.search(r"^received  \d+ accepted, \d+ duplicate, 0 rejected", status, re.M)
+        assert "inbox     0 messages, 0 B" in status
+        assert "\npeers: 1\n" in status
+        assert re.search(r"^  frames_accepted +[1-9]", status, re.M)
+        assert re.search(r"^  frames_rejected +0 ", status, re.M)
 
         routes = ptth(alice_dir, "routes").stdout.splitlines()
-        assert [line.split()[:3] for line in routes[1:]] == [[bob_id, bob_id[:10], "1"]]
+        assert [line.split()[:3] for line in routes[1:]] == [[bob_id[:10], bob_id[:10], "1"]]
 
         # A node nobody knows: held in custody, not an error.
         unknown = ptth(alice_dir, "send", "a" * 52, "x")
@@ -155,7 +156,7 @@ def test_listen_address_in_use(tmp_path: Path) -> None:
         assert (
             clash.stderr.strip()
             .splitlines()[-1]
-            .startswith(f"ptth: error: cannot listen on 127.0.0.1:{port}:")
+            .startswith(f"ptth: error: cannot listen on 127.0.0.1:{port} (--listen):")
         )
 
 
