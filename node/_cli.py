@@ -1005,6 +1005,9 @@ class Cli:
         explicit = self.args.idempotency_key
         base = explicit or secrets.token_urlsafe(16)
         idle_flush = explicit is None
+        # Progress on a terminal's stderr, rewritten in place after each batch, when the
+        # ids go elsewhere (a file, a pipe): a long send shows how far it is.
+        progress = _is_terminal(self.err) and not _is_terminal(self.out)
         started = time.monotonic()
         batches = held = 0
         batch = _LineBatch()
@@ -1018,6 +1021,14 @@ class Cli:
                 batches += 1
                 answer = await self._send_batch(api, batch, f"{base}:{batches}")
                 held += sum(1 for sent in answer["sent"] if sent["held"])
+                if progress:
+                    elapsed = max(time.monotonic() - started, 1e-9)
+                    print(
+                        f"\r{batch.last:,} in custody ({batch.last / elapsed:,.0f}/s)",
+                        end="",
+                        file=self.err,
+                        flush=True,
+                    )
                 batch = _LineBatch(first=batch.last + 1)
 
             async with trio.open_nursery() as nursery:
@@ -1059,6 +1070,8 @@ class Cli:
                             batch.messages.append(message)
                             batch.size += size
                 await flush()
+        if progress and batches:
+            print(file=self.err)  # end the progress line
         elapsed = time.monotonic() - started
         count = batch.first - 1
         log.info(

@@ -485,3 +485,41 @@ def test_no_node_running(tmp_path: Path) -> None:
         f"ptth: error: no node is running for {tmp_path} "
         f"(start one with 'ptth run --data-dir {tmp_path}')\n"
     )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_sees_progress_while_ids_go_to_a_file(
+    batches: tuple[FakeNode, Batches],
+) -> None:
+    fake, _ = batches
+    count = LINES_PER_BATCH * 2 + 5
+    err = _Terminal()
+    out = io.StringIO()
+    status = node._cli.run(
+        ["--data-dir", str(fake.data_dir), "send", "--lines", DST, "--idempotency-key", "k"],
+        out=out,
+        err=err,
+        stdin=io.StringIO("".join(f"{n}\n" for n in range(count))),
+    )
+    assert status == 0
+    assert out.getvalue().splitlines() == ids(1, count)
+    shown = re.findall(r"\r([\d,]+) in custody \([\d,]+/s\)", err.getvalue())
+    assert shown == [f"{LINES_PER_BATCH:,}", f"{LINES_PER_BATCH * 2:,}", f"{count:,}"]
+    assert err.getvalue().endswith("\n")
+
+
+def test_no_progress_when_the_ids_go_to_the_terminal(batches: tuple[FakeNode, Batches]) -> None:
+    fake, _ = batches
+    err, out = _Terminal(), _Terminal()
+    status = node._cli.run(
+        ["--data-dir", str(fake.data_dir), "send", "--lines", DST],
+        out=out,
+        err=err,
+        stdin=io.StringIO("a\nb\n"),
+    )
+    assert status == 0
+    assert "in custody" not in err.getvalue()
