@@ -1,4 +1,4 @@
-"""ptth's crypto layer: identities, signed envelopes, address records, frame payloads.
+"""ptth's crypto layer: identities, signed envelopes, address records, capabilities, frames.
 
 Pure functions over bytes (docs/architecture.md): nothing here does I/O but reading and
 writing a key file, reads the clock (``now`` is passed in), or imports the rest of ptth.
@@ -12,6 +12,28 @@ from crypto._address import (
     parse_token,
     sign_address,
     validate_endpoint,
+)
+from crypto._capability import (
+    CAPABILITY_ID_SIZE,
+    CAPABILITY_TOKEN_PREFIX,
+    MAX_CAPABILITY_SIZE,
+    MAX_CHAIN_DEPTH,
+    Capability,
+    CapabilityExpired,
+    CapabilityRefused,
+    Caveats,
+    ObjectKind,
+    Operation,
+    Revocation,
+    RevocationSet,
+    Revoked,
+    Target,
+    VerifiedCapability,
+    delegate,
+    grant,
+    parse_capability,
+    pattern_covers,
+    verify,
 )
 from crypto._cbor import MAX_ENVELOPE_SIZE
 from crypto._envelope import Opened, Purpose, open, seal
@@ -39,8 +61,12 @@ from crypto._frames import (
 from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId
 
 __all__ = [
+    "CAPABILITY_ID_SIZE",
+    "CAPABILITY_TOKEN_PREFIX",
     "FRAME_ID_SIZE",
     "MAX_BODY_SIZE",
+    "MAX_CAPABILITY_SIZE",
+    "MAX_CHAIN_DEPTH",
     "MAX_ENDPOINTS",
     "MAX_ENVELOPE_SIZE",
     "MAX_HOPS",
@@ -50,6 +76,10 @@ __all__ = [
     "TOKEN_PREFIX",
     "AddressRecord",
     "BadSignature",
+    "Capability",
+    "CapabilityExpired",
+    "CapabilityRefused",
+    "Caveats",
     "CryptoError",
     "Expired",
     "Frame",
@@ -58,17 +88,29 @@ __all__ = [
     "Kind",
     "Malformed",
     "NodeId",
+    "ObjectKind",
     "Opened",
+    "Operation",
     "Purpose",
+    "Revocation",
+    "RevocationSet",
+    "Revoked",
     "SignedAddress",
     "Stale",
+    "Target",
     "TooLarge",
+    "VerifiedCapability",
     "WrongPurpose",
+    "delegate",
+    "grant",
     "open",
+    "parse_capability",
     "parse_token",
+    "pattern_covers",
     "seal",
     "sign_address",
     "validate_endpoint",
     "validate_pattern",
     "validate_topic",
+    "verify",
 ]

@@ -50,6 +50,7 @@ class Purpose(enum.StrEnum):
     FRAME = "ptth/frame"
     ADDRESS = "ptth/addr"
     CAPABILITY = "ptth/cap"
+    REVOCATION = "ptth/revoke"
 
 
 class Opened(NamedTuple):

@@ -7,6 +7,7 @@ h11, or reads the clock.
 """
 
 from mesh._admission import MAX_POLICY_ENTRIES, Admission, InboxPolicy, Policy
+from mesh._capabilities import CapabilityBook, Grant
 from mesh._engine import (
     Action,
     Deliver,
@@ -79,11 +80,13 @@ __all__ = [
     "Action",
     "Admission",
     "Admitted",
+    "CapabilityBook",
     "Deliver",
     "Fanout",
     "Flood",
     "Forward",
     "ForwardPolicy",
+    "Grant",
     "Greet",
     "HopLimitExceeded",
     "Idempotent",

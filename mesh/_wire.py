@@ -94,7 +94,9 @@ class Result:
     def for_error(cls, exc: crypto.CryptoError) -> Result:
         """The rejection for a frame that failed :mod:`crypto`'s checks."""
         code = Reason.MALFORMED
-        if isinstance(exc, crypto.TooLarge):
+        if isinstance(exc, crypto.CapabilityRefused):  # expired or revoked ones too
+            code = Reason.FORBIDDEN
+        elif isinstance(exc, crypto.TooLarge):
             code = Reason.TOO_LARGE
         elif isinstance(exc, crypto.BadSignature):
             code = Reason.BAD_SIGNATURE

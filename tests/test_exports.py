@@ -65,7 +65,15 @@ def test_crypto_exports_come_from_its_modules() -> None:
     for name in crypto.__all__:
         owners = [
             module_name
-            for module_name in ("_address", "_cbor", "_envelope", "_errors", "_frames", "_identity")
+            for module_name in (
+                "_address",
+                "_capability",
+                "_cbor",
+                "_envelope",
+                "_errors",
+                "_frames",
+                "_identity",
+            )
             if name in getattr(importlib.import_module(f"crypto.{module_name}"), "__all__", ())
         ]
         assert owners, f"crypto.{name} is not in any crypto module's __all__"

@@ -268,6 +268,9 @@ def test_unknown_rejection_code_from_a_newer_peer_is_malformed_with_its_words(
         (crypto.Expired, Reason.EXPIRED),
         (crypto.Stale, Reason.MALFORMED),
         (crypto.KeyFileError, Reason.MALFORMED),
+        (crypto.CapabilityRefused, Reason.FORBIDDEN),
+        (crypto.CapabilityExpired, Reason.FORBIDDEN),
+        (crypto.Revoked, Reason.FORBIDDEN),
     ],
 )
 def test_result_for_each_crypto_error(error: type[crypto.CryptoError], code: Reason) -> None:
@@ -286,6 +289,9 @@ def test_every_crypto_error_class_is_mapped() -> None:
         crypto.Expired,
         crypto.Stale,
         crypto.KeyFileError,
+        crypto.CapabilityRefused,
+        crypto.CapabilityExpired,
+        crypto.Revoked,
     }
     exported = {
         value
