@@ -699,7 +699,8 @@ class Simulation:
             dials_refused=net.dials_refused,
             dials_unanswered=net.dials_unanswered,
             events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events)
-            + tuple(self._undelivered_posts()),
+            + tuple(self._undelivered_posts())
+            + tuple(self._dropped_messages()),
             chirp=self._chirp_report(nodes) if self.ledger.posts else None,
         )
 
@@ -740,6 +741,23 @@ class Simulation:
                     f"{format_duration(post.posted_at)}: post {post.id.hex()[:12]} by "
                     f"{post.author} not at {follower} at the end; {where}"
                 )
+        return lines
+
+    def _dropped_messages(self, limit: int = 20) -> list[str]:
+        """A line for each message dropped without reaching its destination (the first
+        ``limit``): when, between whom, and why, as its drop receipt said."""
+        lines: list[str] = []
+        for message in self.ledger.messages.values():
+            if message.dropped_at is None or message.delivered_at is not None:
+                continue
+            if len(lines) == limit:
+                lines.append("... (more dropped messages)")
+                break
+            lines.append(
+                f"{format_duration(message.sent_at)}: message {message.id.hex()[:12]} "
+                f"{message.src}->{message.dst} dropped after "
+                f"{format_duration(message.dropped_at - message.sent_at)}: {message.why}"
+            )
         return lines
 
     def _chirp_report(self, nodes: NodeStatistics) -> ChirpReport:

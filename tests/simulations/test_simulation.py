@@ -213,6 +213,10 @@ async def test_a_frame_refused_on_the_way_is_dropped(
     assert message.why is not None
     assert message.why.startswith("policy: ")
     assert c.received == []
+    # The report's events say which message was dropped, between whom, and why.
+    [line] = [e for e in sim.report().events if "dropped after" in e]
+    assert f"message {message.id.hex()[:12]} a->c dropped after" in line
+    assert line.endswith(message.why)
 
 
 async def test_delivery_receipts_come_back_to_the_origin(
