@@ -315,8 +315,17 @@ class Router:
         subscribers.discard(self.local)
         if admitted.to:
             # The previous hop sent it here for these: the others it sent elsewhere, and
-            # going toward them too would make copies meet at each subscriber.
+            # going toward them too would make copies meet at each subscriber. Its word
+            # is taken for them even where this node has not heard of their interest (it
+            # restarted with a table saved before they subscribed, or their sub frames
+            # are still on the way): dropping them would end the copy's way here, and
+            # each subscriber checks its own interests before delivering.
+            # (A copy is held for one only where this node knows its interest: below.)
+            unheard = set(admitted.to) - subscribers - {self.local}
             subscribers.intersection_update(admitted.to)
+            subscribers |= unheard
+        else:
+            unheard = set()
         if not subscribers or not self._may_forward(admitted, sender):
             return Fanout(deliver, ())
         by_hop: dict[crypto.NodeId, list[crypto.NodeId]] = {}
@@ -326,7 +335,7 @@ class Router:
             hop = self.next_hop(node, now, came_from=sender)
             if hop is not None:
                 by_hop.setdefault(hop, []).append(node)
-            elif admitted.to and node not in (sender, frame.src):
+            elif admitted.to and node not in (sender, frame.src) and node not in unheard:
                 # The sender gave it to us for this subscriber, and our only way to it
                 # is back (routes still settling, e.g. its relay restarted and it has
                 # not attached again): hold a copy for it until a way appears, rather

@@ -316,7 +316,9 @@ def test_a_copy_goes_on_toward_the_subscribers_it_was_sent_for_only() -> None:
     # C sent this copy for X only (its copy for Y went another way): not toward Y.
     decision = r.classify(admitted(publication(D_ID, "t"), to=(X,)), C, NOW)
     assert decision == Fanout(False, (A,), ((X,),))
-    # Listed but not interested here (or unknown): nothing goes toward it.
+    # Listed, not known to be interested here, and no way toward it: nothing goes
+    # toward it, and nothing is held for it (a neighbour cannot make this node hold
+    # copies for made-up subscribers).
     decision = r.classify(admitted(publication(D_ID, "t"), to=(Z,)), C, NOW)
     assert decision == Fanout(False, ())
     # A local subscription is delivered to whatever the list says.
@@ -350,6 +352,22 @@ def test_a_copy_for_a_subscriber_reachable_only_back_is_held_here() -> None:
     # Nor is a copy held for the subscriber that sent it, or for the origin.
     decision = r.classify(admitted(publication(X_ID, "t"), to=(X,)), A, NOW)
     assert decision == Fanout(False, ())
+
+
+def test_an_addressed_copy_goes_on_for_a_subscriber_this_node_has_not_heard_of() -> None:
+    # A relay that crashed and restarted with an interest table saved before X
+    # subscribed does not know X wants "t" (until X's refresh, half a lease later); the
+    # previous hop, which knows, addressed the copy to X: it must go on toward X, not
+    # end here (the post was lost in a 200-node chirp run).
+    r = router(A, B, C)
+    route(r, X, B)
+    decision = r.classify(admitted(publication(D_ID, "t"), to=(X,)), A, NOW)
+    assert decision == Fanout(False, (B,), ((X,),))
+    # Unaddressed, this node goes by what it knows: nobody wants "t".
+    assert r.classify(admitted(publication(D_ID, "t")), A, NOW) == Fanout(False, ())
+    # Addressed to this node: delivered only if it subscribed itself.
+    r = router(A, B)
+    assert r.classify(admitted(publication(D_ID, "t"), to=(LOCAL,)), A, NOW) == Fanout(False, ())
 
 
 def test_a_local_subscription_delivers_here_and_ours_go_out() -> None:
