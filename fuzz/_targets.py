@@ -34,7 +34,7 @@ import trio.testing
 import crypto
 import mesh
 from crypto import _cbor, _envelope, _httpsig
-from mesh import _stomp
+from mesh import _stomp, _xmpp
 from node import _attach, _fabric, _forwarder, _relay, _wrap
 from node._api import LocalApi
 from node._errors import NodeError, Replayed
@@ -334,7 +334,7 @@ def check_envelope(data: bytes) -> None:
             signer, payload = crypto.open(data, purpose)
             break
         except crypto.WrongPurpose:
-            if purpose is crypto.Purpose.CAPABILITY:
+            if purpose is list(crypto.Purpose)[-1]:
                 raise
     if signer not in (IDENTITY.node_id, OTHER.node_id):
         raise PropertyFailed(f"an envelope verified as signed by {signer}, who signs nothing here")
@@ -384,6 +384,95 @@ def check_token(data: bytes) -> None:
         raise PropertyFailed(f"a token verified for {address.node}, who signs nothing here")
     if crypto.parse_token(address.token, now=NOW_MS).record != address.record:
         raise PropertyFailed("a token does not round-trip")
+
+
+def _capabilities() -> list[crypto.Capability]:
+    """One capability of each kind from :data:`IDENTITY`, and chains delegated by
+    :data:`IDENTITY` and by :data:`OTHER`."""
+    me = IDENTITY.node_id
+    made = [
+        crypto.grant(
+            IDENTITY,
+            target,
+            ops,
+            subject=OTHER.node_id,
+            now=NOW_MS,
+            cap_id=bytes([number]) * crypto.CAPABILITY_ID_SIZE,
+            caveats=crypto.Caveats(nbf=NOW_MS, exp=NOW_MS + 3_600_000, uses=5, rate=2),
+        )
+        for number, (target, ops) in enumerate(
+            [
+                (crypto.Target.topic(me, "news.*.#"), ["publish", "subscribe"]),
+                (crypto.Target.inbox(me), ["send"]),
+                (crypto.Target.named(me, "queue"), ["call"]),
+            ],
+            1,
+        )
+    ]
+    made.append(
+        crypto.grant(
+            IDENTITY,
+            crypto.Target.relay(me),
+            ["attach", "store"],
+            subject=None,
+            now=NOW_MS,
+            cap_id=b"\x09" * crypto.CAPABILITY_ID_SIZE,
+            caveats=crypto.Caveats(quota=1 << 20),
+            revoker=OTHER.node_id,
+        )
+    )
+    made.append(
+        crypto.delegate(
+            IDENTITY,
+            made[3],
+            subject=OTHER.node_id,
+            now=NOW_MS,
+            cap_id=b"\x0b" * crypto.CAPABILITY_ID_SIZE,
+        )
+    )
+    made.append(
+        crypto.delegate(
+            OTHER,
+            made[0],
+            subject=None,
+            now=NOW_MS,
+            cap_id=b"\x0a" * crypto.CAPABILITY_ID_SIZE,
+            target=crypto.Target.topic(me, "news.a.b"),
+            ops=["publish"],
+        )
+    )
+    return made
+
+
+def _capability_seeds() -> list[bytes]:
+    # The target signs each payload with IDENTITY: the links it signs are seeds.
+    mine = [cap for cap in _capabilities() if cap.issuer == IDENTITY.node_id]
+    return [_cbor.encode(capability.to_payload()) for capability in mine]
+
+
+def check_capability(data: bytes) -> None:
+    """``crypto.Capability.open`` on a capability payload a hostile node signed (its
+    embedded chain, ``up``, comes as it is), and its token."""
+    capability = crypto.Capability.open(_signed(data, _envelope.Purpose.CAPABILITY))
+    if _cbor.encode(capability.to_payload()) != data:
+        raise PropertyFailed("an opened capability does not re-encode to its signed payload")
+    if crypto.parse_capability(capability.token) != capability:
+        raise PropertyFailed("a capability does not round-trip through its token")
+    if capability.owner not in (IDENTITY.node_id, OTHER.node_id):
+        raise PropertyFailed(f"a capability chain verified as rooted at {capability.owner}")
+
+
+def _cap_token_seeds() -> list[bytes]:
+    return [capability.token.encode("ascii") for capability in _capabilities()]
+
+
+def check_cap_token(data: bytes) -> None:
+    """``crypto.parse_capability``: 'ptthcap:...' text a user pasted."""
+    capability = crypto.parse_capability(_text(data))
+    if any(link.issuer not in (IDENTITY.node_id, OTHER.node_id) for link in capability.chain):
+        raise PropertyFailed("a capability verified with a link signed by a stranger")
+    if crypto.parse_capability(capability.token) != capability:
+        raise PropertyFailed("a capability token does not round-trip")
 
 
 def check_node_id(data: bytes) -> None:
@@ -1046,6 +1135,33 @@ _API_WORDS: Final = (
 )
 
 
+def _xmpp_seeds() -> list[bytes]:
+    """What an XMPP server sends a component: the stream header, stanzas (presence,
+    message with escaped text, iq), whitespace keep-alives, the close."""
+    header = (
+        b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' "
+        b"xmlns='jabber:component:accept' from='ptth.example' id='abc123'>"
+    )
+    stanzas = (
+        b"<handshake/>"
+        b"<presence from='u@example.org/phone' to='news.tech@ptth.example' type='subscribe'/>"
+        b" \n"
+        b"<message from='u@example.org' to='news@ptth.example/tech' type='chat'>"
+        b"<body>hello &amp; &lt;world&gt; \xc3\xa9</body></message>"
+        b"<iq type='get' id='1'><query xmlns='jabber:iq:version'/></iq>"
+    )
+    return [header + stanzas + b"</stream:stream>", header, header + stanzas]
+
+
+def check_xmpp(data: bytes) -> None:
+    """``mesh._xmpp.StreamParser``: what a (hostile) XMPP server sends, fed in two pieces:
+    an XmppStreamError (a stream error's condition) for anything refused, never more."""
+    parser = _xmpp.StreamParser()
+    half = len(data) // 2
+    parser.feed(data[:half])
+    parser.feed(data[half:])
+
+
 def _stomp_seeds() -> list[bytes]:
     """A client's whole conversation: connect, subscribe (each ack mode), send with and
     without content-length, a transaction, acks, heart-beat EOLs, disconnect."""
@@ -1166,6 +1282,24 @@ TARGETS: Final[dict[str, Target]] = {
             cbor=False,
         ),
         Target(
+            "capability",
+            "crypto.Capability.open on a capability payload a hostile node signed "
+            "(the chain it embeds, its caveats), and its token",
+            check_capability,
+            (*_CRYPTO_ERRORS, crypto.CapabilityRefused),
+            _capability_seeds,
+            (*_FRAME_WORDS, b"up", b"ops", b"obj", b"publish", b"#", b"*"),
+        ),
+        Target(
+            "cap_token",
+            "crypto.parse_capability: 'ptthcap:...' capability token text",
+            check_cap_token,
+            (*_CRYPTO_ERRORS, crypto.CapabilityRefused),
+            _cap_token_seeds,
+            (b"ptthcap:", b"-", b"_", b"=", b" ", b"\n", b"A", b"/", b"+"),
+            cbor=False,
+        ),
+        Target(
             "node_id",
             "crypto.NodeId.parse: node id text in paths, queries and keyids",
             check_node_id,
@@ -1266,6 +1400,16 @@ TARGETS: Final[dict[str, Target]] = {
             cbor=False,
             batch=run_api_batch,
             share=0.2,
+        ),
+        Target(
+            "xmpp",
+            "mesh._xmpp.StreamParser: an XMPP server's stream to the component (bounded "
+            "expat, no DTD or entities)",
+            check_xmpp,
+            (_xmpp.XmppStreamError,),
+            _xmpp_seeds,
+            (b"<", b">", b"/>", b"</", b"&amp;", b"<!DOCTYPE x [", b"<!ENTITY", b"'", b"xmlns"),
+            cbor=False,
         ),
         Target(
             "stomp",

@@ -56,6 +56,7 @@ from node._relay import RelayConfig
 from node._stomp import StompConfig
 from node._tables import Column, human_age, human_bytes, human_count, human_rate, render, short_id
 from node._terminal import for_terminal
+from node._xmpp import XmppConfig
 
 __all__ = ["main"]
 
@@ -301,6 +302,92 @@ def _too_long(number: int) -> _Unreadable:
 
 def _format_time(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+_STORE_FILE: Final = "store.sqlite3"
+#: The operations of each kind of object, as ``ptth cap grant --op`` picks the kind.
+_CAP_KINDS: Final = {
+    crypto.ObjectKind.TOPIC: {"publish", "subscribe"},
+    crypto.ObjectKind.INBOX: {"send"},
+    crypto.ObjectKind.RELAY: {"attach", "store"},
+    crypto.ObjectKind.OBJECT: {"call"},
+}
+
+
+def _cap_subject(text: str) -> crypto.NodeId | None:
+    """``--to``: a node id, or ``anyone`` (None: whoever holds the token)."""
+    return None if text == "anyone" else crypto.NodeId.parse(text)
+
+
+def _cap_to(text: str) -> str:
+    if text == "anyone":
+        return text
+    try:
+        return crypto.NodeId.parse(text).text
+    except crypto.CryptoError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'anyone')") from None
+
+
+def _cap_id(text: str) -> bytes:
+    """A capability id: 32 hex digits."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != crypto.CAPABILITY_ID_SIZE or len(text) != 2 * crypto.CAPABILITY_ID_SIZE:
+        raise UsageError(
+            f"{text[:80]!r} is neither a capability id (32 hex digits) nor a ptthcap: token"
+        )
+    return raw
+
+
+def _count(text: str) -> int:
+    """A positive whole number (``--uses``, ``--rate``)."""
+    if not text.isdigit() or int(text) < 1 or int(text) >= 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _byte_count(text: str) -> int:
+    """A number of bytes (``--quota``), e.g. ``1048576``."""
+    if not text.isdigit() or int(text) >= 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes")
+    return int(text)
+
+
+def _cap_state(capability: crypto.Capability, now: int, revoked: crypto.RevocationSet) -> str:
+    """``valid``, ``expired``, ``not valid yet`` or ``revoked``, for the whole chain
+    (as far as this node knows of revocations)."""
+    for link in capability.chain:
+        if revoked.revoking(link) is not None:
+            return "revoked" if link is capability else "revoked (a link above it)"
+    for link in capability.chain:
+        caveats = link.caveats
+        if caveats.exp is not None and now >= caveats.exp:
+            return "expired"
+        if caveats.nbf is not None and now < caveats.nbf:
+            return "not valid yet"
+    return "valid"
+
+
+def _cap_json(capability: crypto.Capability) -> dict[str, Any]:
+    target = capability.target
+    caveats = dataclasses.asdict(capability.caveats)
+    return {
+        "id": capability.id_text,
+        "issuer": capability.issuer.text,
+        "issued": capability.issued,
+        "subject": None if capability.subject is None else capability.subject.text,
+        "ops": sorted(capability.ops),
+        "object": {
+            "kind": str(target.kind),
+            "node": target.node.text,
+            "pattern": target.pattern,
+            "name": target.name,
+        },
+        "caveats": {name: value for name, value in caveats.items() if value is not None},
+        "revoker": None if capability.revoker is None else capability.revoker.text,
+    }
 
 
 def _message_line(message: dict[str, Any]) -> str:
@@ -811,6 +898,8 @@ class Cli:
             metrics_listen=self.args.metrics_listen,
             stomp=self.args.stomp,
             stomp_config=StompConfig(allow_remote=self.args.stomp_allow_remote),
+            xmpp=self._xmpp_config(),
+            xmpp_secret_file=self.args.xmpp_secret_file,
             public_url=self.args.public_url,
             name=self.args.name,
             relays=relays,
@@ -823,6 +912,21 @@ class Cli:
         )
         log.debug("%s", config)
         trio.run(self._run_node, config)
+
+    def _xmpp_config(self) -> XmppConfig | None:
+        given = (self.args.xmpp_component, self.args.xmpp_domain, self.args.xmpp_secret_file)
+        if all(value is None for value in given) and not self.args.xmpp_publishers:
+            return None
+        if None in given:
+            raise NodeError("--xmpp-component, --xmpp-domain and --xmpp-secret-file go together")
+        publishers = tuple(
+            p.strip() for p in ",".join(self.args.xmpp_publishers).split(",") if p.strip()
+        )
+        return XmppConfig(
+            component=self.args.xmpp_component,
+            domain=self.args.xmpp_domain,
+            publishers=publishers,
+        )
 
     async def _run_node(self, config: NodeConfig) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -839,6 +943,8 @@ class Cli:
                     self.say(f"metrics  {node.metrics_url}")
                 if node.stomp_address is not None:
                     self.say(f"stomp    {node.stomp_address}")
+                if config.xmpp is not None:
+                    self.say(f"xmpp     {config.xmpp.domain} via {config.xmpp.component}")
                 self.out.flush()
                 log.info(
                     "ptth node %s running; Ctrl-C to stop ('ptth dashboard' opens its dashboard)",
@@ -1555,6 +1661,214 @@ class Cli:
         self.data.peers.remove(node)
         self.say(f"removed peer {node.text}")
 
+    # -- capabilities -----------------------------------------------------------------
+
+    def _capability_book(self) -> mesh.CapabilityBook:
+        """The capability tables of this node's store (the directory must exist)."""
+        if not self.data.path.is_dir():
+            raise NodeError(
+                f"no data directory {self.data.path}: run 'ptth init --data-dir "
+                f"{self.data.path}' first"
+            )
+        return mesh.CapabilityBook(self.data.path / _STORE_FILE)
+
+    def _cap_target(
+        self, identity: crypto.Identity, ops: Sequence[str], on: str | None
+    ) -> crypto.Target:
+        """The object ``--op`` and ``--on`` designate, owned by ``identity``."""
+        kinds = {kind for kind, allowed in _CAP_KINDS.items() if set(ops) & allowed}
+        if len(kinds) != 1:
+            raise UsageError(
+                f"operations {', '.join(ops)} are not of one kind of object: "
+                "publish/subscribe (a topic), send (the inbox), attach/store (the relay) "
+                "or call (a named object)"
+            )
+        (kind,) = kinds
+        if kind in (crypto.ObjectKind.TOPIC, crypto.ObjectKind.OBJECT) and on is None:
+            what = "a topic pattern" if kind is crypto.ObjectKind.TOPIC else "an object name"
+            raise UsageError(f"--op {ops[0]} needs --on with {what}")
+        if kind in (crypto.ObjectKind.INBOX, crypto.ObjectKind.RELAY) and on is not None:
+            raise UsageError(f"--op {ops[0]} acts on this node's {kind}: leave out --on")
+        node = identity.node_id
+        if kind is crypto.ObjectKind.TOPIC:
+            assert on is not None
+            return crypto.Target.topic(node, on)
+        if kind is crypto.ObjectKind.OBJECT:
+            assert on is not None
+            return crypto.Target.named(node, on)
+        return crypto.Target(kind, node)
+
+    def _cap_caveats(self, now: int) -> dict[str, int | None]:
+        """The limits given on the command line (None: not given)."""
+        args = self.args
+        return {
+            "exp": None if args.expires is None else now + args.expires * 1000,
+            "uses": args.uses,
+            "rate": args.rate,
+            "quota": args.quota,
+        }
+
+    def cmd_cap_grant(self) -> None:
+        identity = self.data.identity()
+        now = _now_ms()
+        ops = sorted(set(self.args.op))
+        target = self._cap_target(identity, ops, self.args.on)
+        if self.args.quota is not None and crypto.Operation.STORE not in ops:
+            raise UsageError("--quota goes with --op store")
+        revoker = None if self.args.revoker is None else crypto.NodeId.parse(self.args.revoker)
+        capability = crypto.grant(
+            identity,
+            target,
+            ops,
+            subject=_cap_subject(self.args.to),
+            now=now,
+            cap_id=secrets.token_bytes(crypto.CAPABILITY_ID_SIZE),
+            caveats=crypto.Caveats().narrowed(**self._cap_caveats(now)),
+            revoker=revoker,
+        )
+        with self._capability_book() as book:
+            book.record_grant(capability)
+        self.note(f"granted capability {capability.id_text}")
+        self.say(capability.token)
+
+    def cmd_cap_delegate(self) -> None:
+        identity = self.data.identity()
+        parent = crypto.parse_capability(_read_token_argument(self.args.token, self.stdin))
+        now = _now_ms()
+        if self.args.quota is not None and crypto.Operation.STORE not in (
+            self.args.op or parent.ops
+        ):
+            raise UsageError("--quota goes with --op store")
+        ops = None if not self.args.op else sorted(set(self.args.op))
+        target = None
+        if self.args.on is not None:
+            owner = parent.target.node
+            if parent.target.kind is crypto.ObjectKind.TOPIC:
+                target = crypto.Target.topic(owner, self.args.on)
+            elif parent.target.kind is crypto.ObjectKind.OBJECT:
+                target = crypto.Target.named(owner, self.args.on)
+            else:
+                raise UsageError(f"the capability is for a {parent.target.kind}: leave out --on")
+        try:
+            capability = crypto.delegate(
+                identity,
+                parent,
+                subject=_cap_subject(self.args.to),
+                now=now,
+                cap_id=secrets.token_bytes(crypto.CAPABILITY_ID_SIZE),
+                target=target,
+                ops=ops,
+                caveats=parent.caveats.narrowed(**self._cap_caveats(now)),
+            )
+        except crypto.CapabilityRefused as exc:
+            raise NodeError(f"not delegated: {exc}") from exc
+        with self._capability_book() as book:
+            book.record_grant(capability)
+        self.note(f"delegated capability {capability.id_text}")
+        self.say(capability.token)
+
+    def cmd_cap_show(self) -> None:
+        capability = crypto.parse_capability(_read_token_argument(self.args.token, self.stdin))
+        now = _now_ms()
+        if self.args.json:
+            self.say_json([_cap_json(link) for link in capability.chain], indent=2)
+            return
+        revoked = crypto.RevocationSet()
+        if (self.data.path / _STORE_FILE).exists():
+            with self._capability_book() as book:
+                revoked = book.revocations()
+        leaf = capability
+        who = "anyone holding it" if leaf.subject is None else leaf.subject.text
+        self.say(f"capability {leaf.id_text}")
+        self.say(f"  who:     {who}")
+        self.say(f"  may:     {', '.join(sorted(leaf.ops))}")
+        self.say(f"  on:      {leaf.target.describe()}")
+        self.say(f"  owner:   {leaf.owner.text}")
+        for line in leaf.limits():
+            self.say(f"  limit:   {line}")
+        self.say(f"  state:   {_cap_state(leaf, now, revoked)}")
+        self.say(f"chain ({_many(leaf.depth, 'link')}, the root first):")
+        for line in leaf.describe():
+            self.say(f"  {line}")
+
+    def cmd_cap_revoke(self) -> None:
+        identity = self.data.identity()
+        argument = _read_token_argument(self.args.id, self.stdin).strip()
+        with self._capability_book() as book:
+            if argument.startswith(crypto.CAPABILITY_TOKEN_PREFIX):
+                capability = crypto.parse_capability(argument)
+                if identity.node_id not in (capability.issuer, capability.revoker):
+                    raise NodeError(
+                        f"this node neither issued capability {capability.id_text} nor is "
+                        "named its revoker: a revocation by it would change nothing"
+                    )
+                cap_id = capability.id
+            else:
+                cap_id = _cap_id(argument)
+                if book.grant(cap_id) is None:
+                    raise NodeError(
+                        f"this node granted no capability {argument}: give the token "
+                        "instead if this node is named its revoker (see 'ptth cap list')"
+                    )
+            revocation = crypto.Revocation.sign(identity, cap_id, now=_now_ms())
+            added = book.add_revocation(revocation)
+        verb = "revoked" if added else "already revoked:"
+        self.say(f"{verb} capability {cap_id.hex()}")
+
+    def cmd_cap_list(self) -> None:
+        now = _now_ms()
+        with self._capability_book() as book:
+            grants = book.grants()
+            revocations = book.revocation_list()
+        if self.args.json:
+            self.say_json(
+                {
+                    "granted": [
+                        {**_cap_json(g.capability), "revoked": g.revoked is not None}
+                        for g in grants
+                    ],
+                    "revocations": [
+                        {"id": r.id_text, "signer": r.signer.text, "ts": r.ts} for r in revocations
+                    ],
+                },
+                indent=2,
+            )
+            return
+        columns = [
+            Column("ID"),
+            Column("TO", limit=10),
+            Column("MAY"),
+            Column("ON", limit=40),
+            Column("UNTIL"),
+            Column("STATE"),
+        ]
+        rows = []
+        for item in grants:
+            cap = item.capability
+            rows.append(
+                [
+                    cap.id_text,
+                    "anyone" if cap.subject is None else cap.subject.text,
+                    ",".join(sorted(cap.ops)),
+                    cap.target.pattern or cap.target.name or str(cap.target.kind),
+                    "-" if cap.caveats.exp is None else _format_time(cap.caveats.exp),
+                    _cap_state(cap, now, crypto.RevocationSet(filter(None, [item.revoked]))),
+                ]
+            )
+        if not rows:
+            self.say("granted: none")
+        else:
+            plural = "capability" if len(rows) == 1 else "capabilities"
+            self.say(f"granted ({len(rows)} {plural}):")
+            self.show_lines(render(columns, rows, wide=self.args.wide, indent=2))
+        if revocations:
+            self.say(f"revocations held ({_many(len(revocations), 'revocation')}):")
+            for revocation in revocations:
+                self.say(
+                    f"  {revocation.id_text}  by {revocation.signer.text}  at "
+                    f"{_format_time(revocation.ts)}"
+                )
+
 
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes in one line (exit status 2), saying where the help is."""
@@ -1649,6 +1963,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let --stomp listen on a non-loopback address (clients must then log in "
         "with a login:passcode line of DIR/stomp.users)",
+    )
+    run.add_argument(
+        "--xmpp-component",
+        metavar="HOST:PORT",
+        help="run an XMPP gateway: connect to this XMPP server's component port "
+        "(XEP-0114, e.g. 127.0.0.1:5347) as --xmpp-domain; default: no XMPP",
+    )
+    run.add_argument(
+        "--xmpp-domain",
+        metavar="DOMAIN",
+        help="the component's domain, as the XMPP server's config names it (topic JIDs "
+        "are TOPIC@DOMAIN)",
+    )
+    run.add_argument(
+        "--xmpp-secret-file",
+        metavar="FILE",
+        help="a file whose first line is the component secret the XMPP server has",
+    )
+    run.add_argument(
+        "--xmpp-publishers",
+        action="append",
+        default=[],
+        metavar="JIDS",
+        help="who may publish by messaging a topic JID: comma-separated bare JIDs, "
+        "@domain (its users) or * (anyone); repeatable; default: nobody",
     )
     run.add_argument(
         "--metrics-listen",
@@ -1942,6 +2281,90 @@ def build_parser() -> argparse.ArgumentParser:
     peer_command("list", Cli.cmd_peer_list, "list known peers")
     remove = peer_command("remove", Cli.cmd_peer_remove, "forget a peer")
     remove.add_argument("node_id", metavar="NODE_ID")
+
+    cap = commands.add_parser(
+        "cap",
+        help="capabilities: grant, delegate, show, revoke and list signed tokens",
+        description="capabilities: signed tokens that let a node (or anyone holding one) "
+        "publish, subscribe, send, attach, store or call; delegated only narrower; "
+        "revocable (not enforced yet: see the README)",
+        parents=[common],
+    )
+    cap_commands = cap.add_subparsers(dest="cap_command", required=True, metavar="COMMAND")
+
+    def cap_command(
+        name: str, handler: Callable[[Cli], None], help: str
+    ) -> argparse.ArgumentParser:
+        sub = cap_commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def cap_options(sub: argparse.ArgumentParser, *, inherit: bool) -> None:
+        kept = " (default: the parent's)" if inherit else ""
+        sub.add_argument(
+            "--to",
+            required=True,
+            type=_cap_to,
+            metavar="NODE_ID|anyone",
+            help="who may use it: a node id, or anyone holding the token",
+        )
+        sub.add_argument(
+            "--op",
+            action="append",
+            required=not inherit,
+            choices=[str(op) for op in crypto.Operation],
+            help=f"an operation it allows (repeat for more){kept}",
+        )
+        sub.add_argument(
+            "--on",
+            metavar="PATTERN|NAME",
+            help="the topic pattern (publish, subscribe) or object name (call) it is for" + kept,
+        )
+        sub.add_argument(
+            "--expires",
+            type=parse_duration,
+            metavar="DURATION",
+            help=f"valid for this long, e.g. 7d or 12h{kept or ' (default: no expiry)'}",
+        )
+        sub.add_argument("--uses", type=_count, metavar="N", help=f"at most N uses{kept}")
+        sub.add_argument("--rate", type=_count, metavar="N", help=f"at most N uses a minute{kept}")
+        sub.add_argument(
+            "--quota", type=_byte_count, metavar="BYTES", help=f"most bytes stored (store){kept}"
+        )
+
+    grant = cap_command(
+        "grant",
+        Cli.cmd_cap_grant,
+        "sign a capability on this node's topics, inbox, relay or objects; print its token",
+    )
+    cap_options(grant, inherit=False)
+    grant.add_argument(
+        "--revoker", type=_node_id, metavar="NODE_ID", help="a node that may revoke it too"
+    )
+    delegate = cap_command(
+        "delegate",
+        Cli.cmd_cap_delegate,
+        "sign a narrower capability from one this node holds; print its token",
+    )
+    delegate.add_argument("token", metavar="TOKEN", help="the token, @FILE to read it, - for stdin")
+    cap_options(delegate, inherit=True)
+    show = cap_command(
+        "show", Cli.cmd_cap_show, "explain a capability token: who, what, on what, until when"
+    )
+    show.add_argument("token", metavar="TOKEN", help="the token, @FILE to read it, - for stdin")
+    show.add_argument("--json", action="store_true", help="print the chain as JSON")
+    revoke = cap_command(
+        "revoke",
+        Cli.cmd_cap_revoke,
+        "record a signed revocation of a capability this node granted (or may revoke)",
+    )
+    revoke.add_argument(
+        "id", metavar="ID|TOKEN", help="the capability's id (see 'ptth cap list') or its token"
+    )
+    cap_list = cap_command(
+        "list", Cli.cmd_cap_list, "list the capabilities this node granted and the revocations held"
+    )
+    _view_options(cap_list)
 
     chirp = commands.add_parser(
         "chirp",

@@ -64,6 +64,7 @@ from node._pubsub import DurableSubscription, Subscription
 from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
 from node._server import Handler, Request, Response, Server, ServerConfig
 from node._stomp import STOMP_USERS, StompConfig, StompGateway, stomp_address
+from node._xmpp import XMPP_USERS, XmppConfig, XmppGateway, load_secret
 
 __all__ = [
     "Message",
@@ -152,6 +153,10 @@ class NodeConfig:
     stomp: str | None = None
     #: The STOMP gateway's limits (node/_stomp.py).
     stomp_config: StompConfig = dataclasses.field(default_factory=StompConfig)
+    #: The XMPP gateway (``--xmpp-component``, ``--xmpp-domain``; node/_xmpp.py) and
+    #: the file holding its component secret (``--xmpp-secret-file``); None: no XMPP.
+    xmpp: XmppConfig | None = None
+    xmpp_secret_file: str | None = None
 
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)
@@ -278,6 +283,8 @@ class Node:
         #: The STOMP gateway and its HOST:PORT (set while running, with --stomp).
         self.stomp: StompGateway | None = None
         self.stomp_address: str | None = None
+        #: The XMPP gateway (set while running, with --xmpp-component).
+        self.xmpp: XmppGateway | None = None
         # Always served, also with policy "off": an attach then gets the relay's 403
         # saying so (a node told "404 no such resource" cannot tell why).
         self.relay_service = RelayService(
@@ -336,6 +343,11 @@ class Node:
         data = DataDir(Path(data_dir))
         if config.stomp is not None:  # a bad --stomp fails before anything starts
             stomp_address(config.stomp, config.stomp_config, data.path / STOMP_USERS)
+        xmpp_secret = ""
+        if config.xmpp is not None:  # and so does a missing or empty secret
+            if config.xmpp_secret_file is None:
+                raise NodeError("--xmpp-component needs --xmpp-secret-file FILE")
+            xmpp_secret = load_secret(Path(config.xmpp_secret_file))
         identity, _ = await blocking(data.init)
         policy = config.policy()
         try:
@@ -369,6 +381,10 @@ class Node:
                     new_id,
                 )
                 node.mesh.router.policy = policy
+                if config.xmpp is not None:
+                    node.xmpp = XmppGateway(
+                        node, config.xmpp, xmpp_secret, users_file=data.path / XMPP_USERS
+                    )
                 async with node._run():
                     yield node
             finally:
@@ -452,6 +468,8 @@ class Node:
                         await nursery.start(metrics_server.serve, metrics_listeners)
                     if self.stomp is not None:
                         await nursery.start(self.stomp.serve, stomp_listeners)
+                    if self.xmpp is not None:
+                        await nursery.start(self.xmpp.run)
                     background = trio.CancelScope()
                     await nursery.start(self._run_background, background, frame_client, relays)
                     await self.run_blocking(self._write_api_files)
@@ -466,6 +484,8 @@ class Node:
                         self.relay_service.shutdown()
                         if self.stomp is not None:
                             self.stomp.shutdown()
+                        if self.xmpp is not None:
+                            self.xmpp.shutdown()
                         for server in servers:
                             server.shutdown()
                         nursery.cancel_scope.deadline = trio.current_time() + (
