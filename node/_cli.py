@@ -710,7 +710,6 @@ _MAIN_COUNTERS: Final[tuple[str, ...]] = (
     "frames_dropped",
     "sent_accepted",
     "sent_rejected",
-    "send_failures",
     "send_retries",
     "publications_received",
     "publications_delivered",

@@ -104,7 +104,6 @@ class NodeStatistics:
     sent_accepted: int = 0
     sent_duplicate: int = 0
     sent_rejected: int = 0
-    send_failures: int = 0
     send_requests: int = 0
     send_retries: int = 0
 

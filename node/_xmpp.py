@@ -30,6 +30,18 @@ localparts, so topics with capitals cannot be reached this way.
   last word: ``news@DOMAIN/tech`` publishes to ``news.tech``), if its sender is allowed
   (``publishers``: bare JIDs, ``@domain`` for every user of a domain, ``*`` for anyone;
   by default nobody). Refusals are stanza errors the client shows.
+
+The chirp bot, ``chirp@DOMAIN`` (:data:`node._chirpbot.BOT`: that localpart is never a
+topic JID, so the one-word topic ``chirp`` cannot be followed or published to here),
+takes commands in chat (:mod:`node._chirpbot` parses them and words the answers, each a
+chat message from the bot): ``follow``/``unfollow NODE`` change the user's own chirp
+follows, a second durable named subscription (``xmpp-chirp-`` and the hash, its patterns
+the followed nodes' ``~<id>.chirp``), delivered like the topic JIDs (while the user is
+available, buffered while not) as chat messages from the bot; ``post TEXT`` chirps as
+this node (for the ``publishers``); ``timeline`` shows the newest chirps of the
+followed nodes the bot relayed to the user since the node started, or holds for them.
+Adding the bot as a contact is how it sees the user's presence; removing it drops the
+user's chirp follows.
 """
 
 from __future__ import annotations
@@ -43,7 +55,8 @@ import logging
 import os
 import random
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -52,6 +65,8 @@ import trio
 import crypto
 import mesh
 from mesh import _xmpp as xmpp
+from node import _chirpbot as bot
+from node._chirp import Chirp, chirp_topic
 from node._errors import NodeError
 from node._mesh import MeshRuntime
 from node._message import Published
@@ -61,6 +76,7 @@ __all__ = [
     "XmppConfig",
     "XmppGateway",
     "XmppNode",
+    "chirp_subscription_name",
     "load_secret",
     "subscription_name",
     "xmpp_address",
@@ -150,8 +166,18 @@ def subscription_name(bare_jid: str) -> str:
     return "xmpp-" + hashlib.sha256(bare_jid.encode("utf-8")).hexdigest()[:40]
 
 
+def chirp_subscription_name(bare_jid: str) -> str:
+    """The named subscription that holds the chirps ``bare_jid`` follows with the bot."""
+    return "xmpp-chirp-" + hashlib.sha256(bare_jid.encode("utf-8")).hexdigest()[:40]
+
+
 # (Inside XmppNode, ``mesh`` is the node's attribute, not the package.)
 _Saved = mesh.SavedSubscription
+
+
+class _Peers(Protocol):
+    @property
+    def peers(self) -> Iterable[crypto.SignedAddress]: ...
 
 
 class XmppNode(Protocol):
@@ -161,6 +187,12 @@ class XmppNode(Protocol):
     store: mesh.Store
     mesh: MeshRuntime
     run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
+
+    @property
+    def chirp(self) -> Chirp: ...
+
+    @property
+    def data(self) -> _Peers: ...
 
     async def publish(
         self, topic: str, body: bytes, *, ct: str | None = None, ttl: float | None = None
@@ -178,6 +210,16 @@ class _User:
     patterns: tuple[str, ...]
     resources: set[str] = dataclasses.field(default_factory=set)
     delivery: trio.CancelScope | None = None
+    #: The chirp bot: the followed nodes' chirp topics (subscription ``chirp_name``),
+    #: and the newest chirps relayed to the user (for ``timeline``).
+    chirps: tuple[str, ...] = ()
+    recent: deque[bot.Chirped] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=bot.TIMELINE_LENGTH)
+    )
+
+    @property
+    def chirp_name(self) -> str:
+        return chirp_subscription_name(self.jid)
 
 
 class _Connection:
@@ -220,6 +262,8 @@ class XmppGateway:
         self.failures = 0
         self.delivered = 0
         self.published = 0
+        #: Answers the chirp bot sent.
+        self.answered = 0
 
     # -- what tests and status see ----------------------------------------------------
 
@@ -231,6 +275,11 @@ class XmppGateway:
         """The patterns bare ``jid`` follows."""
         user = self._users.get(jid)
         return user.patterns if user is not None else ()
+
+    def chirp_following(self, jid: str) -> tuple[crypto.NodeId, ...]:
+        """The nodes bare ``jid`` follows with the chirp bot."""
+        user = self._users.get(jid)
+        return tuple(_owner(p) for p in user.chirps) if user is not None else ()
 
     def online(self, jid: str) -> bool:
         """Whether bare ``jid`` has an available resource (as the server told us)."""
@@ -350,6 +399,8 @@ class XmppGateway:
                 # The server answers a probe with the user's presence, if they let us see it.
                 for pattern in user.patterns:
                     await self._presence(connection, pattern, user.jid, "probe")
+                if user.chirps:
+                    await self._presence(connection, bot.BOT, user.jid, "probe")
             try:
                 await self._events(connection, pending)
                 while True:
@@ -406,6 +457,19 @@ class XmppGateway:
         kind = stanza.get("type", "available")
         user = self._users.get(sender.bare)
         pattern = to.local
+        if pattern == bot.BOT and kind in ("subscribe", "unsubscribe", "probe"):
+            # The bot is a contact for its presence only: it follows nothing by itself.
+            if kind == "subscribe":
+                await self._presence(connection, bot.BOT, sender.bare, "subscribed")
+                await self._presence(connection, bot.BOT, sender.bare)
+                await self._presence(connection, bot.BOT, sender.bare, "subscribe")
+            elif kind == "unsubscribe":
+                await self._set_chirps(sender.bare, ())
+                await self._presence(connection, bot.BOT, sender.bare, "unsubscribed")
+                await self._presence(connection, bot.BOT, sender.bare, "unavailable")
+            else:
+                await self._presence(connection, bot.BOT, sender.bare)
+            return
         if kind == "subscribe":
             refusal = await self._follow(sender.bare, pattern)
             if refusal:
@@ -477,11 +541,19 @@ class XmppGateway:
             user.patterns = patterns
         else:
             await self.node.unsubscribe(user.name)
-            if user.delivery is not None:
-                user.delivery.cancel()
-            del self._users[jid]
+            user.patterns = ()
+            await self._forget_if_idle(user)
             await self._save_users()
         self._notify()
+
+    async def _forget_if_idle(self, user: _User) -> None:
+        """Drop ``user`` once they follow nothing (topics nor chirps)."""
+        if user.patterns or user.chirps:
+            return
+        if user.delivery is not None:
+            user.delivery.cancel()
+            user.delivery = None
+        self._users.pop(user.jid, None)
 
     async def _on_message(
         self, connection: _Connection, stanza: ET.Element, sender: xmpp.Jid, to: xmpp.Jid
@@ -489,6 +561,9 @@ class XmppGateway:
         kind = stanza.get("type", "normal")
         body = stanza.find(_C + "body")
         if kind in ("error", "groupchat", "headline") or body is None or not body.text:
+            return
+        if to.local == bot.BOT:
+            await self._say(connection, str(sender), await self._command(sender, body.text))
             return
         topic = f"{to.local}.{to.resource}" if to.resource else to.local
         refusal: tuple[str, str, str] | None = None
@@ -518,6 +593,133 @@ class XmppGateway:
         allowed = self.config.publishers
         domain = jid.rpartition("@")[2]
         return "*" in allowed or jid in allowed or f"@{domain}" in allowed
+
+    # -- the chirp bot -----------------------------------------------------------------
+
+    async def _say(self, connection: _Connection, to: str, text: str) -> None:
+        """A chat message from the bot."""
+        message = xmpp.element(
+            "message", {"type": "chat", "from": f"{bot.BOT}@{self.config.domain}", "to": to}
+        )
+        ET.SubElement(message, _C + "body").text = text
+        await connection.write(xmpp.serialize(message))
+        self.answered += 1
+        self._notify()
+
+    async def _command(self, sender: xmpp.Jid, line: str) -> str:
+        """What the bot answers ``line`` from ``sender``."""
+        command = bot.parse_command(line)
+        jid = sender.bare
+        user = self._users.get(jid)
+        chirps = user.chirps if user is not None else ()
+        if command.verb == "help":
+            return bot.help_text(self.config.domain, command.problem)
+        known = await self._known(chirps)
+        if command.verb == "following":
+            if not chirps:
+                return "You follow nobody: 'follow NODE' to start."
+            lines = [f"You follow {len(chirps)} node{'s' if len(chirps) > 1 else ''}:"]
+            lines += [f"{bot.label(_owner(p), known)} {_owner(p).text}" for p in chirps]
+            return "\n".join(lines)
+        if command.verb == "post":
+            return await self._post(jid, command.argument)
+        if command.verb == "timeline":
+            return bot.timeline_text(await self._timeline(user), known, len(chirps))
+        node = bot.resolve(command.argument, known)
+        if isinstance(node, str):
+            return node[:1].upper() + node[1:] + "."
+        name = bot.label(node, known)
+        topic = chirp_topic(node)
+        if command.verb == "unfollow":
+            if topic not in chirps:
+                return f"You do not follow {name}."
+            refusal = await self._set_chirps(jid, tuple(p for p in chirps if p != topic))
+            return f"Not followed: {refusal}." if refusal else f"You no longer follow {name}."
+        if topic in chirps:
+            return f"You follow {name} already."
+        refusal = await self._set_chirps(jid, (*chirps, topic))
+        if refusal:
+            return f"Not followed: {refusal}."
+        answer = f"You follow {name} now: their chirps come here."
+        if not self.online(jid):
+            answer += (
+                f" (I do not see you online: add {bot.BOT}@{self.config.domain} as a contact "
+                "and let it see your presence, or they wait here for you.)"
+            )
+            connection = self._connection
+            if connection is not None:  # the server answers with their presence, if allowed
+                await self._presence(connection, bot.BOT, jid, "probe")
+        return answer
+
+    async def _post(self, jid: str, text: str) -> str:
+        if not self._may_publish(jid):
+            return (
+                f"{jid} may not post as this node (its operator lists who may with "
+                "--xmpp-publishers)."
+            )
+        try:
+            await self.node.chirp.post(text)
+        except (crypto.Malformed, NodeError) as exc:
+            return f"Not posted: {exc}."
+        except mesh.MeshError as exc:
+            return f"Not posted, try again later: {exc}."
+        self.published += 1
+        return f"Posted as {self.node.node_id.short} ({chirp_topic(self.node.node_id)})."
+
+    async def _known(self, chirps: Sequence[str]) -> list[bot.Known]:
+        """The nodes an alias may name: this node's peers (with their names), this node,
+        and the nodes followed."""
+        data = self.node.data
+
+        def peers() -> list[bot.Known]:
+            try:
+                return [bot.Known(a.record.node, a.record.name) for a in data.peers]
+            except (crypto.Malformed, OSError, ValueError):  # a broken token file
+                return []
+
+        known: list[bot.Known] = await self.node.run_blocking(peers)
+        known.append(bot.Known(self.node.node_id))
+        known += [bot.Known(_owner(p)) for p in chirps]
+        return known
+
+    async def _timeline(self, user: _User | None) -> list[bot.Chirped]:
+        """What the bot relayed to ``user`` lately and what waits for them, of the nodes
+        they follow now."""
+        if user is None or not user.chirps:
+            return []
+        store = self.node.store
+        name = user.chirp_name
+        entries: list[mesh.InboxEntry] = await self.node.run_blocking(
+            lambda: store.subscription_pending(name, after=0, limit=bot.TIMELINE_LENGTH)
+        )
+        chirps = [*user.recent, *(_chirped(e) for e in entries)]
+        followed = {_owner(p) for p in user.chirps}
+        return [c for c in chirps if c.author in followed]
+
+    async def _set_chirps(self, jid: str, chirps: tuple[str, ...]) -> str | None:
+        """Make ``chirps`` the chirp topics ``jid`` follows; the reason it cannot, or None."""
+        user = self._users.get(jid)
+        if user is None:
+            if not chirps:
+                return None
+            if len(self._users) >= self.config.max_users:
+                return f"the gateway has {self.config.max_users} users (its limit)"
+            user = _User(jid, subscription_name(jid), ())
+        if len(chirps) > self.config.max_topics_per_user:
+            return f"you follow {self.config.max_topics_per_user} nodes (the limit)"
+        try:
+            if chirps:
+                await self.node.mesh.keep_subscription(user.chirp_name, chirps)
+            elif user.chirps:
+                await self.node.unsubscribe(user.chirp_name)
+        except (crypto.Malformed, mesh.MeshError) as exc:
+            return f"the node cannot keep the subscription: {exc}"
+        user.chirps = chirps
+        self._users[jid] = user
+        await self._forget_if_idle(user)
+        await self._save_users()
+        self._notify()
+        return None
 
     async def _on_iq(
         self, connection: _Connection, stanza: ET.Element, sender: xmpp.Jid, to: xmpp.Jid
@@ -567,31 +769,58 @@ class XmppGateway:
         self._nursery.start_soon(self._deliver, connection, user, scope)
 
     async def _deliver(self, connection: _Connection, user: _User, scope: trio.CancelScope) -> None:
-        store = self.node.store
-        name = user.name
         with scope:
             while True:
                 changed = self.node.mesh.inbox_changed
-                entries: list[mesh.InboxEntry] = await self.node.run_blocking(
-                    lambda: store.subscription_pending(name, after=0)
-                )
-                if not entries:
+                sent = False
+                if user.patterns:
+                    sent |= await self._deliver_pending(connection, user, chirps=False)
+                if user.chirps:
+                    sent |= await self._deliver_pending(connection, user, chirps=True)
+                if not sent:
                     await changed.wait()
-                    continue
-                data = b"".join(xmpp.serialize(self._message(user, e)) for e in entries)
-                seqs = [entry.seq for entry in entries]
-                # Written and acknowledged together: each is delivered once.
-                with trio.CancelScope(shield=True):
-                    await connection.write(data)
-                    await self.node.run_blocking(
-                        functools.partial(store.ack_subscription, name, seqs)
-                    )
-                self.delivered += len(entries)
-                self._notify()
 
-    def _message(self, user: _User, entry: mesh.InboxEntry) -> ET.Element:
+    async def _deliver_pending(self, connection: _Connection, user: _User, *, chirps: bool) -> bool:
+        """Send what is pending for one of ``user``'s subscriptions; whether there was any."""
+        store = self.node.store
+        name = user.chirp_name if chirps else user.name
+        entries: list[mesh.InboxEntry] = await self.node.run_blocking(
+            functools.partial(store.subscription_pending, name, after=0)
+        )
+        if not entries:
+            return False
+        messages: list[ET.Element] = []
+        relayed: list[bot.Chirped] = []
+        if chirps:
+            known = await self._known(user.chirps)
+            for entry in entries:
+                # Chirps of a node no longer followed wait out their expiry: not sent.
+                if any(_matches(p, entry.topic or "") for p in user.chirps):
+                    chirp = _chirped(entry)
+                    relayed.append(chirp)
+                    text = bot.relay_text(chirp, known)
+                    messages.append(self._message(user, entry, bot.BOT, text))
+        else:
+            messages = [self._message(user, e) for e in entries]
+        data = b"".join(xmpp.serialize(message) for message in messages)
+        seqs = [entry.seq for entry in entries]
+        # Written and acknowledged together: each is delivered once.
+        with trio.CancelScope(shield=True):
+            if data:
+                await connection.write(data)
+            await self.node.run_blocking(functools.partial(store.ack_subscription, name, seqs))
+        user.recent.extend(relayed)
+        self.delivered += len(messages)
+        self._notify()
+        return True
+
+    def _message(
+        self, user: _User, entry: mesh.InboxEntry, local: str | None = None, body: str = ""
+    ) -> ET.Element:
+        """A publication as a chat message: from the topic JID that matched, or from
+        ``local`` with ``body`` (the bot)."""
         topic = entry.topic or ""
-        sender = next((p for p in user.patterns if _matches(p, topic)), topic)
+        sender = local or next((p for p in user.patterns if _matches(p, topic)), topic)
         if entry.ct is None or entry.ct.startswith("text/"):
             text = entry.body.decode("utf-8", "replace")
         else:
@@ -605,7 +834,8 @@ class XmppGateway:
                 "id": f"{entry.src.text}:{entry.id.hex()}",
             },
         )
-        ET.SubElement(message, _C + "body").text = f"{text}\n— {entry.src.text} on {topic}"
+        shown = body or f"{text}\n— {entry.src.text} on {topic}"
+        ET.SubElement(message, _C + "body").text = shown
         ET.SubElement(
             message,
             f"{{{PTTH_NS}}}ptth",
@@ -639,12 +869,22 @@ class XmppGateway:
         saved = {s.name: s for s in await self.node.subscriptions()}
         for name, jid in names.items():
             subscription = saved.get(name)
-            if subscription is not None and name == subscription_name(jid):
-                self._users[jid] = _User(jid, name, subscription.patterns)
+            if subscription is None:
+                continue
+            user = self._users.setdefault(jid, _User(jid, subscription_name(jid), ()))
+            if name == subscription_name(jid):
+                user.patterns = subscription.patterns
+            elif name == chirp_subscription_name(jid):
+                user.chirps = tuple(p for p in subscription.patterns if mesh.secure_owner(p))
+        for jid, user in list(self._users.items()):
+            if not user.patterns and not user.chirps:
+                del self._users[jid]
 
     async def _save_users(self) -> None:
         path = self.users_file
-        data = json.dumps({u.name: u.jid for u in self._users.values()}, indent=1)
+        names = {u.name: u.jid for u in self._users.values() if u.patterns}
+        names |= {u.chirp_name: u.jid for u in self._users.values() if u.chirps}
+        data = json.dumps(names, indent=1)
 
         def write() -> None:
             temporary = path.with_name(path.name + ".tmp")
@@ -673,6 +913,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
+
+
+def _owner(pattern: str) -> crypto.NodeId:
+    """The node whose chirps ``pattern`` (a chirp topic the bot keeps) is."""
+    owner = mesh.secure_owner(pattern)
+    assert owner is not None  # the bot keeps chirp topics only
+    return owner
+
+
+def _chirped(entry: mesh.InboxEntry) -> bot.Chirped:
+    return bot.Chirped(entry.src, entry.body.decode("utf-8", "replace"), entry.ts)
 
 
 def _matches(pattern: str, topic: str) -> bool:

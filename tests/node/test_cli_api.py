@@ -368,7 +368,6 @@ STATUS: dict[str, Any] = {
             "sent_accepted",
             "sent_duplicate",
             "sent_rejected",
-            "send_failures",
             "send_retries",
         ],
         0,

@@ -30,9 +30,11 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
+import crypto
 from mesh._xmpp import Limits, handshake_digest
 from node import Node
-from node._xmpp import XmppConfig, XmppGateway, subscription_name
+from node._chirp import chirp_topic
+from node._xmpp import XmppConfig, XmppGateway, chirp_subscription_name, subscription_name
 from tests.helpers import NodeFactory, chain
 
 T = TypeVar("T")
@@ -429,10 +431,16 @@ async def test_subscriptions_and_users_survive_a_restart(
     assert await in_thread(lambda: alice.follow(f"weather.*@{DOMAIN}")) == "subscribed"
     with trio.fail_after(WAIT):  # she let the topic see her presence
         await gateway.wait_for(lambda: gateway.online(alice.jid))
+    far = crypto.NodeId(bytes(31) + b"\x07")  # the bot's follows are kept too
+    await in_thread(lambda: alice.say(f"chirp@{DOMAIN}", f"follow {far.text}"))
+    assert (await in_thread(alice.next)).body.startswith(f"You follow {far.short} now")
     await running.stop()
     a = await tcp_nodes.open("a", xmpp=config, xmpp_secret_file=str(prosody.secret_file))
     gateway = gateway_of(a)
     assert gateway.following(alice.jid) == ("weather.*",)
+    assert gateway.chirp_following(alice.jid) == (far,)
+    await in_thread(lambda: alice.say(f"chirp@{DOMAIN}", f"unfollow {far.short}"))
+    assert (await in_thread(alice.next)).body == f"You no longer follow {far.short}."
     # On connecting it probes its followers; Prosody answers with alice's presence.
     with trio.fail_after(WAIT):
         await gateway.wait_for(lambda: gateway.online(alice.jid))
@@ -443,6 +451,105 @@ async def test_subscriptions_and_users_survive_a_restart(
     await in_thread(lambda: alice.unfollow(f"weather.*@{DOMAIN}"))
     with trio.fail_after(WAIT):
         await gateway.wait_for(lambda: not gateway.following(alice.jid))
+
+
+async def test_the_chirp_bot_follows_relays_posts_and_unfollows(
+    tcp_nodes: NodeFactory, prosody: Prosody, users: Callable[[str], User]
+) -> None:
+    a = await xmpp_node(tcp_nodes, "a", prosody, publishers=(f"alice@{HOST}",))
+    b, c = await tcp_nodes.open("b"), await tcp_nodes.open("c")
+    await chain([a, b, c])
+    gateway = gateway_of(a)
+    alice, bob = users("alice"), users("bob")
+    bot = f"chirp@{DOMAIN}"
+
+    async def ask(user: User, line: str) -> str:
+        await in_thread(lambda: user.say(bot, line))
+        got = await in_thread(user.next)
+        assert (got.sender, got.kind) == (bot, "chat")
+        return got.body
+
+    # The bot is a contact (for the presence), never a topic JID.
+    await in_thread(alice.login)
+    assert await in_thread(lambda: alice.follow(bot)) == "subscribed"
+    assert gateway.following(alice.jid) == ()
+    assert "\nfollow NODE" in await ask(alice, "help")
+    assert (await ask(alice, "dance")).startswith("Unknown command 'dance'. I am the chirp bot")
+    assert await ask(alice, "following") == "You follow nobody: 'follow NODE' to start."
+    assert (await ask(alice, "follow zzzz")).startswith("No node I know is called 'zzzz': give")
+    assert (await ask(alice, "timeline")) == "You follow nobody: 'follow NODE' first."
+
+    # Follow c (two hops away) by its id: the bot probes alice's presence and relays.
+    assert (await ask(alice, f"follow {c.node_id.text}")).startswith(
+        f"You follow {c.node_id.short} now: their chirps come here."
+    )
+    assert gateway.chirp_following(alice.jid) == (c.node_id,)
+    saved = {s.name: s.patterns for s in await a.subscriptions()}
+    assert saved[chirp_subscription_name(alice.jid)] == (chirp_topic(c.node_id),)
+    with trio.fail_after(WAIT):
+        await gateway.wait_for(lambda: gateway.online(alice.jid))
+    await knows(c, chirp_topic(c.node_id), a)
+    await c.chirp.post("hello from c")
+    got = await in_thread(alice.next)
+    assert (got.sender, got.kind) == (bot, "chat")
+    assert got.body == f"{c.node_id.short}: hello from c"
+    assert got.ptth["origin"] == c.node_id.text
+    assert got.ptth["topic"] == chirp_topic(c.node_id)
+
+    # b by its name (a peer of a), a itself by its short id; already followed: said so.
+    assert (await ask(alice, "follow B")).startswith(f"You follow b ({b.node_id.short}) now")
+    assert (await ask(alice, f"follow {a.node_id.short}")).startswith("You follow")
+    assert await ask(alice, "follow b") == f"You follow b ({b.node_id.short}) already."
+    assert (await ask(alice, "following")).splitlines() == [
+        "You follow 3 nodes:",
+        f"{c.node_id.short} {c.node_id.text}",
+        f"b ({b.node_id.short}) {b.node_id.text}",
+        f"{a.node_id.short} {a.node_id.text}",
+    ]
+
+    # post: as node a, for the publishers only; alice follows a, so it comes back.
+    got_two = {await ask(alice, "post hi all"), (await in_thread(alice.next)).body}
+    assert got_two == {
+        f"Posted as {a.node_id.short} ({chirp_topic(a.node_id)}).",
+        f"{a.node_id.short}: hi all",
+    }
+    await in_thread(bob.login)
+    assert await ask(bob, "post let me") == (
+        f"bob@{HOST} may not post as this node (its operator lists who may with --xmpp-publishers)."
+    )
+    assert await ask(alice, "post " + "x" * 1001) == (
+        "Not posted: a post is at most 1000 characters; this one has 1001."
+    )
+    assert gateway.published == 1
+    timeline = (await ask(alice, "timeline")).splitlines()
+    assert timeline[0] == "The last 2 chirps:"
+    assert timeline[1].endswith(f"] {c.node_id.short}: hello from c")
+    assert timeline[2].endswith(f"] {a.node_id.short}: hi all")
+
+    # unfollow c: its chirps still reach node a (a follows c itself) but not alice.
+    await a.chirp.follow(c.node_id)
+    assert await ask(alice, f"unfollow {c.node_id.short}") == (
+        f"You no longer follow {c.node_id.short}."
+    )
+    assert await ask(alice, f"unfollow {c.node_id.text}") == (
+        f"You do not follow {c.node_id.short}."
+    )
+    await c.chirp.post("after")
+    with trio.fail_after(WAIT):
+        while "after" not in [post.text for post in await a.chirp.timeline()]:
+            await a.mesh.inbox_changed.wait()
+    await in_thread(lambda: alice.say(bot, "post marker"))
+    seen = []
+    while f"{a.node_id.short}: marker" not in seen:
+        seen.append((await in_thread(alice.next)).body)
+    assert not [body for body in seen if "after" in body]
+
+    # Removing the bot from the contacts drops her chirp follows.
+    await in_thread(lambda: alice.unfollow(bot))
+    with trio.fail_after(WAIT):
+        await gateway.wait_for(lambda: not gateway.chirp_following(alice.jid))
+    assert chirp_subscription_name(alice.jid) not in {s.name for s in await a.subscriptions()}
+    assert await a.chirp.following() == [c.node_id]
 
 
 class Proxy:
