@@ -77,6 +77,7 @@ __all__ = [
     "Response",
     "Server",
     "ServerConfig",
+    "accept_connections",
     "source_address",
 ]
 
@@ -324,16 +325,7 @@ class Server:
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
     ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(self.serve_stream, stream)
+        await accept_connections(listener, nursery, self.serve_stream)
 
     async def serve_stream(
         self,
@@ -970,3 +962,24 @@ def _size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
     return f"{size} bytes"
+
+
+async def accept_connections(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    nursery: trio.Nursery,
+    serve: Callable[[trio.abc.Stream], Awaitable[None]],
+    what: str = "accept",
+) -> None:
+    """Accept connections on ``listener`` until it is closed, each served by ``serve``
+    in ``nursery``; a failing accept (e.g. EMFILE) is logged as ``what`` and retried
+    after a pause instead of spinning."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        except OSError as exc:
+            log.warning("%s failed: %s", what, exc)
+            await trio.sleep(0.1)
+            continue
+        nursery.start_soon(serve, stream)

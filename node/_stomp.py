@@ -61,7 +61,7 @@ from node._mesh import MeshRuntime
 from node._message import Publication, Published, Sent
 from node._net import Network
 from node._pubsub import DurableSubscription, Subscription
-from node._server import source_address
+from node._server import accept_connections, source_address
 
 __all__ = [
     "STOMP_USERS",
@@ -328,16 +328,7 @@ class StompGateway:
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
     ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                log.warning("STOMP accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(self._serve_stream, stream)
+        await accept_connections(listener, nursery, self._serve_stream, "STOMP accept")
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         peer = _peer_name(stream)

@@ -3,7 +3,6 @@ identity from its data directory (no running node needed), and their one-line er
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -11,35 +10,7 @@ import pytest
 
 import crypto
 import mesh
-from node._cli import run
-
-
-class Result:
-    def __init__(self, status: int, out: str, err: str) -> None:
-        self.status, self.out, self.err = status, out, err
-
-
-def ptth(*argv: str | Path, stdin: str = "") -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    status = run([str(a) for a in argv], out=out, err=err, stdin=io.StringIO(stdin))
-    return Result(status, out.getvalue(), err.getvalue())
-
-
-def ok(*argv: str | Path, stdin: str = "") -> str:
-    result = ptth(*argv, stdin=stdin)
-    assert result.status == 0, result.err
-    return result.out
-
-
-def fails(*argv: str | Path, status: int = 1, stdin: str = "") -> str:
-    """The one line on stderr of a command that fails with ``status``."""
-    result = ptth(*argv, stdin=stdin)
-    assert result.status == status, (result.out, result.err)
-    assert result.out == ""
-    assert "Traceback" not in result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    return lines[0]
+from tests.node.test_cli import fails, ok, ptth
 
 
 @pytest.fixture
