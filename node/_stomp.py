@@ -39,6 +39,7 @@ limits. Anything wrong is an ERROR frame saying what, then the connection closes
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import dataclasses
@@ -753,8 +754,9 @@ def _groups(action: stomp.Action) -> bool:
 # -- subscriptions --------------------------------------------------------------------------
 
 
-class _Reader:
-    """One subscription's delivery: a task of its connection."""
+class _Reader(abc.ABC):
+    """One subscription's delivery: a task of its connection (a topic, or a queue kept
+    in the store: the subclasses say how)."""
 
     def __init__(self, connection: _Connection, action: stomp.Subscribe) -> None:
         self.connection = connection
@@ -799,9 +801,9 @@ class _Reader:
                     raise stomp.StompError("cannot subscribe", str(exc)) from None
                 await self.connection.fail("subscription failed", str(exc))
 
+    @abc.abstractmethod
     async def _run(self, started: Callable[[], None]) -> None:
         """Deliver; call ``started`` once the subscription is in force."""
-        raise NotImplementedError
 
     async def send(
         self,
@@ -830,13 +832,16 @@ class _Reader:
         await self.connection._write_frame(frame)
         return True
 
-    async def acked(self, keys: Sequence[object]) -> None:
+    # Hooks: a topic subscription has nothing to do in them, a stored queue settles
+    # its entries (the subclasses override what they need).
+
+    async def acked(self, keys: Sequence[object]) -> None:  # noqa: B027
         """The client acknowledged these."""
 
-    def nacked(self, keys: Sequence[object]) -> None:
+    def nacked(self, keys: Sequence[object]) -> None:  # noqa: B027
         """The client gave these back."""
 
-    def lost(self, keys: Sequence[object]) -> None:
+    def lost(self, keys: Sequence[object]) -> None:  # noqa: B027
         """The subscription ended (or its connection) without settling these."""
 
 
@@ -912,18 +917,21 @@ class _StoredReader(_Reader):
     def _opened(self) -> contextlib.AbstractAsyncContextManager[object]:
         return contextlib.nullcontext()
 
+    @abc.abstractmethod
     async def _fetch(self, after: int) -> list[mesh.InboxEntry]:
-        raise NotImplementedError
+        """The queue's entries after ``after``, oldest first (a page)."""
 
+    @abc.abstractmethod
     def _key(self, entry: mesh.InboxEntry) -> Hashable:
-        raise NotImplementedError
+        """What names ``entry`` among the queue's claims and acknowledgements."""
 
+    @abc.abstractmethod
     async def _acknowledge(self, keys: Sequence[Any]) -> None:
-        raise NotImplementedError
+        """Remove these entries from the store: the client is done with them."""
 
+    @abc.abstractmethod
     def _message(self, entry: mesh.InboxEntry) -> tuple[str, str, list[tuple[str, str]]]:
         """message-id, destination and the ptth headers of ``entry``."""
-        raise NotImplementedError
 
     async def _deliver(self, written: list[Any]) -> None:
         claims = self.connection.gateway.claims
