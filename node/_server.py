@@ -78,6 +78,7 @@ __all__ = [
     "Server",
     "ServerConfig",
     "accept_connections",
+    "peer_name",
     "source_address",
 ]
 
@@ -490,7 +491,7 @@ class _ConnectionState:
         self.head_deadline = math.inf
         self.evicted = False
         self.stream_scope: trio.CancelScope | None = None
-        self.peer = peer or _peer_name(stream)
+        self.peer = peer or peer_name(stream)
         #: The address this connection counts against; None for a relayed connection.
         ip = source_address(self.peer)
         self.address = None if relayed else (ip or self.peer)
@@ -923,7 +924,9 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the other end of ``stream`` (through TLS, the TCP peer); the
+    stream's ``peer_name`` on other transports (an in-memory network, a Unix socket)."""
     while isinstance(stream, trio.SSLStream):  # TLS over TCP: the TCP peer
         stream = stream.transport_stream
     socket = getattr(stream, "socket", None)

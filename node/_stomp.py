@@ -62,7 +62,7 @@ from node._mesh import MeshRuntime
 from node._message import Publication, Published, Sent
 from node._net import Network
 from node._pubsub import DurableSubscription, Subscription
-from node._server import accept_connections, source_address
+from node._server import accept_connections, peer_name, source_address
 
 __all__ = [
     "STOMP_USERS",
@@ -332,7 +332,7 @@ class StompGateway:
         await accept_connections(listener, nursery, self._serve_stream, "STOMP accept")
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
-        peer = _peer_name(stream)
+        peer = peer_name(stream)
         address = source_address(peer)
         refusal = self._take_slot(address)
         try:
@@ -390,17 +390,6 @@ class StompGateway:
                 self._per_address[address] = left
             else:
                 del self._per_address[address]
-
-
-def _peer_name(stream: trio.abc.Stream) -> str:
-    socket = getattr(stream, "socket", None)
-    if socket is not None:
-        try:
-            host, port, *_ = socket.getpeername()
-        except (OSError, ValueError):
-            return "?"
-        return f"{host}:{port}"
-    return str(getattr(stream, "peer_name", "memory"))
 
 
 class _Connection:

@@ -75,7 +75,7 @@ class AddressedNetwork(MemoryNetwork):
     ) -> tuple[trio.abc.Stream, trio.abc.Stream]:
         client, server = super()._make_pair(src_host, dst)
         if src_host is not None:
-            # What the server names its peer by (node/_server.py, _peer_name).
+            # What the server names its peer by (node/_server.py, peer_name).
             vars(server)["peer_name"] = f"{src_host}:{next(self._ports)}"
         return client, server
 

@@ -31,8 +31,8 @@ from node._server import (
     Response,
     Server,
     ServerConfig,
-    _peer_name,
     _size,
+    peer_name,
     source_address,
 )
 from tests.node.test_server import App, Client, guard
@@ -642,5 +642,5 @@ async def test_the_peer_of_a_tls_connection_is_its_tcp_peer() -> None:
         accepted, _ = await listener.accept()
         with accepted:
             tls = trio.SSLStream(trio.SocketStream(accepted), ssl.create_default_context())
-            assert _peer_name(tls).startswith("127.0.0.2:")
-            assert source_address(_peer_name(tls)) == "127.0.0.2"
+            assert peer_name(tls).startswith("127.0.0.2:")
+            assert source_address(peer_name(tls)) == "127.0.0.2"
