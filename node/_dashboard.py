@@ -152,29 +152,32 @@ class _Sent:
         }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Received:
+    """Kept as taken (ids as NodeIds, not text): this is made for every frame the
+    store takes, and only the last few are ever shown."""
+
     id: bytes
-    kind: str
-    src: str
+    kind: crypto.Kind
+    src: crypto.NodeId
     hops: int
     size: int
     at: int
     what: str  # delivered, forwarded, held, publication, receipt
     topic: str | None
-    came_from: str | None
+    came_from: crypto.NodeId | None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id.hex(),
-            "kind": self.kind,
-            "src": self.src,
+            "kind": str(self.kind),
+            "src": self.src.text,
             "hops": self.hops,
             "size": self.size,
             "at": self.at,
             "what": self.what,
             "topic": self.topic,
-            "from": self.came_from,
+            "from": None if self.came_from is None else self.came_from.text,
         }
 
 
@@ -211,14 +214,14 @@ class RecentFrames:
         self._received.append(
             _Received(
                 id=frame.id,
-                kind=str(frame.kind),
-                src=frame.src.text,
+                kind=frame.kind,
+                src=frame.src,
                 hops=intake.admitted.hops,
                 size=len(frame.body or b""),
                 at=at,
                 what=what,
                 topic=frame.topic,
-                came_from=None if intake.came_from is None else intake.came_from.text,
+                came_from=intake.came_from,
             )
         )
 
