@@ -66,6 +66,7 @@ __all__ = [
     "Revoked",
     "Target",
     "VerifiedCapability",
+    "capability_envelope",
     "delegate",
     "grant",
     "parse_capability",
@@ -694,11 +695,18 @@ def _checked_ops(ops: Iterable[Operation | str]) -> frozenset[Operation]:
 
 
 def parse_capability(text: str) -> Capability:
-    """Read and verify a ``ptthcap:...`` token (its chain; not time or use: :func:`verify`).
+    """Open a ``ptthcap:`` token: :func:`capability_envelope`, then
+    :meth:`Capability.open` (which raises as it says)."""
+    return Capability.open(capability_envelope(text))
 
-    Surrounding whitespace is ignored. Raises :class:`TooLarge` over
-    :data:`MAX_CAPABILITY_TOKEN_LENGTH` (before decoding), :class:`Malformed` if it is
-    not a capability token, and what :meth:`Capability.open` raises.
+
+def capability_envelope(text: str) -> bytes:
+    """The envelope in a ``ptthcap:`` token, decoded but not verified (a verifier
+    that caches opened chains by envelope looks it up first).
+
+    Raises :class:`TooLarge` for a token longer than
+    :data:`MAX_CAPABILITY_TOKEN_LENGTH` (before decoding) and :class:`Malformed` if it
+    is not a capability token.
     """
     text = text.strip()
     if len(text) > MAX_CAPABILITY_TOKEN_LENGTH:
@@ -716,7 +724,7 @@ def parse_capability(text: str) -> Capability:
         envelope = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except (binascii.Error, ValueError) as exc:
         raise Malformed(f"capability token is not valid base64url: {exc}") from exc
-    return Capability.open(envelope)
+    return envelope
 
 
 # -- revocations ------------------------------------------------------------------------
@@ -775,6 +783,13 @@ class RevocationSet:
 
     def __len__(self) -> int:
         return sum(len(held) for held in self._by_id.values())
+
+    def __contains__(self, revocation: object) -> bool:
+        """True if a revocation of the same id by the same signer is held."""
+        if not isinstance(revocation, Revocation):
+            return False
+        held = self._by_id.get(revocation.cap_id, ())
+        return any(other.signer == revocation.signer for other in held)
 
     def revoking(self, link: Capability) -> Revocation | None:
         """A revocation of ``link`` by its issuer or its named revoker, if known."""

@@ -6,12 +6,13 @@ other key is refused, so a frame means exactly one thing to every reader.
 =======  ==========================  ============
 kind     required (besides common)   optional
 =======  ==========================  ============
-msg      dst, body                   ct, rr
-pub      topic, body                 ct
-sub      pat                         --
+msg      dst, body                   ct, rr, cap
+pub      topic, body                 ct, cap
+sub      pat                         cap
 unsub    pat                         --
 ann      body (an address envelope)  hello
 rcpt     dst, ref, st                why, n
+rev      body (a revocation)         --
 =======  ==========================  ============
 
 Common to all: ``t, src, id, ts, exp, hops``. Our additions to the table in docs/architecture.md:
@@ -19,7 +20,11 @@ Common to all: ``t, src, id, ts, exp, hops``. Our additions to the table in docs
 node sends to a neighbour it has just met: "send me your routes"), and for receipts ``ref`` (the id
 of the frame the receipt is about), ``st`` (``delivered`` or ``dropped``), ``why`` (for
 a drop: ``code: words``) and ``n`` (for a delivery: the hops the frame made). A
-receipt's ``src`` is the node that delivered or dropped the frame.
+receipt's ``src`` is the node that delivered or dropped the frame. ``cap`` is a
+capability envelope (purpose ``ptth/cap``, its whole chain) the origin presents for what
+the frame does; enforcement points verify it (crypto only checks its size here). A
+``rev`` frame carries a signed revocation (purpose ``ptth/revoke``) and is flooded to
+every node, as announces are.
 
 Topics are dot-separated words of ``A-Z a-z 0-9 _ -``; the first word may be
 ``~<node-id>`` (a secure name only that node may publish under). Patterns are topics
@@ -62,6 +67,9 @@ MAX_TIME_MS: Final = 2**63 - 1
 MAX_TOPIC_LENGTH: Final = 255
 MAX_TOPIC_WORDS: Final = 32
 MAX_CT_LENGTH: Final = 127
+#: Largest capability a frame carries (as :data:`crypto.MAX_CAPABILITY_SIZE`; the chain
+#: itself is verified by the enforcement point that needs it).
+MAX_CAP_SIZE: Final = 16 * 1024
 #: Longest reason a drop receipt carries.
 MAX_WHY_LENGTH: Final = 1024
 #: What a receipt says happened to its frame.
@@ -80,6 +88,7 @@ class Kind(enum.StrEnum):
     UNSUB = "unsub"
     ANN = "ann"
     RCPT = "rcpt"
+    REV = "rev"
 
 
 _COMMON: Final = frozenset({"t", "src", "id", "ts", "exp", "hops"})
@@ -90,10 +99,12 @@ _REQUIRED: Final = {
     Kind.UNSUB: frozenset({"pat"}),
     Kind.ANN: frozenset({"body"}),
     Kind.RCPT: frozenset({"dst", "ref", "st"}),
+    Kind.REV: frozenset({"body"}),
 }
 _OPTIONAL: Final = {
-    Kind.MSG: frozenset({"ct", "rr"}),
-    Kind.PUB: frozenset({"ct"}),
+    Kind.MSG: frozenset({"ct", "rr", "cap"}),
+    Kind.PUB: frozenset({"ct", "cap"}),
+    Kind.SUB: frozenset({"cap"}),
     Kind.RCPT: frozenset({"why", "n"}),
     Kind.ANN: frozenset({"hello"}),
 }
@@ -174,6 +185,7 @@ class Frame:
     why: str | None = None
     n: int | None = None
     hello: bool | None = None
+    cap: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in _REQUIRED:
@@ -219,6 +231,8 @@ class Frame:
             raise Malformed(f"frame why must be text of <= {MAX_WHY_LENGTH} characters")
         if self.n is not None:
             _int(self.n, "n", 0, MAX_HOPS)
+        if self.cap is not None:
+            _bytes(self.cap, "cap", limit=MAX_CAP_SIZE)
 
     def to_payload(self) -> dict[str, Any]:
         """The map that is signed."""
@@ -266,6 +280,7 @@ class Frame:
             why=payload.get("why"),
             n=payload.get("n"),
             hello=payload.get("hello"),
+            cap=payload.get("cap"),
         )
 
     def seal(self, identity: Identity) -> bytes:
@@ -291,4 +306,6 @@ class Frame:
         return frame
 
 
-_FIELDS: Final = ("dst", "topic", "pat", "body", "ct", "ref", "rr", "st", "why", "n", "hello")
+_FIELDS: Final = (
+    "dst", "topic", "pat", "body", "ct", "ref", "rr", "st", "why", "n", "hello", "cap"
+)  # fmt: skip

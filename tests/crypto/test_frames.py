@@ -45,10 +45,12 @@ REQUIRED: dict[Kind, set[str]] = {
     Kind.UNSUB: {"pat"},
     Kind.ANN: {"body"},
     Kind.RCPT: {"dst", "ref", "st"},
+    Kind.REV: {"body"},
 }
 OPTIONAL: dict[Kind, set[str]] = {
-    Kind.MSG: {"ct", "rr"},
-    Kind.PUB: {"ct"},
+    Kind.MSG: {"ct", "rr", "cap"},
+    Kind.PUB: {"ct", "cap"},
+    Kind.SUB: {"cap"},
     Kind.RCPT: {"why", "n"},
     Kind.ANN: {"hello"},
 }
@@ -64,6 +66,7 @@ VALUES: dict[str, Any] = {
     "why": "expired: frame expired 3 s ago",
     "n": 4,
     "hello": True,
+    "cap": b"\xd2\x84capability",
 }
 SECURE = f"~{ALICE.node_id.text}"
 
@@ -97,8 +100,10 @@ def frames(draw: st.DrawFn, kinds: st.SearchStrategy[Kind] = KINDS) -> tuple[Ide
         fields["topic"] = draw(dotted(WORDS, secure))
     if kind in (Kind.SUB, Kind.UNSUB):
         fields["pat"] = draw(dotted(PATTERN_WORDS, secure))
-    if kind in (Kind.MSG, Kind.PUB, Kind.ANN):
+    if kind in (Kind.MSG, Kind.PUB, Kind.ANN, Kind.REV):
         fields["body"] = draw(st.binary(max_size=64))
+    if kind in (Kind.MSG, Kind.PUB, Kind.SUB):
+        fields["cap"] = draw(st.none() | st.binary(min_size=1, max_size=64))
     if kind in (Kind.MSG, Kind.PUB):
         fields["ct"] = draw(st.none() | CONTENT_TYPES)
     if kind is Kind.RCPT:
