@@ -7,8 +7,24 @@ h11, or reads the clock.
 """
 
 from mesh._admission import MAX_POLICY_ENTRIES, Admission, InboxPolicy, Policy
-from mesh._capabilities import CapabilityBook, Grant
+from mesh._authority import Authority, Requirements, Wallet
+from mesh._calls import (
+    CALL_CONTENT_TYPE,
+    CALL_CONTENT_TYPES,
+    MAX_CALL_BODY,
+    MAX_OPERATION_LENGTH,
+    OBJECT_NAME,
+    REPLY_CONTENT_TYPE,
+    Call,
+    CallStatus,
+    Reply,
+    event_topic,
+    events_pattern,
+    validate_object_name,
+)
+from mesh._capabilities import MAX_CAP_URLS, CapabilityBook, CapUrlRecord, Grant
 from mesh._engine import (
+    GREETING_REVOCATIONS,
     Action,
     Deliver,
     Fanout,
@@ -34,6 +50,7 @@ from mesh._store import (
     MAX_IDEMPOTENCY_KEYS,
     MIN_CHARGE,
     ROW_OVERHEAD,
+    Custody,
     Idempotent,
     InboxEntry,
     Intake,
@@ -49,7 +66,7 @@ from mesh._store import (
     Write,
     stored_charge,
 )
-from mesh._topics import TopicTrie, covers, matches
+from mesh._topics import TopicTrie, covers, matches, overlaps
 from mesh._wire import (
     CONTENT_TYPE_FRAMES,
     CONTENT_TYPE_RESULTS,
@@ -66,21 +83,34 @@ from mesh._wire import (
 )
 
 __all__ = [
+    "CALL_CONTENT_TYPE",
+    "CALL_CONTENT_TYPES",
     "CONTENT_TYPE_FRAMES",
     "CONTENT_TYPE_RESULTS",
     "DEFAULT_MAX_INBOX_BYTES",
+    "GREETING_REVOCATIONS",
     "IDEMPOTENCY_WINDOW_MS",
     "INBOX_ORIGIN_SHARE",
+    "MAX_CALL_BODY",
+    "MAX_CAP_URLS",
     "MAX_FRAMES_PER_REQUEST",
     "MAX_IDEMPOTENCY_KEYS",
+    "MAX_OPERATION_LENGTH",
     "MAX_POLICY_ENTRIES",
     "MAX_SUBSCRIBERS_PER_COPY",
     "MIN_CHARGE",
+    "OBJECT_NAME",
+    "REPLY_CONTENT_TYPE",
     "ROW_OVERHEAD",
     "Action",
     "Admission",
     "Admitted",
+    "Authority",
+    "Call",
+    "CallStatus",
+    "CapUrlRecord",
     "CapabilityBook",
+    "Custody",
     "Deliver",
     "Fanout",
     "Flood",
@@ -110,6 +140,8 @@ __all__ = [
     "Quotas",
     "Reason",
     "Receipt",
+    "Reply",
+    "Requirements",
     "Reroute",
     "Result",
     "Role",
@@ -124,6 +156,7 @@ __all__ = [
     "TopicTrie",
     "Trace",
     "Wake",
+    "Wallet",
     "WireFrame",
     "Write",
     "admit",
@@ -132,7 +165,11 @@ __all__ = [
     "decode_results",
     "encode_frames",
     "encode_results",
+    "event_topic",
+    "events_pattern",
     "matches",
+    "overlaps",
     "secure_owner",
     "stored_charge",
+    "validate_object_name",
 ]

@@ -1,6 +1,7 @@
-"""What a node keeps about capabilities: the ones it granted and the revocations it knows.
+"""What a node keeps about capabilities: the ones it granted, the revocations it knows
+and the capability URLs it minted.
 
-Two tables in the node's store file (``store.sqlite3``, beside :class:`mesh.Store`'s),
+Three tables in the node's store file (``store.sqlite3``, beside :class:`mesh.Store`'s),
 versioned by their own ``meta`` key (``capabilities``, schema 1), so that this module
 and the store migrate independently:
 
@@ -8,7 +9,12 @@ and the store migrate independently:
   delegate``), its id, when, and its envelope (the whole chain);
 * ``cap_revocations``: signed revocations, at most one per (capability id, signer),
   with their envelopes. They survive restarts; a verifier loads them as a
-  :class:`crypto.RevocationSet`.
+  :class:`crypto.RevocationSet`;
+* ``cap_urls``: the capability URLs (``/c/<secret>``) minted for this node's objects:
+  an id, the object, when, when revoked, and a SHA-256 digest of the secret (the
+  secret itself is not kept: a copy of the file opens no object). Added to schema 1
+  later as a table of its own, created where it is missing: a ptth from before ignores
+  it, so the version stays.
 
 State only: nothing here propagates revocations over the mesh or enforces anything
 (that comes with the enforcement points). The methods block; a lock makes one book
@@ -18,6 +24,7 @@ safe from any thread. No clock is read.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -27,12 +34,15 @@ from typing import Final, TypeVar
 import crypto
 from mesh._errors import MeshError
 
-__all__ = ["CAPABILITY_SCHEMA_VERSION", "CapabilityBook", "Grant"]
+__all__ = ["CAPABILITY_SCHEMA_VERSION", "MAX_CAP_URLS", "CapUrlRecord", "CapabilityBook", "Grant"]
 
 CAPABILITY_SCHEMA_VERSION: Final = 1
 #: Most revocations kept: a bound on what others' revocations can make a node store
 #: (each is a ~150-byte row). Past it, new ones are refused.
 MAX_REVOCATIONS: Final = 100_000
+#: Most capability URLs kept (revoked ones included, until forgotten): past it, no more
+#: are minted.
+MAX_CAP_URLS: Final = 10_000
 _META_KEY: Final = "capabilities"
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS cap_grants (
@@ -47,6 +57,13 @@ CREATE TABLE IF NOT EXISTS cap_revocations (
     envelope BLOB NOT NULL,
     PRIMARY KEY (id, signer)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cap_urls (
+    id TEXT PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    object TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    revoked INTEGER
+);
 """
 _T = TypeVar("_T")
 
@@ -57,6 +74,20 @@ class Grant:
 
     capability: crypto.Capability
     revoked: crypto.Revocation | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CapUrlRecord:
+    """A capability URL minted here: its id, its object, when (ms) and when revoked."""
+
+    id: str
+    object: str
+    created: int
+    revoked: int | None = None
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
 class CapabilityBook:
@@ -198,3 +229,69 @@ class CapabilityBook:
             ).fetchall()
         )
         return [crypto.Revocation.open(row[0]) for row in rows]
+
+    # -- capability URLs ------------------------------------------------------------------
+
+    def add_url(self, url_id: str, secret: str, name: str, *, now: int) -> None:
+        """Keep capability URL ``url_id`` (its ``secret``'s digest) for object ``name``.
+
+        Raises :class:`MeshError` past :data:`MAX_CAP_URLS`, or for an id or secret
+        held already.
+        """
+
+        def work() -> None:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM cap_urls").fetchone()
+            if count >= MAX_CAP_URLS:
+                raise MeshError(
+                    f"store holds {count} capability URLs already, the limit: revoke and "
+                    "forget some first"
+                )
+            try:
+                self._db.execute(
+                    "INSERT INTO cap_urls (id, digest, object, created) VALUES (?, ?, ?, ?)",
+                    (url_id, _digest(secret), name, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise MeshError(f"capability URL {url_id} is held already") from exc
+
+        self._run(work, write=True)
+
+    def url(self, secret: str) -> CapUrlRecord | None:
+        """The capability URL with this secret, if held and not revoked."""
+        row = self._run(
+            lambda: self._db.execute(
+                "SELECT id, object, created FROM cap_urls WHERE digest = ? AND revoked IS NULL",
+                (_digest(secret),),
+            ).fetchone()
+        )
+        return None if row is None else CapUrlRecord(row[0], row[1], row[2])
+
+    def urls(self) -> list[CapUrlRecord]:
+        """Every capability URL held (revoked ones too), oldest first."""
+        rows = self._run(
+            lambda: self._db.execute(
+                "SELECT id, object, created, revoked FROM cap_urls ORDER BY created, id"
+            ).fetchall()
+        )
+        return [CapUrlRecord(*row) for row in rows]
+
+    def revoke_url(self, url_id: str, *, now: int) -> bool:
+        """Revoke capability URL ``url_id``; False if none such is held unrevoked."""
+        cursor = self._run(
+            lambda: self._db.execute(
+                "UPDATE cap_urls SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, url_id)
+            ),
+            write=True,
+        )
+        return cursor.rowcount > 0
+
+    def revoke_urls_of(self, name: str, *, now: int) -> int:
+        """Revoke every capability URL of object ``name``; return how many."""
+        cursor = self._run(
+            lambda: self._db.execute(
+                "UPDATE cap_urls SET revoked = ? WHERE object = ? AND revoked IS NULL",
+                (now, name),
+            ),
+            write=True,
+        )
+        return int(cursor.rowcount)

@@ -31,6 +31,7 @@ for this node are still taken).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import random
@@ -38,6 +39,8 @@ from typing import Final
 
 import crypto
 from mesh._admission import Policy
+from mesh._authority import Authority
+from mesh._calls import CALL_CONTENT_TYPES
 from mesh._intake import Admitted
 from mesh._interests import (
     DEFAULT_MAX_INTERESTS,
@@ -45,7 +48,6 @@ from mesh._interests import (
     Interest,
     Interests,
     Learned,
-    secure_owner,
 )
 from mesh._links import Links, LinkState, Role
 from mesh._routes import DEFAULT_MAX_DESTINATIONS, Route, RoutingTable
@@ -59,6 +61,7 @@ from mesh._wire import (
 )
 
 __all__ = [
+    "GREETING_REVOCATIONS",
     "Action",
     "Deliver",
     "Fanout",
@@ -76,6 +79,9 @@ __all__ = [
 #: How often a node announces itself, and how long a route lives without a fresh copy.
 DEFAULT_ANNOUNCE_INTERVAL_MS: Final = 10 * 60 * 1000
 DEFAULT_ROUTE_TTL_MS: Final = 3 * DEFAULT_ANNOUNCE_INTERVAL_MS
+#: Revocations a new neighbour is greeted with (the newest): one that missed a flood
+#: while it was away hears of what was revoked meanwhile.
+GREETING_REVOCATIONS: Final = 256
 #: A fresher announce of one origin is flooded at most this often: an origin that
 #: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
 #: is answered with our routes at most this often too.
@@ -197,12 +203,19 @@ class Router:
         config: RouterConfig | None = None,
         links: Links | None = None,
         policy: Policy | None = None,
+        authority: Authority | None = None,
     ) -> None:
         self.local = local
         self.config = config or RouterConfig()
         self.links = links or Links(rng=rng)
         #: Whose frames we take and whose reach our application (mesh/_admission.py).
         self.policy = policy or Policy()
+        #: The capabilities this node requires, and the revocations it knows.
+        self.authority = authority or Authority(local)
+        #: The newest revocation frames, for greeting a new neighbour.
+        self.revocation_wires: collections.deque[WireFrame] = collections.deque(
+            maxlen=GREETING_REVOCATIONS
+        )
         self.table = RoutingTable(max_destinations=self.config.max_destinations)
         self.interests = Interests(
             max_per_origin=self.config.max_patterns_per_origin,
@@ -278,6 +291,12 @@ class Router:
                 refusal = self.policy.inbox_refusal(frame.src)
                 if refusal is not None:
                     return Result.rejected(Reason.BLOCKED, refusal)
+                # Calls and their replies go to objects, which check their own
+                # capabilities; the rest enters the inbox.
+                if frame.ct not in CALL_CONTENT_TYPES:
+                    refusal = self.authority.inbox_refusal(frame, now)
+                    if refusal is not None:
+                        return Result.rejected(Reason.FORBIDDEN, refusal)
             return _DELIVER
         policy = self.config.forward_policy
         if policy is ForwardPolicy.OFF:
@@ -303,13 +322,9 @@ class Router:
         the next hop toward each other matching subscriber (never back to ``sender``)."""
         frame = admitted.frame
         assert frame.topic is not None  # pub frames have one
-        owner = secure_owner(frame.topic)
-        if owner is not None and owner != frame.src:
-            return Result.rejected(
-                Reason.FORBIDDEN,
-                f"topic {frame.topic!r} is {owner.short}'s secure name; only it may publish "
-                f"there, not {frame.src.short}",
-            )
+        refusal = self.authority.publication_refusal(frame, now)
+        if refusal is not None:
+            return Result.rejected(Reason.FORBIDDEN, refusal)
         subscribers = self.interests.subscribers(frame.topic, now=now)
         deliver = self.local in subscribers and self.policy.inbox_refusal(frame.src) is None
         subscribers.discard(self.local)
@@ -394,6 +409,13 @@ class Router:
             )
         if frame.src == self.local:
             return DUPLICATE, []  # our own, come back around
+        if frame.kind is crypto.Kind.SUB:
+            denied = self.authority.subscription_refusal(frame, now)
+            if denied is not None:
+                # The subscriber hears why (a drop receipt for its sub frame); it does
+                # not state the pattern again for that, unlike a lapsed lease.
+                result = Result.rejected(Reason.FORBIDDEN, denied)
+                return result, self._notify(frame.src, frame.id, f"{result.code}: {denied}", now)
         interest = Interest.of(frame, admitted.envelope, hops=admitted.hops)
         learned = self.interests.learn(interest, now=now)
         if learned is Learned.STALE:
@@ -428,6 +450,55 @@ class Router:
         # and a publication must not miss a subscriber because a link was out.
         to = tuple(link.node for link in self.links if link.node not in avoid)
         return [Flood(to, WireFrame(interest.hops, interest.envelope))] if to else []
+
+    # -- revocations ----------------------------------------------------------------
+
+    def on_revocation(
+        self, admitted: Admitted, sender: crypto.NodeId, now: int
+    ) -> tuple[Result, crypto.Revocation | None, list[Action]]:
+        """Take a ``rev`` frame from ``sender``: a revocation not held before is
+        returned (to keep) and flooded on to the other neighbours, within its hops.
+
+        Anyone may hand one on (the revocation's own signature is its authority; a
+        revocation by someone who may not revoke a capability revokes nothing), from
+        any node that may hand us frames.
+        """
+        frame = admitted.frame
+        assert frame.body is not None  # rev frames have one
+        if sender not in self.links:
+            words = f"revocations are taken from neighbours only; {sender.short} is not one"
+            return Result.rejected(Reason.POLICY, words), None, []
+        try:
+            revocation = crypto.Revocation.open(frame.body)
+        except crypto.CryptoError as exc:
+            return Result.for_error(exc), None, []
+        learned = self.authority.learn(revocation)
+        if learned is Learned.STALE:
+            return DUPLICATE, None, []
+        if learned is Learned.FULL:
+            words = (
+                f"this node holds {len(self.authority.revoked)} revocations, or "
+                f"{self.authority.max_per_signer} by {revocation.signer.short}: the limit"
+            )
+            return Result.rejected(Reason.STORE_FULL, words), None, []
+        wire = WireFrame(admitted.hops, admitted.envelope)
+        self.revocation_wires.append(wire)
+        if admitted.hops >= frame.hops:
+            return ACCEPTED, revocation, []
+        to = tuple(link.node for link in self.links if link.node not in (sender, frame.src))
+        return ACCEPTED, revocation, [Flood(to, wire)] if to else []
+
+    def own_revocation(
+        self, revocation: crypto.Revocation, envelope: bytes, *, flood: bool = True
+    ) -> list[Action]:
+        """A ``rev`` frame this node signed (``envelope``) for ``revocation``: learn it
+        and flood it to every neighbour (``flood`` False: only keep it for greetings,
+        as for the revocations loaded at start)."""
+        self.authority.learn(revocation, own=True)
+        wire = WireFrame(0, envelope)
+        self.revocation_wires.append(wire)
+        to = tuple(link.node for link in self.links)
+        return [Flood(to, wire)] if flood and to else []
 
     # -- announces ------------------------------------------------------------------
 
@@ -529,6 +600,8 @@ class Router:
         for interest in self.interests.held(now=now):
             if interest.origin != node:
                 frames.append(WireFrame(interest.hops, interest.envelope))
+        # And the newest revocations: one revoked while ``node`` was away still counts.
+        frames.extend(self.revocation_wires)
         return frames
 
     # -- link feedback and time -----------------------------------------------------

@@ -45,7 +45,10 @@ so empty frames cost something too. The charges are counted in memory (recounted
 the tables when the store opens), never summed per frame. A batch that would pass any
 quota is refused whole with :class:`StoreFull` (429 upstream, so the previous hop keeps
 the frames). The byte figures of :meth:`Store.statistics` and :meth:`Store.queues` are
-these charges too, so they compare with the quotas.
+these charges too, so they compare with the quotas. On a relay that requires a ``store``
+capability, a neighbour's frames are taken on the terms its capability sets
+(:class:`Custody`): none for others without one, and its ``quota`` in place of the one
+per neighbour.
 
 The methods block; the runtime calls them through ``trio.to_thread``. A lock inside
 makes one store safe to use from any thread. No clock is read: ``now`` is passed in.
@@ -60,7 +63,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
@@ -80,6 +83,7 @@ __all__ = [
     "MIN_CHARGE",
     "PURGED",
     "ROW_OVERHEAD",
+    "Custody",
     "Idempotent",
     "InboxEntry",
     "Intake",
@@ -343,6 +347,25 @@ class Quotas:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Custody:
+    """On what terms the queue takes frames for others from one neighbour, on a node
+    that requires a ``store`` capability for that (``mesh.Requirements.store``; see
+    :meth:`Store.custody`).
+
+    ``refused``: the neighbour presented no capability that holds, and these words say
+    why: each of its frames that would be queued (a ``msg`` or ``rcpt`` for another
+    node, a ``pub`` to pass on, also one delivered here as well: taking it for this
+    node alone would drop the other copies unsaid) is rejected ``forbidden`` with
+    them, while its frames for this node are taken. Else ``quota``: the bytes charged
+    the queue may hold of frames taken from it (the capability's ``quota``), in place
+    of :attr:`Quotas.per_neighbour` (None: that one); past it, :class:`StoreFull`.
+    """
+
+    refused: str | None = None
+    quota: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Idempotent:
     """An idempotency key of the local API and what its first request got.
 
@@ -492,6 +515,10 @@ class Intake:
     receipt: Outgoing | None = None
     #: For a publication delivered here: the named subscriptions it is pending for.
     named: tuple[str, ...] = ()
+    #: For a frame delivered here: enter it in the seen-set only, not the inbox (a call
+    #: on an object, or a reply, that the runtime hands over from memory once the
+    #: batch is committed). A copy seen before is a duplicate all the same.
+    seen_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -662,8 +689,12 @@ class _Usage:
         if self.neighbour[came_from] <= 0:
             del self.neighbour[came_from]
 
-    def over(self, quotas: Quotas, added: _Usage) -> str | None:
-        """Why adding ``added`` would pass a quota, or None."""
+    def over(
+        self, quotas: Quotas, added: _Usage, granted: dict[bytes, int] | None = None
+    ) -> str | None:
+        """Why adding ``added`` would pass a quota, or None. ``granted``: the quota of
+        frames from a neighbour, in place of ``quotas.per_neighbour``, for the
+        neighbours that hold a ``store`` capability with one (:class:`Custody`)."""
         if added.total and self.total + added.total > quotas.total:
             return (
                 f"queue holds {self.total} bytes; {added.total} more would pass its quota "
@@ -684,11 +715,16 @@ class _Usage:
                     "retry later"
                 )
         for came, size in added.neighbour.items():
-            if size > 0 and came is not None and self.neighbour[came] + size > quotas.per_neighbour:
+            if size <= 0 or came is None:
+                continue
+            quota = None if granted is None else granted.get(came)
+            limit = quotas.per_neighbour if quota is None else quota
+            if self.neighbour[came] + size > limit:
+                which = "quota per neighbour" if quota is None else "capability's quota"
                 return (
                     f"queue holds {self.neighbour[came]} bytes taken from "
-                    f"{crypto.NodeId(came).short}; {size} more would pass its quota per "
-                    f"neighbour of {quotas.per_neighbour}; retry later"
+                    f"{crypto.NodeId(came).short}; {size} more would pass its {which} "
+                    f"of {limit}; retry later"
                 )
         return None
 
@@ -702,7 +738,10 @@ class Store:
 
     ``max_inbox_bytes``: the inbox quota, in bytes charged (:func:`stored_charge`).
     ``max_inbox_bytes_per_origin``: what one origin's frames may take of it (None: the
-    quota divided by :data:`INBOX_ORIGIN_SHARE`). ``quotas``: the queue's.
+    quota divided by :data:`INBOX_ORIGIN_SHARE`). ``quotas``: the queue's. ``sync``
+    False commits without waiting for the disk (``PRAGMA synchronous=OFF``): what was
+    committed survives the process ending at any moment, but not the machine's (power,
+    kernel); for simulations, whose crashes are processes' only. Default: wait (FULL).
     """
 
     def __init__(
@@ -712,6 +751,7 @@ class Store:
         max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
         max_inbox_bytes_per_origin: int | None = None,
         quotas: Quotas | None = None,
+        sync: bool = True,
     ):
         self.path = str(path)
         self.max_inbox_bytes = max_inbox_bytes
@@ -727,6 +767,9 @@ class Store:
         self._inbox_bytes = 0
         self._inbox_origin: collections.Counter[bytes] = collections.Counter()
         self._idempotency_keys = 0  # rows in the idempotency table
+        #: The terms frames from a neighbour are taken on now (:meth:`custody`), by
+        #: neighbour: immutable tuples, replaced whole (read from the store's thread).
+        self._custody: dict[bytes, tuple[Custody, ...]] = {}
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
@@ -735,7 +778,7 @@ class Store:
             raise _translate(exc, self.path) from exc
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
             self._migrate()
             self._recount()
             (legacy,) = self._db.execute("SELECT COUNT(*) FROM seen_v1").fetchone()
@@ -940,14 +983,15 @@ class Store:
         """Take responsibility for ``batch`` in one transaction; a result per frame.
 
         Frames for this node go to the inbox (receipts to the trace of the frame they
-        are about); a frame delivered before (its origin and id are in the seen-set) is
-        a duplicate. Frames to forward go to the queue; one already queued here is a
-        duplicate. A publication (:class:`Fanout`) taken before (in the seen-set) is a
-        duplicate; else it is entered in the seen-set, delivered to the inbox if
-        ``deliver``, and a copy is queued for each next hop: accepted, even with nowhere
-        to go. Raises :class:`StoreFull` (nothing taken) if the batch would pass the
-        inbox quota (in total or its origin's) or a queue quota (each pub copy counts),
-        or the disk is full.
+        are about; one with ``seen_only`` to the seen-set alone); a frame delivered
+        before (its origin and id are in the seen-set) is a duplicate. Frames to
+        forward go to the queue; one already queued here is a duplicate. A publication
+        (:class:`Fanout`) taken before (in the seen-set) is a duplicate; else it is
+        entered in the seen-set, delivered to the inbox if ``deliver``, and a copy is
+        queued for each next hop: accepted, even with nowhere to go. Raises
+        :class:`StoreFull` (nothing taken) if the batch would pass the inbox quota (in
+        total or its origin's) or a queue quota (each pub copy counts), or the disk is
+        full.
         """
         usage = _Usage()
         inbox_added: collections.Counter[bytes] = collections.Counter()
@@ -955,7 +999,9 @@ class Store:
         def work() -> list[Result]:
             results: list[Result] = []
             for item in batch:
-                refusal = self._origin_refusal(item, inbox_added, usage)
+                refusal = self._custody_refusal(item) or self._origin_refusal(
+                    item, inbox_added, usage
+                )
                 if refusal is not None:
                     results.append(refusal)
                     continue
@@ -981,7 +1027,7 @@ class Store:
                     fresh = self._insert_queue(outgoing, now, usage)
                     results.append(ACCEPTED if fresh else DUPLICATE)
                     continue
-                delivered = self._deliver(item.admitted, now)
+                delivered = self._deliver(item.admitted, now, inbox=not item.seen_only)
                 if delivered is None:
                     results.append(DUPLICATE)
                     continue
@@ -997,6 +1043,53 @@ class Store:
             self._merge(usage)
 
         return self._transaction(work, then=committed)
+
+    @contextlib.contextmanager
+    def custody(self, neighbour: crypto.NodeId, terms: Custody) -> Iterator[None]:
+        """Take frames from ``neighbour`` on ``terms`` within the block (:class:`Custody`).
+
+        A node that requires a ``store`` capability checks the one a neighbour presents
+        with its frames request, and takes the request's frames (:meth:`accept`) within
+        this. Blocks for one neighbour may overlap (requests in flight at once): the
+        latest one's terms hold until it ends. Outside any block a neighbour's frames
+        are taken on the plain quotas.
+        """
+        key = neighbour.raw
+        self._custody[key] = (*self._custody.get(key, ()), terms)
+        try:
+            yield
+        finally:
+            held = list(self._custody.get(key, ()))
+            held.remove(terms)
+            if held:
+                self._custody[key] = tuple(held)
+            else:
+                del self._custody[key]
+
+    def _terms(self, neighbour: bytes | None) -> Custody | None:
+        held = () if neighbour is None else self._custody.get(neighbour, ())
+        return held[-1] if held else None
+
+    def _granted(self) -> dict[bytes, int]:
+        """The quotas of the neighbours taken from on a capability with one."""
+        granted = {}
+        for neighbour, held in list(self._custody.items()):
+            quota = held[-1].quota
+            if quota is not None:
+                granted[neighbour] = quota
+        return granted
+
+    def _custody_refusal(self, item: Intake) -> Result | None:
+        """A rejection (``forbidden``) if ``item`` would be queued for others and its
+        neighbour may not have us do that (:class:`Custody`); else None."""
+        terms = self._terms(None if item.came_from is None else item.came_from.raw)
+        if terms is None or terms.refused is None:
+            return None
+        decision = item.decision
+        queued = isinstance(decision, Forward) or (
+            isinstance(decision, Fanout) and bool(decision.next_hops or decision.held)
+        )
+        return Result.rejected(Reason.FORBIDDEN, terms.refused) if queued else None
 
     def _origin_refusal(
         self, item: Intake, inbox_added: collections.Counter[bytes], usage: _Usage
@@ -1015,8 +1108,10 @@ class Store:
             return None  # receipts are not charged (see _take_receipt)
         envelope = len(item.admitted.envelope)
         decision = item.decision
-        to_inbox = not isinstance(decision, Forward) and (
-            not isinstance(decision, Fanout) or decision.deliver
+        to_inbox = (
+            not isinstance(decision, Forward)
+            and not item.seen_only
+            and (not isinstance(decision, Fanout) or decision.deliver)
         )
         copies = (
             1
@@ -1065,7 +1160,7 @@ class Store:
                     f"would pass its quota per origin of {self.max_inbox_bytes_per_origin}; "
                     "retry later"
                 )
-        if problem := self._usage.over(self.quotas, usage):
+        if problem := self._usage.over(self.quotas, usage, self._granted()):
             raise StoreFull(problem)
 
     def _inbox_taken(self, added: collections.Counter[bytes]) -> None:
@@ -1203,15 +1298,15 @@ class Store:
             return row is not None
         return False
 
-    def _deliver(self, admitted: Admitted, now: int) -> int | None:
+    def _deliver(self, admitted: Admitted, now: int, *, inbox: bool = True) -> int | None:
         """Deliver one frame here; return the bytes charged for the inbox, None if a
-        duplicate."""
+        duplicate. ``inbox`` False: only enter it in the seen-set (0 bytes)."""
         frame = admitted.frame
         if frame.kind is crypto.Kind.RCPT:
             return self._take_receipt(frame, now)
         if self._seen(frame):
             return None
-        return self._insert_inbox(admitted, now)
+        return self._insert_inbox(admitted, now) if inbox else 0
 
     def _take_receipt(self, frame: crypto.Frame, now: int) -> int | None:
         """A receipt for this node: 0 (it takes no inbox room), None if a duplicate.

@@ -44,7 +44,7 @@ from typing import Final, Generic, TypeVar
 
 import crypto
 
-__all__ = ["COVERS_STATE_LIMIT", "TopicTrie", "covers", "matches"]
+__all__ = ["COVERS_STATE_LIMIT", "TopicTrie", "covers", "matches", "overlaps"]
 
 #: Most states :func:`covers` explores before answering False ("not known to cover").
 #: Containment of such patterns is coNP-complete in general (``#.a.*.*.*...`` has a
@@ -168,6 +168,42 @@ def covers(general: str, specific: str, *, limit: int = COVERS_STATE_LIMIT) -> b
         else:
             queue.append((position + 1, _step(big, held, token), True))
     return True
+
+
+def overlaps(first: str, second: str) -> bool:
+    """True iff some topic matches both patterns (a subscription to one can receive
+    publications the other designates).
+
+    A search over pairs of positions, one in each pattern, reading one topic word at a
+    time: O(words x words) states. A topic has at least one word, so two patterns that
+    agree only on the empty sequence (``#`` and ``#``: never) still overlap when both
+    can take a word. Raises :class:`crypto.Malformed` if either is not a valid pattern.
+    """
+    a = crypto.validate_pattern(first).split(".")
+    b = crypto.validate_pattern(second).split(".")
+    seen: set[tuple[int, int, bool]] = set()
+    stack = [(0, 0, False)]
+    while stack:
+        state = stack.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        i, j, nonempty = state
+        if i == len(a) and j == len(b):
+            if nonempty:
+                return True
+            continue
+        # A ``#`` may end its run without reading a word.
+        if i < len(a) and a[i] == _ANY:
+            stack.append((i + 1, j, nonempty))
+        if j < len(b) and b[j] == _ANY:
+            stack.append((i, j + 1, nonempty))
+        if i < len(a) and j < len(b):
+            x, y = a[i], b[j]
+            if x in _WILDCARDS or y in _WILDCARDS or x == y:
+                # One word both take: a ``#`` stays where it is, the rest move on.
+                stack.append((i if x == _ANY else i + 1, j if y == _ANY else j + 1, True))
+    return False
 
 
 class _Node(Generic[K]):
