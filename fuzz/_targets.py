@@ -475,6 +475,27 @@ def check_cap_token(data: bytes) -> None:
         raise PropertyFailed("a capability token does not round-trip")
 
 
+def _call_seeds() -> list[bytes]:
+    return [
+        mesh.Call("web", "GET /hello?x=1").encode(),
+        mesh.Call("inbox", "send", b"hi", "text/plain").encode(),
+        mesh.Reply(bytes(16), 200, b"ok", "text/plain").encode(),
+        mesh.Reply(bytes(16), 403, why="refused").encode(),
+    ]
+
+
+def check_call(data: bytes) -> None:
+    """``mesh.Call.decode`` and ``mesh.Reply.decode``: the bodies of call and reply
+    frames a stranger signed; what is taken re-encodes to itself."""
+    value: mesh.Call | mesh.Reply
+    try:
+        value = mesh.Call.decode(data)
+    except crypto.Malformed:
+        value = mesh.Reply.decode(data)  # Malformed for neither: refused
+    if type(value).decode(value.encode()) != value:
+        raise PropertyFailed(f"a decoded {type(value).__name__} does not round-trip")
+
+
 def check_node_id(data: bytes) -> None:
     """``crypto.NodeId.parse``: node ids in URL paths (``/n/<id>``), query strings, keyids."""
     text = _text(data)
@@ -1018,6 +1039,19 @@ class ApiStub:
     async def unsubscribe(self, name: str) -> bool:
         return name == "saved"
 
+    def capabilities(self) -> dict[str, Any]:
+        return {"requires": [], "held": [], "revocations": 0}
+
+    def hold(self, capability: crypto.Capability | str) -> crypto.Capability:
+        return crypto.parse_capability(capability) if isinstance(capability, str) else capability
+
+    async def add_revocation(self, revocation: crypto.Revocation) -> bool:
+        return True
+
+    @property
+    def objects(self) -> Any:
+        raise NodeError("the fuzz stand-in exposes no objects")
+
 
 def _api_request(data: bytes) -> Request:
     first, headers, body = split_message(data)
@@ -1410,6 +1444,14 @@ TARGETS: Final[dict[str, Target]] = {
             _xmpp_seeds,
             (b"<", b">", b"/>", b"</", b"&amp;", b"<!DOCTYPE x [", b"<!ENTITY", b"'", b"xmlns"),
             cbor=False,
+        ),
+        Target(
+            "call",
+            "mesh.Call/Reply.decode: the bodies of call and reply frames (objects)",
+            check_call,
+            (crypto.Malformed,),
+            _call_seeds,
+            _FRAME_WORDS,
         ),
         Target(
             "stomp",

@@ -16,19 +16,33 @@ It drives :mod:`mesh` with I/O; :class:`Node` is the object users run and embed:
 
 from node._chirp import Chirp, Post
 from node._datadir import DataDir, PeerBook, default_data_dir
-from node._errors import DeliveryFailed, NodeError, NotRunning, PeerUnknown, Rejected
+from node._errors import (
+    CallFailed,
+    CallTimeout,
+    DeliveryFailed,
+    NodeError,
+    NotRunning,
+    PeerUnknown,
+    Rejected,
+)
 from node._mesh import NodeStatistics
 from node._message import Message, Publication, Published, Sent
 from node._net import MemoryNetwork, Network, TcpNetwork, make_transport
 from node._node import Node, NodeConfig, run_inline
+from node._objects import Answer, CallRequest, Exposed, ObjectSpec
 from node._pubsub import DurableSubscription, Subscription
 from node._server import Request, Response, Server, ServerConfig
 
 __all__ = [
+    "Answer",
+    "CallFailed",
+    "CallRequest",
+    "CallTimeout",
     "Chirp",
     "DataDir",
     "DeliveryFailed",
     "DurableSubscription",
+    "Exposed",
     "MemoryNetwork",
     "Message",
     "Network",
@@ -37,6 +51,7 @@ __all__ = [
     "NodeError",
     "NodeStatistics",
     "NotRunning",
+    "ObjectSpec",
     "PeerBook",
     "PeerUnknown",
     "Post",

@@ -88,6 +88,31 @@ only for clients on loopback (or an in-memory network). The running node also wr
                                          is the policy with ``"changed": bool``. Also ``unblock``,
                                          ``allow`` and ``unallow`` (the allow-list of inbox policy
                                          ``allow-list``)
+``GET /api/v1/capabilities``             ``{"requires": [words], "held": [{"id", "ops", "on"}],
+                                         "revocations": n}``
+``POST /api/v1/capabilities``            body = a capability token: held (for this run) and
+                                         presented where it applies (publications, subscriptions,
+                                         messages, relays): ``{"id", "held"}``; 400 for a bad token
+``POST /api/v1/capabilities/revocations``  body = a signed revocation (``application/cose``): kept,
+                                         enforced and flooded to the mesh: ``{"id", "added"}``
+``GET /api/v1/objects``                  JSON list of the objects exposed: name, kind (``forward``,
+                                         ``inbox``, ``topic``, ``queue``, or ``program`` for one the
+                                         embedding program exposed), target, open, saved
+``POST /api/v1/objects``                 ``{"name", "kind", "target", "open"}``: expose a built-in
+                                         object, kept in ``objects.json``; 400 bad, 409 name taken
+``DELETE /api/v1/objects/NAME``          withdraw it for good (its capability URLs are revoked):
+                                         ``{"name", "removed": true}``; 404 if unknown
+``POST /api/v1/call``                    ``?to=ID&object=NAME&op=OP[&timeout=S]``, body = the call's
+                                         body, ``Content-Type`` its type, ``Ptth-Cap: TOKEN`` the
+                                         capability to present: 200 with the reply when one came
+                                         (``{"status", "ct", "why", "body"`` or ``"body_b64"}``, and
+                                         ``"error"`` for a status not 2xx); 504 when none came in
+                                         time, 502 if the call was dropped on the way
+``GET /api/v1/cap-urls``                 JSON list of the capability URLs minted: id, object,
+                                         created, revoked (ms; their secrets are not kept)
+``POST /api/v1/cap-urls``                ``{"object": NAME}``: mint one: ``{"id", "object",
+                                         "created", "urls"}`` (the relay forms first); shown once
+``DELETE /api/v1/cap-urls/ID``           revoke it (404 from then on): ``{"id", "revoked": true}``
 =======================================  ===========================================================
 
 ``POST /api/v1/send``, ``POST /api/v1/send/batch`` and ``POST /api/v1/publish`` take an
@@ -124,8 +149,9 @@ import mesh
 from crypto import _cbor
 from node._chirp import SUBSCRIPTION as CHIRP_SUBSCRIPTION
 from node._chirp import Chirp, Post, chirp_topic
-from node._errors import NodeError, Replayed
+from node._errors import CallFailed, NodeError, Replayed
 from node._message import Message, Publication, Published, Sent
+from node._objects import DEFAULT_CALL_TIMEOUT, Exposed, NotFound, Objects, ObjectSpec
 from node._pubsub import DurableSubscription, Subscription, validate_name
 from node._server import Request, Response
 
@@ -624,6 +650,15 @@ class ApiHost(Protocol):
 
     async def change_policy(self, change: str, node: crypto.NodeId) -> bool: ...
 
+    def capabilities(self) -> dict[str, Any]: ...
+
+    def hold(self, capability: crypto.Capability | str) -> crypto.Capability: ...
+
+    async def add_revocation(self, revocation: crypto.Revocation) -> bool: ...
+
+    @property
+    def objects(self) -> Objects: ...
+
 
 def _is_local(peer: str) -> bool:
     host = peer.rpartition(":")[0].strip("[]") if ":" in peer else peer
@@ -708,6 +743,14 @@ class LocalApi:
                 return await self.purge_queue(urllib.parse.unquote(hop))
         if path.startswith("chirp/"):
             return await self.chirp(method, path[len("chirp/") :], request, query)
+        if route == ("GET", "capabilities"):
+            return self.capabilities()
+        if route == ("POST", "capabilities"):
+            return self.hold(request)
+        if route == ("POST", "capabilities/revocations"):
+            return await self.revocation(request)
+        if path in ("objects", "call", "cap-urls") or path.startswith(("objects/", "cap-urls/")):
+            return await self.objects(method, path, request, query)
         if route == ("GET", "policy"):
             return _json(200, self.node.policy())
         if method == "POST" and path.startswith("policy/"):
@@ -837,6 +880,32 @@ class LocalApi:
         except mesh.MeshError as exc:
             return _error(503, f"store unavailable: {exc}")
         return _json(200, answer, [(_REPLAYED, "true")] if replayed else [])
+
+    def capabilities(self) -> Response:
+        return _json(200, self.node.capabilities())
+
+    def hold(self, request: Request) -> Response:
+        try:
+            text = request.body.decode("ascii")
+            capability = self.node.hold(text)
+        except UnicodeDecodeError:
+            return _error(400, "body must be a capability token (ptthcap:...), ASCII")
+        except crypto.CryptoError as exc:
+            return _error(400, f"not a usable capability: {exc}")
+        return _json(200, {"id": capability.id_text, "held": len(self.node.capabilities()["held"])})
+
+    async def revocation(self, request: Request) -> Response:
+        try:
+            revocation = crypto.Revocation.open(request.body)
+        except crypto.CryptoError as exc:
+            return _error(400, f"not a signed revocation: {exc}")
+        try:
+            added = await self.node.add_revocation(revocation)
+        except NodeError as exc:
+            return _error(503, str(exc))
+        except mesh.MeshError as exc:
+            return _error(503, f"store unavailable: {exc}")
+        return _json(200, {"id": revocation.id_text, "added": added})
 
     async def change_policy(self, change: str, request: Request) -> Response:
         if change not in _POLICY_CHANGES:
@@ -1231,6 +1300,113 @@ class LocalApi:
 
         headers = [("content-type", "text/event-stream"), ("cache-control", "no-store")]
         return Response(200, headers, stream=events(), long_lived=True)
+
+    # -- objects, calls and capability URLs (node/_objects.py) ---------------------------
+
+    async def objects(
+        self, method: str, path: str, request: Request, query: dict[str, list[str]]
+    ) -> Response:
+        name = urllib.parse.unquote(path.partition("/")[2])
+        try:
+            objects = self.node.objects
+            if (method, path) == ("GET", "objects"):
+                return _json(200, [_object_json(exposed) for exposed in objects])
+            if (method, path) == ("POST", "objects"):
+                value = _load_json(request.body)
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+                spec = ObjectSpec.from_json({"open": False, **value})
+                if objects.get(spec.name) is not None:
+                    return _error(409, f"object {spec.name!r} is exposed already")
+                return _json(200, _object_json(await objects.expose_builtin(spec)))
+            if method == "DELETE" and path.startswith("objects/"):
+                if not await objects.remove(name):
+                    return _error(404, f"no object {name!r} is exposed here")
+                return _json(200, {"name": name, "removed": True})
+            if (method, path) == ("POST", "call"):
+                return await self.call(request, query)
+            if (method, path) == ("GET", "cap-urls"):
+                return _json(200, [url.to_json() for url in await objects.urls()])
+            if (method, path) == ("POST", "cap-urls"):
+                value = _load_json(request.body)
+                if not isinstance(value, dict) or not isinstance(value.get("object"), str):
+                    raise ValueError('it must be {"object": NAME}')
+                return _json(200, (await objects.mint_url(value["object"])).to_json())
+            if method == "DELETE" and path.startswith("cap-urls/"):
+                if not await objects.revoke_url(name):
+                    return _error(404, f"no capability URL {name!r} to revoke (see GET cap-urls)")
+                return _json(200, {"id": name, "revoked": True})
+        except ValueError as exc:  # (crypto.Malformed is not one)
+            return _error(400, f"bad request body: {exc}")
+        except crypto.Malformed as exc:
+            return _error(400, str(exc))
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except NodeError as exc:
+            return _error(503, str(exc))
+        return _error(404, f"no such API call: {method} {API_PREFIX}{path}")
+
+    async def call(self, request: Request, query: dict[str, list[str]]) -> Response:
+        wanted = {}
+        for key in ("to", "object", "op"):
+            values = query.get(key, [])
+            if len(values) != 1:
+                return _error(400, "say what to call, once each: ?to=NODE_ID&object=NAME&op=OP")
+            wanted[key] = values[0]
+        timeout = DEFAULT_CALL_TIMEOUT
+        if "timeout" in query:
+            try:
+                timeout = float(query["timeout"][-1])
+                if not 0 < timeout <= _MAX_TTL:
+                    raise ValueError(timeout)
+            except ValueError:
+                return _error(
+                    400,
+                    f"timeout must be a positive number of seconds up to {_MAX_TTL:.0f}, "
+                    f"not {query['timeout'][-1]!r}",
+                )
+        try:
+            target = crypto.NodeId.parse(wanted["to"])
+            reply = await self.node.objects.call(
+                target,
+                wanted["object"],
+                wanted["op"],
+                request.body,
+                cap=request.header("ptth-cap"),
+                timeout=timeout,
+                ct=_content_type(request),
+            )
+        except CallFailed as exc:
+            if exc.reply is None:  # no reply came (time-out, dropped, too many calls)
+                return _json(exc.status, {"error": str(exc), "status": exc.status})
+            return _json(200, {**_reply_json(exc.reply), "error": str(exc)})
+        except crypto.Malformed as exc:
+            status = 413 if len(request.body) > mesh.MAX_CALL_BODY else 400
+            return _error(status, str(exc))
+        except mesh.StoreFull as exc:
+            return _json_error(429, str(exc), [("retry-after", "30")])
+        except NodeError as exc:
+            return _error(503, str(exc))
+        except mesh.MeshError as exc:
+            return _error(503, f"store unavailable: {exc}")
+        return _json(200, _reply_json(reply))
+
+
+def _object_json(exposed: Exposed) -> dict[str, Any]:
+    spec = exposed.spec
+    return {
+        "name": exposed.name,
+        "kind": "program" if spec is None else spec.kind,
+        "target": None if spec is None else spec.target,
+        "open": exposed.open,
+        "saved": spec is not None,
+    }
+
+
+def _reply_json(reply: mesh.Reply) -> dict[str, Any]:
+    value: dict[str, Any] = {"status": reply.status, "ct": reply.ct, "why": reply.why}
+    value.update(_body_json(reply.body))
+    return value
 
 
 def _texts(nodes: Sequence[crypto.NodeId]) -> list[str]:

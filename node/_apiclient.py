@@ -417,6 +417,22 @@ class ApiClient:
     def unsubscribe(self, name: str) -> Any:
         return self.request("DELETE", f"subscriptions/{_path_part(name)}")
 
+    def hold_capability(self, token: str) -> Any:
+        """Have the node hold a capability (for this run) and present it where it applies."""
+        return self.request("POST", "capabilities", content=token.encode("ascii"))
+
+    def capabilities(self) -> Any:
+        return self.request("GET", "capabilities")
+
+    def revoke(self, envelope: bytes) -> Any:
+        """Hand the node a signed revocation: it keeps it and floods it to the mesh."""
+        return self.request(
+            "POST",
+            "capabilities/revocations",
+            content=envelope,
+            headers={"content-type": "application/cose"},
+        )
+
     def chirp_post(self, text: str) -> Any:
         return self.request("POST", "chirp/post", content=text.encode("utf-8"))
 
@@ -446,6 +462,58 @@ class ApiClient:
         """``block``, ``unblock``, ``allow`` or ``unallow`` a node: the policy after it,
         with ``"changed": false`` if it was so already."""
         return self.request("POST", f"policy/{_path_part(change)}", json={"node": node_id})
+
+    # -- objects (node/_objects.py) -----------------------------------------------------
+
+    def objects(self) -> list[dict[str, Any]]:
+        """The objects the node exposes: name, kind, target, open, saved."""
+        return list(self.request("GET", "objects"))
+
+    def expose(self, name: str, kind: str, target: str | None, *, open: bool) -> Any:
+        """Expose a built-in object (kept across restarts)."""
+        spec = {"name": name, "kind": kind, "target": target, "open": open}
+        return self.request("POST", "objects", json=spec)
+
+    def remove_object(self, name: str) -> Any:
+        return self.request("DELETE", f"objects/{_path_part(name)}")
+
+    def call(
+        self,
+        to: str,
+        name: str,
+        op: str,
+        body: bytes,
+        *,
+        ct: str | None = None,
+        cap: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Call ``op`` on object ``name`` of node ``to``: the reply (``status``, ``ct``,
+        ``why``, ``body`` or ``body_b64``; ``error`` when the status is not 2xx).
+        :class:`NodeError` with the node's words when no reply came."""
+        params = {"to": to, "object": name, "op": op}
+        if timeout is not None:
+            params["timeout"] = f"{timeout:g}"
+        headers = {"content-type": ct} if ct else {}
+        if cap is not None:
+            headers["ptth-cap"] = cap
+        # The node waits up to the call's timeout: this request waits a little longer.
+        wait = None if self.timeout is None else max(self.timeout, (timeout or 30.0) + 10.0)
+        value = self.request(
+            "POST", "call", params=params, content=body, headers=headers, timeout=wait
+        )
+        return dict(value)
+
+    def cap_urls(self) -> list[dict[str, Any]]:
+        """The capability URLs minted: id, object, created, revoked."""
+        return list(self.request("GET", "cap-urls"))
+
+    def mint_url(self, name: str) -> dict[str, Any]:
+        """A new capability URL for object ``name``: id, object, created, urls."""
+        return dict(self.request("POST", "cap-urls", json={"object": name}))
+
+    def revoke_url(self, url_id: str) -> Any:
+        return self.request("DELETE", f"cap-urls/{_path_part(url_id)}")
 
 
 def _is_socket(path: str) -> bool:

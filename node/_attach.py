@@ -16,6 +16,12 @@ A connection on which the relay has sent nothing for the server's idle timeout (
 about 2.4 of the relay's 25 s ping intervals) is closed by the server, and the worker
 re-attaches: a silent attachment is restarted.
 
+A relay may require a capability to attach (:mod:`node._relay`): the link presents, in
+``PTTH-Capability`` headers of each attach, the capabilities the node holds
+(``--cap``, :class:`mesh.Wallet`) that designate that relay with ``attach``. A refusal
+(``403``, with the relay's words) backs off like any failure; it is logged as a warning
+when its words are new (else at info), and the link's status shows them.
+
 ``--relay-mode``: ``upgrade`` insists on the Upgrade; ``long-poll`` uses only the
 reversehttp.net long-poll session; ``auto`` (the default) tries Upgrade and falls back
 to long-poll when the relay's answer shows the Upgrade was refused or stripped on the
@@ -46,9 +52,10 @@ import httpx
 import trio
 
 import crypto
+import mesh
 from node import _wrap
 from node._net import Network
-from node._relay import ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX
+from node._relay import ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX, presentable
 from node._server import PrefixedStream, Request, Response, Server
 
 __all__ = ["RETRY_AFTER_MAX", "AttachHost", "RelayLink", "RelayMode"]
@@ -116,9 +123,13 @@ class _AttachFailed(Exception):
     ``retry_after``: the seconds the relay asked us to wait (its ``Retry-After``), if any.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, refused: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        #: The relay refused this node (403): it will again until something changes.
+        self.refused = refused
 
 
 class _UpgradeRefused(_AttachFailed):
@@ -179,9 +190,12 @@ class RelayLink:
         mode: RelayMode = RelayMode.AUTO,
         pool: int = 2,
         lease: float = DEFAULT_LEASE,
+        wallet: mesh.Wallet | None = None,
     ) -> None:
         self.node = node
         self.relay = relay
+        #: The capabilities the node holds (those for this relay are presented).
+        self.wallet = wallet
         self.mode = mode
         self.pool = pool
         self.lease = lease
@@ -273,16 +287,22 @@ class RelayLink:
         return wait
 
     def _failed(self, exc: _AttachFailed) -> None:
-        self.status_info.failures += 1
-        self.status_info.last_error = str(exc)
-        self.status_info.retry_after = exc.retry_after
-        log.info("relay %s: attach failed: %s", self.relay.node.short, exc)
+        info = self.status_info
+        # A refusal (policy, capability) needs the operator: said once as a warning
+        # (the pool's workers and their retries repeat it at info).
+        level = logging.WARNING if exc.refused and str(exc) != info.last_error else logging.INFO
+        info.failures += 1
+        info.last_error = str(exc)
+        info.retry_after = exc.retry_after
+        log.log(level, "relay %s: attach failed: %s", self.relay.node.short, exc)
 
     def _attach_headers(self, *, upgrade: bool) -> list[tuple[str, str]]:
         url = self.endpoint + ATTACH_PATH
         headers = [("ptth-lease", f"{self.lease:g}")]
         if upgrade:
             headers += [("upgrade", "PTTH/1.0"), ("connection", "Upgrade")]
+        if self.wallet is not None:
+            headers += presentable(self.wallet, crypto.Operation.ATTACH, self.relay.node)
         return headers + self.node.sign_request("POST", url, b"")
 
     # -- Upgrade --------------------------------------------------------------------
@@ -381,7 +401,7 @@ class RelayLink:
         message = f"{self.endpoint} refused the attach: {status} {words}"
         if seconds is not None:
             message += f" (Retry-After: {seconds:g} s)"
-        return _AttachFailed(message, seconds)
+        return _AttachFailed(message, seconds, refused=status == 403)
 
     async def _long_poll(self, session: dict[str, Any]) -> None:
         info = self.status_info
@@ -422,7 +442,11 @@ class RelayLink:
             if response.status_code != 200:  # e.g. a proxy's 502: back off, do not spin
                 words = f"{response.status_code} {response.text.strip()}"
                 seconds = _retry_after(response.headers.get("retry-after"), self.node.clock())
-                return _AttachFailed(f"poll to {self.endpoint} answered {words}", seconds)
+                return _AttachFailed(
+                    f"poll to {self.endpoint} answered {words}",
+                    seconds,
+                    refused=response.status_code == 403,  # (its capability stopped holding)
+                )
             reply = response.headers.get("ptth-reply", "")
             if not _is_capability(reply, REPLY_PREFIX):
                 return _AttachFailed(f"the relay's poll answer has no PTTH-Reply URL: {reply!r}")

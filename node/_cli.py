@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 
+import httpx
 import trio
 
 import crypto
@@ -312,6 +313,37 @@ _CAP_KINDS: Final = {
     crypto.ObjectKind.RELAY: {"attach", "store"},
     crypto.ObjectKind.OBJECT: {"call"},
 }
+
+
+def _requirements(given: Sequence[str]) -> mesh.Requirements:
+    """``--require-cap`` values: publish=PATTERN, subscribe=PATTERN, send, attach, store."""
+    publish: list[str] = []
+    subscribe: list[str] = []
+    flags: set[str] = set()
+    for value in given:
+        what, has_pattern, pattern = value.partition("=")
+        if what in ("publish", "subscribe"):
+            if not has_pattern or not pattern:
+                raise UsageError(f"--require-cap {what} needs a pattern: {what}=PATTERN")
+            try:
+                crypto.validate_pattern(pattern)
+            except crypto.Malformed as exc:
+                raise UsageError(f"--require-cap {value}: {exc}") from exc
+            (publish if what == "publish" else subscribe).append(pattern)
+        elif what in ("send", "attach", "store") and not has_pattern:
+            flags.add(what)
+        else:
+            raise UsageError(
+                f"--require-cap {value!r}: say publish=PATTERN, subscribe=PATTERN, send, "
+                "attach or store"
+            )
+    return mesh.Requirements(
+        publish=tuple(publish),
+        subscribe=tuple(subscribe),
+        send="send" in flags,
+        attach="attach" in flags,
+        store="store" in flags,
+    )
 
 
 def _cap_subject(text: str) -> crypto.NodeId | None:
@@ -908,6 +940,8 @@ class Cli:
             admission=self.args.admission,
             inbox_policy=self.args.inbox_policy,
             announce_interval=float(self.args.announce_interval),
+            requirements=_requirements(self.args.require_caps),
+            caps=tuple(_read_token_argument(token, self.stdin).strip() for token in self.args.caps),
         )
         log.debug("%s", config)
         trio.run(self._run_node, config)
@@ -977,6 +1011,9 @@ class Cli:
     def cmd_send(self) -> None:
         if self.args.timeout is not None and not self.args.wait:
             raise UsageError("--timeout needs --wait")
+        if self.args.cap is not None:
+            with ApiClient(self.data.path) as api:
+                self._hold_cap(api)
         if self.args.lines:
             self._check_lines_usage()
             trio.run(self._send_lines)
@@ -1237,12 +1274,24 @@ class Cli:
         self.out.flush()
         return answer
 
+    def _hold_cap(self, api: ApiClient) -> None:
+        """``--cap``: the running node holds it (and presents it where it applies)."""
+        if self.args.cap is None:
+            return
+        token = _read_token_argument(self.args.cap, self.stdin).strip()
+        try:
+            crypto.parse_capability(token)
+        except crypto.CryptoError as exc:
+            raise UsageError(f"--cap: {exc}") from exc
+        api.hold_capability(token)
+
     def cmd_publish(self) -> None:
         body = _read_body_argument(self.args.message, self.stdin)
         with (
             self._idempotent("publish") as key,
             ApiClient(self.data.path, timeout=None, retry_for=API_RETRY_FOR) as api,
         ):
+            self._hold_cap(api)
             answer = api.publish(
                 self.args.topic, body, self.args.content_type, self.args.ttl, idempotency_key=key
             )
@@ -1263,6 +1312,8 @@ class Cli:
                 "resume a named subscription)"
             )
         try:
+            with ApiClient(self.data.path, timeout=None) as api:
+                self._hold_cap(api)
             with (
                 ApiClient(self.data.path, timeout=None) as api,
                 contextlib.closing(api.subscribe(self.args.patterns, name=name)) as publications,
@@ -1810,9 +1861,17 @@ class Cli:
                         "instead if this node is named its revoker (see 'ptth cap list')"
                     )
             revocation = crypto.Revocation.sign(identity, cap_id, now=_now_ms())
-            added = book.add_revocation(revocation)
+            try:
+                # A running node keeps it, enforces it at once and floods it to the mesh.
+                with ApiClient(self.data.path) as api:
+                    added = bool(api.revoke(revocation.envelope)["added"])
+                where = "; the node floods it to the mesh"
+            except NotRunning:
+                added = book.add_revocation(revocation)
+                where = "; the node floods it to its neighbours when it next runs"
         verb = "revoked" if added else "already revoked:"
         self.say(f"{verb} capability {cap_id.hex()}")
+        self.note(f"kept in {self.data.path / 'store.sqlite3'}{where}")
 
     def cmd_cap_list(self) -> None:
         now = _now_ms()
@@ -1867,6 +1926,176 @@ class Cli:
                     f"  {revocation.id_text}  by {revocation.signer.text}  at "
                     f"{_format_time(revocation.ts)}"
                 )
+
+    # -- objects, calls and capability URLs (node/_objects.py) ---------------------------
+
+    def cmd_expose(self) -> None:
+        args = self.args
+        kinds = {
+            "forward": args.forward,
+            "inbox": args.inbox or None,
+            "topic": args.topic,
+            "queue": args.queue,
+        }
+        chosen = [kind for kind, value in kinds.items() if value is not None]
+        if args.list or args.remove is not None:
+            if args.name is not None or chosen or args.open:
+                raise UsageError("--list and --remove take nothing else")
+            with ApiClient(self.data.path) as api:
+                if args.remove is not None:
+                    api.remove_object(args.remove)
+                    self.say(f"removed object {args.remove} (its capability URLs are revoked)")
+                    return
+                objects = api.objects()
+            if args.json:
+                self.say_json(objects, indent=2)
+            elif not objects:
+                self.note("no objects exposed (expose one with 'ptth expose NAME --forward URL')")
+            else:
+                columns = [Column("NAME"), Column("KIND"), Column("TARGET", limit=50),
+                           Column("WHO MAY CALL"), Column("KEPT")]  # fmt: skip
+                rows = [
+                    [
+                        item["name"],
+                        item["kind"],
+                        item["target"] or "-",
+                        "anyone" if item["open"] else "capability holders",
+                        "yes" if item["saved"] else "no (its program's)",
+                    ]
+                    for item in objects
+                ]
+                self.show_lines(render(columns, rows, wide=args.wide))
+            return
+        if args.name is None or len(chosen) != 1:
+            raise UsageError(
+                "say which object: ptth expose NAME --forward URL | --inbox | --topic TOPIC | "
+                "--queue SUBSCRIPTION [--open] (or --list, or --remove NAME)"
+            )
+        (kind,) = chosen
+        target = None if kind == "inbox" else kinds[kind]
+        with ApiClient(self.data.path) as api:
+            exposed = api.expose(args.name, kind, target, open=args.open)
+        what = {
+            "forward": f"forwards to {target}",
+            "inbox": "sends to the inbox",
+            "topic": f"publishes on {target}",
+            "queue": f"gets from subscription {target}",
+        }
+        self.say(f"exposed {exposed['name']}: {what[kind]}")
+        if args.open:
+            self.note("open: anyone who can reach this node may call it")
+        else:
+            self.note(
+                f"callers need a capability: 'ptth cap grant --to NODE_ID --op call --on "
+                f"{exposed['name']}' (or a capability URL: 'ptth cap url {exposed['name']}')"
+            )
+
+    def cmd_call(self) -> None:
+        args = self.args
+        target: str = args.target
+        if target.startswith(("http://", "https://")):
+            self._call_url(target)
+            return
+        node_id, slash, name = target.partition("/")
+        if not slash or not name:
+            raise UsageError(f"call NODE_ID/NAME or a capability URL, not {target[:80]!r}")
+        crypto.NodeId.parse(node_id)  # a clear error before the node is asked
+        if args.operation is None:
+            raise UsageError("say which operation: ptth call NODE_ID/NAME OPERATION [BODY]")
+        body = b"" if args.body is None else _read_body_argument(args.body, self.stdin)
+        cap = None if args.cap is None else _read_token_argument(args.cap, self.stdin).strip()
+        with ApiClient(self.data.path, timeout=args.timeout + 10) as api:
+            reply = api.call(
+                node_id, name, args.operation, body, ct=args.content_type, cap=cap,
+                timeout=args.timeout,
+            )  # fmt: skip
+        status = int(reply["status"])
+        if not 200 <= status < 300:
+            why = reply.get("why") or "(no reason given)"
+            raise NodeError(f"{short_id(node_id)}/{name} answered {status}: {why}")
+        self._write_body(_body_bytes(reply))
+
+    def _call_url(self, url: str) -> None:
+        """``ptth call URL [OPERATION] [BODY]``: plain HTTP to a capability URL. An HTTP
+        method (GET, POST, ...) is sent as such (a forwarded web service); another
+        operation is ``POST`` with ``ptth-operation``. No operation: GET, or POST with a
+        body."""
+        args = self.args
+        if args.cap is not None:
+            raise UsageError("a capability URL is its own authority: leave out --cap")
+        body = b"" if args.body is None else _read_body_argument(args.body, self.stdin)
+        operation = args.operation
+        headers = {"content-type": args.content_type} if args.content_type else {}
+        if operation is None:
+            method = "POST" if body else "GET"
+        elif re.fullmatch(r"[A-Z]{1,16}", operation):
+            method = operation
+        else:
+            method = "POST"
+            headers["ptth-operation"] = operation
+        try:
+            with httpx.Client(timeout=args.timeout) as client:
+                response = client.request(method, url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise NodeError(f"{url[:80]}: no answer within {args.timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise NodeError(f"{url[:80]}: {exc}") from exc
+        if not 200 <= response.status_code < 300:
+            why = response.headers.get("ptth-why") or response.text.strip()[:300]
+            raise NodeError(f"{response.status_code}: {why or response.reason_phrase}")
+        self._write_body(response.content)
+
+    def _write_body(self, body: bytes) -> None:
+        """A reply's body: as it is, or on a terminal as text whose control characters
+        cannot act on it."""
+        if _is_terminal(self.out) and not self.args.raw:
+            self.say(body.decode("utf-8", "replace").rstrip("\n"))
+        else:
+            self.write_raw(body)
+
+    def cmd_cap_url(self) -> None:
+        args = self.args
+        if args.list or args.revoke is not None:
+            if args.name is not None:
+                raise UsageError("--list and --revoke take no object name")
+            with ApiClient(self.data.path) as api:
+                if args.revoke is not None:
+                    api.revoke_url(args.revoke)
+                    self.say(f"revoked capability URL {args.revoke}")
+                    return
+                urls = api.cap_urls()
+            if args.json:
+                self.say_json(urls, indent=2)
+            elif not urls:
+                self.note("no capability URLs (mint one with 'ptth cap url NAME')")
+            else:
+                columns = [Column("ID"), Column("OBJECT"), Column("CREATED"), Column("STATE")]
+                rows = [
+                    [
+                        item["id"],
+                        item["object"],
+                        _format_time(item["created"]),
+                        "valid" if item["revoked"] is None
+                        else f"revoked {_format_time(item['revoked'])}",
+                    ]
+                    for item in urls
+                ]  # fmt: skip
+                self.show_lines(render(columns, rows, wide=args.wide))
+            return
+        if args.name is None:
+            raise UsageError("say which object: ptth cap url NAME (or --list, or --revoke ID)")
+        with ApiClient(self.data.path) as api:
+            minted = api.mint_url(args.name)
+        if args.json:
+            self.say_json(minted, indent=2)
+            return
+        for url in minted["urls"]:
+            self.say(url)
+        self.note(
+            f"capability URL {minted['id']} for {minted['object']}: "
+            "whoever holds it may use the object; shown once (only a digest is kept); "
+            f"revoke it with 'ptth cap url --revoke {minted['id']}'"
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -2010,6 +2239,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="stay reachable through this relay (its address token, or @FILE); repeatable",
     )
     run.add_argument(
+        "--cap",
+        dest="caps",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a capability to present where it applies (to a relay that requires one to "
+        "attach or store, on publications, subscriptions and messages it allows): a "
+        "ptthcap: token or @FILE; repeatable",
+    )
+    run.add_argument(
+        "--require-cap",
+        dest="require_caps",
+        action="append",
+        default=[],
+        metavar="WHAT",
+        help="require a capability from this node for: publish=PATTERN (publishing on "
+        "matching topics), subscribe=PATTERN (subscriptions reaching into them), send "
+        "(writing to this node's inbox), attach (attaching to it as a relay), store "
+        "(having it hold frames for others); repeatable; default: nothing required",
+    )
+    run.add_argument(
         "--relay-mode",
         choices=[m.value for m in RelayMode],
         default=RelayMode.AUTO.value,
@@ -2076,6 +2326,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the message, @FILE, or - for stdin (none with --lines)",
     )
     send.add_argument("--content-type", "--ct", dest="content_type", metavar="TYPE")
+    cap_help = (
+        "a capability to present (a ptthcap: token or @FILE): the node holds it for the "
+        "rest of its run and presents it wherever it applies"
+    )
+    send.add_argument("--cap", metavar="TOKEN", help=cap_help)
     send.add_argument(
         "--lines",
         action="store_true",
@@ -2129,6 +2384,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--content-type", "--ct", dest="content_type", metavar="TYPE", help="e.g. text/plain"
     )
+    publish.add_argument("--cap", metavar="TOKEN", help=cap_help)
     publish.add_argument(
         "--ttl",
         type=_ttl,
@@ -2162,6 +2418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and a restart, and what it matches waits for the next run; each publication is "
         "acknowledged once printed (end it with 'ptth unsubscribe NAME')",
     )
+    subscribe.add_argument("--cap", metavar="TOKEN", help=cap_help)
     _output_options(subscribe, "publication")
     subscriptions = command(
         "subscriptions", Cli.cmd_subscriptions, "list this node's named (durable) subscriptions"
@@ -2364,6 +2621,16 @@ def build_parser() -> argparse.ArgumentParser:
         "list", Cli.cmd_cap_list, "list the capabilities this node granted and the revocations held"
     )
     _view_options(cap_list)
+    cap_url = cap_command(
+        "url",
+        Cli.cmd_cap_url,
+        "mint a capability URL for an object of the running node (print it: the relay "
+        "forms first), list them (--list) or revoke one (--revoke ID)",
+    )
+    cap_url.add_argument("name", nargs="?", metavar="NAME", help="the object to mint one for")
+    cap_url.add_argument("--list", action="store_true", help="list the URLs minted")
+    cap_url.add_argument("--revoke", metavar="ID", help="revoke the URL with this id")
+    _view_options(cap_url)
 
     chirp = commands.add_parser(
         "chirp",
@@ -2404,6 +2671,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="then print new posts as they come, until Ctrl-C",
     )
     _output_options(timeline, "post")
+
+    expose = command(
+        "expose",
+        Cli.cmd_expose,
+        "expose an object of the running node that others call through the mesh: a local "
+        "web service (--forward), the inbox, a topic or a named subscription (--queue); "
+        "kept across restarts",
+    )
+    expose.add_argument("name", nargs="?", metavar="NAME", help="the object's name")
+    exposed_kinds = expose.add_mutually_exclusive_group()
+    exposed_kinds.add_argument(
+        "--forward",
+        metavar="URL",
+        help="a web service (e.g. http://127.0.0.1:8000/): a call's operation is an HTTP "
+        "method and a path under it ('GET /hello?x=1')",
+    )
+    exposed_kinds.add_argument(
+        "--inbox", action="store_true", help="the inbox: operation 'send' puts the body there"
+    )
+    exposed_kinds.add_argument(
+        "--topic", metavar="TOPIC", help="operation 'publish': this node publishes on TOPIC"
+    )
+    exposed_kinds.add_argument(
+        "--queue",
+        metavar="SUBSCRIPTION",
+        help="operation 'get': the next publication of this named subscription",
+    )
+    exposed_kinds.add_argument("--list", action="store_true", help="list the objects exposed")
+    exposed_kinds.add_argument("--remove", metavar="NAME", help="withdraw an object for good")
+    expose.add_argument(
+        "--open",
+        action="store_true",
+        help="anyone may call it (default: only holders of a call capability on it)",
+    )
+    _view_options(expose)
+
+    call = command(
+        "call",
+        Cli.cmd_call,
+        "call an operation on an object of any node (NODE_ID/NAME), or through a capability "
+        "URL; print the reply's body (an error status: one line on stderr, exit 1)",
+    )
+    call.add_argument(
+        "target", metavar="NODE_ID/NAME|URL", help="the object, or a capability URL (…/c/…)"
+    )
+    call.add_argument(
+        "operation",
+        nargs="?",
+        metavar="OPERATION",
+        help="e.g. 'GET /hello' for a web service, send, publish, get (for a URL: an HTTP "
+        "method, or an operation sent as POST with ptth-operation)",
+    )
+    call.add_argument("body", nargs="?", metavar="BODY|@FILE|-", help="the body (default none)")
+    call.add_argument("--ct", dest="content_type", metavar="TYPE", help="the body's content type")
+    call.add_argument(
+        "--cap", metavar="TOKEN", help="the capability to present (a ptthcap: token or @FILE)"
+    )
+    call.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="give up after S seconds without a reply (default 30; also the call's lifetime)",
+    )
+    call.add_argument(
+        "--raw", action="store_true", help="write the body as it is, also to a terminal"
+    )
     return parser
 
 

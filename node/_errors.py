@@ -7,7 +7,9 @@
     ├── PeerUnknown         no address is known for a node id
     ├── DeliveryFailed      a frame was refused or could not be handed on
     │   └── Rejected        the next hop refused the frame (reason code + words)
-    └── Replayed            an idempotency key was used before: nothing new was taken
+    ├── Replayed            an idempotency key was used before: nothing new was taken
+    └── CallFailed          a call on an object got no 2xx reply (``status``, ``why``)
+        └── CallTimeout     no reply came within the call's timeout (504)
 
 Errors of the layers below (:class:`crypto.CryptoError`, :class:`mesh.MeshError`) pass
 through unchanged; the CLI prints any of them as one line.
@@ -17,7 +19,16 @@ from __future__ import annotations
 
 import mesh
 
-__all__ = ["DeliveryFailed", "NodeError", "NotRunning", "PeerUnknown", "Rejected", "Replayed"]
+__all__ = [
+    "CallFailed",
+    "CallTimeout",
+    "DeliveryFailed",
+    "NodeError",
+    "NotRunning",
+    "PeerUnknown",
+    "Rejected",
+    "Replayed",
+]
 
 
 class NodeError(Exception):
@@ -52,3 +63,29 @@ class Replayed(NodeError):
     def __init__(self, record: mesh.Idempotent) -> None:
         super().__init__(f"idempotency key {record.key!r} was used before")
         self.record = record
+
+
+class CallFailed(NodeError):
+    """A call on an object (:meth:`node.Node.call`) did not succeed: ``status`` as
+    HTTP's (400 a bad call, 403 the capability refused, 404 no such object, 500 its
+    handler failed, 502/504 the web service behind it, or the call dropped on the way,
+    503 too busy), ``why`` in words, ``reply`` the whole reply if one came (its body
+    may say more). ``where``: ``<node>/<object>``, for the message.
+
+    A handler raises it to answer an error: ``raise CallFailed(400, "no such item")``.
+    """
+
+    def __init__(
+        self, status: int, why: str, *, reply: mesh.Reply | None = None, where: str = ""
+    ) -> None:
+        super().__init__(f"{where + ': ' if where else ''}{status} {why}")
+        self.status = status
+        self.why = why
+        self.reply = reply
+
+
+class CallTimeout(CallFailed):
+    """No reply came within the call's timeout (the call may or may not have run)."""
+
+    def __init__(self, why: str, *, where: str = "") -> None:
+        super().__init__(504, why, where=where)

@@ -14,7 +14,10 @@ neighbour's queue it reads no batch, and a batch read across a purge is not sent
 
 :class:`FrameClient` is the HTTP side: one POST to one neighbour, trying its endpoints
 in turn (starting with the one that answered last), with the request signed and the
-answer's signature checked (RFC 9421; see :mod:`node._fabric`).
+answer's signature checked (RFC 9421; see :mod:`node._fabric`). It presents, in
+``PTTH-Capability`` headers, the capabilities the node holds to have that neighbour
+``store`` frames for others (:mod:`node._relay`): a relay that requires one refuses
+them otherwise, frame by frame (``forbidden``), and its quota bounds what it holds.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import crypto
 import mesh
 from node import _fabric
 from node._errors import DeliveryFailed
+from node._relay import presentable
 
 __all__ = ["FRAMES_PATH", "WINDOW", "Forwarder", "ForwarderHost", "FrameClient", "PostFailed"]
 
@@ -78,11 +82,14 @@ class FrameClient:
         sign_request: Callable[[str, str, bytes], list[tuple[str, str]]],
         clock: Callable[[], int],
         on_request: Callable[[], None],
+        wallet: mesh.Wallet | None = None,
     ) -> None:
         self.client = client
         self.sign_request = sign_request
         self.clock = clock
         self.on_request = on_request
+        #: The capabilities the node holds (those for a neighbour's relay, to store).
+        self.wallet = wallet
         self._preferred: dict[crypto.NodeId, str] = {}
 
     async def post(
@@ -122,6 +129,8 @@ class FrameClient:
             *self.sign_request("POST", url, body),
         ]
         digest = headers[1][1]
+        if self.wallet is not None:
+            headers += presentable(self.wallet, crypto.Operation.STORE, dst)
         self.on_request()
         try:
             response = await self.client.post(url, content=body, headers=headers)

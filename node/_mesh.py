@@ -65,6 +65,8 @@ class MeshConfig:
     announce_interval: float
     router: mesh.RouterConfig
     lease: float = DEFAULT_LEASE
+    #: What this node requires a capability for (mesh/_authority.py).
+    requirements: mesh.Requirements = dataclasses.field(default_factory=mesh.Requirements)
 
 
 @dataclasses.dataclass
@@ -97,6 +99,8 @@ class NodeStatistics:
     announces_sent: int = 0
     announces_received: int = 0
     interests_received: int = 0
+    #: Revocations this node learned (news only: its own and those flooded to it).
+    revocations_learned: int = 0
     publications_received: int = 0
     publications_delivered: int = 0
     #: Copies of publications queued for neighbours (ours and others').
@@ -127,6 +131,8 @@ class MeshRuntime:
         run_blocking: RunBlocking,
         own_address: Callable[[], crypto.SignedAddress],
         peer_addresses: Callable[[], Iterable[crypto.SignedAddress]],
+        book: mesh.CapabilityBook | None = None,
+        caps: Iterable[crypto.Capability] = (),
     ) -> None:
         self.identity = identity
         self.local = identity.node_id
@@ -140,11 +146,29 @@ class MeshRuntime:
         self.commits = GroupCommit(store, run_blocking)
         self.own_address = own_address
         self.peer_addresses = peer_addresses
-        self.router = mesh.Router(self.local, rng=rng, config=config.router)
+        self.router = mesh.Router(
+            self.local,
+            rng=rng,
+            config=config.router,
+            authority=mesh.Authority(self.local, requirements=config.requirements),
+        )
+        #: Where revocations are kept (None: in memory only, as in some tests).
+        self.book = book
+        #: The capabilities this node presents (``--cap``, and those given to a call).
+        self.wallet = mesh.Wallet(self.local, caps)
         self.statistics = NodeStatistics()
         #: Told each frame a neighbour handed us that the store took (the dashboard's
         #: recent frames), with the time it was taken.
         self.on_intake: Callable[[mesh.Intake, int], None] | None = None
+        #: Told each ``rev`` frame a neighbour handed us: the revocation if it was news
+        #: (None: known already, or refused), the neighbour, the time.
+        self.on_revocation: (
+            Callable[[crypto.Revocation | None, crypto.NodeId, int], None] | None
+        ) = None
+        #: Given each call on an object, and each reply to a call, for this node
+        #: (``msg`` frames of :data:`mesh.CALL_CONTENT_TYPES`) once committed, with the
+        #: time: they go there instead of the inbox (node/_objects.py). None: to the inbox.
+        self.on_call: Callable[[mesh.Admitted, int], None] | None = None
         self.frame_client: FrameClient  # set by start()
         self.forwarders: dict[crypto.NodeId, Forwarder] = {}
         #: Address records: peers' (from the data directory), relays', learned ones.
@@ -156,6 +180,8 @@ class MeshRuntime:
         self._routes_dirty = trio.Event()
         #: Set (and replaced) when an interest of another node is learned or withdrawn.
         self.interests_changed = trio.Event()
+        #: Set (and replaced) when this node learns a revocation.
+        self.revocations_changed = trio.Event()
         self.subscriptions = LocalSubscriptions(
             local=self.local,
             router=self.router,
@@ -165,6 +191,7 @@ class MeshRuntime:
             new_id=new_id,
             hops=config.hops,
             lease=config.lease,
+            wallet=self.wallet,
         )
 
     # -- life -------------------------------------------------------------------------
@@ -186,6 +213,7 @@ class MeshRuntime:
         for interest in await self.run_blocking(lambda: self.store.interests(now=now)):
             if interest.origin != self.local:  # ours are stated afresh by subscribing
                 self.router.interests.learn(interest, now=now)
+        await self._load_revocations(now)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for relay in relays:
@@ -340,6 +368,56 @@ class MeshRuntime:
             self._forwarder(receipt.next_hop).poke()
         return True
 
+    # -- revocations ------------------------------------------------------------------
+
+    async def _load_revocations(self, now: int) -> None:
+        """Know the revocations kept in the store; the newest are signed into ``rev``
+        frames of ours for greeting new neighbours (not flooded: the mesh had them)."""
+        book = self.book
+        if book is None:
+            return
+        held = await self.run_blocking(book.revocation_list)
+        for revocation in held[: -mesh.GREETING_REVOCATIONS]:
+            self.router.authority.learn(revocation, own=True)  # kept before: taken then
+        for revocation in held[-mesh.GREETING_REVOCATIONS :]:
+            envelope = self._revocation_frame(revocation, now).seal(self.identity)
+            self.router.own_revocation(revocation, envelope, flood=False)
+
+    def _revocation_frame(self, revocation: crypto.Revocation, now: int) -> crypto.Frame:
+        return crypto.Frame(
+            kind=crypto.Kind.REV,
+            src=self.local,
+            id=self.new_id(),
+            ts=now,
+            exp=now + crypto.MAX_LIFETIME_MS,
+            hops=crypto.MAX_HOPS,
+            body=revocation.envelope,
+        )
+
+    async def revoke(self, revocation: crypto.Revocation) -> bool:
+        """Keep ``revocation`` (signed by us or handed to us) and flood it to the whole
+        mesh; from now on this node refuses the capability and its descendants.
+        Returns False if it was held already (it is flooded again all the same: the
+        command may be repeated after a partition)."""
+        added = True
+        if self.book is not None:
+            added = await self.run_blocking(lambda: self.book_add(revocation))
+        now = self.clock()
+        envelope = self._revocation_frame(revocation, now).seal(self.identity)
+        self.statistics.revocations_learned += int(added)
+        await self._apply(self.router.own_revocation(revocation, envelope))
+        self._revocations_changed()
+        return added
+
+    def _revocations_changed(self) -> None:
+        self.revocations_changed.set()
+        self.revocations_changed = trio.Event()
+
+    def book_add(self, revocation: crypto.Revocation) -> bool:
+        """Keep a revocation in the store (blocking)."""
+        assert self.book is not None
+        return self.book.add_revocation(revocation)
+
     # -- announces --------------------------------------------------------------------
 
     def _own_announce(self, now: int, *, hello: bool = False) -> mesh.WireFrame:
@@ -431,7 +509,8 @@ class MeshRuntime:
 
     # -- publish/subscribe ------------------------------------------------------------
 
-    def _inbox_changed(self) -> None:
+    def inbox_grew(self) -> None:
+        """Wake the inbox's readers: something entered it."""
         self.inbox_changed.set()
         self.inbox_changed = trio.Event()
 
@@ -464,15 +543,19 @@ class MeshRuntime:
         ct: str | None = None,
         ttl: float | None = None,
         idempotent: Callable[[Published], mesh.Idempotent] | None = None,
+        cap: crypto.Capability | None = None,
     ) -> Published:
         """Take custody of a publication of ours (see ``Node.publish``; ``idempotent``
-        as for :meth:`send_frames`)."""
+        as for :meth:`send_frames`; ``cap`` the capability to present, by default the
+        first held that allows it)."""
         crypto.validate_topic(topic)
+        if cap is None:
+            cap = self.wallet.choose_topic(crypto.Operation.PUBLISH, topic)
         owner = mesh.secure_owner(topic)
-        if owner is not None and owner != self.local:
+        if owner is not None and owner != self.local and cap is None:
             raise NodeError(
-                f"topic {topic!r} is {owner.short}'s secure name: only that node may publish "
-                f"there (ours is ~{self.local.text})"
+                f"topic {topic!r} is {owner.short}'s secure name: only that node, or a holder "
+                f"of its capability (--cap), may publish there (ours is ~{self.local.text})"
             )
         now = self.clock()
         lifetime = int((ttl if ttl is not None else self.config.frame_ttl) * 1000)
@@ -486,10 +569,14 @@ class MeshRuntime:
             topic=topic,
             body=body,
             ct=ct,
+            cap=None if cap is None else cap.envelope,
         )
         envelope = frame.seal(self.identity)
         decision = self.router.classify(mesh.Admitted(frame, envelope, 0), None, now)
-        assert isinstance(decision, mesh.Fanout)  # our own: neither refused nor a msg
+        if isinstance(decision, mesh.Result):
+            # Our own capability fails here already (revoked, expired, the wrong one).
+            raise NodeError(decision.words)
+        assert isinstance(decision, mesh.Fanout)  # our own publication: not a msg
         named = self.subscriptions.durable_names(topic) if decision.deliver else ()
         published = Published(frame.id, topic, decision.next_hops, decision.deliver)
         record = None if idempotent is None else idempotent(published)
@@ -508,7 +595,7 @@ class MeshRuntime:
         if earlier is not None:
             raise Replayed(earlier)
         if named:
-            self._inbox_changed()
+            self.inbox_grew()
         for hop in decision.next_hops:
             self._forwarder(hop).poke()
         self.statistics.publications_forwarded += len(decision.next_hops)
@@ -541,8 +628,12 @@ class MeshRuntime:
         ct: str | None = None,
         ttl: float | None = None,
         receipt: bool = False,
+        cap: crypto.Capability | None = None,
     ) -> crypto.Frame:
-        """A ``msg`` frame from this node to ``dst``."""
+        """A ``msg`` frame from this node to ``dst``, with ``cap`` (by default the
+        first capability held to send to ``dst``'s inbox, if any)."""
+        if cap is None:
+            cap = self.wallet.choose(crypto.Operation.SEND, crypto.Target.inbox(dst))
         now = self.clock()
         lifetime = int((ttl if ttl is not None else self.config.frame_ttl) * 1000)
         return crypto.Frame(
@@ -556,6 +647,7 @@ class MeshRuntime:
             body=body,
             ct=ct,
             rr=True if receipt else None,
+            cap=None if cap is None else cap.envelope,
         )
 
     async def send_frames(
@@ -602,7 +694,8 @@ class MeshRuntime:
             event = self._outcomes[frame_id] = trio.Event()
         return event
 
-    def _settled(self, frame_id: bytes) -> None:
+    def settled(self, frame_id: bytes) -> None:
+        """Frame ``frame_id`` of ours has its outcome: wake whoever waits for it."""
         event = self._outcomes.pop(frame_id, None)
         if event is not None:
             event.set()
@@ -698,7 +791,7 @@ class MeshRuntime:
             await self.run_blocking(
                 lambda: self.store.record_outcome(item.id, "dropped", by=dropper, why=why, now=now)
             )
-            self._settled(item.id)
+            self.settled(item.id)
             return
         await self._send_drop_receipt(item.src, item.id, why, now=now)
 
@@ -752,6 +845,7 @@ class MeshRuntime:
         intakes: list[mesh.Intake] = []
         actions: list[mesh.Action] = []
         learned: list[crypto.SignedAddress] = []
+        revoked: list[crypto.Revocation] = []
         live: set[int] = set()  # id() of the admitted publications to hand over here
         refresh = False
         for item in checked:
@@ -767,6 +861,16 @@ class MeshRuntime:
                     self._routes_dirty.set()
                 if address is not None and self._keep_address(address):
                     learned.append(address)
+                results.append(result)
+                continue
+            if kind is crypto.Kind.REV:
+                result, revocation, more = self.router.on_revocation(item, sender, now)
+                actions += more
+                if self.on_revocation is not None:
+                    self.on_revocation(revocation, sender, now)
+                if revocation is not None:
+                    self.statistics.revocations_learned += 1
+                    revoked.append(revocation)
                 results.append(result)
                 continue
             if kind is crypto.Kind.SUB or kind is crypto.Kind.UNSUB:
@@ -798,7 +902,15 @@ class MeshRuntime:
                 decision = dataclasses.replace(decision, deliver=bool(named))
             if isinstance(decision, mesh.Deliver) and frame.rr:
                 receipt = self._receipt(frame.src, frame.id, "delivered", now=now, hops=item.hops)
-            intakes.append(mesh.Intake(item, decision, sender, receipt, named))
+            # Calls and replies are for the objects: the store keeps their seen-set
+            # entry only (a copy again is a duplicate), handed over once committed.
+            call = (
+                isinstance(decision, mesh.Deliver)
+                and frame.kind is crypto.Kind.MSG
+                and frame.ct in mesh.CALL_CONTENT_TYPES
+                and self.on_call is not None
+            )
+            intakes.append(mesh.Intake(item, decision, sender, receipt, named, seen_only=call))
             results.append(None)
         stored: list[mesh.Result] = []
         if intakes:
@@ -832,17 +944,27 @@ class MeshRuntime:
                     elif intake.admitted.frame.kind is crypto.Kind.RCPT:
                         ref = intake.admitted.frame.ref
                         assert ref is not None
-                        self._settled(ref)
+                        self.settled(ref)
                         if intake.admitted.frame.st == "delivered":
                             self.statistics.receipts_received_delivered += 1
                         else:  # "dropped": crypto admits no other state
                             self.statistics.receipts_received_dropped += 1
-                        if self.subscriptions.is_ours(ref):
+                        why = intake.admitted.frame.why or ""
+                        if self.subscriptions.is_ours(ref) and why.startswith(
+                            f"{mesh.Reason.FORBIDDEN}:"
+                        ):
+                            # A node on the way requires a capability for it: stating
+                            # it again would be refused again. Said once, in the log.
+                            log.warning("a subscription of ours was refused: %s", why)
+                        elif self.subscriptions.is_ours(ref):
                             # A neighbour dropped one of our interests (its lease lapsed
                             # there, or a quota): state them all again.
                             refresh = True
                     else:
-                        delivered = True
+                        if intake.seen_only and self.on_call is not None:
+                            self.on_call(intake.admitted, now)  # a call or a reply
+                        else:
+                            delivered = True
                         if intake.receipt is not None:
                             self.statistics.receipts_sent += 1
                             if intake.receipt.next_hop is not None:
@@ -863,13 +985,26 @@ class MeshRuntime:
         for node, count in wake.items():
             self._forwarder(node).poke(count)
         if delivered:
-            self._inbox_changed()
+            self.inbox_grew()
         await self._apply(actions)
         if refresh:
             await self.subscriptions.refresh()
         for address in learned:
             await self.run_blocking(functools.partial(self.store.save_address, address))
+        if revoked:
+            if self.book is not None:
+                await self.run_blocking(functools.partial(self._keep_revocations, revoked))
+            self._revocations_changed()
         return final
+
+    def _keep_revocations(self, revocations: Sequence[crypto.Revocation]) -> None:
+        assert self.book is not None
+        for revocation in revocations:
+            try:
+                self.book.add_revocation(revocation)
+            except mesh.MeshError as exc:
+                # Enforced from memory all the same until the node restarts.
+                log.warning("could not keep a revocation: %s", exc)
 
     # -- views ------------------------------------------------------------------------
 

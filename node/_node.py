@@ -60,8 +60,17 @@ from node._mesh import MeshConfig, MeshRuntime, NodeStatistics
 from node._message import Message, Published, Sent
 from node._metrics import METRICS_PATH, Metrics
 from node._net import Network, TcpNetwork, make_transport
+from node._objects import CAP_URL_PREFIX, DEFAULT_CALL_TIMEOUT, CallHandler, Exposed, Objects
 from node._pubsub import DurableSubscription, Subscription
-from node._relay import ATTACH_PATH, PING_PATH, POLL_PREFIX, REPLY_PREFIX, RelayConfig, RelayService
+from node._relay import (
+    ATTACH_PATH,
+    PING_PATH,
+    POLL_PREFIX,
+    REPLY_PREFIX,
+    RelayConfig,
+    RelayService,
+    check_presented,
+)
 from node._server import Handler, Request, Response, Server, ServerConfig
 from node._stomp import STOMP_USERS, StompConfig, StompGateway, stomp_address
 from node._xmpp import XMPP_USERS, XmppConfig, XmppGateway, load_secret
@@ -157,6 +166,15 @@ class NodeConfig:
     #: the file holding its component secret (``--xmpp-secret-file``); None: no XMPP.
     xmpp: XmppConfig | None = None
     xmpp_secret_file: str | None = None
+    #: What this node requires a capability for (``--require-cap``; everything off by
+    #: default: mesh/_authority.py).
+    requirements: mesh.Requirements = dataclasses.field(default_factory=mesh.Requirements)
+    #: Capabilities this node presents where they apply (``--cap``): to a relay that
+    #: requires one to attach or to store for others (the one naming that relay).
+    caps: tuple[str, ...] = ()
+    #: Whether the store waits for the disk at each commit (``mesh.Store(sync=...)``).
+    #: False survives the process ending at any moment, not the machine: simulations.
+    store_sync: bool = True
 
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)
@@ -187,6 +205,21 @@ class NodeConfig:
             choices = ", ".join(p.value for p in mesh.InboxPolicy)
             raise NodeError(f"inbox policy {self.inbox_policy!r} is not one of {choices}") from None
         return mesh.Policy(admission, inbox)
+
+
+def _parse_caps(tokens: Sequence[str]) -> list[crypto.Capability]:
+    """The ``--cap`` tokens, opened (their chains verified). Raises :class:`NodeError`."""
+    caps = []
+    for token in tokens:
+        try:
+            caps.append(crypto.parse_capability(token))
+        except crypto.CryptoError as exc:
+            raise NodeError(f"--cap {token[:24]}...: {exc}") from exc
+    return caps
+
+
+def _capability(cap: crypto.Capability | str | None) -> crypto.Capability | None:
+    return crypto.parse_capability(cap) if isinstance(cap, str) else cap
 
 
 def _wall_clock_ms() -> int:
@@ -231,6 +264,7 @@ class Node:
         rng: random.Random,
         run_blocking: RunBlocking,
         new_id: Callable[[], bytes],
+        book: mesh.CapabilityBook | None = None,
     ) -> None:
         self.data = data
         self.identity = identity
@@ -262,6 +296,7 @@ class Node:
                 announce_interval=config.announce_interval,
                 router=config.router_config(),
                 lease=config.lease,
+                requirements=config.requirements,
             ),
             clock=clock,
             rng=rng,
@@ -269,6 +304,8 @@ class Node:
             run_blocking=run_blocking,
             own_address=self._own_address,
             peer_addresses=lambda: self.data.peers,
+            book=book,
+            caps=_parse_caps(config.caps),
         )
         self.mesh.router.links.backoff_initial_ms = int(config.retry_initial * 1000)
         self.mesh.router.links.backoff_max_ms = int(config.retry_max * 1000)
@@ -288,10 +325,17 @@ class Node:
         # Always served, also with policy "off": an attach then gets the relay's 403
         # saying so (a node told "404 no such resource" cannot tell why).
         self.relay_service = RelayService(
-            self, config.relay, on_attachment=self._attachment_changed
+            self,
+            config.relay,
+            on_attachment=self._attachment_changed,
+            authority=self.mesh.router.authority,
         )
         for prefix in (ATTACH_PATH, POLL_PREFIX, REPLY_PREFIX, "/n/"):
             self.add_route(prefix, self.relay_service.handle)
+        #: The objects this node exposes, and its calls on others' (node/_objects.py);
+        #: capability URLs (``/c/<secret>``) reach them on the public server.
+        self.objects = Objects(self)
+        self.add_route(CAP_URL_PREFIX, self.objects.handle_url)
         self.links: list[RelayLink] = []
         self._nursery: trio.Nursery | None = None
         #: Prometheus metrics (``GET /metrics``); the public server reports each
@@ -316,6 +360,7 @@ class Node:
         clock: Callable[[], int] | None = None,
         rng: random.Random | None = None,
         run_blocking: RunBlocking | None = None,
+        frame_client: Callable[[FrameClient], FrameClient] | None = None,
     ) -> AsyncIterator[Node]:
         """Run a node for ``data_dir`` for the duration of the block.
 
@@ -325,7 +370,10 @@ class Node:
         ids too (a simulation's seeded RNG; otherwise ids come from the OS CSPRNG);
         ``run_blocking`` runs the store's blocking calls (default: in a worker thread,
         ``trio.to_thread.run_sync``; a simulation in virtual time runs them inline, so
-        the clock does not jump while a thread works).
+        the clock does not jump while a thread works). ``frame_client``, given the
+        node's :class:`FrameClient` (frames POSTs to neighbours over HTTP), returns the
+        one its forwarders use instead (simulations/_engine.py hands frames to the
+        other node directly; default: that one, unchanged).
 
         Raises :class:`NodeError` if another node runs for ``data_dir``, the listen
         address is taken, or the identity cannot be loaded; :class:`mesh.MeshError`
@@ -348,6 +396,7 @@ class Node:
             if config.xmpp_secret_file is None:
                 raise NodeError("--xmpp-component needs --xmpp-secret-file FILE")
             xmpp_secret = load_secret(Path(config.xmpp_secret_file))
+        _parse_caps(config.caps)  # a bad --cap fails before anything starts
         identity, _ = await blocking(data.init)
         policy = config.policy()
         try:
@@ -366,8 +415,14 @@ class Node:
                     max_inbox_bytes=config.max_inbox_bytes,
                     max_inbox_bytes_per_origin=config.max_inbox_bytes_per_origin,
                     quotas=config.quotas,
+                    sync=config.store_sync,
                 )
             )
+            try:
+                book = await blocking(lambda: mesh.CapabilityBook(data.path / "store.sqlite3"))
+            except BaseException:
+                store.close()
+                raise
             try:
                 node = cls(
                     data,
@@ -379,19 +434,23 @@ class Node:
                     rng or random.Random(secrets.randbits(64)),
                     blocking,
                     new_id,
+                    book,
                 )
                 node.mesh.router.policy = policy
                 if config.xmpp is not None:
                     node.xmpp = XmppGateway(
                         node, config.xmpp, xmpp_secret, users_file=data.path / XMPP_USERS
                     )
-                async with node._run():
+                async with node._run(frame_client):
                     yield node
             finally:
+                book.close()
                 store.close()
 
     @contextlib.asynccontextmanager
-    async def _run(self) -> AsyncIterator[None]:
+    async def _run(
+        self, wrap_frames: Callable[[FrameClient], FrameClient] | None = None
+    ) -> AsyncIterator[None]:
         host, port = _parse_listen(self.config.listen)
         listeners = await self._listen(host, port, "--listen", self.config.listen)
         _, bound_port = self.network.listener_address(listeners[0])
@@ -399,7 +458,11 @@ class Node:
         relays = self._relay_addresses()
         self.links = [
             RelayLink(
-                self, relay, mode=RelayMode(self.config.relay_mode), pool=self.config.relay_pool
+                self,
+                relay,
+                mode=RelayMode(self.config.relay_mode),
+                pool=self.config.relay_pool,
+                wallet=self.mesh.wallet,
             )
             for relay in relays
         ]
@@ -457,10 +520,16 @@ class Node:
         )
         async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
             self._client = client
-            frame_client = FrameClient(client, self.sign_request, self.clock, self._count_request)
+            frame_client = FrameClient(
+                client, self.sign_request, self.clock, self._count_request, wallet=self.mesh.wallet
+            )
+            if wrap_frames is not None:
+                frame_client = wrap_frames(frame_client)
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    # Objects first: calls may come with the first request served.
+                    await nursery.start(self.objects.serve)
                     await nursery.start(self.server.serve, listeners)
                     if api_listeners:
                         await nursery.start(self.api_server.serve, api_listeners)
@@ -482,6 +551,7 @@ class Node:
                         # for anyone: they end first. What they held stays in the store.
                         background.cancel()
                         self.relay_service.shutdown()
+                        self.objects.shutdown()  # handlers running finish (in the grace)
                         if self.stomp is not None:
                             self.stomp.shutdown()
                         if self.xmpp is not None:
@@ -718,7 +788,34 @@ class Node:
         if refusal is not None:
             return self._refuse(403, refusal)
         request.notes["sender"] = sender
+        if self.mesh.router.authority.requirements.store:
+            request.notes["custody"] = self._custody(request, sender)
         return None
+
+    def _custody(self, request: Request, sender: crypto.NodeId) -> mesh.Custody:
+        """The terms on which this node, requiring a ``store`` capability, holds
+        ``sender``'s frames for others: those of the capability it presents
+        (``PTTH-Capability``), or none, with why.
+
+        Frame by frame, not the whole request (a 403): its frames for this node, and
+        its announces, subscriptions and revocations, are taken all the same, and the
+        origin of each frame refused hears why in a drop receipt. A frames request is
+        a use of the capability (named by its body's digest: a retry is not another).
+        """
+        digest = request.header("content-digest")
+        try:
+            verified = check_presented(
+                self.mesh.router.authority,
+                request.headers,
+                now=self.clock(),
+                operation=crypto.Operation.STORE,
+                presenter=sender,
+                use=None if digest is None else digest.encode(),
+                what="storing frames for others on this relay",
+            )
+        except crypto.CapabilityRefused as exc:
+            return mesh.Custody(refused=str(exc))
+        return mesh.Custody(quota=verified.quota)
 
     async def _receive_frames(self, request: Request) -> Response:
         sender = request.notes.get("sender")
@@ -740,8 +837,13 @@ class Node:
             return self._refuse(413, str(exc))
         except crypto.Malformed as exc:
             return self._refuse(400, f"body is not a CBOR sequence of frames: {exc}")
+        custody = request.notes.get("custody")
         try:
-            results = await self.mesh.receive(items, sender, now)
+            if isinstance(custody, mesh.Custody):
+                with self.store.custody(sender, custody):
+                    results = await self.mesh.receive(items, sender, now)
+            else:
+                results = await self.mesh.receive(items, sender, now)
         except mesh.StoreFull as exc:
             return self._refuse(429, str(exc), [("retry-after", "30")])
         except mesh.MeshError as exc:
@@ -821,11 +923,13 @@ class Node:
         ct: str | None = None,
         ttl: float | None = None,
         receipt: bool = False,
+        cap: crypto.Capability | str | None = None,
     ) -> crypto.Frame:
         """A ``msg`` frame from this node to ``dst`` (``receipt``: ask for a delivery
-        receipt). Raises :class:`crypto.Malformed` for a body over
-        :data:`crypto.MAX_BODY_SIZE` or a bad content type."""
-        return self.mesh.new_frame(dst, body, ct=ct, ttl=ttl, receipt=receipt)
+        receipt; ``cap``: the capability to present, by default the first one held
+        that allows sending to ``dst``'s inbox). Raises :class:`crypto.Malformed` for a
+        body over :data:`crypto.MAX_BODY_SIZE`, a bad content type or a bad token."""
+        return self.mesh.new_frame(dst, body, ct=ct, ttl=ttl, receipt=receipt, cap=_capability(cap))
 
     async def send(
         self,
@@ -835,6 +939,7 @@ class Node:
         ct: str | None = None,
         ttl: float | None = None,
         receipt: bool = False,
+        cap: crypto.Capability | str | None = None,
     ) -> Sent:
         """Send ``body`` to node ``dst`` anywhere in the mesh; return once the frame is
         in this node's durable custody (committed to its store).
@@ -851,7 +956,7 @@ class Node:
         """
         if isinstance(dst, str):
             dst = crypto.NodeId.parse(dst)
-        frame = self.new_frame(dst, body, ct=ct, ttl=ttl, receipt=receipt)
+        frame = self.new_frame(dst, body, ct=ct, ttl=ttl, receipt=receipt, cap=cap)
         (sent,) = await self.send_sealed([(frame, frame.seal(self.identity))])
         return sent
 
@@ -889,14 +994,18 @@ class Node:
         ct: str | None = None,
         ttl: float | None = None,
         idempotent: Callable[[Published], mesh.Idempotent] | None = None,
+        cap: crypto.Capability | str | None = None,
     ) -> Published:
         """Publish ``body`` to ``topic``; return once it is in this node's durable
         custody, with the neighbours it goes to (toward every subscriber whose pattern
         matches, as far as this node knows: none if nobody subscribed).
 
         Raises :class:`crypto.Malformed` for a bad topic, body or content type;
-        :class:`NodeError` for a topic under another node's secure name (``~<id>``) or
+        :class:`NodeError` for a topic under another node's secure name (``~<id>``)
+        without a capability from it, for a capability this node can tell fails, or
         when the node is not running; :class:`mesh.StoreFull` when a quota is reached.
+        ``cap`` is the capability to present (a token or one opened); by default the
+        first one held (:meth:`hold`, ``--cap``) that allows publishing on ``topic``.
 
         ``idempotent`` makes the call safe to repeat: given the answer, it returns the
         record (key, fingerprint, answer) to keep with the publication in one
@@ -905,7 +1014,9 @@ class Node:
         """
         if self._nursery is None:
             raise NodeError("node is not running")
-        published = await self.mesh.publish(topic, body, ct=ct, ttl=ttl, idempotent=idempotent)
+        published = await self.mesh.publish(
+            topic, body, ct=ct, ttl=ttl, idempotent=idempotent, cap=_capability(cap)
+        )
         self.dashboard.sent_publication(published, body)
         return published
 
@@ -979,6 +1090,100 @@ class Node:
         yield DurableSubscription(
             name, kept, fetch=fetch, ack=ack, changed=lambda: self.mesh.inbox_changed
         )
+
+    # -- objects --------------------------------------------------------------------------
+
+    def expose(self, name: str, handler: CallHandler, *, open: bool = False) -> Exposed:
+        """Expose object ``name``: each call on it runs ``handler`` with a
+        :class:`~node._objects.CallRequest`; what it returns (an
+        :class:`~node._objects.Answer`, or bytes) is the reply, and a
+        :class:`CallFailed` it raises an error reply. Only holders of a ``call``
+        capability this node issued on ``name`` may call (``open``: anyone); this node
+        always may. Leave a ``with`` block on the handle (or ``close()`` it) to
+        withdraw it; ``emit()`` publishes its events on ``~<node-id>.obj.<name>.<event>``.
+
+        Raises :class:`crypto.Malformed` for a name that is not one topic word of up to
+        64 characters, :class:`NodeError` if the name is taken.
+        """
+        return self.objects.expose(name, handler, open=open)
+
+    async def call(
+        self,
+        target: crypto.NodeId | str,
+        name: str,
+        operation: str,
+        body: bytes = b"",
+        *,
+        cap: crypto.Capability | str | bytes | None = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109 - also the call's lifetime
+        ct: str | None = None,
+    ) -> mesh.Reply:
+        """Call ``operation`` on object ``name`` of node ``target`` (any node of the
+        mesh, this one too) and return its reply (2xx). A request/response over the
+        mesh: the call and its reply are signed frames in custody hop by hop.
+
+        Raises :class:`CallFailed` for any other status (``status``, ``why``) and
+        :class:`CallTimeout` when no reply came within ``timeout`` seconds; see
+        :meth:`Objects.call <node._objects.Objects.call>` for the rest.
+        """
+        if isinstance(target, str):
+            target = crypto.NodeId.parse(target)
+        return await self.objects.call(
+            target, name, operation, body, cap=cap, timeout=timeout, ct=ct
+        )
+
+    # -- capabilities -------------------------------------------------------------------
+
+    def hold(self, capability: crypto.Capability | str) -> crypto.Capability:
+        """Keep ``capability`` to present where it applies (as ``--cap`` does): on
+        publications, subscriptions and messages it allows, and to relays. Raises
+        :class:`crypto.CryptoError` for a bad token. Held in memory (for this run)."""
+        opened = _capability(capability)
+        assert opened is not None
+        self.mesh.wallet.add(opened)
+        if crypto.Operation.SUBSCRIBE in opened.ops and self._nursery is not None:
+            # Subscriptions a node on the way refused are stated again, with it.
+            self._nursery.start_soon(self.mesh.subscriptions.refresh)
+        return opened
+
+    async def revoke(self, capability: crypto.Capability | bytes) -> crypto.Revocation:
+        """Revoke a capability this node issued (or names this node its revoker), by
+        id or whole: the revocation is kept (it survives restarts) and flooded to the
+        mesh; every node that learns of it refuses the capability and everything
+        delegated from it. Raises :class:`NodeError` when not running."""
+        if self._nursery is None:
+            raise NodeError("node is not running")
+        cap_id = capability.id if isinstance(capability, crypto.Capability) else capability
+        revocation = crypto.Revocation.sign(self.identity, cap_id, now=self.clock())
+        await self.mesh.revoke(revocation)
+        return revocation
+
+    async def add_revocation(self, revocation: crypto.Revocation) -> bool:
+        """Take a revocation signed elsewhere (``ptth cap revoke`` while the node runs)
+        and flood it; False if it was known already."""
+        if self._nursery is None:
+            raise NodeError("node is not running")
+        return await self.mesh.revoke(revocation)
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this node requires, the capabilities it holds, the revocations it knows."""
+        authority = self.mesh.router.authority
+        return {
+            "requires": authority.requirements.describe(),
+            "held": [
+                {"id": cap.id_text, "ops": sorted(cap.ops), "on": cap.target.describe()}
+                for cap in self.mesh.wallet
+            ],
+            "revocations": len(authority.revoked),
+        }
+
+    def revoked(self, capability: crypto.Capability) -> crypto.Revocation | None:
+        """The revocation this node knows of ``capability`` or a link above it."""
+        for link in capability.chain:
+            revocation = self.mesh.router.authority.revoked.revoking(link)
+            if revocation is not None:
+                return revocation
+        return None
 
     async def unsubscribe(self, name: str) -> bool:
         """End named subscription ``name``: withdrawn from the mesh, and what was pending
@@ -1139,6 +1344,8 @@ class Node:
             "attachments": [link.status() for link in self.links],
             "relaying": self.relay_service.statistics(),
             "counters": dataclasses.asdict(self.statistics),
+            "rejected": dict(self.statistics.rejected_by_reason),
+            "capabilities": self.capabilities(),
         }
 
 

@@ -185,8 +185,11 @@ class LocalSubscriptions:
         hops: int,
         lease: float = DEFAULT_LEASE,
         capacity: int = DEFAULT_CAPACITY,
+        wallet: mesh.Wallet | None = None,
     ) -> None:
         self.local = local
+        #: Capabilities to present with our ``sub`` frames (the first that covers each).
+        self.wallet = wallet if wallet is not None else mesh.Wallet(local)
         self.router = router
         self.sign = sign
         self.apply = apply
@@ -307,6 +310,9 @@ class LocalSubscriptions:
             # within the same millisecond (subscribe, then leave at once).
             held = self.router.interests.get(self.local, pattern)
             ts = now if held is None else max(now, held.ts + 1)
+            cap = None
+            if kind is crypto.Kind.SUB:
+                cap = self.wallet.choose_topic(crypto.Operation.SUBSCRIBE, pattern)
             frame = crypto.Frame(
                 kind=kind,
                 src=self.local,
@@ -315,6 +321,7 @@ class LocalSubscriptions:
                 exp=ts + self.lease_ms,
                 hops=self.hops,
                 pat=pattern,
+                cap=None if cap is None else cap.envelope,
             )
             actions += self.router.own_interest(frame, self.sign(frame), now)
             old = self._signed.pop(pattern, None)

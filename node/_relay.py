@@ -62,6 +62,23 @@ refused. These refusals carry ``Proxy-Status`` (``error=http_request_denied`` fo
 two ``429``, ``connection_limit_reached`` for the ``503``) and say which limit, with
 its number.
 
+**Capabilities** (docs/capabilities.md). A relay given an :class:`mesh.Authority` whose
+requirements include ``attach`` takes an attachment (Upgrade or long-poll) only from a
+node that presents, in a ``PTTH-Capability`` request header (the ``ptthcap:`` token; the
+header may be repeated, or hold several tokens separated by commas, at most
+:data:`MAX_PRESENTED`), a capability to ``attach`` to this relay: rooted at the relay,
+for the node the attach request's signature authenticates (or for anyone holding it),
+valid now and not revoked. The first that holds is used; if none does, the attach gets
+``403`` with the words of the check (``Proxy-Status``: ``http_request_denied``), before
+any limit counts it. A *new* attachment is a use of the capability (its ``uses`` and
+``rate``), counted once the limits have let it in; re-attaching within the lease is not.
+The capability is checked again at every keep-alive ping of a reversed connection, every
+poll of a long-poll session and every visitor request for the node: once it no longer
+holds (revoked, expired), the attachment ends there and then (connections closed, poll
+session ended, the node reported detached), the visitor gets ``503`` with the words, and
+the node's next attach gets the ``403``. :func:`check_presented` is the same check for
+``store`` (a frames request, node/_node.py), :func:`presentable` what a node sends.
+
 The relay runs in a host (the node) that it knows only as a :class:`RelayHost`: its id,
 its clock, its replay guard and its peer book. It can tell the host when a node attaches
 and detaches (``on_attachment``; see :class:`RelayService` for exactly when).
@@ -82,17 +99,22 @@ import h11
 import trio
 
 import crypto
+import mesh
 from node import _fabric, _net, _wrap
 from node._server import PrefixedStream, Request, Response, source_address
 
 __all__ = [
     "ATTACH_PATH",
+    "CAPABILITY_HEADER",
+    "MAX_PRESENTED",
     "PING_PATH",
     "POLL_PREFIX",
     "REPLY_PREFIX",
     "RelayConfig",
     "RelayHost",
     "RelayService",
+    "check_presented",
+    "presentable",
     "source_address",
 ]
 
@@ -103,6 +125,14 @@ POLL_PREFIX: Final = "/ptth/v1/poll/"
 REPLY_PREFIX: Final = "/ptth/v1/reply/"
 PING_PATH: Final = "/ptth/v1/ping"
 UPGRADE_TOKENS: Final = ("ptth/1.0", "ptth/0.9")
+#: What an attach is, in the words of a refusal.
+_ATTACHING: Final = "attaching to this relay"
+#: The request header a node presents capabilities in (``ptthcap:`` tokens).
+CAPABILITY_HEADER: Final = "ptth-capability"
+#: Capabilities one request may present: a node needs one per relay and operation
+#: (attach, store) at most, and each one not seen before costs a signature check per
+#: link. More is refused (403) rather than checked.
+MAX_PRESENTED: Final = 4
 _READ_SIZE: Final = 64 * 1024
 #: How long a granted Upgrade holds a connection slot before its connection starts
 #: being served (the 101 is one small write; the server gives up on writes after 30 s).
@@ -270,6 +300,95 @@ def _proxy_status(
     return Response.text(status, f"relay: {words}", headers)
 
 
+def _presented(headers: Sequence[tuple[str, str]]) -> list[str]:
+    """The tokens in the ``PTTH-Capability`` headers (repeated, or comma-separated:
+    base64url has no commas)."""
+    return [
+        token.strip()
+        for name, value in headers
+        if name.lower() == CAPABILITY_HEADER
+        for token in value.split(",")
+        if token.strip()
+    ]
+
+
+def check_presented(
+    authority: mesh.Authority,
+    headers: Sequence[tuple[str, str]],
+    *,
+    now: int,
+    operation: crypto.Operation,
+    presenter: crypto.NodeId,
+    use: bytes | None = None,
+    what: str,
+) -> crypto.VerifiedCapability:
+    """The first capability presented in ``headers`` (``PTTH-Capability``) that lets
+    ``presenter`` do ``operation`` on the relay of ``authority.local``.
+
+    ``use``: an id for this use, counted against the capability's ``uses`` and ``rate``
+    (None: not a use). Raises :class:`crypto.CapabilityRefused` (403: the presenter's
+    fault) naming what is missing or failing, after ``what`` ("attaching to this
+    relay"): none presented, a bad token, the check's words (for several, each one's).
+    """
+    relay = authority.local
+    tokens = _presented(headers)
+    if len(tokens) > MAX_PRESENTED:
+        raise crypto.CapabilityRefused(
+            f"{what}: {len(tokens)} capabilities presented, at most {MAX_PRESENTED} are looked at"
+        )
+    target = crypto.Target.relay(relay)
+    failures: list[str] = []
+    candidates: list[str | None] = [*tokens] if tokens else [None]
+    for token in candidates:
+        envelope = None
+        if token is not None:
+            try:
+                envelope = crypto.capability_envelope(token)  # opened by the cache
+            except crypto.CryptoError as exc:
+                failures.append(f"{what}: the capability presented is bad: {exc}")
+                continue
+        try:
+            return authority.check(
+                envelope,
+                now=now,
+                owner=relay,
+                operation=operation,
+                target=target,
+                presenter=presenter,
+                use=use,
+                what=what,
+            )
+        except crypto.CapabilityRefused as exc:
+            failures.append(str(exc))
+    if len(failures) == 1:
+        raise crypto.CapabilityRefused(failures[0])
+    reasons = "; ".join(
+        f"({number}) {failure.removeprefix(what + ': ')}"
+        for number, failure in enumerate(failures, 1)
+    )
+    raise crypto.CapabilityRefused(
+        f"{what}: none of the {len(failures)} capabilities presented holds: {reasons}"
+    )
+
+
+def presentable(
+    wallet: mesh.Wallet, operation: crypto.Operation, relay: crypto.NodeId
+) -> list[tuple[str, str]]:
+    """``PTTH-Capability`` headers with the capabilities held (at most
+    :data:`MAX_PRESENTED`) that may let this node do ``operation`` on ``relay``: those
+    for it, or for anyone, designating that relay with that operation. Whether they
+    hold now (time, revocations) is the relay's to say."""
+    target = crypto.Target.relay(relay)
+    fitting = [
+        capability.token
+        for capability in wallet
+        if operation in capability.ops
+        and capability.subject in (None, wallet.local)
+        and target.within(capability.target)
+    ]
+    return [(CAPABILITY_HEADER, token) for token in fitting[:MAX_PRESENTED]]
+
+
 class _Reversed:
     """One reversed connection: the relay is the HTTP client on it."""
 
@@ -424,8 +543,13 @@ class _Attachment:
         self.last_seen = trio.current_time()
         #: Polls being held now.
         self.polls_held = 0
-        #: Its place was given to another node: it is gone from the relay.
+        #: Its place was given to another node, or its capability to attach stopped
+        #: holding: it is gone from the relay.
         self.evicted = False
+        #: The capability it attached with (its envelope), on a relay that requires one.
+        self.capability: bytes | None = None
+        #: Why it is gone, if its capability stopped holding (the relay's words).
+        self.refused: str | None = None
 
     def notify(self) -> None:
         self.changed.set()
@@ -506,10 +630,17 @@ class RelayService:
         config: RelayConfig,
         *,
         on_attachment: Callable[[crypto.NodeId, bool], None] | None = None,
+        authority: mesh.Authority | None = None,
     ) -> None:
         self.node = node
         self.config = config
         self.on_attachment = on_attachment
+        #: The host's capability checks (None: nothing is required to attach).
+        self.authority = authority
+        #: Attaches refused for want of a capability, and attachments ended because
+        #: theirs stopped holding.
+        self.capability_refusals = 0
+        self.capability_ends = 0
         self.attachments: dict[crypto.NodeId, _Attachment] = {}
         #: How many of :attr:`attachments` count against each source address.
         self._per_address: collections.Counter[str] = collections.Counter()
@@ -648,6 +779,12 @@ class RelayService:
             return self._refuse(403, f"this relay serves its peers only; {node.short} is not one")
         if self.node.blocked(node):
             return self._refuse(403, f"node {node.short} is blocked here")
+        try:
+            capability = self._attach_capability(request, node)
+        except crypto.CapabilityRefused as exc:
+            self.capability_refusals += 1
+            log.info("refused an attach of %s: %s", node.short, exc)
+            return _proxy_status(self.node.node_id, 403, "http_request_denied", str(exc))
         upgrade = (request.header("upgrade") or "").lower()
         wants = [token.strip() for token in upgrade.split(",") if token.strip()]
         protocols = [token for token in wants if token in UPGRADE_TOKENS]
@@ -664,11 +801,19 @@ class RelayService:
             refusal = self._make_room(address)
             if refusal is not None:
                 return refusal
+            if capability is not None:
+                try:
+                    self._count_attach(request, node, capability)
+                except crypto.CapabilityRefused as exc:
+                    self.capability_refusals += 1
+                    log.info("refused an attach of %s: %s", node.short, exc)
+                    return _proxy_status(self.node.node_id, 403, "http_request_denied", str(exc))
             attachment = _Attachment(node, lease, address)
             self.attachments[node] = attachment
             if address is not None:
                 self._per_address[address] += 1
         attachment.lease = lease
+        attachment.capability = capability  # (the latest presented is checked from now)
         base_url = self.base_url(request, node)
         if not wants:
             return self._open_poll_session(attachment, base_url)
@@ -702,6 +847,83 @@ class RelayService:
             ("ptth-base-url", base_url),
         ]
         return Response(101, headers, upgrade=serve)
+
+    def _requires_capability(self) -> mesh.Authority | None:
+        authority = self.authority
+        return authority if authority is not None and authority.requirements.attach else None
+
+    def _attach_capability(self, request: Request, node: crypto.NodeId) -> bytes | None:
+        """The capability ``node`` attaches with (None: none is required). Raises
+        :class:`crypto.CapabilityRefused`."""
+        authority = self._requires_capability()
+        if authority is None:
+            return None
+        verified = check_presented(
+            authority,
+            request.headers,
+            now=self.node.clock(),
+            operation=crypto.Operation.ATTACH,
+            presenter=node,
+            what=_ATTACHING,
+        )
+        return verified.capability.envelope
+
+    def _count_attach(self, request: Request, node: crypto.NodeId, capability: bytes) -> None:
+        """Count a new attachment as a use of ``capability`` (its ``uses``, ``rate``):
+        once the limits have let it in, so that an attach they refuse uses nothing.
+        Raises :class:`crypto.CapabilityRefused` if it has no use left."""
+        authority = self._requires_capability()
+        assert authority is not None  # (a capability is there only if one is required)
+        authority.check(
+            capability,
+            now=self.node.clock(),
+            owner=self.node.node_id,
+            operation=crypto.Operation.ATTACH,
+            target=crypto.Target.relay(self.node.node_id),
+            presenter=node,
+            # Named by the attach's signature: each attach request has its own.
+            use=(request.header("signature") or "").encode(),
+            what=_ATTACHING,
+        )
+
+    def _lapsed(self, attachment: _Attachment) -> str | None:
+        """Check ``attachment``'s capability again (a ping, a poll, a visitor): if it no
+        longer holds, end the attachment and return why; else None."""
+        authority = self._requires_capability()
+        if authority is None:
+            return None
+        if attachment.refused is not None:
+            return attachment.refused
+        try:
+            authority.check(
+                attachment.capability,
+                now=self.node.clock(),
+                owner=self.node.node_id,
+                operation=crypto.Operation.ATTACH,
+                target=crypto.Target.relay(self.node.node_id),
+                presenter=attachment.node,
+                what=_ATTACHING,
+            )
+        except crypto.CapabilityRefused as exc:
+            self._end(attachment, str(exc))
+            return str(exc)
+        return None
+
+    def _end(self, attachment: _Attachment, words: str) -> None:
+        """End ``attachment`` now: its capability no longer holds."""
+        log.info("the attachment of %s ends: %s", attachment.node.short, words)
+        self.capability_ends += 1
+        attachment.refused = words
+        attachment.evicted = True  # detached, and gone: it must attach again
+        self._update(attachment)
+        self._remove(attachment)
+        attachment.poll_token = None
+        for connection in attachment.connections:
+            connection.close()  # (its keep-alive task ends and takes it off the list)
+        for exchange in attachment.waiting:
+            exchange.done.set()  # (no response: the visitor gets the words)
+        attachment.waiting.clear()
+        attachment.notify()
 
     def base_url(self, request: Request, node: crypto.NodeId) -> str:
         return f"{request.url.split('/ptth/', 1)[0]}/n/{node.text}"
@@ -829,6 +1051,8 @@ class RelayService:
             if trio.current_time() < connection.last_used + self.config.ping_interval:
                 idle_since = connection.last_used
                 continue
+            if self._lapsed(attachment) is not None:
+                return  # (the attachment is over: its connections are closed)
             attachment.idle.remove(connection)
             connection.busy = True
             if not await self._ping(connection):
@@ -886,6 +1110,8 @@ class RelayService:
         attachment = self._polls.get(token)
         if attachment is None or request.method != "GET":
             return self._refuse(404, "no such poll session (it ended, or never was)")
+        if (words := self._lapsed(attachment)) is not None:
+            return _proxy_status(self.node.node_id, 403, "http_request_denied", words)
         hold_until = trio.current_time() + attachment.lease + self.config.poll_hold
         self._poll_deadline(attachment, hold_until)
         attachment.last_activity = attachment.last_seen = trio.current_time()
@@ -895,6 +1121,10 @@ class RelayService:
             with trio.move_on_after(self.config.poll_hold):
                 while not attachment.waiting and not self.closing:
                     await attachment.changed.wait()
+                    if attachment.refused is not None:
+                        return _proxy_status(
+                            self.node.node_id, 403, "http_request_denied", attachment.refused
+                        )
                     if attachment.poll_token != token:
                         return self._refuse(404, "poll session replaced by a newer one")
         finally:
@@ -938,6 +1168,8 @@ class RelayService:
             return self._relay_error(
                 404, "destination_not_found", f"{node.short} is not attached here"
             )
+        if self._lapsed(attachment) is not None:
+            return self._gave_way(attachment)
         target = "/" + tail if slash else "/"
         headers = self._forward_headers(request)
         attachment.requests += 1
@@ -969,6 +1201,12 @@ class RelayService:
                 await attachment.changed.wait()
 
     def _gave_way(self, attachment: _Attachment) -> Response:
+        if attachment.refused is not None:
+            return self._relay_error(
+                503,
+                "destination_unavailable",
+                f"{attachment.node.short} is no longer attached here: {attachment.refused}",
+            )
         return self._relay_error(
             503,
             "destination_unavailable",

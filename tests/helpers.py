@@ -119,7 +119,9 @@ class Recorder(FrameClient):
     """A node's :class:`FrameClient` that logs every POST round (see :func:`record`)."""
 
     def __init__(self, inner: FrameClient) -> None:
-        super().__init__(inner.client, inner.sign_request, inner.clock, inner.on_request)
+        super().__init__(
+            inner.client, inner.sign_request, inner.clock, inner.on_request, wallet=inner.wallet
+        )
         self._preferred = inner._preferred
         self.posts: list[Post] = []
         self._changed = trio.Event()

@@ -77,13 +77,15 @@ class Deadline:
 class Proc:
     """One incarnation of `ptth run` for a data directory (stderr goes to a log file)."""
 
-    def __init__(self, data_dir: Path, listen: str, log: Path, deadline: Deadline) -> None:
+    def __init__(
+        self, data_dir: Path, listen: str, log: Path, deadline: Deadline, *options: str
+    ) -> None:
         self.data_dir = data_dir
         self.log = log
         command = [sys.executable, "-m", "node", "--data-dir", str(data_dir), "run"]
         with log.open("ab") as log_file:  # the child has its own copy of the descriptor
             self.process = subprocess.Popen(
-                [*command, "--listen", listen],
+                [*command, "--listen", listen, *options],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 text=True,

@@ -49,12 +49,18 @@ class Feed:
     """`ptth subscribe news.# --name feed --json` for a data directory, in its own process:
     each line it prints is a publication (already acknowledged, or about to be)."""
 
-    def __init__(self, data_dir: Path, log: Path, deadline: Deadline) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        deadline: Deadline,
+        arguments: tuple[str, ...] = ("news.#", "--name", "feed"),
+    ) -> None:
         command = [sys.executable, "-m", "node", "--data-dir", str(data_dir), "subscribe"]
         self.log = log
         with log.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [*command, "news.#", "--name", "feed", "--json"],
+                [*command, *arguments, "--json"],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 text=True,
