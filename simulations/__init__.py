@@ -23,12 +23,26 @@ the frame; the mesh carries it hop by hop. A test::
 
 From the shell: ``python -m simulations run chain --nodes 10 --seed 1 --duration 1h``
 (``--help`` lists the scenarios), or :func:`run_scenario` from Python.
+
+Two fidelities (:class:`Fidelity`; docs/simulations-fidelity.md): ``full`` runs every
+byte through the nodes' HTTP stack; ``engine`` (``open_simulation(fidelity="engine")``,
+``--fidelity engine``) hands their frames POSTs from mesh to mesh as events over the
+same network model, several times faster, with the same scenarios and report.
 """
 
+from simulations._engine import Fidelity
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError
 from simulations._link import MSS, Link
 from simulations._network import OUTSIDE, Host, HostNetwork, NetworkStatistics, SimNetwork
-from simulations._report import ChirpReport, Delivery, Ledger, Report, SentMessage, SentPost
+from simulations._report import (
+    ChirpReport,
+    Delivery,
+    Ledger,
+    Report,
+    RevocationReport,
+    SentMessage,
+    SentPost,
+)
 from simulations._scenarios import SCENARIOS, Progress, Scenario, run_scenario
 from simulations._simulation import EPOCH_MS, NODE_PORT, SimNode, Simulation, open_simulation
 from simulations._stream import SimStream
@@ -43,6 +57,7 @@ __all__ = [
     "SCENARIOS",
     "ChirpReport",
     "Delivery",
+    "Fidelity",
     "Host",
     "HostNetwork",
     "Ledger",
@@ -52,6 +67,7 @@ __all__ = [
     "NotVirtualTime",
     "Progress",
     "Report",
+    "RevocationReport",
     "Scenario",
     "SentMessage",
     "SentPost",

@@ -277,6 +277,22 @@ class SimNetwork(MemoryNetwork):
         :class:`OSError` ``EHOSTUNREACH`` for an unknown host.
         """
         src = src_host or OUTSIDE
+        await self.handshake(src, host, port)
+        try:
+            stream = await super().connect(host, port, src_host=src)
+        except ConnectionRefusedError:
+            self.statistics.dials_refused += 1
+            raise
+        return stream
+
+    async def handshake(self, src: str, host: str, port: int) -> None:
+        """The SYN and SYN-ACK of a dial from ``src`` to ``(host, port)``, as
+        :meth:`connect` makes them (counted as a dial), up to where the listener is
+        looked for: nothing is connected.
+
+        Raises :class:`TimeoutError` (``ETIMEDOUT``) when every SYN was dropped and
+        :class:`OSError` ``EHOSTUNREACH`` for an unknown host.
+        """
         self.statistics.dials += 1
         if host not in self._hosts:
             await trio.lowlevel.checkpoint()
@@ -300,12 +316,10 @@ class SimNetwork(MemoryNetwork):
         finally:
             if not answered:
                 self.statistics.dials_unanswered += 1
-        try:
-            stream = await super().connect(host, port, src_host=src)
-        except ConnectionRefusedError:
-            self.statistics.dials_refused += 1
-            raise
-        return stream
+
+    def listening(self, host: str, port: int) -> bool:
+        """Whether a listener is open on ``(host, port)`` (a dial there connects)."""
+        return (host.lower(), port) in self._listeners
 
     def _make_pair(
         self, src_host: str | None, dst: tuple[str, int]

@@ -56,6 +56,13 @@ None otherwise, and then neither the text nor the JSON mention posts):
   every link once each way sends;
 * ``interests_received``: ``sub``/``unsub`` copies the nodes took in (what the
   subscriptions cost the mesh), per node-hour in ``interests_received_per_node_hour``.
+
+The ``revocation`` scenario's report has a :class:`RevocationReport`
+(``report.revocation``, measured by ``simulations/_revocation.py``): how long the
+revocation of a capability took to reach each node (percentiles over the nodes up
+while it spread; those down then are counted apart, from their restart), what its flood
+cost, and what became of the posts made under the capability it revoked (delegated
+from it) before, while and after it spread.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ __all__ = [
     "Delivery",
     "Ledger",
     "Report",
+    "RevocationReport",
     "SentMessage",
     "SentPost",
     "format_bytes",
@@ -379,6 +387,108 @@ class ChirpReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class RevocationReport:
+    """How a revocation spread and what it stopped (the ``revocation`` scenario).
+
+    Times are virtual seconds after the revocation was signed. Propagation is measured
+    at each node when its mesh takes in the ``rev`` frame that is news to it (from then
+    on it refuses the capability and everything delegated from it).
+    """
+
+    #: Nodes in the run, and those that knew of the revocation at the end (its signer
+    #: included).
+    nodes: int
+    reached: int
+    #: When it was signed, in virtual seconds since the simulation opened.
+    revoked_at: float
+    #: Nodes up throughout (the signer excluded) whose propagation time is measured,
+    #: and its nearest-rank percentiles over those that learned it.
+    measured: int
+    propagation_p50: float | None
+    propagation_p90: float | None
+    propagation_p99: float | None
+    propagation_max: float | None
+    #: When the node holding the delegated capability learned it.
+    holder_learned: float | None
+    #: Nodes down while it spread (crashed just before, restarted after): how many,
+    #: how many learned it, and the longest one took after its restart.
+    absent: int
+    absent_reached: int
+    absent_after_restart_max: float | None
+    #: When the last node learned it, absent ones included (None: some never did).
+    everywhere: float | None
+    #: ``rev`` copies the nodes took in (duplicates included: each one a neighbour
+    #: sent), those that were not news, and the most copies one node sent.
+    copies: int
+    duplicate_copies: int
+    most_sent: int
+    #: Nodes subscribed to the owner's feed (``~<owner>.feed.#``).
+    subscribers: int
+    #: The holder's posts before the revocation, and their (post, subscriber)
+    #: deliveries of those expected.
+    posts_before: int
+    delivered_before: int
+    expected_before: int
+    #: Its posts while the revocation spread (until :attr:`everywhere`): those its own
+    #: node took, those its node refused, and the deliveries of them.
+    posts_during: int
+    refused_during: int
+    delivered_during: int
+    #: Its posts once every node knew (its own node refused each), and the deliveries
+    #: of them (must be 0).
+    posts_after: int
+    delivered_after: int
+    #: Posts its node refused that the holder then handed straight to a neighbour (as
+    #: a holder ignoring the revocation would), and those the neighbour refused.
+    forced: int
+    forced_refused: int
+    #: Deliveries of its posts to subscribers that knew of the revocation already (must
+    #: be 0: each node checks every publication it takes in).
+    delivered_knowing: int
+    #: Drop receipts (``forbidden``) that came back to the holder for its posts.
+    drop_receipts: int
+
+    @property
+    def failed(self) -> bool:
+        """Some node never learned it, or a post the mesh knew to be revoked got through."""
+        return self.reached < self.nodes or bool(self.delivered_after or self.delivered_knowing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def lines(self) -> list[str]:
+        """The report's lines about the revocation."""
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else format_duration(value)
+
+        absent = (
+            f"; {self.absent_reached}/{self.absent} nodes down while it spread learned it "
+            f"at most {ms(self.absent_after_restart_max)} after restarting"
+            if self.absent
+            else ""
+        )
+        per_node = self.copies / self.nodes if self.nodes else 0.0
+        return [
+            f"revocation  signed at {format_duration(self.revoked_at)}, known to "
+            f"{self.reached}/{self.nodes} nodes; everywhere after {ms(self.everywhere)}",
+            f"propagation {self.measured} nodes up: p50 {ms(self.propagation_p50)}, p90 "
+            f"{ms(self.propagation_p90)}, p99 {ms(self.propagation_p99)}, max "
+            f"{ms(self.propagation_max)}; the holder after {ms(self.holder_learned)}{absent}",
+            f"rev copies  {self.copies} taken in ({per_node:.2f} per node), "
+            f"{self.duplicate_copies} duplicates; at most {self.most_sent} sent by one node",
+            f"cap posts   {self.subscribers} subscribers; before: {self.posts_before} posts, "
+            f"{self.delivered_before}/{self.expected_before} deliveries; while spreading: "
+            f"{self.posts_during} taken, {self.refused_during} refused by the holder's node, "
+            f"{self.delivered_during} deliveries; after: {self.posts_after} posts, "
+            f"{self.delivered_after} deliveries",
+            f"refusals    {self.forced} posts forced on a neighbour, {self.forced_refused} "
+            f"refused there; {self.drop_receipts} drop receipts to the holder; "
+            f"{self.delivered_knowing} deliveries to subscribers that knew",
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """How the mesh behaved in one simulation run (see the module docstring)."""
 
@@ -418,13 +528,23 @@ class Report:
     events: tuple[str, ...] = ()
     #: How posts fared, for a run with posts (None otherwise).
     chirp: ChirpReport | None = None
+    #: How a revocation spread, for the ``revocation`` scenario (None otherwise).
+    revocation: RevocationReport | None = None
+    #: How much of each node ran: ``full`` (HTTP) or ``engine`` (simulations/_engine.py).
+    fidelity: str = "full"
 
     @property
     def failed(self) -> bool:
-        """Applications saw duplicates (messages or posts), or a post was lost (no
-        running node held it any more, undelivered and not expired)."""
+        """Applications saw duplicates (messages or posts), a post was lost (no
+        running node held it any more, undelivered and not expired), or a revocation
+        failed (:attr:`RevocationReport.failed`)."""
         chirp = self.chirp
-        return bool(self.duplicates or (chirp is not None and (chirp.duplicates or chirp.lost)))
+        revocation = self.revocation
+        return bool(
+            self.duplicates
+            or (chirp is not None and (chirp.duplicates or chirp.lost))
+            or (revocation is not None and revocation.failed)
+        )
 
     @property
     def undelivered(self) -> int:
@@ -435,6 +555,11 @@ class Report:
         """Delivered over the messages that did not expire."""
         eligible = self.sent - self.expired
         return self.delivered / eligible if eligible else None
+
+    @property
+    def delivered_per_wall_second(self) -> float | None:
+        """Messages delivered per second of wall time: how fast the simulator ran."""
+        return round(self.delivered / self.wall_seconds, 1) if self.wall_seconds > 0 else None
 
     @property
     def requests_per_delivered(self) -> float | None:
@@ -464,8 +589,12 @@ class Report:
         del data["chirp"]
         if self.chirp is not None:  # other runs' reports say nothing of posts
             data["chirp"] = self.chirp.to_dict()
+        del data["revocation"]
+        if self.revocation is not None:
+            data["revocation"] = self.revocation.to_dict()
         data.update(
             undelivered=self.undelivered,
+            delivered_per_wall_second=self.delivered_per_wall_second,
             delivery_ratio=self.delivery_ratio,
             requests_per_delivered=self.requests_per_delivered,
             bytes_per_delivered=self.bytes_per_delivered,
@@ -480,7 +609,7 @@ class Report:
     def deterministic(self) -> dict[str, Any]:
         """:meth:`to_dict` without the wall time: equal for equal seeds."""
         data = self.to_dict()
-        del data["wall_seconds"]
+        del data["wall_seconds"], data["delivered_per_wall_second"]
         return data
 
     def to_text(self) -> str:
@@ -493,11 +622,14 @@ class Report:
             return "-" if value is None else f"{value:.{digits}f}"
 
         speed = self.virtual_seconds / self.wall_seconds if self.wall_seconds > 0 else math.inf
+        rate = self.delivered_per_wall_second
         per_message = self.bytes_per_delivered
         lines = [
-            f"scenario    {self.scenario}: {self.nodes} nodes, seed {self.seed}",
+            f"scenario    {self.scenario}: {self.nodes} nodes, seed {self.seed}, "
+            f"{self.fidelity} fidelity",
             f"time        {format_duration(self.virtual_seconds)} virtual in "
-            f"{self.wall_seconds:.2f} s wall ({speed:,.0f}x)",
+            f"{self.wall_seconds:.2f} s wall ({speed:,.0f}x), "
+            f"{'-' if rate is None else f'{rate:,.0f}'} delivered per wall second",
             f"messages    sent {self.sent}, delivered {self.delivered} "
             f"(ratio {ratio(self.delivery_ratio, 4)} of non-expired), dropped {self.dropped}, "
             f"expired {self.expired}, pending {self.pending}, refused {self.refused}, "
@@ -522,6 +654,8 @@ class Report:
         ]
         if self.chirp is not None:
             lines += self.chirp.lines()
+        if self.revocation is not None:
+            lines += self.revocation.lines()
         shown = self.events if len(self.events) <= 10 else self.events[:9]
         lines += [f"event       {event}" for event in shown]
         if len(shown) < len(self.events):
@@ -530,4 +664,15 @@ class Report:
             lines.append(f"FAIL        applications saw {self.duplicates} duplicates")
         if self.chirp is not None and self.chirp.duplicates:
             lines.append(f"FAIL        followers saw {self.chirp.duplicates} duplicate posts")
+        revocation = self.revocation
+        if revocation is not None and revocation.reached < revocation.nodes:
+            lines.append(
+                f"FAIL        {revocation.nodes - revocation.reached} nodes never learned "
+                "of the revocation"
+            )
+        if revocation is not None and (revocation.delivered_after or revocation.delivered_knowing):
+            lines.append(
+                f"FAIL        {revocation.delivered_after + revocation.delivered_knowing} "
+                "deliveries of posts under a revoked capability"
+            )
         return "\n".join(lines)

@@ -51,7 +51,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -73,6 +73,8 @@ from node import (
     run_inline,
 )
 from node._chirp import POST_TTL, SUBSCRIPTION, chirp_topic
+from simulations._engine import EngineHost, EngineNetwork, Fidelity
+from simulations._engine import fidelity as fidelity_of
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError
 from simulations._link import Link
 from simulations._network import SimNetwork
@@ -81,6 +83,7 @@ from simulations._report import (
     Delivery,
     Ledger,
     Report,
+    RevocationReport,
     SentMessage,
     SentPost,
     format_duration,
@@ -150,6 +153,8 @@ class SimNode:
         self._outstanding: dict[bytes, SentMessage] = {}
         self._watchers: dict[bytes, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        #: When the node last stopped or crashed (trio time; -inf: never).
+        self.stopped_at = -math.inf
 
     def __repr__(self) -> str:
         return f"<SimNode {self.name} {self.node_id.short}{' up' if self.up else ' down'}>"
@@ -164,6 +169,13 @@ class SimNode:
     @property
     def up(self) -> bool:
         return self._node is not None
+
+    def serving(self) -> tuple[Node, trio.Nursery] | None:
+        """The running node and the nursery of this run of it (cancelled when it stops
+        or crashes), or None while it is not running: an :class:`EngineHost`."""
+        if self._node is None or self._nursery is None:
+            return None
+        return self._node, self._nursery
 
     @property
     def statistics(self) -> NodeStatistics:
@@ -235,6 +247,11 @@ class SimNode:
                     clock=self.sim.clock_ms,
                     rng=self.rng,
                     run_blocking=run_inline,
+                    frame_client=(
+                        None
+                        if self.sim.engine is None
+                        else self.sim.engine.frame_client(self.name, self.node_id)
+                    ),
                 ) as node:
                     self._node = node
                     self.starts += 1
@@ -259,6 +276,7 @@ class SimNode:
             self._nursery = None
             self._reading = False
             self._watchers.clear()
+            self.stopped_at = trio.current_time()
             stopped.set()
 
     async def _consume(self, node: Node) -> None:
@@ -440,11 +458,20 @@ class Simulation:
         data_dir: Path,
         link: Link,
         config: NodeConfig,
+        fidelity: Fidelity = Fidelity.FULL,
     ) -> None:
         self.seed = seed
         self.data_dir = data_dir
         self.config = config
         self.network = SimNetwork(nursery, seed=seed, default_link=link)
+        #: How much of each node runs (simulations/_engine.py); at ``engine``, what
+        #: carries the nodes' frames POSTs (None at ``full``: HTTP does).
+        self.fidelity = fidelity
+        self.engine = (
+            EngineNetwork(self.network, self._engine_host, self.by_id)
+            if fidelity is Fidelity.ENGINE
+            else None
+        )
         self.ledger = Ledger()
         self.start_time = trio.current_time()
         #: ``(virtual time, what happened)``: crashes, restarts, partitions, heals.
@@ -454,6 +481,9 @@ class Simulation:
         self._counters: dict[str, int] = {}
         #: Every pair of nodes peered (by :meth:`peer`), by name.
         self.peerings: set[frozenset[str]] = set()
+        #: Makes the report's revocation part (set by what watches one: the
+        #: ``revocation`` scenario); None: the report has none.
+        self.revocation_report: Callable[[], RevocationReport] | None = None
         self._nursery = nursery
 
     # -- time and randomness ------------------------------------------------------------
@@ -543,6 +573,9 @@ class Simulation:
 
     def by_id(self, node_id: crypto.NodeId) -> SimNode | None:
         return self._by_id.get(node_id)
+
+    def _engine_host(self, host: str) -> EngineHost | None:
+        return self.nodes.get(host)
 
     def _delivered(self, sim_node: SimNode, message: Message) -> None:
         sent, duplicate = self.ledger.delivered(message.id, self.now, message.hops)
@@ -668,6 +701,7 @@ class Simulation:
             scenario=scenario,
             nodes=len(self.nodes),
             seed=self.seed,
+            fidelity=self.fidelity.value,
             virtual_seconds=round(now, 6),
             wall_seconds=wall_seconds,
             sent=len(messages),
@@ -702,6 +736,7 @@ class Simulation:
             + tuple(self._undelivered_posts())
             + tuple(self._dropped_messages()),
             chirp=self._chirp_report(nodes) if self.ledger.posts else None,
+            revocation=None if self.revocation_report is None else self.revocation_report(),
         )
 
     def _holders(self, post: SentPost, follower: str) -> list[str]:
@@ -860,6 +895,7 @@ async def open_simulation(
     data_dir: Path | str | None = None,
     link: Link | None = None,
     config: NodeConfig | None = None,
+    fidelity: Fidelity | str = Fidelity.FULL,
 ) -> AsyncIterator[Simulation]:
     """A fresh simulation for the duration of the block; its nodes end with it.
 
@@ -867,13 +903,17 @@ async def open_simulation(
     (default: a temporary directory, deleted afterwards); ``link`` is the default link
     between any two hosts (default: instant and perfect); ``config`` is the
     :class:`node.NodeConfig` nodes start from (``listen`` and ``name`` are set per node).
+    ``fidelity``: ``"full"`` (every byte through HTTP) or ``"engine"`` (frames handed
+    between the nodes' meshes as events; simulations/_engine.py).
 
     While it is open, httpcore times kept-alive connections by trio's clock (virtual
     time), not ``time.monotonic()``.
 
     Raises :class:`NotVirtualTime` unless the trio run uses
-    ``trio.testing.MockClock`` (give it ``autojump_threshold=0``).
+    ``trio.testing.MockClock`` (give it ``autojump_threshold=0``), and
+    :class:`SimulationError` for an unknown fidelity.
     """
+    level = fidelity_of(fidelity)
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, trio.testing.MockClock):
         raise NotVirtualTime(
@@ -894,6 +934,7 @@ async def open_simulation(
                 data_dir=Path(data_dir),
                 link=link or Link(),
                 config=config or NodeConfig(),
+                fidelity=level,
             )
             try:
                 yield sim

@@ -15,7 +15,7 @@ from simulations._cli import main
 def test_run_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "chain", "--nodes", "3", "--seed", "1", "--duration", "2m"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("scenario    chain: 3 nodes, seed 1\n")
+    assert out.startswith("scenario    chain: 3 nodes, seed 1, full fidelity\n")
     assert "2m00s virtual" in out
     assert "duplicates 0" in out
     assert err == ""  # a short run prints no progress
@@ -50,6 +50,10 @@ def test_progress_lines_on_stderr(
         (["run", "chain", "--duration", "1x"], "'1x' is not a duration like 90s"),
         (["run", "chain", "--duration", "0s"], "duration '0s' is not positive"),
         (["run", "chain", "--seed", "s"], "'s' is not an integer seed"),
+        (
+            ["run", "chain", "--fidelity", "tcp"],
+            "invalid choice: 'tcp' (choose from 'full', 'engine')",
+        ),
         (["run", "partition", "--nodes", "2"], "scenario partition needs at least 3 nodes"),
         (["run"], "the following arguments are required: SCENARIO"),
         ([], "the following arguments are required: COMMAND"),

@@ -130,7 +130,10 @@ def test_the_report_as_text_and_json() -> None:
         "expired",
         "dropped",
     }
+    assert data["fidelity"] == "full"
+    assert data["delivered_per_wall_second"] > 0
     assert "wall_seconds" not in report.deterministic()
+    assert "delivered_per_wall_second" not in report.deterministic()
 
 
 def test_a_report_with_duplicates_says_it_failed() -> None:
@@ -138,6 +141,7 @@ def test_a_report_with_duplicates_says_it_failed() -> None:
     fields = {**report.to_dict(), "duplicates": 2}
     for derived in (
         "undelivered",
+        "delivered_per_wall_second",
         "delivery_ratio",
         "requests_per_delivered",
         "bytes_per_delivered",

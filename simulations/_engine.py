@@ -1,0 +1,730 @@
+"""Engine-level fidelity: frames POSTs handed from node to node as events, without HTTP.
+
+A simulation runs at one of two fidelities (:class:`Fidelity`) with the same nodes,
+network, scenarios and report (docs/simulations-fidelity.md):
+
+* ``full``: everything between nodes goes through each node's httpx client and h11
+  server over simulated TCP connections (:class:`~simulations.SimNetwork`).
+* ``engine``: each node's forwarders post their batches through a
+  :class:`DirectFrames` (its :class:`node._forwarder.FrameClient`, given to
+  ``Node.open(frame_client=...)``), which hands the CBOR batch to the receiving node's
+  mesh (``MeshRuntime.receive``, where every frame's COSE signature is checked as ever)
+  and its per-frame results back: no HTTP, and no RFC 9421 signatures on requests and
+  answers. Attaching to a relay (Reverse HTTP) and its keep-alive pings stay on the
+  simulated HTTP network: control traffic, not per message.
+
+A POST meets on its way what the full level's model would do to it, drawn from the
+same links and random sources (:class:`EngineNetwork`):
+
+* the sender's connection pool, as httpcore keeps the node's (``make_transport``:
+  :data:`POOL_CONNECTIONS` connections, idle ones kept :data:`KEEPALIVE` s, an idle one
+  closed to make room for another origin, requests waiting in turn up to the pool
+  timeout). A POST reuses an idle connection to its endpoint or dials one
+  (:meth:`SimNetwork.handshake`: SYNs lost, dropped by a partition or a NAT until the
+  connect timeout; refused where nobody listens). A connection to a node that has
+  crashed since is gone (its RST came).
+* the request (its head and its body: two writes, as httpcore makes them) and the
+  answer (one write) each cross their link direction: latency and jitter, loss as
+  retransmission delay, bandwidth shared with all other traffic that way, and a reset
+  breaking the exchange (after the node took the frames, for an answer's). A partition
+  holds them until it heals, or the sender's read timeout ends the wait.
+* at the endpoint's host, a node that is down, or was restarted since the connection
+  was made, resets the exchange (seen a one-way delay later); one that crashes while
+  it takes the frames, too. Otherwise its server's checks come first, as in
+  ``Node._admit`` and ``Node._receive_frames``: shutting down (503), a sender its policy
+  refuses (403), a bad body (400, 413), the ``store`` capability presented
+  (``PTTH-Capability``), then ``mesh.receive``: the store full is 429 (Retry-After 30),
+  another store error 503 (Retry-After 10).
+* through a relay (an endpoint ``http://RELAY/n/NODE``), the relay decides as its
+  :class:`node._relay.RelayService` does for a visitor: 404 if the node has no
+  attachment there (or its lease is over), 503 if it gave its place away, waiting up to
+  ``visitor_wait`` for a detached node to come back (then 503); then request and answer
+  cross the link between relay and node (the reversed connection; its capability
+  headers stripped, as the relay strips ``PTTH-*``), 502 if the node crashed, 504 past
+  ``reply_timeout``.
+
+The sender's forwarder gets what it gets at the full level: results, or
+:class:`node._forwarder.PostFailed` (connection errors, timeouts, 429, 503, a bad
+answer) or :class:`node.DeliveryFailed` (any other refusal) to retry on.
+
+Not modelled: HTTP's own work and limits (parsing, the servers' connection and body
+budgets, a relay's reversed connections being busy, long-poll's round trips), request
+signatures and their replay guard, and a relay's reversed connection breaking when an
+exchange over it resets (the attachment stays as it is).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import functools
+import math
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol
+
+import trio
+
+import crypto
+import mesh
+from node import DeliveryFailed, Node
+from node._forwarder import FRAMES_PATH, FrameClient, PostFailed
+from node._relay import _Reversed, check_presented, presentable
+from node._server import PrefixedStream
+from simulations._errors import SimulationError
+from simulations._link import Transit
+from simulations._network import SimNetwork
+from simulations._stream import SimStream
+
+__all__ = [
+    "KEEPALIVE",
+    "POOL_CONNECTIONS",
+    "REQUEST_HEAD",
+    "RESPONSE_HEAD",
+    "DirectFrames",
+    "EngineHost",
+    "EngineNetwork",
+    "Fidelity",
+    "fidelity",
+]
+
+#: The head of a frames POST, in bytes: request line, host, content type and length,
+#: and the RFC 9421 signature headers (measured at the full level: 570).
+REQUEST_HEAD: Final = 570
+#: The head of its answer: status line, content type and length, signature (505).
+RESPONSE_HEAD: Final = 505
+#: What a relay adds to the head of an answer it streams on (a ``Via``).
+_VIA: Final = 41
+#: The node's HTTP connection pool, as ``node._net.make_transport`` makes it by
+#: default: connections at most (all may stay idle), and seconds one is kept idle.
+POOL_CONNECTIONS: Final = 16
+KEEPALIVE: Final = 30.0
+#: Where relays serve visitors of attached nodes (node/_relay.py).
+_VISITOR_PREFIX: Final = "/n/"
+_CUSTODY_WHAT: Final = "storing frames for others on this relay"
+
+
+class Fidelity(enum.StrEnum):
+    """How much of a node a simulation runs (see the module docstring)."""
+
+    #: Every byte through HTTP: the node's client and server, unchanged.
+    FULL = "full"
+    #: Frames passed between meshes as events, over the same network model.
+    ENGINE = "engine"
+
+
+def fidelity(value: Fidelity | str) -> Fidelity:
+    """``value`` as a :class:`Fidelity`. Raises :class:`SimulationError` naming the
+    choices for anything else."""
+    try:
+        return Fidelity(value)
+    except ValueError:
+        choices = ", ".join(level.value for level in Fidelity)
+        raise SimulationError(f"fidelity {value!r} is not one of {choices}") from None
+
+
+class EngineHost(Protocol):
+    """What the engine needs of a simulated host (:class:`simulations.SimNode` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stopped_at(self) -> float:
+        """When its node last stopped or crashed (trio time; -inf: never)."""
+        ...
+
+    def serving(self) -> tuple[Node, trio.Nursery] | None:
+        """The running node and a nursery of its run (cancelled when it stops or
+        crashes), or None while it is not running."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """What came back to a POST: a status and body (and words, for a refusal), or a
+    reset connection."""
+
+    status: int = 0
+    body: bytes = b""
+    words: str = ""
+    retry_after: float | None = None
+    reset: bool = False
+    #: Streamed on by a relay: its head (with a ``Via``) and body in two writes.
+    relayed: bool = False
+
+    @classmethod
+    def refusal(cls, status: int, words: str, retry_after: float | None = None) -> _Answer:
+        return cls(status, words.encode(), words, retry_after)
+
+
+_RESET: Final = _Answer(reset=True)
+
+
+class _Reply:
+    """An answer being made at another host (in a task of its node's run)."""
+
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: _Answer | None = None
+
+
+class _Broken(Exception):
+    """The exchange got no answer: ``kind`` names it as httpx would."""
+
+    def __init__(self, kind: str, words: str) -> None:
+        super().__init__(f"{kind}: {words}")
+        self.kind = kind
+        self.words = words
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Connection:
+    """One connection of a node's pool, to ``origin`` (host, port)."""
+
+    origin: tuple[str, int]
+    #: Not dialled yet (the request that made it dials it).
+    new: bool = True
+    idle: bool = False
+    expire_at: float = math.inf
+    #: The run of the node it reached (None: not known yet).
+    server: Node | None = None
+    #: Since when the server has waited for a request on it (accepted, or answered).
+    server_idle_since: float = 0.0
+
+
+class _Ticket:
+    __slots__ = ("connection", "origin", "ready")
+
+    def __init__(self, origin: tuple[str, int]) -> None:
+        self.origin = origin
+        self.ready = trio.Event()
+        self.connection: _Connection | None = None
+
+
+class _Pool:
+    """A node's HTTP connection pool as httpcore runs it (``AsyncConnectionPool.
+    _assign_requests_to_connections``, HTTP/1.1): one request at a time per
+    connection; requests served in turn, each by an idle connection to its origin, else
+    a new one while there are fewer than ``size``, else a new one in place of an idle
+    one (the oldest); otherwise it waits. Idle connections expire ``keepalive`` s after
+    their last answer, or when ``alive`` says their server is gone."""
+
+    def __init__(self, size: int, keepalive: float, alive: Callable[[_Connection], bool]) -> None:
+        self.size = size
+        self.keepalive = keepalive
+        self.alive = alive
+        self.connections: list[_Connection] = []
+        self._queue: collections.deque[_Ticket] = collections.deque()
+
+    async def acquire(self, origin: tuple[str, int]) -> _Connection:
+        """A connection to ``origin``, taken (``new`` if it is to be dialled)."""
+        ticket = _Ticket(origin)
+        self._queue.append(ticket)
+        try:
+            self._assign()
+            if ticket.connection is None:
+                await ticket.ready.wait()
+            assert ticket.connection is not None
+            return ticket.connection
+        except BaseException:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+            elif ticket.connection is not None:  # taken just as this was cancelled
+                self.release(ticket.connection, keep=not ticket.connection.new)
+            raise
+
+    def release(self, connection: _Connection, *, keep: bool) -> None:
+        """Give ``connection`` back: idle (``keep``) or closed."""
+        if keep:
+            connection.new = False
+            connection.idle = True
+            connection.expire_at = trio.current_time() + self.keepalive
+        elif connection in self.connections:
+            self.connections.remove(connection)
+        if self._queue:
+            self._assign()
+
+    def _assign(self) -> None:
+        now = trio.current_time()
+        self.connections = [
+            c
+            for c in self.connections
+            if not c.idle or (now <= c.expire_at and (c.server is None or self.alive(c)))
+        ]
+        idle = [c for c in self.connections if c.idle]
+        while self._queue:
+            ticket = self._queue[0]
+            connection = next((c for c in idle if c.origin == ticket.origin), None)
+            if connection is not None:
+                idle.remove(connection)
+            else:
+                if len(self.connections) >= self.size:
+                    if not idle:
+                        # No room and nothing idle: no request after this one can be
+                        # served either (httpcore would look at each in vain).
+                        return
+                    self.connections.remove(idle.pop(0))
+                connection = _Connection(ticket.origin)
+                self.connections.append(connection)
+            connection.idle = False
+            self._queue.popleft()
+            ticket.connection = connection
+            ticket.ready.set()
+
+
+class EngineNetwork:
+    """Carries the frames POSTs of a simulation's nodes (see the module docstring).
+
+    ``network`` is the simulation's (its links, partitions, NATs and counters);
+    ``host`` finds a host's node by host name and ``by_id`` by node id (None: none).
+    """
+
+    def __init__(
+        self,
+        network: SimNetwork,
+        host: Callable[[str], EngineHost | None],
+        by_id: Callable[[crypto.NodeId], EngineHost | None],
+    ) -> None:
+        self.network = network
+        self._host = host
+        self._by_id = by_id
+
+    def frame_client(self, host: str, node: crypto.NodeId) -> Callable[[FrameClient], FrameClient]:
+        """What ``Node.open(frame_client=...)`` takes for node ``node`` on ``host``."""
+
+        def wrap(inner: FrameClient) -> FrameClient:
+            return DirectFrames(inner, self, host, node)
+
+        return wrap
+
+    # -- the wire ---------------------------------------------------------------------
+
+    def write(self, src: str, dst: str, size: int) -> Transit:
+        """One write of ``size`` bytes from ``src`` to ``dst``, counted as the full
+        level's streams count theirs."""
+        transit = self.network._transit(src, dst, size)
+        statistics = self.network.statistics
+        statistics.bytes += size
+        statistics.writes += 1
+        if transit.reset:
+            statistics.random_resets += 1
+            statistics.resets += 1
+        return transit
+
+    def reset(self, src: str, dst: str) -> float:
+        """Send an RST from ``src`` to ``dst``; return when it arrives."""
+        self.network.statistics.resets += 1
+        return self.network._transit(src, dst, 0).arrival
+
+    async def carry(self, src: str, dst: str, arrival: float) -> None:
+        """Wait until what left ``src`` for ``dst`` arrives at ``arrival``, and on
+        while a partition separates them (TCP retransmits until it heals)."""
+        if arrival > trio.current_time():
+            await trio.sleep_until(arrival)
+        while self.network.is_cut(src, dst):
+            await self.network._wait_topology_change()
+
+    def running(self, host: str) -> Node | None:
+        """The node running on ``host`` now, if any."""
+        target = self._host(host)
+        serving = None if target is None else target.serving()
+        return None if serving is None else serving[0]
+
+    def alive(self, client: str, connection: _Connection) -> bool:
+        """Whether ``client`` may take ``connection`` for alive: the node it reached
+        still runs, or ran until so recently that its RST is still on the way."""
+        host = connection.origin[0]
+        if self.running(host) is connection.server:
+            return True
+        target = self._host(host)
+        stopped = -math.inf if target is None else target.stopped_at
+        return trio.current_time() < stopped + self.network.link(host, client).latency
+
+    def land_later(
+        self,
+        src: str,
+        arrival: float,
+        connection: _Connection,
+        path: str,
+        sender: crypto.NodeId,
+        body: bytes,
+        headers: Sequence[tuple[str, str]],
+    ) -> None:
+        """A request its sender gave up on while a partition held it: as TCP's
+        retransmissions would, it still reaches the node once the partition heals, and
+        is taken there (the answer goes nowhere: the sender hung up)."""
+
+        async def land() -> None:
+            await self.carry(src, connection.origin[0], arrival)
+            await self.serve(connection, path, sender, body, headers)
+
+        self.network._start_pump(land)
+
+    # -- the receiving host -----------------------------------------------------------
+
+    async def serve(
+        self,
+        connection: _Connection,
+        path: str,
+        sender: crypto.NodeId,
+        body: bytes,
+        headers: Sequence[tuple[str, str]],
+    ) -> _Answer:
+        """The answer of the node at ``connection``'s host to a frames POST that has
+        arrived there now (a reset if none is running, or it is another run)."""
+        target = self._host(connection.origin[0])
+        serving = None if target is None else target.serving()
+        if serving is None or connection.server not in (None, serving[0]):
+            return _RESET  # data for a closed socket: the kernel answers with an RST
+        node, nursery = serving
+        if trio.current_time() > connection.server_idle_since + node.config.server.idle_timeout:
+            return _RESET  # the server closed it, idle (its FIN crossed the request)
+        connection.server = node
+        assert target is not None
+        host = target.name
+        if path == FRAMES_PATH:
+            return await _in_run(nursery, lambda: take_frames(node, sender, body, headers))
+        if path.startswith(_VISITOR_PREFIX):
+            return await _in_run(nursery, lambda: self._relay(node, host, path, sender, body))
+        return _Answer.refusal(404, f"no such resource: {path}")
+
+    async def _relay(
+        self, relay: Node, relay_host: str, path: str, sender: crypto.NodeId, body: bytes
+    ) -> _Answer:
+        """A relay's answer to a visitor's POST for an attached node, as
+        ``RelayService.forward`` makes it: over one of the node's reversed connections
+        (taken from the idle ones, given back after a whole answer, closed after a
+        broken one: the node then attaches again)."""
+        service = relay.relay_service
+        wait = service.config.visitor_wait
+        node_text, _, tail = path[len(_VISITOR_PREFIX) :].partition("/")
+        try:
+            node_id = crypto.NodeId.parse(node_text)
+        except crypto.Malformed as exc:
+            return _Answer.refusal(404, f"relay: bad node id: {exc}")
+        attachment = service.attachments.get(node_id)
+        if attachment is None or (attachment.lease_over() and not attachment.attached):
+            return _Answer.refusal(404, f"relay: {node_id.short} is not attached here")
+        if service._lapsed(attachment) is not None:
+            return _gave_way(attachment.refused, node_id, wait)
+        target = self._by_id(node_id)
+        if target is None or "/" + tail != FRAMES_PATH:
+            return _Answer.refusal(404, f"no such resource: /{tail}")
+        attachment.requests += 1
+        attachment.last_activity = trio.current_time()
+        deadline = trio.current_time() + wait
+        while True:
+            connection = service._take_idle(attachment)
+            if connection is not None or (attachment.polling and not attachment.connections):
+                break  # (long-poll: carried as over a connection)
+            if attachment.evicted:
+                return _gave_way(attachment.refused, node_id, wait)
+            if trio.current_time() >= deadline:
+                if attachment.attached:
+                    words = f"no free connection to {node_id.short} within {wait:g} s"
+                    return _Answer.refusal(503, f"relay: {words}", 1)
+                words = f"{node_id.short} is detached (its lease holds its URL space)"
+                return _Answer.refusal(503, f"relay: {words}", max(1, int(wait)))
+            with trio.move_on_at(deadline):
+                await attachment.changed.wait()
+        answer: _Answer | None = None
+        try:
+            timeout = service.config.reply_timeout
+            with trio.move_on_after(timeout):
+                answer = await self._over_reversed(relay_host, target, sender, body)
+                if answer is None:
+                    reason = "connection reset"
+                    return _Answer.refusal(502, f"relay: bad answer from {node_id.short}: {reason}")
+                return dataclasses.replace(answer, relayed=True)
+            return _Answer.refusal(
+                504, f"relay: {node_id.short} did not answer within {timeout:g} s"
+            )
+        finally:
+            if connection is not None:
+                # As _RelayedBody.release: idle again after a whole answer, else closed.
+                connection.busy = False
+                if answer is not None and not connection.closed.is_set():
+                    attachment.idle.append(connection)
+                    attachment.last_activity = now = trio.current_time()
+                    connection.last_used = _last_use(connection, now, service.config.ping_interval)
+                else:
+                    connection.close()
+                attachment.notify()
+
+    async def _over_reversed(
+        self, relay_host: str, target: EngineHost, sender: crypto.NodeId, body: bytes
+    ) -> _Answer | None:
+        """Request (one write: the relay strips the visitor's ``PTTH-*`` headers, its
+        capabilities too) and answer over a reversed connection between the relay and
+        the node on ``target``; None if it broke."""
+        natted = target.name
+        sent = self.write(relay_host, natted, REQUEST_HEAD + len(body))
+        if sent.reset:
+            return None
+        await self.carry(relay_host, natted, sent.arrival)
+        serving = target.serving()
+        if serving is None:
+            return None
+        node, nursery = serving
+        answer = await _in_run(nursery, lambda: take_frames(node, sender, body, ()))
+        if answer.reset:
+            await self.carry(natted, relay_host, self.reset(natted, relay_host))
+            return None
+        back = self.write(natted, relay_host, RESPONSE_HEAD + len(answer.body))
+        await self.carry(natted, relay_host, back.arrival)
+        return None if back.reset else answer
+
+
+def _last_use(connection: _Reversed, now: float, ping_interval: float) -> float:
+    """The last use to note for a reversed connection an exchange was carried over at
+    ``now``. The relay pings one unused for ``ping_interval``; at full level the
+    exchange's bytes did that, and kept the node's server from closing it for silence.
+    At engine level no byte crossed it, so the use noted is no later than one interval
+    after the last bytes that did cross (a ping, the Upgrade): the relay then pings a
+    busy connection every other interval, in time for the node's idle timeout (60 s,
+    2.4 intervals), and an idle one as at full level."""
+    stream = connection.stream
+    while isinstance(stream, PrefixedStream):
+        stream = stream.stream
+    if not isinstance(stream, SimStream):
+        return now
+    return max(connection.last_used, min(now, stream._last_arrival + ping_interval))
+
+
+async def _in_run(nursery: trio.Nursery, make: Callable[[], Awaitable[_Answer]]) -> _Answer:
+    """Make an answer in ``nursery``, a node's run: the sender may give up waiting and
+    the node goes on; if the node stops or crashes meanwhile, the connection resets."""
+    reply = _Reply()
+
+    async def answer() -> None:
+        try:
+            reply.answer = await make()
+        finally:
+            reply.done.set()
+
+    nursery.start_soon(answer)
+    await reply.done.wait()
+    return reply.answer or _RESET
+
+
+def _gave_way(refused: str | None, node: crypto.NodeId, visitor_wait: float) -> _Answer:
+    if refused is not None:
+        return _Answer.refusal(503, f"relay: {node.short} is no longer attached here: {refused}")
+    return _Answer.refusal(
+        503,
+        f"relay: {node.short} went away; its place here went to another node",
+        max(1, int(visitor_wait)),
+    )
+
+
+async def take_frames(
+    node: Node, sender: crypto.NodeId, body: bytes, headers: Sequence[tuple[str, str]]
+) -> _Answer:
+    """``node``'s answer to a frames POST from ``sender``: the checks and the intake of
+    ``Node._admit`` and ``Node._receive_frames``, without HTTP and request signatures."""
+    statistics = node.mesh.statistics
+    router = node.mesh.router
+
+    def refuse(status: int, words: str, retry_after: float | None = None) -> _Answer:
+        statistics.requests_refused += 1
+        return _Answer.refusal(status, words, retry_after)
+
+    server = node.server
+    if server is not None and server._closing.is_set():
+        return refuse(503, "node is shutting down", 5)
+    refusal = router.policy.sender_refusal(sender, neighbour=sender in router.links)
+    if refusal is not None:
+        return refuse(403, refusal)
+    now = node.clock()
+    try:
+        items = mesh.decode_frames(body)
+    except crypto.TooLarge as exc:
+        return refuse(413, str(exc))
+    except crypto.Malformed as exc:
+        return refuse(400, f"body is not a CBOR sequence of frames: {exc}")
+    try:
+        if router.authority.requirements.store:
+            with node.store.custody(sender, _custody(node, sender, body, headers)):
+                results = await node.mesh.receive(items, sender, now)
+        else:
+            results = await node.mesh.receive(items, sender, now)
+    except mesh.StoreFull as exc:
+        return refuse(429, str(exc), 30)
+    except mesh.MeshError as exc:
+        return refuse(503, f"store unavailable: {exc}", 10)
+    return _Answer(200, mesh.encode_results(results))
+
+
+def _custody(
+    node: Node, sender: crypto.NodeId, body: bytes, headers: Sequence[tuple[str, str]]
+) -> mesh.Custody:
+    """As ``Node._custody``: the terms of the ``store`` capability presented."""
+    from crypto import _httpsig  # the request's content digest names the use
+
+    try:
+        verified = check_presented(
+            node.mesh.router.authority,
+            headers,
+            now=node.clock(),
+            operation=crypto.Operation.STORE,
+            presenter=sender,
+            use=_httpsig.content_digest(body).encode(),
+            what=_CUSTODY_WHAT,
+        )
+    except crypto.CapabilityRefused as exc:
+        return mesh.Custody(refused=str(exc))
+    return mesh.Custody(quota=verified.quota)
+
+
+class DirectFrames(FrameClient):
+    """A node's :class:`FrameClient` at engine level: each POST (one endpoint tried,
+    in the order and with the preference :meth:`FrameClient.post` keeps) is carried
+    by ``engine`` to the endpoint's node, as the module docstring says.
+
+    ``inner`` is the node's own FrameClient (its counters, wallet, clock and HTTP
+    client's timeouts are this one's); ``host`` is the node's host and ``node`` its id.
+    """
+
+    def __init__(
+        self, inner: FrameClient, engine: EngineNetwork, host: str, node: crypto.NodeId
+    ) -> None:
+        super().__init__(
+            inner.client, inner.sign_request, inner.clock, inner.on_request, wallet=inner.wallet
+        )
+        self.engine = engine
+        self.host = host
+        self.node = node
+        timeout = inner.client.timeout
+        self.connect_timeout = _seconds(timeout.connect)
+        self.read_timeout = _seconds(timeout.read)
+        self.pool_timeout = _seconds(timeout.pool)
+        self.pool = _Pool(POOL_CONNECTIONS, KEEPALIVE, functools.partial(engine.alive, host))
+        self._targets: dict[str, tuple[tuple[str, int], str]] = {}  # url: (origin, path)
+
+    async def _post_once(
+        self, dst: crypto.NodeId, url: str, body: bytes, count: int
+    ) -> list[mesh.Result]:
+        target = self._targets.get(url)
+        if target is None:
+            split = urllib.parse.urlsplit(url)
+            origin = ((split.hostname or "").lower(), split.port or 80)
+            target = self._targets[url] = (origin, split.path)
+        origin, path = target
+        headers = (
+            [] if self.wallet is None else presentable(self.wallet, crypto.Operation.STORE, dst)
+        )
+        self.on_request()
+        try:
+            answer = await self._exchange(origin, path, body, headers)
+        except _Broken as exc:
+            raise PostFailed(f"{exc.kind} from {url}: {exc.words}") from None
+        if answer.status in (429, 503):
+            raise PostFailed(f"{answer.status} from {url}: {answer.words}", answer.retry_after)
+        if answer.status != 200:
+            raise DeliveryFailed(f"{dst.short} refused the request: {answer.status} {answer.words}")
+        try:
+            return mesh.decode_results(answer.body, expected=count)
+        except crypto.CryptoError as exc:
+            raise PostFailed(f"bad answer from {url}: {exc}") from exc
+
+    async def _exchange(
+        self,
+        origin: tuple[str, int],
+        path: str,
+        body: bytes,
+        headers: Sequence[tuple[str, str]],
+    ) -> _Answer:
+        connection = await self._connect(origin)
+        kept = False
+        try:
+            answer = await self._round_trip(connection, path, body, headers)
+            kept = True
+            return answer
+        finally:
+            self.pool.release(connection, keep=kept)
+
+    async def _connect(self, origin: tuple[str, int]) -> _Connection:
+        """A connection to ``origin`` from the pool, dialled if new."""
+        host, port = origin
+        connection: _Connection | None = None
+        with trio.move_on_after(self.pool_timeout):
+            connection = await self.pool.acquire(origin)
+        if connection is None:
+            raise _Broken("PoolTimeout", f"no connection free within {self.pool_timeout:g} s")
+        if not connection.new:
+            return connection
+        network = self.engine.network
+        try:
+            with trio.fail_after(self.connect_timeout):
+                await network.handshake(self.host, host, port)
+            if not network.listening(host, port):
+                network.statistics.dials_refused += 1
+                raise _Broken("ConnectError", f"[Errno 111] connection refused: {host}:{port}")
+        except trio.TooSlowError:
+            self.pool.release(connection, keep=False)
+            raise _Broken("ConnectTimeout", f"no answer from {host}:{port}") from None
+        except OSError as exc:
+            self.pool.release(connection, keep=False)
+            raise _Broken("ConnectError", str(exc)) from None
+        except BaseException:
+            self.pool.release(connection, keep=False)
+            raise
+        network.statistics.connections += 1
+        connection.server = self.engine.running(host)
+        connection.server_idle_since = trio.current_time()
+        return connection
+
+    async def _round_trip(
+        self,
+        connection: _Connection,
+        path: str,
+        body: bytes,
+        headers: Sequence[tuple[str, str]],
+    ) -> _Answer:
+        engine = self.engine
+        here, there = self.host, connection.origin[0]
+        head = (
+            REQUEST_HEAD
+            + len(path)
+            - len(FRAMES_PATH)
+            + sum(len(name) + len(value) + 4 for name, value in headers)
+        )
+        first = engine.write(here, there, head)
+        transits = [first] if first.reset else [first, engine.write(here, there, len(body))]
+        depart = max(transit.depart for transit in transits)
+        if depart > trio.current_time():
+            await trio.sleep_until(depart)  # serialised on the link: back-pressure
+        if any(transit.reset for transit in transits):
+            raise _Broken("ReadError", "connection reset")
+        arrival = max(transit.arrival for transit in transits)
+        landed = False
+        with trio.move_on_after(self.read_timeout):
+            await engine.carry(here, there, arrival)
+            landed = True
+            answer = await engine.serve(connection, path, self.node, body, headers)
+            connection.server_idle_since = trio.current_time()
+            if answer.reset:
+                await engine.carry(there, here, engine.reset(there, here))
+                raise _Broken("ReadError", f"connection reset by {there}")
+            if answer.relayed:
+                first = engine.write(there, here, RESPONSE_HEAD + _VIA)
+                back = (
+                    [first] if first.reset else [first, engine.write(there, here, len(answer.body))]
+                )
+            else:
+                back = [engine.write(there, here, RESPONSE_HEAD + len(answer.body))]
+            await engine.carry(there, here, max(transit.arrival for transit in back))
+            if any(transit.reset for transit in back):
+                raise _Broken("ReadError", f"connection reset by {there}")
+            return answer
+        if not landed:
+            engine.land_later(here, arrival, connection, path, self.node, body, headers)
+        raise _Broken("ReadTimeout", f"no answer within {self.read_timeout:g} s")
+
+
+def _seconds(value: float | None) -> float:
+    return math.inf if value is None else value
