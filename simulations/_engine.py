@@ -22,12 +22,14 @@ same links and random sources (:class:`EngineNetwork`):
   timeout). A POST reuses an idle connection to its endpoint or dials one
   (:meth:`SimNetwork.handshake`: SYNs lost, dropped by a partition or a NAT until the
   connect timeout; refused where nobody listens). A connection to a node that has
-  crashed since is gone (its RST came).
+  crashed is gone once its RST has had time to arrive; one its server left idle past
+  the server's idle timeout is reset when a request comes.
 * the request (its head and its body: two writes, as httpcore makes them) and the
-  answer (one write) each cross their link direction: latency and jitter, loss as
-  retransmission delay, bandwidth shared with all other traffic that way, and a reset
-  breaking the exchange (after the node took the frames, for an answer's). A partition
-  holds them until it heals, or the sender's read timeout ends the wait.
+  answer (one write; two when a relay streams it on) each cross their link direction:
+  latency and jitter, loss as retransmission delay, bandwidth shared with all other
+  traffic that way, and a reset breaking the exchange (after the node took the frames,
+  for an answer's). A partition holds them until it heals, or the sender's read
+  timeout ends the wait; a request given up on still lands once the partition heals.
 * at the endpoint's host, a node that is down, or was restarted since the connection
   was made, resets the exchange (seen a one-way delay later); one that crashes while
   it takes the frames, too. Otherwise its server's checks come first, as in
@@ -38,19 +40,22 @@ same links and random sources (:class:`EngineNetwork`):
 * through a relay (an endpoint ``http://RELAY/n/NODE``), the relay decides as its
   :class:`node._relay.RelayService` does for a visitor: 404 if the node has no
   attachment there (or its lease is over), 503 if it gave its place away, waiting up to
-  ``visitor_wait`` for a detached node to come back (then 503); then request and answer
-  cross the link between relay and node (the reversed connection; its capability
-  headers stripped, as the relay strips ``PTTH-*``), 502 if the node crashed, 504 past
+  ``visitor_wait`` for an idle reversed connection or a detached node to come back
+  (then 503); then request and answer cross the link between relay and node over one
+  of the node's real reversed connections (taken and given back as the relay does; its
+  capability headers stripped, as the relay strips ``PTTH-*``): 502 if the node crashed
+  or the connection reset (which closes it: the node attaches again), 504 past
   ``reply_timeout``.
 
 The sender's forwarder gets what it gets at the full level: results, or
 :class:`node._forwarder.PostFailed` (connection errors, timeouts, 429, 503, a bad
 answer) or :class:`node.DeliveryFailed` (any other refusal) to retry on.
 
-Not modelled: HTTP's own work and limits (parsing, the servers' connection and body
-budgets, a relay's reversed connections being busy, long-poll's round trips), request
-signatures and their replay guard, and a relay's reversed connection breaking when an
-exchange over it resets (the attachment stays as it is).
+Not modelled: HTTP's own work and limits (parsing, the servers' connection slots and
+the shorter idle timeout under pressure, the body budget, long-poll's round trips),
+request signatures and their replay guard. No byte of an exchange crosses a reversed
+connection, so the relay still pings one that exchanges keep busy (every other ping
+interval: :func:`_last_use`), where at full level the exchanges keep it alive.
 """
 
 from __future__ import annotations

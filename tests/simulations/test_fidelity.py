@@ -10,7 +10,8 @@ draw from the same per-link random sources, but not in the same order (the full 
 also writes pings and attaches, and splits some messages differently), so a run is
 alike in distribution, not identical, and the test bounds the gap:
 
-* the same traffic is sent, and the delivery ratios are within 0.1 % (the issue's bar);
+* the same traffic is sent (within 1 % where the setup waits on the network: ``nat``
+  starts once its leaves are attached), the delivery ratios within 0.1 % (the issue's bar);
   no duplicates at either level;
 * mean hops within 5 %: routes are the same code fed alike;
 * latency p50 within 10 % (or 5 ms): it is the common case (a kept-alive connection
@@ -272,7 +273,9 @@ def test_both_levels_agree_on_a_scenario(scenario: str, nodes: int, tails: bool)
     full, engine = runs[Fidelity.FULL], runs[Fidelity.ENGINE]
     both = f"full:\n{full.to_text()}\nengine:\n{engine.to_text()}"
     assert (full.fidelity, engine.fidelity) == ("full", "engine")
-    assert full.sent == engine.sent > 50, both
+    # The same traffic (nat's starts once its leaves are attached: a little apart).
+    assert abs(full.sent - engine.sent) <= 0.01 * full.sent, both
+    assert engine.sent > 50, both
     assert full.duplicates == engine.duplicates == 0, both
     assert full.delivery_ratio is not None
     assert engine.delivery_ratio is not None
@@ -282,3 +285,12 @@ def test_both_levels_agree_on_a_scenario(scenario: str, nodes: int, tails: bool)
     if tails:
         assert close(full.latency_p95, engine.latency_p95, share=0.30, floor=0.3), both
         assert close(full.latency_p99, engine.latency_p99, share=0.30, floor=0.3), both
+
+
+def test_the_engine_level_is_deterministic_too() -> None:
+    # The mesh scenario: NATed nodes behind relays, lossy links, churn, a partition.
+    first = run_scenario("mesh", nodes=8, seed=11, duration=180.0, fidelity="engine")
+    again = run_scenario("mesh", nodes=8, seed=11, duration=180.0, fidelity="engine")
+    assert again.deterministic() == first.deterministic()
+    assert first.sent > 0
+    assert first.duplicates == 0
