@@ -279,6 +279,24 @@ def _json_error(status: int, words: str, headers: list[tuple[str, str]]) -> Resp
     return response
 
 
+def _seconds(query: dict[str, list[str]], name: str) -> float | Response | None:
+    """Query parameter ``name``: seconds up to a frame's longest lifetime (None: not
+    given), or the 400 that says what is wrong with it."""
+    if name not in query:
+        return None
+    given = query[name][-1]
+    try:
+        seconds = float(given)
+        if not 0 < seconds <= _MAX_TTL:
+            raise ValueError(seconds)
+    except ValueError:
+        return _error(
+            400,
+            f"{name} must be a positive number of seconds up to {_MAX_TTL:.0f}, not {given!r}",
+        )
+    return seconds
+
+
 def _flag(query: dict[str, list[str]], name: str) -> bool:
     return query.get(name, ["0"])[-1].lower() in ("1", "true", "yes")
 
@@ -976,18 +994,9 @@ class LocalApi:
         if len(topics) != 1:
             return _error(400, "say which topic to publish to, once: ?topic=TOPIC")
         topic = topics[0]
-        ttl: float | None = None
-        if "ttl" in query:
-            try:
-                ttl = float(query["ttl"][-1])
-                if not 0 < ttl <= _MAX_TTL:
-                    raise ValueError(ttl)
-            except ValueError:
-                return _error(
-                    400,
-                    f"ttl must be a positive number of seconds up to {_MAX_TTL:.0f}, "
-                    f"not {query['ttl'][-1]!r}",
-                )
+        ttl = _seconds(query, "ttl")
+        if isinstance(ttl, Response):
+            return ttl
         ct = _content_type(request)
         key = _idempotency(request, "publish", topic, ct or "", str(ttl))
         if isinstance(key, Response):
@@ -1353,18 +1362,9 @@ class LocalApi:
             if len(values) != 1:
                 return _error(400, "say what to call, once each: ?to=NODE_ID&object=NAME&op=OP")
             wanted[key] = values[0]
-        timeout = DEFAULT_CALL_TIMEOUT
-        if "timeout" in query:
-            try:
-                timeout = float(query["timeout"][-1])
-                if not 0 < timeout <= _MAX_TTL:
-                    raise ValueError(timeout)
-            except ValueError:
-                return _error(
-                    400,
-                    f"timeout must be a positive number of seconds up to {_MAX_TTL:.0f}, "
-                    f"not {query['timeout'][-1]!r}",
-                )
+        timeout = _seconds(query, "timeout")
+        if isinstance(timeout, Response):
+            return timeout
         try:
             target = crypto.NodeId.parse(wanted["to"])
             reply = await self.node.objects.call(
@@ -1373,7 +1373,7 @@ class LocalApi:
                 wanted["op"],
                 request.body,
                 cap=request.header("ptth-cap"),
-                timeout=timeout,
+                timeout=DEFAULT_CALL_TIMEOUT if timeout is None else timeout,
                 ct=_content_type(request),
             )
         except CallFailed as exc:

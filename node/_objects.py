@@ -67,6 +67,7 @@ from node._datadir import DataDir, write_atomically
 from node._errors import CallFailed, CallTimeout, NodeError
 from node._mesh import MeshRuntime
 from node._message import Published, Sent
+from node._relay import HOP_BY_HOP_HEADERS
 from node._server import Request, Response
 
 __all__ = [
@@ -118,28 +119,8 @@ _FORWARD_OP: Final = re.compile(r"([A-Z]{1,16})(?: (/[^\s#]*))?")
 _URI_CHARS: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
 _CT: Final = re.compile(r"[!-~]+(?:; ?[!-~]+)*")
 #: Headers that never cross the proxy of a capability URL (RFC 9110 §7.6.1, and those
-#: the proxy sets itself or a visitor must not: ptth-*).
-_HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "content-length",
-        "content-encoding",
-        "host",
-        "forwarded",
-        "via",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-    }
-)
+#: the proxy sets itself or a visitor must not: ptth-*, checked apart).
+_HOP_BY_HOP: Final = HOP_BY_HOP_HEADERS | {"content-encoding", "host"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,6 +106,7 @@ from node._server import PrefixedStream, Request, Response, source_address
 __all__ = [
     "ATTACH_PATH",
     "CAPABILITY_HEADER",
+    "HOP_BY_HOP_HEADERS",
     "MAX_PRESENTED",
     "PING_PATH",
     "POLL_PREFIX",
@@ -147,9 +148,9 @@ _FULL_RETRY_AFTER: Final = 30
 #: (one /64 is one address; 10 000 x ~200 bytes is 2 MB).
 _RATE_ADDRESSES: Final = 10_000
 
-#: Headers that belong to one hop (RFC 9110 §7.6.1) and never cross the relay, plus
-#: those the relay sets itself (visitor-supplied copies are dropped).
-_HOP_BY_HOP: Final = frozenset(
+#: Headers that belong to one hop (RFC 9110 §7.6.1), and those a proxy sets itself: a
+#: proxy of ours (the relay, a capability URL's) never passes a visitor's copies on.
+HOP_BY_HOP_HEADERS: Final = frozenset(
     {
         "connection",
         "keep-alive",
@@ -166,9 +167,10 @@ _HOP_BY_HOP: Final = frozenset(
         "x-forwarded-for",
         "x-forwarded-host",
         "x-forwarded-proto",
-        "proxy-status",
     }
 )
+#: What never crosses the relay: those, and the relay's own error report.
+_HOP_BY_HOP: Final = HOP_BY_HOP_HEADERS | {"proxy-status"}
 
 
 class RelayHost(Protocol):
