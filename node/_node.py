@@ -60,7 +60,15 @@ from node._mesh import MeshConfig, MeshRuntime, NodeStatistics
 from node._message import Message, Published, Sent
 from node._metrics import METRICS_PATH, Metrics
 from node._net import Network, TcpNetwork, make_transport
-from node._objects import CAP_URL_PREFIX, DEFAULT_CALL_TIMEOUT, CallHandler, Exposed, Objects
+from node._objects import (
+    CAP_URL_PREFIX,
+    DEFAULT_CALL_TIMEOUT,
+    OBJECTS_FILE,
+    CallHandler,
+    Exposed,
+    Objects,
+    load_objects,
+)
 from node._pubsub import DurableSubscription, Subscription
 from node._relay import (
     ATTACH_PATH,
@@ -403,6 +411,7 @@ class Node:
             policy.with_lists(await blocking(data.policy_lists))
         except crypto.Malformed as exc:
             raise NodeError(f"{data.path / 'policy.json'}: {exc}; fix or remove it") from exc
+        saved_objects = await blocking(functools.partial(load_objects, data.path / OBJECTS_FILE))
         new_id: Callable[[], bytes] = (
             functools.partial(rng.randbytes, crypto.FRAME_ID_SIZE)
             if rng is not None
@@ -437,6 +446,7 @@ class Node:
                     book,
                 )
                 node.mesh.router.policy = policy
+                node.objects.saved = saved_objects
                 if config.xmpp is not None:
                     node.xmpp = XmppGateway(
                         node, config.xmpp, xmpp_secret, users_file=data.path / XMPP_USERS

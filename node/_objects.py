@@ -87,6 +87,7 @@ __all__ = [
     "ObjectStatistics",
     "Objects",
     "ObjectsHost",
+    "load_objects",
 ]
 
 log = logging.getLogger("ptth.objects")
@@ -401,6 +402,23 @@ class CapUrl:
         return value
 
 
+def load_objects(path: Path) -> list[ObjectSpec]:
+    """The built-in objects kept in ``path`` (``DIR/objects.json``; none if there is no
+    such file). Raises :class:`NodeError` for a file that cannot be read or is bad."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise NodeError(f"cannot read {path}: {exc}; fix or remove it") from exc
+    try:
+        if not isinstance(value, dict) or not isinstance(value.get("objects"), list):
+            raise crypto.Malformed('it is not {"objects": [...]}')
+        return [ObjectSpec.from_json(item) for item in value["objects"]]
+    except crypto.Malformed as exc:
+        raise NodeError(f"{path}: {exc}; fix or remove it") from exc
+
+
 class Objects:
     """The objects of one node, and its calls on others' (see the module docstring)."""
 
@@ -419,17 +437,18 @@ class Objects:
         # From the start and for good: calls and replies never go to the inbox, also
         # before serve() and after it (then a call is dropped: its caller times out).
         host.mesh.on_call = self.received
+        #: The built-in objects kept in ``objects.json``, exposed by :meth:`serve`
+        #: (``Node.open`` reads them before anything starts: a bad file stops it there).
+        self.saved: list[ObjectSpec] = []
 
     # -- life -------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Expose the saved built-in objects and take calls until :meth:`shutdown` (then
-        return once the handlers running have answered) or cancelled. Raises
-        :class:`NodeError` for an ``objects.json`` that cannot be read."""
-        specs = await self.host.run_blocking(self._load)
+        return once the handlers running have answered) or cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for spec in specs:
+            for spec in self.saved:
                 self._objects[spec.name] = self._builtin(spec)
             try:
                 task_status.started()
@@ -448,21 +467,6 @@ class Objects:
 
     def _path(self) -> Path:
         return self.host.data.path / OBJECTS_FILE
-
-    def _load(self) -> list[ObjectSpec]:
-        path = self._path()
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
-            raise NodeError(f"cannot read {path}: {exc}; fix or remove it") from exc
-        try:
-            if not isinstance(value, dict) or not isinstance(value.get("objects"), list):
-                raise crypto.Malformed('it is not {"objects": [...]}')
-            return [ObjectSpec.from_json(item) for item in value["objects"]]
-        except crypto.Malformed as exc:
-            raise NodeError(f"{path}: {exc}; fix or remove it") from exc
 
     def _save(self, specs: Sequence[ObjectSpec]) -> None:
         data = json.dumps({"objects": [spec.to_json() for spec in specs]}, indent=1) + "\n"
