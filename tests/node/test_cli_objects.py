@@ -29,7 +29,8 @@ import httpx
 import pytest
 
 from node import _cli as cli
-from tests.node.test_nat import IN_IP, OUT_IP, Nat, _why_not, run_node
+from tests.node.test_nat import IN_IP, OUT_IP, Nat, run_node
+from tests.node.test_nat import nat as nat  # the fixture (namespaces, skips without root)
 from tests.node.test_nat import ptth as ns_ptth
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals")
@@ -239,19 +240,6 @@ def test_objects_need_a_running_node(tmp_path: Path) -> None:
 
 
 # -- across a real NAT -------------------------------------------------------------------
-
-
-@pytest.fixture
-def nat() -> Iterator[Nat]:
-    reason = _why_not()
-    if reason is not None:
-        pytest.skip(reason)
-    network = Nat()
-    try:
-        network.up()
-        yield network
-    finally:
-        network.down()
 
 
 _SERVICE = """
