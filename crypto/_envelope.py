@@ -20,16 +20,15 @@ Reading is strict: the size is checked first, decoding is bounded (see
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
-import cbor2
-
 from crypto import _cbor
-from crypto._errors import Malformed, WrongPurpose
+from crypto._errors import Malformed, TooLarge, WrongPurpose
 from crypto._identity import Identity, NodeId
 
-__all__ = ["Opened", "Purpose", "open", "seal"]
+__all__ = ["Opened", "Purpose", "open", "seal", "seal_encoded"]
 
 COSE_SIGN1_TAG: Final = 18
 _ALG: Final = 1
@@ -69,13 +68,26 @@ def seal(identity: Identity, purpose: Purpose | str, payload: dict[Any, Any]) ->
     """
     if not isinstance(payload, dict):
         raise Malformed(f"envelope payload must be a map, got {type(payload).__name__}")
-    protected = _cbor.encode(
-        {_ALG: _EDDSA, _CONTENT_TYPE: str(purpose), _KID: identity.node_id.raw}
-    )
     payload_bytes = _cbor.encode(payload)
     _cbor.decode(payload_bytes, what="envelope payload")  # as open() will read it
+    return seal_encoded(identity, purpose, payload_bytes)
+
+
+def seal_encoded(identity: Identity, purpose: Purpose | str, payload_bytes: bytes) -> bytes:
+    """:func:`seal` for a payload already encoded by a caller that vouches for it: the
+    deterministic encoding of a map :func:`open` accepts (a :class:`crypto.Frame`'s,
+    whose fields are validated when it is made). Nothing is checked here.
+
+    The envelope is written by hand (its shape is fixed, see the module docstring), the
+    same bytes :func:`crypto._cbor.encode` would give; ``tests/test_envelope.py``
+    compares the two.
+    """
+    protected = _protected(identity.node_id.raw, str(purpose))
     signature = identity.sign(_sig_structure(protected, payload_bytes))
-    return _cbor.encode(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload_bytes, signature]))
+    return b"".join(
+        (_COSE_SIGN1_HEAD, _bstr_head(len(protected)), protected, _EMPTY_MAP,
+         _bstr_head(len(payload_bytes)), payload_bytes, _SIGNATURE_HEAD, signature)
+    )  # fmt: skip
 
 
 def open(  # the crypto layer's verb, used as crypto.open(...) like gzip.open
@@ -90,6 +102,77 @@ def open(  # the crypto layer's verb, used as crypto.open(...) like gzip.open
     * :class:`WrongPurpose` if it was signed for another purpose;
     * :class:`BadSignature` if the signature does not verify.
     """
+    if len(data) > max_size:
+        raise TooLarge(f"envelope is {len(data)} bytes, limit {max_size}")
+    fields = _split(data)
+    if fields is None:  # not in the shape seal() writes: read it the general way
+        fields = _split_general(data, max_size)
+    protected, payload_bytes, signature = fields
+    signer, found_purpose = _read_protected(protected)
+    if found_purpose != str(purpose):
+        raise WrongPurpose(f"envelope is for {found_purpose!r}, expected {str(purpose)!r}")
+    signer.verify(_sig_structure(protected, payload_bytes), signature)
+    payload = _cbor.decode(payload_bytes, what="envelope payload")
+    if not isinstance(payload, dict):
+        raise Malformed(f"envelope payload is a {type(payload).__name__}, expected a map")
+    _cbor.require_deterministic(payload, payload_bytes, "envelope payload")
+    return Opened(signer, payload)
+
+
+def _split(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The protected header, payload and signature of an envelope in exactly the shape
+    :func:`seal` writes (tag 18, an array of 4, an empty unprotected map, a 64-byte
+    signature, nothing after), read without decoding; None for anything else."""
+    if data[:2] != _COSE_SIGN1_HEAD:
+        return None
+    protected_at = _bstr_at(data, 2)
+    if protected_at is None:
+        return None
+    start, end = protected_at
+    if data[end : end + 1] != _EMPTY_MAP:
+        return None
+    payload_at = _bstr_at(data, end + 1)
+    if payload_at is None:
+        return None
+    payload_start, payload_end = payload_at
+    if (
+        len(data) != payload_end + len(_SIGNATURE_HEAD) + _SIGNATURE_SIZE
+        or data[payload_end : payload_end + len(_SIGNATURE_HEAD)] != _SIGNATURE_HEAD
+        or end == start
+    ):
+        return None
+    return (
+        data[start:end],
+        data[payload_start:payload_end],
+        data[payload_end + len(_SIGNATURE_HEAD) :],
+    )
+
+
+def _bstr_at(data: bytes, at: int) -> tuple[int, int] | None:
+    """Where the bytes of the byte string whose head is at ``at`` start and end; None if
+    ``data[at]`` does not start one, its length is not in shortest form (as seal() would
+    not write it), or it runs past the end."""
+    if at >= len(data):
+        return None
+    initial = data[at]
+    if initial >> 5 != 2:
+        return None
+    info = initial & 0x1F
+    if info < 24:
+        start, length = at + 1, info
+    elif info in _LENGTH_SIZES:
+        size = _LENGTH_SIZES[info]
+        start = at + 1 + size
+        length = int.from_bytes(data[at + 1 : start], "big")
+        if start > len(data) or _bstr_head(length) != data[at:start]:
+            return None
+    else:
+        return None
+    end = start + length
+    return None if end > len(data) else (start, end)
+
+
+def _split_general(data: bytes, max_size: int) -> tuple[bytes, bytes, bytes]:
     item = _cbor.decode(
         data,
         what="envelope",
@@ -108,15 +191,7 @@ def open(  # the crypto layer's verb, used as crypto.open(...) like gzip.open
     if not isinstance(signature, bytes) or len(signature) != _SIGNATURE_SIZE:
         size = len(signature) if isinstance(signature, bytes) else type(signature).__name__
         raise Malformed(f"envelope's signature is {size}, expected {_SIGNATURE_SIZE} bytes")
-    signer, found_purpose = _read_protected(protected)
-    if found_purpose != str(purpose):
-        raise WrongPurpose(f"envelope is for {found_purpose!r}, expected {str(purpose)!r}")
-    signer.verify(_sig_structure(protected, payload_bytes), signature)
-    payload = _cbor.decode(payload_bytes, what="envelope payload")
-    if not isinstance(payload, dict):
-        raise Malformed(f"envelope payload is a {type(payload).__name__}, expected a map")
-    _cbor.require_deterministic(payload, payload_bytes, "envelope payload")
-    return Opened(signer, payload)
+    return protected, payload_bytes, signature
 
 
 def _untag(item: Any) -> tuple[Any, Any, Any, Any]:
@@ -131,6 +206,32 @@ def _untag(item: Any) -> tuple[Any, Any, Any, Any]:
 
 
 def _read_protected(protected: bytes) -> tuple[NodeId, str]:
+    # The shape seal() writes, {1: -8, 3: purpose, 4: kid} with a 32-byte kid, is read
+    # without decoding; anything else is decoded and checked.
+    if protected[:4] == _PROTECTED_HEAD and len(protected) > 40:
+        kid_head = protected[-35:-32]
+        if kid_head == _KID_HEAD:
+            purpose = _text_at(protected, 4, len(protected) - 35)
+            if purpose is not None:
+                return NodeId(protected[-32:]), purpose
+    return _read_protected_general(protected)
+
+
+def _text_at(data: bytes, start: int, end: int) -> str | None:
+    """The text string that fills ``data[start:end]`` exactly (head in shortest form),
+    or None."""
+    if start >= end:
+        return None
+    initial = data[start]
+    if initial >> 5 != 3 or not (initial & 0x1F) < 24 or start + 1 + (initial & 0x1F) != end:
+        return None
+    try:
+        return data[start + 1 : end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_protected_general(protected: bytes) -> tuple[NodeId, str]:
     headers = _cbor.decode(
         protected, what="protected header", max_size=_MAX_PROTECTED_SIZE, any_keys=True
     )
@@ -151,5 +252,37 @@ def _read_protected(protected: bytes) -> tuple[NodeId, str]:
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
-    # RFC 9052 §4.4: Sig_structure for COSE_Sign1, with empty external_aad.
-    return _cbor.encode(["Signature1", protected, b"", payload])
+    # RFC 9052 §4.4: Sig_structure for COSE_Sign1, with empty external_aad:
+    # ["Signature1", protected, h'', payload], written by hand as encode() would.
+    return b"".join(
+        (_SIG_STRUCTURE_HEAD, _bstr_head(len(protected)), protected, b"\x40",
+         _bstr_head(len(payload)), payload)
+    )  # fmt: skip
+
+
+def _bstr_head(length: int) -> bytes:
+    """The deterministic CBOR head of a byte string of ``length`` bytes."""
+    if length < 24:
+        return bytes((0x40 | length,))
+    for info, size in _LENGTH_SIZES.items():
+        if length < 1 << (8 * size):
+            return bytes((0x40 | info,)) + length.to_bytes(size, "big")
+    raise Malformed(f"a byte string of {length} bytes is too long for CBOR")
+
+
+@functools.lru_cache(maxsize=256)
+def _protected(kid: bytes, purpose: str) -> bytes:
+    """The protected header for a signer and purpose (the same for every envelope they
+    make, so made once)."""
+    return _cbor.encode({_ALG: _EDDSA, _CONTENT_TYPE: purpose, _KID: kid})
+
+
+#: Heads of the parts of an envelope as seal() writes it.
+_COSE_SIGN1_HEAD: Final = b"\xd2\x84"  # tag 18, an array of 4
+_EMPTY_MAP: Final = b"\xa0"
+_SIGNATURE_HEAD: Final = b"\x58\x40"  # a byte string of 64
+_SIG_STRUCTURE_HEAD: Final = b"\x84\x6aSignature1"  # an array of 4, "Signature1"
+_PROTECTED_HEAD: Final = b"\xa3\x01\x27\x03"  # a map of 3, 1: -8, 3: (the purpose)
+_KID_HEAD: Final = b"\x04\x58\x20"  # 4: a byte string of 32
+#: CBOR additional information 24..27: the length follows in 1, 2, 4 or 8 bytes.
+_LENGTH_SIZES: Final = {24: 1, 25: 2, 26: 4, 27: 8}

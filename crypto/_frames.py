@@ -39,7 +39,7 @@ import enum
 import re
 from typing import Any, Final
 
-from crypto import _envelope
+from crypto import _cbor, _envelope
 from crypto._errors import Expired, Malformed
 from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId
 
@@ -287,7 +287,10 @@ class Frame:
         """Sign this frame as its origin. Raises :class:`Malformed` if ``src`` is not us."""
         if identity.node_id != self.src:
             raise Malformed(f"frame from {self.src.short} cannot be signed by {identity}")
-        return _envelope.seal(identity, _envelope.Purpose.FRAME, self.to_payload())
+        # The payload is ours and was validated when this frame was made: no need to
+        # decode it again to check that open() will read it.
+        payload = _cbor.encode(self.to_payload())
+        return _envelope.seal_encoded(identity, _envelope.Purpose.FRAME, payload)
 
     @classmethod
     def open(cls, envelope: bytes, *, now: int | None = None) -> Frame:

@@ -29,6 +29,7 @@ from crypto import (
     TooLarge,
     WrongPurpose,
     _cbor,
+    _envelope,
 )
 from tests.strategies import cbor_values
 
@@ -107,6 +108,68 @@ def test_envelope_layout() -> None:
     assert unprotected == {}
     assert payload == _cbor.encode({"x": b"y"})
     ALICE.node_id.verify(sig_structure(protected, payload), signature)
+
+
+SIZES_AT_CBOR_LENGTH_BOUNDARIES = [0, 1, 23, 24, 255, 256, 65535, 65536]
+
+
+@pytest.mark.parametrize("size", SIZES_AT_CBOR_LENGTH_BOUNDARIES)
+def test_hand_written_envelopes_are_what_cbor2_would_write(size: int) -> None:
+    # seal() writes the envelope and the Sig_structure by hand: the same bytes as the
+    # deterministic encoding, whatever the lengths' heads.
+    payload = bytes(size)
+    protected = protected_header()
+    assert _envelope._sig_structure(protected, payload) == sig_structure(protected, payload)
+    data = _envelope.seal_encoded(ALICE, Purpose.FRAME, payload)
+    assert data == envelope(payload=payload)
+    assert data == _cbor.encode(
+        cbor2.CBORTag(18, [protected, {}, payload, ALICE.sign(sig_structure(protected, payload))])
+    )
+
+
+def _long_head(data: bytes) -> bytes:
+    """``data`` as a CBOR byte string whose length is in 2 bytes (not shortest form)."""
+    return b"\x59" + len(data).to_bytes(2, "big") + data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # Each is not in the shape seal() writes, so open() reads it the general way.
+        pytest.param(envelope(unprotected={"note": 1}), id="an unprotected header"),
+        pytest.param(
+            b"\xd2\x84"
+            + _long_head(protected_header())
+            + b"\xa0\x44\xa1\x61a\x01"
+            + b"\x58\x40"
+            + ALICE.sign(sig_structure(protected_header(), b"\xa1\x61a\x01")),
+            id="a protected header's length not in shortest form",
+        ),
+        pytest.param(
+            envelope(protected=cbor2.dumps({4: ALICE.node_id.raw, 1: -8, 3: "ptth/frame"})),
+            id="protected header keys out of order",
+        ),
+        pytest.param(
+            envelope(
+                protected=cbor2.dumps(
+                    {1: -8, 3: "ptth/frame", 4: ALICE.node_id.raw, 5: b""}, canonical=True
+                )
+            ),
+            id="another header beside the three",
+        ),
+    ],
+)
+def test_envelopes_in_other_shapes_open_the_general_way(data: bytes) -> None:
+    assert crypto.open(data, Purpose.FRAME) == (ALICE.node_id, {"a": 1})
+
+
+def test_a_long_purpose_is_read_the_general_way() -> None:
+    # A purpose of 24 bytes or more has a two-byte head: not the shape read by hand.
+    purpose = "ptth/" + "x" * 40
+    data = crypto.seal(ALICE, purpose, {"a": 1})
+    assert crypto.open(data, purpose) == (ALICE.node_id, {"a": 1})
+    with pytest.raises(WrongPurpose, match="envelope is for 'ptth/x"):
+        crypto.open(data, Purpose.FRAME)
 
 
 # -- tampering and fuzzing -------------------------------------------------------------
