@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import re
 from typing import Any, Final
 
@@ -188,21 +189,27 @@ class Frame:
     cap: bytes | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or self.kind not in _REQUIRED:
+        kind = _KINDS.get(self.kind) if isinstance(self.kind, str) else None
+        if kind is None:
             raise Malformed(f"frame kind {self.kind!r} is not one of {', '.join(Kind)}")
-        kind = Kind(self.kind)
-        object.__setattr__(self, "kind", kind)  # a str from a payload becomes the Kind
+        if self.kind is not kind:
+            object.__setattr__(self, "kind", kind)  # a str from a payload becomes the Kind
         if not isinstance(self.src, NodeId):
             raise Malformed("frame src must be a node id")
         _bytes(self.id, "id", size=FRAME_ID_SIZE)
         _int(self.ts, "ts", 0, MAX_TIME_MS - 1)
         _int(self.exp, "exp", self.ts + 1, min(self.ts + MAX_LIFETIME_MS, MAX_TIME_MS))
         _int(self.hops, "hops", 1, MAX_HOPS)
-        present = {name for name in _FIELDS if getattr(self, name) is not None}
-        if missing := _REQUIRED[kind] - present:
-            raise Malformed(f"{kind} frame lacks {', '.join(sorted(missing))}")
-        if extra := present - _REQUIRED[kind] - _OPTIONAL.get(kind, frozenset()):
-            raise Malformed(f"{kind} frame must not have {', '.join(sorted(extra))}")
+        present = frozenset(
+            name
+            for name, value in zip(_FIELDS, _field_values(self), strict=True)
+            if value is not None
+        )
+        if present != _REQUIRED[kind]:  # else all is there and nothing else
+            if missing := _REQUIRED[kind] - present:
+                raise Malformed(f"{kind} frame lacks {', '.join(sorted(missing))}")
+            if extra := present - _REQUIRED[kind] - _OPTIONAL.get(kind, frozenset()):
+                raise Malformed(f"{kind} frame must not have {', '.join(sorted(extra))}")
         if self.topic is not None:
             validate_topic(self.topic)
         if self.pat is not None:
@@ -253,34 +260,26 @@ class Frame:
     @classmethod
     def from_payload(cls, payload: dict[Any, Any]) -> Frame:
         """Read a signed frame map; raise :class:`Malformed` for anything amiss."""
-        if missing := _COMMON - set(payload):
-            raise Malformed(f"frame lacks {', '.join(sorted(missing))}")
-        if unknown := set(payload) - _COMMON - set(_FIELDS):
-            raise Malformed(f"frame has unknown keys {sorted(map(repr, unknown))}")
-        if nulls := sorted(key for key, value in payload.items() if value is None):
+        keys = payload.keys()
+        if not keys >= _COMMON:
+            raise Malformed(f"frame lacks {', '.join(sorted(_COMMON - keys))}")
+        if not keys <= _KEYS:
+            raise Malformed(f"frame has unknown keys {sorted(map(repr, keys - _KEYS))}")
+        if None in payload.values():
             # None means "absent" here; a signed null would be a second encoding of it.
+            nulls = sorted(key for key, value in payload.items() if value is None)
             raise Malformed(f"frame has null {', '.join(nulls)}; absent keys are left out")
-        src = payload["src"]
-        dst = payload.get("dst")
+        fields = {key: value for key, value in payload.items() if key not in _COMMON}
+        if (dst := fields.get("dst")) is not None:
+            fields["dst"] = NodeId(_bytes(dst, "dst"))
         return cls(
             kind=payload["t"],
-            src=NodeId(_bytes(src, "src")),
+            src=NodeId(_bytes(payload["src"], "src")),
             id=payload["id"],
             ts=payload["ts"],
             exp=payload["exp"],
             hops=payload["hops"],
-            dst=None if dst is None else NodeId(_bytes(dst, "dst")),
-            topic=payload.get("topic"),
-            pat=payload.get("pat"),
-            body=payload.get("body"),
-            ct=payload.get("ct"),
-            ref=payload.get("ref"),
-            rr=payload.get("rr"),
-            st=payload.get("st"),
-            why=payload.get("why"),
-            n=payload.get("n"),
-            hello=payload.get("hello"),
-            cap=payload.get("cap"),
+            **fields,
         )
 
     def seal(self, identity: Identity) -> bytes:
@@ -312,3 +311,7 @@ class Frame:
 _FIELDS: Final = (
     "dst", "topic", "pat", "body", "ct", "ref", "rr", "st", "why", "n", "hello", "cap"
 )  # fmt: skip
+_field_values: Final = operator.attrgetter(*_FIELDS)
+#: Every key a frame's map may have.
+_KEYS: Final = _COMMON | frozenset(_FIELDS)
+_KINDS: Final = {str(kind): kind for kind in Kind}
