@@ -203,9 +203,11 @@ class Target:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or self.kind not in OPERATIONS:
-            raise Malformed(f"object kind {self.kind!r} is not one of {', '.join(ObjectKind)}")
-        object.__setattr__(self, "kind", ObjectKind(self.kind))
+        if type(self.kind) is not ObjectKind:
+            if not isinstance(self.kind, str) or self.kind not in OPERATIONS:
+                kinds = ", ".join(ObjectKind)
+                raise Malformed(f"object kind {self.kind!r} is not one of {kinds}")
+            object.__setattr__(self, "kind", ObjectKind(self.kind))
         if not isinstance(self.node, NodeId):
             raise Malformed("an object's node must be a node id")
         if (self.pattern is not None) != (self.kind is ObjectKind.TOPIC):

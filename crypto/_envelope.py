@@ -83,10 +83,14 @@ def seal_encoded(identity: Identity, purpose: Purpose | str, payload_bytes: byte
     compares the two.
     """
     protected = _protected(identity.node_id.raw, str(purpose))
-    signature = identity.sign(_sig_structure(protected, payload_bytes))
+    protected_part = _bstr_head(len(protected)) + protected
+    payload_head = _bstr_head(len(payload_bytes))
+    signature = identity.sign(
+        b"".join((_SIG_STRUCTURE_HEAD, protected_part, b"\x40", payload_head, payload_bytes))
+    )
     return b"".join(
-        (_COSE_SIGN1_HEAD, _bstr_head(len(protected)), protected, _EMPTY_MAP,
-         _bstr_head(len(payload_bytes)), payload_bytes, _SIGNATURE_HEAD, signature)
+        (_COSE_SIGN1_HEAD, protected_part, _EMPTY_MAP, payload_head, payload_bytes,
+         _SIGNATURE_HEAD, signature)
     )  # fmt: skip
 
 
@@ -264,6 +268,8 @@ def _bstr_head(length: int) -> bytes:
     """The deterministic CBOR head of a byte string of ``length`` bytes."""
     if length < 24:
         return bytes((0x40 | length,))
+    if length < 0x100:
+        return bytes((0x58, length))
     for info, size in _LENGTH_SIZES.items():
         if length < 1 << (8 * size):
             return bytes((0x40 | info,)) + length.to_bytes(size, "big")
