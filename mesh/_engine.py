@@ -21,7 +21,9 @@ Events and what comes back:
 ``heard_from``                         neighbour gone DOWN and back, :class:`Wake` its
                                        forwarder
 ``tick(now)``                          routes expired: :class:`Reroute`; a hello that
-                                       came too soon is answered: :class:`Greet`
+                                       came too soon is answered: :class:`Greet`; a
+                                       fresher announce that came too soon after the
+                                       last flood of its origin: :class:`Flood`
 =====================================  ===============================================
 
 Forwarding policy (whose frames this node relays): ``neighbours`` (default: its peers,
@@ -223,6 +225,12 @@ class Router:
         )
         #: Per origin: (ts, when) of the last announce flooded on.
         self._flooded: dict[crypto.NodeId, tuple[int, int]] = {}
+        #: Per origin: a fresher announce taken within the flood interval and not
+        #: flooded then, as (sender, ts, copy): flooded on at the first tick after the
+        #: interval. Dropped, it would reach only the nodes that did not flood the one
+        #: before: those far from them would hold the freshest only by a long way
+        #: round, and route along it (fresher beats shorter) until the next announce.
+        self._flood_later: dict[crypto.NodeId, tuple[crypto.NodeId, int, WireFrame]] = {}
         #: Per neighbour: when we last greeted it back (answering its hello).
         self._greeted_back: dict[crypto.NodeId, int] = {}
         #: Neighbours whose hello came within the rate limit: greeted back at a tick.
@@ -567,15 +575,26 @@ class Router:
         after = self.next_hop(frame.src, now)
         if after != before:
             actions.append(self.reroute(frame.src, now))
-        if news and self._may_flood(frame.src, frame.ts, now) and admitted.hops < frame.hops:
-            to = tuple(
-                link.node
-                for link in self.links
-                if link.node not in (sender, frame.src) and link.state is not LinkState.DOWN
-            )
-            if to:
-                actions.append(Flood(to, WireFrame(admitted.hops, admitted.envelope)))
+        if news and admitted.hops < frame.hops:
+            wire = WireFrame(admitted.hops, admitted.envelope)
+            if self._may_flood(frame.src, frame.ts, now):
+                self._flood_later.pop(frame.src, None)  # older, or this one
+                actions += self._flood_announce(frame.src, sender, wire)
+            else:
+                # The freshest word (or its shortest copy) is flooded once the interval
+                # is over: an origin signing in a loop still costs one flood per interval.
+                self._flood_later[frame.src] = (sender, frame.ts, wire)
         return (ACCEPTED if news else DUPLICATE), address, actions
+
+    def _flood_announce(
+        self, origin: crypto.NodeId, sender: crypto.NodeId, wire: WireFrame
+    ) -> list[Action]:
+        to = tuple(
+            link.node
+            for link in self.links
+            if link.node not in (sender, origin) and link.state is not LinkState.DOWN
+        )
+        return [Flood(to, wire)] if to else []
 
     def _may_flood(self, origin: crypto.NodeId, ts: int, now: int) -> bool:
         last = self._flooded.get(origin)
@@ -633,8 +652,9 @@ class Router:
         return actions
 
     def tick(self, now: int) -> list[Action]:
-        """Expire lapsed routes and reroute what went through them; greet back the
-        neighbours whose hello came too soon after the last greeting."""
+        """Expire lapsed routes and reroute what went through them; flood on the
+        fresher announces that came too soon after the last flood of their origin; greet
+        back the neighbours whose hello came too soon after the last greeting."""
         changed = self.table.expire(now)
         notices: list[Action] = []
         for interest in self.interests.expire(now):
@@ -653,9 +673,19 @@ class Router:
             o for o, t in self._notified.items() if now - t >= self.config.flood_interval_ms
         ]:
             del self._notified[origin]
+        actions: list[Action] = []
+        for origin, (sender, ts, wire) in sorted(
+            self._flood_later.items(), key=lambda item: item[0].raw
+        ):
+            last = self._flooded.get(origin)
+            if last is not None and now - last[1] < self.config.flood_interval_ms:
+                continue
+            del self._flood_later[origin]
+            if origin in self.table:  # not lapsed meanwhile
+                self._flooded[origin] = (ts, now)
+                actions += self._flood_announce(origin, sender, wire)
         for origin in [o for o in self._flooded if o not in self.table]:
             del self._flooded[origin]
-        actions: list[Action] = []
         for node in sorted(self._greet_later, key=lambda n: n.raw):
             if now - self._greeted_back.get(node, 0) >= self.config.flood_interval_ms:
                 self._greet_later.discard(node)

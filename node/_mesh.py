@@ -176,6 +176,8 @@ class MeshRuntime:
         self._peers: set[crypto.NodeId] = set()
         self._nursery: trio.Nursery | None = None
         self._outcomes: dict[bytes, trio.Event] = {}
+        #: (ts, address envelope) of our current announce (see :meth:`_own_announce`).
+        self._announced: tuple[int, bytes] | None = None
         self.inbox_changed = trio.Event()
         self._routes_dirty = trio.Event()
         #: Set (and replaced) when an interest of another node is learned or withdrawn.
@@ -333,6 +335,11 @@ class MeshRuntime:
                     self._forwarder(node).add_control([action.wire])
             elif isinstance(action, mesh.Greet):
                 now = self.clock()
+                if (
+                    self._announced is not None
+                    and self._announced[1] != self.own_address().envelope
+                ):
+                    self.announce()  # a new address: a fresher announce, for everyone
                 frames = [
                     self._own_announce(now, hello=action.hello),
                     *self.router.greeting(action.node, now),
@@ -420,12 +427,26 @@ class MeshRuntime:
 
     # -- announces --------------------------------------------------------------------
 
-    def _own_announce(self, now: int, *, hello: bool = False) -> mesh.WireFrame:
+    def _own_announce(
+        self, now: int, *, hello: bool = False, fresh: bool = False
+    ) -> mesh.WireFrame:
+        """Our announce: as fresh as the last one (``ts``) while it carries the same
+        address, unless ``fresh`` (sent to every neighbour: :meth:`announce`).
+
+        A greeting (to one neighbour) must not carry a fresher announce than the others
+        got: fresher beats shorter in every routing table, so nodes that it reached only
+        the long way round (a fresher one within the flood interval is not flooded on
+        where the one before was) would route to us that way until the next announce,
+        past the hop limit in a large mesh.
+        """
+        address = self.own_address().envelope
+        if fresh or self._announced is None or self._announced[1] != address:
+            self._announced = (now, address)
         frame = crypto.Frame(
             kind=crypto.Kind.ANN,
             src=self.local,
             id=self.new_id(),
-            ts=now,
+            ts=self._announced[0],
             exp=now + self.config.router.route_ttl_ms,
             hops=self.config.hops,
             body=self.own_address().envelope,
@@ -436,7 +457,7 @@ class MeshRuntime:
     def announce(self) -> None:
         """Send this node's announce to every neighbour now."""
         now = self.clock()
-        wire = self._own_announce(now)
+        wire = self._own_announce(now, fresh=True)
         for link in self.router.links:
             self._forwarder(link.node).add_control([wire])
             self.statistics.announces_sent += 1

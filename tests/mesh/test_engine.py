@@ -567,10 +567,15 @@ def test_a_hello_from_its_origin_is_greeted_back_at_most_once_per_interval() -> 
 def test_a_hello_too_soon_is_greeted_back_at_the_first_tick_after_the_interval() -> None:
     r = router(A, B)
     r.on_announce(admitted(announce(A_ID, hello=True)), A, NOW)
-    _, _, actions = r.on_announce(admitted(announce(A_ID, ts=T0 + 1, hello=True)), A, NOW + 1)
+    fresher = announce(A_ID, ts=T0 + 1, hello=True)
+    _, _, actions = r.on_announce(admitted(fresher), A, NOW + 1)
     assert not any(isinstance(a, Greet) for a in actions)
     assert r.tick(NOW + FLOOD_INTERVAL - 1) == []
-    assert r.tick(NOW + FLOOD_INTERVAL) == [Greet(A, hello=False)]
+    # The fresher announce, too soon to flood on at once, goes with the greeting.
+    assert r.tick(NOW + FLOOD_INTERVAL) == [
+        Flood((B,), WireFrame(1, fresher)),
+        Greet(A, hello=False),
+    ]
     assert r.tick(NOW + 2 * FLOOD_INTERVAL) == []  # answered once
     # That greeting counts: another hello right after it waits again.
     _, _, actions = r.on_announce(
