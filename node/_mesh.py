@@ -41,7 +41,10 @@ from node._forwarder import Forwarder, FrameClient
 from node._message import Publication, Published
 from node._pubsub import DEFAULT_LEASE, LocalSubscriptions, validate_name
 
-__all__ = ["MeshConfig", "MeshRuntime", "NodeStatistics"]
+__all__ = ["STARTING", "MeshConfig", "MeshRuntime", "NodeStatistics"]
+
+#: Why frames are refused (503) until :attr:`MeshRuntime.ready`.
+STARTING: Final = "node is starting: its routes and interests are not loaded yet"
 
 log = logging.getLogger("ptth.node")
 
@@ -175,6 +178,10 @@ class MeshRuntime:
         self.addresses: dict[crypto.NodeId, crypto.SignedAddress] = {}
         self._peers: set[crypto.NodeId] = set()
         self._nursery: trio.Nursery | None = None
+        #: True once :meth:`serve` has loaded what the store kept (routes, neighbours,
+        #: interests, named subscriptions): frames taken before then would be decided
+        #: without them (a publication not passed on toward a subscriber it knew).
+        self.ready = False
         self._outcomes: dict[bytes, trio.Event] = {}
         #: (ts, address envelope) of our current announce (see :meth:`_own_announce`).
         self._announced: tuple[int, bytes] | None = None
@@ -243,6 +250,7 @@ class MeshRuntime:
             nursery.start_soon(self.subscriptions.refresh_loop)
             nursery.start_soon(self._tick_loop)
             nursery.start_soon(self._save_loop)
+            self.ready = True
             task_status.started()
 
     def _forwarder(self, node: crypto.NodeId) -> Forwarder:

@@ -56,7 +56,7 @@ from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
 from node._local import open_unix_listener
-from node._mesh import MeshConfig, MeshRuntime, NodeStatistics
+from node._mesh import STARTING, MeshConfig, MeshRuntime, NodeStatistics
 from node._message import Message, Published, Sent
 from node._metrics import METRICS_PATH, Metrics
 from node._net import Network, TcpNetwork, make_transport
@@ -775,6 +775,8 @@ class Node:
         server = self.server
         if server is not None and server._closing.is_set():
             return self._refuse(503, "node is shutting down", [("retry-after", "5")])
+        if not self.mesh.ready:
+            return self._refuse(503, STARTING, [("retry-after", "1")])
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type != mesh.CONTENT_TYPE_FRAMES:
             return self._refuse(

@@ -75,6 +75,7 @@ import crypto
 import mesh
 from node import DeliveryFailed, Node
 from node._forwarder import FRAMES_PATH, FrameClient, PostFailed
+from node._mesh import STARTING
 from node._relay import _Reversed, check_presented, presentable
 from node._server import PrefixedStream
 from simulations._errors import SimulationError
@@ -541,6 +542,8 @@ async def take_frames(
     server = node.server
     if server is not None and server._closing.is_set():
         return refuse(503, "node is shutting down", 5)
+    if not node.mesh.ready:
+        return refuse(503, STARTING, 1)
     refusal = router.policy.sender_refusal(sender, neighbour=sender in router.links)
     if refusal is not None:
         return refuse(403, refusal)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ import crypto
 import mesh
 from node import MemoryNetwork, Node, Request, Response, Server
 from node._forwarder import BATCH_SIZE, EXTRA_AFTER, FRAMES_PATH, WINDOW
+from node._mesh import STARTING, MeshRuntime
 from tests.helpers import NodeFactory, delivered, drain, messages, next_message, peer, record
 
 FRONT = ("front", 8471)  # not port 80: a default port would leave the Host header
@@ -205,6 +207,47 @@ async def test_503_from_a_shutting_down_receiver_is_retried(
         assert await drain(b) == [b"across a restart"]
     assert front.statuses == [503, 503, 200]
     assert front.gaps == [pytest.approx(5), pytest.approx(5)]  # its Retry-After: 5
+
+
+# -- 503: the receiver is starting ---------------------------------------------------
+
+
+async def test_503_from_a_receiver_not_ready_is_retried_after_a_second(
+    memory_nodes: NodeFactory, front: Front, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Until its mesh has loaded routes, neighbours, interests and named subscriptions
+    # from its store, a node refuses frames it would decide without them.
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b", admission="open")
+    front.target = b
+    b.mesh.ready = False  # as in the moment between its server starting and that
+    posts = record(a)
+    await point(a, b.identity, front.url)
+    await a.send(b.node_id, b"after the start")
+    await front.wait_for(2)
+    b.mesh.ready = True
+    with trio.fail_after(30):
+        assert (await next_message(b)).body == b"after the start"
+    assert front.statuses == [503, 503, 200]
+    assert front.gaps == [pytest.approx(1), pytest.approx(1)]  # its Retry-After: 1
+    assert posts.failures(b)[0].problem == f"503 from {front.url}{FRAMES_PATH}: {STARTING}"
+
+
+async def test_a_node_is_ready_for_frames_once_its_mesh_has_loaded(
+    memory_nodes: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its server is up before its mesh has read the store: frames wait for the mesh.
+    ready_when_loading: list[bool] = []
+    serve = MeshRuntime.serve
+
+    async def watched(self: MeshRuntime, *args: Any, **kwargs: Any) -> None:
+        ready_when_loading.append(self.ready)
+        await serve(self, *args, **kwargs)
+
+    monkeypatch.setattr(MeshRuntime, "serve", watched)
+    b = await memory_nodes.open("b")
+    assert ready_when_loading == [False]
+    assert b.mesh.ready
 
 
 # -- whole requests refused, and answers not from the destination ----------------------
