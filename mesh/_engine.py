@@ -358,12 +358,17 @@ class Router:
             hop = self.next_hop(node, now, came_from=sender)
             if hop is not None:
                 by_hop.setdefault(hop, []).append(node)
-            elif admitted.to and node not in (sender, frame.src) and node not in unheard:
-                # The sender gave it to us for this subscriber, and our only way to it
-                # is back (routes still settling, e.g. its relay restarted and it has
-                # not attached again): hold a copy for it until a way appears, rather
-                # than let its way end here (it would be lost). An unaddressed copy's
-                # sender serves the subscribers behind it itself.
+            elif (
+                (admitted.to or sender is None)
+                and node not in (sender, frame.src)
+                and node not in unheard
+            ):
+                # The sender gave it to us for this subscriber (or it is our own), and
+                # we have no way to it but back (routes still settling, e.g. its relay
+                # restarted and it has not attached again; or its route lapsed while its
+                # interest lives): hold a copy for it until a way appears, rather than
+                # let its way end here (it would be lost). An unaddressed copy's sender
+                # serves the subscribers behind it itself.
                 held.append(node)
         hops = sorted(by_hop, key=lambda n: n.raw)
         return Fanout(

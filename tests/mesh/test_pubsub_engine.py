@@ -354,6 +354,17 @@ def test_a_copy_for_a_subscriber_reachable_only_back_is_held_here() -> None:
     assert decision == Fanout(False, ())
 
 
+def test_our_own_publication_is_held_for_a_subscriber_we_have_no_way_to() -> None:
+    # X's interest came through A and lives, but no route to X is known (it lapsed, or
+    # X's relay restarted): our post is held for X until a way appears, not lost for it.
+    r = router(A, B)
+    route(r, Y, B)
+    subscribe(r, X_ID, "t", A)
+    subscribe(r, Y_ID, "t", B)
+    decision = r.classify(admitted(publication(LOCAL_ID, "t")), None, NOW)
+    assert decision == Fanout(False, (B,), ((Y,),), held=(X,))
+
+
 def test_an_addressed_copy_goes_on_for_a_subscriber_this_node_has_not_heard_of() -> None:
     # A relay that crashed and restarted with an interest table saved before X
     # subscribed does not know X wants "t" (until X's refresh, half a lease later); the
