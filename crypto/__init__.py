@@ -59,7 +59,7 @@ from crypto._frames import (
     validate_pattern,
     validate_topic,
 )
-from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId
+from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId, verifying_once
 
 __all__ = [
     "CAPABILITY_ID_SIZE",
@@ -115,4 +115,5 @@ __all__ = [
     "validate_pattern",
     "validate_topic",
     "verify",
+    "verifying_once",
 ]

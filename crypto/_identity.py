@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import functools
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -25,7 +28,7 @@ import nacl.signing
 
 from crypto._errors import BadSignature, KeyFileError, Malformed
 
-__all__ = ["NODE_ID_TEXT_LENGTH", "Identity", "NodeId"]
+__all__ = ["NODE_ID_TEXT_LENGTH", "Identity", "NodeId", "verifying_once"]
 
 NODE_ID_SIZE: Final = 32
 NODE_ID_TEXT_LENGTH: Final = 52
@@ -112,6 +115,9 @@ class NodeId:
 
         Raises :class:`BadSignature` when it does not verify (the signer's fault).
         """
+        remembered = _REMEMBERED.get()
+        if remembered is not None and remembered.has(self._bytes, message, signature):
+            return
         if not isinstance(signature, bytes) or len(signature) != _SIGNATURE_SIZE:
             size = f"{len(signature)} bytes" if isinstance(signature, bytes) else "not bytes"
             raise BadSignature(
@@ -125,6 +131,8 @@ class NodeId:
             raise BadSignature(f"signature does not verify for node {self.short}") from exc
         except (ValueError, TypeError) as exc:
             raise BadSignature(f"signature cannot be checked for node {self.short}: {exc}") from exc
+        if remembered is not None:
+            remembered.add(self._bytes, message, signature)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, NodeId):
@@ -149,6 +157,50 @@ class NodeId:
 @functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> NodeId:
     return NodeId._parse_uncached(text)
+
+
+class _Remembered:
+    """Signatures that verified, by (key, message, signature); forgotten all at once
+    past ``limit`` (the working set of a simulation is what it verifies lately)."""
+
+    __slots__ = ("_seen", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._seen: set[tuple[bytes, bytes, bytes]] = set()
+        self.limit = limit
+
+    def has(self, key: bytes, message: bytes, signature: bytes) -> bool:
+        return (key, message, signature) in self._seen
+
+    def add(self, key: bytes, message: bytes, signature: bytes) -> None:
+        if len(self._seen) >= self.limit:
+            self._seen.clear()
+        self._seen.add((key, message, signature))
+
+
+#: Set by :func:`verifying_once` for the tasks and threads started within it (a context
+#: variable: no state shared beyond them).
+_REMEMBERED: Final = contextvars.ContextVar[_Remembered | None]("ptth_verified", default=None)
+
+
+@contextlib.contextmanager
+def verifying_once(limit: int = 100_000) -> Iterator[None]:
+    """Within this block, and in the trio tasks and threads started in it, a signature
+    that verified is not verified again: :meth:`NodeId.verify` remembers the last
+    ``limit`` (key, message, signature) it accepted and accepts them again at once.
+
+    For simulations, where every node of the mesh runs in one process and checks the
+    same envelopes (an announce flooded to every node, a publication at every hop): the
+    outcome of each check is the same as verifying it again, since the same bytes
+    verify the same way, and a simulation spends much of its time on these checks. A
+    node serving real peers has no use for it: each of its peers' envelopes reaches it
+    once.
+    """
+    token = _REMEMBERED.set(_Remembered(limit))
+    try:
+        yield
+    finally:
+        _REMEMBERED.reset(token)
 
 
 class Identity:

@@ -612,14 +612,16 @@ def run_scenario(
     data_dir: Path | str | None = None,
     progress: Callable[[Progress], None] | None = None,
     fidelity: Fidelity | str = Fidelity.FULL,
+    verify_once: bool = False,
 ) -> Report:
     """Run scenario ``name`` in virtual time and return its report.
 
     ``nodes`` defaults to the scenario's; ``data_dir`` (default: a temporary directory,
     on tmpfs when there is one) holds the nodes' directories; ``progress`` is called
     at every 1% of the duration; ``fidelity``: ``"full"`` (every byte through HTTP) or
-    ``"engine"`` (frames handed between the nodes' meshes; simulations/_engine.py).
-    Not from inside a trio run (it runs its own).
+    ``"engine"`` (frames handed between the nodes' meshes; simulations/_engine.py);
+    ``verify_once``: as for :func:`open_simulation`. Not from inside a trio run (it runs
+    its own).
 
     The nodes' stores commit without waiting for the disk (``NodeConfig.store_sync``
     False): a simulated crash ends a node's process, never the machine, so nothing
@@ -643,8 +645,9 @@ def run_scenario(
         if data_dir is None:
             data_dir = stack.enter_context(_scratch_dir())
         main = functools.partial(
-            _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level
-        )
+            _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level,
+            verify_once,
+        )  # fmt: skip
         with _deterministic_scheduling(seed):
             report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         return report
@@ -662,10 +665,13 @@ async def _run(
     data_dir: Path,
     progress: Callable[[Progress], None],
     level: Fidelity,
+    verify_once: bool,
 ) -> Report:
     started = time.perf_counter()
     config = NodeConfig(store_sync=False)
-    async with open_simulation(seed=seed, data_dir=data_dir, config=config, fidelity=level) as sim:
+    async with open_simulation(
+        seed=seed, data_dir=data_dir, config=config, fidelity=level, verify_once=verify_once
+    ) as sim:
         reported = 0
 
         def report_progress() -> None:

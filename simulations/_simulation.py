@@ -896,6 +896,7 @@ async def open_simulation(
     link: Link | None = None,
     config: NodeConfig | None = None,
     fidelity: Fidelity | str = Fidelity.FULL,
+    verify_once: bool = False,
 ) -> AsyncIterator[Simulation]:
     """A fresh simulation for the duration of the block; its nodes end with it.
 
@@ -904,7 +905,10 @@ async def open_simulation(
     between any two hosts (default: instant and perfect); ``config`` is the
     :class:`node.NodeConfig` nodes start from (``listen`` and ``name`` are set per node).
     ``fidelity``: ``"full"`` (every byte through HTTP) or ``"engine"`` (frames handed
-    between the nodes' meshes as events; simulations/_engine.py).
+    between the nodes' meshes as events; simulations/_engine.py). ``verify_once``: a
+    signature that verified is not verified again by any node of this simulation
+    (:func:`crypto.verifying_once`): the same outcome, much less time; by default each
+    node verifies what it is shown, as a real node does.
 
     While it is open, httpcore times kept-alive connections by trio's clock (virtual
     time), not ``time.monotonic()``.
@@ -922,6 +926,8 @@ async def open_simulation(
         )
     with contextlib.ExitStack() as stack:
         stack.enter_context(_virtual_keepalive())
+        if verify_once:  # before the nursery: its tasks (every node's) inherit it
+            stack.enter_context(crypto.verifying_once())
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ptth-sim-"))
         # Inline, as every blocking call of a simulation: a thread would let the

@@ -11,6 +11,7 @@ import pickle
 import stat
 from pathlib import Path
 
+import nacl.bindings
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -391,3 +392,66 @@ def test_parse_is_cached_and_subclasses_get_their_own_type() -> None:
     special = Special.parse(node_id.text)
     assert type(special) is Special
     assert special == node_id
+
+
+# -- verifying once (simulations) ---------------------------------------------------------
+
+
+def count_verifications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls that reach libsodium's verification."""
+    calls = [0]
+    real = nacl.bindings.crypto_sign_open
+
+    def counted(signed: bytes, key: bytes) -> bytes:
+        calls[0] += 1
+        result: bytes = real(signed, key)
+        return result
+
+    monkeypatch.setattr(nacl.bindings, "crypto_sign_open", counted)
+    return calls
+
+
+def test_a_signature_that_verified_is_not_verified_again_within_verifying_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_verifications(monkeypatch)
+    identity = Identity(RFC8032_SEED)
+    signature = identity.sign(b"m")
+    with crypto.verifying_once():
+        identity.node_id.verify(b"m", signature)
+        identity.node_id.verify(b"m", signature)
+        assert calls == [1]
+        # Another message, or another signer, is verified (and refused) as ever.
+        with pytest.raises(BadSignature, match="does not verify"):
+            identity.node_id.verify(b"other", signature)
+        with pytest.raises(BadSignature, match="does not verify"):
+            Identity.generate().node_id.verify(b"m", signature)
+        assert calls == [3]
+    # Outside the block nothing is remembered.
+    identity.node_id.verify(b"m", signature)
+    assert calls == [4]
+
+
+def test_a_signature_that_failed_is_checked_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_verifications(monkeypatch)
+    identity = Identity(RFC8032_SEED)
+    bad = bytes(64)
+    with crypto.verifying_once():
+        for _ in range(3):
+            with pytest.raises(BadSignature):
+                identity.node_id.verify(b"m", bad)
+    assert calls == [3]
+
+
+def test_verifying_once_forgets_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_verifications(monkeypatch)
+    identity = Identity(RFC8032_SEED)
+    signatures = {m: identity.sign(m) for m in (b"a", b"b", b"c")}
+    with crypto.verifying_once(limit=2):
+        identity.node_id.verify(b"a", signatures[b"a"])
+        identity.node_id.verify(b"b", signatures[b"b"])
+        identity.node_id.verify(b"a", signatures[b"a"])  # remembered
+        assert calls == [2]
+        identity.node_id.verify(b"c", signatures[b"c"])  # past the limit: a and b forgotten
+        identity.node_id.verify(b"a", signatures[b"a"])
+        assert calls == [4]

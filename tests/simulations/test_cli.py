@@ -54,6 +54,10 @@ def test_progress_lines_on_stderr(
             ["run", "chain", "--fidelity", "tcp"],
             "invalid choice: 'tcp' (choose from 'full', 'engine')",
         ),
+        (
+            ["run", "chain", "--verify", "twice"],
+            "invalid choice: 'twice' (choose from 'each', 'once')",
+        ),
         (["run", "partition", "--nodes", "2"], "scenario partition needs at least 3 nodes"),
         (["run"], "the following arguments are required: SCENARIO"),
         ([], "the following arguments are required: COMMAND"),

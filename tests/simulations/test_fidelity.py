@@ -27,6 +27,7 @@ alike in distribution, not identical, and the test bounds the gap:
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -97,6 +98,31 @@ def test_the_cli_takes_a_fidelity_and_the_report_names_it(
     out = capsys.readouterr().out
     assert out.startswith("scenario    chain: 3 nodes, seed 0, engine fidelity\n")
     assert "delivered per wall second" in out.splitlines()[1]
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=[level.value for level in LEVELS])
+def test_verifying_once_changes_nothing_but_the_time_it_takes(level: Fidelity) -> None:
+    # Each signature that verified once is taken as verified at every other node: the
+    # same bytes verify the same way, so the run is the same, only faster.
+    each, once = (
+        run_scenario("chirp", nodes=12, seed=SEED, duration=240, fidelity=level, verify_once=flag)
+        for flag in (False, True)
+    )
+    assert each.chirp is not None
+    assert each.chirp.delivered > 0
+    assert once.deterministic() == each.deterministic()
+
+
+def test_the_cli_takes_verify_once(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "chain", "--nodes", "3", "--duration", "1m", "--fidelity", "engine"]
+    assert main([*argv, "--verify", "once", "--json"]) == 0
+    once = capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    each = capsys.readouterr().out
+    drop = ("wall_seconds", "delivered_per_wall_second")
+    assert {k: v for k, v in json.loads(once).items() if k not in drop} == {
+        k: v for k, v in json.loads(each).items() if k not in drop
+    }
 
 
 def test_the_engine_pools_connections_as_the_node_does() -> None:
