@@ -121,11 +121,21 @@ class PeerBook:
             raise NodeError(f"{node.text} is not a known peer") from None
 
     def __iter__(self) -> Iterator[crypto.SignedAddress]:
-        """Every stored record (expired ones too), in node id order."""
+        """Every stored record (expired ones too), in node id order.
+
+        A file unchanged since it was last read (mtime, size) is not read and verified
+        again: the mesh walks the peers at every tick."""
         if not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob("*.token")):
-            yield crypto.parse_token(path.read_text(encoding="ascii"), now=0)
+            try:
+                node = crypto.NodeId.parse(path.stem)
+            except crypto.Malformed:  # not named by us: read it as it is
+                yield crypto.parse_token(path.read_text(encoding="ascii"), now=0)
+                continue
+            address = self._held(node)
+            if address is not None:  # else removed meanwhile
+                yield address
 
 
 class DataDir:
