@@ -145,6 +145,9 @@ class Fanout:
     #: Matching subscribers with no way on now but straight back: a copy for each is
     #: held here (addressed to it) until a route to it appears.
     held: tuple[crypto.NodeId, ...] = ()
+    #: Subscribers lie beyond, but the frame has made all the hops its origin allows:
+    #: it goes no further (counted, so a path too long for its hop limit shows).
+    hop_limited: bool = False
 
     def subscribers_for(self, index: int) -> tuple[crypto.NodeId, ...]:
         return self.to[index] if index < len(self.to) else ()
@@ -349,8 +352,10 @@ class Router:
             subscribers |= unheard
         else:
             unheard = set()
-        if not subscribers or not self._may_forward(admitted, sender):
+        if not subscribers:
             return Fanout(deliver, ())
+        if not self._may_forward(admitted, sender):
+            return Fanout(deliver, (), hop_limited=admitted.hops >= frame.hops)
         by_hop: dict[crypto.NodeId, list[crypto.NodeId]] = {}
         held: list[crypto.NodeId] = []
         for node in sorted(subscribers, key=lambda n: n.raw):

@@ -108,6 +108,9 @@ class NodeStatistics:
     publications_delivered: int = 0
     #: Copies of publications queued for neighbours (ours and others').
     publications_forwarded: int = 0
+    #: Publications taken that went no further, having made every hop their origin
+    #: allows, while subscribers lay beyond (their paths are too long for the limit).
+    publications_hop_limited: int = 0
     sent_accepted: int = 0
     sent_duplicate: int = 0
     sent_rejected: int = 0
@@ -960,6 +963,13 @@ class MeshRuntime:
                     if isinstance(intake.decision, mesh.Fanout):
                         wake.update(intake.decision.next_hops)
                         self.statistics.publications_forwarded += len(intake.decision.next_hops)
+                        if intake.decision.hop_limited:
+                            self.statistics.publications_hop_limited += 1
+                            frame = intake.admitted.frame
+                            log.info(
+                                "publication %s from %s made its %d hops here: not passed on",
+                                frame.id.hex()[:12], frame.src.short, frame.hops,
+                            )  # fmt: skip
                         if intake.named:
                             delivered = True
                         if id(intake.admitted) in live:

@@ -475,6 +475,12 @@ class Metrics:
                 "Copies of publications (ours and others') queued for neighbours.",
             ),
             (
+                "ptth_publications_hop_limited",
+                stats.publications_hop_limited,
+                "Publications that made every hop their origin allows here, with "
+                "subscribers beyond.",
+            ),
+            (
                 "ptth_receipts_lost",
                 stats.receipts_lost,
                 "Drop receipts this node could not queue (its store was full).",

@@ -400,7 +400,15 @@ def test_no_forwarding_past_the_hop_limit_or_against_the_policy() -> None:
     r = router(A, B)
     route(r, X, B)
     subscribe(r, X_ID, "a", B)
-    assert r.classify(admitted(publication(C_ID, "a", hops=3), hops=2), A, NOW) == Fanout(False, ())
+    # Its third hop (of 3) was to here: subscribers beyond, it goes no further, flagged.
+    at_limit = r.classify(admitted(publication(C_ID, "a", hops=3), hops=2), A, NOW)
+    assert at_limit == Fanout(False, (), hop_limited=True)
+    assert r.classify(admitted(publication(C_ID, "a", hops=4), hops=2), A, NOW) == Fanout(
+        False, (B,), ((X,),)
+    )
+    # Nobody beyond: nothing held back, no flag.
+    nobody = r.classify(admitted(publication(C_ID, "b", hops=3), hops=2), A, NOW)
+    assert nobody == Fanout(False, ())
     assert r.classify(admitted(publication(C_ID, "a")), C, NOW) == Fanout(False, ())  # stranger
     open_ = router(A, B, policy=ForwardPolicy.OPEN)
     route(open_, X, B)
