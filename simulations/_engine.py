@@ -512,7 +512,10 @@ async def _in_run(nursery: trio.Nursery, make: Callable[[], Awaitable[_Answer]])
         finally:
             reply.done.set()
 
-    nursery.start_soon(answer)
+    try:
+        nursery.start_soon(answer)
+    except RuntimeError:  # the node's run is ending ("closed to new arrivals")
+        return _RESET  # as its socket would: the request is never answered
     await reply.done.wait()
     return reply.answer or _RESET
 

@@ -30,6 +30,7 @@ import inspect
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -320,3 +321,17 @@ def test_the_engine_level_is_deterministic_too() -> None:
     assert again.deterministic() == first.deterministic()
     assert first.sent > 0
     assert first.duplicates == 0
+
+
+async def test_a_post_arriving_as_the_nodes_run_ends_is_reset() -> None:
+    # Found at the end of a 200-node chirp run: a forwarder's POST reached a relay whose
+    # run had just closed. Its socket would reset the request; so does the engine.
+    from simulations._engine import _RESET, _in_run
+
+    async with trio.open_nursery() as ended:
+        pass
+
+    async def never() -> Any:
+        raise AssertionError("not made: the node's run has ended")
+
+    assert await _in_run(ended, never) is _RESET
