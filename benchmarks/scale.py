@@ -1,0 +1,468 @@
+"""How the mesh's costs grow with the number of nodes N: per node, traffic and state.
+
+For each node count (``--nodes``, default 100 300 1000), in a fresh process (so that its
+memory figure is its own), this runs a simulation scenario (``--scenario``, default
+``chirp``: the ``mesh`` scenario's network, a random low-degree graph with a third of
+the nodes NATed behind relays, 1% segment loss and churn, where users also follow each
+other and post over publish/subscribe; ``mesh`` is the same network without follows,
+plus a partition healed later) through the public ``simulations`` API
+(``SCENARIOS[name].play`` on ``open_simulation``), at ``--fidelity engine`` by default
+(frames handed from mesh to mesh; ``full`` runs every byte through HTTP), for
+``--duration`` of virtual time (default 40m). Per node it measures:
+
+* announce frames received (and sent) per hour, and interest frames (``sub`` and
+  ``unsub``) received per hour: the node's counters (``SimNode.statistics``, summed
+  over its restarts) over the window from ``--warmup`` (default 10m) to the end, scaled
+  to an hour. The warm-up (start-up, peering, greetings, the follows spreading) is left
+  out. Nodes announce every 10 minutes in these scenarios, and sign their interests
+  again every half lease (30 minutes), so the default window (30 minutes) holds three
+  announce rounds and one round of interests signed again;
+* routing-table entries at the end: the destinations a node knows a route to, and the
+  routes it holds (a destination can have a candidate through several neighbours);
+* interest-table entries at the end: the (subscriber, pattern) interests a node holds,
+  withdrawn ones (tombstones) included;
+* resident memory per node: the process's RSS growth from before the simulation opened
+  to its end, divided by N (the nodes, their SQLite stores, the simulated network and
+  the scenario's ledger; below a few hundred nodes, what the first node loads weighs
+  in). The stores live on tmpfs when there is one, outside the process: their size
+  per node is given apart (JSON only);
+* the run's wall seconds (set-up included).
+
+Traffic figures and table sizes are given as the median and the maximum over nodes
+(the nodes up at the end; the scenarios bring every crashed node back before then).
+The table sizes are read from each node's router (``node.mesh.router.table`` and
+``.interests``): the node offers no accessor for them.
+
+Announces and interests are flooded today, so every node learns a route to every node
+and holds every subscriber's patterns: each cost per node is expected to grow as N. A
+plot of each cost against N (log-log, a dotted line of slope 1 through the first point)
+goes to ``--plot`` (default scale.png; needs matplotlib: ``pip install -e '.[bench]'``;
+without it the table is still printed). ``--label`` names this run's rows (say, the
+routing design measured); ``--json`` prints one JSON document, and ``--compare FILE``
+adds the rows of documents saved earlier to the table and the plot, so that two designs
+can be set side by side. ``--nodes`` with no count and ``--compare`` redraws only.
+
+Wall time grows about as N squared (every node takes in every node's announces and
+interests): on the 2-core development machine at engine fidelity, with another
+simulation running, 100 nodes took 6 minutes and 300 nodes 42 (N^1.8); 1000 nodes
+take hours (about six at that rate) and 10000 days (accepted, not advised).
+
+Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
+       [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
+       [--label flood] [--plot scale.png] [--compare OLD.json ...] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's directory comes first on sys.path, where benchmarks/mesh.py
+# would shadow the mesh package: put the repository's root there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import importlib
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Final
+
+import trio
+import trio.testing
+
+from node import NodeConfig, NodeStatistics
+from simulations import SCENARIOS, Fidelity, SimNode, Simulation, open_simulation
+
+#: The scenarios whose network this measures (the other scenarios are not meshes).
+MESH_SCENARIOS: Final = ("chirp", "mesh")
+MATPLOTLIB_HINT: Final = "`pip install -e '.[bench]'` (or `pip install matplotlib`)"
+
+#: The per-node figures: (key, column heading, the plot's title and unit).
+COSTS: Final = (
+    ("announces_received_per_hour", "announces in/h", "announce frames received", "per hour"),
+    ("interests_received_per_hour", "interests in/h", "interest frames received", "per hour"),
+    ("routes_known", "destinations", "routing table: destinations", "entries"),
+    ("interests_held", "interests held", "interest table: (subscriber, pattern)", "entries"),
+)
+#: Also measured per node (in the JSON, not the table or the plot).
+MORE: Final = ("announces_sent_per_hour", "route_candidates", "neighbours", "store_kib_per_node")
+
+
+# -- measuring, in a process of its own ----------------------------------------------
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux), else its peak."""
+    with contextlib.suppress(OSError):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def tree_bytes(root: Path) -> int:
+    """The size of the files under ``root``."""
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
+def raise_file_limit() -> None:
+    # Each node holds a few descriptors (its store's files, its lock).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, mean and maximum of per-node values (zeros for no node)."""
+    if not values:
+        return {"median": 0.0, "mean": 0.0, "max": 0.0}
+    return {
+        "median": float(statistics.median(values)),
+        "mean": float(statistics.fmean(values)),
+        "max": float(max(values)),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One measurement: what to run."""
+
+    scenario: str
+    nodes: int
+    duration: float
+    warmup: float
+    fidelity: str
+    seed: int
+
+
+async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    scenario = SCENARIOS[run.scenario]
+    before = rss_bytes()
+    started = time.perf_counter()
+    baseline: dict[str, NodeStatistics] = {}
+    config = NodeConfig(store_sync=False)  # as run_scenario: a crash never loses the disk
+    async with open_simulation(
+        seed=run.seed, data_dir=data_dir, config=config, fidelity=run.fidelity
+    ) as sim:
+
+        async def take_baseline() -> None:
+            await sim.advance_to(run.warmup)
+            baseline.update({name: node.statistics for name, node in sim.nodes.items()})
+            progress(f"warm-up over ({len(sim.nodes)} nodes)")
+
+        async def tick() -> None:
+            for step in range(1, 10):
+                await sim.advance_to(run.duration * step / 10)
+                progress(f"{10 * step}% of the virtual time")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take_baseline)
+            nursery.start_soon(tick)
+            await scenario.play(sim, nodes=run.nodes, duration=run.duration)
+            nursery.cancel_scope.cancel()
+        window = sim.now - run.warmup
+        result = per_node(sim, baseline, window)
+        result.update(
+            kib_per_node=(rss_bytes() - before) / run.nodes / 1024,
+            store_kib_per_node=tree_bytes(data_dir) / run.nodes / 1024,
+            natted=sum(node.nat for node in sim.nodes.values()),
+            window_s=window,
+        )
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def per_node(sim: Simulation, baseline: dict[str, NodeStatistics], window: float) -> dict[str, Any]:
+    """Each cost's spread over the nodes up now; rates over the last ``window`` s."""
+    hours = window / 3600
+    zero = NodeStatistics()
+    rates: dict[str, list[float]] = {
+        "announces_received_per_hour": [],
+        "announces_sent_per_hour": [],
+        "interests_received_per_hour": [],
+    }
+    tables: dict[str, list[float]] = {
+        "routes_known": [],
+        "route_candidates": [],
+        "interests_held": [],
+        "neighbours": [],
+    }
+    up: list[SimNode] = [node for node in sim.nodes.values() if node.up]
+    for sim_node in up:
+        now, then = sim_node.statistics, baseline.get(sim_node.name, zero)
+        for key in rates:
+            counter = key.removesuffix("_per_hour")
+            rates[key].append((getattr(now, counter) - getattr(then, counter)) / hours)
+        # No accessor for the tables' sizes: read them off the node's router.
+        router = sim_node.node.mesh.router
+        tables["routes_known"].append(len(router.table))
+        tables["route_candidates"].append(len(router.table.all_routes()))
+        tables["interests_held"].append(len(router.interests))
+        tables["neighbours"].append(len(router.links))
+    return {key: spread(values) for key, values in {**rates, **tables}.items()} | {
+        "nodes_up": len(up)
+    }
+
+
+def one(run: Run) -> dict[str, Any]:
+    """Measure ``run`` in this process (it should be a fresh one)."""
+    raise_file_limit()
+    shm = Path("/dev/shm")
+    scratch = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+    def progress(text: str) -> None:
+        print(f"scale: {run.nodes} nodes: {text}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ptth-scale-", dir=scratch) as data_dir:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        main = functools.partial(measure, run, Path(data_dir), progress)
+        result = trio.run(main, clock=clock)
+    return {**dataclasses.asdict(run), **result}
+
+
+def spawn(run: Run) -> dict[str, Any]:
+    """Measure ``run`` in a fresh Python process. Raises RuntimeError if it fails."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(vars(run))]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{run.nodes} nodes: the measuring process failed ({done.returncode})")
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
+
+
+# -- the table and the plot -------------------------------------------------------------
+
+
+def table(rows: Sequence[dict[str, Any]], out: IO[str]) -> None:
+    """One line per row: N, wall time, then each cost's median and max over nodes."""
+    heads = ["label", "N", "NATed", "wall s"]
+    heads += [f"{heading} med/max" for _, heading, _, _ in COSTS]
+    heads += ["KiB/node"]
+    lines = [heads]
+    for row in rows:
+        cells = [
+            str(row["label"]),
+            f"{row['nodes']:,}",
+            f"{row['natted']:,}",
+            f"{row['wall_s']:,.0f}",
+        ]
+        for key, _, _, _ in COSTS:
+            cells.append(f"{row[key]['median']:,.0f} / {row[key]['max']:,.0f}")
+        cells.append(f"{row['kib_per_node']:,.0f}")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(heads))]
+    for line in lines:
+        print(
+            "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)), file=out
+        )
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> str | None:
+    """Draw each cost against N (log-log), one line per label, to ``path`` (PNG).
+
+    Returns None, or why nothing was drawn (matplotlib missing).
+    """
+    try:
+        # Imported by name: matplotlib is optional (the bench extra), and type-checking
+        # this file must not need it.
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        return f"matplotlib is missing: {MATPLOTLIB_HINT}"
+    matplotlib.use("Agg")
+    pyplot = importlib.import_module("matplotlib.pyplot")
+    figures: list[tuple[str, str, Callable[[dict[str, Any]], tuple[float, float | None]]]] = [
+        (f"{title} (per node)", unit, functools.partial(_median_max, key))
+        for key, _, title, unit in COSTS
+    ]
+    figures.append(("memory per node: RSS growth / N", "KiB", _memory))
+    figures.append(("wall time of the run (set-up included)", "seconds", _wall))
+    figure, axes = pyplot.subplots(2, 3, figsize=(13, 7.5), layout="constrained")
+    labels = list(dict.fromkeys(str(row["label"]) for row in rows))
+    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, (title, unit, value) in zip(axes.flat, figures, strict=True):
+        for index, label in enumerate(labels):
+            mine = sorted((row for row in rows if row["label"] == label), key=_count)
+            counts = [row["nodes"] for row in mine]
+            values = [value(row) for row in mine]
+            colour = colours[index % len(colours)]
+            # A log scale shows no zero: those points are left out.
+            medians = [(n, v[0]) for n, v in zip(counts, values, strict=True) if v[0] > 0]
+            highs = [(n, v[1]) for n, v in zip(counts, values, strict=True) if v[1]]
+            if medians:
+                axis.plot(*zip(*medians, strict=True), "o-", color=colour, label=label)
+                first, low = medians[0]
+                linear = [low * n / first for n, _ in medians]
+                axis.plot([n for n, _ in medians], linear, ":", color="grey", linewidth=1)
+            if highs:
+                axis.plot(
+                    *zip(*highs, strict=True), "^--", color=colour, alpha=0.5, label=f"{label} max"
+                )
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        counts = sorted({row["nodes"] for row in rows})
+        axis.set_xticks(counts, labels=[f"{count:,}" for count in counts])
+        axis.set_xticks([], minor=True)
+        axis.set_title(title)
+        axis.set_xlabel("nodes (N)")
+        axis.set_ylabel(unit)
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
+    figure.suptitle("ptth mesh: cost per node against N (solid: median; dashed: max; dotted: ∝ N)")
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return None
+
+
+def _count(row: dict[str, Any]) -> int:
+    count: int = row["nodes"]
+    return count
+
+
+def _median_max(key: str, row: dict[str, Any]) -> tuple[float, float | None]:
+    return row[key]["median"], row[key]["max"]
+
+
+def _memory(row: dict[str, Any]) -> tuple[float, float | None]:
+    return row["kib_per_node"], None
+
+
+def _wall(row: dict[str, Any]) -> tuple[float, float | None]:
+    return row["wall_s"], None
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``20m`` or ``1.5h``."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text!r} (say 90s, 20m, 1h)")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def node_count(text: str) -> int:
+    value = int(text)
+    if value < 4:  # the mesh scenarios' least
+        raise argparse.ArgumentTypeError(f"must be at least 4 nodes, not {value}")
+    return value
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--nodes",
+        type=node_count,
+        nargs="*",
+        default=[100, 300, 1000],
+        help="node counts, one run each (10000 takes days); none: only --compare",
+    )
+    parser.add_argument("--scenario", choices=MESH_SCENARIOS, default="chirp")
+    parser.add_argument("--duration", type=duration, default=2400.0, help="virtual (40m)")
+    parser.add_argument(
+        "--warmup", type=duration, default=600.0, help="virtual time left out first (10m)"
+    )
+    parser.add_argument(
+        "--fidelity", choices=[level.value for level in Fidelity], default=Fidelity.ENGINE.value
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--label", default="flood", help="names this run's rows (the routing design measured)"
+    )
+    parser.add_argument("--plot", type=Path, default=Path("scale.png"), help="PNG to write")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="earlier --json output whose rows join the table and the plot",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.warmup >= args.duration:
+        parser.error(
+            f"--warmup ({args.warmup:g} s) must end before --duration ({args.duration:g} s)"
+        )
+    if not args.nodes and not args.compare:
+        parser.error("nothing to do: give --nodes counts or --compare files")
+    return args
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The rows of a document ``--json`` printed. Raises SystemExit naming the file."""
+    try:
+        document = json.loads(path.read_text())
+        rows: list[dict[str, Any]] = document["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(
+            f"scale.py: {path}: not a --json document of this benchmark ({error})"
+        ) from None
+    return rows
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    args = parse(argv)
+    if args.one is not None:
+        print(json.dumps(one(Run(**json.loads(args.one)))))
+        return 0
+    out = out or sys.stdout
+    rows = [row for path in args.compare for row in load(path)]
+    for count in args.nodes:
+        run = Run(args.scenario, count, args.duration, args.warmup, args.fidelity, args.seed)
+        try:
+            rows.append({"label": args.label, **spawn(run)})
+        except RuntimeError as error:
+            print(f"scale.py: {error}", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(f"scale: {count} nodes measured in {rows[-1]['wall_s']:,.0f} s", file=sys.stderr)
+    missing = plot(rows, args.plot)
+    if args.json:
+        document = {
+            "benchmark": "scale",
+            "rows": rows,
+            "plot": None if missing else str(args.plot),
+            "plot_missing": missing,
+        }
+        json.dump(document, out, indent=2)
+        print(file=out)
+        return 0
+    runs = {
+        f"the {row['window_s']:g} s after a {row['warmup']:g} s warm-up ({row['scenario']}, "
+        f"{row['fidelity']} fidelity)"
+        for row in rows
+    }
+    window = runs.pop() if len(runs) == 1 else "each run's window (see --json)"
+    print(
+        f"Per node, median / max over nodes: frames received per hour over {window}; "
+        "table entries at the end; memory: RSS growth / N.",
+        file=out,
+    )
+    table(rows, out)
+    if missing:
+        print(f"plot not written: {missing}", file=out)
+    else:
+        print(f"plot: {args.plot}", file=out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""benchmarks/scale.py: a small mesh is measured in a process of its own (per-node
+traffic, table sizes and memory), the table shows each cost per row, rows saved as JSON
+join a later table and plot, the plot is a PNG where matplotlib is installed (and is
+named with how to install it where it is not), and bad flags are refused in one line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import scale as bench
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_small_mesh_is_measured(tmp_path: Path) -> None:
+    out = io.StringIO()
+    plot = tmp_path / "scale.png"
+    # 12 virtual minutes: the window after the warm-up holds an announce round (10 min).
+    argv = ["--nodes", "6", "--duration", "12m", "--warmup", "1m", "--plot", str(plot)]
+    assert bench.main([*argv, "--label", "small", "--json"], out=out) == 0
+    document = json.loads(out.getvalue())
+    (row,) = document["rows"]
+    assert (row["label"], row["scenario"], row["fidelity"]) == ("small", "chirp", "engine")
+    assert (row["nodes"], row["natted"]) == (6, 2)  # a third NATed behind relays
+    assert row["window_s"] == 11 * 60
+    assert 1 <= row["nodes_up"] <= 6
+    for key in (*(key for key, _, _, _ in bench.COSTS), *bench.MORE[:3]):
+        assert 0 <= row[key]["median"] <= row[key]["max"]
+        assert 0 <= row[key]["mean"] <= row[key]["max"]
+    assert row["announces_received_per_hour"]["median"] > 0
+    assert row["announces_sent_per_hour"]["median"] > 0
+    # Every node floods its announce: a node knows routes to others, never to itself.
+    assert 1 <= row["routes_known"]["median"] <= row["routes_known"]["max"] <= 5
+    assert row["route_candidates"]["max"] >= row["routes_known"]["max"]
+    assert row["interests_held"]["median"] > 0  # the users follow each other
+    assert row["neighbours"]["median"] >= 1
+    assert row["kib_per_node"] > 0
+    assert row["store_kib_per_node"] > 0
+    assert row["wall_s"] > 0
+    if document["plot"] is None:
+        assert "pip install" in document["plot_missing"]
+    else:
+        assert plot.read_bytes().startswith(PNG)
+
+    text = io.StringIO()
+    bench.table(document["rows"], text)
+    head, line = text.getvalue().splitlines()
+    assert "announces in/h med/max" in head
+    assert "interests held med/max" in head
+    assert line.split()[:3] == ["small", "6", "2"]
+
+
+def row(label: str, nodes: int, scale: float) -> dict[str, Any]:
+    """A row as the benchmark makes one, each cost ``scale`` x N."""
+
+    def spread(value: float) -> dict[str, float]:
+        return {"median": value, "mean": value, "max": 2 * value}
+
+    costs = {key: spread(scale * nodes) for key, _, _, _ in bench.COSTS}
+    costs.update({key: spread(scale) for key in bench.MORE[:3]})
+    return {
+        "label": label,
+        "scenario": "chirp",
+        "nodes": nodes,
+        "duration": 2400.0,
+        "warmup": 600.0,
+        "fidelity": "engine",
+        "seed": 1,
+        **costs,
+        "nodes_up": nodes,
+        "natted": nodes // 3,
+        "kib_per_node": 300.0,
+        "store_kib_per_node": 100.0,
+        "window_s": 1800.0,
+        "wall_s": nodes / 10,
+    }
+
+
+def test_saved_rows_join_the_table_and_the_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the bench extra)")
+    saved = tmp_path / "flood.json"
+    rows = [row("flood", 100, 6.0), row("flood", 300, 6.0)]
+    saved.write_text(json.dumps({"benchmark": "scale", "rows": rows}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "scale", "rows": [row("tree", 100, 0.5)]}))
+    plot = tmp_path / "both.png"
+    out = io.StringIO()
+    argv = ["--nodes", "--compare", str(saved), str(other), "--plot", str(plot)]
+    assert bench.main(argv, out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:2] for line in lines[2:5]] == [
+        ["flood", "100"],
+        ["flood", "300"],
+        ["tree", "100"],
+    ]
+    assert "600 / 1,200" in lines[2]  # median / max of 6 x 100
+    assert lines[-1] == f"plot: {plot}"
+    assert plot.read_bytes().startswith(PNG)
+
+
+def test_without_matplotlib_the_table_still_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    saved = tmp_path / "flood.json"
+    saved.write_text(json.dumps({"benchmark": "scale", "rows": [row("flood", 100, 1.0)]}))
+    out = io.StringIO()
+    plot = tmp_path / "none.png"
+    assert bench.main(["--nodes", "--compare", str(saved), "--plot", str(plot)], out=out) == 0
+    text = out.getvalue()
+    assert "flood  100" in text
+    assert "plot not written: matplotlib is missing: `pip install -e '.[bench]'`" in text
+    assert not plot.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--nodes", "3"], "must be at least 4 nodes, not 3"),
+        (["--duration", "soon"], "not a positive duration: 'soon'"),
+        (["--duration", "10m", "--warmup", "10m"], "--warmup (600 s) must end before"),
+        (["--nodes"], "nothing to do: give --nodes counts or --compare files"),
+        (["--scenario", "star"], "invalid choice: 'star'"),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_saved_run_is_named(tmp_path: Path) -> None:
+    saved = tmp_path / "other.json"
+    saved.write_text('{"something": "else"}')
+    with pytest.raises(SystemExit, match=r"other\.json: not a --json document"):
+        bench.main(["--nodes", "--compare", str(saved)])
