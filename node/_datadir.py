@@ -121,7 +121,7 @@ class PeerBook:
             raise NodeError(f"{node.text} is not a known peer") from None
 
     def __iter__(self) -> Iterator[crypto.SignedAddress]:
-        """Every stored record (expired ones too), in node id order.
+        """Every stored record (expired ones too), in the order of their ids' text.
 
         A file unchanged since it was last read (mtime, size) is not read and verified
         again: the mesh walks the peers at every tick."""
