@@ -60,7 +60,10 @@ other than the embedded sender are processes of their own. Rounds are interleave
 round, and every round makes fresh ptth nodes and a fresh queue or stream. Printed: per
 system the median rate, min-max, the ratio to RabbitMQ within each round and the median
 of those ratios; the Ed25519 verify rate of this machine (PyNaCl, one core, measured each
-round) with ptth-1hop as a ratio of twice that (both cores verifying); a second table
+round) with ptth-1hop as a ratio of twice that (both cores verifying); the Ed25519 sign
+rate, and from the two the *crypto ceiling* of one hop (each message is signed once by
+its origin and verified once by the hop: what both cores could carry doing nothing else)
+with each system's rate as a fraction of it, which bounds what the goals can ask; a second table
 "one at a time" (``--samples`` sends each waiting for its confirmation: ptth's ``await
 node.send`` until the sender's durable custody, RabbitMQ's publish+confirm round trip,
 NATS' publish+ack), p50 and p99; and ptth's performance goals beside the figures, met or not.
@@ -114,7 +117,7 @@ import httpx
 import trio
 
 import crypto
-from benchmarks.fabric import verify_rate
+from benchmarks.fabric import sign_rate, verify_rate
 from benchmarks.mesh import Process, chain, percentile, processes
 from node import Node
 
@@ -975,8 +978,15 @@ def summarize(
     rounds: Sequence[dict[str, float | None]],
     verify: Sequence[float],
     samples: dict[str, list[float]],
+    sign: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Medians, min-max and ratios within rounds; the goals, met or not."""
+    """Medians, min-max and ratios within rounds; the goals, met or not.
+
+    With ``sign`` (Ed25519 signatures/s on one core, per round, beside ``verify``): the
+    *crypto ceiling* of one hop, what both cores could carry doing nothing but the
+    signature work every message needs (its origin signs it, the hop verifies it), and
+    each system's rate as a fraction of it, per round.
+    """
     table: dict[str, Any] = {}
     for system in systems:
         rates = [measured.get(system) for measured in rounds]
@@ -1001,6 +1011,7 @@ def summarize(
         for one_hop, rate in zip((m.get("ptth-1hop") for m in rounds), verify, strict=True)
     ]
     figures["ptth-1hop vs 2x verify"] = median_of(ceiling)
+    crypto = crypto_ceiling(systems, rounds, verify, sign)
     latency = {
         name: {
             "p50": statistics.median(values),
@@ -1023,9 +1034,47 @@ def summarize(
         "verify per core": list(verify),
         "median verify per core": median_of(list(verify)),
         "ptth-1hop vs 2x verify": ceiling,
+        "crypto ceiling": crypto,
         "one at a time": latency,
         "figures": figures,
         "goals": goals,
+    }
+
+
+def crypto_ceiling(
+    systems: Sequence[str],
+    rounds: Sequence[dict[str, float | None]],
+    verify: Sequence[float],
+    sign: Sequence[float] | None,
+) -> dict[str, Any] | None:
+    """One hop's crypto ceiling (see :func:`summarize`) and what it leaves: per system
+    its rate as a fraction of the ceiling (median over rounds); the most
+    ``ptth-1hop vs 2x verify`` can reach with no work but the signatures; and the CPU
+    per message (µs, both cores) that ptth would have left for everything else at
+    RabbitMQ's rate (negative: the signatures alone take more)."""
+    if sign is None or len(sign) != len(verify) or not sign:
+        return None
+    per_round = [2 / (1 / s + 1 / v) for s, v in zip(sign, verify, strict=True)]
+    fractions = {
+        system: median_of(
+            [
+                None if (rate := measured.get(system)) is None else rate / ceiling
+                for measured, ceiling in zip(rounds, per_round, strict=True)
+            ]
+        )
+        for system in systems
+    }
+    rabbit = median_of([measured.get(BASELINE) for measured in rounds])
+    seconds = statistics.median(1 / s + 1 / v for s, v in zip(sign, verify, strict=True))
+    return {
+        "per round": per_round,
+        "median": statistics.median(per_round),
+        "median sign per core": statistics.median(sign),
+        "fraction": fractions,
+        "most vs 2x verify": median_of(
+            [c / (2 * v) for c, v in zip(per_round, verify, strict=True)]
+        ),
+        "us left at rabbitmq's rate": None if not rabbit else (2 / rabbit - seconds) * 1e6,
     }
 
 
@@ -1060,6 +1109,28 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
         say(
             f"Ed25519 verify (PyNaCl, one core): {fmt_rate(verify)}/s (median of rounds); "
             f"ptth-1hop = {fmt_ratio(ceiling)}x of both cores ({fmt_rate(2 * verify)}/s)"
+        )
+    crypto = summary.get("crypto ceiling")
+    if crypto is not None:
+        shares = ", ".join(
+            f"{system} {fmt_ratio(value)}x"
+            for system, value in crypto["fraction"].items()
+            if value is not None
+        )
+        say(
+            f"Ed25519 sign (one core): {fmt_rate(crypto['median sign per core'])}/s. Crypto "
+            f"ceiling of one hop (each message signed once and verified once, both cores, "
+            f"no other work): {fmt_rate(crypto['median'])}/s; {shares}"
+        )
+        left = crypto["us left at rabbitmq's rate"]
+        say(
+            f"  so ptth-1hop vs 2x verify is at most {fmt_ratio(crypto['most vs 2x verify'])}x"
+            + (
+                ""
+                if left is None
+                else f"; at RabbitMQ's rate ptth would have {left:.0f} us of CPU per message"
+                " (both cores) for all but the signatures"
+            )
         )
     if summary["one at a time"]:
         say()
@@ -1155,6 +1226,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     say(f"  ptth {version_of('ptth')}: origin embedded here, the other nodes `ptth run`")
     rounds: list[dict[str, float | None]] = []
     verify: list[float] = []
+    sign: list[float] = []
     samples: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
         anchors = start_anchors(stack, args.systems, where, args.nats_sync)
@@ -1166,6 +1238,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         order = [system for system in args.systems if system in runs]
         for index in range(args.rounds):
             verify.append(verify_rate())
+            sign.append(sign_rate())
             measured: dict[str, float | None] = {}
             for system in rotated(order, index):
                 try:
@@ -1175,10 +1248,10 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
                     say(f"  round {index + 1}: {system} failed: {exc!r}")
             rounds.append(measured)
             said = "  ".join(f"{system} {fmt_rate(measured.get(system))}/s" for system in order)
-            say(f"round {index + 1}: {said}   (verify {verify[-1]:,.0f}/s)")
+            say(f"round {index + 1}: {said}   (verify {verify[-1]:,.0f}/s, sign {sign[-1]:,.0f}/s)")
         if args.samples:
             samples = one_at_a_time(args.systems, anchors, work, args.samples)
-    summary = summarize(order, rounds, verify, samples)
+    summary = summarize(order, rounds, verify, samples, sign)
     load = os.getloadavg()
     if args.json:
         document = {

@@ -91,6 +91,31 @@ def test_ratios_are_taken_within_rounds() -> None:
     assert "0.50 1.50 2.00" in out.getvalue()
 
 
+def test_crypto_ceiling_is_what_the_signatures_alone_allow() -> None:
+    # 10,000 signs/s and 5,000 verifies/s per core: 300 us of signature work per message
+    # on one core, so both cores carry at most 2 / 300 us = 6,667 messages/s.
+    rounds: list[dict[str, float | None]] = [
+        {"ptth-1hop": 1_000.0, "rabbitmq": 5_000.0},
+        {"ptth-1hop": None, "rabbitmq": 4_000.0},
+    ]
+    summary = versus.summarize(
+        ["ptth-1hop", "rabbitmq"], rounds, [5_000.0, 5_000.0], {}, [10_000.0, 10_000.0]
+    )
+    crypto = summary["crypto ceiling"]
+    assert crypto["median"] == pytest.approx(20_000 / 3)
+    assert crypto["fraction"]["ptth-1hop"] == pytest.approx(0.15)
+    assert crypto["fraction"]["rabbitmq"] == pytest.approx((0.75 + 0.6) / 2)
+    assert crypto["most vs 2x verify"] == pytest.approx(2 / 3)
+    # RabbitMQ's median, 4,500/s, gives each message 444 us of the two cores: 144 us left.
+    assert crypto["us left at rabbitmq's rate"] == pytest.approx(2e6 / 4_500 - 300)
+    out = io.StringIO()
+    versus.report(summary, out)
+    assert "ceiling of one hop" in out.getvalue()
+    assert "144 us of CPU per message" in out.getvalue()
+    # Without the sign rate, nothing is claimed.
+    assert versus.summarize(["ptth-1hop"], rounds, [5_000.0, 5_000.0], {})["crypto ceiling"] is None
+
+
 def test_rounds_rotate_the_order() -> None:
     systems = ["a", "b", "c"]
     assert [versus.rotated(systems, i) for i in range(4)] == [
