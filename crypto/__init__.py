@@ -37,6 +37,16 @@ from crypto._capability import (
     verify,
 )
 from crypto._cbor import MAX_ENVELOPE_SIZE
+from crypto._coords import (
+    DIFFERENT_TREES,
+    MAX_COORD_CHAIN_SIZE,
+    MAX_GRANT_LIFETIME_MS,
+    MAX_TREE_DEPTH,
+    CoordChain,
+    Coordinates,
+    grant_coordinates,
+    root_statement,
+)
 from crypto._envelope import Opened, Purpose, open, seal
 from crypto._errors import (
     BadSignature,
@@ -64,14 +74,18 @@ from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId, verifying_on
 __all__ = [
     "CAPABILITY_ID_SIZE",
     "CAPABILITY_TOKEN_PREFIX",
+    "DIFFERENT_TREES",
     "FRAME_ID_SIZE",
     "MAX_BODY_SIZE",
     "MAX_CAPABILITY_SIZE",
     "MAX_CHAIN_DEPTH",
+    "MAX_COORD_CHAIN_SIZE",
     "MAX_ENDPOINTS",
     "MAX_ENVELOPE_SIZE",
+    "MAX_GRANT_LIFETIME_MS",
     "MAX_HOPS",
     "MAX_LIFETIME_MS",
+    "MAX_TREE_DEPTH",
     "MAX_WHY_LENGTH",
     "NODE_ID_TEXT_LENGTH",
     "TOKEN_PREFIX",
@@ -81,6 +95,8 @@ __all__ = [
     "CapabilityExpired",
     "CapabilityRefused",
     "Caveats",
+    "CoordChain",
+    "Coordinates",
     "CryptoError",
     "Expired",
     "Frame",
@@ -105,10 +121,12 @@ __all__ = [
     "capability_envelope",
     "delegate",
     "grant",
+    "grant_coordinates",
     "open",
     "parse_capability",
     "parse_token",
     "pattern_covers",
+    "root_statement",
     "seal",
     "sign_address",
     "validate_endpoint",

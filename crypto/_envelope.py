@@ -50,6 +50,7 @@ class Purpose(enum.StrEnum):
     ADDRESS = "ptth/addr"
     CAPABILITY = "ptth/cap"
     REVOCATION = "ptth/revoke"
+    COORD = "ptth/coord"
 
 
 class Opened(NamedTuple):

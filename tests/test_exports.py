@@ -69,6 +69,7 @@ def test_crypto_exports_come_from_its_modules() -> None:
                 "_address",
                 "_capability",
                 "_cbor",
+                "_coords",
                 "_envelope",
                 "_errors",
                 "_frames",
