@@ -23,6 +23,16 @@ from mesh._calls import (
     validate_object_name,
 )
 from mesh._capabilities import MAX_CAP_URLS, CapabilityBook, CapUrlRecord, Grant
+from mesh._dht import (
+    Contact,
+    Contacts,
+    Lookup,
+    Probe,
+    Record,
+    Records,
+    bucket_index,
+    xor_distance,
+)
 from mesh._engine import (
     GREETING_REVOCATIONS,
     Action,
@@ -67,6 +77,7 @@ from mesh._store import (
     stored_charge,
 )
 from mesh._topics import TopicTrie, covers, matches, overlaps
+from mesh._tree import CoordinatesChanged, Offer, Tree, TreeAction
 from mesh._wire import (
     CONTENT_TYPE_FRAMES,
     CONTENT_TYPE_RESULTS,
@@ -110,6 +121,9 @@ __all__ = [
     "CallStatus",
     "CapUrlRecord",
     "CapabilityBook",
+    "Contact",
+    "Contacts",
+    "CoordinatesChanged",
     "Custody",
     "Deliver",
     "Fanout",
@@ -129,17 +143,22 @@ __all__ = [
     "Link",
     "LinkState",
     "Links",
+    "Lookup",
     "MeshError",
     "NoRoute",
     "Notify",
+    "Offer",
     "Outcome",
     "Outgoing",
     "Policy",
+    "Probe",
     "QueueStatistics",
     "Queued",
     "Quotas",
     "Reason",
     "Receipt",
+    "Record",
+    "Records",
     "Reply",
     "Requirements",
     "Reroute",
@@ -155,11 +174,14 @@ __all__ = [
     "StoreStatistics",
     "TopicTrie",
     "Trace",
+    "Tree",
+    "TreeAction",
     "Wake",
     "Wallet",
     "WireFrame",
     "Write",
     "admit",
+    "bucket_index",
     "covers",
     "decode_frames",
     "decode_results",
@@ -172,4 +194,5 @@ __all__ = [
     "secure_owner",
     "stored_charge",
     "validate_object_name",
+    "xor_distance",
 ]
