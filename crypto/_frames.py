@@ -90,6 +90,9 @@ class Kind(enum.StrEnum):
     ANN = "ann"
     RCPT = "rcpt"
     REV = "rev"
+    #: A tree offer to one neighbour: our coordinates and a place below us
+    #: (docs/routing-at-scale.md); never passed on.
+    CRD = "crd"
 
 
 _COMMON: Final = frozenset({"t", "src", "id", "ts", "exp", "hops"})
@@ -101,6 +104,7 @@ _REQUIRED: Final = {
     Kind.ANN: frozenset({"body"}),
     Kind.RCPT: frozenset({"dst", "ref", "st"}),
     Kind.REV: frozenset({"body"}),
+    Kind.CRD: frozenset({"dst", "body"}),
 }
 _OPTIONAL: Final = {
     Kind.MSG: frozenset({"ct", "rr", "cap"}),

@@ -47,6 +47,7 @@ from mesh._engine import (
     Router,
     RouterConfig,
     Wake,
+    offer_body,
 )
 from mesh._errors import HopLimitExceeded, MeshError, NoRoute, StoreFull
 from mesh._intake import Admitted, admit
@@ -190,6 +191,7 @@ __all__ = [
     "event_topic",
     "events_pattern",
     "matches",
+    "offer_body",
     "overlaps",
     "secure_owner",
     "stored_charge",

@@ -24,7 +24,16 @@ Events and what comes back:
                                        came too soon is answered: :class:`Greet`; a
                                        fresher announce that came too soon after the
                                        last flood of its origin: :class:`Flood`
+``on_offer(...)``                      with the tree on (``RouterConfig.tree``): a
+                                       neighbour's ``crd`` frame; its result, and
+                                       :class:`mesh.Offer` s to send, and
+                                       :class:`mesh.CoordinatesChanged`
 =====================================  ===============================================
+
+The spanning tree (:class:`mesh.Tree`, docs/routing-at-scale.md) is built beside the
+flooded routes when ``RouterConfig.tree`` is on: neighbours offer each other their
+coordinates in ``crd`` frames (never passed on), from neighbour events and at ticks.
+Frames are still routed by the flooded routes; the tree is not used for routing yet.
 
 Forwarding policy (whose frames this node relays): ``neighbours`` (default: its peers,
 its relays and the nodes attached to it), ``open`` (anyone), ``off`` (nobody; frames
@@ -40,6 +49,7 @@ import random
 from typing import Final
 
 import crypto
+from crypto import _cbor
 from mesh._admission import Policy
 from mesh._authority import Authority
 from mesh._calls import CALL_CONTENT_TYPES
@@ -53,6 +63,14 @@ from mesh._interests import (
 )
 from mesh._links import Links, LinkState, Role
 from mesh._routes import DEFAULT_MAX_DESTINATIONS, Route, RoutingTable
+from mesh._tree import (
+    DEFAULT_STALE_GRACE_MS,
+    DEFAULT_TREE_INTERVAL_MS,
+    DEFAULT_TREE_LIFETIME_MS,
+    CoordinatesChanged,
+    Offer,
+    Tree,
+)
 from mesh._wire import (
     ACCEPTED,
     DUPLICATE,
@@ -72,6 +90,7 @@ __all__ = [
     "Forward",
     "Greet",
     "Notify",
+    "offer_body",
     "Reroute",
     "Router",
     "RouterConfig",
@@ -105,6 +124,14 @@ class RouterConfig:
     max_destinations: int = DEFAULT_MAX_DESTINATIONS
     max_patterns_per_origin: int = DEFAULT_MAX_PATTERNS_PER_ORIGIN
     max_interests: int = DEFAULT_MAX_INTERESTS
+    #: Build the spanning tree with the neighbours (``crd`` offers); needs the
+    #: router's ``identity`` to sign grants. Off: this node refuses offers.
+    tree: bool = False
+    #: May this node be the tree's root and place any neighbour below it: a public
+    #: node. False for a node behind NAT (a leaf under its relays).
+    tree_root: bool = True
+    tree_interval_ms: int = DEFAULT_TREE_INTERVAL_MS
+    tree_lifetime_ms: int = DEFAULT_TREE_LIFETIME_MS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,7 +218,7 @@ class Notify:
     why: str
 
 
-Action = Reroute | Flood | Greet | Wake | Notify
+Action = Reroute | Flood | Greet | Wake | Notify | Offer | CoordinatesChanged
 
 _DELIVER: Final = Deliver()
 _TRANSIT: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
@@ -209,6 +236,7 @@ class Router:
         links: Links | None = None,
         policy: Policy | None = None,
         authority: Authority | None = None,
+        identity: crypto.Identity | None = None,
     ) -> None:
         self.local = local
         self.config = config or RouterConfig()
@@ -241,6 +269,20 @@ class Router:
         #: Per origin: when we last sent it a drop notice (at most one per flood
         #: interval: a stranger cannot make us fill our queue with notices to it).
         self._notified: dict[crypto.NodeId, int] = {}
+        #: The spanning tree (``config.tree``), and per neighbour the ``ts`` of the
+        #: newest offer taken from it: an older one, overtaken on the way, is ignored.
+        self.tree: Tree | None = None
+        self._offer_ts: dict[crypto.NodeId, int] = {}
+        if self.config.tree:
+            if identity is None or identity.node_id != local:
+                raise ValueError("a router that builds the tree needs this node's identity")
+            self.tree = Tree(
+                identity,
+                eligible_root=self.config.tree_root,
+                interval_ms=self.config.tree_interval_ms,
+                lifetime_ms=self.config.tree_lifetime_ms,
+                stale_grace_ms=min(DEFAULT_STALE_GRACE_MS, self.config.tree_interval_ms // 2),
+            )
 
     # -- neighbours -----------------------------------------------------------------
 
@@ -249,18 +291,70 @@ class Router:
 
     def add_neighbour(self, node: crypto.NodeId, role: Role, now: int) -> list[Action]:
         """``node`` took ``role``; a new neighbour is greeted and frames for it rerouted."""
-        if node == self.local or not self.links.add(node, role):
+        if node == self.local:
             return []
-        return [Greet(node), *self._reroute({node}, now)]
+        if not self.links.add(node, role):
+            return self._tree_role_changed(node, now)
+        return [Greet(node), *self._reroute({node}, now), *self._tree_role_changed(node, now)]
 
     def remove_neighbour(self, node: crypto.NodeId, role: Role, now: int) -> list[Action]:
         """``node`` lost ``role``; if it is no longer a neighbour, routes via it go."""
         if not self.links.remove(node, role):
-            return []
+            return self._tree_role_changed(node, now)
         self._greeted_back.pop(node, None)
         self._greet_later.discard(node)
+        self._offer_ts.pop(node, None)
         affected = self.table.forget_via(node) | {node}
-        return self._reroute(affected, now)
+        actions: list[Action] = []
+        if self.tree is not None:
+            actions += self.tree.remove_neighbour(node, now=now)
+        return actions + self._reroute(affected, now)
+
+    # -- the spanning tree ----------------------------------------------------------
+
+    def tree_role(self, node: crypto.NodeId) -> Role | None:
+        """What ``node`` is to the tree: our RELAY (a NATed node's parent), a PEER, or
+        ATTACHED to us only (a leaf we may place below us); None: not a neighbour."""
+        link = self.links.get(node)
+        if link is None:
+            return None
+        for role in (Role.RELAY, Role.PEER, Role.ATTACHED):
+            if role in link.roles:
+                return role
+        return None
+
+    def _tree_role_changed(self, node: crypto.NodeId, now: int) -> list[Action]:
+        role = self.tree_role(node)
+        if self.tree is None or role is None:
+            return []
+        return list(self.tree.add_neighbour(node, role, now=now))
+
+    def on_offer(
+        self, admitted: Admitted, sender: crypto.NodeId, now: int
+    ) -> tuple[Result, list[Action]]:
+        """A ``crd`` frame ``sender`` handed us: its coordinates and perhaps a place
+        below it for us. Only a neighbour's own offer, addressed to us, is taken."""
+        frame = admitted.frame
+        if self.tree is None:
+            return Result.rejected(
+                Reason.UNSUPPORTED, "this node does not build the spanning tree"
+            ), []
+        role = self.tree_role(sender)
+        if frame.src != sender or frame.dst != self.local or role is None:
+            return Result.rejected(
+                Reason.POLICY,
+                "a tree offer is taken only from the neighbour that made it, addressed to us",
+            ), []
+        last = self._offer_ts.get(sender)
+        if last is not None and frame.ts <= last:
+            return DUPLICATE, []  # overtaken by a newer offer from it: nothing to do
+        try:
+            chain, grant = _offer_body(frame.body)
+            actions = self.tree.on_offer(sender, role, chain, grant, now=now)
+        except crypto.CryptoError as exc:
+            return Result.for_error(exc), []
+        self._offer_ts[sender] = frame.ts
+        return ACCEPTED, list(actions)
 
     # -- routing --------------------------------------------------------------------
 
@@ -701,6 +795,8 @@ class Router:
                 self._greet_later.discard(node)
                 self._greeted_back[node] = now
                 actions.append(Greet(node, hello=False))
+        if self.tree is not None:
+            actions += self.tree.tick(now)
         return actions + notices + self._reroute(changed, now)
 
     def reroute(self, dst: crypto.NodeId, now: int) -> Reroute:
@@ -730,3 +826,23 @@ class Router:
                     dst=link.node, via=link.node, ts=0, hops=1, learned=0, expires=0
                 )
         return sorted(chosen.values(), key=lambda r: (r.hops, r.dst.raw))
+
+
+def offer_body(chain: bytes, grant: bytes | None) -> bytes:
+    """The body of a ``crd`` frame: a CBOR array of our chain and, if we give one, the
+    grant placing the neighbour below us."""
+    return _cbor.encode([chain] if grant is None else [chain, grant])
+
+
+def _offer_body(body: bytes | None) -> tuple[bytes, bytes | None]:
+    """Read a ``crd`` frame's body; raise :class:`crypto.Malformed`."""
+    if body is None:
+        raise crypto.Malformed("a tree offer needs a body")
+    items = _cbor.decode(body, what="tree offer")
+    if (
+        not isinstance(items, list)
+        or not 1 <= len(items) <= 2
+        or not all(isinstance(item, bytes) for item in items)
+    ):
+        raise crypto.Malformed("a tree offer's body is [chain] or [chain, grant], byte strings")
+    return items[0], items[1] if len(items) == 2 else None

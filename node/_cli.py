@@ -585,6 +585,11 @@ def _neighbour_table(
     return render(columns, rows, wide=wide, indent=indent)
 
 
+def _short(node: object) -> str:
+    """A node id as given in an answer, shortened for display as NodeId.short is."""
+    return str(node)[: len(crypto.NodeId(bytes(32)).short)]
+
+
 def _route_table(routes: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0) -> list[str]:
     """``GET routes``: a row each."""
     columns = [
@@ -937,6 +942,7 @@ class Cli:
             relay_mode=self.args.relay_mode,
             relay=RelayConfig(policy=self.args.relay_policy),
             forward_policy=self.args.forward,
+            tree=self.args.tree,
             admission=self.args.admission,
             inbox_policy=self.args.inbox_policy,
             announce_interval=float(self.args.announce_interval),
@@ -1577,6 +1583,17 @@ class Cli:
                 f"routes: {_many(routes, 'destination')}{more}",
                 _route_table(sample, wide=wide, indent=2) if sample else [],
             )
+        tree = status.get("tree")
+        if isinstance(tree, dict):
+            if tree.get("root") is None:
+                self.say("tree      no place yet (no neighbour has offered one)")
+            elif tree.get("parent") is None:
+                self.say(f"tree      the root, {_short(tree['root'])}")
+            else:
+                self.say(
+                    f"tree      depth {tree.get('depth')} under root {_short(tree['root'])},"
+                    f" parent {_short(tree['parent'])}"
+                )
         if "queues" in status:
             queues = [queue for queue in status["queues"] if queue.get("frames")]
             self._section(
@@ -2277,6 +2294,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=NodeConfig.forward_policy,
         help="whose frames this node forwards: its neighbours (peers, relays, nodes "
         "attached to it), anyone, or nobody (default %(default)s)",
+    )
+    run.add_argument(
+        "--tree",
+        action="store_true",
+        help="build the spanning tree with the neighbours (coordinates for routing at "
+        "scale; routes still come from flooded announces)",
     )
     run.add_argument(
         "--admission",

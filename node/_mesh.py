@@ -102,6 +102,11 @@ class NodeStatistics:
     announces_sent: int = 0
     announces_received: int = 0
     interests_received: int = 0
+    #: Tree offers (``crd`` frames) sent to and taken from neighbours, and the times
+    #: this node's place in the tree moved (``--tree``).
+    tree_offers_sent: int = 0
+    tree_offers_received: int = 0
+    tree_changes: int = 0
     #: Revocations this node learned (news only: its own and those flooded to it).
     revocations_learned: int = 0
     publications_received: int = 0
@@ -157,7 +162,11 @@ class MeshRuntime:
             rng=rng,
             config=config.router,
             authority=mesh.Authority(self.local, requirements=config.requirements),
+            identity=identity,
         )
+        #: The ``ts`` of our last tree offer: each is later than the one before, so a
+        #: neighbour can tell an offer overtaken on the way (mesh.Router.on_offer).
+        self._offer_ts = 0
         #: Where revocations are kept (None: in memory only, as in some tests).
         self.book = book
         #: The capabilities this node presents (``--cap``, and those given to a call).
@@ -361,6 +370,35 @@ class MeshRuntime:
                 self._forwarder(action.node).wake()
             elif isinstance(action, mesh.Notify):
                 await self._notify(action)
+            elif isinstance(action, mesh.Offer):
+                self._forwarder(action.neighbour).add_control([self._offer(action)])
+                self.statistics.tree_offers_sent += 1
+            elif isinstance(action, mesh.CoordinatesChanged):
+                self.statistics.tree_changes += 1
+                new = action.new
+                log.info(
+                    "tree: %s",
+                    "no place"
+                    if new is None
+                    else f"root {new.root.short}, depth {new.depth}"
+                    + (f", parent {new.path[-2].short}" if new.depth else " (we are the root)"),
+                )
+
+    def _offer(self, offer: mesh.Offer) -> mesh.WireFrame:
+        """A ``crd`` frame for ``offer.neighbour``: never passed on (hops 1)."""
+        now = self.clock()
+        self._offer_ts = max(now, self._offer_ts + 1)
+        frame = crypto.Frame(
+            kind=crypto.Kind.CRD,
+            src=self.local,
+            id=self.new_id(),
+            ts=self._offer_ts,
+            exp=self._offer_ts + self.config.router.route_ttl_ms,
+            hops=1,
+            dst=offer.neighbour,
+            body=mesh.offer_body(offer.chain, offer.grant),
+        )
+        return mesh.WireFrame(0, frame.seal(self.identity))
 
     async def _notify(self, action: mesh.Notify) -> None:
         """Queue a drop receipt for ``action.origin`` about its frame ``action.ref``."""
@@ -903,6 +941,12 @@ class MeshRuntime:
                 if revocation is not None:
                     self.statistics.revocations_learned += 1
                     revoked.append(revocation)
+                results.append(result)
+                continue
+            if kind is crypto.Kind.CRD:
+                self.statistics.tree_offers_received += 1
+                result, more = self.router.on_offer(item, sender, now)
+                actions += more
                 results.append(result)
                 continue
             if kind is crypto.Kind.SUB or kind is crypto.Kind.UNSUB:

@@ -455,6 +455,21 @@ class Metrics:
                 "Announces received from neighbours.",
             ),
             (
+                "ptth_tree_offers_sent",
+                stats.tree_offers_sent,
+                "Tree offers (crd frames) queued for neighbours (--tree).",
+            ),
+            (
+                "ptth_tree_offers_received",
+                stats.tree_offers_received,
+                "Tree offers received from neighbours (--tree).",
+            ),
+            (
+                "ptth_tree_changes",
+                stats.tree_changes,
+                "Times this node's place in the spanning tree moved (--tree).",
+            ),
+            (
                 "ptth_interests_received",
                 stats.interests_received,
                 "Interests (sub, unsub frames) received from neighbours.",

@@ -183,6 +183,10 @@ class NodeConfig:
     #: Whether the store waits for the disk at each commit (``mesh.Store(sync=...)``).
     #: False survives the process ending at any moment, not the machine: simulations.
     store_sync: bool = True
+    #: Build the spanning tree with the neighbours (``--tree``): ``crd`` offers, the
+    #: first part of routing at scale (docs/routing-at-scale.md); routing still uses
+    #: the flooded announces.
+    tree: bool = False
 
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)
@@ -198,6 +202,11 @@ class NodeConfig:
             announce_interval_ms=interval_ms,
             route_ttl_ms=3 * interval_ms,
             forward_policy=policy,
+            tree=self.tree,
+            # Behind NAT (attached to relays) or forwarding for nobody: a leaf.
+            tree_root=not self.relays and policy is not mesh.ForwardPolicy.OFF,
+            tree_interval_ms=interval_ms,
+            tree_lifetime_ms=3 * interval_ms,
         )
 
     def policy(self) -> mesh.Policy:
@@ -1349,6 +1358,7 @@ class Node:
             "peers": peers,
             "neighbours": [link.to_json() for link in self.mesh.router.links],
             "routes": len(self.mesh.router.table),
+            "tree": self._tree_status(),
             "inbox": {"frames": stats.inbox_frames, "bytes": stats.inbox_bytes},
             "queued": {"frames": stats.queued_frames, "bytes": stats.queued_bytes},
             "seen_ids": stats.seen_ids,
@@ -1358,6 +1368,19 @@ class Node:
             "counters": dataclasses.asdict(self.statistics),
             "rejected": dict(self.statistics.rejected_by_reason),
             "capabilities": self.capabilities(),
+        }
+
+    def _tree_status(self) -> dict[str, Any] | None:
+        """Our place in the spanning tree (``--tree``; None when not built)."""
+        tree = self.mesh.router.tree
+        if tree is None:
+            return None
+        coordinates = tree.coordinates
+        return {
+            "root": None if coordinates is None else coordinates.root.text,
+            "depth": None if coordinates is None else coordinates.depth,
+            "parent": None if tree.parent is None else tree.parent.text,
+            "path": [] if coordinates is None else [node.text for node in coordinates.path],
         }
 
 

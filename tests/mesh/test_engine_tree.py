@@ -1,0 +1,268 @@
+"""The spanning tree inside the router (RouterConfig.tree): ``crd`` offers between
+neighbours, and what a bad, stray or overtaken offer gets.
+
+Routers are driven synchronously: each Offer action one returns becomes a signed ``crd``
+frame, admitted and handed to the neighbour's router, in order per link, as the runtime
+(node/_mesh.py) does.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+
+import pytest
+
+import crypto
+from mesh import (
+    CoordinatesChanged,
+    Offer,
+    Outcome,
+    Reason,
+    Result,
+    Role,
+    Router,
+    RouterConfig,
+    WireFrame,
+    admit,
+    offer_body,
+)
+from mesh._wire import ACCEPTED, DUPLICATE
+
+NOW = 1_700_000_000_000
+INTERVAL = 60_000
+_ids = itertools.count(1)
+
+
+def identity(n: int) -> crypto.Identity:
+    return crypto.Identity(bytes([n]) * 32)
+
+
+def router(who: crypto.Identity, *, tree: bool = True, root: bool = True) -> Router:
+    config = RouterConfig(
+        tree=tree, tree_root=root, tree_interval_ms=INTERVAL, tree_lifetime_ms=3 * INTERVAL
+    )
+    return Router(who.node_id, rng=random.Random(0), config=config, identity=who)
+
+
+def crd(
+    sender: crypto.Identity,
+    dst: crypto.NodeId,
+    body: bytes,
+    *,
+    ts: int,
+) -> WireFrame:
+    frame = crypto.Frame(
+        kind=crypto.Kind.CRD,
+        src=sender.node_id,
+        id=next(_ids).to_bytes(16, "big"),
+        ts=ts,
+        exp=ts + 3 * INTERVAL,
+        hops=1,
+        dst=dst,
+        body=body,
+    )
+    return WireFrame(0, frame.seal(sender))
+
+
+class Mesh:
+    """Routers linked as given, passing offers in order per link."""
+
+    def __init__(self, identities: dict[str, crypto.Identity], routers: dict[str, Router]):
+        self.identities = identities
+        self.routers = routers
+        self.names = {i.node_id: name for name, i in identities.items()}
+        self.queues: dict[tuple[str, str], collections.deque[Offer]] = collections.defaultdict(
+            collections.deque
+        )
+        self.ts: collections.Counter[str] = collections.Counter()
+        self.results: list[Outcome] = []
+        self.changes = 0
+
+    def take(self, name: str, actions: object) -> None:
+        assert isinstance(actions, list)
+        for action in actions:
+            if isinstance(action, Offer):
+                self.queues[(name, self.names[action.neighbour])].append(action)
+            elif isinstance(action, CoordinatesChanged):
+                self.changes += 1
+
+    def link(self, a: str, b: str, *, a_is: Role = Role.PEER, b_is: Role = Role.PEER) -> None:
+        """``a`` sees ``b`` as ``b_is``; ``b`` sees ``a`` as ``a_is``."""
+        self.take(a, self.routers[a].add_neighbour(self.identities[b].node_id, b_is, NOW))
+        self.take(b, self.routers[b].add_neighbour(self.identities[a].node_id, a_is, NOW))
+
+    def settle(self, now: int = NOW) -> None:
+        while any(self.queues.values()):
+            for (src, dst), queue in sorted(self.queues.items()):
+                if not queue:
+                    continue
+                offer = queue.popleft()
+                self.ts[src] = max(now, self.ts[src] + 1)
+                wire = crd(
+                    self.identities[src],
+                    offer.neighbour,
+                    offer_body(offer.chain, offer.grant),
+                    ts=self.ts[src],
+                )
+                admitted = admit(wire, now=now)
+                assert not isinstance(admitted, Result)
+                result, actions = self.routers[dst].on_offer(
+                    admitted, self.identities[src].node_id, now
+                )
+                self.results.append(result.outcome)
+                self.take(dst, actions)
+
+
+def test_neighbours_agree_on_one_root_and_a_nated_node_sits_under_its_relay() -> None:
+    ids = {name: identity(n) for n, name in enumerate("abcdn", start=1)}
+    routers = {name: router(i, root=name != "n") for name, i in ids.items()}
+    mesh = Mesh(ids, routers)
+    mesh.link("a", "b")
+    mesh.link("b", "c")
+    mesh.link("c", "d")
+    mesh.link("d", "a")
+    # n is NATed: attached to c (its relay), and a peer of a.
+    mesh.link("n", "c", a_is=Role.ATTACHED, b_is=Role.RELAY)
+    mesh.link("n", "a")
+    mesh.settle()
+
+    least = min(i.node_id for name, i in ids.items() if name != "n")
+    places = {name: r.tree.coordinates for name, r in routers.items() if r.tree is not None}
+    assert all(place is not None and place.root == least for place in places.values())
+    assert routers["n"].tree is not None
+    assert routers["n"].tree.parent == ids["c"].node_id
+    for _name, r in routers.items():
+        assert r.tree is not None
+        place = r.tree.coordinates
+        assert place is not None
+        if r.tree.parent is not None:  # parents are neighbours one level up
+            parent = routers[mesh.names[r.tree.parent]].tree
+            assert parent is not None
+            assert parent.coordinates is not None
+            assert parent.coordinates.depth == place.depth - 1
+    assert set(mesh.results) == {Outcome.ACCEPTED}
+    assert mesh.changes >= len(ids)  # each node found its place
+
+
+def test_a_removed_neighbour_is_forgotten_and_a_new_root_chosen() -> None:
+    ids = {name: identity(n) for n, name in enumerate("abc", start=1)}
+    routers = {name: router(i) for name, i in ids.items()}
+    mesh = Mesh(ids, routers)
+    mesh.link("a", "b")
+    mesh.link("b", "c")
+    mesh.link("c", "a")  # a triangle: the two left stay linked
+    mesh.settle()
+    root = min(i.node_id for i in ids.values())
+    root_name = mesh.names[root]
+    # Cut every link of the root: the others agree on the least of themselves.
+    for name in ids:
+        if name != root_name and routers[name].is_neighbour(root):
+            mesh.take(name, routers[name].remove_neighbour(root, Role.PEER, NOW + 1))
+            mesh.take(
+                root_name,
+                routers[root_name].remove_neighbour(ids[name].node_id, Role.PEER, NOW + 1),
+            )
+    mesh.settle(NOW + 1)
+    rest = [name for name in ids if name != root_name]
+    new_root = min(ids[name].node_id for name in rest)
+    for name in rest:
+        tree = routers[name].tree
+        assert tree is not None
+        assert tree.coordinates is not None
+        assert tree.coordinates.root == new_root
+
+
+def test_an_offer_overtaken_on_the_way_is_ignored() -> None:
+    a_id, b_id = identity(1), identity(2)
+    a, b = router(a_id), router(b_id)
+    offers = [x for x in a.add_neighbour(b_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    b.add_neighbour(a_id.node_id, Role.PEER, NOW)
+    (offer,) = offers
+    body = offer_body(offer.chain, offer.grant)
+    newer = admit(crd(a_id, b_id.node_id, body, ts=NOW + 2), now=NOW)
+    older = admit(crd(a_id, b_id.node_id, body, ts=NOW + 1), now=NOW)
+    assert not isinstance(newer, Result)
+    assert not isinstance(older, Result)
+    result, _ = b.on_offer(newer, a_id.node_id, NOW)
+    assert result == ACCEPTED
+    result, actions = b.on_offer(older, a_id.node_id, NOW)
+    assert result == DUPLICATE
+    assert actions == []
+
+
+def test_offers_from_strangers_forwarded_ones_and_bad_bodies_are_refused() -> None:
+    a_id, b_id, c_id = identity(1), identity(2), identity(3)
+    a, b = router(a_id), router(b_id)
+    (offer,) = [x for x in a.add_neighbour(b_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    b.add_neighbour(a_id.node_id, Role.PEER, NOW)
+    body = offer_body(offer.chain, offer.grant)
+
+    def outcome(wire: WireFrame, sender: crypto.NodeId) -> tuple[Reason | None, str]:
+        admitted = admit(wire, now=NOW)
+        assert not isinstance(admitted, Result)
+        result, actions = b.on_offer(admitted, sender, NOW)
+        assert actions == []
+        return result.code, result.words
+
+    # A stranger (not a neighbour) offering its own coordinates.
+    code, words = outcome(crd(c_id, b_id.node_id, body, ts=NOW), c_id.node_id)
+    assert code is Reason.POLICY
+    assert "neighbour" in words
+    # A's offer passed on by someone else, or addressed to another node.
+    code, _ = outcome(crd(a_id, b_id.node_id, body, ts=NOW), c_id.node_id)
+    assert code is Reason.POLICY
+    code, _ = outcome(crd(a_id, c_id.node_id, body, ts=NOW), a_id.node_id)
+    assert code is Reason.POLICY
+    # Bodies that are not [chain] / [chain, grant], or a chain that is not a chain.
+    for bad in (b"\x00", crypto._cbor.encode([1, 2]), crypto._cbor.encode([]), b"\xff"):
+        code, words = outcome(crd(a_id, b_id.node_id, bad, ts=NOW + 1), a_id.node_id)
+        assert code is Reason.MALFORMED, words
+    # A's real chain, but the grant of another node (C's place, not ours).
+    c_grant = crypto.grant_coordinates(
+        a_id,
+        c_id.node_id,
+        crypto.CoordChain.parse(offer.chain, now=NOW),
+        now=NOW,
+        lifetime_ms=INTERVAL,
+    )
+    code, words = outcome(
+        crd(a_id, b_id.node_id, offer_body(offer.chain, c_grant), ts=NOW + 2), a_id.node_id
+    )
+    assert code is Reason.MALFORMED
+    assert "not to us" in words
+    # B's own coordinates presented by A: a chain placing another node than its sender.
+    (back,) = [x for x in b.tick(NOW + INTERVAL) if isinstance(x, Offer)]
+    code, words = outcome(
+        crd(a_id, b_id.node_id, offer_body(back.chain, None), ts=NOW + 3), a_id.node_id
+    )
+    assert code is Reason.MALFORMED
+    # Honest offers still go through after all that.
+    ok = admit(crd(a_id, b_id.node_id, body, ts=NOW + 4), now=NOW)
+    assert not isinstance(ok, Result)
+    assert b.on_offer(ok, a_id.node_id, NOW)[0] == ACCEPTED
+
+
+def test_a_node_without_the_tree_refuses_offers_and_sends_none() -> None:
+    a_id, b_id = identity(1), identity(2)
+    a, b = router(a_id), router(b_id, tree=False)
+    (offer,) = [x for x in a.add_neighbour(b_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    assert not [x for x in b.add_neighbour(a_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    admitted = admit(crd(a_id, b_id.node_id, offer_body(offer.chain, offer.grant), ts=NOW), now=NOW)
+    assert not isinstance(admitted, Result)
+    result, _ = b.on_offer(admitted, a_id.node_id, NOW)
+    assert result.code is Reason.UNSUPPORTED
+    assert b.tree is None
+
+
+def test_a_router_building_the_tree_needs_its_identity() -> None:
+    with pytest.raises(ValueError, match="identity"):
+        Router(identity(1).node_id, rng=random.Random(0), config=RouterConfig(tree=True))
+    with pytest.raises(ValueError, match="identity"):
+        Router(
+            identity(1).node_id,
+            rng=random.Random(0),
+            config=RouterConfig(tree=True),
+            identity=identity(2),
+        )

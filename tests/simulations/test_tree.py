@@ -1,0 +1,100 @@
+"""The spanning tree (``NodeConfig.tree``) built by real nodes in the simulator: ``crd``
+offers over lossy links, NATed nodes under their relays, a new root when the root
+crashes and the old one back when it returns; messages flow meanwhile as ever."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+import crypto
+from node import NodeConfig
+from simulations import Link, SimNode, Simulation, open_simulation, random_graph
+
+#: Announces (and tree offers) every minute: a grant lives three.
+INTERVAL = 60.0
+
+
+def places(nodes: list[SimNode]) -> dict[str, dict[str, object] | None]:
+    return {node.name: node.node.status()["tree"] for node in nodes}
+
+
+def check_tree(nodes: list[SimNode], relay_of: dict[str, SimNode], root: crypto.NodeId) -> None:
+    """One tree rooted at ``root``: each node's parent is a neighbour one level up, and a
+    NATed node's parent is its relay."""
+    by_id = {node.node_id: node for node in nodes}
+    for node in nodes:
+        tree = node.node.mesh.router.tree
+        assert tree is not None
+        place = tree.coordinates
+        assert place is not None, node.name
+        assert place.root == root, node.name
+        if node.node_id == root:
+            assert tree.parent is None
+            continue
+        assert tree.parent is not None
+        assert node.node.mesh.router.is_neighbour(tree.parent)
+        parent = by_id[tree.parent].node.mesh.router.tree
+        assert parent is not None
+        assert parent.coordinates is not None
+        assert parent.coordinates.depth == place.depth - 1
+        if node.name in relay_of:
+            assert tree.parent == relay_of[node.name].node_id
+
+
+@pytest.mark.parametrize("fidelity", ["engine", "full"])
+async def test_nodes_build_one_tree_and_rebuild_it_when_the_root_crashes(
+    autojump_clock: MockClock, fidelity: str
+) -> None:
+    config = NodeConfig(tree=True, store_sync=False, announce_interval=INTERVAL)
+    async with open_simulation(seed=7, config=config, fidelity=fidelity) as sim:
+        sim.network.default_link = Link(latency=0.02, jitter=0.01, loss=0.01)
+        await check_building(sim)
+
+
+async def check_building(sim: Simulation) -> None:
+    rng = random.Random(7)
+    public = await sim.add_nodes(9, prefix="p")
+    await sim.peer_all(random_graph(public, 2.5, rng))
+    relay_of: dict[str, SimNode] = {}
+    natted: list[SimNode] = []
+    for i in range(3):
+        relay = public[rng.randrange(len(public))]
+        (node,) = await sim.add_nodes(
+            1, prefix=f"nat{i}-", nat=True, relays=(relay.node.address_token(),)
+        )
+        await node.node.links[0].wait_connected(1)
+        relay_of[node.name] = relay
+        natted.append(node)
+    await sim.peer_all([(node, relay_of[node.name]) for node in natted])
+    everyone = public + natted
+
+    await sim.advance(INTERVAL)
+    root = min(node.node_id for node in public)
+    check_tree(everyone, relay_of, root)
+    assert all(node.node.statistics.tree_offers_received > 0 for node in everyone)
+    shown = places(everyone)
+    assert all(place is not None and place["root"] == root.text for place in shown.values())
+
+    # The root crashes: its last statement lapses (three intervals), the rest agree on
+    # the least of themselves; messages between the others flow meanwhile.
+    (first,) = [node for node in public if node.node_id == root]
+    await first.crash()
+    rest = [node for node in everyone if node is not first]
+    a, b = rest[0], rest[-1]
+    await a.send(b, b"while the tree re-forms")
+    await sim.advance(4 * INTERVAL)
+    survivors = [node for node in public if node is not first]
+    # NATed nodes whose relay was the root have no parent now: leave them out.
+    placed = [node for node in rest if relay_of.get(node.name) is not first]
+    check_tree(placed, relay_of, min(node.node_id for node in survivors))
+    with trio.fail_after(600):
+        await sim.wait_delivered()
+
+    # It comes back, and is the root again.
+    await first.restart()
+    await sim.advance(2 * INTERVAL)
+    check_tree(everyone, relay_of, root)
