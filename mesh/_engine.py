@@ -46,6 +46,7 @@ import collections
 import dataclasses
 import enum
 import random
+from collections.abc import Sequence
 from typing import Final
 
 import crypto
@@ -70,6 +71,7 @@ from mesh._tree import (
     CoordinatesChanged,
     Offer,
     Tree,
+    TreeAction,
 )
 from mesh._wire import (
     ACCEPTED,
@@ -103,6 +105,12 @@ DEFAULT_ROUTE_TTL_MS: Final = 3 * DEFAULT_ANNOUNCE_INTERVAL_MS
 #: Revocations a new neighbour is greeted with (the newest): one that missed a flood
 #: while it was away hears of what was revoked meanwhile.
 GREETING_REVOCATIONS: Final = 256
+#: Tree offers a neighbour may send in a burst, and how fast that allowance refills
+#: (ms per offer): each offer costs a signature check per level of its chain, so a
+#: neighbour sending them in a loop is refused past this, not verified. Honest nodes
+#: send one per neighbour at most every flood interval (the rest wait for a tick).
+OFFER_BURST: Final = 4
+OFFER_REFILL_MS: Final = 1_000
 #: A fresher announce of one origin is flooded at most this often: an origin that
 #: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
 #: is answered with our routes at most this often too.
@@ -273,6 +281,12 @@ class Router:
         #: newest offer taken from it: an older one, overtaken on the way, is ignored.
         self.tree: Tree | None = None
         self._offer_ts: dict[crypto.NodeId, int] = {}
+        #: Per neighbour: offers it may still send now, as of when (a token bucket).
+        self._offer_allowance: dict[crypto.NodeId, tuple[float, int]] = {}
+        #: Per neighbour: when we last sent it an offer, and the newest one held back
+        #: since (sent at the first tick a flood interval after the last).
+        self._offer_sent: dict[crypto.NodeId, int] = {}
+        self._offer_later: dict[crypto.NodeId, Offer] = {}
         if self.config.tree:
             if identity is None or identity.node_id != local:
                 raise ValueError("a router that builds the tree needs this node's identity")
@@ -303,11 +317,12 @@ class Router:
             return self._tree_role_changed(node, now)
         self._greeted_back.pop(node, None)
         self._greet_later.discard(node)
-        self._offer_ts.pop(node, None)
+        for held in (self._offer_ts, self._offer_allowance, self._offer_sent, self._offer_later):
+            held.pop(node, None)
         affected = self.table.forget_via(node) | {node}
         actions: list[Action] = []
         if self.tree is not None:
-            actions += self.tree.remove_neighbour(node, now=now)
+            actions += self._paced(self.tree.remove_neighbour(node, now=now), now)
         return actions + self._reroute(affected, now)
 
     # -- the spanning tree ----------------------------------------------------------
@@ -327,7 +342,42 @@ class Router:
         role = self.tree_role(node)
         if self.tree is None or role is None:
             return []
-        return list(self.tree.add_neighbour(node, role, now=now))
+        return self._paced(self.tree.add_neighbour(node, role, now=now), now)
+
+    @property
+    def offers_held(self) -> int:
+        """Tree offers held back by pacing, to go at a tick (see :meth:`_paced`)."""
+        return len(self._offer_later)
+
+    def _paced(self, actions: Sequence[TreeAction], now: int) -> list[Action]:
+        """Tree actions to perform now: an offer to a neighbour that had one within the
+        flood interval is held back (the newest replaces an older one held) and sent
+        at the first tick after it, so a tree re-forming does not flood the links."""
+        out: list[Action] = []
+        for action in actions:
+            if not isinstance(action, Offer):
+                out.append(action)
+                continue
+            node = action.neighbour
+            last = self._offer_sent.get(node)
+            if last is not None and now - last < self.config.flood_interval_ms:
+                self._offer_later[node] = action
+                continue
+            self._offer_sent[node] = now
+            self._offer_later.pop(node, None)
+            out.append(action)
+        return out
+
+    def _offer_allowed(self, node: crypto.NodeId, now: int) -> bool:
+        """Take one offer from ``node``'s allowance (:data:`OFFER_BURST`, refilled one
+        per :data:`OFFER_REFILL_MS`); False when it is spent."""
+        tokens, at = self._offer_allowance.get(node, (float(OFFER_BURST), now))
+        tokens = min(float(OFFER_BURST), tokens + (now - at) / OFFER_REFILL_MS)
+        if tokens < 1:
+            self._offer_allowance[node] = (tokens, now)
+            return False
+        self._offer_allowance[node] = (tokens - 1, now)
+        return True
 
     def on_offer(
         self, admitted: Admitted, sender: crypto.NodeId, now: int
@@ -348,13 +398,19 @@ class Router:
         last = self._offer_ts.get(sender)
         if last is not None and frame.ts <= last:
             return DUPLICATE, []  # overtaken by a newer offer from it: nothing to do
+        if not self._offer_allowed(sender, now):
+            return Result.rejected(
+                Reason.POLICY,
+                f"tree offers from {sender.short} come faster than one per "
+                f"{OFFER_REFILL_MS} ms (bursts of {OFFER_BURST}): not checked",
+            ), []
         try:
             chain, grant = _offer_body(frame.body)
             actions = self.tree.on_offer(sender, role, chain, grant, now=now)
         except crypto.CryptoError as exc:
             return Result.for_error(exc), []
         self._offer_ts[sender] = frame.ts
-        return ACCEPTED, list(actions)
+        return ACCEPTED, self._paced(actions, now)
 
     # -- routing --------------------------------------------------------------------
 
@@ -796,7 +852,11 @@ class Router:
                 self._greeted_back[node] = now
                 actions.append(Greet(node, hello=False))
         if self.tree is not None:
-            actions += self.tree.tick(now)
+            actions += self._paced(self.tree.tick(now), now)
+            for node in sorted(self._offer_later, key=lambda n: n.raw):
+                if now - self._offer_sent.get(node, 0) >= self.config.flood_interval_ms:
+                    self._offer_sent[node] = now
+                    actions.append(self._offer_later.pop(node))
         return actions + notices + self._reroute(changed, now)
 
     def reroute(self, dst: crypto.NodeId, now: int) -> Reroute:

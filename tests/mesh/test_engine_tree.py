@@ -28,10 +28,12 @@ from mesh import (
     admit,
     offer_body,
 )
+from mesh._engine import OFFER_BURST, OFFER_REFILL_MS
 from mesh._wire import ACCEPTED, DUPLICATE
 
 NOW = 1_700_000_000_000
 INTERVAL = 60_000
+FLOOD_INTERVAL = RouterConfig().flood_interval_ms
 _ids = itertools.count(1)
 
 
@@ -93,7 +95,18 @@ class Mesh:
         self.take(a, self.routers[a].add_neighbour(self.identities[b].node_id, b_is, NOW))
         self.take(b, self.routers[b].add_neighbour(self.identities[a].node_id, a_is, NOW))
 
-    def settle(self, now: int = NOW) -> None:
+    def settle(self, now: int = NOW) -> int:
+        """Deliver every offer; tick all routers a flood interval on while offers are
+        held back by pacing; return the time reached."""
+        while True:
+            self.deliver(now)
+            if not any(r.offers_held for r in self.routers.values()):
+                return now
+            now += FLOOD_INTERVAL
+            for name, r in sorted(self.routers.items()):
+                self.take(name, r.tick(now))
+
+    def deliver(self, now: int) -> None:
         while any(self.queues.values()):
             for (src, dst), queue in sorted(self.queues.items()):
                 if not queue:
@@ -153,18 +166,18 @@ def test_a_removed_neighbour_is_forgotten_and_a_new_root_chosen() -> None:
     mesh.link("a", "b")
     mesh.link("b", "c")
     mesh.link("c", "a")  # a triangle: the two left stay linked
-    mesh.settle()
+    later = mesh.settle() + 1
     root = min(i.node_id for i in ids.values())
     root_name = mesh.names[root]
     # Cut every link of the root: the others agree on the least of themselves.
     for name in ids:
         if name != root_name and routers[name].is_neighbour(root):
-            mesh.take(name, routers[name].remove_neighbour(root, Role.PEER, NOW + 1))
+            mesh.take(name, routers[name].remove_neighbour(root, Role.PEER, later))
             mesh.take(
                 root_name,
-                routers[root_name].remove_neighbour(ids[name].node_id, Role.PEER, NOW + 1),
+                routers[root_name].remove_neighbour(ids[name].node_id, Role.PEER, later),
             )
-    mesh.settle(NOW + 1)
+    mesh.settle(later)
     rest = [name for name in ids if name != root_name]
     new_root = min(ids[name].node_id for name in rest)
     for name in rest:
@@ -199,10 +212,14 @@ def test_offers_from_strangers_forwarded_ones_and_bad_bodies_are_refused() -> No
     b.add_neighbour(a_id.node_id, Role.PEER, NOW)
     body = offer_body(offer.chain, offer.grant)
 
+    clock = NOW
+
     def outcome(wire: WireFrame, sender: crypto.NodeId) -> tuple[Reason | None, str]:
-        admitted = admit(wire, now=NOW)
+        nonlocal clock
+        clock += OFFER_REFILL_MS  # within the sender's allowance
+        admitted = admit(wire, now=clock)
         assert not isinstance(admitted, Result)
-        result, actions = b.on_offer(admitted, sender, NOW)
+        result, actions = b.on_offer(admitted, sender, clock)
         assert actions == []
         return result.code, result.words
 
@@ -239,9 +256,61 @@ def test_offers_from_strangers_forwarded_ones_and_bad_bodies_are_refused() -> No
     )
     assert code is Reason.MALFORMED
     # Honest offers still go through after all that.
-    ok = admit(crd(a_id, b_id.node_id, body, ts=NOW + 4), now=NOW)
+    ok = admit(crd(a_id, b_id.node_id, body, ts=NOW + 4), now=clock)
     assert not isinstance(ok, Result)
-    assert b.on_offer(ok, a_id.node_id, NOW)[0] == ACCEPTED
+    assert b.on_offer(ok, a_id.node_id, clock + OFFER_REFILL_MS)[0] == ACCEPTED
+
+
+def test_a_neighbour_flooding_offers_is_refused_past_its_allowance_unverified() -> None:
+    a_id, b_id = identity(1), identity(2)
+    a, b = router(a_id), router(b_id)
+    (offer,) = [x for x in a.add_neighbour(b_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    b.add_neighbour(a_id.node_id, Role.PEER, NOW)
+    honest = offer_body(offer.chain, offer.grant)
+    forged = offer_body(offer.chain, b"\x00" * 64)  # would cost a check, and fail it
+    outcomes = []
+    for i in range(OFFER_BURST + 3):
+        wire = admit(crd(a_id, b_id.node_id, forged, ts=NOW + 1 + i), now=NOW)
+        assert not isinstance(wire, Result)
+        result, _ = b.on_offer(wire, a_id.node_id, NOW)
+        outcomes.append(result.code)
+    assert outcomes[:OFFER_BURST] == [Reason.MALFORMED] * OFFER_BURST
+    assert outcomes[OFFER_BURST:] == [Reason.POLICY] * 3
+    # The allowance refills with time: an honest offer a second later is taken.
+    wire = admit(crd(a_id, b_id.node_id, honest, ts=NOW + 100), now=NOW)
+    assert not isinstance(wire, Result)
+    result, _ = b.on_offer(wire, a_id.node_id, NOW + OFFER_REFILL_MS)
+    assert result == ACCEPTED
+    tree = b.tree
+    assert tree is not None
+    assert tree.parent == min(a_id.node_id, b_id.node_id) or tree.parent is None
+
+
+def test_offers_to_a_neighbour_are_paced_and_the_newest_goes_at_a_tick() -> None:
+    # B meets A (the least id) and C: its place changes when A's offer comes, and the
+    # new chain for C and A waits out the flood interval.
+    a_id, b_id, c_id = sorted((identity(n) for n in (1, 2, 3)), key=lambda i: i.node_id.raw)
+    a, b = router(a_id), router(b_id)
+    to_a = [x for x in b.add_neighbour(a_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    assert [x.neighbour for x in to_a] == [a_id.node_id]
+    to_c = [x for x in b.add_neighbour(c_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    assert [x.neighbour for x in to_c] == [c_id.node_id]
+    (from_a,) = [x for x in a.add_neighbour(b_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    wire = admit(crd(a_id, b_id.node_id, offer_body(from_a.chain, from_a.grant), ts=NOW), now=NOW)
+    assert not isinstance(wire, Result)
+    result, actions = b.on_offer(wire, a_id.node_id, NOW + 10)
+    assert result == ACCEPTED
+    assert any(isinstance(x, CoordinatesChanged) for x in actions)
+    assert not [x for x in actions if isinstance(x, Offer)]  # both sent within 5 s
+    assert b.offers_held == 2
+    assert not [x for x in b.tick(NOW + FLOOD_INTERVAL - 1) if isinstance(x, Offer)]
+    due = [x for x in b.tick(NOW + FLOOD_INTERVAL) if isinstance(x, Offer)]
+    assert sorted(x.neighbour for x in due) == sorted([a_id.node_id, c_id.node_id])
+    tree = b.tree
+    assert tree is not None
+    assert tree.coordinates is not None
+    assert all(x.chain == tree.coordinates.chain.encode() for x in due if tree.coordinates.chain)
+    assert b.offers_held == 0
 
 
 def test_a_node_without_the_tree_refuses_offers_and_sends_none() -> None:
