@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from crypto import _cbor, _envelope
@@ -227,27 +228,32 @@ class Coordinates:
             )
         grant_bytes = _sized(grant, index)
         signer, fields = _open_grant(grant_bytes, index)
-        where = f"grant {index} (depth {fields.depth}, {fields.child.short} under {signer.short})"
+
+        def where() -> str:  # made only for an error: base32 of two ids is not free
+            return (
+                f"grant {index} (depth {fields.depth}, {fields.child.short} under {signer.short})"
+            )
+
         if signer != self.node:
             raise Malformed(
-                f"{where} is signed by {signer.short}, but the node above it is {self.node.short}"
+                f"{where()} is signed by {signer.short}, but the node above it is {self.node.short}"
             )
         if fields.root != self.root or fields.ts != self.ts:
             raise Malformed(
-                f"{where} is for the tree of {fields.root.short} as of {fields.ts}, "
+                f"{where()} is for the tree of {fields.root.short} as of {fields.ts}, "
                 f"but the chain's is {self.root.short} as of {self.ts}"
             )
         if fields.depth != index:
-            raise Malformed(f"{where} is at depth {fields.depth}, expected {index}")
+            raise Malformed(f"{where()} is at depth {fields.depth}, expected {index}")
         if fields.up != _digest(self.chain.grants[-1]):
-            raise Malformed(f"{where} is not bound to the grant above it (its up differs)")
+            raise Malformed(f"{where()} is not bound to the grant above it (its up differs)")
         if fields.child in self.path:
             raise Malformed(
-                f"{where} places {fields.child.short}, already on the path above (a loop)"
+                f"{where()} places {fields.child.short}, already on the path above (a loop)"
             )
         _check_time(fields, where, now)
         if self.exp <= now:
-            raise Expired(f"the chain above {where} expired {now - self.exp} ms ago")
+            raise Expired(f"the chain above {where()} expired {now - self.exp} ms ago")
         return Coordinates(
             (*self.path, fields.child),
             self.ts,
@@ -268,12 +274,15 @@ class _Grant(NamedTuple):
 def _root(statement: bytes, *, now: int) -> Coordinates:
     statement = _sized(statement, 0)
     signer, fields = _open_grant(statement, 0)
-    where = f"the root statement (grant 0, by {signer.short})"
+
+    def where() -> str:
+        return f"the root statement (grant 0, by {signer.short})"
+
     if fields.depth != 0:
-        raise Malformed(f"{where} is at depth {fields.depth}, expected 0")
+        raise Malformed(f"{where()} is at depth {fields.depth}, expected 0")
     if fields.root != signer or fields.child != signer:
         raise Malformed(
-            f"{where} names root {fields.root.short} and child {fields.child.short}; "
+            f"{where()} names root {fields.root.short} and child {fields.child.short}; "
             "both must be its signer"
         )
     _check_time(fields, where, now)  # (it has no up: _read_grant saw to that at depth 0)
@@ -334,12 +343,12 @@ def _integer(value: Any, what: str) -> int:
     return value
 
 
-def _check_time(fields: _Grant, where: str, now: int) -> None:
+def _check_time(fields: _Grant, where: Callable[[], str], now: int) -> None:
     if fields.exp <= now:
-        raise Expired(f"{where} expired {now - fields.exp} ms ago")
+        raise Expired(f"{where()} expired {now - fields.exp} ms ago")
     if fields.exp - now > MAX_GRANT_LIFETIME_MS:
         raise Malformed(
-            f"{where} is valid for {fields.exp - now} ms more, limit {MAX_GRANT_LIFETIME_MS}"
+            f"{where()} is valid for {fields.exp - now} ms more, limit {MAX_GRANT_LIFETIME_MS}"
         )
 
 

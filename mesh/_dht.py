@@ -84,8 +84,9 @@ DEFAULT_MAX_RECORDS: Final = 10_000
 #: Most records one origin (the node that asked to store them) may add: its own
 #: coordinates plus those it republishes, about k on average.
 DEFAULT_MAX_RECORDS_PER_ORIGIN: Final = 256
-#: Largest value stored: signed coordinates are a few hundred bytes.
-DEFAULT_MAX_VALUE_SIZE: Final = 4096
+#: Largest value stored: signed coordinates, ~240 bytes plus ~275 per level of depth,
+#: up to the deepest chain a node accepts (crypto.MAX_COORD_CHAIN_SIZE, ~17 KiB).
+DEFAULT_MAX_VALUE_SIZE: Final = crypto.MAX_COORD_CHAIN_SIZE
 #: Longest a record is kept without being stored again (Kademlia §2.5 expires values
 #: 24 hours after publication); a longer ttl asked for is cut to it.
 DEFAULT_MAX_RECORD_TTL_MS: Final = 24 * 3600 * 1000

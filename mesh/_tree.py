@@ -386,6 +386,12 @@ class Tree:
             return actions
         assert new.chain is not None  # verified coordinates carry their chain
         self._chain = new.chain.encode()
+        if old is not None and old.path == new.path and old.ts == new.ts:
+            # Our parent granted the same place again (its periodic offer): nothing
+            # below us changes, and our own periodic offer carries the new chain
+            # within an interval, well inside its lifetime. Offering it now would
+            # make every node of our subtree offer again, down to the leaves.
+            return actions
         actions.extend(self._offer_all(now))
         return actions
 
