@@ -1,0 +1,917 @@
+"""The DHT protocol, sans-IO: finding a node's coordinates, publishing our own.
+
+docs/routing-at-scale.md, "Finding coordinates": each node stores its signed coordinates
+(a :class:`crypto.CoordChain`) at the k nodes nearest its id, and a sender finds a
+destination's coordinates by an iterative lookup of its id. :class:`Dht` is that protocol
+over :class:`mesh.Contacts`, :class:`mesh.Lookup` and :class:`mesh.Records`: it takes
+messages as (sender id, body bytes) and the time, and hands back what to send. It does no
+I/O and reads no clock. The caller carries each :class:`DhtSend` as a frame signed by its
+origin and routed greedily by the destination's coordinates, so ``sender`` is
+authenticated by the caller, never read from a body.
+
+Messages (:func:`encode_message`, :func:`decode_message`): deterministic CBOR maps, at
+most :data:`MAX_MESSAGE_SIZE` bytes, with exactly these keys (an unknown key is
+malformed: grants are read as strictly). ``q`` is an 8-byte query id, chosen by the
+asker and echoed in the answer; chains are a :class:`crypto.CoordChain`'s wire form.
+
+===========  =====================================================================
+``find``     ``{op, q, key, value: bool, from}``: the k contacts nearest ``key`` and,
+             with ``value``, the coordinates of ``key`` if held. ``from`` is the
+             asker's chain: the answer is routed back by it, and the asker learned
+``found``    ``{op, q, nodes: [[id, chain], ...], value?}``: at most
+             :data:`MAX_FOUND_NODES` (we send k), each with its coordinates
+``store``    ``{op, q, key, value, ttl}``: keep ``value``, the coordinates of ``key``,
+             for ``ttl`` ms (cut to the chain's expiry)
+``stored``   ``{op, q}``
+``ping``     ``{op, q, from}``: are you there (a probe of the oldest contact of a full
+             bucket, :class:`mesh.Probe`)
+``pong``     ``{op, q}``
+``refused``  ``{op, q, why}``: the question was understood but not answered; ``why``
+             in words, at most :data:`MAX_WHY_LENGTH` characters
+===========  =====================================================================
+
+Bad input, one behaviour: :meth:`Dht.on_message` raises :class:`crypto.Malformed` or
+:class:`crypto.TooLarge` (nothing else) for a body that is not one of these messages;
+the caller turns that into the frame's rejected :class:`mesh.Result`
+(:meth:`mesh.Result.for_error`). Everything else is answered or ignored, never raised:
+a question that cannot be answered (a chain that does not verify, or names another node
+than the key or the sender; a store the records refuse; an op this node does not know)
+gets ``refused`` with the reason; an answer to no query of ours (unknown ``q``, or from
+another node than the one asked) is ignored, as is a chain offered in ``found`` that does
+not verify (that node is skipped; the rest of the answer is used).
+
+Every chain is verified (:meth:`crypto.CoordChain.parse`) before it is used, stored or
+passed on; a chain that verified is not verified again until it expires (a bounded
+memo: the same contacts' chains come back in many answers).
+
+What the caller does with the actions: for :class:`DhtSend`, send the body to ``dst`` (its
+coordinates ``dst_chain``, for greedy routing; None when this node holds none for it: a
+refusal to a sender whose chain did not verify, or a ``stored`` for a node that stored
+coordinates not its own, go back the way the question came if they can). :class:`LookupDone`
+reports a lookup started by :meth:`Dht.find`.
+
+Timers, all in :meth:`Dht.tick`: a query unanswered after ``timeout_ms`` failed (the
+lookup asks the next node; the contact is dropped from the table, a pending newcomer
+takes its place); our own coordinates are published when they change (a ``store`` at the
+k nodes found last time, or after a lookup of our id if none was) and every
+``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found); buckets
+no lookup touched for ``refresh_ms`` are refreshed by a lookup of a random id in them.
+Records stored for others are not republished by us: each owner publishes its own, and
+coordinates expire within the tree's grant lifetime anyway.
+
+Bounds: at most ``max_lookups`` lookups started by :meth:`Dht.find` at once (past it,
+:class:`mesh.StoreFull`) and :data:`MAX_BACKGROUND_LOOKUPS` more of our own (publish,
+refresh); each has at most ``alpha`` queries in flight and ``max_lookup_queries`` in all;
+a publication sends at most k stores; probes are one per full bucket per probe interval.
+So the queries pending are bounded, and each lapses after ``timeout_ms``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import heapq
+import random
+from collections.abc import Iterable
+from typing import Any, Final, NamedTuple
+
+import crypto
+from crypto import _cbor
+from mesh._dht import (
+    DEFAULT_ALPHA,
+    DEFAULT_K,
+    DEFAULT_MAX_LOOKUP_QUERIES,
+    Contacts,
+    Lookup,
+    Records,
+    xor_distance,
+)
+from mesh._errors import MeshError, NoRoute, StoreFull
+
+__all__ = [
+    "DEFAULT_MAX_LOOKUPS",
+    "DEFAULT_QUERY_TIMEOUT_MS",
+    "DEFAULT_REFRESH_MS",
+    "DEFAULT_REPUBLISH_MS",
+    "MAX_BACKGROUND_LOOKUPS",
+    "MAX_FOUND_NODES",
+    "MAX_MESSAGE_SIZE",
+    "MAX_OP_LENGTH",
+    "MAX_WHY_LENGTH",
+    "QUERY_ID_SIZE",
+    "Dht",
+    "DhtAction",
+    "DhtFind",
+    "DhtFound",
+    "DhtMessage",
+    "DhtPing",
+    "DhtPong",
+    "DhtRefused",
+    "DhtSend",
+    "DhtStore",
+    "DhtStored",
+    "DhtUnknownOp",
+    "LookupDone",
+    "decode_message",
+    "encode_message",
+]
+
+#: Largest message body: a ``found`` of k = 8 nodes whose chains are 15 levels deep
+#: (~4 KB each) and a value is ~40 KB; an answer that would be larger carries fewer nodes.
+MAX_MESSAGE_SIZE: Final = 64 * 1024
+#: Bytes in a query id: random, so an answer cannot be guessed by a node not asked.
+QUERY_ID_SIZE: Final = 8
+#: Most nodes a ``found`` may carry: we send k (8); a peer configured with a larger k is
+#: read up to this, and only the k nearest are taken.
+MAX_FOUND_NODES: Final = 20
+#: Longest reason in a ``refused`` (characters): ours are one sentence.
+MAX_WHY_LENGTH: Final = 300
+#: Longest op name read, so that an unknown op quoted back in a refusal stays short.
+MAX_OP_LENGTH: Final = 32
+#: A query unanswered this long failed. It crosses the tree greedily both ways, each hop
+#: storing and forwarding: seconds when the hops are up.
+DEFAULT_QUERY_TIMEOUT_MS: Final = 10_000
+#: Lookups :meth:`Dht.find` may have running at once: a node looks up destinations as it
+#: starts talking to them, and caches what it finds.
+DEFAULT_MAX_LOOKUPS: Final = 64
+#: Lookups of our own running at once: one publication and a few bucket refreshes (more
+#: wait for the next tick).
+MAX_BACKGROUND_LOOKUPS: Final = 8
+#: Kademlia's bucket refresh interval (§2.3): an hour.
+DEFAULT_REFRESH_MS: Final = 3600 * 1000
+#: How often our coordinates are stored again at the nodes then nearest our id, found
+#: afresh (between times, a change is stored at the nodes found last): an hour.
+DEFAULT_REPUBLISH_MS: Final = 3600 * 1000
+_NODE_ID_SIZE: Final = 32
+#: Verified chains remembered (forgotten all at once past it).
+_MAX_VERIFIED: Final = 4096
+
+
+# -- messages -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtFind:
+    """Ask for the contacts nearest ``key`` (and, with ``value``, its coordinates);
+    ``sender_chain`` is the asker's coordinates (``from`` on the wire)."""
+
+    q: bytes
+    key: crypto.NodeId
+    value: bool
+    sender_chain: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtFound:
+    """The answer to :class:`DhtFind`: contacts with their chains, and the value if held."""
+
+    q: bytes
+    nodes: tuple[tuple[crypto.NodeId, bytes], ...] = dataclasses.field(repr=False)
+    value: bytes | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtStore:
+    """Keep ``value``, the coordinates of ``key``, for ``ttl_ms``."""
+
+    q: bytes
+    key: crypto.NodeId
+    value: bytes = dataclasses.field(repr=False)
+    ttl_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtStored:
+    """The answer to :class:`DhtStore`: kept."""
+
+    q: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtPing:
+    """Are you there? ``sender_chain``: the asker's coordinates (``from``)."""
+
+    q: bytes
+    sender_chain: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtPong:
+    """The answer to :class:`DhtPing`."""
+
+    q: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtRefused:
+    """Query ``q`` was understood but not answered, for the reason ``why``."""
+
+    q: bytes
+    why: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtUnknownOp:
+    """A well-formed message with an op this node does not speak (answered ``refused``)."""
+
+    q: bytes
+    op: str
+
+
+DhtMessage = (
+    DhtFind | DhtFound | DhtStore | DhtStored | DhtPing | DhtPong | DhtRefused | DhtUnknownOp
+)
+
+# op -> (required keys, optional keys), "op" and "q" included.
+_SHAPES: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
+    "find": (frozenset({"op", "q", "key", "value", "from"}), frozenset()),
+    "found": (frozenset({"op", "q", "nodes"}), frozenset({"value"})),
+    "store": (frozenset({"op", "q", "key", "value", "ttl"}), frozenset()),
+    "stored": (frozenset({"op", "q"}), frozenset()),
+    "ping": (frozenset({"op", "q", "from"}), frozenset()),
+    "pong": (frozenset({"op", "q"}), frozenset()),
+    "refused": (frozenset({"op", "q", "why"}), frozenset()),
+}
+
+
+def encode_message(message: DhtMessage) -> bytes:
+    """The body for ``message``: a deterministic CBOR map.
+
+    Raises :class:`crypto.TooLarge` if it would be over :data:`MAX_MESSAGE_SIZE` (a
+    caller's bug: :class:`Dht` trims its answers to fit), :class:`crypto.Malformed` for
+    an :class:`DhtUnknownOp` (it is only ever read).
+    """
+    fields: dict[str, Any]
+    match message:
+        case DhtFind(q, key, value, sender_chain):
+            fields = {"op": "find", "q": q, "key": key.raw, "value": value, "from": sender_chain}
+        case DhtFound(q, nodes, value):
+            fields = {"op": "found", "q": q, "nodes": [[node.raw, chain] for node, chain in nodes]}
+            if value is not None:
+                fields["value"] = value
+        case DhtStore(q, key, value, ttl_ms):
+            fields = {"op": "store", "q": q, "key": key.raw, "value": value, "ttl": ttl_ms}
+        case DhtStored(q):
+            fields = {"op": "stored", "q": q}
+        case DhtPing(q, sender_chain):
+            fields = {"op": "ping", "q": q, "from": sender_chain}
+        case DhtPong(q):
+            fields = {"op": "pong", "q": q}
+        case DhtRefused(q, why):
+            fields = {"op": "refused", "q": q, "why": why[:MAX_WHY_LENGTH]}
+        case DhtUnknownOp(_, op):
+            raise crypto.Malformed(f"op {op!r} is read, never sent")
+    body = _cbor.encode(fields)
+    if len(body) > MAX_MESSAGE_SIZE:
+        raise crypto.TooLarge(
+            f"DHT {fields['op']} message is {len(body)} bytes, limit {MAX_MESSAGE_SIZE}"
+        )
+    return body
+
+
+def decode_message(body: bytes) -> DhtMessage:
+    """Read a message body (see the module docstring); bounded before decoding.
+
+    Raises, the sender at fault: :class:`crypto.TooLarge` for a body over
+    :data:`MAX_MESSAGE_SIZE` (checked first), a chain over
+    :data:`crypto.MAX_COORD_CHAIN_SIZE`, more than :data:`MAX_FOUND_NODES` nodes, a
+    ``why`` over :data:`MAX_WHY_LENGTH` characters or an op over :data:`MAX_OP_LENGTH`;
+    :class:`crypto.Malformed` for anything else that is not a message: not one CBOR
+    map, ``op`` or ``q`` missing or of the wrong type, a key missing or unknown for its
+    op, a field of the wrong type or size. A well-formed map whose op is unknown is an
+    :class:`DhtUnknownOp`. Chains are not verified here (see :class:`Dht`).
+    """
+    if not isinstance(body, bytes):
+        raise crypto.Malformed(f"a DHT message is bytes, got {type(body).__name__}")
+    if len(body) > MAX_MESSAGE_SIZE:
+        raise crypto.TooLarge(f"DHT message is {len(body)} bytes, limit {MAX_MESSAGE_SIZE}")
+    item = _cbor.decode(body, what="DHT message", max_size=MAX_MESSAGE_SIZE)
+    if not isinstance(item, dict):
+        raise crypto.Malformed(f"DHT message is a {type(item).__name__}, expected a map")
+    op = item.get("op")
+    if not isinstance(op, str):
+        raise crypto.Malformed("DHT message has no op (text)")
+    if len(op) > MAX_OP_LENGTH:
+        raise crypto.TooLarge(f"DHT message's op is {len(op)} characters, limit {MAX_OP_LENGTH}")
+    q = item.get("q")
+    if not isinstance(q, bytes) or len(q) != QUERY_ID_SIZE:
+        raise crypto.Malformed(f"DHT {op} message's q is not a {QUERY_ID_SIZE}-byte query id")
+    shape = _SHAPES.get(op)
+    if shape is None:
+        return DhtUnknownOp(q, op)
+    required, optional = shape
+    keys = set(item)
+    if missing := required - keys:
+        raise crypto.Malformed(f"DHT {op} message lacks {', '.join(sorted(missing))}")
+    if unknown := keys - required - optional:
+        raise crypto.Malformed(
+            f"DHT {op} message has unknown keys {', '.join(sorted(repr(key) for key in unknown))}"
+        )
+    match op:
+        case "find":
+            value = item["value"]
+            if not isinstance(value, bool):
+                raise crypto.Malformed("DHT find message's value is not a boolean")
+            return DhtFind(
+                q, _node(item["key"], op, "key"), value, _chain(item["from"], op, "from")
+            )
+        case "found":
+            raw = item.get("value")
+            return DhtFound(
+                q, _nodes(item["nodes"]), None if raw is None else _chain(raw, op, "value")
+            )
+        case "store":
+            ttl = item["ttl"]
+            if (
+                not isinstance(ttl, int)
+                or isinstance(ttl, bool)
+                or not 0 < ttl <= crypto.MAX_GRANT_LIFETIME_MS
+            ):
+                raise crypto.Malformed(
+                    f"DHT store message's ttl is {ttl!r}, "
+                    f"expected 1..{crypto.MAX_GRANT_LIFETIME_MS} ms"
+                )
+            key = _node(item["key"], op, "key")
+            return DhtStore(q, key, _chain(item["value"], op, "value"), ttl)
+        case "stored":
+            return DhtStored(q)
+        case "ping":
+            return DhtPing(q, _chain(item["from"], op, "from"))
+        case "pong":
+            return DhtPong(q)
+        case _:  # "refused"
+            why = item["why"]
+            if not isinstance(why, str):
+                raise crypto.Malformed("DHT refused message's why is not text")
+            if len(why) > MAX_WHY_LENGTH:
+                raise crypto.TooLarge(
+                    f"DHT refused message's why is {len(why)} characters, limit {MAX_WHY_LENGTH}"
+                )
+            return DhtRefused(q, why)
+
+
+def _node(value: Any, op: str, what: str) -> crypto.NodeId:
+    if not isinstance(value, bytes) or len(value) != _NODE_ID_SIZE:
+        raise crypto.Malformed(f"DHT {op} message's {what} is not a 32-byte node id")
+    return crypto.NodeId(value)
+
+
+def _chain(value: Any, op: str, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise crypto.Malformed(f"DHT {op} message's {what} is not a coordinate chain (bytes)")
+    if len(value) > crypto.MAX_COORD_CHAIN_SIZE:
+        raise crypto.TooLarge(
+            f"DHT {op} message's {what} is {len(value)} bytes, limit {crypto.MAX_COORD_CHAIN_SIZE}"
+        )
+    return value
+
+
+def _nodes(value: Any) -> tuple[tuple[crypto.NodeId, bytes], ...]:
+    if not isinstance(value, list):
+        raise crypto.Malformed("DHT found message's nodes is not an array")
+    if len(value) > MAX_FOUND_NODES:
+        raise crypto.TooLarge(f"DHT found message has {len(value)} nodes, limit {MAX_FOUND_NODES}")
+    nodes: list[tuple[crypto.NodeId, bytes]] = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise crypto.Malformed(f"DHT found message's node {index} is not [id, chain]")
+        what = f"node {index}"
+        nodes.append((_node(entry[0], "found", what), _chain(entry[1], "found", what)))
+    return tuple(nodes)
+
+
+# -- actions ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DhtSend:
+    """Send ``body`` to ``dst``, routed greedily by its coordinates ``dst_chain`` (None:
+    none are held for it; see the module docstring)."""
+
+    dst: crypto.NodeId
+    dst_chain: bytes | None = dataclasses.field(repr=False)
+    body: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LookupDone:
+    """The lookup ``lookup_id`` (from :meth:`Dht.find`) of ``key`` ended: the k nearest
+    nodes that answered, nearest first; ``value``, the verified chain of ``key`` if it was
+    asked for and found; ``queries`` sent."""
+
+    lookup_id: int
+    key: crypto.NodeId
+    nearest: tuple[crypto.NodeId, ...]
+    value: bytes | None = dataclasses.field(repr=False)
+    queries: int
+
+
+DhtAction = DhtSend | LookupDone
+
+
+# -- the protocol -------------------------------------------------------------------------
+
+
+class _Purpose(enum.Enum):
+    """Why a lookup runs."""
+
+    FIND = "find"  # asked by the caller: ends with LookupDone
+    PUBLISH = "publish"  # our own id: then store our coordinates at the k found
+    REFRESH = "refresh"  # a random id in a stale bucket
+
+
+class _Kind(enum.Enum):
+    """What a pending query asked, hence the answers it takes."""
+
+    FIND = "find"
+    STORE = "store"
+    PING = "ping"
+
+
+_ANSWERS: Final[dict[_Kind, tuple[type, ...]]] = {
+    _Kind.FIND: (DhtFound, DhtRefused),
+    _Kind.STORE: (DhtStored, DhtRefused),
+    _Kind.PING: (DhtPong, DhtRefused),
+}
+
+
+@dataclasses.dataclass(slots=True)
+class _Running:
+    lookup_id: int
+    lookup: Lookup
+    purpose: _Purpose
+    #: The chains of the nodes it may query (seeds' from the contacts, others' as offered).
+    chains: dict[crypto.NodeId, bytes]
+
+
+class _Checked(NamedTuple):
+    """What a verified chain proves, as far as the DHT needs it."""
+
+    node: crypto.NodeId
+    ts: int
+    exp: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pending:
+    kind: _Kind
+    dst: crypto.NodeId
+    chain: bytes
+    sent: int
+    lookup_id: int | None
+
+
+class Dht:
+    """One node's side of the DHT protocol (see the module docstring).
+
+    ``contacts`` and ``records`` are this node's (``contacts.self_id`` must be
+    ``identity_id``). ``rng`` draws query ids (by default, one seeded with our id). Call
+    :meth:`set_coordinates` when our chain changes and :meth:`introduce` with nodes to
+    start from (neighbours, say); then :meth:`find`, :meth:`on_message` and
+    :meth:`tick`, all with ``now`` (ms), and perform the actions they return.
+
+    Raises :class:`ValueError` for a ``contacts`` of another node or bounds below 1.
+    """
+
+    def __init__(
+        self,
+        identity_id: crypto.NodeId,
+        *,
+        contacts: Contacts,
+        records: Records,
+        k: int = DEFAULT_K,
+        alpha: int = DEFAULT_ALPHA,
+        timeout_ms: int = DEFAULT_QUERY_TIMEOUT_MS,
+        rng: random.Random | None = None,
+        max_lookups: int = DEFAULT_MAX_LOOKUPS,
+        max_lookup_queries: int = DEFAULT_MAX_LOOKUP_QUERIES,
+        refresh_ms: int = DEFAULT_REFRESH_MS,
+        republish_ms: int = DEFAULT_REPUBLISH_MS,
+    ) -> None:
+        if contacts.self_id != identity_id:
+            raise ValueError(f"contacts are {contacts.self_id.short}'s, not {identity_id.short}'s")
+        if min(k, alpha, timeout_ms, max_lookups, max_lookup_queries) < 1:
+            raise ValueError(
+                "k, alpha, timeout_ms, max_lookups and max_lookup_queries must be >= 1"
+            )
+        self.id = identity_id
+        self.contacts = contacts
+        self.records = records
+        self.k = k
+        self.alpha = alpha
+        self.timeout_ms = timeout_ms
+        self.max_lookups = max_lookups
+        self.max_lookup_queries = max_lookup_queries
+        self.refresh_ms = refresh_ms
+        self.republish_ms = republish_ms
+        self._rng = rng if rng is not None else random.Random(identity_id.raw)
+        self._chain: bytes | None = None
+        self._publish_due = False
+        self._publishing: int | None = None  # the lookup id of our publication running
+        self._published: int | None = None  # when the last one found its holders
+        self._holders: list[tuple[crypto.NodeId, bytes]] = []
+        self._lookups: dict[int, _Running] = {}
+        self._queries: dict[bytes, _Pending] = {}
+        self._last_lookup_id = 0
+        self._verified: dict[bytes, _Checked] = {}
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def coordinates(self) -> bytes | None:
+        """Our chain, as last set."""
+        return self._chain
+
+    @property
+    def lookups_running(self) -> int:
+        """Lookups running, ours (publish, refresh) included."""
+        return len(self._lookups)
+
+    @property
+    def queries_pending(self) -> int:
+        """Queries sent and neither answered nor timed out."""
+        return len(self._queries)
+
+    @property
+    def holders(self) -> list[crypto.NodeId]:
+        """The nodes our coordinates were last stored at (found by our last publication)."""
+        return [node for node, _ in self._holders]
+
+    def wake_at(self) -> int | None:
+        """When the next pending query times out (call :meth:`tick` then), if any; tick
+        at least every few minutes besides, for publication and refresh."""
+        return min((p.sent + self.timeout_ms for p in self._queries.values()), default=None)
+
+    def set_coordinates(self, chain: bytes | None) -> None:
+        """Our coordinates changed (None: we have none): published at the next tick."""
+        if chain != self._chain:
+            self._chain = chain
+            self._publish_due = chain is not None
+
+    def introduce(self, chain: bytes, now: int) -> list[DhtAction]:
+        """Learn the node ``chain`` places as a contact (a neighbour, say: a node to start
+        lookups from). Raises the :class:`crypto.CryptoError` the chain's verification
+        raises."""
+        coordinates = self._verify(chain, now)
+        return self._seen(coordinates.node, chain, now)
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def find(self, key: crypto.NodeId, *, value: bool, now: int) -> tuple[int, list[DhtAction]]:
+        """Start a lookup of ``key`` (``value``: of its coordinates too); return its id
+        and the queries to send. It ends with :class:`LookupDone` (perhaps among these actions,
+        when no contact can be asked).
+
+        Raises :class:`mesh.NoRoute` while we have no coordinates (no answer could reach
+        us), :class:`mesh.StoreFull` with ``max_lookups`` of them running.
+        """
+        if self._chain is None:
+            raise NoRoute("this node has no coordinates yet: no answer to a lookup could reach it")
+        running = sum(r.purpose is _Purpose.FIND for r in self._lookups.values())
+        if running >= self.max_lookups:
+            raise StoreFull(
+                f"{running} lookups are running, limit {self.max_lookups}: retry when one is done"
+            )
+        return self._start(key, _Purpose.FIND, value, now)
+
+    def _start(
+        self, key: crypto.NodeId, purpose: _Purpose, value: bool, now: int
+    ) -> tuple[int, list[DhtAction]]:
+        chains: dict[crypto.NodeId, bytes] = {}
+        for node in self.contacts.nearest(key, self.k):
+            contact = self.contacts.get(node)
+            if contact is not None and contact.info is not None:
+                chains[node] = contact.info
+        lookup = Lookup(
+            key,
+            chains,
+            k=self.k,
+            alpha=self.alpha,
+            find_value=value,
+            self_id=self.id,
+            max_queries=self.max_lookup_queries,
+        )
+        self.contacts.touch(key, now)
+        self._last_lookup_id += 1
+        running = _Running(self._last_lookup_id, lookup, purpose, chains)
+        self._lookups[running.lookup_id] = running
+        if purpose is _Purpose.PUBLISH:
+            self._publishing = running.lookup_id
+        return running.lookup_id, self._advance(running, now)
+
+    def _advance(self, running: _Running, now: int) -> list[DhtAction]:
+        """Send the queries the lookup wants now; finish it once done."""
+        lookup = running.lookup
+        actions: list[DhtAction] = []
+        while not lookup.done:
+            batch = lookup.next_queries()
+            if not batch:
+                return actions
+            for node in batch:
+                chain = running.chains.get(node)
+                if chain is None or self._chain is None:  # (cannot be asked, or answer us)
+                    lookup.on_failure(node)
+                    continue
+                q = self._query(_Kind.FIND, node, chain, now, running.lookup_id)
+                body = encode_message(DhtFind(q, lookup.target, lookup.find_value, self._chain))
+                actions.append(DhtSend(node, chain, body))
+        return actions + self._finish(running, now)
+
+    def _finish(self, running: _Running, now: int) -> list[DhtAction]:
+        del self._lookups[running.lookup_id]
+        nearest, value = running.lookup.result()
+        if running.purpose is _Purpose.FIND:
+            return [
+                LookupDone(
+                    running.lookup_id,
+                    running.lookup.target,
+                    tuple(nearest),
+                    value,
+                    running.lookup.queries,
+                )
+            ]
+        if running.purpose is _Purpose.PUBLISH:
+            self._publishing = None
+            self._published = now
+            self._holders = [(node, running.chains[node]) for node in nearest]
+            return self._store_at(self._holders, now)
+        return []
+
+    # -- publishing our coordinates and refreshing buckets -------------------------------
+
+    def tick(self, now: int) -> list[DhtAction]:
+        """Time passed: queries timed out, records lapsed, our coordinates due to be
+        published, buckets due to be refreshed (see the module docstring)."""
+        actions: list[DhtAction] = []
+        for q, pending in list(self._queries.items()):
+            if now - pending.sent >= self.timeout_ms and q in self._queries:
+                del self._queries[q]
+                actions += self._failed(pending, now)
+        self.records.expire(now)
+        actions += self._publish(now)
+        actions += self._refresh(now)
+        return actions
+
+    def _failed(self, pending: _Pending, now: int) -> list[DhtAction]:
+        if pending.kind is _Kind.PING:
+            self.contacts.probe_failed(pending.dst)
+            return []
+        if pending.kind is _Kind.STORE:
+            return []
+        self.contacts.remove(pending.dst)  # silent: a pending newcomer takes its place
+        running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
+        if running is None:
+            return []
+        running.lookup.on_failure(pending.dst)
+        return self._advance(running, now)
+
+    def _background(self) -> int:
+        return sum(r.purpose is not _Purpose.FIND for r in self._lookups.values())
+
+    def _publish(self, now: int) -> list[DhtAction]:
+        if self._chain is None or self._publishing is not None:
+            return []
+        fresh = (
+            self._published is not None
+            and bool(self._holders)
+            and now - self._published < self.republish_ms
+        )
+        if fresh and not self._publish_due:
+            return []
+        if fresh:  # changed since: to the nodes found last time
+            return self._store_at(self._holders, now)
+        if self._background() >= MAX_BACKGROUND_LOOKUPS:
+            return []
+        self._publish_due = False
+        return self._start(self.id, _Purpose.PUBLISH, False, now)[1]
+
+    def _store_at(
+        self, holders: Iterable[tuple[crypto.NodeId, bytes]], now: int
+    ) -> list[DhtAction]:
+        self._publish_due = False
+        chain = self._chain
+        if chain is None:
+            return []
+        try:
+            ttl = self._verify(chain, now).exp - now
+        except crypto.CryptoError:
+            return []  # (expired: the tree gives us a fresh one, and we publish that)
+        actions: list[DhtAction] = []
+        for node, node_chain in holders:
+            q = self._query(_Kind.STORE, node, node_chain, now, None)
+            body = encode_message(
+                DhtStore(q, self.id, chain, min(ttl, crypto.MAX_GRANT_LIFETIME_MS))
+            )
+            actions.append(DhtSend(node, node_chain, body))
+        return actions
+
+    def _refresh(self, now: int) -> list[DhtAction]:
+        if self._chain is None:
+            return []
+        actions: list[DhtAction] = []
+        for _, target in self.contacts.stale_buckets(now, self.refresh_ms):
+            if self._background() >= MAX_BACKGROUND_LOOKUPS:
+                break  # the rest at a later tick
+            actions += self._start(target, _Purpose.REFRESH, False, now)[1]
+        return actions
+
+    # -- messages -----------------------------------------------------------------------
+
+    def on_message(self, sender: crypto.NodeId, body: bytes, now: int) -> list[DhtAction]:
+        """A message ``sender`` sent us (authenticated by the caller); what to send back.
+
+        Raises :class:`crypto.Malformed` or :class:`crypto.TooLarge` for a body that is
+        not a message (:func:`decode_message`), nothing else: see the module docstring.
+        """
+        message = decode_message(body)
+        match message:
+            case DhtFind():
+                return self._on_find(sender, message, now)
+            case DhtPing():
+                return self._on_ping(sender, message, now)
+            case DhtStore():
+                return self._on_store(sender, message, now)
+            case DhtUnknownOp(q, op):
+                known = ", ".join(_SHAPES)
+                return [self._refuse(sender, q, f"unknown op {op!r}; this node speaks {known}")]
+            case _:
+                return self._on_answer(sender, message, now)
+
+    def _asker(self, sender: crypto.NodeId, chain: bytes, now: int, op: str) -> str | None:
+        """Why the asker's ``from`` chain cannot be used, or None."""
+        try:
+            coordinates = self._verify(chain, now)
+        except crypto.CryptoError as exc:
+            return f"the {op}'s from chain does not verify: {exc}"
+        if coordinates.node != sender:
+            return (
+                f"the {op}'s from chain places {coordinates.node.short}, "
+                f"not the sender {sender.short}"
+            )
+        return None
+
+    def _on_find(self, sender: crypto.NodeId, message: DhtFind, now: int) -> list[DhtAction]:
+        if (why := self._asker(sender, message.sender_chain, now, "find")) is not None:
+            return [self._refuse(sender, message.q, why, chain=None)]
+        actions = self._seen(sender, message.sender_chain, now)
+        value: bytes | None = None
+        if message.value:
+            if message.key == self.id:
+                value = self._chain
+            elif (record := self.records.get(message.key, now)) is not None:
+                value = record.value
+        nodes: list[tuple[crypto.NodeId, bytes]] = []
+        for node in self.contacts.nearest(message.key, self.k, exclude=[sender]):
+            contact = self.contacts.get(node)
+            if contact is not None and contact.info is not None:
+                nodes.append((node, contact.info))
+        while True:  # fewer nodes if it would not fit (chains deeper than ours are)
+            try:
+                body = encode_message(DhtFound(message.q, tuple(nodes), value))
+                break
+            except crypto.TooLarge:
+                if not nodes:
+                    value = None
+                nodes = nodes[:-1]
+        actions.append(DhtSend(sender, message.sender_chain, body))
+        return actions
+
+    def _on_ping(self, sender: crypto.NodeId, message: DhtPing, now: int) -> list[DhtAction]:
+        if (why := self._asker(sender, message.sender_chain, now, "ping")) is not None:
+            return [self._refuse(sender, message.q, why, chain=None)]
+        actions = self._seen(sender, message.sender_chain, now)
+        actions.append(DhtSend(sender, message.sender_chain, encode_message(DhtPong(message.q))))
+        return actions
+
+    def _on_store(self, sender: crypto.NodeId, message: DhtStore, now: int) -> list[DhtAction]:
+        key = message.key
+        reply_to = self._chain_of(sender)
+        try:
+            coordinates = self._verify(message.value, now)
+        except crypto.CryptoError as exc:
+            why = f"the coordinates to store for {key.short} do not verify: {exc}"
+            return [self._refuse(sender, message.q, why, chain=reply_to)]
+        if coordinates.node != key:
+            why = (
+                f"the coordinates to store place {coordinates.node.short}, not the key {key.short}"
+            )
+            return [self._refuse(sender, message.q, why, chain=reply_to)]
+        actions: list[DhtAction] = []
+        if key == sender:  # its own coordinates: it is a contact, and routable
+            reply_to = message.value
+            actions += self._seen(sender, message.value, now)
+        ttl = min(message.ttl_ms, coordinates.exp - now)
+        try:
+            self.records.put(key, message.value, now, ttl, version=coordinates.ts, origin=sender)
+        except (MeshError, crypto.TooLarge, crypto.Stale) as exc:
+            return [*actions, self._refuse(sender, message.q, str(exc), chain=reply_to)]
+        actions.append(DhtSend(sender, reply_to, encode_message(DhtStored(message.q))))
+        return actions
+
+    def _on_answer(
+        self, sender: crypto.NodeId, message: DhtFound | DhtStored | DhtPong | DhtRefused, now: int
+    ) -> list[DhtAction]:
+        pending = self._queries.get(message.q)
+        if (
+            pending is None
+            or pending.dst != sender
+            or not isinstance(message, _ANSWERS[pending.kind])
+        ):
+            return []  # an answer to no query of ours: ignored
+        del self._queries[message.q]
+        if pending.kind is _Kind.PING:
+            self.contacts.probe_answered(sender, now)
+            return []
+        actions = self._seen(sender, pending.chain, now)
+        running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
+        if running is None:
+            return actions  # a store's answer, or a lookup that ended meanwhile
+        if isinstance(message, DhtFound):
+            offered = self._offered(running, message.nodes, now)
+            running.lookup.on_reply(sender, offered, self._value(running, message.value, now))
+        else:
+            running.lookup.on_failure(sender)
+        return actions + self._advance(running, now)
+
+    def _offered(
+        self, running: _Running, nodes: Iterable[tuple[crypto.NodeId, bytes]], now: int
+    ) -> list[crypto.NodeId]:
+        """The k nearest of the nodes offered whose chains verify and place them; their
+        chains are kept for querying them. The others are skipped."""
+        target = running.lookup.target
+        offered = {node: chain for node, chain in nodes if node != self.id}
+        taken: list[crypto.NodeId] = []
+        for node in heapq.nsmallest(len(offered), offered, key=lambda n: xor_distance(n, target)):
+            if len(taken) == self.k:
+                break
+            if node in running.chains:
+                taken.append(node)
+                continue
+            try:
+                placed = self._verify(offered[node], now).node
+            except crypto.CryptoError:
+                continue
+            if placed == node:
+                running.chains[node] = offered[node]
+                taken.append(node)
+        return taken
+
+    def _value(self, running: _Running, value: bytes | None, now: int) -> bytes | None:
+        """The value offered, if asked for, verified and placing the key; else None."""
+        if value is None or not running.lookup.find_value:
+            return None
+        try:
+            placed = self._verify(value, now).node
+        except crypto.CryptoError:
+            return None
+        return value if placed == running.lookup.target else None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _verify(self, chain: bytes, now: int) -> _Checked:
+        """:meth:`crypto.CoordChain.parse`, remembered (by digest) until the chain expires."""
+        digest = hashlib.sha256(chain).digest()
+        held = self._verified.get(digest)
+        if held is not None and held.exp > now:
+            return held
+        coordinates = crypto.CoordChain.parse(chain, now=now)
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        checked = self._verified[digest] = _Checked(
+            coordinates.node, coordinates.ts, coordinates.exp
+        )
+        return checked
+
+    def _seen(self, node: crypto.NodeId, chain: bytes, now: int) -> list[DhtAction]:
+        """``node``, at ``chain`` (verified), was heard from; a probe it brings is sent."""
+        probe = self.contacts.seen(node, now, info=chain)
+        if probe is None:
+            return []
+        contact = self.contacts.get(probe.node)
+        if contact is None or contact.info is None:
+            self.contacts.probe_failed(probe.node)  # cannot be asked: make room
+            return []
+        if self._chain is None:
+            return []  # it cannot answer us: the contacts ask again after their interval
+        q = self._query(_Kind.PING, probe.node, contact.info, now, None)
+        return [DhtSend(probe.node, contact.info, encode_message(DhtPing(q, self._chain)))]
+
+    def _chain_of(self, node: crypto.NodeId) -> bytes | None:
+        contact = self.contacts.get(node)
+        return None if contact is None else contact.info
+
+    def _refuse(
+        self, sender: crypto.NodeId, q: bytes, why: str, *, chain: bytes | None = None
+    ) -> DhtSend:
+        body = encode_message(DhtRefused(q, why[:MAX_WHY_LENGTH]))
+        return DhtSend(sender, chain if chain is not None else self._chain_of(sender), body)
+
+    def _query(
+        self, kind: _Kind, dst: crypto.NodeId, chain: bytes, now: int, lookup_id: int | None
+    ) -> bytes:
+        q = self._rng.randbytes(QUERY_ID_SIZE)
+        while q in self._queries:
+            q = self._rng.randbytes(QUERY_ID_SIZE)
+        self._queries[q] = _Pending(kind, dst, chain, now, lookup_id)
+        return q
