@@ -93,6 +93,9 @@ class Kind(enum.StrEnum):
     #: A tree offer to one neighbour: our coordinates and a place below us
     #: (docs/routing-at-scale.md); never passed on.
     CRD = "crd"
+    #: A DHT message (a lookup, a store, their answers) between any two nodes
+    #: (docs/routing-at-scale.md); passed on hop by hop, never stored.
+    DHT = "dht"
 
 
 _COMMON: Final = frozenset({"t", "src", "id", "ts", "exp", "hops"})
@@ -105,6 +108,7 @@ _REQUIRED: Final = {
     Kind.RCPT: frozenset({"dst", "ref", "st"}),
     Kind.REV: frozenset({"body"}),
     Kind.CRD: frozenset({"dst", "body"}),
+    Kind.DHT: frozenset({"dst", "body"}),
 }
 _OPTIONAL: Final = {
     Kind.MSG: frozenset({"ct", "rr", "cap"}),

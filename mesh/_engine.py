@@ -54,6 +54,8 @@ from crypto import _cbor
 from mesh._admission import Policy
 from mesh._authority import Authority
 from mesh._calls import CALL_CONTENT_TYPES
+from mesh._dht import Contacts, Records
+from mesh._errors import NoRoute
 from mesh._intake import Admitted
 from mesh._interests import (
     DEFAULT_MAX_INTERESTS,
@@ -63,6 +65,7 @@ from mesh._interests import (
     Learned,
 )
 from mesh._links import Links, LinkState, Role
+from mesh._lookups import Dht, DhtSend, LookupDone
 from mesh._routes import DEFAULT_MAX_DESTINATIONS, Route, RoutingTable
 from mesh._tree import (
     DEFAULT_STALE_GRACE_MS,
@@ -226,7 +229,7 @@ class Notify:
     why: str
 
 
-Action = Reroute | Flood | Greet | Wake | Notify | Offer | CoordinatesChanged
+Action = Reroute | Flood | Greet | Wake | Notify | Offer | CoordinatesChanged | DhtSend | LookupDone
 
 _DELIVER: Final = Deliver()
 _TRANSIT: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
@@ -280,6 +283,8 @@ class Router:
         #: The spanning tree (``config.tree``), and per neighbour the ``ts`` of the
         #: newest offer taken from it: an older one, overtaken on the way, is ignored.
         self.tree: Tree | None = None
+        #: With the tree, the DHT where nodes publish and find coordinates.
+        self.dht: Dht | None = None
         self._offer_ts: dict[crypto.NodeId, int] = {}
         #: Per neighbour: offers it may still send now, as of when (a token bucket).
         self._offer_allowance: dict[crypto.NodeId, tuple[float, int]] = {}
@@ -296,6 +301,12 @@ class Router:
                 interval_ms=self.config.tree_interval_ms,
                 lifetime_ms=self.config.tree_lifetime_ms,
                 stale_grace_ms=min(DEFAULT_STALE_GRACE_MS, self.config.tree_interval_ms // 2),
+            )
+            self.dht = Dht(
+                local,
+                contacts=Contacts(local, rng=random.Random(rng.random())),
+                records=Records(),
+                rng=random.Random(rng.random()),
             )
 
     # -- neighbours -----------------------------------------------------------------
@@ -354,6 +365,10 @@ class Router:
         flood interval is held back (the newest replaces an older one held) and sent
         at the first tick after it, so a tree re-forming does not flood the links."""
         out: list[Action] = []
+        if self.dht is not None and self.tree is not None:
+            place = self.tree.coordinates
+            chain = None if place is None or place.chain is None else place.chain.encode()
+            self.dht.set_coordinates(chain)
         for action in actions:
             if not isinstance(action, Offer):
                 out.append(action)
@@ -410,7 +425,58 @@ class Router:
         except crypto.CryptoError as exc:
             return Result.for_error(exc), []
         self._offer_ts[sender] = frame.ts
-        return ACCEPTED, self._paced(actions, now)
+        paced = self._paced(actions, now)
+        if self.dht is not None:
+            paced += self.dht.introduce(chain, now)  # a contact to start lookups from
+        return ACCEPTED, paced
+
+    # -- the DHT ----------------------------------------------------------------------
+
+    def find_coordinates(self, key: crypto.NodeId, now: int) -> tuple[int, list[Action]]:
+        """Start a lookup of ``key``'s coordinates in the DHT: its id, and the queries
+        to send; it ends with :class:`mesh.LookupDone`. Raises :class:`NoRoute` (no
+        tree, or no coordinates of ours yet) and :class:`mesh.StoreFull` (too many
+        lookups running)."""
+        if self.dht is None:
+            raise NoRoute("this node does not build the tree: it has no DHT")
+        lookup, actions = self.dht.find(key, value=True, now=now)
+        return lookup, list(actions)
+
+    def on_dht(
+        self, admitted: Admitted, sender: crypto.NodeId, now: int
+    ) -> tuple[Result, list[Action]]:
+        """A ``dht`` frame ``sender`` handed us: for us, the DHT answers it; for another
+        node, it goes on toward it (control traffic: never stored, dropped when no
+        route is known, as a lookup gives up on a query that is not answered)."""
+        frame = admitted.frame
+        if self.dht is None:
+            return Result.rejected(
+                Reason.UNSUPPORTED, "this node does not take part in the DHT"
+            ), []
+        # Both required in dht frames (crypto.Frame checks).
+        assert frame.dst is not None
+        assert frame.body is not None
+        if frame.dst == self.local:
+            try:
+                return ACCEPTED, list(self.dht.on_message(frame.src, frame.body, now))
+            except crypto.CryptoError as exc:
+                return Result.for_error(exc), []
+        policy = self.config.forward_policy
+        if policy is ForwardPolicy.OFF or (
+            policy is ForwardPolicy.NEIGHBOURS and sender not in self.links
+        ):
+            return Result.rejected(
+                Reason.POLICY, "this node does not pass on DHT messages for this sender"
+            ), []
+        if admitted.hops >= frame.hops:
+            return Result.rejected(
+                Reason.HOP_LIMIT,
+                f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
+            ), []
+        hop = self.next_hop(frame.dst, now, came_from=sender)
+        if hop is None:
+            return Result.rejected(Reason.NO_ROUTE, f"no route to {frame.dst.short} here"), []
+        return ACCEPTED, [Flood((hop,), WireFrame(admitted.hops, admitted.envelope))]
 
     # -- routing --------------------------------------------------------------------
 
@@ -853,6 +919,9 @@ class Router:
                 actions.append(Greet(node, hello=False))
         if self.tree is not None:
             actions += self._paced(self.tree.tick(now), now)
+        if self.dht is not None:
+            actions += self.dht.tick(now)
+        if self.tree is not None:
             for node in sorted(self._offer_later, key=lambda n: n.raw):
                 if now - self._offer_sent.get(node, 0) >= self.config.flood_interval_ms:
                     self._offer_sent[node] = now

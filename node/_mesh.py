@@ -107,6 +107,11 @@ class NodeStatistics:
     tree_offers_sent: int = 0
     tree_offers_received: int = 0
     tree_changes: int = 0
+    #: DHT messages (``dht`` frames) of ours sent, received (for us or to pass on),
+    #: and ours dropped for want of a route.
+    dht_sent: int = 0
+    dht_received: int = 0
+    dht_unroutable: int = 0
     #: Revocations this node learned (news only: its own and those flooded to it).
     revocations_learned: int = 0
     publications_received: int = 0
@@ -167,6 +172,8 @@ class MeshRuntime:
         #: The ``ts`` of our last tree offer: each is later than the one before, so a
         #: neighbour can tell an offer overtaken on the way (mesh.Router.on_offer).
         self._offer_ts = 0
+        #: DHT lookups someone waits for (:meth:`find_coordinates`): their end, by id.
+        self._lookups: dict[int, tuple[trio.Event, list[mesh.LookupDone]]] = {}
         #: Where revocations are kept (None: in memory only, as in some tests).
         self.book = book
         #: The capabilities this node presents (``--cap``, and those given to a call).
@@ -373,6 +380,13 @@ class MeshRuntime:
             elif isinstance(action, mesh.Offer):
                 self._forwarder(action.neighbour).add_control([self._offer(action)])
                 self.statistics.tree_offers_sent += 1
+            elif isinstance(action, mesh.DhtSend):
+                self._send_dht(action)
+            elif isinstance(action, mesh.LookupDone):
+                waiting = self._lookups.pop(action.lookup_id, None)
+                if waiting is not None:
+                    waiting[1].append(action)
+                    waiting[0].set()
             elif isinstance(action, mesh.CoordinatesChanged):
                 self.statistics.tree_changes += 1
                 new = action.new
@@ -383,6 +397,50 @@ class MeshRuntime:
                     else f"root {new.root.short}, depth {new.depth}"
                     + (f", parent {new.path[-2].short}" if new.depth else " (we are the root)"),
                 )
+
+    def _send_dht(self, send: mesh.DhtSend) -> None:
+        """A ``dht`` frame to ``send.dst``, to its next hop now (control traffic: with no
+        route it is dropped, and the lookup that sent it sees a timeout)."""
+        now = self.clock()
+        hop = self.router.next_hop(send.dst, now)
+        if hop is None:
+            self.statistics.dht_unroutable += 1
+            return
+        frame = crypto.Frame(
+            kind=crypto.Kind.DHT,
+            src=self.local,
+            id=self.new_id(),
+            ts=now,
+            exp=now + self.config.router.route_ttl_ms,
+            hops=self.config.hops,
+            dst=send.dst,
+            body=send.body,
+        )
+        self.statistics.dht_sent += 1
+        self._forwarder(hop).add_control([mesh.WireFrame(0, frame.seal(self.identity))])
+
+    async def find_coordinates(self, node: crypto.NodeId) -> crypto.Coordinates | None:
+        """Look ``node``'s coordinates up in the DHT (``--tree``); None if the lookup
+        found none (or they no longer verify). Raises :class:`mesh.NoRoute` while this
+        node has no tree or no place in it, :class:`mesh.StoreFull` with too many
+        lookups running."""
+        now = self.clock()
+        lookup, actions = self.router.find_coordinates(node, now)
+        done = trio.Event()
+        ended: list[mesh.LookupDone] = []
+        self._lookups[lookup] = (done, ended)
+        try:
+            await self._apply(actions)
+            await done.wait()
+        finally:
+            self._lookups.pop(lookup, None)
+        value = ended[0].value
+        if value is None:
+            return None
+        try:
+            return crypto.CoordChain.parse(value, now=self.clock())
+        except crypto.CryptoError:
+            return None
 
     def _offer(self, offer: mesh.Offer) -> mesh.WireFrame:
         """A ``crd`` frame for ``offer.neighbour``: never passed on (hops 1)."""
@@ -941,6 +999,12 @@ class MeshRuntime:
                 if revocation is not None:
                     self.statistics.revocations_learned += 1
                     revoked.append(revocation)
+                results.append(result)
+                continue
+            if kind is crypto.Kind.DHT:
+                self.statistics.dht_received += 1
+                result, more = self.router.on_dht(item, sender, now)
+                actions += more
                 results.append(result)
                 continue
             if kind is crypto.Kind.CRD:

@@ -470,6 +470,21 @@ class Metrics:
                 "Times this node's place in the spanning tree moved (--tree).",
             ),
             (
+                "ptth_dht_sent",
+                stats.dht_sent,
+                "DHT messages of this node sent toward other nodes (--tree).",
+            ),
+            (
+                "ptth_dht_received",
+                stats.dht_received,
+                "DHT messages received, for this node or to pass on (--tree).",
+            ),
+            (
+                "ptth_dht_unroutable",
+                stats.dht_unroutable,
+                "DHT messages of this node dropped for want of a route (--tree).",
+            ),
+            (
                 "ptth_interests_received",
                 stats.interests_received,
                 "Interests (sub, unsub frames) received from neighbours.",

@@ -47,6 +47,7 @@ REQUIRED: dict[Kind, set[str]] = {
     Kind.RCPT: {"dst", "ref", "st"},
     Kind.REV: {"body"},
     Kind.CRD: {"dst", "body"},
+    Kind.DHT: {"dst", "body"},
 }
 OPTIONAL: dict[Kind, set[str]] = {
     Kind.MSG: {"ct", "rr", "cap"},
@@ -95,13 +96,13 @@ def frames(draw: st.DrawFn, kinds: st.SearchStrategy[Kind] = KINDS) -> tuple[Ide
     kind = draw(kinds)
     secure = draw(st.sampled_from([None, f"~{identity.node_id.text}"]))
     fields: dict[str, Any] = {}
-    if kind in (Kind.MSG, Kind.RCPT, Kind.CRD):
+    if kind in (Kind.MSG, Kind.RCPT, Kind.CRD, Kind.DHT):
         fields["dst"] = draw(NODE_IDS)
     if kind is Kind.PUB:
         fields["topic"] = draw(dotted(WORDS, secure))
     if kind in (Kind.SUB, Kind.UNSUB):
         fields["pat"] = draw(dotted(PATTERN_WORDS, secure))
-    if kind in (Kind.MSG, Kind.PUB, Kind.ANN, Kind.REV, Kind.CRD):
+    if kind in (Kind.MSG, Kind.PUB, Kind.ANN, Kind.REV, Kind.CRD, Kind.DHT):
         fields["body"] = draw(st.binary(max_size=64))
     if kind in (Kind.MSG, Kind.PUB, Kind.SUB):
         fields["cap"] = draw(st.none() | st.binary(min_size=1, max_size=64))

@@ -16,7 +16,10 @@ import pytest
 
 import crypto
 from mesh import (
+    Action,
     CoordinatesChanged,
+    Flood,
+    NoRoute,
     Offer,
     Outcome,
     Reason,
@@ -335,3 +338,62 @@ def test_a_router_building_the_tree_needs_its_identity() -> None:
             config=RouterConfig(tree=True),
             identity=identity(2),
         )
+
+
+def dht_frame(sender: crypto.Identity, dst: crypto.NodeId, body: bytes, *, hops: int = 8) -> bytes:
+    frame = crypto.Frame(
+        kind=crypto.Kind.DHT,
+        src=sender.node_id,
+        id=next(_ids).to_bytes(16, "big"),
+        ts=NOW,
+        exp=NOW + 60_000,
+        hops=hops,
+        dst=dst,
+        body=body,
+    )
+    return frame.seal(sender)
+
+
+def test_dht_frames_are_answered_passed_on_or_refused_with_reasons() -> None:
+    a_id, b_id, c_id, far_id = identity(1), identity(2), identity(3), identity(9)
+    b = router(b_id)
+    b.add_neighbour(a_id.node_id, Role.PEER, NOW)
+    b.add_neighbour(c_id.node_id, Role.PEER, NOW)
+
+    def handle(
+        envelope: bytes, sender: crypto.NodeId, hops: int = 0
+    ) -> tuple[Result, list[Action]]:
+        admitted = admit(WireFrame(hops, envelope), now=NOW)
+        assert not isinstance(admitted, Result)
+        result, actions = b.on_dht(admitted, sender, NOW)
+        return result, list(actions)
+
+    # For another node: passed on toward it, one more hop made, never stored.
+    result, actions = handle(dht_frame(a_id, c_id.node_id, b"\xa0"), a_id.node_id)
+    assert result == ACCEPTED
+    (passed,) = actions
+    assert isinstance(passed, Flood)
+    assert passed.to == (c_id.node_id,)
+    assert passed.wire.hops == 1
+    # No route to it: refused, so the asker's lookup moves on.
+    result, _ = handle(dht_frame(a_id, far_id.node_id, b"\xa0"), a_id.node_id)
+    assert result.code is Reason.NO_ROUTE
+    # From a stranger (the default policy passes on for neighbours only).
+    result, _ = handle(dht_frame(far_id, c_id.node_id, b"\xa0"), far_id.node_id)
+    assert result.code is Reason.POLICY
+    # Out of hops.
+    result, _ = handle(dht_frame(a_id, c_id.node_id, b"\xa0", hops=2), a_id.node_id, hops=1)
+    assert result.code is Reason.HOP_LIMIT
+    # For us, but not a DHT message.
+    result, _ = handle(dht_frame(a_id, b_id.node_id, b"\xa0"), a_id.node_id)
+    assert result.code is Reason.MALFORMED
+    result, _ = handle(dht_frame(a_id, b_id.node_id, b"not cbor \xff"), a_id.node_id)
+    assert result.code is Reason.MALFORMED
+    # A node without the tree takes no part.
+    plain = router(b_id, tree=False)
+    admitted = admit(WireFrame(0, dht_frame(a_id, b_id.node_id, b"\xa0")), now=NOW)
+    assert not isinstance(admitted, Result)
+    result, _ = plain.on_dht(admitted, a_id.node_id, NOW)
+    assert result.code is Reason.UNSUPPORTED
+    with pytest.raises(NoRoute):
+        plain.find_coordinates(c_id.node_id, NOW)

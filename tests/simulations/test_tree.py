@@ -1,6 +1,7 @@
 """The spanning tree (``NodeConfig.tree``) built by real nodes in the simulator: ``crd``
 offers over lossy links, NATed nodes under their relays, a new root when the root
-crashes and the old one back when it returns; messages flow meanwhile as ever."""
+crashes and the old one back when it returns; messages flow meanwhile as ever. And the
+DHT on it: each node publishes its coordinates, and any node finds any other's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import trio
 from trio.testing import MockClock
 
 import crypto
+import mesh
 from node import NodeConfig
 from simulations import Link, SimNode, Simulation, open_simulation, random_graph
 
@@ -98,3 +100,38 @@ async def check_building(sim: Simulation) -> None:
     await first.restart()
     await sim.advance(2 * INTERVAL)
     check_tree(everyone, relay_of, root)
+
+
+def dht_of(node: SimNode) -> mesh.Dht:
+    dht = node.node.mesh.router.dht
+    assert dht is not None
+    return dht
+
+
+@pytest.mark.parametrize("fidelity", ["engine", "full"])
+async def test_nodes_find_each_others_coordinates_in_the_dht(
+    autojump_clock: MockClock, fidelity: str
+) -> None:
+    config = NodeConfig(tree=True, store_sync=False, announce_interval=INTERVAL)
+    async with open_simulation(seed=11, config=config, fidelity=fidelity) as sim:
+        sim.network.default_link = Link(latency=0.02, jitter=0.01, loss=0.01)
+        rng = random.Random(11)
+        nodes = await sim.add_nodes(24, prefix="p")
+        await sim.peer_all(random_graph(nodes, 2.5, rng))
+        await sim.advance(3 * INTERVAL)  # the tree, then every node's publication
+        held = {record.key for node in nodes for record in dht_of(node).records}
+        assert held == {node.node_id for node in nodes}  # everyone's are held somewhere
+        pairs = [tuple(rng.sample(nodes, 2)) for _ in range(12)]
+        found = 0
+        for asker, target in pairs:
+            with trio.fail_after(120):
+                place = await asker.node.mesh.find_coordinates(target.node_id)
+            tree = target.node.mesh.router.tree
+            assert tree is not None
+            assert tree.coordinates is not None
+            if place is not None:
+                assert place.node == target.node_id  # verified, and the target's own
+                assert place.root == tree.coordinates.root
+                found += 1
+        assert found == len(pairs)
+        assert all(node.node.statistics.dht_received > 0 for node in nodes)
