@@ -52,6 +52,7 @@ from typing import Final
 import crypto
 from crypto import _cbor
 from mesh._admission import Policy
+from mesh._allowance import Allowances
 from mesh._authority import Authority
 from mesh._calls import CALL_CONTENT_TYPES
 from mesh._dht import Contacts, Records
@@ -114,6 +115,15 @@ GREETING_REVOCATIONS: Final = 256
 #: send one per neighbour at most every flood interval (the rest wait for a tick).
 OFFER_BURST: Final = 4
 OFFER_REFILL_MS: Final = 1_000
+#: DHT messages for this node (questions, stores, answers) each origin may send in a
+#: burst, and how fast that refills; and the same for all origins together. A message
+#: may carry chains to check (up to 33 signatures each): past these, it is refused
+#: before anything is checked. An honest node sends well under one a second (a node's
+#: hourly upkeep in a 10,000-node mesh is ~5,000 messages, most passed on by others).
+DHT_BURST: Final = 32
+DHT_REFILL_MS: Final = 250
+DHT_TOTAL_BURST: Final = 256
+DHT_TOTAL_REFILL_MS: Final = 10
 #: A fresher announce of one origin is flooded at most this often: an origin that
 #: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
 #: is answered with our routes at most this often too.
@@ -287,7 +297,10 @@ class Router:
         self.dht: Dht | None = None
         self._offer_ts: dict[crypto.NodeId, int] = {}
         #: Per neighbour: offers it may still send now, as of when (a token bucket).
-        self._offer_allowance: dict[crypto.NodeId, tuple[float, int]] = {}
+        self._offer_allowance = Allowances(burst=OFFER_BURST, refill_ms=OFFER_REFILL_MS)
+        #: Per origin, and for all together: DHT messages for us it may still send.
+        self._dht_allowance = Allowances(burst=DHT_BURST, refill_ms=DHT_REFILL_MS)
+        self._dht_total = Allowances(burst=DHT_TOTAL_BURST, refill_ms=DHT_TOTAL_REFILL_MS)
         #: Per neighbour: when we last sent it an offer, and the newest one held back
         #: since (sent at the first tick a flood interval after the last).
         self._offer_sent: dict[crypto.NodeId, int] = {}
@@ -328,8 +341,9 @@ class Router:
             return self._tree_role_changed(node, now)
         self._greeted_back.pop(node, None)
         self._greet_later.discard(node)
-        for held in (self._offer_ts, self._offer_allowance, self._offer_sent, self._offer_later):
+        for held in (self._offer_ts, self._offer_sent, self._offer_later):
             held.pop(node, None)
+        self._offer_allowance.forget(node)
         affected = self.table.forget_via(node) | {node}
         actions: list[Action] = []
         if self.tree is not None:
@@ -383,17 +397,6 @@ class Router:
             out.append(action)
         return out
 
-    def _offer_allowed(self, node: crypto.NodeId, now: int) -> bool:
-        """Take one offer from ``node``'s allowance (:data:`OFFER_BURST`, refilled one
-        per :data:`OFFER_REFILL_MS`); False when it is spent."""
-        tokens, at = self._offer_allowance.get(node, (float(OFFER_BURST), now))
-        tokens = min(float(OFFER_BURST), tokens + (now - at) / OFFER_REFILL_MS)
-        if tokens < 1:
-            self._offer_allowance[node] = (tokens, now)
-            return False
-        self._offer_allowance[node] = (tokens - 1, now)
-        return True
-
     def on_offer(
         self, admitted: Admitted, sender: crypto.NodeId, now: int
     ) -> tuple[Result, list[Action]]:
@@ -413,7 +416,7 @@ class Router:
         last = self._offer_ts.get(sender)
         if last is not None and frame.ts <= last:
             return DUPLICATE, []  # overtaken by a newer offer from it: nothing to do
-        if not self._offer_allowed(sender, now):
+        if not self._offer_allowance.take(sender, now):
             return Result.rejected(
                 Reason.POLICY,
                 f"tree offers from {sender.short} come faster than one per "
@@ -457,6 +460,18 @@ class Router:
         assert frame.dst is not None
         assert frame.body is not None
         if frame.dst == self.local:
+            if not self._dht_allowance.take(frame.src, now):
+                return Result.rejected(
+                    Reason.POLICY,
+                    f"DHT messages from {frame.src.short} come faster than one per "
+                    f"{DHT_REFILL_MS} ms (bursts of {DHT_BURST}): not read",
+                ), []
+            if not self._dht_total.take(None, now):
+                return Result.rejected(
+                    Reason.POLICY,
+                    f"this node reads at most one DHT message per {DHT_TOTAL_REFILL_MS} ms "
+                    f"(bursts of {DHT_TOTAL_BURST}) from everyone together: try later",
+                ), []
             try:
                 return ACCEPTED, list(self.dht.on_message(frame.src, frame.body, now))
             except crypto.CryptoError as exc:
@@ -921,6 +936,7 @@ class Router:
             actions += self._paced(self.tree.tick(now), now)
         if self.dht is not None:
             actions += self.dht.tick(now)
+            self._dht_allowance.prune(now)
         if self.tree is not None:
             for node in sorted(self._offer_later, key=lambda n: n.raw):
                 if now - self._offer_sent.get(node, 0) >= self.config.flood_interval_ms:

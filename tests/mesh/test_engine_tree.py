@@ -31,7 +31,13 @@ from mesh import (
     admit,
     offer_body,
 )
-from mesh._engine import OFFER_BURST, OFFER_REFILL_MS
+from mesh._engine import (
+    DHT_BURST,
+    DHT_REFILL_MS,
+    DHT_TOTAL_BURST,
+    OFFER_BURST,
+    OFFER_REFILL_MS,
+)
 from mesh._wire import ACCEPTED, DUPLICATE
 
 NOW = 1_700_000_000_000
@@ -397,3 +403,36 @@ def test_dht_frames_are_answered_passed_on_or_refused_with_reasons() -> None:
     assert result.code is Reason.UNSUPPORTED
     with pytest.raises(NoRoute):
         plain.find_coordinates(c_id.node_id, NOW)
+
+
+def test_dht_messages_past_an_origins_allowance_are_refused_unread() -> None:
+    a_id, b_id, c_id = identity(1), identity(2), identity(3)
+    b = router(b_id)
+    b.add_neighbour(a_id.node_id, Role.PEER, NOW)
+
+    def to_b(origin: crypto.Identity, now: int) -> Result:
+        admitted = admit(WireFrame(0, dht_frame(origin, b_id.node_id, b"\xa0")), now=NOW)
+        assert not isinstance(admitted, Result)
+        return b.on_dht(admitted, a_id.node_id, now)[0]
+
+    codes = [to_b(c_id, NOW).code for _ in range(DHT_BURST + 3)]
+    # Read (and refused as not a DHT message) up to the burst; past it, not read.
+    assert codes[:DHT_BURST] == [Reason.MALFORMED] * DHT_BURST
+    assert codes[DHT_BURST:] == [Reason.POLICY] * 3
+    assert to_b(a_id, NOW).code is Reason.MALFORMED  # other origins are read meanwhile
+    assert to_b(c_id, NOW + DHT_REFILL_MS).code is Reason.MALFORMED  # refilled
+
+
+def test_dht_messages_from_many_origins_together_are_bounded() -> None:
+    b_id = identity(2)
+    b = router(b_id)
+    sybils = [crypto.Identity(bytes([7, n % 256, n // 256]) + bytes(29)) for n in range(300)]
+    neighbour = sybils[0]
+    b.add_neighbour(neighbour.node_id, Role.PEER, NOW)
+    codes = []
+    for origin in sybils:
+        admitted = admit(WireFrame(0, dht_frame(origin, b_id.node_id, b"\xa0")), now=NOW)
+        assert not isinstance(admitted, Result)
+        codes.append(b.on_dht(admitted, neighbour.node_id, NOW)[0].code)
+    assert codes.count(Reason.MALFORMED) == DHT_TOTAL_BURST
+    assert codes.count(Reason.POLICY) == len(sybils) - DHT_TOTAL_BURST
