@@ -770,6 +770,11 @@ class Store:
         #: The terms frames from a neighbour are taken on now (:meth:`custody`), by
         #: neighbour: immutable tuples, replaced whole (read from the store's thread).
         self._custody: dict[bytes, tuple[Custody, ...]] = {}
+        #: The rows of the routes and interests tables as this store last wrote them
+        #: (by primary key), so that a save writes only what changed; None: not known
+        #: (a save then replaces the table whole).
+        self._saved_routes: dict[tuple[bytes, bytes], tuple[Any, ...]] | None = None
+        self._saved_interests: dict[tuple[bytes, str], tuple[Any, ...]] | None = None
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
@@ -1927,17 +1932,43 @@ class Store:
 
     def save_routes(self, routes: Iterable[Route]) -> None:
         """Replace the saved routing table with ``routes``."""
-        rows = [
-            (r.dst.raw, r.via.raw, r.ts, r.hops, r.learned, r.expires, r.announce)
-            for r in routes
-            if r.announce
-        ]
+        rows = {
+            row[:2]: row
+            for row in (
+                (r.dst.raw, r.via.raw, r.ts, r.hops, r.learned, r.expires, r.announce)
+                for r in routes
+                if r.announce
+            )
+        }
 
         def work() -> None:
-            self._db.execute("DELETE FROM routes")
-            self._db.executemany("INSERT OR REPLACE INTO routes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._replace("routes", "dst = ? AND via = ?", self._saved_routes, rows)
 
-        self._transaction(work)
+        def committed(_: None) -> None:
+            self._saved_routes = rows
+
+        self._transaction(work, then=committed)
+
+    def _replace(
+        self,
+        table: str,
+        where_key: str,
+        saved: dict[Any, tuple[Any, ...]] | None,
+        rows: dict[Any, tuple[Any, ...]],
+    ) -> None:
+        """Make ``table`` hold ``rows`` (by primary key), knowing it holds ``saved``
+        (None: not known): delete the rows gone and write those new or changed."""
+        insert = f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+        if saved is None:
+            self._db.execute(f"DELETE FROM {table}")  # noqa: S608
+            self._db.executemany(insert, rows.values())
+            return
+        gone = [key for key in saved if key not in rows]
+        if gone:
+            self._db.executemany(f"DELETE FROM {table} WHERE {where_key}", gone)  # noqa: S608
+        changed = [row for key, row in rows.items() if saved.get(key) != row]
+        if changed:
+            self._db.executemany(insert, changed)
 
     def load_routes(self, *, now: int) -> list[Route]:
         """The saved routes that have not expired."""
@@ -1986,18 +2017,21 @@ class Store:
 
     def save_interests(self, items: Iterable[Interest]) -> None:
         """Replace the saved interests (withdrawn ones too: tombstones) with ``items``."""
-        rows = [
-            (i.origin.raw, i.pattern, i.ts, i.exp, i.envelope, int(i.withdrawn), i.hops)
-            for i in items
-        ]
+        rows = {
+            row[:2]: row
+            for row in (
+                (i.origin.raw, i.pattern, i.ts, i.exp, i.envelope, int(i.withdrawn), i.hops)
+                for i in items
+            )
+        }
 
         def work() -> None:
-            self._db.execute("DELETE FROM interests")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO interests VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-            )
+            self._replace("interests", "origin = ? AND pattern = ?", self._saved_interests, rows)
 
-        self._transaction(work)
+        def committed(_: None) -> None:
+            self._saved_interests = rows
+
+        self._transaction(work, then=committed)
 
     def interests(self, *, now: int) -> list[Interest]:
         """The saved interests that have not expired (tombstones too), by origin and
@@ -2206,6 +2240,15 @@ class Store:
         def committed(result: tuple[int, list[tuple[bytes, int]], int]) -> None:
             self._inbox_freed(result[1])
             self._idempotency_keys -= result[2]
+            # As the DELETEs above: expired routes and interests are gone.
+            if self._saved_routes is not None:
+                self._saved_routes = {
+                    key: row for key, row in self._saved_routes.items() if row[5] > now
+                }
+            if self._saved_interests is not None:
+                self._saved_interests = {
+                    key: row for key, row in self._saved_interests.items() if row[3] > now
+                }
 
         swept, _, _ = self._transaction(work, then=committed)
         if self._legacy_seen:

@@ -228,10 +228,23 @@ class _Pool:
 
     async def acquire(self, origin: tuple[str, int]) -> _Connection:
         """A connection to ``origin``, taken (``new`` if it is to be dialled)."""
+        return await self.wait(self.request(origin))
+
+    def request(self, origin: tuple[str, int]) -> _Ticket:
+        """Ask for a connection to ``origin``: the ticket has it at once if one could be
+        taken (then nothing waits; else :meth:`wait` for it)."""
         ticket = _Ticket(origin)
         self._queue.append(ticket)
         try:
             self._assign()
+        except BaseException:
+            self._queue.remove(ticket)
+            raise
+        return ticket
+
+    async def wait(self, ticket: _Ticket) -> _Connection:
+        """The connection of ``ticket`` (from :meth:`request`), once it has one."""
+        try:
             if ticket.connection is None:
                 await ticket.ready.wait()
             assert ticket.connection is not None
@@ -661,9 +674,11 @@ class DirectFrames(FrameClient):
     async def _connect(self, origin: tuple[str, int]) -> _Connection:
         """A connection to ``origin`` from the pool, dialled if new."""
         host, port = origin
-        connection: _Connection | None = None
-        with trio.move_on_after(self.pool_timeout):
-            connection = await self.pool.acquire(origin)
+        ticket = self.pool.request(origin)
+        connection = ticket.connection
+        if connection is None:  # none free: wait in turn (a scope only then: per POST)
+            with trio.move_on_after(self.pool_timeout):
+                connection = await self.pool.wait(ticket)
         if connection is None:
             raise _Broken("PoolTimeout", f"no connection free within {self.pool_timeout:g} s")
         if not connection.new:
