@@ -380,9 +380,7 @@ class Router:
         at the first tick after it, so a tree re-forming does not flood the links."""
         out: list[Action] = []
         if self.dht is not None and self.tree is not None:
-            place = self.tree.coordinates
-            chain = None if place is None or place.chain is None else place.chain.encode()
-            self.dht.set_coordinates(chain)
+            self.dht.set_coordinates(self.tree.chain)
         for action in actions:
             if not isinstance(action, Offer):
                 out.append(action)

@@ -161,6 +161,11 @@ class Tree:
         return self._coordinates
 
     @property
+    def chain(self) -> bytes | None:
+        """Our coordinates' chain in its wire form (what we offer), or None."""
+        return self._chain or None
+
+    @property
     def parent(self) -> crypto.NodeId | None:
         """The neighbour above us; None if we are the root or have no place."""
         return self._parent

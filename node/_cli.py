@@ -585,9 +585,13 @@ def _neighbour_table(
     return render(columns, rows, wide=wide, indent=indent)
 
 
+#: How many characters of a node id NodeId.short shows.
+_SHORT_ID: Final = len(crypto.NodeId(bytes(32)).short)
+
+
 def _short(node: object) -> str:
     """A node id as given in an answer, shortened for display as NodeId.short is."""
-    return str(node)[: len(crypto.NodeId(bytes(32)).short)]
+    return str(node)[:_SHORT_ID]
 
 
 def _route_table(routes: Sequence[dict[str, Any]], *, wide: bool, indent: int = 0) -> list[str]:

@@ -292,7 +292,8 @@ def test_a_neighbour_flooding_offers_is_refused_past_its_allowance_unverified() 
     assert result == ACCEPTED
     tree = b.tree
     assert tree is not None
-    assert tree.parent == min(a_id.node_id, b_id.node_id) or tree.parent is None
+    # B's place is under A if A has the lesser id; else B is the root itself.
+    assert tree.parent == (a_id.node_id if a_id.node_id < b_id.node_id else None)
 
 
 def test_offers_to_a_neighbour_are_paced_and_the_newest_goes_at_a_tick() -> None:
