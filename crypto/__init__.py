@@ -66,6 +66,7 @@ from crypto._frames import (
     MAX_WHY_LENGTH,
     Frame,
     Kind,
+    opening_once,
     validate_pattern,
     validate_topic,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "grant",
     "grant_coordinates",
     "open",
+    "opening_once",
     "parse_capability",
     "parse_token",
     "pattern_covers",

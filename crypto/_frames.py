@@ -34,10 +34,13 @@ AMQP's topic exchange.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import enum
 import operator
 import re
+from collections.abc import Iterator
 from typing import Any, Final
 
 from crypto import _cbor, _envelope
@@ -52,6 +55,7 @@ __all__ = [
     "MAX_WHY_LENGTH",
     "Frame",
     "Kind",
+    "opening_once",
     "validate_pattern",
     "validate_topic",
 ]
@@ -305,15 +309,65 @@ class Frame:
 
         Raises (the sender's fault) what :func:`crypto.open` raises, :class:`Malformed`
         for a bad payload or a ``src`` that is not the signer, :class:`Expired` when
-        ``now`` is at or past ``exp``.
+        ``now`` is at or past ``exp``. Within :func:`opening_once` (simulations), an
+        envelope that opened before gives the same frame without opening it again.
         """
-        signer, payload = _envelope.open(envelope, _envelope.Purpose.FRAME)
-        frame = cls.from_payload(payload)
-        if frame.src != signer:
-            raise Malformed(f"frame from {frame.src.short} is signed by {signer.short}")
+        opened = _OPENED.get() if isinstance(envelope, bytes) else None  # hashable bytes
+        frame = None if opened is None else opened.get(envelope)
+        if frame is None:
+            signer, payload = _envelope.open(envelope, _envelope.Purpose.FRAME)
+            frame = cls.from_payload(payload)
+            if frame.src != signer:
+                raise Malformed(f"frame from {frame.src.short} is signed by {signer.short}")
+            if opened is not None:
+                opened.add(envelope, frame)
         if now is not None and frame.exp <= now:
             raise Expired(f"frame expired {(now - frame.exp) // 1000} s ago")
         return frame
+
+
+class _Opened:
+    """Frames that opened, by envelope; forgotten all at once past ``limit`` (as
+    :func:`crypto.verifying_once` forgets signatures)."""
+
+    __slots__ = ("_frames", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._frames: dict[bytes, Frame] = {}
+        self.limit = limit
+
+    def get(self, envelope: bytes) -> Frame | None:
+        return self._frames.get(envelope)
+
+    def add(self, envelope: bytes, frame: Frame) -> None:
+        if len(self._frames) >= self.limit:
+            self._frames.clear()
+        self._frames[envelope] = frame
+
+
+#: Set by :func:`opening_once` for the tasks and threads started within it (a context
+#: variable: no state shared beyond them).
+_OPENED: Final = contextvars.ContextVar[_Opened | None]("ptth_opened", default=None)
+
+
+@contextlib.contextmanager
+def opening_once(limit: int = 100_000) -> Iterator[None]:
+    """Within this block, and in the trio tasks and threads started in it, an envelope
+    that :meth:`Frame.open` opened is not opened again: the last ``limit`` are
+    remembered, and the same bytes give the same :class:`Frame` at once (its expiry
+    still checked against each call's ``now``). An envelope that failed to open is
+    opened, and refused, every time.
+
+    For simulations, with :func:`crypto.verifying_once`: every node of the mesh runs in
+    one process and opens the same frames (a publication at every hop, an announce at
+    every node); the same bytes open the same way, so the outcome is the same, without
+    decoding and validating them again. A real node opens every frame it is shown.
+    """
+    token = _OPENED.set(_Opened(limit))
+    try:
+        yield
+    finally:
+        _OPENED.reset(token)
 
 
 _FIELDS: Final = (

@@ -92,14 +92,15 @@ def _digest(secret: str) -> bytes:
 
 class CapabilityBook:
     """The capability tables of one store file. Raises :class:`MeshError` for a file
-    that cannot be opened or was written by a newer ptth."""
+    that cannot be opened or was written by a newer ptth. ``uri``: ``path`` is an SQLite
+    URI, as for :class:`Store`."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, uri: bool = False) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+                self.path, check_same_thread=False, isolation_level=None, timeout=10.0, uri=uri
             )
         except sqlite3.Error as exc:
             raise MeshError(f"cannot open store {self.path}: {exc}") from exc

@@ -742,6 +742,8 @@ class Store:
     False commits without waiting for the disk (``PRAGMA synchronous=OFF``): what was
     committed survives the process ending at any moment, but not the machine's (power,
     kernel); for simulations, whose crashes are processes' only. Default: wait (FULL).
+    ``uri``: ``path`` is an SQLite URI (``sqlite3.connect(uri=True)``), such as a
+    simulation's in-memory store ``file:NAME?mode=memory&cache=shared``.
     """
 
     def __init__(
@@ -752,6 +754,7 @@ class Store:
         max_inbox_bytes_per_origin: int | None = None,
         quotas: Quotas | None = None,
         sync: bool = True,
+        uri: bool = False,
     ):
         self.path = str(path)
         self.max_inbox_bytes = max_inbox_bytes
@@ -777,7 +780,7 @@ class Store:
         self._saved_interests: dict[tuple[bytes, str], tuple[Any, ...]] | None = None
         try:
             self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+                self.path, check_same_thread=False, isolation_level=None, timeout=10.0, uri=uri
             )
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc

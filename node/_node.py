@@ -183,6 +183,10 @@ class NodeConfig:
     #: Whether the store waits for the disk at each commit (``mesh.Store(sync=...)``).
     #: False survives the process ending at any moment, not the machine: simulations.
     store_sync: bool = True
+    #: The store's SQLite URI instead of ``store.sqlite3`` in the data directory (as
+    #: ``sqlite3.connect(uri=True)``): simulations keep a node's store in memory,
+    #: ``file:NAME?mode=memory&cache=shared``, held open across the node's restarts.
+    store_uri: str | None = None
     #: Build the spanning tree with the neighbours (``--tree``): ``crd`` offers, the
     #: first part of routing at scale (docs/routing-at-scale.md); routing still uses
     #: the flooded announces.
@@ -426,18 +430,21 @@ class Node:
             if rng is not None
             else functools.partial(secrets.token_bytes, crypto.FRAME_ID_SIZE)
         )
+        store_path = config.store_uri or data.path / "store.sqlite3"
+        uri = config.store_uri is not None
         with _exclusive_lock(data.path):
             store = await blocking(
                 lambda: mesh.Store(
-                    data.path / "store.sqlite3",
+                    store_path,
                     max_inbox_bytes=config.max_inbox_bytes,
                     max_inbox_bytes_per_origin=config.max_inbox_bytes_per_origin,
                     quotas=config.quotas,
                     sync=config.store_sync,
+                    uri=uri,
                 )
             )
             try:
-                book = await blocking(lambda: mesh.CapabilityBook(data.path / "store.sqlite3"))
+                book = await blocking(lambda: mesh.CapabilityBook(store_path, uri=uri))
             except BaseException:
                 store.close()
                 raise

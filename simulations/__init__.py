@@ -44,7 +44,14 @@ from simulations._report import (
     SentPost,
 )
 from simulations._scenarios import SCENARIOS, Progress, Scenario, run_scenario
-from simulations._simulation import EPOCH_MS, NODE_PORT, SimNode, Simulation, open_simulation
+from simulations._simulation import (
+    EPOCH_MS,
+    NODE_PORT,
+    SimNode,
+    Simulation,
+    Stores,
+    open_simulation,
+)
 from simulations._stream import SimStream
 from simulations._topology import both_ways, chain, complete, random_graph, ring, star
 from simulations._traffic import generate_traffic
@@ -76,6 +83,7 @@ __all__ = [
     "SimStream",
     "Simulation",
     "SimulationError",
+    "Stores",
     "both_ways",
     "chain",
     "complete",

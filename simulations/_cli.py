@@ -3,7 +3,8 @@
 ::
 
     python -m simulations run SCENARIO [--nodes N] [--seed S] [--duration 1h]
-                              [--fidelity full|engine] [--verify each|once] [--json]
+                              [--fidelity full|engine] [--verify each|once]
+                              [--stores memory|disk] [--json]
     python -m simulations list
 
 Bad input is one line on stderr and exit status 2; a run whose applications saw
@@ -25,6 +26,7 @@ from simulations._engine import Fidelity
 from simulations._errors import SimulationError
 from simulations._report import format_duration, parse_duration
 from simulations._scenarios import SCENARIOS, Progress, run_scenario
+from simulations._simulation import Stores
 
 __all__ = ["main"]
 
@@ -112,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         "once: a signature that verified is not verified again in this run (the same "
         "outcome, faster) (each)",
     )
+    run.add_argument(
+        "--stores",
+        choices=[kind.value for kind in Stores],
+        default=Stores.MEMORY.value,
+        help="memory: each node's SQLite store in memory, kept across its restarts "
+        "(the same report, faster); disk: a real node's store file (memory)",
+    )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument(
@@ -160,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=progress,
             fidelity=args.fidelity,
             verify_once=args.verify == "once",
+            stores=args.stores,
         )
     except (SimulationError, NodeError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

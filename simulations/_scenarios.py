@@ -80,7 +80,7 @@ from simulations._errors import SimulationError
 from simulations._link import Link
 from simulations._report import Report, format_duration
 from simulations._revocation import ABSENT_PER, SUBSCRIBERS_PER, RevocationWatch
-from simulations._simulation import SimNode, Simulation, open_simulation
+from simulations._simulation import SimNode, Simulation, Stores, open_simulation, stores_of
 from simulations._topology import both_ways, chain, random_graph, ring, star
 from simulations._traffic import generate_traffic
 
@@ -613,6 +613,7 @@ def run_scenario(
     progress: Callable[[Progress], None] | None = None,
     fidelity: Fidelity | str = Fidelity.FULL,
     verify_once: bool = False,
+    stores: Stores | str = Stores.MEMORY,
 ) -> Report:
     """Run scenario ``name`` in virtual time and return its report.
 
@@ -625,12 +626,16 @@ def run_scenario(
 
     The nodes' stores commit without waiting for the disk (``NodeConfig.store_sync``
     False): a simulated crash ends a node's process, never the machine, so nothing
-    committed is lost either way, and each commit costs less.
+    committed is lost either way, and each commit costs less. For the same reason
+    they are kept in memory by default (``stores``, as for :func:`open_simulation`):
+    no scenario models a crash that loses unsynced data; ``"disk"`` runs the SQLite
+    files of a real node, with the same report.
 
     Raises :class:`SimulationError` for an unknown scenario, too few nodes, a
-    duration that is not positive or an unknown fidelity.
+    duration that is not positive, an unknown fidelity or stores.
     """
     level = fidelity_of(fidelity)
+    where = stores_of(stores)
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise SimulationError(f"no scenario {name!r}; there are: {', '.join(SCENARIOS)}")
@@ -646,7 +651,7 @@ def run_scenario(
             data_dir = stack.enter_context(_scratch_dir())
         main = functools.partial(
             _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level,
-            verify_once,
+            verify_once, where,
         )  # fmt: skip
         with _deterministic_scheduling(seed):
             report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -666,11 +671,17 @@ async def _run(
     progress: Callable[[Progress], None],
     level: Fidelity,
     verify_once: bool,
+    stores: Stores,
 ) -> Report:
     started = time.perf_counter()
     config = NodeConfig(store_sync=False)
     async with open_simulation(
-        seed=seed, data_dir=data_dir, config=config, fidelity=level, verify_once=verify_once
+        seed=seed,
+        data_dir=data_dir,
+        config=config,
+        fidelity=level,
+        verify_once=verify_once,
+        stores=stores,
     ) as sim:
         reported = 0
 

@@ -40,6 +40,12 @@ store is deleted first, but the identity key, address record and peers stay: the
 node (same id, same peers) with an empty seen-set, inbox and queue, as after losing a
 disk that held only the store (the frames it held are lost: their messages count as
 dropped).
+
+Stores (:class:`Stores`): ``disk`` (the default) opens each node's SQLite store as a
+real node does, ``store.sqlite3`` in its data directory; ``memory`` keeps it in an
+in-memory SQLite database (``NodeConfig.store_uri``) that the simulation holds open from
+the node's creation to the simulation's end, so that it survives the node's crashes and
+restarts as the file does: what was committed stays, what was not is rolled back.
 """
 
 from __future__ import annotations
@@ -47,10 +53,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import enum
 import math
 import random
+import sqlite3
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -90,7 +99,15 @@ from simulations._report import (
     percentile,
 )
 
-__all__ = ["EPOCH_MS", "LOST", "NODE_PORT", "SimNode", "Simulation", "open_simulation"]
+__all__ = [
+    "EPOCH_MS",
+    "LOST",
+    "NODE_PORT",
+    "SimNode",
+    "Simulation",
+    "Stores",
+    "open_simulation",
+]
 
 #: The nodes' wall clock at virtual time 0: 2026-01-01T00:00:00Z, the same every run.
 EPOCH_MS: Final = 1_767_225_600_000
@@ -100,6 +117,26 @@ NODE_PORT: Final = 8470
 LOST: Final = "lost: its origin restarted without the store that held it"
 
 _STORE_FILES: Final = ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm")
+
+
+class Stores(enum.StrEnum):
+    """Where a simulation's nodes keep their SQLite stores (see the module docstring)."""
+
+    #: ``store.sqlite3`` in each node's data directory, as a real node keeps it.
+    DISK = "disk"
+    #: An in-memory database per node, held open by the simulation across the node's
+    #: restarts: no file, no journal, no system call per commit.
+    MEMORY = "memory"
+
+
+def stores_of(value: Stores | str) -> Stores:
+    """``value`` as :class:`Stores`. Raises :class:`SimulationError` naming the choices
+    for anything else."""
+    try:
+        return Stores(value)
+    except ValueError:
+        choices = ", ".join(kind.value for kind in Stores)
+        raise SimulationError(f"stores {value!r} is not one of {choices}") from None
 
 
 def derive_rng(seed: int, *names: str) -> random.Random:
@@ -118,7 +155,6 @@ class SimNode:
         self.sim = sim
         self.name = name
         self.nat = nat
-        self.config = config
         self.data_dir = sim.data_dir / name
         self.rng = sim.rng("node", name)
         identity = crypto.Identity(sim.rng("identity", name).randbytes(32))
@@ -129,6 +165,16 @@ class SimNode:
                 f"{self.data_dir} exists: a simulation needs a fresh directory per node"
             ) from None
         identity.save(self.data_dir / "identity.key")
+        #: At ``Stores.MEMORY``, the connection that keeps this node's in-memory store
+        #: alive while the node is down (None at ``Stores.DISK``).
+        self._store_keeper: sqlite3.Connection | None = None
+        if sim.stores is Stores.MEMORY:
+            # Named after the data directory: unique in the process while it exists.
+            name_part = urllib.parse.quote(str(self.data_dir.resolve() / "store"), safe="/")
+            uri = f"file:{name_part}?mode=memory&cache=shared"
+            config = dataclasses.replace(config, store_uri=uri)
+            self._store_keeper = self._keep_store(uri)
+        self.config = config
         self.node_id = identity.node_id
         #: What this node's application received, in order (duplicates included).
         self.received: list[Delivery] = []
@@ -197,11 +243,26 @@ class SimNode:
         if self.up or not self._stopped.is_set():
             raise SimulationError(f"node {self.name} is already running")
         if not keep_store:
+            if self._store_keeper is not None and self.config.store_uri is not None:
+                # The node is down, its connections closed: closing the last one drops
+                # the database, and a new one starts an empty store.
+                self._store_keeper.close()
+                self._store_keeper = self._keep_store(self.config.store_uri)
             for name in _STORE_FILES:
                 (self.data_dir / name).unlink(missing_ok=True)
         await self.sim._nursery.start(self._run)
         if self.starts > 1:
             self.sim.log(f"{self.name} restarted" + ("" if keep_store else " with an empty store"))
+
+    @staticmethod
+    def _keep_store(uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def _drop_store(self) -> None:
+        """Let go of the in-memory store (once the node is down for good)."""
+        if self._store_keeper is not None:
+            self._store_keeper.close()
+            self._store_keeper = None
 
     async def stop(self) -> None:
         """Shut the node down gracefully. Raises :class:`NodeDown` if it is not running."""
@@ -459,10 +520,13 @@ class Simulation:
         link: Link,
         config: NodeConfig,
         fidelity: Fidelity = Fidelity.FULL,
+        stores: Stores = Stores.DISK,
     ) -> None:
         self.seed = seed
         self.data_dir = data_dir
         self.config = config
+        #: Where the nodes keep their stores (:class:`Stores`).
+        self.stores = stores
         self.network = SimNetwork(nursery, seed=seed, default_link=link)
         #: How much of each node runs (simulations/_engine.py); at ``engine``, what
         #: carries the nodes' frames POSTs (None at ``full``: HTTP does).
@@ -545,6 +609,10 @@ class Simulation:
         return [
             await self.add_node(self._next_name(prefix), nat=nat, **config) for _ in range(count)
         ]
+
+    def _drop_stores(self) -> None:
+        for sim_node in self.nodes.values():
+            sim_node._drop_store()
 
     def _next_name(self, prefix: str) -> str:
         number = self._counters.get(prefix, 0)
@@ -897,6 +965,7 @@ async def open_simulation(
     config: NodeConfig | None = None,
     fidelity: Fidelity | str = Fidelity.FULL,
     verify_once: bool = False,
+    stores: Stores | str = Stores.DISK,
 ) -> AsyncIterator[Simulation]:
     """A fresh simulation for the duration of the block; its nodes end with it.
 
@@ -907,17 +976,21 @@ async def open_simulation(
     ``fidelity``: ``"full"`` (every byte through HTTP) or ``"engine"`` (frames handed
     between the nodes' meshes as events; simulations/_engine.py). ``verify_once``: a
     signature that verified is not verified again by any node of this simulation
-    (:func:`crypto.verifying_once`): the same outcome, much less time; by default each
-    node verifies what it is shown, as a real node does.
+    (:func:`crypto.verifying_once`), nor a frame envelope opened again
+    (:func:`crypto.opening_once`): the same outcome, much less time; by default each
+    node verifies what it is shown, as a real node does. ``stores``: ``"disk"`` (each
+    node's ``store.sqlite3``, as a real node) or ``"memory"`` (an in-memory database
+    per node that survives its restarts; see :class:`Stores`).
 
     While it is open, httpcore times kept-alive connections by trio's clock (virtual
     time), not ``time.monotonic()``.
 
     Raises :class:`NotVirtualTime` unless the trio run uses
     ``trio.testing.MockClock`` (give it ``autojump_threshold=0``), and
-    :class:`SimulationError` for an unknown fidelity.
+    :class:`SimulationError` for an unknown fidelity or stores.
     """
     level = fidelity_of(fidelity)
+    where = stores_of(stores)
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, trio.testing.MockClock):
         raise NotVirtualTime(
@@ -926,8 +999,9 @@ async def open_simulation(
         )
     with contextlib.ExitStack() as stack:
         stack.enter_context(_virtual_keepalive())
-        if verify_once:  # before the nursery: its tasks (every node's) inherit it
+        if verify_once:  # before the nursery: its tasks (every node's) inherit them
             stack.enter_context(crypto.verifying_once())
+            stack.enter_context(crypto.opening_once())
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ptth-sim-"))
         # Inline, as every blocking call of a simulation: a thread would let the
@@ -941,7 +1015,10 @@ async def open_simulation(
                 link=link or Link(),
                 config=config or NodeConfig(),
                 fidelity=level,
+                stores=where,
             )
+            # Once the nursery is done (every node down), before the directory goes.
+            stack.callback(sim._drop_stores)
             try:
                 yield sim
             finally:

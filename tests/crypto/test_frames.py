@@ -17,6 +17,7 @@ from crypto import (
     MAX_HOPS,
     MAX_LIFETIME_MS,
     MAX_WHY_LENGTH,
+    BadSignature,
     CryptoError,
     Expired,
     Frame,
@@ -26,6 +27,7 @@ from crypto import (
     NodeId,
     Purpose,
     WrongPurpose,
+    _envelope,
     validate_pattern,
     validate_topic,
 )
@@ -508,6 +510,71 @@ def test_expired_frame_is_refused_on_open() -> None:
     for now, ago in [(EXP, 0), (EXP + 2_500, 2), (EXP + 86_400_000, 86400)]:
         with pytest.raises(Expired, match=f"frame expired {ago} s ago"):
             Frame.open(sealed, now=now)
+
+
+def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the envelopes :meth:`Frame.open` opens (COSE, signature and all)."""
+    calls = [0]
+    real = _envelope.open
+
+    def counted(data: bytes, purpose: Purpose | str) -> crypto.Opened:
+        calls[0] += 1
+        return real(data, purpose)
+
+    monkeypatch.setattr(_envelope, "open", counted)
+    return calls
+
+
+def test_a_frame_that_opened_is_not_opened_again_within_opening_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_opens(monkeypatch)
+    sealed = Frame(**fields()).seal(ALICE)
+    with crypto.opening_once():
+        first = Frame.open(sealed, now=TS)
+        assert Frame.open(sealed, now=EXP - 1) is first
+        assert calls == [1]
+        # Remembered, yet refused once expired: the clock is checked at every call.
+        for now, ago in [(EXP, 0), (EXP + 2_500, 2)]:
+            with pytest.raises(Expired, match=f"frame expired {ago} s ago"):
+                Frame.open(sealed, now=now)
+        assert Frame.open(sealed) is first  # no clock, no expiry check
+        assert calls == [1]
+    # Outside the block nothing is remembered.
+    assert Frame.open(sealed) == first
+    assert calls == [2]
+
+
+def test_a_frame_that_failed_to_open_is_opened_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_opens(monkeypatch)
+    sealed = Frame(**fields()).seal(ALICE)
+    damaged = sealed[:-1] + bytes([sealed[-1] ^ 1])  # the signature's last byte
+    foreign = crypto.seal(BOB, Purpose.FRAME, Frame(**fields()).to_payload())
+    with crypto.opening_once():
+        for _ in range(2):
+            with pytest.raises(BadSignature):
+                Frame.open(damaged)
+            with pytest.raises(Malformed, match="is signed by"):
+                Frame.open(foreign)
+        assert calls == [4]
+        Frame.open(sealed)  # the good one, next to them, opens
+        assert calls == [5]
+
+
+def test_opening_once_forgets_all_at_once_past_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_opens(monkeypatch)
+    a, b = (Frame(**fields(id=bytes([n]) * FRAME_ID_SIZE)).seal(ALICE) for n in (1, 2))
+    with crypto.opening_once(limit=1):
+        Frame.open(a)
+        Frame.open(a)
+        Frame.open(b)  # past the limit: a is forgotten, b remembered
+        Frame.open(b)
+        Frame.open(a)
+    assert calls == [3]
 
 
 def test_envelope_for_another_purpose_is_refused() -> None:

@@ -26,8 +26,10 @@ alike in distribution, not identical, and the test bounds the gap:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from simulations import (
     SimNode,
     Simulation,
     SimulationError,
+    Stores,
     open_simulation,
     run_scenario,
 )
@@ -151,6 +154,66 @@ async def test_a_node_configured_so_opens_its_store_unsynced(
         node = await sim.add_node()
         assert node.node.store._db.execute("PRAGMA synchronous").fetchone() == (0,)
         assert NodeConfig().store_sync  # real nodes wait for the disk
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=[level.value for level in LEVELS])
+def test_stores_in_memory_change_nothing_but_the_time_it_takes(level: Fidelity) -> None:
+    # churn: leaves crash and restart with their stores, which hold frames in custody.
+    disk, memory = (
+        run_scenario("churn", nodes=6, seed=SEED, duration=480, fidelity=level, stores=where)
+        for where in (Stores.DISK, "memory")
+    )
+    assert any("restarted" in event for event in disk.events)
+    assert disk.delivered > 0
+    assert memory.deterministic() == disk.deterministic()
+
+
+async def test_a_store_in_memory_lives_as_long_as_its_node_in_the_simulation(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    async with open_simulation(data_dir=tmp_path / "sim", stores="memory") as sim:
+        a, b = await sim.add_nodes(2)
+        await sim.peer(a, b)
+        uri = b.config.store_uri
+        assert uri is not None
+        assert uri.startswith("file:")
+        assert uri.endswith("?mode=memory&cache=shared")
+        sent = wire(a, b, b"once")
+        [result] = await a.post(b, [sent])
+        assert result.outcome is mesh.Outcome.ACCEPTED
+        await b.crash()
+        await b.start()
+        # Its seen-set survived the crash: the frame again is a duplicate.
+        [again] = await a.post(b, [sent])
+        assert again.outcome is mesh.Outcome.DUPLICATE
+        await b.restart(keep_store=False)  # an empty store: taken again
+        [third] = await a.post(b, [sent])
+        assert third.outcome is mesh.Outcome.ACCEPTED
+        assert not (b.data_dir / "store.sqlite3").exists()
+    # Once the simulation is over, nothing holds the database: a connection to its
+    # name opens a new, empty one.
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+async def test_open_simulation_refuses_unknown_stores(autojump_clock: MockClock) -> None:
+    with pytest.raises(SimulationError, match=r"^stores 'tape' is not one of disk, memory$"):
+        async with open_simulation(stores="tape"):
+            pass  # pragma: no cover - refused before
+    with pytest.raises(SimulationError, match="stores 'tape' is not one of disk, memory"):
+        run_scenario("chain", nodes=2, duration=10.0, stores="tape")
+
+
+def test_the_cli_keeps_stores_in_memory_unless_told(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "chain", "--nodes", "3", "--duration", "1m", "--json"]
+    drop = ("wall_seconds", "delivered_per_wall_second")
+    reports = []
+    for stores in ([], ["--stores", "disk"], ["--stores", "memory"]):
+        assert main([*argv, *stores]) == 0
+        report = json.loads(capsys.readouterr().out)
+        reports.append({k: v for k, v in report.items() if k not in drop})
+    assert reports[0]["delivered"] > 0
+    assert reports[0] == reports[1] == reports[2]
 
 
 def test_a_store_rewrites_only_the_saved_rows_that_changed(tmp_path: Path) -> None:
