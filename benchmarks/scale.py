@@ -91,13 +91,45 @@ MATPLOTLIB_HINT: Final = "`pip install -e '.[bench]'` (or `pip install matplotli
 
 #: The per-node figures: (key, column heading, the plot's title and unit).
 COSTS: Final = (
+    (
+        "control_received_per_hour",
+        "control in/h",
+        "control frames received (announces, interests, tree offers, DHT)",
+        "per hour",
+    ),
     ("announces_received_per_hour", "announces in/h", "announce frames received", "per hour"),
     ("interests_received_per_hour", "interests in/h", "interest frames received", "per hour"),
     ("routes_known", "destinations", "routing table: destinations", "entries"),
     ("interests_held", "interests held", "interest table: (subscriber, pattern)", "entries"),
 )
 #: Also measured per node (in the JSON, not the table or the plot).
-MORE: Final = ("announces_sent_per_hour", "route_candidates", "neighbours", "store_kib_per_node")
+MORE: Final = (
+    "announces_sent_per_hour",
+    "tree_offers_received_per_hour",
+    "dht_received_per_hour",
+    "route_candidates",
+    "coordinates_held",
+    "neighbours",
+    "store_kib_per_node",
+)
+#: How the scenario's messages fared (the report's figures; the JSON only, but the
+#: delivery ratio and duplicates, in the table).
+DELIVERY: Final = (
+    "sent",
+    "delivered",
+    "delivery_ratio",
+    "duplicates",
+    "latency_p50",
+    "latency_p99",
+    "hops_mean",
+)
+#: The control frames counted in "control in/h".
+CONTROL: Final = (
+    "announces_received",
+    "interests_received",
+    "tree_offers_received",
+    "dht_received",
+)
 
 
 # -- measuring, in a process of its own ----------------------------------------------
@@ -144,6 +176,10 @@ class Run:
     warmup: float
     fidelity: str
     seed: int
+    #: The routing design: flooded announces (False), or the tree with announces going
+    #: ``announce_radius`` hops (None: as far as flooding takes them).
+    tree: bool = False
+    announce_radius: int | None = None
 
 
 async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -151,7 +187,8 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
     before = rss_bytes()
     started = time.perf_counter()
     baseline: dict[str, NodeStatistics] = {}
-    config = NodeConfig(store_sync=False)  # as run_scenario: a crash never loses the disk
+    # As run_scenario: a crash never loses the disk.
+    config = NodeConfig(store_sync=False, tree=run.tree, announce_radius=run.announce_radius)
     async with open_simulation(
         seed=run.seed, data_dir=data_dir, config=config, fidelity=run.fidelity
     ) as sim:
@@ -173,6 +210,14 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
             nursery.cancel_scope.cancel()
         window = sim.now - run.warmup
         result = per_node(sim, baseline, window)
+        report = sim.report(scenario=run.scenario)
+        result.update({key: getattr(report, key) for key in DELIVERY})
+        if report.chirp is not None:
+            result.update(
+                posts_delivery_ratio=report.chirp.delivery_ratio,
+                posts_duplicates=report.chirp.duplicates,
+                posts_lost=report.chirp.lost,
+            )
         result.update(
             kib_per_node=(rss_bytes() - before) / run.nodes / 1024,
             store_kib_per_node=tree_bytes(data_dir) / run.nodes / 1024,
@@ -191,11 +236,15 @@ def per_node(sim: Simulation, baseline: dict[str, NodeStatistics], window: float
         "announces_received_per_hour": [],
         "announces_sent_per_hour": [],
         "interests_received_per_hour": [],
+        "tree_offers_received_per_hour": [],
+        "dht_received_per_hour": [],
     }
+    control: list[float] = []
     tables: dict[str, list[float]] = {
         "routes_known": [],
         "route_candidates": [],
         "interests_held": [],
+        "coordinates_held": [],
         "neighbours": [],
     }
     up: list[SimNode] = [node for node in sim.nodes.values() if node.up]
@@ -204,15 +253,16 @@ def per_node(sim: Simulation, baseline: dict[str, NodeStatistics], window: float
         for key in rates:
             counter = key.removesuffix("_per_hour")
             rates[key].append((getattr(now, counter) - getattr(then, counter)) / hours)
+        control.append(sum(getattr(now, c) - getattr(then, c) for c in CONTROL) / hours)
         # No accessor for the tables' sizes: read them off the node's router.
         router = sim_node.node.mesh.router
         tables["routes_known"].append(len(router.table))
         tables["route_candidates"].append(len(router.table.all_routes()))
         tables["interests_held"].append(len(router.interests))
+        tables["coordinates_held"].append(router.coordinates_held)
         tables["neighbours"].append(len(router.links))
-    return {key: spread(values) for key, values in {**rates, **tables}.items()} | {
-        "nodes_up": len(up)
-    }
+    figures = {**rates, "control_received_per_hour": control, **tables}
+    return {key: spread(values) for key, values in figures.items()} | {"nodes_up": len(up)}
 
 
 def one(run: Run) -> dict[str, Any]:
@@ -246,7 +296,7 @@ def spawn(run: Run) -> dict[str, Any]:
 
 def table(rows: Sequence[dict[str, Any]], out: IO[str]) -> None:
     """One line per row: N, wall time, then each cost's median and max over nodes."""
-    heads = ["label", "N", "NATed", "wall s"]
+    heads = ["label", "N", "NATed", "wall s", "delivered"]
     heads += [f"{heading} med/max" for _, heading, _, _ in COSTS]
     heads += ["KiB/node"]
     lines = [heads]
@@ -256,9 +306,13 @@ def table(rows: Sequence[dict[str, Any]], out: IO[str]) -> None:
             f"{row['nodes']:,}",
             f"{row['natted']:,}",
             f"{row['wall_s']:,.0f}",
+            _ratio(row),
         ]
         for key, _, _, _ in COSTS:
-            cells.append(f"{row[key]['median']:,.0f} / {row[key]['max']:,.0f}")
+            if key in row:
+                cells.append(f"{row[key]['median']:,.0f} / {row[key]['max']:,.0f}")
+            else:  # a row saved before this figure was measured
+                cells.append("-")
         cells.append(f"{row['kib_per_node']:,.0f}")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(heads))]
@@ -287,10 +341,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> str | None:
     ]
     figures.append(("memory per node: RSS growth / N", "KiB", _memory))
     figures.append(("wall time of the run (set-up included)", "seconds", _wall))
-    figure, axes = pyplot.subplots(2, 3, figsize=(13, 7.5), layout="constrained")
+    figure, axes = pyplot.subplots(2, 4, figsize=(17, 7.5), layout="constrained")
+    for spare in list(axes.flat)[len(figures) :]:
+        spare.set_visible(False)
     labels = list(dict.fromkeys(str(row["label"]) for row in rows))
     colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
-    for axis, (title, unit, value) in zip(axes.flat, figures, strict=True):
+    for axis, (title, unit, value) in zip(axes.flat, figures, strict=False):
         for index, label in enumerate(labels):
             mine = sorted((row for row in rows if row["label"] == label), key=_count)
             counts = [row["nodes"] for row in mine]
@@ -325,12 +381,23 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> str | None:
     return None
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    """Messages delivered of those that did not expire, and duplicates if any."""
+    ratio = row.get("delivery_ratio")
+    if ratio is None:
+        return "-"
+    dups = row.get("duplicates", 0)
+    return f"{100 * ratio:.2f}%" + (f" ({dups} dup)" if dups else "")
+
+
 def _count(row: dict[str, Any]) -> int:
     count: int = row["nodes"]
     return count
 
 
 def _median_max(key: str, row: dict[str, Any]) -> tuple[float, float | None]:
+    if key not in row:  # a row saved before this figure was measured
+        return 0.0, None
     return row[key]["median"], row[key]["max"]
 
 
@@ -383,6 +450,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--tree",
+        action="store_true",
+        help="nodes build the tree and route greedily where they know no route (--tree)",
+    )
+    parser.add_argument(
+        "--announce-radius",
+        type=int,
+        metavar="HOPS",
+        help="with --tree: how far announces go (default: the hop limit)",
+    )
+    parser.add_argument(
         "--label", default="flood", help="names this run's rows (the routing design measured)"
     )
     parser.add_argument("--plot", type=Path, default=Path("scale.png"), help="PNG to write")
@@ -401,6 +479,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(
             f"--warmup ({args.warmup:g} s) must end before --duration ({args.duration:g} s)"
         )
+    if args.announce_radius is not None and not args.tree:
+        parser.error("--announce-radius needs --tree")
     if not args.nodes and not args.compare:
         parser.error("nothing to do: give --nodes counts or --compare files")
     return args
@@ -426,7 +506,16 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     rows = [row for path in args.compare for row in load(path)]
     for count in args.nodes:
-        run = Run(args.scenario, count, args.duration, args.warmup, args.fidelity, args.seed)
+        run = Run(
+            args.scenario,
+            count,
+            args.duration,
+            args.warmup,
+            args.fidelity,
+            args.seed,
+            tree=args.tree,
+            announce_radius=args.announce_radius,
+        )
         try:
             rows.append({"label": args.label, **spawn(run)})
         except RuntimeError as error:

@@ -56,7 +56,7 @@ from mesh._allowance import Allowances
 from mesh._authority import Authority
 from mesh._calls import CALL_CONTENT_TYPES
 from mesh._dht import Contacts, Records
-from mesh._errors import NoRoute
+from mesh._errors import NoRoute, StoreFull
 from mesh._intake import Admitted
 from mesh._interests import (
     DEFAULT_MAX_INTERESTS,
@@ -124,6 +124,21 @@ DHT_BURST: Final = 32
 DHT_REFILL_MS: Final = 250
 DHT_TOTAL_BURST: Final = 256
 DHT_TOTAL_REFILL_MS: Final = 10
+#: Destinations whose coordinates a router keeps for greedy routing, at most (the
+#: oldest learned go first); coordinates a neighbour sends with frames
+#: (:attr:`WireFrame.coords`) it checks at most this fast (bursts, then ms per chain:
+#: a chain costs a signature check per level); a destination held here with no way on
+#: is looked up in the DHT again after this long if the lookup found nothing (twice
+#: as long after each lookup that fails, up to :data:`LOOKUP_RETRY_MAX_MS`, and
+#: :data:`LOOKUP_ATTEMPTS` lookups in all, about an hour: then only a new frame for it
+#: starts them again); and at most this many such destinations wait for one.
+DEFAULT_MAX_COORDINATES: Final = 1024
+HINT_BURST: Final = 64
+HINT_REFILL_MS: Final = 20
+LOOKUP_RETRY_MS: Final = 30_000
+LOOKUP_RETRY_MAX_MS: Final = 5 * 60_000
+LOOKUP_ATTEMPTS: Final = 15
+MAX_WANTED: Final = 1024
 #: A fresher announce of one origin is flooded at most this often: an origin that
 #: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
 #: is answered with our routes at most this often too.
@@ -153,6 +168,21 @@ class RouterConfig:
     tree_root: bool = True
     tree_interval_ms: int = DEFAULT_TREE_INTERVAL_MS
     tree_lifetime_ms: int = DEFAULT_TREE_LIFETIME_MS
+    #: With the tree: how many hops our announces go (None: as far as their hop limit
+    #: lets them); farther nodes are reached greedily by their coordinates, found in
+    #: the DHT. Routes held are those of the nodes this close, and we greet a new
+    #: neighbour with those that reach it within this many hops.
+    announce_radius: int | None = None
+    max_coordinates: int = DEFAULT_MAX_COORDINATES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Wanted:
+    """A destination held here with no way on: when to look it up next, and how many
+    lookups of it were started."""
+
+    retry_at: int
+    attempts: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -305,6 +335,19 @@ class Router:
         #: since (sent at the first tick a flood interval after the last).
         self._offer_sent: dict[crypto.NodeId, int] = {}
         self._offer_later: dict[crypto.NodeId, Offer] = {}
+        #: Greedy routing (with the tree): per destination, its verified coordinates
+        #: and their chain (oldest learned first, at most ``config.max_coordinates``);
+        #: the neighbour the last frame for it went to greedily; the destinations held
+        #: here with no way on, and when a lookup of them may start again; the lookups
+        #: of such destinations running, by id.
+        self._coordinates: dict[crypto.NodeId, tuple[crypto.Coordinates, bytes]] = {}
+        self._greedy_via: dict[crypto.NodeId, crypto.NodeId] = {}
+        self._wanted: dict[crypto.NodeId, _Wanted] = {}
+        self._finding: dict[int, crypto.NodeId] = {}
+        self._hint_allowance = Allowances(burst=HINT_BURST, refill_ms=HINT_REFILL_MS)
+        #: Counters: frames passed on greedily; lookups started for held destinations.
+        self.greedy_forwarded = 0
+        self.route_lookups = 0
         if self.config.tree:
             if identity is None or identity.node_id != local:
                 raise ValueError("a router that builds the tree needs this node's identity")
@@ -333,7 +376,12 @@ class Router:
             return []
         if not self.links.add(node, role):
             return self._tree_role_changed(node, now)
-        return [Greet(node), *self._reroute({node}, now), *self._tree_role_changed(node, now)]
+        return [
+            Greet(node),
+            *self._reroute({node}, now),
+            *self._tree_role_changed(node, now),
+            *self._unhold(now),
+        ]
 
     def remove_neighbour(self, node: crypto.NodeId, role: Role, now: int) -> list[Action]:
         """``node`` lost ``role``; if it is no longer a neighbour, routes via it go."""
@@ -344,7 +392,9 @@ class Router:
         for held in (self._offer_ts, self._offer_sent, self._offer_later):
             held.pop(node, None)
         self._offer_allowance.forget(node)
-        affected = self.table.forget_via(node) | {node}
+        affected = self._via(node) | self.table.forget_via(node)
+        for dst in [d for d, hop in self._greedy_via.items() if hop == node]:
+            del self._greedy_via[dst]
         actions: list[Action] = []
         if self.tree is not None:
             actions += self._paced(self.tree.remove_neighbour(node, now=now), now)
@@ -429,6 +479,8 @@ class Router:
         paced = self._paced(actions, now)
         if self.dht is not None:
             paced += self.dht.introduce(chain, now)  # a contact to start lookups from
+        if self._wanted:
+            paced += self._unhold(now)  # a neighbour's new place may be a way on
         return ACCEPTED, paced
 
     # -- the DHT ----------------------------------------------------------------------
@@ -471,7 +523,9 @@ class Router:
                     f"(bursts of {DHT_TOTAL_BURST}) from everyone together: try later",
                 ), []
             try:
-                return ACCEPTED, list(self.dht.on_message(frame.src, frame.body, now))
+                return ACCEPTED, self._dht_actions(
+                    self.dht.on_message(frame.src, frame.body, now), now
+                )
             except crypto.CryptoError as exc:
                 return Result.for_error(exc), []
         policy = self.config.forward_policy
@@ -486,32 +540,198 @@ class Router:
                 Reason.HOP_LIMIT,
                 f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
             ), []
-        hop = self.next_hop(frame.dst, now, came_from=sender)
+        hop = self.next_hop(frame.dst, now, came_from=sender, coords=admitted.coords)
         if hop is None:
             return Result.rejected(Reason.NO_ROUTE, f"no route to {frame.dst.short} here"), []
-        return ACCEPTED, [Flood((hop,), WireFrame(admitted.hops, admitted.envelope))]
+        wire = WireFrame(admitted.hops, admitted.envelope, coords=admitted.coords)
+        return ACCEPTED, [Flood((hop,), wire)]
 
     # -- routing --------------------------------------------------------------------
 
     def next_hop(
-        self, dst: crypto.NodeId, now: int, *, came_from: crypto.NodeId | None = None
+        self,
+        dst: crypto.NodeId,
+        now: int,
+        *,
+        came_from: crypto.NodeId | None = None,
+        coords: bytes | None = None,
     ) -> crypto.NodeId | None:
-        """Where a frame for ``dst`` goes now; None: nowhere yet (hold it).
+        """Where a frame for ``dst`` goes now; None: nowhere yet (hold it, and tell
+        :meth:`held`).
 
         A usable direct neighbour first; then the best route through a usable neighbour;
-        then the direct neighbour even if DOWN; then any route. Never back to
-        ``came_from``.
+        then, with the tree, the usable neighbour nearest ``dst``'s coordinates if
+        nearer than we are (greedy: by those we hold, or ``coords``, a chain that came
+        with the frame, checked first); then the direct neighbour even if DOWN; then
+        any route. Never back to ``came_from``.
         """
+        return self._route(dst, now, came_from, coords)[0]
+
+    def _route(
+        self,
+        dst: crypto.NodeId,
+        now: int,
+        came_from: crypto.NodeId | None,
+        coords: bytes | None,
+    ) -> tuple[crypto.NodeId | None, bool]:
+        """:meth:`next_hop`, and whether it was chosen greedily."""
         links = self.links
         direct = dst in links and dst != came_from
         if direct and links.usable(dst):
-            return dst
+            return dst, False
         best = self.table.best(dst, now=now, usable=links.usable, avoid=came_from)
         if best is not None and links.usable(best.via):
-            return best.via
+            return best.via, False
+        if self.tree is not None:
+            hop = self._greedy(dst, now, came_from, coords)
+            if hop is not None:
+                return hop, True
         if direct:
-            return dst
-        return best.via if best is not None else None
+            return dst, False
+        return (best.via if best is not None else None), False
+
+    # -- greedy routing ---------------------------------------------------------------
+
+    @property
+    def coordinates_held(self) -> int:
+        """Destinations whose coordinates we hold for greedy routing."""
+        return len(self._coordinates)
+
+    def coordinates_of(self, dst: crypto.NodeId, now: int) -> bytes | None:
+        """The chain of ``dst``'s coordinates we hold (unexpired), to send with frames
+        for it (:attr:`WireFrame.coords`); None if none."""
+        held = self._coordinates.get(dst)
+        return None if held is None or held[0].exp <= now else held[1]
+
+    def _greedy(
+        self,
+        dst: crypto.NodeId,
+        now: int,
+        came_from: crypto.NodeId | None,
+        coords: bytes | None,
+    ) -> crypto.NodeId | None:
+        assert self.tree is not None
+        if coords is not None:
+            self._learn(dst, coords, now, checker=came_from)
+        held = self._coordinates.get(dst)
+        if held is None:
+            return None
+        if held[0].exp <= now:
+            del self._coordinates[dst]
+            return None
+        links = self.links
+        neighbours = {
+            node: place
+            for node, place in self.tree.neighbour_coordinates(now).items()
+            if links.usable(node)
+        }
+        hop = self.tree.next_hop(held[0], neighbours, avoid=came_from)
+        if hop is not None:
+            self._greedy_via[dst] = hop
+        return hop
+
+    def _learn(
+        self, dst: crypto.NodeId, chain: bytes, now: int, *, checker: crypto.NodeId | None
+    ) -> bool:
+        """Keep ``chain`` as ``dst``'s coordinates if it verifies, places ``dst`` and is
+        no older than what we hold. A neighbour's (``checker``) are checked within its
+        allowance (past it, ignored: the frame is held and its destination looked up);
+        ours (None, from the DHT) always."""
+        held = self._coordinates.get(dst)
+        if held is not None and held[1] == chain:
+            return True
+        if checker is not None and not self._hint_allowance.take(checker, now):
+            return False
+        try:
+            coordinates = crypto.CoordChain.parse(chain, now=now)
+        except crypto.CryptoError:
+            return False
+        if coordinates.node != dst or (held is not None and coordinates.ts < held[0].ts):
+            return False
+        self._coordinates.pop(dst, None)
+        while len(self._coordinates) >= self.config.max_coordinates:
+            oldest = next(iter(self._coordinates))
+            del self._coordinates[oldest]
+            self._greedy_via.pop(oldest, None)
+        self._coordinates[dst] = (coordinates, chain)
+        return True
+
+    def held(self, dst: crypto.NodeId, now: int) -> list[Action]:
+        """A frame for ``dst`` is held here with no way on: with the tree, look its
+        coordinates up in the DHT (one lookup per destination at a time; again after
+        :data:`LOOKUP_RETRY_MS` while it is still held). When found, frames for it are
+        rerouted (:class:`Reroute`)."""
+        if self.dht is None or dst == self.local:
+            return []
+        if dst in self._finding.values():
+            return []
+        wanted = self._wanted.pop(dst, None)
+        if wanted is not None and wanted.retry_at > now:
+            self._wanted[dst] = wanted
+            return []
+        attempts = 1 if wanted is None else wanted.attempts + 1
+        while len(self._wanted) >= MAX_WANTED:
+            del self._wanted[next(iter(self._wanted))]
+        wait = min(LOOKUP_RETRY_MS * 2 ** min(attempts - 1, 16), LOOKUP_RETRY_MAX_MS)
+        self._wanted[dst] = _Wanted(now + wait, attempts)
+        held = self._coordinates.get(dst)
+        if held is not None:
+            # A dead end with these (it moved, or the tree is re-forming): ask anew.
+            del self._coordinates[dst]
+        try:
+            lookup, actions = self.dht.find(dst, value=True, now=now)
+        except (NoRoute, StoreFull):
+            return []  # no place of ours yet, or busy: tried again at a tick
+        self.route_lookups += 1
+        self._finding[lookup] = dst
+        return self._dht_actions(actions, now)
+
+    def _dht_actions(self, actions: Sequence[Action], now: int) -> list[Action]:
+        """The DHT's actions, but the ends of our own lookups of held destinations:
+        their coordinates are kept and frames for them rerouted."""
+        out: list[Action] = []
+        for action in actions:
+            if not isinstance(action, LookupDone) or action.lookup_id not in self._finding:
+                out.append(action)
+                continue
+            dst = self._finding.pop(action.lookup_id)
+            if action.value is not None and self._learn(dst, action.value, now, checker=None):
+                out += self._unhold(now, {dst})
+        return out
+
+    def _unhold(self, now: int, only: set[crypto.NodeId] | None = None) -> list[Action]:
+        """Reroute the held destinations (or ``only`` those) that have a way on now."""
+        actions: list[Action] = []
+        for dst in list(self._wanted if only is None else only):
+            if dst not in self._wanted:
+                continue
+            reroute = self.reroute(dst, now)
+            if reroute.next_hop is not None:
+                del self._wanted[dst]
+                actions.append(reroute)
+        return actions
+
+    def _retry_lookups(self, now: int) -> list[Action]:
+        """Look up again the held destinations whose retry time has come (those with a
+        way on now are rerouted instead; those looked up often enough, forgotten)."""
+        due = [dst for dst, wanted in self._wanted.items() if wanted.retry_at <= now]
+        actions: list[Action] = []
+        for dst in due:
+            reroute = self.reroute(dst, now)
+            if reroute.next_hop is not None:
+                del self._wanted[dst]
+                actions.append(reroute)
+            elif self._wanted[dst].attempts >= LOOKUP_ATTEMPTS:
+                del self._wanted[dst]
+            else:
+                actions += self.held(dst, now)
+        return actions
+
+    def _via(self, node: crypto.NodeId) -> set[crypto.NodeId]:
+        """Destinations whose frames go through neighbour ``node``: by routes, greedily,
+        and ``node`` itself."""
+        greedy = {dst for dst, hop in self._greedy_via.items() if hop == node}
+        return self.table.destinations_via(node) | greedy | {node}
 
     def classify(
         self, admitted: Admitted, sender: crypto.NodeId | None, now: int
@@ -551,7 +771,9 @@ class Router:
                 Reason.HOP_LIMIT,
                 f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
             )
-        return Forward(self.next_hop(frame.dst, now, came_from=sender))
+        hop, greedy = self._route(frame.dst, now, sender, admitted.coords)
+        self.greedy_forwarded += greedy
+        return Forward(hop)
 
     # -- publish/subscribe ----------------------------------------------------------
 
@@ -589,7 +811,9 @@ class Router:
         held: list[crypto.NodeId] = []
         for node in sorted(subscribers, key=lambda n: n.raw):
             # Never straight back: the best way that does not go through the sender.
-            hop = self.next_hop(node, now, came_from=sender)
+            # A copy for one subscriber may bring its coordinates.
+            coords = admitted.coords if admitted.to == (node,) else None
+            hop = self.next_hop(node, now, came_from=sender, coords=coords)
             if hop is not None:
                 by_hop.setdefault(hop, []).append(node)
             elif (
@@ -847,11 +1071,12 @@ class Router:
         """The announces of the best route to each destination, for new neighbour
         ``node`` (not those of ``node`` itself, nor routes learned through it)."""
         frames = []
+        radius = self.config.announce_radius or crypto.MAX_HOPS + 1
         for dst in self.table:
             if dst == node:
                 continue
             best = self.table.best(dst, now=now, usable=self.links.usable, avoid=node)
-            if best is not None and best.announce:
+            if best is not None and best.announce and best.hops < radius:
                 frames.append(WireFrame(best.hops, best.announce))
         # And the interests held (tombstones too: a neighbour back from a restart must
         # hear of an unsubscription it missed), but not those of ``node`` itself.
@@ -867,7 +1092,7 @@ class Router:
     def sent_ok(self, node: crypto.NodeId, now: int) -> list[Action]:
         """A batch to ``node`` was answered: the link is up."""
         if self.links.succeeded(node, now):
-            return self._reroute(self.table.destinations_via(node) | {node}, now)
+            return self._reroute(self._via(node), now) + self._unhold(now)
         return []
 
     def send_failed(
@@ -877,7 +1102,7 @@ class Router:
         wait, went_down = self.links.failed(node, now, problem, retry_after_ms=retry_after_ms)
         if not went_down:
             return wait, []
-        return wait, self._reroute(self.table.destinations_via(node) | {node}, now)
+        return wait, self._reroute(self._via(node), now)
 
     def heard_from(self, node: crypto.NodeId, now: int) -> list[Action]:
         """``node`` sent us something: wake its forwarder if it was backing off."""
@@ -887,7 +1112,7 @@ class Router:
             return []
         actions: list[Action] = [Wake(node)]
         if was_down:
-            actions += self._reroute(self.table.destinations_via(node) | {node}, now)
+            actions += self._reroute(self._via(node), now) + self._unhold(now)
         return actions
 
     def tick(self, now: int) -> list[Action]:
@@ -933,8 +1158,10 @@ class Router:
         if self.tree is not None:
             actions += self._paced(self.tree.tick(now), now)
         if self.dht is not None:
-            actions += self.dht.tick(now)
+            actions += self._dht_actions(self.dht.tick(now), now)
+            actions += self._retry_lookups(now)
             self._dht_allowance.prune(now)
+            self._hint_allowance.prune(now)
         if self.tree is not None:
             for node in sorted(self._offer_later, key=lambda n: n.raw):
                 if now - self._offer_sent.get(node, 0) >= self.config.flood_interval_ms:
@@ -950,7 +1177,11 @@ class Router:
         return Reroute(dst, hop, instead)
 
     def _reroute(self, destinations: set[crypto.NodeId], now: int) -> list[Action]:
-        return [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
+        actions = [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
+        for reroute in actions:
+            if reroute.next_hop is not None:
+                self._wanted.pop(reroute.dst, None)
+        return list(actions)
 
     # -- views ----------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ class Admitted:
     envelope: bytes
     hops: int
     to: tuple[crypto.NodeId, ...] = ()
+    #: The destination's coordinates the previous hop sent with it
+    #: (:attr:`WireFrame.coords`): not checked yet.
+    coords: bytes | None = None
 
 
 def admit(wire: WireFrame, *, now: int) -> Admitted | Result:
@@ -38,4 +41,4 @@ def admit(wire: WireFrame, *, now: int) -> Admitted | Result:
         return Result.rejected(
             Reason.HOP_LIMIT, f"frame has made {wire.hops} hops, its origin allows {frame.hops}"
         )
-    return Admitted(frame, wire.envelope, wire.hops + 1, wire.to)
+    return Admitted(frame, wire.envelope, wire.hops + 1, wire.to, wire.coords)

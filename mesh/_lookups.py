@@ -18,8 +18,10 @@ asker and echoed in the answer; chains are a :class:`crypto.CoordChain`'s wire f
 ``find``     ``{op, q, key, value: bool, from}``: the k contacts nearest ``key`` and,
              with ``value``, the coordinates of ``key`` if held. ``from`` is the
              asker's chain: the answer is routed back by it, and the asker learned
-``found``    ``{op, q, nodes: [[id, chain], ...], value?}``: at most
-             :data:`MAX_FOUND_NODES` (we send k), each with its coordinates
+``found``    ``{op, q, nodes: [[id, chain], ...], value?, from?}``: at most
+             :data:`MAX_FOUND_NODES` (we send k, those whose chains are unexpired),
+             each with its coordinates; ``from``, the answerer's own now (the
+             asker keeps them: the ones it asked by may be about to expire)
 ``store``    ``{op, q, key, value, ttl}``: keep ``value``, the coordinates of ``key``,
              for ``ttl`` ms (cut to the chain's expiry)
 ``stored``   ``{op, q}``
@@ -68,6 +70,7 @@ So the queries pending are bounded, and each lapses after ``timeout_ms``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -135,6 +138,8 @@ DEFAULT_QUERY_TIMEOUT_MS: Final = 10_000
 #: Lookups :meth:`Dht.find` may have running at once: a node looks up destinations as it
 #: starts talking to them, and caches what it finds.
 DEFAULT_MAX_LOOKUPS: Final = 64
+#: Contacts pinged per tick to renew their coordinates (the rest at later ticks).
+MAX_RENEWALS: Final = 8
 #: Lookups of our own running at once: one publication and a few bucket refreshes (more
 #: wait for the next tick).
 MAX_BACKGROUND_LOOKUPS: Final = 8
@@ -164,11 +169,13 @@ class DhtFind:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DhtFound:
-    """The answer to :class:`DhtFind`: contacts with their chains, and the value if held."""
+    """The answer to :class:`DhtFind`: contacts with their chains, and the value if held;
+    ``sender_chain``, the answerer's own coordinates now (``from``), if it has any."""
 
     q: bytes
     nodes: tuple[tuple[crypto.NodeId, bytes], ...] = dataclasses.field(repr=False)
     value: bytes | None = dataclasses.field(default=None, repr=False)
+    sender_chain: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,9 +205,11 @@ class DhtPing:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DhtPong:
-    """The answer to :class:`DhtPing`."""
+    """The answer to :class:`DhtPing`; ``sender_chain``, the answerer's coordinates now
+    (``from``), if it has any."""
 
     q: bytes
+    sender_chain: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -226,11 +235,11 @@ DhtMessage = (
 # op -> (required keys, optional keys), "op" and "q" included.
 _SHAPES: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     "find": (frozenset({"op", "q", "key", "value", "from"}), frozenset()),
-    "found": (frozenset({"op", "q", "nodes"}), frozenset({"value"})),
+    "found": (frozenset({"op", "q", "nodes"}), frozenset({"value", "from"})),
     "store": (frozenset({"op", "q", "key", "value", "ttl"}), frozenset()),
     "stored": (frozenset({"op", "q"}), frozenset()),
     "ping": (frozenset({"op", "q", "from"}), frozenset()),
-    "pong": (frozenset({"op", "q"}), frozenset()),
+    "pong": (frozenset({"op", "q"}), frozenset({"from"})),
     "refused": (frozenset({"op", "q", "why"}), frozenset()),
 }
 
@@ -246,18 +255,22 @@ def encode_message(message: DhtMessage) -> bytes:
     match message:
         case DhtFind(q, key, value, sender_chain):
             fields = {"op": "find", "q": q, "key": key.raw, "value": value, "from": sender_chain}
-        case DhtFound(q, nodes, value):
+        case DhtFound(q, nodes, value, sender_chain):
             fields = {"op": "found", "q": q, "nodes": [[node.raw, chain] for node, chain in nodes]}
             if value is not None:
                 fields["value"] = value
+            if sender_chain is not None:
+                fields["from"] = sender_chain
         case DhtStore(q, key, value, ttl_ms):
             fields = {"op": "store", "q": q, "key": key.raw, "value": value, "ttl": ttl_ms}
         case DhtStored(q):
             fields = {"op": "stored", "q": q}
         case DhtPing(q, sender_chain):
             fields = {"op": "ping", "q": q, "from": sender_chain}
-        case DhtPong(q):
+        case DhtPong(q, sender_chain):
             fields = {"op": "pong", "q": q}
+            if sender_chain is not None:
+                fields["from"] = sender_chain
         case DhtRefused(q, why):
             fields = {"op": "refused", "q": q, "why": why[:MAX_WHY_LENGTH]}
         case DhtUnknownOp(_, op):
@@ -317,9 +330,12 @@ def decode_message(body: bytes) -> DhtMessage:
                 q, _node(item["key"], op, "key"), value, _chain(item["from"], op, "from")
             )
         case "found":
-            raw = item.get("value")
+            raw, own = item.get("value"), item.get("from")
             return DhtFound(
-                q, _nodes(item["nodes"]), None if raw is None else _chain(raw, op, "value")
+                q,
+                _nodes(item["nodes"]),
+                None if raw is None else _chain(raw, op, "value"),
+                None if own is None else _chain(own, op, "from"),
             )
         case "store":
             ttl = item["ttl"]
@@ -339,7 +355,8 @@ def decode_message(body: bytes) -> DhtMessage:
         case "ping":
             return DhtPing(q, _chain(item["from"], op, "from"))
         case "pong":
-            return DhtPong(q)
+            own = item.get("from")
+            return DhtPong(q, None if own is None else _chain(own, op, "from"))
         case _:  # "refused"
             why = item["why"]
             if not isinstance(why, str):
@@ -580,9 +597,9 @@ class Dht:
     ) -> tuple[int, list[DhtAction]]:
         chains: dict[crypto.NodeId, bytes] = {}
         for node in self.contacts.nearest(key, self.k):
-            contact = self.contacts.get(node)
-            if contact is not None and contact.info is not None:
-                chains[node] = contact.info
+            chain = self._chain_of(node)
+            if chain is not None and self._usable(chain, now):
+                chains[node] = chain
         lookup = Lookup(
             key,
             chains,
@@ -651,6 +668,31 @@ class Dht:
         self.records.expire(now)
         actions += self._publish(now)
         actions += self._refresh(now)
+        actions += self._renew(now)
+        return actions
+
+    def _renew(self, now: int) -> list[DhtAction]:
+        """Ping the contacts whose coordinates are in the last third of their life (at
+        most :data:`MAX_RENEWALS` per tick, one ping in flight each): the pong brings
+        their coordinates now, so a contact stays reachable however long it lives."""
+        if self._chain is None:
+            return []
+        pinged = {p.dst for p in self._queries.values() if p.kind is _Kind.PING}
+        actions: list[DhtAction] = []
+        for contact in self.contacts:
+            if len(actions) >= MAX_RENEWALS:
+                break
+            chain = contact.info
+            if chain is None or contact.node in pinged:
+                continue
+            try:
+                checked = self._verify(chain, now)
+            except crypto.CryptoError:
+                continue  # too late: it is found again by lookups, or replaced
+            if checked.exp - now > (checked.exp - checked.ts) // 3:
+                continue
+            q = self._query(_Kind.PING, contact.node, chain, now, None)
+            actions.append(DhtSend(contact.node, chain, encode_message(DhtPing(q, self._chain))))
         return actions
 
     def _failed(self, pending: _Pending, now: int) -> list[DhtAction]:
@@ -672,9 +714,11 @@ class Dht:
     def _publish(self, now: int) -> list[DhtAction]:
         if self._chain is None or self._publishing is not None:
             return []
+        # Stored again at the same nodes while they are k (fewer: found when we knew
+        # few contacts, they are likely not the nearest our id: look again).
         fresh = (
             self._published is not None
-            and bool(self._holders)
+            and len(self._holders) >= self.k
             and now - self._published < self.republish_ms
         )
         if fresh and not self._publish_due:
@@ -698,7 +742,8 @@ class Dht:
         except crypto.CryptoError:
             return []  # (expired: the tree gives us a fresh one, and we publish that)
         actions: list[DhtAction] = []
-        for node, node_chain in holders:
+        for node, known in holders:
+            node_chain = self._newest(node, known, now)
             q = self._query(_Kind.STORE, node, node_chain, now, None)
             body = encode_message(
                 DhtStore(q, self.id, chain, min(ttl, crypto.MAX_GRANT_LIFETIME_MS))
@@ -763,12 +808,12 @@ class Dht:
                 value = record.value
         nodes: list[tuple[crypto.NodeId, bytes]] = []
         for node in self.contacts.nearest(message.key, self.k, exclude=[sender]):
-            contact = self.contacts.get(node)
-            if contact is not None and contact.info is not None:
-                nodes.append((node, contact.info))
+            chain = self._chain_of(node)
+            if chain is not None and self._usable(chain, now):
+                nodes.append((node, chain))
         while True:  # fewer nodes if it would not fit (chains deeper than ours are)
             try:
-                body = encode_message(DhtFound(message.q, tuple(nodes), value))
+                body = encode_message(DhtFound(message.q, tuple(nodes), value, self._chain))
                 break
             except crypto.TooLarge:
                 if not nodes:
@@ -781,7 +826,8 @@ class Dht:
         if (why := self._asker(sender, message.sender_chain, now, "ping")) is not None:
             return [self._refuse(sender, message.q, why, chain=None)]
         actions = self._seen(sender, message.sender_chain, now)
-        actions.append(DhtSend(sender, message.sender_chain, encode_message(DhtPong(message.q))))
+        pong = DhtPong(message.q, self._chain)
+        actions.append(DhtSend(sender, message.sender_chain, encode_message(pong)))
         return actions
 
     def _on_store(self, sender: crypto.NodeId, message: DhtStore, now: int) -> list[DhtAction]:
@@ -822,9 +868,22 @@ class Dht:
         del self._queries[message.q]
         if pending.kind is _Kind.PING:
             self.contacts.probe_answered(sender, now)
+        # What we asked it by may be older than what we have heard of it since.
+        chain = self._newest(sender, pending.chain, now)
+        if isinstance(message, DhtFound | DhtPong) and message.sender_chain is not None:
+            # Its coordinates now: those we asked it by may be about to expire.
+            fresh = message.sender_chain
+            with contextlib.suppress(crypto.CryptoError):
+                if self._verify(fresh, now).node == sender:
+                    chain = self._newer(chain, fresh, now)
+        if pending.kind is _Kind.PING:
+            if self.contacts.get(sender) is not None:
+                self.contacts.seen(sender, now, info=chain)
             return []
-        actions = self._seen(sender, pending.chain, now)
+        actions = self._seen(sender, chain, now)
         running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
+        if running is not None and sender in running.chains:
+            running.chains[sender] = chain
         if running is None:
             return actions  # a store's answer, or a lookup that ended meanwhile
         if isinstance(message, DhtFound):
@@ -873,7 +932,9 @@ class Dht:
         """:meth:`crypto.CoordChain.parse`, remembered (by digest) until the chain expires."""
         digest = hashlib.sha256(chain).digest()
         held = self._verified.get(digest)
-        if held is not None and held.exp > now:
+        if held is not None:
+            if held.exp <= now:
+                raise crypto.Expired(f"the coordinates of {held.node.short} have expired")
             return held
         coordinates = crypto.CoordChain.parse(chain, now=now)
         if len(self._verified) >= _MAX_VERIFIED:
@@ -896,6 +957,34 @@ class Dht:
             return []  # it cannot answer us: the contacts ask again after their interval
         q = self._query(_Kind.PING, probe.node, contact.info, now, None)
         return [DhtSend(probe.node, contact.info, encode_message(DhtPing(q, self._chain)))]
+
+    def _newest(self, node: crypto.NodeId, chain: bytes, now: int) -> bytes:
+        """Of ``chain`` and the one ``node``'s contact holds, the newer."""
+        held = self._chain_of(node)
+        return chain if held is None else self._newer(held, chain, now)
+
+    def _newer(self, held: bytes, chain: bytes, now: int) -> bytes:
+        """Of two chains of one node, the newer (``held`` on a tie); one that does not
+        verify (any more) loses."""
+        if held == chain:
+            return held
+        try:
+            held_ts = self._verify(held, now).ts
+        except crypto.CryptoError:
+            return chain
+        try:
+            return chain if self._verify(chain, now).ts > held_ts else held
+        except crypto.CryptoError:
+            return held
+
+    def _usable(self, chain: bytes, now: int) -> bool:
+        """Whether ``chain`` (a contact's, verified when it was taken) is unexpired: a
+        node can be reached by it, so it may be queried or passed on."""
+        try:
+            self._verify(chain, now)
+        except crypto.CryptoError:
+            return False
+        return True
 
     def _chain_of(self, node: crypto.NodeId) -> bytes | None:
         contact = self.contacts.get(node)

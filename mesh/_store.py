@@ -494,10 +494,12 @@ class Queued:
     size: int
     envelope: bytes
     to: tuple[crypto.NodeId, ...] = ()
+    #: The destination's coordinates to send with it (not stored: the router's).
+    coords: bytes | None = None
 
     @property
     def wire(self) -> WireFrame:
-        return WireFrame(self.hops, self.envelope, self.to)
+        return WireFrame(self.hops, self.envelope, self.to, self.coords)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1571,13 +1573,15 @@ class Store:
         now: int,
         named: Sequence[str] = (),
         to: Sequence[tuple[crypto.NodeId, ...]] = (),
+        held: Sequence[crypto.NodeId] = (),
         idempotent: Idempotent | None = None,
     ) -> Write[Idempotent | None]:
         """Take custody of a publication this node made, in one transaction: enter it
         in the seen-set (a copy coming back is a duplicate), deliver it to our inbox if
-        ``deliver`` (a local subscription matches), and queue a copy for each of
-        ``next_hops``. No trace is kept (a pub has no one destination, and no receipts):
-        :meth:`trace` of its id is None.
+        ``deliver`` (a local subscription matches), queue a copy for each of
+        ``next_hops``, and hold one for each of ``held`` (subscribers with no way to them
+        yet: :meth:`Outgoing.held_for`). No trace is kept (a pub has no one destination,
+        and no receipts): :meth:`trace` of its id is None.
 
         Raises :class:`MeshError` if the frame is not a ``pub`` or was taken already,
         :class:`StoreFull` if a quota would be passed (nothing taken).
@@ -1596,7 +1600,8 @@ class Store:
             if idempotent is not None and (recorded := self._recorded(idempotent, now)):
                 return recorded
             added = self._fan_out(
-                Admitted(frame, envelope, 0), Fanout(deliver, tuple(hops), tuple(to)),
+                Admitted(frame, envelope, 0),
+                Fanout(deliver, tuple(hops), tuple(to), tuple(held)),
                 came_from=None,
                 now=now, usage=usage, named=named,
             )  # fmt: skip
@@ -1870,16 +1875,16 @@ class Store:
 
         return self._read(work)
 
-    def copies_of(self, origin: crypto.NodeId, frame_id: bytes) -> list[crypto.NodeId]:
+    def copies_of(self, origin: crypto.NodeId, frame_id: bytes) -> list[crypto.NodeId | None]:
         """The next hops that copies of publication (``origin``, ``frame_id``) are still
-        queued for, oldest copy first."""
+        queued for, oldest copy first; None for a copy held here with no next hop yet."""
 
-        def work() -> list[crypto.NodeId]:
+        def work() -> list[crypto.NodeId | None]:
             rows = self._db.execute(
                 "SELECT next_hop FROM queue WHERE src = ? AND id = ? AND kind = 'pub' ORDER BY seq",
                 (origin.raw, frame_id),
             ).fetchall()
-            return [crypto.NodeId(row[0]) for row in rows]
+            return [None if row[0] is None else crypto.NodeId(row[0]) for row in rows]
 
         return self._read(work)
 

@@ -2,7 +2,11 @@
 
 Request body (``application/cbor-seq``, RFC 8742): one CBOR item per frame,
 ``[hops, envelope]``: the hops the frame has made so far (outside the signature: it is
-per-hop data) and the frame's COSE_Sign1 bytes.
+per-hop data) and the frame's COSE_Sign1 bytes; ``[hops, envelope, to]`` for a copy of a
+publication meant for some subscribers only; ``[hops, envelope, to, coords]`` (``to``
+empty when it is not such a copy) with the destination's tree coordinates, a
+:class:`crypto.CoordChain`, so that a node with no route to it passes it on greedily
+(docs/routing-at-scale.md). Per-hop data too: each node checks the chain before using it.
 
 Response body (``application/cbor``): one array with a result per frame, in order:
 ``["accepted"]``, ``["duplicate"]`` or ``["rejected", code, words]``. "accepted" and
@@ -128,17 +132,24 @@ class WireFrame:
     hops: int
     envelope: bytes
     to: tuple[crypto.NodeId, ...] = ()
+    #: The destination's coordinates (a :class:`crypto.CoordChain`'s wire form), for a
+    #: node with no route to it: per hop, outside the signature, checked before use.
+    coords: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 def encode_frames(frames: Iterable[WireFrame]) -> bytes:
     """The request body for ``frames``: ``[hops, envelope]`` each, or
-    ``[hops, envelope, to]`` with ``to`` the subscriber ids concatenated."""
-    return b"".join(
-        _cbor.encode(
-            [f.hops, f.envelope, b"".join(n.raw for n in f.to)] if f.to else [f.hops, f.envelope]
-        )
-        for f in frames
-    )
+    ``[hops, envelope, to]`` with ``to`` the subscriber ids concatenated, or
+    ``[hops, envelope, to, coords]``."""
+    return b"".join(_cbor.encode(_item(f)) for f in frames)
+
+
+def _item(f: WireFrame) -> list[Any]:
+    if f.coords is not None:
+        return [f.hops, f.envelope, b"".join(n.raw for n in f.to), f.coords]
+    if f.to:
+        return [f.hops, f.envelope, b"".join(n.raw for n in f.to)]
+    return [f.hops, f.envelope]
 
 
 def decode_frames(
@@ -159,13 +170,24 @@ def decode_frames(
 
 
 def _wire_frame(item: Any, index: int) -> WireFrame | Result:
-    if not isinstance(item, list) or len(item) not in (2, 3):
+    if not isinstance(item, list) or len(item) not in (2, 3, 4):
         return Result.rejected(
-            Reason.MALFORMED, f"frame {index} is not [hops, envelope] or [hops, envelope, to]"
+            Reason.MALFORMED,
+            f"frame {index} is not [hops, envelope], [hops, envelope, to] "
+            "or [hops, envelope, to, coords]",
         )
     hops, envelope = item[0], item[1]
     to: tuple[crypto.NodeId, ...] = ()
-    if len(item) == 3:
+    coords: bytes | None = None
+    if len(item) == 4:
+        coords = item[3]
+        if not isinstance(coords, bytes) or not 0 < len(coords) <= crypto.MAX_COORD_CHAIN_SIZE:
+            return Result.rejected(
+                Reason.MALFORMED,
+                f"frame {index}: 'coords' must be a coordinate chain of 1.."
+                f"{crypto.MAX_COORD_CHAIN_SIZE} bytes",
+            )
+    if len(item) >= 3 and (len(item) == 3 or item[2] != b""):
         ids = item[2]
         size = _NODE_ID_SIZE
         if (
@@ -186,7 +208,7 @@ def _wire_frame(item: Any, index: int) -> WireFrame | Result:
         )
     if not isinstance(envelope, bytes):
         return Result.rejected(Reason.MALFORMED, f"frame {index}: envelope is not bytes")
-    return WireFrame(hops, envelope, to)
+    return WireFrame(hops, envelope, to, coords)
 
 
 def encode_results(results: Sequence[Result]) -> bytes:

@@ -947,6 +947,7 @@ class Cli:
             relay=RelayConfig(policy=self.args.relay_policy),
             forward_policy=self.args.forward,
             tree=self.args.tree,
+            announce_radius=self.args.announce_radius,
             admission=self.args.admission,
             inbox_policy=self.args.inbox_policy,
             announce_interval=float(self.args.announce_interval),
@@ -2302,8 +2303,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tree",
         action="store_true",
-        help="build the spanning tree with the neighbours (coordinates for routing at "
-        "scale; routes still come from flooded announces)",
+        help="build the spanning tree with the neighbours and take part in the DHT of "
+        "coordinates: frames for nodes no route is known to go greedily by their coordinates",
+    )
+    run.add_argument(
+        "--announce-radius",
+        type=int,
+        metavar="HOPS",
+        help="with --tree: how many hops this node's announces go (default: as far as the hop "
+        "limit); nodes farther off are reached by their coordinates",
     )
     run.add_argument(
         "--admission",

@@ -46,6 +46,9 @@ __all__ = ["STARTING", "MeshConfig", "MeshRuntime", "NodeStatistics"]
 #: Why frames are refused (503) until :attr:`MeshRuntime.ready`.
 STARTING: Final = "node is starting: its routes and interests are not loaded yet"
 
+#: Kinds of frames routed to their destination (a publication's copies go by interests).
+_ROUTED: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
+
 log = logging.getLogger("ptth.node")
 
 #: Frames verified inline; a bigger batch is verified in a worker thread (the GIL is
@@ -356,6 +359,8 @@ class MeshRuntime:
                     for node in (hop, instead):
                         if node is not None:
                             self._forwarder(node).poke()
+                    if hop is None:
+                        await self._apply(self.router.held(dst, self.clock()))
                 self._routes_dirty.set()
             elif isinstance(action, mesh.Flood):
                 for node in action.to:
@@ -402,7 +407,7 @@ class MeshRuntime:
         """A ``dht`` frame to ``send.dst``, to its next hop now (control traffic: with no
         route it is dropped, and the lookup that sent it sees a timeout)."""
         now = self.clock()
-        hop = self.router.next_hop(send.dst, now)
+        hop = self.router.next_hop(send.dst, now, coords=send.dst_chain)
         if hop is None:
             self.statistics.dht_unroutable += 1
             return
@@ -417,7 +422,10 @@ class MeshRuntime:
             body=send.body,
         )
         self.statistics.dht_sent += 1
-        self._forwarder(hop).add_control([mesh.WireFrame(0, frame.seal(self.identity))])
+        coords = None if hop == send.dst else send.dst_chain
+        self._forwarder(hop).add_control(
+            [mesh.WireFrame(0, frame.seal(self.identity), coords=coords)]
+        )
 
     async def find_coordinates(self, node: crypto.NodeId) -> crypto.Coordinates | None:
         """Look ``node``'s coordinates up in the DHT (``--tree``); None if the lookup
@@ -555,7 +563,7 @@ class MeshRuntime:
             id=self.new_id(),
             ts=self._announced[0],
             exp=now + self.config.router.route_ttl_ms,
-            hops=self.config.hops,
+            hops=self.config.router.announce_radius or self.config.hops,
             body=self.own_address().envelope,
             hello=True if hello else None,
         )
@@ -717,6 +725,7 @@ class MeshRuntime:
                 now=now,
                 named=named,
                 to=decision.to,
+                held=decision.held,
                 idempotent=record,
             )
         )
@@ -727,6 +736,8 @@ class MeshRuntime:
         for hop in decision.next_hops:
             self._forwarder(hop).poke()
         self.statistics.publications_forwarded += len(decision.next_hops)
+        if decision.held:
+            await self._apply(self._held(decision.held, now))
         if decision.deliver:
             self._hand_over(frame, hops=0, now=now)
         return published
@@ -813,7 +824,20 @@ class MeshRuntime:
                 self._forwarder(hop).poke(count)
             else:
                 self.statistics.frames_held += 1
+        if None in hops:
+            held = {frame.dst for (frame, _), hop in zip(frames, hops, strict=True) if hop is None}
+            await self._apply(self._held(held, now))
         return hops
+
+    def _held(self, destinations: Iterable[crypto.NodeId | None], now: int) -> list[mesh.Action]:
+        """Frames for ``destinations`` are held here with no way on: the router may
+        look them up (with the tree)."""
+        actions: list[mesh.Action] = []
+        if self.router.tree is not None:
+            for dst in destinations:
+                if dst is not None:
+                    actions += self.router.held(dst, now)
+        return actions
 
     def outcome_event(self, frame_id: bytes) -> trio.Event:
         """An event set when a receipt (or a drop here) settles frame ``frame_id``."""
@@ -846,6 +870,17 @@ class MeshRuntime:
         batch: list[mesh.Queued] = await self.run_blocking(
             lambda: self.store.batch(node, now=now, limit=limit, after=after)
         )
+        if self.router.tree is not None:
+            # Frames for nodes beyond the neighbour go with their coordinates, if we
+            # hold them: it may have no route to them but pass them on greedily.
+            coordinates_of = self.router.coordinates_of
+            for index, item in enumerate(batch):
+                # A message or receipt, or a copy of a publication held for one
+                # subscriber (addressed to it), going beyond the neighbour.
+                if item.dst != node and (item.kind in _ROUTED or item.to == (item.dst,)):
+                    chain = coordinates_of(item.dst, now)
+                    if chain is not None:
+                        batch[index] = dataclasses.replace(item, coords=chain)
         return batch
 
     async def handed_on(
@@ -1058,6 +1093,7 @@ class MeshRuntime:
         stored_iter = iter(zip(intakes, stored, strict=True))
         final: list[mesh.Result] = []
         wake: collections.Counter[crypto.NodeId] = collections.Counter()  # frames per hop
+        held: set[crypto.NodeId | None] = set()  # destinations of frames held here
         delivered = False
         for pending in results:
             if pending is None:
@@ -1070,6 +1106,7 @@ class MeshRuntime:
                 if result.outcome is mesh.Outcome.ACCEPTED:
                     if isinstance(intake.decision, mesh.Fanout):
                         wake.update(intake.decision.next_hops)
+                        held.update(intake.decision.held)
                         self.statistics.publications_forwarded += len(intake.decision.next_hops)
                         if intake.decision.hop_limited:
                             self.statistics.publications_hop_limited += 1
@@ -1086,6 +1123,7 @@ class MeshRuntime:
                     elif isinstance(intake.decision, mesh.Forward):
                         if intake.decision.next_hop is None:
                             self.statistics.frames_held += 1
+                            held.add(intake.admitted.frame.dst)
                         else:
                             wake[intake.decision.next_hop] += 1
                     elif intake.admitted.frame.kind is crypto.Kind.RCPT:
@@ -1116,6 +1154,8 @@ class MeshRuntime:
                             self.statistics.receipts_sent += 1
                             if intake.receipt.next_hop is not None:
                                 wake[intake.receipt.next_hop] += 1
+                            else:
+                                held.add(intake.receipt.dst)
             else:
                 result = pending
             final.append(result)
@@ -1133,6 +1173,8 @@ class MeshRuntime:
             self._forwarder(node).poke(count)
         if delivered:
             self.inbox_grew()
+        if held:
+            actions += self._held(held, now)
         await self._apply(actions)
         if refresh:
             await self.subscriptions.refresh()

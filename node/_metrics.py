@@ -651,6 +651,22 @@ class Metrics:
             "Patterns this node advertises to the mesh for its subscriptions.",
             value=len(runtime.subscriptions.advertised),
         )
+        yield GaugeMetricFamily(
+            "ptth_coordinates_held",
+            "Destinations whose tree coordinates this node holds for greedy routing (--tree).",
+            value=router.coordinates_held,
+        )
+        yield CounterMetricFamily(
+            "ptth_greedy_forwarded",
+            "Frames of other nodes passed on greedily by their destination's "
+            "coordinates, no route to it being known (--tree).",
+            value=router.greedy_forwarded,
+        )
+        yield CounterMetricFamily(
+            "ptth_route_lookups",
+            "DHT lookups of destinations whose frames were held here with no way on (--tree).",
+            value=router.route_lookups,
+        )
 
     def _relay(self, host: MetricsHost) -> Iterator[Metric]:
         attachments = host.relay_service.statistics()

@@ -187,10 +187,13 @@ class NodeConfig:
     #: ``sqlite3.connect(uri=True)``): simulations keep a node's store in memory,
     #: ``file:NAME?mode=memory&cache=shared``, held open across the node's restarts.
     store_uri: str | None = None
-    #: Build the spanning tree with the neighbours (``--tree``): ``crd`` offers, the
-    #: first part of routing at scale (docs/routing-at-scale.md); routing still uses
-    #: the flooded announces.
+    #: Build the spanning tree with the neighbours (``--tree``): ``crd`` offers and the
+    #: DHT of coordinates (docs/routing-at-scale.md); a frame for a node no route is
+    #: known to goes greedily by its coordinates.
     tree: bool = False
+    #: With the tree: how many hops our announces go (``--announce-radius``; None: as
+    #: far as ``hops``). Nodes farther off are found in the DHT and reached greedily.
+    announce_radius: int | None = None
 
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)
@@ -202,6 +205,16 @@ class NodeConfig:
                 f"forward policy {self.forward_policy!r} is not one of {choices}"
             ) from None
         self.policy()  # a bad admission or inbox policy fails here too
+        if self.announce_radius is not None:
+            if not self.tree:
+                raise NodeError(
+                    "an announce radius needs the tree (--tree): nodes beyond it are "
+                    "reached by their coordinates"
+                )
+            if not 1 <= self.announce_radius <= self.hops:
+                raise NodeError(
+                    f"announce radius {self.announce_radius} is not within 1..{self.hops} hops"
+                )
         return mesh.RouterConfig(
             announce_interval_ms=interval_ms,
             route_ttl_ms=3 * interval_ms,
@@ -211,6 +224,7 @@ class NodeConfig:
             tree_root=not self.relays and policy is not mesh.ForwardPolicy.OFF,
             tree_interval_ms=interval_ms,
             tree_lifetime_ms=3 * interval_ms,
+            announce_radius=self.announce_radius,
         )
 
     def policy(self) -> mesh.Policy:

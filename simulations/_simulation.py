@@ -819,7 +819,8 @@ class Simulation:
                 continue
             store = sim_node.node.mesh.store
             for hop in store.copies_of(author, post.id):
-                holders.append(f"{name}->{names.get(hop, hop.short)}")
+                where = "(held, no way on yet)" if hop is None else names.get(hop, hop.short)
+                holders.append(f"{name}->{where}")
             if name == follower:
                 pending = store.subscription_pending(SUBSCRIPTION, limit=1_000_000)
                 if any(entry.id == post.id for entry in pending):

@@ -44,6 +44,9 @@ def test_a_small_mesh_is_measured(tmp_path: Path) -> None:
     assert row["kib_per_node"] > 0
     assert row["store_kib_per_node"] > 0
     assert row["wall_s"] > 0
+    assert row["sent"] > 0
+    assert 0 <= row["delivered"] <= row["sent"]
+    assert row["duplicates"] == 0
     if document["plot"] is None:
         assert "pip install" in document["plot_missing"]
     else:
@@ -144,3 +147,25 @@ def test_a_file_that_is_no_saved_run_is_named(tmp_path: Path) -> None:
     saved.write_text('{"something": "else"}')
     with pytest.raises(SystemExit, match=r"other\.json: not a --json document"):
         bench.main(["--nodes", "--compare", str(saved)])
+
+
+def test_the_tree_with_an_announce_radius_is_measured_beside_flooding() -> None:
+    out = io.StringIO()
+    argv = ["--nodes", "8", "--duration", "14m", "--warmup", "4m", "--plot", "/dev/null"]
+    argv += ["--tree", "--announce-radius", "1", "--label", "tree", "--json"]
+    assert bench.main(argv, out=out) == 0
+    (row,) = json.loads(out.getvalue())["rows"]
+    assert (row["tree"], row["announce_radius"]) == (True, 1)
+    # Announces go one hop: a node holds routes to its neighbours only ...
+    assert row["routes_known"]["max"] <= row["neighbours"]["max"]
+    # ... and reaches the others by coordinates, learned from the DHT.
+    assert row["dht_received_per_hour"]["median"] > 0
+    assert row["tree_offers_received_per_hour"]["median"] > 0
+    assert row["control_received_per_hour"]["median"] >= row["dht_received_per_hour"]["median"]
+    assert row["sent"] > 0
+    assert row["duplicates"] == 0
+
+
+def test_an_announce_radius_needs_the_tree() -> None:
+    with pytest.raises(SystemExit):
+        bench.parse(["--nodes", "8", "--announce-radius", "2"])

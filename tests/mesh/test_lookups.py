@@ -404,7 +404,7 @@ def test_a_ping_is_answered_with_a_pong() -> None:
     b = dht(IDS[1])
     assert one(b.on_message(IDS[0], encode_message(DhtPing(Q, CHAINS[IDS[0]])), T0)) == (
         IDS[0],
-        DhtPong(Q),
+        DhtPong(Q, CHAINS[IDS[1]]),  # with its coordinates now
     )
     assert IDS[0] in b.contacts
 
@@ -530,7 +530,7 @@ def test_a_full_bucket_pings_its_oldest_and_evicts_it_if_silent(answers: bool) -
 
 
 def test_own_coordinates_are_stored_at_the_nearest_on_change_and_hourly() -> None:
-    a = dht(IDS[0])
+    a = dht(IDS[0], k=3)  # three holders are all it needs
     for other in IDS[1:4]:
         a.introduce(CHAINS[other], T0)
     finds = sends(a.tick(T0))
@@ -553,6 +553,20 @@ def test_own_coordinates_are_stored_at_the_nearest_on_change_and_hourly() -> Non
     assert all(isinstance(m, DhtStore) for m in again)  # to the same holders, no lookup
     hourly = sends(a.tick(now + DEFAULT_REPUBLISH_MS))
     assert [m.key for _, m in hourly if isinstance(m, DhtFind)].count(IDS[0]) == 3
+
+
+def test_fewer_holders_than_k_make_a_change_look_for_the_nearest_again() -> None:
+    a = dht(IDS[0])  # k = K: three holders are too few
+    for other in IDS[1:4]:
+        a.introduce(CHAINS[other], T0)
+    finds = sends(a.tick(T0))
+    for dst, message in finds:
+        a.on_message(dst, encode_message(DhtFound(message.q, ())), T0 + 1)
+    assert len(a.holders) == 3
+    a.set_coordinates(CHAINS[IDS[1]])
+    again = [m for _, m in sends(a.tick(T0 + 2)) if isinstance(m, (DhtStore, DhtFind))]
+    assert again
+    assert all(isinstance(m, DhtFind) and m.key == IDS[0] for m in again)  # a new lookup
 
 
 # --- a mesh of nodes ---------------------------------------------------------------------
@@ -698,3 +712,63 @@ def test_refresh_looks_up_the_buckets_no_lookup_touched_for_an_hour() -> None:
         buckets = {bucket_index(node.id, key) for key in keys if key != node.id}
         assert buckets <= {index for index, _ in stale}
         assert len(buckets) >= min(len(stale), 7)  # one slot is our own publication
+
+
+# --- keeping contacts reachable ------------------------------------------------------------
+
+
+def test_answers_bring_the_answerers_coordinates_now() -> None:
+    _, newer = make_tree(12, random.Random(7), now=T0 + 1000)  # the same tree, re-signed
+    a = dht(IDS[0])
+    a.introduce(CHAINS[IDS[1]], T0)
+    _, actions = a.find(IDS[5], value=False, now=T0 + 1000)
+    (query,) = [m for dst, m in sends(actions) if dst == IDS[1]]
+    assert isinstance(query, DhtFind)
+    reply = DhtFound(query.q, (), sender_chain=newer[IDS[1]])
+    assert decode_message(encode_message(reply)) == reply
+    a.on_message(IDS[1], encode_message(reply), T0 + 1001)
+    contact = a.contacts.get(IDS[1])
+    assert contact is not None
+    assert contact.info == newer[IDS[1]]
+    # An older chain (the one asked by, or one sent back) never replaces a newer one.
+    _, actions = a.find(IDS[6], value=False, now=T0 + 1002)
+    (query,) = [m for dst, m in sends(actions) if dst == IDS[1]]
+    a.on_message(IDS[1], encode_message(DhtFound(query.q, (), sender_chain=CHAINS[IDS[1]])), T0)
+    contact = a.contacts.get(IDS[1])
+    assert contact is not None
+    assert contact.info == newer[IDS[1]]
+
+
+def test_expired_contacts_are_neither_asked_nor_passed_on() -> None:
+    _, short = make_tree(12, random.Random(7), lifetime=1000)
+    a = dht(IDS[0])
+    for other in IDS[1:4]:
+        a.introduce(short[other], T0)
+    later = T0 + 2000  # their chains have expired: nobody could route to them
+    lookup, actions = a.find(IDS[5], value=True, now=later)
+    (done,) = actions
+    assert isinstance(done, LookupDone)
+    assert (done.lookup_id, done.queries, done.nearest) == (lookup, 0, ())
+    asked = a.on_message(IDS[4], encode_message(DhtFind(Q, IDS[5], False, CHAINS[IDS[4]])), later)
+    (answer,) = [m for _, m in sends(asked) if isinstance(m, DhtFound)]
+    assert answer.nodes == ()
+    assert answer.sender_chain == CHAINS[IDS[0]]
+
+
+def test_contacts_are_pinged_for_their_coordinates_before_they_expire() -> None:
+    _, short = make_tree(12, random.Random(7), lifetime=3000)
+    _, renewed = make_tree(12, random.Random(7), now=T0 + 2500)
+    a = dht(IDS[0])
+    a.introduce(short[IDS[1]], T0)
+
+    def pings(now: int) -> list[tuple[crypto.NodeId, DhtPing]]:
+        return [(dst, m) for dst, m in sends(a.tick(now)) if isinstance(m, DhtPing)]
+
+    assert pings(T0 + 1000) == []  # two thirds of its life left
+    ((dst, ping),) = pings(T0 + 2100)
+    assert dst == IDS[1]
+    assert pings(T0 + 2200) == []  # one in flight at a time
+    a.on_message(IDS[1], encode_message(DhtPong(ping.q, renewed[IDS[1]])), T0 + 2600)
+    contact = a.contacts.get(IDS[1])
+    assert contact is not None
+    assert contact.info == renewed[IDS[1]]

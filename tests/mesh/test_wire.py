@@ -81,7 +81,7 @@ def test_items_of_the_wrong_shape_are_rejected_alone_and_in_order() -> None:
         good,
         "not a list",
         [1],
-        [1, b"x", 2, 3],
+        [1, b"x", 2, 3, 4],
         ["1", b"x"],
         [-1, b"x"],
         [crypto.MAX_HOPS + 1, b"x"],
@@ -98,16 +98,16 @@ def test_items_of_the_wrong_shape_are_rejected_alone_and_in_order() -> None:
     assert all(isinstance(r, Result) and r.code is Reason.MALFORMED for r in rejected)
     words = [r.words for r in rejected if isinstance(r, Result)]
     assert words == [
-        "frame 1 is not [hops, envelope] or [hops, envelope, to]",
-        "frame 2 is not [hops, envelope] or [hops, envelope, to]",
-        "frame 3 is not [hops, envelope] or [hops, envelope, to]",
+        "frame 1 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
+        "frame 2 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
+        "frame 3 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
         f"frame 4: hops is '1', expected 0..{crypto.MAX_HOPS}",
         f"frame 5: hops is -1, expected 0..{crypto.MAX_HOPS}",
         f"frame 6: hops is {crypto.MAX_HOPS + 1}, expected 0..{crypto.MAX_HOPS}",
         f"frame 7: hops is True, expected 0..{crypto.MAX_HOPS}",
         f"frame 8: hops is 1.0, expected 0..{crypto.MAX_HOPS}",
         "frame 9: envelope is not bytes",
-        "frame 10 is not [hops, envelope] or [hops, envelope, to]",
+        "frame 10 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
     ]
 
 
@@ -322,3 +322,30 @@ def test_arbitrary_cbor_raises_only_crypto_errors_from_decode_results(
         return
     assert len(results) == expected
     assert all(isinstance(r.outcome, Outcome) for r in results)
+
+
+def test_coordinates_travel_with_a_frame_and_are_checked_for_shape() -> None:
+    subscriber = crypto.NodeId(bytes(range(32)))
+    frames = [
+        WireFrame(2, b"env", coords=b"chain"),
+        WireFrame(1, b"pub", (subscriber,), coords=b"chain"),
+        WireFrame(0, b"plain"),
+    ]
+    assert decode_frames(encode_frames(frames)) == frames
+    body = cbor_seq(
+        [0, b"x", b"", b""],
+        [0, b"x", b"", "text"],
+        [0, b"x", b"", b"c" * (crypto.MAX_COORD_CHAIN_SIZE + 1)],
+        [0, b"x", b"abc", b"chain"],
+        [0, b"x", b"", b"c" * crypto.MAX_COORD_CHAIN_SIZE],
+    )
+    items = decode_frames(body)
+    assert items[-1] == WireFrame(0, b"x", coords=b"c" * crypto.MAX_COORD_CHAIN_SIZE)
+    words = [r.words for r in items[:-1] if isinstance(r, Result)]
+    limit = crypto.MAX_COORD_CHAIN_SIZE
+    assert words == [
+        f"frame 0: 'coords' must be a coordinate chain of 1..{limit} bytes",
+        f"frame 1: 'coords' must be a coordinate chain of 1..{limit} bytes",
+        f"frame 2: 'coords' must be a coordinate chain of 1..{limit} bytes",
+        f"frame 3: 'to' must be 1..{MAX_SUBSCRIBERS_PER_COPY} node ids of 32 bytes, concatenated",
+    ]

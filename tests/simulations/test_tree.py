@@ -135,3 +135,55 @@ async def test_nodes_find_each_others_coordinates_in_the_dht(
                 found += 1
         assert found == len(pairs)
         assert all(node.node.statistics.dht_received > 0 for node in nodes)
+
+
+@pytest.mark.parametrize("fidelity", ["engine", "full"])
+async def test_messages_beyond_the_announce_radius_go_greedily_by_coordinates(
+    autojump_clock: MockClock, fidelity: str
+) -> None:
+    # Announces go one hop: each node knows routes to its neighbours only. Every other
+    # destination is looked up in the DHT and reached greedily through the tree, and
+    # its receipts come back the same way.
+    config = NodeConfig(tree=True, store_sync=False, announce_interval=INTERVAL, announce_radius=1)
+    async with open_simulation(seed=5, config=config, fidelity=fidelity) as sim:
+        sim.network.default_link = Link(latency=0.02, jitter=0.01, loss=0.01)
+        rng = random.Random(5)
+        public = await sim.add_nodes(24, prefix="p")
+        await sim.peer_all(random_graph(public, 2.5, rng))
+        relay = public[0]
+        (natted,) = await sim.add_nodes(
+            1, prefix="nat", nat=True, relays=(relay.node.address_token(),)
+        )
+        await natted.node.links[0].wait_connected(1)
+        await sim.peer_all([(natted, relay)])
+        nodes = [*public, natted]
+        await sim.advance(3 * INTERVAL)  # the tree, then every node's publication
+        for node in nodes:
+            neighbours = {link.node for link in node.node.mesh.router.links}
+            assert set(node.node.mesh.router.table) <= neighbours, node.name
+        pairs = [tuple(rng.sample(nodes, 2)) for _ in range(30)]
+        pairs += [(natted, public[-1]), (public[-1], natted)]
+        for src, dst in pairs:
+            await src.send(dst, b"far away", receipt=True)
+        with trio.fail_after(900):
+            await sim.wait_delivered()
+        report = sim.report()
+        assert report.delivered == len(pairs)
+        assert report.duplicates == 0
+        routers = [node.node.mesh.router for node in nodes]
+        assert sum(r.greedy_forwarded for r in routers) > 0
+        assert sum(r.route_lookups for r in routers) > 0
+
+        # Publications too: copies go toward each follower greedily.
+        author = public[-1]
+        followers = [node for node in nodes if node is not author][::4]
+        for follower in followers:
+            await follower.follow(author)
+        await sim.advance(INTERVAL)  # their interests spread (still flooded)
+        await author.chirp("to my followers, however far")
+        with trio.fail_after(900):
+            await sim.wait_posts_delivered()
+        chirp = sim.report().chirp
+        assert chirp is not None
+        assert chirp.delivered == chirp.expected == len(followers)
+        assert chirp.duplicates == 0

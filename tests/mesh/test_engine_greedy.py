@@ -1,0 +1,203 @@
+"""Greedy routing inside the router (RouterConfig.tree): a frame for a node no route is
+known to goes to the neighbour nearest its coordinates; coordinates come with frames
+(checked first, within an allowance) or from a DHT lookup started for a held
+destination.
+
+Routers are built into a tree with the offer-passing mesh of test_engine_tree.py; no
+announces flow, so no router holds a route beyond its neighbours.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import crypto
+from mesh import (
+    DhtSend,
+    Forward,
+    LookupDone,
+    Reroute,
+    Result,
+    Role,
+    Router,
+    RouterConfig,
+    WireFrame,
+    admit,
+)
+from mesh._engine import HINT_BURST, HINT_REFILL_MS, LOOKUP_ATTEMPTS, LOOKUP_RETRY_MS
+from mesh._routes import Route
+from tests.mesh.test_engine_tree import NOW, Mesh, identity, router
+
+_ids = itertools.count(1)
+
+
+def line(names: str) -> tuple[dict[str, crypto.Identity], dict[str, Router], Mesh, int]:
+    """Routers linked in a line in the order of ``names``, the tree settled."""
+    ids = {name: identity(n) for n, name in enumerate(names, start=1)}
+    routers = {name: router(i) for name, i in ids.items()}
+    mesh = Mesh(ids, routers)
+    for a, b in itertools.pairwise(names):
+        mesh.link(a, b)
+    return ids, routers, mesh, mesh.settle() + 1
+
+
+def msg(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
+    frame = crypto.Frame(
+        kind=crypto.Kind.MSG,
+        src=origin.node_id,
+        id=next(_ids).to_bytes(16, "big"),
+        ts=now,
+        exp=now + 600_000,
+        hops=16,
+        dst=dst,
+        body=b"hi",
+    )
+    return frame.seal(origin)
+
+
+def classify(
+    r: Router, envelope: bytes, sender: crypto.NodeId, now: int, coords: bytes | None = None
+) -> crypto.NodeId | None:
+    admitted = admit(WireFrame(1, envelope, coords=coords), now=now)
+    assert not isinstance(admitted, Result)
+    decision = r.classify(admitted, sender, now)
+    assert isinstance(decision, Forward), decision
+    return decision.next_hop
+
+
+def chain_of(r: Router) -> bytes:
+    assert r.tree is not None
+    chain = r.tree.chain
+    assert chain is not None
+    return chain
+
+
+def test_a_frame_with_its_destinations_coordinates_goes_greedily_hop_by_hop() -> None:
+    ids, routers, _, now = line("abcde")
+    e = ids["e"].node_id
+    envelope = msg(ids["a"], e, now)
+    coords = chain_of(routers["e"])
+    # Each node on the way passes it one step nearer, by the coordinates it came with.
+    sender = ids["a"].node_id
+    for here, there in itertools.pairwise("bcde"):
+        hop = classify(routers[here], envelope, sender, now, coords)
+        assert hop == ids[there].node_id
+        sender = ids[here].node_id
+    assert routers["c"].greedy_forwarded == 1
+    # The coordinates are kept: the next frame needs none, and goes with them on.
+    assert classify(routers["b"], msg(ids["a"], e, now), ids["a"].node_id, now) == ids["c"].node_id
+    assert routers["b"].coordinates_of(e, now) == coords
+    assert routers["c"].coordinates_of(e, now) == coords
+    # Without coordinates (nor a route), a node holds it: a is two hops from c.
+    assert (
+        classify(routers["c"], msg(ids["e"], ids["a"].node_id, now), ids["d"].node_id, now) is None
+    )
+
+
+def test_forged_or_misplaced_coordinates_are_ignored_and_the_frame_held() -> None:
+    ids, routers, _, now = line("abcde")
+    e = ids["e"].node_id
+    b = routers["b"]
+    sender = ids["a"].node_id
+    # d's coordinates sent for e: they place another node.
+    assert classify(b, msg(ids["a"], e, now), sender, now, chain_of(routers["d"])) is None
+    # Bytes that are no chain at all, and a chain altered on the way.
+    assert classify(b, msg(ids["a"], e, now), sender, now, b"\xa0") is None
+    altered = bytearray(chain_of(routers["e"]))
+    altered[-5] ^= 1
+    assert classify(b, msg(ids["a"], e, now), sender, now, bytes(altered)) is None
+    assert b.coordinates_of(e, now) is None
+    assert b.greedy_forwarded == 0
+    # Expired ones count for nothing either.
+    assert routers["e"].tree is not None
+    assert routers["e"].tree.coordinates is not None
+    late = routers["e"].tree.coordinates.exp
+    assert classify(b, msg(ids["a"], e, late - 1), sender, late, chain_of(routers["e"])) is None
+
+
+def test_a_neighbour_sending_new_chains_in_a_loop_is_checked_within_an_allowance() -> None:
+    ids, routers, _, now = line("abc")
+    b = routers["b"]
+    sender = ids["a"].node_id
+    stranger = crypto.Identity(bytes([77]) * 32)
+    junk = b"\x81\x41\x00"  # a CBOR array of one byte string: parsed, then refused
+    for _ in range(HINT_BURST):
+        classify(b, msg(ids["a"], stranger.node_id, now), sender, now, junk)
+    # Past the burst, even good coordinates from that neighbour are not checked ...
+    good = chain_of(routers["c"])
+    assert b._learn(ids["c"].node_id, good, now, checker=sender) is False
+    # ... until its allowance refills; another neighbour's are checked meanwhile.
+    assert b._learn(ids["c"].node_id, good, now, checker=ids["c"].node_id) is True
+    assert b._learn(ids["a"].node_id, chain_of(routers["a"]), now, checker=sender) is False
+    later = now + HINT_REFILL_MS
+    assert b._learn(ids["a"].node_id, chain_of(routers["a"]), later, checker=sender) is True
+
+
+def test_a_held_destination_is_looked_up_once_and_rerouted_when_found() -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    assert classify(b, msg(ids["a"], e, now), ids["a"].node_id, now) is None
+    first = b.held(e, now)
+    assert any(isinstance(action, DhtSend) for action in first)
+    assert b.route_lookups == 1
+    assert b.held(e, now + 1) == []  # one lookup at a time per destination
+    (lookup,) = b._finding
+    # The lookup ends with e's chain: kept, and frames for e rerouted toward it.
+    done = LookupDone(lookup, e, (), chain_of(routers["e"]), 3)
+    (reroute,) = b._dht_actions([done], now + 2)
+    assert isinstance(reroute, Reroute)
+    assert (reroute.dst, reroute.next_hop) == (e, ids["c"].node_id)
+    assert b.coordinates_of(e, now + 2) == chain_of(routers["e"])
+    # A lookup that found nothing is tried again, but not before the retry time.
+    d = ids["d"].node_id
+    b.held(d, now)
+    (lookup,) = b._finding
+    assert b._dht_actions([LookupDone(lookup, d, (), None, 3)], now + 3) == []
+    assert b.held(d, now + 4) == []
+    assert b.route_lookups == 2
+    b.tick(now + LOOKUP_RETRY_MS)
+    assert b.route_lookups == 3
+    # Each one that finds nothing waits longer for the next; after LOOKUP_ATTEMPTS
+    # the destination is forgotten, until a new frame for it is held.
+    later = now + LOOKUP_RETRY_MS
+    for _ in range(2 * LOOKUP_ATTEMPTS):
+        later += LOOKUP_RETRY_MS * 2**LOOKUP_ATTEMPTS
+        b.tick(later)
+    assert b.route_lookups == 1 + LOOKUP_ATTEMPTS
+    b.held(d, later + 1)
+    assert b.route_lookups == 2 + LOOKUP_ATTEMPTS
+
+
+def test_frames_sent_greedily_through_a_neighbour_that_goes_are_rerouted() -> None:
+    ids, routers, mesh, now = line("abc")
+    # A square: a-b-c-d-a, so c stays reachable from a either way.
+    ids["d"] = identity(4)
+    routers["d"] = router(ids["d"])
+    mesh.identities["d"] = ids["d"]
+    mesh.names[ids["d"].node_id] = "d"
+    mesh.link("c", "d")
+    mesh.link("d", "a")
+    now = mesh.settle(now) + 1
+    a, c = routers["a"], ids["c"].node_id
+    assert a.next_hop(c, now, coords=chain_of(routers["c"])) is not None
+    via = a.next_hop(c, now)
+    assert via in (ids["b"].node_id, ids["d"].node_id)
+    actions = a.remove_neighbour(via, Role.PEER, now)
+    (moved,) = [x for x in actions if isinstance(x, Reroute) and x.dst == c]
+    assert moved.next_hop is not None
+    assert moved.next_hop != via
+
+
+def test_a_greeting_carries_only_routes_within_the_announce_radius() -> None:
+    who = identity(1)
+    config = RouterConfig(tree=True, announce_radius=2)
+    r = Router(who.node_id, rng=random.Random(0), config=config, identity=who)
+    near, far, new = identity(2), identity(3), identity(4)
+    r.add_neighbour(near.node_id, Role.PEER, NOW)
+    for dst, hops in ((near.node_id, 1), (far.node_id, 2)):
+        r.table.learn(
+            Route(dst, near.node_id, NOW, hops, NOW, NOW + 60_000, announce=b"ann" + dst.raw)
+        )
+    greeting = r.greeting(new.node_id, NOW)
+    assert [w.envelope for w in greeting] == [b"ann" + near.node_id.raw]
