@@ -25,7 +25,14 @@ from mesh import (
     WireFrame,
     admit,
 )
-from mesh._engine import HINT_BURST, HINT_REFILL_MS, LOOKUP_ATTEMPTS, LOOKUP_RETRY_MS
+from mesh._engine import (
+    HINT_BURST,
+    HINT_REFILL_MS,
+    LOOKUP_ATTEMPTS,
+    LOOKUP_RETRY_MAX_MS,
+    LOOKUP_RETRY_MS,
+)
+from mesh._lookups import DEFAULT_QUERY_TIMEOUT_MS
 from mesh._routes import Route
 from tests.mesh.test_engine_tree import NOW, Mesh, identity, router
 
@@ -162,7 +169,7 @@ def test_a_held_destination_is_looked_up_once_and_rerouted_when_found() -> None:
     # the destination is forgotten, until a new frame for it is held.
     later = now + LOOKUP_RETRY_MS
     for _ in range(2 * LOOKUP_ATTEMPTS):
-        later += LOOKUP_RETRY_MS * 2**LOOKUP_ATTEMPTS
+        later += LOOKUP_RETRY_MAX_MS + DEFAULT_QUERY_TIMEOUT_MS
         b.tick(later)
     assert b.route_lookups == 1 + LOOKUP_ATTEMPTS
     b.held(d, later + 1)
