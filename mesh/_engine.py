@@ -46,7 +46,7 @@ import collections
 import dataclasses
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import crypto
@@ -394,7 +394,8 @@ class Router:
         for held in (self._offer_ts, self._offer_sent, self._offer_later):
             held.pop(node, None)
         self._offer_allowance.forget(node)
-        affected = self._via(node) | self.table.forget_via(node)
+        affected = self._via(node)
+        self.table.forget_via(node)
         for dst in [d for d, hop in self._greedy_via.items() if hop == node]:
             del self._greedy_via[dst]
         actions: list[Action] = []
@@ -698,10 +699,10 @@ class Router:
                 continue
             dst = self._finding.pop(action.lookup_id)
             if action.value is not None and self._learn(dst, action.value, now, checker=None):
-                out += self._unhold(now, {dst})
+                out += self._unhold(now, (dst,))
         return out
 
-    def _unhold(self, now: int, only: set[crypto.NodeId] | None = None) -> list[Action]:
+    def _unhold(self, now: int, only: Iterable[crypto.NodeId] | None = None) -> list[Action]:
         """Reroute the held destinations (or ``only`` those) that have a way on now."""
         actions: list[Action] = []
         for dst in list(self._wanted if only is None else only):
@@ -717,13 +718,12 @@ class Router:
         """Look up again the held destinations whose retry time has come (those with a
         way on now are rerouted instead; those looked up often enough, forgotten)."""
         due = [dst for dst, wanted in self._wanted.items() if wanted.retry_at <= now]
-        actions: list[Action] = []
+        actions = self._unhold(now, due)
         for dst in due:
-            reroute = self.reroute(dst, now)
-            if reroute.next_hop is not None:
-                del self._wanted[dst]
-                actions.append(reroute)
-            elif self._wanted[dst].attempts >= LOOKUP_ATTEMPTS:
+            wanted = self._wanted.get(dst)
+            if wanted is None:
+                continue  # rerouted
+            if wanted.attempts >= LOOKUP_ATTEMPTS:
                 del self._wanted[dst]
             else:
                 actions += self.held(dst, now)
@@ -1179,11 +1179,11 @@ class Router:
         return Reroute(dst, hop, instead)
 
     def _reroute(self, destinations: set[crypto.NodeId], now: int) -> list[Action]:
-        actions = [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
-        for reroute in actions:
+        reroutes = [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
+        for reroute in reroutes:
             if reroute.next_hop is not None:
                 self._wanted.pop(reroute.dst, None)
-        return list(actions)
+        return list(reroutes)
 
     # -- views ----------------------------------------------------------------------
 
