@@ -346,7 +346,9 @@ class Lookup:
     ``self_id``, if given, is never queried (a reply naming us is a contact we need not
     ask). The target itself, if some node names it, is queried like any other node.
     With ``find_value``, the lookup ends at the first reply carrying a value (which the
-    caller has verified: pass None for a value that failed verification).
+    caller has verified: pass None for a value that failed verification); with
+    ``every_value`` too, it goes on as a node lookup and gathers every value offered
+    (:attr:`values`), for the caller to choose the best of (one holder's may be stale).
 
     Drive it: send :meth:`next_queries`, report each with :meth:`on_reply` or
     :meth:`on_failure` (a timeout is a failure), and call :meth:`next_queries` again,
@@ -362,6 +364,7 @@ class Lookup:
         k: int = DEFAULT_K,
         alpha: int = DEFAULT_ALPHA,
         find_value: bool = False,
+        every_value: bool = False,
         self_id: crypto.NodeId | None = None,
         max_queries: int = DEFAULT_MAX_LOOKUP_QUERIES,
     ) -> None:
@@ -371,6 +374,9 @@ class Lookup:
         self.k = k
         self.alpha = alpha
         self.find_value = find_value
+        self.every_value = every_value
+        #: With ``every_value``: (node, value) for each reply that carried one.
+        self.values: list[tuple[crypto.NodeId, bytes]] = []
         self.self_id = self_id
         self.max_queries = max_queries
         self._target_int = _as_int(target)
@@ -430,8 +436,10 @@ class Lookup:
         if self.find_value and value is not None:
             self._value = value
             self._value_from = node
-            self._done = True
-            return
+            if not self.every_value:
+                self._done = True
+                return
+            self.values.append((node, value))
         offered = {c for c in contacts if isinstance(c, crypto.NodeId) and c != self.self_id}
         t = self._target_int
         for contact in heapq.nsmallest(self.k, offered, key=lambda c: _as_int(c) ^ t):

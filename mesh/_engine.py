@@ -33,7 +33,8 @@ Events and what comes back:
 The spanning tree (:class:`mesh.Tree`, docs/routing-at-scale.md) is built beside the
 flooded routes when ``RouterConfig.tree`` is on: neighbours offer each other their
 coordinates in ``crd`` frames (never passed on), from neighbour events and at ticks.
-Frames are still routed by the flooded routes; the tree is not used for routing yet.
+Frames for a node no route is known to go greedily by its coordinates (a neighbour
+nearer it in the tree), learned with frames or looked up in the DHT (``held``).
 
 Forwarding policy (whose frames this node relays): ``neighbours`` (default: its peers,
 its relays and the nodes attached to it), ``open`` (anyone), ``off`` (nobody; frames
@@ -202,7 +203,9 @@ class Forward:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reroute:
     """Frames queued for ``dst`` now go to ``next_hop`` (None: hold them); those that
-    came from ``next_hop`` go to ``instead`` (never straight back; None: hold them)."""
+    came from ``next_hop`` go to ``instead`` (None: hold them). ``instead`` is
+    ``next_hop`` itself only when held frames whose one way on is back where they came
+    from are sent back (:meth:`Router.tick`, at a held destination's retry time)."""
 
     dst: crypto.NodeId
     next_hop: crypto.NodeId | None
@@ -649,7 +652,7 @@ class Router:
             coordinates = crypto.CoordChain.parse(chain, now=now)
         except crypto.CryptoError:
             return False
-        if coordinates.node != dst or (held is not None and coordinates.ts < held[0].ts):
+        if coordinates.node != dst or (held is not None and not self._better(coordinates, held[0])):
             return False
         self._coordinates.pop(dst, None)
         while len(self._coordinates) >= self.config.max_coordinates:
@@ -659,6 +662,17 @@ class Router:
         self._coordinates[dst] = (coordinates, chain)
         return True
 
+    def _better(self, new: crypto.Coordinates, held: crypto.Coordinates) -> bool:
+        """Whether ``new`` coordinates of a node replace those ``held``: newer ones of
+        the same tree; of another tree, those in ours (the only ones greedy routing can
+        use: statements of different roots are not comparable by time), else newer."""
+        if new.root != held.root:
+            assert self.tree is not None  # coordinates are learned with the tree only
+            ours = self.tree.coordinates
+            if ours is not None and ours.root in (new.root, held.root):
+                return new.root == ours.root
+        return new.ts >= held.ts
+
     def held(self, dst: crypto.NodeId, now: int) -> list[Action]:
         """A frame for ``dst`` is held here with no way on: with the tree, look its
         coordinates up in the DHT (one lookup per destination at a time; again after
@@ -667,6 +681,8 @@ class Router:
         if self.dht is None or dst == self.local:
             return []
         if dst in self._finding.values():
+            # Being looked up: its end reroutes what is held then (wanted or not before).
+            self._wanted.setdefault(dst, _Wanted(now + LOOKUP_RETRY_MS, 1))
             return []
         wanted = self._wanted.pop(dst, None)
         if wanted is not None and wanted.retry_at > now:
@@ -677,9 +693,9 @@ class Router:
             del self._wanted[next(iter(self._wanted))]
         wait = min(LOOKUP_RETRY_MS * 2 ** min(attempts - 1, 16), LOOKUP_RETRY_MAX_MS)
         self._wanted[dst] = _Wanted(now + wait, attempts)
-        held = self._coordinates.get(dst)
-        if held is not None:
+        if dst in self._coordinates and self.next_hop(dst, now) is None:
             # A dead end with these (it moved, or the tree is re-forming): ask anew.
+            # (With a way on, the frames held are those that came from it.)
             del self._coordinates[dst]
         try:
             lookup, actions = self.dht.find(dst, value=True, now=now)
@@ -702,27 +718,49 @@ class Router:
                 out += self._unhold(now, (dst,))
         return out
 
-    def _unhold(self, now: int, only: Iterable[crypto.NodeId] | None = None) -> list[Action]:
-        """Reroute the held destinations (or ``only`` those) that have a way on now."""
+    def _unhold(
+        self, now: int, only: Iterable[crypto.NodeId] | None = None, *, back: bool = False
+    ) -> list[Action]:
+        """Reroute the held destinations (or ``only`` those) that have a way on now.
+        With ``back``, frames whose only way on is the neighbour they came from go back
+        to it."""
         actions: list[Action] = []
         for dst in list(self._wanted if only is None else only):
             if dst not in self._wanted:
                 continue
             reroute = self.reroute(dst, now)
-            if reroute.next_hop is not None:
-                del self._wanted[dst]
-                actions.append(reroute)
+            if reroute.next_hop is None:
+                continue
+            if reroute.instead is None and back:
+                reroute = Reroute(dst, reroute.next_hop, reroute.next_hop)
+            if reroute.instead is not None:
+                del self._wanted[dst]  # else those from next_hop may stay: settled()
+            actions.append(reroute)
         return actions
+
+    def settled(self, dst: crypto.NodeId) -> None:
+        """No frame for ``dst`` is held here any more (a :class:`Reroute` left none
+        behind): stop looking it up."""
+        self._wanted.pop(dst, None)
 
     def _retry_lookups(self, now: int) -> list[Action]:
         """Look up again the held destinations whose retry time has come (those with a
-        way on now are rerouted instead; those looked up often enough, forgotten)."""
+        way on now are rerouted instead; those looked up often enough, forgotten).
+
+        A frame whose only way on is back where it came from goes back now: its sender
+        steered by an older view of the destination's place than ours (greedily, by
+        older coordinates, or by a route that has gone since), and never sends it
+        straight back here; a frame held for that reason would otherwise wait until it
+        expires (the way back is not taken at once, lest two views that disagree for a
+        moment bounce frames between them).
+        """
         due = [dst for dst, wanted in self._wanted.items() if wanted.retry_at <= now]
-        actions = self._unhold(now, due)
+        actions = self._unhold(now, due, back=True)
+        rerouted = {action.dst for action in actions if isinstance(action, Reroute)}
         for dst in due:
             wanted = self._wanted.get(dst)
-            if wanted is None:
-                continue  # rerouted
+            if wanted is None or dst in rerouted:
+                continue  # rerouted (what stays held is looked up again: held())
             if wanted.attempts >= LOOKUP_ATTEMPTS:
                 del self._wanted[dst]
             else:
@@ -1181,7 +1219,7 @@ class Router:
     def _reroute(self, destinations: set[crypto.NodeId], now: int) -> list[Action]:
         reroutes = [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
         for reroute in reroutes:
-            if reroute.next_hop is not None:
+            if reroute.next_hop is not None and reroute.instead is not None:
                 self._wanted.pop(reroute.dst, None)
         return list(reroutes)
 

@@ -468,6 +468,7 @@ class _Checked(NamedTuple):
     node: crypto.NodeId
     ts: int
     exp: int
+    root: crypto.NodeId
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -606,6 +607,7 @@ class Dht:
             k=self.k,
             alpha=self.alpha,
             find_value=value,
+            every_value=value,
             self_id=self.id,
             max_queries=self.max_lookup_queries,
         )
@@ -639,6 +641,7 @@ class Dht:
         del self._lookups[running.lookup_id]
         nearest, value = running.lookup.result()
         if running.purpose is _Purpose.FIND:
+            value = self._freshest(running, now)
             return [
                 LookupDone(
                     running.lookup_id,
@@ -848,8 +851,18 @@ class Dht:
             reply_to = message.value
             actions += self._seen(sender, message.value, now)
         ttl = min(message.ttl_ms, coordinates.exp - now)
+        version = coordinates.ts
+        held = self.records.get(key, now) if key == sender else None
+        if held is not None and version <= held.version:
+            # The owner moved to another tree: its word wins (root statements of two
+            # trees are not comparable by time). In one tree, the newer statement.
+            try:
+                if self._verify(held.value, now).root != coordinates.root:
+                    version = held.version + 1
+            except crypto.CryptoError:
+                pass  # expired: the new one replaces it anyway
         try:
-            self.records.put(key, message.value, now, ttl, version=coordinates.ts, origin=sender)
+            self.records.put(key, message.value, now, ttl, version=version, origin=sender)
         except (MeshError, crypto.TooLarge, crypto.Stale) as exc:
             return [*actions, self._refuse(sender, message.q, str(exc), chain=reply_to)]
         actions.append(DhtSend(sender, reply_to, encode_message(DhtStored(message.q))))
@@ -916,6 +929,35 @@ class Dht:
                 taken.append(node)
         return taken
 
+    def _freshest(self, running: _Running, now: int) -> bytes | None:
+        """Of the values a lookup gathered and the target's own chain (if it answered,
+        or was offered to be asked), the newest; None if none. A holder may keep a
+        node's former place for as long as it is valid: the node itself knows best."""
+        lookup = running.lookup
+        if not lookup.find_value:
+            return None
+        candidates = [value for _, value in lookup.values if self._usable(value, now)]
+        own = running.chains.get(lookup.target)
+        if own is not None and self._value(running, own, now) is not None:
+            candidates.append(own)  # verified, unexpired, placing the target
+        ours = None
+        if self._chain is not None:
+            with contextlib.suppress(crypto.CryptoError):
+                ours = self._verify(self._chain, now).root
+        best: bytes | None = None
+        for candidate in candidates:
+            if best is None:
+                best = candidate
+                continue
+            roots = self._verify(best, now).root, self._verify(candidate, now).root
+            if ours is not None and roots[0] != roots[1] and ours in roots:
+                # Places in two trees: statements of different roots are not comparable
+                # by time; the one in ours is the one we can route by.
+                best = best if roots[0] == ours else candidate
+            else:
+                best = self._newer(best, candidate, now)
+        return best
+
     def _value(self, running: _Running, value: bytes | None, now: int) -> bytes | None:
         """The value offered, if asked for, verified and placing the key; else None."""
         if value is None or not running.lookup.find_value:
@@ -940,7 +982,7 @@ class Dht:
         if len(self._verified) >= _MAX_VERIFIED:
             self._verified.clear()
         checked = self._verified[digest] = _Checked(
-            coordinates.node, coordinates.ts, coordinates.exp
+            coordinates.node, coordinates.ts, coordinates.exp, coordinates.root
         )
         return checked
 

@@ -1718,11 +1718,11 @@ class Store:
         instead: crypto.NodeId | None = None,
     ) -> int:
         """Send every frame queued for ``dst`` to ``next_hop`` (None: hold them); those
-        that came from ``next_hop`` go to ``instead`` (never straight back; None: hold
-        them). Return how many frames changed next hop. Copies of publications stay
-        with the next hop they were queued for."""
+        that came from ``next_hop`` go to ``instead`` (None: hold them; ``next_hop``
+        itself: back where they came from). Return how many frames changed next hop.
+        Copies of publications stay with the next hop they were queued for."""
         hop = _raw(next_hop)
-        other = None if instead == next_hop else _raw(instead)
+        other = _raw(instead)
 
         def work() -> tuple[int, _Usage | None]:
             cursor = self._db.execute(
@@ -1815,6 +1815,18 @@ class Store:
                 "SELECT DISTINCT dst FROM queue WHERE next_hop IS NULL"
             ).fetchall()
             return [crypto.NodeId(row[0]) for row in rows]
+
+        return self._read(work)
+
+    def holds(self, dst: crypto.NodeId) -> bool:
+        """Whether frames for ``dst`` are held here with no next hop (see
+        :meth:`held_destinations`)."""
+
+        def work() -> bool:
+            row = self._db.execute(
+                "SELECT 1 FROM queue WHERE dst = ? AND next_hop IS NULL LIMIT 1", (dst.raw,)
+            ).fetchone()
+            return row is not None
 
         return self._read(work)
 

@@ -359,8 +359,15 @@ class MeshRuntime:
                     for node in (hop, instead):
                         if node is not None:
                             self._forwarder(node).poke()
-                    if hop is None:
+                # Frames left with no way on (all of them, or those that came from the
+                # new next hop) are held: their destination is looked up. Also after a
+                # restart, and when they were held already (the lookup is not repeated
+                # before its time).
+                if (hop is None or instead is None) and self.router.dht is not None:
+                    if await self.run_blocking(functools.partial(self.store.holds, dst)):
                         await self._apply(self.router.held(dst, self.clock()))
+                    else:
+                        self.router.settled(dst)
                 self._routes_dirty.set()
             elif isinstance(action, mesh.Flood):
                 for node in action.to:

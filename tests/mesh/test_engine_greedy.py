@@ -156,6 +156,9 @@ def test_a_held_destination_is_looked_up_once_and_rerouted_when_found() -> None:
     assert isinstance(reroute, Reroute)
     assert (reroute.dst, reroute.next_hop) == (e, ids["c"].node_id)
     assert b.coordinates_of(e, now + 2) == chain_of(routers["e"])
+    # Nothing came from c, so the runtime finds nothing left held for e.
+    assert reroute.instead is None
+    b.settled(e)
     # A lookup that found nothing is tried again, but not before the retry time.
     d = ids["d"].node_id
     b.held(d, now)
@@ -208,3 +211,73 @@ def test_a_greeting_carries_only_routes_within_the_announce_radius() -> None:
         )
     greeting = r.greeting(new.node_id, NOW)
     assert [w.envelope for w in greeting] == [b"ann" + near.node_id.raw]
+
+
+def test_frames_whose_only_way_on_is_back_go_back_at_their_retry_time() -> None:
+    ids, routers, _, now = line("abcde")
+    b, c, e = routers["b"], ids["c"].node_id, ids["e"].node_id
+    b.held(e, now)
+    (lookup,) = b._finding
+    done = LookupDone(lookup, e, (), chain_of(routers["e"]), 3)
+    (reroute,) = b._dht_actions([done], now + 2)
+    assert isinstance(reroute, Reroute)
+    # Frames for e that came from c would stay held (c is the only way on): e stays
+    # wanted, and is not looked up again before its time.
+    assert (reroute.next_hop, reroute.instead) == (c, None)
+    assert e in b._wanted
+    assert b.held(e, now + 3) == []
+    retry = b._wanted[e].retry_at
+    assert not [x for x in b.tick(retry - 1) if isinstance(x, Reroute) and x.dst == e]
+    # At the retry time they go back to c, who never sends them straight back here.
+    back = [x for x in b.tick(retry) if isinstance(x, Reroute) and x.dst == e]
+    assert [(x.next_hop, x.instead) for x in back] == [(c, c)]
+    assert e not in b._wanted
+    assert b.route_lookups == 1
+
+
+def test_a_destination_with_nothing_left_held_is_no_longer_looked_up() -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    b.held(e, now)
+    (lookup,) = b._finding
+    b._dht_actions([LookupDone(lookup, e, (), chain_of(routers["e"]), 3)], now + 2)
+    b.settled(e)  # the runtime found nothing held for e after the reroute
+    assert e not in b._wanted
+    for later in range(now, now + 3 * LOOKUP_RETRY_MAX_MS, 15_000):  # the runtime ticks
+        assert not [x for x in b.tick(later) if isinstance(x, Reroute) and x.dst == e]
+    assert b.route_lookups == 1
+
+
+def test_coordinates_in_our_tree_replace_newer_ones_of_another_tree() -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    # e's place in a tree of a stranger's, stated after ours: newer by time, but of no
+    # use to greedy routing here.
+    stranger = crypto.Identity(bytes([99]) * 32)
+    statement = crypto.root_statement(stranger, now=now, lifetime_ms=180_000)
+    above = crypto.CoordChain((statement,)).verify(now=now)
+    grant = crypto.grant_coordinates(stranger, e, above, now=now, lifetime_ms=180_000)
+    placed = above.below(grant, now=now).chain
+    assert placed is not None
+    elsewhere, ours = placed.encode(), chain_of(routers["e"])
+    assert crypto.CoordChain.parse(ours, now=now).ts < now
+    assert b._learn(e, elsewhere, now, checker=None) is True
+    assert b.next_hop(e, now) is None  # another tree: no neighbour is nearer
+    assert b._learn(e, ours, now, checker=None) is True
+    assert b.next_hop(e, now) == ids["c"].node_id
+    assert b._learn(e, elsewhere, now, checker=None) is False
+    assert b.coordinates_of(e, now) == ours
+
+
+def test_a_frame_held_while_its_destination_is_looked_up_goes_when_the_lookup_ends() -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    b.held(e, now)
+    (lookup,) = b._finding
+    b.settled(e)  # what was held went another way meanwhile ...
+    assert b.held(e, now + 1) == []  # ... and a new frame is held: one lookup at a time
+    done = LookupDone(lookup, e, (), chain_of(routers["e"]), 3)
+    (reroute,) = b._dht_actions([done], now + 2)
+    assert isinstance(reroute, Reroute)
+    assert (reroute.dst, reroute.next_hop) == (e, ids["c"].node_id)
+    assert b.route_lookups == 1

@@ -372,6 +372,38 @@ def test_an_older_version_of_a_tree_does_not_replace_a_newer_one() -> None:
     assert record.value == newer
 
 
+def test_an_owner_that_moved_to_another_tree_replaces_its_record() -> None:
+    rng = random.Random(11)
+    first, second, owner = (crypto.Identity(rng.randbytes(32)) for _ in range(3))
+
+    def placed_under(root: crypto.Identity, now: int) -> bytes:
+        statement = crypto.root_statement(root, now=now, lifetime_ms=LIFETIME)
+        above = crypto.CoordChain((statement,)).verify(now=now)
+        grant = crypto.grant_coordinates(root, owner.node_id, above, now=now, lifetime_ms=LIFETIME)
+        chain = above.below(grant, now=now).chain
+        assert chain is not None
+        return chain.encode()
+
+    # The second tree's root stated its tree earlier than the first did: its time says
+    # nothing about which is the owner's place now; the owner's latest word does.
+    before, after = placed_under(first, T0), placed_under(second, T0 - 5000)
+    b = dht(IDS[1])
+    key = owner.node_id
+    for chain in (before, after):
+        store = DhtStore(Q, key, chain, 60_000)
+        assert one(b.on_message(key, encode_message(store), T0))[1] == DhtStored(Q)
+        record = b.records.get(key, T0)
+        assert record is not None
+        assert record.value == chain
+    # Another node storing the owner's former place does not undo the move.
+    _, refused = one(b.on_message(IDS[2], encode_message(DhtStore(Q, key, before, 60_000)), T0))
+    assert isinstance(refused, DhtRefused)
+    assert "older than" in refused.why
+    record = b.records.get(key, T0)
+    assert record is not None
+    assert record.value == after
+
+
 @pytest.mark.parametrize(
     ("message", "why"),
     [
@@ -442,10 +474,40 @@ def test_a_lookup_asks_contacts_by_their_coordinates_and_ends_with_the_value() -
     assert (find.key, find.value, find.sender_chain) == (IDS[5], True, CHAINS[IDS[0]])
     [answer] = b.on_message(IDS[0], send.body, T0)
     assert isinstance(answer, DhtSend)
-    done = a.on_message(IDS[1], answer.body, T0 + 1)
-    assert done == [LookupDone(lookup_id, IDS[5], (IDS[1],), CHAINS[IDS[5]], 1)]
+    # It goes on: b named the target itself, whose own word on its place counts too.
+    [ask] = a.on_message(IDS[1], answer.body, T0 + 1)
+    assert isinstance(ask, DhtSend)
+    assert ask.dst == IDS[5]
+    [reply] = dht(IDS[5]).on_message(IDS[0], ask.body, T0 + 1)
+    assert isinstance(reply, DhtSend)
+    done = a.on_message(IDS[5], reply.body, T0 + 2)
+    assert done == [LookupDone(lookup_id, IDS[5], (IDS[5], IDS[1]), CHAINS[IDS[5]], 2)]
+    (finished,) = done
+    assert isinstance(finished, LookupDone)
+    assert finished.value == CHAINS[IDS[5]]
     assert a.queries_pending == 0
     assert a.lookups_running == 0
+
+
+def test_a_lookup_takes_the_newest_place_offered_not_the_first() -> None:
+    # The same tree stated a second earlier: the target's former place.
+    _, former = make_tree(12, random.Random(7), now=T0 - 1000)
+    assert former[IDS[5]] != CHAINS[IDS[5]]
+    a, b = dht(IDS[0]), dht(IDS[1])
+    a.introduce(CHAINS[IDS[1]], T0)
+    b.on_message(IDS[5], encode_message(DhtStore(Q, IDS[5], former[IDS[5]], 60_000)), T0)
+    lookup_id, [send] = a.find(IDS[5], value=True, now=T0)
+    assert isinstance(send, DhtSend)
+    [answer] = b.on_message(IDS[0], send.body, T0)
+    assert isinstance(answer, DhtSend)
+    [ask] = a.on_message(IDS[1], answer.body, T0 + 1)  # b's (stale) value, and the target
+    assert isinstance(ask, DhtSend)
+    [reply] = dht(IDS[5]).on_message(IDS[0], ask.body, T0 + 1)
+    assert isinstance(reply, DhtSend)
+    (done,) = a.on_message(IDS[5], reply.body, T0 + 2)
+    assert isinstance(done, LookupDone)
+    assert done.lookup_id == lookup_id
+    assert done.value == CHAINS[IDS[5]]
 
 
 def test_answers_nobody_asked_for_are_ignored() -> None:

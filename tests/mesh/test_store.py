@@ -567,9 +567,13 @@ def test_reroute_and_the_came_from_rule(store: Store) -> None:
     bob = BOB.node_id
     assert store.reroute(ALICE.node_id, dave, instead=bob) == 4
     assert hops() == {1: dave, 2: dave, 3: bob, 4: bob, 5: carol}
-    # "Instead" the very hop it came from is never taken: held.
-    assert store.reroute(ALICE.node_id, dave, instead=dave) == 2
+    # No second way: what DAVE gave us is held ...
+    assert store.reroute(ALICE.node_id, dave) == 2
     assert hops() == {1: dave, 2: dave, 3: None, 4: None, 5: carol}
+    # ... or, "instead" the very hop it came from, goes back to him.
+    assert store.reroute(ALICE.node_id, dave, instead=dave) == 2
+    assert hops() == {1: dave, 2: dave, 3: dave, 4: dave, 5: carol}
+    assert store.reroute(ALICE.node_id, dave, instead=None) == 2
     assert store.statistics() == stats(queued=5, queued_bytes=5 * Q)
 
 

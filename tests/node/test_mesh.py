@@ -197,6 +197,26 @@ async def test_held_frames_go_when_a_route_appears(
     assert not [q for q in await a.queues() if q["next_hop"] is None]
 
 
+async def test_frames_held_across_a_restart_are_looked_up_in_the_tree(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    tree = {"tree": True, "announce_radius": 1}  # routes to neighbours only
+    b, c, d = [await memory_nodes.open(name, **tree) for name in "bcd"]
+    await chain([b, c, d])
+    async with memory_nodes.session("a", **tree) as a:
+        sent = await a.send(d.node_id, b"held, then looked up", receipt=True)
+        assert sent.next_hop is None  # a knows nobody yet
+    # Restarted, a finds the frame held and wants d's place (routes go one hop: a and
+    # b know none to d); once it has it, the frame goes on greedily. Before, a
+    # restarted node never asked, and the frame waited until it expired.
+    async with memory_nodes.session("a", **tree) as a:
+        await peer(a, b)
+        with trio.fail_after(600):
+            trace = await a.delivered(sent.id)
+        assert (trace.state, trace.hops) == ("delivered", 3)
+    assert await drain(d) == [b"held, then looked up"]
+
+
 async def test_held_frames_go_when_the_destination_becomes_a_peer(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
