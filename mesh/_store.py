@@ -653,7 +653,12 @@ def _nodes(raw: bytes | None) -> tuple[crypto.NodeId, ...]:
 
 
 class _WriteFailed(Exception):
-    """A write of a group run without savepoints raised: run them again with."""
+    """A write of a group run without savepoints raised ``error``: run them again with
+    (or, for a group of one, that is its outcome)."""
+
+    def __init__(self, error: MeshError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclasses.dataclass
@@ -925,15 +930,16 @@ class Store:
         The writes run one after another, each seeing those before it (a quota check
         counts them); if one raises, the transaction is rolled back and they run again,
         each in a savepoint of its own, so that only its changes are undone (a
-        savepoint per write costs as much again as the write: paid only then).
+        savepoint per write costs as much again as the write: paid only then). A group
+        of one needs no savepoint: the rollback undid its changes, and nothing else.
         """
         with self._lock:
             counts = self._counts()
-            if len(writes) > 1:
-                try:
-                    return self._run_group(writes, counts, savepoints=False)
-                except _WriteFailed:
-                    pass
+            try:
+                return self._run_group(writes, counts, savepoints=False)
+            except _WriteFailed as failed:
+                if len(writes) == 1:
+                    return [failed.error]
             return self._run_group(writes, counts, savepoints=True)
 
     def _run_group(
@@ -949,7 +955,7 @@ class Store:
                     result = write.work()
                 except MeshError as exc:
                     if not savepoints:
-                        raise _WriteFailed from exc
+                        raise _WriteFailed(exc) from exc
                     self._db.execute("ROLLBACK TO write")
                     self._db.execute("RELEASE write")
                     outcomes.append(exc)
@@ -1907,22 +1913,33 @@ class Store:
         our publications: no trace is kept of them)."""
 
         def work() -> Trace | None:
+            # One statement for a trace without receipts: the sent row, whether the
+            # frame is still queued here and for which next hop (the queue row of a
+            # frame this node made has its dst, as it came from this node: no src is
+            # needed), and whether there are receipts to read.
             row = self._db.execute(
                 "SELECT id, dst, kind, created, exp, receipt, first_hop, first_accepted,"
-                " state, done_at, hops, by, why FROM sent WHERE id = ?",
+                " state, done_at, hops, by, why,"
+                " EXISTS (SELECT 1 FROM queue WHERE dst = sent.dst AND id = sent.id"
+                "  AND came_from IS NULL AND kind != 'pub'),"
+                " (SELECT next_hop FROM queue WHERE dst = sent.dst AND id = sent.id"
+                "  AND came_from IS NULL AND kind != 'pub'),"
+                " EXISTS (SELECT 1 FROM receipts WHERE ref = sent.id)"
+                " FROM sent WHERE id = ?",
                 (frame_id,),
             ).fetchone()
             if row is None:
                 return None
-            queued = self._db.execute(
-                "SELECT next_hop FROM queue WHERE id = ? AND came_from IS NULL AND kind != 'pub'",
-                (frame_id,),
-            ).fetchone()
-            receipts = self._db.execute(
-                "SELECT src, st, why, hops, ts, received FROM receipts WHERE ref = ?"
-                " ORDER BY received, rowid",
-                (frame_id,),
-            ).fetchall()
+            queued = (row[14],) if row[13] else None
+            receipts = (
+                self._db.execute(
+                    "SELECT src, st, why, hops, ts, received FROM receipts WHERE ref = ?"
+                    " ORDER BY received, rowid",
+                    (frame_id,),
+                ).fetchall()
+                if row[15]
+                else []
+            )
             state = row[8]
             if queued is not None and state in ("queued", "held", "forwarded"):
                 state = "queued" if queued[0] is not None else "held"

@@ -80,6 +80,21 @@ def test_writes_in_one_group_stand_together(tmp_path: Path) -> None:
         assert store.queues()[0].frames == 4
 
 
+def test_a_failing_write_alone_in_its_group_is_undone(tmp_path: Path) -> None:
+    # A group of one runs without a savepoint: the rollback undoes its changes.
+    with Store(tmp_path / "s.sqlite3", quotas=Quotas(total=CHARGE)) as store:
+        (refused,) = store.write_group([store.enqueue_write([own(1), own(2)], now=NOW)])
+        assert isinstance(refused, StoreFull)
+        assert queued(store) == []
+        assert not store._db.in_transaction
+        assert counts(store) == recounted(store)
+        (taken,) = store.write_group([store.enqueue_write([own(2)], now=NOW)])
+        assert taken is None
+        assert queued(store) == [2]
+        assert counts(store) == recounted(store)
+        assert store._usage.total == CHARGE
+
+
 def test_a_failing_write_is_undone_alone(tmp_path: Path) -> None:
     # Room for three frames: the second write (two frames) fits, the third does not.
     quotas = Quotas(total=3 * CHARGE)
