@@ -54,6 +54,12 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _hops(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hops")
+    return int(text)
+
+
 def _seed(text: str) -> int:
     try:
         return int(text)
@@ -121,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
         help="memory: each node's SQLite store in memory, kept across its restarts "
         "(the same report, faster); disk: a real node's store file (memory)",
     )
+    run.add_argument(
+        "--tree",
+        action="store_true",
+        help="nodes build a spanning tree and route greedily by its coordinates where "
+        "they know no route (ptth run --tree)",
+    )
+    run.add_argument(
+        "--announce-radius",
+        type=_hops,
+        metavar="HOPS",
+        help="with --tree: how many hops announces go (default: as far as flooding takes them)",
+    )
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument(
@@ -170,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             fidelity=args.fidelity,
             verify_once=args.verify == "once",
             stores=args.stores,
+            tree=args.tree,
+            announce_radius=args.announce_radius,
         )
     except (SimulationError, NodeError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -614,6 +614,8 @@ def run_scenario(
     fidelity: Fidelity | str = Fidelity.FULL,
     verify_once: bool = False,
     stores: Stores | str = Stores.MEMORY,
+    tree: bool = False,
+    announce_radius: int | None = None,
 ) -> Report:
     """Run scenario ``name`` in virtual time and return its report.
 
@@ -621,8 +623,10 @@ def run_scenario(
     on tmpfs when there is one) holds the nodes' directories; ``progress`` is called
     at every 1% of the duration; ``fidelity``: ``"full"`` (every byte through HTTP) or
     ``"engine"`` (frames handed between the nodes' meshes; simulations/_engine.py);
-    ``verify_once``: as for :func:`open_simulation`. Not from inside a trio run (it runs
-    its own).
+    ``verify_once``: as for :func:`open_simulation`; ``tree`` and ``announce_radius``:
+    the nodes' routing (``NodeConfig.tree``: greedy routing by tree coordinates where no
+    route is known; ``NodeConfig.announce_radius``: how far announces go, with the tree).
+    Not from inside a trio run (it runs its own).
 
     The nodes' stores commit without waiting for the disk (``NodeConfig.store_sync``
     False): a simulated crash ends a node's process, never the machine, so nothing
@@ -632,8 +636,11 @@ def run_scenario(
     files of a real node, with the same report.
 
     Raises :class:`SimulationError` for an unknown scenario, too few nodes, a
-    duration that is not positive, an unknown fidelity or stores.
+    duration that is not positive, an unknown fidelity or stores; :class:`NodeError`
+    for an announce radius without the tree, or out of range.
     """
+    config = NodeConfig(store_sync=False, tree=tree, announce_radius=announce_radius)
+    config.router_config()  # checks the routing settings before anything starts
     level = fidelity_of(fidelity)
     where = stores_of(stores)
     scenario = SCENARIOS.get(name)
@@ -651,7 +658,7 @@ def run_scenario(
             data_dir = stack.enter_context(_scratch_dir())
         main = functools.partial(
             _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level,
-            verify_once, where,
+            verify_once, where, config,
         )  # fmt: skip
         with _deterministic_scheduling(seed):
             report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -672,9 +679,9 @@ async def _run(
     level: Fidelity,
     verify_once: bool,
     stores: Stores,
+    config: NodeConfig,
 ) -> Report:
     started = time.perf_counter()
-    config = NodeConfig(store_sync=False)
     async with open_simulation(
         seed=seed,
         data_dir=data_dir,

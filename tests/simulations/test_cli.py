@@ -30,6 +30,20 @@ def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["seed"] == 0
 
 
+def test_run_with_the_tree_and_announces_one_hop(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "mesh", "--nodes", "12", "--duration", "3m", "--fidelity", "engine"]
+    reports = []
+    for routing in ([], ["--tree", "--announce-radius", "1"]):
+        assert main([*argv, *routing, "--json", "--quiet"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    flooded, tree = reports
+    assert tree["sent"] == flooded["sent"] > 0
+    assert tree["delivered"] + tree["pending"] == tree["sent"]
+    assert tree["duplicates"] == 0
+    # Announces go one hop: a fraction of what flooding carries.
+    assert tree["announces_received"] * 3 < flooded["announces_received"]
+
+
 def test_progress_lines_on_stderr(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,6 +73,12 @@ def test_progress_lines_on_stderr(
             "invalid choice: 'twice' (choose from 'each', 'once')",
         ),
         (["run", "partition", "--nodes", "2"], "scenario partition needs at least 3 nodes"),
+        (["run", "mesh", "--announce-radius", "2"], "an announce radius needs the tree (--tree)"),
+        (
+            ["run", "mesh", "--tree", "--announce-radius", "0"],
+            "announce radius 0 is not within 1..16 hops",
+        ),
+        (["run", "mesh", "--tree", "--announce-radius", "x"], "'x' is not a number of hops"),
         (["run"], "the following arguments are required: SCENARIO"),
         ([], "the following arguments are required: COMMAND"),
     ],
