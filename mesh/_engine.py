@@ -1057,6 +1057,9 @@ class Router:
             # our routes: without them it could not route until the next announces.
             # At most once per flood interval; a hello within it (a node restarted at
             # once) is answered at the first tick after the interval, not forgotten.
+            if self.tree is not None:
+                # It may know nothing of the tree now: our place, as for a new one.
+                actions += self._paced(self.tree.offer(sender, now=now), now)
             last = self._greeted_back.get(sender)
             if last is None or now - last >= self.config.flood_interval_ms:
                 self._greeted_back[sender] = now

@@ -256,9 +256,21 @@ class Tree:
         self._neighbours[neighbour] = _Neighbour(role, coordinates, placement)
         self._heard(coordinates, now)
         actions = self._choose(now)
-        if news:  # a neighbour we had not offered to yet
+        ours = self._coordinates
+        if news or (ours is not None and ours.root != coordinates.root):
+            # A neighbour we had not offered to yet; or one in another tree than ours
+            # after our choice (it restarted, or was cut off, and roots a tree of its
+            # own): our offer now, not at our next interval, lets it join ours.
             actions.extend(self._offer_unless_done(neighbour, actions, now))
         return actions
+
+    def offer(self, neighbour: crypto.NodeId, *, now: int) -> list[TreeAction]:
+        """Our chain, and a grant if we may place it, for ``neighbour`` now (it met us
+        anew: it restarted, or came back); nothing if we have no place yet or it is
+        not our neighbour."""
+        if neighbour not in self._neighbours:
+            return []
+        return list(self._offers((neighbour,), now))
 
     def remove_neighbour(self, neighbour: crypto.NodeId, *, now: int) -> list[TreeAction]:
         """``neighbour`` is no longer linked to us: forget what it offered."""

@@ -437,3 +437,36 @@ def test_dht_messages_from_many_origins_together_are_bounded() -> None:
         codes.append(b.on_dht(admitted, neighbour.node_id, NOW)[0].code)
     assert codes.count(Reason.MALFORMED) == DHT_TOTAL_BURST
     assert codes.count(Reason.POLICY) == len(sybils) - DHT_TOTAL_BURST
+
+
+def test_a_neighbour_saying_hello_is_offered_our_place_again() -> None:
+    from tests.mesh.test_engine import announce
+
+    # a has the lesser id: it is the root, which b, restarted, does not know.
+    first, second = sorted((identity(1), identity(2)), key=lambda i: i.node_id.raw)
+    ids = {"a": first, "b": second}
+    routers = {name: router(i) for name, i in ids.items()}
+    mesh = Mesh(ids, routers)
+    mesh.link("a", "b")
+    now = mesh.settle() + FLOOD_INTERVAL
+    a_tree = routers["a"].tree
+    assert a_tree is not None
+    assert a_tree.coordinates is not None
+    root = a_tree.coordinates.root
+    assert root == first.node_id
+    # b restarts knowing nothing (a still counts it a neighbour) and says hello: a
+    # offers its place again with its greeting, not at its next interval.
+    routers["b"] = router(ids["b"])
+    b = routers["b"]
+    b.add_neighbour(ids["a"].node_id, Role.PEER, now)
+    hello = announce(ids["b"], ts=now, hello=True)
+    admitted = admit(WireFrame(0, hello), now=now)
+    assert not isinstance(admitted, Result)
+    _, _, actions = routers["a"].on_announce(admitted, ids["b"].node_id, now)
+    offers = [x for x in actions if isinstance(x, Offer)]
+    assert [x.neighbour for x in offers] == [ids["b"].node_id]
+    mesh.take("a", offers)
+    mesh.deliver(now)
+    assert b.tree is not None
+    assert b.tree.coordinates is not None
+    assert b.tree.coordinates.path == (root, second.node_id)

@@ -263,6 +263,24 @@ def test_random_meshes_settle_and_route_greedily_to_every_node(
                 assert len(path) - 1 <= net.coordinates(source).distance(net.coordinates(dest))
 
 
+def test_a_neighbour_that_restarted_is_offered_our_place_at_once() -> None:
+    net = Mesh()
+    nodes = [net.add(IDENTITIES[i]) for i in (0, 1, 2)]
+    for a, b in itertools.pairwise(nodes):
+        net.link(a, b)
+    net.settle()
+    net.check_settled()
+    # The end of the line restarts: knowing nothing, it roots a tree of its own and
+    # offers it; its neighbour answers with its own place at once (not at its next
+    # interval), and it joins the tree again.
+    leaf = nodes[2]
+    net.trees[leaf] = make_tree(IDENTITIES[2])
+    net.take(leaf, net.trees[leaf].add_neighbour(nodes[1], Role.PEER, now=net.now))
+    net.settle()
+    net.check_settled()
+    assert net.coordinates(leaf).path == tuple(nodes)
+
+
 def test_a_settled_tree_stays_put_while_the_root_refreshes() -> None:
     rng = random.Random(7)
     with crypto.verifying_once():
