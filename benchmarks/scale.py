@@ -83,7 +83,14 @@ import trio
 import trio.testing
 
 from node import NodeConfig, NodeStatistics
-from simulations import SCENARIOS, Fidelity, SimNode, Simulation, open_simulation
+from simulations import (
+    SCENARIOS,
+    Fidelity,
+    SimNode,
+    Simulation,
+    deterministic_scheduling,
+    open_simulation,
+)
 
 #: The scenarios whose network this measures (the other scenarios are not meshes).
 MESH_SCENARIOS: Final = ("chirp", "mesh")
@@ -277,7 +284,9 @@ def one(run: Run) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ptth-scale-", dir=scratch) as data_dir:
         clock = trio.testing.MockClock(autojump_threshold=0)
         main = functools.partial(measure, run, Path(data_dir), progress)
-        result = trio.run(main, clock=clock)
+        # As run_scenario: the same seed gives the same figures.
+        with deterministic_scheduling(run.seed):
+            result = trio.run(main, clock=clock)
     return {**dataclasses.asdict(run), **result}
 
 

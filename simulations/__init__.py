@@ -43,7 +43,13 @@ from simulations._report import (
     SentMessage,
     SentPost,
 )
-from simulations._scenarios import SCENARIOS, Progress, Scenario, run_scenario
+from simulations._scenarios import (
+    SCENARIOS,
+    Progress,
+    Scenario,
+    deterministic_scheduling,
+    run_scenario,
+)
 from simulations._simulation import (
     EPOCH_MS,
     NODE_PORT,
@@ -87,6 +93,7 @@ __all__ = [
     "both_ways",
     "chain",
     "complete",
+    "deterministic_scheduling",
     "generate_traffic",
     "open_simulation",
     "random_graph",

@@ -574,8 +574,11 @@ class Progress:
 
 
 @contextlib.contextmanager
-def _deterministic_scheduling(seed: int) -> Iterator[None]:
-    """Make trio's scheduler deterministic and seed it, for one ``trio.run``.
+def deterministic_scheduling(seed: int) -> Iterator[None]:
+    """Make trio's scheduler deterministic and seed it, for one ``trio.run``: tasks that
+    wake at the same virtual instant then run in the same order every time, so a
+    simulation run with the same seed gives the same figures (:func:`run_scenario`,
+    ``benchmarks/scale.py``).
 
     Uses the switch trio keeps for Hypothesis (``trio._core._run``); if a trio release
     moves it, runs are still correct, only perhaps not repeatable to the bit.
@@ -660,7 +663,7 @@ def run_scenario(
             _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level,
             verify_once, where, config,
         )  # fmt: skip
-        with _deterministic_scheduling(seed):
+        with deterministic_scheduling(seed):
             report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         return report
 
