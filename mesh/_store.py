@@ -610,22 +610,66 @@ _QUEUED_COLUMNS: Final = (
 )
 
 
-def _queued(row: Sequence[Any]) -> Queued:
-    return Queued(
-        seq=row[0],
-        src=crypto.NodeId(row[1]),
-        id=row[2],
-        kind=crypto.Kind(row[3]),
-        dst=crypto.NodeId(row[4]),
-        exp=row[5],
-        hops=row[6],
-        next_hop=_node(row[7]),
-        came_from=_node(row[8]),
-        queued=row[9],
-        size=row[10],
-        envelope=row[11],
-        to=_nodes(row[12]),
-    )
+#: A kind as stored (its text) to the :class:`crypto.Kind` (a lookup, not an enum call).
+_KIND: Final = {str(kind): kind for kind in crypto.Kind}
+
+
+class _NodeIds:
+    """Node ids read from the store, one object per id: rows name the same few nodes
+    again and again, so this saves making them, and an id's text form (for JSON, logs)
+    is made once. Forgotten all at once past ``limit``, so many identities cannot make
+    it grow."""
+
+    __slots__ = ("_ids", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._ids: dict[bytes, crypto.NodeId] = {}
+        self.limit = limit
+
+    def get(self, raw: bytes) -> crypto.NodeId:
+        node = self._ids.get(raw)
+        if node is None:
+            if len(self._ids) >= self.limit:
+                self._ids.clear()
+            node = self._ids[raw] = crypto.NodeId(raw)
+        return node
+
+    def maybe(self, raw: bytes | None) -> crypto.NodeId | None:
+        return None if raw is None else self.get(raw)
+
+    def queued(self, row: Sequence[Any]) -> Queued:
+        """A queue row (:data:`_QUEUED_COLUMNS`) as a :class:`Queued`."""
+        return Queued(
+            seq=row[0],
+            src=self.get(row[1]),
+            id=row[2],
+            kind=_KIND[row[3]],
+            dst=self.get(row[4]),
+            exp=row[5],
+            hops=row[6],
+            next_hop=self.maybe(row[7]),
+            came_from=self.maybe(row[8]),
+            queued=row[9],
+            size=row[10],
+            envelope=row[11],
+            to=_nodes(row[12]),
+        )
+
+    def inbox_entry(self, row: Sequence[Any]) -> InboxEntry:
+        """An inbox row (seq, id, src, kind, ts, received, hops, ct, ref, body, topic)."""
+        return InboxEntry(
+            seq=row[0],
+            id=row[1],
+            src=self.get(row[2]),
+            kind=_KIND[row[3]],
+            ts=row[4],
+            received=row[5],
+            hops=row[6],
+            ct=row[7],
+            ref=row[8],
+            body=row[9],
+            topic=row[10],
+        )
 
 
 def _key_text(key: str) -> str:
@@ -671,19 +715,20 @@ class _Counts:
 
 class _Usage:
     """Bytes charged for the queue, in total and by origin, next hop and neighbour (kept
-    in memory)."""
+    in memory). Plain dicts, a missing key meaning 0: one is made for every write, and a
+    Counter costs several times as much to make."""
 
     def __init__(self) -> None:
         self.total = 0
-        self.origin: collections.Counter[bytes] = collections.Counter()
-        self.next_hop: collections.Counter[bytes | None] = collections.Counter()
-        self.neighbour: collections.Counter[bytes | None] = collections.Counter()
+        self.origin: dict[bytes, int] = {}
+        self.next_hop: dict[bytes | None, int] = {}
+        self.neighbour: dict[bytes | None, int] = {}
 
     def add(self, src: bytes, next_hop: bytes | None, came_from: bytes | None, size: int) -> None:
         self.total += size
-        self.origin[src] += size
-        self.next_hop[next_hop] += size
-        self.neighbour[came_from] += size
+        self.origin[src] = self.origin.get(src, 0) + size
+        self.next_hop[next_hop] = self.next_hop.get(next_hop, 0) + size
+        self.neighbour[came_from] = self.neighbour.get(came_from, 0) + size
 
     def remove(
         self, src: bytes, next_hop: bytes | None, came_from: bytes | None, size: int
@@ -695,6 +740,16 @@ class _Usage:
             del self.next_hop[next_hop]
         if self.neighbour[came_from] <= 0:
             del self.neighbour[came_from]
+
+    def merge(self, other: _Usage) -> None:
+        """Add what ``other`` counts."""
+        for src, size in other.origin.items():
+            self.origin[src] = self.origin.get(src, 0) + size
+        for hop, size in other.next_hop.items():
+            self.next_hop[hop] = self.next_hop.get(hop, 0) + size
+        for came, size in other.neighbour.items():
+            self.neighbour[came] = self.neighbour.get(came, 0) + size
+        self.total += other.total
 
     def over(
         self, quotas: Quotas, added: _Usage, granted: dict[bytes, int] | None = None
@@ -708,16 +763,20 @@ class _Usage:
                 f"of {quotas.total}; retry later"
             )
         for src, size in added.origin.items():
-            if size > 0 and self.origin[src] + size > quotas.per_origin:
+            if size > 0 and (held := self.origin.get(src, 0)) + size > quotas.per_origin:
                 return (
-                    f"queue holds {self.origin[src]} bytes from {crypto.NodeId(src).short}; "
+                    f"queue holds {held} bytes from {crypto.NodeId(src).short}; "
                     f"{size} more would pass its quota per origin of {quotas.per_origin}; "
                     "retry later"
                 )
         for hop, size in added.next_hop.items():
-            if size > 0 and hop is not None and self.next_hop[hop] + size > quotas.per_next_hop:
+            if (
+                size > 0
+                and hop is not None
+                and (held := self.next_hop.get(hop, 0)) + size > quotas.per_next_hop
+            ):
                 return (
-                    f"queue holds {self.next_hop[hop]} bytes for {crypto.NodeId(hop).short}; "
+                    f"queue holds {held} bytes for {crypto.NodeId(hop).short}; "
                     f"{size} more would pass its quota per next hop of {quotas.per_next_hop}; "
                     "retry later"
                 )
@@ -726,10 +785,10 @@ class _Usage:
                 continue
             quota = None if granted is None else granted.get(came)
             limit = quotas.per_neighbour if quota is None else quota
-            if self.neighbour[came] + size > limit:
+            if (held := self.neighbour.get(came, 0)) + size > limit:
                 which = "quota per neighbour" if quota is None else "capability's quota"
                 return (
-                    f"queue holds {self.neighbour[came]} bytes taken from "
+                    f"queue holds {held} bytes taken from "
                     f"{crypto.NodeId(came).short}; {size} more would pass its {which} "
                     f"of {limit}; retry later"
                 )
@@ -773,6 +832,7 @@ class Store:
         self.quotas = quotas or Quotas()
         self._lock = threading.Lock()
         self._usage = _Usage()
+        self._ids = _NodeIds()
         # Bytes charged for the inbox, in total and by origin.
         self._inbox_bytes = 0
         self._inbox_origin: collections.Counter[bytes] = collections.Counter()
@@ -1148,7 +1208,7 @@ class Store:
                 )
         if copies:
             charge = copies * stored_charge(envelope)
-            held = self._usage.origin[src] + usage.origin[src]
+            held = self._usage.origin.get(src, 0) + usage.origin.get(src, 0)
             if words is None and held + charge > self.quotas.per_origin:
                 words = (
                     f"queue holds {held} bytes from {frame.src.short}, its quota per origin "
@@ -1281,13 +1341,7 @@ class Store:
             self._usage.remove(src, hop, came, stored_charge(size))
 
     def _merge(self, usage: _Usage) -> None:
-        for src, size in usage.origin.items():
-            self._usage.origin[src] += size
-        for hop, size in usage.next_hop.items():
-            self._usage.next_hop[hop] += size
-        for came, size in usage.neighbour.items():
-            self._usage.neighbour[came] += size
-        self._usage.total += usage.total
+        self._usage.merge(usage)
 
     def _held(self, frame: crypto.Frame) -> bool:
         """Is (origin, id) in the seen-set or the queue already? (Looks only.)"""
@@ -1643,7 +1697,7 @@ class Store:
                 " WHERE next_hop = ? AND seq > ? AND exp > ? ORDER BY seq LIMIT ?",
                 (next_hop.raw, after, now, limit),
             ).fetchall()
-            return [_queued(row) for row in rows]
+            return [self._ids.queued(row) for row in rows]
 
         return self._read(work)
 
@@ -1858,7 +1912,7 @@ class Store:
                 f" WHERE exp <= ? ORDER BY exp LIMIT ?) RETURNING {_QUEUED_COLUMNS}",
                 (now, limit),
             ).fetchall()
-            return [_queued(row) for row in rows]
+            return [self._ids.queued(row) for row in rows]
 
         def committed(expired: list[Queued]) -> None:
             self._forget(
@@ -2149,7 +2203,7 @@ class Store:
                 (name, after, limit),
             ).fetchall()
 
-        return [_inbox_entry(row) for row in self._read(work)]
+        return [self._ids.inbox_entry(row) for row in self._read(work)]
 
     def ack_subscription(self, name: str, seqs: Iterable[int]) -> int:
         """Subscription ``name`` is done with these publications; return how many were
@@ -2201,7 +2255,7 @@ class Store:
                 (after, publications, limit),
             ).fetchall()
 
-        return [_inbox_entry(row) for row in self._read(work)]
+        return [self._ids.inbox_entry(row) for row in self._read(work)]
 
     def ack(self, keys: Iterable[tuple[crypto.NodeId, bytes] | bytes]) -> int:
         """Remove acknowledged entries from the inbox (they stay seen); return how many.
@@ -2213,20 +2267,28 @@ class Store:
         if not keys:
             return 0
 
+        pairs = [value for key in keys if isinstance(key, tuple) for value in (key[0].raw, key[1])]
+        bare = [(key,) for key in keys if not isinstance(key, tuple)]
+
         def work() -> list[tuple[bytes, int]]:
             freed: list[tuple[bytes, int]] = []
-            for key in keys:
-                args: tuple[bytes, ...]
-                if isinstance(key, tuple):
-                    where, args = "src = ? AND id = ?", (key[0].raw, key[1])
-                else:
-                    where, args = "id = ?", (key,)
-                freed.extend(
-                    self._db.execute(
-                        f"DELETE FROM inbox WHERE {where} RETURNING src, {_INBOX_CHARGE}",  # noqa: S608
-                        args,
-                    ).fetchall()
-                )
+            # The pairs a chunk at a time, in one statement each (a statement per key
+            # costs about twice as much); the inbox's (src, id) key finds each row.
+            for start in range(0, len(pairs), 2 * _IN_CHUNK):
+                chunk = pairs[start : start + 2 * _IN_CHUNK]
+                values = ",".join(("(?,?)",) * (len(chunk) // 2))
+                freed += self._db.execute(
+                    "DELETE FROM inbox WHERE seq IN (SELECT inbox.seq FROM"  # noqa: S608
+                    f" (VALUES {values}) AS key JOIN inbox"
+                    " ON inbox.src = key.column1 AND inbox.id = key.column2)"
+                    f" RETURNING src, {_INBOX_CHARGE}",
+                    chunk,
+                ).fetchall()
+            for args in bare:
+                freed += self._db.execute(
+                    f"DELETE FROM inbox WHERE id = ? RETURNING src, {_INBOX_CHARGE}",  # noqa: S608
+                    args,
+                ).fetchall()
             return freed
 
         return len(self._transaction(work, then=self._inbox_freed))
@@ -2309,19 +2371,3 @@ class Store:
             )
 
         return self._read(work)
-
-
-def _inbox_entry(row: Sequence[Any]) -> InboxEntry:
-    return InboxEntry(
-        seq=row[0],
-        id=row[1],
-        src=crypto.NodeId(row[2]),
-        kind=crypto.Kind(row[3]),
-        ts=row[4],
-        received=row[5],
-        hops=row[6],
-        ct=row[7],
-        ref=row[8],
-        body=row[9],
-        topic=row[10],
-    )

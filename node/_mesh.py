@@ -826,12 +826,15 @@ class MeshRuntime:
         )
         if earlier is not None:
             raise Replayed(earlier)
-        for hop, count in collections.Counter(hops).items():
+        per_hop: dict[crypto.NodeId | None, int] = {}
+        for hop in hops:
+            per_hop[hop] = per_hop.get(hop, 0) + 1
+        for hop, count in per_hop.items():
             if hop is not None:
                 self._forwarder(hop).poke(count)
             else:
                 self.statistics.frames_held += 1
-        if None in hops:
+        if None in per_hop:
             held = {frame.dst for (frame, _), hop in zip(frames, hops, strict=True) if hop is None}
             await self._apply(self._held(held, now))
         return hops

@@ -412,6 +412,25 @@ def test_ack(store: Store) -> None:
     assert store.statistics() == stats(seen=4)
 
 
+def test_ack_of_more_keys_than_one_statement_takes_counts_each_once(store: Store) -> None:
+    # Pairs go a chunk at a time: more than one chunk, duplicates across chunks, keys of
+    # other origins and unknown ids, and bare ids beside them.
+    count = 1_200
+    store.accept([inbound(n, b"x" * (n % 7 + 1)) for n in range(count)], now=NOW)
+    keys: list[tuple[crypto.NodeId, bytes] | bytes] = [
+        (ALICE.node_id, frame_id(n)) for n in range(0, count, 2)
+    ]
+    keys += [(ALICE.node_id, frame_id(n)) for n in range(0, 40, 2)]  # again
+    keys += [(EVE.node_id, frame_id(n)) for n in range(1, count, 2)]  # not from eve
+    keys += [(ALICE.node_id, frame_id(n)) for n in range(count, count + 600)]  # unknown
+    keys += [frame_id(1), frame_id(3), frame_id(1)]  # bare ids
+    assert store.ack(keys) == count // 2 + 2
+    left = [e.id for e in store.pending(limit=count)]
+    assert left == [frame_id(n) for n in range(5, count, 2)]
+    charges = sum(inbox_charge(b"x" * (n % 7 + 1)) for n in range(5, count, 2))
+    assert store.statistics() == stats(inbox=len(left), inbox_bytes=charges, seen=count)
+
+
 def test_ack_accepts_a_generator_once(store: Store) -> None:
     store.accept([inbound(1), inbound(2)], now=NOW)
     assert store.ack((e.src, e.id) for e in store.pending()) == 2
