@@ -273,5 +273,38 @@ def require_deterministic(value: Any, data: bytes, what: str) -> None:
 
     Signed payloads must be deterministic (RFC 8949 §4.2) so every reader agrees on them.
     """
-    if encode(value) != data:
+    encoded = _encode_flat_map(value)
+    if encoded is None:
+        encoded = encode(value)
+    if encoded != data:
         raise Malformed(f"{what} is not deterministically encoded CBOR (RFC 8949 §4.2.1)")
+
+
+#: Types cbor2 encodes the same way with or without ``canonical``: integers, byte and
+#: text strings in shortest form, and simple values. (Floats are not: canonical picks
+#: the shortest float that keeps the value. Integers past 64 bits become tags 2 and 3
+#: either way.)
+_FLAT_TYPES: Final = frozenset({int, bytes, str, bool, type(None)})
+
+
+def _encode_flat_map(value: Any) -> bytes | None:
+    """:func:`encode` of ``value``, made without cbor2's canonical sorting, when
+    ``value`` is a map whose keys are ASCII text already in canonical order and whose
+    values are of :data:`_FLAT_TYPES` (a frame's payload as decoded); None otherwise.
+
+    Then the canonical encoding is the plain one: cbor2 writes every head in shortest
+    form either way, and the map in insertion order. For ASCII text keys the canonical
+    order (RFC 8949 §4.2.1, bytewise on the encoded keys; cbor2's length-first order is
+    the same for text keys, whose heads grow with their length) is by length, then by
+    text.
+    """
+    if type(value) is not dict or not _FLAT_TYPES.issuperset(map(type, value.values())):
+        return None
+    keys = list(value)
+    try:
+        ascii_text = "".join(keys).isascii()  # a key that is not text raises TypeError
+    except TypeError:
+        return None
+    if not ascii_text or keys != sorted(sorted(keys), key=len):
+        return None
+    return cbor2.dumps(value)

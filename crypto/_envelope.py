@@ -28,7 +28,7 @@ from crypto import _cbor
 from crypto._errors import Malformed, TooLarge, WrongPurpose
 from crypto._identity import Identity, NodeId
 
-__all__ = ["Opened", "Purpose", "open", "seal", "seal_encoded"]
+__all__ = ["Opened", "Purpose", "open", "open_encoded", "read_payload", "seal", "seal_encoded"]
 
 COSE_SIGN1_TAG: Final = 18
 _ALG: Final = 1
@@ -107,49 +107,70 @@ def open(  # the crypto layer's verb, used as crypto.open(...) like gzip.open
     * :class:`WrongPurpose` if it was signed for another purpose;
     * :class:`BadSignature` if the signature does not verify.
     """
+    signer, payload_bytes = open_encoded(data, purpose, max_size=max_size)
+    return Opened(signer, read_payload(payload_bytes))
+
+
+def open_encoded(
+    data: bytes, purpose: Purpose | str, *, max_size: int = _cbor.MAX_ENVELOPE_SIZE
+) -> tuple[NodeId, bytes]:
+    """:func:`open` up to the signature: the signer and the payload's bytes, verified but
+    not yet decoded, for a caller that reads them itself, or with :func:`read_payload`.
+
+    Raises what :func:`open` raises but for the payload's own faults.
+    """
     if len(data) > max_size:
         raise TooLarge(f"envelope is {len(data)} bytes, limit {max_size}")
     fields = _split(data)
     if fields is None:  # not in the shape seal() writes: read it the general way
-        fields = _split_general(data, max_size)
-    protected, payload_bytes, signature = fields
+        protected, payload_bytes, signature = _split_general(data, max_size)
+        signed = _sig_structure(protected, payload_bytes)
+    else:
+        protected, payload_bytes, signature, signed = fields
     signer, found_purpose = _read_protected(protected)
     if found_purpose != str(purpose):
         raise WrongPurpose(f"envelope is for {found_purpose!r}, expected {str(purpose)!r}")
-    signer.verify(_sig_structure(protected, payload_bytes), signature)
+    signer.verify(signed, signature)
+    return signer, payload_bytes
+
+
+def read_payload(payload_bytes: bytes) -> dict[Any, Any]:
+    """Decode the payload of an envelope that :func:`open_encoded` verified: a map, in
+    deterministic CBOR. Raises :class:`Malformed` (or :class:`TooLarge`) if it is not."""
     payload = _cbor.decode(payload_bytes, what="envelope payload")
     if not isinstance(payload, dict):
         raise Malformed(f"envelope payload is a {type(payload).__name__}, expected a map")
     _cbor.require_deterministic(payload, payload_bytes, "envelope payload")
-    return Opened(signer, payload)
+    return payload
 
 
-def _split(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+def _split(data: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     """The protected header, payload and signature of an envelope in exactly the shape
     :func:`seal` writes (tag 18, an array of 4, an empty unprotected map, a 64-byte
-    signature, nothing after), read without decoding; None for anything else."""
-    if data[:2] != _COSE_SIGN1_HEAD:
+    signature, nothing after), read without decoding, and the Sig_structure they make
+    (as :func:`_sig_structure` would: the protected header and payload are taken with
+    their heads, which are the shortest, as it writes them); None for anything else."""
+    if not data.startswith(_COSE_SIGN1_HEAD):
         return None
     protected_at = _bstr_at(data, 2)
     if protected_at is None:
         return None
     start, end = protected_at
-    if data[end : end + 1] != _EMPTY_MAP:
+    if end == start or end == len(data) or data[end] != _EMPTY_MAP[0]:
         return None
     payload_at = _bstr_at(data, end + 1)
     if payload_at is None:
         return None
     payload_start, payload_end = payload_at
-    if (
-        len(data) != payload_end + len(_SIGNATURE_HEAD) + _SIGNATURE_SIZE
-        or data[payload_end : payload_end + len(_SIGNATURE_HEAD)] != _SIGNATURE_HEAD
-        or end == start
+    if len(data) != payload_end + len(_SIGNATURE_HEAD) + _SIGNATURE_SIZE or not data.startswith(
+        _SIGNATURE_HEAD, payload_end
     ):
         return None
     return (
         data[start:end],
         data[payload_start:payload_end],
         data[payload_end + len(_SIGNATURE_HEAD) :],
+        b"".join((_SIG_STRUCTURE_HEAD, data[2:end], b"\x40", data[end + 1 : payload_end])),
     )
 
 
@@ -160,16 +181,13 @@ def _bstr_at(data: bytes, at: int) -> tuple[int, int] | None:
     if at >= len(data):
         return None
     initial = data[at]
-    if initial >> 5 != 2:
-        return None
-    info = initial & 0x1F
-    if info < 24:
-        start, length = at + 1, info
-    elif info in _LENGTH_SIZES:
-        size = _LENGTH_SIZES[info]
+    if 0x40 <= initial < 0x58:
+        start, length = at + 1, initial - 0x40
+    elif (sizes := _LENGTH_SIZES.get(initial - 0x40)) is not None:
+        size, least = sizes
         start = at + 1 + size
         length = int.from_bytes(data[at + 1 : start], "big")
-        if start > len(data) or _bstr_head(length) != data[at:start]:
+        if start > len(data) or length < least:
             return None
     else:
         return None
@@ -271,7 +289,7 @@ def _bstr_head(length: int) -> bytes:
         return bytes((0x40 | length,))
     if length < 0x100:
         return bytes((0x58, length))
-    for info, size in _LENGTH_SIZES.items():
+    for info, (size, _) in _LENGTH_SIZES.items():
         if length < 1 << (8 * size):
             return bytes((0x40 | info,)) + length.to_bytes(size, "big")
     raise Malformed(f"a byte string of {length} bytes is too long for CBOR")
@@ -291,5 +309,6 @@ _SIGNATURE_HEAD: Final = b"\x58\x40"  # a byte string of 64
 _SIG_STRUCTURE_HEAD: Final = b"\x84\x6aSignature1"  # an array of 4, "Signature1"
 _PROTECTED_HEAD: Final = b"\xa3\x01\x27\x03"  # a map of 3, 1: -8, 3: (the purpose)
 _KID_HEAD: Final = b"\x04\x58\x20"  # 4: a byte string of 32
-#: CBOR additional information 24..27: the length follows in 1, 2, 4 or 8 bytes.
-_LENGTH_SIZES: Final = {24: 1, 25: 2, 26: 4, 27: 8}
+#: CBOR additional information 24..27: the length follows in 1, 2, 4 or 8 bytes, and is
+#: at least 24, 2**8, 2**16 or 2**32 in shortest form (or it would fit in fewer).
+_LENGTH_SIZES: Final = {24: (1, 24), 25: (2, 1 << 8), 26: (4, 1 << 16), 27: (8, 1 << 32)}

@@ -38,6 +38,7 @@ import contextlib
 import contextvars
 import dataclasses
 import enum
+import itertools
 import operator
 import re
 from collections.abc import Iterator
@@ -81,6 +82,10 @@ MAX_WHY_LENGTH: Final = 1024
 RECEIPT_STATES: Final = frozenset({"delivered", "dropped"})
 _WORD: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SECURE_WORD: Final = re.compile(rf"~[a-z2-7]{{{NODE_ID_TEXT_LENGTH}}}")
+#: Up to :data:`MAX_TOPIC_WORDS` words of :data:`_WORD`, none secure nor a wildcard.
+_PLAIN_WORDS: Final = re.compile(
+    rf"[A-Za-z0-9_-]{{1,64}}(?:\.[A-Za-z0-9_-]{{1,64}}){{0,{MAX_TOPIC_WORDS - 1}}}"
+)
 _CT: Final = re.compile(r"[!-~]+(?:; ?[!-~]+)*")
 
 
@@ -124,6 +129,8 @@ _OPTIONAL: Final = {
 
 
 def _check_words(text: str, what: str, *, wildcards: bool) -> str:
+    if type(text) is str and len(text) <= MAX_TOPIC_LENGTH and _PLAIN_WORDS.fullmatch(text):
+        return text  # the common case at once; anything else is checked word by word
     if not isinstance(text, str):
         raise Malformed(f"{what} must be text, got {type(text).__name__}")
     if not 0 < len(text) <= MAX_TOPIC_LENGTH:
@@ -208,10 +215,7 @@ class Frame:
             object.__setattr__(self, "kind", kind)  # a str from a payload becomes the Kind
         if not isinstance(self.src, NodeId):
             raise Malformed("frame src must be a node id")
-        _bytes(self.id, "id", size=FRAME_ID_SIZE)
-        _int(self.ts, "ts", 0, MAX_TIME_MS - 1)
-        _int(self.exp, "exp", self.ts + 1, min(self.ts + MAX_LIFETIME_MS, MAX_TIME_MS))
-        _int(self.hops, "hops", 1, MAX_HOPS)
+        self._check_common()
         present = frozenset(
             name
             for name, value in zip(_FIELDS, _field_values(self), strict=True)
@@ -222,6 +226,30 @@ class Frame:
                 raise Malformed(f"{kind} frame lacks {', '.join(sorted(missing))}")
             if extra := present - _REQUIRED[kind] - _OPTIONAL.get(kind, frozenset()):
                 raise Malformed(f"{kind} frame must not have {', '.join(sorted(extra))}")
+        self._check_fields()
+
+    def _check_common(self) -> None:
+        """Check the keys every frame has but ``t`` and ``src``."""
+        id_, ts, exp, hops = self.id, self.ts, self.exp, self.hops
+        if (  # the common case at once; anything else is checked one by one below
+            type(id_) is bytes
+            and len(id_) == FRAME_ID_SIZE
+            and type(ts) is int
+            and type(exp) is int
+            and type(hops) is int
+            and 0 <= ts < exp <= ts + MAX_LIFETIME_MS
+            and exp <= MAX_TIME_MS
+            and 1 <= hops <= MAX_HOPS
+        ):
+            return
+        _bytes(self.id, "id", size=FRAME_ID_SIZE)
+        _int(self.ts, "ts", 0, MAX_TIME_MS - 1)
+        _int(self.exp, "exp", self.ts + 1, min(self.ts + MAX_LIFETIME_MS, MAX_TIME_MS))
+        _int(self.hops, "hops", 1, MAX_HOPS)
+
+    def _check_fields(self) -> None:
+        """Check the value of each key a frame of some kinds has (its presence is the
+        caller's to check)."""
         if self.topic is not None:
             validate_topic(self.topic)
         if self.pat is not None:
@@ -272,15 +300,24 @@ class Frame:
     @classmethod
     def from_payload(cls, payload: dict[Any, Any]) -> Frame:
         """Read a signed frame map; raise :class:`Malformed` for anything amiss."""
-        keys = payload.keys()
-        if not keys >= _COMMON:
-            raise Malformed(f"frame lacks {', '.join(sorted(_COMMON - keys))}")
-        if not keys <= _KEYS:
-            raise Malformed(f"frame has unknown keys {sorted(map(repr, keys - _KEYS))}")
+        # A payload as it is signed has its keys in canonical order: then one look-up
+        # finds whether they are those of its kind (the check __post_init__ makes).
+        kind_text = payload.get("t")
+        shape = _SHAPES.get((kind_text, tuple(payload))) if type(kind_text) is str else None
+        if shape is None:
+            keys = payload.keys()
+            if not keys >= _COMMON:
+                raise Malformed(f"frame lacks {', '.join(sorted(_COMMON - keys))}")
+            if not keys <= _KEYS:
+                raise Malformed(f"frame has unknown keys {sorted(map(repr, keys - _KEYS))}")
         if None in payload.values():
             # None means "absent" here; a signed null would be a second encoding of it.
             nulls = sorted(key for key, value in payload.items() if value is None)
             raise Malformed(f"frame has null {', '.join(nulls)}; absent keys are left out")
+        if shape is not None:
+            values = list(map(payload.get, _PAYLOAD_KEYS))
+            values[0] = shape
+            return cls._from_values(values)
         fields = {key: value for key, value in payload.items() if key not in _COMMON}
         if (dst := fields.get("dst")) is not None:
             fields["dst"] = NodeId(_bytes(dst, "dst"))
@@ -293,6 +330,22 @@ class Frame:
             hops=payload["hops"],
             **fields,
         )
+
+    @classmethod
+    def _from_values(cls, values: list[Any]) -> Frame:
+        """:meth:`from_payload` for a payload without nulls whose keys are those of its
+        kind (one of :data:`_SHAPES`), given as its values in field order, the kind
+        first (a :class:`Kind`), None for absent keys: what the general way does, in
+        the same order, less the checks on the keys and the kind, which the shape made."""
+        if (dst := values[_DST]) is not None:
+            values[_DST] = NodeId(_bytes(dst, "dst"))
+        values[_SRC] = NodeId(_bytes(values[_SRC], "src"))
+        frame = object.__new__(cls)
+        for setter, value in zip(_SETTERS, values, strict=False):  # as many; strict costs
+            setter(frame, value)
+        frame._check_common()
+        frame._check_fields()
+        return frame
 
     def seal(self, identity: Identity) -> bytes:
         """Sign this frame as its origin. Raises :class:`Malformed` if ``src`` is not us."""
@@ -315,8 +368,14 @@ class Frame:
         opened = _OPENED.get() if isinstance(envelope, bytes) else None  # hashable bytes
         frame = None if opened is None else opened.get(envelope)
         if frame is None:
-            signer, payload = _envelope.open(envelope, _envelope.Purpose.FRAME)
-            frame = cls.from_payload(payload)
+            signer, payload_bytes = _envelope.open_encoded(envelope, _envelope.Purpose.FRAME)
+            # Verified: now read. The shape seal() writes is read here at once; anything
+            # else is decoded, checked deterministic, and read the general way.
+            values = _read_payload(payload_bytes)
+            if values is None:
+                frame = cls.from_payload(_envelope.read_payload(payload_bytes))
+            else:
+                frame = cls._from_values(values)
             if frame.src != signer:
                 raise Malformed(f"frame from {frame.src.short} is signed by {signer.short}")
             if opened is not None:
@@ -377,3 +436,129 @@ _field_values: Final = operator.attrgetter(*_FIELDS)
 #: Every key a frame's map may have.
 _KEYS: Final = _COMMON | frozenset(_FIELDS)
 _KINDS: Final = {str(kind): kind for kind in Kind}
+#: The slots' setters, in field order (a frozen dataclass's __init__ sets each with
+#: object.__setattr__, which costs twice as much).
+_SETTERS: Final = tuple(getattr(Frame, field.name).__set__ for field in dataclasses.fields(Frame))
+#: The payload's key for each field, in field order.
+_PAYLOAD_KEYS: Final = ("t", "src", "id", "ts", "exp", "hops", *_FIELDS)
+_SRC: Final = _PAYLOAD_KEYS.index("src")
+_DST: Final = _PAYLOAD_KEYS.index("dst")
+
+
+def _encoded_key(key: str) -> bytes:
+    return _cbor.encode(key)
+
+
+def _shapes() -> dict[tuple[str, tuple[str, ...]], Kind]:
+    shapes = {}
+    for kind in Kind:
+        optional = sorted(_OPTIONAL.get(kind, ()))
+        for count in range(len(optional) + 1):
+            for chosen in itertools.combinations(optional, count):
+                keys = _COMMON | _REQUIRED[kind] | frozenset(chosen)
+                shapes[str(kind), tuple(sorted(keys, key=_encoded_key))] = kind
+    return shapes
+
+
+#: Every set of keys a frame may have, by its ``t`` and its keys in canonical order
+#: (RFC 8949 §4.2.1), the order in which a signed payload has them.
+_SHAPES: Final = _shapes()
+
+# -- reading the payload seal() writes ---------------------------------------------------
+
+_UINT, _BYTES, _TEXT, _TRUE = 0, 2, 3, 7  # the CBOR major type of each key's value
+_VALUE_TYPES: Final = {
+    "t": _TEXT, "src": _BYTES, "id": _BYTES, "ts": _UINT, "exp": _UINT, "hops": _UINT,
+    "dst": _BYTES, "topic": _TEXT, "pat": _TEXT, "body": _BYTES, "ct": _TEXT, "ref": _BYTES,
+    "rr": _TRUE, "st": _TEXT, "why": _TEXT, "n": _UINT, "hello": _TRUE, "cap": _BYTES,
+}  # fmt: skip
+#: Each key's bit: the bits rise with the keys' canonical order.
+_KEY_BITS: Final = {
+    key: 1 << rank for rank, key in enumerate(sorted(_VALUE_TYPES, key=_encoded_key))
+}
+#: :data:`_SHAPES` by the bits of their keys.
+_SHAPE_BITS: Final = {
+    (kind_text, sum(_KEY_BITS[key] for key in keys)): kind
+    for (kind_text, keys), kind in _SHAPES.items()
+}
+#: Bytes after additional information 24..27 in a CBOR head, and the least argument
+#: each may carry in shortest form (RFC 8949 §4.2.1).
+_ARGUMENT_SIZES: Final = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
+
+
+def _heads() -> dict[bytes, tuple[int, int, int, int, int]]:
+    heads: dict[bytes, tuple[int, int, int, int, int]] = {}
+    for key, major in _VALUE_TYPES.items():
+        before = (_KEY_BITS[key], _PAYLOAD_KEYS.index(key))
+        encoded = _encoded_key(key)
+        if major == _TRUE:  # read as an unsigned integer whose argument is True
+            heads[encoded + b"\xf5"] = (*before, _UINT, 0, True)
+            continue
+        for info in range(24):
+            heads[encoded + bytes((major << 5 | info,))] = (*before, major, 0, info)
+        for info, (size, least) in _ARGUMENT_SIZES.items():
+            heads[encoded + bytes((major << 5 | info,))] = (*before, major, size, least)
+    return heads
+
+
+#: How to read each key and the head of its value, by their encoding (the key in
+#: shortest form, as all our keys are shorter than 24 bytes, and the value's initial
+#: byte, of the major type the key wants): the key's bit, its index in
+#: :data:`_PAYLOAD_KEYS`, the major type, and either no bytes more and the argument,
+#: or the size of the argument that follows and its least value in shortest form.
+_HEADS: Final = _heads()
+
+
+def _read_payload(data: bytes) -> list[Any] | None:
+    """The values of a frame payload in exactly the shape :meth:`Frame.seal` writes, in
+    field order (the kind first, None for absent keys, node ids raw); None for anything
+    else, which is then read the general way, with its refusals.
+
+    Returns values only when the general way would decode the same map from ``data``,
+    find it deterministically encoded and its keys those of its kind (the shape
+    :meth:`Frame._from_values` takes): a definite-length map whose keys are frame keys in
+    canonical order (so none twice), each value a shortest-form unsigned integer, byte
+    string, valid UTF-8 text string or ``true`` as its key wants, nothing after the map.
+    """
+    end = len(data)
+    if not 0 < end <= _cbor.MAX_ENVELOPE_SIZE:
+        return None
+    count = data[0] - 0xA0  # a map of fewer than 24 pairs (a frame has at most 11)
+    if not 0 <= count < 24:
+        return None
+    values: list[Any] = [None] * len(_PAYLOAD_KEYS)
+    keys = 0
+    at = 1
+    try:
+        for _ in range(count):
+            head_end = at + data[at] - 0x5E  # a text key of fewer than 24 bytes, a byte
+            reader = _HEADS.get(data[at:head_end])
+            if reader is None:
+                return None
+            bit, index, major, size, argument = reader
+            if bit <= keys:  # not after the key before it in canonical order
+                return None
+            keys |= bit
+            at = head_end
+            if size:
+                least = argument
+                argument = int.from_bytes(data[at : at + size], "big")
+                at += size
+                if argument < least:  # not in shortest form (or cut short: at > end)
+                    return None
+            if major == _UINT:
+                values[index] = argument
+            else:
+                start, at = at, at + argument
+                if at > end:
+                    return None
+                values[index] = (
+                    data[start:at] if major == _BYTES else data[start:at].decode("utf-8")
+                )
+    except (IndexError, UnicodeDecodeError):
+        return None
+    kind = _SHAPE_BITS.get((values[0], keys))
+    if kind is None or at != end:
+        return None
+    values[0] = kind
+    return values

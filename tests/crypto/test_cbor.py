@@ -269,6 +269,51 @@ def test_non_deterministic_encodings_are_refused(data: bytes, value: Any) -> Non
         _cbor.require_deterministic(_cbor.decode(data), data, "payload")
 
 
+FLAT_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64 - 1),
+    st.binary(max_size=30),
+    st.text(max_size=30),
+    st.floats(allow_nan=False),  # not flat: always left to the canonical encoder
+)
+ASCII_KEYS = st.text("abt", max_size=3) | st.text(st.characters(max_codepoint=127), max_size=30)
+FLAT_KEYS = ASCII_KEYS | st.text(max_size=30) | st.binary(max_size=2)
+
+
+@given(
+    st.lists(st.tuples(ASCII_KEYS, FLAT_VALUES), max_size=8)
+    | st.lists(st.tuples(FLAT_KEYS, FLAT_VALUES | VALUES), max_size=8),
+    st.randoms(),
+)
+def test_flat_maps_are_checked_as_the_canonical_encoder_would(
+    pairs: list[tuple[Any, Any]], random: Any
+) -> None:
+    # require_deterministic encodes a flat map with text keys in canonical order without
+    # sorting it: it must refuse exactly what comparing with encode() refuses.
+    random.shuffle(pairs)
+    for value in (dict(pairs), dict(sorted(pairs, key=lambda pair: _cbor.encode(pair[0])))):
+        expected = _cbor.encode(value)
+        assert _cbor._encode_flat_map(value) in (None, expected)
+        for data in (expected, cbor2.dumps(value), cbor2.dumps(value, canonical=True)):
+            refused = False
+            try:
+                _cbor.require_deterministic(value, data, "payload")
+            except Malformed:
+                refused = True
+            assert refused == (data != expected)
+
+
+def test_a_frame_like_flat_map_is_encoded_without_sorting() -> None:
+    value = {"t": "msg", "id": b"x", "ts": 2**40, "ct": "a", "rr": True, "why": "é"}
+    assert _cbor._encode_flat_map(value) is None  # a key out of order ("ct" < "id")
+    value = {"t": "msg", "ct": "a", "id": b"x", "rr": True, "ts": 2**40, "why": "é"}
+    assert _cbor._encode_flat_map(value) == _cbor.encode(value)
+    assert _cbor._encode_flat_map({"é": 1}) is None  # not ASCII: left to encode()
+    assert _cbor._encode_flat_map({"a": 1.5}) is None  # floats have shortest forms
+    assert _cbor._encode_flat_map({b"a": 1}) is None  # not text
+
+
 # -- check_bounds ----------------------------------------------------------------------
 
 

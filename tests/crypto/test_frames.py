@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
+import cbor2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,7 +32,9 @@ from crypto import (
     NodeId,
     Purpose,
     WrongPurpose,
+    _cbor,
     _envelope,
+    _frames,
     validate_pattern,
     validate_topic,
 )
@@ -515,13 +522,13 @@ def test_expired_frame_is_refused_on_open() -> None:
 def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the envelopes :meth:`Frame.open` opens (COSE, signature and all)."""
     calls = [0]
-    real = _envelope.open
+    real = _envelope.open_encoded
 
-    def counted(data: bytes, purpose: Purpose | str) -> crypto.Opened:
+    def counted(data: bytes, purpose: Purpose | str) -> tuple[NodeId, bytes]:
         calls[0] += 1
         return real(data, purpose)
 
-    monkeypatch.setattr(_envelope, "open", counted)
+    monkeypatch.setattr(_envelope, "open_encoded", counted)
     return calls
 
 
@@ -581,6 +588,299 @@ def test_envelope_for_another_purpose_is_refused() -> None:
     envelope = crypto.seal(ALICE, Purpose.ADDRESS, Frame(**fields()).to_payload())
     with pytest.raises(WrongPurpose, match="envelope is for 'ptth/addr', expected 'ptth/frame'"):
         Frame.open(envelope)
+
+
+# -- the fast path of Frame.open against the general one -------------------------------
+#
+# Frame.open reads the payload seal() writes with a reader of its own (_frames._read_payload)
+# and builds the frame without re-checking its keys (Frame._from_values); anything that reader
+# does not take is decoded by cbor2, checked deterministic and read by from_payload. These
+# tests hold the two ways to the same outcome: the same frame, or the same refusal.
+
+WORDS_AND_KEYS = sorted({*VALUES, "t", "src", "id", "ts", "exp", "hops", "x", "kind", ""})
+ODD_VALUES = st.one_of(
+    st.integers(-(2**64), 2**64 - 1),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.binary(max_size=40),
+    st.text(max_size=40),
+    st.sampled_from(["msg", "pub", "delivered", "news.tech", "a/b"]),
+    st.lists(st.integers(0, 30), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(0, 30), max_size=2),
+    st.builds(cbor2.CBORTag, st.sampled_from([0, 1, 2, 18, 24, 55799]), st.integers(0, 30)),
+)
+
+
+MUTATIONS = (
+    "none", "wide", "swap", "twice", "extra", "drop", "retype", "indefinite", "tag", "cut", "add",
+    "flip", "count", "bytes-key",
+)  # fmt: skip
+
+
+def head(major: int, argument: int, width: int = 0) -> bytes:
+    """A CBOR head: in shortest form, or with its argument in ``width`` bytes (1, 2, 4, 8)."""
+    if not width:
+        if argument < 24:
+            return bytes([major << 5 | argument])
+        width = next(size for size in (1, 2, 4, 8) if argument < 1 << (8 * size))
+    info = {1: 24, 2: 25, 4: 26, 8: 27}[width]
+    return bytes([major << 5 | info]) + argument.to_bytes(width, "big")
+
+
+def item(value: Any, width: int = 0) -> bytes:
+    """``value`` in CBOR, its head ``width`` wide where it has one we write (see head())."""
+    if isinstance(value, bool) or not isinstance(value, int | bytes | str):
+        return cbor2.dumps(value, canonical=True)
+    if isinstance(value, int):
+        return head(0, value, width) if value >= 0 else cbor2.dumps(value)
+    raw = value.encode() if isinstance(value, str) else value
+    return head(3 if isinstance(value, str) else 2, len(raw), width) + raw
+
+
+def canonical(pairs: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    return sorted(pairs, key=lambda pair: _cbor.encode(pair[0]))
+
+
+def argument_of(value: int | bytes | str) -> int:
+    """The argument of ``value``'s head: the integer, or the string's length in bytes."""
+    if isinstance(value, int):
+        return value
+    return len(value.encode() if isinstance(value, str) else value)
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> tuple[Identity, bytes]:
+    """A signer and payload bytes: a valid frame's, or one mutated in a way that matters
+    to a reader (heads not in shortest form, keys out of order, twice, extra or missing,
+    values of another type, indefinite lengths, tags, bytes cut, added or flipped)."""
+    identity, frame = draw(frames())
+    pairs: list[tuple[Any, Any]] = canonical(list(frame.to_payload().items()))
+    mutation = draw(st.sampled_from(MUTATIONS))
+    index = draw(st.integers(0, len(pairs) - 1))
+    key, value = pairs[index]
+    encoded = [item(k) + item(v) for k, v in pairs]
+    count = len(pairs)
+    map_head: bytes | None = None  # the map's head, unless made from count at the end
+    if mutation == "wide":  # one head wider than it must be: the map's, a key's, a value's
+        where = draw(st.sampled_from(["map", "key", "value"]))
+        if where == "map":
+            map_head = head(5, count, draw(st.sampled_from([1, 2, 4, 8])))
+        elif where == "key":
+            encoded[index] = item(key, draw(st.sampled_from([1, 2, 4, 8]))) + item(value)
+        elif isinstance(value, int | bytes | str) and not isinstance(value, bool):
+            argument = argument_of(value)
+            size = draw(st.sampled_from([1, 2, 4, 8]))
+            if argument < 1 << (8 * size):
+                encoded[index] = item(key) + item(value, size)
+    elif mutation == "swap" and count > 1:
+        other = draw(st.integers(0, count - 1).filter(lambda i: i != index))
+        encoded[index], encoded[other] = encoded[other], encoded[index]
+    elif mutation == "twice":
+        again = draw(st.sampled_from([value, *VALUES.values()]))
+        again = again.raw if isinstance(again, NodeId) else again
+        encoded.insert(index + draw(st.integers(0, 1)), item(key) + item(again))
+        count += 1
+    elif mutation == "extra":
+        extra_key = draw(st.sampled_from(WORDS_AND_KEYS))
+        extra = draw(st.sampled_from(list(VALUES.values())) | ODD_VALUES)
+        extra = extra.raw if isinstance(extra, NodeId) else extra
+        pairs = canonical([*((k, v) for k, v in pairs if k != extra_key), (extra_key, extra)])
+        encoded = [item(k) + item(v) for k, v in pairs]
+        count = len(pairs)
+    elif mutation == "drop":
+        del encoded[index]
+        count -= 1
+    elif mutation == "retype":
+        encoded[index] = item(key) + item(draw(ODD_VALUES))
+    elif mutation == "indefinite":  # the map, or a string value in chunks
+        if draw(st.booleans()) or not isinstance(value, bytes | str):
+            map_head = b"\xbf"
+            encoded.append(b"\xff")
+        else:
+            major = 3 if isinstance(value, str) else 2
+            chunk = item(value)  # one chunk: the string itself
+            encoded[index] = item(key) + bytes([major << 5 | 31]) + chunk + b"\xff"
+    elif mutation == "tag":  # the map, or a value, tagged
+        tag = head(6, draw(st.sampled_from([0, 1, 2, 18, 24, 55799, 1000])))
+        if draw(st.booleans()):
+            map_head = tag + head(5, count)
+        else:
+            encoded[index] = item(key) + tag + item(value)
+    elif mutation == "count":
+        map_head = head(5, max(0, count + draw(st.sampled_from([-1, 1]))))
+    elif mutation == "bytes-key":
+        encoded[index] = item(key.encode()) + item(value)
+    payload = (head(5, count) if map_head is None else map_head) + b"".join(encoded)
+    if mutation == "cut":
+        payload = payload[: draw(st.integers(0, len(payload) - 1))]
+    elif mutation == "add":
+        payload += draw(st.binary(min_size=1, max_size=3))
+    elif mutation == "flip":
+        at = draw(st.integers(0, len(payload) - 1))
+        flipped = bytearray(payload)
+        flipped[at] ^= draw(st.integers(1, 255))
+        payload = bytes(flipped)
+    return identity, payload
+
+
+@contextlib.contextmanager
+def general_path_only() -> Iterator[None]:
+    """Frame.open, from_payload and require_deterministic without their fast paths."""
+    with (
+        mock.patch.object(_frames, "_read_payload", return_value=None),
+        mock.patch.object(_frames, "_SHAPES", {}),
+        mock.patch.object(_cbor, "_encode_flat_map", return_value=None),
+    ):
+        yield
+
+
+def outcome(call: Callable[[], Any]) -> Any:
+    """What ``call`` gives: a frame, or the class and words of its refusal."""
+    try:
+        return call()
+    except CryptoError as exc:
+        return type(exc), str(exc)
+
+
+@given(frames())
+def test_the_fast_path_reads_every_valid_frame(pair: tuple[Identity, Frame]) -> None:
+    identity, frame = pair
+    payload_bytes = _cbor.encode(frame.to_payload())
+    values = _frames._read_payload(payload_bytes)
+    assert values is not None, "a payload as seal() writes it must take the fast path"
+    assert Frame._from_values(values) == frame
+    sealed = frame.seal(identity)
+    with general_path_only():
+        assert Frame.open(sealed) == frame
+    assert Frame.open(sealed) == frame
+
+
+@given(payloads())
+def test_the_fast_path_agrees_with_the_general_one(pair: tuple[Identity, bytes]) -> None:
+    identity, payload_bytes = pair
+    sealed = _envelope.seal_encoded(identity, Purpose.FRAME, payload_bytes)
+    with general_path_only():
+        expected = outcome(lambda: Frame.open(sealed))
+    assert outcome(lambda: Frame.open(sealed)) == expected
+    # The reader takes only what the general way reads to the same values.
+    values = _frames._read_payload(payload_bytes)
+    if values is not None:
+        read = dict(zip(_frames._PAYLOAD_KEYS, [str(values[0]), *values[1:]], strict=True))
+        with general_path_only():
+            payload = _envelope.read_payload(payload_bytes)
+            expected = outcome(lambda: Frame.from_payload(payload))
+        assert payload == {key: value for key, value in read.items() if value is not None}
+        assert list(payload) == sorted(payload, key=_cbor.encode)
+        assert outcome(lambda: Frame._from_values(values)) == expected
+
+
+@given(payloads())
+def test_from_payload_fast_path_agrees_with_the_general_one(pair: tuple[Identity, bytes]) -> None:
+    _, payload_bytes = pair
+    try:
+        payload = _envelope.read_payload(payload_bytes)
+    except CryptoError:
+        return
+    # ... and each key order, as a caller's map may have (not only the canonical one).
+    for order in (payload, dict(reversed(payload.items()))):
+        with general_path_only():
+            expected = outcome(lambda: Frame.from_payload(order))  # noqa: B023
+        assert outcome(lambda: Frame.from_payload(order)) == expected  # noqa: B023
+
+
+REPLACEMENTS: tuple[Any, ...] = (
+    0, 1, 23, 24, 255, 256, 2**32, 2**64 - 1, -1, -(2**64), False, True, None, 1.5, b"", b"x" * 16,
+    b"x" * 32, bytes(300), "", "msg", "delivered", "news.tech", "x" * 300, [], {}, [1],
+    {"t": 1}, cbor2.CBORTag(0, "x"), cbor2.CBORTag(2, b"\x01"), cbor2.undefined,
+)  # fmt: skip
+
+
+def every_mutation(pairs: list[tuple[str, Any]]) -> Iterator[bytes]:
+    """The payload of ``pairs`` (in canonical order) with one thing changed, every way
+    a reader could get wrong: each head made wider, each value replaced, each key left
+    out, doubled, swapped with the next or made bytes, tagged or indefinite items, the
+    map's count off by one, a byte more, each truncation."""
+    items = [item(key) + item(value) for key, value in pairs]
+
+    def joined(changed: list[bytes], map_head: bytes = head(5, len(pairs))) -> bytes:
+        return map_head + b"".join(changed)
+
+    for width in (1, 2, 4, 8):
+        yield joined(items, head(5, len(pairs), width))
+    yield joined([*items, b"\xff"], b"\xbf")
+    yield b"\xd8\x18" + joined(items)
+    yield joined(items, head(5, len(pairs) - 1))
+    yield joined(items, head(5, len(pairs) + 1))
+    yield joined(items) + b"\x00"
+    for index, (key, value) in enumerate(pairs):
+
+        def changed(new: bytes | None, at: int = index) -> list[bytes]:
+            return [*items[:at], *([] if new is None else [new]), *items[at + 1 :]]
+
+        for width in (1, 2, 4, 8):
+            yield joined(changed(item(key, width) + item(value)))
+            if not isinstance(value, bool) and argument_of(value) < 1 << (8 * width):
+                yield joined(changed(item(key) + item(value, width)))
+        for replacement in REPLACEMENTS:
+            yield joined(changed(item(key) + item(replacement)))
+        yield joined(changed(None), head(5, len(pairs) - 1))
+        yield joined(changed(None))
+        yield joined(
+            [*items[: index + 1], items[index], *items[index + 1 :]], head(5, len(pairs) + 1)
+        )
+        if index + 1 < len(pairs):
+            yield joined([*items[:index], items[index + 1], items[index], *items[index + 2 :]])
+        yield joined(changed(item(key.encode()) + item(value)))
+        yield joined(changed(item(key) + b"\xc1" + item(value)))
+        if isinstance(value, bytes | str):
+            indefinite = bytes([(3 if isinstance(value, str) else 2) << 5 | 31])
+            yield joined(changed(item(key) + indefinite + item(value) + b"\xff"))
+    whole = joined(items)
+    for end in range(len(whole)):
+        yield whole[:end]
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_the_fast_path_agrees_on_every_mutation(kind: Kind) -> None:
+    optional = {name: VALUES[name] for name in OPTIONAL.get(kind, ())}
+    frame = Frame(**fields(kind, **optional))
+    pairs = canonical(list(frame.to_payload().items()))
+    with crypto.verifying_once():  # each envelope is opened twice: verify it once
+        for payload_bytes in every_mutation(pairs):
+            sealed = _envelope.seal_encoded(ALICE, Purpose.FRAME, payload_bytes)
+            with general_path_only():
+                expected = outcome(lambda: Frame.open(sealed))  # noqa: B023
+            assert outcome(lambda: Frame.open(sealed)) == expected, payload_bytes.hex()  # noqa: B023
+
+
+@pytest.mark.parametrize(
+    ("payload_bytes", "message"),
+    [
+        pytest.param(
+            b"\xb8\x08" + _cbor.encode(payload())[1:],
+            "not deterministically encoded",
+            id="wide-map-head",
+        ),
+        pytest.param(
+            _cbor.encode(payload()).replace(b"\x62ts\x1b", b"\x62ts\x3b"),
+            "frame ts is -",
+            id="negative-ts",
+        ),
+        pytest.param(_cbor.encode(payload()) + b"\x00", "1 trailing bytes after", id="trailing"),
+        pytest.param(
+            _cbor.encode(payload()).replace(b"\x64hops\x08", b"\x64hops\x18\x08"),
+            "not deterministically encoded",
+            id="wide-hops",
+        ),
+    ],
+)
+def test_payloads_the_fast_path_leaves_to_the_general_one(
+    payload_bytes: bytes, message: str
+) -> None:
+    assert _frames._read_payload(payload_bytes) is None
+    with pytest.raises(Malformed, match=message):
+        Frame.open(_envelope.seal_encoded(ALICE, Purpose.FRAME, payload_bytes))
 
 
 # -- topics and patterns ---------------------------------------------------------------
@@ -698,3 +998,17 @@ def test_generated_topics_are_valid(topic: str, secure_topic: str) -> None:
 @given(dotted(PATTERN_WORDS, None))
 def test_generated_patterns_are_valid(pattern: str) -> None:
     assert validate_pattern(pattern) == pattern
+
+
+@given(
+    st.text(st.sampled_from("aZ9_-.~*#é"), max_size=12)
+    | st.lists(st.sampled_from(["a", "x" * 64, "x" * 65, "", "*", SECURE]), max_size=34).map(
+        ".".join
+    )
+)
+def test_plain_topics_are_checked_at_once_as_word_by_word(text: str) -> None:
+    never = re.compile(r"(?!)")  # matches nothing: every text is checked word by word
+    for check in (validate_topic, validate_pattern):
+        with mock.patch.object(_frames, "_PLAIN_WORDS", never):
+            expected = outcome(lambda: check(text))  # noqa: B023
+        assert outcome(lambda: check(text)) == expected  # noqa: B023
