@@ -138,6 +138,11 @@ _IN_CHUNK: Final = 500
 #: Why a frame this node made was dropped by :meth:`Store.purge` (its trace says so).
 PURGED: Final = "purged by the operator"
 _T = TypeVar("_T")
+#: A frame into the queue; a copy there already (its key) is left as it is.
+_INSERT_QUEUE: Final = (
+    "INSERT OR IGNORE INTO queue (src, id, kind, dst, exp, hops, next_hop, came_from,"
+    " queued, size, envelope, subscribers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,6 +154,19 @@ class Write(Generic[_T]):
 
     work: Callable[[], _T]
     then: Callable[[_T], None] | None = None
+    #: For a plain :meth:`Store.enqueue_write` (no idempotency key): what it takes, so
+    #: that a group runs a run of them as one statement per table (its outcome, None,
+    #: the same); ``work`` and ``then`` are what runs otherwise.
+    enqueue: _Enqueue | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Enqueue:
+    """What a plain enqueue write takes: frames, whether each asked for a receipt, when."""
+
+    frames: tuple[Outgoing, ...]
+    receipts: tuple[bool, ...]
+    now: int
 
 
 def stored_charge(stored_bytes: int) -> int:
@@ -992,6 +1010,10 @@ class Store:
         each in a savepoint of its own, so that only its changes are undone (a
         savepoint per write costs as much again as the write: paid only then). A group
         of one needs no savepoint: the rollback undid its changes, and nothing else.
+        Plain enqueues in a row (no idempotency key: concurrent ``node.send`` calls)
+        run as one, a statement per table for all their frames, with the same outcome;
+        if one of their frames is queued already or a quota would be passed, that
+        first pass fails and the savepoint pass decides write by write.
         """
         with self._lock:
             counts = self._counts()
@@ -1008,7 +1030,23 @@ class Store:
         outcomes: list[Any] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for write in writes:
+            index = 0
+            while index < len(writes):
+                write = writes[index]
+                index += 1
+                if not savepoints and write.enqueue is not None:
+                    # Plain enqueues in a row (concurrent node.send calls): together.
+                    end = index
+                    while end < len(writes) and writes[end].enqueue is not None:
+                        end += 1
+                    if end - index:
+                        together = [
+                            w.enqueue for w in writes[index - 1 : end] if w.enqueue is not None
+                        ]
+                        self._enqueue_together(together)
+                        outcomes += [None] * len(together)
+                        index = end
+                        continue
                 if savepoints:
                     self._db.execute("SAVEPOINT write")
                 try:
@@ -1475,8 +1513,7 @@ class Store:
     def _insert_queue(self, outgoing: Outgoing, now: int, usage: _Usage) -> bool:
         size = len(outgoing.envelope)
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO queue (src, id, kind, dst, exp, hops, next_hop, came_from,"
-            " queued, size, envelope, subscribers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_QUEUE,
             (
                 outgoing.src.raw,
                 outgoing.id,
@@ -1595,7 +1632,61 @@ class Store:
                 self._idempotency_keys = kept[-1]
                 self._merge(usage)
 
-        return Write(work, committed)
+        wants = (False,) * len(frames) if receipts is None else tuple(map(bool, receipts))
+        plain = None
+        if idempotent is None and len(wants) == len(frames):
+            plain = _Enqueue(tuple(frames), wants, now)
+        return Write(work, committed, plain)
+
+    def _enqueue_together(self, writes: Sequence[_Enqueue]) -> None:
+        """Run plain enqueue writes as one: a statement per table for all their frames.
+
+        Each write's own outcome is None, as if run one by one, or this raises
+        :class:`_WriteFailed` (changes made: the group runs again, each write in a
+        savepoint, to find out which stand) if a frame is queued already or a quota
+        would be passed: then the writes one by one are what decides.
+        """
+        queue_rows = []
+        sent_rows = []
+        usage = _Usage()
+        for write in writes:
+            now = write.now
+            for outgoing, wants in zip(write.frames, write.receipts, strict=True):
+                size = len(outgoing.envelope)
+                hop, came = _raw(outgoing.next_hop), _raw(outgoing.came_from)
+                queue_rows.append(
+                    (
+                        outgoing.src.raw,
+                        outgoing.id,
+                        str(outgoing.kind),
+                        outgoing.dst.raw,
+                        outgoing.exp,
+                        outgoing.hops,
+                        hop,
+                        came,
+                        now,
+                        size,
+                        outgoing.envelope,
+                        b"".join(node.raw for node in outgoing.to),
+                    )
+                )
+                usage.add(outgoing.src.raw, hop, came, stored_charge(size))
+                if outgoing.kind is crypto.Kind.MSG:
+                    sent_rows.append(
+                        (outgoing.id, outgoing.dst.raw, "msg", now, outgoing.exp, int(wants))
+                    )
+        if problem := self._usage.over(self.quotas, usage):
+            raise _WriteFailed(StoreFull(problem))
+        before = self._db.total_changes
+        self._db.executemany(_INSERT_QUEUE, queue_rows)
+        if self._db.total_changes - before != len(queue_rows):
+            raise _WriteFailed(MeshError("a frame in the group is queued already"))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO sent (id, dst, kind, created, exp, receipt, state)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'queued')",
+            sent_rows,
+        )
+        self._merge(usage)
 
     def publish(
         self,

@@ -80,6 +80,59 @@ def test_writes_in_one_group_stand_together(tmp_path: Path) -> None:
         assert store.queues()[0].frames == 4
 
 
+def receipt_of(n: int) -> Outgoing:
+    """A delivery receipt this node (BOB) issues to ALICE for her frame ``n``."""
+    frame = crypto.Frame(
+        kind=crypto.Kind.RCPT, src=BOB.node_id, id=(1000 + n).to_bytes(16, "big"), ts=TS,
+        exp=EXP, hops=8, dst=ALICE.node_id, ref=n.to_bytes(16, "big"), st="delivered", n=1,
+    )  # fmt: skip
+    return Outgoing.of(frame, frame.seal(BOB), hops=0, next_hop=None)
+
+
+def tables(store: Store) -> tuple[list[Any], list[Any]]:
+    return (
+        store._db.execute("SELECT * FROM queue ORDER BY seq").fetchall(),
+        store._db.execute("SELECT * FROM sent ORDER BY id").fetchall(),
+    )
+
+
+def test_plain_enqueues_in_a_row_go_together_as_if_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Concurrent node.send calls: a run of writes without idempotency keys is taken in
+    # one statement per table; a write with a key, or another kind, ends the run.
+    def writes(store: Store) -> list[Write[Any]]:
+        frame, envelope = own_pub(50)
+        return [
+            store.enqueue_write([own(1)], now=NOW, receipts=[True]),
+            store.enqueue_write([own(2), receipt_of(7)], now=NOW),
+            store.enqueue_write([own(3)], now=NOW + 1, receipts=[False]),
+            store.publish_write(frame, envelope, deliver=False, next_hops=[CAROL.node_id], now=NOW),
+            store.enqueue_write([own(4)], now=NOW),  # a run of one: on its own
+            store.enqueue_write([own(5)], now=NOW, idempotent=Idempotent("k", b"f", b"r")),
+            store.enqueue_write([own(6)], now=NOW),
+            store.enqueue_write([own(7)], now=NOW, receipts=[True]),
+        ]
+
+    runs: list[int] = []
+    with Store(tmp_path / "one-by-one.sqlite3") as alone:
+        for write in writes(alone):
+            assert alone.write(write) is None
+        expected = tables(alone), counts(alone)
+    with Store(tmp_path / "grouped.sqlite3") as store:
+        together = store._enqueue_together
+
+        def spy(run: Any) -> None:
+            runs.append(len(run))
+            together(run)
+
+        monkeypatch.setattr(store, "_enqueue_together", spy)
+        assert store.write_group(writes(store)) == [None] * 8
+        assert (tables(store), counts(store)) == expected
+        assert counts(store) == recounted(store)
+    assert runs == [3, 2]
+
+
 def test_a_failing_write_alone_in_its_group_is_undone(tmp_path: Path) -> None:
     # A group of one runs without a savepoint: the rollback undoes its changes.
     with Store(tmp_path / "s.sqlite3", quotas=Quotas(total=CHARGE)) as store:
