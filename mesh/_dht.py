@@ -460,6 +460,21 @@ class Lookup:
         answered = [node for _, node in self._order if self._state[node] is _Query.ANSWERED]
         return answered[: self.k], self._value
 
+    def missed(self) -> bool:
+        """Whether a node nearer the target than the farthest of :meth:`result`'s failed
+        (with fewer than k of them, any node): those that answered may not be the k
+        nearest there are. A query that times out may be one to a node that is only
+        out of reach for now (a tree still forming, a link down)."""
+        answered = 0
+        for _, node in self._order:
+            if answered == self.k:
+                return False
+            state = self._state[node]
+            if state is _Query.FAILED:
+                return True
+            answered += state is _Query.ANSWERED
+        return False
+
     def _learn(self, node: crypto.NodeId) -> None:
         if node in self._state or node == self.self_id:
             return

@@ -56,7 +56,9 @@ Timers, all in :meth:`Dht.tick`: a query unanswered after ``timeout_ms`` failed 
 lookup asks the next node; the contact is dropped from the table, a pending newcomer
 takes its place); our own coordinates are published when they change (a ``store`` at the
 k nodes found last time, or after a lookup of our id if none was) and every
-``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found); buckets
+``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found; sooner,
+:data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than those found
+did not answer); buckets
 no lookup touched for ``refresh_ms`` are refreshed by a lookup of a random id in them.
 Records stored for others are not republished by us: each owner publishes its own, and
 coordinates expire within the tree's grant lifetime anyway.
@@ -102,6 +104,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_OP_LENGTH",
     "MAX_WHY_LENGTH",
+    "PUBLISH_RECHECK_MS",
     "QUERY_ID_SIZE",
     "Dht",
     "DhtAction",
@@ -148,6 +151,11 @@ DEFAULT_REFRESH_MS: Final = 3600 * 1000
 #: How often our coordinates are stored again at the nodes then nearest our id, found
 #: afresh (between times, a change is stored at the nodes found last): an hour.
 DEFAULT_REPUBLISH_MS: Final = 3600 * 1000
+#: A publication whose lookup could not reach a node nearer our id than the holders it
+#: found (a query timed out: the tree still forming, a link down) looks for the nearest
+#: again this long after, twice as long each time it is unsure again, up to
+#: ``republish_ms``: lookups by others end at the nearest nodes, not at ours.
+PUBLISH_RECHECK_MS: Final = 60_000
 _NODE_ID_SIZE: Final = 32
 #: Verified chains remembered (forgotten all at once past it).
 _MAX_VERIFIED: Final = 4096
@@ -529,6 +537,10 @@ class Dht:
         self._publishing: int | None = None  # the lookup id of our publication running
         self._published: int | None = None  # when the last one found its holders
         self._holders: list[tuple[crypto.NodeId, bytes]] = []
+        #: When our last publication missed a nearer node: when to look again, and
+        #: the wait before that (doubled each time).
+        self._recheck_at: int | None = None
+        self._recheck_ms = 0
         self._lookups: dict[int, _Running] = {}
         self._queries: dict[bytes, _Pending] = {}
         self._last_lookup_id = 0
@@ -655,6 +667,12 @@ class Dht:
             self._publishing = None
             self._published = now
             self._holders = [(node, running.chains[node]) for node in nearest]
+            if running.lookup.missed():
+                wait = max(2 * self._recheck_ms, PUBLISH_RECHECK_MS)
+                self._recheck_ms = min(wait, self.republish_ms)
+                self._recheck_at = now + self._recheck_ms
+            else:
+                self._recheck_at, self._recheck_ms = None, 0
             return self._store_at(self._holders, now)
         return []
 
@@ -718,11 +736,13 @@ class Dht:
         if self._chain is None or self._publishing is not None:
             return []
         # Stored again at the same nodes while they are k (fewer: found when we knew
-        # few contacts, they are likely not the nearest our id: look again).
+        # few contacts, they are likely not the nearest our id: look again) and no
+        # nearer node was out of reach (else look again at the recheck time).
         fresh = (
             self._published is not None
             and len(self._holders) >= self.k
             and now - self._published < self.republish_ms
+            and (self._recheck_at is None or now < self._recheck_at)
         )
         if fresh and not self._publish_due:
             return []

@@ -331,6 +331,29 @@ def test_lookup_ignores_replies_it_did_not_ask_for() -> None:
     assert lookup.result() == ([near(10), near(20)], None)
 
 
+@pytest.mark.parametrize(
+    ("seeds", "silent", "missed"),
+    [
+        ((1, 20, 30), (), False),
+        ((1, 20, 30), (1,), True),  # the result is 20 and 30: 1 is nearer
+        ((20, 30), (30,), False),  # 20 offers 1: the result is 1 and 20, 30 farther
+    ],
+)
+def test_a_lookup_tells_whether_a_node_nearer_than_its_result_failed(
+    seeds: tuple[int, ...], silent: tuple[int, ...], missed: bool
+) -> None:
+    offers = {near(20): [near(1)]}
+    lookup = Lookup(TARGET, [near(d) for d in seeds], k=2, alpha=3)
+    while not lookup.done:
+        for node in lookup.next_queries():
+            if node in [near(d) for d in silent]:
+                lookup.on_failure(node)
+            else:
+                lookup.on_reply(node, offers.get(node, []))
+    assert len(lookup.result()[0]) == 2
+    assert lookup.missed() is missed
+
+
 def test_lookup_takes_only_the_k_nearest_contacts_of_a_reply() -> None:
     lookup = Lookup(TARGET, [near(1000)], k=3, alpha=3)
     assert lookup.next_queries() == [near(1000)]

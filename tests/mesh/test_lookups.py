@@ -47,7 +47,12 @@ from mesh import (
     xor_distance,
 )
 from mesh._dht import DEFAULT_K, DEFAULT_PROBE_INTERVAL_MS
-from mesh._lookups import DEFAULT_QUERY_TIMEOUT_MS, DEFAULT_REPUBLISH_MS, MAX_WHY_LENGTH
+from mesh._lookups import (
+    DEFAULT_QUERY_TIMEOUT_MS,
+    DEFAULT_REPUBLISH_MS,
+    MAX_WHY_LENGTH,
+    PUBLISH_RECHECK_MS,
+)
 from tests.strategies import cbor_values
 
 T0 = 1_700_000_000_000
@@ -629,6 +634,45 @@ def test_fewer_holders_than_k_make_a_change_look_for_the_nearest_again() -> None
     again = [m for _, m in sends(a.tick(T0 + 2)) if isinstance(m, (DhtStore, DhtFind))]
     assert again
     assert all(isinstance(m, DhtFind) and m.key == IDS[0] for m in again)  # a new lookup
+
+
+def test_a_publication_that_missed_a_nearer_node_looks_for_the_nearest_again() -> None:
+    # The node nearest our id does not answer our publication (a tree still forming):
+    # the holders found are not the nearest, where others' lookups end. Looked for
+    # again a minute later (not an hour), the nearest answers and holds our place.
+    a = dht(IDS[0], k=3)
+    near, *others = sorted(IDS[1:], key=lambda n: xor_distance(n, IDS[0]))
+    fourth = others[2]
+    for node in (near, *others[:2]):
+        a.introduce(CHAINS[node], T0)
+
+    def drive(
+        sent: list[tuple[crypto.NodeId, DhtMessage]], now: int, *, silent: set[crypto.NodeId]
+    ) -> list[crypto.NodeId]:
+        stored = []
+        while sent:
+            later = []
+            for dst, message in sent:
+                if isinstance(message, DhtStore):
+                    stored.append(dst)
+                if dst in silent or not isinstance(message, DhtFind):
+                    continue
+                offered = tuple((n, CHAINS[n]) for n in (near, fourth) if n != dst)
+                reply = encode_message(DhtFound(message.q, offered))
+                later += sends(a.on_message(dst, reply, now))
+            sent = later
+        return stored
+
+    stored = drive(sends(a.tick(T0)), T0 + 1, silent={near})
+    stored += drive(sends(a.tick(T0 + TIMEOUT)), T0 + TIMEOUT, silent={near})
+    assert sorted(n.raw for n in stored) == sorted(n.raw for n in (*others[:2], fourth))
+    assert near not in a.holders
+    assert drive(sends(a.tick(T0 + TIMEOUT + PUBLISH_RECHECK_MS - 1)), T0, silent=set()) == []
+    now = T0 + TIMEOUT + PUBLISH_RECHECK_MS
+    assert near in drive(sends(a.tick(now)), now, silent=set())
+    assert near in a.holders
+    # All answered this time: the next lookup is the hourly one.
+    assert drive(sends(a.tick(now + 2 * PUBLISH_RECHECK_MS)), now, silent=set()) == []
 
 
 # --- a mesh of nodes ---------------------------------------------------------------------
