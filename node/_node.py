@@ -127,8 +127,8 @@ class NodeConfig:
     name: str | None = None
     #: How long a frame lives (its exp - ts) unless the sender says otherwise.
     frame_ttl: float = 24 * 3600.0
-    #: The most hops our frames may make.
-    hops: int = 16
+    #: The most hops our frames may make (None: :meth:`frame_hops` picks, by routing).
+    hops: int | None = None
     #: Timeout of one HTTP exchange with a peer.
     request_timeout: float = 30.0
     max_inbox_bytes: int = mesh.DEFAULT_MAX_INBOX_BYTES
@@ -195,6 +195,19 @@ class NodeConfig:
     #: far as ``hops``). Nodes farther off are found in the DHT and reached greedily.
     announce_radius: int | None = None
 
+    @property
+    def frame_hops(self) -> int:
+        """The most hops our frames may make: ``hops``, else 16, or 32 with the tree.
+
+        Greedy paths over the tree are longer than the shortest: between two deep
+        nodes of a 300-node mesh they are 13 to 16 hops already, and a detour round a
+        node that moved or restarted passes 16 (docs/routing-at-scale.md). A frame
+        that does loop is still dropped, after 32.
+        """
+        if self.hops is not None:
+            return self.hops
+        return 32 if self.tree else 16
+
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)
         try:
@@ -211,9 +224,10 @@ class NodeConfig:
                     "an announce radius needs the tree (--tree): nodes beyond it are "
                     "reached by their coordinates"
                 )
-            if not 1 <= self.announce_radius <= self.hops:
+            if not 1 <= self.announce_radius <= self.frame_hops:
                 raise NodeError(
-                    f"announce radius {self.announce_radius} is not within 1..{self.hops} hops"
+                    f"announce radius {self.announce_radius} is not within "
+                    f"1..{self.frame_hops} hops"
                 )
         return mesh.RouterConfig(
             announce_interval_ms=interval_ms,
@@ -326,7 +340,7 @@ class Node:
             identity=identity,
             store=store,
             config=MeshConfig(
-                hops=config.hops,
+                hops=config.frame_hops,
                 frame_ttl=config.frame_ttl,
                 announce_interval=config.announce_interval,
                 router=config.router_config(),
