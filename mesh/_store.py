@@ -145,6 +145,25 @@ _INSERT_QUEUE: Final = (
 )
 
 
+def _queue_row(outgoing: Outgoing, now: int) -> tuple[Any, ...]:
+    """The values of :data:`_INSERT_QUEUE` for ``outgoing``, queued at ``now``: (src, id,
+    kind, dst, exp, hops, next_hop, came_from, queued, size, envelope, subscribers)."""
+    return (
+        outgoing.src.raw,
+        outgoing.id,
+        str(outgoing.kind),
+        outgoing.dst.raw,
+        outgoing.exp,
+        outgoing.hops,
+        _raw(outgoing.next_hop),
+        _raw(outgoing.came_from),
+        now,
+        len(outgoing.envelope),
+        outgoing.envelope,
+        b"".join(node.raw for node in outgoing.to),
+    )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Write(Generic[_T]):
     """One write of a :class:`Store`'s, ready to run: alone (:meth:`Store.write`) or
@@ -1511,30 +1530,10 @@ class Store:
         )
 
     def _insert_queue(self, outgoing: Outgoing, now: int, usage: _Usage) -> bool:
-        size = len(outgoing.envelope)
-        cursor = self._db.execute(
-            _INSERT_QUEUE,
-            (
-                outgoing.src.raw,
-                outgoing.id,
-                str(outgoing.kind),
-                outgoing.dst.raw,
-                outgoing.exp,
-                outgoing.hops,
-                _raw(outgoing.next_hop),
-                _raw(outgoing.came_from),
-                now,
-                size,
-                outgoing.envelope,
-                b"".join(node.raw for node in outgoing.to),
-            ),
-        )
-        if cursor.rowcount == 0:
+        row = _queue_row(outgoing, now)
+        if self._db.execute(_INSERT_QUEUE, row).rowcount == 0:
             return False
-        usage.add(
-            outgoing.src.raw, _raw(outgoing.next_hop), _raw(outgoing.came_from),
-            stored_charge(size),
-        )  # fmt: skip
+        usage.add(row[0], row[6], row[7], stored_charge(row[9]))
         return True
 
     def _recorded(self, idempotent: Idempotent, now: int) -> Idempotent | None:
@@ -1652,25 +1651,9 @@ class Store:
         for write in writes:
             now = write.now
             for outgoing, wants in zip(write.frames, write.receipts, strict=True):
-                size = len(outgoing.envelope)
-                hop, came = _raw(outgoing.next_hop), _raw(outgoing.came_from)
-                queue_rows.append(
-                    (
-                        outgoing.src.raw,
-                        outgoing.id,
-                        str(outgoing.kind),
-                        outgoing.dst.raw,
-                        outgoing.exp,
-                        outgoing.hops,
-                        hop,
-                        came,
-                        now,
-                        size,
-                        outgoing.envelope,
-                        b"".join(node.raw for node in outgoing.to),
-                    )
-                )
-                usage.add(outgoing.src.raw, hop, came, stored_charge(size))
+                row = _queue_row(outgoing, now)
+                queue_rows.append(row)
+                usage.add(row[0], row[6], row[7], stored_charge(row[9]))
                 if outgoing.kind is crypto.Kind.MSG:
                     sent_rows.append(
                         (outgoing.id, outgoing.dst.raw, "msg", now, outgoing.exp, int(wants))
