@@ -28,13 +28,13 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, Protocol
 
-import httpx
 import trio
 
 import crypto
 import mesh
 from node import _fabric
 from node._errors import DeliveryFailed
+from node._h1 import TRANSPORT_ERRORS, H1Client
 from node._relay import presentable
 
 __all__ = ["FRAMES_PATH", "WINDOW", "Forwarder", "ForwarderHost", "FrameClient", "PostFailed"]
@@ -74,11 +74,11 @@ class PostFailed(Exception):
 
 
 class FrameClient:
-    """Posts batches of frames to neighbours over one pooled HTTP client."""
+    """Posts batches of frames to neighbours over one pooled HTTP/1.1 client."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: H1Client,
         sign_request: Callable[[str, str, bytes], list[tuple[str, str]]],
         clock: Callable[[], int],
         on_request: Callable[[], None],
@@ -133,26 +133,24 @@ class FrameClient:
             headers += presentable(self.wallet, crypto.Operation.STORE, dst)
         self.on_request()
         try:
-            response = await self.client.post(url, content=body, headers=headers)
-        except httpx.TransportError as exc:
+            answer = await self.client.post(url, headers, body)
+        except TRANSPORT_ERRORS as exc:
             raise PostFailed(f"{type(exc).__name__} from {url}: {exc}") from exc
-        if response.status_code in (429, 503):
-            after = _retry_after(response.headers.get("retry-after"))
-            raise PostFailed(f"{response.status_code} from {url}: {response.text.strip()}", after)
-        if response.status_code != 200:
-            raise DeliveryFailed(
-                f"{dst.short} refused the request: {response.status_code} {response.text.strip()}"
-            )
+        if answer.status in (429, 503):
+            after = _retry_after(answer.header("retry-after"))
+            raise PostFailed(f"{answer.status} from {url}: {answer.words}", after)
+        if answer.status != 200:
+            raise DeliveryFailed(f"{dst.short} refused the request: {answer.status} {answer.words}")
         try:
             _fabric.verify_response(
                 200,
-                list(response.headers.multi_items()),
-                response.content,
+                answer.headers,
+                answer.body,
                 expected=dst,
                 request_digest=digest,
                 now=self.clock() // 1000,
             )
-            return mesh.decode_results(response.content, expected=count)
+            return mesh.decode_results(answer.body, expected=count)
         except crypto.CryptoError as exc:
             # Not a receipt from dst: perhaps another node now holds that address.
             raise PostFailed(f"bad answer from {url}: {exc}") from exc

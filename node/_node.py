@@ -55,6 +55,7 @@ from node._dashboard import OVERVIEW_PATH, Dashboard
 from node._datadir import DataDir, write_atomically
 from node._errors import NodeError
 from node._forwarder import FRAMES_PATH, FrameClient
+from node._h1 import H1Client
 from node._local import open_unix_listener
 from node._mesh import STARTING, MeshConfig, MeshRuntime, NodeStatistics
 from node._message import Message, Published, Sent
@@ -332,6 +333,7 @@ class Node:
         self.api_socket: Path | None = None
         self.replay_guard = _fabric.ReplayGuard()
         self._client: httpx.AsyncClient | None = None
+        self._sent_urls: dict[str, str] = {}  # url: as the clients send it (signed)
         self._extra_routes: list[tuple[str, Handler]] = []
         self.server: Server | None = None
         #: The toy Twitter: post, follow, timeline (a thin layer over pub/sub).
@@ -572,10 +574,24 @@ class Node:
         timeout = httpx.Timeout(
             self.config.request_timeout, connect=min(10.0, self.config.request_timeout)
         )
-        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+        frames_http = H1Client(
+            self.network.client_backend(),
+            connect_timeout=min(10.0, self.config.request_timeout),
+            read_timeout=self.config.request_timeout,
+            write_timeout=self.config.request_timeout,
+            pool_timeout=self.config.request_timeout,
+        )
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=timeout) as client,
+            frames_http,
+        ):
             self._client = client
             frame_client = FrameClient(
-                client, self.sign_request, self.clock, self._count_request, wallet=self.mesh.wallet
+                frames_http,
+                self.sign_request,
+                self.clock,
+                self._count_request,
+                wallet=self.mesh.wallet,
             )
             if wrap_frames is not None:
                 frame_client = wrap_frames(frame_client)
@@ -695,9 +711,13 @@ class Node:
     def sign_request(self, method: str, url: str, body: bytes) -> list[tuple[str, str]]:
         """RFC 9421 headers for a request from this node, with a fresh nonce."""
         nonce = base64.urlsafe_b64encode(self.rng.randbytes(12)).decode("ascii")
-        # Sign the URL as httpx will send it (it lowercases the host, for one), since
-        # the receiver checks the signature against the request it got.
-        target = str(httpx.URL(url))
+        # Sign the URL as the clients send it (the host lower case, a default port left
+        # out), since the receiver checks the signature against the request it got.
+        target = self._sent_urls.get(url)
+        if target is None:
+            if len(self._sent_urls) >= 1024:
+                self._sent_urls.clear()
+            target = self._sent_urls[url] = str(httpx.URL(url))
         return _fabric.sign_request(
             self.identity, method, target, body, now=self.clock() // 1000, nonce=nonce
         )

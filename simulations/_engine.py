@@ -3,7 +3,7 @@
 A simulation runs at one of two fidelities (:class:`Fidelity`) with the same nodes,
 network, scenarios and report (docs/simulations-fidelity.md):
 
-* ``full``: everything between nodes goes through each node's httpx client and h11
+* ``full``: everything between nodes goes through each node's HTTP clients and h11
   server over simulated TCP connections (:class:`~simulations.SimNetwork`).
 * ``engine``: each node's forwarders post their batches through a
   :class:`DirectFrames` (its :class:`node._forwarder.FrameClient`, given to
@@ -16,15 +16,16 @@ network, scenarios and report (docs/simulations-fidelity.md):
 A POST meets on its way what the full level's model would do to it, drawn from the
 same links and random sources (:class:`EngineNetwork`):
 
-* the sender's connection pool, as httpcore keeps the node's (``make_transport``:
-  :data:`POOL_CONNECTIONS` connections, idle ones kept :data:`KEEPALIVE` s, an idle one
-  closed to make room for another origin, requests waiting in turn up to the pool
-  timeout). A POST reuses an idle connection to its endpoint or dials one
-  (:meth:`SimNetwork.handshake`: SYNs lost, dropped by a partition or a NAT until the
-  connect timeout; refused where nobody listens). A connection to a node that has
-  crashed is gone once its RST has had time to arrive; one its server left idle past
-  the server's idle timeout is reset when a request comes.
-* the request (its head and its body: two writes, as httpcore makes them) and the
+* the sender's connection pool: the node's own (:class:`node._h1.Pool`, as its
+  :class:`node._h1.H1Client` runs it: :data:`POOL_CONNECTIONS` connections, idle ones
+  kept :data:`KEEPALIVE` s, an idle one closed to make room for another origin,
+  requests waiting in turn up to the pool timeout). A POST reuses an idle connection
+  to its endpoint or dials one (:meth:`SimNetwork.handshake`: SYNs lost, dropped by
+  a partition or a NAT until the connect timeout; refused where nobody listens). A
+  connection to a node that has crashed is gone once its RST has had time to arrive;
+  one its server left idle past the server's idle timeout is reset when a request
+  comes.
+* the request (head and body in one write, as the node's client makes it) and the
   answer (one write; two when a relay streams it on) each cross their link direction:
   latency and jitter, loss as retransmission delay, bandwidth shared with all other
   traffic that way, and a reset breaking the exchange (after the node took the frames,
@@ -60,7 +61,6 @@ interval: :func:`_last_use`), where at full level the exchanges keep it alive.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
 import functools
@@ -75,6 +75,7 @@ import crypto
 import mesh
 from node import DeliveryFailed, Node
 from node._forwarder import FRAMES_PATH, FrameClient, PostFailed
+from node._h1 import KEEPALIVE, MAX_CONNECTIONS, Origin, Pool, PooledConnection
 from node._mesh import STARTING
 from node._relay import _Reversed, check_presented, presentable
 from node._server import PrefixedStream
@@ -96,16 +97,15 @@ __all__ = [
 ]
 
 #: The head of a frames POST, in bytes: request line, host, content type and length,
-#: and the RFC 9421 signature headers (measured at the full level: 570).
-REQUEST_HEAD: Final = 570
+#: and the RFC 9421 signature headers (as node/_h1.py writes it for host n12: 469).
+REQUEST_HEAD: Final = 469
 #: The head of its answer: status line, content type and length, signature (505).
 RESPONSE_HEAD: Final = 505
 #: What a relay adds to the head of an answer it streams on (a ``Via``).
 _VIA: Final = 41
-#: The node's HTTP connection pool, as ``node._net.make_transport`` makes it by
-#: default: connections at most (all may stay idle), and seconds one is kept idle.
-POOL_CONNECTIONS: Final = 16
-KEEPALIVE: Final = 30.0
+#: The node's frames connection pool (node/_h1.py): connections at most (all may stay
+#: idle); idle ones are kept KEEPALIVE s.
+POOL_CONNECTIONS: Final = MAX_CONNECTIONS
 #: Where relays serve visitors of attached nodes (node/_relay.py).
 _VISITOR_PREFIX: Final = "/n/"
 _CUSTODY_WHAT: Final = "storing frames for others on this relay"
@@ -187,112 +187,17 @@ class _Broken(Exception):
         self.words = words
 
 
-@dataclasses.dataclass(eq=False, slots=True)
-class _Connection:
-    """One connection of a node's pool, to ``origin`` (host, port)."""
+class _Connection(PooledConnection):
+    """One connection of a node's pool, to ``origin`` ("http", host, port)."""
 
-    origin: tuple[str, int]
-    #: Not dialled yet (the request that made it dials it).
-    new: bool = True
-    idle: bool = False
-    expire_at: float = math.inf
-    #: The run of the node it reached (None: not known yet).
-    server: Node | None = None
-    #: Since when the server has waited for a request on it (accepted, or answered).
-    server_idle_since: float = 0.0
+    __slots__ = ("server", "server_idle_since")
 
-
-class _Ticket:
-    __slots__ = ("connection", "origin", "ready")
-
-    def __init__(self, origin: tuple[str, int]) -> None:
-        self.origin = origin
-        self.ready = trio.Event()
-        self.connection: _Connection | None = None
-
-
-class _Pool:
-    """A node's HTTP connection pool as httpcore runs it (``AsyncConnectionPool.
-    _assign_requests_to_connections``, HTTP/1.1): one request at a time per
-    connection; requests served in turn, each by an idle connection to its origin, else
-    a new one while there are fewer than ``size``, else a new one in place of an idle
-    one (the oldest); otherwise it waits. Idle connections expire ``keepalive`` s after
-    their last answer, or when ``alive`` says their server is gone."""
-
-    def __init__(self, size: int, keepalive: float, alive: Callable[[_Connection], bool]) -> None:
-        self.size = size
-        self.keepalive = keepalive
-        self.alive = alive
-        self.connections: list[_Connection] = []
-        self._queue: collections.deque[_Ticket] = collections.deque()
-
-    async def acquire(self, origin: tuple[str, int]) -> _Connection:
-        """A connection to ``origin``, taken (``new`` if it is to be dialled)."""
-        return await self.wait(self.request(origin))
-
-    def request(self, origin: tuple[str, int]) -> _Ticket:
-        """Ask for a connection to ``origin``: the ticket has it at once if one could be
-        taken (then nothing waits; else :meth:`wait` for it)."""
-        ticket = _Ticket(origin)
-        self._queue.append(ticket)
-        try:
-            self._assign()
-        except BaseException:
-            self._queue.remove(ticket)
-            raise
-        return ticket
-
-    async def wait(self, ticket: _Ticket) -> _Connection:
-        """The connection of ``ticket`` (from :meth:`request`), once it has one."""
-        try:
-            if ticket.connection is None:
-                await ticket.ready.wait()
-            assert ticket.connection is not None
-            return ticket.connection
-        except BaseException:
-            if ticket in self._queue:
-                self._queue.remove(ticket)
-            elif ticket.connection is not None:  # taken just as this was cancelled
-                self.release(ticket.connection, keep=not ticket.connection.new)
-            raise
-
-    def release(self, connection: _Connection, *, keep: bool) -> None:
-        """Give ``connection`` back: idle (``keep``) or closed."""
-        if keep:
-            connection.new = False
-            connection.idle = True
-            connection.expire_at = trio.current_time() + self.keepalive
-        elif connection in self.connections:
-            self.connections.remove(connection)
-        if self._queue:
-            self._assign()
-
-    def _assign(self) -> None:
-        now = trio.current_time()
-        self.connections = [
-            c
-            for c in self.connections
-            if not c.idle or (now <= c.expire_at and (c.server is None or self.alive(c)))
-        ]
-        idle = [c for c in self.connections if c.idle]
-        while self._queue:
-            ticket = self._queue[0]
-            connection = next((c for c in idle if c.origin == ticket.origin), None)
-            if connection is not None:
-                idle.remove(connection)
-            else:
-                if len(self.connections) >= self.size:
-                    if not idle:
-                        # No room and nothing idle: no request after this one can be
-                        # served either (httpcore would look at each in vain).
-                        return
-                    self.connections.remove(idle.pop(0))
-                connection = _Connection(ticket.origin)
-                self.connections.append(connection)
-            connection.idle = False
-            self._queue.popleft()
-            ticket.connection = connection
-            ticket.ready.set()
+    def __init__(self, origin: Origin) -> None:
+        super().__init__(origin)
+        #: The run of the node it reached (None: not known yet).
+        self.server: Node | None = None
+        #: Since when the server has waited for a request on it (accepted, or answered).
+        self.server_idle_since = 0.0
 
 
 class EngineNetwork:
@@ -356,8 +261,8 @@ class EngineNetwork:
     def alive(self, client: str, connection: _Connection) -> bool:
         """Whether ``client`` may take ``connection`` for alive: the node it reached
         still runs, or ran until so recently that its RST is still on the way."""
-        host = connection.origin[0]
-        if self.running(host) is connection.server:
+        host = connection.origin[1]
+        if connection.server is None or self.running(host) is connection.server:
             return True
         target = self._host(host)
         stopped = -math.inf if target is None else target.stopped_at
@@ -378,7 +283,7 @@ class EngineNetwork:
         is taken there (the answer goes nowhere: the sender hung up)."""
 
         async def land() -> None:
-            await self.carry(src, connection.origin[0], arrival)
+            await self.carry(src, connection.origin[1], arrival)
             await self.serve(connection, path, sender, body, headers)
 
         self.network._start_pump(land)
@@ -395,7 +300,7 @@ class EngineNetwork:
     ) -> _Answer:
         """The answer of the node at ``connection``'s host to a frames POST that has
         arrived there now (a reset if none is running, or it is another run)."""
-        target = self._host(connection.origin[0])
+        target = self._host(connection.origin[1])
         serving = None if target is None else target.serving()
         if serving is None or connection.server not in (None, serving[0]):
             return _RESET  # data for a closed socket: the kernel answers with an RST
@@ -622,12 +527,16 @@ class DirectFrames(FrameClient):
         self.engine = engine
         self.host = host
         self.node = node
-        timeout = inner.client.timeout
-        self.connect_timeout = _seconds(timeout.connect)
-        self.read_timeout = _seconds(timeout.read)
-        self.pool_timeout = _seconds(timeout.pool)
-        self.pool = _Pool(POOL_CONNECTIONS, KEEPALIVE, functools.partial(engine.alive, host))
-        self._targets: dict[str, tuple[tuple[str, int], str]] = {}  # url: (origin, path)
+        self.connect_timeout = inner.client.connect_timeout
+        self.read_timeout = inner.client.read_timeout
+        self.pool_timeout = inner.client.pool_timeout
+        self.pool: Pool[_Connection] = Pool(
+            inner.client.pool.size,
+            inner.client.pool.keepalive,
+            functools.partial(engine.alive, host),
+            _Connection,
+        )
+        self._targets: dict[str, tuple[Origin, str]] = {}  # url: (origin, path)
 
     async def _post_once(
         self, dst: crypto.NodeId, url: str, body: bytes, count: int
@@ -635,7 +544,7 @@ class DirectFrames(FrameClient):
         target = self._targets.get(url)
         if target is None:
             split = urllib.parse.urlsplit(url)
-            origin = ((split.hostname or "").lower(), split.port or 80)
+            origin = ("http", (split.hostname or "").lower(), split.port or 80)
             target = self._targets[url] = (origin, split.path)
         origin, path = target
         headers = (
@@ -657,7 +566,7 @@ class DirectFrames(FrameClient):
 
     async def _exchange(
         self,
-        origin: tuple[str, int],
+        origin: Origin,
         path: str,
         body: bytes,
         headers: Sequence[tuple[str, str]],
@@ -671,9 +580,9 @@ class DirectFrames(FrameClient):
         finally:
             self.pool.release(connection, keep=kept)
 
-    async def _connect(self, origin: tuple[str, int]) -> _Connection:
+    async def _connect(self, origin: Origin) -> _Connection:
         """A connection to ``origin`` from the pool, dialled if new."""
-        host, port = origin
+        _, host, port = origin
         ticket = self.pool.request(origin)
         connection = ticket.connection
         if connection is None:  # none free: wait in turn (a scope only then: per POST)
@@ -712,21 +621,19 @@ class DirectFrames(FrameClient):
         headers: Sequence[tuple[str, str]],
     ) -> _Answer:
         engine = self.engine
-        here, there = self.host, connection.origin[0]
+        here, there = self.host, connection.origin[1]
         head = (
             REQUEST_HEAD
             + len(path)
             - len(FRAMES_PATH)
             + sum(len(name) + len(value) + 4 for name, value in headers)
         )
-        first = engine.write(here, there, head)
-        transits = [first] if first.reset else [first, engine.write(here, there, len(body))]
-        depart = max(transit.depart for transit in transits)
-        if depart > trio.current_time():
-            await trio.sleep_until(depart)  # serialised on the link: back-pressure
-        if any(transit.reset for transit in transits):
+        request = engine.write(here, there, head + len(body))
+        if request.depart > trio.current_time():
+            await trio.sleep_until(request.depart)  # serialised on the link: back-pressure
+        if request.reset:
             raise _Broken("ReadError", "connection reset")
-        arrival = max(transit.arrival for transit in transits)
+        arrival = request.arrival
         landed = False
         with trio.move_on_after(self.read_timeout):
             await engine.carry(here, there, arrival)
@@ -750,7 +657,3 @@ class DirectFrames(FrameClient):
         if not landed:
             engine.land_later(here, arrival, connection, path, self.node, body, headers)
         raise _Broken("ReadTimeout", f"no answer within {self.read_timeout:g} s")
-
-
-def _seconds(value: float | None) -> float:
-    return math.inf if value is None else value

@@ -27,7 +27,6 @@ alike in distribution, not identical, and the test bounds the gap:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -40,7 +39,7 @@ from trio.testing import MockClock
 
 import crypto
 import mesh
-from node import DeliveryFailed, NodeConfig, make_transport
+from node import DeliveryFailed, NodeConfig
 from node._forwarder import PostFailed
 from simulations import (
     Fidelity,
@@ -131,10 +130,21 @@ def test_the_cli_takes_verify_once(capsys: pytest.CaptureFixture[str]) -> None:
     }
 
 
-def test_the_engine_pools_connections_as_the_node_does() -> None:
-    defaults = inspect.signature(make_transport).parameters
-    assert defaults["max_connections"].default == POOL_CONNECTIONS
-    assert defaults["keepalive_expiry"].default == KEEPALIVE
+async def test_the_engine_pools_connections_as_the_node_does(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    # The same policy (node._h1.Pool), with the node's own client's size, keep-alive
+    # and timeouts.
+    async with open_simulation(seed=SEED, data_dir=tmp_path / "sim", fidelity="engine") as sim:
+        (a,) = await sim.add_nodes(1)
+        client = a.node.mesh.frame_client
+        assert isinstance(client, DirectFrames)
+        assert (client.pool.size, client.pool.keepalive) == (POOL_CONNECTIONS, KEEPALIVE)
+        assert (client.connect_timeout, client.read_timeout, client.pool_timeout) == (
+            10.0,
+            a.node.config.request_timeout,
+            a.node.config.request_timeout,
+        )
 
 
 def test_a_store_may_commit_without_waiting_for_the_disk(tmp_path: Path) -> None:
@@ -438,8 +448,10 @@ async def test_a_post_waits_its_turn_for_a_connection_then_gives_up(
         a, b = await sim.add_nodes(2)
         client = a.node.mesh.frame_client
         assert isinstance(client, DirectFrames)
-        busy = [client.pool.request(("busy", n)).connection for n in range(POOL_CONNECTIONS)]
-        origin = (b.name, NODE_PORT)
+        busy = [
+            client.pool.request(("http", "busy", n)).connection for n in range(POOL_CONNECTIONS)
+        ]
+        origin = ("http", b.name, NODE_PORT)
         start = trio.current_time()
         with pytest.raises(_Broken, match="PoolTimeout"):
             await client._connect(origin)
