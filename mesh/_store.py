@@ -867,6 +867,7 @@ class Store:
             else max_inbox_bytes_per_origin
         )
         self.quotas = quotas or Quotas()
+        self.sync = sync
         self._lock = threading.Lock()
         self._usage = _Usage()
         self._ids = _NodeIds()
@@ -980,19 +981,36 @@ class Store:
                 self._db.execute("ROLLBACK")
 
     def _transaction(
-        self, work: Callable[[], _T], *, then: Callable[[_T], None] | None = None
+        self,
+        work: Callable[[], _T],
+        *,
+        then: Callable[[_T], None] | None = None,
+        wait_for_disk: bool = True,
     ) -> _T:
         """Run ``work`` in one write transaction, under the lock; roll back on error.
 
         ``then(result)`` runs once the transaction is committed, still under the lock:
         the in-memory byte counts change with the tables, so no thread sees (or
         recounts) one without the other.
+
+        ``wait_for_disk`` False commits without an fsync (``synchronous=NORMAL`` for
+        this transaction: in WAL mode the commit is appended to the log, and reaches the
+        disk with the next commit that waits, or the next checkpoint). For a change that
+        a machine's crash may undo without harm: the process ending loses nothing.
         """
+        relaxed = self.sync and not wait_for_disk
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                result = work()
-                self._db.execute("COMMIT")
+                if relaxed:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    result = work()
+                    self._db.execute("COMMIT")
+                finally:
+                    if relaxed:
+                        self._rollback()  # nothing open after a COMMIT: a no-op then
+                        self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _translate(exc, self.path) from exc
@@ -1796,7 +1814,11 @@ class Store:
 
     def forwarded(self, seqs: Iterable[int], *, first_hop: crypto.NodeId, now: int) -> int:
         """Frames handed on to ``first_hop``: delete them, and note the first hop in the
-        trace of those this node made. Return how many were still queued."""
+        trace of those this node made. Return how many were still queued.
+
+        Committed without waiting for the disk: if a machine's crash undoes it, the
+        frames are sent again, as when the neighbour's answer is lost, and a copy is
+        taken once as ever (the destination's seen-set answers ``duplicate``)."""
         seqs = list(seqs)
 
         def work() -> list[tuple[bytes, bytes | None, bytes | None, int]]:
@@ -1823,7 +1845,7 @@ class Store:
                 )
             return removed
 
-        return len(self._transaction(work, then=self._forget))
+        return len(self._transaction(work, then=self._forget, wait_for_disk=False))
 
     def record_outcome(
         self,

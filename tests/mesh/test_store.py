@@ -523,6 +523,32 @@ def test_relayed_frames_are_queued_with_where_they_came_from(store: Store) -> No
     assert store.statistics() == stats(queued=1, queued_bytes=Q)
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_only_forwarded_commits_without_waiting_for_the_disk(path: Path, sync: bool) -> None:
+    # Handed on is the one change a machine's crash may undo (the frames go again and
+    # are taken once); what the node took custody of waits for the disk.
+    with Store(path, sync=sync) as store:
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        store.enqueue([own(1)], now=NOW, receipts=[True])
+        assert not [s for s in statements if s.startswith("PRAGMA")]
+        (queued,) = store.batch(CAROL.node_id, now=NOW)
+        statements.clear()
+        assert store.forwarded([queued.seq], first_hop=CAROL.node_id, now=NOW) == 1
+        pragmas = [s for s in statements if s.startswith("PRAGMA")]
+        if sync:
+            assert statements[0] == "PRAGMA synchronous=NORMAL"
+            assert "COMMIT" in statements
+            assert pragmas[-1] == "PRAGMA synchronous=FULL"
+        else:
+            assert pragmas == []  # never waits: nothing to relax
+        store._db.set_trace_callback(None)
+        (level,) = store._db.execute("PRAGMA synchronous").fetchone()
+        assert level == (2 if sync else 0)  # FULL again (or OFF, as opened)
+    with Store(path) as again:
+        assert again.batch(CAROL.node_id, now=NOW) == []  # committed all the same
+
+
 def test_forwarded_deletes_and_writes_the_first_hop(store: Store) -> None:
     store.enqueue([own(1), own(2, next_hop=DAVE)], now=NOW, receipts=[True, False])
     store.accept([relay(admitted(3, dst=EVE), CAROL, came_from=DAVE)], now=NOW)
