@@ -537,7 +537,7 @@ def signature_base(message: Message, params: SignatureParams) -> bytes:
 def sign_message(
     message: Message,
     *,
-    signing_key: bytes,
+    signing_key: bytes | Callable[[bytes], bytes],
     keyid: str,
     created: int,
     components: Sequence[str],
@@ -547,7 +547,9 @@ def sign_message(
 ) -> list[tuple[str, str]]:
     """Sign ``message`` with ed25519 and return the two header fields to add.
 
-    ``signing_key`` is the 32-byte Ed25519 seed. The result is
+    ``signing_key`` is the 32-byte Ed25519 seed, or a function that signs with it
+    (``Identity.sign``: making the key from a seed costs about as much as a
+    signature). The result is
     ``[("signature-input", 'sig=(...);created=...;keyid="...";alg="ed25519"'),
     ("signature", "sig=:<base64>:")]`` (RFC 9421 §4.1, §4.2), with parameters in the order
     :meth:`SignatureParams.serialize` documents.
@@ -557,10 +559,18 @@ def sign_message(
     """
     if not _KEY_RE.fullmatch(label):
         raise Malformed(f"label {label!r} is not a structured-field key (a-z, 0-9, _-.*)")
-    try:
-        key = nacl.signing.SigningKey(signing_key)
-    except (nacl.exceptions.TypeError, nacl.exceptions.ValueError) as exc:
-        raise Malformed(f"signing key is {len(signing_key)} bytes; an Ed25519 seed is 32") from exc
+    if callable(signing_key):
+        sign = signing_key
+    else:
+        try:
+            key = nacl.signing.SigningKey(signing_key)
+        except (nacl.exceptions.TypeError, nacl.exceptions.ValueError) as exc:
+            size = len(signing_key)
+            raise Malformed(f"signing key is {size} bytes; an Ed25519 seed is 32") from exc
+
+        def sign(base: bytes) -> bytes:
+            return key.sign(base).signature
+
     params = SignatureParams(
         components=tuple(components),
         created=created,
@@ -569,7 +579,7 @@ def sign_message(
         nonce=nonce,
     )
     params_value = params.serialize()
-    signature = key.sign(_signature_base(message, params.components, params_value)).signature
+    signature = sign(_signature_base(message, params.components, params_value))
     encoded = base64.b64encode(signature).decode("ascii")
     return [("signature-input", f"{label}={params_value}"), ("signature", f"{label}=:{encoded}:")]
 

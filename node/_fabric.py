@@ -63,7 +63,7 @@ def sign_request(
     message = _httpsig.Message(headers=[("content-digest", digest)], method=method, target_uri=url)
     signature = _httpsig.sign_message(
         message,
-        signing_key=identity.seed,
+        signing_key=identity.sign,
         keyid=identity.node_id.text,
         created=now,
         components=REQUEST_COMPONENTS,
@@ -145,7 +145,7 @@ def sign_response(
     message = _httpsig.Message(headers=fields, status=status)
     signature = _httpsig.sign_message(
         message,
-        signing_key=identity.seed,
+        signing_key=identity.sign,
         keyid=identity.node_id.text,
         created=now,
         components=RESPONSE_COMPONENTS,

@@ -597,6 +597,25 @@ def test_sign_message_returns_the_two_fields() -> None:
     assert len(base64.b64decode(value[5:-1])) == 64
 
 
+def test_a_signing_function_signs_as_the_seed_does() -> None:
+    key = nacl.signing.SigningKey(SEED)
+    calls: list[bytes] = []
+
+    def sign(base: bytes) -> bytes:
+        calls.append(base)
+        return key.sign(base).signature
+
+    by_seed, by_function = (
+        sign_message(
+            REQUEST, signing_key=key_, keyid=KEYID, created=NOW, components=COVERED, nonce="n"
+        )
+        for key_ in (SEED, sign)
+    )
+    assert by_function == by_seed
+    params = SignatureParams(components=tuple(COVERED), created=NOW, keyid=KEYID, nonce="n")
+    assert calls == [signature_base(REQUEST, params)]
+
+
 def test_round_trip() -> None:
     verified = verify(signed(nonce="abc", expires=NOW + 30), required=COVERED)
     assert verified == VerifiedSignature(
