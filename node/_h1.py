@@ -370,7 +370,12 @@ class H1Client:
         except h11.LocalProtocolError as exc:
             raise httpcore.LocalProtocolError(str(exc)) from exc
         assert head is not None
-        await stream.write(head + body, timeout=self.write_timeout)
+        try:
+            await stream.write(head + body, timeout=self.write_timeout)
+        except httpcore.WriteError:
+            # The server may have answered from the head (a refusal) and closed without
+            # reading the body: read its answer, as httpcore does.
+            pass
         status = 0
         answer_headers: list[tuple[str, str]] = []
         chunks: list[bytes] = []

@@ -174,6 +174,55 @@ async def test_an_answer_too_large_is_refused_and_its_connection_closed(net: Net
         assert c.pool.connections == []
 
 
+class _RefusingStream(httpcore.AsyncNetworkStream):
+    """A server that answered from the head and hung up: writes fail, its answer waits."""
+
+    def __init__(self) -> None:
+        self.answer = (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nConnection: close\r\n\r\ngo away"
+        )
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        await trio.lowlevel.checkpoint()
+        data, self.answer = self.answer[:max_bytes], self.answer[max_bytes:]
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await trio.lowlevel.checkpoint()
+        raise httpcore.WriteError("connection reset by peer")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _RefusingBackend(httpcore.AsyncNetworkBackend):
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: object = None,
+    ) -> httpcore.AsyncNetworkStream:
+        await trio.lowlevel.checkpoint()
+        return _RefusingStream()
+
+
+async def test_an_answer_from_the_head_is_read_though_the_body_was_refused() -> None:
+    # A server that refuses from the head and hangs up without reading the body: the
+    # write fails, and its answer is what the client reports, as with httpcore.
+    async with H1Client(
+        _RefusingBackend(),
+        connect_timeout=10.0,
+        read_timeout=30.0,
+        write_timeout=30.0,
+        pool_timeout=30.0,
+    ) as c:
+        answer = await c.post("http://n1:8470/ptth/v1/frames", [], b"x" * 1000)
+        assert (answer.status, answer.words) == (403, "go away")
+        assert c.pool.connections == []  # Connection: close
+
+
 async def test_a_silent_server_is_a_read_timeout(autojump_clock: trio.testing.MockClock) -> None:
     network = MemoryNetwork()
 
