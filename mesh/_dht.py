@@ -12,7 +12,10 @@ passed in); the runtime sends the queries and probes and feeds the answers back:
   full bucket does not push anyone out: it waits as the bucket's one pending
   replacement while the oldest contact is probed (:class:`Probe`), and takes its place
   only if the probe fails. Long-lived contacts are kept, so a flood of fresh (Sybil) ids
-  cannot evict the live ones. Buckets no lookup touched for a while are named by
+  cannot evict the live ones. A contact that leaves a query unanswered
+  (:meth:`Contacts.failed`) goes only after :data:`MAX_FAILURES` in a row, or at once
+  if a newcomer waits to take its place: on a lossy link one lost query or answer does
+  not cost a live contact. Buckets no lookup touched for a while are named by
   :meth:`Contacts.stale_buckets`, with a random id in each to look up.
 * :class:`Lookup` (§2.3): the iterative lookup as a state machine. It queries the
   nearest known nodes not yet asked, ``alpha`` at a time, merges the contacts they
@@ -52,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_PROBE_INTERVAL_MS",
     "ID_BITS",
+    "MAX_FAILURES",
     "Contact",
     "Contacts",
     "Lookup",
@@ -77,6 +81,11 @@ DEFAULT_MAX_LOOKUP_QUERIES: Final = 100
 #: long is asked for again. Bounds the probes a flood of newcomers makes: each
 #: contact is probed at most once per interval.
 DEFAULT_PROBE_INTERVAL_MS: Final = 60_000
+#: Queries in a row a contact may leave unanswered before it is dropped (with no
+#: newcomer waiting for its place): Kademlia §4.1 tolerates a few, since a query or its
+#: answer may be lost. At 1% loss each way a live contact misses three in a row about
+#: once in 125,000 tries; a dead one is dropped after three timeouts.
+MAX_FAILURES: Final = 3
 #: Most records a node stores for others. A node holds about k records on average
 #: (k copies of each node's coordinates spread over all nodes); the rest is headroom
 #: for unlucky ids and caching, bounded so that strangers cannot fill memory.
@@ -113,13 +122,15 @@ def bucket_index(self_id: crypto.NodeId, node: crypto.NodeId) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Contact:
-    """A node in a contact table: when it was ``added`` and last ``seen`` (ms), and the
-    opaque ``info`` the caller keeps with it (say, its signed coordinates)."""
+    """A node in a contact table: when it was ``added`` and last ``seen`` (ms), the
+    opaque ``info`` the caller keeps with it (say, its signed coordinates), and the
+    queries it has left unanswered since it was last heard from (``failures``)."""
 
     node: crypto.NodeId
     info: bytes | None
     added: int
     seen: int
+    failures: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,7 +220,7 @@ class Contacts:
         held = bucket.contacts.pop(node, None)
         if held is not None:
             bucket.contacts[node] = dataclasses.replace(
-                held, seen=now, info=held.info if info is None else info
+                held, seen=now, info=held.info if info is None else info, failures=0
             )
             if bucket.probing == node:  # alive: the probe is answered
                 bucket.probing = None
@@ -245,12 +256,27 @@ class Contacts:
             bucket.probing = None
             bucket.pending = None
         held = bucket.contacts.pop(node)
-        bucket.contacts[node] = dataclasses.replace(held, seen=now)
+        bucket.contacts[node] = dataclasses.replace(held, seen=now, failures=0)
 
     def probe_failed(self, node: crypto.NodeId) -> None:
         """``node`` did not answer a probe: it is evicted, and the pending newcomer of its
         bucket takes its place."""
         self.remove(node)
+
+    def failed(self, node: crypto.NodeId) -> bool:
+        """``node`` left a query unanswered. It is dropped (return True) if a newcomer
+        waits for a place in its bucket, or after :data:`MAX_FAILURES` in a row (an
+        answer, or anything else heard from it, clears the count); else it stays, where
+        it was in its bucket. Unknown nodes are ignored (False)."""
+        bucket = self._bucket_of(node, create=False)
+        held = None if bucket is None else bucket.contacts.get(node)
+        if bucket is None or held is None:
+            return False
+        if bucket.pending is not None or held.failures + 1 >= MAX_FAILURES:
+            self.remove(node)
+            return True
+        bucket.contacts[node] = dataclasses.replace(held, failures=held.failures + 1)
+        return False
 
     def remove(self, node: crypto.NodeId) -> None:
         """Forget ``node`` (held or pending); a pending newcomer fills the room made."""

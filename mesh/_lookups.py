@@ -722,7 +722,7 @@ class Dht:
             return []
         if pending.kind is _Kind.STORE:
             return []
-        self.contacts.remove(pending.dst)  # silent: a pending newcomer takes its place
+        self.contacts.failed(pending.dst)  # dropped if a newcomer waits, or after a few
         running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
         if running is None:
             return []

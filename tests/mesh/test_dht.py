@@ -28,7 +28,7 @@ from mesh import (
     bucket_index,
     xor_distance,
 )
-from mesh._dht import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_PROBE_INTERVAL_MS
+from mesh._dht import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_PROBE_INTERVAL_MS, MAX_FAILURES
 
 K = DEFAULT_K
 INTERVAL = DEFAULT_PROBE_INTERVAL_MS
@@ -210,6 +210,43 @@ def test_remove_makes_room_for_the_pending_newcomer() -> None:
     contacts.remove(in_bucket(9, 1))  # unknown: nothing happens
     contacts.probe_answered(in_bucket(9, 1), T0)
     assert len(contacts) == K - 1
+
+
+def test_a_contact_goes_after_missing_a_few_queries_in_a_row() -> None:
+    # One lost query or answer does not cost a live contact; a dead one goes after
+    # MAX_FAILURES, and anything heard from it in between starts the count again.
+    contacts = Contacts(SELF)
+    members = full_bucket(contacts, 4)
+    target = members[2]
+    for _ in range(MAX_FAILURES - 1):
+        assert contacts.failed(target) is False
+    held = contacts.get(target)
+    assert held is not None
+    assert held.failures == MAX_FAILURES - 1
+    assert [c.node for c in contacts.bucket(4)] == members  # where it was
+    contacts.seen(target, T0 + 1)
+    held = contacts.get(target)
+    assert held is not None
+    assert held.failures == 0
+    for _ in range(MAX_FAILURES - 1):
+        assert contacts.failed(target) is False
+    contacts.probe_answered(target, T0 + 2)  # an answer clears the count too
+    for _ in range(MAX_FAILURES - 1):
+        assert contacts.failed(target) is False
+    assert contacts.failed(target) is True
+    assert target not in contacts
+    assert len(contacts) == K - 1
+    assert contacts.failed(target) is False  # unknown now: ignored
+    assert contacts.failed(in_bucket(9, 1)) is False
+
+
+def test_a_contact_that_misses_a_query_gives_way_to_a_waiting_newcomer() -> None:
+    contacts = Contacts(SELF)
+    members = full_bucket(contacts, 6)
+    newcomer = in_bucket(6, 100)
+    assert contacts.seen(newcomer, T0 + INTERVAL) == Probe(members[0])
+    assert contacts.failed(members[5]) is True  # someone waits: at once
+    assert [c.node for c in contacts.bucket(6)] == [*members[:5], *members[6:], newcomer]
 
 
 def test_sybil_flood_does_not_evict_live_contacts() -> None:

@@ -46,7 +46,7 @@ from mesh import (
     encode_message,
     xor_distance,
 )
-from mesh._dht import DEFAULT_K, DEFAULT_PROBE_INTERVAL_MS
+from mesh._dht import DEFAULT_K, DEFAULT_PROBE_INTERVAL_MS, MAX_FAILURES
 from mesh._lookups import (
     DEFAULT_QUERY_TIMEOUT_MS,
     DEFAULT_REPUBLISH_MS,
@@ -555,7 +555,7 @@ def test_offered_nodes_whose_chains_do_not_prove_them_are_skipped() -> None:
     assert not [x for x in actions if isinstance(x, LookupDone)]  # the bad value is no value
 
 
-def test_queries_time_out_and_silent_contacts_are_dropped() -> None:
+def test_queries_time_out_and_silent_contacts_are_dropped_after_a_few() -> None:
     a = dht(IDS[0])
     a.introduce(CHAINS[IDS[1]], T0)
     a.tick(T0)  # (our publication and bucket refreshes ask the one contact too)
@@ -567,8 +567,24 @@ def test_queries_time_out_and_silent_contacts_are_dropped() -> None:
     assert a.queries_pending == pending
     done = [x for x in a.tick(T0 + TIMEOUT) if isinstance(x, LookupDone)]
     assert done == [LookupDone(lookup_id, IDS[5], (), None, 1)]
+    # One miss is not enough to drop a contact (a query or its answer may be lost)...
+    held = a.contacts.get(IDS[1])
+    assert held is not None
+    assert 0 < held.failures < MAX_FAILURES
+    # ...but silent again and again, it goes once it has missed MAX_FAILURES in a row.
+    now = T0 + TIMEOUT
+    while held is not None:
+        assert held.failures < MAX_FAILURES
+        _, actions = a.find(IDS[5], value=True, now=now)
+        assert len(actions) == 1
+        now += TIMEOUT
+        assert [x for x in a.tick(now) if isinstance(x, LookupDone)]
+        held = a.contacts.get(IDS[1])
     assert IDS[1] not in a.contacts
-    assert a.queries_pending == 0
+    assert now <= T0 + MAX_FAILURES * TIMEOUT
+    now += TIMEOUT
+    a.tick(now)
+    assert a.queries_pending == 0  # nobody left to ask
     assert a.wake_at() is None
 
 
