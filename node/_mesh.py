@@ -149,6 +149,7 @@ class MeshRuntime:
         new_id: Callable[[], bytes],
         run_blocking: RunBlocking,
         own_address: Callable[[], crypto.SignedAddress],
+        run_store: RunBlocking | None = None,
         peer_addresses: Callable[[], Iterable[crypto.SignedAddress]],
         book: mesh.CapabilityBook | None = None,
         caps: Iterable[crypto.Capability] = (),
@@ -161,8 +162,10 @@ class MeshRuntime:
         self.rng = rng
         self.new_id = new_id
         self.run_blocking = run_blocking
+        #: Runs the store's calls (the node's StoreThread; default: run_blocking).
+        self.run_store = run_store or run_blocking
         #: Custody of our own frames (sends, publications): one commit for many.
-        self.commits = GroupCommit(store, run_blocking)
+        self.commits = GroupCommit(store, self.run_store)
         self.own_address = own_address
         self.peer_addresses = peer_addresses
         self.router = mesh.Router(
@@ -237,11 +240,11 @@ class MeshRuntime:
         """Run the forwarders, announces and timers until cancelled."""
         self.frame_client = frame_client
         now = self.clock()
-        routes = await self.run_blocking(lambda: self.store.load_routes(now=now))
-        learned = await self.run_blocking(lambda: self.store.addresses(now=now))
+        routes = await self.run_store(lambda: self.store.load_routes(now=now))
+        learned = await self.run_store(lambda: self.store.addresses(now=now))
         for address in learned:
             self._keep_address(address)
-        for interest in await self.run_blocking(lambda: self.store.interests(now=now)):
+        for interest in await self.run_store(lambda: self.store.interests(now=now)):
             if interest.origin != self.local:  # ours are stated afresh by subscribing
                 self.router.interests.learn(interest, now=now)
         await self._load_revocations(now)
@@ -255,10 +258,10 @@ class MeshRuntime:
                 if self.router.is_neighbour(route.via):
                     self.router.table.learn(route)
             # Named subscriptions are ours from the start, reader or not.
-            for saved in await self.run_blocking(self.store.subscriptions):
+            for saved in await self.run_store(self.store.subscriptions):
                 await self.subscriptions.keep(saved.name, saved.patterns)
             # Whatever was queued before a restart goes where the routes say now.
-            pairs = await self.run_blocking(self.store.queued_destinations)
+            pairs = await self.run_store(self.store.queued_destinations)
             await self._apply(
                 [
                     self.router.reroute(dst, now)
@@ -346,7 +349,7 @@ class MeshRuntime:
         for action in actions:
             if isinstance(action, mesh.Reroute):
                 dst, hop, instead = action.dst, action.next_hop, action.instead
-                moved = await self.run_blocking(
+                moved = await self.run_store(
                     functools.partial(self.store.reroute, dst, hop, instead=instead)
                 )
                 if moved:
@@ -364,7 +367,7 @@ class MeshRuntime:
                 # restart, and when they were held already (the lookup is not repeated
                 # before its time).
                 if (hop is None or instead is None) and self.router.dht is not None:
-                    if await self.run_blocking(functools.partial(self.store.holds, dst)):
+                    if await self.run_store(functools.partial(self.store.holds, dst)):
                         await self._apply(self.router.held(dst, self.clock()))
                     else:
                         self.router.settled(dst)
@@ -486,7 +489,7 @@ class MeshRuntime:
         it (counted and logged: the frame itself is gone already)."""
         receipt = self._receipt(origin, ref, "dropped", why=why, now=now)
         try:
-            await self.run_blocking(lambda: self.store.enqueue([receipt], now=now))
+            await self.run_store(lambda: self.store.enqueue([receipt], now=now))
         except mesh.MeshError as exc:
             self.statistics.receipts_lost += 1
             log.warning("could not queue a drop receipt for %s: %s", origin.short, exc)
@@ -608,7 +611,7 @@ class MeshRuntime:
             self.interests_changed = trio.Event()
         await self.refresh_peers()
         while True:
-            expired = await self.run_blocking(lambda: self.store.take_expired(now=now))
+            expired = await self.run_store(lambda: self.store.take_expired(now=now))
             for item in expired:
                 where = f"queued for {item.next_hop.short}" if item.next_hop else "held, no route"
                 await self._dropped(item, "expired", f"expired at {self.local.short} ({where})")
@@ -629,14 +632,14 @@ class MeshRuntime:
                 )
                 saved = trio.current_time()
                 self._routes_dirty = trio.Event()
-                await self.run_blocking(self._save_tables())
+                await self.run_store(self._save_tables())
         finally:
             if self._routes_dirty.is_set():
                 # Stopping within a second of a change: save it now, or the restarted
                 # node would route with a table older than the one it had.
                 with trio.CancelScope(shield=True):
                     try:
-                        await self.run_blocking(self._save_tables())
+                        await self.run_store(self._save_tables())
                     except mesh.MeshError as exc:
                         log.warning("could not save the routing table: %s", exc)
 
@@ -665,12 +668,12 @@ class MeshRuntime:
             raise crypto.Malformed("a subscription needs at least one pattern")
         now = self.clock()
         lease_ms = self.subscriptions.lease_ms
-        await self.run_blocking(lambda: self.store.save_subscription(name, kept, lease_ms, now=now))
+        await self.run_store(lambda: self.store.save_subscription(name, kept, lease_ms, now=now))
         return await self.subscriptions.keep(name, kept)
 
     async def drop_subscription(self, name: str) -> bool:
         """Forget named subscription ``name`` and what was pending for it."""
-        dropped = await self.run_blocking(lambda: self.store.delete_subscription(name))
+        dropped = await self.run_store(lambda: self.store.delete_subscription(name))
         forgotten = await self.subscriptions.forget(name)
         return bool(dropped or forgotten)
 
@@ -877,7 +880,7 @@ class MeshRuntime:
         if limit <= 0:
             return []
         now = self.clock()
-        batch: list[mesh.Queued] = await self.run_blocking(
+        batch: list[mesh.Queued] = await self.run_store(
             lambda: self.store.batch(node, now=now, limit=limit, after=after)
         )
         if self.router.tree is not None:
@@ -925,10 +928,10 @@ class MeshRuntime:
                 self.statistics.sent_rejected += 1
                 refused.append((item, result))
         if taken:
-            await self.run_blocking(lambda: self.store.forwarded(taken, first_hop=node, now=now))
+            await self.run_store(lambda: self.store.forwarded(taken, first_hop=node, now=now))
             self.statistics.frames_forwarded += len(taken)
         for item, result in refused:
-            if not await self.run_blocking(functools.partial(self.store.remove, [item.seq])):
+            if not await self.run_store(functools.partial(self.store.remove, [item.seq])):
                 continue  # purged meanwhile (ptth queue purge): dropped already
             await self._dropped(
                 item, str(result.code), f"refused by {node.short}: {result.words}", by=node
@@ -961,7 +964,7 @@ class MeshRuntime:
         now = self.clock()
         if item.src == self.local:
             dropper = by or self.local
-            await self.run_blocking(
+            await self.run_store(
                 lambda: self.store.record_outcome(item.id, "dropped", by=dropper, why=why, now=now)
             )
             self.settled(item.id)
@@ -1099,7 +1102,7 @@ class MeshRuntime:
             results.append(None)
         stored: list[mesh.Result] = []
         if intakes:
-            stored = await self.run_blocking(lambda: self.store.accept(intakes, now=now))
+            stored = await self.run_store(lambda: self.store.accept(intakes, now=now))
         stored_iter = iter(zip(intakes, stored, strict=True))
         final: list[mesh.Result] = []
         wake: collections.Counter[crypto.NodeId] = collections.Counter()  # frames per hop
@@ -1189,7 +1192,7 @@ class MeshRuntime:
         if refresh:
             await self.subscriptions.refresh()
         for address in learned:
-            await self.run_blocking(functools.partial(self.store.save_address, address))
+            await self.run_store(functools.partial(self.store.save_address, address))
         if revoked:
             if self.book is not None:
                 await self.run_blocking(functools.partial(self._keep_revocations, revoked))
@@ -1231,7 +1234,7 @@ class MeshRuntime:
         now = self.clock()
         purge = functools.partial(self.store.purge, next_hop, by=self.local, now=now)
         with contextlib.nullcontext() if forwarder is None else forwarder.purging():
-            frames, size = await self.run_blocking(purge)
+            frames, size = await self.run_store(purge)
         if frames:
             self.release_waiters()  # waits for our own purged frames end
         where = "held here" if next_hop is None else f"queued for {next_hop.short}"
@@ -1242,7 +1245,7 @@ class MeshRuntime:
 
     async def queues(self) -> list[dict[str, Any]]:
         now = self.clock()
-        stats: list[mesh.QueueStatistics] = await self.run_blocking(self.store.queues)
+        stats: list[mesh.QueueStatistics] = await self.run_store(self.store.queues)
         by_hop = {item.next_hop: item for item in stats}
         rows = []
         for hop in sorted(

@@ -82,6 +82,7 @@ from node._relay import (
 )
 from node._server import Handler, Request, Response, Server, ServerConfig
 from node._stomp import STOMP_USERS, StompConfig, StompGateway, stomp_address
+from node._storethread import StoreThread
 from node._xmpp import XMPP_USERS, XmppConfig, XmppGateway, load_secret
 
 __all__ = [
@@ -315,6 +316,7 @@ class Node:
         run_blocking: RunBlocking,
         new_id: Callable[[], bytes],
         book: mesh.CapabilityBook | None = None,
+        run_store: RunBlocking | None = None,
     ) -> None:
         self.data = data
         self.identity = identity
@@ -353,6 +355,7 @@ class Node:
             rng=rng,
             new_id=new_id,
             run_blocking=run_blocking,
+            run_store=run_store,
             own_address=self._own_address,
             peer_addresses=lambda: self.data.peers,
             book=book,
@@ -478,6 +481,9 @@ class Node:
             except BaseException:
                 store.close()
                 raise
+            # The store's calls go to a thread of its own (cheaper than trio's); given a
+            # run_blocking (a simulation's inline one), they go where it says.
+            store_thread = StoreThread() if run_blocking is None else None
             try:
                 node = cls(
                     data,
@@ -490,6 +496,7 @@ class Node:
                     blocking,
                     new_id,
                     book,
+                    run_store=None if store_thread is None else store_thread.run,
                 )
                 node.mesh.router.policy = policy
                 node.objects.saved = saved_objects
@@ -500,6 +507,8 @@ class Node:
                 async with node._run(frame_client):
                     yield node
             finally:
+                if store_thread is not None:
+                    store_thread.close()
                 book.close()
                 store.close()
 

@@ -336,7 +336,7 @@ async def test_many_pages_share_one_store_read_a_second(
     assert 1 <= reads <= seconds + 1, reads
 
 
-async def test_store_reads_run_through_run_blocking(
+async def test_store_reads_run_off_the_event_loop(
     pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
 ) -> None:
     a, b, _ = pair
@@ -368,6 +368,7 @@ async def test_store_reads_run_through_run_blocking(
 
     a.run_blocking = through(a.run_blocking)
     a.mesh.run_blocking = through(a.mesh.run_blocking)
+    a.mesh.run_store = through(a.mesh.run_store)
     for name in ("statistics", "trace", "queues", "subscriptions"):
         watched(name)
     await a.dashboard.read()
