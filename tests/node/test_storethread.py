@@ -13,7 +13,7 @@ from node._storethread import StoreThread
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("WHO", default="nobody")
 
 
-async def test_calls_run_in_the_thread_in_order_with_their_results() -> None:
+async def test_calls_run_in_the_thread_with_their_results() -> None:
     runner = StoreThread(name="test-store")
     seen: list[tuple[int, str]] = []
 
