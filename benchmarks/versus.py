@@ -63,7 +63,12 @@ of those ratios; the Ed25519 verify rate of this machine (PyNaCl, one core, meas
 round) with ptth-1hop as a ratio of twice that (both cores verifying); the Ed25519 sign
 rate, and from the two the *crypto ceiling* of one hop (each message is signed once by
 its origin and verified once by the hop: what both cores could carry doing nothing else)
-with each system's rate as a fraction of it, which bounds what the goals can ask; a second table
+with each system's rate as a fraction of it, which bounds what the goals can ask; per
+system the CPU the whole machine spent per message during its timed runs (every
+process: the nodes or broker and this one's clients; Linux ``/proc/stat``) and the cores
+that kept busy, and from ptth-3hop's CPU per message the most ``ptth-3hop vs
+ptth-1hop`` could be with every core busy (with fewer cores than processes, a chain's
+nodes take turns on them); a second table
 "one at a time" (``--samples`` sends each waiting for its confirmation: ptth's ``await
 node.send`` until the sender's durable custody, RabbitMQ's publish+confirm round trip,
 NATS' publish+ack), p50 and p99; and ptth's performance goals beside the figures, met or not.
@@ -232,6 +237,49 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float | None:
+    """CPU seconds this machine's cores have been busy since boot, all processes
+    together (Linux ``/proc/stat``: all but idle and iowait); None elsewhere."""
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[1:8])
+    steal = int(fields[8]) if len(fields) > 8 else 0
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A moment: wall time (``perf_counter``) and the machine's busy CPU seconds."""
+
+    wall: float
+    busy: float | None
+
+    @classmethod
+    def now(cls) -> Mark:
+        return cls(time.perf_counter(), busy_cpu_seconds())
+
+
+@dataclass(frozen=True)
+class Rate:
+    """What one timed run measured: messages/s, and the CPU the whole machine spent
+    per message meanwhile (µs; every process: the system's and this one's clients)."""
+
+    per_second: float
+    cpu_us: float | None = None
+
+    @classmethod
+    def between(cls, count: int, start: Mark, end: Mark) -> Rate:
+        seconds = end.wall - start.wall
+        cpu = None
+        if start.busy is not None and end.busy is not None and count:
+            cpu = (end.busy - start.busy) / count * 1e6
+        return cls(count / seconds, cpu)
+
+
 # -- ptth ------------------------------------------------------------------------------
 
 
@@ -309,19 +357,19 @@ async def send_all(origin: Node, dst: crypto.NodeId, count: int, body: bytes, ta
 
 async def transfer(
     origin: Node, consumer: InboxConsumer, dst: crypto.NodeId, count: int, body: bytes, tasks: int
-) -> float:
-    """Seconds from the first send to the last of ``count`` messages acknowledged."""
+) -> Rate:
+    """From the first send to the last of ``count`` messages acknowledged."""
     target = consumer.acked + count
-    start = time.perf_counter()
+    start = Mark.now()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_all, origin, dst, count, body, tasks)
         await consumer.wait_acked(target)
-    return time.perf_counter() - start
+    return Rate.between(count, start, Mark.now())
 
 
 async def ptth_rate(
     root: Path, outside: list[Process], count: int, body: bytes, in_flight: int, time_limit: float
-) -> float:
+) -> Rate:
     """Messages/s from an origin here through ``outside`` (a chain) to the last one's
     application."""
     with trio.fail_after(time_limit):
@@ -329,8 +377,8 @@ async def ptth_rate(
             assert isinstance(last, Process)
             async with consuming(last, in_flight) as consumer:
                 await transfer(origin, consumer, last.node_id, min(WARM_UP, count), body, in_flight)
-                seconds = await transfer(origin, consumer, last.node_id, count, body, in_flight)
-    return count / seconds
+                rate = await transfer(origin, consumer, last.node_id, count, body, in_flight)
+    return rate
 
 
 async def post_batches(
@@ -360,7 +408,7 @@ async def post_batches(
 
 async def ptth_api_rate(
     sender: Process, receiver: Process, count: int, body: bytes, in_flight: int, limit: float
-) -> float:
+) -> Rate:
     """Messages/s from a program posting batches to one `ptth run` node's local API to
     another's application (the same consumer as the other ptth rows)."""
     with trio.fail_after(limit):
@@ -374,17 +422,17 @@ async def ptth_api_rate(
         ):
             for number, timed in ((min(WARM_UP, count), False), (count, True)):
                 target = consumer.acked + number
-                start = time.perf_counter()
+                start = Mark.now()
                 await post_batches(client, receiver.node_id, number, body)
                 await consumer.wait_acked(target)
                 if timed:
-                    return count / (time.perf_counter() - start)
+                    return Rate.between(count, start, Mark.now())
     raise AssertionError("unreachable")
 
 
 def ptth_api_round(
     where: Path, count: int, body: bytes, in_flight: int, timeout: float, _round: int
-) -> float:
+) -> Rate:
     with (
         tempfile.TemporaryDirectory(dir=where, prefix="versus-ptth-") as tmp,
         processes(Path(tmp), 2) as (sender, receiver),
@@ -394,7 +442,7 @@ def ptth_api_round(
 
 def ptth_round(
     where: Path, hops: int, count: int, body: bytes, in_flight: int, timeout: float, _round: int
-) -> float:
+) -> Rate:
     """Messages/s through ``hops`` hops of fresh nodes, the last one's application
     acknowledging them."""
     with (
@@ -509,7 +557,7 @@ class RabbitConsumer(threading.Thread):
         self.prefetch, self.deadline = prefetch, deadline
         self.ready = threading.Event()
         self.abort = threading.Event()
-        self.finished: float | None = None
+        self.finished: Mark | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -548,7 +596,7 @@ class RabbitConsumer(threading.Thread):
             if last_tag > acked_tag:
                 channel.basic_ack(delivery_tag=last_tag, multiple=True)
                 acked_tag = last_tag
-        self.finished = time.perf_counter()
+        self.finished = Mark.now()
 
 
 class RabbitPublisher:
@@ -560,7 +608,7 @@ class RabbitPublisher:
     ) -> None:
         self.port, self.queue, self.count, self.body = port, queue, count, body
         self.in_flight, self.timeout = in_flight, timeout
-        self.started: float | None = None
+        self.started: Mark | None = None
         self.error: str | None = None
         self._sent = 0
         self._unconfirmed: set[int] = set()
@@ -613,7 +661,7 @@ class RabbitPublisher:
         channel.confirm_delivery(ack_nack_callback=self._confirmed, callback=self._confirming)
 
     def _confirming(self, _frame: Any) -> None:
-        self.started = time.perf_counter()
+        self.started = Mark.now()
         self._fill()
 
     def _fill(self) -> None:
@@ -641,8 +689,8 @@ class RabbitPublisher:
 
 def rabbitmq_cycle(
     port: int, queue: str, count: int, body: bytes, in_flight: int, timeout: float
-) -> float:
-    """Seconds from the first publish to the last message consumed and acked."""
+) -> Rate:
+    """From the first publish to the last message consumed and acked."""
     consumer = RabbitConsumer(port, queue, count, in_flight, time.monotonic() + timeout)
     consumer.start()
     consumer.ready.wait(timeout)
@@ -659,7 +707,7 @@ def rabbitmq_cycle(
         raise RuntimeError(f"consumer: {consumer.error}")
     assert consumer.finished is not None
     assert publisher.started is not None
-    return consumer.finished - publisher.started
+    return Rate.between(count, publisher.started, consumer.finished)
 
 
 @contextlib.contextmanager
@@ -680,12 +728,12 @@ def rabbitmq_queue(port: int, queue: str) -> Iterator[Any]:
 
 def rabbitmq_round(
     port: int, count: int, body: bytes, in_flight: int, timeout: float, round_number: int
-) -> float:
+) -> Rate:
     """Messages/s through a fresh durable queue."""
     queue = f"versus-{round_number}"
     with rabbitmq_queue(port, queue):
         rabbitmq_cycle(port, queue, min(WARM_UP, count), body, in_flight, timeout)
-        return count / rabbitmq_cycle(port, queue, count, body, in_flight, timeout)
+        return rabbitmq_cycle(port, queue, count, body, in_flight, timeout)
 
 
 def rabbitmq_one_at_a_time(port: int, samples: int, body: bytes) -> list[float]:
@@ -758,8 +806,8 @@ def nats_broker(server: Path, where: Path, sync: str) -> Iterator[str]:
 
 async def nats_cycle(
     url: str, stream: str, count: int, body: bytes, in_flight: int, time_limit: float
-) -> float:
-    """Seconds from the first publish to the last message consumed and acked."""
+) -> Rate:
+    """From the first publish to the last message consumed and acked."""
     import nats
     import nats.errors
     from nats.js.api import AckPolicy, ConsumerConfig
@@ -779,7 +827,7 @@ async def nats_cycle(
             acks = [await js.publish_async(stream, body) for _ in range(count)]
             await asyncio.gather(*acks)
 
-        async def consume() -> float:
+        async def consume() -> Mark:
             done = 0
             while done < count:
                 try:
@@ -790,11 +838,11 @@ async def nats_cycle(
                     await message.ack()
                 done += len(messages)
             await receiver.flush()
-            return time.perf_counter()
+            return Mark.now()
 
-        start = time.perf_counter()
+        start = Mark.now()
         _, end = await asyncio.wait_for(asyncio.gather(publish(), consume()), time_limit)
-        return end - start
+        return Rate.between(count, start, end)
     finally:
         await producer.close()
         await receiver.close()
@@ -802,7 +850,7 @@ async def nats_cycle(
 
 async def nats_stream_round(
     url: str, stream: str, count: int, body: bytes, in_flight: int, time_limit: float
-) -> float:
+) -> Rate:
     import nats
     from nats.js.api import StorageType
 
@@ -812,7 +860,7 @@ async def nats_stream_round(
         await js.add_stream(name=stream, subjects=[stream], storage=StorageType.FILE)
         try:
             await nats_cycle(url, stream, min(WARM_UP, count), body, in_flight, time_limit)
-            return count / await nats_cycle(url, stream, count, body, in_flight, time_limit)
+            return await nats_cycle(url, stream, count, body, in_flight, time_limit)
         finally:
             await js.delete_stream(stream)
     finally:
@@ -821,7 +869,7 @@ async def nats_stream_round(
 
 def nats_round(
     url: str, count: int, body: bytes, in_flight: int, timeout: float, round_number: int
-) -> float:
+) -> Rate:
     """Messages/s through a fresh file-storage stream."""
     stream = f"VERSUS{round_number}"
     return asyncio.run(nats_stream_round(url, stream, count, body, in_flight, timeout))
@@ -911,10 +959,10 @@ def start_anchors(
 
 def measurers(
     systems: Sequence[str], anchors: Anchors, work: Workload
-) -> dict[str, Callable[[int], float]]:
-    """For each system that can be measured: round number -> messages/s."""
+) -> dict[str, Callable[[int], Rate]]:
+    """For each system that can be measured: round number -> its rate."""
     same = (work.messages, work.body, work.in_flight, work.timeout)
-    found: dict[str, Callable[[int], float]] = {}
+    found: dict[str, Callable[[int], Rate]] = {}
     for system in systems:
         if system == "ptth-1hop":
             found[system] = functools.partial(ptth_round, work.where, 1, *same)
@@ -979,6 +1027,8 @@ def summarize(
     verify: Sequence[float],
     samples: dict[str, list[float]],
     sign: Sequence[float] | None = None,
+    cpu: Sequence[dict[str, float | None]] | None = None,
+    cores: int | None = None,
 ) -> dict[str, Any]:
     """Medians, min-max and ratios within rounds; the goals, met or not.
 
@@ -986,13 +1036,25 @@ def summarize(
     *crypto ceiling* of one hop, what both cores could carry doing nothing but the
     signature work every message needs (its origin signs it, the hop verifies it), and
     each system's rate as a fraction of it, per round.
+
+    With ``cpu`` (per round, each system's machine CPU per message, µs) and ``cores``:
+    each system's median CPU per message and the cores it kept busy, and what the
+    machine's cores allow ptth-3hop (see :func:`cpu_bound`).
     """
+    cpu = cpu or [{} for _ in rounds]
     table: dict[str, Any] = {}
     for system in systems:
         rates = [measured.get(system) for measured in rounds]
         present = [rate for rate in rates if rate is not None]
         vs_baseline = ratios(rounds, system, BASELINE)
+        spent = [used.get(system) for used in cpu]
+        busy = [
+            None if rate is None or us is None else rate * us / 1e6
+            for rate, us in zip(rates, spent, strict=True)
+        ]
         table[system] = {
+            "cpu us per message": median_of(spent),
+            "cores busy": median_of(busy),
             "rates": rates,
             "median": median_of(rates),
             "min": min(present) if present else None,
@@ -1012,6 +1074,7 @@ def summarize(
     ]
     figures["ptth-1hop vs 2x verify"] = median_of(ceiling)
     crypto = crypto_ceiling(systems, rounds, verify, sign)
+    limits = cpu_bound(rounds, cpu, cores)
     latency = {
         name: {
             "p50": statistics.median(values),
@@ -1035,6 +1098,7 @@ def summarize(
         "median verify per core": median_of(list(verify)),
         "ptth-1hop vs 2x verify": ceiling,
         "crypto ceiling": crypto,
+        "cpu bound": limits,
         "one at a time": latency,
         "figures": figures,
         "goals": goals,
@@ -1078,6 +1142,32 @@ def crypto_ceiling(
     }
 
 
+def cpu_bound(
+    rounds: Sequence[dict[str, float | None]],
+    cpu: Sequence[dict[str, float | None]],
+    cores: int | None,
+) -> dict[str, float | None] | None:
+    """What the machine's CPU allows ptth-3hop beside ptth-1hop, from what each spent
+    per message in the same round (medians over rounds): the CPU of a message through
+    three hops as a multiple of one hop's, and the most ``ptth-3hop vs ptth-1hop`` could
+    be with every core busy for the three hops (their CPU per message as measured)."""
+    if not cores:
+        return None
+    more, most = [], []
+    for measured, used in zip(rounds, cpu, strict=True):
+        one, three = used.get("ptth-1hop"), used.get("ptth-3hop")
+        rate = measured.get("ptth-1hop")
+        if one and three and rate:
+            more.append(three / one)
+            most.append(cores * 1e6 / three / rate)
+    if not more:
+        return None
+    return {
+        "3hop cpu vs 1hop": statistics.median(more),
+        "most 3hop vs 1hop": statistics.median(most),
+    }
+
+
 def fmt_rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -1093,14 +1183,16 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
     say()
     say(
         f"{'system':<10} {'median msgs/s':>13} {'min-max':>17}   "
-        f"{'vs RabbitMQ per round':<30} {'median':>7} {'vs NATS':>8}"
+        f"{'vs RabbitMQ per round':<30} {'median':>7} {'vs NATS':>8} {'CPU us/msg':>11} "
+        f"{'cores':>6}"
     )
     for system, row in summary["systems"].items():
         spread = f"{fmt_rate(row['min'])}-{fmt_rate(row['max'])}"
         per_round = " ".join(fmt_ratio(value) for value in row["vs rabbitmq"])
         say(
             f"{system:<10} {fmt_rate(row['median']):>13} {spread:>17}   {per_round:<30} "
-            f"{fmt_ratio(row['median vs rabbitmq']):>6}x {fmt_ratio(row['median vs nats']):>7}x"
+            f"{fmt_ratio(row['median vs rabbitmq']):>6}x {fmt_ratio(row['median vs nats']):>7}x "
+            f"{fmt_rate(row.get('cpu us per message')):>11} {fmt_ratio(row.get('cores busy')):>6}"
         )
     verify = summary["median verify per core"]
     ceiling = summary["figures"]["ptth-1hop vs 2x verify"]
@@ -1131,6 +1223,14 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
                 else f"; at RabbitMQ's rate ptth would have {left:.0f} us of CPU per message"
                 " (both cores) for all but the signatures"
             )
+        )
+    bound = summary.get("cpu bound")
+    if bound is not None:
+        say(
+            f"CPU (whole machine, all processes, per message): ptth-3hop "
+            f"{fmt_ratio(bound['3hop cpu vs 1hop'])}x ptth-1hop's; with every core busy "
+            f"ptth-3hop could reach at most {fmt_ratio(bound['most 3hop vs 1hop'])}x "
+            "ptth-1hop's measured rate"
         )
     if summary["one at a time"]:
         say()
@@ -1225,6 +1325,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     say(f"  data and broker state: {where} ({filesystem(str(where))})")
     say(f"  ptth {version_of('ptth')}: origin embedded here, the other nodes `ptth run`")
     rounds: list[dict[str, float | None]] = []
+    cpu: list[dict[str, float | None]] = []
     verify: list[float] = []
     sign: list[float] = []
     samples: dict[str, list[float]] = {}
@@ -1240,18 +1341,22 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             verify.append(verify_rate())
             sign.append(sign_rate())
             measured: dict[str, float | None] = {}
+            used: dict[str, float | None] = {}
             for system in rotated(order, index):
                 try:
-                    measured[system] = runs[system](index + 1)
+                    rate = runs[system](index + 1)
                 except Exception as exc:
-                    measured[system] = None
+                    measured[system] = used[system] = None
                     say(f"  round {index + 1}: {system} failed: {exc!r}")
+                else:
+                    measured[system], used[system] = rate.per_second, rate.cpu_us
             rounds.append(measured)
+            cpu.append(used)
             said = "  ".join(f"{system} {fmt_rate(measured.get(system))}/s" for system in order)
             say(f"round {index + 1}: {said}   (verify {verify[-1]:,.0f}/s, sign {sign[-1]:,.0f}/s)")
         if args.samples:
             samples = one_at_a_time(args.systems, anchors, work, args.samples)
-    summary = summarize(order, rounds, verify, samples, sign)
+    summary = summarize(order, rounds, verify, samples, sign, cpu, os.cpu_count())
     load = os.getloadavg()
     if args.json:
         document = {

@@ -116,6 +116,46 @@ def test_crypto_ceiling_is_what_the_signatures_alone_allow() -> None:
     assert versus.summarize(["ptth-1hop"], rounds, [5_000.0, 5_000.0], {})["crypto ceiling"] is None
 
 
+def test_cpu_per_message_and_what_the_cores_allow_three_hops() -> None:
+    # Round 1: one hop 2,000/s at 800 us of CPU a message (1.6 cores busy), three hops
+    # at 2,000 us: 2.5x the CPU, so two cores carry at most 1,000/s, 0.5x one hop.
+    rounds: list[dict[str, float | None]] = [
+        {"ptth-1hop": 2_000.0, "ptth-3hop": 900.0},
+        {"ptth-1hop": 2_500.0, "ptth-3hop": None},
+    ]
+    cpu: list[dict[str, float | None]] = [
+        {"ptth-1hop": 800.0, "ptth-3hop": 2_000.0},
+        {"ptth-1hop": 700.0, "ptth-3hop": None},
+    ]
+    summary = versus.summarize(["ptth-1hop", "ptth-3hop"], rounds, [1.0, 1.0], {}, None, cpu, 2)
+    one_hop = summary["systems"]["ptth-1hop"]
+    assert one_hop["cpu us per message"] == 750.0
+    assert one_hop["cores busy"] == pytest.approx((1.6 + 1.75) / 2)
+    assert summary["systems"]["ptth-3hop"]["cores busy"] == pytest.approx(1.8)
+    assert summary["cpu bound"] == {"3hop cpu vs 1hop": 2.5, "most 3hop vs 1hop": 0.5}
+    out = io.StringIO()
+    versus.report(summary, out)
+    assert "ptth-3hop 2.50x ptth-1hop's" in out.getvalue()
+    assert "at most 0.50x" in out.getvalue()
+    # Without CPU figures (not Linux), nothing is claimed.
+    assert versus.summarize(["ptth-1hop"], rounds, [1.0, 1.0], {})["cpu bound"] is None
+
+
+def test_busy_cpu_seconds_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    stat.write_text(f"cpu  {hz} {hz} {hz} {50 * hz} {9 * hz} 0 {hz} {hz} 0 0\ncpu0 1 2 3\n")
+    assert versus.busy_cpu_seconds(stat) == 5.0
+    stat.write_text("intr 1 2 3\n")
+    assert versus.busy_cpu_seconds(stat) is None
+    assert versus.busy_cpu_seconds(tmp_path / "missing") is None
+    start = versus.Mark(10.0, 100.0)
+    rate = versus.Rate.between(1_000, start, versus.Mark(12.0, 101.5))
+    assert (rate.per_second, rate.cpu_us) == (500.0, 1_500.0)
+    assert versus.Rate.between(10, versus.Mark(0.0, None), versus.Mark(1.0, 3.0)).cpu_us is None
+
+
 def test_rounds_rotate_the_order() -> None:
     systems = ["a", "b", "c"]
     assert [versus.rotated(systems, i) for i in range(4)] == [
@@ -173,7 +213,7 @@ def test_rabbitmq_row(tmp_path: Path) -> None:
     if not versus.has_module("pika"):
         pytest.skip(f"no pika ({versus.BENCH_HINT})")
     with versus.rabbitmq_broker(server, tmp_path) as port:
-        assert versus.rabbitmq_round(port, 50, BODY, 10, 60, 1) > 0
+        assert versus.rabbitmq_round(port, 50, BODY, 10, 60, 1).per_second > 0
         assert len(versus.rabbitmq_one_at_a_time(port, 3, BODY)) == 3
 
 
@@ -184,5 +224,5 @@ def test_nats_row(tmp_path: Path) -> None:
     if not versus.has_module("nats"):
         pytest.skip(f"no nats-py ({versus.BENCH_HINT})")
     with versus.nats_broker(server, tmp_path, "always") as url:
-        assert versus.nats_round(url, 50, BODY, 10, 60, 1) > 0
+        assert versus.nats_round(url, 50, BODY, 10, 60, 1).per_second > 0
         assert len(versus.nats_one_at_a_time(url, 3, BODY)) == 3
