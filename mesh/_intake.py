@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import crypto
+from mesh._records import quick_init
 from mesh._wire import Reason, Result, WireFrame
 
 __all__ = ["Admitted", "admit"]
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Admitted:
     """A verified frame, with its envelope and the hops it has made counting this one;

@@ -72,6 +72,7 @@ from mesh._engine import Deliver, Fanout, Forward
 from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
 from mesh._interests import Interest
+from mesh._records import quick_init
 from mesh._routes import Route
 from mesh._wire import ACCEPTED, DUPLICATE, Reason, Result, WireFrame
 
@@ -437,6 +438,7 @@ class InboxEntry:
     topic: str | None = None
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outgoing:
     """A frame to queue: sealed, with the hops it has made and where it goes next.
@@ -512,6 +514,7 @@ class Outgoing:
         )  # fmt: skip
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Queued:
     """A frame in the queue. For a copy of a ``pub``, ``dst`` is the next hop the copy
@@ -539,6 +542,7 @@ class Queued:
         return WireFrame(self.hops, self.envelope, self.to, self.coords)
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Intake:
     """One admitted frame and the router's decision for it (:class:`Fanout` for a

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import crypto
 from crypto import _cbor
+from mesh._records import quick_init
 
 __all__ = [
     "CONTENT_TYPE_FRAMES",
@@ -77,6 +78,7 @@ class Reason(enum.StrEnum):
     UNSUPPORTED = "unsupported"
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Result:
     """What the receiver did with one frame."""
@@ -120,6 +122,7 @@ ACCEPTED: Final = Result(Outcome.ACCEPTED)
 DUPLICATE: Final = Result(Outcome.DUPLICATE)
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class WireFrame:
     """One frame as it travels a hop: hops made so far, and the signed envelope.
