@@ -327,6 +327,8 @@ class Node:
         self.clock = clock
         self.rng = rng
         self.run_blocking = run_blocking
+        #: Runs the store's calls: the node's StoreThread (default: run_blocking).
+        self.run_store = run_store or run_blocking
         self.endpoints: tuple[str, ...] = ()
         self.address: crypto.SignedAddress | None = None
         self.api_token = secrets.token_urlsafe(32)
@@ -663,7 +665,7 @@ class Node:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             try:
-                swept = await self.run_blocking(lambda: self.store.sweep(now=self.clock()))
+                swept = await self.run_store(lambda: self.store.sweep(now=self.clock()))
             except mesh.MeshError as exc:
                 log.warning("sweeping the store failed: %s", exc)
             else:
@@ -970,7 +972,7 @@ class Node:
         after = 0
         while True:
             changed = self.mesh.inbox_changed
-            entries = await self.run_blocking(functools.partial(self.store.pending, after=after))
+            entries = await self.run_store(functools.partial(self.store.pending, after=after))
             if entries:
                 after = entries[-1].seq
                 yield [
@@ -995,7 +997,7 @@ class Node:
     async def ack(self, keys: Sequence[tuple[crypto.NodeId, bytes] | bytes]) -> int:
         """Acknowledge messages by (origin, id) (or bare id); return how many were
         still in the inbox."""
-        acked: int = await self.run_blocking(lambda: self.store.ack(keys))
+        acked: int = await self.run_store(lambda: self.store.ack(keys))
         return acked
 
     # -- sending --------------------------------------------------------------------
@@ -1164,13 +1166,13 @@ class Node:
         store = self.store
 
         async def fetch(after: int) -> list[mesh.InboxEntry]:
-            entries: list[mesh.InboxEntry] = await self.run_blocking(
+            entries: list[mesh.InboxEntry] = await self.run_store(
                 lambda: store.subscription_pending(name, after=after)
             )
             return entries
 
         async def ack(seq: int) -> object:
-            return await self.run_blocking(lambda: store.ack_subscription(name, [seq]))
+            return await self.run_store(lambda: store.ack_subscription(name, [seq]))
 
         yield DurableSubscription(
             name, kept, fetch=fetch, ack=ack, changed=lambda: self.mesh.inbox_changed
@@ -1279,7 +1281,7 @@ class Node:
 
     async def subscriptions(self) -> list[mesh.SavedSubscription]:
         """This node's named subscriptions."""
-        saved: list[mesh.SavedSubscription] = await self.run_blocking(self.store.subscriptions)
+        saved: list[mesh.SavedSubscription] = await self.run_store(self.store.subscriptions)
         return saved
 
     async def delivered(self, frame_id: bytes) -> mesh.Trace:
@@ -1307,7 +1309,7 @@ class Node:
 
     async def trace(self, frame_id: bytes) -> mesh.Trace | None:
         """Where frame ``frame_id`` that this node sent is known to be (None: unknown)."""
-        trace: mesh.Trace | None = await self.run_blocking(lambda: self.store.trace(frame_id))
+        trace: mesh.Trace | None = await self.run_store(lambda: self.store.trace(frame_id))
         return trace
 
     def routes(self) -> list[dict[str, Any]]:
@@ -1395,7 +1397,7 @@ class Node:
 
     async def current_status(self) -> dict[str, Any]:
         """:meth:`status`, the store's statistics read off the event loop."""
-        return self.status(await self.run_blocking(self.store.statistics))
+        return self.status(await self.run_store(self.store.statistics))
 
     def status(self, store: mesh.StoreStatistics | None = None) -> dict[str, Any]:
         """What ``ptth status`` shows: identity, endpoints, peers, counters. ``store``:

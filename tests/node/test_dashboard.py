@@ -367,6 +367,7 @@ async def test_store_reads_run_off_the_event_loop(
         setattr(a.store, name, check)
 
     a.run_blocking = through(a.run_blocking)
+    a.run_store = through(a.run_store)
     a.mesh.run_blocking = through(a.mesh.run_blocking)
     a.mesh.run_store = through(a.mesh.run_store)
     for name in ("statistics", "trace", "queues", "subscriptions"):
