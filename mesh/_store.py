@@ -182,11 +182,32 @@ class Write(Generic[_T]):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Enqueue:
-    """What a plain enqueue write takes: frames, whether each asked for a receipt, when."""
+    """What a plain enqueue write takes: frames, whether each asked for a receipt, when,
+    and where to put the rows it queued (see :meth:`Store.enqueue_write`)."""
 
     frames: tuple[Outgoing, ...]
     receipts: tuple[bool, ...]
     now: int
+    queued: list[Queued] | None = None
+
+
+def _queued_from(outgoing: Outgoing, seq: int, now: int) -> Queued:
+    """The queue row just inserted for ``outgoing`` (``seq``, at ``now``) as it reads."""
+    return Queued(
+        seq,
+        outgoing.src,
+        outgoing.id,
+        outgoing.kind,
+        outgoing.dst,
+        outgoing.exp,
+        outgoing.hops,
+        outgoing.next_hop,
+        outgoing.came_from,
+        now,
+        len(outgoing.envelope),
+        outgoing.envelope,
+        outgoing.to,
+    )
 
 
 def stored_charge(stored_bytes: int) -> int:
@@ -874,6 +895,9 @@ class Store:
         self.sync = sync
         self._lock = threading.Lock()
         self._usage = _Usage()
+        #: Where the queue rows inserted by the transaction under way go, as
+        #: :class:`Queued` (a caller's list; None: nobody asked). Under the lock.
+        self._new_rows: list[Queued] | None = None
         self._ids = _NodeIds()
         # Bytes charged for the inbox, in total and by origin.
         self._inbox_bytes = 0
@@ -1134,7 +1158,9 @@ class Store:
 
     # -- taking frames ----------------------------------------------------------------
 
-    def accept(self, batch: Sequence[Intake], *, now: int) -> list[Result]:
+    def accept(
+        self, batch: Sequence[Intake], *, now: int, queued: list[Queued] | None = None
+    ) -> list[Result]:
         """Take responsibility for ``batch`` in one transaction; a result per frame.
 
         Frames for this node go to the inbox (receipts to the trace of the frame they
@@ -1147,11 +1173,19 @@ class Store:
         :class:`StoreFull` (nothing taken) if the batch would pass the inbox quota (in
         total or its origin's) or a queue quota (each pub copy counts), or the disk is
         full.
+
+        With ``queued``: the rows this queued (frames to forward, copies, receipts), as
+        :class:`Queued` in the order of their ``seq``, go there once committed, so that
+        the forwarders need not read them back.
         """
         usage = _Usage()
         inbox_added: collections.Counter[bytes] = collections.Counter()
 
         def work() -> list[Result]:
+            with self._rows_into(queued):
+                return take()
+
+        def take() -> list[Result]:
             results: list[Result] = []
             for item in batch:
                 refusal = self._custody_refusal(item) or self._origin_refusal(
@@ -1553,10 +1587,28 @@ class Store:
 
     def _insert_queue(self, outgoing: Outgoing, now: int, usage: _Usage) -> bool:
         row = _queue_row(outgoing, now)
-        if self._db.execute(_INSERT_QUEUE, row).rowcount == 0:
+        cursor = self._db.execute(_INSERT_QUEUE, row)
+        if cursor.rowcount == 0:
             return False
         usage.add(row[0], row[6], row[7], stored_charge(row[9]))
+        if self._new_rows is not None:
+            assert cursor.lastrowid is not None  # a row was inserted
+            self._new_rows.append(_queued_from(outgoing, cursor.lastrowid, now))
         return True
+
+    @contextlib.contextmanager
+    def _rows_into(self, queued: list[Queued] | None) -> Iterator[None]:
+        """Within the block, the queue rows inserted go to ``queued`` (emptied first: a
+        group may run its writes twice)."""
+        if queued is None:
+            yield
+            return
+        queued.clear()
+        self._new_rows = queued
+        try:
+            yield
+        finally:
+            self._new_rows = None
 
     def _recorded(self, idempotent: Idempotent, now: int) -> Idempotent | None:
         """The record of ``idempotent.key`` if there is one younger than the window."""
@@ -1606,6 +1658,7 @@ class Store:
         now: int,
         receipts: Sequence[bool] | None = None,
         idempotent: Idempotent | None = None,
+        queued: list[Queued] | None = None,
     ) -> Write[Idempotent | None]:
         """Take custody of frames this node made (sent, or receipts it issues), in one
         transaction (publications: :meth:`publish`). ``receipts[i]``: frame i asked for
@@ -1616,11 +1669,18 @@ class Store:
         :data:`IDEMPOTENCY_WINDOW_MS`), nothing is taken and that record is returned;
         else the frames are taken, ``idempotent`` is recorded with them and None is
         returned (also without ``idempotent``).
+
+        With ``queued``: the rows queued go there as :class:`Queued` (see
+        :meth:`accept`); read it only once the write succeeded.
         """
         usage = _Usage()
         kept: list[int] = []  # the idempotency keys kept, once recorded
 
         def work() -> Idempotent | None:
+            with self._rows_into(queued):
+                return take()
+
+        def take() -> Idempotent | None:
             nonlocal usage
             usage = _Usage()  # afresh: a group may run its writes twice
             if idempotent is not None and (recorded := self._recorded(idempotent, now)):
@@ -1656,7 +1716,7 @@ class Store:
         wants = (False,) * len(frames) if receipts is None else tuple(map(bool, receipts))
         plain = None
         if idempotent is None and len(wants) == len(frames):
-            plain = _Enqueue(tuple(frames), wants, now)
+            plain = _Enqueue(tuple(frames), wants, now, queued)
         return Write(work, committed, plain)
 
     def _enqueue_together(self, writes: Sequence[_Enqueue]) -> None:
@@ -1686,6 +1746,18 @@ class Store:
         self._db.executemany(_INSERT_QUEUE, queue_rows)
         if self._db.total_changes - before != len(queue_rows):
             raise _WriteFailed(MeshError("a frame in the group is queued already"))
+        if any(write.queued is not None for write in writes):
+            # Every row was inserted, by one statement: AUTOINCREMENT gave them
+            # consecutive seqs, the last one last_insert_rowid().
+            ((last,),) = self._db.execute("SELECT last_insert_rowid()").fetchall()
+            seq = last - len(queue_rows)
+            for write in writes:
+                if write.queued is not None:
+                    write.queued.clear()
+                for outgoing in write.frames:
+                    seq += 1
+                    if write.queued is not None:
+                        write.queued.append(_queued_from(outgoing, seq, write.now))
         self._db.executemany(
             "INSERT OR REPLACE INTO sent (id, dst, kind, created, exp, receipt, state)"
             " VALUES (?, ?, ?, ?, ?, ?, 'queued')",

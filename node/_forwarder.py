@@ -12,6 +12,16 @@ and at once when the neighbour is heard from. While the operator purges the
 neighbour's queue it reads no batch, and a batch read across a purge is not sent
 (:meth:`Forwarder.purging`).
 
+Frames are handed to it as they are committed (:meth:`Forwarder.hand`: the rows the
+store queued, as it would read them). Once a batch read from the store got everything
+queued and nothing else changed the queue meanwhile, the forwarder knows every frame
+waiting for its neighbour, and takes its batches from those handed over instead of
+reading the store: at light load that saves a round trip to the store's thread and a
+query on every hop's way. Anything else that queues frames for the neighbour, moves or
+removes them (a reroute, a purge, frames kept after a failure) sends it back to reading
+the store (:meth:`Forwarder.poke`, :meth:`Forwarder.invalidate`), and so does holding
+more than :data:`MAX_HANDED` in memory.
+
 :class:`FrameClient` is the HTTP side: one POST to one neighbour, trying its endpoints
 in turn (starting with the one that answered last), with the request signed and the
 answer's signature checked (RFC 9421; see :mod:`node._fabric`). It presents, in
@@ -37,7 +47,15 @@ from node._errors import DeliveryFailed
 from node._h1 import TRANSPORT_ERRORS, H1Client
 from node._relay import presentable
 
-__all__ = ["FRAMES_PATH", "WINDOW", "Forwarder", "ForwarderHost", "FrameClient", "PostFailed"]
+__all__ = [
+    "FRAMES_PATH",
+    "MAX_HANDED",
+    "WINDOW",
+    "Forwarder",
+    "ForwarderHost",
+    "FrameClient",
+    "PostFailed",
+]
 
 log = logging.getLogger("ptth.node")
 
@@ -62,6 +80,9 @@ WINDOW: Final = 4
 #: nodes a commit and a signature, and slowed one send at a time from 2.9 to 6.4 ms
 #: p50); under load the backlog opens the window.
 EXTRA_AFTER: Final = 16
+#: Frames handed over (:meth:`Forwarder.hand`) kept in memory at most; past it the
+#: forwarder reads its batches from the store again (a neighbour that cannot keep up).
+MAX_HANDED: Final = 4 * BATCH_SIZE
 
 
 class PostFailed(Exception):
@@ -156,6 +177,10 @@ class FrameClient:
             raise PostFailed(f"bad answer from {url}: {exc}") from exc
 
 
+def _seq(item: mesh.Queued) -> int:
+    return item.seq
+
+
 def _retry_after(value: str | None) -> float | None:
     # ASCII digits only: str.isdigit() also takes "²", which float() does not.
     text = "" if value is None else value.strip()
@@ -176,6 +201,11 @@ class ForwarderHost(Protocol):
     ) -> list[mesh.Queued]:
         """Up to ``limit`` frames queued for ``node`` with ``seq`` above ``after``,
         oldest first."""
+        ...
+
+    def sendable(self, node: crypto.NodeId, queued: list[mesh.Queued]) -> list[mesh.Queued]:
+        """Of frames handed over for ``node``, those to send (unexpired), ready to go
+        as :meth:`queued_for` gives them."""
         ...
 
     async def handed_on(
@@ -214,6 +244,12 @@ class Forwarder:
         self.in_flight = 0  # POSTs under way
         self._cursor = 0  # the highest seq in a batch under way (0: none)
         self._backlog = 0  # frames queued (as poked) and not yet taken into a batch
+        # Frames handed over and not yet in a batch, oldest first; while _complete, all
+        # those queued for the neighbour and not under way (see the module docstring).
+        self._handed: list[mesh.Queued] = []
+        self._complete = False
+        self._reading = False  # a batch is being read from the store
+        self._changes = 0  # invalidations so far (a read across one is not complete)
         # Purges of the neighbour's queue begun (a batch read across one is not sent)
         # and under way (no batch is read meanwhile): see purging().
         self._purges = 0
@@ -227,6 +263,10 @@ class Forwarder:
         self.frames_sent = 0
         self.frames_acknowledged = 0
         self.frames_refused = 0
+        #: Batches of stored frames read from the store, and taken from those handed
+        #: over (what saved a read).
+        self.batches_read = 0
+        self.batches_handed = 0
 
     def add_control(self, wires: Sequence[mesh.WireFrame]) -> None:
         """Queue announces (in memory); the oldest go past :data:`MAX_CONTROL_FRAMES`."""
@@ -235,11 +275,38 @@ class Forwarder:
             excess = len(self.control) - MAX_CONTROL_FRAMES
             self.control_dropped += excess
             del self.control[:excess]
-        self.poke()
+        self._backlog += len(wires)
+        self._data.set()
 
     def poke(self, count: int = 1) -> None:
-        """``count`` frames were queued for the neighbour."""
+        """``count`` frames were queued for the neighbour, not handed over: the next
+        batch is read from the store."""
         self._backlog += count
+        self.invalidate()
+
+    def hand(self, queued: Sequence[mesh.Queued]) -> None:
+        """Frames just queued for the neighbour, as committed (their rows, as the store
+        reads them): sent from memory while the forwarder knows all that is queued."""
+        self._backlog += len(queued)
+        if self._complete or self._reading:
+            self._handed += queued
+            if len(self._handed) > MAX_HANDED:
+                self.invalidate()
+        self._data.set()
+
+    def invalidate(self) -> None:
+        """Frames queued for the neighbour changed other than by :meth:`hand` (queued,
+        moved here or away, removed): read the next batch from the store."""
+        if self._handed:
+            # Those not sent yet are read again: from just before the oldest of them.
+            self._cursor = min(self._cursor, min(item.seq for item in self._handed) - 1)
+            self._handed.clear()
+        self._complete = False
+        self._changes += 1
+        self._data.set()
+
+    def nudge(self) -> None:
+        """Look again (an address of the neighbour's was learned)."""
         self._data.set()
 
     def wake(self) -> None:
@@ -255,12 +322,13 @@ class Forwarder:
         frames may be gone). POSTs already under way go on: their frames have left."""
         self._purges += 1
         self._purging += 1
+        self.invalidate()
         try:
             yield
         finally:
             self._purging -= 1
             self._backlog = 0  # what was poked for is gone; new frames poke again
-            self._data.set()
+            self.invalidate()
 
     async def run(self) -> None:
         async with trio.open_nursery() as posts:
@@ -290,28 +358,55 @@ class Forwarder:
         endpoints = self.host.endpoints_of(self.node)
         if not endpoints or self._purging:
             return None  # wait for an address to be learned, or a purge (both wake us)
-        purges = self._purges
         control = self.control[:BATCH_SIZE]
-        queued = await self.host.queued_for(
-            self.node, BATCH_SIZE - len(control), after=self._cursor
-        )
-        if self._purges != purges:
-            return None  # read across a purge: read again once it is done
+        limit = BATCH_SIZE - len(control)
+        if self._complete:
+            queued = []
+            if self._handed:
+                self._handed.sort(key=_seq)  # commits may be reported out of their order
+                queued = self.host.sendable(self.node, self._handed[:limit])
+                del self._handed[:limit]
+                self.batches_handed += 1
+        else:
+            purges, changes = self._purges, self._changes
+            self._handed.clear()  # what is handed from now on is in this read, or newer
+            self._reading = True
+            try:
+                queued = await self.host.queued_for(self.node, limit, after=self._cursor)
+            finally:
+                self._reading = False
+            if self._purges != purges:
+                self._handed.clear()
+                return None  # read across a purge: read again once it is done
+            self.batches_read += 1
+            if changes == self._changes and len(queued) < limit:
+                # Everything queued: from now on what is handed over is all there is
+                # (less what this read got, committed before it).
+                got = {item.seq for item in queued}
+                self._handed = [item for item in self._handed if item.seq not in got]
+                self._complete = True
+            else:
+                self._handed.clear()
         if not control and not queued:
             return None
         size = sum(len(wire.envelope) for wire in control)
         for index, item in enumerate(queued):
             size += item.size
             if size > BATCH_BYTES and index > 0:
+                if self._complete:
+                    self._handed[:0] = queued[index:]
                 queued = queued[:index]  # the rest goes in the next batch
                 break
         del self.control[: len(control)]
         if queued:
             self._cursor = max(self._cursor, queued[-1].seq)
-        # This took all that was queued, unless the batch is full: then more may be
-        # left behind, and the window stays open for it.
-        full = len(control) + len(queued) >= BATCH_SIZE
-        self._backlog = EXTRA_AFTER if full else 0
+        if self._complete:
+            self._backlog = len(self._handed)  # known exactly
+        else:
+            # This took all that was queued, unless the batch is full: then more may
+            # be left behind, and the window stays open for it.
+            full = len(control) + len(queued) >= BATCH_SIZE
+            self._backlog = EXTRA_AFTER if full else 0
         return endpoints, control, queued
 
     async def _post(
@@ -347,6 +442,7 @@ class Forwarder:
             after = failure.retry_after if isinstance(failure, PostFailed) else None
             # Announces are periodic: those that did not go are put back in front.
             self.control[:0] = control
+            self.invalidate()  # the batch's frames are in the store, and only there
             wait = await self.host.post_failed(self.node, problem, after)
             self.retry_at = max(self.retry_at, trio.current_time() + wait)
             return
@@ -355,6 +451,7 @@ class Forwarder:
         self.frames_refused += len(queued) - taken
         pause = await self.host.handed_on(self.node, control, queued, results[len(control) :])
         if pause is not None:
+            self.invalidate()  # frames were kept for a retry, in the store only
             self.retry_at = max(self.retry_at, trio.current_time() + pause)
         if control:
             for wire, result in zip(control, results[: len(control)], strict=True):

@@ -295,7 +295,7 @@ class MeshRuntime:
         self.addresses[address.node] = address
         forwarder = self.forwarders.get(address.node)
         if forwarder is not None:
-            forwarder.poke()  # it may have been waiting for an address
+            forwarder.nudge()  # it may have been waiting for an address
         return True
 
     def endpoints_of(self, node: crypto.NodeId) -> Sequence[str]:
@@ -359,6 +359,9 @@ class MeshRuntime:
                         dst.short,
                         hop.short if hop else "nobody (held)",
                     )
+                    # Frames left other neighbours' queues, some perhaps handed over.
+                    for forwarder in self.forwarders.values():
+                        forwarder.invalidate()
                     for node in (hop, instead):
                         if node is not None:
                             self._forwarder(node).poke()
@@ -824,23 +827,32 @@ class MeshRuntime:
             outgoing.append(mesh.Outgoing.of(frame, envelope, hops=0, next_hop=hop))
         receipts = [bool(frame.rr) for frame, _ in frames]
         record = None if idempotent is None else idempotent(hops)
+        queued: list[mesh.Queued] = []
         earlier = await self.commits.run(
-            self.store.enqueue_write(outgoing, now=now, receipts=receipts, idempotent=record)
+            self.store.enqueue_write(
+                outgoing, now=now, receipts=receipts, idempotent=record, queued=queued
+            )
         )
         if earlier is not None:
             raise Replayed(earlier)
+        self._hand(queued)
         per_hop: dict[crypto.NodeId | None, int] = {}
         for hop in hops:
             per_hop[hop] = per_hop.get(hop, 0) + 1
-        for hop, count in per_hop.items():
-            if hop is not None:
-                self._forwarder(hop).poke(count)
-            else:
-                self.statistics.frames_held += 1
         if None in per_hop:
+            self.statistics.frames_held += 1
             held = {frame.dst for (frame, _), hop in zip(frames, hops, strict=True) if hop is None}
             await self._apply(self._held(held, now))
         return hops
+
+    def _hand(self, queued: Sequence[mesh.Queued]) -> None:
+        """Hand frames just queued to their next hops' forwarders (held ones stay)."""
+        by_hop: dict[crypto.NodeId, list[mesh.Queued]] = {}
+        for item in queued:
+            if item.next_hop is not None:
+                by_hop.setdefault(item.next_hop, []).append(item)
+        for hop, items in by_hop.items():
+            self._forwarder(hop).hand(items)
 
     def _held(self, destinations: Iterable[crypto.NodeId | None], now: int) -> list[mesh.Action]:
         """Frames for ``destinations`` are held here with no way on: the router may
@@ -883,6 +895,16 @@ class MeshRuntime:
         batch: list[mesh.Queued] = await self.run_store(
             lambda: self.store.batch(node, now=now, limit=limit, after=after)
         )
+        return self._with_coordinates(node, batch, now)
+
+    def sendable(self, node: crypto.NodeId, queued: list[mesh.Queued]) -> list[mesh.Queued]:
+        now = self.clock()
+        batch = [item for item in queued if item.exp > now]  # as the store reads them
+        return self._with_coordinates(node, batch, now)
+
+    def _with_coordinates(
+        self, node: crypto.NodeId, batch: list[mesh.Queued], now: int
+    ) -> list[mesh.Queued]:
         if self.router.tree is not None:
             # Frames for nodes beyond the neighbour go with their coordinates, if we
             # hold them: it may have no route to them but pass them on greedily.
@@ -1101,11 +1123,14 @@ class MeshRuntime:
             intakes.append(mesh.Intake(item, decision, sender, receipt, named, seen_only=call))
             results.append(None)
         stored: list[mesh.Result] = []
+        queued: list[mesh.Queued] = []
         if intakes:
-            stored = await self.run_store(lambda: self.store.accept(intakes, now=now))
+            stored = await self.run_store(
+                lambda: self.store.accept(intakes, now=now, queued=queued)
+            )
+        self._hand(queued)
         stored_iter = iter(zip(intakes, stored, strict=True))
         final: list[mesh.Result] = []
-        wake: collections.Counter[crypto.NodeId] = collections.Counter()  # frames per hop
         held: set[crypto.NodeId | None] = set()  # destinations of frames held here
         delivered = False
         for pending in results:
@@ -1113,12 +1138,8 @@ class MeshRuntime:
                 intake, result = next(stored_iter)
                 if result.outcome is mesh.Outcome.ACCEPTED and self.on_intake is not None:
                     self.on_intake(intake, now)
-                if isinstance(intake.decision, mesh.Fanout) and any(intake.decision.to):
-                    # A duplicate that names its subscribers is passed on toward them.
-                    wake.update(intake.decision.next_hops)
                 if result.outcome is mesh.Outcome.ACCEPTED:
                     if isinstance(intake.decision, mesh.Fanout):
-                        wake.update(intake.decision.next_hops)
                         held.update(intake.decision.held)
                         self.statistics.publications_forwarded += len(intake.decision.next_hops)
                         if intake.decision.hop_limited:
@@ -1137,8 +1158,6 @@ class MeshRuntime:
                         if intake.decision.next_hop is None:
                             self.statistics.frames_held += 1
                             held.add(intake.admitted.frame.dst)
-                        else:
-                            wake[intake.decision.next_hop] += 1
                     elif intake.admitted.frame.kind is crypto.Kind.RCPT:
                         ref = intake.admitted.frame.ref
                         assert ref is not None
@@ -1165,9 +1184,7 @@ class MeshRuntime:
                             delivered = True
                         if intake.receipt is not None:
                             self.statistics.receipts_sent += 1
-                            if intake.receipt.next_hop is not None:
-                                wake[intake.receipt.next_hop] += 1
-                            else:
+                            if intake.receipt.next_hop is None:
                                 held.add(intake.receipt.dst)
             else:
                 result = pending
@@ -1182,8 +1199,6 @@ class MeshRuntime:
                 log.info(
                     "rejected a frame from %s: %s: %s", sender.short, result.code, result.words
                 )
-        for node, count in wake.items():
-            self._forwarder(node).poke(count)
         if delivered:
             self.inbox_grew()
         if held:

@@ -1751,3 +1751,78 @@ def test_a_process_killed_after_accept_loses_nothing(path: Path) -> None:
         assert_accounting(store)
         again = [inbound(n) for n in range(30)]  # same ids
         assert all(r.outcome is Outcome.DUPLICATE for r in store.accept(again, now=1))
+
+
+# -- the rows a write queued, handed back --------------------------------------------
+
+
+def read_back(store: Store, *hops: crypto.Identity) -> list[mesh.Queued]:
+    """Every row queued for ``hops``, as the forwarders read them, in seq order."""
+    rows = [row for hop in hops for row in store.batch(hop.node_id, now=NOW, limit=1000)]
+    return sorted(rows, key=lambda row: row.seq)
+
+
+def test_accept_hands_back_the_rows_it_queued_as_batch_reads_them(store: Store) -> None:
+    # Two frames to forward (one to DAVE, one to EVE), a message for us asking for a
+    # receipt (queued back toward ALICE through CAROL), one frame held (no next hop),
+    # and a frame queued earlier, now a duplicate: four rows queued, and handed back.
+    store.accept([relay(admitted(1, dst=DAVE), DAVE)], now=NOW)
+    for_us = admitted(3, dst=BOB)
+    receipt_out = own_receipt(90, for_us.frame.id)
+    queued: list[mesh.Queued] = []
+    results = store.accept(
+        [
+            relay(admitted(2, dst=EVE), EVE),
+            deliver(for_us, receipt=receipt_out),
+            relay(admitted(4, dst=DAVE), None),
+            relay(admitted(1, dst=DAVE), DAVE),
+        ],
+        now=NOW,
+        queued=queued,
+    )
+    assert [result.outcome for result in results] == [
+        Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.DUPLICATE,
+    ]  # fmt: skip
+    assert [row.id for row in queued] == [frame_id(2), frame_id(90), frame_id(4)]
+    held = store._db.execute("SELECT seq FROM queue WHERE next_hop IS NULL").fetchall()
+    assert [row.seq for row in queued if row.next_hop is None] == [seq for (seq,) in held]
+    sent = [row for row in queued if row.next_hop is not None]
+    assert sent == [row for row in read_back(store, EVE, CAROL) if row.id != frame_id(1)]
+    # Nothing asked for, nothing kept; a refused batch leaves what was handed empty.
+    store.accept([relay(admitted(5, dst=DAVE), DAVE)], now=NOW)
+    assert store._new_rows is None
+
+
+def test_enqueue_hands_back_its_rows_alone_and_together(tmp_path: Path) -> None:
+    def sending(n: int) -> Outgoing:
+        frame, envelope = message(n, src=BOB, dst=ALICE)
+        return Outgoing.of(frame, envelope, hops=0, next_hop=CAROL.node_id)
+
+    with Store(tmp_path / "s.sqlite3") as store:
+        alone: list[mesh.Queued] = []
+        assert store.write(store.enqueue_write([sending(1)], now=NOW, queued=alone)) is None
+        lists: list[list[mesh.Queued]] = [[], [], []]
+        writes = [
+            store.enqueue_write([sending(2), sending(3)], now=NOW, queued=lists[0]),
+            store.enqueue_write([sending(4)], now=NOW + 1, queued=lists[1]),
+            store.enqueue_write([sending(5)], now=NOW + 2),  # not asked
+            store.enqueue_write([sending(6)], now=NOW + 3, queued=lists[2]),
+        ]
+        assert store.write_group(writes) == [None] * 4  # together: one statement
+        rows = read_back(store, CAROL)
+        assert alone == rows[:1]
+        assert lists == [rows[1:3], rows[3:4], rows[5:6]]
+        # A group that fails its first pass runs write by write: what each hands back
+        # is what it queued in the pass that stands.
+        again: list[mesh.Queued] = []
+        refused: list[mesh.Queued] = []
+        outcomes = store.write_group(
+            [
+                store.enqueue_write([sending(7)], now=NOW, queued=again),
+                store.enqueue_write([sending(1)], now=NOW, queued=refused),  # queued already
+            ]
+        )
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], MeshError)
+        assert again == read_back(store, CAROL)[-1:]
+        assert [row.id for row in again] == [frame_id(7)]

@@ -1059,3 +1059,11 @@ def test_a_copy_held_for_a_subscriber_goes_on_once_a_route_appears(store: Store)
     store.accept([addressed(pub(2), {EVE: [FRANK]})], now=NOW)
     store.reroute(EVE.node_id, None)
     assert len(store.batch(EVE.node_id, now=NOW)) == 1
+
+
+def test_accept_hands_back_the_copies_it_queued(store: Store) -> None:
+    queued: list[mesh.Queued] = []
+    store.accept([fanout(pub(1), [DAVE, EVE])], now=NOW, queued=queued)
+    read = [*store.batch(DAVE.node_id, now=NOW), *store.batch(EVE.node_id, now=NOW)]
+    assert queued == sorted(read, key=lambda row: row.seq)
+    assert [row.next_hop for row in queued] == [DAVE.node_id, EVE.node_id]

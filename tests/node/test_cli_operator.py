@@ -182,6 +182,9 @@ class Host:
             await self.release.wait()
         return rows
 
+    def sendable(self, node: crypto.NodeId, queued: list[mesh.Queued]) -> list[mesh.Queued]:
+        return queued
+
     async def handed_on(
         self,
         node: crypto.NodeId,

@@ -21,7 +21,7 @@ import trio.testing
 import crypto
 import mesh
 from node import MemoryNetwork, Node, Request, Response, Server
-from node._forwarder import BATCH_SIZE, EXTRA_AFTER, FRAMES_PATH, WINDOW
+from node._forwarder import BATCH_SIZE, EXTRA_AFTER, FRAMES_PATH, WINDOW, Forwarder
 from node._mesh import STARTING, MeshRuntime
 from tests.helpers import NodeFactory, delivered, drain, messages, next_message, peer, record
 
@@ -550,3 +550,117 @@ async def test_at_most_a_window_of_requests_in_flight_per_neighbour(
     left = total - 1 - (WINDOW - 1) * BATCH_SIZE
     expected = [1] + [BATCH_SIZE] * (WINDOW - 1 + left // BATCH_SIZE) + [left % BATCH_SIZE]
     assert sorted(sizes()) == sorted(n for n in expected if n)
+
+
+# -- frames handed over instead of read back ----------------------------------------
+
+
+async def test_frames_go_as_handed_over_without_reading_the_store(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A chain a - b - c: once a forwarder has read what was queued, what the node
+    # queues later (sent here, or taken from a neighbour on its way) is handed over as
+    # committed, and goes without a read of the store; each arrives once.
+    a, b, c = [await memory_nodes.open(name) for name in "abc"]
+    await peer(a, b)
+    await peer(b, c)
+    with trio.fail_after(30):
+        await delivered(a, c, b"warm-up")
+    to_b, to_c = a.mesh.forwarders[b.node_id], b.mesh.forwarders[c.node_id]
+    reads = (to_b.batches_read, to_c.batches_read)
+    reads_in = [0, 0]
+    for forwarder, index in ((to_b, 0), (to_c, 1)):
+        inner = forwarder.host.queued_for
+
+        async def counting(*args: Any, inner: Any = inner, index: int = index, **kw: Any) -> Any:
+            reads_in[index] += 1
+            return await inner(*args, **kw)
+
+        forwarder.host.queued_for = counting  # type: ignore[method-assign]
+    for i in range(20):
+        with trio.fail_after(30):
+            await delivered(a, c, b"one at a time %d" % i)
+    got = await messages(c, 21)
+    assert sorted(m.body for m in got) == sorted(
+        [b"warm-up"] + [b"one at a time %d" % i for i in range(20)]
+    )
+    assert reads_in == [0, 0]
+    assert (to_b.batches_read, to_c.batches_read) == reads
+    assert to_b.batches_handed >= 20
+    assert to_c.batches_handed >= 20
+
+
+async def test_frames_queued_without_being_handed_over_are_read(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Frames queued behind the forwarder's back (here straight into the store, then a
+    # poke; in a node: a reroute, a drop receipt) are read from the store and sent;
+    # those handed over meanwhile are not sent twice.
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b")
+    await peer(a, b)
+    with trio.fail_after(30):
+        await delivered(a, b, b"warm-up")
+    forwarder = a.mesh.forwarders[b.node_id]
+    posts = record(a)
+    frames = [a.new_frame(b.node_id, b"behind %d" % i) for i in range(3)]
+    outgoing = [
+        mesh.Outgoing.of(frame, frame.seal(a.identity), hops=0, next_hop=b.node_id)
+        for frame in frames
+    ]
+    a.store.enqueue(outgoing, now=a.clock())
+    forwarder.poke(len(outgoing))
+    await a.send(b.node_id, b"handed over")
+    with trio.fail_after(30):
+        got = await messages(b, 5)
+    assert sorted(m.body for m in got) == sorted(
+        [b"warm-up", b"handed over"] + [b"behind %d" % i for i in range(3)]
+    )
+
+    def sent() -> int:
+        return sum(post.messages for post in posts.to(b) if post.results)
+
+    with trio.fail_after(30):
+        await posts.wait_for(lambda: sent() >= 4)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sent() == 4  # each once
+    assert forwarder.batches_read >= 1
+
+
+def test_handed_frames_go_in_seq_order_and_an_invalidation_reads_them_again() -> None:
+    # Commits may be reported out of their order; a batch takes them by seq. Invalidated
+    # with frames handed over and unsent, the next read starts before the oldest.
+    class Host:
+        frame_client: Any = None
+
+        def endpoints_of(self, node: crypto.NodeId) -> list[str]:
+            return ["http://b"]
+
+        def sendable(self, node: crypto.NodeId, queued: list[mesh.Queued]) -> list[mesh.Queued]:
+            return queued
+
+    node = crypto.Identity.generate().node_id
+    forwarder = Forwarder(Host(), node)  # type: ignore[arg-type]
+
+    def row(seq: int) -> mesh.Queued:
+        return mesh.Queued(
+            seq, node, b"i", crypto.Kind.MSG, node, 10**15, 1, node, None, 0, 9, b"e"
+        )
+
+    forwarder._complete = True
+    forwarder._cursor = 10
+    forwarder.hand([row(13), row(12)])
+    forwarder.hand([row(11)])
+    batch = trio.run(forwarder._next_batch)
+    assert batch is not None
+    assert [item.seq for item in batch[2]] == [11, 12, 13]
+    assert forwarder._cursor == 13
+    forwarder.hand([row(15), row(14)])
+    forwarder.invalidate()
+    assert forwarder._cursor == 13  # 14 and 15 are above it: read again from there
+    assert not forwarder._complete
+    assert forwarder._handed == []
+    forwarder._complete = True
+    forwarder.hand([row(9)])  # reported late, below the cursor
+    forwarder.invalidate()
+    assert forwarder._cursor == 8
