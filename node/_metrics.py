@@ -200,9 +200,9 @@ def _read_store(store: mesh.Store) -> _StoreFigures:
 
 
 #: A forwarder's counters, in this order: POSTs, POSTs failed, frames sent,
-#: acknowledged, refused.
-_Counts = tuple[int, int, int, int, int]
-_ZERO: Final[_Counts] = (0, 0, 0, 0, 0)
+#: acknowledged, refused; batches read from the store, and taken from frames handed over.
+_Counts = tuple[int, int, int, int, int, int, int]
+_ZERO: Final[_Counts] = (0, 0, 0, 0, 0, 0, 0)
 _PER_NEIGHBOUR: Final = (
     ("ptth_frame_posts", "POSTs of frames to the neighbour (each round of endpoints tried)."),
     (
@@ -222,6 +222,15 @@ _PER_NEIGHBOUR: Final = (
     (
         "ptth_frames_refused",
         "Frames sent that the neighbour refused (rejected, or deferred by our relay).",
+    ),
+    (
+        "ptth_frame_batches_read",
+        "Batches of stored frames for the neighbour read back from the store.",
+    ),
+    (
+        "ptth_frame_batches_handed",
+        "Batches of stored frames for the neighbour taken from those handed to its "
+        "forwarder as they were committed (no read of the store).",
     ),
 )
 
@@ -391,6 +400,8 @@ class Metrics:
                 forwarder.frames_sent,
                 forwarder.frames_acknowledged,
                 forwarder.frames_refused,
+                forwarder.batches_read,
+                forwarder.batches_handed,
             )
             base = self._slots.get(node)
             if base is None:

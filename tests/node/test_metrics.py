@@ -202,6 +202,9 @@ async def test_n_messages_move_the_counters_by_n_on_both_sides(
     assert delta(before_a, after_a, "ptth_frames_sent_total", **to_b) == n
     assert delta(before_a, after_a, "ptth_frames_acknowledged_total", **to_b) == n
     assert delta(before_a, after_a, "ptth_frames_refused_total", **to_b) == 0
+    # Every batch came from the frames handed over, none from the store.
+    assert delta(before_a, after_a, "ptth_frame_batches_handed_total", **to_b) >= 1
+    assert delta(before_a, after_a, "ptth_frame_batches_read_total", **to_b) == 0
     assert delta(before_a, after_a, "ptth_frames_forwarded_total") == n
     assert delta(before_b, after_b, "ptth_frames_received_total", outcome="accepted") == n
     assert delta(before_b, after_b, "ptth_receipts_sent_total", outcome="delivered") == n
