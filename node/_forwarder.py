@@ -50,6 +50,7 @@ from node._relay import presentable
 __all__ = [
     "FRAMES_PATH",
     "MAX_HANDED",
+    "MAX_HANDED_BYTES",
     "WINDOW",
     "Forwarder",
     "ForwarderHost",
@@ -80,9 +81,12 @@ WINDOW: Final = 4
 #: nodes a commit and a signature, and slowed one send at a time from 2.9 to 6.4 ms
 #: p50); under load the backlog opens the window.
 EXTRA_AFTER: Final = 16
-#: Frames handed over (:meth:`Forwarder.hand`) kept in memory at most; past it the
-#: forwarder reads its batches from the store again (a neighbour that cannot keep up).
+#: Frames handed over (:meth:`Forwarder.hand`) kept in memory at most, and their
+#: envelopes' bytes (what the window's batches hold at most); past either the forwarder
+#: reads its batches from the store again (a neighbour that cannot keep up, large
+#: frames): memory per neighbour stays bounded whatever is sent through this node.
 MAX_HANDED: Final = 4 * BATCH_SIZE
+MAX_HANDED_BYTES: Final = WINDOW * BATCH_BYTES
 
 
 class PostFailed(Exception):
@@ -247,6 +251,7 @@ class Forwarder:
         # Frames handed over and not yet in a batch, oldest first; while _complete, all
         # those queued for the neighbour and not under way (see the module docstring).
         self._handed: list[mesh.Queued] = []
+        self._handed_bytes = 0  # their envelopes' bytes
         self._complete = False
         self._reading = False  # a batch is being read from the store
         self._changes = 0  # invalidations so far (a read across one is not complete)
@@ -290,7 +295,8 @@ class Forwarder:
         self._backlog += len(queued)
         if self._complete or self._reading:
             self._handed += queued
-            if len(self._handed) > MAX_HANDED:
+            self._handed_bytes += sum(item.size for item in queued)
+            if len(self._handed) > MAX_HANDED or self._handed_bytes > MAX_HANDED_BYTES:
                 self.invalidate()
         self._data.set()
 
@@ -300,7 +306,7 @@ class Forwarder:
         if self._handed:
             # Those not sent yet are read again: from just before the oldest of them.
             self._cursor = min(self._cursor, min(item.seq for item in self._handed) - 1)
-            self._handed.clear()
+            self._keep_handed([])
         self._complete = False
         self._changes += 1
         self._data.set()
@@ -365,28 +371,28 @@ class Forwarder:
             if self._handed:
                 self._handed.sort(key=_seq)  # commits may be reported out of their order
                 queued = self.host.sendable(self.node, self._handed[:limit])
-                del self._handed[:limit]
+                self._keep_handed(self._handed[limit:])
                 self.batches_handed += 1
         else:
             purges, changes = self._purges, self._changes
-            self._handed.clear()  # what is handed from now on is in this read, or newer
+            self._keep_handed([])  # what is handed from now on is in this read, or newer
             self._reading = True
             try:
                 queued = await self.host.queued_for(self.node, limit, after=self._cursor)
             finally:
                 self._reading = False
             if self._purges != purges:
-                self._handed.clear()
+                self._keep_handed([])
                 return None  # read across a purge: read again once it is done
             self.batches_read += 1
             if changes == self._changes and len(queued) < limit:
                 # Everything queued: from now on what is handed over is all there is
                 # (less what this read got, committed before it).
                 got = {item.seq for item in queued}
-                self._handed = [item for item in self._handed if item.seq not in got]
+                self._keep_handed([item for item in self._handed if item.seq not in got])
                 self._complete = True
             else:
-                self._handed.clear()
+                self._keep_handed([])
         if not control and not queued:
             return None
         size = sum(len(wire.envelope) for wire in control)
@@ -394,7 +400,7 @@ class Forwarder:
             size += item.size
             if size > BATCH_BYTES and index > 0:
                 if self._complete:
-                    self._handed[:0] = queued[index:]
+                    self._keep_handed([*queued[index:], *self._handed])
                 queued = queued[:index]  # the rest goes in the next batch
                 break
         del self.control[: len(control)]
@@ -408,6 +414,10 @@ class Forwarder:
             full = len(control) + len(queued) >= BATCH_SIZE
             self._backlog = EXTRA_AFTER if full else 0
         return endpoints, control, queued
+
+    def _keep_handed(self, queued: list[mesh.Queued]) -> None:
+        self._handed = queued
+        self._handed_bytes = sum(item.size for item in queued)
 
     async def _post(
         self,

@@ -21,7 +21,15 @@ import trio.testing
 import crypto
 import mesh
 from node import MemoryNetwork, Node, Request, Response, Server
-from node._forwarder import BATCH_SIZE, EXTRA_AFTER, FRAMES_PATH, WINDOW, Forwarder
+from node._forwarder import (
+    BATCH_SIZE,
+    EXTRA_AFTER,
+    FRAMES_PATH,
+    MAX_HANDED,
+    MAX_HANDED_BYTES,
+    WINDOW,
+    Forwarder,
+)
 from node._mesh import STARTING, MeshRuntime
 from tests.helpers import NodeFactory, delivered, drain, messages, next_message, peer, record
 
@@ -664,3 +672,29 @@ def test_handed_frames_go_in_seq_order_and_an_invalidation_reads_them_again() ->
     forwarder.hand([row(9)])  # reported late, below the cursor
     forwarder.invalidate()
     assert forwarder._cursor == 8
+
+
+def test_memory_for_frames_handed_over_is_bounded() -> None:
+    # Past MAX_HANDED frames or MAX_HANDED_BYTES of envelopes, the forwarder lets go of
+    # them and reads the store again: large frames sent through a node cannot make its
+    # forwarders hold more than a window's worth each.
+    node = crypto.Identity.generate().node_id
+
+    def row(seq: int, size: int) -> mesh.Queued:
+        return mesh.Queued(
+            seq, node, b"i", crypto.Kind.MSG, node, 10**15, 1, node, None, 0, size, b"e"
+        )
+
+    forwarder = Forwarder(None, node)  # type: ignore[arg-type]
+    forwarder._complete = True
+    big = MAX_HANDED_BYTES // 3 + 1
+    forwarder.hand([row(1, big), row(2, big)])
+    assert forwarder._complete
+    assert forwarder._handed_bytes == 2 * big
+    forwarder.hand([row(3, big)])
+    assert not forwarder._complete
+    assert (forwarder._handed, forwarder._handed_bytes) == ([], 0)
+    forwarder._complete = True
+    forwarder.hand([row(10 + i, 1) for i in range(MAX_HANDED + 1)])
+    assert not forwarder._complete
+    assert forwarder._handed == []
