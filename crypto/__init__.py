@@ -70,7 +70,13 @@ from crypto._frames import (
     validate_pattern,
     validate_topic,
 )
-from crypto._identity import NODE_ID_TEXT_LENGTH, Identity, NodeId, verifying_once
+from crypto._identity import (
+    NODE_ID_TEXT_LENGTH,
+    Identity,
+    NodeId,
+    standing_in,
+    verifying_once,
+)
 
 __all__ = [
     "CAPABILITY_ID_SIZE",
@@ -131,6 +137,7 @@ __all__ = [
     "root_statement",
     "seal",
     "sign_address",
+    "standing_in",
     "validate_endpoint",
     "validate_pattern",
     "validate_topic",

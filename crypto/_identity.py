@@ -16,6 +16,8 @@ import binascii
 import contextlib
 import contextvars
 import functools
+import hashlib
+import hmac
 import os
 import stat
 from collections.abc import Iterator
@@ -28,7 +30,15 @@ import nacl.signing
 
 from crypto._errors import BadSignature, KeyFileError, Malformed
 
-__all__ = ["NODE_ID_TEXT_LENGTH", "Identity", "NodeId", "verifying_once"]
+__all__ = [
+    "NODE_ID_TEXT_LENGTH",
+    "Identity",
+    "NodeId",
+    "stand_in_signature",
+    "stand_in_verdict",
+    "standing_in",
+    "verifying_once",
+]
 
 NODE_ID_SIZE: Final = 32
 NODE_ID_TEXT_LENGTH: Final = 52
@@ -124,13 +134,19 @@ class NodeId:
                 f"signature does not verify for node {self.short}: it is {size},"
                 f" expected {_SIGNATURE_SIZE} bytes"
             )
-        try:
-            # What VerifyKey(key).verify() does, without making a VerifyKey each time.
-            nacl.bindings.crypto_sign_open(signature + message, self._bytes)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError) as exc:
-            raise BadSignature(f"signature does not verify for node {self.short}") from exc
-        except (ValueError, TypeError) as exc:
-            raise BadSignature(f"signature cannot be checked for node {self.short}: {exc}") from exc
+        if _STAND_IN.get():
+            if not hmac.compare_digest(signature, _stand_in(self._bytes, message)):
+                raise BadSignature(f"signature does not verify for node {self.short}")
+        else:
+            try:
+                # What VerifyKey(key).verify() does, without making a VerifyKey each time.
+                nacl.bindings.crypto_sign_open(signature + message, self._bytes)
+            except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError) as exc:
+                raise BadSignature(f"signature does not verify for node {self.short}") from exc
+            except (ValueError, TypeError) as exc:
+                raise BadSignature(
+                    f"signature cannot be checked for node {self.short}: {exc}"
+                ) from exc
         if remembered is not None:
             remembered.add(self._bytes, message, signature)
 
@@ -183,6 +199,51 @@ class _Remembered:
 _REMEMBERED: Final = contextvars.ContextVar[_Remembered | None]("ptth_verified", default=None)
 
 
+#: Set by :func:`standing_in` for the tasks and threads started within it.
+_STAND_IN: Final = contextvars.ContextVar[bool]("ptth_stand_in", default=False)
+
+
+def _stand_in(public_key: bytes, message: bytes) -> bytes:
+    """The stand-in signature of ``message`` by ``public_key``'s node (see
+    :func:`standing_in`): as long as an Ed25519 signature, made by anyone."""
+    return hashlib.blake2b(message, key=public_key, digest_size=_SIGNATURE_SIZE).digest()
+
+
+def stand_in_signature(public_key: bytes, message: bytes) -> bytes | None:
+    """Within :func:`standing_in`: the stand-in signature of ``message`` by
+    ``public_key``'s node. Elsewhere None: sign with Ed25519."""
+    return _stand_in(public_key, message) if _STAND_IN.get() else None
+
+
+def stand_in_verdict(public_key: bytes, message: bytes, signature: bytes) -> bool | None:
+    """Within :func:`standing_in`: whether ``signature`` is ``public_key``'s stand-in
+    signature of ``message``. Elsewhere None: check Ed25519."""
+    if not _STAND_IN.get():
+        return None
+    return hmac.compare_digest(signature, _stand_in(public_key, message))
+
+
+@contextlib.contextmanager
+def standing_in() -> Iterator[None]:
+    """Within this block, and in the trio tasks and threads started in it, Ed25519 is
+    replaced by a cheap stand-in: a node's signature of a message is its BLAKE2b keyed
+    with the node's public key (64 bytes, as Ed25519's), made by :meth:`Identity.sign`
+    and checked by :meth:`NodeId.verify` and RFC 9421's :func:`verify_message`.
+
+    For simulations only, where signing and verifying are a large share of a run and
+    every node is honest code of ours: a signature still names its signer and covers
+    its bytes, so a frame signed by another node, or altered, is refused as before, and
+    a run's report is the same. But anyone who knows a node's id can make its stand-in
+    signatures: nothing within this block authenticates anything. A node serving real
+    peers never enters it.
+    """
+    token = _STAND_IN.set(True)
+    try:
+        yield
+    finally:
+        _STAND_IN.reset(token)
+
+
 @contextlib.contextmanager
 def verifying_once(limit: int = 100_000) -> Iterator[None]:
     """Within this block, and in the trio tasks and threads started in it, a signature
@@ -225,7 +286,10 @@ class Identity:
         return bytes(self._key)
 
     def sign(self, message: bytes) -> bytes:
-        """The 64-byte Ed25519 signature of ``message``."""
+        """The 64-byte Ed25519 signature of ``message`` (within :func:`standing_in`,
+        its stand-in)."""
+        if _STAND_IN.get():
+            return _stand_in(self.node_id.raw, message)
         return self._key.sign(message).signature
 
     def save(self, path: Path) -> None:

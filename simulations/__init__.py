@@ -53,6 +53,7 @@ from simulations._scenarios import (
 from simulations._simulation import (
     EPOCH_MS,
     NODE_PORT,
+    Signatures,
     SimNode,
     Simulation,
     Stores,
@@ -84,6 +85,7 @@ __all__ = [
     "Scenario",
     "SentMessage",
     "SentPost",
+    "Signatures",
     "SimNetwork",
     "SimNode",
     "SimStream",

@@ -4,6 +4,7 @@
 
     python -m simulations run SCENARIO [--nodes N] [--seed S] [--duration 1h]
                               [--fidelity full|engine] [--verify each|once]
+                              [--signatures ed25519|stand-in]
                               [--stores memory|disk] [--json]
     python -m simulations list
 
@@ -26,7 +27,7 @@ from simulations._engine import Fidelity
 from simulations._errors import SimulationError
 from simulations._report import format_duration, parse_duration
 from simulations._scenarios import SCENARIOS, Progress, run_scenario
-from simulations._simulation import Stores
+from simulations._simulation import Signatures, Stores
 
 __all__ = ["main"]
 
@@ -121,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
         "outcome, faster) (each)",
     )
     run.add_argument(
+        "--signatures",
+        choices=[kind.value for kind in Signatures],
+        default=Signatures.ED25519.value,
+        help="ed25519: nodes sign as real nodes do; stand-in: a keyed hash in its place, "
+        "checked the same way (the same report, faster; nothing is authenticated) "
+        "(ed25519)",
+    )
+    run.add_argument(
         "--stores",
         choices=[kind.value for kind in Stores],
         default=Stores.MEMORY.value,
@@ -187,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=progress,
             fidelity=args.fidelity,
             verify_once=args.verify == "once",
+            signatures=args.signatures,
             stores=args.stores,
             tree=args.tree,
             announce_radius=args.announce_radius,

@@ -80,7 +80,15 @@ from simulations._errors import SimulationError
 from simulations._link import Link
 from simulations._report import Report, format_duration
 from simulations._revocation import ABSENT_PER, SUBSCRIBERS_PER, RevocationWatch
-from simulations._simulation import SimNode, Simulation, Stores, open_simulation, stores_of
+from simulations._simulation import (
+    Signatures,
+    SimNode,
+    Simulation,
+    Stores,
+    open_simulation,
+    signatures_of,
+    stores_of,
+)
 from simulations._topology import both_ways, chain, random_graph, ring, star
 from simulations._traffic import generate_traffic
 
@@ -617,6 +625,7 @@ def run_scenario(
     fidelity: Fidelity | str = Fidelity.FULL,
     verify_once: bool = False,
     stores: Stores | str = Stores.MEMORY,
+    signatures: Signatures | str = Signatures.ED25519,
     tree: bool = False,
     announce_radius: int | None = None,
 ) -> Report:
@@ -626,7 +635,8 @@ def run_scenario(
     on tmpfs when there is one) holds the nodes' directories; ``progress`` is called
     at every 1% of the duration; ``fidelity``: ``"full"`` (every byte through HTTP) or
     ``"engine"`` (frames handed between the nodes' meshes; simulations/_engine.py);
-    ``verify_once``: as for :func:`open_simulation`; ``tree`` and ``announce_radius``:
+    ``verify_once`` and ``signatures``: as for :func:`open_simulation`; ``tree`` and
+    ``announce_radius``:
     the nodes' routing (``NodeConfig.tree``: greedy routing by tree coordinates where no
     route is known; ``NodeConfig.announce_radius``: how far announces go, with the tree).
     Not from inside a trio run (it runs its own).
@@ -646,6 +656,7 @@ def run_scenario(
     config.router_config()  # checks the routing settings before anything starts
     level = fidelity_of(fidelity)
     where = stores_of(stores)
+    signing = signatures_of(signatures)
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise SimulationError(f"no scenario {name!r}; there are: {', '.join(SCENARIOS)}")
@@ -661,7 +672,7 @@ def run_scenario(
             data_dir = stack.enter_context(_scratch_dir())
         main = functools.partial(
             _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level,
-            verify_once, where, config,
+            verify_once, where, config, signing,
         )  # fmt: skip
         with deterministic_scheduling(seed):
             report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -683,6 +694,7 @@ async def _run(
     verify_once: bool,
     stores: Stores,
     config: NodeConfig,
+    signatures: Signatures,
 ) -> Report:
     started = time.perf_counter()
     async with open_simulation(
@@ -692,6 +704,7 @@ async def _run(
         fidelity=level,
         verify_once=verify_once,
         stores=stores,
+        signatures=signatures,
     ) as sim:
         reported = 0
 

@@ -104,6 +104,7 @@ __all__ = [
     "LOST",
     "NODE_PORT",
     "SimNode",
+    "Signatures",
     "Simulation",
     "Stores",
     "open_simulation",
@@ -127,6 +128,25 @@ class Stores(enum.StrEnum):
     #: An in-memory database per node, held open by the simulation across the node's
     #: restarts: no file, no journal, no system call per commit.
     MEMORY = "memory"
+
+
+class Signatures(enum.StrEnum):
+    """What the nodes of a simulation sign with (see :func:`open_simulation`)."""
+
+    #: Ed25519, as a real node signs.
+    ED25519 = "ed25519"
+    #: :func:`crypto.standing_in`: a keyed hash in its place, much cheaper.
+    STAND_IN = "stand-in"
+
+
+def signatures_of(value: Signatures | str) -> Signatures:
+    """``value`` as :class:`Signatures`. Raises :class:`SimulationError` naming the
+    choices for anything else."""
+    try:
+        return Signatures(value)
+    except ValueError:
+        choices = ", ".join(kind.value for kind in Signatures)
+        raise SimulationError(f"signatures {value!r} is not one of {choices}") from None
 
 
 def stores_of(value: Stores | str) -> Stores:
@@ -967,6 +987,7 @@ async def open_simulation(
     fidelity: Fidelity | str = Fidelity.FULL,
     verify_once: bool = False,
     stores: Stores | str = Stores.DISK,
+    signatures: Signatures | str = Signatures.ED25519,
 ) -> AsyncIterator[Simulation]:
     """A fresh simulation for the duration of the block; its nodes end with it.
 
@@ -981,7 +1002,10 @@ async def open_simulation(
     (:func:`crypto.opening_once`): the same outcome, much less time; by default each
     node verifies what it is shown, as a real node does. ``stores``: ``"disk"`` (each
     node's ``store.sqlite3``, as a real node) or ``"memory"`` (an in-memory database
-    per node that survives its restarts; see :class:`Stores`).
+    per node that survives its restarts; see :class:`Stores`). ``signatures``:
+    ``"ed25519"`` (as a real node) or ``"stand-in"`` (:func:`crypto.standing_in`: every
+    signature a keyed hash that anyone could make, checked the same way; the same
+    report for a seed, in less time; nothing in the run authenticates anything).
 
     While it is open, httpcore times kept-alive connections by trio's clock (virtual
     time), not ``time.monotonic()``.
@@ -992,6 +1016,7 @@ async def open_simulation(
     """
     level = fidelity_of(fidelity)
     where = stores_of(stores)
+    signing = signatures_of(signatures)
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, trio.testing.MockClock):
         raise NotVirtualTime(
@@ -1003,6 +1028,8 @@ async def open_simulation(
         if verify_once:  # before the nursery: its tasks (every node's) inherit them
             stack.enter_context(crypto.verifying_once())
             stack.enter_context(crypto.opening_once())
+        if signing is Signatures.STAND_IN:  # the same: every node's tasks inherit it
+            stack.enter_context(crypto.standing_in())
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ptth-sim-"))
         # Inline, as every blocking call of a simulation: a thread would let the

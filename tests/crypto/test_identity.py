@@ -24,6 +24,7 @@ from crypto import (
     KeyFileError,
     Malformed,
     NodeId,
+    _httpsig,
 )
 
 RAW = st.binary(min_size=32, max_size=32)
@@ -455,3 +456,69 @@ def test_verifying_once_forgets_past_its_limit(monkeypatch: pytest.MonkeyPatch) 
         identity.node_id.verify(b"c", signatures[b"c"])  # past the limit: a and b forgotten
         identity.node_id.verify(b"a", signatures[b"a"])
         assert calls == [4]
+
+
+# -- the signature stand-in (simulations) -----------------------------------------------
+
+
+def test_the_stand_in_signs_and_checks_without_ed25519(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_verifications(monkeypatch)
+    alice, bob = Identity(RFC8032_SEED), Identity.generate()
+    real = alice.sign(b"m")
+    with crypto.standing_in():
+        stand_in = alice.sign(b"m")
+        assert len(stand_in) == 64
+        assert stand_in != real
+        alice.node_id.verify(b"m", stand_in)
+        # Another message, another signer, a bad size, and a real signature: refused.
+        for message, signature, node in (
+            (b"other", stand_in, alice.node_id),
+            (b"m", bob.sign(b"m"), alice.node_id),
+            (b"m", stand_in, bob.node_id),
+            (b"m", stand_in[:63], alice.node_id),
+            (b"m", real, alice.node_id),
+        ):
+            with pytest.raises(BadSignature, match="does not verify"):
+                node.verify(message, signature)
+        assert calls == [0]  # libsodium never asked
+    # Outside the block a stand-in signature is what it is: no signature at all.
+    with pytest.raises(BadSignature, match="does not verify"):
+        alice.node_id.verify(b"m", stand_in)
+    alice.node_id.verify(b"m", real)
+
+
+def test_envelopes_and_http_signatures_under_the_stand_in() -> None:
+    alice, bob = Identity(RFC8032_SEED), Identity.generate()
+    frame = crypto.Frame(
+        kind=crypto.Kind.MSG, src=alice.node_id, id=bytes(16), ts=1, exp=100_000, hops=8,
+        dst=bob.node_id, body=b"hi",
+    )  # fmt: skip
+    with crypto.standing_in():
+        envelope = frame.seal(alice)
+        assert crypto.Frame.open(envelope, now=5) == frame
+        # Signed by Bob in Alice's name: refused as with Ed25519.
+        forged = crypto.seal(bob, crypto.Purpose.FRAME, crypto.Frame.to_payload(frame))
+        with pytest.raises(crypto.CryptoError):
+            crypto.Frame.open(forged, now=5)
+    with pytest.raises(BadSignature):
+        crypto.Frame.open(envelope, now=5)  # a stand-in envelope never opens for real
+    # RFC 9421: signed with a seed or by an identity, checked against the key.
+    message = _httpsig.Message(headers=[("x", "1")], method="POST", target_uri="http://a/b")
+
+    def verify(fields: list[tuple[str, str]], key: bytes) -> None:
+        _httpsig.verify_message(
+            _httpsig.Message(headers=[("x", "1"), *fields], method="POST", target_uri="http://a/b"),
+            public_key_for=lambda _: key,
+            now=10,
+        )
+
+    with crypto.standing_in():
+        for signing_key in (RFC8032_SEED, alice.sign):
+            fields = _httpsig.sign_message(
+                message, signing_key=signing_key, keyid="a", created=10, components=("x",)
+            )
+            verify(fields, alice.node_id.raw)
+            with pytest.raises(BadSignature, match="does not verify"):
+                verify(fields, bob.node_id.raw)
+    with pytest.raises(BadSignature, match="does not verify"):
+        verify(fields, alice.node_id.raw)  # made by the stand-in: refused outside it

@@ -130,6 +130,36 @@ def test_the_cli_takes_verify_once(capsys: pytest.CaptureFixture[str]) -> None:
     }
 
 
+@pytest.mark.parametrize("level", LEVELS, ids=[level.value for level in LEVELS])
+def test_the_signature_stand_in_changes_nothing_but_the_time_it_takes(level: Fidelity) -> None:
+    # Every signature a keyed hash in place of Ed25519 (as long, checked the same way):
+    # every frame, request and answer, address, interest and post goes as before.
+    real, stand_in = (
+        run_scenario("chirp", nodes=12, seed=SEED, duration=240, fidelity=level, signatures=kind)
+        for kind in ("ed25519", "stand-in")
+    )
+    assert real.chirp is not None
+    assert real.chirp.delivered > 0
+    assert stand_in.deterministic() == real.deterministic()
+
+
+def test_the_cli_takes_the_signature_stand_in(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "chain", "--nodes", "3", "--duration", "1m", "--fidelity", "engine"]
+    assert main([*argv, "--signatures", "stand-in", "--json"]) == 0
+    stand_in = capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    real = capsys.readouterr().out
+    drop = ("wall_seconds", "delivered_per_wall_second")
+    assert {k: v for k, v in json.loads(stand_in).items() if k not in drop} == {
+        k: v for k, v in json.loads(real).items() if k not in drop
+    }
+    with pytest.raises(SystemExit):
+        main([*argv, "--signatures", "none"])
+    assert "invalid choice: 'none'" in capsys.readouterr().err
+    with pytest.raises(SimulationError, match="signatures 'rsa' is not one of ed25519, stand-in"):
+        run_scenario("chain", nodes=3, duration=60, signatures="rsa")
+
+
 async def test_the_engine_pools_connections_as_the_node_does(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
