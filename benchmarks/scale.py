@@ -49,6 +49,7 @@ take hours (about six at that rate) and 10000 days (accepted, not advised).
 
 Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
+       [--tree [--announce-radius HOPS]] [--signatures ed25519|stand-in]
        [--label flood] [--plot scale.png] [--compare OLD.json ...] [--json]
 """
 
@@ -187,6 +188,9 @@ class Run:
     #: ``announce_radius`` hops (None: as far as flooding takes them).
     tree: bool = False
     announce_radius: int | None = None
+    #: What the nodes sign with: "ed25519", or "stand-in" (crypto.standing_in: the
+    #: same figures, sooner).
+    signatures: str = "ed25519"
 
 
 async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -197,7 +201,11 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
     # As run_scenario: a crash never loses the disk.
     config = NodeConfig(store_sync=False, tree=run.tree, announce_radius=run.announce_radius)
     async with open_simulation(
-        seed=run.seed, data_dir=data_dir, config=config, fidelity=run.fidelity
+        seed=run.seed,
+        data_dir=data_dir,
+        config=config,
+        fidelity=run.fidelity,
+        signatures=run.signatures,
     ) as sim:
 
         async def take_baseline() -> None:
@@ -470,6 +478,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --tree: how far announces go (default: the hop limit)",
     )
     parser.add_argument(
+        "--signatures",
+        choices=["ed25519", "stand-in"],
+        default="ed25519",
+        help="stand-in: nodes sign with a keyed hash in place of Ed25519 (the same "
+        "figures, sooner; simulations only)",
+    )
+    parser.add_argument(
         "--label", default="flood", help="names this run's rows (the routing design measured)"
     )
     parser.add_argument("--plot", type=Path, default=Path("scale.png"), help="PNG to write")
@@ -524,6 +539,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             args.seed,
             tree=args.tree,
             announce_radius=args.announce_radius,
+            signatures=args.signatures,
         )
         try:
             rows.append({"label": args.label, **spawn(run)})

@@ -75,6 +75,10 @@ def test_the_same_seed_gives_the_same_figures() -> None:
     assert figures(bench.one(run)) == figures(first)
     other = bench.one(dataclasses.replace(run, seed=4))
     assert figures(other) != figures(first)
+    # The signature stand-in changes what is spent, not what is measured.
+    stand_in = bench.one(dataclasses.replace(run, signatures="stand-in"))
+    assert stand_in["signatures"] == "stand-in"
+    assert {**figures(stand_in), "signatures": "ed25519"} == figures(first)
 
 
 def row(label: str, nodes: int, scale: float) -> dict[str, Any]:
