@@ -16,8 +16,8 @@ overview they show.
   Server-Sent Events: an ``overview`` event when the snapshot changed, looked at every
   :data:`SNAPSHOT_INTERVAL`, a comment every :data:`KEEPALIVE` when nothing else was
   sent. A snapshot is taken at most once per :data:`SNAPSHOT_INTERVAL` whatever the
-  number of pages open: they share it (and its encoding). Every store read runs through
-  the node's ``run_blocking``, never on the event loop.
+  number of pages open: they share it (and its encoding). Every store read runs on the
+  store's thread (the node's ``run_store``), never on the event loop.
 * **Throughput.** :meth:`Dashboard.sample` (a task of the node) records the frame
   counters every :data:`SAMPLE_INTERVAL` s of the node's clock into a bounded deque
   (:data:`HISTORY` s): the chart's rates in and out.
@@ -112,6 +112,8 @@ class DashboardHost(Protocol):
     mesh: MeshRuntime
     clock: Callable[[], int]
     run_blocking: RunBlocking
+    #: Runs the store's calls (its own thread).
+    run_store: RunBlocking
 
     def status(self, store: StoreStatistics | None = None) -> dict[str, Any]: ...
 
@@ -455,7 +457,7 @@ class Dashboard:
         def from_store() -> tuple[StoreStatistics, dict[bytes, mesh.Trace | None]]:
             return store.statistics(), {frame_id: store.trace(frame_id) for frame_id in unsettled}
 
-        statistics, traces = await node.run_blocking(from_store)
+        statistics, traces = await node.run_store(from_store)
         queues = await node.queues()
         saved = await node.subscriptions()
         self.recent.settle(traces)

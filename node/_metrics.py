@@ -5,8 +5,8 @@ anyway (:class:`node._mesh.NodeStatistics`, the forwarders' counters, the router
 links, routes and interests, the subscriptions, the relay service and the relay
 links). A collector reads them when the node is scraped, so counting costs the hot
 path nothing. The store's figures (queue depth per next hop, inbox, seen ids) are
-SQLite reads: :meth:`Metrics.collect_text` makes them through the node's
-``run_blocking`` (a worker thread, never the event loop) and only then renders. The
+SQLite reads: :meth:`Metrics.collect_text` makes them on the store's thread (the
+node's ``run_store``, never the event loop) and only then renders. The
 one thing observed as it happens is HTTP request latency, by endpoint and status: the
 server calls :meth:`Metrics.observe_request` once per answered request
 (``Server(..., observe=...)``), which feeds a histogram.
@@ -175,7 +175,7 @@ class MetricsHost(Protocol):
     def store(self) -> Store: ...
 
     @property
-    def run_blocking(self) -> RunBlocking: ...
+    def run_store(self) -> RunBlocking: ...
 
     @property
     def relay_service(self) -> RelayService: ...
@@ -316,11 +316,11 @@ class Metrics:
     async def collect_text(self) -> bytes:
         """Every metric in the text exposition format (version 0.0.4).
 
-        The store is read in the node's ``run_blocking`` (a thread); the rest in the
+        The store is read on the node's ``run_store`` (its thread); the rest in the
         calling task. Raises :class:`mesh.MeshError` if the store cannot be read.
         """
         store = self.host.store
-        self._figures = await self.host.run_blocking(functools.partial(_read_store, store))
+        self._figures = await self.host.run_store(functools.partial(_read_store, store))
         return prometheus_client.generate_latest(self.registry)
 
     # -- the collector --------------------------------------------------------------

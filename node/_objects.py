@@ -303,6 +303,8 @@ class ObjectsHost(Protocol):
     store: _Store
     mesh: MeshRuntime
     run_blocking: RunBlocking
+    #: Runs the store's calls (its own thread).
+    run_store: RunBlocking
     endpoints: tuple[str, ...]
 
     @property
@@ -505,7 +507,7 @@ class Objects:
             raise NodeError(f"object {spec.name!r} is exposed already")
         if spec.kind == "queue":
             names = {
-                saved.name for saved in await self.host.run_blocking(self.host.store.subscriptions)
+                saved.name for saved in await self.host.run_store(self.host.store.subscriptions)
             }
             if spec.target not in names:
                 raise NotFound(
@@ -996,9 +998,7 @@ class Objects:
         envelope = frame.seal(self.host.identity) if frame.src == self.host.node_id else b""
         intake = mesh.Intake(mesh.Admitted(frame, envelope, request.hops), mesh.Deliver(), None)
         try:
-            (result,) = await self.host.run_blocking(
-                lambda: self.host.store.accept([intake], now=now)
-            )
+            (result,) = await self.host.run_store(lambda: self.host.store.accept([intake], now=now))
         except mesh.MeshError as exc:
             raise CallFailed(503, f"the inbox takes nothing now: {exc}") from exc
         if result.outcome is mesh.Outcome.REJECTED:
@@ -1026,9 +1026,7 @@ class Objects:
         lock = self._queue_locks.setdefault(name, trio.Lock())
         await lock.acquire()
         try:
-            entries = await self.host.run_blocking(
-                lambda: store.subscription_pending(name, limit=1)
-            )
+            entries = await self.host.run_store(lambda: store.subscription_pending(name, limit=1))
         except BaseException:
             lock.release()
             raise
@@ -1040,7 +1038,7 @@ class Objects:
         async def acknowledge(sent: bool) -> None:
             try:
                 if sent:
-                    await self.host.run_blocking(lambda: store.ack_subscription(name, [entry.seq]))
+                    await self.host.run_store(lambda: store.ack_subscription(name, [entry.seq]))
             finally:
                 lock.release()
 

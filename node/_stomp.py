@@ -196,6 +196,8 @@ class StompNode(Protocol):
     mesh: MeshRuntime
     network: Network
     run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
+    #: Runs the store's calls (its own thread).
+    run_store: Callable[[Callable[[], Any]], Awaitable[Any]]
 
     async def send(
         self,
@@ -1000,7 +1002,7 @@ class _InboxReader(_StoredReader):
 
     async def _fetch(self, after: int) -> list[mesh.InboxEntry]:
         store = self.node.store
-        entries: list[mesh.InboxEntry] = await self.node.run_blocking(
+        entries: list[mesh.InboxEntry] = await self.node.run_store(
             lambda: store.pending(after=after)
         )
         return entries
@@ -1051,7 +1053,7 @@ class _QueueReader(_StoredReader):
     async def _fetch(self, after: int) -> list[mesh.InboxEntry]:
         store = self.node.store
         name = self.name
-        entries: list[mesh.InboxEntry] = await self.node.run_blocking(
+        entries: list[mesh.InboxEntry] = await self.node.run_store(
             lambda: store.subscription_pending(name, after=after)
         )
         return entries
@@ -1062,7 +1064,7 @@ class _QueueReader(_StoredReader):
     async def _acknowledge(self, keys: Sequence[Any]) -> None:
         store = self.node.store
         name = self.name
-        await self.node.run_blocking(lambda: store.ack_subscription(name, keys))
+        await self.node.run_store(lambda: store.ack_subscription(name, keys))
 
     def _message(self, entry: mesh.InboxEntry) -> tuple[str, str, list[tuple[str, str]]]:
         headers = [

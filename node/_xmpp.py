@@ -187,6 +187,8 @@ class XmppNode(Protocol):
     store: mesh.Store
     mesh: MeshRuntime
     run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]]
+    #: Runs the store's calls (its own thread).
+    run_store: Callable[[Callable[[], Any]], Awaitable[Any]]
 
     @property
     def chirp(self) -> Chirp: ...
@@ -689,7 +691,7 @@ class XmppGateway:
             return []
         store = self.node.store
         name = user.chirp_name
-        entries: list[mesh.InboxEntry] = await self.node.run_blocking(
+        entries: list[mesh.InboxEntry] = await self.node.run_store(
             lambda: store.subscription_pending(name, after=0, limit=bot.TIMELINE_LENGTH)
         )
         chirps = [*user.recent, *(_chirped(e) for e in entries)]
@@ -784,7 +786,7 @@ class XmppGateway:
         """Send what is pending for one of ``user``'s subscriptions; whether there was any."""
         store = self.node.store
         name = user.chirp_name if chirps else user.name
-        entries: list[mesh.InboxEntry] = await self.node.run_blocking(
+        entries: list[mesh.InboxEntry] = await self.node.run_store(
             functools.partial(store.subscription_pending, name, after=0)
         )
         if not entries:
@@ -808,7 +810,7 @@ class XmppGateway:
         with trio.CancelScope(shield=True):
             if data:
                 await connection.write(data)
-            await self.node.run_blocking(functools.partial(store.ack_subscription, name, seqs))
+            await self.node.run_store(functools.partial(store.ack_subscription, name, seqs))
         user.recent.extend(relayed)
         self.delivered += len(messages)
         self._notify()
