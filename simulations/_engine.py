@@ -79,7 +79,7 @@ from node._h1 import KEEPALIVE, MAX_CONNECTIONS, Origin, Pool, PooledConnection
 from node._mesh import STARTING
 from node._relay import _Reversed, check_presented, presentable
 from node._server import PrefixedStream
-from simulations._errors import SimulationError
+from simulations._errors import one_of
 from simulations._link import Transit
 from simulations._network import SimNetwork
 from simulations._stream import SimStream
@@ -123,11 +123,7 @@ class Fidelity(enum.StrEnum):
 def fidelity(value: Fidelity | str) -> Fidelity:
     """``value`` as a :class:`Fidelity`. Raises :class:`SimulationError` naming the
     choices for anything else."""
-    try:
-        return Fidelity(value)
-    except ValueError:
-        choices = ", ".join(level.value for level in Fidelity)
-        raise SimulationError(f"fidelity {value!r} is not one of {choices}") from None
+    return one_of(Fidelity, value, "fidelity")
 
 
 class EngineHost(Protocol):

@@ -12,7 +12,12 @@ Errors of the nodes themselves (:class:`node.NodeError`, :class:`crypto.CryptoEr
 
 from __future__ import annotations
 
-__all__ = ["NodeDown", "NotVirtualTime", "SimulationError"]
+import enum
+from typing import TypeVar
+
+__all__ = ["NodeDown", "NotVirtualTime", "SimulationError", "one_of"]
+
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 class SimulationError(Exception):
@@ -25,3 +30,13 @@ class NotVirtualTime(SimulationError):
 
 class NodeDown(SimulationError):
     """The simulated node is not running (it crashed or was stopped)."""
+
+
+def one_of(kind: type[_E], value: _E | str, what: str) -> _E:
+    """``value`` as a member of ``kind``. Raises :class:`SimulationError` saying
+    ``what`` was given and naming the choices for anything else."""
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise SimulationError(f"{what} {value!r} is not one of {choices}") from None

@@ -84,7 +84,7 @@ from node import (
 from node._chirp import POST_TTL, SUBSCRIPTION, chirp_topic
 from simulations._engine import EngineHost, EngineNetwork, Fidelity
 from simulations._engine import fidelity as fidelity_of
-from simulations._errors import NodeDown, NotVirtualTime, SimulationError
+from simulations._errors import NodeDown, NotVirtualTime, SimulationError, one_of
 from simulations._link import Link
 from simulations._network import SimNetwork
 from simulations._report import (
@@ -142,21 +142,13 @@ class Signatures(enum.StrEnum):
 def signatures_of(value: Signatures | str) -> Signatures:
     """``value`` as :class:`Signatures`. Raises :class:`SimulationError` naming the
     choices for anything else."""
-    try:
-        return Signatures(value)
-    except ValueError:
-        choices = ", ".join(kind.value for kind in Signatures)
-        raise SimulationError(f"signatures {value!r} is not one of {choices}") from None
+    return one_of(Signatures, value, "signatures")
 
 
 def stores_of(value: Stores | str) -> Stores:
     """``value`` as :class:`Stores`. Raises :class:`SimulationError` naming the choices
     for anything else."""
-    try:
-        return Stores(value)
-    except ValueError:
-        choices = ", ".join(kind.value for kind in Stores)
-        raise SimulationError(f"stores {value!r} is not one of {choices}") from None
+    return one_of(Stores, value, "stores")
 
 
 def derive_rng(seed: int, *names: str) -> random.Random:
