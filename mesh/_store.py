@@ -898,6 +898,9 @@ class Store:
         #: Where the queue rows inserted by the transaction under way go, as
         #: :class:`Queued` (a caller's list; None: nobody asked). Under the lock.
         self._new_rows: list[Queued] | None = None
+        #: With ``sync``: whether the connection is at synchronous=FULL (False while a
+        #: relaxed transaction runs, and after one that could not set it back).
+        self._waits_for_disk = True
         self._ids = _NodeIds()
         # Bytes charged for the inbox, in total and by origin.
         self._inbox_bytes = 0
@@ -1030,7 +1033,10 @@ class Store:
         with self._lock:
             try:
                 if relaxed:
+                    self._waits_for_disk = False
                     self._db.execute("PRAGMA synchronous=NORMAL")
+                else:
+                    self._wait_for_disk()
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
                     result = work()
@@ -1039,6 +1045,7 @@ class Store:
                     if relaxed:
                         self._rollback()  # nothing open after a COMMIT: a no-op then
                         self._db.execute("PRAGMA synchronous=FULL")
+                        self._waits_for_disk = True
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _translate(exc, self.path) from exc
@@ -1048,6 +1055,15 @@ class Store:
             if then is not None:
                 then(result)
             return result
+
+    def _wait_for_disk(self) -> None:
+        """Under the lock, before a transaction that waits for the disk: if the last
+        relaxed one could not set ``synchronous=FULL`` back, set it now, so no commit
+        that should wait for the disk goes without (raises ``sqlite3.Error`` if it
+        cannot: then nothing is committed)."""
+        if self.sync and not self._waits_for_disk:
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._waits_for_disk = True
 
     def _read(self, work: Callable[[], _T]) -> _T:
         with self._lock:
@@ -1094,6 +1110,7 @@ class Store:
     ) -> list[Any]:
         outcomes: list[Any] = []
         try:
+            self._wait_for_disk()
             self._db.execute("BEGIN IMMEDIATE")
             index = 0
             while index < len(writes):

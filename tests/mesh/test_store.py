@@ -21,6 +21,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -547,6 +548,51 @@ def test_only_forwarded_commits_without_waiting_for_the_disk(path: Path, sync: b
         assert level == (2 if sync else 0)  # FULL again (or OFF, as opened)
     with Store(path) as again:
         assert again.batch(CAROL.node_id, now=NOW) == []  # committed all the same
+
+
+class FailingOnce:
+    """A store's connection whose next ``statement`` fails once (then as the real one)."""
+
+    def __init__(self, db: sqlite3.Connection, statement: str) -> None:
+        self._db = db
+        self.statement: str | None = statement
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == self.statement:
+            self.statement = None
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+@pytest.mark.parametrize("then", ["alone", "grouped"])
+def test_a_commit_after_a_failed_restore_of_full_still_waits_for_the_disk(
+    path: Path, then: str
+) -> None:
+    # Setting synchronous=FULL back after a relaxed commit failed: the next commit that
+    # must wait for the disk sets it first, alone or in a group commit.
+    with Store(path) as store:
+        store.enqueue([own(1)], now=NOW)
+        (queued,) = store.batch(CAROL.node_id, now=NOW)
+        real = store._db
+        store._db = FailingOnce(real, "PRAGMA synchronous=FULL")  # type: ignore[assignment]
+        with pytest.raises(MeshError):
+            store.forwarded([queued.seq], first_hop=CAROL.node_id, now=NOW)
+        store._db = real
+        (level,) = real.execute("PRAGMA synchronous").fetchone()
+        assert level == 1  # NORMAL: left relaxed
+        statements: list[str] = []
+        real.set_trace_callback(statements.append)
+        if then == "alone":
+            store.enqueue([own(2)], now=NOW)
+        else:
+            assert store.write_group([store.enqueue_write([own(2)], now=NOW)]) == [None]
+        real.set_trace_callback(None)
+        assert statements.index("PRAGMA synchronous=FULL") < statements.index("COMMIT")
+        (level,) = real.execute("PRAGMA synchronous").fetchone()
+        assert level == 2
 
 
 def test_forwarded_deletes_and_writes_the_first_hop(store: Store) -> None:
