@@ -32,6 +32,7 @@ them otherwise, frame by frame (``forbidden``), and its quota bounds what it hol
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -254,6 +255,10 @@ class Forwarder:
         self._handed_bytes = 0  # their envelopes' bytes
         self._complete = False
         self._reading = False  # a batch is being read from the store
+        # The seqs the last few reads of the store returned: a frame handed over after
+        # a read that got it (its commit and the read finished in the other order) is
+        # not taken again.
+        self._read_lately: collections.deque[frozenset[int]] = collections.deque(maxlen=4)
         self._changes = 0  # invalidations so far (a read across one is not complete)
         # Purges of the neighbour's queue begun (a batch read across one is not sent)
         # and under way (no batch is read meanwhile): see purging().
@@ -293,6 +298,8 @@ class Forwarder:
         """Frames just queued for the neighbour, as committed (their rows, as the store
         reads them): sent from memory while the forwarder knows all that is queued."""
         self._backlog += len(queued)
+        if self._complete:
+            queued = [item for item in queued if not self._was_read(item.seq)]
         if self._complete or self._reading:
             self._handed += queued
             self._handed_bytes += sum(item.size for item in queued)
@@ -385,11 +392,11 @@ class Forwarder:
                 self._keep_handed([])
                 return None  # read across a purge: read again once it is done
             self.batches_read += 1
+            self._read_lately.append(frozenset(item.seq for item in queued))
             if changes == self._changes and len(queued) < limit:
                 # Everything queued: from now on what is handed over is all there is
                 # (less what this read got, committed before it).
-                got = {item.seq for item in queued}
-                self._keep_handed([item for item in self._handed if item.seq not in got])
+                self._keep_handed([item for item in self._handed if not self._was_read(item.seq)])
                 self._complete = True
             else:
                 self._keep_handed([])
@@ -414,6 +421,9 @@ class Forwarder:
             full = len(control) + len(queued) >= BATCH_SIZE
             self._backlog = EXTRA_AFTER if full else 0
         return endpoints, control, queued
+
+    def _was_read(self, seq: int) -> bool:
+        return any(seq in seqs for seqs in self._read_lately)
 
     def _keep_handed(self, queued: list[mesh.Queued]) -> None:
         self._handed = queued

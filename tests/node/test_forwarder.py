@@ -698,3 +698,43 @@ def test_memory_for_frames_handed_over_is_bounded() -> None:
     forwarder.hand([row(10 + i, 1) for i in range(MAX_HANDED + 1)])
     assert not forwarder._complete
     assert forwarder._handed == []
+
+
+async def test_a_frame_handed_over_after_a_read_that_got_it_goes_once() -> None:
+    # The store's thread may finish a commit and then a read that sees it, and the
+    # read's task run first: the frame comes in the read, then is handed over. It is
+    # sent once; one handed over that no read got goes as usual.
+    node = crypto.Identity.generate().node_id
+
+    def row(seq: int) -> mesh.Queued:
+        return mesh.Queued(
+            seq, node, b"i", crypto.Kind.MSG, node, 10**15, 1, node, None, 0, 9, b"e"
+        )
+
+    class Host:
+        frame_client: Any = None
+
+        def __init__(self) -> None:
+            self.rows = [row(5)]
+
+        def endpoints_of(self, node: crypto.NodeId) -> list[str]:
+            return ["http://b"]
+
+        async def queued_for(
+            self, node: crypto.NodeId, limit: int, *, after: int = 0
+        ) -> list[mesh.Queued]:
+            return [item for item in self.rows if item.seq > after][:limit]
+
+        def sendable(self, node: crypto.NodeId, queued: list[mesh.Queued]) -> list[mesh.Queued]:
+            return queued
+
+    forwarder = Forwarder(Host(), node)  # type: ignore[arg-type]
+    first = await forwarder._next_batch()
+    assert first is not None
+    assert [item.seq for item in first[2]] == [5]
+    assert forwarder._complete
+    forwarder.hand([row(5), row(6)])  # 5 reported late: the read had it
+    second = await forwarder._next_batch()
+    assert second is not None
+    assert [item.seq for item in second[2]] == [6]
+    assert await forwarder._next_batch() is None
