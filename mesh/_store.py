@@ -1767,14 +1767,14 @@ class Store:
             # Every row was inserted, by one statement: AUTOINCREMENT gave them
             # consecutive seqs, the last one last_insert_rowid().
             ((last,),) = self._db.execute("SELECT last_insert_rowid()").fetchall()
-            seq = last - len(queue_rows)
+            first = last - len(queue_rows) + 1
             for write in writes:
                 if write.queued is not None:
-                    write.queued.clear()
-                for outgoing in write.frames:
-                    seq += 1
-                    if write.queued is not None:
-                        write.queued.append(_queued_from(outgoing, seq, write.now))
+                    write.queued[:] = [
+                        _queued_from(outgoing, seq, write.now)
+                        for seq, outgoing in enumerate(write.frames, first)
+                    ]
+                first += len(write.frames)
         self._db.executemany(
             "INSERT OR REPLACE INTO sent (id, dst, kind, created, exp, receipt, state)"
             " VALUES (?, ?, ?, ?, ?, ?, 'queued')",

@@ -36,6 +36,7 @@ import collections
 import contextlib
 import logging
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, Protocol
 
@@ -180,10 +181,6 @@ class FrameClient:
         except crypto.CryptoError as exc:
             # Not a receipt from dst: perhaps another node now holds that address.
             raise PostFailed(f"bad answer from {url}: {exc}") from exc
-
-
-def _seq(item: mesh.Queued) -> int:
-    return item.seq
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -376,7 +373,8 @@ class Forwarder:
         if self._complete:
             queued = []
             if self._handed:
-                self._handed.sort(key=_seq)  # commits may be reported out of their order
+                # Commits may be reported out of their order.
+                self._handed.sort(key=operator.attrgetter("seq"))
                 queued = self.host.sendable(self.node, self._handed[:limit])
                 self._keep_handed(self._handed[limit:])
                 self.batches_handed += 1

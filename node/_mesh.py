@@ -836,10 +836,7 @@ class MeshRuntime:
         if earlier is not None:
             raise Replayed(earlier)
         self._hand(queued)
-        per_hop: dict[crypto.NodeId | None, int] = {}
-        for hop in hops:
-            per_hop[hop] = per_hop.get(hop, 0) + 1
-        if None in per_hop:
+        if None in hops:
             self.statistics.frames_held += 1
             held = {frame.dst for (frame, _), hop in zip(frames, hops, strict=True) if hop is None}
             await self._apply(self._held(held, now))
