@@ -87,6 +87,7 @@ from node import NodeConfig, NodeStatistics
 from simulations import (
     SCENARIOS,
     Fidelity,
+    Signatures,
     SimNode,
     Simulation,
     deterministic_scheduling,
@@ -479,8 +480,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--signatures",
-        choices=["ed25519", "stand-in"],
-        default="ed25519",
+        choices=[kind.value for kind in Signatures],
+        default=Signatures.ED25519.value,
         help="stand-in: nodes sign with a keyed hash in place of Ed25519 (the same "
         "figures, sooner; simulations only)",
     )
