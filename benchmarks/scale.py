@@ -200,7 +200,9 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
     started = time.perf_counter()
     baseline: dict[str, NodeStatistics] = {}
     # As run_scenario: a crash never loses the disk.
-    config = NodeConfig(store_sync=False, tree=run.tree, announce_radius=run.announce_radius)
+    config = NodeConfig(
+        store_sync=False, store_lean=True, tree=run.tree, announce_radius=run.announce_radius
+    )
     async with open_simulation(
         seed=run.seed,
         data_dir=data_dir,

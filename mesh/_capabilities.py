@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 import crypto
+from mesh import _sqlite
 from mesh._errors import MeshError
 
 __all__ = ["CAPABILITY_SCHEMA_VERSION", "MAX_CAP_URLS", "CapUrlRecord", "CapabilityBook", "Grant"]
@@ -93,19 +94,16 @@ def _digest(secret: str) -> bytes:
 class CapabilityBook:
     """The capability tables of one store file. Raises :class:`MeshError` for a file
     that cannot be opened or was written by a newer ptth. ``uri``: ``path`` is an SQLite
-    URI, as for :class:`Store`."""
+    URI, and ``lean`` SQLite's memory kept small, as for :class:`Store`."""
 
-    def __init__(self, path: Path | str, *, uri: bool = False) -> None:
+    def __init__(self, path: Path | str, *, uri: bool = False, lean: bool = False) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=10.0, uri=uri
-            )
+            self._db = _sqlite.connect(self.path, uri=uri, lean=lean)
         except sqlite3.Error as exc:
             raise MeshError(f"cannot open store {self.path}: {exc}") from exc
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.Error as exc:

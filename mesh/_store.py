@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 import crypto
+from mesh import _sqlite
 from mesh._engine import Deliver, Fanout, Forward
 from mesh._errors import MeshError, StoreFull
 from mesh._intake import Admitted
@@ -871,7 +872,9 @@ class Store:
     committed survives the process ending at any moment, but not the machine's (power,
     kernel); for simulations, whose crashes are processes' only. Default: wait (FULL).
     ``uri``: ``path`` is an SQLite URI (``sqlite3.connect(uri=True)``), such as a
-    simulation's in-memory store ``file:NAME?mode=memory&cache=shared``.
+    simulation's in-memory store ``file:NAME?mode=memory&cache=shared``. ``lean``: keep
+    SQLite's memory for this store small, at some cost in speed (mesh/_sqlite.py): for
+    simulations of many nodes.
     """
 
     def __init__(
@@ -883,6 +886,7 @@ class Store:
         quotas: Quotas | None = None,
         sync: bool = True,
         uri: bool = False,
+        lean: bool = False,
     ):
         self.path = str(path)
         self.max_inbox_bytes = max_inbox_bytes
@@ -915,13 +919,10 @@ class Store:
         self._saved_routes: dict[tuple[bytes, bytes], tuple[Any, ...]] | None = None
         self._saved_interests: dict[tuple[bytes, str], tuple[Any, ...]] | None = None
         try:
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=10.0, uri=uri
-            )
+            self._db = _sqlite.connect(self.path, uri=uri, lean=lean)
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
             self._migrate()
             self._recount()

@@ -189,6 +189,10 @@ class NodeConfig:
     #: ``sqlite3.connect(uri=True)``): simulations keep a node's store in memory,
     #: ``file:NAME?mode=memory&cache=shared``, held open across the node's restarts.
     store_uri: str | None = None
+    #: Keep SQLite's memory for the store small (``mesh.Store(lean=...)``: fewer
+    #: prepared statements, a small page cache and log, 1 KiB pages in a new store), at
+    #: some cost in speed: for simulations of thousands of nodes in one process.
+    store_lean: bool = False
     #: Build the spanning tree with the neighbours (``--tree``): ``crd`` offers and the
     #: DHT of coordinates (docs/routing-at-scale.md); a frame for a node no route is
     #: known to goes greedily by its coordinates.
@@ -476,10 +480,13 @@ class Node:
                     quotas=config.quotas,
                     sync=config.store_sync,
                     uri=uri,
+                    lean=config.store_lean,
                 )
             )
             try:
-                book = await blocking(lambda: mesh.CapabilityBook(store_path, uri=uri))
+                book = await blocking(
+                    lambda: mesh.CapabilityBook(store_path, uri=uri, lean=config.store_lean)
+                )
             except BaseException:
                 store.close()
                 raise

@@ -646,13 +646,16 @@ def run_scenario(
     committed is lost either way, and each commit costs less. For the same reason
     they are kept in memory by default (``stores``, as for :func:`open_simulation`):
     no scenario models a crash that loses unsynced data; ``"disk"`` runs the SQLite
-    files of a real node, with the same report.
+    files of a real node, with the same report. They are lean
+    (``NodeConfig.store_lean``): SQLite's memory per node kept small.
 
     Raises :class:`SimulationError` for an unknown scenario, too few nodes, a
     duration that is not positive, an unknown fidelity or stores; :class:`NodeError`
     for an announce radius without the tree, or out of range.
     """
-    config = NodeConfig(store_sync=False, tree=tree, announce_radius=announce_radius)
+    config = NodeConfig(
+        store_sync=False, store_lean=True, tree=tree, announce_radius=announce_radius
+    )
     config.router_config()  # checks the routing settings before anything starts
     level = fidelity_of(fidelity)
     where = stores_of(stores)

@@ -986,7 +986,8 @@ async def open_simulation(
     ``seed`` fixes every random choice; ``data_dir`` holds the nodes' directories
     (default: a temporary directory, deleted afterwards); ``link`` is the default link
     between any two hosts (default: instant and perfect); ``config`` is the
-    :class:`node.NodeConfig` nodes start from (``listen`` and ``name`` are set per node).
+    :class:`node.NodeConfig` nodes start from (``listen`` and ``name`` are set per node;
+    default: ``NodeConfig(store_lean=True)``, stores that keep SQLite's memory small).
     ``fidelity``: ``"full"`` (every byte through HTTP) or ``"engine"`` (frames handed
     between the nodes' meshes as events; simulations/_engine.py). ``verify_once``: a
     signature that verified is not verified again by any node of this simulation
@@ -1033,7 +1034,7 @@ async def open_simulation(
                 seed=seed,
                 data_dir=Path(data_dir),
                 link=link or Link(),
-                config=config or NodeConfig(),
+                config=config or NodeConfig(store_lean=True),
                 fidelity=level,
                 stores=where,
             )
