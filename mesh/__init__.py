@@ -23,6 +23,7 @@ from mesh._calls import (
     validate_object_name,
 )
 from mesh._capabilities import MAX_CAP_URLS, CapabilityBook, CapUrlRecord, Grant
+from mesh._chains import VerifiedChains
 from mesh._dht import (
     Contact,
     Contacts,
@@ -211,6 +212,7 @@ __all__ = [
     "Trace",
     "Tree",
     "TreeAction",
+    "VerifiedChains",
     "Wake",
     "Wallet",
     "WireFrame",

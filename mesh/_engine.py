@@ -34,7 +34,9 @@ The spanning tree (:class:`mesh.Tree`, docs/routing-at-scale.md) is built beside
 flooded routes when ``RouterConfig.tree`` is on: neighbours offer each other their
 coordinates in ``crd`` frames (never passed on), from neighbour events and at ticks.
 Frames for a node no route is known to go greedily by its coordinates (a neighbour
-nearer it in the tree), learned with frames or looked up in the DHT (``held``).
+nearer it in the tree), learned with frames or looked up in the DHT (``held``). The
+tree, the DHT and greedy routing share one :class:`mesh.VerifiedChains`: a chain one of
+them verified is not parsed again by another while it is valid.
 
 Forwarding policy (whose frames this node relays): ``neighbours`` (default: its peers,
 its relays and the nodes attached to it), ``open`` (anyone), ``off`` (nobody; frames
@@ -56,6 +58,7 @@ from mesh._admission import Policy
 from mesh._allowance import Allowances
 from mesh._authority import Authority
 from mesh._calls import CALL_CONTENT_TYPES
+from mesh._chains import VerifiedChains
 from mesh._dht import Contacts, Records
 from mesh._errors import NoRoute, StoreFull
 from mesh._intake import Admitted
@@ -340,8 +343,12 @@ class Router:
         #: since (sent at the first tick a flood interval after the last).
         self._offer_sent: dict[crypto.NodeId, int] = {}
         self._offer_later: dict[crypto.NodeId, Offer] = {}
+        #: The coordinate chains this node verified (with the tree: shared by it, the
+        #: DHT and greedy routing, so none is parsed twice while it is valid).
+        self.chains = VerifiedChains()
         #: Greedy routing (with the tree): per destination, its verified coordinates
-        #: and their chain (oldest learned first, at most ``config.max_coordinates``);
+        #: (without their chain: :meth:`VerifiedChains.verify`'s) and the chain's wire
+        #: form (oldest learned first, at most ``config.max_coordinates``);
         #: the neighbour the last frame for it went to greedily; the destinations held
         #: here with no way on, and when a lookup of them may start again; the lookups
         #: of such destinations running, by id.
@@ -362,12 +369,14 @@ class Router:
                 interval_ms=self.config.tree_interval_ms,
                 lifetime_ms=self.config.tree_lifetime_ms,
                 stale_grace_ms=min(DEFAULT_STALE_GRACE_MS, self.config.tree_interval_ms // 2),
+                chains=self.chains,
             )
             self.dht = Dht(
                 local,
                 contacts=Contacts(local, rng=random.Random(rng.random())),
                 records=Records(),
                 rng=random.Random(rng.random()),
+                chains=self.chains,
             )
 
     # -- neighbours -----------------------------------------------------------------
@@ -649,7 +658,7 @@ class Router:
         if checker is not None and not self._hint_allowance.take(checker, now):
             return False
         try:
-            coordinates = crypto.CoordChain.parse(chain, now=now)
+            coordinates = self.chains.verify(chain, now)
         except crypto.CryptoError:
             return False
         if coordinates.node != dst or (held is not None and not self._better(coordinates, held[0])):

@@ -44,7 +44,8 @@ not verify (that node is skipped; the rest of the answer is used).
 
 Every chain is verified (:meth:`crypto.CoordChain.parse`) before it is used, stored or
 passed on; a chain that verified is not verified again until it expires (a bounded
-memo: the same contacts' chains come back in many answers).
+memo, :class:`mesh.VerifiedChains`, shared with the node's router: the same contacts'
+chains come back in many answers, and with the frames routed by them).
 
 What the caller does with the actions: for :class:`DhtSend`, send the body to ``dst`` (its
 coordinates ``dst_chain``, for greedy routing; None when this node holds none for it: a
@@ -75,14 +76,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import hashlib
 import heapq
 import random
 from collections.abc import Iterable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import crypto
 from crypto import _cbor
+from mesh._chains import VerifiedChains
 from mesh._dht import (
     DEFAULT_ALPHA,
     DEFAULT_K,
@@ -157,8 +158,6 @@ DEFAULT_REPUBLISH_MS: Final = 3600 * 1000
 #: ``republish_ms``: lookups by others end at the nearest nodes, not at ours.
 PUBLISH_RECHECK_MS: Final = 60_000
 _NODE_ID_SIZE: Final = 32
-#: Verified chains remembered (forgotten all at once past it).
-_MAX_VERIFIED: Final = 4096
 
 
 # -- messages -----------------------------------------------------------------------------
@@ -470,15 +469,6 @@ class _Running:
     chains: dict[crypto.NodeId, bytes]
 
 
-class _Checked(NamedTuple):
-    """What a verified chain proves, as far as the DHT needs it."""
-
-    node: crypto.NodeId
-    ts: int
-    exp: int
-    root: crypto.NodeId
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Pending:
     kind: _Kind
@@ -497,6 +487,9 @@ class Dht:
     start from (neighbours, say); then :meth:`find`, :meth:`on_message` and
     :meth:`tick`, all with ``now`` (ms), and perform the actions they return.
 
+    ``chains`` remembers the chains verified (one of its own by default; a router passes
+    the one it checks frames' chains with).
+
     Raises :class:`ValueError` for a ``contacts`` of another node or bounds below 1.
     """
 
@@ -514,6 +507,7 @@ class Dht:
         max_lookup_queries: int = DEFAULT_MAX_LOOKUP_QUERIES,
         refresh_ms: int = DEFAULT_REFRESH_MS,
         republish_ms: int = DEFAULT_REPUBLISH_MS,
+        chains: VerifiedChains | None = None,
     ) -> None:
         if contacts.self_id != identity_id:
             raise ValueError(f"contacts are {contacts.self_id.short}'s, not {identity_id.short}'s")
@@ -544,7 +538,8 @@ class Dht:
         self._lookups: dict[int, _Running] = {}
         self._queries: dict[bytes, _Pending] = {}
         self._last_lookup_id = 0
-        self._verified: dict[bytes, _Checked] = {}
+        #: The chains verified by this node (shared with its router and tree).
+        self.chains = chains if chains is not None else VerifiedChains()
 
     # -- state --------------------------------------------------------------------------
 
@@ -990,21 +985,10 @@ class Dht:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _verify(self, chain: bytes, now: int) -> _Checked:
-        """:meth:`crypto.CoordChain.parse`, remembered (by digest) until the chain expires."""
-        digest = hashlib.sha256(chain).digest()
-        held = self._verified.get(digest)
-        if held is not None:
-            if held.exp <= now:
-                raise crypto.Expired(f"the coordinates of {held.node.short} have expired")
-            return held
-        coordinates = crypto.CoordChain.parse(chain, now=now)
-        if len(self._verified) >= _MAX_VERIFIED:
-            self._verified.clear()
-        checked = self._verified[digest] = _Checked(
-            coordinates.node, coordinates.ts, coordinates.exp, coordinates.root
-        )
-        return checked
+    def _verify(self, chain: bytes, now: int) -> crypto.Coordinates:
+        """:meth:`crypto.CoordChain.parse`, remembered (by digest) until the chain expires
+        (:class:`mesh.VerifiedChains`): the coordinates, without their chain."""
+        return self.chains.verify(chain, now)
 
     def _seen(self, node: crypto.NodeId, chain: bytes, now: int) -> list[DhtAction]:
         """``node``, at ``chain`` (verified), was heard from; a probe it brings is sent."""

@@ -58,6 +58,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 import crypto
+from mesh._chains import VerifiedChains
 from mesh._links import Role
 
 __all__ = [
@@ -118,7 +119,8 @@ class Tree:
 
     ``identity`` signs our root statements and the grants we give. ``eligible_root``:
     a public node (it may be the root, and a parent of any neighbour); false for a
-    NATed node (a leaf under its relay). Times are ms.
+    NATed node (a leaf under its relay). Times are ms. ``chains``: where the chains
+    offered are remembered as verified (its router's, shared with the DHT), if anywhere.
 
     Raises :class:`ValueError` unless 0 < ``stale_grace_ms`` < ``interval_ms`` <
     ``lifetime_ms`` <= :data:`crypto.MAX_GRANT_LIFETIME_MS`.
@@ -132,6 +134,7 @@ class Tree:
         interval_ms: int = DEFAULT_TREE_INTERVAL_MS,
         lifetime_ms: int = DEFAULT_TREE_LIFETIME_MS,
         stale_grace_ms: int = DEFAULT_STALE_GRACE_MS,
+        chains: VerifiedChains | None = None,
     ) -> None:
         if not 0 < stale_grace_ms < interval_ms < lifetime_ms <= crypto.MAX_GRANT_LIFETIME_MS:
             raise ValueError(
@@ -152,6 +155,8 @@ class Tree:
         self._chain = b""  # the wire form of our coordinates' chain
         self._parent: crypto.NodeId | None = None
         self._offered_at: int | None = None  # when we last offered to every neighbour
+        #: Where the chains offered are remembered as verified (the node's router's).
+        self._chains = chains
 
     # -- what it knows ---------------------------------------------------------------------
 
@@ -238,7 +243,10 @@ class Tree:
         """
         if neighbour == self.node_id:
             raise crypto.Malformed("an offer that claims to come from this node itself")
-        coordinates = crypto.CoordChain.parse(chain, now=now)
+        if self._chains is None:
+            coordinates = crypto.CoordChain.parse(chain, now=now)
+        else:  # parsed anyway (they must carry their chain), remembered for the DHT
+            coordinates = self._chains.parse(chain, now)
         if coordinates.node != neighbour:
             raise crypto.Malformed(
                 f"offer from {neighbour.short} carries the coordinates of {coordinates.node.short}"

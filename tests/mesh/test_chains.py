@@ -1,0 +1,230 @@
+"""Coordinate chains verified once per node (mesh._chains.VerifiedChains): shared by
+the router, its DHT and its tree; a hit is refused whenever parsing at that ``now``
+would refuse the chain; bounded, the oldest verified forgotten first.
+
+Parses are counted by wrapping :meth:`crypto.CoordChain.parse`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import crypto
+from mesh import Offer, Result, Role, VerifiedChains, admit, offer_body
+from mesh._chains import DEFAULT_MAX_CHAINS
+from mesh._wire import ACCEPTED
+from tests.mesh.test_engine_greedy import chain_of, classify, line, msg
+from tests.mesh.test_engine_tree import crd, identity, router
+
+NOW = 1_700_000_000_000
+HOUR = 3600 * 1000
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The chains :meth:`crypto.CoordChain.parse` is called with, in order."""
+    seen: list[bytes] = []
+    parse = crypto.CoordChain.parse.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[crypto.CoordChain], data: bytes, *, now: int) -> crypto.Coordinates:
+        seen.append(data)
+        coordinates: crypto.Coordinates = parse(cls, data, now=now)
+        return coordinates
+
+    monkeypatch.setattr(crypto.CoordChain, "parse", classmethod(counting))
+    return seen
+
+
+def statement(n: int, *, now: int = NOW, lifetime_ms: int = HOUR) -> bytes:
+    """A root statement of identity ``n`` (a one-grant chain), in its wire form."""
+    identity = crypto.Identity(bytes([n]) * 32)
+    grant = crypto.root_statement(identity, now=now, lifetime_ms=lifetime_ms)
+    return crypto.CoordChain((grant,)).encode()
+
+
+def below(n: int, *, now: int = NOW, lifetime_ms: int = HOUR) -> bytes:
+    """A two-grant chain: identity ``n + 1`` placed below root ``n``."""
+    root = crypto.Identity(bytes([n]) * 32)
+    child = crypto.Identity(bytes([n + 1]) * 32)
+    above = crypto.CoordChain(
+        (crypto.root_statement(root, now=now, lifetime_ms=lifetime_ms),)
+    ).verify(now=now)
+    grant = crypto.grant_coordinates(root, child.node_id, above, now=now, lifetime_ms=lifetime_ms)
+    assert above.chain is not None
+    return crypto.CoordChain((*above.chain.grants, grant)).encode()
+
+
+# -- the cache itself ---------------------------------------------------------------------
+
+
+def test_a_chain_is_parsed_once_and_its_coordinates_kept_without_their_grants(
+    parses: list[bytes],
+) -> None:
+    chains = VerifiedChains()
+    chain = below(1)
+    first = chains.verify(chain, NOW)
+    again = chains.verify(chain, NOW + 1000)
+    assert parses == [chain]
+    assert again is first
+    assert first == crypto.CoordChain.parse(chain, now=NOW)  # path, ts and exp
+    assert first.chain is None  # the grants are in the wire bytes, not held twice
+    assert first.depth == 1
+    assert len(chains) == 1
+    # Paths in one tree share their node ids: the root's statement alone, here.
+    root = chains.verify(statement(1), NOW)
+    assert root.path[0] is first.path[0]
+
+
+def test_a_remembered_chain_is_refused_once_expired_and_forgotten(parses: list[bytes]) -> None:
+    chains = VerifiedChains()
+    chain = below(1, lifetime_ms=HOUR)
+    exp = chains.verify(chain, NOW).exp
+    assert chains.verify(chain, exp - 1).exp == exp
+    with pytest.raises(crypto.Expired):
+        chains.verify(chain, exp)
+    assert len(chains) == 0
+    with pytest.raises(crypto.Expired):  # parsed again, refused as before
+        chains.verify(chain, exp + 1)
+    assert parses == [chain, chain]
+
+
+def test_a_hit_at_an_earlier_now_is_parsed_again_not_taken(parses: list[bytes]) -> None:
+    """A grant valid for more than MAX_GRANT_LIFETIME_MS after ``now`` is refused: one
+    that verified at t may be refused at an earlier time, so that is not a hit."""
+    chains = VerifiedChains()
+    longest = crypto.MAX_GRANT_LIFETIME_MS
+    chain = statement(1, now=NOW, lifetime_ms=longest)
+    chains.verify(chain, NOW)
+    with pytest.raises(crypto.Malformed, match="limit"):
+        crypto.CoordChain.parse(chain, now=NOW - 1)
+    with pytest.raises(crypto.Malformed, match="limit"):
+        chains.verify(chain, NOW - 1)
+    assert len(parses) == 3
+    # Still remembered as verified at NOW: later times are hits.
+    chains.verify(chain, NOW + 1)
+    assert len(parses) == 3
+
+
+def test_the_bound_holds_and_the_oldest_verified_go_first(parses: list[bytes]) -> None:
+    chains = VerifiedChains(max_chains=3)
+    made = [statement(n) for n in range(1, 6)]
+    for chain in made:
+        chains.verify(chain, NOW)
+    assert len(chains) == 3
+    assert len(parses) == 5
+    for chain in made[2:]:  # the three newest: hits
+        chains.verify(chain, NOW)
+    assert len(parses) == 5
+    chains.verify(made[0], NOW)  # forgotten: parsed again, and made[2] goes
+    assert parses[-1] == made[0]
+    assert len(parses) == 6
+    assert len(chains) == 3
+    with pytest.raises(ValueError, match="max_chains"):
+        VerifiedChains(max_chains=0)
+    assert VerifiedChains().max_chains == DEFAULT_MAX_CHAINS
+
+
+def test_forged_or_altered_chains_are_refused_and_not_remembered(parses: list[bytes]) -> None:
+    chains = VerifiedChains()
+    chain = below(1)
+    chains.verify(chain, NOW)
+    altered = bytearray(chain)
+    altered[-5] ^= 1
+    for bad in (bytes(altered), chain + b"\x00", b"\xa0", chain[:-1]):
+        with pytest.raises(crypto.CryptoError):
+            chains.verify(bad, NOW)
+        with pytest.raises(crypto.CryptoError):  # every time, not remembered
+            chains.verify(bad, NOW + 1)
+    assert len(chains) == 1
+    # A chain spliced from another tree's grants: refused as parsing refuses it.
+    other = crypto.CoordChain.decode(below(3))
+    mine = crypto.CoordChain.decode(chain)
+    spliced = crypto.CoordChain((mine.grants[0], other.grants[1])).encode()
+    with pytest.raises(crypto.Malformed):
+        chains.verify(spliced, NOW)
+    assert len(chains) == 1
+
+
+# -- shared by the router, its DHT and its tree -------------------------------------------
+
+
+def test_a_chain_learned_by_the_router_is_not_parsed_again_by_its_dht(
+    parses: list[bytes],
+) -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    assert b.dht is not None
+    assert b.dht.chains is b.chains
+    coords = chain_of(routers["e"])
+    parses.clear()
+    # A frame for e comes with e's chain: the router checks it, and routes by it ...
+    assert classify(b, msg(ids["a"], e, now), ids["a"].node_id, now, coords) == ids["c"].node_id
+    assert parses == [coords]
+    # ... and its DHT, shown the same chain, takes it as verified.
+    b.dht.introduce(coords, now + 1)
+    assert parses == [coords]
+    # The router holds the wire chain once, and the coordinates without their grants.
+    held, wire = b._coordinates[e]
+    assert wire == coords
+    assert held.chain is None
+
+
+def test_a_chain_verified_by_the_dht_is_not_parsed_again_by_the_router(
+    parses: list[bytes],
+) -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    assert b.dht is not None
+    coords = chain_of(routers["e"])
+    parses.clear()
+    b.dht.introduce(coords, now)
+    assert classify(b, msg(ids["a"], e, now), ids["a"].node_id, now, coords) == ids["c"].node_id
+    assert parses == [coords]
+    assert b.coordinates_of(e, now) == coords
+
+
+def test_a_neighbours_offer_is_parsed_once_for_the_tree_and_the_dht(
+    parses: list[bytes],
+) -> None:
+    ids, routers, _, now = line("ab")
+    b = routers["b"]
+    newcomer = identity(9)
+    n = router(newcomer)
+    b.add_neighbour(newcomer.node_id, Role.PEER, now)
+    offers = [
+        action
+        for action in n.add_neighbour(ids["b"].node_id, Role.PEER, now)
+        if isinstance(action, Offer)
+    ]
+    (offer,) = offers
+    parses.clear()
+    body = offer_body(offer.chain, offer.grant)
+    admitted = admit(crd(newcomer, ids["b"].node_id, body, ts=now), now=now)
+    assert not isinstance(admitted, Result)
+    result, _ = b.on_offer(admitted, newcomer.node_id, now)
+    assert result == ACCEPTED
+    assert parses == [offer.chain]  # by the tree; the DHT's introduce was a hit
+    assert b.dht is not None
+    assert b.dht.contacts.get(newcomer.node_id) is not None
+
+
+def test_a_cached_chain_is_refused_by_router_and_dht_once_expired(
+    parses: list[bytes],
+) -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    assert b.dht is not None
+    assert routers["e"].tree is not None
+    assert routers["e"].tree.coordinates is not None
+    coords = chain_of(routers["e"])
+    exp = routers["e"].tree.coordinates.exp
+    assert classify(b, msg(ids["a"], e, now), ids["a"].node_id, now, coords) is not None
+    assert b.coordinates_of(e, exp - 1) == coords
+    assert b.coordinates_of(e, exp) is None
+    with pytest.raises(crypto.Expired):
+        b.dht.introduce(coords, exp)
+    b.chains.verify(coords, now)  # remembered again (verified at an earlier time) ...
+    b._coordinates.clear()  # (the same chain held again is taken as it is)
+    assert b._learn(e, coords, exp, checker=None) is False  # ... and refused at exp
+    assert b._learn(e, coords, exp + 5, checker=None) is False
+    assert b.coordinates_of(e, exp) is None
