@@ -87,7 +87,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_an_unusable_file_is_a_mesh_error(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     path.write_bytes(b"not a database" * 100)
-    with pytest.raises(mesh.MeshError, match="store .*: file is not a database"):
+    with pytest.raises(mesh.MeshError, match=r"store .*: file is not a database"):
         mesh.CapabilityBook(path)
 
 
