@@ -120,7 +120,8 @@ class Tree:
     ``identity`` signs our root statements and the grants we give. ``eligible_root``:
     a public node (it may be the root, and a parent of any neighbour); false for a
     NATed node (a leaf under its relay). Times are ms. ``chains``: where the chains
-    offered are remembered as verified (its router's, shared with the DHT), if anywhere.
+    offered are remembered as verified (its router's, shared with the DHT; one of its
+    own by default).
 
     Raises :class:`ValueError` unless 0 < ``stale_grace_ms`` < ``interval_ms`` <
     ``lifetime_ms`` <= :data:`crypto.MAX_GRANT_LIFETIME_MS`.
@@ -156,7 +157,7 @@ class Tree:
         self._parent: crypto.NodeId | None = None
         self._offered_at: int | None = None  # when we last offered to every neighbour
         #: Where the chains offered are remembered as verified (the node's router's).
-        self._chains = chains
+        self._chains = chains if chains is not None else VerifiedChains()
 
     # -- what it knows ---------------------------------------------------------------------
 
@@ -243,10 +244,8 @@ class Tree:
         """
         if neighbour == self.node_id:
             raise crypto.Malformed("an offer that claims to come from this node itself")
-        if self._chains is None:
-            coordinates = crypto.CoordChain.parse(chain, now=now)
-        else:  # parsed anyway (they must carry their chain), remembered for the DHT
-            coordinates = self._chains.parse(chain, now)
+        # Parsed whole (they must carry their chain), remembered for the DHT.
+        coordinates = self._chains.parse(chain, now)
         if coordinates.node != neighbour:
             raise crypto.Malformed(
                 f"offer from {neighbour.short} carries the coordinates of {coordinates.node.short}"
