@@ -145,6 +145,14 @@ LOOKUP_RETRY_MS: Final = 30_000
 LOOKUP_RETRY_MAX_MS: Final = 60_000
 LOOKUP_ATTEMPTS: Final = 60
 MAX_WANTED: Final = 1024
+#: Greedy routing is loop-free in a settled tree, but while the tree changes a node's
+#: view of its neighbours' coordinates can be a few seconds old (offers are sent at
+#: most once per flood interval), and views that disagree can pass a frame round a
+#: loop until its hop limit drops it. So a router remembers the frames it passed on
+#: greedily within this window (the last :data:`MAX_GREEDY_SENT` of them), and one that
+#: comes back in it is held, its destination looked up, instead of going round again.
+LOOP_WINDOW_MS: Final = 30_000
+MAX_GREEDY_SENT: Final = 256
 #: A fresher announce of one origin is flooded at most this often: an origin that
 #: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
 #: is answered with our routes at most this often too.
@@ -357,8 +365,12 @@ class Router:
         self._wanted: dict[crypto.NodeId, _Wanted] = {}
         self._finding: dict[int, crypto.NodeId] = {}
         self._hint_allowance = Allowances(burst=HINT_BURST, refill_ms=HINT_REFILL_MS)
-        #: Counters: frames passed on greedily; lookups started for held destinations.
+        #: The frames passed on greedily lately, by id: when (oldest first).
+        self._greedy_sent: dict[bytes, int] = {}
+        #: Counters: frames passed on greedily; frames held for having come back to
+        #: us greedily (a loop); lookups started for held destinations.
         self.greedy_forwarded = 0
+        self.greedy_loops = 0
         self.route_lookups = 0
         if self.config.tree:
             if identity is None or identity.node_id != local:
@@ -821,8 +833,24 @@ class Router:
                 f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
             )
         hop, greedy = self._route(frame.dst, now, sender, admitted.coords)
+        if greedy and self._came_back(frame.id, now):
+            # Passed on greedily from here a moment ago, it came round: views of the
+            # tree disagree while it changes. Held, it waits for a lookup of its
+            # destination instead of spending its hops in a loop.
+            self.greedy_loops += 1
+            return Forward(None)
         self.greedy_forwarded += greedy
         return Forward(hop)
+
+    def _came_back(self, frame_id: bytes, now: int) -> bool:
+        """Whether the frame ``frame_id``, about to go on greedily, went on greedily
+        from here within :data:`LOOP_WINDOW_MS`; it is remembered as going now."""
+        sent = self._greedy_sent
+        last = sent.pop(frame_id, None)
+        while len(sent) >= MAX_GREEDY_SENT:
+            del sent[next(iter(sent))]
+        sent[frame_id] = now
+        return last is not None and 0 <= now - last < LOOP_WINDOW_MS
 
     # -- publish/subscribe ----------------------------------------------------------
 

@@ -674,6 +674,12 @@ class Metrics:
             value=router.greedy_forwarded,
         )
         yield CounterMetricFamily(
+            "ptth_greedy_loops",
+            "Frames held here for coming back within seconds of going on greedily from "
+            "here: a loop while the tree changes; their destination is looked up (--tree).",
+            value=router.greedy_loops,
+        )
+        yield CounterMetricFamily(
             "ptth_route_lookups",
             "DHT lookups of destinations whose frames were held here with no way on (--tree).",
             value=router.route_lookups,

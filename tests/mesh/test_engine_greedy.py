@@ -31,6 +31,8 @@ from mesh._engine import (
     LOOKUP_ATTEMPTS,
     LOOKUP_RETRY_MAX_MS,
     LOOKUP_RETRY_MS,
+    LOOP_WINDOW_MS,
+    MAX_GREEDY_SENT,
 )
 from mesh._lookups import DEFAULT_QUERY_TIMEOUT_MS
 from mesh._routes import Route
@@ -281,3 +283,37 @@ def test_a_frame_held_while_its_destination_is_looked_up_goes_when_the_lookup_en
     assert isinstance(reroute, Reroute)
     assert (reroute.dst, reroute.next_hop) == (e, ids["c"].node_id)
     assert b.route_lookups == 1
+
+
+def test_a_frame_that_comes_back_within_the_window_is_held_instead_of_going_round() -> None:
+    # While the tree changes, views of it disagree and a frame can come back to a node
+    # that passed it on greedily: the second time it is held (looked up), not sent again.
+    ids, routers, _, now = line("abcde")
+    b, c, e = routers["b"], ids["c"].node_id, ids["e"].node_id
+    sender = ids["a"].node_id
+    envelope = msg(ids["a"], e, now)
+    coords = chain_of(routers["e"])
+    assert classify(b, envelope, sender, now, coords) == c
+    assert classify(b, envelope, sender, now + 1_000) is None
+    assert (b.greedy_forwarded, b.greedy_loops) == (1, 1)
+    # Other frames for the same destination go on as before.
+    assert classify(b, msg(ids["a"], e, now), sender, now + 1_000) == c
+    # Held, it is remembered as of then: a window after that, it may go on again.
+    later = now + 1_000 + LOOP_WINDOW_MS
+    assert classify(b, envelope, sender, later - 1) is None
+    assert classify(b, envelope, sender, later - 1 + LOOP_WINDOW_MS) == c
+    assert b.greedy_loops == 2
+
+
+def test_the_frames_remembered_for_loops_are_bounded() -> None:
+    ids, routers, _, now = line("abcde")
+    b, c, e = routers["b"], ids["c"].node_id, ids["e"].node_id
+    sender = ids["a"].node_id
+    first = msg(ids["a"], e, now)
+    assert classify(b, first, sender, now, chain_of(routers["e"])) == c
+    for _ in range(MAX_GREEDY_SENT):
+        assert classify(b, msg(ids["a"], e, now), sender, now) == c
+    # The oldest was forgotten to make room: it goes on (it may loop until its hop
+    # limit, as without the guard).
+    assert classify(b, first, sender, now + 1) == c
+    assert b.greedy_loops == 0
