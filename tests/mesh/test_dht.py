@@ -296,26 +296,33 @@ def test_nearest_is_a_brute_force_sort_of_the_contacts(
     assert contacts.nearest(target, n, exclude=exclude) == expected
 
 
-def test_stale_buckets_name_untouched_ranges_up_to_the_deepest_contact() -> None:
+def test_stale_buckets_name_ranges_untouched_for_refresh_ms_up_to_the_deepest() -> None:
     contacts = Contacts(SELF, rng=random.Random(3))
     assert contacts.stale_buckets(T0, 3_600_000) == []  # join first: look up our own id
     contacts.seen(in_bucket(0), T0)
-    contacts.seen(in_bucket(4), T0)
-    stale = contacts.stale_buckets(T0 + 10, 3_600_000)
-    assert [index for index, _ in stale] == [1, 2, 3]
+    contacts.seen(in_bucket(4), T0 + 5)
+    # Buckets never touched count as touched when the first contact came (the join):
+    # none is stale for an hour.
+    assert contacts.stale_buckets(T0 + 3_599_999, 3_600_000) == []
+    stale = contacts.stale_buckets(T0 + 3_600_000, 3_600_000)
+    assert [index for index, _ in stale] == [0, 1, 2, 3]
     for index, target in stale:
         assert bucket_index(SELF, target) == index
-    contacts.touch(stale[0][1], T0 + 20)
-    contacts.touch(SELF, T0 + 20)  # no bucket of its own: nothing happens
-    assert [index for index, _ in contacts.stale_buckets(T0 + 3_599_999, 3_600_000)] == [2, 3]
-    later = contacts.stale_buckets(T0 + 3_600_020, 3_600_000)
-    assert [index for index, _ in later] == [0, 1, 2, 3, 4]
+    contacts.touch(stale[1][1], T0 + 3_600_000)
+    contacts.touch(SELF, T0 + 3_600_000)  # no bucket of its own: nothing happens
+    assert [index for index, _ in contacts.stale_buckets(T0 + 3_600_004, 3_600_000)] == [
+        0,
+        2,
+        3,
+    ]
+    later = contacts.stale_buckets(T0 + 3_600_005, 3_600_000)
+    assert [index for index, _ in later] == [0, 2, 3, 4]
     # Random ids: two calls name different ones, a seeded rng the same ones again.
     again = Contacts(SELF, rng=random.Random(3))
     again.seen(in_bucket(0), T0)
-    again.seen(in_bucket(4), T0)
-    assert again.stale_buckets(T0 + 10, 3_600_000) == stale
-    assert again.stale_buckets(T0 + 10, 3_600_000) != stale
+    again.seen(in_bucket(4), T0 + 5)
+    assert again.stale_buckets(T0 + 3_600_000, 3_600_000) == stale
+    assert again.stale_buckets(T0 + 3_600_000, 3_600_000) != stale
 
 
 def test_constructor_refuses_an_empty_bucket_size() -> None:
