@@ -22,6 +22,15 @@ removes them (a reroute, a purge, frames kept after a failure) sends it back to 
 the store (:meth:`Forwarder.poke`, :meth:`Forwarder.invalidate`), and so does holding
 more than :data:`MAX_HANDED` in memory.
 
+A read takes the frames queued after the highest ``seq`` under way (the cursor), so
+that frames in flight are not sent twice. Frames that come (back) into the queue with a
+lower ``seq`` (those of a batch that failed or was kept for a retry, those a reroute
+moved here: :meth:`Forwarder.rewind`) move the cursor back before them, and reads
+skip the frames still in flight by their ``seq``. (Before, such frames waited until no
+POST was under way, and were stranded if a read in between found the queue complete:
+in a 300-node simulation, seven frames rerouted to a busy neighbour waited there for
+the rest of the run.)
+
 :class:`FrameClient` is the HTTP side: one POST to one neighbour, trying its endpoints
 in turn (starting with the one that answered last), with the request signed and the
 answer's signature checked (RFC 9421; see :mod:`node._fabric`). It presents, in
@@ -244,7 +253,9 @@ class Forwarder:
         self._now = trio.Event()  # try now, even during a back-off
         self.retry_at = -math.inf  # trio time of the next attempt after a failure
         self.in_flight = 0  # POSTs under way
-        self._cursor = 0  # the highest seq in a batch under way (0: none)
+        # Queued frames with a seq up to the cursor are all under way (in _flying).
+        self._cursor = 0
+        self._flying: set[int] = set()  # the seqs of the stored frames under way
         self._backlog = 0  # frames queued (as poked) and not yet taken into a batch
         # Frames handed over and not yet in a batch, oldest first; while _complete, all
         # those queued for the neighbour and not under way (see the module docstring).
@@ -303,6 +314,13 @@ class Forwarder:
             if len(self._handed) > MAX_HANDED or self._handed_bytes > MAX_HANDED_BYTES:
                 self.invalidate()
         self._data.set()
+
+    def rewind(self, count: int = 1) -> None:
+        """As :meth:`poke`, for frames that may have any ``seq`` (a reroute moved them
+        into the neighbour's queue): the next batch is read from the start of the
+        queue, skipping what is under way."""
+        self._cursor = 0
+        self.poke(count)
 
     def invalidate(self) -> None:
         """Frames queued for the neighbour changed other than by :meth:`hand` (queued,
@@ -370,6 +388,7 @@ class Forwarder:
             return None  # wait for an address to be learned, or a purge (both wake us)
         control = self.control[:BATCH_SIZE]
         limit = BATCH_SIZE - len(control)
+        advance = True  # the cursor moves past this batch
         if self._complete:
             queued = []
             if self._handed:
@@ -382,16 +401,25 @@ class Forwarder:
             purges, changes = self._purges, self._changes
             self._keep_handed([])  # what is handed from now on is in this read, or newer
             self._reading = True
+            after = self._cursor
+            # Frames under way past the cursor (it was moved back) are read again and
+            # skipped: ask for as many more.
+            flying = {seq for seq in self._flying if seq > after}
             try:
-                queued = await self.host.queued_for(self.node, limit, after=self._cursor)
+                read = await self.host.queued_for(self.node, limit + len(flying), after=after)
             finally:
                 self._reading = False
+            everything = len(read) < limit + len(flying)
+            queued = [item for item in read if item.seq not in flying][:limit] if flying else read
             if self._purges != purges:
                 self._keep_handed([])
                 return None  # read across a purge: read again once it is done
             self.batches_read += 1
             self._read_lately.append(frozenset(item.seq for item in queued))
-            if changes == self._changes and len(queued) < limit:
+            # Changed while read: the cursor stays where the change put it (this batch's
+            # frames, read again, are skipped as under way).
+            advance = changes == self._changes
+            if advance and everything and len(queued) < limit:
                 # Everything queued: from now on what is handed over is all there is
                 # (less what this read got, committed before it).
                 self._keep_handed([item for item in self._handed if not self._was_read(item.seq)])
@@ -410,7 +438,9 @@ class Forwarder:
                 break
         del self.control[: len(control)]
         if queued:
-            self._cursor = max(self._cursor, queued[-1].seq)
+            self._flying.update(item.seq for item in queued)
+            if advance:
+                self._cursor = max(self._cursor, queued[-1].seq)
         if self._complete:
             self._backlog = len(self._handed)  # known exactly
         else:
@@ -419,6 +449,14 @@ class Forwarder:
             full = len(control) + len(queued) >= BATCH_SIZE
             self._backlog = EXTRA_AFTER if full else 0
         return endpoints, control, queued
+
+    def _landed(self, queued: Sequence[mesh.Queued], *, back: bool = False) -> None:
+        """The stored frames of a batch are no longer under way; with ``back``, those
+        still queued are to be read again: the cursor moves back before them."""
+        self._flying.difference_update(item.seq for item in queued)
+        if back and queued:
+            self._cursor = min(self._cursor, min(item.seq for item in queued) - 1)
+            self.invalidate()
 
     def _was_read(self, seq: int) -> bool:
         return any(seq in seqs for seqs in self._read_lately)
@@ -436,6 +474,7 @@ class Forwarder:
         try:
             await self._send(endpoints, control, queued)
         finally:
+            self._landed(queued)
             self.in_flight -= 1
             if not self.in_flight:
                 # Nothing under way: start again from the oldest frame still queued
@@ -460,7 +499,7 @@ class Forwarder:
             after = failure.retry_after if isinstance(failure, PostFailed) else None
             # Announces are periodic: those that did not go are put back in front.
             self.control[:0] = control
-            self.invalidate()  # the batch's frames are in the store, and only there
+            self._landed(queued, back=True)  # in the store, and only there: read again
             wait = await self.host.post_failed(self.node, problem, after)
             self.retry_at = max(self.retry_at, trio.current_time() + wait)
             return
@@ -469,7 +508,7 @@ class Forwarder:
         self.frames_refused += len(queued) - taken
         pause = await self.host.handed_on(self.node, control, queued, results[len(control) :])
         if pause is not None:
-            self.invalidate()  # frames were kept for a retry, in the store only
+            self._landed(queued, back=True)  # those kept for a retry: read again
             self.retry_at = max(self.retry_at, trio.current_time() + pause)
         if control:
             for wire, result in zip(control, results[: len(control)], strict=True):

@@ -364,7 +364,7 @@ class MeshRuntime:
                         forwarder.invalidate()
                     for node in (hop, instead):
                         if node is not None:
-                            self._forwarder(node).poke()
+                            self._forwarder(node).rewind()  # frames of any age came
                 # Frames left with no way on (all of them, or those that came from the
                 # new next hop) are held: their destination is looked up. Also after a
                 # restart, and when they were held already (the lookup is not repeated

@@ -711,3 +711,39 @@ async def test_a_frame_handed_over_after_a_read_that_got_it_goes_once() -> None:
     assert second is not None
     assert [item.seq for item in second[2]] == [6]
     assert await forwarder._next_batch() is None
+
+
+async def test_frames_rerouted_here_go_while_newer_ones_are_under_way() -> None:
+    # A reroute moves frames queued long ago (lower seqs) into a busy neighbour's
+    # queue. They go in the next batch, not after everything under way has landed,
+    # and what is under way is not sent twice. (Before, a read past the newest frame
+    # under way found nothing, took the queue for complete, and the frames stayed.)
+    host = Host([row(20), row(21)])
+    forwarder = Forwarder(host, NEIGHBOUR)  # type: ignore[arg-type]
+    first = await forwarder._next_batch()
+    assert first is not None
+    assert [item.seq for item in first[2]] == [20, 21]
+    host.rows = [row(5), row(6), row(20), row(21)]  # 20 and 21 are still under way
+    forwarder.rewind(2)
+    second = await forwarder._next_batch()
+    assert second is not None
+    assert [item.seq for item in second[2]] == [5, 6]
+    assert await forwarder._next_batch() is None
+
+
+async def test_a_failed_batch_is_read_again_while_a_later_one_is_under_way() -> None:
+    host = Host([row(1), row(2)])
+    forwarder = Forwarder(host, NEIGHBOUR)  # type: ignore[arg-type]
+    first = await forwarder._next_batch()
+    assert first is not None
+    host.rows += [row(3), row(4)]
+    forwarder.poke(2)
+    second = await forwarder._next_batch()
+    assert second is not None
+    assert [item.seq for item in second[2]] == [3, 4]
+    forwarder._landed(first[2], back=True)  # its POST failed: 1 and 2 are queued still
+    again = await forwarder._next_batch()
+    assert again is not None
+    assert [item.seq for item in again[2]] == [1, 2]
+    assert forwarder._complete  # everything queued is under way
+    assert await forwarder._next_batch() is None
