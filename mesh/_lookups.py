@@ -59,8 +59,9 @@ takes its place); our own coordinates are published when they change (a ``store`
 k nodes found last time, or after a lookup of our id if none was) and every
 ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found; sooner,
 :data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than those found
-did not answer); buckets
-no lookup touched for ``refresh_ms`` are refreshed by a lookup of a random id in them.
+did not answer; at the next tick, while fewer than k were found and more contacts are
+known than then); buckets no lookup touched for ``refresh_ms`` are refreshed by a
+lookup of a random id in them.
 Records stored for others are not republished by us: each owner publishes its own, and
 coordinates expire within the tree's grant lifetime anyway.
 
@@ -531,6 +532,7 @@ class Dht:
         self._publishing: int | None = None  # the lookup id of our publication running
         self._published: int | None = None  # when the last one found its holders
         self._holders: list[tuple[crypto.NodeId, bytes]] = []
+        self._known_then = 0  # contacts known when the last publication found its holders
         #: When our last publication missed a nearer node: when to look again, and
         #: the wait before that (doubled each time).
         self._recheck_at: int | None = None
@@ -662,6 +664,7 @@ class Dht:
             self._publishing = None
             self._published = now
             self._holders = [(node, running.chains[node]) for node in nearest]
+            self._known_then = len(self.contacts)
             if running.lookup.missed():
                 wait = max(2 * self._recheck_ms, PUBLISH_RECHECK_MS)
                 self._recheck_ms = min(wait, self.republish_ms)
@@ -731,11 +734,13 @@ class Dht:
         if self._chain is None or self._publishing is not None:
             return []
         # Stored again at the same nodes while they are k (fewer: found when we knew
-        # few contacts, they are likely not the nearest our id: look again) and no
-        # nearer node was out of reach (else look again at the recheck time).
+        # few contacts, they are likely not the nearest our id: look again once we
+        # know more; in a mesh of fewer than k + 1 nodes another lookup would find the
+        # same) and no nearer node was out of reach (else look again at the recheck
+        # time).
         fresh = (
             self._published is not None
-            and len(self._holders) >= self.k
+            and (len(self._holders) >= self.k or len(self.contacts) <= self._known_then)
             and now - self._published < self.republish_ms
             and (self._recheck_at is None or now < self._recheck_at)
         )

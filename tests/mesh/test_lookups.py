@@ -638,7 +638,7 @@ def test_own_coordinates_are_stored_at_the_nearest_on_change_and_hourly() -> Non
     assert [m.key for _, m in hourly if isinstance(m, DhtFind)].count(IDS[0]) == 3
 
 
-def test_fewer_holders_than_k_make_a_change_look_for_the_nearest_again() -> None:
+def test_fewer_holders_than_k_are_looked_for_again_once_more_contacts_are_known() -> None:
     a = dht(IDS[0])  # k = K: three holders are too few
     for other in IDS[1:4]:
         a.introduce(CHAINS[other], T0)
@@ -646,8 +646,16 @@ def test_fewer_holders_than_k_make_a_change_look_for_the_nearest_again() -> None
     for dst, message in finds:
         a.on_message(dst, encode_message(DhtFound(message.q, ())), T0 + 1)
     assert len(a.holders) == 3
+    # Knowing no one else, another lookup would find the same three (a mesh smaller
+    # than k + 1): none at the next ticks, and a change is stored at the three.
+    assert sends(a.tick(T0 + 2)) == []
     a.set_coordinates(CHAINS[IDS[1]])
-    again = [m for _, m in sends(a.tick(T0 + 2)) if isinstance(m, (DhtStore, DhtFind))]
+    stored = sends(a.tick(T0 + 3))
+    assert sorted(dst.raw for dst, _ in stored) == sorted(n.raw for n in IDS[1:4])
+    assert all(isinstance(m, DhtStore) for _, m in stored)
+    # A fourth contact is known: the next tick looks for the nearest again.
+    a.introduce(CHAINS[IDS[4]], T0 + 4)
+    again = [m for _, m in sends(a.tick(T0 + 5)) if isinstance(m, (DhtStore, DhtFind))]
     assert again
     assert all(isinstance(m, DhtFind) and m.key == IDS[0] for m in again)  # a new lookup
 
