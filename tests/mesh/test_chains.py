@@ -2,7 +2,9 @@
 the router, its DHT and its tree; a hit is refused whenever parsing at that ``now``
 would refuse the chain; bounded, the oldest verified forgotten first.
 
-Parses are counted by wrapping :meth:`crypto.CoordChain.parse`.
+Chains read are counted by wrapping :meth:`crypto.CoordChain.decode` (a chain not
+remembered whole is decoded once, then checked from its deepest grant remembered);
+signatures checked by :attr:`VerifiedChains.grants_checked`.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ HOUR = 3600 * 1000
 
 @pytest.fixture
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The chains :meth:`crypto.CoordChain.parse` is called with, in order."""
+    """The chains :meth:`crypto.CoordChain.decode` is called with, in order: those read
+    because they were not remembered whole."""
     seen: list[bytes] = []
-    parse = crypto.CoordChain.parse.__func__  # type: ignore[attr-defined]
+    decode = crypto.CoordChain.decode.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[crypto.CoordChain], data: bytes, *, now: int) -> crypto.Coordinates:
+    def counting(cls: type[crypto.CoordChain], data: bytes) -> crypto.CoordChain:
         seen.append(data)
-        coordinates: crypto.Coordinates = parse(cls, data, now=now)
-        return coordinates
+        chain: crypto.CoordChain = decode(cls, data)
+        return chain
 
-    monkeypatch.setattr(crypto.CoordChain, "parse", classmethod(counting))
+    monkeypatch.setattr(crypto.CoordChain, "decode", classmethod(counting))
     return seen
 
 
@@ -143,6 +146,120 @@ def test_forged_or_altered_chains_are_refused_and_not_remembered(parses: list[by
     with pytest.raises(crypto.Malformed):
         chains.verify(spliced, NOW)
     assert len(chains) == 1
+
+
+# -- grants shared by chains of one tree ----------------------------------------------------
+
+
+def tree_chains(*, now: int = NOW, lifetime_ms: int = HOUR) -> dict[str, crypto.Coordinates]:
+    """Root 1 with child 2, which has children 3 and 4: each node's verified
+    coordinates (with their chains), by name; "2'" is 2 granted its place again (the
+    same place, another grant), and 5 a child of 2 in that place."""
+    ids = {n: crypto.Identity(bytes([n]) * 32) for n in (1, 2, 3, 4, 5)}
+    by_id = {identity.node_id: identity for identity in ids.values()}
+    root = crypto.CoordChain(
+        (crypto.root_statement(ids[1], now=now, lifetime_ms=lifetime_ms),)
+    ).verify(now=now)
+
+    def place(parent: crypto.Coordinates, child: int, *, at: int = now) -> crypto.Coordinates:
+        signer = by_id[parent.node]
+        grant = crypto.grant_coordinates(
+            signer, ids[child].node_id, parent, now=at, lifetime_ms=lifetime_ms
+        )
+        return parent.below(grant, now=now)
+
+    two = place(root, 2)
+    again = place(root, 2, at=now + 1)
+    return {
+        "1": root,
+        "2": two,
+        "3": place(two, 3),
+        "4": place(two, 4),
+        "2'": again,
+        "5": place(again, 5),
+    }
+
+
+def wire(coordinates: crypto.Coordinates) -> bytes:
+    assert coordinates.chain is not None
+    return coordinates.chain.encode()
+
+
+def test_a_chain_sharing_upper_grants_is_checked_below_them_only() -> None:
+    made = tree_chains()
+    chains = VerifiedChains()
+    three = chains.verify(wire(made["3"]), NOW)
+    assert chains.grants_checked == 3  # the root statement, 2's grant, 3's
+    four = chains.verify(wire(made["4"]), NOW + 1)
+    assert chains.grants_checked == 4  # 4's grant alone
+    assert four == made["4"]  # path, ts and exp, as parsing gives them
+    assert four.chain is None
+    assert four.path[:2] == three.path[:2]
+    # A chain that is a prefix of one verified is verified already, grant by grant.
+    assert chains.verify(wire(made["2"]), NOW + 2) == made["2"]
+    assert chains.grants_checked == 4
+    # parse() (for coordinates that must carry their chain) takes the upper grants too
+    # (a chain's last grant is not kept: 4's is checked again).
+    parsed = chains.parse(wire(made["4"]), NOW + 3)
+    assert chains.grants_checked == 5
+    assert parsed == made["4"]
+    assert parsed.chain == made["4"].chain
+
+
+def test_a_remembered_grant_under_other_upper_grants_is_refused() -> None:
+    """3's grant is bound (``up``) to 2's first grant: under 2's other grant (valid,
+    and remembered too, as 5's upper grant) it is refused as parsing refuses it."""
+    made = tree_chains()
+    chains = VerifiedChains()
+    chains.verify(wire(made["3"]), NOW)
+    chains.verify(wire(made["5"]), NOW)
+    checked = chains.grants_checked
+    assert made["3"].chain is not None
+    assert made["2'"].chain is not None
+    spliced = crypto.CoordChain((*made["2'"].chain.grants, made["3"].chain.grants[-1])).encode()
+    with pytest.raises(crypto.Malformed, match="not bound"):
+        crypto.CoordChain.parse(spliced, now=NOW)
+    for _ in range(2):
+        with pytest.raises(crypto.Malformed, match="not bound"):
+            chains.verify(spliced, NOW)
+    assert chains.grants_checked == checked + 2  # 3's grant, once each time
+    # A forged grant below remembered ones: its signature is checked, and it is refused.
+    assert made["4"].chain is not None
+    assert made["2"].chain is not None
+    grant = bytearray(made["4"].chain.grants[-1])
+    grant[-3] ^= 1
+    forged = crypto.CoordChain((*made["2"].chain.grants, bytes(grant))).encode()
+    with pytest.raises(crypto.CryptoError):
+        chains.verify(forged, NOW)
+    assert len(chains) == 2
+
+
+def test_remembered_grants_are_refused_once_expired_and_at_an_earlier_now() -> None:
+    made = tree_chains(lifetime_ms=HOUR)
+    chains = VerifiedChains()
+    chains.verify(wire(made["3"]), NOW)
+    exp = made["4"].exp
+    with pytest.raises(crypto.Expired):
+        chains.verify(wire(made["4"]), exp)
+    checked = chains.grants_checked
+    # At an earlier time than they were verified at, upper grants are checked again.
+    assert chains.verify(wire(made["4"]), NOW - 1) == made["4"]
+    assert chains.grants_checked == checked + 3
+
+
+def test_grants_remembered_are_bounded_and_expired_ones_forgotten() -> None:
+    chains = VerifiedChains(max_chains=2)
+    for n in range(1, 12, 2):
+        chains.verify(below(n), NOW)
+    assert len(chains) == 2
+    assert len(chains._grants) == 4  # the root statements of the last four
+    # What expired goes as new ones come, the bound not reached.
+    roomy = VerifiedChains()
+    roomy.verify(below(1, lifetime_ms=1000), NOW)
+    assert len(roomy._grants) == 1
+    roomy.verify(below(3), NOW + 1000)
+    assert len(roomy._grants) == 1
+    assert len(roomy) == 1
 
 
 # -- shared by the router, its DHT and its tree -------------------------------------------
