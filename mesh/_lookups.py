@@ -56,7 +56,9 @@ reports a lookup started by :meth:`Dht.find`.
 Timers, all in :meth:`Dht.tick`: a query unanswered after ``timeout_ms`` failed (the
 lookup asks the next node; the contact is dropped from the table, a pending newcomer
 takes its place); our own coordinates are published when they change (a ``store`` at the
-k nodes found last time, or after a lookup of our id if none was) and every
+k nodes found last time, or after a lookup of our id if none was; a chain that changed
+only by the root's newer statement, the same place, once the copy held is in the last
+third of its life: the root signs one every interval, and the copy routes as well) and every
 ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found; sooner,
 :data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than those found
 did not answer; at the next tick, while fewer than k were found and more contacts are
@@ -533,6 +535,8 @@ class Dht:
         self._published: int | None = None  # when the last one found its holders
         self._holders: list[tuple[crypto.NodeId, bytes]] = []
         self._known_then = 0  # contacts known when the last publication found its holders
+        #: The coordinates we last stored at our holders (without their chain).
+        self._stored: crypto.Coordinates | None = None
         #: When our last publication missed a nearer node: when to look again, and
         #: the wait before that (doubled each time).
         self._recheck_at: int | None = None
@@ -747,11 +751,27 @@ class Dht:
         if fresh and not self._publish_due:
             return []
         if fresh:  # changed since: to the nodes found last time
+            if self._held_still(now):
+                return []  # the root's next statement: stored when the copy held ages
             return self._store_at(self._holders, now)
         if self._background() >= MAX_BACKGROUND_LOOKUPS:
             return []
         self._publish_due = False
         return self._start(self.id, _Purpose.PUBLISH, False, now)[1]
+
+    def _held_still(self, now: int) -> bool:
+        """Whether our chain changed only by a newer root statement (the same place)
+        since we stored it, and the copy our holders keep is in the first two thirds of
+        its life: it routes as well as the new one, so storing that can wait until the
+        copy held nears its end (then the newest is stored)."""
+        stored = self._stored
+        if stored is None or self._chain is None:
+            return False
+        try:
+            ours = self._verify(self._chain, now)
+        except crypto.CryptoError:
+            return False
+        return ours.path == stored.path and stored.exp - now > (stored.exp - stored.ts) // 3
 
     def _store_at(
         self, holders: Iterable[tuple[crypto.NodeId, bytes]], now: int
@@ -761,9 +781,11 @@ class Dht:
         if chain is None:
             return []
         try:
-            ttl = self._verify(chain, now).exp - now
+            stored = self._verify(chain, now)
         except crypto.CryptoError:
             return []  # (expired: the tree gives us a fresh one, and we publish that)
+        self._stored = stored
+        ttl = stored.exp - now
         actions: list[DhtAction] = []
         for node, known in holders:
             node_chain = self._newest(node, known, now)

@@ -638,6 +638,38 @@ def test_own_coordinates_are_stored_at_the_nearest_on_change_and_hourly() -> Non
     assert [m.key for _, m in hourly if isinstance(m, DhtFind)].count(IDS[0]) == 3
 
 
+def test_a_newer_statement_of_the_same_place_is_stored_when_the_copy_held_ages() -> None:
+    """Every interval the root signs a new statement and every chain in the tree
+    changes, not the places: the copy our holders keep routes as well, so the new
+    chain is stored only once that copy is in the last third of its life."""
+    a = dht(IDS[0], k=3, republish_ms=2 * LIFETIME)
+    for other in IDS[1:4]:
+        a.introduce(CHAINS[other], T0)
+    for dst, message in sends(a.tick(T0)):
+        a.on_message(dst, encode_message(DhtFound(message.q, ())), T0 + 1)
+    assert len(a.holders) == 3
+
+    def stores(now: int) -> list[DhtStore]:
+        return [m for _, m in sends(a.tick(now)) if isinstance(m, DhtStore)]
+
+    refreshed = T0 + LIFETIME // 3
+    _, fresh = make_tree(12, random.Random(7), now=refreshed)  # the same tree, newer
+    assert crypto.CoordChain.parse(fresh[IDS[0]], now=refreshed).path == (
+        crypto.CoordChain.parse(CHAINS[IDS[0]], now=refreshed).path
+    )
+    a.set_coordinates(fresh[IDS[0]])
+    assert stores(refreshed + 1) == []
+    aging = T0 + LIFETIME - LIFETIME // 3  # the copy held (exp T0 + LIFETIME) ages
+    assert stores(aging - 1) == []
+    stored = stores(aging)
+    assert len(stored) == 3
+    assert {m.value for m in stored} == {fresh[IDS[0]]}
+    assert stores(aging + 1) == []
+    # A new place is stored at once.
+    a.set_coordinates(CHAINS[IDS[1]])
+    assert len(stores(aging + 2)) == 3
+
+
 def test_fewer_holders_than_k_are_looked_for_again_once_more_contacts_are_known() -> None:
     a = dht(IDS[0])  # k = K: three holders are too few
     for other in IDS[1:4]:
