@@ -529,6 +529,7 @@ class Dht:
         self.refresh_ms = refresh_ms
         self.republish_ms = republish_ms
         self._rng = rng if rng is not None else random.Random(identity_id.raw)
+        self._salt = int.from_bytes(identity_id.raw[8:16], "big")
         self._chain: bytes | None = None
         self._publish_due = False
         self._publishing: int | None = None  # the lookup id of our publication running
@@ -695,9 +696,10 @@ class Dht:
         return actions
 
     def _renew(self, now: int) -> list[DhtAction]:
-        """Ping the contacts whose coordinates are in the last third of their life (at
-        most :data:`MAX_RENEWALS` per tick, one ping in flight each): the pong brings
-        their coordinates now, so a contact stays reachable however long it lives."""
+        """Ping the contacts whose coordinates are in the last third of their life, up
+        to a sixth of it later (:meth:`_renewal_offset`; at most :data:`MAX_RENEWALS`
+        per tick, one ping in flight each): the pong brings their coordinates now, so a
+        contact stays reachable however long it lives."""
         if self._chain is None:
             return []
         pinged = {p.dst for p in self._queries.values() if p.kind is _Kind.PING}
@@ -712,11 +714,22 @@ class Dht:
                 checked = self._verify(chain, now)
             except crypto.CryptoError:
                 continue  # too late: it is found again by lookups, or replaced
-            if checked.exp - now > (checked.exp - checked.ts) // 3:
+            life = checked.exp - checked.ts
+            if checked.exp - now > life // 3 - self._renewal_offset(contact.node, life // 6):
                 continue
             q = self._query(_Kind.PING, contact.node, chain, now, None)
             actions.append(DhtSend(contact.node, chain, encode_message(DhtPing(q, self._chain))))
         return actions
+
+    def _renewal_offset(self, node: crypto.NodeId, span: int) -> int:
+        """How much later than the last third of its life ``node``'s coordinates are
+        renewed: 0 to ``span`` ms, fixed per pair and different each way, so that of two
+        contacts of each other (most are: XOR distance is symmetric) one pings first,
+        and its ping renews it at the other, whose own ping is then not needed."""
+        if span <= 0:
+            return 0
+        mixed = int.from_bytes(node.raw[:8], "big") * 0x9E3779B97F4A7C15 + self._salt
+        return (mixed >> 16) % span
 
     def _failed(self, pending: _Pending, now: int) -> list[DhtAction]:
         if pending.kind is _Kind.PING:

@@ -927,10 +927,42 @@ def test_contacts_are_pinged_for_their_coordinates_before_they_expire() -> None:
         return [(dst, m) for dst, m in sends(a.tick(now)) if isinstance(m, DhtPing)]
 
     assert pings(T0 + 1000) == []  # two thirds of its life left
-    ((dst, ping),) = pings(T0 + 2100)
+    # In the last third, by a sixth of its life later at most (a delay fixed per pair).
+    sent = [(now, pings(now)) for now in range(T0 + 2000, T0 + 2501, 20)]
+    due, ((dst, ping),) = next((now, made) for now, made in sent if made)
     assert dst == IDS[1]
-    assert pings(T0 + 2200) == []  # one in flight at a time
+    assert all(made == [] for now, made in sent if now > due)  # one in flight at a time
     a.on_message(IDS[1], encode_message(DhtPong(ping.q, renewed[IDS[1]])), T0 + 2600)
     contact = a.contacts.get(IDS[1])
     assert contact is not None
     assert contact.info == renewed[IDS[1]]
+
+
+def test_of_two_contacts_of_each_other_one_ping_renews_both() -> None:
+    """Each is due to renew the other's coordinates in the last third of their life, a
+    delay later fixed per pair and different each way: the first to ping brings its own
+    fresh chain, the pong the other's, and the other's turn finds nothing to renew."""
+    _, fresh = make_tree(12, random.Random(7), now=T0 + LIFETIME // 2)
+    nodes = {node: dht(node) for node in IDS[:2]}
+    a, b = nodes[IDS[0]], nodes[IDS[1]]
+    a.introduce(CHAINS[IDS[1]], T0)
+    b.introduce(CHAINS[IDS[0]], T0)
+    for node, made in nodes.items():
+        made.set_coordinates(fresh[node])
+    pingers = []
+    start = T0 + LIFETIME - LIFETIME // 3
+    for now in range(start, T0 + LIFETIME, 60_000):
+        # Both turns at one instant, then what was sent is delivered (pings cross).
+        sent = [(node, made._renew(now)) for node, made in nodes.items()]
+        queue = [(node, action) for node, actions in sent for action in actions]
+        pingers += [node for node, _ in queue]
+        while queue:
+            src, action = queue.pop()
+            assert isinstance(action, DhtSend)
+            answers = nodes[action.dst].on_message(src, action.body, now)
+            queue += [(action.dst, answer) for answer in answers]
+    assert len(pingers) == 1
+    for node, other in ((IDS[0], IDS[1]), (IDS[1], IDS[0])):
+        contact = nodes[node].contacts.get(other)
+        assert contact is not None
+        assert contact.info == fresh[other]
