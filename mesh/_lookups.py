@@ -724,7 +724,7 @@ class Dht:
     def _renewal_offset(self, node: crypto.NodeId, span: int) -> int:
         """How much later than the last third of its life ``node``'s coordinates are
         renewed: 0 to ``span`` ms, fixed per pair and different each way, so that of two
-        contacts of each other (most are: XOR distance is symmetric) one pings first,
+        contacts of each other (XOR distance is symmetric) one pings first,
         and its ping renews it at the other, whose own ping is then not needed."""
         if span <= 0:
             return 0
