@@ -530,6 +530,9 @@ class Dht:
         self.republish_ms = republish_ms
         self._rng = rng if rng is not None else random.Random(identity_id.raw)
         self._salt = int.from_bytes(identity_id.raw[8:16], "big")
+        #: Per contact, for the chain it had at the last tick: when to renew it, and
+        #: when that chain expires (computed once per chain, not at every tick).
+        self._renew_at: dict[crypto.NodeId, tuple[bytes, int, int]] = {}
         self._chain: bytes | None = None
         self._publish_due = False
         self._publishing: int | None = None  # the lookup id of our publication running
@@ -704,19 +707,26 @@ class Dht:
             return []
         pinged = {p.dst for p in self._queries.values() if p.kind is _Kind.PING}
         actions: list[DhtAction] = []
+        due_at = self._renew_at
+        self._renew_at = {}
         for contact in self.contacts:
-            if len(actions) >= MAX_RENEWALS:
-                break
             chain = contact.info
-            if chain is None or contact.node in pinged:
+            if chain is None:
                 continue
-            try:
-                checked = self._verify(chain, now)
-            except crypto.CryptoError:
-                continue  # too late: it is found again by lookups, or replaced
-            life = checked.exp - checked.ts
-            if checked.exp - now > life // 3 - self._renewal_offset(contact.node, life // 6):
+            due = due_at.get(contact.node)
+            if due is None or due[0] is not chain:
+                try:
+                    checked = self._verify(chain, now)
+                except crypto.CryptoError:
+                    continue  # too late: it is found again by lookups, or replaced
+                life = checked.exp - checked.ts
+                offset = self._renewal_offset(contact.node, life // 6)
+                due = (chain, checked.exp - life // 3 + offset, checked.exp)
+            self._renew_at[contact.node] = due
+            if now < due[1] or now >= due[2] or contact.node in pinged:
                 continue
+            if len(actions) >= MAX_RENEWALS:
+                continue  # (at a later tick)
             q = self._query(_Kind.PING, contact.node, chain, now, None)
             actions.append(DhtSend(contact.node, chain, encode_message(DhtPing(q, self._chain))))
         return actions
