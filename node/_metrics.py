@@ -680,6 +680,12 @@ class Metrics:
             value=router.greedy_loops,
         )
         yield CounterMetricFamily(
+            "ptth_coordinate_grants_checked",
+            "Grants of tree coordinate chains whose signature this node checked: a chain "
+            "is checked below the grants it remembers as verified (--tree).",
+            value=router.chains.grants_checked,
+        )
+        yield CounterMetricFamily(
             "ptth_route_lookups",
             "DHT lookups of destinations whose frames were held here with no way on (--tree).",
             value=router.route_lookups,

@@ -6,6 +6,7 @@ DHT on it: each node publishes its coordinates, and any node finds any other's."
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import trio
@@ -13,7 +14,7 @@ from trio.testing import MockClock
 
 import crypto
 import mesh
-from node import NodeConfig
+from node import NodeConfig, Request
 from simulations import Link, SimNode, Simulation, open_simulation, random_graph
 
 #: Announces (and tree offers) every minute: a grant lives three.
@@ -135,6 +136,17 @@ async def test_nodes_find_each_others_coordinates_in_the_dht(
                 found += 1
         assert found == len(pairs)
         assert all(node.node.statistics.dht_received > 0 for node in nodes)
+        # Every node checked grants (its neighbours' chains at least), and says how many.
+        for node in nodes:
+            chains = node.node.mesh.router.chains
+            scraped = await node.node.metrics.handle(
+                Request("GET", "/metrics", [("host", "x")], b"", "test")
+            )
+            counter = re.search(
+                rb"^ptth_coordinate_grants_checked_total (\S+)$", scraped.body, re.M
+            )
+            assert counter is not None
+            assert float(counter.group(1)) == chains.grants_checked > 0
 
 
 @pytest.mark.parametrize("fidelity", ["engine", "full"])
