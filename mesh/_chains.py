@@ -69,10 +69,11 @@ class VerifiedChains:
         #: By the chain's digest: its coordinates (no chain) and when they were verified
         #: (oldest verified first).
         self._held: dict[bytes, tuple[crypto.Coordinates, int]] = {}
-        #: By a grant's digest: the coordinates it places (no chain), the digest of the
-        #: grant above it (None for a root statement) and when it was verified (oldest
-        #: verified first).
-        self._grants: dict[bytes, tuple[crypto.Coordinates, bytes | None, int]] = {}
+        #: By a grant's digest: the node it places, the digest of the grant above it
+        #: (None for a root statement), the chain's ``ts``, the earliest ``exp`` from the
+        #: root down to it, and when it was verified (oldest verified first). The path
+        #: is not kept: it is the nodes of the grants above, walked through to it.
+        self._grants: dict[bytes, tuple[crypto.NodeId, bytes | None, int, int, int]] = {}
         #: One node id object per node on the paths held: chains of one tree share
         #: their upper levels, so the paths share their ids (forgotten all at once
         #: past a bound: only the sharing is lost).
@@ -125,57 +126,47 @@ class VerifiedChains:
         grants = chain.grants
         known = self._grants
         digests = [hashlib.sha256(grant).digest() for grant in grants]
-        start = 0
-        above: crypto.Coordinates | None = None  # as remembered: no chain
+        path: list[crypto.NodeId] = []
         up: bytes | None = None
-        for index, digest in enumerate(digests):
+        ts = exp = 0
+        for digest in digests:
             entry = known.get(digest)
-            if (
-                entry is None
-                or entry[1] != up
-                or len(entry[0].path) != index + 1
-                or now < entry[2]
-                or entry[0].exp <= now
-            ):
+            if entry is None or entry[1] != up or entry[3] <= now or now < entry[4]:
                 break
-            above, up, start = entry[0], digest, index + 1
-        if above is None:
+            path.append(entry[0])
+            up, ts, exp = digest, entry[2], entry[3]
+        start = len(path)
+        last = len(grants) - 1
+        if start:
+            coordinates = crypto.Coordinates(
+                tuple(path), ts, exp, crypto.CoordChain(grants[:start])
+            )
+        else:
             self.grants_checked += 1
             coordinates = crypto.CoordChain(grants[:1]).verify(now=now)
-            above = (
+            if last:
                 self._keep_grant(digests[0], coordinates, None, now)
-                if len(grants) > 1
-                else self._bare(coordinates)
-            )
             start = 1
-        else:
-            coordinates = crypto.Coordinates(
-                above.path, above.ts, above.exp, crypto.CoordChain(grants[:start])
-            )
-        last = len(grants) - 1
         for index in range(start, len(grants)):
             self.grants_checked += 1
             coordinates = coordinates.below(grants[index], now=now)
             if index < last:
-                above = self._keep_grant(digests[index], coordinates, digests[index - 1], now)
-            else:
-                above = self._bare(coordinates)
-        return coordinates, above
+                self._keep_grant(digests[index], coordinates, digests[index - 1], now)
+        return coordinates, self._bare(coordinates)
 
     def _keep_grant(
         self, digest: bytes, coordinates: crypto.Coordinates, up: bytes | None, now: int
-    ) -> crypto.Coordinates:
+    ) -> None:
         known = self._grants
         bound = _GRANTS_PER_CHAIN * self.max_chains
         while known:
             oldest = next(iter(known))
-            if len(known) < bound and known[oldest][0].exp > now:
+            if len(known) < bound and known[oldest][3] > now:
                 break
             del known[oldest]
         known.pop(digest, None)
-        bare = self._bare(coordinates)
-        known[digest] = (bare, up, now)
-        return bare
+        node = coordinates.node
+        known[digest] = (self._ids.setdefault(node, node), up, coordinates.ts, coordinates.exp, now)
 
     def _remember(
         self, digest: bytes, coordinates: crypto.Coordinates, now: int
