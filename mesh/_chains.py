@@ -21,7 +21,8 @@ root statement, and the chains of a subtree with the same grants down to its top
 the root signs its next statement every chain in the tree changes, and a node is then
 shown each new chain once, at every hop a frame or DHT message routed by it crosses. So
 the upper grants of each chain verified (all but its last) are remembered too, by their
-SHA-256, with the coordinates each places and the digest it is bound to (its ``up``): a
+SHA-256, with the node each places, the chain's ``ts`` and ``exp`` down to it, and the
+digest it is bound to (its ``up``): a
 chain not remembered whole is checked from the deepest grant that is remembered and whose
 ``up`` digests lead back to the root statement through grants of this very chain (so its
 upper grants are, byte for byte, those of a chain that verified). Only the grants below
