@@ -32,12 +32,13 @@ same links and random sources (:class:`EngineNetwork`):
   for an answer's). A partition holds them until it heals, or the sender's read
   timeout ends the wait; a request given up on still lands once the partition heals.
 * at the endpoint's host, a node that is down, or was restarted since the connection
-  was made, resets the exchange (seen a one-way delay later); one that crashes while
-  it takes the frames, too. Otherwise its server's checks come first, as in
-  ``Node._admit`` and ``Node._receive_frames``: shutting down (503), a sender its policy
-  refuses (403), a bad body (400, 413), the ``store`` capability presented
-  (``PTTH-Capability``), then ``mesh.receive``: the store full is 429 (Retry-After 30),
-  another store error 503 (Retry-After 10).
+  was made, resets the exchange (seen a one-way delay later). Otherwise its server's
+  checks come first, as in ``Node._admit`` and ``Node._receive_frames``: shutting down
+  (503), a sender its policy refuses (403), a bad body (400, 413), the ``store``
+  capability presented (``PTTH-Capability``), then ``mesh.receive``: the store full is
+  429 (Retry-After 30), another store error 503 (Retry-After 10). A simulated node's
+  intake never waits (its store runs inline), so it is made the instant the request
+  arrives, in the request's task (no task of its own: :func:`_at_once`).
 * through a relay (an endpoint ``http://RELAY/n/NODE``), the relay decides as its
   :class:`node._relay.RelayService` does for a visitor: 404 if the node has no
   attachment there (or its lease is over), 503 if it gave its place away, waiting up to
@@ -66,8 +67,8 @@ import enum
 import functools
 import math
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -307,7 +308,7 @@ class EngineNetwork:
         assert target is not None
         host = target.name
         if path == FRAMES_PATH:
-            return await _in_run(nursery, lambda: take_frames(node, sender, body, headers))
+            return _at_once(take_frames(node, sender, body, headers))
         if path.startswith(_VISITOR_PREFIX):
             return await _in_run(nursery, lambda: self._relay(node, host, path, sender, body))
         return _Answer.refusal(404, f"no such resource: {path}")
@@ -389,11 +390,7 @@ class EngineNetwork:
         serving = target.serving()
         if serving is None:
             return None
-        node, nursery = serving
-        answer = await _in_run(nursery, lambda: take_frames(node, sender, body, ()))
-        if answer.reset:
-            await self.carry(natted, relay_host, self.reset(natted, relay_host))
-            return None
+        answer = _at_once(take_frames(serving[0], sender, body, ()))
         back = self.write(natted, relay_host, RESPONSE_HEAD + len(answer.body))
         await self.carry(natted, relay_host, back.arrival)
         return None if back.reset else answer
@@ -432,6 +429,25 @@ async def _in_run(nursery: trio.Nursery, make: Callable[[], Awaitable[_Answer]])
         return _RESET  # as its socket would: the request is never answered
     await reply.done.wait()
     return reply.answer or _RESET
+
+
+def _at_once(making: Coroutine[Any, Any, _Answer]) -> _Answer:
+    """The answer ``making`` (a node's :func:`take_frames`) makes without waiting.
+
+    A simulated node's intake never waits (its store and checks run inline,
+    ``run_blocking=run_inline``), so its answer is made here, in the task of the request
+    that arrived, rather than in a task of the node's run (:func:`_in_run`, for a relay's
+    answer, which waits): nothing else runs meanwhile, so neither the sender giving up
+    nor the node stopping can come between. An intake that would wait is a bug of the
+    simulation: RuntimeError.
+    """
+    try:
+        making.send(None)
+    except StopIteration as made:
+        answer: _Answer = made.value
+        return answer
+    making.close()
+    raise RuntimeError("a simulated node's intake waited: it must run inline")
 
 
 def _gave_way(refused: str | None, node: crypto.NodeId, visitor_wait: float) -> _Answer:

@@ -330,16 +330,21 @@ class SimNode:
                     self.starts += 1
                     self._started.set()
                     self._started = trio.Event()
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        nursery.start_soon(self._consume, node)
-                        if self.following:
-                            self._read_posts(node)
-                        for message in list(self._outstanding.values()):
-                            self._watch(node, message)
-                        task_status.started()
-                        await stop.wait()
-                        nursery.cancel_scope.cancel()
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            nursery.start_soon(self._consume, node)
+                            if self.following:
+                                self._read_posts(node)
+                            for message in list(self._outstanding.values()):
+                                self._watch(node, message)
+                            task_status.started()
+                            await stop.wait()
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        # The run is over (the node closes next): nothing more is
+                        # started in it, and the engine takes no more frames for it.
+                        self._nursery = None
         finally:
             if self._node is not None:
                 for key, value in dataclasses.asdict(self._node.statistics).items():

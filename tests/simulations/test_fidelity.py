@@ -515,3 +515,38 @@ async def test_a_post_arriving_as_the_nodes_run_ends_is_reset() -> None:
         raise AssertionError("not made: the node's run has ended")
 
     assert await _in_run(ended, never) is _RESET
+
+
+async def test_a_nodes_intake_is_answered_at_once_and_one_that_waits_is_a_bug() -> None:
+    # A simulated node's intake runs inline: the engine makes its answer in the
+    # request's own task, and refuses loudly to go on if it ever waits.
+    from simulations._engine import _Answer, _at_once
+
+    async def inline() -> _Answer:
+        return _Answer(200, b"results")
+
+    async def waits() -> _Answer:
+        await trio.sleep(1)
+        raise AssertionError("not resumed")
+
+    assert _at_once(inline()) == _Answer(200, b"results")
+    with pytest.raises(RuntimeError, match="intake waited"):
+        _at_once(waits())
+    with trio.fail_after(0.5):  # this task was not left parked by the abandoned sleep
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_node_whose_run_is_over_takes_no_more_frames(
+    level_sim: Simulation, autojump_clock: MockClock
+) -> None:
+    a, b = await level_sim.add_nodes(2)
+    await level_sim.peer(a, b)
+    assert b.serving() is not None
+    await b.crash()
+    assert b.serving() is None  # its run is over as soon as it is: no nursery to take in
+    await a.send(b, b"after the restart")
+    await level_sim.advance(30)
+    await b.start()
+    with trio.fail_after(120):
+        [delivery] = await b.wait_received(1)
+    assert delivery.body == b"after the restart"
