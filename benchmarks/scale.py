@@ -90,6 +90,7 @@ from simulations import (
     Signatures,
     SimNode,
     Simulation,
+    collecting_seldom,
     deterministic_scheduling,
     open_simulation,
 )
@@ -295,8 +296,8 @@ def one(run: Run) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ptth-scale-", dir=scratch) as data_dir:
         clock = trio.testing.MockClock(autojump_threshold=0)
         main = functools.partial(measure, run, Path(data_dir), progress)
-        # As run_scenario: the same seed gives the same figures.
-        with deterministic_scheduling(run.seed):
+        # As run_scenario: the same seed gives the same figures; the collector runs seldom.
+        with deterministic_scheduling(run.seed), collecting_seldom():
             result = trio.run(main, clock=clock)
     return {**dataclasses.asdict(run), **result}
 

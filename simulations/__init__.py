@@ -47,6 +47,7 @@ from simulations._scenarios import (
     SCENARIOS,
     Progress,
     Scenario,
+    collecting_seldom,
     deterministic_scheduling,
     run_scenario,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "both_ways",
     "chain",
     "complete",
+    "collecting_seldom",
     "deterministic_scheduling",
     "generate_traffic",
     "open_simulation",

@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import heapq
 import math
 import os
@@ -123,6 +124,10 @@ CHIRP_CHURN_MARGIN: Final = CHURN_DOWNTIME[1]
 CHIRP_SETTLE: Final = 120.0
 #: The revocation scenario: when the owner revokes, as a share of the run.
 REVOKE_AT: Final = 0.4
+#: Python's garbage collector thresholds while a simulation runs
+#: (:func:`collecting_seldom`): a young collection every 50,000 net allocations
+#: rather than 700.
+SIMULATION_GC_THRESHOLDS: Final = (50_000, 20, 100)
 
 Script = Callable[[Simulation, int, float], Awaitable[None]]
 
@@ -607,6 +612,26 @@ def deterministic_scheduling(seed: int) -> Iterator[None]:
         rng.setstate(state)
 
 
+@contextlib.contextmanager
+def collecting_seldom(
+    thresholds: tuple[int, int, int] = SIMULATION_GC_THRESHOLDS,
+) -> Iterator[None]:
+    """Run Python's cyclic garbage collector less often, for one simulation's run.
+
+    A simulation holds every node's objects in one heap (millions at a few hundred
+    nodes), and with the default thresholds (700, 10, 10) the collector traverses them
+    again and again: 14% of the wall time of a 300-node ``mesh`` run, 28 full
+    collections in 10 virtual minutes. A node's objects are mostly acyclic and freed by
+    reference counting, so collecting seldom costs no memory (the same peak there).
+    Restores the thresholds before."""
+    before = gc.get_threshold()
+    gc.set_threshold(*thresholds)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
     # Nodes commit with fsync; on tmpfs that costs nothing, on a disk it dominates.
     shm = Path("/dev/shm")  # noqa: S108 - a private TemporaryDirectory inside it
@@ -677,7 +702,7 @@ def run_scenario(
             _run, scenario, count, seed, duration, Path(data_dir), progress or _ignore, level,
             verify_once, where, config, signing,
         )  # fmt: skip
-        with deterministic_scheduling(seed):
+        with deterministic_scheduling(seed), collecting_seldom():
             report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         return report
 

@@ -8,11 +8,20 @@ are plain (not async) tests. The full-size mesh run is marked ``slow`` (run it w
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
 
-from simulations import SCENARIOS, Progress, Report, SimulationError, run_scenario
+from simulations import (
+    SCENARIOS,
+    Progress,
+    Report,
+    SimulationError,
+    collecting_seldom,
+    run_scenario,
+)
+from simulations._scenarios import SIMULATION_GC_THRESHOLDS
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -98,6 +107,19 @@ def test_progress_is_reported_along_the_way() -> None:
     assert [round(p.virtual) for p in seen[:3]] == [1, 2, 3]
     assert seen[-1].virtual == pytest.approx(100.0)
     assert seen[-1].sent >= seen[-1].delivered > 0
+
+
+def test_a_scenario_runs_with_the_collector_seldom_and_puts_it_back() -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+    run_scenario(
+        "chain", nodes=2, seed=1, duration=5.0, progress=lambda _: seen.append(gc.get_threshold())
+    )
+    assert set(seen) == {SIMULATION_GC_THRESHOLDS} != {before}
+    assert gc.get_threshold() == before
+    with pytest.raises(ValueError, match="a failed run"), collecting_seldom():
+        raise ValueError("a failed run")
+    assert gc.get_threshold() == before
 
 
 def test_the_report_as_text_and_json() -> None:
