@@ -623,7 +623,7 @@ def collecting_seldom(
     again and again: 14% of the wall time of a 300-node ``mesh`` run, 28 full
     collections in 10 virtual minutes. A node's objects are mostly acyclic and freed by
     reference counting, so collecting seldom costs no memory (the same peak there).
-    Restores the thresholds before."""
+    The thresholds found are put back after."""
     before = gc.get_threshold()
     gc.set_threshold(*thresholds)
     try:
