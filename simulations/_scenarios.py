@@ -620,7 +620,7 @@ def collecting_seldom(
 
     A simulation holds every node's objects in one heap (millions at a few hundred
     nodes), and with the default thresholds (700, 10, 10) the collector traverses them
-    again and again: 14% of the wall time of a 300-node ``mesh`` run, 28 full
+    again and again: 13% of the wall time of a 300-node ``mesh`` run, 28 full
     collections in 10 virtual minutes. A node's objects are mostly acyclic and freed by
     reference counting, so collecting seldom costs no memory (the same peak there).
     The thresholds found are put back after."""
