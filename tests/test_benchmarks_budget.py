@@ -20,9 +20,10 @@ def test_every_stage_of_a_hop_is_measured(tmp_path: Path) -> None:
     assert (result["messages"], result["batch"]) == (300, 120)
     assert set(result["stages"]) == {stage for _, stage in bench.STAGES}
     assert all(seconds > 0 for seconds in result["stages"].values())
-    # Sealing signs and opening verifies: neither can cost less than its signature.
-    assert result["stages"]["seal"] > result["sign"] > 0
-    assert result["stages"]["open"] > result["verify"] > 0
+    # The signature rates printed beside the stages are measured too. (Not compared
+    # with seal and open: two figures timed apart, noise can put either first.)
+    assert result["sign"] > 0
+    assert result["verify"] > 0
     assert list(tmp_path.iterdir()) == []  # the stores removed
 
     text = io.StringIO()
