@@ -532,18 +532,31 @@ async def test_a_nodes_intake_is_answered_at_once_and_one_that_waits_is_a_bug() 
     assert _at_once(inline()) == _Answer(200, b"results")
     with pytest.raises(RuntimeError, match="intake waited"):
         _at_once(waits())
-    with trio.fail_after(0.5):  # this task was not left parked by the abandoned sleep
+    with trio.fail_after(0.5):  # the abandoned sleep left this task as it was (scopes unwound)
         await trio.lowlevel.checkpoint()
 
 
+@pytest.mark.parametrize("end", ["stop", "crash"])
 async def test_a_node_whose_run_is_over_takes_no_more_frames(
-    level_sim: Simulation, autojump_clock: MockClock
+    level_sim: Simulation, autojump_clock: MockClock, end: str
 ) -> None:
+    # The engine takes frames for a node only while serving() names its run; that
+    # must end when the run's nursery does, before the node itself has closed (what
+    # it does then, as here its subscriptions closing, must not see frames come in).
     a, b = await level_sim.add_nodes(2)
     await level_sim.peer(a, b)
     assert b.serving() is not None
-    await b.crash()
-    assert b.serving() is None  # its run is over as soon as it is: no nursery to take in
+    subscriptions = b.node.mesh.subscriptions
+    close_all = subscriptions.close_all
+    seen_while_closing: list[object] = []
+
+    def closing() -> None:
+        seen_while_closing.append(b.serving())
+        close_all()
+
+    subscriptions.close_all = closing  # type: ignore[method-assign]
+    await (b.stop() if end == "stop" else b.crash())
+    assert seen_while_closing == [None]
     await a.send(b, b"after the restart")
     await level_sim.advance(30)
     await b.start()
