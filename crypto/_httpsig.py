@@ -97,6 +97,7 @@ _NUMBER_RE: Final = re.compile(r"-?([0-9]+)(?:\.([0-9]*))?")  # §4.2.4
 _PLAIN_STRING_RE: Final = re.compile(r'"([ !#-\[\]-~]*)"')  # §4.2.5, no escapes
 _BYTES_RE: Final = re.compile(r":([A-Za-z0-9+/=]*):")  # §3.3.5
 _BOOLEAN_RE: Final = re.compile(r"\?([01])")  # §3.3.6
+_PLAIN_STRING_VALUE_RE: Final = re.compile(r"[ !#-\[\]-~]*")  # printable, no '"' or '\\'
 _DIGITS: Final = frozenset("-0123456789")
 _OWS: Final = " \t"
 
@@ -148,6 +149,9 @@ class _Reader:
 
 def _parse_dictionary(text: str, field: str) -> dict[str, _Item | _InnerList]:
     """Parse a whole field value as an sf-dictionary (RFC 8941 §4.2, §4.2.2)."""
+    simple = _parse_simple_dictionary(text)
+    if simple is not None:
+        return simple
     reader = _Reader(text, field)
     reader.skip(" ")
     members: dict[str, _Item | _InnerList] = {}
@@ -167,6 +171,41 @@ def _parse_dictionary(text: str, field: str) -> dict[str, _Item | _InnerList]:
         if reader.at_end():
             raise reader.fail("trailing ',' after the last member")
     return members
+
+
+# The shapes every signature and digest we make has, read in one match each: a
+# dictionary of one member, either a byte sequence or an inner list of plain strings with
+# integer or plain-string parameters (no escapes, single spaces). Anything else, errors
+# included, is read by the general parser above; what the match reads, the general
+# parser reads to the same members (a test compares the two).
+_SIMPLE_BYTES_RE: Final = re.compile(r"([a-z*][a-z0-9_\-.*]*)=:([A-Za-z0-9+/]*={0,2}):")
+_SIMPLE_INNER_RE: Final = re.compile(
+    r'([a-z*][a-z0-9_\-.*]*)=\(((?:"[ !#-\[\]-~]*"(?: "[ !#-\[\]-~]*")*)?)\)'
+    r'((?:;[a-z*][a-z0-9_\-.*]*=(?:-?[0-9]{1,15}|"[ !#-\[\]-~]*"))*)'
+)
+_SIMPLE_PARAM_RE: Final = re.compile(r';([a-z*][a-z0-9_\-.*]*)=(?:(-?[0-9]+)|"([^"]*)")')
+
+
+def _parse_simple_dictionary(text: str) -> dict[str, _Item | _InnerList] | None:
+    """``text`` read as a one-member dictionary of a simple shape, or None."""
+    found = _SIMPLE_BYTES_RE.fullmatch(text)
+    if found is not None:
+        encoded = found.group(2)
+        try:
+            value = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except binascii.Error:
+            return None  # the general parser says what is wrong
+        return {found.group(1): _Item(value, {})}
+    found = _SIMPLE_INNER_RE.fullmatch(text)
+    if found is None:
+        return None
+    key, items, params_text = found.groups()
+    strings = items[1:-1].split('" "') if items else []
+    params: _Params = {}
+    for param in _SIMPLE_PARAM_RE.finditer(params_text):
+        name, number, string = param.groups()
+        params[name] = int(number) if number is not None else string
+    return {key: _InnerList(tuple(_Item(string, {}) for string in strings), params)}
 
 
 def _parse_item_or_inner_list(reader: _Reader) -> _Item | _InnerList:
@@ -279,6 +318,8 @@ def _parse_byte_sequence(reader: _Reader) -> bytes:
 
 def _serialize_string(value: str, what: str) -> str:
     # RFC 8941 §4.1.6
+    if _PLAIN_STRING_VALUE_RE.fullmatch(value):
+        return f'"{value}"'  # nothing to escape
     for char in value:
         if not " " <= char <= "~":
             raise Malformed(
@@ -306,6 +347,11 @@ _BAD_FIELD_CHAR_RE: Final = re.compile(r"[^\t\x20-\x7e]")
 # RFC 3986 Appendix B: the regular expression that splits any URI reference.
 _URI_RE: Final = re.compile(r"(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(#.*)?")
 _URI_CHARS_RE: Final = re.compile(r"[\x21-\x7e]+")
+# Absolute URIs of the plainest shape (a lowercase scheme, a name or IPv4 host, a port
+# under 60000, a path without a query): what _split_target_uri accepts as they are.
+_PLAIN_TARGET_URI_RE: Final = re.compile(
+    r"https?://[a-z0-9][a-z0-9.\-]*(?::(?:[0-9]{1,4}|[1-5][0-9]{4}))?(?:/[A-Za-z0-9\-._~/]*)?"
+)
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")  # RFC 3986 §3.1
 # RFC 3986 §3.2.2, §3.2.3: host (an IP literal in brackets, or a name) and optional port;
 # no userinfo (RFC 9110 §4.2.4 forbids it in http(s) URIs).
@@ -357,10 +403,11 @@ class Message:
 
 def _field_value(headers: Sequence[tuple[str, str]], name: str) -> str | None:
     """The combined value of field ``name`` (lowercase), or None when absent (§2.1)."""
+    size = len(name)
     values = [
         _clean_field_value(name, value)
         for field, value in headers
-        if field.isascii() and field.lower() == name
+        if len(field) == size and (field == name or (field.isascii() and field.lower() == name))
     ]
     return ", ".join(values) if values else None
 
@@ -418,6 +465,8 @@ def _derived_value(message: Message, name: str) -> str:
         raise Malformed(
             f"covered component {name!r} needs a request target URI; the message has none"
         )
+    if name == "@target-uri" and _PLAIN_TARGET_URI_RE.fullmatch(message.target_uri):
+        return message.target_uri  # absolute, as _split_target_uri would find it
     return _URI_COMPONENTS[name](_split_target_uri(message.target_uri))
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 
 import nacl.exceptions
 import nacl.signing
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto import Identity, _httpsig
 from crypto._errors import BadSignature, CryptoError, Expired, Malformed
 from crypto._httpsig import (
     MAX_CLOCK_SKEW,
@@ -1082,3 +1085,166 @@ def test_verified_signature_carries_the_decoded_signature_bytes() -> None:
             required_components=("@method",),
         )
         assert verified.signature == raw
+
+
+# --- the simple shapes read in one match, against the general parser ------------------------
+
+
+@contextlib.contextmanager
+def general_parser_only() -> Iterator[None]:
+    """Dictionaries read by the general parser alone."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_httpsig, "_parse_simple_dictionary", lambda text: None)
+        yield
+
+
+def parse_either_way(text: str) -> tuple[object, object]:
+    """What ``_parse_dictionary`` makes of ``text`` (members, or the error's type and
+    words), with and without the simple shapes' reader."""
+
+    def parse() -> object:
+        try:
+            return _httpsig._parse_dictionary(text, "F")
+        except Malformed as exc:
+            return (type(exc), str(exc))
+
+    fast = parse()
+    with general_parser_only():
+        general = parse()
+    return fast, general
+
+
+def our_signed_fields() -> list[str]:
+    """Every dictionary a frames POST and its answer carry, as node/_fabric.py signs
+    them (a node id as keyid, a nonce on the request)."""
+    identity = Identity.generate()
+    digest = content_digest(b"\x01" * 300)
+    request = Message(
+        headers=[("content-digest", digest)],
+        method="POST",
+        target_uri="http://127.0.0.1:4000/ptth/v1/frames",
+    )
+    response = Message(
+        headers=[("content-digest", digest), ("ptth-request-digest", digest)], status=200
+    )
+    fields = [digest]
+    for message, components, nonce in (
+        (request, ("@method", "@target-uri", "content-digest"), "Xq3-_0"),
+        (response, ("@status", "content-digest", "ptth-request-digest"), None),
+    ):
+        signed = sign_message(
+            message,
+            signing_key=identity.sign,
+            keyid=identity.node_id.text,
+            created=NOW,
+            components=components,
+            nonce=nonce,
+        )
+        fields += [value for _, value in signed]
+    return fields
+
+
+def test_the_simple_reader_takes_every_field_we_sign() -> None:
+    for value in our_signed_fields():
+        assert _httpsig._parse_simple_dictionary(value) is not None, value
+        fast, general = parse_either_way(value)
+        assert fast == general
+
+
+SIMPLE_SHAPES = [
+    'sig=("@method" "@target-uri" "content-digest");created=1;keyid="k"',
+    'a=();created=-5;expires=007;nonce="";tag="x y;z,w"',
+    'a=("" "a b" "@x");k=1;k="again";j=999999999999999',
+    "sha-256=:" + base64.b64encode(bytes(32)).decode() + ":",
+    "sha-256=:" + base64.b64encode(bytes(32)).decode().rstrip("=") + ":",
+    "x=::",
+]
+
+
+@pytest.mark.parametrize("value", SIMPLE_SHAPES)
+def test_simple_shapes_read_as_the_general_parser_reads_them(value: str) -> None:
+    assert _httpsig._parse_simple_dictionary(value) is not None
+    fast, general = parse_either_way(value)
+    assert fast == general
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'sig=("a");created=1, other=:AA==:',  # two members
+        'sig=("a" );created=1',  # a space before ')'
+        'sig=("a");created=1.5',  # a decimal
+        'sig=("a");created=1234567890123456',  # 16 digits: refused by the general parser
+        'sig=("a\\"b");created=1',  # an escape
+        'sig=("a");flag',  # a Boolean parameter
+        'sig=("a");k=tok',  # a token
+        "sig=:AA=A:",  # base64 that does not decode
+        "sig=:A:",
+        " sig=:AA==:",
+    ],
+)
+def test_other_shapes_are_left_to_the_general_parser(value: str) -> None:
+    assert _httpsig._parse_simple_dictionary(value) is None
+    fast, general = parse_either_way(value)
+    assert fast == general
+
+
+def test_the_simple_reader_agrees_on_every_mutation_of_our_fields() -> None:
+    """Each character of each field replaced by each of the characters structured fields
+    are made of, dropped, or doubled: the same members, or the same error, both ways."""
+    alphabet = ' "\\():;=,?*-+/0123456789aAz@.'
+    for value in our_signed_fields():
+        for at in range(len(value)):
+            variants = [value[:at] + value[at + 1 :], value[:at] + value[at] + value[at:]]
+            variants += [value[:at] + char + value[at + 1 :] for char in alphabet]
+            for variant in variants:
+                fast, general = parse_either_way(variant)
+                assert fast == general, variant
+
+
+@given(text=SF_TEXT)
+@settings(database=None, max_examples=400)
+def test_the_simple_reader_agrees_on_arbitrary_text(text: str) -> None:
+    fast, general = parse_either_way(text)
+    assert fast == general
+
+
+@given(value=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30))
+def test_a_plain_string_serializes_as_the_general_loop_does(value: str) -> None:
+    made = _httpsig._serialize_string(value, "v")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    assert made == f'"{escaped}"'
+
+
+@given(uri=st.from_regex(_httpsig._PLAIN_TARGET_URI_RE, fullmatch=True))
+def test_a_plain_target_uri_is_one_the_general_split_accepts_as_it_is(uri: str) -> None:
+    assert _httpsig._split_target_uri(uri).text == uri
+    message = Message(headers=[], method="POST", target_uri=uri)
+    assert _httpsig._derived_value(message, "@target-uri") == uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:4000/ptth/v1/frames",
+        "https://example.com",
+        "http://a-b.example:59999/",
+        "http://[::1]:4000/x",  # IPv6: the general way
+        "http://a:65536/x",  # not a port: the general way refuses it
+        "http://a/x?q",
+        "HTTP://A/x",
+    ],
+)
+def test_target_uri_either_way(uri: str) -> None:
+    message = Message(headers=[], method="POST", target_uri=uri)
+
+    def value() -> object:
+        try:
+            return _httpsig._derived_value(message, "@target-uri")
+        except Malformed as exc:
+            return str(exc)
+
+    fast = value()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_httpsig, "_PLAIN_TARGET_URI_RE", re.compile("(?!)"))
+        assert value() == fast
