@@ -13,7 +13,7 @@ import pytest
 
 import mesh
 from mesh import Store
-from mesh._sqlite import LEAN_CACHE_KIB, LEAN_PAGE_SIZE, LEAN_WAL_PAGES
+from mesh._sqlite import CACHE_KIB, LEAN_CACHE_KIB, LEAN_PAGE_SIZE, LEAN_WAL_PAGES
 from tests.mesh.test_store import CAROL, NOW, frame_id, inbound, outcomes
 
 
@@ -31,10 +31,10 @@ def test_a_lean_store_keeps_its_pages_cache_and_log_small(tmp_path: Path) -> Non
             "journal_size_limit": LEAN_WAL_PAGES * LEAN_PAGE_SIZE,
         }
         assert lean._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    with Store(tmp_path / "plain.sqlite3") as plain:  # SQLite's defaults
+    with Store(tmp_path / "plain.sqlite3") as plain:  # SQLite's defaults, a bigger cache
         assert pragmas(plain._db) == {
             "page_size": 4096,
-            "cache_size": -2000,
+            "cache_size": -CACHE_KIB,
             "wal_autocheckpoint": 1000,
             "journal_size_limit": -1,
         }
