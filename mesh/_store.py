@@ -134,7 +134,7 @@ MAX_IDEMPOTENCY_KEYS: Final = 100_000
 SEEN_GRACE_MS: Final = 10 * 60 * 1000
 #: How long the origin keeps the trace of a frame past its expiry.
 TRACE_KEEP_MS: Final = 7 * 24 * 3600 * 1000
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 #: Parameters in one ``IN (...)`` list at most (SQLite's limit is 32,766 since 3.32).
 _IN_CHUNK: Final = 500
 #: Why a frame this node made was dropped by :meth:`Store.purge` (its trace says so).
@@ -243,8 +243,7 @@ _QUEUE_TABLE: Final = """(
     queued INTEGER NOT NULL,
     size INTEGER NOT NULL,
     envelope BLOB NOT NULL,
-    subscribers BLOB NOT NULL DEFAULT x'',
-    UNIQUE (src, id, dst, subscribers)
+    subscribers BLOB NOT NULL DEFAULT x''
 )"""
 
 _SCHEMA: Final = f"""
@@ -272,6 +271,8 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE TABLE IF NOT EXISTS queue {_QUEUE_TABLE};
 CREATE UNIQUE INDEX IF NOT EXISTS queue_one_copy ON queue (src, id) WHERE kind != 'pub';
+CREATE UNIQUE INDEX IF NOT EXISTS queue_pub_copy ON queue (src, id, dst, subscribers)
+    WHERE kind = 'pub';
 CREATE INDEX IF NOT EXISTS queue_by_hop ON queue (next_hop, seq);
 CREATE INDEX IF NOT EXISTS queue_by_dst ON queue (dst);
 CREATE INDEX IF NOT EXISTS queue_by_exp ON queue (exp);
@@ -376,12 +377,14 @@ ALTER TABLE inbox_new RENAME TO inbox;
 
 
 def _rebuild_queue(subscribers: str) -> str:
-    """Schemas 2, 3, 4 -> 5: the queue is unique by (origin, id, dst, subscribers) (a
-    pub is queued once per next hop and per list of subscribers it names), and by
-    (origin, id) for the other kinds. SQLite cannot change a UNIQUE constraint, so the
-    table is rebuilt, every row (and its seq, and the seq counter) kept; _SCHEMA
-    recreates the indexes. ``subscribers``: the SQL for each row's list (schema 4 had
-    the column, nullable; before it there was none)."""
+    """Schemas 2 to 6 -> 7: the queue is unique by (origin, id) for every kind but
+    ``pub``, and a ``pub`` by (origin, id, dst, subscribers) (queued once per next hop
+    and per list of subscribers it names), each a partial unique index. Schemas 5 and 6
+    had the second as the table's constraint, for every kind: an index each frame
+    queued updated for nothing but publications. SQLite cannot drop a constraint, so
+    the table is rebuilt, every row (and its seq, and the seq counter) kept; _SCHEMA
+    makes the indexes. ``subscribers``: the SQL for each row's list (schema 4 had the
+    column, nullable; before it there was none)."""
     return f"""
 CREATE TABLE queue_new {_QUEUE_TABLE};
 INSERT INTO queue_new SELECT seq, src, id, kind, dst, exp, hops, next_hop, came_from, queued,
@@ -949,7 +952,7 @@ class Store:
         if version == SCHEMA_VERSION:
             db.executescript(_SCHEMA)  # idempotent: every statement is IF NOT EXISTS
             return
-        if version is not None and version not in (1, 2, 3, 4, 5):
+        if version is not None and version not in (1, 2, 3, 4, 5, 6):
             raise MeshError(f"store {self.path} has schema {version}, which ptth never wrote")
 
         def run(script: str) -> None:
@@ -965,8 +968,9 @@ class Store:
                 version = 2
             # A schema-1 store migrated just now has no queue yet: _SCHEMA makes it.
             queue = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'queue'").fetchone()
-            if queue and version is not None and version < 5:
-                run(_rebuild_queue("COALESCE(subscribers, x'')" if version == 4 else "x''"))
+            if queue and version is not None and version < 7:
+                subscribers = {4: "COALESCE(subscribers, x'')", 5: "subscribers", 6: "subscribers"}
+                run(_rebuild_queue(subscribers.get(version, "x''")))
             if version == 2:
                 db.execute("ALTER TABLE inbox ADD COLUMN topic TEXT")
             # Schema 5 -> 6: the idempotency table (_SCHEMA makes it). The quotas' byte
@@ -1481,7 +1485,11 @@ class Store:
             self._db.execute("SELECT 1 FROM seen WHERE src = ? AND id = ?", key).fetchone()
             is not None
             or self._db.execute(
-                "SELECT 1 FROM queue WHERE src = ? AND id = ? LIMIT 1", key
+                # By kind, so that each half reads its own partial index.
+                "SELECT 1 FROM queue WHERE src = ? AND id = ? AND kind != 'pub'"
+                " UNION ALL SELECT 1 FROM queue WHERE src = ? AND id = ? AND kind = 'pub'"
+                " LIMIT 1",
+                key + key,
             ).fetchone()
             is not None
         )

@@ -52,7 +52,7 @@ from mesh import (
     WireFrame,
     stored_charge,
 )
-from mesh._store import SEEN_GRACE_MS, TRACE_KEEP_MS
+from mesh._store import SCHEMA_VERSION, SEEN_GRACE_MS, TRACE_KEEP_MS
 
 ALICE = crypto.Identity(bytes(range(32)))
 BOB = crypto.Identity(bytes(range(1, 33)))
@@ -1233,7 +1233,7 @@ def test_sweep_forgets_traces_long_after_expiry(store: Store) -> None:
 def test_wal_and_full_sync(store: Store) -> None:
     assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
-    assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
+    assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
 
 
 def set_schema(path: Path, version: int) -> None:
@@ -1246,15 +1246,16 @@ def set_schema(path: Path, version: int) -> None:
 def test_a_newer_schema_is_refused(path: Path) -> None:
     with Store(path) as store:
         store.accept([inbound(1)], now=NOW)
-    set_schema(path, 7)
+    newer = SCHEMA_VERSION + 1
+    set_schema(path, newer)
     with pytest.raises(MeshError) as caught:
         Store(path)
     assert str(caught.value) == (
-        f"store {path} has schema 7; this ptth reads up to 6 (a newer ptth wrote it): "
-        "run that ptth, or move the file away to start afresh"
+        f"store {path} has schema {newer}; this ptth reads up to {SCHEMA_VERSION} (a newer "
+        "ptth wrote it): run that ptth, or move the file away to start afresh"
     )
     # Refused, not changed.
-    set_schema(path, 6)
+    set_schema(path, SCHEMA_VERSION)
     with Store(path) as store:
         assert [e.id for e in store.pending()] == [frame_id(1)]
 
@@ -1371,7 +1372,7 @@ def test_a_schema_1_store_is_migrated(path: Path) -> None:
     unread = [admitted(1, b"unread"), admitted(2, b"also unread", src=EVE)]
     schema_1_store(path, inbox=unread, acked=[frame_id(3), frame_id(4)])
     with Store(path) as store:
-        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
         # The inbox is kept as it was.
         pending = store.pending()
         assert [(e.src, e.id, e.body, e.received, e.hops) for e in pending] == [

@@ -37,7 +37,8 @@ from mesh import (
     StoreStatistics,
     stored_charge,
 )
-from mesh._store import SEEN_GRACE_MS, SavedSubscription
+from mesh import _store as store_module
+from mesh._store import SCHEMA_VERSION, SEEN_GRACE_MS, SavedSubscription
 
 ALICE = crypto.Identity(bytes(range(32)))
 BOB = crypto.Identity(bytes(range(1, 33)))
@@ -833,7 +834,7 @@ def schema_2_store(path: Path) -> None:
 def test_a_schema_2_store_is_migrated(path: Path) -> None:
     schema_2_store(path)
     with Store(path) as store:
-        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
         # Every row kept, seqs too.
         (entry,) = store.pending(publications=True)
         assert (entry.src, entry.id, entry.topic, entry.received) == (
@@ -1067,3 +1068,79 @@ def test_accept_hands_back_the_copies_it_queued(store: Store) -> None:
     read = [*store.batch(DAVE.node_id, now=NOW), *store.batch(EVE.node_id, now=NOW)]
     assert queued == sorted(read, key=lambda row: row.seq)
     assert [row.next_hop for row in queued] == [DAVE.node_id, EVE.node_id]
+
+
+# -- schema 6 -> 7 ---------------------------------------------------------------------------
+
+
+def schema_6_store(path: Path) -> None:
+    """A store as schema 6 left it: the queue unique by (origin, id, dst, subscribers)
+    for every kind, as the table's own constraint (schema 7 keeps that key for
+    publications only, a partial index); a message and a publication's two copies
+    queued, the counter past its rows."""
+    with Store(path) as store:
+        store.enqueue([own_message(3, dst=ALICE, next_hop=CAROL)], now=NOW)
+        store.accept([fanout(pub(9), [DAVE, CAROL], deliver=False, came_from=EVE)], now=NOW)
+        store.enqueue([own_message(4, dst=ALICE, next_hop=CAROL)], now=NOW)
+        store.remove([4])
+    old_table = store_module._QUEUE_TABLE.replace(
+        "DEFAULT x''\n)", "DEFAULT x'',\n    UNIQUE (src, id, dst, subscribers)\n)"
+    )
+    assert old_table != store_module._QUEUE_TABLE
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(f"CREATE TABLE queue_old {old_table}")
+        db.execute("INSERT INTO queue_old SELECT * FROM queue")
+        db.execute("DROP TABLE queue")
+        db.execute("ALTER TABLE queue_old RENAME TO queue")
+        db.execute("UPDATE sqlite_sequence SET name = 'queue' WHERE name = 'queue_old'")
+        db.execute("UPDATE meta SET value = 6 WHERE key = 'schema'")
+    db.close()
+
+
+def queue_keys(db: sqlite3.Connection) -> set[tuple[object, ...]]:
+    """The queue's unique keys and indexes: (unique, partial, columns) of each."""
+    return {
+        (row[2], row[4], tuple(c[2] for c in db.execute(f"PRAGMA index_info('{row[1]}')")))
+        for row in db.execute("PRAGMA index_list('queue')")
+    }
+
+
+def test_a_schema_6_store_is_migrated_keeping_every_row(path: Path, tmp_path: Path) -> None:
+    schema_6_store(path)
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT * FROM queue ORDER BY seq").fetchall()
+    counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchall()
+    assert (1, 0, ("src", "id", "dst", "subscribers")) in queue_keys(db)  # for every kind
+    db.close()
+    with Store(path) as store, Store(tmp_path / "fresh.sqlite3") as fresh:
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
+        assert sql(store, "SELECT * FROM queue ORDER BY seq") == rows
+        assert sql(store, "SELECT seq FROM sqlite_sequence WHERE name = 'queue'") == counter
+        assert queue_keys(store._db) == queue_keys(fresh._db)
+        assert (1, 1, ("src", "id", "dst", "subscribers")) in queue_keys(store._db)
+        # Still one copy of a message, one of a publication per next hop.
+        (failed,) = store.write_group(
+            [store.enqueue_write([own_message(3, dst=ALICE, next_hop=CAROL)], now=NOW)]
+        )
+        assert isinstance(failed, MeshError)
+        again = store.accept([fanout(pub(9), [DAVE, CAROL], deliver=False, came_from=EVE)], now=NOW)
+        assert outcomes(again) == ["duplicate"]
+        assert store.copies_of(ALICE.node_id, frame_id(9)) == [DAVE.node_id, CAROL.node_id]
+        assert store._held(pub(9).frame)
+    with Store(path) as store:  # reopening a migrated store changes nothing
+        assert sql(store, "SELECT * FROM queue ORDER BY seq") == rows
+
+
+def test_looking_for_a_frame_in_the_queue_reads_an_index(path: Path) -> None:
+    """The queue's keys on (origin, id) are partial, by kind: a lookup that does not
+    say the kind would read the whole queue."""
+    with Store(path) as store:
+        plans = []
+        store._db.set_trace_callback(plans.append)
+        assert not store._held(message(1).frame)
+        store._db.set_trace_callback(None)
+        (query,) = [q for q in plans if "FROM queue" in q]
+        blobs = (b"x",) * query.count("?")
+        plan = [row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {query}", blobs)]
+        assert not any(step.startswith("SCAN queue") for step in plan), plan

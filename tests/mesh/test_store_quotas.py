@@ -41,7 +41,7 @@ from mesh import (
     stored_charge,
 )
 from mesh import _store as store_module
-from mesh._store import MAX_RECEIPTS_PER_FRAME, _key_text
+from mesh._store import MAX_RECEIPTS_PER_FRAME, SCHEMA_VERSION, _key_text
 
 ALICE = crypto.Identity(bytes(range(32)))
 BOB = crypto.Identity(bytes(range(1, 33)))
@@ -489,7 +489,7 @@ def test_a_schema_5_store_is_migrated_keeping_every_row(path: Path) -> None:
     schema_5_store(path)
     before = tables(path)
     with Store(path, max_inbox_bytes=MiB) as store:
-        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(6,)]
+        assert sql(store, "SELECT value FROM meta WHERE key = 'schema'") == [(SCHEMA_VERSION,)]
         # The byte counts, charges now, are counted from the rows.
         inbox = sql(store, "SELECT src, LENGTH(envelope) + LENGTH(body) FROM inbox")
         by_origin: dict[object, int] = {}
