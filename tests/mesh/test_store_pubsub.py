@@ -1136,7 +1136,7 @@ def test_looking_for_a_frame_in_the_queue_reads_an_index(path: Path) -> None:
     """The queue's keys on (origin, id) are partial, by kind: a lookup that does not
     say the kind would read the whole queue."""
     with Store(path) as store:
-        plans = []
+        plans: list[str] = []
         store._db.set_trace_callback(plans.append)
         assert not store._held(message(1).frame)
         store._db.set_trace_callback(None)
