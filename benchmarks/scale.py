@@ -90,6 +90,7 @@ from simulations import (
     Signatures,
     SimNode,
     Simulation,
+    VirtualClock,
     collecting_seldom,
     deterministic_scheduling,
     open_simulation,
@@ -294,7 +295,7 @@ def one(run: Run) -> dict[str, Any]:
         print(f"scale: {run.nodes} nodes: {text}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ptth-scale-", dir=scratch) as data_dir:
-        clock = trio.testing.MockClock(autojump_threshold=0)
+        clock = VirtualClock()
         main = functools.partial(measure, run, Path(data_dir), progress)
         # As run_scenario: the same seed gives the same figures; the collector runs seldom.
         with deterministic_scheduling(run.seed), collecting_seldom():

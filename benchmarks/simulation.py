@@ -47,7 +47,14 @@ import time
 import trio
 import trio.testing
 
-from simulations import Link, collecting_seldom, generate_traffic, open_simulation, ring
+from simulations import (
+    Link,
+    VirtualClock,
+    collecting_seldom,
+    generate_traffic,
+    open_simulation,
+    ring,
+)
 
 
 def rss_bytes() -> int:
@@ -111,7 +118,7 @@ def one(count: int, hours: float, interval: float, traffic: bool) -> None:
     shm = Path("/dev/shm")
     scratch = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="ptth-bench-", dir=scratch) as data_dir:
-        clock = trio.testing.MockClock(autojump_threshold=0)
+        clock = VirtualClock()
         with collecting_seldom():  # as run_scenario
             result = trio.run(measure, data_dir, count, hours, interval, traffic, clock=clock)
     print(json.dumps(result))

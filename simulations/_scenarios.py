@@ -41,8 +41,9 @@ the run; a few NATed nodes are down meanwhile and come back later. The report te
 how long each node took to learn it, what its flood cost, and that nothing posted
 under it got through once the nodes knew.
 
-:func:`run_scenario` runs one in its own ``trio.run`` under
-``MockClock(autojump_threshold=0)``, with trio's scheduler made deterministic and
+:func:`run_scenario` runs one in its own ``trio.run`` under a :class:`VirtualClock`
+(virtual time as ``MockClock(autojump_threshold=0)`` keeps it, in fewer passes of
+trio's loop), with trio's scheduler made deterministic and
 seeded from the seed (trio otherwise shuffles tasks woken together with an unseeded
 RNG; it offers the switch for Hypothesis, ``trio._core._run``). So the same scenario,
 nodes, duration and seed give the same report, all but ``wall_seconds``.
@@ -75,6 +76,7 @@ from trio._core import _run as trio_run
 
 from node import NodeConfig
 from node._chirp import chirp_topic
+from simulations._clock import VirtualClock
 from simulations._engine import Fidelity
 from simulations._engine import fidelity as fidelity_of
 from simulations._errors import SimulationError
@@ -703,7 +705,7 @@ def run_scenario(
             verify_once, where, config, signing,
         )  # fmt: skip
         with deterministic_scheduling(seed), collecting_seldom():
-            report: Report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+            report: Report = trio.run(main, clock=VirtualClock())
         return report
 
 

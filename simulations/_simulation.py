@@ -22,8 +22,8 @@ in the node's own nursery, again after each restart): a drop receipt enters the 
 in the ledger as dropped, a delivery receipt (when asked for) as acknowledged.
 
 Time: the trio run must use ``trio.testing.MockClock(autojump_threshold=0)`` (pytest-trio's
-``autojump_clock`` fixture): whenever every task waits, the clock jumps to the next
-deadline, so an idle hour costs nothing. Time passes by sleeping
+``autojump_clock`` fixture) or a :class:`simulations.VirtualClock`: whenever every task
+waits, the clock jumps to the next deadline, so an idle hour costs nothing. Time passes by sleeping
 (:meth:`Simulation.advance`); the nodes' wall clock is :data:`EPOCH_MS` plus the
 virtual time since the simulation opened.
 
@@ -82,6 +82,7 @@ from node import (
     run_inline,
 )
 from node._chirp import POST_TTL, SUBSCRIPTION, chirp_topic
+from simulations._clock import VirtualClock
 from simulations._engine import EngineHost, EngineNetwork, Fidelity
 from simulations._engine import fidelity as fidelity_of
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError, one_of
@@ -1009,17 +1010,18 @@ async def open_simulation(
     time), not ``time.monotonic()``.
 
     Raises :class:`NotVirtualTime` unless the trio run uses
-    ``trio.testing.MockClock`` (give it ``autojump_threshold=0``), and
+    ``trio.testing.MockClock`` (give it ``autojump_threshold=0``) or a
+    :class:`simulations.VirtualClock`, and
     :class:`SimulationError` for an unknown fidelity or stores.
     """
     level = fidelity_of(fidelity)
     where = stores_of(stores)
     signing = signatures_of(signatures)
     clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, trio.testing.MockClock):
+    if not isinstance(clock, trio.testing.MockClock | VirtualClock):
         raise NotVirtualTime(
-            "simulations run in virtual time: trio.run(..., clock="
-            "trio.testing.MockClock(autojump_threshold=0)), or pytest-trio's autojump_clock"
+            "simulations run in virtual time: trio.run(..., clock=simulations.VirtualClock()"
+            " or trio.testing.MockClock(autojump_threshold=0)), or pytest-trio's autojump_clock"
         )
     with contextlib.ExitStack() as stack:
         stack.enter_context(_virtual_keepalive())
