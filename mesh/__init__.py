@@ -23,7 +23,7 @@ from mesh._calls import (
     validate_object_name,
 )
 from mesh._capabilities import MAX_CAP_URLS, CapabilityBook, CapUrlRecord, Grant
-from mesh._chains import VerifiedChains
+from mesh._chains import VerifiedChains, verifying_chains_once
 from mesh._dht import (
     Contact,
     Contacts,
@@ -234,5 +234,6 @@ __all__ = [
     "secure_owner",
     "stored_charge",
     "validate_object_name",
+    "verifying_chains_once",
     "xor_distance",
 ]

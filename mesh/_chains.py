@@ -33,16 +33,26 @@ grant, and keeping them cost twice the memory for 8% fewer checks, measured on t
 
 Both memories are bounded and forget the oldest verified first, and what expired as they
 go (entries are verified in time order and live alike, so the oldest expire first).
+
+In a simulation every node runs in one process and is shown the same chains:
+:func:`verifying_chains_once` lets a chain that verified at one node count as verified
+at every other (as :func:`crypto.verifying_once` does for signatures), the same bytes
+verifying the same way: a node not holding it takes the coordinates from there, its
+expiry still checked, without checking a grant (nor counting one in
+:attr:`VerifiedChains.grants_checked`). A real node checks every chain it is shown.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+from collections.abc import Iterator
 from typing import Final
 
 import crypto
 
-__all__ = ["DEFAULT_MAX_CHAINS", "VerifiedChains"]
+__all__ = ["DEFAULT_MAX_CHAINS", "VerifiedChains", "verifying_chains_once"]
 
 #: Chains a node remembers having verified (the oldest verified go first past it): a
 #: router keeps the coordinates of up to 1,024 destinations, and its DHT contacts and
@@ -54,6 +64,39 @@ DEFAULT_MAX_CHAINS: Final = 4096
 _GRANTS_PER_CHAIN: Final = 2
 #: Node ids kept for sharing, per chain held at most (chains of one tree share most).
 _IDS_PER_CHAIN: Final = 2
+
+
+class _Shared:
+    """Chains verified by any node of a simulation, by digest: their coordinates
+    (without their chain) and when they were verified; forgotten all at once past
+    ``limit``."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.held: dict[bytes, tuple[crypto.Coordinates, int]] = {}
+        self.limit = limit
+
+    def keep(self, digest: bytes, coordinates: crypto.Coordinates, now: int) -> None:
+        if len(self.held) >= self.limit:
+            self.held.clear()
+        self.held.setdefault(digest, (coordinates, now))
+
+
+#: Set by :func:`verifying_chains_once` for the tasks and threads started within it.
+_SHARED: Final = contextvars.ContextVar[_Shared | None]("ptth_chains_verified", default=None)
+
+
+@contextlib.contextmanager
+def verifying_chains_once(limit: int = 100_000) -> Iterator[None]:
+    """Within this block, and in the trio tasks and threads started in it, a coordinate
+    chain that verified at one :class:`VerifiedChains` counts as verified at every
+    other (the last ``limit`` chains; see the module docstring). For simulations."""
+    token = _SHARED.set(_Shared(limit))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 class VerifiedChains:
@@ -106,7 +149,14 @@ class VerifiedChains:
                     f"{now - coordinates.exp} ms ago"
                 )
             return coordinates
+        shared = _SHARED.get()
+        if shared is not None:
+            known = shared.held.get(digest)
+            if known is not None and now >= known[1] and known[0].exp > now:
+                return self._remember(digest, known[0], now)  # (one object for all)
         _, bare = self._check(crypto.CoordChain.decode(chain), now)
+        if shared is not None:
+            shared.keep(digest, bare, now)
         return self._remember(digest, bare, now)
 
     def parse(self, chain: bytes, now: int) -> crypto.Coordinates:

@@ -998,7 +998,8 @@ async def open_simulation(
     between the nodes' meshes as events; simulations/_engine.py). ``verify_once``: a
     signature that verified is not verified again by any node of this simulation
     (:func:`crypto.verifying_once`), nor a frame envelope opened again
-    (:func:`crypto.opening_once`): the same outcome, much less time; by default each
+    (:func:`crypto.opening_once`), nor a coordinate chain checked again
+    (:func:`mesh.verifying_chains_once`): the same outcome, much less time; by default each
     node verifies what it is shown, as a real node does. ``stores``: ``"disk"`` (each
     node's ``store.sqlite3``, as a real node) or ``"memory"`` (an in-memory database
     per node that survives its restarts; see :class:`Stores`). ``signatures``:
@@ -1028,6 +1029,7 @@ async def open_simulation(
         if verify_once:  # before the nursery: its tasks (every node's) inherit them
             stack.enter_context(crypto.verifying_once())
             stack.enter_context(crypto.opening_once())
+            stack.enter_context(mesh.verifying_chains_once())
         if signing is Signatures.STAND_IN:  # the same: every node's tasks inherit it
             stack.enter_context(crypto.standing_in())
         if data_dir is None:

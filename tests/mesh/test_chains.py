@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 import crypto
-from mesh import Offer, Result, Role, VerifiedChains, admit, offer_body
+from mesh import Offer, Result, Role, VerifiedChains, admit, offer_body, verifying_chains_once
 from mesh._chains import DEFAULT_MAX_CHAINS
 from mesh._wire import ACCEPTED
 from tests.mesh.test_engine_greedy import chain_of, classify, line, msg
@@ -204,6 +204,35 @@ def test_a_chain_sharing_upper_grants_is_checked_below_them_only() -> None:
     assert chains.grants_checked == 5
     assert parsed == made["4"]
     assert parsed.chain == made["4"].chain
+
+
+def test_in_a_simulation_a_chain_one_node_verified_is_verified_at_every_node() -> None:
+    made = tree_chains()
+    three = wire(made["3"])
+    one, other, elsewhere = VerifiedChains(), VerifiedChains(), VerifiedChains()
+    elsewhere.verify(three, NOW)  # outside the block: shares nothing
+    with verifying_chains_once():
+        assert one.verify(three, NOW) == made["3"]
+        assert one.grants_checked == 3
+        assert other.verify(three, NOW + 1) == made["3"]
+        assert other.grants_checked == 0  # taken as verified: the same bytes
+        assert len(other) == 1  # and held by this node from then on
+        # At an earlier now (a clock stepped back) it is checked again, as at one node.
+        later = VerifiedChains()
+        assert later.verify(three, NOW - 1) == made["3"]
+        assert later.grants_checked == 3
+        # Its expiry is checked at each node.
+        with pytest.raises(crypto.Expired):
+            VerifiedChains().verify(three, made["3"].exp)
+        # A chain that does not verify is refused at every node, never shared.
+        forged = bytearray(three)
+        forged[-5] ^= 1
+        for chains in (one, VerifiedChains()):
+            with pytest.raises(crypto.CryptoError):
+                chains.verify(bytes(forged), NOW + 2)
+    after = VerifiedChains()
+    after.verify(three, NOW + 3)
+    assert after.grants_checked == 3
 
 
 def test_a_remembered_grant_under_other_upper_grants_is_refused() -> None:
