@@ -81,7 +81,6 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, Final
 
 import trio
-import trio.testing
 
 from node import NodeConfig, NodeStatistics
 from simulations import (

@@ -45,7 +45,6 @@ import tempfile
 import time
 
 import trio
-import trio.testing
 
 from simulations import (
     Link,

@@ -71,7 +71,6 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import trio
-import trio.testing
 from trio._core import _run as trio_run
 
 from node import NodeConfig
