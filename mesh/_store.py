@@ -1,6 +1,6 @@
 """The node's durable store: SQLite in WAL mode.
 
-Tables (schema 6):
+Tables (schema 7):
 
 * ``seen``: (origin, id) of every frame delivered to this node, and of every
   publication it took (delivered, passed on, or both), kept until the frame expires
