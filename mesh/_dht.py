@@ -179,6 +179,9 @@ class Contacts:
         self._rng = rng if rng is not None else random.Random(self_id.raw)
         self._self_int = _as_int(self_id)
         self._buckets: dict[int, _Bucket] = {}  # made when first needed
+        #: Counts changes to the contacts held or their ``info``: a caller that derives
+        #: something from them (say, when to renew each) knows when to derive it again.
+        self.changes = 0
         #: When the first contact was seen (we joined): buckets never touched count
         #: as touched then.
         self._joined: int | None = None
@@ -224,6 +227,8 @@ class Contacts:
         bucket.touched = now
         held = bucket.contacts.pop(node, None)
         if held is not None:
+            if info is not None and info is not held.info:
+                self.changes += 1
             bucket.contacts[node] = dataclasses.replace(
                 held, seen=now, info=held.info if info is None else info, failures=0
             )
@@ -233,6 +238,7 @@ class Contacts:
             return None
         if len(bucket.contacts) < self.k:
             bucket.contacts[node] = Contact(node, info, now, now)
+            self.changes += 1
             return None
         pending = bucket.pending
         if pending is not None and pending.node == node:
@@ -292,6 +298,7 @@ class Contacts:
             bucket.pending = None
         if bucket.contacts.pop(node, None) is None:
             return
+        self.changes += 1
         if bucket.probing == node:
             bucket.probing = None
         if bucket.pending is not None:

@@ -80,6 +80,7 @@ import contextlib
 import dataclasses
 import enum
 import heapq
+import math
 import random
 from collections.abc import Iterable
 from typing import Any, Final
@@ -533,6 +534,10 @@ class Dht:
         #: Per contact, for the chain it had at the last tick: when to renew it, and
         #: when that chain expires (computed once per chain, not at every tick).
         self._renew_at: dict[crypto.NodeId, tuple[bytes, int, int]] = {}
+        #: The earliest renewal time of those, and ``contacts.changes`` then: until
+        #: either moves, a tick has no contact to look at.
+        self._renew_next: float = 0
+        self._renew_changes = -1
         self._chain: bytes | None = None
         self._publish_due = False
         self._publishing: int | None = None  # the lookup id of our publication running
@@ -705,11 +710,16 @@ class Dht:
         contact stays reachable however long it lives."""
         if self._chain is None:
             return []
+        contacts = self.contacts
+        if now < self._renew_next and contacts.changes == self._renew_changes:
+            return []  # nothing due, and no contact came, went or changed since
         pinged = {p.dst for p in self._queries.values() if p.kind is _Kind.PING}
         actions: list[DhtAction] = []
         due_at = self._renew_at
         self._renew_at = {}
-        for contact in self.contacts:
+        self._renew_changes = contacts.changes
+        next_due: float = math.inf
+        for contact in contacts:
             chain = contact.info
             if chain is None:
                 continue
@@ -723,12 +733,16 @@ class Dht:
                 offset = self._renewal_offset(contact.node, life // 6)
                 due = (chain, checked.exp - life // 3 + offset, checked.exp)
             self._renew_at[contact.node] = due
-            if now < due[1] or now >= due[2] or contact.node in pinged:
+            if now >= due[2]:
+                continue  # expired: renewed only if it changes (a new chain)
+            next_due = min(next_due, due[1])
+            if now < due[1] or contact.node in pinged:
                 continue
             if len(actions) >= MAX_RENEWALS:
                 continue  # (at a later tick)
             q = self._query(_Kind.PING, contact.node, chain, now, None)
             actions.append(DhtSend(contact.node, chain, encode_message(DhtPing(q, self._chain))))
+        self._renew_next = next_due
         return actions
 
     def _renewal_offset(self, node: crypto.NodeId, span: int) -> int:

@@ -28,6 +28,7 @@ announce, or a copy of the same announce that came by a shorter path.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -67,6 +68,8 @@ class RoutingTable:
         #: Per destination, the freshest announce seen and its shortest hops: what is
         #: news. Kept while the destination has candidates.
         self._newest: dict[crypto.NodeId, tuple[int, int]] = {}
+        #: No candidate held lapses before this (ms): :meth:`expire` has nothing to do.
+        self._lapses_from: float = math.inf
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -88,6 +91,8 @@ class RoutingTable:
         held = candidates.get(route.via)
         if held is None or (route.ts, -route.hops) >= (held.ts, -held.hops):
             candidates[route.via] = route
+            if route.expires < self._lapses_from:
+                self._lapses_from = route.expires
         newest = self._newest.get(route.dst)
         if (
             newest is None
@@ -132,14 +137,20 @@ class RoutingTable:
     def expire(self, now: int) -> set[crypto.NodeId]:
         """Drop lapsed candidates; return the destinations that lost any."""
         changed: set[crypto.NodeId] = set()
+        if now < self._lapses_from:
+            return changed
+        lapses_from: float = math.inf
         for dst, candidates in list(self._routes.items()):
             for via, route in list(candidates.items()):
                 if route.expires <= now:
                     del candidates[via]
                     changed.add(dst)
+                elif route.expires < lapses_from:
+                    lapses_from = route.expires
             if not candidates:
                 del self._routes[dst]
                 self._newest.pop(dst, None)
+        self._lapses_from = lapses_from
         return changed
 
     def forget_via(self, via: crypto.NodeId) -> set[crypto.NodeId]:

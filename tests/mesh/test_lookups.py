@@ -938,6 +938,38 @@ def test_contacts_are_pinged_for_their_coordinates_before_they_expire() -> None:
     assert contact.info == renewed[IDS[1]]
 
 
+def test_a_contact_that_comes_or_changes_between_ticks_is_renewed_at_the_next() -> None:
+    """Ticks with no contact due look at none (the earliest renewal is remembered), but
+    a contact added, or given a chain due sooner, is renewed at the next tick."""
+    _, short = make_tree(12, random.Random(7), lifetime=3000)
+    a = dht(IDS[0])
+    a.introduce(CHAINS[IDS[1]], T0)  # six hours to live: due in four
+
+    def pinged(now: int) -> list[crypto.NodeId]:
+        return [dst for dst, m in sends(a.tick(now)) if isinstance(m, DhtPing)]
+
+    assert pinged(T0 + 1000) == []
+    assert pinged(T0 + 2000) == []
+    a.introduce(short[IDS[2]], T0 + 2001)  # in the last third of its life already
+    due, ping = next(
+        (now, m)
+        for now in range(T0 + 2002, T0 + 2601, 20)
+        for dst, m in sends(a.tick(now))
+        if isinstance(m, DhtPing) and dst == IDS[2]
+    )
+    assert due <= T0 + 2520  # (ticks every 20 ms) a sixth of its life after at most
+    _, renewed = make_tree(12, random.Random(7), now=T0 + 2500)
+    a.on_message(IDS[2], encode_message(DhtPong(ping.q, renewed[IDS[2]])), T0 + 2600)
+    assert pinged(T0 + 2601) == []  # nobody due now
+    # Contact 1 sends a newer chain, but one due sooner: from now to the next tick.
+    _, newer = make_tree(12, random.Random(7), now=T0 + 100, lifetime=3000)
+    a.on_message(IDS[1], encode_message(DhtPing(Q, newer[IDS[1]])), T0 + 2602)
+    contact = a.contacts.get(IDS[1])
+    assert contact is not None
+    assert contact.info == newer[IDS[1]]
+    assert pinged(T0 + 2603) == [IDS[1]]
+
+
 def test_of_two_contacts_of_each_other_one_ping_renews_both() -> None:
     """Each is due to renew the other's coordinates in the last third of their life, a
     delay later fixed per pair and different each way: the first to ping brings its own
