@@ -324,14 +324,15 @@ class Router:
         #: Per origin: (ts, when) of the last announce flooded on.
         self._flooded: dict[crypto.NodeId, tuple[int, int]] = {}
         #: Per origin: a fresher announce taken within the flood interval and not
-        #: flooded then, as (sender, ts, copy): flooded on at the first tick after the
-        #: interval. Dropped, it would reach only the nodes that did not flood the one
+        #: flooded then, as (sender, ts, copy): flooded on once the interval is over
+        #: (:meth:`release`). Dropped, it would reach only the nodes that did not flood the one
         #: before: those far from them would hold the freshest only by a long way
         #: round, and route along it (fresher beats shorter) until the next announce.
         self._flood_later: dict[crypto.NodeId, tuple[crypto.NodeId, int, WireFrame]] = {}
         #: Per neighbour: when we last greeted it back (answering its hello).
         self._greeted_back: dict[crypto.NodeId, int] = {}
-        #: Neighbours whose hello came within the rate limit: greeted back at a tick.
+        #: Neighbours whose hello came within the rate limit: greeted back once the
+        #: interval is over (:meth:`release`).
         self._greet_later: set[crypto.NodeId] = set()
         #: Per origin: when we last sent it a drop notice (at most one per flood
         #: interval: a stranger cannot make us fill our queue with notices to it).
@@ -348,9 +349,12 @@ class Router:
         self._dht_allowance = Allowances(burst=DHT_BURST, refill_ms=DHT_REFILL_MS)
         self._dht_total = Allowances(burst=DHT_TOTAL_BURST, refill_ms=DHT_TOTAL_REFILL_MS)
         #: Per neighbour: when we last sent it an offer, and the newest one held back
-        #: since (sent at the first tick a flood interval after the last).
+        #: since (sent a flood interval after the last: :meth:`release`).
         self._offer_sent: dict[crypto.NodeId, int] = {}
         self._offer_later: dict[crypto.NodeId, Offer] = {}
+        #: No announce, greeting or offer held back goes before this (ms; None: none
+        #: held): when to call :meth:`release`.
+        self._release_due: int | None = None
         #: The coordinate chains this node verified (with the tree: shared by it, the
         #: DHT and greedy routing, so none is parsed twice while it is valid).
         self.chains = VerifiedChains()
@@ -448,13 +452,13 @@ class Router:
 
     @property
     def offers_held(self) -> int:
-        """Tree offers held back by pacing, to go at a tick (see :meth:`_paced`)."""
+        """Tree offers held back by pacing, to go at :attr:`release_due` (see :meth:`_paced`)."""
         return len(self._offer_later)
 
     def _paced(self, actions: Sequence[TreeAction], now: int) -> list[Action]:
         """Tree actions to perform now: an offer to a neighbour that had one within the
         flood interval is held back (the newest replaces an older one held) and sent
-        at the first tick after it, so a tree re-forming does not flood the links."""
+        once it is over (:meth:`release`), so a tree re-forming does not flood the links."""
         out: list[Action] = []
         if self.dht is not None and self.tree is not None:
             self.dht.set_coordinates(self.tree.chain)
@@ -466,6 +470,7 @@ class Router:
             last = self._offer_sent.get(node)
             if last is not None and now - last < self.config.flood_interval_ms:
                 self._offer_later[node] = action
+                self._hold_until(last + self.config.flood_interval_ms)
                 continue
             self._offer_sent[node] = now
             self._offer_later.pop(node, None)
@@ -1093,7 +1098,7 @@ class Router:
             # A neighbour that has just met us (it started, or peered with us) asks for
             # our routes: without them it could not route until the next announces.
             # At most once per flood interval; a hello within it (a node restarted at
-            # once) is answered at the first tick after the interval, not forgotten.
+            # once) is answered once the interval is over (release), not forgotten.
             if self.tree is not None:
                 # It may know nothing of the tree now: our place, as for a new one.
                 actions += self._paced(self.tree.offer(sender, now=now), now)
@@ -1104,6 +1109,7 @@ class Router:
                 actions.append(Greet(sender, hello=False))
             else:
                 self._greet_later.add(sender)
+                self._hold_until(last + self.config.flood_interval_ms)
         route = Route(
             dst=frame.src,
             via=sender,
@@ -1127,6 +1133,7 @@ class Router:
                 # The freshest word (or its shortest copy) is flooded once the interval
                 # is over: an origin signing in a loop still costs one flood per interval.
                 self._flood_later[frame.src] = (sender, frame.ts, wire)
+                self._hold_until(self._flooded[frame.src][1] + self.config.flood_interval_ms)
         return (ACCEPTED if news else DUPLICATE), address, actions
 
     def _flood_announce(
@@ -1217,6 +1224,54 @@ class Router:
             o for o, t in self._notified.items() if now - t >= self.config.flood_interval_ms
         ]:
             del self._notified[origin]
+        actions = self._release_floods(now)
+        for origin in [o for o in self._flooded if o not in self.table]:
+            del self._flooded[origin]
+        actions += self._release_greetings(now)
+        if self.tree is not None:
+            actions += self._paced(self.tree.tick(now), now)
+        if self.dht is not None:
+            actions += self._dht_actions(self.dht.tick(now), now)
+            actions += self._retry_lookups(now)
+            self._dht_allowance.prune(now)
+            self._hint_allowance.prune(now)
+        actions += self._release_offers(now)
+        self._release_due = self._next_release()
+        return actions + notices + self._reroute(changed, now)
+
+    # -- what pacing held back ------------------------------------------------------
+
+    @property
+    def release_due(self) -> int | None:
+        """When (ms) an announce, a greeting or a tree offer held back by pacing (one
+        per neighbour or origin per flood interval) may go: call :meth:`release` then
+        (:meth:`tick` releases them too). None: nothing is held."""
+        return self._release_due
+
+    def release(self, now: int) -> list[Action]:
+        """Send what pacing held back and may go now: fresher announces to flood on,
+        greetings back, tree offers (the newest to each neighbour)."""
+        actions = self._release_floods(now)
+        actions += self._release_greetings(now)
+        actions += self._release_offers(now)
+        self._release_due = self._next_release()
+        return actions
+
+    def _hold_until(self, due: int) -> None:
+        if self._release_due is None or due < self._release_due:
+            self._release_due = due
+
+    def _next_release(self) -> int | None:
+        interval = self.config.flood_interval_ms
+        due = [
+            self._flooded[origin][1] + interval if origin in self._flooded else 0
+            for origin in self._flood_later
+        ]
+        due += [self._greeted_back.get(node, 0) + interval for node in self._greet_later]
+        due += [self._offer_sent.get(node, 0) + interval for node in self._offer_later]
+        return min(due, default=None)
+
+    def _release_floods(self, now: int) -> list[Action]:
         actions: list[Action] = []
         for origin, (sender, ts, wire) in sorted(
             self._flood_later.items(), key=lambda item: item[0].raw
@@ -1228,26 +1283,25 @@ class Router:
             if origin in self.table:  # not lapsed meanwhile
                 self._flooded[origin] = (ts, now)
                 actions += self._flood_announce(origin, sender, wire)
-        for origin in [o for o in self._flooded if o not in self.table]:
-            del self._flooded[origin]
+        return actions
+
+    def _release_greetings(self, now: int) -> list[Action]:
+        actions: list[Action] = []
         for node in sorted(self._greet_later, key=lambda n: n.raw):
             if now - self._greeted_back.get(node, 0) >= self.config.flood_interval_ms:
                 self._greet_later.discard(node)
                 self._greeted_back[node] = now
                 actions.append(Greet(node, hello=False))
-        if self.tree is not None:
-            actions += self._paced(self.tree.tick(now), now)
-        if self.dht is not None:
-            actions += self._dht_actions(self.dht.tick(now), now)
-            actions += self._retry_lookups(now)
-            self._dht_allowance.prune(now)
-            self._hint_allowance.prune(now)
+        return actions
+
+    def _release_offers(self, now: int) -> list[Action]:
+        actions: list[Action] = []
         if self.tree is not None:
             for node in sorted(self._offer_later, key=lambda n: n.raw):
                 if now - self._offer_sent.get(node, 0) >= self.config.flood_interval_ms:
                     self._offer_sent[node] = now
                     actions.append(self._offer_later.pop(node))
-        return actions + notices + self._reroute(changed, now)
+        return actions
 
     def reroute(self, dst: crypto.NodeId, now: int) -> Reroute:
         """Where frames queued for ``dst`` go now: its best next hop, and for those

@@ -212,6 +212,10 @@ class MeshRuntime:
         self._announced: tuple[int, bytes] | None = None
         self.inbox_changed = trio.Event()
         self._routes_dirty = trio.Event()
+        #: When the router's paced sends held back may go (:attr:`mesh.Router.release_due`,
+        #: ms), as last looked; set when it moves earlier, to wake :meth:`_release_loop`.
+        self._release_at: int | None = None
+        self._release_moved = trio.Event()
         #: Set (and replaced) when an interest of another node is learned or withdrawn.
         self.interests_changed = trio.Event()
         #: Set (and replaced) when this node learns a revocation.
@@ -274,6 +278,7 @@ class MeshRuntime:
             nursery.start_soon(self._announce_loop)
             nursery.start_soon(self.subscriptions.refresh_loop)
             nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._release_loop)
             nursery.start_soon(self._save_loop)
             self.ready = True
             task_status.started()
@@ -346,6 +351,10 @@ class MeshRuntime:
     # -- actions ----------------------------------------------------------------------
 
     async def _apply(self, actions: Sequence[mesh.Action]) -> None:
+        due = self.router.release_due
+        if due is not None and (self._release_at is None or due < self._release_at):
+            self._release_at = due
+            self._release_moved.set()
         for action in actions:
             if isinstance(action, mesh.Reroute):
                 dst, hop, instead = action.dst, action.next_hop, action.instead
@@ -596,6 +605,24 @@ class MeshRuntime:
         while True:
             await trio.sleep(interval * self.rng.uniform(0.75, 1.25))
             self.announce()
+
+    async def _release_loop(self) -> None:
+        """Send what the router's pacing held back (announces, greetings, tree offers:
+        one per neighbour per flood interval) as soon as it may go, not at the next
+        tick: a tree re-forming takes a flood interval a level, not a tick interval."""
+        while True:
+            at = self._release_at
+            if at is None:
+                await self._release_moved.wait()
+            else:
+                delay = (at - self.clock()) / 1000
+                if delay <= 0:
+                    self._release_at = None
+                    await self._apply(self.router.release(self.clock()))
+                    continue
+                with trio.move_on_after(delay):
+                    await self._release_moved.wait()
+            self._release_moved = trio.Event()
 
     async def _tick_loop(self) -> None:
         while True:

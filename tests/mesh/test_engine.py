@@ -590,6 +590,27 @@ def test_a_hello_too_soon_is_greeted_back_at_the_first_tick_after_the_interval()
     assert r.tick(NOW + 4 * FLOOD_INTERVAL) == []
 
 
+def test_what_pacing_holds_back_says_when_it_may_go_and_goes_then() -> None:
+    """:meth:`Router.release` sends the fresher announce and the greeting held back as
+    soon as the flood interval is over (the runtime calls it at ``release_due``), not
+    at the next tick; after them nothing is due."""
+    r = router(A, B)
+    assert r.release_due is None
+    r.on_announce(admitted(announce(A_ID, hello=True)), A, NOW)
+    assert r.release_due is None  # greeted back and flooded on at once
+    fresher = announce(A_ID, ts=T0 + 1, hello=True)
+    r.on_announce(admitted(fresher), A, NOW + 1)
+    assert r.release_due == NOW + FLOOD_INTERVAL
+    assert r.release(NOW + FLOOD_INTERVAL - 1) == []
+    assert r.release_due == NOW + FLOOD_INTERVAL
+    assert r.release(NOW + FLOOD_INTERVAL) == [
+        Flood((B,), WireFrame(1, fresher)),
+        Greet(A, hello=False),
+    ]
+    assert r.release_due is None
+    assert r.tick(NOW + 2 * FLOOD_INTERVAL) == []  # sent once
+
+
 def test_a_pending_greeting_back_goes_with_the_neighbour() -> None:
     r = router(A, B)
     r.on_announce(admitted(announce(A_ID, hello=True)), A, NOW)

@@ -313,6 +313,8 @@ def test_offers_to_a_neighbour_are_paced_and_the_newest_goes_at_a_tick() -> None
     assert any(isinstance(x, CoordinatesChanged) for x in actions)
     assert not [x for x in actions if isinstance(x, Offer)]  # both sent within 5 s
     assert b.offers_held == 2
+    assert b.release_due == NOW + FLOOD_INTERVAL  # (the runtime releases them then)
+    assert not [x for x in b.release(NOW + FLOOD_INTERVAL - 1) if isinstance(x, Offer)]
     assert not [x for x in b.tick(NOW + FLOOD_INTERVAL - 1) if isinstance(x, Offer)]
     due = [x for x in b.tick(NOW + FLOOD_INTERVAL) if isinstance(x, Offer)]
     assert sorted(x.neighbour for x in due) == sorted([a_id.node_id, c_id.node_id])
@@ -321,6 +323,23 @@ def test_offers_to_a_neighbour_are_paced_and_the_newest_goes_at_a_tick() -> None
     assert tree.coordinates is not None
     assert all(x.chain == tree.coordinates.chain.encode() for x in due if tree.coordinates.chain)
     assert b.offers_held == 0
+    assert b.release_due is None
+
+
+def test_held_offers_go_at_release_due_without_a_tick() -> None:
+    a_id, b_id, c_id = sorted((identity(n) for n in (1, 2, 3)), key=lambda i: i.node_id.raw)
+    a, b = router(a_id), router(b_id)
+    b.add_neighbour(a_id.node_id, Role.PEER, NOW)
+    b.add_neighbour(c_id.node_id, Role.PEER, NOW)
+    (from_a,) = [x for x in a.add_neighbour(b_id.node_id, Role.PEER, NOW) if isinstance(x, Offer)]
+    wire = admit(crd(a_id, b_id.node_id, offer_body(from_a.chain, from_a.grant), ts=NOW), now=NOW)
+    assert not isinstance(wire, Result)
+    b.on_offer(wire, a_id.node_id, NOW + 10)
+    due = b.release_due
+    assert due == NOW + FLOOD_INTERVAL
+    offers = [x for x in b.release(due) if isinstance(x, Offer)]
+    assert sorted(x.neighbour for x in offers) == sorted([a_id.node_id, c_id.node_id])
+    assert (b.offers_held, b.release_due) == (0, None)
 
 
 def test_a_node_without_the_tree_refuses_offers_and_sends_none() -> None:

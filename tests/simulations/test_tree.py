@@ -15,7 +15,7 @@ from trio.testing import MockClock
 import crypto
 import mesh
 from node import NodeConfig, Request
-from simulations import Link, SimNode, Simulation, open_simulation, random_graph
+from simulations import Link, SimNode, Simulation, chain, open_simulation, random_graph
 
 #: Announces (and tree offers) every minute: a grant lives three.
 INTERVAL = 60.0
@@ -199,3 +199,23 @@ async def test_messages_beyond_the_announce_radius_go_greedily_by_coordinates(
         assert chirp is not None
         assert chirp.delivered == chirp.expected == len(followers)
         assert chirp.duplicates == 0
+
+
+async def test_a_new_root_spreads_a_flood_interval_a_hop_not_a_tick(
+    autojump_clock: MockClock,
+) -> None:
+    """Offers held back by pacing (one per neighbour per flood interval) go as soon as
+    the interval is over, not at the node's next tick (every 15 s): along a line of
+    nodes whose least id is at one end, every node is placed under it within a flood
+    interval a hop."""
+    config = NodeConfig(tree=True, store_sync=False)
+    async with open_simulation(seed=3, config=config, fidelity="engine") as sim:
+        sim.network.default_link = Link(latency=0.01)
+        nodes = sorted(await sim.add_nodes(7), key=lambda node: node.node_id.raw)
+        # The least id at one end, the others in the worst order: each node hears of a
+        # lesser root, and offers again, once per node nearer that end.
+        line = [nodes[0], *reversed(nodes[1:])]
+        await sim.peer_all(chain(line))
+        flood = mesh.RouterConfig().flood_interval_ms / 1000
+        await sim.advance(len(line) * flood + 1)
+        check_tree(line, {}, nodes[0].node_id)
