@@ -461,7 +461,7 @@ class Router:
         once it is over (:meth:`release`), so a tree re-forming does not flood the links."""
         out: list[Action] = []
         if self.dht is not None and self.tree is not None:
-            self.dht.set_coordinates(self.tree.chain)
+            self.dht.set_coordinates(self.tree.chain, now)
         for action in actions:
             if not isinstance(action, Offer):
                 out.append(action)

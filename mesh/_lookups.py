@@ -56,7 +56,8 @@ reports a lookup started by :meth:`Dht.find`.
 Timers, all in :meth:`Dht.tick`: a query unanswered after ``timeout_ms`` failed (the
 lookup asks the next node; the contact is dropped from the table, a pending newcomer
 takes its place); our own coordinates are published when they change (a ``store`` at the
-k nodes found last time, or after a lookup of our id if none was; a chain that changed
+k nodes found last time, or after a lookup of our id if none was, the first time once
+our place has held :data:`PUBLISH_SETTLE_MS`; a chain that changed
 only by the root's newer statement, the same place, once the copy held is in the last
 third of its life: the root signs one every interval, and the copy routes as well) and every
 ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found; sooner,
@@ -110,6 +111,7 @@ __all__ = [
     "MAX_OP_LENGTH",
     "MAX_WHY_LENGTH",
     "PUBLISH_RECHECK_MS",
+    "PUBLISH_SETTLE_MS",
     "QUERY_ID_SIZE",
     "Dht",
     "DhtAction",
@@ -161,6 +163,12 @@ DEFAULT_REPUBLISH_MS: Final = 3600 * 1000
 #: again this long after, twice as long each time it is unsure again, up to
 #: ``republish_ms``: lookups by others end at the nearest nodes, not at ours.
 PUBLISH_RECHECK_MS: Final = 60_000
+#: A node's first publication waits until its place has held this long (two of the
+#: router's flood intervals; :meth:`Dht.set_coordinates` is told when it changed): while
+#: the tree forms, a new root spreads a flood interval a hop and places change every few
+#: seconds, and a publication made meanwhile finds its holders by chains of trees about
+#: to go, misses the nodes nearest our id and looks again (:data:`PUBLISH_RECHECK_MS`).
+PUBLISH_SETTLE_MS: Final = 10_000
 _NODE_ID_SIZE: Final = 32
 
 
@@ -539,6 +547,7 @@ class Dht:
         self._renew_next: float = 0
         self._renew_changes = -1
         self._chain: bytes | None = None
+        self._chain_since: int | None = None
         self._publish_due = False
         self._publishing: int | None = None  # the lookup id of our publication running
         self._published: int | None = None  # when the last one found its holders
@@ -583,11 +592,14 @@ class Dht:
         at least every few minutes besides, for publication and refresh."""
         return min((p.sent + self.timeout_ms for p in self._queries.values()), default=None)
 
-    def set_coordinates(self, chain: bytes | None) -> None:
-        """Our coordinates changed (None: we have none): published at the next tick."""
+    def set_coordinates(self, chain: bytes | None, now: int | None = None) -> None:
+        """Our coordinates changed (None: we have none): published at the next tick;
+        the first time, once they have held :data:`PUBLISH_SETTLE_MS` since ``now``,
+        when they changed (None: not known, at the next tick)."""
         if chain != self._chain:
             self._chain = chain
             self._publish_due = chain is not None
+            self._chain_since = now
 
     def introduce(self, chain: bytes, now: int) -> list[DhtAction]:
         """Learn the node ``chain`` places as a contact (a neighbour, say: a node to start
@@ -792,6 +804,12 @@ class Dht:
                 return []  # the root's next statement: stored when the copy held ages
             return self._store_at(self._holders, now)
         if self._background() >= MAX_BACKGROUND_LOOKUPS:
+            return []
+        if (
+            self._published is None
+            and self._chain_since is not None
+            and now - self._chain_since < PUBLISH_SETTLE_MS
+        ):
             return []
         self._publish_due = False
         return self._start(self.id, _Purpose.PUBLISH, False, now)[1]

@@ -52,6 +52,7 @@ from mesh._lookups import (
     DEFAULT_REPUBLISH_MS,
     MAX_WHY_LENGTH,
     PUBLISH_RECHECK_MS,
+    PUBLISH_SETTLE_MS,
 )
 from tests.strategies import cbor_values
 
@@ -841,6 +842,26 @@ def test_every_node_publishes_and_lookups_find_verified_coordinates_in_log_n_rou
     assert found >= 98  # of 100 (seeded: 100 in this run)
     assert exact >= 0.95 * 50  # (seeded: 50)
     assert max(rounds) <= math.log2(size)
+
+
+def test_the_first_publication_waits_until_our_place_has_held() -> None:
+    """Told when our place changed, a node publishes it (a lookup of its own id) only
+    once it has held PUBLISH_SETTLE_MS: while the tree forms it changes every few
+    seconds. Each change starts the wait again."""
+    _, moved = make_tree(12, random.Random(7), now=T0 + 1)
+    a = dht(IDS[0])
+    a.set_coordinates(None)
+    a.introduce(CHAINS[IDS[1]], T0)
+
+    def publishes(now: int) -> bool:
+        return any(isinstance(m, DhtFind) and m.key == IDS[0] for _, m in sends(a.tick(now)))
+
+    a.set_coordinates(CHAINS[IDS[0]], T0)
+    assert not publishes(T0 + PUBLISH_SETTLE_MS - 1)
+    a.set_coordinates(moved[IDS[0]], T0 + PUBLISH_SETTLE_MS - 1)  # changed again
+    assert not publishes(T0 + PUBLISH_SETTLE_MS)
+    assert not publishes(T0 + 2 * PUBLISH_SETTLE_MS - 2)
+    assert publishes(T0 + 2 * PUBLISH_SETTLE_MS - 1)
 
 
 def test_lookups_route_around_dead_nodes_by_timeouts() -> None:
