@@ -521,6 +521,11 @@ class Lookup:
             answered += state is _Query.ANSWERED
         return False
 
+    def nearest_known(self) -> list[crypto.NodeId]:
+        """The k nearest nodes heard of (asked or not; not those that failed), nearest
+        first: an asker names them in its queries, so that answers name others."""
+        return self._nearest_live()
+
     def _learn(self, node: crypto.NodeId) -> None:
         if node in self._state or node == self.self_id:
             return

@@ -15,11 +15,14 @@ malformed: grants are read as strictly). ``q`` is an 8-byte query id, chosen by 
 asker and echoed in the answer; chains are a :class:`crypto.CoordChain`'s wire form.
 
 ===========  =====================================================================
-``find``     ``{op, q, key, value: bool, from}``: the k contacts nearest ``key`` and,
+``find``     ``{op, q, key, value: bool, from, known?}``: the contacts nearest ``key``
+             (those not in ``known``, ids the asker has heard of, at most
+             :data:`MAX_FOUND_NODES`) and,
              with ``value``, the coordinates of ``key`` if held. ``from`` is the
              asker's chain: the answer is routed back by it, and the asker learned
 ``found``    ``{op, q, nodes: [[id, chain], ...], value?, from?}``: at most
-             :data:`MAX_FOUND_NODES` (we send k, those whose chains are unexpired),
+             :data:`MAX_FOUND_NODES` (we send the :data:`DEFAULT_ANSWER_NODES`
+             nearest not ``known`` to the asker, of those whose chains are unexpired),
              each with its coordinates; ``from``, the answerer's own now (the
              asker keeps them: the ones it asked by may be about to expire)
 ``store``    ``{op, q, key, value, ttl}``: keep ``value``, the coordinates of ``key``,
@@ -101,6 +104,7 @@ from mesh._dht import (
 from mesh._errors import MeshError, NoRoute, StoreFull
 
 __all__ = [
+    "DEFAULT_ANSWER_NODES",
     "DEFAULT_MAX_LOOKUPS",
     "DEFAULT_QUERY_TIMEOUT_MS",
     "DEFAULT_REFRESH_MS",
@@ -138,6 +142,11 @@ QUERY_ID_SIZE: Final = 8
 #: Most nodes a ``found`` may carry: we send k (8); a peer configured with a larger k is
 #: read up to this, and only the k nearest are taken.
 MAX_FOUND_NODES: Final = 20
+#: Contacts named in a ``found``: the nearest 4 the asker does not know (it names the k
+#: nearest it has heard of in its ``find``), not k. Each comes with its chain (about
+#: 1.5 KB in a tree 10 deep), so an answer of k = 8 is ~12 KB; a lookup still reaches
+#: the k nearest, in answers half the size (docs/routing-at-scale.md).
+DEFAULT_ANSWER_NODES: Final = 4
 #: Longest reason in a ``refused`` (characters): ours are one sentence.
 MAX_WHY_LENGTH: Final = 300
 #: Longest op name read, so that an unknown op quoted back in a refusal stays short.
@@ -178,12 +187,14 @@ _NODE_ID_SIZE: Final = 32
 @dataclasses.dataclass(frozen=True, slots=True)
 class DhtFind:
     """Ask for the contacts nearest ``key`` (and, with ``value``, its coordinates);
-    ``sender_chain`` is the asker's coordinates (``from`` on the wire)."""
+    ``sender_chain`` is the asker's coordinates (``from`` on the wire); ``known``, nodes
+    near ``key`` the asker has heard of already, for the answer to leave out."""
 
     q: bytes
     key: crypto.NodeId
     value: bool
     sender_chain: bytes = dataclasses.field(repr=False)
+    known: tuple[crypto.NodeId, ...] = dataclasses.field(default=(), repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,7 +264,7 @@ DhtMessage = (
 
 # op -> (required keys, optional keys), "op" and "q" included.
 _SHAPES: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
-    "find": (frozenset({"op", "q", "key", "value", "from"}), frozenset()),
+    "find": (frozenset({"op", "q", "key", "value", "from"}), frozenset({"known"})),
     "found": (frozenset({"op", "q", "nodes"}), frozenset({"value", "from"})),
     "store": (frozenset({"op", "q", "key", "value", "ttl"}), frozenset()),
     "stored": (frozenset({"op", "q"}), frozenset()),
@@ -272,8 +283,10 @@ def encode_message(message: DhtMessage) -> bytes:
     """
     fields: dict[str, Any]
     match message:
-        case DhtFind(q, key, value, sender_chain):
+        case DhtFind(q, key, value, sender_chain, known):
             fields = {"op": "find", "q": q, "key": key.raw, "value": value, "from": sender_chain}
+            if known:
+                fields["known"] = [node.raw for node in known]
         case DhtFound(q, nodes, value, sender_chain):
             fields = {"op": "found", "q": q, "nodes": [[node.raw, chain] for node, chain in nodes]}
             if value is not None:
@@ -346,7 +359,11 @@ def decode_message(body: bytes) -> DhtMessage:
             if not isinstance(value, bool):
                 raise crypto.Malformed("DHT find message's value is not a boolean")
             return DhtFind(
-                q, _node(item["key"], op, "key"), value, _chain(item["from"], op, "from")
+                q,
+                _node(item["key"], op, "key"),
+                value,
+                _chain(item["from"], op, "from"),
+                _known(item.get("known", [])),
             )
         case "found":
             raw, own = item.get("value"), item.get("from")
@@ -401,6 +418,14 @@ def _chain(value: Any, op: str, what: str) -> bytes:
             f"DHT {op} message's {what} is {len(value)} bytes, limit {crypto.MAX_COORD_CHAIN_SIZE}"
         )
     return value
+
+
+def _known(value: Any) -> tuple[crypto.NodeId, ...]:
+    if not isinstance(value, list):
+        raise crypto.Malformed("DHT find message's known is not an array")
+    if len(value) > MAX_FOUND_NODES:
+        raise crypto.TooLarge(f"DHT find message names {len(value)} known, limit {MAX_FOUND_NODES}")
+    return tuple(_node(entry, "find", f"known {index}") for index, entry in enumerate(value))
 
 
 def _nodes(value: Any) -> tuple[tuple[crypto.NodeId, bytes], ...]:
@@ -520,13 +545,17 @@ class Dht:
         refresh_ms: int = DEFAULT_REFRESH_MS,
         republish_ms: int = DEFAULT_REPUBLISH_MS,
         chains: VerifiedChains | None = None,
+        answer_nodes: int = DEFAULT_ANSWER_NODES,
     ) -> None:
         if contacts.self_id != identity_id:
             raise ValueError(f"contacts are {contacts.self_id.short}'s, not {identity_id.short}'s")
-        if min(k, alpha, timeout_ms, max_lookups, max_lookup_queries) < 1:
+        if min(k, alpha, timeout_ms, max_lookups, max_lookup_queries, answer_nodes) < 1:
             raise ValueError(
-                "k, alpha, timeout_ms, max_lookups and max_lookup_queries must be >= 1"
+                "k, alpha, timeout_ms, max_lookups, max_lookup_queries and answer_nodes"
+                " must be >= 1"
             )
+        if answer_nodes > MAX_FOUND_NODES:
+            raise ValueError(f"answer_nodes must be <= {MAX_FOUND_NODES}, got {answer_nodes}")
         self.id = identity_id
         self.contacts = contacts
         self.records = records
@@ -537,6 +566,7 @@ class Dht:
         self.max_lookup_queries = max_lookup_queries
         self.refresh_ms = refresh_ms
         self.republish_ms = republish_ms
+        self.answer_nodes = answer_nodes
         self._rng = rng if rng is not None else random.Random(identity_id.raw)
         self._salt = int.from_bytes(identity_id.raw[8:16], "big")
         #: Per contact, for the chain it had at the last tick: when to renew it, and
@@ -667,7 +697,10 @@ class Dht:
                     lookup.on_failure(node)
                     continue
                 q = self._query(_Kind.FIND, node, chain, now, running.lookup_id)
-                body = encode_message(DhtFind(q, lookup.target, lookup.find_value, self._chain))
+                known = tuple(n for n in lookup.nearest_known() if n != node)
+                body = encode_message(
+                    DhtFind(q, lookup.target, lookup.find_value, self._chain, known)
+                )
                 actions.append(DhtSend(node, chain, body))
         return actions + self._finish(running, now)
 
@@ -907,10 +940,13 @@ class Dht:
             elif (record := self.records.get(message.key, now)) is not None:
                 value = record.value
         nodes: list[tuple[crypto.NodeId, bytes]] = []
-        for node in self.contacts.nearest(message.key, self.k, exclude=[sender]):
+        skip = [sender, *message.known]
+        for node in self.contacts.nearest(message.key, self.k, exclude=skip):
             chain = self._chain_of(node)
             if chain is not None and self._usable(chain, now):
                 nodes.append((node, chain))
+                if len(nodes) == self.answer_nodes:
+                    break
         while True:  # fewer nodes if it would not fit (chains deeper than ours are)
             try:
                 body = encode_message(DhtFound(message.q, tuple(nodes), value, self._chain))

@@ -48,6 +48,7 @@ from mesh import (
 )
 from mesh._dht import DEFAULT_K, DEFAULT_PROBE_INTERVAL_MS, MAX_FAILURES
 from mesh._lookups import (
+    DEFAULT_ANSWER_NODES,
     DEFAULT_QUERY_TIMEOUT_MS,
     DEFAULT_REPUBLISH_MS,
     MAX_WHY_LENGTH,
@@ -269,9 +270,55 @@ def test_a_find_is_answered_with_the_nearest_contacts_and_the_asker_learned() ->
     assert isinstance(found, DhtFound)
     assert found.q == Q
     assert found.value is None
-    nearest = b.contacts.nearest(IDS[5], K, exclude=[IDS[0]])
+    # The nearest DEFAULT_ANSWER_NODES (4, not k: each comes with its chain).
+    assert len(b.contacts) > DEFAULT_ANSWER_NODES
+    nearest = b.contacts.nearest(IDS[5], DEFAULT_ANSWER_NODES, exclude=[IDS[0]])
     assert [node for node, _ in found.nodes] == nearest
     assert all(chain == CHAINS[node] for node, chain in found.nodes)
+    # Those the asker names as known are left out: the answer names the next ones.
+    asked = encode_message(DhtFind(Q, IDS[5], False, CHAINS[IDS[0]], tuple(nearest[:2])))
+    [send] = b.on_message(IDS[0], asked, T0)
+    assert isinstance(send, DhtSend)
+    found = decode_message(send.body)
+    assert isinstance(found, DhtFound)
+    expected = b.contacts.nearest(IDS[5], DEFAULT_ANSWER_NODES, exclude=[IDS[0], *nearest[:2]])
+    assert [node for node, _ in found.nodes] == expected
+    # As many as the node is set to name (up to MAX_FOUND_NODES).
+    c = dht(IDS[1], answer_nodes=K)
+    for other in IDS[2:]:
+        c.introduce(CHAINS[other], T0)
+    [send] = c.on_message(IDS[0], body, T0)
+    assert isinstance(send, DhtSend)
+    found = decode_message(send.body)
+    assert isinstance(found, DhtFound)
+    assert [node for node, _ in found.nodes] == c.contacts.nearest(IDS[5], K, exclude=[IDS[0]])
+    for bad in (0, MAX_FOUND_NODES + 1):
+        with pytest.raises(ValueError, match="answer_nodes"):
+            dht(IDS[1], answer_nodes=bad)
+
+
+def test_a_find_names_the_nearest_known_and_too_many_or_bad_ones_are_refused() -> None:
+    a = dht(IDS[0])
+    for other in IDS[1:]:
+        a.introduce(CHAINS[other], T0)
+    _, actions = a.find(IDS[5], value=False, now=T0)
+    queries = [(dst, m) for dst, m in sends(actions) if isinstance(m, DhtFind)]
+    assert queries
+    for dst, query in queries:
+        assert dst not in query.known
+        assert set(query.known) <= set(a.contacts.nearest(IDS[5], K))
+        assert len(query.known) == K - 1
+    item = decode(encode_message(DhtFind(Q, IDS[5], False, CHAINS[IDS[0]], (IDS[1],))))
+    item["known"] = [IDS[1].raw] * (MAX_FOUND_NODES + 1)
+    with pytest.raises(crypto.TooLarge, match="known"):
+        decode_message(encode(item))
+    for bad in (b"short", "text", 7):
+        item["known"] = [bad]
+        with pytest.raises(crypto.Malformed, match="known 0"):
+            decode_message(encode(item))
+    item["known"] = b"not an array"
+    with pytest.raises(crypto.Malformed, match="known is not an array"):
+        decode_message(encode(item))
 
 
 def test_a_node_stores_its_own_coordinates_and_anyone_finds_them() -> None:
