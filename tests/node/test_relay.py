@@ -1098,9 +1098,10 @@ async def test_idle_connections_are_pinged(
     assert nat.server is not None
     # The relay's greeting (its announce and routes) reaches nat over a reversed
     # connection once nat attaches and greets it (a greeting that came before the
-    # attachment is retried): let those exchanges finish first, well within a ping
+    # attachment is retried; one held back by the rate limit goes a flood interval,
+    # 5 s, after the first): let those exchanges finish first, well within a ping
     # interval.
-    await trio.sleep(5)
+    await trio.sleep(10)
     served = nat.server.requests_served
     await trio.sleep(26)
     assert nat.server.requests_served == served + 2  # one OPTIONS ping on each
