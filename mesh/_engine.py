@@ -325,9 +325,9 @@ class Router:
         self._flooded: dict[crypto.NodeId, tuple[int, int]] = {}
         #: Per origin: a fresher announce taken within the flood interval and not
         #: flooded then, as (sender, ts, copy): flooded on once the interval is over
-        #: (:meth:`release`). Dropped, it would reach only the nodes that did not flood the one
-        #: before: those far from them would hold the freshest only by a long way
-        #: round, and route along it (fresher beats shorter) until the next announce.
+        #: (:meth:`release`). Dropped, it would reach only the nodes that did not flood
+        #: the one before: those far from them would hold the freshest only by a long
+        #: way round, and route along it (fresher beats shorter) until the next announce.
         self._flood_later: dict[crypto.NodeId, tuple[crypto.NodeId, int, WireFrame]] = {}
         #: Per neighbour: when we last greeted it back (answering its hello).
         self._greeted_back: dict[crypto.NodeId, int] = {}

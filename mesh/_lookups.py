@@ -139,8 +139,9 @@ __all__ = [
 MAX_MESSAGE_SIZE: Final = 64 * 1024
 #: Bytes in a query id: random, so an answer cannot be guessed by a node not asked.
 QUERY_ID_SIZE: Final = 8
-#: Most nodes a ``found`` may carry: we send k (8); a peer configured with a larger k is
-#: read up to this, and only the k nearest are taken.
+#: Most nodes a ``found`` may carry (and ids a ``find`` may name as ``known``): we send
+#: :data:`DEFAULT_ANSWER_NODES`; a peer configured to send more is read up to this, and
+#: only the k nearest are taken.
 MAX_FOUND_NODES: Final = 20
 #: Contacts named in a ``found``: the nearest 4 the asker does not know (it names the k
 #: nearest it has heard of in its ``find``), not k. Each comes with its chain (about
