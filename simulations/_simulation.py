@@ -118,6 +118,15 @@ NODE_PORT: Final = 8470
 #: Why a message whose origin lost its store (``keep_store=False``) counts as dropped.
 LOST: Final = "lost: its origin restarted without the store that held it"
 
+#: How many checked signatures, opened frame envelopes and verified chains a
+#: ``verify_once`` simulation remembers (each forgets all at once past it). Reuse comes
+#: within a flood or a hop's round trip, so a short memory keeps nearly every hit:
+#: ``mesh`` scenario, 300 nodes, 4 virtual minutes, ed25519, the same report either
+#: way: 100,000 (the functions' default) 787 MiB peak and 70.8 s wall, 4,096 374 MiB
+#: and 68.8 s; with stand-in signatures 100,000 62.5 s, 2,000 54.6 s, 1 72.9 s. A
+#: remembered frame envelope with its chains and signature is ~12 KB.
+_REMEMBERED: Final = 4_096
+
 _STORE_FILES: Final = ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm")
 
 
@@ -999,8 +1008,9 @@ async def open_simulation(
     signature that verified is not verified again by any node of this simulation
     (:func:`crypto.verifying_once`), nor a frame envelope opened again
     (:func:`crypto.opening_once`), nor a coordinate chain checked again
-    (:func:`mesh.verifying_chains_once`): the same outcome, much less time; by default each
-    node verifies what it is shown, as a real node does. ``stores``: ``"disk"`` (each
+    (:func:`mesh.verifying_chains_once`), the last few thousand of each remembered: the
+    same outcome, much less time; by default each node verifies what it is shown, as a
+    real node does. ``stores``: ``"disk"`` (each
     node's ``store.sqlite3``, as a real node) or ``"memory"`` (an in-memory database
     per node that survives its restarts; see :class:`Stores`). ``signatures``:
     ``"ed25519"`` (as a real node) or ``"stand-in"`` (:func:`crypto.standing_in`: every
@@ -1027,9 +1037,9 @@ async def open_simulation(
     with contextlib.ExitStack() as stack:
         stack.enter_context(_virtual_keepalive())
         if verify_once:  # before the nursery: its tasks (every node's) inherit them
-            stack.enter_context(crypto.verifying_once())
-            stack.enter_context(crypto.opening_once())
-            stack.enter_context(mesh.verifying_chains_once())
+            stack.enter_context(crypto.verifying_once(_REMEMBERED))
+            stack.enter_context(crypto.opening_once(_REMEMBERED))
+            stack.enter_context(mesh.verifying_chains_once(_REMEMBERED))
         if signing is Signatures.STAND_IN:  # the same: every node's tasks inherit it
             stack.enter_context(crypto.standing_in())
         if data_dir is None:
