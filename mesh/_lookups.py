@@ -58,10 +58,12 @@ reports a lookup started by :meth:`Dht.find`.
 
 Timers, all in :meth:`Dht.tick`: a query unanswered after ``timeout_ms`` failed (the
 lookup asks the next node; the contact is dropped from the table, a pending newcomer
-takes its place); our own coordinates are published when they change (a ``store`` at the
-k nodes found last time, or after a lookup of our id if none was, the first time once
-our place has held :data:`PUBLISH_SETTLE_MS`; a chain that changed
-only by the root's newer statement, the same place, once the copy held is in the last
+takes its place), seen at the first tick after that (node/_mesh.py ticks every 15 s:
+10 to 25 s after it was sent; failing each at :meth:`Dht.wake_at` instead was measured
+and not kept, docs/routing-at-scale.md); our own coordinates are published when they
+change (a ``store`` at the k nodes found last time, or after a lookup of our id if none
+was, the first time once our place has held :data:`PUBLISH_SETTLE_MS`; a chain that
+changed only by the root's newer statement, the same place, once the copy held is in the last
 third of its life: the root signs one every interval, and the copy routes as well) and every
 ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found; sooner,
 :data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than those found
