@@ -52,9 +52,9 @@ another simulation running, 100 nodes took 6 minutes and 300 nodes 42 (N^1.8). W
 ``--tree --announce-radius 2`` (``mesh``, 40 virtual minutes, seed 1, beside other
 work) 300 nodes took 448 s and 1,000 nodes 1,675 s; its first virtual minutes (every
 node looking up and publishing in the DHT at once) cost most, and grow faster than N
-(the ``mesh`` scenario's first minute: 43 s at 1,000 nodes, 258 s at 3,000). Memory is
-about 1 to 1.3 MB a node (the whole process's growth: nodes, SQLite stores, the
-network and the ledger).
+(the ``mesh`` scenario's first minute: 43 s at 1,000 nodes, 258 s at 3,000). Memory (the
+whole process's peak: nodes, SQLite stores, the network and the ledger) was 1.3 MB a
+node at 1,000 nodes and 2.0 MB at 3,000 (``mesh``, 10 virtual minutes, seed 0).
 
 Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]

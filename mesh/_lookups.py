@@ -63,12 +63,12 @@ takes its place), seen at the first tick after that (node/_mesh.py ticks every 1
 and not kept, docs/routing-at-scale.md); our own coordinates are published when they
 change (a ``store`` at the k nodes found last time, or after a lookup of our id if none
 was, the first time once our place has held :data:`PUBLISH_SETTLE_MS`; a chain that
-changed only by the root's newer statement, the same place, once the copy held is in the last
-third of its life: the root signs one every interval, and the copy routes as well) and every
-``republish_ms`` (a lookup of our id, then a ``store`` at each of the k found; sooner,
-:data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than those found
-did not answer; at the next tick, while fewer than k were found and more contacts are
-known than then); buckets no lookup touched for ``refresh_ms`` are refreshed by a
+changed only by the root's newer statement, the same place, once the copy held is in the
+last third of its life: the root signs one every interval, and the copy routes as well)
+and every ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k
+found; sooner, :data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than
+those found did not answer; at the next tick, while fewer than k were found and more
+contacts are known than then); buckets no lookup touched for ``refresh_ms`` are refreshed by a
 lookup of a random id in them.
 Records stored for others are not republished by us: each owner publishes its own, and
 coordinates expire within the tree's grant lifetime anyway.

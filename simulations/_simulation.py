@@ -122,9 +122,9 @@ LOST: Final = "lost: its origin restarted without the store that held it"
 #: ``verify_once`` simulation remembers (each forgets all at once past it). Reuse comes
 #: within a flood or a hop's round trip, so a short memory keeps nearly every hit:
 #: ``mesh`` scenario, 300 nodes, 4 virtual minutes, ed25519, the same report either
-#: way: 100,000 (the functions' default) 787 MiB peak and 70.8 s wall, 4,096 374 MiB
-#: and 68.8 s; with stand-in signatures 100,000 62.5 s, 2,000 54.6 s, 1 72.9 s. A
-#: remembered frame envelope with its chains and signature is ~12 KB.
+#: way: at 100,000 (the functions' default) 787 MiB peak and 70.8 s wall, at 4,096
+#: 374 MiB and 68.8 s; with stand-in signatures, 62.5 s at 100,000, 54.6 s at 2,000 and
+#: 72.9 s at 1. A remembered frame envelope with its chains and signature is ~12 KB.
 _REMEMBERED: Final = 4_096
 
 _STORE_FILES: Final = ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm")
@@ -1010,9 +1010,9 @@ async def open_simulation(
     (:func:`crypto.opening_once`), nor a coordinate chain checked again
     (:func:`mesh.verifying_chains_once`), the last few thousand of each remembered: the
     same outcome, much less time; by default each node verifies what it is shown, as a
-    real node does. ``stores``: ``"disk"`` (each
-    node's ``store.sqlite3``, as a real node) or ``"memory"`` (an in-memory database
-    per node that survives its restarts; see :class:`Stores`). ``signatures``:
+    real node does. ``stores``: ``"disk"`` (each node's ``store.sqlite3``, as a real
+    node) or ``"memory"`` (an in-memory database per node that survives its restarts;
+    see :class:`Stores`). ``signatures``:
     ``"ed25519"`` (as a real node) or ``"stand-in"`` (:func:`crypto.standing_in`: every
     signature a keyed hash that anyone could make, checked the same way; the same
     report for a seed, in less time; nothing in the run authenticates anything).
