@@ -521,6 +521,10 @@ class Lookup:
             answered += state is _Query.ANSWERED
         return False
 
+    def stop(self) -> None:
+        """End the lookup now (its caller has what it wanted); late replies are ignored."""
+        self._done = True
+
     def nearest_known(self) -> list[crypto.NodeId]:
         """The k nearest nodes heard of (asked or not; not those that failed), nearest
         first: an asker names them in its queries, so that answers name others."""

@@ -688,6 +688,13 @@ class Router:
         self._coordinates[dst] = (coordinates, chain)
         return True
 
+    def _learn_origin(self, admitted: Admitted, sender: crypto.NodeId | None, now: int) -> None:
+        """Keep the coordinates of a message's origin that came with it (checked as a
+        destination's are): its receipt, a reply, go back greedily without a lookup, and
+        we pass them on with it."""
+        if admitted.src_coords is not None and self.tree is not None and sender is not None:
+            self._learn(admitted.frame.src, admitted.src_coords, now, checker=sender)
+
     def _better(self, new: crypto.Coordinates, held: crypto.Coordinates) -> bool:
         """Whether ``new`` coordinates of a node replace those ``held``: newer ones of
         the same tree; of another tree, those in ours (the only ones greedy routing can
@@ -702,8 +709,9 @@ class Router:
     def held(self, dst: crypto.NodeId, now: int) -> list[Action]:
         """A frame for ``dst`` is held here with no way on: with the tree, look its
         coordinates up in the DHT (one lookup per destination at a time; again after
-        :data:`LOOKUP_RETRY_MS` while it is still held). When found, frames for it are
-        rerouted (:class:`Reroute`)."""
+        :data:`LOOKUP_RETRY_MS` while it is still held; the first ends at the first
+        place found, the others ask the k nodes nearest it: :meth:`mesh.Dht.find`).
+        When found, frames for it are rerouted (:class:`Reroute`)."""
         if self.dht is None or dst == self.local:
             return []
         if dst in self._finding.values():
@@ -719,12 +727,17 @@ class Router:
             del self._wanted[next(iter(self._wanted))]
         wait = min(LOOKUP_RETRY_MS * 2 ** min(attempts - 1, 16), LOOKUP_RETRY_MAX_MS)
         self._wanted[dst] = _Wanted(now + wait, attempts)
-        if dst in self._coordinates and self.next_hop(dst, now) is None:
+        dead_end = dst in self._coordinates and self.next_hop(dst, now) is None
+        if dead_end:
             # A dead end with these (it moved, or the tree is re-forming): ask anew.
             # (With a way on, the frames held are those that came from it.)
             del self._coordinates[dst]
         try:
-            lookup, actions = self.dht.find(dst, value=True, now=now)
+            # The first lookup takes the first place found in our tree (a few queries,
+            # not k and more); a place that led nowhere, or a second lookup, asks the
+            # k nearest and takes the newest (a holder may keep a former place).
+            first = attempts == 1 and not dead_end
+            lookup, actions = self.dht.find(dst, value=True, now=now, first=first)
         except (NoRoute, StoreFull):
             return []  # no place of ours yet, or busy: tried again at a tick
         self.route_lookups += 1
@@ -823,6 +836,7 @@ class Router:
                     refusal = self.authority.inbox_refusal(frame, now)
                     if refusal is not None:
                         return Result.rejected(Reason.FORBIDDEN, refusal)
+            self._learn_origin(admitted, sender, now)
             return _DELIVER
         policy = self.config.forward_policy
         if policy is ForwardPolicy.OFF:
@@ -837,6 +851,7 @@ class Router:
                 Reason.HOP_LIMIT,
                 f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
             )
+        self._learn_origin(admitted, sender, now)
         hop, greedy = self._route(frame.dst, now, sender, admitted.coords)
         if greedy and self._came_back(frame.id, now):
             # Passed on greedily from here a moment ago, it came round: views of the

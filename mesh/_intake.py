@@ -31,6 +31,9 @@ class Admitted:
     #: The destination's coordinates the previous hop sent with it
     #: (:attr:`WireFrame.coords`): not checked yet.
     coords: bytes | None = None
+    #: The origin's coordinates the previous hop sent with it
+    #: (:attr:`WireFrame.src_coords`): not checked yet.
+    src_coords: bytes | None = None
 
 
 def admit(wire: WireFrame, *, now: int) -> Admitted | Result:
@@ -43,4 +46,4 @@ def admit(wire: WireFrame, *, now: int) -> Admitted | Result:
         return Result.rejected(
             Reason.HOP_LIMIT, f"frame has made {wire.hops} hops, its origin allows {frame.hops}"
         )
-    return Admitted(frame, wire.envelope, wire.hops + 1, wire.to, wire.coords)
+    return Admitted(frame, wire.envelope, wire.hops + 1, wire.to, wire.coords, wire.src_coords)

@@ -507,6 +507,8 @@ class _Running:
     purpose: _Purpose
     #: The chains of the nodes it may query (seeds' from the contacts, others' as offered).
     chains: dict[crypto.NodeId, bytes]
+    #: A lookup of coordinates that ends at the first value placing the key in our tree.
+    first: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -643,10 +645,19 @@ class Dht:
 
     # -- lookups ------------------------------------------------------------------------
 
-    def find(self, key: crypto.NodeId, *, value: bool, now: int) -> tuple[int, list[DhtAction]]:
+    def find(
+        self, key: crypto.NodeId, *, value: bool, now: int, first: bool = False
+    ) -> tuple[int, list[DhtAction]]:
         """Start a lookup of ``key`` (``value``: of its coordinates too); return its id
         and the queries to send. It ends with :class:`LookupDone` (perhaps among these actions,
         when no contact can be asked).
+
+        A lookup of coordinates goes on until the k nodes nearest ``key`` have answered,
+        and takes the newest value offered: a holder that missed the key's last store
+        keeps its former place. With ``first``, it ends at the first value that places
+        ``key`` in our tree instead: a few queries rather than k and more (measured in
+        docs/routing-at-scale.md), for a place that may be a former one (a caller that
+        finds it leads nowhere looks again without ``first``).
 
         Raises :class:`mesh.NoRoute` while we have no coordinates (no answer could reach
         us), :class:`mesh.StoreFull` with ``max_lookups`` of them running.
@@ -658,10 +669,10 @@ class Dht:
             raise StoreFull(
                 f"{running} lookups are running, limit {self.max_lookups}: retry when one is done"
             )
-        return self._start(key, _Purpose.FIND, value, now)
+        return self._start(key, _Purpose.FIND, value, now, first=first and value)
 
     def _start(
-        self, key: crypto.NodeId, purpose: _Purpose, value: bool, now: int
+        self, key: crypto.NodeId, purpose: _Purpose, value: bool, now: int, *, first: bool = False
     ) -> tuple[int, list[DhtAction]]:
         chains: dict[crypto.NodeId, bytes] = {}
         for node in self.contacts.nearest(key, self.k):
@@ -680,7 +691,7 @@ class Dht:
         )
         self.contacts.touch(key, now)
         self._last_lookup_id += 1
-        running = _Running(self._last_lookup_id, lookup, purpose, chains)
+        running = _Running(self._last_lookup_id, lookup, purpose, chains, first)
         self._lookups[running.lookup_id] = running
         if purpose is _Purpose.PUBLISH:
             self._publishing = running.lookup_id
@@ -1037,7 +1048,10 @@ class Dht:
             return actions  # a store's answer, or a lookup that ended meanwhile
         if isinstance(message, DhtFound):
             offered = self._offered(running, message.nodes, now)
-            running.lookup.on_reply(sender, offered, self._value(running, message.value, now))
+            value = self._value(running, message.value, now)
+            running.lookup.on_reply(sender, offered, value)
+            if value is not None and running.first and self._in_our_tree(value, now):
+                running.lookup.stop()
         else:
             running.lookup.on_failure(sender)
         return actions + self._advance(running, now)
@@ -1093,6 +1107,15 @@ class Dht:
             else:
                 best = self._newer(best, candidate, now)
         return best
+
+    def _in_our_tree(self, chain: bytes, now: int) -> bool:
+        """Whether ``chain`` (verified) places its node in the tree we are in."""
+        if self._chain is None:
+            return False
+        try:
+            return self._verify(chain, now).root == self._verify(self._chain, now).root
+        except crypto.CryptoError:
+            return False
 
     def _value(self, running: _Running, value: bytes | None, now: int) -> bytes | None:
         """The value offered, if asked for, verified and placing the key; else None."""

@@ -561,10 +561,12 @@ class Queued:
     to: tuple[crypto.NodeId, ...] = ()
     #: The destination's coordinates to send with it (not stored: the router's).
     coords: bytes | None = None
+    #: A message's origin's coordinates to send with it (not stored: the router's).
+    src_coords: bytes | None = None
 
     @property
     def wire(self) -> WireFrame:
-        return WireFrame(self.hops, self.envelope, self.to, self.coords)
+        return WireFrame(self.hops, self.envelope, self.to, self.coords, self.src_coords)
 
 
 @quick_init

@@ -6,7 +6,10 @@ per-hop data) and the frame's COSE_Sign1 bytes; ``[hops, envelope, to]`` for a c
 publication meant for some subscribers only; ``[hops, envelope, to, coords]`` (``to``
 empty when it is not such a copy) with the destination's tree coordinates, a
 :class:`crypto.CoordChain`, so that a node with no route to it passes it on greedily
-(docs/routing-at-scale.md). Per-hop data too: each node checks the chain before using it.
+(docs/routing-at-scale.md); ``[hops, envelope, to, coords, src_coords]`` (``coords``
+null when not sent) with a message's origin's coordinates too, so that a receipt or a
+reply goes back without a lookup. Per-hop data too: each node checks a chain before
+using it.
 
 Response body (``application/cbor``): one array with a result per frame, in order:
 ``["accepted"]``, ``["duplicate"]`` or ``["rejected", code, words]``. "accepted" and
@@ -138,16 +141,23 @@ class WireFrame:
     #: The destination's coordinates (a :class:`crypto.CoordChain`'s wire form), for a
     #: node with no route to it: per hop, outside the signature, checked before use.
     coords: bytes | None = dataclasses.field(default=None, repr=False)
+    #: The origin's coordinates, with a message, so that its destination (and the hops
+    #: on the way) can send a receipt or a reply back without looking them up: per hop,
+    #: outside the signature, checked before use.
+    src_coords: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 def encode_frames(frames: Iterable[WireFrame]) -> bytes:
     """The request body for ``frames``: ``[hops, envelope]`` each, or
     ``[hops, envelope, to]`` with ``to`` the subscriber ids concatenated, or
-    ``[hops, envelope, to, coords]``."""
+    ``[hops, envelope, to, coords]``, or ``[hops, envelope, to, coords or null,
+    src_coords]``."""
     return b"".join(_cbor.encode(_item(f)) for f in frames)
 
 
 def _item(f: WireFrame) -> list[Any]:
+    if f.src_coords is not None:
+        return [f.hops, f.envelope, b"".join(n.raw for n in f.to), f.coords, f.src_coords]
     if f.coords is not None:
         return [f.hops, f.envelope, b"".join(n.raw for n in f.to), f.coords]
     if f.to:
@@ -173,23 +183,25 @@ def decode_frames(
 
 
 def _wire_frame(item: Any, index: int) -> WireFrame | Result:
-    if not isinstance(item, list) or len(item) not in (2, 3, 4):
+    if not isinstance(item, list) or len(item) not in (2, 3, 4, 5):
         return Result.rejected(
             Reason.MALFORMED,
-            f"frame {index} is not [hops, envelope], [hops, envelope, to] "
-            "or [hops, envelope, to, coords]",
+            f"frame {index} is not [hops, envelope], [hops, envelope, to], "
+            "[hops, envelope, to, coords] or [hops, envelope, to, coords, src_coords]",
         )
     hops, envelope = item[0], item[1]
     to: tuple[crypto.NodeId, ...] = ()
     coords: bytes | None = None
-    if len(item) == 4:
+    src_coords: bytes | None = None
+    if len(item) >= 4:
+        # With the origin's coordinates, the destination's may be null.
         coords = item[3]
-        if not isinstance(coords, bytes) or not 0 < len(coords) <= crypto.MAX_COORD_CHAIN_SIZE:
-            return Result.rejected(
-                Reason.MALFORMED,
-                f"frame {index}: 'coords' must be a coordinate chain of 1.."
-                f"{crypto.MAX_COORD_CHAIN_SIZE} bytes",
-            )
+        if not (coords is None and len(item) == 5) and not _is_chain(coords):
+            return _bad_chain(index, "coords")
+    if len(item) == 5:
+        src_coords = item[4]
+        if not _is_chain(src_coords):
+            return _bad_chain(index, "src_coords")
     if len(item) >= 3 and (len(item) == 3 or item[2] != b""):
         ids = item[2]
         size = _NODE_ID_SIZE
@@ -211,7 +223,19 @@ def _wire_frame(item: Any, index: int) -> WireFrame | Result:
         )
     if not isinstance(envelope, bytes):
         return Result.rejected(Reason.MALFORMED, f"frame {index}: envelope is not bytes")
-    return WireFrame(hops, envelope, to, coords)
+    return WireFrame(hops, envelope, to, coords, src_coords)
+
+
+def _is_chain(value: Any) -> bool:
+    return isinstance(value, bytes) and 0 < len(value) <= crypto.MAX_COORD_CHAIN_SIZE
+
+
+def _bad_chain(index: int, field: str) -> Result:
+    return Result.rejected(
+        Reason.MALFORMED,
+        f"frame {index}: {field!r} must be a coordinate chain of 1.."
+        f"{crypto.MAX_COORD_CHAIN_SIZE} bytes",
+    )
 
 
 def encode_results(results: Sequence[Result]) -> bytes:

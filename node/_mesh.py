@@ -929,17 +929,25 @@ class MeshRuntime:
     def _with_coordinates(
         self, node: crypto.NodeId, batch: list[mesh.Queued], now: int
     ) -> list[mesh.Queued]:
-        if self.router.tree is not None:
+        tree = self.router.tree
+        if tree is not None:
             # Frames for nodes beyond the neighbour go with their coordinates, if we
-            # hold them: it may have no route to them but pass them on greedily.
+            # hold them: it may have no route to them but pass them on greedily. A
+            # message goes with its origin's too (ours: we sent it), so that its
+            # receipt or a reply can go back without looking them up.
             coordinates_of = self.router.coordinates_of
+            local = self.local
             for index, item in enumerate(batch):
                 # A message or receipt, or a copy of a publication held for one
                 # subscriber (addressed to it), going beyond the neighbour.
+                chain = None
                 if item.dst != node and (item.kind in _ROUTED or item.to == (item.dst,)):
                     chain = coordinates_of(item.dst, now)
-                    if chain is not None:
-                        batch[index] = dataclasses.replace(item, coords=chain)
+                origin = None
+                if item.kind is crypto.Kind.MSG and item.src != node:
+                    origin = tree.chain if item.src == local else coordinates_of(item.src, now)
+                if chain is not None or origin is not None:
+                    batch[index] = dataclasses.replace(item, coords=chain, src_coords=origin)
         return batch
 
     async def handed_on(

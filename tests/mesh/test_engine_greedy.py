@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import crypto
 from mesh import (
+    Deliver,
     DhtSend,
     Forward,
     LookupDone,
@@ -66,13 +68,29 @@ def msg(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
 
 
 def classify(
-    r: Router, envelope: bytes, sender: crypto.NodeId, now: int, coords: bytes | None = None
+    r: Router,
+    envelope: bytes,
+    sender: crypto.NodeId,
+    now: int,
+    coords: bytes | None = None,
+    src_coords: bytes | None = None,
 ) -> crypto.NodeId | None:
-    admitted = admit(WireFrame(1, envelope, coords=coords), now=now)
-    assert not isinstance(admitted, Result)
-    decision = r.classify(admitted, sender, now)
+    decision = decide(r, envelope, sender, now, coords, src_coords)
     assert isinstance(decision, Forward), decision
     return decision.next_hop
+
+
+def decide(
+    r: Router,
+    envelope: bytes,
+    sender: crypto.NodeId,
+    now: int,
+    coords: bytes | None = None,
+    src_coords: bytes | None = None,
+) -> object:
+    admitted = admit(WireFrame(1, envelope, coords=coords, src_coords=src_coords), now=now)
+    assert not isinstance(admitted, Result)
+    return r.classify(admitted, sender, now)
 
 
 def chain_of(r: Router) -> bytes:
@@ -102,6 +120,69 @@ def test_a_frame_with_its_destinations_coordinates_goes_greedily_hop_by_hop() ->
     assert (
         classify(routers["c"], msg(ids["e"], ids["a"].node_id, now), ids["d"].node_id, now) is None
     )
+
+
+def receipt(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
+    frame = crypto.Frame(
+        kind=crypto.Kind.RCPT,
+        src=origin.node_id,
+        id=next(_ids).to_bytes(16, "big"),
+        ts=now,
+        exp=now + 600_000,
+        hops=16,
+        dst=dst,
+        ref=b"r" * 16,
+        st="delivered",
+    )
+    return frame.seal(origin)
+
+
+def test_a_message_brings_its_origins_coordinates_so_its_receipt_needs_no_lookup() -> None:
+    ids, routers, _, now = line("abcde")
+    a, e = ids["a"].node_id, ids["e"].node_id
+    envelope = msg(ids["a"], e, now)
+    origin = chain_of(routers["a"])
+    # Each hop keeps the origin's coordinates that came with the message (to pass on).
+    sender = a
+    for here in "bcd":
+        classify(routers[here], envelope, sender, now, chain_of(routers["e"]), origin)
+        assert routers[here].coordinates_of(a, now) == origin
+        sender = ids[here].node_id
+    assert decide(routers["e"], envelope, sender, now, src_coords=origin) == Deliver()
+    assert routers["e"].coordinates_of(a, now) == origin
+    # e's receipt goes back greedily, hop by hop, with no lookup anywhere.
+    sender = e
+    for here, there in itertools.pairwise("edcba"):
+        if here == "e":
+            hop = routers["e"].next_hop(a, now)
+        else:
+            hop = classify(routers[here], receipt(ids["e"], a, now), sender, now)
+        assert hop == ids[there].node_id
+        sender = ids[here].node_id
+    assert all(r.route_lookups == 0 for r in routers.values())
+
+
+def test_an_origins_coordinates_that_place_another_node_are_ignored() -> None:
+    ids, routers, _, now = line("abcde")
+    a, e = ids["a"].node_id, ids["e"].node_id
+    d = routers["d"]
+    # b's coordinates sent as a's, and a chain altered on the way: neither is kept.
+    assert (
+        decide(
+            routers["e"],
+            msg(ids["a"], e, now),
+            ids["d"].node_id,
+            now,
+            src_coords=chain_of(routers["b"]),
+        )
+        == Deliver()
+    )
+    altered = bytearray(chain_of(routers["a"]))
+    altered[-5] ^= 1
+    classify(d, msg(ids["a"], e, now), ids["c"].node_id, now, src_coords=bytes(altered))
+    assert routers["e"].coordinates_of(a, now) is None
+    assert d.coordinates_of(a, now) is None
+    assert routers["e"].next_hop(a, now) is None  # a receipt would be held, a looked up
 
 
 def test_forged_or_misplaced_coordinates_are_ignored_and_the_frame_held() -> None:
@@ -179,6 +260,36 @@ def test_a_held_destination_is_looked_up_once_and_rerouted_when_found() -> None:
     assert b.route_lookups == 1 + LOOKUP_ATTEMPTS
     b.held(d, later + 1)
     assert b.route_lookups == 2 + LOOKUP_ATTEMPTS
+
+
+def test_a_first_lookup_takes_the_first_place_found_and_a_later_one_the_newest() -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    assert b.dht is not None
+    find = b.dht.find
+    firsts: list[bool] = []
+
+    def spy(key: crypto.NodeId, *, value: bool, now: int, first: bool = False) -> Any:
+        firsts.append(first)
+        return find(key, value=value, now=now, first=first)
+
+    b.dht.find = spy  # type: ignore[method-assign]
+    b.held(e, now)
+    (lookup,) = b._finding
+    b._dht_actions([LookupDone(lookup, e, (), None, 3)], now + 1)  # found nothing
+    b.tick(now + LOOKUP_RETRY_MS)
+    assert firsts == [True, False]
+    (lookup,) = b._finding
+    b._dht_actions([LookupDone(lookup, e, (), None, 3)], now + LOOKUP_RETRY_MS + 1)
+    # A place that leads nowhere from here (c down): it is asked for anew, thoroughly.
+    b._learn(e, chain_of(routers["e"]), now, checker=None)
+    c = ids["c"].node_id
+    b.send_failed(c, now, "refused")
+    b.send_failed(c, now + b.links.down_after_ms, "refused")
+    assert b.next_hop(e, now) is None
+    b.settled(e)
+    b.held(e, now + 2 * LOOKUP_RETRY_MS)
+    assert firsts == [True, False, False]
 
 
 def test_frames_sent_greedily_through_a_neighbour_that_goes_are_rerouted() -> None:

@@ -563,6 +563,42 @@ def test_a_lookup_takes_the_newest_place_offered_not_the_first() -> None:
     assert done.value == CHAINS[IDS[5]]
 
 
+def test_a_lookup_for_the_first_value_ends_at_the_first_place_in_our_tree() -> None:
+    _, former = make_tree(12, random.Random(7), now=T0 - 1000)
+    a, b = dht(IDS[0]), dht(IDS[1])
+    a.introduce(CHAINS[IDS[1]], T0)
+    b.on_message(IDS[5], encode_message(DhtStore(Q, IDS[5], former[IDS[5]], 60_000)), T0)
+    lookup_id, [send] = a.find(IDS[5], value=True, now=T0, first=True)
+    assert isinstance(send, DhtSend)
+    [answer] = b.on_message(IDS[0], send.body, T0)
+    assert isinstance(answer, DhtSend)
+    # b's value places the target in our tree (a former place, as it happens): the
+    # lookup ends with it, one query, where a thorough one goes on to the target.
+    (done,) = a.on_message(IDS[1], answer.body, T0 + 1)
+    assert isinstance(done, LookupDone)
+    assert (done.lookup_id, done.value, done.queries) == (lookup_id, former[IDS[5]], 1)
+    assert a.lookups_running == 0
+
+
+def test_a_lookup_for_the_first_value_goes_on_past_a_place_in_another_tree() -> None:
+    # The target as the root of a tree of its own: a place we cannot route by.
+    elsewhere = crypto.CoordChain(
+        (crypto.root_statement(IDENTITIES[5], now=T0, lifetime_ms=LIFETIME),)
+    ).encode()
+    a, b = dht(IDS[0]), dht(IDS[1])
+    a.introduce(CHAINS[IDS[1]], T0)
+    b.on_message(IDS[5], encode_message(DhtStore(Q, IDS[5], elsewhere, 60_000)), T0)
+    b.introduce(CHAINS[IDS[5]], T0)
+    _, [send] = a.find(IDS[5], value=True, now=T0, first=True)
+    assert isinstance(send, DhtSend)
+    [answer] = b.on_message(IDS[0], send.body, T0)
+    assert isinstance(answer, DhtSend)
+    actions = a.on_message(IDS[1], answer.body, T0 + 1)
+    assert not [x for x in actions if isinstance(x, LookupDone)]
+    assert IDS[5] in [dst for dst, _ in sends(actions)]  # on to the target itself
+    assert a.lookups_running == 1
+
+
 def test_answers_nobody_asked_for_are_ignored() -> None:
     a = dht(IDS[0])
     a.introduce(CHAINS[IDS[1]], T0)

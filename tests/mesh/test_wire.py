@@ -34,6 +34,9 @@ WIRE_FRAMES = st.builds(
     WireFrame,
     hops=st.integers(min_value=0, max_value=crypto.MAX_HOPS),
     envelope=st.binary(max_size=200),
+    to=st.lists(st.binary(min_size=32, max_size=32).map(crypto.NodeId), max_size=3).map(tuple),
+    coords=st.none() | st.binary(min_size=1, max_size=40),
+    src_coords=st.none() | st.binary(min_size=1, max_size=40),
 )
 RESULTS = st.one_of(
     st.just(Result(Outcome.ACCEPTED)),
@@ -75,13 +78,19 @@ def test_frames_encoding_is_hops_then_envelope() -> None:
     )
 
 
+SHAPES = (
+    "[hops, envelope], [hops, envelope, to], [hops, envelope, to, coords] "
+    "or [hops, envelope, to, coords, src_coords]"
+)
+
+
 def test_items_of_the_wrong_shape_are_rejected_alone_and_in_order() -> None:
     good = [0, b"good"]
     body = cbor_seq(
         good,
         "not a list",
         [1],
-        [1, b"x", 2, 3, 4],
+        [1, b"x", 2, 3, 4, 5],
         ["1", b"x"],
         [-1, b"x"],
         [crypto.MAX_HOPS + 1, b"x"],
@@ -98,16 +107,16 @@ def test_items_of_the_wrong_shape_are_rejected_alone_and_in_order() -> None:
     assert all(isinstance(r, Result) and r.code is Reason.MALFORMED for r in rejected)
     words = [r.words for r in rejected if isinstance(r, Result)]
     assert words == [
-        "frame 1 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
-        "frame 2 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
-        "frame 3 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
+        f"frame 1 is not {SHAPES}",
+        f"frame 2 is not {SHAPES}",
+        f"frame 3 is not {SHAPES}",
         f"frame 4: hops is '1', expected 0..{crypto.MAX_HOPS}",
         f"frame 5: hops is -1, expected 0..{crypto.MAX_HOPS}",
         f"frame 6: hops is {crypto.MAX_HOPS + 1}, expected 0..{crypto.MAX_HOPS}",
         f"frame 7: hops is True, expected 0..{crypto.MAX_HOPS}",
         f"frame 8: hops is 1.0, expected 0..{crypto.MAX_HOPS}",
         "frame 9: envelope is not bytes",
-        "frame 10 is not [hops, envelope], [hops, envelope, to] or [hops, envelope, to, coords]",
+        f"frame 10 is not {SHAPES}",
     ]
 
 
@@ -348,4 +357,32 @@ def test_coordinates_travel_with_a_frame_and_are_checked_for_shape() -> None:
         f"frame 1: 'coords' must be a coordinate chain of 1..{limit} bytes",
         f"frame 2: 'coords' must be a coordinate chain of 1..{limit} bytes",
         f"frame 3: 'to' must be 1..{MAX_SUBSCRIBERS_PER_COPY} node ids of 32 bytes, concatenated",
+    ]
+
+
+def test_a_message_brings_its_origins_coordinates_checked_for_shape() -> None:
+    frames = [
+        WireFrame(2, b"msg", coords=b"dst chain", src_coords=b"src chain"),
+        WireFrame(1, b"msg", src_coords=b"src chain"),  # sent with null coords
+    ]
+    body = encode_frames(frames)
+    assert body == cbor_seq(
+        [2, b"msg", b"", b"dst chain", b"src chain"], [1, b"msg", b"", None, b"src chain"]
+    )
+    assert decode_frames(body) == frames
+    limit = crypto.MAX_COORD_CHAIN_SIZE
+    bad = cbor_seq(
+        [0, b"x", b"", None],  # null coords only beside the origin's
+        [0, b"x", b"", None, None],
+        [0, b"x", b"", b"dst", b""],
+        [0, b"x", b"", b"dst", "text"],
+        [0, b"x", b"", None, b"c" * (limit + 1)],
+    )
+    words = [r.words for r in decode_frames(bad) if isinstance(r, Result)]
+    assert words == [
+        f"frame 0: 'coords' must be a coordinate chain of 1..{limit} bytes",
+        *(
+            f"frame {i}: 'src_coords' must be a coordinate chain of 1..{limit} bytes"
+            for i in range(1, 5)
+        ),
     ]

@@ -219,3 +219,32 @@ async def test_a_new_root_spreads_a_flood_interval_a_hop_not_a_tick(
         flood = mesh.RouterConfig().flood_interval_ms / 1000
         await sim.advance(len(line) * flood + 1)
         check_tree(line, {}, nodes[0].node_id)
+
+
+@pytest.mark.parametrize("fidelity", ["engine", "full"])
+async def test_a_messages_receipt_goes_back_by_the_coordinates_it_came_with(
+    autojump_clock: MockClock, fidelity: str
+) -> None:
+    # Announces go one hop. The sender looks its destination up; the destination learns
+    # the sender's coordinates from the message (each hop checks and passes them on),
+    # so its receipt goes back greedily with no lookup at all.
+    config = NodeConfig(tree=True, store_sync=False, announce_interval=INTERVAL, announce_radius=1)
+    async with open_simulation(seed=3, config=config, fidelity=fidelity) as sim:
+        nodes = await sim.add_nodes(6)
+        await sim.peer_all(chain(nodes))
+        await sim.advance(3 * INTERVAL)  # the tree, then every node's publication
+        first, last = nodes[0], nodes[-1]
+        routers = [node.node.mesh.router for node in nodes]
+        for r in routers:
+            # What DHT traffic passing by taught them (six nodes: everyone's places).
+            r._coordinates.clear()
+        before = [r.route_lookups for r in routers]
+        await first.send(last, b"far away", receipt=True)
+        with trio.fail_after(600):
+            while sim.report().acknowledged < 1:
+                await sim.ledger.wait_changed()
+        assert sim.report().delivered == 1
+        lookups = [r.route_lookups - b for r, b in zip(routers, before, strict=True)]
+        assert lookups[0] == 1  # the sender's, of the destination
+        assert lookups[1:] == [0] * 5
+        assert routers[-1].coordinates_of(first.node_id, sim.clock_ms()) is not None
