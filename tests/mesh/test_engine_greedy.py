@@ -53,18 +53,28 @@ def line(names: str) -> tuple[dict[str, crypto.Identity], dict[str, Router], Mes
     return ids, routers, mesh, mesh.settle() + 1
 
 
-def msg(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
+def sealed(
+    origin: crypto.Identity, dst: crypto.NodeId, now: int, kind: crypto.Kind, **fields: Any
+) -> bytes:
     frame = crypto.Frame(
-        kind=crypto.Kind.MSG,
+        kind=kind,
         src=origin.node_id,
         id=next(_ids).to_bytes(16, "big"),
         ts=now,
         exp=now + 600_000,
         hops=16,
         dst=dst,
-        body=b"hi",
+        **fields,
     )
     return frame.seal(origin)
+
+
+def msg(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
+    return sealed(origin, dst, now, crypto.Kind.MSG, body=b"hi")
+
+
+def receipt(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
+    return sealed(origin, dst, now, crypto.Kind.RCPT, ref=b"r" * 16, st="delivered")
 
 
 def classify(
@@ -120,21 +130,6 @@ def test_a_frame_with_its_destinations_coordinates_goes_greedily_hop_by_hop() ->
     assert (
         classify(routers["c"], msg(ids["e"], ids["a"].node_id, now), ids["d"].node_id, now) is None
     )
-
-
-def receipt(origin: crypto.Identity, dst: crypto.NodeId, now: int) -> bytes:
-    frame = crypto.Frame(
-        kind=crypto.Kind.RCPT,
-        src=origin.node_id,
-        id=next(_ids).to_bytes(16, "big"),
-        ts=now,
-        exp=now + 600_000,
-        hops=16,
-        dst=dst,
-        ref=b"r" * 16,
-        st="delivered",
-    )
-    return frame.seal(origin)
 
 
 def test_a_message_brings_its_origins_coordinates_so_its_receipt_needs_no_lookup() -> None:
