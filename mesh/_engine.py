@@ -50,7 +50,7 @@ import dataclasses
 import enum
 import random
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import crypto
 from crypto import _cbor
@@ -76,8 +76,10 @@ from mesh._tree import (
     DEFAULT_STALE_GRACE_MS,
     DEFAULT_TREE_INTERVAL_MS,
     DEFAULT_TREE_LIFETIME_MS,
+    MAX_AROUND,
     CoordinatesChanged,
     Offer,
+    Path,
     Tree,
     TreeAction,
 )
@@ -503,8 +505,8 @@ class Router:
                 f"{OFFER_REFILL_MS} ms (bursts of {OFFER_BURST}): not checked",
             ), []
         try:
-            chain, grant = _offer_body(frame.body)
-            actions = self.tree.on_offer(sender, role, chain, grant, now=now)
+            chain, grant, around = _offer_body(frame.body)
+            actions = self.tree.on_offer(sender, role, chain, grant, now=now, around=around)
         except crypto.CryptoError as exc:
             return Result.for_error(exc), []
         self._offer_ts[sender] = frame.ts
@@ -1351,21 +1353,52 @@ class Router:
         return sorted(chosen.values(), key=lambda r: (r.hops, r.dst.raw))
 
 
-def offer_body(chain: bytes, grant: bytes | None) -> bytes:
+def offer_body(chain: bytes, grant: bytes | None, around: Sequence[Path] = ()) -> bytes:
     """The body of a ``crd`` frame: a CBOR array of our chain and, if we give one, the
-    grant placing the neighbour below us."""
+    grant placing the neighbour below us; with ``around`` (our other neighbours' paths
+    from the root), ``[chain, grant or null, [path, ...]]``, each path its node ids
+    concatenated."""
+    if around:
+        paths = [b"".join(node.raw for node in path) for path in around]
+        return _cbor.encode([chain, grant, paths])
     return _cbor.encode([chain] if grant is None else [chain, grant])
 
 
-def _offer_body(body: bytes | None) -> tuple[bytes, bytes | None]:
+_NODE_ID_SIZE: Final = 32
+_MAX_PATH_SIZE: Final = (crypto.MAX_TREE_DEPTH + 1) * _NODE_ID_SIZE
+
+
+def _offer_body(body: bytes | None) -> tuple[bytes, bytes | None, tuple[Path, ...]]:
     """Read a ``crd`` frame's body; raise :class:`crypto.Malformed`."""
     if body is None:
         raise crypto.Malformed("a tree offer needs a body")
     items = _cbor.decode(body, what="tree offer")
+    shape = "a tree offer's body is [chain], [chain, grant] or [chain, grant or null, paths]"
+    if not isinstance(items, list) or not 1 <= len(items) <= 3 or not isinstance(items[0], bytes):
+        raise crypto.Malformed(shape)
+    grant = items[1] if len(items) >= 2 else None
+    if len(items) >= 2 and not (isinstance(grant, bytes) or (grant is None and len(items) == 3)):
+        raise crypto.Malformed(shape)
+    around: tuple[Path, ...] = ()
+    if len(items) == 3:
+        paths = items[2]
+        if not isinstance(paths, list) or not 0 < len(paths) <= MAX_AROUND:
+            raise crypto.Malformed(f"a tree offer names 1..{MAX_AROUND} neighbours' paths")
+        around = tuple(_path(raw) for raw in paths)
+    return items[0], grant, around
+
+
+def _path(raw: Any) -> Path:
     if (
-        not isinstance(items, list)
-        or not 1 <= len(items) <= 2
-        or not all(isinstance(item, bytes) for item in items)
+        not isinstance(raw, bytes)
+        or not raw
+        or len(raw) % _NODE_ID_SIZE
+        or len(raw) > _MAX_PATH_SIZE
     ):
-        raise crypto.Malformed("a tree offer's body is [chain] or [chain, grant], byte strings")
-    return items[0], items[1] if len(items) == 2 else None
+        raise crypto.Malformed(
+            f"a path in a tree offer is 1..{crypto.MAX_TREE_DEPTH + 1} node ids of "
+            f"{_NODE_ID_SIZE} bytes, concatenated"
+        )
+    return tuple(
+        crypto.NodeId(raw[i : i + _NODE_ID_SIZE]) for i in range(0, len(raw), _NODE_ID_SIZE)
+    )

@@ -62,6 +62,7 @@ from mesh._chains import VerifiedChains
 from mesh._links import Role
 
 __all__ = [
+    "MAX_AROUND",
     "DEFAULT_STALE_GRACE_MS",
     "DEFAULT_TREE_INTERVAL_MS",
     "DEFAULT_TREE_LIFETIME_MS",
@@ -83,14 +84,23 @@ DEFAULT_TREE_LIFETIME_MS: Final = 3 * DEFAULT_TREE_INTERVAL_MS
 DEFAULT_STALE_GRACE_MS: Final = 30_000
 
 
+#: Most of its other neighbours' places a node tells a neighbour in an offer (for the
+#: receiver's 2-hop lookahead, :meth:`Tree.next_hop`).
+MAX_AROUND: Final = 32
+
+Path = tuple[crypto.NodeId, ...]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Offer:
     """Send ``neighbour`` our ``chain`` (a :class:`crypto.CoordChain`'s wire form) and
-    ``grant``, a place one level below us (None: we give it none)."""
+    ``grant``, a place one level below us (None: we give it none); and ``around``, the
+    paths from the root of our other neighbours (at most :data:`MAX_AROUND`)."""
 
     neighbour: crypto.NodeId
     chain: bytes = dataclasses.field(repr=False)
     grant: bytes | None = dataclasses.field(repr=False)
+    around: tuple[Path, ...] = dataclasses.field(default=(), repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +122,9 @@ class _Neighbour:
     coordinates: crypto.Coordinates | None = None
     #: Ours, were we to take it as parent: its chain and its grant for us (verified).
     placement: crypto.Coordinates | None = None
+    #: Its other neighbours' paths from the root, as it said in its last offer (not
+    #: verified: used only to rank the neighbours that are nearer a destination).
+    around: tuple[Path, ...] = ()
 
 
 class Tree:
@@ -231,9 +244,11 @@ class Tree:
         grant: bytes | None,
         *,
         now: int,
+        around: tuple[Path, ...] = (),
     ) -> list[TreeAction]:
         """``neighbour`` (linked to us as ``role``) offers its ``chain`` and a ``grant``
-        placing us below it (None: it gives none).
+        placing us below it (None: it gives none), and says where its other neighbours
+        are (``around``: their paths from the root).
 
         Raises, the neighbour's fault, leaving what we held of it as it was: what
         :meth:`crypto.CoordChain.parse` and :meth:`crypto.Coordinates.below` raise for
@@ -260,7 +275,7 @@ class Tree:
                 )
         entry = self._neighbours.get(neighbour)
         news = entry is None or entry.role is not role
-        self._neighbours[neighbour] = _Neighbour(role, coordinates, placement)
+        self._neighbours[neighbour] = _Neighbour(role, coordinates, placement, around)
         self._heard(coordinates, now)
         actions = self._choose(now)
         ours = self._coordinates
@@ -314,13 +329,26 @@ class Tree:
         *,
         avoid: crypto.NodeId | None = None,
     ) -> crypto.NodeId | None:
-        """The neighbour to pass a frame for ``dest`` to: of ``neighbours`` (those we may
-        send to now, with their coordinates) but ``avoid``, the one nearest ``dest`` in
-        the tree, ties to the least id, if it is strictly nearer than we are. None when
-        no neighbour is: ``dest`` is us, or it cannot be reached from here now (hold).
+        """The neighbour to pass a frame for ``dest`` to, of ``neighbours`` (those we may
+        send to now, with their coordinates) but ``avoid``; None when there is none:
+        ``dest`` is us, or it cannot be reached from here now (hold).
 
-        Each hop strictly nearer, a frame never visits a node twice; a tree link always
-        is one hop nearer, so in a settled tree a frame always arrives.
+        Each neighbour's way on is seen two hops ahead: its own distance from ``dest``
+        in the tree, or one more than that of the nearest of its neighbours (their
+        paths, as it told us in its last offer). The shortest wins, then the nearer
+        neighbour, ties to the least id. A neighbour nearer ``dest`` than we are may
+        always be taken; one that is not, only if its way on is shorter than any we
+        see through the nearer ones (so with the neighbours' word true, that bound
+        drops at every hop: a frame never visits a node twice, and makes at most as
+        many hops as the tree distance). With no neighbour's word, this is plain
+        greedy routing: the nearest strictly nearer neighbour, and a tree link always
+        is one, so in a settled tree a frame always arrives.
+
+        What a neighbour says of its neighbours is not verified (nobody can prove a
+        link): a neighbour that lies draws frames it is then trusted to carry on, as
+        every neighbour a frame is handed to is. Stale words (a neighbour's neighbour
+        moved since its offer) can send a frame round; the router holds one that comes
+        back within its loop window.
         """
         if dest.node == self.node_id:
             return None
@@ -329,14 +357,26 @@ class Tree:
             if self._coordinates is None
             else self._coordinates.distance(dest)
         )
-        best: tuple[int, crypto.NodeId] | None = None
+        target = dest.path
+        seen: list[tuple[int, int, crypto.NodeId]] = []
+        bound = here  # our own way on, two hops ahead by our neighbours' verified places
         for node, coordinates in neighbours.items():
             if node == avoid or node == self.node_id:
                 continue
             distance = coordinates.distance(dest)
-            if distance < here and (best is None or (distance, node) < best):
-                best = (distance, node)
-        return None if best is None else best[1]
+            bound = min(bound, distance + 1)
+            ahead = distance
+            entry = self._neighbours.get(node)
+            if entry is not None:
+                for path in entry.around:
+                    if path[0] == target[0]:
+                        ahead = min(ahead, 1 + _path_distance(path, target))
+            seen.append((ahead, distance, node))
+        best = min(
+            (key for key in seen if key[1] < here or key[0] < bound),
+            default=None,
+        )
+        return None if best is None else best[2]
 
     # -- the choice ------------------------------------------------------------------------
 
@@ -433,12 +473,19 @@ class Tree:
         return self._offers(self._neighbours, now)
 
     def _offers(self, neighbours: Iterable[crypto.NodeId], now: int) -> list[Offer]:
-        """Our chain, with a grant for each neighbour we may place below us."""
+        """Our chain, with a grant for each neighbour we may place below us, and the
+        places of our other neighbours."""
         coordinates = self._coordinates
         if coordinates is None:
             return []
+        places = [
+            (node, placed.path)
+            for node, placed in self.neighbour_coordinates(now).items()
+            if placed.root == coordinates.root
+        ]
         offers = []
         for node in neighbours:
+            around = tuple(path for other, path in places if other != node)[:MAX_AROUND]
             grant = None
             role = self._neighbours[node].role
             if (
@@ -449,5 +496,14 @@ class Tree:
                 grant = crypto.grant_coordinates(
                     self.identity, node, coordinates, now=now, lifetime_ms=self.lifetime_ms
                 )
-            offers.append(Offer(node, self._chain, grant))
+            offers.append(Offer(node, self._chain, grant, around))
         return offers
+
+
+def _path_distance(a: Path, b: Path) -> int:
+    """:meth:`crypto.Coordinates.distance` of two paths from the same root."""
+    shorter = min(len(a), len(b))
+    common = 1
+    while common < shorter and a[common] == b[common]:
+        common += 1
+    return len(a) + len(b) - 2 * common

@@ -484,7 +484,7 @@ class MeshRuntime:
             exp=self._offer_ts + self.config.router.route_ttl_ms,
             hops=1,
             dst=offer.neighbour,
-            body=mesh.offer_body(offer.chain, offer.grant),
+            body=mesh.offer_body(offer.chain, offer.grant, offer.around),
         )
         return mesh.WireFrame(0, frame.seal(self.identity))
 

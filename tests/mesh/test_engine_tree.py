@@ -37,7 +37,9 @@ from mesh._engine import (
     DHT_TOTAL_BURST,
     OFFER_BURST,
     OFFER_REFILL_MS,
+    _offer_body,
 )
+from mesh._tree import MAX_AROUND
 from mesh._wire import ACCEPTED, DUPLICATE
 
 NOW = 1_700_000_000_000
@@ -241,8 +243,21 @@ def test_offers_from_strangers_forwarded_ones_and_bad_bodies_are_refused() -> No
     assert code is Reason.POLICY
     code, _ = outcome(crd(a_id, c_id.node_id, body, ts=NOW), a_id.node_id)
     assert code is Reason.POLICY
-    # Bodies that are not [chain] / [chain, grant], or a chain that is not a chain.
-    for bad in (b"\x00", crypto._cbor.encode([1, 2]), crypto._cbor.encode([]), b"\xff"):
+    # Bodies that are not [chain] / [chain, grant] / [chain, grant or null, paths], or a
+    # chain that is not a chain.
+    path = b"\x01" * 32
+    for bad in (
+        b"\x00",
+        crypto._cbor.encode([1, 2]),
+        crypto._cbor.encode([]),
+        b"\xff",
+        crypto._cbor.encode([offer.chain, None]),  # null grant only beside paths
+        crypto._cbor.encode([offer.chain, None, []]),
+        crypto._cbor.encode([offer.chain, None, [path[:31]]]),
+        crypto._cbor.encode([offer.chain, None, [path * (crypto.MAX_TREE_DEPTH + 2)]]),
+        crypto._cbor.encode([offer.chain, None, [path] * (MAX_AROUND + 1)]),
+        crypto._cbor.encode([offer.chain, None, ["text"]]),
+    ):
         code, words = outcome(crd(a_id, b_id.node_id, bad, ts=NOW + 1), a_id.node_id)
         assert code is Reason.MALFORMED, words
     # A's real chain, but the grant of another node (C's place, not ours).
@@ -268,6 +283,19 @@ def test_offers_from_strangers_forwarded_ones_and_bad_bodies_are_refused() -> No
     ok = admit(crd(a_id, b_id.node_id, body, ts=NOW + 4), now=clock)
     assert not isinstance(ok, Result)
     assert b.on_offer(ok, a_id.node_id, clock + OFFER_REFILL_MS)[0] == ACCEPTED
+
+
+def test_an_offer_body_carries_the_other_neighbours_paths() -> None:
+    far = tuple(identity(n).node_id for n in (4, 5, 6))
+    for grant in (b"grant", None):
+        body = offer_body(b"chain", grant, (far, far[:1]))
+        assert crypto._cbor.decode(body) == [
+            b"chain",
+            grant,
+            [b"".join(n.raw for n in far), far[0].raw],
+        ]
+        assert _offer_body(body) == (b"chain", grant, (far, far[:1]))
+    assert _offer_body(offer_body(b"chain", None)) == (b"chain", None, ())
 
 
 def test_a_neighbour_flooding_offers_is_refused_past_its_allowance_unverified() -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import crypto
 from crypto import CoordChain, Coordinates, Identity, NodeId
 from mesh import CoordinatesChanged, Offer, Role, Tree, TreeAction
+from mesh._tree import _Neighbour
 
 NOW = 1_700_000_000_000
 INTERVAL = 60_000
@@ -100,7 +101,12 @@ class Mesh:
             if target not in self.trees or sender not in self.roles[target]:
                 continue  # the link is gone: the offer is lost
             actions = self.trees[target].on_offer(
-                sender, self.roles[target][sender], offer.chain, offer.grant, now=self.now
+                sender,
+                self.roles[target][sender],
+                offer.chain,
+                offer.grant,
+                now=self.now,
+                around=offer.around,
             )
             self.take(target, actions)
             self.delivered += 1
@@ -134,8 +140,21 @@ class Mesh:
         assert coordinates is not None, f"{node.short} has no coordinates"
         return coordinates
 
+    def ahead(self, node: NodeId, target: Coordinates) -> int:
+        """``node``'s way to ``target`` seen two hops ahead, by the real links."""
+        return min(
+            self.coordinates(node).distance(target),
+            *(
+                1 + self.coordinates(n).distance(target)
+                for n in self.roles[node]
+                if n in self.trees  # (not one gone silent)
+            ),
+        )
+
     def route(self, source: NodeId, dest: NodeId) -> list[NodeId]:
-        """The nodes a frame for ``dest`` visits from ``source``, routed greedily."""
+        """The nodes a frame for ``dest`` visits from ``source``, routed greedily. With
+        every neighbour's word on its neighbours current, the way on seen two hops
+        ahead shortens at every hop."""
         target = self.coordinates(dest)
         here, visited = source, [source]
         while here != dest:
@@ -145,7 +164,7 @@ class Mesh:
             after = tree.next_hop(target, known, avoid=visited[-2] if len(visited) > 1 else None)
             assert after is not None, f"stuck at {here.short} on the way to {dest.short}"
             assert after not in visited, "a frame came back to a node it had visited"
-            assert known[after].distance(target) < self.coordinates(here).distance(target)
+            assert self.ahead(after, target) < self.ahead(here, target)
             visited.append(after)
             here = after
         assert (
@@ -257,6 +276,7 @@ def test_random_meshes_settle_and_route_greedily_to_every_node(
         net.shuffle = rng if shuffled else None
         net.tick(NOW)  # a lone node has had no event yet
         net.check_settled()
+        net.tick(NOW + INTERVAL)  # offers made once all are placed: their words current
         for source in net.trees:
             for dest in net.trees:
                 path = net.route(source, dest)
@@ -492,6 +512,69 @@ def test_next_hop_takes_the_nearest_strictly_nearer_neighbour_ties_to_the_least_
     assert child.next_hop(at(0, 4, 5), ties) == n[6].node_id  # both 2 away, we are 3
     assert child.next_hop(at(0, 1), neighbours) is None  # it is us
     assert child.next_hop(at(9), neighbours) is None  # another tree: unreachable
+
+
+def test_offers_tell_where_our_other_neighbours_are() -> None:
+    net = Mesh()
+    hub, *spokes = (net.add(IDENTITIES[i]) for i in range(5))
+    for spoke in spokes:
+        net.link(hub, spoke)
+    net.settle()
+    offers = net.trees[hub].tick(NOW + INTERVAL)
+    for offer in offers:
+        assert isinstance(offer, Offer)
+        others = [spoke for spoke in spokes if spoke != offer.neighbour]
+        assert sorted(offer.around) == sorted(net.coordinates(s).path for s in others)
+
+
+def test_next_hop_ranks_neighbours_by_what_lies_beyond_them() -> None:
+    tree = make_tree(IDENTITIES[1], eligible_root=False)  # no place: all are nearer
+    near, far = IDENTITIES[3].node_id, IDENTITIES[2].node_id
+    neighbours = {near: at(0, 3), far: at(0, 2, 4)}
+    dest = at(0, 5, 8)
+    assert tree.next_hop(dest, neighbours) == near  # 3 from it, 4 from far
+    # far says it has a neighbour at (0, 5): one hop beyond it, one from there.
+    tree._neighbours[far] = _Neighbour(Role.PEER, at(0, 2, 4), None, (at(0, 5).path,))
+    assert tree.next_hop(dest, neighbours) == far
+    # A path in another tree says nothing.
+    tree._neighbours[far] = _Neighbour(Role.PEER, at(0, 2, 4), None, (at(9, 5).path,))
+    assert tree.next_hop(dest, neighbours) == near
+    # A neighbour that is no nearer is taken only for a way shorter than any through
+    # the nearer ones: then the way seen two hops ahead still shortens at every hop.
+    _, child = settled_pair()  # at (0, 1): 3 from (0, 5, 8), as (0, 2) is; the root 2
+    root, side = IDENTITIES[0].node_id, IDENTITIES[2].node_id
+    around = {root: at(0), side: at(0, 2)}
+
+    def says(*paths: Coordinates) -> None:
+        child._neighbours[side] = _Neighbour(
+            Role.PEER, at(0, 2), None, tuple(p.path for p in paths)
+        )
+
+    says(at(0, 5, 8))  # the destination itself: 1 on from there
+    assert child.next_hop(at(0, 5, 8), around) == side
+    says(at(0, 5))  # 2 on, as through the root: the nearer one
+    assert child.next_hop(at(0, 5, 8), around) == root
+    alone = {side: at(0, 2)}  # the root's link down: a side way only if it is shorter
+    assert child.next_hop(at(0, 5, 8), alone) == side
+    says(at(0, 6, 7))  # 1 + 4 on: no shorter than our own 3
+    assert child.next_hop(at(0, 5, 8), alone) is None
+
+
+def test_two_hop_lookahead_shortens_greedy_routes_on_random_meshes() -> None:
+    rng = random.Random(11)
+    with crypto.verifying_once():
+        net = random_mesh(rng, 34, 14, extra=12)
+        net.tick(NOW)
+        net.tick(NOW + INTERVAL)  # every node's periodic offers, each neighbour placed
+        net.check_settled()
+        nodes = sorted(net.trees)
+        pairs = [tuple(rng.sample(nodes, 2)) for _ in range(400)]
+        ahead = sum(len(net.route(a, b)) - 1 for a, b in pairs)
+        for tree in net.trees.values():
+            for entry in tree._neighbours.values():
+                entry.around = ()
+        plain = sum(len(net.route(a, b)) - 1 for a, b in pairs)
+    assert ahead < plain
 
 
 def test_next_hop_without_coordinates_takes_any_neighbour_in_the_tree() -> None:
