@@ -711,8 +711,9 @@ class Router:
     def held(self, dst: crypto.NodeId, now: int) -> list[Action]:
         """A frame for ``dst`` is held here with no way on: with the tree, look its
         coordinates up in the DHT (one lookup per destination at a time; again after
-        :data:`LOOKUP_RETRY_MS` while it is still held; the first ends at the first
-        place found, the others ask the k nodes nearest it: :meth:`mesh.Dht.find`).
+        :data:`LOOKUP_RETRY_MS` while it is still held; each ends at the first place
+        found, but one after a place that led nowhere from here, which asks the k nodes
+        nearest it: :meth:`mesh.Dht.find`).
         When found, frames for it are rerouted (:class:`Reroute`)."""
         if self.dht is None or dst == self.local:
             return []
@@ -735,11 +736,10 @@ class Router:
             # (With a way on, the frames held are those that came from it.)
             del self._coordinates[dst]
         try:
-            # The first lookup takes the first place found in our tree (a few queries,
-            # not k and more); a place that led nowhere, or a second lookup, asks the
-            # k nearest and takes the newest (a holder may keep a former place).
-            first = attempts == 1 and not dead_end
-            lookup, actions = self.dht.find(dst, value=True, now=now, first=first)
+            # A lookup takes the first place found in our tree (a few queries, not k
+            # and more); after a place that led nowhere it asks the k nearest and takes
+            # the newest (a holder may keep a former place).
+            lookup, actions = self.dht.find(dst, value=True, now=now, first=not dead_end)
         except (NoRoute, StoreFull):
             return []  # no place of ours yet, or busy: tried again at a tick
         self.route_lookups += 1
