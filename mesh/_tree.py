@@ -62,10 +62,10 @@ from mesh._chains import VerifiedChains
 from mesh._links import Role
 
 __all__ = [
-    "MAX_AROUND",
     "DEFAULT_STALE_GRACE_MS",
     "DEFAULT_TREE_INTERVAL_MS",
     "DEFAULT_TREE_LIFETIME_MS",
+    "MAX_AROUND",
     "CoordinatesChanged",
     "Offer",
     "Tree",
@@ -123,7 +123,7 @@ class _Neighbour:
     #: Ours, were we to take it as parent: its chain and its grant for us (verified).
     placement: crypto.Coordinates | None = None
     #: Its other neighbours' paths from the root, as it said in its last offer (not
-    #: verified: used only to rank the neighbours that are nearer a destination).
+    #: verified: nobody can prove a link), for :meth:`Tree.next_hop`'s lookahead.
     around: tuple[Path, ...] = ()
 
 
