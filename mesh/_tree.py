@@ -122,9 +122,9 @@ class _Neighbour:
     coordinates: crypto.Coordinates | None = None
     #: Ours, were we to take it as parent: its chain and its grant for us (verified).
     placement: crypto.Coordinates | None = None
-    #: Its other neighbours' paths from the root, as it said in its last offer (not
+    #: Its other neighbours' places, as it said in its last offer (paths only, not
     #: verified: nobody can prove a link), for :meth:`Tree.next_hop`'s lookahead.
-    around: tuple[Path, ...] = ()
+    around: tuple[crypto.Coordinates, ...] = ()
 
 
 class Tree:
@@ -255,7 +255,9 @@ class Tree:
         a bad chain or grant (:class:`crypto.Malformed`, :class:`crypto.TooLarge`,
         :class:`crypto.BadSignature`, :class:`crypto.WrongPurpose`,
         :class:`crypto.Expired`); :class:`crypto.Malformed` for a chain that places
-        another node than ``neighbour`` or a grant that places another node than us.
+        another node than ``neighbour`` or a grant that places another node than us,
+        and what :class:`crypto.Coordinates` raises for a path in ``around`` that is no
+        path (a node named twice, too deep).
         """
         if neighbour == self.node_id:
             raise crypto.Malformed("an offer that claims to come from this node itself")
@@ -273,9 +275,11 @@ class Tree:
                     f"offer from {neighbour.short} grants a place to {placement.node.short}, "
                     "not to us"
                 )
+        # A path's own checks (not empty, not too deep, no node twice); no proof.
+        places = tuple(crypto.Coordinates(path, coordinates.ts, coordinates.exp) for path in around)
         entry = self._neighbours.get(neighbour)
         news = entry is None or entry.role is not role
-        self._neighbours[neighbour] = _Neighbour(role, coordinates, placement, around)
+        self._neighbours[neighbour] = _Neighbour(role, coordinates, placement, places)
         self._heard(coordinates, now)
         actions = self._choose(now)
         ours = self._coordinates
@@ -357,7 +361,6 @@ class Tree:
             if self._coordinates is None
             else self._coordinates.distance(dest)
         )
-        target = dest.path
         seen: list[tuple[int, int, crypto.NodeId]] = []
         bound = here  # our own way on, two hops ahead by our neighbours' verified places
         for node, coordinates in neighbours.items():
@@ -368,9 +371,8 @@ class Tree:
             ahead = distance
             entry = self._neighbours.get(node)
             if entry is not None:
-                for path in entry.around:
-                    if path[0] == target[0]:
-                        ahead = min(ahead, 1 + _path_distance(path, target))
+                for place in entry.around:  # (another tree's: DIFFERENT_TREES away)
+                    ahead = min(ahead, 1 + place.distance(dest))
             seen.append((ahead, distance, node))
         best = min(
             (key for key in seen if key[1] < here or key[0] < bound),
@@ -498,12 +500,3 @@ class Tree:
                 )
             offers.append(Offer(node, self._chain, grant, around))
         return offers
-
-
-def _path_distance(a: Path, b: Path) -> int:
-    """:meth:`crypto.Coordinates.distance` of two paths from the same root."""
-    shorter = min(len(a), len(b))
-    common = 1
-    while common < shorter and a[common] == b[common]:
-        common += 1
-    return len(a) + len(b) - 2 * common

@@ -257,6 +257,7 @@ def test_offers_from_strangers_forwarded_ones_and_bad_bodies_are_refused() -> No
         crypto._cbor.encode([offer.chain, None, [path * (crypto.MAX_TREE_DEPTH + 2)]]),
         crypto._cbor.encode([offer.chain, None, [path] * (MAX_AROUND + 1)]),
         crypto._cbor.encode([offer.chain, None, ["text"]]),
+        crypto._cbor.encode([offer.chain, None, [path + path]]),  # a node twice: no path
     ):
         code, words = outcome(crd(a_id, b_id.node_id, bad, ts=NOW + 1), a_id.node_id)
         assert code is Reason.MALFORMED, words

@@ -534,10 +534,10 @@ def test_next_hop_ranks_neighbours_by_what_lies_beyond_them() -> None:
     dest = at(0, 5, 8)
     assert tree.next_hop(dest, neighbours) == near  # 3 from it, 4 from far
     # far says it has a neighbour at (0, 5): one hop beyond it, one from there.
-    tree._neighbours[far] = _Neighbour(Role.PEER, at(0, 2, 4), None, (at(0, 5).path,))
+    tree._neighbours[far] = _Neighbour(Role.PEER, at(0, 2, 4), None, (at(0, 5),))
     assert tree.next_hop(dest, neighbours) == far
     # A path in another tree says nothing.
-    tree._neighbours[far] = _Neighbour(Role.PEER, at(0, 2, 4), None, (at(9, 5).path,))
+    tree._neighbours[far] = _Neighbour(Role.PEER, at(0, 2, 4), None, (at(9, 5),))
     assert tree.next_hop(dest, neighbours) == near
     # A neighbour that is no nearer is taken only for a way shorter than any through
     # the nearer ones: then the way seen two hops ahead still shortens at every hop.
@@ -546,9 +546,7 @@ def test_next_hop_ranks_neighbours_by_what_lies_beyond_them() -> None:
     around = {root: at(0), side: at(0, 2)}
 
     def says(*paths: Coordinates) -> None:
-        child._neighbours[side] = _Neighbour(
-            Role.PEER, at(0, 2), None, tuple(p.path for p in paths)
-        )
+        child._neighbours[side] = _Neighbour(Role.PEER, at(0, 2), None, paths)
 
     says(at(0, 5, 8))  # the destination itself: 1 on from there
     assert child.next_hop(at(0, 5, 8), around) == side
