@@ -40,6 +40,10 @@ at every other (as :func:`crypto.verifying_once` does for signatures), the same 
 verifying the same way: a node not holding it takes the coordinates from there, its
 expiry still checked, without checking a grant (nor counting one in
 :attr:`VerifiedChains.grants_checked`). A real node checks every chain it is shown.
+Within it too the nodes keep one bytes object per chain (:meth:`VerifiedChains.kept`):
+a destination's chain held by hundreds of routers, DHT contacts and records takes its
+memory once (300-node ``mesh`` scenario, 10 virtual minutes: chain bytes held 173 KiB
+a node before, 20 KiB after).
 """
 
 from __future__ import annotations
@@ -71,16 +75,24 @@ class _Shared:
     (without their chain) and when they were verified; forgotten all at once past
     ``limit``."""
 
-    __slots__ = ("held", "limit")
+    __slots__ = ("held", "kept", "limit")
 
     def __init__(self, limit: int) -> None:
         self.held: dict[bytes, tuple[crypto.Coordinates, int]] = {}
+        #: One bytes object per chain the nodes keep (see :meth:`VerifiedChains.kept`).
+        self.kept: dict[bytes, bytes] = {}
         self.limit = limit
 
     def keep(self, digest: bytes, coordinates: crypto.Coordinates, now: int) -> None:
         if len(self.held) >= self.limit:
             self.held.clear()
         self.held.setdefault(digest, (coordinates, now))
+
+    def same(self, chain: bytes) -> bytes:
+        kept = self.kept
+        if len(kept) >= self.limit:
+            kept.clear()
+        return kept.setdefault(chain, chain)
 
 
 #: Set by :func:`verifying_chains_once` for the tasks and threads started within it.
@@ -158,6 +170,14 @@ class VerifiedChains:
         if shared is not None:
             shared.keep(digest, bare, now)
         return self._remember(digest, bare, now)
+
+    def kept(self, chain: bytes) -> bytes:
+        """``chain`` (verified), to be kept by its holder: in a simulation
+        (:func:`verifying_chains_once`) the one bytes object equal to it that every node
+        keeps, so that a chain held by a thousand nodes takes its memory once (bytes do
+        not change); else ``chain`` itself. A real node keeps its own copies."""
+        shared = _SHARED.get()
+        return chain if shared is None else shared.same(chain)
 
     def parse(self, chain: bytes, now: int) -> crypto.Coordinates:
         """The coordinates ``chain`` proves at ``now``, with their chain (to be

@@ -687,7 +687,7 @@ class Router:
             oldest = next(iter(self._coordinates))
             del self._coordinates[oldest]
             self._greedy_via.pop(oldest, None)
-        self._coordinates[dst] = (coordinates, chain)
+        self._coordinates[dst] = (coordinates, self.chains.kept(chain))
         return True
 
     def _learn_origin(self, admitted: Admitted, sender: crypto.NodeId | None, now: int) -> None:

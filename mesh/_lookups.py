@@ -1009,7 +1009,9 @@ class Dht:
             except crypto.CryptoError:
                 pass  # expired: the new one replaces it anyway
         try:
-            self.records.put(key, message.value, now, ttl, version=version, origin=sender)
+            self.records.put(
+                key, self.chains.kept(message.value), now, ttl, version=version, origin=sender
+            )
         except (MeshError, crypto.TooLarge, crypto.Stale) as exc:
             return [*actions, self._refuse(sender, message.q, str(exc), chain=reply_to)]
         actions.append(DhtSend(sender, reply_to, encode_message(DhtStored(message.q))))
@@ -1038,7 +1040,7 @@ class Dht:
                     chain = self._newer(chain, fresh, now)
         if pending.kind is _Kind.PING:
             if self.contacts.get(sender) is not None:
-                self.contacts.seen(sender, now, info=chain)
+                self.contacts.seen(sender, now, info=self.chains.kept(chain))
             return []
         actions = self._seen(sender, chain, now)
         running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
@@ -1136,7 +1138,7 @@ class Dht:
 
     def _seen(self, node: crypto.NodeId, chain: bytes, now: int) -> list[DhtAction]:
         """``node``, at ``chain`` (verified), was heard from; a probe it brings is sent."""
-        probe = self.contacts.seen(node, now, info=chain)
+        probe = self.contacts.seen(node, now, info=self.chains.kept(chain))
         if probe is None:
             return []
         contact = self.contacts.get(probe.node)

@@ -235,6 +235,35 @@ def test_in_a_simulation_a_chain_one_node_verified_is_verified_at_every_node() -
     assert after.grants_checked == 3
 
 
+def test_in_a_simulation_nodes_keep_one_bytes_object_per_chain() -> None:
+    """Chains held by many nodes of one process take their memory once there; a real
+    node keeps the bytes it was given."""
+    three = wire(tree_chains()["3"])
+    copy = bytes(bytearray(three))
+    assert copy == three
+    assert copy is not three
+    assert VerifiedChains().kept(copy) is copy  # outside the block: its own
+    with verifying_chains_once():
+        one, other = VerifiedChains(), VerifiedChains()
+        assert one.kept(three) is three
+        assert other.kept(copy) is three  # the first kept, for every node
+        assert other.kept(bytes(bytearray(three))) is three
+    assert VerifiedChains().kept(copy) is copy
+
+
+def test_routers_in_a_simulation_share_the_chains_they_hold() -> None:
+    with verifying_chains_once():
+        ids, routers, _, now = line("abcde")
+        e = ids["e"].node_id
+        coords = chain_of(routers["e"])
+        envelope = msg(ids["a"], e, now)
+        for before, name, after in ("abc", "bcd"):
+            alike = bytes(bytearray(coords))  # as decoded from each node's own frame
+            got = classify(routers[name], envelope, ids[before].node_id, now, alike)
+            assert got == ids[after].node_id
+        assert routers["b"]._coordinates[e][1] is routers["c"]._coordinates[e][1]
+
+
 def test_a_remembered_grant_under_other_upper_grants_is_refused() -> None:
     """3's grant is bound (``up``) to 2's first grant: under 2's other grant (valid,
     and remembered too, as 5's upper grant) it is refused as parsing refuses it."""
