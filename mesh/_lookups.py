@@ -66,8 +66,9 @@ was, the first time once our place has held :data:`PUBLISH_SETTLE_MS`; a chain t
 changed only by the root's newer statement, the same place, once the copy held is in the
 last third of its life: the root signs one every interval, and the copy routes as well)
 and every ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k
-found; sooner, :data:`PUBLISH_RECHECK_MS` and doubling, while a node nearer our id than
-those found did not answer; at the next tick, while fewer than k were found and more
+found; sooner, :data:`PUBLISH_RECHECK_MS` and doubling, after our first publication
+and while a node nearer our id than those found did not answer, a recheck storing at
+the holders it finds anew; at the next tick, while fewer than k were found and more
 contacts are known than then); buckets no lookup touched for ``refresh_ms`` are refreshed by a
 lookup of a random id in them.
 Records stored for others are not republished by us: each owner publishes its own, and
@@ -170,10 +171,13 @@ DEFAULT_REFRESH_MS: Final = 3600 * 1000
 #: How often our coordinates are stored again at the nodes then nearest our id, found
 #: afresh (between times, a change is stored at the nodes found last): an hour.
 DEFAULT_REPUBLISH_MS: Final = 3600 * 1000
-#: A publication whose lookup could not reach a node nearer our id than the holders it
-#: found (a query timed out: the tree still forming, a link down) looks for the nearest
-#: again this long after, twice as long each time it is unsure again, up to
-#: ``republish_ms``: lookups by others end at the nearest nodes, not at ours.
+#: A node's first publication, and one whose lookup could not reach a node nearer our id
+#: than the holders it found (a query timed out: the tree still forming, a link down),
+#: looks for the nearest again this long after, twice as long each time it is unsure
+#: again, up to ``republish_ms``: lookups by others end at the nearest nodes, not at
+#: ours. (The first, because at a mesh's start the nodes nearest our id may be joining
+#: as we do, unknown yet to the nodes we ask: seen at 3,000 nodes, a node stored at 8
+#: nodes none of which was among the 12 nearest its id, and nobody found it.)
 PUBLISH_RECHECK_MS: Final = 60_000
 #: A node's first publication waits until its place has held this long (two of the
 #: router's flood intervals; :meth:`Dht.set_coordinates` is told when it changed): while
@@ -590,6 +594,7 @@ class Dht:
         self._known_then = 0  # contacts known when the last publication found its holders
         #: The coordinates we last stored at our holders (without their chain).
         self._stored: crypto.Coordinates | None = None
+        self._stored_chain: bytes | None = None  # the chain of _stored
         #: When our last publication missed a nearer node: when to look again, and
         #: the wait before that (doubled each time).
         self._recheck_at: int | None = None
@@ -733,17 +738,30 @@ class Dht:
                 )
             ]
         if running.purpose is _Purpose.PUBLISH:
+            joined = self._published is None
+            rechecking = self._recheck_ms > 0
+            before = {node for node, _ in self._holders}
             self._publishing = None
             self._published = now
             self._holders = [(node, running.chains[node]) for node in nearest]
             self._known_then = len(self.contacts)
-            if running.lookup.missed():
+            # Looked for again after the first publication (our join: the nodes
+            # nearest our id may be joining as we do, and unknown yet to those we ask)
+            # and after one that missed a nearer node: lookups by others end at the
+            # nearest there are, and would find nothing.
+            if joined or running.lookup.missed():
                 wait = max(2 * self._recheck_ms, PUBLISH_RECHECK_MS)
                 self._recheck_ms = min(wait, self.republish_ms)
                 self._recheck_at = now + self._recheck_ms
             else:
                 self._recheck_at, self._recheck_ms = None, 0
-            return self._store_at(self._holders, now)
+            holders = self._holders
+            if rechecking and self._stored_chain == self._chain:
+                # A recheck stores at the holders it found anew only: those found before
+                # hold this very chain (a holder that restarted since has lost it; the
+                # others keep it, and the next change of our place stores it again).
+                holders = [(node, chain) for node, chain in holders if node not in before]
+            return self._store_at(holders, now)
         return []
 
     # -- publishing our coordinates and refreshing buckets -------------------------------
@@ -887,6 +905,7 @@ class Dht:
         except crypto.CryptoError:
             return []  # (expired: the tree gives us a fresh one, and we publish that)
         self._stored = stored
+        self._stored_chain = chain
         ttl = stored.exp - now
         actions: list[DhtAction] = []
         for node, known in holders:

@@ -732,6 +732,16 @@ def test_a_newer_statement_of_the_same_place_is_stored_when_the_copy_held_ages()
     for dst, message in sends(a.tick(T0)):
         a.on_message(dst, encode_message(DhtFound(message.q, ())), T0 + 1)
     assert len(a.holders) == 3
+    # The first publication is looked for again (our join); the same holders answer,
+    # and hold this very chain: nothing is stored again.
+    recheck = T0 + 1 + PUBLISH_RECHECK_MS
+    finds = sends(a.tick(recheck))
+    assert finds
+    assert all(isinstance(m, DhtFind) and m.key == IDS[0] for _, m in finds)
+    for dst, message in finds:
+        again = a.on_message(dst, encode_message(DhtFound(message.q, ())), recheck)
+        assert sends(again) == []
+    assert len(a.holders) == 3
 
     def stores(now: int) -> list[DhtStore]:
         return [m for _, m in sends(a.tick(now)) if isinstance(m, DhtStore)]
@@ -813,6 +823,41 @@ def test_a_publication_that_missed_a_nearer_node_looks_for_the_nearest_again() -
     assert near in a.holders
     # All answered this time: the next lookup is the hourly one.
     assert drive(sends(a.tick(now + 2 * PUBLISH_RECHECK_MS)), now, silent=set()) == []
+
+
+def test_a_first_publication_is_looked_for_again_and_stored_at_nearer_nodes_found() -> None:
+    # At a mesh's start the nodes nearest our id may join after we publish, unknown to
+    # those we ask: our place is held by nodes farther than the nearest, where others'
+    # lookups end and find nothing. A minute later (not an hour) we look again, and
+    # store at the nearer node found then, not again at the holders that have it.
+    a = dht(IDS[0], k=3)
+    near, *others = sorted(IDS[1:], key=lambda n: xor_distance(n, IDS[0]))
+    farther = others[:3]
+    for node in farther:
+        a.introduce(CHAINS[node], T0)
+
+    def answer(sent: list[tuple[crypto.NodeId, DhtMessage]], now: int) -> list[crypto.NodeId]:
+        stored = []
+        for dst, message in sent:
+            if isinstance(message, DhtStore):
+                stored.append(dst)
+            elif isinstance(message, DhtFind):
+                stored += answer(
+                    sends(a.on_message(dst, encode_message(DhtFound(message.q, ())), now)), now
+                )
+        return stored
+
+    assert sorted(n.raw for n in answer(sends(a.tick(T0)), T0 + 1)) == sorted(
+        n.raw for n in farther
+    )
+    assert near not in a.holders
+    a.introduce(CHAINS[near], T0 + 2)  # it joined since
+    assert answer(sends(a.tick(T0 + 1 + PUBLISH_RECHECK_MS - 1)), T0 + 3) == []
+    now = T0 + 1 + PUBLISH_RECHECK_MS
+    assert answer(sends(a.tick(now)), now) == [near]  # the new holder only
+    assert near in a.holders
+    # The lookups agreed: the next is the hourly one.
+    assert answer(sends(a.tick(now + 4 * PUBLISH_RECHECK_MS)), now) == []
 
 
 # --- a mesh of nodes ---------------------------------------------------------------------
