@@ -514,6 +514,13 @@ def _store_problem(exc: mesh.MeshError) -> NodeError | mesh.MeshError:
 # -- the operator's views: JSON of the local API as tables ----------------------------------
 
 
+def _new_key() -> str:
+    """A fresh idempotency key: 128 random bits in hex, so that the retry command an
+    error prints (``--idempotency-key KEY``) never reads as an option (a urlsafe key
+    may begin with ``-``)."""
+    return secrets.token_hex(16)
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -1005,7 +1012,7 @@ class Cli:
         """This invocation's idempotency key (``--idempotency-key``, else a new one):
         the ApiClient's retries after a lost connection repeat it, so the node sends
         one frame at most; and if no answer ever comes, the error says how to retry."""
-        key: str = self.args.idempotency_key or secrets.token_urlsafe(16)
+        key: str = self.args.idempotency_key or _new_key()
         try:
             yield key
         except Unconfirmed as exc:
@@ -1156,7 +1163,7 @@ class Cli:
         takes nothing twice. Without one, each batch has a fresh key of its own (its
         retries after a lost connection are safe; a rerun is not)."""
         explicit = self.args.idempotency_key
-        base = explicit or secrets.token_urlsafe(16)
+        base = explicit or _new_key()
         idle_flush = explicit is None
         # Progress on a terminal's stderr, rewritten in place after each batch, when the
         # ids go elsewhere (a file, a pipe): a long send shows how far it is.

@@ -259,6 +259,10 @@ def test_a_send_that_never_gets_an_answer_names_its_key_and_a_retry_is_safe(
     keys = {r.headers["idempotency-key"] for r in fake.requests}
     assert len(fake.requests) >= 2
     (key,) = keys
+    # Hex: the retry command below never reads the key as an option (a urlsafe key
+    # could begin with "-").
+    assert all(c in "0123456789abcdef" for c in key)
+    assert len(key) == 32
     assert line.startswith("ptth: error: no answer from the node's local API at http://127.0.0.1:")
     assert line.endswith(
         ": it may or may not be in custody; retry safely with: "
