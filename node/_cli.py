@@ -196,6 +196,13 @@ def _node_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _new_key() -> str:
+    """A fresh idempotency key: 128 random bits in hex, so that the retry command an
+    error prints (``--idempotency-key KEY``) never reads as an option (a urlsafe key
+    may begin with ``-``)."""
+    return secrets.token_hex(16)
+
+
 def _idempotency_key(text: str) -> str:
     try:
         return validate_idempotency_key(text)
@@ -512,13 +519,6 @@ def _store_problem(exc: mesh.MeshError) -> NodeError | mesh.MeshError:
 
 
 # -- the operator's views: JSON of the local API as tables ----------------------------------
-
-
-def _new_key() -> str:
-    """A fresh idempotency key: 128 random bits in hex, so that the retry command an
-    error prints (``--idempotency-key KEY``) never reads as an option (a urlsafe key
-    may begin with ``-``)."""
-    return secrets.token_hex(16)
 
 
 def _is_terminal(stream: TextIO) -> bool:
