@@ -112,6 +112,7 @@ from mesh._wire import (
     decode_results,
     encode_frames,
     encode_results,
+    encoded_size,
 )
 
 __all__ = [
@@ -226,6 +227,7 @@ __all__ = [
     "encode_frames",
     "encode_message",
     "encode_results",
+    "encoded_size",
     "event_topic",
     "events_pattern",
     "matches",

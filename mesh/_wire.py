@@ -43,6 +43,7 @@ __all__ = [
     "decode_results",
     "encode_frames",
     "encode_results",
+    "encoded_size",
 ]
 
 CONTENT_TYPE_FRAMES: Final = "application/cbor-seq"
@@ -163,6 +164,37 @@ def _item(f: WireFrame) -> list[Any]:
     if f.to:
         return [f.hops, f.envelope, b"".join(n.raw for n in f.to)]
     return [f.hops, f.envelope]
+
+
+def encoded_size(frames: Iterable[WireFrame]) -> int:
+    """``len(encode_frames(frames))``, without encoding them (the engine-level
+    simulation counts the bytes of bodies it does not make): each item's array head,
+    then each element's shortest head (RFC 8949 §4.2.1) and its bytes."""
+    size = 0
+    for f in frames:
+        size += 1 + _head_size(f.hops) + _head_size(len(f.envelope)) + len(f.envelope)
+        if f.src_coords is None and f.coords is None and not f.to:
+            continue
+        to = len(f.to) * _NODE_ID_SIZE
+        size += _head_size(to) + to
+        if f.coords is not None:
+            size += _head_size(len(f.coords)) + len(f.coords)
+        elif f.src_coords is not None:
+            size += 1
+        if f.src_coords is not None:
+            size += _head_size(len(f.src_coords)) + len(f.src_coords)
+    return size
+
+
+def _head_size(argument: int) -> int:
+    """Bytes in the shortest CBOR head carrying ``argument`` (RFC 8949 §3.1)."""
+    if argument < 24:
+        return 1
+    if argument < 0x100:
+        return 2
+    if argument < 0x10000:
+        return 3
+    return 5 if argument < 0x100000000 else 9
 
 
 def decode_frames(

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import math
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final, Protocol
 
 import trio
@@ -137,6 +137,18 @@ class FrameClient:
         :class:`DeliveryFailed` if ``dst`` refused the whole request (4xx but 429).
         """
         body = mesh.encode_frames(frames)
+        return await self.each_endpoint(
+            dst, endpoints, lambda url: self._post_once(dst, url, body, len(frames))
+        )
+
+    async def each_endpoint(
+        self,
+        dst: crypto.NodeId,
+        endpoints: Sequence[str],
+        post_to: Callable[[str], Awaitable[list[mesh.Result]]],
+    ) -> list[mesh.Result]:
+        """``post_to`` the frames URL of each of ``dst``'s ``endpoints`` in turn, the one
+        that answered last first, until one gives results (see :meth:`post`)."""
         preferred = self._preferred.get(dst)
         ordered = list(endpoints)
         if preferred in ordered:
@@ -147,7 +159,7 @@ class FrameClient:
         for endpoint in ordered:
             url = endpoint.rstrip("/") + FRAMES_PATH
             try:
-                results = await self._post_once(dst, url, body, len(frames))
+                results = await post_to(url)
             except PostFailed as failure:
                 problems.append(failure.problem)
                 if failure.retry_after is not None:

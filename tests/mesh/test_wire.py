@@ -26,6 +26,7 @@ from mesh import (
     decode_results,
     encode_frames,
     encode_results,
+    encoded_size,
 )
 
 # -- strategies ----------------------------------------------------------------------
@@ -70,6 +71,23 @@ def cbor_seq(*items: Any) -> bytes:
 @given(st.lists(WIRE_FRAMES, min_size=1, max_size=20))
 def test_frames_round_trip(frames: list[WireFrame]) -> None:
     assert decode_frames(encode_frames(frames)) == frames
+
+
+# Every head size CBOR has below 2**32 (1, 2, 3 and 5 bytes), at its edges.
+_HEAD_EDGES = (0, 23, 24, 255, 256, 65535, 65536)
+SIZED_FRAMES = st.builds(
+    WireFrame,
+    hops=st.sampled_from((0, 23, 24, 255)),
+    envelope=st.sampled_from(_HEAD_EDGES).map(bytes),
+    to=st.lists(st.binary(min_size=32, max_size=32).map(crypto.NodeId), max_size=8).map(tuple),
+    coords=st.none() | st.sampled_from(_HEAD_EDGES[1:]).map(lambda n: b"c" * n),
+    src_coords=st.none() | st.sampled_from(_HEAD_EDGES[1:]).map(lambda n: b"s" * n),
+)
+
+
+@given(st.lists(WIRE_FRAMES | SIZED_FRAMES, max_size=6))
+def test_encoded_size_is_the_length_of_the_encoding(frames: list[WireFrame]) -> None:
+    assert encoded_size(frames) == len(encode_frames(frames))
 
 
 def test_frames_encoding_is_hops_then_envelope() -> None:
