@@ -49,12 +49,13 @@ no count and ``--compare`` redraws only.
 Wall time: flooding grows about as N squared (every node takes in every node's
 announces and interests): on the 2-core development machine at engine fidelity, with
 another simulation running, 100 nodes took 6 minutes and 300 nodes 42 (N^1.8). With
-``--tree --announce-radius 2`` (``mesh``, 40 virtual minutes, seed 1, beside other
-work) 300 nodes took 448 s and 1,000 nodes 1,675 s; its first virtual minutes (every
-node looking up and publishing in the DHT at once) cost most, and grow faster than N
-(the ``mesh`` scenario's first minute: 43 s at 1,000 nodes, 258 s at 3,000). Memory (the
-whole process's peak: nodes, SQLite stores, the network and the ledger) was 1.3 MB a
-node at 1,000 nodes and 2.0 MB at 3,000 (``mesh``, 10 virtual minutes, seed 0).
+``--tree --announce-radius 2`` (``mesh``, 40 virtual minutes, seed 1, stand-in
+signatures, a quiet machine, 2026-12-06) 300 nodes took 240 s and 1,000 nodes 1,176 s;
+its first virtual minutes (every node looking up and publishing in the DHT at once)
+cost most, and grow faster than N (the ``mesh`` scenario's first minute: 43 s at 1,000
+nodes, 258 s at 3,000). Memory (the whole process's peak: nodes, SQLite stores, the
+network and the ledger) was about 1.0 MB a node at 1,000 nodes and 1.3 MB at 3,000
+(``mesh``, 10 virtual minutes, seed 0, 2026-12-06).
 
 Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
