@@ -168,22 +168,18 @@ def _item(f: WireFrame) -> list[Any]:
 
 def encoded_size(frames: Iterable[WireFrame]) -> int:
     """``len(encode_frames(frames))``, without encoding them (the engine-level
-    simulation counts the bytes of bodies it does not make): each item's array head,
-    then each element's shortest head (RFC 8949 §4.2.1) and its bytes."""
-    size = 0
-    for f in frames:
-        size += 1 + _head_size(f.hops) + _head_size(len(f.envelope)) + len(f.envelope)
-        if f.src_coords is None and f.coords is None and not f.to:
-            continue
-        to = len(f.to) * _NODE_ID_SIZE
-        size += _head_size(to) + to
-        if f.coords is not None:
-            size += _head_size(len(f.coords)) + len(f.coords)
-        elif f.src_coords is not None:
-            size += 1
-        if f.src_coords is not None:
-            size += _head_size(len(f.src_coords)) + len(f.src_coords)
-    return size
+    simulation counts the bytes of bodies it does not make): each item's array head (1
+    byte: at most 5 elements), then each element's shortest head (RFC 8949 §4.2.1) and
+    its bytes."""
+    return sum(1 + sum(map(_element_size, _item(f))) for f in frames)
+
+
+def _element_size(value: int | bytes | None) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, int):
+        return _head_size(value)
+    return _head_size(len(value)) + len(value)
 
 
 def _head_size(argument: int) -> int:
