@@ -91,7 +91,7 @@ from simulations._simulation import (
     signatures_of,
     stores_of,
 )
-from simulations._topology import both_ways, chain, random_graph, ring, star
+from simulations._topology import Strangers, both_ways, chain, random_graph, ring, star
 from simulations._traffic import generate_traffic
 
 __all__ = ["SCENARIOS", "Progress", "Scenario", "run_scenario"]
@@ -266,15 +266,12 @@ class _MeshTopology:
     def everyone(self) -> list[SimNode]:
         return [*self.public, *self.natted]
 
-    def strangers(self) -> list[tuple[SimNode, SimNode]]:
-        """Every ordered pair of nodes that are not neighbours."""
+    def strangers(self) -> Strangers[SimNode]:
+        """Every ordered pair of nodes that are not neighbours (computed as sampled)."""
         everyone = self.everyone
-        return [
-            (src, dst)
-            for src in everyone
-            for dst in everyone
-            if src is not dst and frozenset((src.name, dst.name)) not in self.neighbours
-        ]
+        index = {node.name: i for i, node in enumerate(everyone)}
+        pairs = (tuple(index[name] for name in pair) for pair in self.neighbours)
+        return Strangers(everyone, ((a, b) for a, b in pairs))
 
 
 async def _build_mesh(sim: Simulation, count: int, rng: random.Random) -> _MeshTopology:
@@ -293,16 +290,18 @@ async def _build_mesh(sim: Simulation, count: int, rng: random.Random) -> _MeshT
     neighbours = {frozenset((a.name, b.name)) for a, b in edges}
     extra: list[tuple[SimNode, SimNode]] = []
     for _ in range(natted_count):
-        relay = public[rng.randrange(len(public))]
+        at = rng.randrange(len(public))
+        relay = public[at]
         (node,) = await sim.add_nodes(
             1, prefix="nat", nat=True, relays=(relay.node.address_token(),)
         )
         natted.append(node)
         relay_of[node.name] = relay
         neighbours.add(frozenset((node.name, relay.name)))
-        others = [p for p in public if p is not relay]
-        if others:
-            other = others[rng.randrange(len(others))]
+        if len(public) > 1:
+            # A random public node other than the relay (as from the list without it).
+            pick = rng.randrange(len(public) - 1)
+            other = public[pick if pick < at else pick + 1]
             extra.append((node, other))
             neighbours.add(frozenset((node.name, other.name)))
     for node in natted:

@@ -9,13 +9,14 @@ lands, a scenario can peer a chain and make its ends talk.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
-__all__ = ["both_ways", "chain", "complete", "random_graph", "ring", "star"]
+__all__ = ["Strangers", "both_ways", "chain", "complete", "random_graph", "ring", "star"]
 
 T = TypeVar("T")
 
@@ -69,3 +70,50 @@ def random_graph(nodes: Sequence[T], degree: float, rng: random.Random) -> list[
 def both_ways(pairs: Iterable[tuple[T, T]]) -> list[tuple[T, T]]:
     """Each pair and its reverse: ``[(a, b), (b, a), ...]``."""
     return [pair for a, b in pairs for pair in ((a, b), (b, a))]
+
+
+class Strangers(Sequence[tuple[T, T]]):
+    """Every ordered pair of distinct nodes that are not neighbours, without listing them.
+
+    The same sequence as ``[(a, b) for a in nodes for b in nodes if a is not b and {a, b}
+    is not a neighbour pair]``, in that order, but each item is computed when asked for
+    (a binary search over the rows, then a step per neighbour of the row's node), so
+    that ``rng.sample(Strangers(...), k)`` picks the same pairs as it would from the
+    list, in memory and time that grow with the nodes and neighbour pairs rather than
+    their square (10,000 nodes: 10^8 pairs, about 10 GB as a list).
+    ``neighbours`` are pairs of indices into ``nodes``.
+    """
+
+    def __init__(self, nodes: Sequence[T], neighbours: Iterable[tuple[int, int]]) -> None:
+        self._nodes = nodes
+        excluded: list[set[int]] = [{i} for i in range(len(nodes))]
+        for a, b in neighbours:
+            excluded[a].add(b)
+            excluded[b].add(a)
+        #: Per node, the indices it is not paired with (itself, its neighbours), sorted.
+        self._excluded = [sorted(row) for row in excluded]
+        #: ``_starts[i]``: the index of node i's first pair; the last is the length.
+        self._starts = [0, *itertools.accumulate(len(nodes) - len(row) for row in excluded)]
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[T, T]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[T, T]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[T, T] | list[tuple[T, T]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("pair index out of range")
+        src = bisect.bisect_right(self._starts, index) - 1
+        dst = index - self._starts[src]
+        # The dst-th index not excluded: step over each excluded index at or below it.
+        for skipped in self._excluded[src]:
+            if skipped > dst:
+                break
+            dst += 1
+        return self._nodes[src], self._nodes[dst]
