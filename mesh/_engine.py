@@ -152,9 +152,17 @@ MAX_WANTED: Final = 1024
 #: most once per flood interval), and views that disagree can pass a frame round a
 #: loop until its hop limit drops it. So a router remembers the frames it passed on
 #: greedily within this window (the last :data:`MAX_GREEDY_SENT` of them), and one that
-#: comes back in it is held, its destination looked up, instead of going round again.
-LOOP_WINDOW_MS: Final = 30_000
-MAX_GREEDY_SENT: Final = 256
+#: comes back in it is held, its destination looked up, instead of going round again;
+#: for :data:`LOOP_PLAIN_MS` after, frames for that destination go on from here only
+#: to a neighbour nearer it by coordinates we verified (:meth:`Tree.next_hop`,
+#: ``plain``), not by what neighbours said of theirs. The window spans the lookups'
+#: retries (:data:`LOOKUP_RETRY_MS`): a frame held at a dead end goes back after one,
+#: and comes round again that much later (seen in a 300-node mesh while a region was
+#: cut off: frames went round four nodes, held and let go at each, until their 32 hops
+#: were spent, with the neighbours' words naming places across the cut).
+LOOP_WINDOW_MS: Final = 300_000
+MAX_GREEDY_SENT: Final = 1024
+LOOP_PLAIN_MS: Final = 300_000
 #: A fresher announce of one origin is flooded at most this often: an origin that
 #: signs announces in a loop cannot make the mesh carry them all. A neighbour's hello
 #: is answered with our routes at most this often too.
@@ -371,8 +379,11 @@ class Router:
         self._wanted: dict[crypto.NodeId, _Wanted] = {}
         self._finding: dict[int, crypto.NodeId] = {}
         self._hint_allowance = Allowances(burst=HINT_BURST, refill_ms=HINT_REFILL_MS)
-        #: The frames passed on greedily lately, by id: when (oldest first).
+        #: The frames passed on greedily lately, by id: when (oldest first); the
+        #: destinations a frame came back to us for, until when they go on by plain
+        #: greedy routing from here (:data:`LOOP_PLAIN_MS`; at most :data:`MAX_WANTED`).
         self._greedy_sent: dict[bytes, int] = {}
+        self._looped: dict[crypto.NodeId, int] = {}
         #: Counters: frames passed on greedily; frames held for having come back to
         #: us greedily (a loop); lookups started for held destinations.
         self.greedy_forwarded = 0
@@ -659,7 +670,11 @@ class Router:
             for node, place in self.tree.neighbour_coordinates(now).items()
             if links.usable(node)
         }
-        hop = self.tree.next_hop(held[0], neighbours, avoid=came_from)
+        looped = self._looped.get(dst)
+        if looped is not None and looped <= now:
+            del self._looped[dst]
+            looped = None
+        hop = self.tree.next_hop(held[0], neighbours, avoid=came_from, plain=looped is not None)
         if hop is not None:
             self._greedy_via[dst] = hop
         return hop
@@ -860,6 +875,10 @@ class Router:
             # tree disagree while it changes. Held, it waits for a lookup of its
             # destination instead of spending its hops in a loop.
             self.greedy_loops += 1
+            self._looped.pop(frame.dst, None)
+            while len(self._looped) >= MAX_WANTED:
+                del self._looped[next(iter(self._looped))]
+            self._looped[frame.dst] = now + LOOP_PLAIN_MS
             return Forward(None)
         self.greedy_forwarded += greedy
         return Forward(hop)

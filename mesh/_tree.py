@@ -332,6 +332,7 @@ class Tree:
         neighbours: Mapping[crypto.NodeId, crypto.Coordinates],
         *,
         avoid: crypto.NodeId | None = None,
+        plain: bool = False,
     ) -> crypto.NodeId | None:
         """The neighbour to pass a frame for ``dest`` to, of ``neighbours`` (those we may
         send to now, with their coordinates) but ``avoid``; None when there is none:
@@ -352,7 +353,8 @@ class Tree:
         link): a neighbour that lies draws frames it is then trusted to carry on, as
         every neighbour a frame is handed to is. Stale words (a neighbour's neighbour
         moved since its offer) can send a frame round; the router holds one that comes
-        back within its loop window.
+        back within its loop window, and with ``plain`` (for a destination a frame came
+        back for) takes only the nearest strictly nearer neighbour: plain greedy routing.
         """
         if dest.node == self.node_id:
             return None
@@ -369,7 +371,7 @@ class Tree:
             distance = coordinates.distance(dest)
             bound = min(bound, distance + 1)
             ahead = distance
-            entry = self._neighbours.get(node)
+            entry = None if plain else self._neighbours.get(node)
             if entry is not None:
                 for place in entry.around:  # (another tree's: DIFFERENT_TREES away)
                     ahead = min(ahead, 1 + place.distance(dest))

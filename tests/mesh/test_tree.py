@@ -558,6 +558,20 @@ def test_next_hop_ranks_neighbours_by_what_lies_beyond_them() -> None:
     assert child.next_hop(at(0, 5, 8), alone) is None
 
 
+def test_plain_next_hop_takes_only_a_strictly_nearer_neighbour() -> None:
+    # For a destination a frame came back for, the neighbours' words are not heard:
+    # plain greedy routing, the nearest strictly nearer neighbour or none (hold).
+    _, child = settled_pair()  # at (0, 1): 3 from (0, 5, 8), as (0, 2) is
+    root, side = IDENTITIES[0].node_id, IDENTITIES[2].node_id
+    child._neighbours[side] = _Neighbour(Role.PEER, at(0, 2), None, (at(0, 5, 8),))
+    around = {root: at(0), side: at(0, 2)}
+    assert child.next_hop(at(0, 5, 8), around) == side
+    assert child.next_hop(at(0, 5, 8), around, plain=True) == root
+    alone = {side: at(0, 2)}
+    assert child.next_hop(at(0, 5, 8), alone) == side
+    assert child.next_hop(at(0, 5, 8), alone, plain=True) is None
+
+
 def test_two_hop_lookahead_shortens_greedy_routes_on_random_meshes() -> None:
     rng = random.Random(11)
     with crypto.verifying_once():
