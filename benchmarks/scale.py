@@ -54,8 +54,10 @@ signatures, a quiet machine, 2026-12-06) 300 nodes took 240 s and 1,000 nodes 1,
 its first virtual minutes (every node looking up and publishing in the DHT at once)
 cost most, and grow faster than N (the ``mesh`` scenario's first minute: 43 s at 1,000
 nodes, 258 s at 3,000). Memory (the whole process's peak: nodes, SQLite stores, the
-network and the ledger) was about 1.0 MB a node at 1,000 nodes and 1.3 MB at 3,000
-(``mesh``, 10 virtual minutes, seed 0, 2026-12-06).
+network and the ledger) was about 0.9 MB a node at 1,000 nodes and 1.3 MB at 3,000
+(``mesh``, 10 virtual minutes, seed 0, 2026-12-06); at 10,000 nodes, 1.27 MB a node
+over 3 virtual minutes, which took 3,672 s of wall time (the start alone: a 40-minute
+row at 10,000 nodes takes many hours).
 
 Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
