@@ -50,7 +50,7 @@ import dataclasses
 import enum
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import crypto
 from crypto import _cbor
@@ -300,6 +300,9 @@ Action = Reroute | Flood | Greet | Wake | Notify | Offer | CoordinatesChanged | 
 _DELIVER: Final = Deliver()
 _TRANSIT: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
 
 class Router:
     """Routing decisions for the node ``local`` (see the module docstring)."""
@@ -379,10 +382,10 @@ class Router:
         self._wanted: dict[crypto.NodeId, _Wanted] = {}
         self._finding: dict[int, crypto.NodeId] = {}
         self._hint_allowance = Allowances(burst=HINT_BURST, refill_ms=HINT_REFILL_MS)
-        #: The frames passed on greedily lately, by id: when (oldest first); the
-        #: destinations a frame came back to us for, until when they go on by plain
-        #: greedy routing from here (:data:`LOOP_PLAIN_MS`; at most :data:`MAX_WANTED`).
+        #: The frames passed on greedily lately, by id: when (oldest first).
         self._greedy_sent: dict[bytes, int] = {}
+        #: The destinations a frame came back to us for: until when they go on from
+        #: here by plain greedy routing (:data:`LOOP_PLAIN_MS`; at most :data:`MAX_WANTED`).
         self._looped: dict[crypto.NodeId, int] = {}
         #: Counters: frames passed on greedily; frames held for having come back to
         #: us greedily (a loop); lookups started for held destinations.
@@ -741,10 +744,8 @@ class Router:
             self._wanted[dst] = wanted
             return []
         attempts = 1 if wanted is None else wanted.attempts + 1
-        while len(self._wanted) >= MAX_WANTED:
-            del self._wanted[next(iter(self._wanted))]
         wait = min(LOOKUP_RETRY_MS * 2 ** min(attempts - 1, 16), LOOKUP_RETRY_MAX_MS)
-        self._wanted[dst] = _Wanted(now + wait, attempts)
+        _put_newest(self._wanted, dst, _Wanted(now + wait, attempts), MAX_WANTED)
         dead_end = dst in self._coordinates and self.next_hop(dst, now) is None
         if dead_end:
             # A dead end with these (it moved, or the tree is re-forming): ask anew.
@@ -875,10 +876,7 @@ class Router:
             # tree disagree while it changes. Held, it waits for a lookup of its
             # destination instead of spending its hops in a loop.
             self.greedy_loops += 1
-            self._looped.pop(frame.dst, None)
-            while len(self._looped) >= MAX_WANTED:
-                del self._looped[next(iter(self._looped))]
-            self._looped[frame.dst] = now + LOOP_PLAIN_MS
+            _put_newest(self._looped, frame.dst, now + LOOP_PLAIN_MS, MAX_WANTED)
             return Forward(None)
         self.greedy_forwarded += greedy
         return Forward(hop)
@@ -886,11 +884,7 @@ class Router:
     def _came_back(self, frame_id: bytes, now: int) -> bool:
         """Whether the frame ``frame_id``, about to go on greedily, went on greedily
         from here within :data:`LOOP_WINDOW_MS`; it is remembered as going now."""
-        sent = self._greedy_sent
-        last = sent.pop(frame_id, None)
-        while len(sent) >= MAX_GREEDY_SENT:
-            del sent[next(iter(sent))]
-        sent[frame_id] = now
+        last = _put_newest(self._greedy_sent, frame_id, now, MAX_GREEDY_SENT)
         return last is not None and 0 <= now - last < LOOP_WINDOW_MS
 
     # -- publish/subscribe ----------------------------------------------------------
@@ -1370,6 +1364,16 @@ class Router:
                     dst=link.node, via=link.node, ts=0, hops=1, learned=0, expires=0
                 )
         return sorted(chosen.values(), key=lambda r: (r.hops, r.dst.raw))
+
+
+def _put_newest(table: dict[_K, _V], key: _K, value: _V, limit: int) -> _V | None:
+    """Put ``key`` last in ``table`` (kept oldest first), forgetting the oldest entries
+    to keep fewer than ``limit`` before it; return what ``key`` held before, if any."""
+    old = table.pop(key, None)
+    while len(table) >= limit:
+        del table[next(iter(table))]
+    table[key] = value
+    return old
 
 
 def offer_body(chain: bytes, grant: bytes | None, around: Sequence[Path] = ()) -> bytes:

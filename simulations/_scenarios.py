@@ -270,8 +270,7 @@ class _MeshTopology:
         """Every ordered pair of nodes that are not neighbours (computed as sampled)."""
         everyone = self.everyone
         index = {node.name: i for i, node in enumerate(everyone)}
-        pairs = (tuple(index[name] for name in pair) for pair in self.neighbours)
-        return Strangers(everyone, ((a, b) for a, b in pairs))
+        return Strangers(everyone, ((index[a], index[b]) for a, b in self.neighbours))
 
 
 async def _build_mesh(sim: Simulation, count: int, rng: random.Random) -> _MeshTopology:
