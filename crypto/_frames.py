@@ -8,8 +8,8 @@ kind     required (besides common)   optional
 =======  ==========================  ============
 msg      dst, body                   ct, rr, cap
 pub      topic, body                 ct, cap
-sub      pat                         cap
-unsub    pat                         --
+sub      pat                         cap, dst
+unsub    pat                         dst
 ann      body (an address envelope)  hello
 rcpt     dst, ref, st                why, n
 rev      body (a revocation)         --
@@ -20,6 +20,8 @@ Common to all: ``t, src, id, ts, exp, hops``. Our additions to the table in docs
 node sends to a neighbour it has just met: "send me your routes"), and for receipts ``ref`` (the id
 of the frame the receipt is about), ``st`` (``delivered`` or ``dropped``), ``why`` (for
 a drop: ``code: words``) and ``n`` (for a delivery: the hops the frame made). A
+``sub`` or ``unsub`` with ``dst`` is addressed to the owner of its pattern's secure name
+(its first word is ``~<dst>``): it is routed to that node alone instead of flooded. A
 receipt's ``src`` is the node that delivered or dropped the frame. ``cap`` is a
 capability envelope (purpose ``ptth/cap``, its whole chain) the origin presents for what
 the frame does; enforcement points verify it (crypto only checks its size here). A
@@ -122,7 +124,8 @@ _REQUIRED: Final = {
 _OPTIONAL: Final = {
     Kind.MSG: frozenset({"ct", "rr", "cap"}),
     Kind.PUB: frozenset({"ct", "cap"}),
-    Kind.SUB: frozenset({"cap"}),
+    Kind.SUB: frozenset({"cap", "dst"}),
+    Kind.UNSUB: frozenset({"dst"}),
     Kind.RCPT: frozenset({"why", "n"}),
     Kind.ANN: frozenset({"hello"}),
 }
@@ -258,8 +261,14 @@ class Frame:
             _bytes(self.body, "body", limit=MAX_BODY_SIZE)
         if self.ref is not None:
             _bytes(self.ref, "ref", size=FRAME_ID_SIZE)
-        if self.dst is not None and not isinstance(self.dst, NodeId):
-            raise Malformed("frame dst must be a node id")
+        if self.dst is not None:
+            if not isinstance(self.dst, NodeId):
+                raise Malformed("frame dst must be a node id")
+            if self.pat is not None and self.pat.split(".", 1)[0] != f"~{self.dst.text}":
+                raise Malformed(
+                    f"{self.kind} frame for {self.pat!r} is addressed to {self.dst.short}: "
+                    "only a pattern under its secure name ~<dst> may be"
+                )
         if self.ct is not None and (
             not isinstance(self.ct, str)
             or len(self.ct) > MAX_CT_LENGTH

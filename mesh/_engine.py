@@ -68,6 +68,7 @@ from mesh._interests import (
     Interest,
     Interests,
     Learned,
+    secure_owner,
 )
 from mesh._links import Links, LinkState, Role
 from mesh._lookups import Dht, DhtSend, LookupDone
@@ -299,6 +300,9 @@ Action = Reroute | Flood | Greet | Wake | Notify | Offer | CoordinatesChanged | 
 
 _DELIVER: Final = Deliver()
 _TRANSIT: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
+#: Kinds that are routed to their ``dst`` when they have one (an interest addressed to
+#: the owner of its pattern's secure name), and flooded otherwise.
+_INTERESTS: Final = frozenset({crypto.Kind.SUB, crypto.Kind.UNSUB})
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -834,16 +838,19 @@ class Router:
         self, admitted: Admitted, sender: crypto.NodeId | None, now: int
     ) -> Deliver | Forward | Fanout | Result:
         """Decide for a verified ``msg``, ``rcpt`` or ``pub`` frame that ``sender``
-        handed us (None: our own)."""
+        handed us (None: our own), or a ``sub``/``unsub`` addressed to another node
+        (one addressed to us is learned: :meth:`on_interest`)."""
         frame = admitted.frame
         if frame.kind is crypto.Kind.PUB:
             return self._publication(admitted, sender, now)
-        if frame.kind not in _TRANSIT:
+        if frame.kind not in _TRANSIT and (frame.kind not in _INTERESTS or frame.dst is None):
             return Result.rejected(
                 Reason.UNSUPPORTED, f"this node does not take {frame.kind} frames yet"
             )
         assert frame.dst is not None  # msg and rcpt frames have one
         if frame.dst == self.local:
+            assert frame.kind not in _INTERESTS, "an interest for us is learned: on_interest"
+
             if frame.kind is crypto.Kind.MSG:
                 refusal = self.policy.inbox_refusal(frame.src)
                 if refusal is not None:
@@ -931,14 +938,16 @@ class Router:
             elif (
                 (admitted.to or sender is None)
                 and node not in (sender, frame.src)
-                and node not in unheard
+                and (node not in unheard or self.tree is not None)
             ):
                 # The sender gave it to us for this subscriber (or it is our own), and
                 # we have no way to it but back (routes still settling, e.g. its relay
                 # restarted and it has not attached again; or its route lapsed while its
                 # interest lives): hold a copy for it until a way appears, rather than
                 # let its way end here (it would be lost). An unaddressed copy's sender
-                # serves the subscribers behind it itself.
+                # serves the subscribers behind it itself. With the tree, interests
+                # under a secure name reach their owner only: the sender's word for
+                # the subscribers is all a node on the way has.
                 held.append(node)
         hops = sorted(by_hop, key=lambda n: n.raw)
         return Fanout(
@@ -980,9 +989,14 @@ class Router:
         self, admitted: Admitted, sender: crypto.NodeId, now: int
     ) -> tuple[Result, list[Action]]:
         """Take a ``sub`` or ``unsub`` frame from neighbour ``sender``: learn it, and
-        flood it on to the other neighbours if it is news."""
+        flood it on to the other neighbours if it is news. One addressed to us (the
+        owner of its pattern's secure name) came by the routes from any node: it is
+        learned here and goes no further; one addressed to another node is routed
+        (:meth:`classify`), not learned."""
         frame = admitted.frame
-        if sender not in self.links:
+        addressed = frame.dst is not None
+        assert frame.dst in (None, self.local), "routed on: classify()"
+        if sender not in self.links and not addressed:
             return (
                 Result.rejected(
                     Reason.POLICY,
@@ -1003,6 +1017,9 @@ class Router:
         learned = self.interests.learn(interest, now=now)
         if learned is Learned.STALE:
             return DUPLICATE, []
+        if addressed and learned is Learned.NEWS:
+            # Our publications go to the subscriber without a lookup of its place.
+            self._learn_origin(admitted, sender, now)
         if learned is Learned.FULL:
             refusal = Result.rejected(
                 Reason.STORE_FULL,
@@ -1010,21 +1027,35 @@ class Router:
                 f"here or the node holds {self.config.max_interests} in all; withdraw "
                 "some first",
             )
-            # The subscriber hears of it if it is our neighbour (the relay it relies on).
+            # The subscriber hears of it if it is our neighbour (the relay it relies on);
+            # of an addressed one, by the drop receipt of the node that handed it here.
             notice: list[Action] = []
-            if frame.src == sender:
+            if frame.src == sender and not addressed:
                 notice = self._notify(frame.src, frame.id, f"{refusal.code}: {refusal.words}", now)
             return refusal, notice
-        if admitted.hops >= frame.hops:
+        if addressed or admitted.hops >= frame.hops:
             return ACCEPTED, []
         return ACCEPTED, self._flood_interest(interest, avoid=(sender, frame.src))
 
     def own_interest(self, frame: crypto.Frame, envelope: bytes, now: int) -> list[Action]:
-        """Our own ``sub`` or ``unsub`` (signed by the runtime): learn it and flood it."""
+        """Our own ``sub`` or ``unsub`` (signed by the runtime): learn it, and flood it
+        unless it has an owner (:meth:`interest_owner`): one addressed to its owner the
+        runtime sends there as it sends a message; one under our own name stays here."""
         interest = Interest.of(frame, envelope, hops=0)
         if self.interests.learn(interest, now=now) is not Learned.NEWS:
             return []
+        if self.interest_owner(interest.pattern) is not None:
+            return []
         return self._flood_interest(interest, avoid=())
+
+    def interest_owner(self, pattern: str) -> crypto.NodeId | None:
+        """With the tree, the node whose secure name ``~<id>`` is ``pattern``'s first
+        word: it alone may publish what the pattern matches, so interests in it go to
+        that node only, addressed to it (``dst``), instead of to every node. None: the
+        pattern's interests are flooded (no tree, or no secure name: ``news.#``)."""
+        if self.tree is None:
+            return None
+        return secure_owner(pattern)
 
     def _flood_interest(
         self, interest: Interest, *, avoid: tuple[crypto.NodeId, ...]
@@ -1196,9 +1227,10 @@ class Router:
             if best is not None and best.announce and best.hops < radius:
                 frames.append(WireFrame(best.hops, best.announce))
         # And the interests held (tombstones too: a neighbour back from a restart must
-        # hear of an unsubscription it missed), but not those of ``node`` itself.
+        # hear of an unsubscription it missed), but not those of ``node`` itself, nor
+        # those that go to their owner only.
         for interest in self.interests.held(now=now):
-            if interest.origin != node:
+            if interest.origin != node and self.interest_owner(interest.pattern) is None:
                 frames.append(WireFrame(interest.hops, interest.envelope))
         # And the newest revocations: one revoked while ``node`` was away still counts.
         frames.extend(self.revocation_wires)

@@ -46,8 +46,12 @@ __all__ = ["STARTING", "MeshConfig", "MeshRuntime", "NodeStatistics"]
 #: Why frames are refused (503) until :attr:`MeshRuntime.ready`.
 STARTING: Final = "node is starting: its routes and interests are not loaded yet"
 
-#: Kinds of frames routed to their destination (a publication's copies go by interests).
-_ROUTED: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT})
+#: Kinds of frames routed to their destination (a publication's copies go by interests;
+#: a ``sub`` or ``unsub`` is queued only when addressed to the owner of its pattern).
+_ROUTED: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT, crypto.Kind.SUB, crypto.Kind.UNSUB})
+#: Kinds that go with their origin's coordinates: what comes back (a receipt, a reply, a
+#: publication for a subscriber) then needs no lookup.
+_WITH_ORIGIN: Final = frozenset({crypto.Kind.MSG, crypto.Kind.SUB})
 
 log = logging.getLogger("ptth.node")
 
@@ -225,6 +229,7 @@ class MeshRuntime:
             router=self.router,
             sign=lambda frame: frame.seal(identity),
             apply=self._own_interests,
+            send=self.send_frames,
             clock=clock,
             new_id=new_id,
             hops=config.hops,
@@ -938,13 +943,13 @@ class MeshRuntime:
             coordinates_of = self.router.coordinates_of
             local = self.local
             for index, item in enumerate(batch):
-                # A message or receipt, or a copy of a publication held for one
-                # subscriber (addressed to it), going beyond the neighbour.
+                # A message, receipt or addressed interest, or a copy of a publication
+                # held for one subscriber (addressed to it), going beyond the neighbour.
                 chain = None
                 if item.dst != node and (item.kind in _ROUTED or item.to == (item.dst,)):
                     chain = coordinates_of(item.dst, now)
                 origin = None
-                if item.kind is crypto.Kind.MSG and item.src != node:
+                if item.kind in _WITH_ORIGIN and item.src != node:
                     origin = tree.chain if item.src == local else coordinates_of(item.src, now)
                 if chain is not None or origin is not None:
                     batch[index] = dataclasses.replace(item, coords=chain, src_coords=origin)
@@ -1117,14 +1122,15 @@ class MeshRuntime:
                 continue
             if kind is crypto.Kind.SUB or kind is crypto.Kind.UNSUB:
                 self.statistics.interests_received += 1
-                result, more = self.router.on_interest(item, sender, now)
-                actions += more
-                if result.outcome is mesh.Outcome.ACCEPTED:
-                    self._routes_dirty.set()
-                    self.interests_changed.set()
-                    self.interests_changed = trio.Event()
-                results.append(result)
-                continue
+                if item.frame.dst in (None, self.local):  # else routed on, as a message
+                    result, more = self.router.on_interest(item, sender, now)
+                    actions += more
+                    if result.outcome is mesh.Outcome.ACCEPTED:
+                        self._routes_dirty.set()
+                        self.interests_changed.set()
+                        self.interests_changed = trio.Event()
+                    results.append(result)
+                    continue
             decision = self.router.classify(item, sender, now)
             if isinstance(decision, mesh.Result):
                 actions += self.router.refused(item, decision, now)

@@ -168,6 +168,8 @@ class DurableSubscription:
 
 Sign = Callable[[crypto.Frame], bytes]
 Apply = Callable[[Sequence[mesh.Action]], Awaitable[None]]
+#: Takes custody of frames of ours to send (``MeshRuntime.send_frames``).
+Send = Callable[[Sequence[tuple[crypto.Frame, bytes]]], Awaitable[object]]
 
 
 class LocalSubscriptions:
@@ -180,6 +182,7 @@ class LocalSubscriptions:
         router: mesh.Router,
         sign: Sign,
         apply: Apply,
+        send: Send,
         clock: Callable[[], int],
         new_id: Callable[[], bytes],
         hops: int,
@@ -193,6 +196,7 @@ class LocalSubscriptions:
         self.router = router
         self.sign = sign
         self.apply = apply
+        self.send = send
         self.clock = clock
         self.new_id = new_id
         self.hops = hops
@@ -304,6 +308,7 @@ class LocalSubscriptions:
 
     async def _state(self, patterns: Sequence[str], kind: crypto.Kind) -> None:
         actions: list[mesh.Action] = []
+        addressed: list[tuple[crypto.Frame, bytes]] = []
         for pattern in patterns:
             now = self.clock()
             # A later word about a pattern must be fresher than the one before, even
@@ -313,6 +318,9 @@ class LocalSubscriptions:
             cap = None
             if kind is crypto.Kind.SUB:
                 cap = self.wallet.choose_topic(crypto.Operation.SUBSCRIBE, pattern)
+            # With the tree, a pattern under another node's secure name goes to that
+            # node alone (one under ours stays here); any other is flooded.
+            owner = self.router.interest_owner(pattern)
             frame = crypto.Frame(
                 kind=kind,
                 src=self.local,
@@ -320,16 +328,29 @@ class LocalSubscriptions:
                 ts=ts,
                 exp=ts + self.lease_ms,
                 hops=self.hops,
+                dst=owner if owner != self.local else None,
                 pat=pattern,
                 cap=None if cap is None else cap.envelope,
             )
-            actions += self.router.own_interest(frame, self.sign(frame), now)
+            envelope = self.sign(frame)
+            actions += self.router.own_interest(frame, envelope, now)
+            if frame.dst is not None:
+                addressed.append((frame, envelope))
             old = self._signed.pop(pattern, None)
             self._signed_ids.discard(old or b"")
             if kind is crypto.Kind.SUB:
                 self._signed[pattern] = frame.id
                 self._signed_ids.add(frame.id)
         await self.apply(actions)
+        if addressed:
+            try:
+                await self.send(addressed)
+            except mesh.StoreFull as exc:
+                # Stated again at the next refresh (or when a drop receipt comes).
+                log.warning(
+                    "could not send %d interests to their owners: the store is full: %s",
+                    len(addressed), exc,
+                )  # fmt: skip
 
     def is_ours(self, frame_id: bytes) -> bool:
         """Is ``frame_id`` one of the ``sub`` frames stating our interests now?"""

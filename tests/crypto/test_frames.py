@@ -61,7 +61,8 @@ REQUIRED: dict[Kind, set[str]] = {
 OPTIONAL: dict[Kind, set[str]] = {
     Kind.MSG: {"ct", "rr", "cap"},
     Kind.PUB: {"ct", "cap"},
-    Kind.SUB: {"cap"},
+    Kind.SUB: {"cap", "dst"},
+    Kind.UNSUB: {"dst"},
     Kind.RCPT: {"why", "n"},
     Kind.ANN: {"hello"},
 }
@@ -110,6 +111,10 @@ def frames(draw: st.DrawFn, kinds: st.SearchStrategy[Kind] = KINDS) -> tuple[Ide
     if kind is Kind.PUB:
         fields["topic"] = draw(dotted(WORDS, secure))
     if kind in (Kind.SUB, Kind.UNSUB):
+        owner = draw(st.none() | NODE_IDS)  # addressed to the owner of its secure name
+        if owner is not None:
+            fields["dst"] = owner
+            secure = f"~{owner.text}"
         fields["pat"] = draw(dotted(PATTERN_WORDS, secure))
     if kind in (Kind.MSG, Kind.PUB, Kind.ANN, Kind.REV, Kind.CRD, Kind.DHT):
         fields["body"] = draw(st.binary(max_size=64))
@@ -231,9 +236,26 @@ def test_each_kind_requires_its_keys(kind: Kind) -> None:
 @pytest.mark.parametrize("kind", list(Kind))
 def test_each_kind_allows_its_optional_keys(kind: Kind) -> None:
     for name in OPTIONAL.get(kind, set()):
-        frame = Frame(**fields(kind, **{name: VALUES[name]}))
+        more = {}
+        if name == "dst":  # an interest addressed to the owner of its secure name
+            more["pat"] = f"~{VALUES['dst'].text}.chirp"
+        frame = Frame(**fields(kind, **{name: VALUES[name]}, **more))
         assert getattr(frame, name) == VALUES[name]
         assert Frame.from_payload(frame.to_payload()) == frame
+
+
+@pytest.mark.parametrize("kind", [Kind.SUB, Kind.UNSUB])
+@pytest.mark.parametrize("pattern", ["news.*", "#", f"{SECURE}.chirp", "*.chirp"])
+def test_an_interest_is_addressed_only_to_the_owner_of_its_secure_name(
+    kind: Kind, pattern: str
+) -> None:
+    message = f"^{kind} frame for '.*' is addressed to {BOB.node_id.short}: only a pattern"
+    with pytest.raises(Malformed, match=message):
+        Frame(**fields(kind, pat=pattern, dst=BOB.node_id))
+    with pytest.raises(Malformed, match=message):
+        Frame.from_payload(payload(kind, pat=pattern, dst=BOB.node_id.raw))
+    mine = Frame(**fields(kind, pat=f"~{BOB.node_id.text}.chirp.#", dst=BOB.node_id))
+    assert Frame.open(mine.seal(ALICE)) == mine
 
 
 @pytest.mark.parametrize("kind", list(Kind))
@@ -251,8 +273,8 @@ def test_each_kind_forbids_other_keys(kind: Kind) -> None:
 def test_missing_keys_are_listed_together() -> None:
     with pytest.raises(Malformed, match=r"^rcpt frame lacks dst, ref, st$"):
         Frame(**fields(Kind.RCPT, dst=None, ref=None, st=None))
-    with pytest.raises(Malformed, match=r"^sub frame must not have body, dst$"):
-        Frame(**fields(Kind.SUB, dst=BOB.node_id, body=b""))
+    with pytest.raises(Malformed, match=r"^sub frame must not have body, topic$"):
+        Frame(**fields(Kind.SUB, topic="news", body=b""))
 
 
 # -- types and sizes -------------------------------------------------------------------
@@ -844,6 +866,8 @@ def every_mutation(pairs: list[tuple[str, Any]]) -> Iterator[bytes]:
 @pytest.mark.parametrize("kind", list(Kind))
 def test_the_fast_path_agrees_on_every_mutation(kind: Kind) -> None:
     optional = {name: VALUES[name] for name in OPTIONAL.get(kind, ())}
+    if kind in (Kind.SUB, Kind.UNSUB):  # addressed to the owner of its secure name
+        optional["pat"] = f"~{VALUES['dst'].text}.chirp"
     frame = Frame(**fields(kind, **optional))
     pairs = canonical(list(frame.to_payload().items()))
     with crypto.verifying_once():  # each envelope is opened twice: verify it once
