@@ -644,6 +644,7 @@ class MeshRuntime:
             self._routes_dirty.set()
             self.interests_changed.set()
             self.interests_changed = trio.Event()
+        await self.subscriptions.restate_due()
         await self.refresh_peers()
         while True:
             expired = await self.run_store(lambda: self.store.take_expired(now=now))
@@ -1243,7 +1244,7 @@ class MeshRuntime:
             actions += self._held(held, now)
         await self._apply(actions)
         if refresh:
-            await self.subscriptions.refresh()
+            await self.subscriptions.restate()
         for address in learned:
             await self.run_store(functools.partial(self.store.save_address, address))
         if revoked:

@@ -51,6 +51,10 @@ log = logging.getLogger("ptth.node")
 DEFAULT_LEASE = 3600.0
 #: Publications a subscription buffers for a slow reader.
 DEFAULT_CAPACITY = 10_000
+#: The least time between two restatements of every interest that drop receipts
+#: prompt (s): a refusal that comes back at once (the owner's table is full, a node on
+#: the way forwards for nobody) must not make us sign and send at a round trip's pace.
+RESTATE_INTERVAL = 60.0
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -215,6 +219,10 @@ class LocalSubscriptions:
         #: receipt that reaches us is looked up here).
         self._signed: dict[str, bytes] = {}
         self._signed_ids: set[bytes] = set()
+        #: When drop receipts last made us state every interest again, and whether
+        #: another came since, too soon to act on (:meth:`restate`).
+        self._restated = -math.inf
+        self._restate_pending = False
         self.changed = trio.Event()
 
     def __len__(self) -> int:
@@ -289,6 +297,26 @@ class LocalSubscriptions:
     async def refresh(self) -> None:
         """Sign every advertised pattern again (a fresh lease)."""
         await self._state(sorted(self.advertised), crypto.Kind.SUB)
+
+    async def restate(self) -> None:
+        """A node dropped one of our interests (its drop receipt came): state them
+        all again, at once unless we did less than :data:`RESTATE_INTERVAL` ago; then
+        once that time is over (:meth:`restate_due`)."""
+        if self.clock() - self._restated < RESTATE_INTERVAL * 1000:
+            self._restate_pending = True
+            return
+        await self._restate()
+
+    async def restate_due(self) -> None:
+        """State every interest again if a drop receipt asked for it too soon after
+        the last time and that time is over (the runtime calls this at its tick)."""
+        if self._restate_pending and self.clock() - self._restated >= RESTATE_INTERVAL * 1000:
+            await self._restate()
+
+    async def _restate(self) -> None:
+        self._restated = self.clock()
+        self._restate_pending = False
+        await self.refresh()
 
     async def refresh_loop(self) -> None:
         while True:

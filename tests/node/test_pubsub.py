@@ -16,6 +16,8 @@ import trio.testing
 import crypto
 import mesh
 from node import Node, NodeError, Publication, Subscription
+from node._mesh import TICK_INTERVAL
+from node._pubsub import RESTATE_INTERVAL
 from tests.helpers import NodeFactory, chain, peer
 
 
@@ -325,6 +327,37 @@ async def test_a_subscriber_told_its_interest_was_dropped_states_it_again(
     await a.mesh._apply([mesh.Notify(b.node_id, b"\x07" * 16, "lapsed: not ours")])
     await settle()
     assert b.mesh.subscriptions.advertised == set()
+
+
+async def test_drop_notices_coming_back_at_once_restate_interests_once_a_minute(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A refusal that comes back at once (a full table, a node that forwards for
+    # nobody) must not make the subscriber sign its interests at a round trip's pace.
+    a, b = [await memory_nodes.open(name) for name in "ab"]
+    await peer(a, b)
+
+    def signed() -> bytes:
+        held = a.mesh.router.interests.get(b.node_id, "t.#")
+        assert held is not None
+        return crypto.Frame.open(held.envelope).id
+
+    async with b.subscribe("t.#"):
+        await knows(a, "t.x", b)
+        first = signed()
+        await a.mesh._apply([mesh.Notify(b.node_id, first, "store-full: a test")])
+        await settle()
+        second = signed()
+        assert second != first  # stated again at once
+        started = trio.current_time()
+        await a.mesh._apply([mesh.Notify(b.node_id, second, "store-full: again")])
+        await settle()
+        assert signed() == second  # not again within the minute ...
+        while signed() == second:
+            await a.mesh.interests_changed.wait()
+        # ... but once it is over, at the next tick.
+        waited = trio.current_time() - started
+        assert RESTATE_INTERVAL <= waited <= RESTATE_INTERVAL + TICK_INTERVAL + 1
 
 
 async def test_the_interest_of_a_subscriber_that_died_lapses_with_its_lease(
