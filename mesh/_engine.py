@@ -876,6 +876,12 @@ class Router:
                 Reason.HOP_LIMIT,
                 f"frame has made {admitted.hops} of the {frame.hops} hops its origin allows",
             )
+        if frame.kind is crypto.Kind.SUB:
+            # A node that guards a pattern refuses interests reaching into it on their
+            # way to their owner too, as it refuses them flooded (on_interest).
+            denied = self.authority.subscription_refusal(frame, now)
+            if denied is not None:
+                return Result.rejected(Reason.FORBIDDEN, denied)
         self._learn_origin(admitted, sender, now)
         hop, greedy = self._route(frame.dst, now, sender, admitted.coords)
         if greedy and self._came_back(frame.id, now):

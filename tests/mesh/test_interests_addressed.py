@@ -16,10 +16,15 @@ from typing import Any
 import crypto
 from mesh import (
     Admitted,
+    Authority,
     Fanout,
     Flood,
     Forward,
+    Notify,
     Outcome,
+    Reason,
+    Requirements,
+    Result,
     Router,
     RouterConfig,
     WireFrame,
@@ -184,3 +189,22 @@ def test_a_copy_for_a_subscriber_a_node_has_no_way_to_yet_is_held_there() -> Non
     fanout = routers["c"].classify(copy, ids["d"].node_id, now)
     assert isinstance(fanout, Fanout)
     assert (fanout.next_hops, fanout.to, fanout.held) == ((b,), ((b,),), (a,))
+
+
+def test_a_node_guarding_a_pattern_refuses_an_addressed_interest_reaching_into_it() -> None:
+    ids, routers, _, now = line("abc")
+    b = routers["b"]
+    b.authority = Authority(ids["b"].node_id, requirements=Requirements(subscribe=("#",)))
+    c = ids["c"].node_id
+    decision = b.classify(wire(sub(ids["a"], c, now), now), ids["a"].node_id, now)
+    assert isinstance(decision, Result)
+    assert decision.code is Reason.FORBIDDEN
+    assert decision.words is not None
+    assert f"{c.short}'s secure names are not its to give" in decision.words
+    # It tells the subscriber why (rate-limited), which does not state it again for that.
+    (notice,) = b.refused(wire(sub(ids["a"], c, now), now), decision, now)
+    assert isinstance(notice, Notify)
+    assert notice.origin == ids["a"].node_id
+    # Messages pass as ever.
+    message = sealed(ids["a"], c, now, crypto.Kind.MSG, body=b"hi")
+    assert b.classify(wire(message, now), ids["a"].node_id, now) == Forward(c)
