@@ -22,10 +22,12 @@ plus a partition healed later) through the public ``simulations`` API
 * interest-table entries at the end: the (subscriber, pattern) interests a node holds,
   withdrawn ones (tombstones) included;
 * resident memory per node: the process's RSS growth from before the simulation opened
-  to its end, divided by N (the nodes, their SQLite stores, the simulated network and
-  the scenario's ledger; below a few hundred nodes, what the first node loads weighs
-  in). The stores live on tmpfs when there is one, outside the process: their size
-  per node is given apart (JSON only);
+  to its end, divided by N (the nodes, the simulated network and the scenario's ledger;
+  below a few hundred nodes, what the first node loads weighs in). The stores live on
+  tmpfs when there is one, outside the process: their size per node is given apart
+  (JSON only); with ``--stores memory`` they are in the process, and counted in it (a
+  node on disk holds about six open files: 10,000 nodes need ``--stores memory`` where
+  the system allows 20,000);
 * the run's wall seconds (set-up included).
 
 Traffic figures and table sizes are given as the median and the maximum over nodes
@@ -37,10 +39,12 @@ By default announces and interests are flooded, so every node learns a route to 
 node and holds every subscriber's patterns: each cost per node is expected to grow as N.
 With ``--tree`` (and ``--announce-radius 2``) nodes build a spanning tree, keep routes
 only to the nodes a few hops away, find the others' coordinates in a DHT and route
-greedily (docs/routing-at-scale.md): the median node's routes and control traffic stay
-nearly flat. A plot of each cost against N (log-log, a dotted line of slope 1 through
-the first point) goes to ``--plot`` (default scale.png, in the current directory; needs
-matplotlib: ``pip install -e '.[bench]'``; without it the table is still printed).
+greedily (docs/routing-at-scale.md), and an interest in another node's secure name (a
+follow) goes to that node alone instead of to every node: the median node's routes,
+interests and control traffic stay nearly flat. A plot of each cost against N
+(log-log, a dotted line of slope 1 through the first point) goes to ``--plot``
+(default scale.png, in the current directory; needs matplotlib: ``pip install -e
+'.[bench]'``; without it the table is still printed).
 ``--label`` names this run's rows (say, the routing design measured); ``--json`` prints
 one JSON document, and ``--compare FILE`` adds the rows of documents saved earlier to
 the table and the plot, so that two designs can be set side by side. ``--nodes`` with
@@ -102,6 +106,7 @@ from simulations import (
     Signatures,
     SimNode,
     Simulation,
+    Stores,
     VirtualClock,
     collecting_seldom,
     deterministic_scheduling,
@@ -171,6 +176,11 @@ def tree_bytes(root: Path) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
 
 
+#: File descriptors a node holds with its store on disk (the database, its journal and
+#: shared memory, the lock): measured, a 20,000 limit ran out at 3,331 nodes.
+FILES_PER_NODE: Final = 6
+
+
 def raise_file_limit() -> None:
     # Each node holds a few descriptors (its store's files, its lock).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -206,6 +216,9 @@ class Run:
     #: What the nodes sign with: "ed25519", or "stand-in" (crypto.standing_in: the
     #: same figures, sooner).
     signatures: str = "ed25519"
+    #: Where the nodes keep their SQLite stores: "disk" (files on tmpfs, apart from the
+    #: process's memory) or "memory" (in the process: counted in its memory figure).
+    stores: str = "disk"
 
 
 async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -223,6 +236,7 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
         config=config,
         fidelity=run.fidelity,
         signatures=run.signatures,
+        stores=run.stores,
     ) as sim:
 
         async def take_baseline() -> None:
@@ -510,6 +524,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "figures, sooner; simulations only)",
     )
     parser.add_argument(
+        "--stores",
+        choices=[where.value for where in Stores],
+        default=Stores.DISK.value,
+        help="the nodes' SQLite stores: files on tmpfs (disk, the default: their size "
+        "is given apart) or in the process's memory (counted in KiB/node)",
+    )
+    parser.add_argument(
         "--label", default="flood", help="names this run's rows (the routing design measured)"
     )
     parser.add_argument("--plot", type=Path, default=Path("scale.png"), help="PNG to write")
@@ -524,6 +545,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    too_many = [count for count in args.nodes if count * FILES_PER_NODE > hard]
+    if args.stores == Stores.DISK.value and hard != resource.RLIM_INFINITY and too_many:
+        parser.error(
+            f"{max(too_many):,} nodes with their stores on disk need about "
+            f"{max(too_many) * FILES_PER_NODE:,} open files, more than this system "
+            f"allows ({hard:,}): use --stores memory"
+        )
     if args.warmup >= args.duration:
         parser.error(
             f"--warmup ({args.warmup:g} s) must end before --duration ({args.duration:g} s)"
@@ -565,6 +594,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             tree=args.tree,
             announce_radius=args.announce_radius,
             signatures=args.signatures,
+            stores=args.stores,
         )
         try:
             rows.append({"label": args.label, **spawn(run)})

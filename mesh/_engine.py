@@ -850,7 +850,6 @@ class Router:
         assert frame.dst is not None  # msg and rcpt frames have one
         if frame.dst == self.local:
             assert frame.kind not in _INTERESTS, "an interest for us is learned: on_interest"
-
             if frame.kind is crypto.Kind.MSG:
                 refusal = self.policy.inbox_refusal(frame.src)
                 if refusal is not None:

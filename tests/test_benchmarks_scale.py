@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,20 @@ def test_bad_flags_are_refused_in_one_line(
     assert words in capsys.readouterr().err
 
 
+def test_more_nodes_on_disk_than_the_system_has_files_for_are_refused_up_front(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse(["--nodes", "100", "1000"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "1,000 nodes with their stores on disk need about 6,000 open files" in err
+    assert "allows (4,096): use --stores memory" in err
+    bench.parse(["--nodes", "100", "1000", "--stores", "memory"])
+    bench.parse(["--nodes", "100"])
+
+
 def test_a_file_that_is_no_saved_run_is_named(tmp_path: Path) -> None:
     saved = tmp_path / "other.json"
     saved.write_text('{"something": "else"}')
@@ -174,9 +189,9 @@ def test_the_tree_with_an_announce_radius_is_measured_beside_flooding() -> None:
     out = io.StringIO()
     argv = ["--nodes", "8", "--duration", "14m", "--warmup", "4m", "--plot", "/dev/null"]
     argv += ["--tree", "--announce-radius", "1", "--label", "tree", "--json"]
-    assert bench.main(argv, out=out) == 0
+    assert bench.main([*argv, "--stores", "memory"], out=out) == 0
     (row,) = json.loads(out.getvalue())["rows"]
-    assert (row["tree"], row["announce_radius"]) == (True, 1)
+    assert (row["tree"], row["announce_radius"], row["stores"]) == (True, 1, "memory")
     # Announces go one hop: a node holds routes to its neighbours only ...
     assert row["routes_known"]["max"] <= row["neighbours"]["max"]
     # ... and reaches the others by coordinates, learned from the DHT.
