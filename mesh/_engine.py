@@ -894,8 +894,9 @@ class Router:
         return Forward(hop)
 
     def _came_back(self, frame_id: bytes, now: int) -> bool:
-        """Whether the frame ``frame_id``, about to go on greedily, went on greedily
-        from here within :data:`LOOP_WINDOW_MS`; it is remembered as going now."""
+        """Whether the frame ``frame_id`` (a publication's copy: its id and the
+        subscriber's), about to go on greedily, went on greedily from here within
+        :data:`LOOP_WINDOW_MS`; it is remembered as going now."""
         last = _put_newest(self._greedy_sent, frame_id, now, MAX_GREEDY_SENT)
         return last is not None and 0 <= now - last < LOOP_WINDOW_MS
 
@@ -937,7 +938,14 @@ class Router:
             # Never straight back: the best way that does not go through the sender.
             # A copy for one subscriber may bring its coordinates.
             coords = admitted.coords if admitted.to == (node,) else None
-            hop = self.next_hop(node, now, came_from=sender, coords=coords)
+            hop, greedy = self._route(node, now, sender, coords)
+            if greedy and self._came_back(frame.id + node.raw, now):
+                # Our copy for this subscriber, passed on greedily from here a moment
+                # ago, came round (views of the tree disagree while it changes): held
+                # here, as a message would be, not sent round until its hop limit.
+                self.greedy_loops += 1
+                _put_newest(self._looped, node, now + LOOP_PLAIN_MS, MAX_WANTED)
+                hop = None
             if hop is not None:
                 by_hop.setdefault(hop, []).append(node)
             elif (

@@ -121,8 +121,12 @@ CHIRP_FOLLOWS: Final = (3, 8)
 #: The chirp scenario's churn stops crashing nodes this long before posts stop (s), so
 #: that every node is back up (within :data:`CHURN_DOWNTIME`) before the quiet tail.
 CHIRP_CHURN_MARGIN: Final = CHURN_DOWNTIME[1]
-#: How long the chirp scenario waits at most for the follows to spread (s).
-CHIRP_SETTLE: Final = 120.0
+#: How long the chirp scenario waits at most for the follows to spread (s; and a
+#: quarter of the time before the quiet tail). With the tree, a follow made in the first
+#: second goes to its author once the follower has found the author's place in a DHT
+#: that is still filling: at 1,000 nodes some took over three minutes, and posts made
+#: before an author knew a follower never went to it.
+CHIRP_SETTLE: Final = 600.0
 #: The revocation scenario: when the owner revokes, as a share of the run.
 REVOKE_AT: Final = 0.4
 #: Python's garbage collector thresholds while a simulation runs
