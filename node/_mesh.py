@@ -1225,6 +1225,16 @@ class MeshRuntime:
                             self.statistics.receipts_sent += 1
                             if intake.receipt.next_hop is None:
                                 held.add(intake.receipt.dst)
+                elif (
+                    result.outcome is mesh.Outcome.DUPLICATE
+                    and isinstance(intake.decision, mesh.Fanout)
+                    and intake.admitted.to
+                ):
+                    # A copy addressed to its subscribers that met another here: the
+                    # store passed it on toward them all the same, and held it for those
+                    # with no way on yet (Store.accept). Those are looked up as for a
+                    # first copy; else nothing would send them on until they expired.
+                    held.update(intake.decision.held)
             else:
                 result = pending
             final.append(result)
