@@ -1225,15 +1225,13 @@ class MeshRuntime:
                             self.statistics.receipts_sent += 1
                             if intake.receipt.next_hop is None:
                                 held.add(intake.receipt.dst)
-                elif (
-                    result.outcome is mesh.Outcome.DUPLICATE
-                    and isinstance(intake.decision, mesh.Fanout)
-                    and intake.admitted.to
+                elif result.outcome is mesh.Outcome.DUPLICATE and isinstance(
+                    intake.decision, mesh.Fanout
                 ):
-                    # A copy addressed to its subscribers that met another here: the
-                    # store passed it on toward them all the same, and held it for those
-                    # with no way on yet (Store.accept). Those are looked up as for a
-                    # first copy; else nothing would send them on until they expired.
+                    # A copy that met another here: the store passed it on toward its
+                    # subscribers all the same, and held it for those with no way on yet
+                    # (the router names such only for a copy addressed to them). Those
+                    # are looked up as for a first copy; else nothing would send them on.
                     held.update(intake.decision.held)
             else:
                 result = pending
