@@ -507,7 +507,8 @@ SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
         for scenario in (
             Scenario(
                 "chain",
-                "a chain of direct peers; each node talks to its neighbours (WAN links)",
+                "a chain of direct peers; each node talks to its neighbours, and the two "
+                "ends to each other (WAN links)",
                 _chain,
             ),
             Scenario(

@@ -829,7 +829,8 @@ class Simulation:
             dials_unanswered=net.dials_unanswered,
             events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events)
             + tuple(self._undelivered_posts())
-            + tuple(self._dropped_messages()),
+            + tuple(self._dropped_messages())
+            + tuple(self._pending_messages()),
             chirp=self._chirp_report(nodes) if self.ledger.posts else None,
             revocation=None if self.revocation_report is None else self.revocation_report(),
         )
@@ -888,6 +889,43 @@ class Simulation:
                 f"{format_duration(message.sent_at)}: message {message.id.hex()[:12]} "
                 f"{message.src}->{message.dst} dropped after "
                 f"{format_duration(message.dropped_at - message.sent_at)}: {message.why}"
+            )
+        return lines
+
+    def _pending_messages(self, limit: int = 20) -> list[str]:
+        """A line for each message still pending at the end (the first ``limit``): where
+        a running node holds it, ``A->B`` queued at A for next hop B or ``A (no
+        route)``; or that no running node does (it is in flight between two nodes, or in
+        the store of one that is down)."""
+        now = self.now
+        lines: list[str] = []
+        names = {sim_node.node_id: name for name, sim_node in self.nodes.items()}
+        for message in self.ledger.messages.values():
+            if message.state(now) != "pending":
+                continue
+            if len(lines) == limit:
+                lines.append("... (more pending messages)")
+                break
+            origin = self.nodes[message.src].node_id
+            holders: list[str] = []
+            for name, sim_node in self.nodes.items():
+                if not sim_node.up:
+                    continue
+                queued, hop = sim_node.node.mesh.store.queued_copy(origin, message.id)
+                if queued:
+                    holders.append(
+                        f"{name} (no route)"
+                        if hop is None
+                        else f"{name}->{names.get(hop, hop.short)}"
+                    )
+            where = (
+                "held at " + ", ".join(holders)
+                if holders
+                else "not held by a running node (in flight, or at a node that is down)"
+            )
+            lines.append(
+                f"{format_duration(message.sent_at)}: message {message.id.hex()[:12]} "
+                f"{message.src}->{message.dst} not delivered at the end; {where}"
             )
         return lines
 

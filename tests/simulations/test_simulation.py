@@ -219,6 +219,37 @@ async def test_a_frame_refused_on_the_way_is_dropped(
     assert line.endswith(message.why)
 
 
+async def test_the_report_says_where_each_pending_message_waits(
+    sim: Simulation, autojump_clock: MockClock
+) -> None:
+    a, b, c = await sim.add_nodes(3)
+    loner = await sim.add_node("loner")
+    await sim.peer_all(chain([a, b, c]))
+    await sim.advance(5)
+    sim.partition([[a, b], [c, loner]])
+    stuck = await a.send(c, b"queued at b for c until the heal")
+    nowhere = await a.send(loner, b"no node has a route to loner")
+    await sim.advance(30)
+    report = sim.report()
+    assert report.pending == 2
+    lines = [event for event in report.events if "not delivered at the end" in event]
+    assert len(lines) == 2
+    assert f"message {stuck.id.hex()[:12]} n0->n2 not delivered" in lines[0]
+    assert lines[0].endswith("; held at n1->n2")
+    assert f"message {nowhere.id.hex()[:12]} n0->loner not delivered" in lines[1]
+    assert lines[1].endswith("; held at n0 (no route)")
+    # The node holding it crashed: nobody running has it (its store keeps it).
+    await b.crash()
+    [line, _] = [e for e in sim.report().events if "not delivered at the end" in e]
+    assert line.endswith("not held by a running node (in flight, or at a node that is down)")
+    await b.start()
+    sim.heal()
+    with trio.fail_after(120):
+        await c.wait_received(1)
+    [line] = [e for e in sim.report().events if "not delivered at the end" in e]
+    assert line.endswith("; held at n0 (no route)")
+
+
 async def test_delivery_receipts_come_back_to_the_origin(
     sim: Simulation, autojump_clock: MockClock
 ) -> None:
