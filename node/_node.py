@@ -203,16 +203,17 @@ class NodeConfig:
 
     @property
     def frame_hops(self) -> int:
-        """The most hops our frames may make: ``hops``, else 16, or 32 with the tree.
+        """The most hops our frames may make: ``hops``, else 16, or 48 with the tree.
 
         Greedy paths over the tree are longer than the shortest: between two deep
         nodes of a 300-node mesh they are 13 to 16 hops already, and a detour round a
-        node that moved or restarted passes 16 (docs/routing-at-scale.md). A frame
-        that does loop is still dropped, after 32.
+        node that moved or restarted passes 16; at 1,000 nodes, with churn, a few
+        copies needed 33 and 34 (docs/routing-at-scale.md). A frame that does loop is
+        still dropped, after 48.
         """
         if self.hops is not None:
             return self.hops
-        return 32 if self.tree else 16
+        return 48 if self.tree else 16
 
     def router_config(self) -> mesh.RouterConfig:
         interval_ms = int(self.announce_interval * 1000)

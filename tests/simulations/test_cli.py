@@ -76,7 +76,7 @@ def test_progress_lines_on_stderr(
         (["run", "mesh", "--announce-radius", "2"], "an announce radius needs the tree (--tree)"),
         (
             ["run", "mesh", "--tree", "--announce-radius", "0"],
-            "announce radius 0 is not within 1..32 hops",
+            "announce radius 0 is not within 1..48 hops",
         ),
         (["run", "mesh", "--tree", "--announce-radius", "x"], "'x' is not a number of hops"),
         (["run"], "the following arguments are required: SCENARIO"),
