@@ -2147,32 +2147,28 @@ class Store:
 
         return self._read(work)
 
-    def queued_copy(
-        self, origin: crypto.NodeId, frame_id: bytes
-    ) -> tuple[bool, crypto.NodeId | None]:
-        """Whether the message or receipt (``origin``, ``frame_id``) is queued here,
-        whoever made it, and for which next hop (None: held, no way on yet). A store
-        keeps one copy of such a frame at most; a publication's: :meth:`copies_of`."""
-
-        def work() -> tuple[bool, crypto.NodeId | None]:
-            row = self._db.execute(
-                "SELECT next_hop FROM queue WHERE src = ? AND id = ? AND kind != 'pub'",
-                (origin.raw, frame_id),
-            ).fetchone()
-            return (False, None) if row is None else (True, _node(row[0]))
-
-        return self._read(work)
+    def queued_copy(self, origin: crypto.NodeId, frame_id: bytes) -> list[crypto.NodeId | None]:
+        """The next hop the message or receipt (``origin``, ``frame_id``) is queued for
+        here, whoever made it (None: held, no way on yet); [] if it is not queued here.
+        A store keeps one copy of such a frame at most; a publication's: :meth:`copies_of`."""
+        return self._next_hops(
+            "SELECT next_hop FROM queue WHERE src = ? AND id = ? AND kind != 'pub'",
+            (origin.raw, frame_id),
+        )
 
     def copies_of(self, origin: crypto.NodeId, frame_id: bytes) -> list[crypto.NodeId | None]:
         """The next hops that copies of publication (``origin``, ``frame_id``) are still
         queued for, oldest copy first; None for a copy held here with no next hop yet."""
+        return self._next_hops(
+            "SELECT next_hop FROM queue WHERE src = ? AND id = ? AND kind = 'pub' ORDER BY seq",
+            (origin.raw, frame_id),
+        )
+
+    def _next_hops(self, query: str, params: tuple[bytes, bytes]) -> list[crypto.NodeId | None]:
+        """The next hops ``query`` selects (one column: ``next_hop``), in its order."""
 
         def work() -> list[crypto.NodeId | None]:
-            rows = self._db.execute(
-                "SELECT next_hop FROM queue WHERE src = ? AND id = ? AND kind = 'pub' ORDER BY seq",
-                (origin.raw, frame_id),
-            ).fetchall()
-            return [None if row[0] is None else crypto.NodeId(row[0]) for row in rows]
+            return [_node(row[0]) for row in self._db.execute(query, params).fetchall()]
 
         return self._read(work)
 

@@ -54,6 +54,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import functools
 import math
 import random
 import sqlite3
@@ -835,24 +836,32 @@ class Simulation:
             revocation=None if self.revocation_report is None else self.revocation_report(),
         )
 
-    def _holders(self, post: SentPost, follower: str) -> list[str]:
-        """Where running nodes still hold ``post`` on its way to ``follower``: ``A->B``
-        for a copy queued at A for next hop B, ``F (unread)`` when it waits in the
-        follower's subscription. Empty when no running node holds it."""
-        holders: list[str] = []
-        author = self.nodes[post.author].node_id
+    def _where_held(
+        self, next_hops: Callable[[mesh.Store], Iterable[crypto.NodeId | None]]
+    ) -> list[str]:
+        """Where running nodes hold a frame, by ``next_hops`` (each store's copies of it
+        and their next hops): ``A->B`` for a copy queued at A for next hop B, ``A (no way
+        on yet)`` for one held at A."""
         names = {sim_node.node_id: name for name, sim_node in self.nodes.items()}
+        holders: list[str] = []
         for name, sim_node in self.nodes.items():
-            if not sim_node.up:
-                continue
-            store = sim_node.node.mesh.store
-            for hop in store.copies_of(author, post.id):
-                where = "(held, no way on yet)" if hop is None else names.get(hop, hop.short)
-                holders.append(f"{name}->{where}")
-            if name == follower:
-                pending = store.subscription_pending(SUBSCRIPTION, limit=1_000_000)
-                if any(entry.id == post.id for entry in pending):
-                    holders.append(f"{name} (unread)")
+            if sim_node.up:
+                for hop in next_hops(sim_node.node.mesh.store):
+                    where = " (no way on yet)" if hop is None else f"->{names.get(hop, hop.short)}"
+                    holders.append(name + where)
+        return holders
+
+    def _holders(self, post: SentPost, follower: str) -> list[str]:
+        """Where running nodes still hold ``post`` on its way to ``follower``
+        (:meth:`_where_held`), and ``F (unread)`` when it waits in the follower's
+        subscription. Empty when no running node holds it."""
+        author = self.nodes[post.author].node_id
+        holders = self._where_held(lambda store: store.copies_of(author, post.id))
+        reader = self.nodes[follower]
+        if reader.up:
+            pending = reader.node.mesh.store.subscription_pending(SUBSCRIPTION, limit=1_000_000)
+            if any(entry.id == post.id for entry in pending):
+                holders.append(f"{follower} (unread)")
         return holders
 
     def _undelivered_posts(self, limit: int = 20) -> list[str]:
@@ -894,30 +903,23 @@ class Simulation:
 
     def _pending_messages(self, limit: int = 20) -> list[str]:
         """A line for each message still pending at the end (the first ``limit``): where
-        a running node holds it, ``A->B`` queued at A for next hop B or ``A (no
-        route)``; or that no running node does (it is in flight between two nodes, or in
-        the store of one that is down)."""
+        running nodes hold it (:meth:`_where_held`), or that none does (it is in flight
+        between two nodes, or in the store of one that is down)."""
         now = self.now
         lines: list[str] = []
-        names = {sim_node.node_id: name for name, sim_node in self.nodes.items()}
         for message in self.ledger.messages.values():
             if message.state(now) != "pending":
                 continue
             if len(lines) == limit:
                 lines.append("... (more pending messages)")
                 break
-            origin = self.nodes[message.src].node_id
-            holders: list[str] = []
-            for name, sim_node in self.nodes.items():
-                if not sim_node.up:
-                    continue
-                queued, hop = sim_node.node.mesh.store.queued_copy(origin, message.id)
-                if queued:
-                    holders.append(
-                        f"{name} (no route)"
-                        if hop is None
-                        else f"{name}->{names.get(hop, hop.short)}"
-                    )
+            holders = self._where_held(
+                functools.partial(
+                    mesh.Store.queued_copy,
+                    origin=self.nodes[message.src].node_id,
+                    frame_id=message.id,
+                )
+            )
             where = (
                 "held at " + ", ".join(holders)
                 if holders

@@ -693,9 +693,9 @@ def test_held_frames_and_queue_statistics(store: Store) -> None:
     assert store.next_hop_of(frame_id(5)) == (False, None)  # not ours
     assert store.next_hop_of(frame_id(99)) == (False, None)
     # Any origin's message, by origin and id (a simulation's report says where it waits).
-    assert store.queued_copy(ALICE.node_id, frame_id(5)) == (True, None)
-    assert store.queued_copy(BOB.node_id, frame_id(4)) == (True, DAVE.node_id)
-    assert store.queued_copy(EVE.node_id, frame_id(5)) == (False, None)
+    assert store.queued_copy(ALICE.node_id, frame_id(5)) == [None]
+    assert store.queued_copy(BOB.node_id, frame_id(4)) == [DAVE.node_id]
+    assert store.queued_copy(EVE.node_id, frame_id(5)) == []
     # A route to ALICE via CAROL: her held frame and DAVE's move; EVE's stay held.
     assert store.reroute(ALICE.node_id, CAROL.node_id) == 2
     by_hop = {q.next_hop: q for q in store.queues()}

@@ -237,7 +237,7 @@ async def test_the_report_says_where_each_pending_message_waits(
     assert f"message {stuck.id.hex()[:12]} n0->n2 not delivered" in lines[0]
     assert lines[0].endswith("; held at n1->n2")
     assert f"message {nowhere.id.hex()[:12]} n0->loner not delivered" in lines[1]
-    assert lines[1].endswith("; held at n0 (no route)")
+    assert lines[1].endswith("; held at n0 (no way on yet)")
     # The node holding it crashed: nobody running has it (its store keeps it).
     await b.crash()
     [line, _] = [e for e in sim.report().events if "not delivered at the end" in e]
@@ -247,7 +247,7 @@ async def test_the_report_says_where_each_pending_message_waits(
     with trio.fail_after(120):
         await c.wait_received(1)
     [line] = [e for e in sim.report().events if "not delivered at the end" in e]
-    assert line.endswith("; held at n0 (no route)")
+    assert line.endswith("; held at n0 (no way on yet)")
 
 
 async def test_delivery_receipts_come_back_to_the_origin(
