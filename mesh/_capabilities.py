@@ -100,7 +100,9 @@ class CapabilityBook:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = _sqlite.connect(self.path, uri=uri, lean=lean)
+            # Lean: no statement kept prepared (mesh/_sqlite.py says why).
+            statements = 0 if lean else None
+            self._db = _sqlite.connect(self.path, uri=uri, lean=lean, statements=statements)
         except sqlite3.Error as exc:
             raise MeshError(f"cannot open store {self.path}: {exc}") from exc
         try:

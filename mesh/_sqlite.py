@@ -9,11 +9,16 @@ one process (``NodeConfig.store_lean``). Measured on the ``mesh`` scenario, 100 
 in-memory stores: SQLite's own memory fell from 466 to 205 KiB a node. Where it went:
 
 * prepared statements: Python's ``sqlite3`` keeps the last 128 of each connection
-  prepared, several KiB each (184 KiB a node); lean keeps :data:`LEAN_STATEMENTS`, as
-  many as one hot path uses, and prepares the others again when they come (8 rather
-  than 16, measured on ``mesh`` 2026-12-06: 53 KiB less a node at 300 and 1,000 nodes,
-  340 -> 324 MB and 957 -> 905 MB at the peak, the same reports, wall time within the
-  machine's noise, +1.5% on the mean of three pairs at 300 nodes; 4 cost 30% more time);
+  prepared, several KiB each (184 KiB a node). A lean store keeps
+  :data:`LEAN_STATEMENTS`, as many as its hot path uses, and prepares the others again
+  when they come; a lean capability book (``statements=0``) keeps none, since its
+  statements are rare. The cache drops the least recently used, so one fewer than a
+  hot path's cycle of statements is as bad as none: a message through ``star`` runs
+  about a dozen. Measured
+  2026-12-06 (``star``, 50 nodes, engine, stand-in signatures; ``mesh``, 300 nodes,
+  10 virtual minutes, tree radius 2, seed 0; the same reports): 8 for both connections
+  gave 660-692 messages a wall second on ``star`` and peaked at 326 MB on ``mesh``; 12
+  and none gave 735-889 and 325 MB (10: as slow as 8; 16 and 16: 892-906, 343 MB);
 * empty pages: every table and index is a b-tree of at least one page, and a store has
   27 of them; a new lean store uses 1 KiB pages instead of 4 KiB (77 KiB a node);
 * the page cache (of a store on disk; an in-memory store *is* its pages): SQLite keeps
@@ -54,7 +59,7 @@ __all__ = [
 CACHE_KIB: Final = 32 * 1024
 
 #: Prepared statements kept per connection by a lean store (Python's default: 128).
-LEAN_STATEMENTS: Final = 8
+LEAN_STATEMENTS: Final = 12
 #: The page size of a store created lean (SQLite's default: 4,096 bytes).
 LEAN_PAGE_SIZE: Final = 1024
 #: A lean store's page cache, in KiB (SQLite's default: 2,000).
@@ -67,8 +72,12 @@ LEAN_WAL_PAGES: Final = 64
 _BUSY_TIMEOUT_S: Final = 10.0
 
 
-def connect(path: Path | str, *, uri: bool = False, lean: bool = False) -> sqlite3.Connection:
-    """Open the store at ``path`` (an SQLite URI if ``uri``) in WAL mode, autocommit.
+def connect(
+    path: Path | str, *, uri: bool = False, lean: bool = False, statements: int | None = None
+) -> sqlite3.Connection:
+    """Open the store at ``path`` (an SQLite URI if ``uri``) in WAL mode, autocommit,
+    keeping ``statements`` prepared (None: :data:`LEAN_STATEMENTS` if ``lean``, else
+    Python's 128).
 
     Raises :class:`sqlite3.Error` (the caller says which store it was).
     """
@@ -78,7 +87,7 @@ def connect(path: Path | str, *, uri: bool = False, lean: bool = False) -> sqlit
         isolation_level=None,
         timeout=_BUSY_TIMEOUT_S,
         uri=uri,
-        cached_statements=LEAN_STATEMENTS if lean else 128,
+        cached_statements=(LEAN_STATEMENTS if lean else 128) if statements is None else statements,
     )
     try:
         if lean:
