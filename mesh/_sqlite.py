@@ -14,11 +14,11 @@ in-memory stores: SQLite's own memory fell from 466 to 205 KiB a node. Where it 
   when they come; a lean capability book (``statements=0``) keeps none, since its
   statements are rare. The cache drops the least recently used, so one fewer than a
   hot path's cycle of statements is as bad as none: a message through ``star`` runs
-  about a dozen. Measured
-  2026-12-06 (``star``, 50 nodes, engine, stand-in signatures; ``mesh``, 300 nodes,
-  10 virtual minutes, tree radius 2, seed 0; the same reports): 8 for both connections
-  gave 660-692 messages a wall second on ``star`` and peaked at 326 MB on ``mesh``; 12
-  and none gave 735-889 and 325 MB (10: as slow as 8; 16 and 16: 892-906, 343 MB);
+  about a dozen. Measured 2026-12-06 (``star``, 50 nodes, engine, stand-in signatures;
+  ``mesh``, 300 nodes, 10 virtual minutes, tree radius 2, seed 0; the same reports): 8
+  for both connections gave 660-692 messages a wall second on ``star`` and peaked at
+  326 MB on ``mesh``; 12 and none gave 735-889 and 325 MB (10: as slow as 8; 16 and 16:
+  892-906, 343 MB);
 * empty pages: every table and index is a b-tree of at least one page, and a store has
   27 of them; a new lean store uses 1 KiB pages instead of 4 KiB (77 KiB a node);
 * the page cache (of a store on disk; an in-memory store *is* its pages): SQLite keeps
@@ -81,13 +81,15 @@ def connect(
 
     Raises :class:`sqlite3.Error` (the caller says which store it was).
     """
+    if statements is None:
+        statements = LEAN_STATEMENTS if lean else 128
     db = sqlite3.connect(
         path,
         check_same_thread=False,
         isolation_level=None,
         timeout=_BUSY_TIMEOUT_S,
         uri=uri,
-        cached_statements=(LEAN_STATEMENTS if lean else 128) if statements is None else statements,
+        cached_statements=statements,
     )
     try:
         if lean:
