@@ -81,6 +81,7 @@ from node._h1 import KEEPALIVE, MAX_CONNECTIONS, Origin, Pool, PooledConnection
 from node._mesh import STARTING
 from node._relay import _Reversed, check_presented, presentable
 from node._server import PrefixedStream
+from simulations._clock import sleep_until
 from simulations._errors import one_of
 from simulations._link import Transit
 from simulations._network import SimNetwork
@@ -266,7 +267,7 @@ class EngineNetwork:
         """Wait until what left ``src`` for ``dst`` arrives at ``arrival``, and on
         while a partition separates them (TCP retransmits until it heals)."""
         if arrival > trio.current_time():
-            await trio.sleep_until(arrival)
+            await sleep_until(arrival)
         while self.network.is_cut(src, dst):
             await self.network._wait_topology_change()
 
@@ -671,7 +672,7 @@ class DirectFrames(FrameClient):
         )
         sent = engine.write(here, there, head + request.size)
         if sent.depart > trio.current_time():
-            await trio.sleep_until(sent.depart)  # serialised on the link: back-pressure
+            await sleep_until(sent.depart)  # serialised on the link: back-pressure
         if sent.reset:
             raise _Broken("ReadError", "connection reset")
         arrival = sent.arrival

@@ -42,6 +42,7 @@ import httpcore
 import trio
 
 from node import MemoryNetwork
+from simulations._clock import sleep_until
 from simulations._errors import SimulationError
 from simulations._link import Direction, Link, Transit
 from simulations._stream import SimStream, open_connection
@@ -307,10 +308,10 @@ class SimNetwork(MemoryNetwork):
                 elif forward.lost(link) or back.lost(link):
                     self.statistics.segments_lost += 1
                 else:
-                    await trio.sleep(forward.delay(link) + back.delay(link))
+                    await sleep_until(trio.current_time() + forward.delay(link) + back.delay(link))
                     answered = True
                     break
-                await trio.sleep(SYN_RTO * 2**attempt)
+                await sleep_until(trio.current_time() + SYN_RTO * 2**attempt)
             else:
                 raise TimeoutError(errno.ETIMEDOUT, f"connection to {host}:{port} timed out")
         finally:

@@ -83,7 +83,7 @@ from node import (
     run_inline,
 )
 from node._chirp import POST_TTL, SUBSCRIPTION, chirp_topic
-from simulations._clock import VirtualClock
+from simulations._clock import VirtualClock, sleep_until
 from simulations._engine import EngineHost, EngineNetwork, Fidelity
 from simulations._engine import fidelity as fidelity_of
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError, one_of
@@ -590,12 +590,16 @@ class Simulation:
         return EPOCH_MS + int(self.now * 1000)
 
     async def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of virtual time pass (everything else runs meanwhile)."""
-        await trio.sleep(seconds)
+        """Let ``seconds`` of virtual time pass (everything else runs meanwhile).
+
+        Raises ValueError if ``seconds`` is negative or NaN (as ``trio.sleep``)."""
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be non-negative, not {seconds}")
+        await sleep_until(trio.current_time() + seconds)
 
     async def advance_to(self, when: float) -> None:
         """Let virtual time pass until ``when`` seconds since the simulation opened."""
-        await trio.sleep_until(self.start_time + when)
+        await sleep_until(self.start_time + when)
 
     def rng(self, *names: str) -> random.Random:
         """A random source for one purpose, derived from the seed and ``names``."""

@@ -30,6 +30,7 @@ from typing import Final, Protocol
 
 import trio
 
+from simulations._clock import sleep_until
 from simulations._link import Transit
 
 __all__ = ["WINDOW", "Carrier", "SimStream", "open_connection"]
@@ -125,7 +126,7 @@ class SimStream(trio.abc.HalfCloseableStream):
             now = trio.current_time()
             transit = self.network._transit(self.local, self.remote, len(payload))
             if transit.depart > now:
-                await trio.sleep_until(transit.depart)  # serialisation: back-pressure
+                await sleep_until(transit.depart)  # serialisation: back-pressure
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self._check_can_send()

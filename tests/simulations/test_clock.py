@@ -19,6 +19,7 @@ from simulations import (
     deterministic_scheduling,
     open_simulation,
 )
+from simulations._clock import sleep_until
 
 
 def test_time_stands_still_while_tasks_run_and_jumps_to_each_deadline() -> None:
@@ -54,6 +55,64 @@ def test_time_stands_still_while_tasks_run_and_jumps_to_each_deadline() -> None:
         ("c", 3610.0),
     ]
     assert clock.current_time() == 3610.0
+
+
+def test_its_sleepers_wake_with_trios_at_the_same_instants_and_can_be_cancelled() -> None:
+    woke: list[tuple[str, float]] = []
+    passes = _Passes()
+    pass_of: dict[str, int] = {}
+
+    async def ours(name: str, when: float) -> None:
+        await sleep_until(when)
+        woke.append((name, trio.current_time()))
+        pass_of[name] = passes.count
+
+    async def theirs(name: str, when: float) -> None:
+        await trio.sleep_until(when)
+        woke.append((name, trio.current_time()))
+        pass_of[name] = passes.count
+
+    async def cut_short(name: str, when: float, limit: float) -> None:
+        with trio.move_on_at(limit) as scope:
+            await sleep_until(when)
+        outcome = "cancelled" if scope.cancelled_caught else "woke"
+        woke.append((f"{name} {outcome}", trio.current_time()))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ours, "late", 30.0)
+            nursery.start_soon(theirs, "trio", 12.0)
+            nursery.start_soon(ours, "first", 11.0)
+            nursery.start_soon(ours, "with trio", 12.0)
+            nursery.start_soon(cut_short, "cut", 20.0, 15.0)  # its entry stays behind
+            nursery.start_soon(cut_short, "free", 16.0, 40.0)
+            nursery.start_soon(ours, "past", 5.0)  # a checkpoint, as trio's
+        woke.append(("done", trio.current_time()))
+
+    clock = VirtualClock(start=10.0)
+    trio.run(main, clock=clock, instruments=[passes])
+    # Both kinds of sleeper due at 12.0 wake in the same pass (in the order trio gives
+    # a batch); a sleeper cancelled by its scope at 15.0 leaves nothing to wake at 20.0.
+    assert woke[0] == ("past", 10.0)
+    assert woke[1] == ("first", 11.0)
+    assert sorted(woke[2:4]) == [("trio", 12.0), ("with trio", 12.0)]
+    assert pass_of["trio"] == pass_of["with trio"] == pass_of["first"] + 1
+    assert woke[4:] == [
+        ("cut cancelled", 15.0),
+        ("free woke", 16.0),
+        ("late", 30.0),
+        ("done", 30.0),
+    ]
+    assert clock.current_time() == 30.0
+
+
+def test_its_sleepers_sleep_as_trios_under_another_clock() -> None:
+    async def main() -> float:
+        await sleep_until(trio.current_time() + 7.5)
+        return trio.current_time()
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    assert trio.run(main, clock=clock) == 7.5
 
 
 class _Passes(trio.abc.Instrument):
