@@ -28,7 +28,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import trio
@@ -139,6 +139,14 @@ class NodeStatistics:
         self.rejected_by_reason: collections.Counter[str] = collections.Counter()
 
 
+@dataclasses.dataclass(slots=True)
+class _Watched:
+    """Waiting for one frame's outcome (:meth:`MeshRuntime.watching`)."""
+
+    event: trio.Event = dataclasses.field(default_factory=trio.Event)
+    holders: int = 0
+
+
 class MeshRuntime:
     """One node's mesh: see the module docstring."""
 
@@ -211,7 +219,9 @@ class MeshRuntime:
         #: interests, named subscriptions): frames taken before then would be decided
         #: without them (a publication not passed on toward a subscriber it knew).
         self.ready = False
-        self._outcomes: dict[bytes, trio.Event] = {}
+        #: Who waits for the outcome of which frame of ours (:meth:`watching`): the
+        #: event set when it settles, and how many hold it.
+        self._outcomes: dict[bytes, _Watched] = {}
         #: (ts, address envelope) of our current announce (see :meth:`_own_announce`).
         self._announced: tuple[int, bytes] | None = None
         self.inbox_changed = trio.Event()
@@ -894,25 +904,37 @@ class MeshRuntime:
                     actions += self.router.held(dst, now)
         return actions
 
-    def outcome_event(self, frame_id: bytes) -> trio.Event:
-        """An event set when a receipt (or a drop here) settles frame ``frame_id``."""
-        event = self._outcomes.get(frame_id)
-        if event is None:
-            event = self._outcomes[frame_id] = trio.Event()
-        return event
+    @contextlib.contextmanager
+    def watching(self, frame_id: bytes) -> Iterator[trio.Event]:
+        """An event set when a receipt (or a drop here) settles frame ``frame_id``, or
+        when :meth:`release_waiters` asks every watcher to look again; for as long as
+        the ``with`` block runs. Enter it before reading the frame's trace, so that an
+        outcome between the two is not missed. Watchers of one frame share its event,
+        which is forgotten when the last one leaves: one given up (a timeout, a client
+        gone) leaves nothing behind."""
+        watched = self._outcomes.get(frame_id)
+        if watched is None:
+            watched = self._outcomes[frame_id] = _Watched()
+        watched.holders += 1
+        try:
+            yield watched.event
+        finally:
+            watched.holders -= 1
+            if not watched.holders and self._outcomes.get(frame_id) is watched:
+                del self._outcomes[frame_id]
 
     def settled(self, frame_id: bytes) -> None:
         """Frame ``frame_id`` of ours has its outcome: wake whoever waits for it."""
-        event = self._outcomes.pop(frame_id, None)
-        if event is not None:
-            event.set()
+        watched = self._outcomes.pop(frame_id, None)
+        if watched is not None:
+            watched.event.set()
 
     def release_waiters(self) -> None:
         """Wake everyone waiting for an outcome: each looks at its frame's trace again
         (the node stops, and none will come; or a purge settled some)."""
         outcomes, self._outcomes = self._outcomes, {}
-        for event in outcomes.values():
-            event.set()
+        for watched in outcomes.values():
+            watched.event.set()
 
     # -- forwarder host ---------------------------------------------------------------
 

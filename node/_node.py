@@ -1307,13 +1307,13 @@ class Node:
                     f"node stopped before frame {frame_id.hex()} was settled"
                     " (it stays in the store)"
                 )
-            event = self.mesh.outcome_event(frame_id)
-            trace = await self.trace(frame_id)
-            if trace is None:
-                raise NodeError(f"this node sent no frame {frame_id.hex()}")
-            if trace.state in ("delivered", "dropped"):
-                return trace
-            await event.wait()
+            with self.mesh.watching(frame_id) as settled:
+                trace = await self.trace(frame_id)
+                if trace is None:
+                    raise NodeError(f"this node sent no frame {frame_id.hex()}")
+                if trace.state in ("delivered", "dropped"):
+                    return trace
+                await settled.wait()
 
     async def trace(self, frame_id: bytes) -> mesh.Trace | None:
         """Where frame ``frame_id`` that this node sent is known to be (None: unknown)."""

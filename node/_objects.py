@@ -630,10 +630,9 @@ class Objects:
             cap=envelope,
         )
         pending = self._pending[frame.id] = _Pending(target)
-        # Watched from before it is sent: a drop receipt cannot slip by.
-        settled = runtime.outcome_event(frame.id)
         try:
-            with trio.move_on_after(timeout) as scope:
+            # Watched from before it is sent: a drop receipt cannot slip by.
+            with trio.move_on_after(timeout) as scope, runtime.watching(frame.id) as settled:
                 await self.host.send_sealed([(frame, frame.seal(self.host.identity))])
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_drop, frame.id, settled, pending)
@@ -641,8 +640,6 @@ class Objects:
                     nursery.cancel_scope.cancel()
         finally:
             del self._pending[frame.id]
-            # The drop watcher's event, never set if a reply came: forget it.
-            runtime.settled(frame.id)
         if pending.reply is not None:
             reply = pending.reply
             if not reply.ok:
@@ -665,14 +662,15 @@ class Objects:
     async def _watch_drop(self, frame_id: bytes, settled: trio.Event, pending: _Pending) -> None:
         """Set ``pending`` done if the call frame is dropped on the way (a drop receipt,
         or a drop here: either settles its trace)."""
+        await settled.wait()
         while True:
-            await settled.wait()
-            settled = self.host.mesh.outcome_event(frame_id)
-            trace = await self.host.trace(frame_id)
-            if trace is not None and trace.state == "dropped":
-                pending.dropped = trace
-                pending.done.set()
-                return
+            with self.host.mesh.watching(frame_id) as settled:
+                trace = await self.host.trace(frame_id)
+                if trace is not None and trace.state == "dropped":
+                    pending.dropped = trace
+                    pending.done.set()
+                    return
+                await settled.wait()
 
     async def _call_here(self, call: mesh.Call, seconds: float, where: str) -> mesh.Reply:
         """A call on one of this node's own objects: run here, no frame."""

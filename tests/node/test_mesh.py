@@ -55,6 +55,34 @@ async def test_chain_of_three_routes_and_delivers(
     assert [m.body async for m in c.inbox(follow=False)] == [b"hello c"]
 
 
+async def test_a_wait_for_a_receipt_given_up_leaves_nothing_behind(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A wait for a receipt that is abandoned (a timeout, a client gone) forgets what it
+    # waited on, unless another waits on it still; a receipt that comes later settles
+    # the frame as ever.
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b")
+    c = await memory_nodes.open("c")
+    await chain([a, b])  # c is nobody's neighbour: nothing reaches it yet
+    sent = [await a.send(c.node_id, b"%d" % i, receipt=True) for i in range(3)]
+    for one in sent:
+        with trio.move_on_after(5):
+            await a.delivered(one.id)
+    assert a.mesh._outcomes == {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.delivered, sent[0].id)  # still waiting
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(5):
+            await a.delivered(sent[0].id)
+        assert list(a.mesh._outcomes) == [sent[0].id]
+        await peer(b, c)
+        with trio.fail_after(60):
+            traces = [await a.delivered(one.id) for one in sent]
+    assert [trace.state for trace in traces] == ["delivered"] * 3
+    assert a.mesh._outcomes == {}
+
+
 async def test_the_inbox_reads_in_pages_and_one_by_one_alike(
     memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
