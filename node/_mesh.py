@@ -222,6 +222,11 @@ class MeshRuntime:
         #: Who waits for the outcome of which frame of ours (:meth:`watching`): the
         #: event set when it settles, and how many hold it.
         self._outcomes: dict[bytes, _Watched] = {}
+        #: Called with a frame of ours when its outcome comes (as :meth:`settled` wakes
+        #: its watchers), and with None when every watcher should look again (as
+        #: :meth:`release_waiters`): for a program that follows many frames without a
+        #: task for each (the simulator's senders).
+        self.settle_listeners: list[Callable[[bytes | None], None]] = []
         #: (ts, address envelope) of our current announce (see :meth:`_own_announce`).
         self._announced: tuple[int, bytes] | None = None
         self.inbox_changed = trio.Event()
@@ -928,6 +933,8 @@ class MeshRuntime:
         watched = self._outcomes.pop(frame_id, None)
         if watched is not None:
             watched.event.set()
+        for listener in self.settle_listeners:
+            listener(frame_id)
 
     def release_waiters(self) -> None:
         """Wake everyone waiting for an outcome: each looks at its frame's trace again
@@ -935,6 +942,8 @@ class MeshRuntime:
         outcomes, self._outcomes = self._outcomes, {}
         for watched in outcomes.values():
             watched.event.set()
+        for listener in self.settle_listeners:
+            listener(None)
 
     # -- forwarder host ---------------------------------------------------------------
 

@@ -4,7 +4,7 @@ The :class:`Ledger` is kept by the simulation's applications. A message is enter
 :meth:`SimNode.send` hands it to its node (the node has it in custody from then on);
 each time an inbox consumer acknowledges a frame it is entered as delivered (so a frame
 seen twice by applications is a duplicate; it must never happen); a drop receipt that
-comes back to the origin (``node.delivered(id)`` settles with state ``dropped``) enters
+comes back to the origin (its trace settles with state ``dropped``) enters
 it as dropped; a delivery receipt, as acknowledged. Latency is virtual receive time
 minus the time the application sent it.
 

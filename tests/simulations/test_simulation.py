@@ -9,8 +9,9 @@ import pytest
 import trio
 from trio.testing import MockClock
 
+import crypto
 import mesh
-from node import NodeConfig
+from node import NodeConfig, Sent
 from simulations import (
     EPOCH_MS,
     Link,
@@ -217,6 +218,35 @@ async def test_a_frame_refused_on_the_way_is_dropped(
     [line] = [e for e in sim.report().events if "dropped after" in e]
     assert f"message {message.id.hex()[:12]} a->c dropped after" in line
     assert line.endswith(message.why)
+
+
+async def test_a_message_settled_while_it_was_being_sent_is_settled(
+    sim: Simulation, autojump_clock: MockClock
+) -> None:
+    # The sender's application follows its messages through the node's settle
+    # notifications; one that comes before send() has entered the message (here, a drop
+    # made up as custody ends) is not missed.
+    a, b = await sim.add_nodes(2)  # not peers: nothing will reach b
+    node = a.node
+    custody = node.send_sealed
+
+    async def custody_then_dropped(sealed: list[tuple[crypto.Frame, bytes]]) -> list[Sent]:
+        sent = await custody(sealed)
+        [(frame, _)] = sealed
+        node.store.record_outcome(
+            frame.id, "dropped", by=node.node_id, why="test: dropped at once", now=node.clock()
+        )
+        node.mesh.settled(frame.id)
+        await trio.sleep(1)  # the application's watch runs meanwhile
+        return sent
+
+    node.send_sealed = custody_then_dropped  # type: ignore[method-assign,assignment]
+    await a.send(b, b"gone before send() returns")
+    await sim.advance(1)
+    [message] = sim.ledger.messages.values()
+    assert message.state(sim.now) == "dropped"
+    assert message.why == "test: dropped at once"
+    assert sim.report().pending == 0
 
 
 async def test_the_report_says_where_each_pending_message_waits(
