@@ -103,6 +103,8 @@ _ADDRESS_LIFETIME_MS: Final = 30 * 24 * 3600 * 1000
 SWEEP_INTERVAL: Final = 600.0
 #: The local API's Unix socket in the data directory (node/_local.py).
 _API_SOCKET: Final = "api.sock"
+#: Messages :meth:`Node.inbox_pages` reads from the store at a time.
+_INBOX_PAGE: Final = 100
 #: Limits of the servers of the API listeners (and of --metrics-listen): only this
 #: machine's clients connect to them.
 _LOCAL_SERVER: Final = ServerConfig(max_connections=64)
@@ -978,9 +980,10 @@ class Node:
         them): for a consumer that hands them on together (the local API writes a page
         of events at once)."""
         after = 0
+        read = functools.partial(self.store.pending, limit=_INBOX_PAGE)
         while True:
             changed = self.mesh.inbox_changed
-            entries = await self.run_store(functools.partial(self.store.pending, after=after))
+            entries = await self.run_store(functools.partial(read, after=after))
             if entries:
                 after = entries[-1].seq
                 yield [
@@ -997,10 +1000,12 @@ class Node:
                     )
                     for entry in entries
                 ]
-            elif not follow:
+                if len(entries) == _INBOX_PAGE or changed.is_set():
+                    continue  # more to read, or more came
+                # That was all there was, and nothing came since: no need to look again.
+            if not follow:
                 return
-            else:
-                await changed.wait()
+            await changed.wait()
 
     async def ack(self, keys: Sequence[tuple[crypto.NodeId, bytes] | bytes]) -> int:
         """Acknowledge messages by (origin, id) (or bare id); return how many were

@@ -16,6 +16,7 @@ import itertools
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -99,6 +100,42 @@ async def test_the_inbox_reads_in_pages_and_one_by_one_alike(
     flat = [body for page in pages for body in page]
     assert set(flat) == sent
     assert [m.body async for m in b.inbox(follow=False)] == flat
+
+
+async def test_a_following_inbox_reads_the_store_once_for_each_message_that_comes(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A page that held all there was, with nothing come since it was read, is not
+    # followed by another read that would find nothing: the reader waits at once.
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b")
+    await peer(a, b)
+    reads = 0
+    pending = b.store.pending
+
+    def counted(**kwargs: Any) -> list[mesh.InboxEntry]:
+        nonlocal reads
+        reads += 1
+        return pending(**kwargs)
+
+    b.store.pending = counted  # type: ignore[method-assign]
+    got: list[bytes] = []
+    arrived_in, arrived = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+
+        async def consume() -> None:
+            async for message in b.inbox():
+                await message.ack()
+                await arrived_in.send(message.body)
+
+        nursery.start_soon(consume)
+        for i in range(5):
+            await a.send(b.node_id, b"%d" % i)
+            with trio.fail_after(30):
+                got.append(await arrived.receive())  # one at a time
+        nursery.cancel_scope.cancel()
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    assert reads == 1 + 5  # the empty inbox at first, then one read for each
 
 
 async def test_chain_of_four_with_receipts_and_hops(
