@@ -506,6 +506,7 @@ class SimNode:
         """The node says frame ``frame_id`` of ours settled (None: look at them all)."""
         if frame_id is None:
             self._check_all = True
+            self._to_check.update(dict.fromkeys(self._sending))  # not outstanding yet
         elif frame_id in self._outstanding or frame_id in self._sending:
             self._to_check[frame_id] = None
         else:
@@ -521,7 +522,7 @@ class SimNode:
             self._outcomes_changed = trio.Event()
             if self._check_all:
                 self._check_all = False
-                self._to_check = dict.fromkeys(self._outstanding)
+                self._to_check.update(dict.fromkeys(self._outstanding))
             checking, self._to_check = self._to_check, {}
             for frame_id in checking:
                 if frame_id in self._sending:

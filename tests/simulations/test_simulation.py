@@ -220,12 +220,13 @@ async def test_a_frame_refused_on_the_way_is_dropped(
     assert line.endswith(message.why)
 
 
+@pytest.mark.parametrize("told", ["settled", "everyone looks again"])
 async def test_a_message_settled_while_it_was_being_sent_is_settled(
-    sim: Simulation, autojump_clock: MockClock
+    sim: Simulation, autojump_clock: MockClock, told: str
 ) -> None:
     # The sender's application follows its messages through the node's settle
     # notifications; one that comes before send() has entered the message (here, a drop
-    # made up as custody ends) is not missed.
+    # made up as custody ends, told as that frame's or as every frame's) is not missed.
     a, b = await sim.add_nodes(2)  # not peers: nothing will reach b
     node = a.node
     custody = node.send_sealed
@@ -236,8 +237,11 @@ async def test_a_message_settled_while_it_was_being_sent_is_settled(
         node.store.record_outcome(
             frame.id, "dropped", by=node.node_id, why="test: dropped at once", now=node.clock()
         )
-        node.mesh.settled(frame.id)
-        await trio.sleep(1)  # the application's watch runs meanwhile
+        if told == "settled":
+            node.mesh.settled(frame.id)
+        else:
+            node.mesh.release_waiters()
+        await trio.testing.wait_all_tasks_blocked()  # the application's watch runs first
         return sent
 
     node.send_sealed = custody_then_dropped  # type: ignore[method-assign,assignment]
