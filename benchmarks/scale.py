@@ -66,6 +66,7 @@ row at 10,000 nodes takes many hours).
 Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
        [--tree [--announce-radius HOPS]] [--signatures ed25519|stand-in]
+       [--verify each|once] [--stores disk|memory]
        [--label flood] [--plot scale.png] [--compare OLD.json ...] [--json]
 """
 
@@ -219,6 +220,9 @@ class Run:
     #: Where the nodes keep their SQLite stores: "disk" (files on tmpfs, apart from the
     #: process's memory) or "memory" (in the process: counted in its memory figure).
     stores: str = "disk"
+    #: Whether each signature and chain is checked once per simulation rather than at
+    #: every node ("once": the same figures, sooner; as ``simulations run --verify``).
+    verify: str = "each"
 
 
 async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -237,6 +241,7 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
         fidelity=run.fidelity,
         signatures=run.signatures,
         stores=run.stores,
+        verify_once=run.verify == "once",
     ) as sim:
 
         async def take_baseline() -> None:
@@ -531,6 +536,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "is given apart) or in the process's memory (counted in KiB/node)",
     )
     parser.add_argument(
+        "--verify",
+        choices=["each", "once"],
+        default="each",
+        help="once: each signature and chain checked at the first node only, remembered "
+        "for the others (the same figures, sooner; simulations only)",
+    )
+    parser.add_argument(
         "--label", default="flood", help="names this run's rows (the routing design measured)"
     )
     parser.add_argument("--plot", type=Path, default=Path("scale.png"), help="PNG to write")
@@ -595,6 +607,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             announce_radius=args.announce_radius,
             signatures=args.signatures,
             stores=args.stores,
+            verify=args.verify,
         )
         try:
             rows.append({"label": args.label, **spawn(run)})

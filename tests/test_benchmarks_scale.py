@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import simulations
 from benchmarks import scale as bench
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -80,6 +81,27 @@ def test_the_same_seed_gives_the_same_figures() -> None:
     stand_in = bench.one(dataclasses.replace(run, signatures="stand-in"))
     assert stand_in["signatures"] == "stand-in"
     assert {**figures(stand_in), "signatures": "ed25519"} == figures(first)
+    # So does checking each signature and chain once in the whole simulation.
+    once = bench.one(dataclasses.replace(run, verify="once"))
+    assert once["verify"] == "once"
+    assert {**figures(once), "verify": "each"} == figures(first)
+
+
+def test_verify_once_is_asked_of_the_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[bool] = []
+    real = simulations.open_simulation
+
+    def spy(**kwargs: Any) -> Any:
+        asked.append(kwargs["verify_once"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(bench, "open_simulation", spy)
+    run = bench.Run("mesh", 4, duration=120, warmup=60, fidelity="engine", seed=1)
+    bench.one(dataclasses.replace(run, verify="once"))
+    bench.one(run)
+    assert asked == [True, False]
+    assert bench.parse(["--verify", "once"]).verify == "once"
+    assert bench.parse([]).verify == "each"
 
 
 def row(label: str, nodes: int, scale: float) -> dict[str, Any]:
