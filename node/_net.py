@@ -25,12 +25,16 @@ import errno
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import httpcore
 import httpx
 import trio
-import trio.testing
+
+if TYPE_CHECKING:
+    # Imported where first used: trio.testing imports pytest where it is installed,
+    # a tenth of a second at every start of ptth for what only in-memory networks use.
+    import trio.testing
 
 __all__ = [
     "MemoryListener",
@@ -410,6 +414,8 @@ class _ReceiveBuffer(trio.abc.ReceiveStream):
     """
 
     def __init__(self) -> None:
+        import trio.testing  # (see the imports above)
+
         self._inner = trio.testing.MemoryReceiveStream()
         self._unread = 0
         self._eof = False
@@ -436,6 +442,8 @@ class _ReceiveBuffer(trio.abc.ReceiveStream):
 
 def _one_way_pair() -> tuple[trio.testing.MemorySendStream, _ReceiveBuffer]:
     """``trio.testing.memory_stream_one_way_pair`` with a :class:`_ReceiveBuffer`."""
+    import trio.testing  # (see the imports above)
+
     send = trio.testing.MemorySendStream()
     receive = _ReceiveBuffer()
 

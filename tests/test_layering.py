@@ -52,3 +52,19 @@ def test_crypto_and_mesh_do_not_import_io_or_upper_layers() -> None:
     loaded = json.loads(result.stdout)
     assert loaded["crypto"] == {"io": [], "ours": ["crypto"]}
     assert loaded["mesh"] == {"io": [], "ours": ["crypto", "mesh"]}
+
+
+def test_starting_ptth_loads_no_test_tools() -> None:
+    # trio.testing imports pytest where it is installed (a tenth of a second at every
+    # `ptth` command); only the in-memory networks use it, and import it when they do.
+    code = "import sys, node._cli; print(sorted({'pytest', 'trio.testing'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
