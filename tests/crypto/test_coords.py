@@ -108,6 +108,27 @@ def test_a_chain_round_trips_through_its_wire_form(depth: int) -> None:
     assert len(chain_of(parsed).grants) == depth + 1
 
 
+@pytest.mark.parametrize("depth", [1, 2, 5, MAX_TREE_DEPTH])
+def test_coordinates_made_below_are_those_the_checking_constructor_makes(depth: int) -> None:
+    # below() makes them without __post_init__'s checks of the whole path (it checked
+    # what the new level adds): the same fields, the same behaviour, still frozen.
+    made = line(IDS[: depth + 1])
+    same = Coordinates(made.path, made.ts, made.exp, made.chain)
+    assert (made.path, made.ts, made.exp, made.chain) == (
+        same.path,
+        same.ts,
+        same.exp,
+        same.chain,
+    )
+    assert made == same
+    assert hash(made) == hash(same)
+    assert repr(made) == repr(same)
+    assert type(made.path) is tuple
+    assert all(type(node) is NodeId for node in made.path)
+    with pytest.raises(AttributeError):
+        made.ts = 0  # type: ignore[misc]
+
+
 @given(lifetimes=st.lists(st.integers(1, 10 * LIFETIME), min_size=1, max_size=6))
 @settings(max_examples=25, deadline=None)
 def test_coordinates_last_until_their_first_grant_expires(lifetimes: list[int]) -> None:
