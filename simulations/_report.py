@@ -12,7 +12,9 @@ Each message ends the run in one state (:meth:`SentMessage.state`): ``delivered`
 destination's application got it; final, whatever else happens to other copies),
 ``expired`` (dropped because its lifetime ran out, or still undelivered past its
 expiry), ``dropped`` (a drop receipt for another reason, or its origin lost the store
-that held it), or ``pending`` (still in the mesh).
+that held it), or ``pending`` (still in the mesh). ``drops`` counts the dropped by the
+code their drop receipt began with (``expired`` is never among them: those are counted
+as expired), such as ``no-route`` or ``lost``.
 
 A :class:`Report` adds what the nodes and the network counted. Its figures:
 
@@ -526,6 +528,8 @@ class Report:
     dials_refused: int
     dials_unanswered: int
     events: tuple[str, ...] = ()
+    #: The dropped messages by why (the code their drop receipt began with).
+    drops: dict[str, int] = dataclasses.field(default_factory=dict)
     #: How posts fared, for a run with posts (None otherwise).
     chirp: ChirpReport | None = None
     #: How a revocation spread, for the ``revocation`` scenario (None otherwise).
@@ -612,6 +616,13 @@ class Report:
         del data["wall_seconds"], data["delivered_per_wall_second"]
         return data
 
+    def _why_dropped(self) -> str:
+        """`` (no-route 2, lost 1)``: the drops by code, most first; empty for none."""
+        if not self.drops:
+            return ""
+        ranked = sorted(self.drops.items(), key=lambda item: (-item[1], item[0]))
+        return " (" + ", ".join(f"{code} {count}" for code, count in ranked) + ")"
+
     def to_text(self) -> str:
         """The report for people, one topic a line."""
 
@@ -631,7 +642,8 @@ class Report:
             f"{self.wall_seconds:.2f} s wall ({speed:,.0f}x), "
             f"{'-' if rate is None else f'{rate:,.0f}'} delivered per wall second",
             f"messages    sent {self.sent}, delivered {self.delivered} "
-            f"(ratio {ratio(self.delivery_ratio, 4)} of non-expired), dropped {self.dropped}, "
+            f"(ratio {ratio(self.delivery_ratio, 4)} of non-expired), dropped {self.dropped}"
+            f"{self._why_dropped()}, "
             f"expired {self.expired}, pending {self.pending}, refused {self.refused}, "
             f"duplicates {self.duplicates}, receipts back {self.acknowledged}",
             f"latency     p50 {ms(self.latency_p50)}, p95 {ms(self.latency_p95)}, "

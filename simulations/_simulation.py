@@ -836,6 +836,13 @@ class Simulation:
             sent=len(messages),
             delivered=states["delivered"],
             dropped=states["dropped"],
+            drops=dict(
+                collections.Counter(
+                    (m.why or "").partition(":")[0].strip()
+                    for m in messages
+                    if m.state(now) == "dropped"
+                )
+            ),
             expired=states["expired"],
             pending=states["pending"],
             refused=self.ledger.refused,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+from typing import Any
 
 import pytest
 
@@ -171,9 +172,9 @@ def test_the_report_as_text_and_json() -> None:
     assert "delivered_per_wall_second" not in report.deterministic()
 
 
-def test_a_report_with_duplicates_says_it_failed() -> None:
-    report = run_scenario("chain", nodes=2, seed=1, duration=60.0)
-    fields = {**report.to_dict(), "duplicates": 2}
+def report_fields(report: Report) -> dict[str, Any]:
+    """``report``'s fields, to make another with some changed."""
+    fields = report.to_dict()
     for derived in (
         "undelivered",
         "delivered_per_wall_second",
@@ -185,7 +186,21 @@ def test_a_report_with_duplicates_says_it_failed() -> None:
     ):
         del fields[derived]
     fields["events"] = tuple(fields["events"])
+    return fields
+
+
+def test_a_report_with_duplicates_says_it_failed() -> None:
+    report = run_scenario("chain", nodes=2, seed=1, duration=60.0)
+    fields = {**report_fields(report), "duplicates": 2}
     assert "FAIL        applications saw 2 duplicates" in Report(**fields).to_text()
+
+
+def test_a_report_gives_the_drops_by_reason_most_first() -> None:
+    report = run_scenario("chain", nodes=2, seed=1, duration=60.0)
+    assert (report.dropped, report.drops) == (0, {})
+    drops = {"no-route": 1, "lost": 3, "policy": 2, "gone": 2}
+    fields = {**report_fields(report), "dropped": 8, "drops": drops}
+    assert "dropped 8 (lost 3, gone 2, policy 2, no-route 1), " in Report(**fields).to_text()
 
 
 @pytest.mark.parametrize(

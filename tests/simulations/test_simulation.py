@@ -176,6 +176,8 @@ async def test_an_origin_that_loses_its_store_loses_what_it_held(
     assert b.received == []
     report = sim.report()
     assert (report.sent, report.delivered, report.dropped, report.pending) == (1, 0, 1, 0)
+    assert report.drops == {"lost": 1}
+    assert "dropped 1 (lost 1), expired 0" in report.to_text()
 
 
 async def test_a_frame_that_expires_on_the_way_comes_back_as_a_drop_receipt(
@@ -195,6 +197,8 @@ async def test_a_frame_that_expires_on_the_way_comes_back_as_a_drop_receipt(
     assert b.statistics.frames_dropped == 1  # b held it for c, and gave up
     report = sim.report()
     assert (report.sent, report.expired, report.dropped, report.pending) == (1, 1, 0, 0)
+    assert report.drops == {}  # expired, not dropped
+    assert "dropped 0, expired 1" in report.to_text()
     assert report.delivery_ratio is None  # nothing was left to deliver
     assert report.frames_dropped == 1
 
@@ -218,6 +222,11 @@ async def test_a_frame_refused_on_the_way_is_dropped(
     [line] = [e for e in sim.report().events if "dropped after" in e]
     assert f"message {message.id.hex()[:12]} a->c dropped after" in line
     assert line.endswith(message.why)
+    # And its figures, how many were dropped for each reason.
+    report = sim.report()
+    assert report.drops == {"policy": 1}
+    assert report.to_dict()["drops"] == {"policy": 1}
+    assert "dropped 1 (policy 1), expired 0" in report.to_text()
 
 
 @pytest.mark.parametrize("told", ["settled", "everyone looks again"])
