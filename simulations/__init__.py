@@ -34,6 +34,7 @@ same network model, several times faster, with the same scenarios and report.
 from simulations._clock import VirtualClock
 from simulations._engine import Fidelity
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError
+from simulations._gc import collecting_seldom
 from simulations._link import MSS, Link
 from simulations._network import OUTSIDE, Host, HostNetwork, NetworkStatistics, SimNetwork
 from simulations._report import (
@@ -49,7 +50,6 @@ from simulations._scenarios import (
     SCENARIOS,
     Progress,
     Scenario,
-    collecting_seldom,
     deterministic_scheduling,
     run_scenario,
 )

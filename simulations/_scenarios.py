@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gc
 import heapq
 import math
 import os
@@ -79,6 +78,7 @@ from simulations._clock import VirtualClock
 from simulations._engine import Fidelity
 from simulations._engine import fidelity as fidelity_of
 from simulations._errors import SimulationError
+from simulations._gc import collecting_seldom
 from simulations._link import Link
 from simulations._report import Report, format_duration
 from simulations._revocation import ABSENT_PER, SUBSCRIBERS_PER, RevocationWatch
@@ -129,10 +129,6 @@ CHIRP_CHURN_MARGIN: Final = CHURN_DOWNTIME[1]
 CHIRP_SETTLE: Final = 600.0
 #: The revocation scenario: when the owner revokes, as a share of the run.
 REVOKE_AT: Final = 0.4
-#: Python's garbage collector thresholds while a simulation runs
-#: (:func:`collecting_seldom`): a young collection every 50,000 net allocations
-#: rather than 700.
-SIMULATION_GC_THRESHOLDS: Final = (50_000, 20, 100)
 
 Script = Callable[[Simulation, int, float], Awaitable[None]]
 
@@ -614,26 +610,6 @@ def deterministic_scheduling(seed: int) -> Iterator[None]:
     finally:
         setattr(trio_run, switch, allowed)
         rng.setstate(state)
-
-
-@contextlib.contextmanager
-def collecting_seldom(
-    thresholds: tuple[int, int, int] = SIMULATION_GC_THRESHOLDS,
-) -> Iterator[None]:
-    """Run Python's cyclic garbage collector less often, for one simulation's run.
-
-    A simulation holds every node's objects in one heap (millions at a few hundred
-    nodes), and with the default thresholds (700, 10, 10) the collector traverses them
-    again and again: 13% of the wall time of a 300-node ``mesh`` run, 28 full
-    collections in 10 virtual minutes. A node's objects are mostly acyclic and freed by
-    reference counting, so collecting seldom costs no memory (the same peak there).
-    The thresholds found are put back after."""
-    before = gc.get_threshold()
-    gc.set_threshold(*thresholds)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 def _scratch_dir() -> tempfile.TemporaryDirectory[str]:

@@ -90,6 +90,7 @@ from simulations._clock import VirtualClock, sleep_until
 from simulations._engine import EngineHost, EngineNetwork, Fidelity
 from simulations._engine import fidelity as fidelity_of
 from simulations._errors import NodeDown, NotVirtualTime, SimulationError, one_of
+from simulations._gc import collect_for_nodes
 from simulations._link import Link
 from simulations._network import SimNetwork
 from simulations._report import (
@@ -660,6 +661,7 @@ class Simulation:
         sim_node = SimNode(self, name, nat=nat, config=settings)
         self.nodes[name] = sim_node
         self._by_id[sim_node.node_id] = sim_node
+        collect_for_nodes(len(self.nodes))
         await sim_node.start()
         return sim_node
 

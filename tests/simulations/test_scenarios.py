@@ -22,7 +22,7 @@ from simulations import (
     collecting_seldom,
     run_scenario,
 )
-from simulations._scenarios import SIMULATION_GC_THRESHOLDS
+from simulations._gc import SIMULATION_GC_THRESHOLDS
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
