@@ -23,7 +23,7 @@ from mesh._calls import (
     validate_object_name,
 )
 from mesh._capabilities import MAX_CAP_URLS, CapabilityBook, CapUrlRecord, Grant
-from mesh._chains import VerifiedChains, verifying_chains_once
+from mesh._chains import SharedChains, VerifiedChains, verifying_chains_once
 from mesh._dht import (
     Contact,
     Contacts,
@@ -206,6 +206,7 @@ __all__ = [
     "RouterConfig",
     "RoutingTable",
     "SavedSubscription",
+    "SharedChains",
     "Store",
     "StoreFull",
     "StoreStatistics",

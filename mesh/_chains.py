@@ -61,7 +61,7 @@ from typing import Final
 
 import crypto
 
-__all__ = ["DEFAULT_MAX_CHAINS", "VerifiedChains", "verifying_chains_once"]
+__all__ = ["DEFAULT_MAX_CHAINS", "SharedChains", "VerifiedChains", "verifying_chains_once"]
 
 #: Chains a node remembers having verified (the oldest verified go first past it): a
 #: router keeps the coordinates of up to 1,024 destinations, and its DHT contacts and
@@ -75,10 +75,12 @@ _GRANTS_PER_CHAIN: Final = 2
 _IDS_PER_CHAIN: Final = 2
 
 
-class _Shared:
+class SharedChains:
     """Chains verified by any node of a simulation, by digest: their coordinates
     (without their chain) and when they were verified; forgotten all at once past
-    ``limit``."""
+    ``limit``, which its holder may change as it goes (a simulation raises it with its
+    number of nodes: a tree holds a chain per node, and one that forgets them faster
+    than they come round checks each again at every node)."""
 
     __slots__ = ("held", "kept", "limit")
 
@@ -101,17 +103,19 @@ class _Shared:
 
 
 #: Set by :func:`verifying_chains_once` for the tasks and threads started within it.
-_SHARED: Final = contextvars.ContextVar[_Shared | None]("ptth_chains_verified", default=None)
+_SHARED: Final = contextvars.ContextVar[SharedChains | None]("ptth_chains_verified", default=None)
 
 
 @contextlib.contextmanager
-def verifying_chains_once(limit: int = 100_000) -> Iterator[None]:
+def verifying_chains_once(limit: int = 100_000) -> Iterator[SharedChains]:
     """Within this block, and in the trio tasks and threads started in it, a coordinate
     chain that verified at one :class:`VerifiedChains` counts as verified at every
-    other (the last ``limit`` chains; see the module docstring). For simulations."""
-    token = _SHARED.set(_Shared(limit))
+    other (the last ``limit`` chains; see the module docstring). For simulations.
+    Yields the memory they share (its ``limit`` may be changed within the block)."""
+    shared = SharedChains(limit)
+    token = _SHARED.set(shared)
     try:
-        yield
+        yield shared
     finally:
         _SHARED.reset(token)
 

@@ -405,3 +405,22 @@ def test_a_cached_chain_is_refused_by_router_and_dht_once_expired(
     assert b._learn(e, coords, exp, checker=None) is False  # ... and refused at exp
     assert b._learn(e, coords, exp + 5, checker=None) is False
     assert b.coordinates_of(e, exp) is None
+
+
+def test_the_memory_a_simulation_shares_can_be_resized_as_it_goes() -> None:
+    made = tree_chains()
+    three, four = wire(made["3"]), wire(made["4"])
+
+    def checks(chain: bytes) -> int:
+        """The grants a node new to ``chain`` checks to verify it."""
+        node = VerifiedChains()
+        node.verify(chain, NOW)
+        return node.grants_checked
+
+    with verifying_chains_once(limit=1) as shared:
+        assert checks(three) == 3
+        assert checks(four) == 3  # past the limit of 1: three's is forgotten
+        assert checks(three) == 3
+        shared.limit = 2  # as a simulation does when it gains nodes
+        assert checks(four) == 3
+        assert (checks(three), checks(four)) == (0, 0)  # both held now
