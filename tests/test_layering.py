@@ -39,9 +39,10 @@ print(json.dumps({"crypto": after_crypto, "mesh": after_mesh}))
 """
 
 
-def test_crypto_and_mesh_do_not_import_io_or_upper_layers() -> None:
+def fresh_interpreter(code: str, *args: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter at the repository's root."""
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps([IO_MODULES, OURS])],
+        [sys.executable, "-c", code, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -49,7 +50,11 @@ def test_crypto_and_mesh_do_not_import_io_or_upper_layers() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout)
+    return result.stdout
+
+
+def test_crypto_and_mesh_do_not_import_io_or_upper_layers() -> None:
+    loaded = json.loads(fresh_interpreter(CHILD, json.dumps([IO_MODULES, OURS])))
     assert loaded["crypto"] == {"io": [], "ours": ["crypto"]}
     assert loaded["mesh"] == {"io": [], "ours": ["crypto", "mesh"]}
 
@@ -58,13 +63,4 @@ def test_starting_ptth_loads_no_test_tools() -> None:
     # trio.testing imports pytest where it is installed (a tenth of a second at every
     # `ptth` command); only the in-memory networks use it, and import it when they do.
     code = "import sys, node._cli; print(sorted({'pytest', 'trio.testing'} & set(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert fresh_interpreter(code).strip() == "[]"
