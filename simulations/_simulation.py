@@ -836,7 +836,8 @@ class Simulation:
         """A :class:`Report` of everything so far."""
         messages = list(self.ledger.messages.values())
         now = self.now
-        states = collections.Counter(message.state(now) for message in messages)
+        state_of = {message.id: message.state(now) for message in messages}
+        states = collections.Counter(state_of.values())
         latencies = [m.latency for m in messages if m.latency is not None]
         hops = [m.hops for m in messages if m.hops is not None]
         nodes = self.statistics()
@@ -855,7 +856,7 @@ class Simulation:
                 collections.Counter(
                     (m.why or "").partition(":")[0].strip()
                     for m in messages
-                    if m.state(now) == "dropped"
+                    if state_of[m.id] == "dropped"
                 )
             ),
             expired=states["expired"],
