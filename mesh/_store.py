@@ -809,6 +809,13 @@ class _Usage:
         if self.neighbour[came_from] <= 0:
             del self.neighbour[came_from]
 
+    def drop_empty(self) -> None:
+        """Forget the origins, next hops and neighbours counted at 0 (a :meth:`merge`
+        of rows deleted as well as added can leave some)."""
+        self.origin = {src: size for src, size in self.origin.items() if size > 0}
+        self.next_hop = {hop: size for hop, size in self.next_hop.items() if size > 0}
+        self.neighbour = {came: size for came, size in self.neighbour.items() if size > 0}
+
     def merge(self, other: _Usage) -> None:
         """Add what ``other`` counts."""
         for src, size in other.origin.items():
@@ -1204,6 +1211,7 @@ class Store:
         """
         usage = _Usage()
         inbox_added: collections.Counter[bytes] = collections.Counter()
+        came_round = False
 
         def work() -> list[Result]:
             with self._rows_into(queued):
@@ -1238,6 +1246,9 @@ class Store:
                         came_from=item.came_from,
                     )
                     fresh = self._insert_queue(outgoing, now, usage)
+                    if not fresh and self._came_round(outgoing, now, usage):
+                        nonlocal came_round
+                        fresh = came_round = True
                     results.append(ACCEPTED if fresh else DUPLICATE)
                     continue
                 delivered = self._deliver(item.admitted, now, inbox=not item.seen_only)
@@ -1254,6 +1265,8 @@ class Store:
         def committed(_: list[Result]) -> None:
             self._inbox_taken(inbox_added)
             self._merge(usage)
+            if came_round:
+                self._usage.drop_empty()
 
         return self._transaction(work, then=committed)
 
@@ -1623,6 +1636,29 @@ class Store:
             assert cursor.lastrowid is not None  # a row was inserted
             self._new_rows.append(_queued_from(outgoing, cursor.lastrowid, now))
         return True
+
+    def _came_round(self, outgoing: Outgoing, now: int, usage: _Usage) -> bool:
+        """Whether ``outgoing``, a frame to forward that is queued here already, came
+        back having made more hops than when it was queued (round a loop, or by
+        another way); if so, it is queued anew as it arrived now.
+
+        The copy queued here may be on its way to its next hop, whose acceptance
+        deletes it. Answered ``duplicate``, the neighbour that brought it back would
+        drop its copy too, and once that next hop had passed its copy on (round the
+        loop, to where it came back from) no node would hold the frame: seen in a
+        300-node mesh, a message went round four nodes back to its origin before the
+        first hop's answer, and was lost. Queued anew (a new ``seq``, which that
+        answer does not delete), it goes on from here. A retry of the same copy (an
+        answer lost on the way back) has made as many hops: a duplicate."""
+        row = self._db.execute(
+            "DELETE FROM queue WHERE src = ? AND id = ? AND kind != 'pub' AND hops < ?"
+            " RETURNING src, next_hop, came_from, size",
+            (outgoing.src.raw, outgoing.id, outgoing.hops),
+        ).fetchone()
+        if row is None:
+            return False
+        usage.add(row[0], row[1], row[2], -stored_charge(row[3]))
+        return self._insert_queue(outgoing, now, usage)
 
     @contextlib.contextmanager
     def _rows_into(self, queued: list[Queued] | None) -> Iterator[None]:

@@ -524,6 +524,34 @@ def test_relayed_frames_are_queued_with_where_they_came_from(store: Store) -> No
     assert store.statistics() == stats(queued=1, queued_bytes=Q)
 
 
+def test_a_frame_come_back_round_a_loop_while_queued_here_is_queued_anew(store: Store) -> None:
+    # It went to CAROL, round a loop and back here (from DAVE) before CAROL's answer
+    # came: CAROL's answer must not delete it, nor DAVE drop it as a duplicate, or no
+    # node holds it once CAROL has passed hers on.
+    item = admitted(1, dst=EVE, hops=2)
+    store.accept([relay(item, CAROL, came_from=ALICE)], now=NOW)
+    (first,) = store.batch(CAROL.node_id, now=NOW)
+    again = relay(admitted(1, dst=EVE, hops=6), CAROL, came_from=DAVE)
+    assert outcomes(store.accept([again], now=NOW + 1)) == ["accepted"]
+    assert store.forwarded([first.seq], first_hop=CAROL.node_id, now=NOW + 2) == 0
+    (queued,) = store.batch(CAROL.node_id, now=NOW + 2)
+    assert (queued.hops, queued.came_from) == (6, DAVE.node_id)
+    assert queued.seq != first.seq
+    assert store.statistics() == stats(queued=1, queued_bytes=Q)
+    # Counted once, as taken from DAVE now (what the quotas per neighbour read).
+    usage = store._usage
+    assert (usage.total, usage.origin, usage.next_hop, usage.neighbour) == (
+        Q,
+        {ALICE.node_id.raw: Q},
+        {CAROL.node_id.raw: Q},
+        {DAVE.node_id.raw: Q},
+    )
+    # A retry of the copy it came back as, or of the first, is a duplicate.
+    for copy in (again, relay(item, CAROL, came_from=ALICE)):
+        assert outcomes(store.accept([copy], now=NOW + 3)) == ["duplicate"]
+    assert store.statistics() == stats(queued=1, queued_bytes=Q)
+
+
 @pytest.mark.parametrize("sync", [True, False])
 def test_only_forwarded_commits_without_waiting_for_the_disk(path: Path, sync: bool) -> None:
     # Handed on is the one change a machine's crash may undo (the frames go again and
@@ -808,8 +836,12 @@ def test_total_queue_quota(path: Path) -> None:
         store.enqueue([own(3)], now=NOW)  # exactly at the quota is fine
         with pytest.raises(StoreFull, match=f"queue holds {3 * Q} bytes; {Q} more"):
             store.enqueue([own(4)], now=NOW)
-        # Duplicates add nothing.
-        assert outcomes(store.accept([relay(admitted(1, src=BOB), DAVE)], now=NOW)) == ["duplicate"]
+        # Copies of what is queued add nothing: one come back round a loop takes the
+        # place of the copy queued here, a retry of it is a duplicate.
+        back = relay(admitted(1, src=BOB), DAVE)
+        assert outcomes(store.accept([back], now=NOW)) == ["accepted"]
+        assert outcomes(store.accept([back], now=NOW)) == ["duplicate"]
+        assert store.statistics() == stats(queued=3, queued_bytes=3 * Q)
     with Store(path, quotas=Quotas(total=3 * Q)) as store:
         with pytest.raises(StoreFull, match=f"queue holds {3 * Q} bytes; {Q} more"):
             store.enqueue([own(4)], now=NOW)
