@@ -140,6 +140,7 @@ _IN_CHUNK: Final = 500
 #: Why a frame this node made was dropped by :meth:`Store.purge` (its trace says so).
 PURGED: Final = "purged by the operator"
 _T = TypeVar("_T")
+_K = TypeVar("_K", bytes, bytes | None)
 #: A frame into the queue; a copy there already (its key) is left as it is.
 _INSERT_QUEUE: Final = (
     "INSERT OR IGNORE INTO queue (src, id, kind, dst, exp, hops, next_hop, came_from,"
@@ -809,21 +810,12 @@ class _Usage:
         if self.neighbour[came_from] <= 0:
             del self.neighbour[came_from]
 
-    def drop_empty(self) -> None:
-        """Forget the origins, next hops and neighbours counted at 0 (a :meth:`merge`
-        of rows deleted as well as added can leave some)."""
-        self.origin = {src: size for src, size in self.origin.items() if size > 0}
-        self.next_hop = {hop: size for hop, size in self.next_hop.items() if size > 0}
-        self.neighbour = {came: size for came, size in self.neighbour.items() if size > 0}
-
     def merge(self, other: _Usage) -> None:
-        """Add what ``other`` counts."""
-        for src, size in other.origin.items():
-            self.origin[src] = self.origin.get(src, 0) + size
-        for hop, size in other.next_hop.items():
-            self.next_hop[hop] = self.next_hop.get(hop, 0) + size
-        for came, size in other.neighbour.items():
-            self.neighbour[came] = self.neighbour.get(came, 0) + size
+        """Add what ``other`` counts (rows it deleted count negative: an origin, next
+        hop or neighbour left at 0 is forgotten, as by :meth:`remove`)."""
+        _add_into(self.origin, other.origin)
+        _add_into(self.next_hop, other.next_hop)
+        _add_into(self.neighbour, other.neighbour)
         self.total += other.total
 
     def over(
@@ -868,6 +860,15 @@ class _Usage:
                     f"of {limit}; retry later"
                 )
         return None
+
+
+def _add_into(counts: dict[_K, int], added: dict[_K, int]) -> None:
+    for key, size in added.items():
+        held = counts.get(key, 0) + size
+        if held > 0:
+            counts[key] = held
+        else:
+            counts.pop(key, None)
 
 
 class Store:
@@ -1211,7 +1212,6 @@ class Store:
         """
         usage = _Usage()
         inbox_added: collections.Counter[bytes] = collections.Counter()
-        came_round = False
 
         def work() -> list[Result]:
             with self._rows_into(queued):
@@ -1245,10 +1245,9 @@ class Store:
                         next_hop=item.decision.next_hop,
                         came_from=item.came_from,
                     )
-                    fresh = self._insert_queue(outgoing, now, usage)
-                    if not fresh and self._came_round(outgoing, now, usage):
-                        nonlocal came_round
-                        fresh = came_round = True
+                    fresh = self._insert_queue(outgoing, now, usage) or self._came_round(
+                        outgoing, now, usage
+                    )
                     results.append(ACCEPTED if fresh else DUPLICATE)
                     continue
                 delivered = self._deliver(item.admitted, now, inbox=not item.seen_only)
@@ -1265,8 +1264,6 @@ class Store:
         def committed(_: list[Result]) -> None:
             self._inbox_taken(inbox_added)
             self._merge(usage)
-            if came_round:
-                self._usage.drop_empty()
 
         return self._transaction(work, then=committed)
 
