@@ -133,6 +133,9 @@ class NodeStatistics:
     sent_rejected: int = 0
     send_requests: int = 0
     send_retries: int = 0
+    #: Store calls that failed (not a quota: the database or its disk did); each is
+    #: also refused or logged where it happened. A healthy node has none.
+    store_failures: int = 0
 
     def __post_init__(self) -> None:
         #: ``frames_rejected`` by reason (a :class:`mesh.Reason` value).
@@ -174,8 +177,9 @@ class MeshRuntime:
         self.rng = rng
         self.new_id = new_id
         self.run_blocking = run_blocking
-        #: Runs the store's calls (the node's StoreThread; default: run_blocking).
-        self.run_store = run_store or run_blocking
+        #: Runs the store's calls (the node's StoreThread; default: run_blocking),
+        #: counting those that fail (``statistics.store_failures``).
+        self.run_store = self._counting_failures(run_store or run_blocking)
         #: Custody of our own frames (sends, publications): one commit for many.
         self.commits = GroupCommit(store, self.run_store)
         self.own_address = own_address
@@ -251,6 +255,22 @@ class MeshRuntime:
             lease=config.lease,
             wallet=self.wallet,
         )
+
+    def _counting_failures(self, run: RunBlocking) -> RunBlocking:
+        """``run``, counting in ``statistics.store_failures`` each call whose store
+        failed (:class:`mesh.MeshError`, but not :class:`mesh.StoreFull`: a full store
+        is a quota doing its job)."""
+
+        async def counted(call: Callable[[], Any]) -> Any:
+            try:
+                return await run(call)
+            except mesh.StoreFull:
+                raise
+            except mesh.MeshError:
+                self.statistics.store_failures += 1
+                raise
+
+        return counted
 
     # -- life -------------------------------------------------------------------------
 

@@ -456,6 +456,12 @@ class Metrics:
                 "Back-offs before retrying a neighbour (a failed POST, or frames deferred).",
             ),
             (
+                "ptth_store_failures",
+                stats.store_failures,
+                "Store calls that failed (the database or its disk, not a quota); each "
+                "was refused or logged. A healthy node has none.",
+            ),
+            (
                 "ptth_announces_sent",
                 stats.announces_sent,
                 "Announces of this node queued for neighbours.",

@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
+import trio
+
 from node import NodeError
 from simulations._engine import Fidelity
 from simulations._errors import SimulationError
@@ -179,6 +181,23 @@ class _ProgressLine:
         )
 
 
+def _expected(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first of ``group``'s errors if all are errors a run may meet (a node that
+    cannot start, a directory gone), leaving aside the cancellations they caused;
+    None otherwise."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    if leaves and all(isinstance(leaf, SimulationError | NodeError | OSError) for leaf in leaves):
+        return leaves[0]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -203,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (SimulationError, NodeError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:  # trio's nurseries wrap what a node's task raised
+        known = _expected(group)
+        if known is None:
+            raise  # a bug: its traceback is worth seeing
+        print(f"{PROG}: error: {known}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -32,6 +32,8 @@ A :class:`Report` adds what the nodes and the network counted. Its figures:
   frames a node gave up on (refused by the next hop, or expired);
   ``duplicate_frames``: frames a node received again and answered "duplicate" (what
   exactly-once delivery absorbed);
+* ``store_failures``: store calls that failed at any node (its database or disk, not
+  a quota): never in a sound run, so any makes the run failed (:attr:`Report.failed`);
 * ``announces_sent``: a node's own announces (to a new neighbour, and periodic);
   ``announces_received``: every announce copy a node took in (its neighbours' and the
   flooded ones); per node and hour in :attr:`Report.announces_sent_per_node_hour` and
@@ -527,6 +529,9 @@ class Report:
     resets: int
     dials_refused: int
     dials_unanswered: int
+    #: Store calls that failed at any node (the database or its disk; not a quota). A
+    #: simulation's stores should never fail: the run's figures are then worthless.
+    store_failures: int = 0
     events: tuple[str, ...] = ()
     #: The dropped messages by why (the code their drop receipt began with).
     drops: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -541,11 +546,13 @@ class Report:
     def failed(self) -> bool:
         """Applications saw duplicates (messages or posts), a post was lost (no
         running node held it any more, undelivered and not expired), or a revocation
-        failed (:attr:`RevocationReport.failed`)."""
+        failed (:attr:`RevocationReport.failed`), or a node's store failed (its
+        database or disk, e.g. the run's data directory was deleted under it)."""
         chirp = self.chirp
         revocation = self.revocation
         return bool(
             self.duplicates
+            or self.store_failures
             or (chirp is not None and (chirp.duplicates or chirp.lost))
             or (revocation is not None and revocation.failed)
         )
@@ -655,7 +662,8 @@ class Report:
             f"({'-' if per_message is None else format_bytes(per_message)} per delivered), "
             f"{self.connections} connections",
             f"mesh        {self.frames_forwarded} frames forwarded, {self.frames_dropped} "
-            f"dropped, {self.duplicate_frames} duplicate frames, {self.send_retries} retries",
+            f"dropped, {self.duplicate_frames} duplicate frames, {self.send_retries} retries"
+            f"{f', {self.store_failures} STORE FAILURES' if self.store_failures else ''}",
             f"announces   {self.announces_sent} sent "
             f"({ratio(self.announces_sent_per_node_hour, 1)} per node-hour), "
             f"{self.announces_received} received "

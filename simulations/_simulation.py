@@ -278,11 +278,19 @@ class SimNode:
     async def start(self, *, keep_store: bool = True) -> None:
         """Run the node (again). ``keep_store=False`` deletes its store first.
 
-        Raises :class:`SimulationError` if it is running, and whatever
+        Raises :class:`SimulationError` if it is running or its identity key is gone
+        from its data directory, and whatever
         ``Node.open`` raises (:class:`node.NodeError`) if it cannot start.
         """
         if self.up or not self._stopped.is_set():
             raise SimulationError(f"node {self.name} is already running")
+        if not (self.data_dir / "identity.key").is_file():
+            # It would start as another node, under this one's name: figures made so
+            # would be wrong without a word, so the run stops here instead.
+            raise SimulationError(
+                f"node {self.name} cannot start: its identity key is gone from"
+                f" {self.data_dir} (was the run's data directory deleted under it?)"
+            )
         if not keep_store:
             if self._store_keeper is not None and self.config.store_uri is not None:
                 # The node is down, its connections closed: closing the last one drops
@@ -884,7 +892,9 @@ class Simulation:
             resets=net.resets,
             dials_refused=net.dials_refused,
             dials_unanswered=net.dials_unanswered,
+            store_failures=nodes.store_failures,
             events=tuple(f"{format_duration(when)}: {text}" for when, text in self.events)
+            + _store_failures(nodes.store_failures)
             + tuple(self._undelivered_posts())
             + tuple(self._dropped_messages())
             + tuple(self._pending_messages()),
@@ -1043,6 +1053,16 @@ def _span(names: Sequence[str]) -> str:
 def _rounded(value: float | None) -> float | None:
     # Virtual times are sums of floats: round away the last bits so reports compare.
     return None if value is None else round(value, 6)
+
+
+def _store_failures(count: int) -> tuple[str, ...]:
+    """The report's line on failed stores, if any failed."""
+    if not count:
+        return ()
+    return (
+        f"the nodes' stores failed {count} times (not a quota: the database or its disk;"
+        " was the run's data directory deleted under it?): this run's figures are worthless",
+    )
 
 
 class _TrioTime:

@@ -468,6 +468,7 @@ async def test_store_full_is_429_with_retry_after(memory_nodes: NodeFactory) -> 
     assert response.status_code == 429
     assert response.headers["retry-after"] == "30"
     assert f"quota of {quota}" in response.text
+    assert node.statistics.store_failures == 0  # a quota doing its job, not a failure
     # What fits is still taken.
     response = await raw.post(mesh.encode_frames([mesh.WireFrame(0, raw.frame(body=b"x" * 2000))]))
     assert response.status_code == 200

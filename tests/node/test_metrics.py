@@ -164,6 +164,33 @@ async def test_a_store_that_fails_is_a_503_not_a_crash(
     assert (await scrape(a))[("ptth_routes", ())] == 1  # and the next scrape works
 
 
+async def test_a_store_that_fails_to_take_frames_is_counted_and_nothing_is_lost(
+    pair: tuple[Node, Node, MemoryNetwork], autojump_clock: trio.testing.MockClock
+) -> None:
+    a, b, _ = pair
+    with trio.fail_after(30):
+        await delivered(a, b, b"warm up")
+    taken = b.store.accept
+    failed = trio.Event()
+
+    def broken(*args: object, **kwargs: object) -> list[mesh.Result]:
+        failed.set()
+        raise mesh.MeshError("store /x failed: disk I/O error")
+
+    b.store.accept = broken  # type: ignore[method-assign]
+    sent = await a.send(b.node_id, b"through a bad disk", receipt=True)
+    with trio.fail_after(30):
+        await failed.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    failures = b.statistics.store_failures
+    assert failures >= 1
+    assert value(await scrape(b), "ptth_store_failures_total") == failures
+    assert a.statistics.store_failures == 0  # refused by b: a's own store is sound
+    b.store.accept = taken  # type: ignore[method-assign]
+    with trio.fail_after(120):  # a retries; the message was never lost
+        assert (await a.delivered(sent.id)).state == "delivered"
+
+
 async def test_each_metrics_has_its_own_registry(
     pair: tuple[Node, Node, MemoryNetwork],
 ) -> None:

@@ -7,9 +7,11 @@ import runpy
 import sys
 
 import pytest
+import trio
 
 from simulations import SCENARIOS
 from simulations._cli import main
+from simulations._errors import SimulationError
 
 
 def test_run_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,3 +117,33 @@ def test_help_lists_the_scenarios(
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(SCENARIOS)
+
+
+def _run_raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    def run_scenario(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    monkeypatch.setattr("simulations._cli.run_scenario", run_scenario)
+
+
+def test_an_error_from_inside_the_run_is_one_line_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As trio's nurseries raise it: the error where it happened, the tasks it cancelled.
+    gone = SimulationError("node n28 cannot start: its identity key is gone from /x/n28")
+    group = BaseExceptionGroup(
+        "", [trio.Cancelled._create(), BaseExceptionGroup("", [gone, trio.Cancelled._create()])]
+    )
+    _run_raising(monkeypatch, group)
+    assert main(["run", "star", "--nodes", "3", "--duration", "1m", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"python -m simulations: error: {gone}\n"
+
+
+def test_a_bug_inside_the_run_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    bug = ValueError("a bug")
+    _run_raising(monkeypatch, BaseExceptionGroup("", [SimulationError("known"), bug]))
+    with pytest.raises(BaseExceptionGroup) as raised:
+        main(["run", "star", "--nodes", "3", "--duration", "1m", "--quiet"])
+    assert bug in raised.value.exceptions

@@ -3,6 +3,7 @@ their recovery, and what the ledger makes of it all."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from trio.testing import MockClock
 import crypto
 import mesh
 from node import NodeConfig, Sent
+from node._forwarder import PostFailed
 from simulations import (
     EPOCH_MS,
     Link,
@@ -120,6 +122,42 @@ async def test_a_restarted_node_keeps_its_store_and_identity(
     assert len(b.received) == 1
     assert b.starts == 2
     assert b.statistics.frames_duplicate >= 1
+
+
+async def test_a_node_whose_directory_went_away_does_not_come_back_as_another(
+    sim: Simulation, autojump_clock: MockClock
+) -> None:
+    a, b = await sim.add_nodes(2)
+    await b.crash()
+    shutil.rmtree(b.data_dir)
+    with pytest.raises(SimulationError, match="identity key is gone"):
+        await b.start()
+    assert not b.up
+    await a.stop()
+    await a.start()  # the others start as ever
+
+
+async def test_store_failures_are_counted_and_fail_the_report(
+    sim: Simulation, autojump_clock: MockClock
+) -> None:
+    a, b = await sim.add_nodes(2)
+    await sim.peer(a, b)
+    assert not sim.report().failed
+    taken = b.node.store.accept
+
+    def broken(*args: object, **kwargs: object) -> list[mesh.Result]:
+        raise mesh.MeshError("store /x failed: disk I/O error")
+
+    b.node.store.accept = broken  # type: ignore[method-assign]
+    frame = a.node.new_frame(b.node_id, b"to a bad disk")
+    with pytest.raises(PostFailed, match=r"503 .* store unavailable"):
+        await a.post(b, [mesh.WireFrame(0, frame.seal(a.node.identity))])
+    b.node.store.accept = taken  # type: ignore[method-assign]
+    report = sim.report()
+    assert report.store_failures == 1
+    assert report.failed
+    assert any("stores failed 1 times" in event for event in report.events)
+    assert "1 STORE FAILURES" in report.to_text()
 
 
 async def test_a_node_restarted_without_its_store_takes_a_frame_twice(
