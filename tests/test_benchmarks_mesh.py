@@ -1,0 +1,57 @@
+"""benchmarks/mesh.py: the latency is measured in rounds, each round's figures printed,
+then their medians and the goal; a short run end to end; bad flags refused."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from benchmarks import mesh as bench
+
+
+def _round(one_way_ms: float) -> dict[str, list[float]]:
+    seconds = one_way_ms / 1000
+    return {
+        "custody": [0.0005] * 100,
+        "one way": [seconds] * 98 + [3 * seconds] * 2,  # the slowest two: its p99
+        "receipt back": [2 * seconds] * 100,
+    }
+
+
+def test_the_medians_of_the_rounds_decide_the_goal() -> None:
+    out = io.StringIO()
+    medians = bench.summarise([_round(9.0), _round(30.0), _round(8.0)], out)
+    assert medians["one way"] == pytest.approx((9.0, 27.0))  # p99: 3x, from the slow two
+    assert medians["receipt back"][0] == pytest.approx(18.0)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0].strip() for line in lines[:3]] == ["round 1", "round 2", "round 3"]
+    assert "one way 30.00 / 90.00" in lines[1]
+    assert "(8.00-30.00)" in out.getvalue()  # the range of the p50s
+    assert lines[-1].endswith("(medians of 3 rounds): met")
+
+    out = io.StringIO()
+    bench.summarise([_round(9.0), _round(11.0), _round(12.0)], out)
+    assert out.getvalue().splitlines()[-1].endswith(": not met")  # p50 11 ms
+
+
+def test_a_short_run_prints_every_round_and_the_goal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench.main(["--frames", "50", "--messages", "5", "--rounds", "2", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "round 1: p50 / p99 ms: custody" in out
+    assert "round 2: p50 / p99 ms: custody" in out
+    assert "round 3" not in out
+    assert "frames/s" in out
+    assert "goal: 5 hops one way p50 <= 10 ms and p99 <= 30 ms (medians of 2 rounds)" in out
+    assert list(tmp_path.iterdir()) == []  # the chains' directories removed
+
+
+@pytest.mark.parametrize("argv", [["--rounds", "0"], ["--rounds", "x"]])
+def test_bad_rounds_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench.main(argv)
+    assert exited.value.code == 2
+    assert "--rounds" in capsys.readouterr().err
