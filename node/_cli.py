@@ -51,7 +51,7 @@ from node._apiclient import (
 )
 from node._attach import RelayMode
 from node._datadir import DataDir, default_data_dir
-from node._errors import NodeError, NotRunning
+from node._errors import NodeError, NotRunning, leaves
 from node._node import Node, NodeConfig
 from node._relay import RelayConfig
 from node._stomp import StompConfig
@@ -2904,25 +2904,18 @@ def _logging(args: argparse.Namespace, err: TextIO) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions in ``exc``: itself, or those of an exception group (trio's)."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _failure(exc: BaseException) -> tuple[int, str | None] | None:
     """The exit status and the line to print for ``exc`` (an error the CLI expects,
     alone or in a group), or None for a bug (whose traceback is then worth seeing)."""
-    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
-    if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+    errors = [leaf for leaf in leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if any(isinstance(leaf, BrokenPipeError) for leaf in errors):
         return EXIT_BROKEN_PIPE, None  # whoever read stdout has gone: nothing to say
-    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in errors):
         return 130, "ptth: interrupted"
     known = (UsageError, NodeError, crypto.CryptoError, mesh.MeshError, OSError)
-    if not leaves or not all(isinstance(leaf, known) for leaf in leaves):
+    if not errors or not all(isinstance(leaf, known) for leaf in errors):
         return None
-    first = leaves[0]
+    first = errors[0]
     if isinstance(first, UsageError):
         return 2, f"ptth: usage: {first}"
     if isinstance(first, mesh.MeshError):

@@ -28,6 +28,7 @@ __all__ = [
     "PeerUnknown",
     "Rejected",
     "Replayed",
+    "leaves",
 ]
 
 
@@ -89,3 +90,11 @@ class CallTimeout(CallFailed):
 
     def __init__(self, why: str, *, where: str = "") -> None:
         super().__init__(504, why, where=where)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``: itself, or those of an exception group (trio's
+    nurseries raise them), however deeply nested, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]

@@ -67,7 +67,7 @@ import mesh
 from mesh import _xmpp as xmpp
 from node import _chirpbot as bot
 from node._chirp import Chirp, chirp_topic
-from node._errors import NodeError
+from node._errors import NodeError, leaves
 from node._mesh import MeshRuntime
 from node._message import Published
 
@@ -316,7 +316,7 @@ class XmppGateway:
             try:
                 await self._connect_once()
             except Exception as exc:  # no connection's end may stop the node
-                expected = _leaves(exc)
+                expected = leaves(exc)
                 if all(isinstance(leaf, _EXPECTED) for leaf in expected):
                     words = "; ".join(str(leaf) or type(leaf).__name__ for leaf in expected)
                     log.warning("XMPP server %s: %s", self.config.component, words)
@@ -909,12 +909,6 @@ _EXPECTED: Final = (
     _Ended,
     xmpp.XmppStreamError,
 )
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 def _owner(pattern: str) -> crypto.NodeId:

@@ -25,6 +25,7 @@ from typing import NoReturn, TextIO
 import trio
 
 from node import NodeError
+from node._errors import leaves
 from simulations._engine import Fidelity
 from simulations._errors import SimulationError
 from simulations._report import format_duration, parse_duration
@@ -185,16 +186,9 @@ def _expected(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The first of ``group``'s errors if all are errors a run may meet (a node that
     cannot start, a directory gone), leaving aside the cancellations they caused;
     None otherwise."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = exc.exceptions
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    if leaves and all(isinstance(leaf, SimulationError | NodeError | OSError) for leaf in leaves):
-        return leaves[0]
+    errors = [leaf for leaf in leaves(group) if not isinstance(leaf, trio.Cancelled)]
+    if errors and all(isinstance(leaf, SimulationError | NodeError | OSError) for leaf in errors):
+        return errors[0]
     return None
 
 
