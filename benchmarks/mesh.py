@@ -125,6 +125,10 @@ class Peer:
     async def route_to(self, node: crypto.NodeId) -> bool:
         raise NotImplementedError
 
+    async def trust(self, node: crypto.NodeId) -> None:
+        """`ptth trust NODE`: pass on its messages for others without checking them."""
+        raise NotImplementedError
+
     def arrivals(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[None]]:
         """An iterator that yields once per message arriving in the inbox (oldest
         first, those already there included)."""
@@ -142,6 +146,9 @@ class InProcess(Peer):
 
     async def route_to(self, node: crypto.NodeId) -> bool:
         return any(route["destination"] == node.text for route in self.node.routes())
+
+    async def trust(self, node: crypto.NodeId) -> None:
+        await self.node.change_policy("trust", node)
 
     @contextlib.asynccontextmanager
     async def arrivals(self) -> AsyncIterator[AsyncIterator[None]]:
@@ -201,6 +208,9 @@ class Process(Peer):
     async def add_peer(self, token: str) -> None:
         await trio.to_thread.run_sync(self.cli, "peer", "add", token)
 
+    async def trust(self, node: crypto.NodeId) -> None:
+        await trio.to_thread.run_sync(self.cli, "trust", node.text)
+
     async def route_to(self, node: crypto.NodeId) -> bool:
         async with httpx.AsyncClient(base_url=self.url, headers=self.headers) as client:
             routes = (await client.get("routes")).json()
@@ -239,10 +249,12 @@ def processes(root: Path, count: int) -> Iterator[list[Process]]:
 
 @contextlib.asynccontextmanager
 async def chain(
-    root: Path, hops: int, outside: list[Process] | None
+    root: Path, hops: int, outside: list[Process] | None, *, trusted: bool = False
 ) -> AsyncIterator[tuple[Node, Peer]]:
     """An origin (in this process) and ``hops`` more nodes in a line, peered with their
-    neighbours only; yields the origin and the last node once the routes are known."""
+    neighbours only; yields the origin and the last node once the routes are known.
+    ``trusted``: each forwarder trusts the node before it (`ptth trust`), so only the
+    destination checks the origin's signatures."""
     config = NodeConfig(listen="127.0.0.1:0")
     async with contextlib.AsyncExitStack() as stack:
         origin = await stack.enter_async_context(
@@ -262,6 +274,10 @@ async def chain(
         for left, right in itertools.pairwise(others):
             await left.add_peer(right.token)
             await right.add_peer(left.token)
+        if trusted:
+            upstream = [origin.node_id, *(other.node_id for other in others)]
+            for forwarder, before in zip(others[:-1], upstream, strict=False):
+                await forwarder.trust(before)
         last = others[-1]
         # No event says "a route appeared": look every 10 ms.
         with trio.fail_after(SETUP_TIMEOUT):

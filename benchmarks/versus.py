@@ -21,6 +21,10 @@ same way untimed (warm-up).
 * ``ptth-3hop``: the same over a chain origin -> r1 -> r2 -> destination (each forwarder
   verifies and commits every frame), the three other nodes ``ptth run`` processes, set
   up as ``benchmarks/mesh.py --processes`` does.
+* ``ptth-3hop-trusted``: ``ptth-3hop`` with each forwarder trusting the node before it
+  (``ptth trust``): they pass the messages on without checking the origin's signature,
+  which only the destination checks (docs/architecture.md, "Trusted neighbours"; not
+  the default).
 * ``ptth-api``: the path of a program in another language: two ``ptth run`` processes
   peered with each other; this process posts the messages to the sender's local API
   with ``POST /api/v1/send/batch`` (NDJSON, 500 messages a request, two requests in
@@ -126,7 +130,7 @@ from benchmarks.fabric import sign_rate, verify_rate
 from benchmarks.mesh import Process, chain, percentile, processes
 from node import Node
 
-SYSTEMS = ("ptth-1hop", "ptth-3hop", "ptth-api", "rabbitmq", "nats")
+SYSTEMS = ("ptth-1hop", "ptth-3hop", "ptth-3hop-trusted", "ptth-api", "rabbitmq", "nats")
 BASELINE = "rabbitmq"
 #: Messages sent, consumed and acknowledged, untimed, before each timed run (or
 #: --messages, if fewer).
@@ -148,6 +152,12 @@ GOALS = (
     ("ptth-1hop >= 0.6x Ed25519 verify of both cores", "ptth-1hop vs 2x verify", True, 0.6),
     ("one at a time: ptth p50 <= 1.5x RabbitMQ publish+confirm", "p50 vs rabbitmq", False, 1.5),
     ("ptth-3hop >= 0.7x ptth-1hop", "ptth-3hop vs ptth-1hop", True, 0.7),
+    (
+        "ptth-3hop-trusted >= 0.7x ptth-1hop (forwarders trusting their upstream)",
+        "ptth-3hop-trusted vs ptth-1hop",
+        True,
+        0.7,
+    ),
     ("local API (ptth-api) >= 0.5x RabbitMQ", "ptth-api vs rabbitmq", True, 0.5),
 )
 #: Messages per ``POST /api/v1/send/batch`` of the ptth-api row, and such requests in
@@ -368,12 +378,18 @@ async def transfer(
 
 
 async def ptth_rate(
-    root: Path, outside: list[Process], count: int, body: bytes, in_flight: int, time_limit: float
+    root: Path,
+    outside: list[Process],
+    count: int,
+    body: bytes,
+    in_flight: int,
+    time_limit: float,
+    trusted: bool = False,
 ) -> Rate:
-    """Messages/s from an origin here through ``outside`` (a chain) to the last one's
-    application."""
+    """Messages/s from an origin here through ``outside`` (a chain; ``trusted``: each
+    forwarder trusting the node before it) to the last one's application."""
     with trio.fail_after(time_limit):
-        async with chain(root, len(outside), outside) as (origin, last):
+        async with chain(root, len(outside), outside, trusted=trusted) as (origin, last):
             assert isinstance(last, Process)
             async with consuming(last, in_flight) as consumer:
                 await transfer(origin, consumer, last.node_id, min(WARM_UP, count), body, in_flight)
@@ -441,15 +457,23 @@ def ptth_api_round(
 
 
 def ptth_round(
-    where: Path, hops: int, count: int, body: bytes, in_flight: int, timeout: float, _round: int
+    where: Path,
+    hops: int,
+    count: int,
+    body: bytes,
+    in_flight: int,
+    timeout: float,
+    _round: int,
+    *,
+    trusted: bool = False,
 ) -> Rate:
     """Messages/s through ``hops`` hops of fresh nodes, the last one's application
-    acknowledging them."""
+    acknowledging them (``trusted``: see :func:`ptth_rate`)."""
     with (
         tempfile.TemporaryDirectory(dir=where, prefix="versus-ptth-") as tmp,
         processes(Path(tmp), hops) as outside,
     ):
-        return trio.run(ptth_rate, Path(tmp), outside, count, body, in_flight, timeout)
+        return trio.run(ptth_rate, Path(tmp), outside, count, body, in_flight, timeout, trusted)
 
 
 async def ptth_samples(
@@ -968,6 +992,8 @@ def measurers(
             found[system] = functools.partial(ptth_round, work.where, 1, *same)
         elif system == "ptth-3hop":
             found[system] = functools.partial(ptth_round, work.where, 3, *same)
+        elif system == "ptth-3hop-trusted":
+            found[system] = functools.partial(ptth_round, work.where, 3, *same, trusted=True)
         elif system == "ptth-api":
             found[system] = functools.partial(ptth_api_round, work.where, *same)
         elif system == "rabbitmq" and anchors.rabbitmq_port is not None:
@@ -1066,6 +1092,9 @@ def summarize(
     figures: dict[str, float | None] = {
         "ptth-1hop vs rabbitmq": median_of(ratios(rounds, "ptth-1hop", BASELINE)),
         "ptth-3hop vs ptth-1hop": median_of(ratios(rounds, "ptth-3hop", "ptth-1hop")),
+        "ptth-3hop-trusted vs ptth-1hop": median_of(
+            ratios(rounds, "ptth-3hop-trusted", "ptth-1hop")
+        ),
         "ptth-api vs rabbitmq": median_of(ratios(rounds, "ptth-api", BASELINE)),
     }
     ceiling = [
@@ -1180,9 +1209,11 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
     def say(line: str = "") -> None:
         print(line, file=out)
 
+    width = max([len("system"), *map(len, summary["systems"])])
+    goal_width = max(len(goal["goal"]) for goal in summary["goals"])
     say()
     say(
-        f"{'system':<10} {'median msgs/s':>13} {'min-max':>17}   "
+        f"{'system':<{width}} {'median msgs/s':>13} {'min-max':>17}   "
         f"{'vs RabbitMQ per round':<30} {'median':>7} {'vs NATS':>8} {'CPU us/msg':>11} "
         f"{'cores':>6}"
     )
@@ -1190,7 +1221,7 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
         spread = f"{fmt_rate(row['min'])}-{fmt_rate(row['max'])}"
         per_round = " ".join(fmt_ratio(value) for value in row["vs rabbitmq"])
         say(
-            f"{system:<10} {fmt_rate(row['median']):>13} {spread:>17}   {per_round:<30} "
+            f"{system:<{width}} {fmt_rate(row['median']):>13} {spread:>17}   {per_round:<30} "
             f"{fmt_ratio(row['median vs rabbitmq']):>6}x {fmt_ratio(row['median vs nats']):>7}x "
             f"{fmt_rate(row.get('cpu us per message')):>11} {fmt_ratio(row.get('cores busy')):>6}"
         )
@@ -1241,7 +1272,7 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
     say("goals")
     for goal in summary["goals"]:
         state = {None: "not measured", True: "met", False: "not met"}[goal["met"]]
-        say(f"  {goal['goal']:<58} {fmt_ratio(goal['value']):>6}x   {state}")
+        say(f"  {goal['goal']:<{goal_width}} {fmt_ratio(goal['value']):>6}x   {state}")
     for words in NOT_MEASURED_HERE:
         say(f"  not measured here: {words}")
 

@@ -119,6 +119,25 @@ def open_encoded(
 
     Raises what :func:`open` raises but for the payload's own faults.
     """
+    signer, payload_bytes, signed, signature = _read(data, purpose, max_size)
+    signer.verify(signed, signature)
+    return signer, payload_bytes
+
+
+def read_unverified(
+    data: bytes, purpose: Purpose | str, *, max_size: int = _cbor.MAX_ENVELOPE_SIZE
+) -> tuple[NodeId, bytes]:
+    """:func:`open_encoded` without checking the signature: the signer the envelope
+    *names* and the payload's bytes, read as strictly, for a node that passes on for a
+    trusted neighbour what it does not act on itself (mesh/_admission.py). Nothing it
+    returns is authenticated. Raises what :func:`open_encoded` raises, but
+    :class:`BadSignature`."""
+    signer, payload_bytes, _signed, _signature = _read(data, purpose, max_size)
+    return signer, payload_bytes
+
+
+def _read(data: bytes, purpose: Purpose | str, max_size: int) -> tuple[NodeId, bytes, bytes, bytes]:
+    """The signer named, the payload's bytes, the Sig_structure and the signature."""
     if len(data) > max_size:
         raise TooLarge(f"envelope is {len(data)} bytes, limit {max_size}")
     fields = _split(data)
@@ -130,8 +149,7 @@ def open_encoded(
     signer, found_purpose = _read_protected(protected)
     if found_purpose != str(purpose):
         raise WrongPurpose(f"envelope is for {found_purpose!r}, expected {str(purpose)!r}")
-    signer.verify(signed, signature)
-    return signer, payload_bytes
+    return signer, payload_bytes, signed, signature
 
 
 def read_payload(payload_bytes: bytes) -> dict[Any, Any]:

@@ -12,7 +12,14 @@ Two questions, asked at two places:
   :attr:`Reason.BLOCKED`, so the hop before says so to its origin in a drop receipt; a
   refused publication is not delivered here (it still goes on to other subscribers).
 
-:class:`Policy` holds the answer and the two lists; it is plain data that a node keeps
+And one trade-off an operator may make for speed: the **trusted** neighbours, whose
+messages for other nodes this node passes on without checking their origin's signature
+(:meth:`Policy.unverified_from`; docs/architecture.md, "Trusted neighbours"). Their
+destination still checks it, and everything a node acts on itself (frames for it,
+publications, announces, DHT and tree messages, interests) is checked whoever brings
+it. The list is empty unless the operator fills it (``ptth trust NODE``).
+
+:class:`Policy` holds the answers and the three lists; it is plain data that a node keeps
 in its data directory (:meth:`Policy.lists` / :meth:`Policy.with_lists`).
 """
 
@@ -47,12 +54,20 @@ class InboxPolicy(enum.StrEnum):
 
 @dataclasses.dataclass
 class Policy:
-    """This node's admission policy and its block and allow lists."""
+    """This node's admission policy and its block, allow and trust lists."""
 
     admission: Admission = Admission.NEIGHBOURS
     inbox: InboxPolicy = InboxPolicy.ANYONE
     blocked: set[crypto.NodeId] = dataclasses.field(default_factory=set)
     allowed: set[crypto.NodeId] = dataclasses.field(default_factory=set)
+    #: Neighbours whose messages for others are passed on unverified (see the module
+    #: docstring).
+    trusted: set[crypto.NodeId] = dataclasses.field(default_factory=set)
+
+    def unverified_from(self, sender: crypto.NodeId) -> bool:
+        """Whether messages ``sender`` hands us for other nodes go on without their
+        origin's signature checked here: ``sender`` is trusted and not blocked."""
+        return sender in self.trusted and sender not in self.blocked
 
     def sender_refusal(self, sender: crypto.NodeId, *, neighbour: bool) -> str | None:
         """Why ``sender`` may not hand us frames (None: it may)."""
@@ -97,6 +112,17 @@ class Policy:
         self.allowed.discard(node)
         return True
 
+    def trust(self, node: crypto.NodeId) -> bool:
+        """Trust ``node`` (see :meth:`unverified_from`); return True if it was not
+        trusted. Raises ValueError past :data:`MAX_POLICY_ENTRIES` nodes."""
+        return _add(self.trusted, node, "trusted")
+
+    def untrust(self, node: crypto.NodeId) -> bool:
+        if node not in self.trusted:
+            return False
+        self.trusted.discard(node)
+        return True
+
     def describe(self) -> dict[str, Any]:
         """The policy as JSON-ready data (ids sorted)."""
         return {
@@ -106,10 +132,11 @@ class Policy:
         }
 
     def lists(self) -> dict[str, list[str]]:
-        """The two lists, for keeping in a file."""
+        """The three lists, for keeping in a file."""
         return {
             "blocked": sorted(n.text for n in self.blocked),
             "allowed": sorted(n.text for n in self.allowed),
+            "trusted": sorted(n.text for n in self.trusted),
         }
 
     def with_lists(self, data: Mapping[str, Any]) -> None:
@@ -118,6 +145,7 @@ class Policy:
         Raises :class:`crypto.Malformed` if they are not lists of node ids."""
         self.blocked = _ids(data.get("blocked", []), "blocked")
         self.allowed = _ids(data.get("allowed", []), "allowed")
+        self.trusted = _ids(data.get("trusted", []), "trusted")
 
 
 def _add(nodes: set[crypto.NodeId], node: crypto.NodeId, what: str) -> bool:

@@ -178,7 +178,7 @@ _MAX_TTL: Final = crypto.MAX_LIFETIME_MS / 1000
 #: among what is pending.
 _ACKABLE: Final = 10_000
 #: What ``POST /api/v1/policy/<change>`` may ask (mesh.Policy's methods).
-_POLICY_CHANGES: Final = ("block", "unblock", "allow", "unallow")
+_POLICY_CHANGES: Final = ("block", "unblock", "allow", "unallow", "trust", "untrust")
 #: The Idempotency-Key header, and what a key may be: printable ASCII, no spaces.
 _KEY_HEADER: Final = "idempotency-key"
 _KEY_RE: Final = re.compile(r"[!-~]{1,255}")

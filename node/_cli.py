@@ -472,9 +472,24 @@ _INBOX: Final = collections.defaultdict(
 
 
 def _policy_change_line(change: str, node_id: str, policy: dict[str, Any]) -> str:
-    """What ``ptth block`` (``unblock``, ``allow``, ``unallow``) did, in one line."""
+    """What ``ptth block`` (``unblock``, ``allow``, ``unallow``, ``trust``, ``untrust``)
+    did, in one line."""
     changed = policy.get("changed", True)
     allow_list = policy["inbox"] == "allow-list"
+    if change == "trust":
+        if not changed:
+            return f"{node_id} was trusted already"
+        line = (
+            f"trusted {node_id}: its messages for other nodes go on without their origin's "
+            "signature checked here (their destinations check it)"
+        )
+        if node_id in policy["blocked"]:
+            return f"{line}, but it is blocked ('ptth unblock {node_id}')"
+        return line
+    if change == "untrust":
+        if not changed:
+            return f"{node_id} was not trusted"
+        return f"untrusted {node_id}: every frame it hands over is checked again"
     if change == "block":
         if not changed:
             return f"{node_id} was blocked already"
@@ -1687,7 +1702,7 @@ class Cli:
             return
         self.say(f"admission  {policy['admission']}  ({_ADMISSION[policy['admission']]})")
         self.say(f"inbox      {policy['inbox']}  ({_INBOX[policy['inbox']]})")
-        for kind in ("blocked", "allowed"):
+        for kind in ("blocked", "allowed", "trusted"):
             self.say(f"{kind:<11}{len(policy[kind])}")
             for node_id in policy[kind]:
                 self.say(f"  {node_id}")
@@ -2551,6 +2566,13 @@ def build_parser() -> argparse.ArgumentParser:
             "nodes on it reach the inbox",
         ),
         ("unallow", "take a node off the allow-list"),
+        (
+            "trust",
+            "trust a neighbour: the messages it hands over for other nodes are passed on "
+            "without their origin's signature checked here (faster; their destinations "
+            "still check it)",
+        ),
+        ("untrust", "take a node off the trust list: its frames are checked again"),
     ):
         sub = command(
             change, Cli.cmd_policy_change, f"{does}; the running node keeps it across restarts"

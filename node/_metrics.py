@@ -462,6 +462,12 @@ class Metrics:
                 "was refused or logged. A healthy node has none.",
             ),
             (
+                "ptth_frames_unverified",
+                stats.frames_unverified,
+                "Messages for other nodes taken from trusted neighbours (ptth trust) and "
+                "passed on without their origin's signature checked here.",
+            ),
+            (
                 "ptth_announces_sent",
                 stats.announces_sent,
                 "Announces of this node queued for neighbours.",

@@ -1363,26 +1363,35 @@ class Node:
     # -- admission policy ---------------------------------------------------------------
 
     def policy(self) -> dict[str, Any]:
-        """The admission policy and the block and allow lists (``ptth policy``)."""
+        """The admission policy and the block, allow and trust lists (``ptth policy``)."""
         return self.mesh.router.policy.describe()
 
     async def change_policy(self, change: str, node: crypto.NodeId) -> bool:
-        """``block``, ``unblock``, ``allow`` or ``unallow`` ``node``, and keep the lists in
-        the data directory; return False if nothing changed.
+        """``block``, ``unblock``, ``allow``, ``unallow``, ``trust`` or ``untrust`` ``node``,
+        and keep the lists in the data directory; return False if nothing changed.
 
         Blocking a node refuses its requests (403) and its frames at this destination
         (a drop receipt tells their origin); the allow-list matters with inbox policy
-        ``allow-list``. Raises ValueError past :data:`mesh.MAX_POLICY_ENTRIES` nodes.
+        ``allow-list``; a trusted neighbour's messages for other nodes are passed on
+        without their origin's signature checked here (:meth:`mesh.Policy.unverified_from`).
+        Raises ValueError past :data:`mesh.MAX_POLICY_ENTRIES` nodes.
         """
         policy = self.mesh.router.policy
         # Changed on a copy, kept on disk, then applied: a change that could not be
         # saved is not live either.
-        copy = dataclasses.replace(policy, blocked=set(policy.blocked), allowed=set(policy.allowed))
+        copy = dataclasses.replace(
+            policy,
+            blocked=set(policy.blocked),
+            allowed=set(policy.allowed),
+            trusted=set(policy.trusted),
+        )
         changes: dict[str, Callable[[crypto.NodeId], bool]] = {
             "block": copy.block,
             "unblock": copy.unblock,
             "allow": copy.allow,
             "unallow": copy.unallow,
+            "trust": copy.trust,
+            "untrust": copy.untrust,
         }
         if not changes[change](node):
             return False
@@ -1394,7 +1403,7 @@ class Node:
                 f"cannot save the policy in {self.data.path / 'policy.json'}: "
                 f"{exc.strerror or exc}; nothing changed"
             ) from exc
-        policy.blocked, policy.allowed = copy.blocked, copy.allowed
+        policy.blocked, policy.allowed, policy.trusted = copy.blocked, copy.allowed, copy.trusted
         log.info("policy: %s %s", change, node.text)
         return True
 

@@ -7,7 +7,9 @@ import io
 from pathlib import Path
 
 import pytest
+import trio
 
+import crypto
 from benchmarks import mesh as bench
 
 
@@ -55,3 +57,23 @@ def test_bad_rounds_are_refused(argv: list[str], capsys: pytest.CaptureFixture[s
         bench.main(argv)
     assert exited.value.code == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+async def test_a_trusted_chain_has_each_forwarder_trust_the_node_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trusts: list[tuple[crypto.NodeId, crypto.NodeId]] = []
+    trust = bench.InProcess.trust
+
+    async def recorded(self: bench.InProcess, node: crypto.NodeId) -> None:
+        trusts.append((self.node_id, node))
+        await trust(self, node)
+
+    monkeypatch.setattr(bench.InProcess, "trust", recorded)
+    async with bench.chain(tmp_path, 3, None, trusted=True) as (origin, last):
+        sent = await origin.send(last.node_id, b"x", receipt=True)
+        with trio.fail_after(30):
+            assert (await origin.delivered(sent.id)).state == "delivered"
+    first, second = (forwarder for forwarder, _ in trusts)
+    assert trusts == [(first, origin.node_id), (second, first)]
+    assert last.node_id not in {first, second}  # the destination trusts nobody

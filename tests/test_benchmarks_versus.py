@@ -31,11 +31,12 @@ def test_ptth_rows_measured_and_missing_brokers_named(
     assert versus.main([*argv, "--json"], out=out) == 0
     result = json.loads(out.getvalue())
 
-    for system in ("ptth-1hop", "ptth-3hop", "ptth-api"):
+    ptth = {"ptth-1hop", "ptth-3hop", "ptth-3hop-trusted", "ptth-api"}
+    for system in ptth:
         (rate,) = result["systems"][system]["rates"]
         assert rate is not None
         assert rate > 0
-    assert set(result["systems"]) == {"ptth-1hop", "ptth-3hop", "ptth-api"}
+    assert set(result["systems"]) == ptth
     assert "apt-get install rabbitmq-server" in result["missing"]["rabbitmq"]
     assert "pip install -e '.[bench]'" in result["missing"]["nats"]
     assert result["one at a time"]["ptth send until custody"]["samples"] == 5
@@ -43,6 +44,8 @@ def test_ptth_rows_measured_and_missing_brokers_named(
     assert goals["ptth-1hop >= 1.0x RabbitMQ end to end"]["met"] is None
     assert goals["ptth-1hop >= 0.6x Ed25519 verify of both cores"]["value"] > 0
     assert goals["ptth-3hop >= 0.7x ptth-1hop"]["met"] is not None
+    trusted = "ptth-3hop-trusted >= 0.7x ptth-1hop (forwarders trusting their upstream)"
+    assert goals[trusted]["met"] is not None
     assert goals["local API (ptth-api) >= 0.5x RabbitMQ"]["met"] is None  # no RabbitMQ
     assert list(tmp_path.iterdir()) == []  # every data directory removed
 

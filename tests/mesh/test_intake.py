@@ -187,3 +187,81 @@ def test_admission_is_expiry_then_hop_limit(allowed: int, made: int, offset: int
         assert isinstance(outcome, Admitted)
         assert outcome.hops == made + 1
         assert outcome.hops <= outcome.frame.hops
+
+
+# -- from a trusted neighbour (mesh.Policy.unverified_from) ---------------------------------
+
+
+def forged(frame: crypto.Frame) -> bytes:
+    """``frame`` sealed by its origin, then its signature spoiled."""
+    envelope = bytearray(frame.seal(ALICE))
+    envelope[-1] ^= 0x01
+    return bytes(envelope)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({}, id="msg"),
+        pytest.param(
+            {"kind": crypto.Kind.RCPT, "body": None, "ref": bytes(16), "st": "delivered"},
+            id="rcpt",
+        ),
+    ],
+)
+def test_a_message_for_another_node_goes_on_unchecked_for_a_trusted_neighbour(
+    changes: dict[str, object],
+) -> None:
+    frame = msg(dst=CAROL.node_id, **changes)
+    envelope = forged(frame)
+    admitted = admit(WireFrame(1, envelope), now=NOW, unverified_for=BOB.node_id)
+    assert admitted == Admitted(frame, envelope, 2, unverified=True)
+    # The same frame from anyone else, or sound, is checked as ever.
+    assert rejection(admit(WireFrame(1, envelope), now=NOW)).code is Reason.BAD_SIGNATURE
+    sound = admit(WireFrame(1, frame.seal(ALICE)), now=NOW, unverified_for=BOB.node_id)
+    assert isinstance(sound, Admitted)
+    assert sound.unverified
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"dst": BOB.node_id}, id="for-us"),
+        pytest.param({"kind": crypto.Kind.PUB, "dst": None, "topic": "news"}, id="pub"),
+        pytest.param(
+            {
+                "kind": crypto.Kind.SUB,
+                "dst": CAROL.node_id,
+                "body": None,
+                "pat": f"~{CAROL.node_id.text}.chirp",
+            },
+            id="addressed-sub",
+        ),
+        pytest.param({"kind": crypto.Kind.ANN, "dst": None}, id="ann"),
+    ],
+)
+def test_what_a_node_acts_on_is_checked_whoever_brings_it(changes: dict[str, object]) -> None:
+    envelope = forged(msg(**changes))
+    outcome = admit(WireFrame(0, envelope), now=NOW, unverified_for=BOB.node_id)
+    assert rejection(outcome).code is Reason.BAD_SIGNATURE
+
+
+def test_unchecked_still_means_read_as_strictly() -> None:
+    """Expiry, the hop limit, the envelope's shape and purpose, and the signer it names
+    being the origin: all checked without the signature."""
+
+    def trusted(wire: WireFrame) -> Admitted | Result:
+        return admit(wire, now=NOW, unverified_for=BOB.node_id)
+
+    expired = forged(msg(dst=CAROL.node_id, exp=NOW))
+    assert rejection(trusted(WireFrame(0, expired))).code is Reason.EXPIRED
+    spent = forged(msg(dst=CAROL.node_id, hops=2))
+    assert rejection(trusted(WireFrame(2, spent))).code is Reason.HOP_LIMIT
+    assert rejection(trusted(WireFrame(0, b"\x00" * 40))).code is Reason.MALFORMED
+    other = crypto.seal(ALICE, "ptth/addr", {"x": 1})
+    assert rejection(trusted(WireFrame(0, other))).code is Reason.WRONG_PURPOSE
+    # An envelope naming Carol as its signer for a frame whose origin is Alice.
+    named = crypto.seal(CAROL, crypto.Purpose.FRAME, msg(dst=CAROL.node_id).to_payload())
+    outcome = rejection(trusted(WireFrame(0, named)))
+    assert outcome.code is Reason.MALFORMED
+    assert f"signed by {CAROL.node_id.short}" in outcome.words

@@ -185,12 +185,14 @@ async def test_the_lists_survive_a_restart_and_a_damaged_file_is_named(
     async with memory_nodes.session("b") as b:
         await b.change_policy("block", someone)
         await b.change_policy("allow", someone)
+        await b.change_policy("trust", someone)
     async with memory_nodes.session("b") as b:
         assert b.policy() == {
             "admission": "neighbours",
             "inbox": "anyone",
             "blocked": [someone.text],
             "allowed": [someone.text],
+            "trusted": [someone.text],
         }
     path = memory_nodes.tmp_path / "b" / "policy.json"
     path.write_text(json.dumps({"blocked": ["not-a-node-id"]}))

@@ -1,7 +1,7 @@
 """The CLI's client of the local API (node/_apiclient.py) against a stand-in for the
 node's local API: idempotent sends and publications retried after a lost connection
 (one frame, the first answer), the Unix socket preferred to TCP, and the policy
-commands (block, unblock, allow, unallow, policy)."""
+commands (block, unblock, allow, unallow, trust, untrust, policy)."""
 
 from __future__ import annotations
 
@@ -429,6 +429,7 @@ class Policy:
             "inbox": inbox,
             "blocked": [],
             "allowed": [],
+            "trusted": [],
         }
 
     def get(self, request: FakeRequest) -> FakeAnswer:
@@ -437,7 +438,8 @@ class Policy:
     def change(self, request: FakeRequest) -> FakeAnswer:
         node_id = json.loads(request.body)["node"]
         change = request.path.removeprefix("policy/")
-        listed = self.value["blocked" if change.endswith("block") else "allowed"]
+        kind = change.removeprefix("un")
+        listed = self.value[{"block": "blocked", "allow": "allowed", "trust": "trusted"}[kind]]
         adding = not change.startswith("un")
         changed = (node_id in listed) != adding
         if changed and adding:
@@ -451,7 +453,7 @@ class Policy:
 def policy(fake: FakeNode) -> Policy:
     policy = Policy()
     fake.routes["GET", "policy"] = policy.get
-    for change in ("block", "unblock", "allow", "unallow"):
+    for change in ("block", "unblock", "allow", "unallow", "trust", "untrust"):
         fake.routes["POST", f"policy/{change}"] = policy.change
     return policy
 
@@ -487,11 +489,22 @@ def test_block_unblock_allow_unallow(fake: FakeNode, policy: Policy) -> None:
     assert one_line("unblock", x) == (
         f"unblocked {x}; the inbox takes only allowed nodes ('ptth allow {x}' too)"
     )
+    trusted = (
+        f"trusted {x}: its messages for other nodes go on without their origin's signature "
+        "checked here (their destinations check it)"
+    )
+    assert one_line("trust", x) == trusted
+    assert json.loads(fake.requests[-1].body) == {"node": x}
+    assert one_line("trust", x) == f"{x} was trusted already"
+    assert one_line("untrust", x) == f"untrusted {x}: every frame it hands over is checked again"
+    assert one_line("untrust", x) == f"{x} was not trusted"
+    one_line("block", x)
+    assert one_line("trust", x) == f"{trusted}, but it is blocked ('ptth unblock {x}')"
 
 
 def test_policy_table_and_json(fake: FakeNode, policy: Policy) -> None:
     x, y = sorted(crypto.Identity.generate().node_id.text for _ in range(2))
-    policy.value.update(blocked=[x, y], allowed=[y])
+    policy.value.update(blocked=[x, y], allowed=[y], trusted=[x])
     result = ptth(fake, "policy")
     assert result.status == 0, result.err
     assert result.out.splitlines() == [
@@ -502,12 +515,14 @@ def test_policy_table_and_json(fake: FakeNode, policy: Policy) -> None:
         f"  {y}",
         "allowed    1",
         f"  {y}",
+        "trusted    1",
+        f"  {x}",
     ]
     assert json.loads(ptth(fake, "policy", "--json").out) == policy.value
 
 
 def test_policy_usage_errors(fake: FakeNode, policy: Policy) -> None:
-    for change in ("block", "unblock", "allow", "unallow"):
+    for change in ("block", "unblock", "allow", "unallow", "trust", "untrust"):
         result = ptth(fake, change, "not-a-node")
         assert result.status == 2
         assert result.err == (
@@ -555,7 +570,16 @@ async def test_policy_commands_against_a_running_node(tcp_nodes: NodeFactory) ->
         "inbox": "anyone",
         "blocked": [x],
         "allowed": [x],
+        "trusted": [],
     }
     assert a.policy() == policy
     assert await cli_ok(a, "unblock", x) == [f"unblocked {x}: its frames reach the inbox again"]
-    assert (await cli_ok(a, "policy"))[2:] == ["blocked    0", "allowed    1", f"  {x}"]
+    assert (await cli_ok(a, "policy"))[2:] == [
+        "blocked    0",
+        "allowed    1",
+        f"  {x}",
+        "trusted    0",
+    ]
+    await cli_ok(a, "trust", x)
+    assert a.mesh.router.policy.unverified_from(crypto.NodeId.parse(x))
+    assert json.loads("\n".join(await cli_ok(a, "policy", "--json")))["trusted"] == [x]
