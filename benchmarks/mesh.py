@@ -7,9 +7,11 @@ hop). Measured in the same run:
 
 * the Ed25519 verify rate of this machine (PyNaCl, one core);
 * **throughput**: a chain origin -> r1 -> r2 -> destination (3 hops); the origin takes
-  custody of N frames in batches of 100 (``send_sealed``) while the forwarders carry
-  them; frames/s = N / (first custody -> last frame in the destination's inbox), and
-  that rate as a ratio of the verify rate (each frame is verified at 3 hops);
+  custody of N frames in batches of 100 (``send_sealed``), at most 10,000 on their way
+  at a time, while the forwarders carry them and the destination's application reads
+  and acknowledges them; frames/s = N / (first custody -> last frame read from the
+  destination's inbox), and that rate as a ratio of the verify rate (each frame is
+  verified at 3 hops). A drop receipt back at the origin ends the run with an error;
 * **latency** at light load over 5 hops (6 nodes): one message at a time with
   ``receipt=True``; p50/p99 of the time to custody (``send`` returns), to arrival in
   the destination's inbox (one way), and to ``delivered(id)`` (the signed receipt back
@@ -76,6 +78,10 @@ from node import _cli as cli
 BATCH = 100
 #: Frames sent (and waited for) before each measurement.
 WARM_UP = 200
+#: Frames on their way at most in the throughput run (custody taken, not arrived).
+IN_FLIGHT = 10_000
+#: Inbox ids acknowledged per request, at most, by the application at a `ptth run` node.
+ACK_BATCH = 500
 #: The goal for five hops at light load, one way (ms).
 GOAL_P50_MS = 10.0
 GOAL_P99_MS = 30.0
@@ -129,9 +135,13 @@ class Peer:
         """`ptth trust NODE`: pass on its messages for others without checking them."""
         raise NotImplementedError
 
-    def arrivals(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[None]]:
+    def arrivals(
+        self, *, acknowledge: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[None]]:
         """An iterator that yields once per message arriving in the inbox (oldest
-        first, those already there included)."""
+        first, those already there included); ``acknowledge``: each is acknowledged
+        too, as an application would (a long run must: left in the inbox, messages
+        fill their origin's share of it, 32 MiB, and the rest are refused there)."""
         raise NotImplementedError
 
 
@@ -151,11 +161,13 @@ class InProcess(Peer):
         await self.node.change_policy("trust", node)
 
     @contextlib.asynccontextmanager
-    async def arrivals(self) -> AsyncIterator[AsyncIterator[None]]:
+    async def arrivals(self, *, acknowledge: bool = False) -> AsyncIterator[AsyncIterator[None]]:
         async def each() -> AsyncGenerator[None, None]:
             async with contextlib.aclosing(self.node.inbox(follow=True)) as messages:
-                async for _ in messages:
+                async for message in messages:
                     yield
+                    if acknowledge:
+                        await message.ack()
 
         async with contextlib.aclosing(each()) as iterator:
             yield iterator
@@ -217,19 +229,88 @@ class Process(Peer):
         return any(route["destination"] == node.text for route in routes)
 
     @contextlib.asynccontextmanager
-    async def arrivals(self) -> AsyncIterator[AsyncIterator[None]]:
-        async with (
-            httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=None) as client,
-            client.stream("GET", "inbox", params={"follow": "1"}) as response,
-        ):
+    async def arrivals(self, *, acknowledge: bool = False) -> AsyncIterator[AsyncIterator[None]]:
+        send, receive = trio.open_memory_channel[None](math.inf)
+        async with consuming(self, ACK_BATCH, send, acknowledge=acknowledge):
+            yield receive
 
-            async def each() -> AsyncGenerator[None, None]:
-                async for line in response.aiter_lines():
-                    if line == "event: message":
-                        yield
 
-            async with contextlib.aclosing(each()) as iterator:
-                yield iterator
+# -- the application at a `ptth run` node ------------------------------------------
+
+
+class InboxConsumer:
+    """The application at a `ptth run` node, through its local API: reads the inbox's
+    event stream and acknowledges what it read, one request per batch."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        batch: int,
+        arrived: trio.MemorySendChannel[None] | None = None,
+    ) -> None:
+        self.client = client
+        self.batch = batch
+        #: Told of each message as it is read (before it is acknowledged).
+        self.arrived = arrived
+        self.acked = 0
+        self._changed = trio.Event()
+        self._keys_in, self._keys_out = trio.open_memory_channel[str](math.inf)
+
+    async def read(self, response: httpx.Response) -> None:
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "message":
+                value = json.loads(line[6:])
+                self._keys_in.send_nowait(f"{value['src']}:{value['id']}")
+                if self.arrived is not None:
+                    self.arrived.send_nowait(None)
+        raise RuntimeError("the receiver's inbox stream ended")
+
+    async def acknowledge(self) -> None:
+        async for first in self._keys_out:
+            keys = [first]
+            while len(keys) < self.batch:
+                try:
+                    keys.append(self._keys_out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            response = await self.client.post("inbox/ack", json={"ids": keys})
+            response.raise_for_status()
+            if response.json()["acked"] != len(keys):
+                raise RuntimeError(f"acknowledged {len(keys)}, the inbox had {response.text}")
+            self.acked += len(keys)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_acked(self, total: int) -> None:
+        while self.acked < total:
+            await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    node: Process,
+    batch: int,
+    arrived: trio.MemorySendChannel[None] | None = None,
+    *,
+    acknowledge: bool = True,
+) -> AsyncIterator[InboxConsumer]:
+    """An :class:`InboxConsumer` of ``node``'s inbox, reading and (unless told not to)
+    acknowledging."""
+    async with (
+        httpx.AsyncClient(base_url=node.url, headers=node.headers, timeout=None) as client,
+        client.stream("GET", "inbox", params={"follow": "1"}) as response,
+    ):
+        response.raise_for_status()
+        consumer = InboxConsumer(client, batch, arrived)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer.read, response)
+            if acknowledge:
+                nursery.start_soon(consumer.acknowledge)
+            yield consumer
+            nursery.cancel_scope.cancel()
 
 
 # -- a chain --------------------------------------------------------------------------
@@ -288,25 +369,59 @@ async def chain(
         yield origin, last
 
 
-async def send_batches(origin: Node, dst: crypto.NodeId, count: int, body: bytes) -> None:
-    """Give the origin custody of ``count`` frames, ``BATCH`` per transaction."""
+async def send_batches(
+    origin: Node,
+    dst: crypto.NodeId,
+    count: int,
+    body: bytes,
+    window: trio.Semaphore | None = None,
+) -> None:
+    """Give the origin custody of ``count`` frames, ``BATCH`` per transaction; with
+    ``window``, a frame only once a place in it is free (each arrival frees one)."""
     for start in range(0, count, BATCH):
-        frames = [origin.new_frame(dst, body) for _ in range(min(BATCH, count - start))]
+        size = min(BATCH, count - start)
+        if window is not None:
+            for _ in range(size):
+                await window.acquire()
+        frames = [origin.new_frame(dst, body) for _ in range(size)]
         await origin.send_sealed([(frame, frame.seal(origin.identity)) for frame in frames])
 
 
 async def throughput(root: Path, frames: int, body: bytes, outside: list[Process] | None) -> float:
     """Frames/s over origin -> r1 -> r2 -> destination."""
-    async with chain(root, 3, outside) as (origin, last), last.arrivals() as arrivals:
+    async with (
+        chain(root, 3, outside) as (origin, last),
+        last.arrivals(acknowledge=True) as arrivals,
+    ):
         await send_batches(origin, last.node_id, WARM_UP, body)
         for _ in range(WARM_UP):
             await anext(arrivals)
+        # At most IN_FLIGHT frames on their way: unbounded, the origin (taking custody
+        # faster than the chain carries) fills a forwarder's queue to its share per
+        # origin, which refuses the rest, and the figure is no throughput.
+        window = trio.Semaphore(IN_FLIGHT)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_batches, origin, last.node_id, frames, body)
+            nursery.start_soon(send_batches, origin, last.node_id, frames, body, window)
+            nursery.start_soon(none_dropped, origin)
             for _ in range(frames):
                 await anext(arrivals)
+                window.release()
+            nursery.cancel_scope.cancel()
         return frames / (time.perf_counter() - start)
+
+
+async def none_dropped(origin: Node) -> None:
+    """Raise if a drop receipt comes back to ``origin``: a frame the benchmark waits for
+    will not arrive (rather than wait for it for ever)."""
+    while True:
+        await trio.sleep(0.5)  # a benchmark's watch, not a test's synchronisation
+        dropped = origin.statistics.receipts_received_dropped
+        if dropped:
+            raise RuntimeError(
+                f"{dropped} frames were dropped on the way (drop receipts came back to the "
+                "origin); 'ptth trace' at the origin says why"
+            )
 
 
 async def latency(

@@ -108,7 +108,6 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
-import math
 import os
 import re
 import shutil
@@ -118,7 +117,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -127,7 +126,7 @@ import trio
 
 import crypto
 from benchmarks.fabric import sign_rate, verify_rate
-from benchmarks.mesh import Process, chain, percentile, processes
+from benchmarks.mesh import InboxConsumer, Process, chain, consuming, percentile, processes
 from node import Node
 
 SYSTEMS = ("ptth-1hop", "ptth-3hop", "ptth-3hop-trusted", "ptth-api", "rabbitmq", "nats")
@@ -291,63 +290,6 @@ class Rate:
 
 
 # -- ptth ------------------------------------------------------------------------------
-
-
-class InboxConsumer:
-    """The application at a `ptth run` node, through its local API: reads the inbox's
-    event stream and acknowledges what it read, one request per batch."""
-
-    def __init__(self, client: httpx.AsyncClient, batch: int) -> None:
-        self.client = client
-        self.batch = batch
-        self.acked = 0
-        self._changed = trio.Event()
-        self._keys_in, self._keys_out = trio.open_memory_channel[str](math.inf)
-
-    async def read(self, response: httpx.Response) -> None:
-        event = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "message":
-                value = json.loads(line[6:])
-                self._keys_in.send_nowait(f"{value['src']}:{value['id']}")
-        raise RuntimeError("the receiver's inbox stream ended")
-
-    async def acknowledge(self) -> None:
-        async for first in self._keys_out:
-            keys = [first]
-            while len(keys) < self.batch:
-                try:
-                    keys.append(self._keys_out.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            response = await self.client.post("inbox/ack", json={"ids": keys})
-            response.raise_for_status()
-            if response.json()["acked"] != len(keys):
-                raise RuntimeError(f"acknowledged {len(keys)}, the inbox had {response.text}")
-            self.acked += len(keys)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    async def wait_acked(self, total: int) -> None:
-        while self.acked < total:
-            await self._changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def consuming(node: Process, batch: int) -> AsyncIterator[InboxConsumer]:
-    async with (
-        httpx.AsyncClient(base_url=node.url, headers=node.headers, timeout=None) as client,
-        client.stream("GET", "inbox", params={"follow": "1"}) as response,
-    ):
-        response.raise_for_status()
-        consumer = InboxConsumer(client, batch)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consumer.read, response)
-            nursery.start_soon(consumer.acknowledge)
-            yield consumer
-            nursery.cancel_scope.cancel()
 
 
 async def send_all(origin: Node, dst: crypto.NodeId, count: int, body: bytes, tasks: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -77,3 +78,32 @@ async def test_a_trusted_chain_has_each_forwarder_trust_the_node_before_it(
     first, second = (forwarder for forwarder, _ in trusts)
     assert trusts == [(first, origin.node_id), (second, first)]
     assert last.node_id not in {first, second}  # the destination trusts nobody
+
+
+async def test_a_drop_on_the_way_ends_the_run_with_words(autojump_clock: object) -> None:
+    class Statistics:
+        receipts_received_dropped = 0
+
+    class Origin:
+        statistics = Statistics()
+
+    origin: Any = Origin()
+    with trio.move_on_after(60) as waited:
+        await bench.none_dropped(origin)  # nothing dropped: it watches on
+    assert waited.cancelled_caught
+    origin.statistics.receipts_received_dropped = 3
+    with pytest.raises(RuntimeError, match=r"^3 frames were dropped on the way"):
+        await bench.none_dropped(origin)
+
+
+async def test_arrivals_are_acknowledged_as_an_application_would(tmp_path: Path) -> None:
+    """Left in the inbox they would fill their origin's share of it, and the rest of a
+    long run be refused at the destination."""
+    async with bench.chain(tmp_path, 1, None) as (origin, last):
+        assert isinstance(last, bench.InProcess)
+        await bench.send_batches(origin, last.node_id, 3, b"x")
+        async with last.arrivals(acknowledge=True) as arrivals:
+            for _ in range(3):
+                await anext(arrivals)
+            # Each is acknowledged as the next is asked for: the third is still held.
+            assert last.node.store.statistics().inbox_frames == 1
