@@ -65,7 +65,14 @@ class GroupCommit:
 
     async def run(self, write: mesh.Write[_T]) -> _T:
         """Run ``write`` (with whatever else is waiting); return its result or raise
-        what it raised (:class:`mesh.StoreFull`, :class:`mesh.MeshError`)."""
+        what it raised (:class:`mesh.StoreFull`, :class:`mesh.MeshError`).
+
+        A task already cancelled is refused at once (:class:`trio.Cancelled`), nothing
+        of its write committed. Without that check, a cancelled task that found nobody
+        committing led a shielded commit and returned without a checkpoint: a loop of
+        ``node.send`` calls never saw its cancellation (Ctrl-C went unheard while it
+        sent on)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         ticket: _Ticket[_T] = _Ticket(write)
         self._waiting.append(ticket)
         if self._leading:

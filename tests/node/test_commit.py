@@ -229,3 +229,21 @@ async def test_a_lone_write_in_a_worker_thread(store: Store) -> None:
     commits = GroupCommit(store, trio.to_thread.run_sync)
     assert await commits.run(store.enqueue_write([own(7)], now=NOW)) is None
     assert queued(store) == [7]
+
+
+async def test_a_cancelled_task_commits_nothing_more(store: Store) -> None:
+    """A loop of writes in a cancelled scope ends at its next write, even when nobody
+    else is committing (it would lead, and a shielded commit has no checkpoint)."""
+    gate = Gate()
+    gate.open(100)
+    commits = GroupCommit(store, gate)
+    written = []
+    with trio.CancelScope() as scope:
+        for n in range(3):
+            if n == 1:
+                scope.cancel()
+            await commits.run(store.enqueue_write([own(n)], now=NOW))
+            written.append(n)
+    assert scope.cancelled_caught
+    assert written == [0]
+    assert queued(store) == [0]
