@@ -1932,22 +1932,30 @@ class Store:
 
     def remove(self, seqs: Iterable[int]) -> int:
         """Delete frames by ``seq`` (handed on, or dropped); return how many were there."""
+        return len(self.remove_each(seqs))
+
+    def remove_each(self, seqs: Iterable[int]) -> set[int]:
+        """:meth:`remove`, in one transaction; return the seqs that were there (the others
+        were purged or handed on meanwhile)."""
         seqs = list(seqs)
         if not seqs:
-            return 0
+            return set()
 
-        def work() -> list[tuple[bytes, bytes | None, bytes | None, int]]:
+        def work() -> list[tuple[int, bytes, bytes | None, bytes | None, int]]:
             removed = []
             for seq in seqs:
                 row = self._db.execute(
-                    "DELETE FROM queue WHERE seq = ? RETURNING src, next_hop, came_from, size",
+                    "DELETE FROM queue WHERE seq = ? RETURNING seq, src, next_hop, came_from, size",
                     (seq,),
                 ).fetchone()
                 if row is not None:
                     removed.append(row)
             return removed
 
-        return len(self._transaction(work, then=self._forget))
+        def forget(rows: list[tuple[int, bytes, bytes | None, bytes | None, int]]) -> None:
+            self._forget([row[1:] for row in rows])
+
+        return {row[0] for row in self._transaction(work, then=forget)}
 
     def forwarded(self, seqs: Iterable[int], *, first_hop: crypto.NodeId, now: int) -> int:
         """Frames handed on to ``first_hop``: delete them, and note the first hop in the
@@ -1996,10 +2004,24 @@ class Store:
     ) -> None:
         """Note in the trace of our frame ``ref`` that ``by`` delivered or dropped it
         (for a drop seen here, with no receipt frame to carry it)."""
+        self.record_outcomes([(ref, why)], state, by=by, hops=hops, now=now)
+
+    def record_outcomes(
+        self,
+        outcomes: Sequence[tuple[bytes, str | None]],
+        state: str,
+        *,
+        by: crypto.NodeId,
+        hops: int | None = None,
+        now: int,
+    ) -> None:
+        """:meth:`record_outcome` for several frames of ours, each ``(ref, why)``, in one
+        transaction."""
 
         def work() -> None:
-            self._insert_receipt(ref, by, state, why, hops, now, now)
-            self._record_outcome(ref, state, by=by, why=why, hops=hops, when=now)
+            for ref, why in outcomes:
+                self._insert_receipt(ref, by, state, why, hops, now, now)
+                self._record_outcome(ref, state, by=by, why=why, hops=hops, when=now)
 
         self._transaction(work)
 

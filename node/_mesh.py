@@ -543,16 +543,25 @@ class MeshRuntime:
         """Queue a signed drop receipt for ``origin``; False if the store would not take
         it (counted and logged: the frame itself is gone already)."""
         receipt = self._receipt(origin, ref, "dropped", why=why, now=now)
+        return await self._queue_drop_receipts([receipt], now=now)
+
+    async def _queue_drop_receipts(self, receipts: list[mesh.Outgoing], *, now: int) -> bool:
+        """Queue signed drop receipts in one transaction; False if the store would not
+        take them (counted and logged: the frames themselves are gone already)."""
         try:
-            await self.run_store(lambda: self.store.enqueue([receipt], now=now))
+            await self.run_store(lambda: self.store.enqueue(receipts, now=now))
         except mesh.MeshError as exc:
-            self.statistics.receipts_lost += 1
-            log.warning("could not queue a drop receipt for %s: %s", origin.short, exc)
+            self.statistics.receipts_lost += len(receipts)
+            origins = ", ".join(sorted({receipt.dst.short for receipt in receipts}))
+            log.warning(
+                "could not queue %d drop receipts (for %s): %s", len(receipts), origins, exc
+            )
             return False
-        self.statistics.receipts_sent += 1
-        self.statistics.drop_receipts_sent += 1
-        if receipt.next_hop is not None:
-            self._forwarder(receipt.next_hop).poke()
+        self.statistics.receipts_sent += len(receipts)
+        self.statistics.drop_receipts_sent += len(receipts)
+        for hop in {receipt.next_hop for receipt in receipts}:
+            if hop is not None:
+                self._forwarder(hop).poke()
         return True
 
     # -- revocations ------------------------------------------------------------------
@@ -1044,12 +1053,8 @@ class MeshRuntime:
         if taken:
             await self.run_store(lambda: self.store.forwarded(taken, first_hop=node, now=now))
             self.statistics.frames_forwarded += len(taken)
-        for item, result in refused:
-            if not await self.run_store(functools.partial(self.store.remove, [item.seq])):
-                continue  # purged meanwhile (ptth queue purge): dropped already
-            await self._dropped(
-                item, str(result.code), f"refused by {node.short}: {result.words}", by=node
-            )
+        if refused:
+            await self._refused(node, refused)
         if deferred:
             return await self.post_failed(
                 node, f"our relay refused {deferred} frames by policy (not attached yet?)", None
@@ -1070,20 +1075,63 @@ class MeshRuntime:
         self, item: mesh.Queued, code: str, words: str, *, by: crypto.NodeId | None = None
     ) -> None:
         """A frame was dropped here: tell its origin (a receipt, or our own trace)."""
+        await self._tell_origins([(item, self._drop_noted(item, code, words))], by or self.local)
+
+    async def _refused(
+        self, node: crypto.NodeId, refused: list[tuple[mesh.Queued, mesh.Result]]
+    ) -> None:
+        """Frames ``node`` refused for good: out of the queue, and their origins told, in
+        at most three store transactions however many they are (a transaction each
+        made a refused batch of 250 cost 500 synced commits, the store's thread busy
+        with them while sends waited for it)."""
+        seqs = [item.seq for item, _ in refused]
+        there = await self.run_store(lambda: self.store.remove_each(seqs))
+        await self._tell_origins(
+            [
+                (
+                    item,
+                    self._drop_noted(
+                        item, str(result.code), f"refused by {node.short}: {result.words}"
+                    ),
+                )
+                for item, result in refused
+                if item.seq in there  # the others were purged meanwhile: dropped already
+            ],
+            node,
+        )
+
+    def _drop_noted(self, item: mesh.Queued, code: str, words: str) -> str:
+        """Count and log a frame dropped here; return why, as its origin is told."""
         self.statistics.frames_dropped += 1
         why = f"{code}: {words}"[: crypto.MAX_WHY_LENGTH]
         log.info("dropped frame %s from %s: %s", item.id.hex()[:12], item.src.short, why)
-        if item.kind is not crypto.Kind.MSG:
-            return  # no receipts about receipts
+        return why
+
+    async def _tell_origins(
+        self, dropped: list[tuple[mesh.Queued, str]], by: crypto.NodeId
+    ) -> None:
+        """Tell the origins of messages dropped here, each ``(frame, why)``, that ``by``
+        dropped them: ours in our trace, the others' in drop receipts (no receipts about
+        receipts), each kind in one store transaction."""
         now = self.clock()
-        if item.src == self.local:
-            dropper = by or self.local
+        ours = [
+            (item.id, why)
+            for item, why in dropped
+            if item.kind is crypto.Kind.MSG and item.src == self.local
+        ]
+        if ours:
             await self.run_store(
-                lambda: self.store.record_outcome(item.id, "dropped", by=dropper, why=why, now=now)
+                lambda: self.store.record_outcomes(ours, "dropped", by=by, now=now)
             )
-            self.settled(item.id)
-            return
-        await self._send_drop_receipt(item.src, item.id, why, now=now)
+            for ref, _ in ours:
+                self.settled(ref)
+        receipts = [
+            self._receipt(item.src, item.id, "dropped", why=why, now=now)
+            for item, why in dropped
+            if item.kind is crypto.Kind.MSG and item.src != self.local
+        ]
+        if receipts:
+            await self._queue_drop_receipts(receipts, now=now)
 
     def _receipt(
         self,

@@ -747,3 +747,40 @@ async def test_a_failed_batch_is_read_again_while_a_later_one_is_under_way() -> 
     assert [item.seq for item in again[2]] == [1, 2]
     assert forwarder._complete  # everything queued is under way
     assert await forwarder._next_batch() is None
+
+
+async def test_a_batch_refused_frame_by_frame_is_dropped_in_three_store_transactions(
+    memory_nodes: NodeFactory,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A neighbour past an origin's share refuses every frame of a batch alone. Taking
+    them out of the queue and telling their origins cost the store a transaction per
+    frame and one more per message (synced: a node refused 250 at a time spent its
+    store's thread on them while its sends waited); now one for all of each, and each
+    trace says the same as before."""
+    a = await memory_nodes.open("a")
+    quota = 1500  # room for the first message from a (~800 bytes charged), not for more
+    b = await memory_nodes.open("b", max_inbox_bytes_per_origin=quota)
+    await peer(a, b)
+    with trio.fail_after(60):
+        await delivered(a, b, b"room for one")
+    transactions = 0
+    transaction = a.store._transaction
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return transaction(*args, **kwargs)
+
+    frames = [a.new_frame(b.node_id, b"x" * 200, receipt=True) for _ in range(20)]
+    sent = await a.send_sealed([(frame, frame.seal(a.identity)) for frame in frames])
+    monkeypatch.setattr(a.store, "_transaction", counted)
+    with trio.fail_after(60):
+        traces = [await a.delivered(s.id) for s in sent]
+    assert {(t.state, t.by) for t in traces} == {("dropped", b.node_id)}
+    assert all(t.why and t.why.startswith("store-full: refused by") for t in traces)
+    assert a.statistics.frames_dropped == 20
+    assert a.store.statistics().queued_frames == 0
+    # Handed on (none), taken out, traced: three, whatever else the node committed.
+    assert transactions <= 3 + 2, transactions
