@@ -65,7 +65,7 @@ from collections.abc import (
     Callable,
     Iterator,
 )
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import httpx
 import nacl.signing
@@ -74,6 +74,8 @@ import trio
 import crypto
 from node import Node, NodeConfig
 from node import _cli as cli
+
+_T = TypeVar("_T")
 
 BATCH = 100
 #: Frames sent (and waited for) before each measurement.
@@ -458,9 +460,9 @@ def run_measurement(
     `ptth run` processes besides the origin)."""
     with tempfile.TemporaryDirectory(dir=where, prefix="ptth-bench-") as tmp:
         if not use_processes:
-            return trio.run(measure, Path(tmp), None)
+            return run_stoppable(measure, Path(tmp), None)
         with processes(Path(tmp), nodes) as outside:
-            return trio.run(measure, Path(tmp), outside)
+            return run_stoppable(measure, Path(tmp), outside)
 
 
 def _positive(text: str) -> int:
@@ -505,6 +507,40 @@ def summarise(rounds: list[dict[str, list[float]]], out: TextIO) -> dict[str, tu
         file=out,
     )
     return medians
+
+
+def run_stoppable(measure: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """``trio.run(measure, *args)``, which Ctrl-C or SIGTERM end by cancelling it (then
+    :class:`KeyboardInterrupt` is raised from here): trio delivers Ctrl-C to the main
+    task only, which may wait where it cannot be interrupted, and the nodes and brokers
+    a benchmark started are then left running."""
+
+    async def main() -> _T:
+        stopped = False
+        outcome: list[_T] = []
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    nonlocal stopped
+                    async for _ in signals:
+                        stopped = True
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                outcome.append(await measure(*args))
+                nursery.cancel_scope.cancel()
+        if stopped or not outcome:
+            raise KeyboardInterrupt
+        return outcome[0]
+
+    return trio.run(main)
+
+
+def stop_on_sigterm() -> None:
+    """Take SIGTERM (``kill``'s default) as Ctrl-C: the run unwinds, and the nodes and
+    brokers it started are stopped on the way out rather than left running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -566,5 +602,16 @@ def main(argv: list[str] | None = None) -> None:
     summarise(rounds, sys.stdout)
 
 
+def interrupted() -> int:
+    """What a benchmark's command line does on Ctrl-C or SIGTERM, once everything it
+    started is stopped: one line, exit status 130."""
+    print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+    return 130
+
+
 if __name__ == "__main__":
-    main()
+    stop_on_sigterm()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(interrupted())

@@ -126,7 +126,18 @@ import trio
 
 import crypto
 from benchmarks.fabric import sign_rate, verify_rate
-from benchmarks.mesh import InboxConsumer, Process, chain, consuming, percentile, processes
+from benchmarks.mesh import (
+    InboxConsumer,
+    Process,
+    chain,
+    consuming,
+    interrupted,
+    none_dropped,
+    percentile,
+    processes,
+    run_stoppable,
+    stop_on_sigterm,
+)
 from node import Node
 
 SYSTEMS = ("ptth-1hop", "ptth-3hop", "ptth-3hop-trusted", "ptth-api", "rabbitmq", "nats")
@@ -159,6 +170,10 @@ GOALS = (
     ),
     ("local API (ptth-api) >= 0.5x RabbitMQ", "ptth-api vs rabbitmq", True, 0.5),
 )
+#: Messages a ptth row lets be sent and not yet acknowledged by its application: past
+#: 32 MiB (its origin's share of the destination's inbox, about 34,000 of these
+#: messages) the destination would refuse more, and the run wait for them for ever.
+UNCONSUMED = 20_000
 #: Messages per ``POST /api/v1/send/batch`` of the ptth-api row, and such requests in
 #: flight at once.
 API_BATCH = 500
@@ -292,14 +307,25 @@ class Rate:
 # -- ptth ------------------------------------------------------------------------------
 
 
-async def send_all(origin: Node, dst: crypto.NodeId, count: int, body: bytes, tasks: int) -> None:
-    """``count`` ``origin.send`` calls, ``tasks`` of them in flight."""
+async def send_all(
+    origin: Node,
+    dst: crypto.NodeId,
+    count: int,
+    body: bytes,
+    tasks: int,
+    consumer: InboxConsumer | None = None,
+) -> None:
+    """``count`` ``origin.send`` calls, ``tasks`` of them in flight; with ``consumer``,
+    each only while fewer than :data:`UNCONSUMED` sent are still unacknowledged."""
     remaining = count
+    first = None if consumer is None else consumer.acked
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
+            if consumer is not None and first is not None:
+                await consumer.wait_acked(first + (count - remaining) - UNCONSUMED)
             await origin.send(dst, body)
 
     async with trio.open_nursery() as nursery:
@@ -314,8 +340,10 @@ async def transfer(
     target = consumer.acked + count
     start = Mark.now()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(send_all, origin, dst, count, body, tasks)
+        nursery.start_soon(send_all, origin, dst, count, body, tasks, consumer)
+        nursery.start_soon(none_dropped, origin)
         await consumer.wait_acked(target)
+        nursery.cancel_scope.cancel()
     return Rate.between(count, start, Mark.now())
 
 
@@ -340,16 +368,27 @@ async def ptth_rate(
 
 
 async def post_batches(
-    client: httpx.AsyncClient, dst: crypto.NodeId, count: int, body: bytes
+    client: httpx.AsyncClient,
+    dst: crypto.NodeId,
+    count: int,
+    body: bytes,
+    consumer: InboxConsumer | None = None,
 ) -> None:
     """``count`` messages through ``POST /api/v1/send/batch`` (NDJSON), in batches of
-    :data:`API_BATCH`, :data:`API_REQUESTS` requests in flight."""
+    :data:`API_BATCH`, :data:`API_REQUESTS` requests in flight; with ``consumer``, a
+    batch only while fewer than :data:`UNCONSUMED` sent are still unacknowledged."""
     line = json.dumps({"to": dst.text, "body_b64": base64.b64encode(body).decode()}) + "\n"
     sizes = [min(API_BATCH, count - start) for start in range(0, count, API_BATCH)]
     batches = iter(sizes)
+    first = None if consumer is None else consumer.acked
+    posted = 0
 
     async def poster() -> None:
+        nonlocal posted
         for size in batches:
+            posted += size
+            if consumer is not None and first is not None:
+                await consumer.wait_acked(first + posted - UNCONSUMED)
             response = await client.post(
                 "send/batch",
                 content=(line * size).encode(),
@@ -381,11 +420,29 @@ async def ptth_api_rate(
             for number, timed in ((min(WARM_UP, count), False), (count, True)):
                 target = consumer.acked + number
                 start = Mark.now()
-                await post_batches(client, receiver.node_id, number, body)
-                await consumer.wait_acked(target)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(none_dropped_at, client)
+                    await post_batches(client, receiver.node_id, number, body, consumer)
+                    await consumer.wait_acked(target)
+                    nursery.cancel_scope.cancel()
                 if timed:
                     return Rate.between(count, start, Mark.now())
     raise AssertionError("unreachable")
+
+
+async def none_dropped_at(client: httpx.AsyncClient) -> None:
+    """:func:`benchmarks.mesh.none_dropped` for a `ptth run` sender, through its local
+    API (``client``)."""
+    while True:
+        await trio.sleep(0.5)  # a benchmark's watch, not a test's synchronisation
+        response = await client.get("status")
+        response.raise_for_status()
+        dropped = response.json()["counters"]["receipts_received_dropped"]
+        if dropped:
+            raise RuntimeError(
+                f"{dropped} messages were dropped on the way (drop receipts came back to "
+                "the sender); 'ptth trace' at the sender says why"
+            )
 
 
 def ptth_api_round(
@@ -395,7 +452,7 @@ def ptth_api_round(
         tempfile.TemporaryDirectory(dir=where, prefix="versus-ptth-") as tmp,
         processes(Path(tmp), 2) as (sender, receiver),
     ):
-        return trio.run(ptth_api_rate, sender, receiver, count, body, in_flight, timeout)
+        return run_stoppable(ptth_api_rate, sender, receiver, count, body, in_flight, timeout)
 
 
 def ptth_round(
@@ -415,7 +472,9 @@ def ptth_round(
         tempfile.TemporaryDirectory(dir=where, prefix="versus-ptth-") as tmp,
         processes(Path(tmp), hops) as outside,
     ):
-        return trio.run(ptth_rate, Path(tmp), outside, count, body, in_flight, timeout, trusted)
+        return run_stoppable(
+            ptth_rate, Path(tmp), outside, count, body, in_flight, timeout, trusted
+        )
 
 
 async def ptth_samples(
@@ -438,7 +497,7 @@ def ptth_one_at_a_time(where: Path, samples: int, body: bytes) -> list[float]:
         tempfile.TemporaryDirectory(dir=where, prefix="versus-ptth-") as tmp,
         processes(Path(tmp), 1) as outside,
     ):
-        return trio.run(ptth_samples, Path(tmp), outside, samples, body)
+        return run_stoppable(ptth_samples, Path(tmp), outside, samples, body)
 
 
 # -- RabbitMQ --------------------------------------------------------------------------
@@ -1357,4 +1416,8 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stop_on_sigterm()
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(interrupted())
