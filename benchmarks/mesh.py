@@ -30,8 +30,11 @@ shared 2-core machine one run's p50 varies by half from the next. Each round's f
 are printed, then the medians over the rounds and the goal (p50 <= 10 ms, p99 <= 30 ms
 one way).
 
+With ``--trusted`` each forwarder trusts the node before it (``ptth trust``): they pass
+messages on without checking the origin's signature, which the destination checks.
+
 Usage: python benchmarks/mesh.py [--frames N] [--messages M] [--rounds R] [--body BYTES]
-       [--processes] [--dir DIR]
+       [--processes] [--trusted] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -389,10 +392,12 @@ async def send_batches(
         await origin.send_sealed([(frame, frame.seal(origin.identity)) for frame in frames])
 
 
-async def throughput(root: Path, frames: int, body: bytes, outside: list[Process] | None) -> float:
-    """Frames/s over origin -> r1 -> r2 -> destination."""
+async def throughput(
+    root: Path, frames: int, body: bytes, outside: list[Process] | None, *, trusted: bool = False
+) -> float:
+    """Frames/s over origin -> r1 -> r2 -> destination (``trusted``: see :func:`chain`)."""
     async with (
-        chain(root, 3, outside) as (origin, last),
+        chain(root, 3, outside, trusted=trusted) as (origin, last),
         last.arrivals(acknowledge=True) as arrivals,
     ):
         await send_batches(origin, last.node_id, WARM_UP, body)
@@ -427,11 +432,20 @@ async def none_dropped(origin: Node) -> None:
 
 
 async def latency(
-    root: Path, messages: int, body: bytes, outside: list[Process] | None
+    root: Path,
+    messages: int,
+    body: bytes,
+    outside: list[Process] | None,
+    *,
+    trusted: bool = False,
 ) -> dict[str, list[float]]:
-    """Per message: seconds to custody, to the destination's inbox, to the receipt."""
+    """Per message: seconds to custody, to the destination's inbox, to the receipt
+    (``trusted``: see :func:`chain`)."""
     samples: dict[str, list[float]] = {"custody": [], "one way": [], "receipt back": []}
-    async with chain(root, 5, outside) as (origin, last), last.arrivals() as arrivals:
+    async with (
+        chain(root, 5, outside, trusted=trusted) as (origin, last),
+        last.arrivals() as arrivals,
+    ):
         for i in range(WARM_UP // 10 + messages):
             start = time.perf_counter()
             sent = await origin.send(last.node_id, body, receipt=True)
@@ -558,6 +572,12 @@ def main(argv: list[str] | None = None) -> None:
         "--processes", action="store_true", help="run every node but the origin as `ptth run`"
     )
     parser.add_argument("--dir", help="where the data directories go (default /dev/shm)")
+    parser.add_argument(
+        "--trusted",
+        action="store_true",
+        help="each forwarder trusts the node before it (ptth trust): only the destination "
+        "checks the origin's signatures",
+    )
     args = parser.parse_args(argv)
     body = os.urandom(args.body)
     where, said = data_root(args.dir)
@@ -569,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
     print("ptth mesh forwarding: real nodes on loopback TCP, durable SQLite, each hop")
     print("verifying the origin's signature of every frame (and the hop's signed HTTP)")
     print(f"  nodes:       {mode}; {os.cpu_count()} CPUs")
+    if args.trusted:
+        print("  trusted:     each forwarder trusts the node before it (ptth trust)")
     print(f"  data dirs:   {said}")
     print(
         f"  throughput:  {args.frames} frames ({args.body}-byte bodies), custody in batches "
@@ -584,10 +606,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Ed25519 verify (one core)        {verify:9.0f} /s")
 
     async def run_throughput(root: Path, outside: list[Process] | None) -> float:
-        return await throughput(root, args.frames, body, outside)
+        return await throughput(root, args.frames, body, outside, trusted=args.trusted)
 
     async def run_latency(root: Path, outside: list[Process] | None) -> dict[str, list[float]]:
-        return await latency(root, args.messages, body, outside)
+        return await latency(root, args.messages, body, outside, trusted=args.trusted)
 
     rate: float = run_measurement(Path(where), 3, args.processes, run_throughput)
     print(
