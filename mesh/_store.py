@@ -63,7 +63,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
@@ -1915,16 +1915,24 @@ class Store:
     # -- forwarding -------------------------------------------------------------------
 
     def batch(
-        self, next_hop: crypto.NodeId, *, now: int, limit: int = 100, after: int = 0
+        self,
+        next_hop: crypto.NodeId,
+        *,
+        now: int,
+        limit: int = 100,
+        after: int = 0,
+        exclude: Collection[crypto.NodeId] = (),
     ) -> list[Queued]:
         """Up to ``limit`` unexpired frames queued for ``next_hop`` with ``seq`` above
-        ``after``, oldest first."""
+        ``after``, oldest first; none from the origins in ``exclude``."""
+        skip = [node.raw for node in exclude]
+        unless = f" AND src NOT IN ({','.join('?' * len(skip))})" if skip else ""
 
         def work() -> list[Queued]:
             rows = self._db.execute(
-                f"SELECT {_QUEUED_COLUMNS} FROM queue"  # noqa: S608 - fixed column list
-                " WHERE next_hop = ? AND seq > ? AND exp > ? ORDER BY seq LIMIT ?",
-                (next_hop.raw, after, now, limit),
+                f"SELECT {_QUEUED_COLUMNS} FROM queue"  # noqa: S608 - fixed columns, ?s
+                f" WHERE next_hop = ? AND seq > ? AND exp > ?{unless} ORDER BY seq LIMIT ?",
+                (next_hop.raw, after, now, *skip, limit),
             ).fetchall()
             return [self._ids.queued(row) for row in rows]
 

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import math
 import operator
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Final, Protocol
 
 import trio
@@ -92,6 +92,14 @@ WINDOW: Final = 4
 #: nodes a commit and a signature, and slowed one send at a time from 2.9 to 6.4 ms
 #: p50); under load the backlog opens the window.
 EXTRA_AFTER: Final = 16
+#: How long (s) a neighbour's refusals of frames for want of room for their origin
+#: (``store-full``, frame by frame) hold back that origin's frames for it, at first;
+#: doubled while it refuses them again, up to :data:`HOLD_BACK_MAX`.
+HOLD_BACK: Final = 2.0
+HOLD_BACK_MAX: Final = 60.0
+#: Origins held back for one neighbour at most; past it, such refusals drop the frames
+#: (with receipts), as every refusal does.
+MAX_HELD_ORIGINS: Final = 1_000
 #: Frames handed over (:meth:`Forwarder.hand`) kept in memory at most, and their
 #: envelopes' bytes (what the window's batches hold at most); past either the forwarder
 #: reads its batches from the store again (a neighbour that cannot keep up, large
@@ -220,10 +228,15 @@ class ForwarderHost(Protocol):
     def endpoints_of(self, node: crypto.NodeId) -> Sequence[str]: ...
 
     async def queued_for(
-        self, node: crypto.NodeId, limit: int, *, after: int = 0
+        self,
+        node: crypto.NodeId,
+        limit: int,
+        *,
+        after: int = 0,
+        exclude: Collection[crypto.NodeId] = (),
     ) -> list[mesh.Queued]:
         """Up to ``limit`` frames queued for ``node`` with ``seq`` above ``after``,
-        oldest first."""
+        oldest first, none from the origins in ``exclude``."""
         ...
 
     def sendable(self, node: crypto.NodeId, queued: list[mesh.Queued]) -> list[mesh.Queued]:
@@ -280,6 +293,10 @@ class Forwarder:
         # not taken again.
         self._read_lately: collections.deque[frozenset[int]] = collections.deque(maxlen=4)
         self._changes = 0  # invalidations so far (a read across one is not complete)
+        # Origins whose frames the neighbour had no room for: until when (trio time)
+        # they are held back, and how long their last hold was (see hold_back()).
+        self._held: dict[crypto.NodeId, float] = {}
+        self._hold_seconds: dict[crypto.NodeId, float] = {}
         # Purges of the neighbour's queue begun (a batch read across one is not sent)
         # and under way (no batch is read meanwhile): see purging().
         self._purges = 0
@@ -345,6 +362,55 @@ class Forwarder:
         self._changes += 1
         self._data.set()
 
+    def hold_back(self, queued: Sequence[mesh.Queued]) -> list[mesh.Queued]:
+        """The neighbour had no room for these frames' origins (``store-full``, frame by
+        frame): keep them, and send no frame of those origins for a while (:data:`HOLD_BACK`
+        s, doubled while refused again, up to :data:`HOLD_BACK_MAX`), the other origins'
+        going on meanwhile; then read them again. Return those it cannot hold (past
+        :data:`MAX_HELD_ORIGINS` origins): the caller drops them."""
+        now = trio.current_time()
+        kept: list[mesh.Queued] = []
+        dropped: list[mesh.Queued] = []
+        for item in queued:
+            origin = item.src
+            if origin not in self._held and len(self._held) >= MAX_HELD_ORIGINS:
+                dropped.append(item)
+                continue
+            if origin not in self._held or self._held[origin] <= now:
+                last = self._hold_seconds.get(origin)
+                seconds = HOLD_BACK if last is None else min(2 * last, HOLD_BACK_MAX)
+                self._held[origin] = now + seconds
+                self._hold_seconds[origin] = seconds
+            kept.append(item)
+        if kept:
+            # Read again from before them (reads skip their origins while held).
+            self._cursor = min(self._cursor, min(item.seq for item in kept) - 1)
+            self.invalidate()
+        return dropped
+
+    def released(self, origins: Iterable[crypto.NodeId]) -> None:
+        """The neighbour took frames of ``origins``: a later refusal of theirs starts from
+        :data:`HOLD_BACK` again."""
+        for origin in origins:
+            if origin not in self._held:
+                self._hold_seconds.pop(origin, None)
+
+    def _holding(self) -> set[crypto.NodeId]:
+        """The origins held back now; once a hold ends, the queue is read again from its
+        start (its frames were skipped)."""
+        if not self._held:
+            return set()
+        now = trio.current_time()
+        ended = [origin for origin, until in self._held.items() if until <= now]
+        for origin in ended:
+            del self._held[origin]
+        if ended:
+            self._cursor = 0
+            self.invalidate()
+        if len(self._hold_seconds) > MAX_HELD_ORIGINS:
+            self._hold_seconds = {o: self._hold_seconds[o] for o in self._held}
+        return set(self._held)
+
     def nudge(self) -> None:
         """Look again (an address of the neighbour's was learned)."""
         self._data.set()
@@ -388,7 +454,9 @@ class Forwarder:
                         self.in_flight += 1
                         posts.start_soon(self._post, *batch)
                         continue
-                await self._data.wait()
+                # Frames held back for their origin go again when their hold ends.
+                with trio.move_on_at(min(self._held.values(), default=math.inf)):
+                    await self._data.wait()
 
     async def _next_batch(
         self,
@@ -401,6 +469,9 @@ class Forwarder:
         control = self.control[:BATCH_SIZE]
         limit = BATCH_SIZE - len(control)
         advance = True  # the cursor moves past this batch
+        held = self._holding()
+        if held and self._complete:
+            self.invalidate()  # what is handed over may be theirs: read, skipping them
         if self._complete:
             queued = []
             if self._handed:
@@ -418,7 +489,9 @@ class Forwarder:
             # skipped: ask for as many more.
             flying = {seq for seq in self._flying if seq > after}
             try:
-                read = await self.host.queued_for(self.node, limit + len(flying), after=after)
+                read = await self.host.queued_for(
+                    self.node, limit + len(flying), after=after, exclude=held
+                )
             finally:
                 self._reading = False
             everything = len(read) < limit + len(flying)
@@ -431,7 +504,7 @@ class Forwarder:
             # Changed while read: the cursor stays where the change put it (this batch's
             # frames, read again, are skipped as under way).
             advance = changes == self._changes
-            if advance and everything and len(queued) < limit:
+            if advance and everything and len(queued) < limit and not held:
                 # Everything queued: from now on what is handed over is all there is
                 # (less what this read got, committed before it).
                 self._keep_handed([item for item in self._handed if not self._was_read(item.seq)])

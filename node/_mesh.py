@@ -28,7 +28,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import trio
@@ -139,6 +139,9 @@ class NodeStatistics:
     #: Messages for other nodes taken from trusted neighbours and passed on without
     #: their origin's signature checked here (``ptth trust``).
     frames_unverified: int = 0
+    #: Frames a neighbour had no room for (``store-full``: their origin's share there),
+    #: kept and sent again once their origin's hold ended, in place of being dropped.
+    frames_held_back: int = 0
 
     def __post_init__(self) -> None:
         #: ``frames_rejected`` by reason (a :class:`mesh.Reason` value).
@@ -980,13 +983,18 @@ class MeshRuntime:
     # -- forwarder host ---------------------------------------------------------------
 
     async def queued_for(
-        self, node: crypto.NodeId, limit: int, *, after: int = 0
+        self,
+        node: crypto.NodeId,
+        limit: int,
+        *,
+        after: int = 0,
+        exclude: Collection[crypto.NodeId] = (),
     ) -> list[mesh.Queued]:
         if limit <= 0:
             return []
         now = self.clock()
         batch: list[mesh.Queued] = await self.run_store(
-            lambda: self.store.batch(node, now=now, limit=limit, after=after)
+            lambda: self.store.batch(node, now=now, limit=limit, after=after, exclude=exclude)
         )
         return self._with_coordinates(node, batch, now)
 
@@ -1032,6 +1040,7 @@ class MeshRuntime:
         await self._apply(self.router.sent_ok(node, now))
         taken = []
         refused = []
+        held_back: list[mesh.Queued] = []
         deferred = 0
         link = self.router.links.get(node)
         our_relay = link is not None and mesh.Role.RELAY in link.roles
@@ -1042,6 +1051,10 @@ class MeshRuntime:
             elif result.outcome is mesh.Outcome.DUPLICATE:
                 self.statistics.sent_duplicate += 1
                 taken.append(item.seq)
+            elif result.code is mesh.Reason.STORE_FULL:
+                # No room there for its origin now: kept, and that origin's frames held
+                # back for this neighbour a while, the others' going on (§9.8).
+                held_back.append(item)
             elif result.code is mesh.Reason.POLICY and our_relay:
                 # A relay counts us as a neighbour once we are attached to it; until
                 # then (we just started, or it did) it refuses our frames by policy.
@@ -1053,6 +1066,19 @@ class MeshRuntime:
         if taken:
             await self.run_store(lambda: self.store.forwarded(taken, first_hop=node, now=now))
             self.statistics.frames_forwarded += len(taken)
+        forwarder = self._forwarder(node)
+        forwarder.released(
+            {item.src for item, result in zip(queued, results, strict=True) if result.ok}
+            - {item.src for item in held_back}
+        )
+        if held_back:
+            overflow = {id(item) for item in forwarder.hold_back(held_back)}
+            self.statistics.frames_held_back += len(held_back) - len(overflow)
+            refused += [
+                (item, result)
+                for item, result in zip(queued, results, strict=True)
+                if id(item) in overflow
+            ]
         if refused:
             await self._refused(node, refused)
         if deferred:

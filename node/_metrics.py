@@ -462,6 +462,12 @@ class Metrics:
                 "was refused or logged. A healthy node has none.",
             ),
             (
+                "ptth_frames_held_back",
+                stats.frames_held_back,
+                "Frames a neighbour had no room for (their origin's share there), kept and "
+                "sent again once that origin's hold ended, instead of being dropped.",
+            ),
+            (
                 "ptth_frames_unverified",
                 stats.frames_unverified,
                 "Messages for other nodes taken from trusted neighbours (ptth trust) and "

@@ -15,7 +15,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -172,9 +172,14 @@ class Host:
         return ("http://neighbour:8470",)
 
     async def queued_for(
-        self, node: crypto.NodeId, limit: int, *, after: int = 0
+        self,
+        node: crypto.NodeId,
+        limit: int,
+        *,
+        after: int = 0,
+        exclude: Collection[crypto.NodeId] = (),
     ) -> list[mesh.Queued]:
-        rows = [row for row in self.rows if row.seq > after][:limit]
+        rows = [row for row in self.rows if row.seq > after and row.src not in exclude][:limit]
         self.reads += 1
         if self.hold_next_read:
             self.hold_next_read = False
