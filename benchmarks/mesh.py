@@ -146,7 +146,7 @@ class Peer:
         """An iterator that yields once per message arriving in the inbox (oldest
         first, those already there included); ``acknowledge``: each is acknowledged
         too, as an application would (a long run must: left in the inbox, messages
-        fill their origin's share of it, 32 MiB, and the rest are refused there)."""
+        fill their origin's share of it, 32 MiB, and the rest wait a hop back)."""
         raise NotImplementedError
 
 
@@ -405,7 +405,8 @@ async def throughput(
             await anext(arrivals)
         # At most IN_FLIGHT frames on their way: unbounded, the origin (taking custody
         # faster than the chain carries) fills a forwarder's queue to its share per
-        # origin, which refuses the rest, and the figure is no throughput.
+        # origin, which refuses the rest until there is room (held back for seconds at
+        # a time), and the figure measures those pauses, not the chain.
         window = trio.Semaphore(IN_FLIGHT)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:

@@ -172,7 +172,8 @@ GOALS = (
 )
 #: Messages a ptth row lets be sent and not yet acknowledged by its application: past
 #: 32 MiB (its origin's share of the destination's inbox, about 34,000 of these
-#: messages) the destination would refuse more, and the run wait for them for ever.
+#: messages) the destination refuses more until its application reads, and the sender
+#: holds them back for seconds at a time: the figure would measure those pauses.
 UNCONSUMED = 20_000
 #: Messages per ``POST /api/v1/send/batch`` of the ptth-api row, and such requests in
 #: flight at once.
