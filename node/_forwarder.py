@@ -31,6 +31,12 @@ POST was under way, and were stranded if a read in between found the queue compl
 in a 300-node simulation, seven frames rerouted to a busy neighbour waited there for
 the rest of the run.)
 
+A frame the neighbour refused for want of room for its origin (``store-full``, its
+origin's share of the neighbour's store) is kept, and that origin is *held back*
+(:meth:`Forwarder.hold_back`): for a while no frame of it goes to this neighbour, reads
+of the store skip it and frames of it handed over are left in the store, so the other
+origins' frames go on; when the hold ends the queue is read again from its start.
+
 :class:`FrameClient` is the HTTP side: one POST to one neighbour, trying its endpoints
 in turn (starting with the one that answered last), with the request signed and the
 answer's signature checked (RFC 9421; see :mod:`node._fabric`). It presents, in
@@ -470,10 +476,11 @@ class Forwarder:
         limit = BATCH_SIZE - len(control)
         advance = True  # the cursor moves past this batch
         held = self._holding()
-        if held and self._complete:
-            self.invalidate()  # what is handed over may be theirs: read, skipping them
         if self._complete:
             queued = []
+            if held:
+                # Held back: left in the store, read again when their hold ends.
+                self._keep_handed([item for item in self._handed if item.src not in held])
             if self._handed:
                 # Commits may be reported out of their order.
                 self._handed.sort(key=operator.attrgetter("seq"))
@@ -504,9 +511,10 @@ class Forwarder:
             # Changed while read: the cursor stays where the change put it (this batch's
             # frames, read again, are skipped as under way).
             advance = changes == self._changes
-            if advance and everything and len(queued) < limit and not held:
-                # Everything queued: from now on what is handed over is all there is
-                # (less what this read got, committed before it).
+            if advance and everything and len(queued) < limit:
+                # Everything queued (but the frames of origins held back, read again
+                # when their hold ends): from now on what is handed over is all there
+                # is (less what this read got, committed before it).
                 self._keep_handed([item for item in self._handed if not self._was_read(item.seq)])
                 self._complete = True
             else:

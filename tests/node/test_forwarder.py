@@ -26,6 +26,7 @@ from node._forwarder import (
     BATCH_SIZE,
     EXTRA_AFTER,
     FRAMES_PATH,
+    HOLD_BACK,
     MAX_HANDED,
     MAX_HANDED_BYTES,
     WINDOW,
@@ -643,6 +644,7 @@ class Host:
 
     def __init__(self, rows: list[mesh.Queued] | None = None) -> None:
         self.rows = rows or []
+        self.reads = 0
 
     def endpoints_of(self, node: crypto.NodeId) -> list[str]:
         return ["http://b"]
@@ -655,6 +657,7 @@ class Host:
         after: int = 0,
         exclude: Collection[crypto.NodeId] = (),
     ) -> list[mesh.Queued]:
+        self.reads += 1
         rows = [item for item in self.rows if item.seq > after and item.src not in exclude]
         return rows[:limit]
 
@@ -854,3 +857,42 @@ async def test_an_origin_held_back_does_not_hold_up_the_others(
     arrived = [message.body for message in await messages(b, 2)]
     assert b"from c" in arrived
     assert a.statistics.frames_dropped == 0
+
+
+def test_an_origin_held_back_is_skipped_read_or_handed_and_read_again_after() -> None:
+    """While an origin is held back, neither a read of the store nor the frames handed
+    over put its frames in a batch (its new frames would otherwise cost a read of the
+    store each, past all its queued ones); when the hold ends the queue is read again
+    from its start."""
+    other = crypto.Identity.generate().node_id
+
+    def of(seq: int, src: crypto.NodeId) -> mesh.Queued:
+        return dataclasses.replace(row(seq), src=src)
+
+    host = Host([of(1, NEIGHBOUR), of(2, other), of(3, NEIGHBOUR)])
+    forwarder = Forwarder(host, NEIGHBOUR)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        first = await forwarder._next_batch()
+        assert first is not None
+        assert [item.seq for item in first[2]] == [1, 2, 3]
+        forwarder._landed(first[2])
+        assert forwarder.hold_back([of(1, NEIGHBOUR), of(3, NEIGHBOUR)]) == []
+        host.rows = [of(1, NEIGHBOUR), of(3, NEIGHBOUR)]  # 2 was taken
+        assert await forwarder._next_batch() is None  # read: only the held origin's
+        assert forwarder._complete  # ... and that was all but them
+        reads = host.reads
+        forwarder.hand([of(4, NEIGHBOUR), of(5, other)])
+        host.rows += [of(4, NEIGHBOUR), of(5, other)]
+        batch = await forwarder._next_batch()
+        assert batch is not None
+        assert [item.seq for item in batch[2]] == [5]  # from those handed over
+        assert host.reads == reads
+        forwarder._landed(batch[2])
+        host.rows.remove(of(5, other))
+        await trio.sleep(HOLD_BACK)  # the hold ends: read again from the start
+        batch = await forwarder._next_batch()
+        assert batch is not None
+        assert [item.seq for item in batch[2]] == [1, 3, 4]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
