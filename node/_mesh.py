@@ -49,6 +49,11 @@ STARTING: Final = "node is starting: its routes and interests are not loaded yet
 #: Kinds of frames routed to their destination (a publication's copies go by interests;
 #: a ``sub`` or ``unsub`` is queued only when addressed to the owner of its pattern).
 _ROUTED: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT, crypto.Kind.SUB, crypto.Kind.UNSUB})
+#: The kinds a neighbour's refusal for want of room for their origin (``store-full``)
+#: holds back rather than drops: messages, receipts, publications. An interest refused
+#: so is past its node's interest quotas (§9.11), not short of room for a while:
+#: retrying it would hold back its origin's messages for nothing.
+_HELD_BACK: Final = frozenset({crypto.Kind.MSG, crypto.Kind.RCPT, crypto.Kind.PUB})
 #: Kinds that go with their origin's coordinates: what comes back (a receipt, a reply, a
 #: publication for a subscriber) then needs no lookup.
 _WITH_ORIGIN: Final = frozenset({crypto.Kind.MSG, crypto.Kind.SUB})
@@ -1051,7 +1056,7 @@ class MeshRuntime:
             elif result.outcome is mesh.Outcome.DUPLICATE:
                 self.statistics.sent_duplicate += 1
                 taken.append(item.seq)
-            elif result.code is mesh.Reason.STORE_FULL:
+            elif result.code is mesh.Reason.STORE_FULL and item.kind in _HELD_BACK:
                 # No room there for its origin now: kept, and that origin's frames held
                 # back for this neighbour a while, the others' going on (§9.8).
                 held_back.append(item)

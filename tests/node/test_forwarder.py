@@ -896,3 +896,26 @@ def test_an_origin_held_back_is_skipped_read_or_handed_and_read_again_after() ->
         assert [item.seq for item in batch[2]] == [1, 3, 4]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_only_messages_receipts_and_publications_are_held_back(
+    memory_nodes: NodeFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An interest (or a DHT message) refused store-full is past its node's quotas, not
+    short of room for a while: holding back its origin would keep that origin's messages
+    waiting for nothing. Such frames are dropped as before."""
+    a, b = await memory_nodes.open("a"), await memory_nodes.open("b")
+    await peer(a, b)
+    full = mesh.Result.rejected(mesh.Reason.STORE_FULL, "full here")
+    forwarder = a.mesh._forwarder(b.node_id)
+    for kind in (crypto.Kind.SUB, crypto.Kind.UNSUB, crypto.Kind.DHT):
+        item = dataclasses.replace(row(1), kind=kind, src=a.node_id)
+        await a.mesh.handed_on(b.node_id, [], [item], [full])
+        assert forwarder._held == {}, kind
+    assert a.statistics.frames_held_back == 0
+    for kind in (crypto.Kind.MSG, crypto.Kind.RCPT, crypto.Kind.PUB):
+        item = dataclasses.replace(row(1), kind=kind, src=a.node_id)
+        await a.mesh.handed_on(b.node_id, [], [item], [full])
+        assert set(forwarder._held) == {a.node_id}, kind
+        forwarder._held.clear()
+    assert a.statistics.frames_held_back == 3
