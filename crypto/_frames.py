@@ -398,6 +398,15 @@ class Frame:
             raise Expired(f"frame expired {(now - frame.exp) // 1000} s ago")
         return frame
 
+    @staticmethod
+    def check_signature(envelope: bytes) -> None:
+        """Verify the signature of an envelope that :meth:`read_unverified` read: the
+        rest of :meth:`open`, without reading the payload again (the signer it checks
+        against is the one named, which ``read_unverified`` found to be the ``src``).
+        Raises :class:`BadSignature` (and what ``read_unverified`` raised, for another
+        envelope)."""
+        _envelope.open_encoded(envelope, _envelope.Purpose.FRAME)
+
     @classmethod
     def _read(cls, signer: NodeId, payload_bytes: bytes) -> Frame:
         # The shape seal() writes is read here at once; anything else is decoded,

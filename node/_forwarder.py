@@ -396,7 +396,9 @@ class Forwarder:
 
     def released(self, origins: Iterable[crypto.NodeId]) -> None:
         """The neighbour took frames of ``origins``: a later refusal of theirs starts from
-        :data:`HOLD_BACK` again."""
+        :data:`HOLD_BACK` again. (Nothing held lately: ``origins`` is not even read.)"""
+        if not self._hold_seconds:
+            return
         for origin in origins:
             if origin not in self._held:
                 self._hold_seconds.pop(origin, None)

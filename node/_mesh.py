@@ -1072,9 +1072,11 @@ class MeshRuntime:
             await self.run_store(lambda: self.store.forwarded(taken, first_hop=node, now=now))
             self.statistics.frames_forwarded += len(taken)
         forwarder = self._forwarder(node)
+        held_origins = {item.src for item in held_back}
         forwarder.released(
-            {item.src for item, result in zip(queued, results, strict=True) if result.ok}
-            - {item.src for item in held_back}
+            item.src
+            for item, result in zip(queued, results, strict=True)
+            if result.ok and item.src not in held_origins
         )
         if held_back:
             overflow = {id(item) for item in forwarder.hold_back(held_back)}
@@ -1275,7 +1277,7 @@ class MeshRuntime:
                 if not isinstance(decision, mesh.Forward):
                     # Passed unchecked as another node's, but acted on here after all.
                     try:
-                        crypto.Frame.open(item.envelope, now=now)
+                        crypto.Frame.check_signature(item.envelope)
                     except crypto.CryptoError as exc:
                         results.append(mesh.Result.for_error(exc))
                         continue
