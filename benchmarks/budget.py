@@ -22,9 +22,20 @@ Stages, as the node runs them:
   reads the inbox, 100 at a time), ``ack`` (the application's acknowledgements).
 
 Stores are SQLite in ``--dir`` (default: /dev/shm where there is one, so that the
-figures are CPU, not the disk's fsync), with ``synchronous=FULL`` as a node runs.
+figures are CPU, not the disk's fsync), with ``synchronous=FULL`` as a node runs; with
+``--store memory``, in memory as a simulation keeps them (lean, not synced:
+``simulations --stores memory``).
 
-Usage: python benchmarks/budget.py [--messages N] [--batch B] [--dir DIR] [--json]
+Last, the store's work alone: what the store stages cost a message that crosses
+``--hops`` hops (default 1; may be fractional, an average): the origin's ``custody``,
+then at each hop ``batch`` and ``forwarded`` at the sender and ``accept`` at the
+receiver, and the destination's ``pending`` and ``ack``. Every node keeps a store, so
+no run of nodes, real or simulated, delivers faster than that on one core; with
+``--store memory --batch 1`` (a simulation's light load: a POST carries one or two
+frames), it bounds the engine-level simulator's delivered messages per wall second.
+
+Usage: python benchmarks/budget.py [--messages N] [--batch B] [--dir DIR]
+       [--store disk|memory] [--hops H] [--json]
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import json
 import os
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, Final
 
@@ -86,15 +98,24 @@ def _batches(count: int, size: int) -> list[int]:
     return [min(size, count - start) for start in range(0, count, size)]
 
 
-def measure(messages: int, batch: int, directory: Path) -> dict[str, Any]:
+def _open_store(directory: Path, name: str, kind: str) -> mesh.Store:
+    """A node's store: a file in ``directory`` (as a node keeps it), or ``memory`` as
+    a simulation keeps it (named after ``directory``: unique while it exists)."""
+    if kind == "memory":
+        where = urllib.parse.quote(str(directory.resolve() / name), safe="/")
+        return mesh.Store(f"file:{where}?mode=memory&cache=shared", uri=True, lean=True, sync=False)
+    return mesh.Store(directory / f"{name}.db")
+
+
+def measure(messages: int, batch: int, directory: Path, store: str = "disk") -> dict[str, Any]:
     """Seconds per message for each stage, and for one Ed25519 sign and verify."""
     origin_id = crypto.Identity.generate()
     origin, neighbour = origin_id.node_id, crypto.Identity.generate().node_id
     body = os.urandom(BODY)
     now = int(time.time() * 1000)
     watch = _Stopwatch()
-    sending = mesh.Store(directory / "origin.db")
-    receiving = mesh.Store(directory / "neighbour.db")
+    sending = _open_store(directory, "origin", store)
+    receiving = _open_store(directory, "neighbour", store)
     envelopes: list[bytes] = []
     try:
         for size in _batches(messages, batch):
@@ -166,6 +187,7 @@ def measure(messages: int, batch: int, directory: Path) -> dict[str, Any]:
     return {
         "messages": messages,
         "batch": batch,
+        "store": store,
         "stages": {stage: seconds / messages for stage, seconds in watch.seconds.items()},
         "sign": _per_call(lambda: origin_id.sign(envelopes[-1])),
         "verify": _per_call(
@@ -181,7 +203,15 @@ def _per_call(function: Callable[[], Any], number: int = 2000) -> float:
     return (time.perf_counter() - started) / number
 
 
-def table(result: dict[str, Any], out: IO[str]) -> None:
+def store_work(stages: dict[str, float], hops: float) -> float:
+    """Seconds of store work alone for a message crossing ``hops`` hops: custody at its
+    origin; at each hop, the sender's batch read and forwarded, the receiver's accept;
+    pending and ack at its destination."""
+    per_hop = stages["batch"] + stages["forwarded"] + stages["accept"]
+    return stages["custody"] + hops * per_hop + stages["pending"] + stages["ack"]
+
+
+def table(result: dict[str, Any], out: IO[str], hops: float = 1.0) -> None:
     stages: dict[str, float] = result["stages"]
     verify = result["verify"]
     print(
@@ -213,6 +243,14 @@ def table(result: dict[str, Any], out: IO[str]) -> None:
         f"per message ({(work_s - crypto_s) / crypto_s:.2f}x the two signatures)",
         file=out,
     )
+    floor = store_work(stages, hops)
+    print(
+        f"the store's work alone, a message crossing {hops:g} hop(s) "
+        f"({result.get('store', 'disk')} stores, batches of {result['batch']}): "
+        f"{floor * 1e6:.0f} us; at most {1 / floor:,.0f} delivered a second on one core "
+        "with nothing else to do",
+        file=out,
+    )
 
 
 def _default_dir() -> Path:
@@ -227,20 +265,33 @@ def main(argv: Sequence[str] | None = None, out: IO[str] = sys.stdout) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--dir", type=Path, default=None, help="where the stores go")
+    parser.add_argument(
+        "--store",
+        choices=("disk", "memory"),
+        default="disk",
+        help="files synced as a node keeps them, or in memory as a simulation does",
+    )
+    parser.add_argument(
+        "--hops", type=float, default=1.0, help="hops a message crosses, for the store's work"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.batch < 1:
         parser.error("--messages and --batch must be at least 1")
+    if not args.hops >= 1:  # (NaN too)
+        parser.error(f"--hops {args.hops:g}: a message crosses at least 1 hop")
     base = args.dir if args.dir is not None else _default_dir()
     if not base.is_dir():
         parser.error(f"--dir {base} is not a directory")
     with tempfile.TemporaryDirectory(prefix="ptth-budget-", dir=base) as directory:
-        result = measure(args.messages, args.batch, Path(directory))
+        result = measure(args.messages, args.batch, Path(directory), args.store)
     if args.json:
+        result["hops"] = args.hops
+        result["store_work"] = store_work(result["stages"], args.hops)
         json.dump(result, out, indent=2)
         print(file=out)
     else:
-        table(result, out)
+        table(result, out, args.hops)
     return 0
 
 

@@ -28,7 +28,12 @@ plus a partition healed later) through the public ``simulations`` API
   (JSON only); with ``--stores memory`` they are in the process, and counted in it (a
   node on disk holds about six open files: 10,000 nodes need ``--stores memory`` where
   the system allows 20,000);
-* the run's wall seconds (set-up included).
+* the run's wall seconds (set-up included);
+* the floor of that memory: in another fresh process, as many nodes (at most
+  :data:`IDLE_NODES`) with the same settings but no neighbour and no traffic, a
+  virtual minute after they started (their tasks running, their stores open and
+  empty): RSS growth per node ("idle KiB"). What a node costs before it knows anything
+  or holds anything; ``--no-idle`` leaves it out.
 
 Traffic figures and table sizes are given as the median and the maximum over nodes
 (the nodes up at the end; the scenarios bring every crashed node back before then).
@@ -67,7 +72,7 @@ Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
        [--tree [--announce-radius HOPS]] [--signatures ed25519|stand-in]
        [--verify each|once] [--stores disk|memory]
-       [--label flood] [--plot scale.png] [--compare OLD.json ...] [--json]
+       [--no-idle] [--label flood] [--plot scale.png] [--compare OLD.json ...] [--json]
 """
 
 from __future__ import annotations
@@ -113,6 +118,13 @@ from simulations import (
     deterministic_scheduling,
     open_simulation,
 )
+
+#: Idle nodes measured for a row's memory floor, at most (their memory per node does
+#: not grow with their number: none knows of another).
+IDLE_NODES: Final = 1000
+#: How long idle nodes run before they are measured, virtual seconds: every task of
+#: theirs started, the first ticks and announces done.
+IDLE_SETTLE: Final = 60.0
 
 #: The scenarios whose network this measures (the other scenarios are not meshes).
 MESH_SCENARIOS: Final = ("chirp", "mesh")
@@ -223,18 +235,17 @@ class Run:
     #: Whether each signature and chain is checked once per simulation rather than at
     #: every node ("once": the same figures, sooner; as ``simulations run --verify``).
     verify: str = "each"
+    #: Measure idle nodes instead of the scenario (:func:`measure_idle`).
+    idle: bool = False
 
 
-async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    scenario = SCENARIOS[run.scenario]
-    before = rss_bytes()
-    started = time.perf_counter()
-    baseline: dict[str, NodeStatistics] = {}
+def simulation(run: Run, data_dir: Path) -> contextlib.AbstractAsyncContextManager[Simulation]:
+    """A simulation with ``run``'s settings, its nodes' stores under ``data_dir``."""
     # As run_scenario: a crash never loses the disk.
     config = NodeConfig(
         store_sync=False, store_lean=True, tree=run.tree, announce_radius=run.announce_radius
     )
-    async with open_simulation(
+    return open_simulation(
         seed=run.seed,
         data_dir=data_dir,
         config=config,
@@ -242,7 +253,15 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
         signatures=run.signatures,
         stores=run.stores,
         verify_once=run.verify == "once",
-    ) as sim:
+    )
+
+
+async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    scenario = SCENARIOS[run.scenario]
+    before = rss_bytes()
+    started = time.perf_counter()
+    baseline: dict[str, NodeStatistics] = {}
+    async with simulation(run, data_dir) as sim:
 
         async def take_baseline() -> None:
             await sim.advance_to(run.warmup)
@@ -275,6 +294,24 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
             natted=sum(node.nat for node in sim.nodes.values()),
             window_s=window,
         )
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+async def measure_idle(run: Run, data_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The memory floor of :func:`measure`: ``run.nodes`` nodes with the same settings,
+    none peered, none sending, :data:`IDLE_SETTLE` s after they started."""
+    before = rss_bytes()
+    started = time.perf_counter()
+    async with simulation(run, data_dir) as sim:
+        await sim.add_nodes(run.nodes)
+        await sim.advance(IDLE_SETTLE)
+        progress("idle nodes measured")
+        result = {
+            "kib_per_node": (rss_bytes() - before) / run.nodes / 1024,
+            "store_kib_per_node": tree_bytes(data_dir) / run.nodes / 1024,
+            "nodes_up": sum(node.up for node in sim.nodes.values()),
+        }
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -327,7 +364,8 @@ def one(run: Run) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="ptth-scale-", dir=scratch) as data_dir:
         clock = VirtualClock()
-        main = functools.partial(measure, run, Path(data_dir), progress)
+        how = measure_idle if run.idle else measure
+        main = functools.partial(how, run, Path(data_dir), progress)
         # As run_scenario: the same seed gives the same figures; the collector runs seldom.
         with deterministic_scheduling(run.seed), collecting_seldom():
             result = trio.run(main, clock=clock)
@@ -351,7 +389,7 @@ def table(rows: Sequence[dict[str, Any]], out: IO[str]) -> None:
     """One line per row: N, wall time, then each cost's median and max over nodes."""
     heads = ["label", "N", "NATed", "wall s", "delivered"]
     heads += [f"{heading} med/max" for _, heading, _, _ in COSTS]
-    heads += ["KiB/node"]
+    heads += ["KiB/node", "idle KiB"]
     lines = [heads]
     for row in rows:
         cells = [
@@ -367,6 +405,8 @@ def table(rows: Sequence[dict[str, Any]], out: IO[str]) -> None:
             else:  # a row saved before this figure was measured
                 cells.append("-")
         cells.append(f"{row['kib_per_node']:,.0f}")
+        idle = row.get("idle_kib_per_node")  # (not in rows saved before it was measured)
+        cells.append("-" if idle is None else f"{idle:,.0f}")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(heads))]
     for line in lines:
@@ -554,6 +594,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="earlier --json output whose rows join the table and the plot",
     )
+    parser.add_argument(
+        "--no-idle",
+        dest="idle",
+        action="store_false",
+        help="leave out the memory floor (idle nodes with the same settings)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -610,7 +656,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             verify=args.verify,
         )
         try:
-            rows.append({"label": args.label, **spawn(run)})
+            row = {"label": args.label, **spawn(run)}
+            if args.idle:
+                idle = spawn(dataclasses.replace(run, idle=True, nodes=min(count, IDLE_NODES)))
+                row.update(idle_nodes=idle["nodes"], idle_kib_per_node=idle["kib_per_node"])
+            rows.append(row)
         except RuntimeError as error:
             print(f"scale.py: {error}", file=sys.stderr)
             return 1
@@ -635,7 +685,8 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     window = runs.pop() if len(runs) == 1 else "each run's window (see --json)"
     print(
         f"Per node, median / max over nodes: frames received per hour over {window}; "
-        "table entries at the end; memory: RSS growth / N.",
+        "table entries at the end; memory: RSS growth / N (idle: of as many nodes, at "
+        f"most {IDLE_NODES:,}, with the same settings, none peered, none sending).",
         file=out,
     )
     table(rows, out)

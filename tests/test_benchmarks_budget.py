@@ -35,7 +35,44 @@ def test_every_stage_of_a_hop_is_measured(tmp_path: Path) -> None:
     assert any(line.split()[:2] == ["neighbour", "total"] for line in lines)
 
 
-@pytest.mark.parametrize("argv", [["--messages", "0"], ["--batch", "0"], ["--dir", "/nonexistent"]])
+def test_in_memory_stores_as_a_simulation_keeps_them(tmp_path: Path) -> None:
+    out = io.StringIO()
+    argv = ["--messages", "40", "--batch", "1", "--store", "memory", "--hops", "2.5"]
+    assert bench.main([*argv, "--dir", str(tmp_path), "--json"], out=out) == 0
+    result = json.loads(out.getvalue())
+    assert (result["store"], result["hops"]) == ("memory", 2.5)
+    assert list(tmp_path.iterdir()) == []  # the stores closed, and gone with them
+
+    with bench._open_store(tmp_path, "n", "memory") as store:
+        assert store.path.startswith("file:")
+        assert store.path.endswith("?mode=memory&cache=shared")
+        assert list(tmp_path.iterdir()) == []  # no file: in memory
+    with bench._open_store(tmp_path, "n", "disk") as store:
+        assert (tmp_path / "n.db").is_file()
+    stages = result["stages"]
+    per_hop = stages["batch"] + stages["forwarded"] + stages["accept"]
+    ends = stages["custody"] + stages["pending"] + stages["ack"]
+    assert result["store_work"] == pytest.approx(ends + 2.5 * per_hop)
+
+    text = io.StringIO()
+    bench.table(result, text, hops=2.5)
+    (line,) = [line for line in text.getvalue().splitlines() if "store's work alone" in line]
+    assert "crossing 2.5 hop(s) (memory stores, batches of 1)" in line
+    assert f"{result['store_work'] * 1e6:.0f} us" in line
+    assert f"at most {1 / result['store_work']:,.0f} delivered a second" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--messages", "0"],
+        ["--batch", "0"],
+        ["--dir", "/nonexistent"],
+        ["--store", "tape"],
+        ["--hops", "0.5"],
+        ["--hops", "nan"],
+    ],
+)
 def test_bad_flags_are_refused_in_one_line(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

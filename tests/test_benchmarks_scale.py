@@ -46,6 +46,9 @@ def test_a_small_mesh_is_measured(tmp_path: Path) -> None:
     assert row["neighbours"]["median"] >= 1
     assert row["kib_per_node"] > 0
     assert row["store_kib_per_node"] > 0
+    # The memory floor: as many idle nodes, in a process of their own.
+    assert row["idle_nodes"] == 6
+    assert row["idle_kib_per_node"] > 0
     assert row["wall_s"] > 0
     assert row["sent"] > 0
     assert 0 <= row["delivered"] <= row["sent"]
@@ -60,7 +63,31 @@ def test_a_small_mesh_is_measured(tmp_path: Path) -> None:
     head, line = text.getvalue().splitlines()
     assert "announces in/h med/max" in head
     assert "interests held med/max" in head
+    assert head.endswith("KiB/node  idle KiB")
     assert line.split()[:3] == ["small", "6", "2"]
+    assert line.split()[-1] == f"{row['idle_kib_per_node']:,.0f}"
+
+
+def test_idle_nodes_are_measured_alone() -> None:
+    """The floor: nodes with the scenario's settings that know of no other and send
+    nothing; every one of them up, and no frame between them."""
+    run = bench.Run("mesh", 5, 180.0, 60.0, "engine", 1, tree=True, idle=True)
+    figures = bench.one(run)
+    assert (figures["nodes"], figures["nodes_up"], figures["idle"]) == (5, 5, True)
+    assert figures["kib_per_node"] > 0
+    assert figures["store_kib_per_node"] > 0  # their stores, open and empty
+    assert "delivered" not in figures  # no scenario ran
+
+
+def test_without_idle_the_floor_is_left_out(tmp_path: Path) -> None:
+    out = io.StringIO()
+    argv = ["--nodes", "4", "--duration", "2m", "--warmup", "1m", "--no-idle", "--json"]
+    assert bench.main([*argv, "--plot", str(tmp_path / "p.png")], out=out) == 0
+    (row,) = json.loads(out.getvalue())["rows"]
+    assert "idle_kib_per_node" not in row
+    text = io.StringIO()
+    bench.table([row], text)
+    assert text.getvalue().splitlines()[1].split()[-1] == "-"
 
 
 def test_the_same_seed_gives_the_same_figures() -> None:
