@@ -33,6 +33,9 @@ receiver, and the destination's ``pending`` and ``ack``. Every node keeps a stor
 no run of nodes, real or simulated, delivers faster than that on one core; with
 ``--store memory --batch 1`` (a simulation's light load: a POST carries one or two
 frames), it bounds the engine-level simulator's delivered messages per wall second.
+Then the same with the message's signatures (signed once, verified at every hop): what
+two cores doing nothing but the store's work and Ed25519 could deliver at most, the
+ceiling of any design that keeps both.
 
 Usage: python benchmarks/budget.py [--messages N] [--batch B] [--dir DIR]
        [--store disk|memory] [--hops H] [--json]
@@ -249,6 +252,13 @@ def table(result: dict[str, Any], out: IO[str], hops: float = 1.0) -> None:
         f"({result.get('store', 'disk')} stores, batches of {result['batch']}): "
         f"{floor * 1e6:.0f} us; at most {1 / floor:,.0f} delivered a second on one core "
         "with nothing else to do",
+        file=out,
+    )
+    signed = floor + result["sign"] + hops * verify
+    print(
+        f"with its signatures (signed once, verified at each of {hops:g} hop(s)): "
+        f"{signed * 1e6:.0f} us; two cores doing nothing else: at most "
+        f"{2 / signed:,.0f} delivered a second",
         file=out,
     )
 

@@ -60,6 +60,9 @@ def test_in_memory_stores_as_a_simulation_keeps_them(tmp_path: Path) -> None:
     assert "crossing 2.5 hop(s) (memory stores, batches of 1)" in line
     assert f"{result['store_work'] * 1e6:.0f} us" in line
     assert f"at most {1 / result['store_work']:,.0f} delivered a second" in line
+    (line,) = [line for line in text.getvalue().splitlines() if "with its signatures" in line]
+    signed = result["store_work"] + result["sign"] + 2.5 * result["verify"]
+    assert f"{signed * 1e6:.0f} us; two cores doing nothing else: at most {2 / signed:,.0f}" in line
 
 
 @pytest.mark.parametrize(
