@@ -428,18 +428,19 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> str | None:
         return f"matplotlib is missing: {MATPLOTLIB_HINT}"
     matplotlib.use("Agg")
     pyplot = importlib.import_module("matplotlib.pyplot")
-    figures: list[tuple[str, str, Callable[[dict[str, Any]], tuple[float, float | None]]]] = [
-        (f"{title} (per node)", unit, functools.partial(_median_max, key))
+    # (title, unit, each row's (solid, dashed) values, what the dashed line is)
+    figures: list[tuple[str, str, Callable[[dict[str, Any]], tuple[float, float | None]], str]] = [
+        (f"{title} (per node)", unit, functools.partial(_median_max, key), "max")
         for key, _, title, unit in COSTS
     ]
-    figures.append(("memory per node: RSS growth / N", "KiB", _memory))
-    figures.append(("wall time of the run (set-up included)", "seconds", _wall))
+    figures.append(("memory per node: RSS growth / N (dashed: idle nodes)", "KiB", _memory, "idle"))
+    figures.append(("wall time of the run (set-up included)", "seconds", _wall, "max"))
     figure, axes = pyplot.subplots(2, 4, figsize=(17, 7.5), layout="constrained")
     for spare in list(axes.flat)[len(figures) :]:
         spare.set_visible(False)
     labels = list(dict.fromkeys(str(row["label"]) for row in rows))
     colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
-    for axis, (title, unit, value) in zip(axes.flat, figures, strict=False):
+    for axis, (title, unit, value, dashed) in zip(axes.flat, figures, strict=False):
         drawn = False
         for index, label in enumerate(labels):
             mine = sorted((row for row in rows if row["label"] == label), key=_count)
@@ -457,7 +458,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> str | None:
                 axis.plot([n for n, _ in medians], linear, ":", color="grey", linewidth=1)
             if highs:
                 axis.plot(
-                    *zip(*highs, strict=True), "^--", color=colour, alpha=0.5, label=f"{label} max"
+                    *zip(*highs, strict=True),
+                    "^--",
+                    color=colour,
+                    alpha=0.5,
+                    label=f"{label} {dashed}",
                 )
         # Titles wrapped to the panel's width; a cost that is zero at every N (no
         # publish/subscribe in the mesh scenario) is said so, not drawn as empty axes.
@@ -503,7 +508,7 @@ def _median_max(key: str, row: dict[str, Any]) -> tuple[float, float | None]:
 
 
 def _memory(row: dict[str, Any]) -> tuple[float, float | None]:
-    return row["kib_per_node"], None
+    return row["kib_per_node"], row.get("idle_kib_per_node")
 
 
 def _wall(row: dict[str, Any]) -> tuple[float, float | None]:
