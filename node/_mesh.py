@@ -1045,7 +1045,7 @@ class MeshRuntime:
         await self._apply(self.router.sent_ok(node, now))
         taken = []
         refused = []
-        held_back: list[mesh.Queued] = []
+        held_back: list[tuple[mesh.Queued, mesh.Result]] = []
         deferred = 0
         link = self.router.links.get(node)
         our_relay = link is not None and mesh.Role.RELAY in link.roles
@@ -1059,7 +1059,7 @@ class MeshRuntime:
             elif result.code is mesh.Reason.STORE_FULL and item.kind in _HELD_BACK:
                 # No room there for its origin now: kept, and that origin's frames held
                 # back for this neighbour a while, the others' going on (§9.8).
-                held_back.append(item)
+                held_back.append((item, result))
             elif result.code is mesh.Reason.POLICY and our_relay:
                 # A relay counts us as a neighbour once we are attached to it; until
                 # then (we just started, or it did) it refuses our frames by policy.
@@ -1072,20 +1072,18 @@ class MeshRuntime:
             await self.run_store(lambda: self.store.forwarded(taken, first_hop=node, now=now))
             self.statistics.frames_forwarded += len(taken)
         forwarder = self._forwarder(node)
-        held_origins = {item.src for item in held_back}
+        held_origins = {item.src for item, _ in held_back}
         forwarder.released(
             item.src
             for item, result in zip(queued, results, strict=True)
             if result.ok and item.src not in held_origins
         )
         if held_back:
-            overflow = {id(item) for item in forwarder.hold_back(held_back)}
+            # Those the forwarder cannot hold (too many origins held) are refused for good.
+            overflow = {item.seq for item in forwarder.hold_back([item for item, _ in held_back])}
             self.statistics.frames_held_back += len(held_back) - len(overflow)
-            refused += [
-                (item, result)
-                for item, result in zip(queued, results, strict=True)
-                if id(item) in overflow
-            ]
+            self.statistics.sent_rejected += len(overflow)
+            refused += [(item, result) for item, result in held_back if item.seq in overflow]
         if refused:
             await self._refused(node, refused)
         if deferred:

@@ -21,6 +21,7 @@ import trio.testing
 
 import crypto
 import mesh
+import node._forwarder
 from node import MemoryNetwork, Node, Request, Response, Server
 from node._forwarder import (
     BATCH_SIZE,
@@ -919,3 +920,26 @@ async def test_only_messages_receipts_and_publications_are_held_back(
         assert set(forwarder._held) == {a.node_id}, kind
         forwarder._held.clear()
     assert a.statistics.frames_held_back == 3
+
+
+async def test_past_the_origins_it_can_hold_back_such_frames_are_dropped(
+    memory_nodes: NodeFactory,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forwarder holds back at most MAX_HELD_ORIGINS origins: past it, a refusal for
+    want of room is a refusal for good, counted, dropped and traced as any other."""
+    monkeypatch.setattr(node._forwarder, "MAX_HELD_ORIGINS", 0)
+    a = await memory_nodes.open("a")
+    b = await memory_nodes.open("b", max_inbox_bytes_per_origin=1500)  # one message's room
+    await peer(a, b)
+    frames = [a.new_frame(b.node_id, b"%d" % n * 100, receipt=True) for n in range(5)]
+    sent = await a.send_sealed([(frame, frame.seal(a.identity)) for frame in frames])
+    with trio.fail_after(60):
+        traces = [await a.delivered(s.id) for s in sent]
+    refused = [t for t in traces if t.state == "dropped"]
+    assert len(refused) == 4
+    assert all(t.why and t.why.startswith("store-full: refused by") for t in refused)
+    assert a.statistics.frames_held_back == 0
+    assert (a.statistics.sent_rejected, a.statistics.frames_dropped) == (4, 4)
+    assert a.store.statistics().queued_frames == 0
