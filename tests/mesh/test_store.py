@@ -738,6 +738,24 @@ def test_empty_queue_statistics(store: Store) -> None:
     assert store.queued_destinations() == []
 
 
+def test_take_expired_with_nothing_expired_takes_no_write_lock(path: Path) -> None:
+    # The mesh asks at every tick: with nothing expired, the answer must not wait for
+    # (or hold) the write lock another writer has.
+    with Store(path) as store:
+        store.enqueue([own(1, exp=NOW + 100)], now=NOW, receipts=[False])
+        store._db.execute("PRAGMA busy_timeout=0")  # a wait would fail at once
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            assert store.take_expired(now=NOW + 99) == []
+            with pytest.raises(MeshError, match="locked"):
+                store.take_expired(now=NOW + 100)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert [q.id for q in store.take_expired(now=NOW + 100)] == [frame_id(1)]
+
+
 def test_take_expired(store: Store) -> None:
     store.enqueue([own(n, exp=NOW + 100 - n) for n in range(5)], now=NOW, receipts=[True] * 5)
     store.accept([relay(admitted(9, dst=EVE, exp=NOW + 150), None)], now=NOW)
