@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -34,7 +35,7 @@ import trio.testing
 import crypto
 import mesh
 from crypto import _cbor, _envelope, _httpsig
-from mesh import _stomp, _xmpp
+from mesh import _engine, _stomp, _xmpp
 from node import _attach, _fabric, _forwarder, _relay, _wrap
 from node._api import LocalApi
 from node._errors import NodeError, Replayed
@@ -224,6 +225,22 @@ def _signed(payload: bytes, purpose: _envelope.Purpose) -> bytes:
     return _cbor.encode(cbor2.CBORTag(18, [protected, {}, payload, signature]))
 
 
+#: Values at the edges of what a field takes, as dictionary words of every CBOR target.
+_EDGE_VALUES: Final = (
+    None,
+    True,
+    False,
+    -1,
+    0,
+    2**63,
+    2**64 - 1,
+    -(2**64),
+    1.5,
+    float("nan"),
+    IDENTITY.node_id.raw,
+    b"\x00" * 16,
+)
+
 _FRAME_WORDS: Final = tuple(
     _cbor.encode(word)
     for word in (
@@ -253,17 +270,7 @@ _FRAME_WORDS: Final = tuple(
         "seq",
         "endpoints",
         "name",
-        None,
-        True,
-        False,
-        -1,
-        2**63,
-        2**64 - 1,
-        -(2**64),
-        1.5,
-        float("nan"),
-        IDENTITY.node_id.raw,
-        b"\x00" * 16,
+        *_EDGE_VALUES,
     )
 )
 
@@ -1256,6 +1263,171 @@ def check_stomp(data: bytes) -> None:
                 decoder.version = session.version
 
 
+# -- the tree and the DHT: coordinates, offers, lookups ---------------------------------------
+
+#: How long the seeds' coordinates are valid (ptth's own: 30 minutes).
+_COORD_LIFETIME_MS: Final = 30 * 60 * 1000
+
+
+def _root_statement() -> bytes:
+    """:data:`IDENTITY` as a tree's root, as of :data:`NOW_MS`."""
+    return crypto.root_statement(IDENTITY, now=NOW_MS, lifetime_ms=_COORD_LIFETIME_MS)
+
+
+def _chains() -> tuple[bytes, bytes]:
+    """The wire forms of :data:`IDENTITY`'s chain (the root's statement) and of
+    :data:`OTHER`'s, one level below it."""
+    root = crypto.CoordChain((_root_statement(),))
+    coordinates = root.verify(now=NOW_MS)
+    grant = crypto.grant_coordinates(
+        IDENTITY, OTHER.node_id, coordinates, now=NOW_MS, lifetime_ms=_COORD_LIFETIME_MS
+    )
+    return root.encode(), crypto.CoordChain((*root.grants, grant)).encode()
+
+
+def _payload_of(envelope: bytes) -> bytes:
+    """The signed payload of one of our envelopes, as the bytes that were signed."""
+    return cast(bytes, cbor2.loads(envelope).value[2])
+
+
+def _coord_grant_seeds() -> list[bytes]:
+    _, other = _chains()
+    return [_payload_of(grant) for grant in crypto.CoordChain.decode(other).grants]
+
+
+def check_coord_grant(data: bytes) -> None:
+    """``crypto.CoordChain.verify`` on a grant payload a hostile node signed: as a root's
+    statement on its own, else as the grant below :data:`IDENTITY`'s statement (tree
+    offers, DHT answers and frames carry such chains); what verifies places the signer
+    where it may."""
+    grant = _signed(data, _envelope.Purpose.COORD)
+    try:
+        alone = crypto.CoordChain((grant,)).verify(now=NOW_MS)
+    except _COORD_ERRORS:
+        pass  # not a root's statement: perhaps a grant
+    else:
+        if alone.path != (IDENTITY.node_id,):
+            raise PropertyFailed(f"a root statement verified as the path {alone.path}")
+        return
+    below = crypto.CoordChain((_root_statement(), grant)).verify(now=NOW_MS)
+    if below.path[0] != IDENTITY.node_id or len(below.path) != 2:
+        raise PropertyFailed(f"a grant below the root verified as the path {below.path}")
+
+
+def _coord_chain_seeds() -> list[bytes]:
+    return list(_chains())
+
+
+def check_coord_chain(data: bytes) -> None:
+    """``crypto.CoordChain.parse``: a chain's wire form (a CBOR array of grants); what
+    verifies is rooted at :data:`IDENTITY`, the only root here."""
+    coordinates = crypto.CoordChain.parse(data, now=NOW_MS)
+    if coordinates.root != IDENTITY.node_id:
+        raise PropertyFailed(f"a chain verified as rooted at {coordinates.root}")
+
+
+def _tree_offer_seeds() -> list[bytes]:
+    mine, other = _chains()
+    grant = crypto.CoordChain.decode(other).grants[-1]
+    around = ((IDENTITY.node_id, OTHER.node_id), (IDENTITY.node_id,))
+    return [
+        mesh.offer_body(mine, None),
+        mesh.offer_body(mine, grant),
+        mesh.offer_body(mine, grant, around),
+        mesh.offer_body(mine, None, around[:1]),
+    ]
+
+
+def check_tree_offer(data: bytes) -> None:
+    """The body of a tree offer (a ``crd`` frame) from :data:`IDENTITY`, read and handed
+    to :data:`OTHER`'s tree (``mesh.Tree.on_offer``); what is read round-trips through
+    :func:`mesh.offer_body`, and a place taken is below the offering root."""
+    chain, grant, around = _engine._offer_body(data)
+    if _engine._offer_body(mesh.offer_body(chain, grant, around)) != (chain, grant, around):
+        raise PropertyFailed("a tree offer read does not round-trip")
+    tree = mesh.Tree(OTHER, eligible_root=False)
+    tree.add_neighbour(IDENTITY.node_id, mesh.Role.PEER, now=NOW_MS)
+    tree.on_offer(IDENTITY.node_id, mesh.Role.PEER, chain, grant, now=NOW_MS, around=around)
+    placed = tree.coordinates
+    if placed is not None and placed.path != (IDENTITY.node_id, OTHER.node_id):
+        raise PropertyFailed(f"an offer placed us at {placed.path}")
+
+
+def _dht() -> tuple[mesh.Dht, bytes]:
+    """:data:`IDENTITY`'s DHT, at the root of its tree, knowing :data:`OTHER` and asking
+    it for :data:`OTHER`'s coordinates; and the id of that query (the same every time:
+    the DHT's random draws are seeded)."""
+    mine, other = _chains()
+    dht = mesh.Dht(
+        IDENTITY.node_id,
+        contacts=mesh.Contacts(IDENTITY.node_id, rng=random.Random(0)),
+        records=mesh.Records(),
+        rng=random.Random(0),
+    )
+    dht.set_coordinates(mine, NOW_MS)
+    dht.introduce(other, NOW_MS)
+    _, actions = dht.find(OTHER.node_id, value=True, now=NOW_MS)
+    (query,) = (action for action in actions if isinstance(action, mesh.DhtSend))
+    return dht, mesh.decode_message(query.body).q
+
+
+def _dht_seeds() -> list[bytes]:
+    mine, other = _chains()
+    _, q = _dht()
+    fresh = bytes(range(8))
+    messages: list[mesh.DhtMessage] = [
+        mesh.DhtFind(fresh, IDENTITY.node_id, True, other, (OTHER.node_id,)),
+        mesh.DhtFind(fresh, OTHER.node_id, False, other, ()),
+        mesh.DhtStore(fresh, OTHER.node_id, other, 60_000),
+        mesh.DhtPing(fresh, other),
+        mesh.DhtFound(q, ((OTHER.node_id, other), (IDENTITY.node_id, mine)), other, other),
+        mesh.DhtFound(q, (), None, None),
+        mesh.DhtStored(q),
+        mesh.DhtPong(q, other),
+        mesh.DhtRefused(q, "no"),
+    ]
+    return [mesh.encode_message(message) for message in messages]
+
+
+def check_dht(data: bytes) -> None:
+    """``mesh.decode_message`` and ``mesh.Dht.on_message``: a DHT message body from
+    :data:`OTHER` (a question, or an answer to the lookup :func:`_dht` started). A
+    message read round-trips; the DHT raises only what it documents."""
+    message = mesh.decode_message(data)
+    if not isinstance(message, mesh.DhtUnknownOp):
+        with contextlib.suppress(crypto.TooLarge):  # a longer why is cut when sent
+            if mesh.decode_message(mesh.encode_message(message)) != message:
+                raise PropertyFailed(f"a DHT {type(message).__name__} does not round-trip")
+    dht, _ = _dht()
+    dht.on_message(OTHER.node_id, data, NOW_MS)
+
+
+def _revocation_seeds() -> list[bytes]:
+    return [
+        _payload_of(crypto.Revocation.sign(IDENTITY, bytes([n]) * 16, now=NOW_MS).envelope)
+        for n in range(2)
+    ]
+
+
+def check_revocation(data: bytes) -> None:
+    """``crypto.Revocation.open`` on a revocation payload a hostile node signed (they
+    flood the mesh)."""
+    revocation = crypto.Revocation.open(_signed(data, _envelope.Purpose.REVOCATION))
+    if revocation.signer != IDENTITY.node_id:
+        raise PropertyFailed("a revocation opened as signed by another node")
+
+
+_COORD_ERRORS: Final = (crypto.Malformed, crypto.BadSignature, crypto.WrongPurpose, crypto.Expired)
+_TREE_WORDS: Final = tuple(
+    _cbor.encode(word)
+    for word in (
+        *("root", "ts", "child", "depth", "exp", "up", "op", "q", "key", "value", "from"),
+        *("known", "nodes", "ttl", "why", "find", "found", "store", "stored", "ping", "pong"),
+        *("refused", "cap", OTHER.node_id.raw, b"\x00" * 8, *_EDGE_VALUES),
+    )
+)
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 _CRYPTO_ERRORS: Final = (crypto.Malformed, crypto.BadSignature, crypto.WrongPurpose, crypto.Expired)
@@ -1452,6 +1624,50 @@ TARGETS: Final[dict[str, Target]] = {
             (crypto.Malformed,),
             _call_seeds,
             _FRAME_WORDS,
+        ),
+        Target(
+            "coord_grant",
+            "crypto.CoordChain.verify on a tree grant payload a hostile node signed (a "
+            "root's statement, and a grant below the root)",
+            check_coord_grant,
+            _COORD_ERRORS,
+            _coord_grant_seeds,
+            _TREE_WORDS,
+        ),
+        Target(
+            "coord_chain",
+            "crypto.CoordChain.parse: a coordinate chain's wire form (tree offers, DHT "
+            "messages, frames' coordinates)",
+            check_coord_chain,
+            _COORD_ERRORS,
+            _coord_chain_seeds,
+            _TREE_WORDS,
+        ),
+        Target(
+            "tree_offer",
+            "the body of a tree offer (crd frame: chain, grant, neighbours' paths) and "
+            "mesh.Tree.on_offer",
+            check_tree_offer,
+            _COORD_ERRORS,
+            _tree_offer_seeds,
+            _TREE_WORDS,
+        ),
+        Target(
+            "dht",
+            "mesh.decode_message and mesh.Dht.on_message: DHT questions and answers from "
+            "another node",
+            check_dht,
+            (crypto.Malformed,),
+            _dht_seeds,
+            _TREE_WORDS,
+        ),
+        Target(
+            "revocation",
+            "crypto.Revocation.open on a revocation payload a hostile node signed",
+            check_revocation,
+            _CRYPTO_ERRORS,
+            _revocation_seeds,
+            _TREE_WORDS,
         ),
         Target(
             "stomp",
