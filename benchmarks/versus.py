@@ -276,16 +276,32 @@ def busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int | None = None, proc: Path = Path("/proc")) -> float | None:
+    """CPU seconds (user and system) process ``pid`` (None: this one) has used; None
+    where ``/proc`` cannot say (not Linux, or the process is gone)."""
+    try:
+        text = (proc / ("self" if pid is None else str(pid)) / "stat").read_text()
+        # After "pid (command)", whose command may hold spaces and parentheses: the
+        # state is field 3 and utime, stime fields 14 and 15 (proc(5)).
+        fields = text[text.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass(frozen=True)
 class Mark:
-    """A moment: wall time (``perf_counter``) and the machine's busy CPU seconds."""
+    """A moment: wall time (``perf_counter``), the machine's busy CPU seconds, and the
+    CPU seconds of this process and of each ``pids`` (``parts``, in that order)."""
 
     wall: float
     busy: float | None
+    parts: tuple[float | None, ...] = ()
 
     @classmethod
-    def now(cls) -> Mark:
-        return cls(time.perf_counter(), busy_cpu_seconds())
+    def now(cls, pids: Sequence[int] = ()) -> Mark:
+        parts = tuple(process_cpu_seconds(pid) for pid in (None, *pids))
+        return cls(time.perf_counter(), busy_cpu_seconds(), parts)
 
 
 @dataclass(frozen=True)
@@ -295,6 +311,8 @@ class Rate:
 
     per_second: float
     cpu_us: float | None = None
+    #: The same, process by process (:attr:`Mark.parts`), where each was read.
+    parts_us: tuple[float, ...] | None = None
 
     @classmethod
     def between(cls, count: int, start: Mark, end: Mark) -> Rate:
@@ -302,7 +320,16 @@ class Rate:
         cpu = None
         if start.busy is not None and end.busy is not None and count:
             cpu = (end.busy - start.busy) / count * 1e6
-        return cls(count / seconds, cpu)
+        parts: tuple[float, ...] | None = None
+        if count and start.parts and len(start.parts) == len(end.parts):
+            spent: list[float] = []
+            for before, after in zip(start.parts, end.parts, strict=True):
+                if before is None or after is None:
+                    break
+                spent.append((after - before) / count * 1e6)
+            else:
+                parts = tuple(spent)
+        return cls(count / seconds, cpu, parts)
 
 
 # -- ptth ------------------------------------------------------------------------------
@@ -335,17 +362,24 @@ async def send_all(
 
 
 async def transfer(
-    origin: Node, consumer: InboxConsumer, dst: crypto.NodeId, count: int, body: bytes, tasks: int
+    origin: Node,
+    consumer: InboxConsumer,
+    dst: crypto.NodeId,
+    count: int,
+    body: bytes,
+    tasks: int,
+    pids: Sequence[int] = (),
 ) -> Rate:
-    """From the first send to the last of ``count`` messages acknowledged."""
+    """From the first send to the last of ``count`` messages acknowledged; the CPU of
+    this process and of ``pids`` (the other nodes) apart."""
     target = consumer.acked + count
-    start = Mark.now()
+    start = Mark.now(pids)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_all, origin, dst, count, body, tasks, consumer)
         nursery.start_soon(none_dropped, origin)
         await consumer.wait_acked(target)
         nursery.cancel_scope.cancel()
-    return Rate.between(count, start, Mark.now())
+    return Rate.between(count, start, Mark.now(pids))
 
 
 async def ptth_rate(
@@ -364,7 +398,8 @@ async def ptth_rate(
             assert isinstance(last, Process)
             async with consuming(last, in_flight) as consumer:
                 await transfer(origin, consumer, last.node_id, min(WARM_UP, count), body, in_flight)
-                rate = await transfer(origin, consumer, last.node_id, count, body, in_flight)
+                pids = [process.process.pid for process in outside]
+                rate = await transfer(origin, consumer, last.node_id, count, body, in_flight, pids)
     return rate
 
 
@@ -414,20 +449,21 @@ async def ptth_api_rate(
         await receiver.add_peer(sender.token)
         while not await sender.route_to(receiver.node_id):  # noqa: ASYNC110 - no event for it
             await trio.sleep(0.01)
+        pids = (sender.process.pid, receiver.process.pid)
         async with (
             httpx.AsyncClient(base_url=sender.url, headers=sender.headers, timeout=None) as client,
             consuming(receiver, in_flight) as consumer,
         ):
             for number, timed in ((min(WARM_UP, count), False), (count, True)):
                 target = consumer.acked + number
-                start = Mark.now()
+                start = Mark.now(pids)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(none_dropped_at, client)
                     await post_batches(client, receiver.node_id, number, body, consumer)
                     await consumer.wait_acked(target)
                     nursery.cancel_scope.cancel()
                 if timed:
-                    return Rate.between(count, start, Mark.now())
+                    return Rate.between(count, start, Mark.now(pids))
     raise AssertionError("unreachable")
 
 
@@ -1049,6 +1085,29 @@ def ratios(
     return out
 
 
+def process_names(system: str, count: int) -> list[str]:
+    """What each of a ptth row's ``count`` processes is, this one first (see
+    :attr:`Mark.parts`): the other nodes along the chain, or the API's two."""
+    if system == "ptth-api":
+        return ["here (client, consumer)", "sender", "receiver"][:count]
+    forwarders = [f"r{index}" for index in range(1, count - 1)]
+    return ["here (origin, consumer)", *forwarders, "destination"][:count]
+
+
+def by_process(
+    system: str, parts: Sequence[dict[str, tuple[float, ...] | None]]
+) -> dict[str, float] | None:
+    """The medians over rounds of ``system``'s CPU per message in each process."""
+    measured = [split for split in (round_.get(system) for round_ in parts) if split]
+    if not measured or len({len(split) for split in measured}) != 1:
+        return None
+    names = process_names(system, len(measured[0]))
+    return {
+        name: statistics.median(split[index] for split in measured)
+        for index, name in enumerate(names)
+    }
+
+
 def summarize(
     systems: Sequence[str],
     rounds: Sequence[dict[str, float | None]],
@@ -1057,8 +1116,12 @@ def summarize(
     sign: Sequence[float] | None = None,
     cpu: Sequence[dict[str, float | None]] | None = None,
     cores: int | None = None,
+    parts: Sequence[dict[str, tuple[float, ...] | None]] | None = None,
 ) -> dict[str, Any]:
     """Medians, min-max and ratios within rounds; the goals, met or not.
+
+    With ``parts`` (per round, a ptth system's CPU per message in each of its processes,
+    µs, as :attr:`Rate.parts_us`): their medians, named by :func:`process_names`.
 
     With ``sign`` (Ed25519 signatures/s on one core, per round, beside ``verify``): the
     *crypto ceiling* of one hop, what both cores could carry doing nothing but the
@@ -1082,6 +1145,7 @@ def summarize(
         ]
         table[system] = {
             "cpu us per message": median_of(spent),
+            "cpu us per message by process": by_process(system, parts or []),
             "cores busy": median_of(busy),
             "rates": rates,
             "median": median_of(rates),
@@ -1265,6 +1329,17 @@ def report(summary: dict[str, Any], out: IO[str]) -> None:
             f"ptth-3hop could reach at most {fmt_ratio(bound['most 3hop vs 1hop'])}x "
             "ptth-1hop's measured rate"
         )
+    split = {
+        system: row["cpu us per message by process"]
+        for system, row in summary["systems"].items()
+        if row.get("cpu us per message by process")
+    }
+    if split:
+        say("CPU by process, us per message (medians; the machine's figure also counts the")
+        say("kernel's work for them, such as loopback TCP and the disk):")
+        for system, processes in split.items():
+            said = ", ".join(f"{name} {us:.0f}" for name, us in processes.items())
+            say(f"  {system}: {said}")
     if summary["one at a time"]:
         say()
         say(f"{'one at a time':<26} {'p50 ms':>8} {'p99 ms':>8}")
@@ -1359,6 +1434,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     say(f"  ptth {version_of('ptth')}: origin embedded here, the other nodes `ptth run`")
     rounds: list[dict[str, float | None]] = []
     cpu: list[dict[str, float | None]] = []
+    parts: list[dict[str, tuple[float, ...] | None]] = []
     verify: list[float] = []
     sign: list[float] = []
     samples: dict[str, list[float]] = {}
@@ -1375,21 +1451,24 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             sign.append(sign_rate())
             measured: dict[str, float | None] = {}
             used: dict[str, float | None] = {}
+            split: dict[str, tuple[float, ...] | None] = {}
             for system in rotated(order, index):
                 try:
                     rate = runs[system](index + 1)
                 except Exception as exc:
-                    measured[system] = used[system] = None
+                    measured[system] = used[system] = split[system] = None
                     say(f"  round {index + 1}: {system} failed: {exc!r}")
                 else:
                     measured[system], used[system] = rate.per_second, rate.cpu_us
+                    split[system] = rate.parts_us if system.startswith("ptth") else None
             rounds.append(measured)
             cpu.append(used)
+            parts.append(split)
             said = "  ".join(f"{system} {fmt_rate(measured.get(system))}/s" for system in order)
             say(f"round {index + 1}: {said}   (verify {verify[-1]:,.0f}/s, sign {sign[-1]:,.0f}/s)")
         if args.samples:
             samples = one_at_a_time(args.systems, anchors, work, args.samples)
-    summary = summarize(order, rounds, verify, samples, sign, cpu, os.cpu_count())
+    summary = summarize(order, rounds, verify, samples, sign, cpu, os.cpu_count(), parts)
     load = os.getloadavg()
     if args.json:
         document = {

@@ -159,6 +159,51 @@ def test_busy_cpu_seconds_from_proc_stat(tmp_path: Path) -> None:
     assert versus.Rate.between(10, versus.Mark(0.0, None), versus.Mark(1.0, 3.0)).cpu_us is None
 
 
+def test_process_cpu_seconds_from_proc(tmp_path: Path) -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    (tmp_path / "42").mkdir()
+    # A command may hold spaces and parentheses: fields are counted after the last ")".
+    fields = ["S", *["0"] * 10, str(3 * hz), str(2 * hz), *["0"] * 30]
+    (tmp_path / "42" / "stat").write_text(f"42 (ptth (run) x) {' '.join(fields)}\n")
+    assert versus.process_cpu_seconds(42, tmp_path) == 5.0
+    assert versus.process_cpu_seconds(43, tmp_path) is None  # gone
+    (tmp_path / "42" / "stat").write_text("42 (ptth) S 1 2\n")
+    assert versus.process_cpu_seconds(42, tmp_path) is None
+    assert (versus.process_cpu_seconds() or 0.0) > 0.0  # this process, if on Linux
+
+
+def test_cpu_per_message_process_by_process() -> None:
+    start = versus.Mark(0.0, 10.0, (1.0, 2.0, 3.0))
+    rate = versus.Rate.between(1_000, start, versus.Mark(1.0, 11.0, (1.1, 2.3, 3.0)))
+    assert rate.parts_us == pytest.approx((100.0, 300.0, 0.0))
+    unread = versus.Mark(1.0, 11.0, (1.1, None, 3.0))
+    assert versus.Rate.between(1_000, start, unread).parts_us is None
+    assert versus.process_names("ptth-1hop", 2) == ["here (origin, consumer)", "destination"]
+    assert versus.process_names("ptth-3hop", 4)[1:] == ["r1", "r2", "destination"]
+    assert versus.process_names("ptth-api", 3) == ["here (client, consumer)", "sender", "receiver"]
+    rounds: list[dict[str, float | None]] = [{"ptth-api": 5_000.0}] * 3
+    parts: list[dict[str, tuple[float, ...] | None]] = [
+        {"ptth-api": (20.0, 110.0, 140.0)},
+        {"ptth-api": None},  # a round that failed
+        {"ptth-api": (18.0, 120.0, 150.0)},
+    ]
+    summary = versus.summarize(["ptth-api"], rounds, [1.0] * 3, {}, None, None, 2, parts)
+    assert summary["systems"]["ptth-api"]["cpu us per message by process"] == {
+        "here (client, consumer)": 19.0,
+        "sender": 115.0,
+        "receiver": 145.0,
+    }
+    out = io.StringIO()
+    versus.report(summary, out)
+    assert "  ptth-api: here (client, consumer) 19, sender 115, receiver 145" in out.getvalue()
+    # Not measured (another system): nothing is printed.
+    bare = versus.summarize(["ptth-api"], rounds, [1.0] * 3, {})
+    assert bare["systems"]["ptth-api"]["cpu us per message by process"] is None
+    out = io.StringIO()
+    versus.report(bare, out)
+    assert "CPU by process" not in out.getvalue()
+
+
 def test_rounds_rotate_the_order() -> None:
     systems = ["a", "b", "c"]
     assert [versus.rotated(systems, i) for i in range(4)] == [
