@@ -36,6 +36,23 @@ def test_ptth_rows_measured_and_missing_brokers_named(
         (rate,) = result["systems"][system]["rates"]
         assert rate is not None
         assert rate > 0
+    if Path("/proc/self/stat").exists():  # each process's CPU, where /proc says it
+        split = {
+            system: list(result["systems"][system]["cpu us per message by process"])
+            for system in ptth
+        }
+        assert split == {
+            "ptth-1hop": ["here (origin, consumer)", "destination"],
+            "ptth-3hop": ["here (origin, consumer)", "r1", "r2", "destination"],
+            "ptth-3hop-trusted": ["here (origin, consumer)", "r1", "r2", "destination"],
+            "ptth-api": ["here (client, consumer)", "sender", "receiver"],
+        }
+        # (30 messages may take less than one clock tick of a process's CPU: >= 0.)
+        assert all(
+            us >= 0
+            for system in ptth
+            for us in result["systems"][system]["cpu us per message by process"].values()
+        )
     assert set(result["systems"]) == ptth
     assert "apt-get install rabbitmq-server" in result["missing"]["rabbitmq"]
     assert "pip install -e '.[bench]'" in result["missing"]["nats"]
