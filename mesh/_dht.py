@@ -413,6 +413,7 @@ class Lookup:
         every_value: bool = False,
         self_id: crypto.NodeId | None = None,
         max_queries: int = DEFAULT_MAX_LOOKUP_QUERIES,
+        answered: Iterable[crypto.NodeId] = (),
     ) -> None:
         if k < 1 or alpha < 1:
             raise ValueError(f"k and alpha must be at least 1, got k={k}, alpha={alpha}")
@@ -435,6 +436,10 @@ class Lookup:
         self._done = False
         for node in seeds:
             self._learn(node)
+        for node in answered:  # asked before: they count as having answered
+            self._learn(node)
+            if node in self._state:
+                self._state[node] = _Query.ANSWERED
         self._settle()
 
     @property

@@ -67,12 +67,17 @@ changed only by the root's newer statement, the same place, once the copy held i
 last third of its life: the root signs one every interval, and the copy routes as well)
 and every ``republish_ms`` (a lookup of our id, then a ``store`` at each of the k
 found; sooner, :data:`PUBLISH_RECHECK_MS` and doubling, after our first publication
-and while a node nearer our id than those found did not answer, a recheck storing at
-the holders it finds anew; at the next tick, while fewer than k were found and more
-contacts are known than then); buckets no lookup touched for ``refresh_ms`` are refreshed by a
-lookup of a random id in them.
+and while a node nearer our id than those found did not answer, a recheck: a lookup
+that counts the holders as having answered, so that only the others are asked (a node
+missed, or nearer ones named since), storing at the holders it finds anew; at the next
+tick, while fewer than k were found and more contacts are known than then); buckets no
+lookup touched for ``refresh_ms`` are refreshed by a lookup of a random id in them.
 Records stored for others are not republished by us: each owner publishes its own, and
-coordinates expire within the tree's grant lifetime anyway.
+coordinates expire within the tree's grant lifetime anyway. But a newcomer to our
+contacts nearer a record's key than we are, where we know no nearer node, is handed
+that record (a ``store``: Kademlia's §2.5): a publication made while the tables were
+young, at nodes that were not the nearest its key, so moves to the nearest as they
+are learned, and the cheap rechecks above find it there.
 
 Bounds: at most ``max_lookups`` lookups started by :meth:`Dht.find` at once (past it,
 :class:`mesh.StoreFull`) and :data:`MAX_BACKGROUND_LOOKUPS` more of our own (publish,
@@ -89,7 +94,7 @@ import enum
 import heapq
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import crypto
@@ -163,6 +168,11 @@ DEFAULT_QUERY_TIMEOUT_MS: Final = 10_000
 DEFAULT_MAX_LOOKUPS: Final = 64
 #: Contacts pinged per tick to renew their coordinates (the rest at later ticks).
 MAX_RENEWALS: Final = 8
+#: A newcomer to our contacts is handed at most this many records
+#: (:meth:`Dht._replicate`), of at most :data:`MAX_HANDOVER_CHECKS` it is nearer than
+#: us: the work one newcomer costs is bounded whatever we hold.
+MAX_HANDOVERS: Final = 16
+MAX_HANDOVER_CHECKS: Final = 64
 #: Lookups of our own running at once: one publication and a few bucket refreshes (more
 #: wait for the next tick).
 MAX_BACKGROUND_LOOKUPS: Final = 8
@@ -677,16 +687,27 @@ class Dht:
         return self._start(key, _Purpose.FIND, value, now, first=first and value)
 
     def _start(
-        self, key: crypto.NodeId, purpose: _Purpose, value: bool, now: int, *, first: bool = False
+        self,
+        key: crypto.NodeId,
+        purpose: _Purpose,
+        value: bool,
+        now: int,
+        *,
+        first: bool = False,
+        answered: Sequence[tuple[crypto.NodeId, bytes]] = (),
     ) -> tuple[int, list[DhtAction]]:
         chains: dict[crypto.NodeId, bytes] = {}
         for node in self.contacts.nearest(key, self.k):
             chain = self._chain_of(node)
             if chain is not None and self._usable(chain, now):
                 chains[node] = chain
+        seeds = list(chains)
+        for node, chain in answered:
+            chains[node] = self._newest(node, chain, now)
         lookup = Lookup(
             key,
-            chains,
+            seeds,
+            answered=[node for node, _ in answered],
             k=self.k,
             alpha=self.alpha,
             find_value=value,
@@ -877,7 +898,18 @@ class Dht:
         ):
             return []
         self._publish_due = False
-        return self._start(self.id, _Purpose.PUBLISH, False, now)[1]
+        answered: list[tuple[crypto.NodeId, bytes]] = []
+        if (
+            self._recheck_at is not None
+            and now >= self._recheck_at
+            and self._published is not None
+            and now - self._published < self.republish_ms
+            and self._stored_chain == self._chain
+        ):
+            # A recheck (not the hourly republication): those that hold our chain were
+            # asked already; ask the others (missed, or nearer ones named) only.
+            answered = self._holders
+        return self._start(self.id, _Purpose.PUBLISH, False, now, answered=answered)[1]
 
     def _held_still(self, now: int) -> bool:
         """Whether our chain changed only by a newer root statement (the same place)
@@ -1156,18 +1188,53 @@ class Dht:
         return self.chains.verify(chain, now)
 
     def _seen(self, node: crypto.NodeId, chain: bytes, now: int) -> list[DhtAction]:
-        """``node``, at ``chain`` (verified), was heard from; a probe it brings is sent."""
+        """``node``, at ``chain`` (verified), was heard from; a probe it brings is sent,
+        and, a newcomer to our contacts, the records it should hold (:meth:`_replicate`)."""
+        known = node in self.contacts
         probe = self.contacts.seen(node, now, info=self.chains.kept(chain))
+        actions = [] if known or node not in self.contacts else self._replicate(node, chain, now)
         if probe is None:
-            return []
+            return actions
         contact = self.contacts.get(probe.node)
         if contact is None or contact.info is None:
             self.contacts.probe_failed(probe.node)  # cannot be asked: make room
-            return []
+            return actions
         if self._chain is None:
-            return []  # it cannot answer us: the contacts ask again after their interval
+            return actions  # it cannot answer us: the contacts ask again after their interval
         q = self._query(_Kind.PING, probe.node, contact.info, now, None)
-        return [DhtSend(probe.node, contact.info, encode_message(DhtPing(q, self._chain)))]
+        ping = DhtSend(probe.node, contact.info, encode_message(DhtPing(q, self._chain)))
+        return [*actions, ping]
+
+    def _replicate(self, node: crypto.NodeId, chain: bytes, now: int) -> list[DhtAction]:
+        """Kademlia's hand-over to a newcomer (§2.5): the records we hold whose key
+        ``node`` is nearer than we are, where we know no other contact nearer than us
+        (so that of a key's holders only the nearest to it hands it over, and never
+        when we know the key's own node), are stored at ``node``. A publication that
+        settled on nodes not the nearest its key (made while the tables were young) so
+        moves toward the nearest as they are learned."""
+        actions: list[DhtAction] = []
+        if self._chain is None:
+            return actions  # it could not answer us
+        checked = 0
+        for record in self.records:
+            key = record.key
+            if key in (node, self.id) or record.expires <= now:
+                continue
+            ours = xor_distance(self.id, key)
+            if xor_distance(node, key) >= ours:
+                continue
+            checked += 1
+            if checked > MAX_HANDOVER_CHECKS or len(actions) >= MAX_HANDOVERS:
+                break  # bounded work for any one newcomer (an id next to ours passes
+                # the test above for about half the records we hold)
+            nearest = self.contacts.nearest(key, 2)
+            if any(other != node and xor_distance(other, key) < ours for other in nearest):
+                continue  # a nearer holder (or the key's owner) is known: it hands over
+            q = self._query(_Kind.STORE, node, chain, now, None)
+            ttl = min(record.expires - now, crypto.MAX_GRANT_LIFETIME_MS)
+            body = encode_message(DhtStore(q, key, record.value, ttl))
+            actions.append(DhtSend(node, chain, body))
+        return actions
 
     def _newest(self, node: crypto.NodeId, chain: bytes, now: int) -> bytes:
         """Of ``chain`` and the one ``node``'s contact holds, the newer."""

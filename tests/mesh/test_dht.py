@@ -450,6 +450,23 @@ def test_find_value_ends_at_the_first_value_and_ignores_late_replies() -> None:
     assert plain.value_from is None
 
 
+def test_a_lookup_counts_nodes_asked_before_as_answered() -> None:
+    # A publication's recheck: its holders answered last time; only others are asked.
+    lookup = Lookup(TARGET, [near(5), near(40)], k=3, alpha=3, answered=[near(10), near(20)])
+    assert lookup.next_queries() == [near(5)]  # near(40) is not among the 3 nearest
+    lookup.on_reply(near(5), [near(1)])
+    assert lookup.next_queries() == [near(1)]
+    lookup.on_reply(near(1), [])
+    assert lookup.done
+    assert lookup.result() == ([near(1), near(5), near(10)], None)
+    assert lookup.queries == 2
+    # Nothing nearer than the nodes asked before: done at once, nobody asked.
+    again = Lookup(TARGET, [near(40)], k=2, answered=[near(10), near(20)])
+    assert again.done
+    assert again.result() == ([near(10), near(20)], None)
+    assert again.queries == 0
+
+
 def test_a_lookup_without_seeds_is_done_at_once() -> None:
     lookup = Lookup(TARGET, [])
     assert lookup.done

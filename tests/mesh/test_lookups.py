@@ -51,6 +51,7 @@ from mesh._lookups import (
     DEFAULT_ANSWER_NODES,
     DEFAULT_QUERY_TIMEOUT_MS,
     DEFAULT_REPUBLISH_MS,
+    MAX_HANDOVERS,
     MAX_WHY_LENGTH,
     PUBLISH_RECHECK_MS,
     PUBLISH_SETTLE_MS,
@@ -398,7 +399,10 @@ def test_a_flood_of_stores_from_one_sender_stops_at_its_share() -> None:
     stored = encode_message(DhtStore(Q, IDS[2], CHAINS[IDS[2]], 60_000))  # held: refreshed
     assert one(b.on_message(IDS[0], stored, T0 + 1))[1] == DhtStored(Q)
     mine = encode_message(DhtStore(Q, IDS[3], CHAINS[IDS[3]], 60_000))  # another origin
-    assert one(b.on_message(IDS[3], mine, T0 + 1))[1] == DhtStored(Q)
+    answers = [m for _, m in sends(b.on_message(IDS[3], mine, T0 + 1))]
+    # (IDS[3], a newcomer to b's contacts, may be handed records besides: see
+    # test_a_holder_hands_a_record_to_a_newcomer_nearer_its_key.)
+    assert [m for m in answers if not isinstance(m, DhtStore)] == [DhtStored(Q)]
 
 
 def test_an_older_version_of_a_tree_does_not_replace_a_newer_one() -> None:
@@ -732,15 +736,10 @@ def test_a_newer_statement_of_the_same_place_is_stored_when_the_copy_held_ages()
     for dst, message in sends(a.tick(T0)):
         a.on_message(dst, encode_message(DhtFound(message.q, ())), T0 + 1)
     assert len(a.holders) == 3
-    # The first publication is looked for again (our join); the same holders answer,
-    # and hold this very chain: nothing is stored again.
+    # The first publication is looked for again (our join), asking only nodes that do
+    # not hold it: none is known, so nothing is asked and nothing stored again.
     recheck = T0 + 1 + PUBLISH_RECHECK_MS
-    finds = sends(a.tick(recheck))
-    assert finds
-    assert all(isinstance(m, DhtFind) and m.key == IDS[0] for _, m in finds)
-    for dst, message in finds:
-        again = a.on_message(dst, encode_message(DhtFound(message.q, ())), recheck)
-        assert sends(again) == []
+    assert [m for _, m in sends(a.tick(recheck)) if getattr(m, "key", None) == IDS[0]] == []
     assert len(a.holders) == 3
 
     def stores(now: int) -> list[DhtStore]:
@@ -858,6 +857,73 @@ def test_a_first_publication_is_looked_for_again_and_stored_at_nearer_nodes_foun
     assert near in a.holders
     # The lookups agreed: the next is the hourly one.
     assert answer(sends(a.tick(now + 4 * PUBLISH_RECHECK_MS)), now) == []
+
+
+def test_a_recheck_asks_only_the_nodes_that_do_not_hold_our_place() -> None:
+    # The holders of our first publication were asked then; looking again a minute
+    # later asks the nearer node learned since, not them.
+    a = dht(IDS[0], k=3)
+    near, *others = sorted(IDS[1:], key=lambda n: xor_distance(n, IDS[0]))
+    for node in others[:3]:
+        a.introduce(CHAINS[node], T0)
+    for dst, message in sends(a.tick(T0)):
+        a.on_message(dst, encode_message(DhtFound(message.q, ())), T0 + 1)
+    assert sorted(n.raw for n in a.holders) == sorted(n.raw for n in others[:3])
+    a.introduce(CHAINS[near], T0 + 2)
+    now = T0 + 1 + PUBLISH_RECHECK_MS
+    finds = [(dst, m) for dst, m in sends(a.tick(now)) if isinstance(m, DhtFind)]
+    assert [(dst, m.key) for dst, m in finds] == [(near, IDS[0])]
+    ((_, find),) = finds
+    stored = sends(a.on_message(near, encode_message(DhtFound(find.q, ())), now))
+    assert [(dst, type(m)) for dst, m in stored] == [(near, DhtStore)]
+    assert near in a.holders
+    # The hourly republication asks them all again.
+    hourly = sends(a.tick(now + DEFAULT_REPUBLISH_MS))
+    assert len([m for _, m in hourly if isinstance(m, DhtFind) and m.key == IDS[0]]) == 3
+
+
+def test_a_holder_hands_a_record_to_a_newcomer_nearer_its_key() -> None:
+    # Kademlia's hand-over (section 2.5): b holds the coordinates of key (stored by x);
+    # a node nearer the key than b, where b knows none nearer, heard of for the first
+    # time, is stored at by b. A newcomer farther from the key is not, nor one when b
+    # knows a node nearer the key than itself (that one hands over).
+    key = IDS[5]
+    nearest, second, b, *farther = sorted(
+        (n for n in IDS if n != key), key=lambda n: xor_distance(n, key)
+    )
+    x = farther[-1]
+    stored = encode_message(DhtStore(Q, key, CHAINS[key], 600_000))
+    holder = dht(b)
+    holder.introduce(CHAINS[x], T0)
+    assert one(holder.on_message(x, stored, T0))[1] == DhtStored(Q)
+    assert sends(holder.introduce(CHAINS[farther[0]], T0 + 1)) == []  # farther than b
+    handed = sends(holder.introduce(CHAINS[second], T0 + 2))
+    assert [(dst, type(m)) for dst, m in handed] == [(second, DhtStore)]
+    ((_, store),) = handed
+    assert isinstance(store, DhtStore)
+    assert (store.key, store.value) == (key, CHAINS[key])
+    assert 0 < store.ttl_ms <= 600_000 - 2
+    assert sends(holder.introduce(CHAINS[second], T0 + 3)) == []  # known by now
+    # Now b knows `second`, nearer the key than itself: `nearest`, a newcomer, is
+    # handed the record by `second` (which holds it too), not by b.
+    assert sends(holder.introduce(CHAINS[nearest], T0 + 4)) == []
+    # Nor is a record handed to the key's own node: it publishes its own.
+    owner = dht(b)
+    owner.introduce(CHAINS[x], T0)
+    owner.on_message(x, stored, T0)
+    assert [m for _, m in sends(owner.introduce(CHAINS[key], T0 + 1))] == []
+
+
+def test_a_newcomer_is_handed_a_bounded_number_of_records() -> None:
+    # Whatever we hold, one newcomer costs a bounded amount of work and stores.
+    holder, newcomer = dht(IDS[0]), IDS[1]
+    base = int.from_bytes(newcomer.raw, "big")
+    for n in range(1, 200):  # keys next to the newcomer's id, far from ours
+        key = crypto.NodeId((base ^ n).to_bytes(32, "big"))
+        holder.records.put(key, CHAINS[IDS[2]], T0, 600_000, origin=IDS[3])
+    handed = sends(holder.introduce(CHAINS[newcomer], T0 + 1))
+    assert len(handed) == MAX_HANDOVERS
+    assert all(dst == newcomer and isinstance(m, DhtStore) for dst, m in handed)
 
 
 # --- a mesh of nodes ---------------------------------------------------------------------
