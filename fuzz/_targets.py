@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -1269,13 +1270,16 @@ def check_stomp(data: bytes) -> None:
 _COORD_LIFETIME_MS: Final = 30 * 60 * 1000
 
 
+@functools.cache
 def _root_statement() -> bytes:
-    """:data:`IDENTITY` as a tree's root, as of :data:`NOW_MS`."""
+    """:data:`IDENTITY` as a tree's root, as of :data:`NOW_MS` (signed once: the same
+    bytes every time, and every input needs them)."""
     return crypto.root_statement(IDENTITY, now=NOW_MS, lifetime_ms=_COORD_LIFETIME_MS)
 
 
+@functools.cache
 def _chains() -> tuple[bytes, bytes]:
-    """The wire forms of :data:`IDENTITY`'s chain (the root's statement) and of
+    """(Made once.) The wire forms of :data:`IDENTITY`'s chain (the root's statement) and of
     :data:`OTHER`'s, one level below it."""
     root = crypto.CoordChain((_root_statement(),))
     coordinates = root.verify(now=NOW_MS)
@@ -1301,11 +1305,8 @@ def check_coord_grant(data: bytes) -> None:
     offers, DHT answers and frames carry such chains); what verifies places the signer
     where it may."""
     grant = _signed(data, _envelope.Purpose.COORD)
-    try:
+    with contextlib.suppress(*_CRYPTO_ERRORS):  # else not a root's statement: a grant?
         alone = crypto.CoordChain((grant,)).verify(now=NOW_MS)
-    except _COORD_ERRORS:
-        pass  # not a root's statement: perhaps a grant
-    else:
         if alone.path != (IDENTITY.node_id,):
             raise PropertyFailed(f"a root statement verified as the path {alone.path}")
         return
@@ -1417,7 +1418,6 @@ def check_revocation(data: bytes) -> None:
         raise PropertyFailed("a revocation opened as signed by another node")
 
 
-_COORD_ERRORS: Final = (crypto.Malformed, crypto.BadSignature, crypto.WrongPurpose, crypto.Expired)
 _TREE_WORDS: Final = tuple(
     _cbor.encode(word)
     for word in (
@@ -1630,7 +1630,7 @@ TARGETS: Final[dict[str, Target]] = {
             "crypto.CoordChain.verify on a tree grant payload a hostile node signed (a "
             "root's statement, and a grant below the root)",
             check_coord_grant,
-            _COORD_ERRORS,
+            _CRYPTO_ERRORS,
             _coord_grant_seeds,
             _TREE_WORDS,
         ),
@@ -1639,7 +1639,7 @@ TARGETS: Final[dict[str, Target]] = {
             "crypto.CoordChain.parse: a coordinate chain's wire form (tree offers, DHT "
             "messages, frames' coordinates)",
             check_coord_chain,
-            _COORD_ERRORS,
+            _CRYPTO_ERRORS,
             _coord_chain_seeds,
             _TREE_WORDS,
         ),
@@ -1648,7 +1648,7 @@ TARGETS: Final[dict[str, Target]] = {
             "the body of a tree offer (crd frame: chain, grant, neighbours' paths) and "
             "mesh.Tree.on_offer",
             check_tree_offer,
-            _COORD_ERRORS,
+            _CRYPTO_ERRORS,
             _tree_offer_seeds,
             _TREE_WORDS,
         ),

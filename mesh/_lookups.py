@@ -1223,10 +1223,11 @@ class Dht:
             ours = xor_distance(self.id, key)
             if xor_distance(node, key) >= ours:
                 continue
+            # Bounded work for one newcomer: an id next to ours passes the test above
+            # for about half the records we hold.
             checked += 1
             if checked > MAX_HANDOVER_CHECKS or len(actions) >= MAX_HANDOVERS:
-                break  # bounded work for any one newcomer (an id next to ours passes
-                # the test above for about half the records we hold)
+                break
             nearest = self.contacts.nearest(key, 2)
             if any(other != node and xor_distance(other, key) < ours for other in nearest):
                 continue  # a nearer holder (or the key's owner) is known: it hands over
