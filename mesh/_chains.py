@@ -37,14 +37,15 @@ go (entries are verified in time order and live alike, so the oldest expire firs
 In a simulation every node runs in one process and is shown the same chains:
 :func:`verifying_chains_once` lets a chain that verified at one node count as verified
 at every other (as :func:`crypto.verifying_once` does for signatures), the same bytes
-verifying the same way: a node not holding it takes the coordinates from there, its
-expiry still checked, without checking a grant (nor counting one in
-:attr:`VerifiedChains.grants_checked`), and without keeping them in its own memory: the
-simulation's answers it again next time. (Each node kept them too before, up to
-``max_chains`` a node, filling with the traffic it carried: ``chirp``, 10 virtual
-minutes, 250 chains a node at 300 nodes and 506 at 1,000; not keeping them took 12 MB
-off the 300-node run's peak, 42 KiB a node, the same report, wall time within the
-machine's noise.) A real node checks every chain it is shown.
+verifying the same way: a node not holding it takes the coordinates from there (with
+their chain, for :meth:`VerifiedChains.parse`), its expiry still checked, without
+checking a grant (nor counting one in :attr:`VerifiedChains.grants_checked`), and
+without keeping them in its own memory: the simulation's answers it again next time.
+(Each node kept them too before, up to ``max_chains`` a node, filling with the traffic
+it carried: ``chirp``, 10 virtual minutes, 250 chains a node at 300 nodes and 506 at
+1,000; not keeping them took 12 MB off the 300-node run's peak, 42 KiB a node, the same
+report, wall time within the machine's noise.) A real node checks every chain it is
+shown.
 Within it too the nodes keep one bytes object per chain (:meth:`VerifiedChains.kept`):
 a destination's chain held by hundreds of routers, DHT contacts and records takes its
 memory once (300-node ``mesh`` scenario, 10 virtual minutes: chain bytes held 173 KiB
@@ -89,6 +90,14 @@ class SharedChains:
         #: One bytes object per chain the nodes keep (see :meth:`VerifiedChains.kept`).
         self.kept: dict[bytes, bytes] = {}
         self.limit = limit
+
+    def verified(self, digest: bytes, now: int) -> crypto.Coordinates | None:
+        """The coordinates (without their chain) of the chain of this digest, if a node
+        verified it by ``now`` and they have not expired; else None."""
+        known = self.held.get(digest)
+        if known is not None and now >= known[1] and known[0].exp > now:
+            return known[0]
+        return None
 
     def keep(self, digest: bytes, coordinates: crypto.Coordinates, now: int) -> None:
         if len(self.held) >= self.limit:
@@ -172,9 +181,9 @@ class VerifiedChains:
             return coordinates
         shared = _SHARED.get()
         if shared is not None:
-            known = shared.held.get(digest)
-            if known is not None and now >= known[1] and known[0].exp > now:
-                return known[0]  # verified at another node: nothing to keep here
+            known = shared.verified(digest, now)
+            if known is not None:
+                return known  # verified at another node: nothing to keep here
         _, bare = self._check(crypto.CoordChain.decode(chain), now)
         if shared is not None:
             shared.keep(digest, bare, now)
@@ -191,10 +200,20 @@ class VerifiedChains:
     def parse(self, chain: bytes, now: int) -> crypto.Coordinates:
         """The coordinates ``chain`` proves at ``now``, with their chain (to be
         extended: :meth:`crypto.Coordinates.below`); checked as :meth:`verify` checks
-        a chain not remembered whole. Raises what :meth:`crypto.CoordChain.parse`
+        a chain not remembered whole, and within :func:`verifying_chains_once` not at
+        all once another node verified it. Raises what :meth:`crypto.CoordChain.parse`
         raises."""
-        coordinates, bare = self._check(crypto.CoordChain.decode(chain), now)
-        self._remember(hashlib.sha256(chain).digest(), bare, now)
+        decoded = crypto.CoordChain.decode(chain)
+        digest = hashlib.sha256(chain).digest()
+        shared = _SHARED.get()
+        if shared is not None:
+            known = shared.verified(digest, now)
+            if known is not None:  # verified at another node: the same place
+                return crypto.Coordinates(known.path, known.ts, known.exp, decoded)
+        coordinates, bare = self._check(decoded, now)
+        if shared is not None:
+            shared.keep(digest, bare, now)
+        self._remember(digest, bare, now)
         return coordinates
 
     def _check(

@@ -237,6 +237,43 @@ def test_in_a_simulation_a_chain_one_node_verified_is_verified_at_every_node() -
     assert after.grants_checked == 3
 
 
+def test_in_a_simulation_a_chain_parsed_at_one_node_parses_unchecked_at_others() -> None:
+    """parse() (coordinates with their chain, for a tree offer) takes a chain another
+    node verified as verified too, and still gives its chain, to be extended."""
+    made = tree_chains()
+    three = wire(made["3"])
+    with verifying_chains_once():
+        one, other = VerifiedChains(), VerifiedChains()
+        assert one.parse(three, NOW) == made["3"]
+        assert one.grants_checked == 3
+        parsed = other.parse(three, NOW + 1)
+        assert other.grants_checked == 0
+        assert parsed == made["3"]
+        assert parsed.chain == made["3"].chain
+        # Verified by verify() at one node counts for parse() at another, and back.
+        five = wire(made["5"])
+        one.verify(five, NOW)
+        assert other.parse(five, NOW + 1).chain == made["5"].chain
+        assert VerifiedChains().verify(wire(made["4"]), NOW) == made["4"]
+        fresh = VerifiedChains()
+        assert fresh.parse(wire(made["4"]), NOW + 1).chain == made["4"].chain
+        assert other.grants_checked == 0
+        assert fresh.grants_checked == 0
+        # Expired, or at an earlier now: checked again, and refused as parsing refuses.
+        with pytest.raises(crypto.Expired):
+            VerifiedChains().parse(three, made["3"].exp)
+        earlier = VerifiedChains()
+        assert earlier.parse(three, NOW - 1) == made["3"]
+        assert earlier.grants_checked == 3
+        forged = bytearray(three)
+        forged[-5] ^= 1
+        with pytest.raises(crypto.CryptoError):
+            VerifiedChains().parse(bytes(forged), NOW + 2)
+    outside = VerifiedChains()
+    outside.parse(three, NOW + 3)
+    assert outside.grants_checked == 3
+
+
 def test_in_a_simulation_nodes_keep_one_bytes_object_per_chain() -> None:
     """Chains held by many nodes of one process take their memory once there; a real
     node keeps the bytes it was given."""
