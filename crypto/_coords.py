@@ -204,13 +204,14 @@ class Coordinates:
         ``ts`` is not compared (a tree refreshed since keeps its shape until a node moves).
         """
         # (Called for every neighbour of every node on a greedy route: kept to plain
-        # index arithmetic, half the time of a zip over the paths and the depth property.)
+        # index arithmetic, half the time of a zip over the paths and the depth property;
+        # the ids' bytes compared, not the ids: 0.50 against 0.91 us at depth 7.)
         mine, theirs = self.path, other.path
-        if mine[0] != theirs[0]:
+        if mine[0]._bytes != theirs[0]._bytes:
             return DIFFERENT_TREES
         shorter = min(len(mine), len(theirs))
         common = 1  # nodes on both paths from the root: the deepest is the common ancestor
-        while common < shorter and mine[common] == theirs[common]:
+        while common < shorter and mine[common]._bytes == theirs[common]._bytes:
             common += 1
         return len(mine) + len(theirs) - 2 * common
 
