@@ -170,7 +170,9 @@ DEFAULT_MAX_LOOKUPS: Final = 64
 MAX_RENEWALS: Final = 8
 #: A newcomer to our contacts is handed at most this many records
 #: (:meth:`Dht._replicate`), of at most :data:`MAX_HANDOVER_CHECKS` it is nearer than
-#: us: the work one newcomer costs is bounded whatever we hold.
+#: us: the stores and the searches of our contacts one newcomer costs are bounded
+#: whatever we hold (each record held is compared with it once, by XOR distance: at
+#: most a :class:`mesh.Records` holds, 10,000 by default).
 MAX_HANDOVERS: Final = 16
 MAX_HANDOVER_CHECKS: Final = 64
 #: Lookups of our own running at once: one publication and a few bucket refreshes (more
