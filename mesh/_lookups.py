@@ -672,9 +672,11 @@ class Dht:
         A lookup of coordinates goes on until the k nodes nearest ``key`` have answered,
         and takes the newest value offered: a holder that missed the key's last store
         keeps its former place. With ``first``, it ends at the first value that places
-        ``key`` in our tree instead: a few queries rather than k and more (measured in
-        docs/routing-at-scale.md), for a place that may be a former one (a caller that
-        finds it leads nowhere looks again without ``first``).
+        ``key`` in our tree instead, or at ``key``'s own chain doing so (a contact of
+        ours, or offered in an answer: asking ``key`` would give it again): a few
+        queries rather than k and more (measured in docs/routing-at-scale.md), for a
+        place that may be a former one (a caller that finds it leads nowhere looks
+        again without ``first``).
 
         Raises :class:`mesh.NoRoute` while we have no coordinates (no answer could reach
         us), :class:`mesh.StoreFull` with ``max_lookups`` of them running.
@@ -729,6 +731,8 @@ class Dht:
         """Send the queries the lookup wants now; finish it once done."""
         lookup = running.lookup
         actions: list[DhtAction] = []
+        if running.first and self._target_placed(running, now):
+            lookup.stop()  # a contact of ours, or offered: nobody need be asked (again)
         while not lookup.done:
             batch = lookup.next_queries()
             if not batch:
@@ -1162,6 +1166,17 @@ class Dht:
             else:
                 best = self._newer(best, candidate, now)
         return best
+
+    def _target_placed(self, running: _Running, now: int) -> bool:
+        """Whether the lookup holds the target's own chain (a contact of ours, or offered
+        by an answer) placing it in our tree: what asking the target, or a holder of
+        its record, would tell a lookup that ends at the first value."""
+        own = running.chains.get(running.lookup.target)
+        return (
+            own is not None
+            and self._value(running, own, now) is not None
+            and self._in_our_tree(own, now)
+        )
 
     def _in_our_tree(self, chain: bytes, now: int) -> bool:
         """Whether ``chain`` (verified) places its node in the tree we are in."""

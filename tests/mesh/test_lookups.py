@@ -592,15 +592,61 @@ def test_a_lookup_for_the_first_value_goes_on_past_a_place_in_another_tree() -> 
     a, b = dht(IDS[0]), dht(IDS[1])
     a.introduce(CHAINS[IDS[1]], T0)
     b.on_message(IDS[5], encode_message(DhtStore(Q, IDS[5], elsewhere, 60_000)), T0)
-    b.introduce(CHAINS[IDS[5]], T0)
+    b.introduce(CHAINS[IDS[4]], T0)
     _, [send] = a.find(IDS[5], value=True, now=T0, first=True)
     assert isinstance(send, DhtSend)
     [answer] = b.on_message(IDS[0], send.body, T0)
     assert isinstance(answer, DhtSend)
     actions = a.on_message(IDS[1], answer.body, T0 + 1)
     assert not [x for x in actions if isinstance(x, LookupDone)]
-    assert IDS[5] in [dst for dst, _ in sends(actions)]  # on to the target itself
+    assert IDS[4] in [dst for dst, _ in sends(actions)]  # on to the node b named
     assert a.lookups_running == 1
+
+
+def test_a_lookup_for_the_first_value_ends_when_offered_the_target_itself() -> None:
+    # b holds no record, but knows the target: its own chain, in our tree, is as good a
+    # place as a holder's, and asking the target for it would cost a round trip more.
+    a, b = dht(IDS[0]), dht(IDS[1])
+    a.introduce(CHAINS[IDS[1]], T0)
+    b.introduce(CHAINS[IDS[5]], T0)
+    lookup_id, [send] = a.find(IDS[5], value=True, now=T0, first=True)
+    assert isinstance(send, DhtSend)
+    [answer] = b.on_message(IDS[0], send.body, T0)
+    assert isinstance(answer, DhtSend)
+    (done,) = a.on_message(IDS[1], answer.body, T0 + 1)
+    assert isinstance(done, LookupDone)
+    assert (done.lookup_id, done.value, done.queries) == (lookup_id, CHAINS[IDS[5]], 1)
+    assert a.lookups_running == 0
+    # A thorough lookup (not first) goes on to the target, as before.
+    thorough = dht(IDS[0])
+    thorough.introduce(CHAINS[IDS[1]], T0)
+    _, [send] = thorough.find(IDS[5], value=True, now=T0)
+    assert isinstance(send, DhtSend)
+    [answer] = b.on_message(IDS[0], send.body, T0)
+    assert isinstance(answer, DhtSend)
+    actions = thorough.on_message(IDS[1], answer.body, T0 + 1)
+    assert not [x for x in actions if isinstance(x, LookupDone)]
+    assert [dst for dst, _ in sends(actions)] == [IDS[5]]
+
+
+def test_a_lookup_for_the_first_value_of_a_contact_asks_nobody() -> None:
+    a = dht(IDS[0])
+    a.introduce(CHAINS[IDS[1]], T0)
+    a.introduce(CHAINS[IDS[5]], T0)
+    lookup_id, actions = a.find(IDS[5], value=True, now=T0, first=True)
+    assert actions == [LookupDone(lookup_id, IDS[5], (), CHAINS[IDS[5]], 0)]
+    assert a.queries_pending == 0
+    assert a.lookups_running == 0
+    # Its place in another tree is no place to route by: then the lookup asks.
+    elsewhere = crypto.CoordChain(
+        (crypto.root_statement(IDENTITIES[6], now=T0, lifetime_ms=LIFETIME),)
+    ).encode()
+    b = dht(IDS[0])
+    b.introduce(CHAINS[IDS[1]], T0)
+    b.introduce(elsewhere, T0)
+    _, actions = b.find(IDS[6], value=True, now=T0, first=True)
+    assert not [x for x in actions if isinstance(x, LookupDone)]
+    assert sends(actions)
 
 
 def test_answers_nobody_asked_for_are_ignored() -> None:
