@@ -366,16 +366,26 @@ class Frame:
         return _envelope.seal_encoded(identity, _envelope.Purpose.FRAME, payload)
 
     @classmethod
-    def open(cls, envelope: bytes, *, now: int | None = None) -> Frame:
+    def open(
+        cls, envelope: bytes, *, now: int | None = None, carried: Frame | None = None
+    ) -> Frame:
         """Verify a frame envelope; with ``now`` (ms), refuse it once expired.
 
         Raises (the sender's fault) what :func:`crypto.open` raises, :class:`Malformed`
         for a bad payload or a ``src`` that is not the signer, :class:`Expired` when
         ``now`` is at or past ``exp``. Within :func:`opening_once` (simulations), an
-        envelope that opened before gives the same frame without opening it again.
+        envelope that opened before gives the same frame without opening it again, and
+        so does ``carried``, the frame this envelope is (as it opened at the hop before,
+        or as its origin made it: :attr:`mesh.WireFrame.opened`). Elsewhere ``carried``
+        is ignored: a real node opens every frame it is shown.
         """
         opened = _OPENED.get() if isinstance(envelope, bytes) else None  # hashable bytes
-        frame = None if opened is None else opened.get(envelope)
+        if opened is None:
+            frame = None
+        elif carried is not None:
+            frame = carried
+        else:
+            frame = opened.get(envelope)
         if frame is None:
             signer, payload_bytes = _envelope.open_encoded(envelope, _envelope.Purpose.FRAME)
             frame = cls._read(signer, payload_bytes)

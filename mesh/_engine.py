@@ -595,7 +595,12 @@ class Router:
         hop = self.next_hop(frame.dst, now, came_from=sender, coords=admitted.coords)
         if hop is None:
             return Result.rejected(Reason.NO_ROUTE, f"no route to {frame.dst.short} here"), []
-        wire = WireFrame(admitted.hops, admitted.envelope, coords=admitted.coords)
+        wire = WireFrame(
+            admitted.hops,
+            admitted.envelope,
+            coords=admitted.coords,
+            opened=None if admitted.unverified else admitted.frame,
+        )
         return ACCEPTED, [Flood((hop,), wire)]
 
     # -- routing --------------------------------------------------------------------

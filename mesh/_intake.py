@@ -60,7 +60,7 @@ def admit(
     """
     try:
         if unverified_for is None:
-            frame = crypto.Frame.open(wire.envelope, now=now)
+            frame = crypto.Frame.open(wire.envelope, now=now, carried=wire.opened)
         else:
             frame = crypto.Frame.read_unverified(wire.envelope, now=now)
             if (

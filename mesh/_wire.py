@@ -146,6 +146,11 @@ class WireFrame:
     #: on the way) can send a receipt or a reply back without looking them up: per hop,
     #: outside the signature, checked before use.
     src_coords: bytes | None = dataclasses.field(default=None, repr=False)
+    #: The frame as its origin made it or the hop before opened it: within
+    #: :func:`crypto.opening_once` (a simulation, where one process runs every node)
+    #: the next hop takes it rather than open the envelope again. Never on the wire,
+    #: and ignored anywhere else (:meth:`crypto.Frame.open`).
+    opened: crypto.Frame | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def encode_frames(frames: Iterable[WireFrame]) -> bytes:

@@ -497,7 +497,7 @@ class MeshRuntime:
         self.statistics.dht_sent += 1
         coords = None if hop == send.dst else send.dst_chain
         self._forwarder(hop).add_control(
-            [mesh.WireFrame(0, frame.seal(self.identity), coords=coords)]
+            [mesh.WireFrame(0, frame.seal(self.identity), coords=coords, opened=frame)]
         )
 
     async def find_coordinates(self, node: crypto.NodeId) -> crypto.Coordinates | None:

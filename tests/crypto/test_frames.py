@@ -574,6 +574,28 @@ def test_a_frame_that_opened_is_not_opened_again_within_opening_once(
     assert calls == [2]
 
 
+def test_a_carried_frame_is_taken_within_opening_once_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_opens(monkeypatch)
+    made = Frame(**fields())
+    sealed = made.seal(ALICE)
+    assert Frame.open(sealed) == made  # what a next hop is handed is what it would open
+    assert calls == [1]
+    damaged = sealed[:-1] + bytes([sealed[-1] ^ 1])  # the signature's last byte
+    # Anywhere but in a simulation, the frame carried beside an envelope is ignored:
+    # the envelope is opened, and refused if it does not verify.
+    with pytest.raises(BadSignature):
+        Frame.open(damaged, carried=made)
+    assert Frame.open(sealed, carried=made) is not made
+    assert calls == [3]
+    with crypto.opening_once():
+        assert Frame.open(sealed, now=TS, carried=made) is made
+        with pytest.raises(Expired, match="frame expired 0 s ago"):
+            Frame.open(sealed, now=EXP, carried=made)  # its expiry checked all the same
+        assert calls == [3]
+
+
 def test_a_frame_that_failed_to_open_is_opened_every_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

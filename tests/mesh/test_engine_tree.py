@@ -40,7 +40,7 @@ from mesh._engine import (
     _offer_body,
 )
 from mesh._tree import MAX_AROUND
-from mesh._wire import ACCEPTED, DUPLICATE
+from mesh._wire import ACCEPTED, DUPLICATE, encode_frames
 
 NOW = 1_700_000_000_000
 INTERVAL = 60_000
@@ -430,6 +430,11 @@ def test_dht_frames_are_answered_passed_on_or_refused_with_reasons() -> None:
     assert isinstance(passed, Flood)
     assert passed.to == (c_id.node_id,)
     assert passed.wire.hops == 1
+    # The frame as it opened here goes beside it (taken by the next hop in a
+    # simulation only: crypto.Frame.open), never on the wire.
+    assert passed.wire.opened is not None
+    assert passed.wire.opened.id == crypto.Frame.open(passed.wire.envelope).id
+    assert encode_frames([passed.wire]) == encode_frames([WireFrame(1, passed.wire.envelope)])
     # No route to it: refused, so the asker's lookup moves on.
     result, _ = handle(dht_frame(a_id, far_id.node_id, b"\xa0"), a_id.node_id)
     assert result.code is Reason.NO_ROUTE
