@@ -463,7 +463,10 @@ class Forwarder:
                         posts.start_soon(self._post, *batch)
                         continue
                 # Frames held back for their origin go again when their hold ends.
-                with trio.move_on_at(min(self._held.values(), default=math.inf)):
+                if self._held:
+                    with trio.move_on_at(min(self._held.values())):
+                        await self._data.wait()
+                else:  # (no cancel scope to enter and leave: most waits, in a mesh)
                     await self._data.wait()
 
     async def _next_batch(
