@@ -944,9 +944,11 @@ class MeshRuntime:
         look them up (with the tree)."""
         actions: list[mesh.Action] = []
         if self.router.tree is not None:
-            for dst in destinations:
-                if dst is not None:
-                    actions += self.router.held(dst, now)
+            # In a fixed order (not a set's, which varies from process to process with
+            # the hash of bytes): the lookups' queries and their ids, so that a
+            # simulation's run is the same for its seed.
+            for dst in sorted({d for d in destinations if d is not None}, key=_raw_id):
+                actions += self.router.held(dst, now)
         return actions
 
     @contextlib.contextmanager
@@ -1482,3 +1484,7 @@ class MeshRuntime:
                 }
             )
         return rows
+
+
+def _raw_id(node: crypto.NodeId) -> bytes:
+    return node.raw
