@@ -497,6 +497,16 @@ class Lookup:
             self._learn(contact)
         self._settle()
 
+    def on_late_reply(
+        self, node: crypto.NodeId, contacts: Iterable[crypto.NodeId], value: bytes | None = None
+    ) -> None:
+        """:meth:`on_reply` for a node whose query failed (timed out) but answered since."""
+        if self._done or self._state.get(node) is not _Query.FAILED:
+            return
+        self._state[node] = _Query.IN_FLIGHT
+        self._in_flight += 1
+        self.on_reply(node, contacts, value)
+
     def on_failure(self, node: crypto.NodeId) -> None:
         """The query to ``node`` failed or timed out: it is left out from now on."""
         if self._done or self._state.get(node) is not _Query.IN_FLIGHT:

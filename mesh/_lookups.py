@@ -60,7 +60,10 @@ Timers, all in :meth:`Dht.tick`: a query unanswered after ``timeout_ms`` failed 
 lookup asks the next node; the contact is dropped from the table, a pending newcomer
 takes its place), seen at the first tick after that (node/_mesh.py ticks every 15 s:
 10 to 25 s after it was sent; failing each at :meth:`Dht.wake_at` instead was measured
-and not kept, docs/routing-at-scale.md); our own coordinates are published when they
+and not kept, docs/routing-at-scale.md; a ``found`` that comes later still, within
+:data:`LATE_ANSWER_TIMEOUTS` timeouts of the question, serves the lookup if it runs and
+counts its sender alive: at a mesh's start a third of the queries outlive the timeout,
+and their answers are worth as much late); our own coordinates are published when they
 change (a ``store`` at the k nodes found last time, or after a lookup of our id if none
 was, the first time once our place has held :data:`PUBLISH_SETTLE_MS`; a chain that
 changed only by the root's newer statement, the same place, once the copy held is in the
@@ -163,6 +166,10 @@ MAX_OP_LENGTH: Final = 32
 #: A query unanswered this long failed. It crosses the tree greedily both ways, each hop
 #: storing and forwarding: seconds when the hops are up.
 DEFAULT_QUERY_TIMEOUT_MS: Final = 10_000
+#: A ``found`` answering a query that timed out is still taken this many timeouts after
+#: the question (of at most :data:`MAX_LATE_QUERIES` remembered): later, it is ignored.
+LATE_ANSWER_TIMEOUTS: Final = 3
+MAX_LATE_QUERIES: Final = 1024
 #: Lookups :meth:`Dht.find` may have running at once: a node looks up destinations as it
 #: starts talking to them, and caches what it finds.
 DEFAULT_MAX_LOOKUPS: Final = 64
@@ -613,6 +620,8 @@ class Dht:
         self._recheck_ms = 0
         self._lookups: dict[int, _Running] = {}
         self._queries: dict[bytes, _Pending] = {}
+        #: Lookups' queries that timed out, by id, oldest first: a late answer serves.
+        self._late: dict[bytes, _Pending] = {}
         self._last_lookup_id = 0
         #: The chains verified by this node (shared with its router and tree).
         self.chains = chains if chains is not None else VerifiedChains()
@@ -800,7 +809,15 @@ class Dht:
         for q, pending in list(self._queries.items()):
             if now - pending.sent >= self.timeout_ms and q in self._queries:
                 del self._queries[q]
+                if pending.kind is _Kind.FIND and pending.lookup_id is not None:
+                    self._late[q] = pending  # its answer may come yet: _on_late
+                    if len(self._late) > MAX_LATE_QUERIES:
+                        del self._late[next(iter(self._late))]
                 actions += self._failed(pending, now)
+        for q, pending in list(self._late.items()):  # oldest first
+            if now - pending.sent < LATE_ANSWER_TIMEOUTS * self.timeout_ms:
+                break
+            del self._late[q]
         self.records.expire(now)
         actions += self._publish(now)
         actions += self._refresh(now)
@@ -1078,6 +1095,11 @@ class Dht:
         self, sender: crypto.NodeId, message: DhtFound | DhtStored | DhtPong | DhtRefused, now: int
     ) -> list[DhtAction]:
         pending = self._queries.get(message.q)
+        if pending is None and isinstance(message, DhtFound):
+            late = self._late.get(message.q)
+            if late is not None and late.dst == sender:
+                del self._late[message.q]
+                return self._on_late(sender, late, message, now)
         if (
             pending is None
             or pending.dst != sender
@@ -1113,6 +1135,23 @@ class Dht:
                 running.lookup.stop()
         else:
             running.lookup.on_failure(sender)
+        return actions + self._advance(running, now)
+
+    def _on_late(
+        self, sender: crypto.NodeId, pending: _Pending, message: DhtFound, now: int
+    ) -> list[DhtAction]:
+        """An answer to a query of a lookup that timed out: its sender is alive, and
+        the lookup (if it runs still) takes what it offers, as from an answer in time."""
+        chain = self._newest(sender, pending.chain, now)
+        actions = self._seen(sender, chain, now)
+        running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
+        if running is None:
+            return actions
+        offered = self._offered(running, message.nodes, now)
+        value = self._value(running, message.value, now)
+        running.lookup.on_late_reply(sender, offered, value)
+        if value is not None and running.first and self._in_our_tree(value, now):
+            running.lookup.stop()
         return actions + self._advance(running, now)
 
     def _offered(

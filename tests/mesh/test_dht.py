@@ -375,6 +375,25 @@ def test_lookup_ignores_replies_it_did_not_ask_for() -> None:
     assert lookup.result() == ([near(10), near(20)], None)
 
 
+def test_lookup_takes_a_late_reply_from_a_node_whose_query_failed_only() -> None:
+    lookup = Lookup(TARGET, [near(10), near(20), near(30)], k=2, alpha=2)
+    assert lookup.next_queries() == [near(10), near(20)]
+    lookup.on_late_reply(near(10), [near(1)])  # still in flight: not late
+    lookup.on_late_reply(near(30), [near(1)])  # never asked
+    lookup.on_late_reply(near(99), [near(1)])  # a stranger
+    lookup.on_failure(near(10))
+    assert lookup.next_queries() == [near(30)]
+    lookup.on_late_reply(near(10), [near(1)])  # failed, answered since: taken
+    assert lookup.next_queries() == []  # (20 and 30 in flight: near(1) waits its turn)
+    lookup.on_late_reply(near(10), [near(2)])  # once
+    lookup.on_reply(near(20), [])
+    assert lookup.next_queries() == [near(1)]
+    lookup.on_reply(near(1), [])
+    assert lookup.done
+    assert lookup.result() == ([near(1), near(10)], None)
+    assert lookup.queries == 4
+
+
 @pytest.mark.parametrize(
     ("seeds", "silent", "missed"),
     [

@@ -722,6 +722,45 @@ def test_queries_time_out_and_silent_contacts_are_dropped_after_a_few() -> None:
     assert a.wake_at() is None
 
 
+def test_an_answer_that_comes_after_its_query_timed_out_still_serves_the_lookup() -> None:
+    a, b, c = dht(IDS[0]), dht(IDS[1]), dht(IDS[2])
+    a.introduce(CHAINS[IDS[1]], T0)
+    a.introduce(CHAINS[IDS[2]], T0)
+    b.introduce(CHAINS[IDS[5]], T0)  # b knows the target: its answer ends the lookup
+    c.introduce(CHAINS[IDS[4]], T0)
+    lookup_id, actions = a.find(IDS[5], value=True, now=T0, first=True)
+    asked = {send.dst: send for send in actions if isinstance(send, DhtSend)}
+    assert set(asked) == {IDS[1], IDS[2]}
+    # c answers in time and names IDS[4], asked next; b is slow.
+    [answer] = c.on_message(IDS[0], asked[IDS[2]].body, T0)
+    assert isinstance(answer, DhtSend)
+    assert [dst for dst, _ in sends(a.on_message(IDS[2], answer.body, T0 + 1))] == [IDS[4]]
+    assert not [x for x in a.tick(T0 + TIMEOUT) if isinstance(x, LookupDone)]  # b failed
+    held = a.contacts.get(IDS[1])
+    assert held is not None
+    assert held.failures == 1
+    # b's answer comes after all: the lookup takes it, as if in time.
+    [late] = b.on_message(IDS[0], asked[IDS[1]].body, T0 + TIMEOUT + 1)
+    assert isinstance(late, DhtSend)
+    (done,) = a.on_message(IDS[1], late.body, T0 + TIMEOUT + 2)
+    assert isinstance(done, LookupDone)
+    assert (done.lookup_id, done.value) == (lookup_id, CHAINS[IDS[5]])
+    held = a.contacts.get(IDS[1])
+    assert held is not None
+    assert held.failures == 0  # it answered: alive after all
+    # The same answer again, or one long past its timeout, is nothing.
+    assert a.on_message(IDS[1], late.body, T0 + TIMEOUT + 3) == []
+    _, actions = a.find(IDS[6], value=True, now=T0 + TIMEOUT + 3)
+    slow = next(send for send in actions if isinstance(send, DhtSend) and send.dst == IDS[1])
+    for now in range(T0 + 2 * TIMEOUT + 3, T0 + 5 * TIMEOUT, TIMEOUT):
+        a.tick(now)
+    [late] = b.on_message(IDS[0], slow.body, T0 + 5 * TIMEOUT)
+    assert isinstance(late, DhtSend)
+    assert a.on_message(IDS[1], late.body, T0 + 5 * TIMEOUT) == []
+    held = a.contacts.get(IDS[1])
+    assert held is None or held.failures > 0  # forgotten: it did not count as alive
+
+
 def same_bucket(a: crypto.NodeId, count: int) -> list[crypto.NodeId]:
     nodes = [n for n in IDS if n != a and bucket_index(a, n) == 0]
     assert len(nodes) >= count
