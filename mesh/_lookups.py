@@ -810,14 +810,15 @@ class Dht:
             if now - pending.sent >= self.timeout_ms and q in self._queries:
                 del self._queries[q]
                 if pending.kind is _Kind.FIND and pending.lookup_id is not None:
-                    self._late[q] = pending  # its answer may come yet: _on_late
+                    self._late[q] = pending  # its answer may come yet: _on_answer
                     if len(self._late) > MAX_LATE_QUERIES:
                         del self._late[next(iter(self._late))]
                 actions += self._failed(pending, now)
-        for q, pending in list(self._late.items()):  # oldest first
-            if now - pending.sent < LATE_ANSWER_TIMEOUTS * self.timeout_ms:
-                break
-            del self._late[q]
+        late = self._late
+        while late and now - next(iter(late.values())).sent >= (
+            LATE_ANSWER_TIMEOUTS * self.timeout_ms
+        ):
+            del late[next(iter(late))]  # the oldest first
         self.records.expire(now)
         actions += self._publish(now)
         actions += self._refresh(now)
@@ -1095,18 +1096,17 @@ class Dht:
         self, sender: crypto.NodeId, message: DhtFound | DhtStored | DhtPong | DhtRefused, now: int
     ) -> list[DhtAction]:
         pending = self._queries.get(message.q)
-        if pending is None and isinstance(message, DhtFound):
-            late = self._late.get(message.q)
-            if late is not None and late.dst == sender:
-                del self._late[message.q]
-                return self._on_late(sender, late, message, now)
+        # A lookup's query that timed out, answered since: it serves all the same.
+        late = pending is None and isinstance(message, DhtFound)
+        if late:
+            pending = self._late.get(message.q)
         if (
             pending is None
             or pending.dst != sender
             or not isinstance(message, _ANSWERS[pending.kind])
         ):
             return []  # an answer to no query of ours: ignored
-        del self._queries[message.q]
+        del (self._late if late else self._queries)[message.q]
         if pending.kind is _Kind.PING:
             self.contacts.probe_answered(sender, now)
         # What we asked it by may be older than what we have heard of it since.
@@ -1130,28 +1130,12 @@ class Dht:
         if isinstance(message, DhtFound):
             offered = self._offered(running, message.nodes, now)
             value = self._value(running, message.value, now)
-            running.lookup.on_reply(sender, offered, value)
+            reply = running.lookup.on_late_reply if late else running.lookup.on_reply
+            reply(sender, offered, value)
             if value is not None and running.first and self._in_our_tree(value, now):
                 running.lookup.stop()
         else:
             running.lookup.on_failure(sender)
-        return actions + self._advance(running, now)
-
-    def _on_late(
-        self, sender: crypto.NodeId, pending: _Pending, message: DhtFound, now: int
-    ) -> list[DhtAction]:
-        """An answer to a query of a lookup that timed out: its sender is alive, and
-        the lookup (if it runs still) takes what it offers, as from an answer in time."""
-        chain = self._newest(sender, pending.chain, now)
-        actions = self._seen(sender, chain, now)
-        running = None if pending.lookup_id is None else self._lookups.get(pending.lookup_id)
-        if running is None:
-            return actions
-        offered = self._offered(running, message.nodes, now)
-        value = self._value(running, message.value, now)
-        running.lookup.on_late_reply(sender, offered, value)
-        if value is not None and running.first and self._in_our_tree(value, now):
-            running.lookup.stop()
         return actions + self._advance(running, now)
 
     def _offered(

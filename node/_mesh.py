@@ -947,7 +947,7 @@ class MeshRuntime:
             # In a fixed order (not a set's, which varies from process to process with
             # the hash of bytes): the lookups' queries and their ids, so that a
             # simulation's run is the same for its seed.
-            for dst in sorted({d for d in destinations if d is not None}, key=_raw_id):
+            for dst in sorted({d for d in destinations if d is not None}):
                 actions += self.router.held(dst, now)
         return actions
 
@@ -1484,7 +1484,3 @@ class MeshRuntime:
                 }
             )
         return rows
-
-
-def _raw_id(node: crypto.NodeId) -> bytes:
-    return node.raw
