@@ -234,4 +234,7 @@ def parse_token(text: str, *, now: int) -> SignedAddress:
         envelope = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except (binascii.Error, ValueError) as exc:
         raise Malformed(f"address token is not valid base64url: {exc}") from exc
-    return SignedAddress.open(envelope, now=now)
+    try:
+        return SignedAddress.open(envelope, now=now)
+    except Malformed as exc:  # (cut short or altered in transit: say it is the token)
+        raise Malformed(f"address token is damaged: {exc}") from exc

@@ -416,13 +416,26 @@ def test_check_replaces() -> None:
         pytest.param(
             "ptth:" + "A" * 8188, TooLarge, "token is 8193 characters, limit 8192", id="too-long"
         ),
-        pytest.param("ptth:AQ", Malformed, "envelope is not a COSE_Sign1", id="not-cose"),
-        pytest.param("ptth:AAAA", Malformed, "envelope has 2 trailing bytes", id="zeros"),
+        pytest.param(
+            "ptth:AQ",
+            Malformed,
+            "^address token is damaged: envelope is not a COSE_Sign1",
+            id="not-cose",
+        ),
+        pytest.param(
+            "ptth:AAAA", Malformed, "^address token is damaged: envelope has 2 trailing", id="zeros"
+        ),
     ],
 )
 def test_bad_tokens_are_refused(text: str, error: type[CryptoError], message: str) -> None:
     with pytest.raises(error, match=message):
         parse_token(text, now=NOW)
+
+
+def test_a_token_cut_short_is_refused_as_damaged() -> None:
+    token = signed(name="alice").token
+    with pytest.raises(Malformed, match=r"^address token is damaged: envelope ends early"):
+        parse_token(token[: len(token) // 2], now=NOW)
 
 
 def test_token_length_limit_is_inclusive() -> None:
