@@ -116,6 +116,7 @@ from simulations import (
     VirtualClock,
     collecting_seldom,
     deterministic_scheduling,
+    format_duration,
     open_simulation,
 )
 
@@ -271,7 +272,12 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
         async def tick() -> None:
             for step in range(1, 10):
                 await sim.advance_to(run.duration * step / 10)
-                progress(f"{10 * step}% of the virtual time")
+                delivered = sim.ledger.deliveries - sim.ledger.duplicates
+                progress(
+                    f"{10 * step}% of the virtual time ({format_duration(sim.now)} of "
+                    f"{format_duration(run.duration)}, {time.perf_counter() - started:,.0f} s"
+                    f" wall): {len(sim.ledger.messages):,} sent, {delivered:,} delivered"
+                )
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(take_baseline)

@@ -45,6 +45,7 @@ from simulations._report import (
     RevocationReport,
     SentMessage,
     SentPost,
+    format_duration,
 )
 from simulations._scenarios import (
     SCENARIOS,
@@ -101,6 +102,7 @@ __all__ = [
     "collecting_seldom",
     "complete",
     "deterministic_scheduling",
+    "format_duration",
     "generate_traffic",
     "open_simulation",
     "random_graph",

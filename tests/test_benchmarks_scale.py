@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import resource
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from benchmarks import scale as bench
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_small_mesh_is_measured(tmp_path: Path) -> None:
+def test_a_small_mesh_is_measured(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO()
     plot = tmp_path / "scale.png"
     # 12 virtual minutes: the window after the warm-up holds an announce round (10 min).
@@ -57,6 +58,15 @@ def test_a_small_mesh_is_measured(tmp_path: Path) -> None:
         assert "pip install" in document["plot_missing"]
     else:
         assert plot.read_bytes().startswith(PNG)
+
+    # Progress on stderr (from the measuring process): where the run is, and how long
+    # it has taken, for runs that take hours.
+    progress = capfd.readouterr().err
+    assert re.search(
+        r"scale: 6 nodes: 50% of the virtual time \(6m00s of 12m00s, [\d,]+ s wall\): "
+        r"[\d,]+ sent, [\d,]+ delivered",
+        progress,
+    ), progress
 
     text = io.StringIO()
     bench.table(document["rows"], text)
