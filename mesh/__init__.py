@@ -113,6 +113,7 @@ from mesh._wire import (
     encode_frames,
     encode_results,
     encoded_size,
+    results_size,
 )
 
 __all__ = [
@@ -234,6 +235,7 @@ __all__ = [
     "matches",
     "offer_body",
     "overlaps",
+    "results_size",
     "secure_owner",
     "stored_charge",
     "validate_object_name",

@@ -276,6 +276,25 @@ def encode_results(results: Sequence[Result]) -> bytes:
     return _cbor.encode([r.to_cbor() for r in results])
 
 
+def results_size(results: Sequence[Result]) -> int:
+    """``len(encode_results(results))``, without encoding them (the engine-level
+    simulation counts the bytes of answers it does not make): the array's head, then
+    each result's array head and its strings, each with its shortest head."""
+    size = _head_size(len(results))
+    for result in results:
+        if result.outcome is Outcome.REJECTED:
+            size += 1 + _text_size(result.outcome.value) + _text_size(str(result.code))
+            size += _text_size(result.words)
+        else:
+            size += 1 + _text_size(result.outcome.value)
+    return size
+
+
+def _text_size(text: str) -> int:
+    length = len(text) if text.isascii() else len(text.encode())
+    return _head_size(length) + length
+
+
 def decode_results(body: bytes, *, expected: int) -> list[Result]:
     """Read a response body; raise :class:`crypto.Malformed` unless it holds ``expected``."""
     value = _cbor.decode(body, what="frame results")

@@ -148,23 +148,24 @@ class EngineHost(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Answer:
-    """What came back to a POST: a status and body (and words, for a refusal), or a
-    reset connection."""
+    """What came back to a POST: a status and the size of its body (and words, for a
+    refusal), or a reset connection."""
 
     status: int = 0
-    body: bytes = b""
+    #: The body's length: the engine counts the bytes of answers it does not make.
+    size: int = 0
     words: str = ""
     retry_after: float | None = None
     reset: bool = False
     #: Streamed on by a relay: its head (with a ``Via``) and body in two writes.
     relayed: bool = False
-    #: The results a 200's body encodes, as the node made them (the sender reads
-    #: these rather than decoding the body).
+    #: The results a 200's body would encode, as the node made them (the sender reads
+    #: these; nobody encodes them: :func:`mesh.results_size` gives the body's length).
     results: list[mesh.Result] | None = None
 
     @classmethod
     def refusal(cls, status: int, words: str, retry_after: float | None = None) -> _Answer:
-        return cls(status, words.encode(), words, retry_after)
+        return cls(status, len(words.encode()), words, retry_after)
 
 
 _RESET: Final = _Answer(reset=True)
@@ -413,7 +414,7 @@ class EngineNetwork:
         if serving is None:
             return None
         answer = _at_once(take_frames(serving[0], sender, request, ()))
-        back = self.write(natted, relay_host, RESPONSE_HEAD + len(answer.body))
+        back = self.write(natted, relay_host, RESPONSE_HEAD + answer.size)
         await self.carry(natted, relay_host, back.arrival)
         return None if back.reset else answer
 
@@ -521,7 +522,7 @@ async def take_frames(
         return refuse(429, str(exc), 30)
     except mesh.MeshError as exc:
         return refuse(503, f"store unavailable: {exc}", 10)
-    return _Answer(200, mesh.encode_results(results), results=results)
+    return _Answer(200, mesh.results_size(results), results=results)
 
 
 def _custody(
@@ -687,11 +688,9 @@ class DirectFrames(FrameClient):
                 raise _Broken("ReadError", f"connection reset by {there}")
             if answer.relayed:
                 first = engine.write(there, here, RESPONSE_HEAD + _VIA)
-                back = (
-                    [first] if first.reset else [first, engine.write(there, here, len(answer.body))]
-                )
+                back = [first] if first.reset else [first, engine.write(there, here, answer.size)]
             else:
-                back = [engine.write(there, here, RESPONSE_HEAD + len(answer.body))]
+                back = [engine.write(there, here, RESPONSE_HEAD + answer.size)]
             await engine.carry(there, here, max(transit.arrival for transit in back))
             if any(transit.reset for transit in back):
                 raise _Broken("ReadError", f"connection reset by {there}")

@@ -27,6 +27,7 @@ from mesh import (
     encode_frames,
     encode_results,
     encoded_size,
+    results_size,
 )
 
 # -- strategies ----------------------------------------------------------------------
@@ -85,9 +86,22 @@ SIZED_FRAMES = st.builds(
 )
 
 
+# Words of every head size a rejection's text has, ASCII or not (UTF-8 counts bytes).
+LONG_WORDS = st.sampled_from(_HEAD_EDGES[:-1]).flatmap(
+    lambda n: st.sampled_from(("w" * n, "é" * (n // 2)))
+)
+
+
 @given(st.lists(WIRE_FRAMES | SIZED_FRAMES, max_size=6))
 def test_encoded_size_is_the_length_of_the_encoding(frames: list[WireFrame]) -> None:
     assert encoded_size(frames) == len(encode_frames(frames))
+
+
+@given(
+    st.lists(RESULTS | st.builds(Result.rejected, st.sampled_from(Reason), LONG_WORDS), max_size=30)
+)
+def test_results_size_is_the_length_of_the_encoding(results: list[Result]) -> None:
+    assert results_size(results) == len(encode_results(results))
 
 
 def test_frames_encoding_is_hops_then_envelope() -> None:

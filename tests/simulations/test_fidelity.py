@@ -523,13 +523,13 @@ async def test_a_nodes_intake_is_answered_at_once_and_one_that_waits_is_a_bug() 
     from simulations._engine import _Answer, _at_once
 
     async def inline() -> _Answer:
-        return _Answer(200, b"results")
+        return _Answer(200, 7)
 
     async def waits() -> _Answer:
         await trio.sleep(1)
         raise AssertionError("not resumed")
 
-    assert _at_once(inline()) == _Answer(200, b"results")
+    assert _at_once(inline()) == _Answer(200, 7)
     with pytest.raises(RuntimeError, match="intake waited"):
         _at_once(waits())
     with trio.fail_after(0.5):  # the abandoned sleep left this task as it was (scopes unwound)
