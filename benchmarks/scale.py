@@ -72,7 +72,7 @@ Usage: python benchmarks/scale.py [--nodes 100 300 1000] [--scenario chirp|mesh]
        [--duration 40m] [--warmup 10m] [--fidelity engine|full] [--seed 1]
        [--tree [--announce-radius HOPS]] [--signatures ed25519|stand-in]
        [--verify each|once] [--stores disk|memory]
-       [--no-idle] [--label flood] [--plot scale.png] [--compare OLD.json ...] [--json]
+       [--no-idle] [--label NAME] [--plot scale.png] [--compare OLD.json ...] [--json]
 """
 
 from __future__ import annotations
@@ -594,7 +594,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "for the others (the same figures, sooner; simulations only)",
     )
     parser.add_argument(
-        "--label", default="flood", help="names this run's rows (the routing design measured)"
+        "--label",
+        help="names this run's rows (the routing design measured; default: flood, tree, or "
+        "tree-rHOPS with --announce-radius)",
     )
     parser.add_argument("--plot", type=Path, default=Path("scale.png"), help="PNG to write")
     parser.add_argument(
@@ -630,6 +632,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--announce-radius needs --tree")
     if not args.nodes and not args.compare:
         parser.error("nothing to do: give --nodes counts or --compare files")
+    if args.label is None:
+        radius = "" if args.announce_radius is None else f"-r{args.announce_radius}"
+        args.label = f"tree{radius}" if args.tree else "flood"
     return args
 
 

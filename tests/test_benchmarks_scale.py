@@ -141,6 +141,13 @@ def test_verify_once_is_asked_of_the_simulation(monkeypatch: pytest.MonkeyPatch)
     assert bench.parse([]).verify == "each"
 
 
+def test_rows_are_named_by_the_routing_design_unless_labelled() -> None:
+    assert bench.parse([]).label == "flood"
+    assert bench.parse(["--tree"]).label == "tree"
+    assert bench.parse(["--tree", "--announce-radius", "2"]).label == "tree-r2"
+    assert bench.parse(["--tree", "--label", "mine"]).label == "mine"
+
+
 def row(label: str, nodes: int, scale: float) -> dict[str, Any]:
     """A row as the benchmark makes one, each cost ``scale`` x N."""
 
