@@ -279,15 +279,11 @@ def encode_results(results: Sequence[Result]) -> bytes:
 def results_size(results: Sequence[Result]) -> int:
     """``len(encode_results(results))``, without encoding them (the engine-level
     simulation counts the bytes of answers it does not make): the array's head, then
-    each result's array head and its strings, each with its shortest head."""
-    size = _head_size(len(results))
-    for result in results:
-        if result.outcome is Outcome.REJECTED:
-            size += 1 + _text_size(result.outcome.value) + _text_size(str(result.code))
-            size += _text_size(result.words)
-        else:
-            size += 1 + _text_size(result.outcome.value)
-    return size
+    each result's array (at most 3 strings: a 1-byte head) and its strings, each with its
+    shortest head."""
+    return _head_size(len(results)) + sum(
+        1 + sum(map(_text_size, result.to_cbor())) for result in results
+    )
 
 
 def _text_size(text: str) -> int:
