@@ -50,7 +50,7 @@ import dataclasses
 import enum
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import crypto
 from crypto import _cbor
@@ -142,6 +142,15 @@ DHT_TOTAL_REFILL_MS: Final = 10
 #: of 5 minutes instead of 1 delivered slightly fewer within a 40-minute `mesh` run of
 #: 100 nodes with churn and a partition: 99.12% against 99.27%.)
 DEFAULT_MAX_COORDINATES: Final = 1024
+#: Coordinates held for greedy routing that came with frames passing through and that
+#: no frame used since (came with one again, routed one, or went on with one) for this
+#: long are forgotten: a node on many paths holds the destinations of the frames
+#: passing through lately, not of every frame since the chain was signed (its lifetime
+#: is half an hour). A frame that waits here longer (its next hop down) goes on without
+#: them, or they are looked up. Those we looked up ourselves are kept until they expire
+#: (or the cache is full): a lookup costs queries across the mesh, and a sender writes
+#: to its destinations less often than this.
+DEFAULT_COORDINATES_IDLE_MS: Final = 120_000
 HINT_BURST: Final = 64
 HINT_REFILL_MS: Final = 20
 LOOKUP_RETRY_MS: Final = 30_000
@@ -199,6 +208,12 @@ class RouterConfig:
     #: neighbour with those that reach it within this many hops.
     announce_radius: int | None = None
     max_coordinates: int = DEFAULT_MAX_COORDINATES
+    coordinates_idle_ms: int = DEFAULT_COORDINATES_IDLE_MS
+
+
+#: A destination's coordinates held for greedy routing: verified, the chain's wire
+#: form, when a frame last used them (ms), whether we looked them up.
+_HeldCoordinates: TypeAlias = tuple[crypto.Coordinates, bytes, int, bool]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -376,12 +391,14 @@ class Router:
         #: DHT and greedy routing, so none is parsed twice while it is valid).
         self.chains = VerifiedChains()
         #: Greedy routing (with the tree): per destination, its verified coordinates
-        #: (without their chain: :meth:`VerifiedChains.verify`'s) and the chain's wire
-        #: form (oldest learned first, at most ``config.max_coordinates``);
+        #: (without their chain: :meth:`VerifiedChains.verify`'s), the chain's wire
+        #: form, when a frame last used them, and whether we looked them up (least
+        #: lately used first, at most ``config.max_coordinates``; those of frames
+        #: passing through idle for at most ``config.coordinates_idle_ms``);
         #: the neighbour the last frame for it went to greedily; the destinations held
         #: here with no way on, and when a lookup of them may start again; the lookups
         #: of such destinations running, by id.
-        self._coordinates: dict[crypto.NodeId, tuple[crypto.Coordinates, bytes]] = {}
+        self._coordinates: dict[crypto.NodeId, _HeldCoordinates] = {}
         self._greedy_via: dict[crypto.NodeId, crypto.NodeId] = {}
         self._wanted: dict[crypto.NodeId, _Wanted] = {}
         self._finding: dict[int, crypto.NodeId] = {}
@@ -658,7 +675,31 @@ class Router:
         """The chain of ``dst``'s coordinates we hold (unexpired), to send with frames
         for it (:attr:`WireFrame.coords`); None if none."""
         held = self._coordinates.get(dst)
-        return None if held is None or held[0].exp <= now else held[1]
+        if held is None or held[0].exp <= now:
+            return None
+        self._used(dst, held, now)
+        return held[1]
+
+    def _used(self, dst: crypto.NodeId, held: _HeldCoordinates, now: int) -> None:
+        """A frame used ``dst``'s coordinates ``held``: they go last (least lately used
+        first)."""
+        if held[2] != now:
+            del self._coordinates[dst]
+            self._coordinates[dst] = (held[0], held[1], now, held[3])
+
+    def _forget_idle_coordinates(self, now: int) -> None:
+        """Forget the coordinates that expired, and those of frames passing through
+        that no frame used for ``config.coordinates_idle_ms``."""
+        idle = now - self.config.coordinates_idle_ms
+        forget = []
+        for dst, held in self._coordinates.items():
+            if held[2] > idle:
+                break  # used since (and all after it)
+            if not held[3] or held[0].exp <= now:
+                forget.append(dst)
+        for dst in forget:
+            del self._coordinates[dst]
+            self._greedy_via.pop(dst, None)
 
     def _greedy(
         self,
@@ -676,6 +717,7 @@ class Router:
         if held[0].exp <= now:
             del self._coordinates[dst]
             return None
+        self._used(dst, held, now)
         links = self.links
         neighbours = {
             node: place
@@ -700,6 +742,7 @@ class Router:
         ours (None, from the DHT) always."""
         held = self._coordinates.get(dst)
         if held is not None and held[1] == chain:
+            self._used(dst, held, now)
             return True
         if checker is not None and not self._hint_allowance.take(checker, now):
             return False
@@ -714,7 +757,8 @@ class Router:
             oldest = next(iter(self._coordinates))
             del self._coordinates[oldest]
             self._greedy_via.pop(oldest, None)
-        self._coordinates[dst] = (coordinates, self.chains.kept(chain))
+        looked_up = checker is None or (held is not None and held[3])
+        self._coordinates[dst] = (coordinates, self.chains.kept(chain), now, looked_up)
         return True
 
     def _learn_origin(self, admitted: Admitted, sender: crypto.NodeId | None, now: int) -> None:
@@ -1315,6 +1359,8 @@ class Router:
             actions += self._retry_lookups(now)
             self._dht_allowance.prune(now)
             self._hint_allowance.prune(now)
+        if self._coordinates:
+            self._forget_idle_coordinates(now)
         actions += self._release_offers(now)
         self._release_due = self._next_release()
         return actions + notices + self._reroute(changed, now)

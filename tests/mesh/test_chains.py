@@ -378,7 +378,7 @@ def test_a_chain_learned_by_the_router_is_not_parsed_again_by_its_dht(
     b.dht.introduce(coords, now + 1)
     assert parses == [coords]
     # The router holds the wire chain once, and the coordinates without their grants.
-    held, wire = b._coordinates[e]
+    held, wire, _, _ = b._coordinates[e]
     assert wire == coords
     assert held.chain is None
 

@@ -9,6 +9,7 @@ announces flow, so no router holds a route beyond its neighbours.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import Any
@@ -391,6 +392,51 @@ def test_coordinates_in_our_tree_replace_newer_ones_of_another_tree() -> None:
     assert b.next_hop(e, now) == ids["c"].node_id
     assert b._learn(e, elsewhere, now, checker=None) is False
     assert b.coordinates_of(e, now) == ours
+
+
+def test_coordinates_no_frame_used_for_the_idle_time_are_forgotten() -> None:
+    ids, routers, _, now = line("abcde")
+    b, a, d, e = routers["b"], ids["a"].node_id, ids["d"].node_id, ids["e"].node_id
+    b.config = dataclasses.replace(b.config, coordinates_idle_ms=30_000)
+    # d's, looked up (ours): kept while they last, used or not.
+    assert b._learn(d, chain_of(routers["d"]), now, checker=None) is True
+    assert b.coordinates_of(d, now + 1) == chain_of(routers["d"])
+    # e's, brought by a frame passing through.
+    assert classify(b, msg(ids["a"], e, now), a, now, chain_of(routers["e"])) == ids["c"].node_id
+    assert b.coordinates_held == 2
+    # A frame sent on with them 20 s later keeps them 30 s from then ...
+    assert b.coordinates_of(e, now + 20_000) == chain_of(routers["e"])
+    b.tick(now + 45_000)
+    assert b.coordinates_held == 2
+    # ... and a frame routed by them, 20 s later still.
+    assert classify(b, msg(ids["a"], e, now), a, now + 40_000) == ids["c"].node_id
+    b.tick(now + 65_000)
+    assert b.coordinates_held == 2
+    # Then none for 30 s: forgotten, and the next frame for e is held (looked up).
+    b.tick(now + 70_000)
+    assert b.coordinates_held == 1
+    assert b.coordinates_of(e, now + 70_000) is None
+    assert classify(b, msg(ids["a"], e, now), a, now + 70_000) is None
+    # d's go when their chain expires.
+    expires = crypto.CoordChain.parse(chain_of(routers["d"]), now=now).exp
+    b.tick(expires - 1)
+    assert b.coordinates_held == 1
+    b.tick(expires)
+    assert b.coordinates_held == 0
+
+
+def test_the_coordinates_forgotten_for_room_are_the_least_lately_used() -> None:
+    ids, routers, _, now = line("abcde")
+    b, a, d, e = routers["b"], ids["a"].node_id, ids["d"].node_id, ids["e"].node_id
+    b.config = dataclasses.replace(b.config, max_coordinates=2)
+    assert b._learn(d, chain_of(routers["d"]), now, checker=None) is True
+    assert b._learn(e, chain_of(routers["e"]), now + 1, checker=None) is True
+    # d, learned first, was used since: e goes to make room for a's.
+    assert b.coordinates_of(d, now + 2) is not None
+    assert b._learn(a, chain_of(routers["a"]), now + 3, checker=None) is True
+    assert b.coordinates_held == 2
+    assert b.coordinates_of(e, now + 3) is None
+    assert b.coordinates_of(d, now + 3) == chain_of(routers["d"])
 
 
 def test_a_frame_held_while_its_destination_is_looked_up_goes_when_the_lookup_ends() -> None:
