@@ -1436,6 +1436,18 @@ class Router:
         instead = None if hop is None else self.next_hop(dst, now, came_from=hop)
         return Reroute(dst, hop, instead)
 
+    def reroute_queued(
+        self, node: crypto.NodeId, queued: Iterable[crypto.NodeId], now: int
+    ) -> list[Action]:
+        """Neighbour ``node`` went down or away, and frames for the ``queued``
+        destinations still wait for it (the store knows them): where they go now.
+        :meth:`send_failed` and :meth:`remove_neighbour` reroute the destinations we
+        remember sending that way; this covers those we no longer do (their
+        coordinates forgotten, idle or for room). Nothing while ``node`` is usable."""
+        if self.links.usable(node):
+            return []
+        return self._reroute(set(queued), now)
+
     def _reroute(self, destinations: set[crypto.NodeId], now: int) -> list[Action]:
         reroutes = [self.reroute(dst, now) for dst in sorted(destinations, key=lambda n: n.raw)]
         for reroute in reroutes:

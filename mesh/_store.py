@@ -2153,6 +2153,19 @@ class Store:
 
         return self._read(work)
 
+    def destinations_via(self, next_hop: crypto.NodeId) -> list[crypto.NodeId]:
+        """Destinations of the frames queued for ``next_hop`` (not copies of
+        publications: they stay with the next hop they were queued for)."""
+
+        def work() -> list[crypto.NodeId]:
+            rows = self._db.execute(
+                "SELECT DISTINCT dst FROM queue WHERE next_hop = ? AND kind != 'pub'",
+                (next_hop.raw,),
+            ).fetchall()
+            return [crypto.NodeId(row[0]) for row in rows]
+
+        return self._read(work)
+
     def queued_destinations(self) -> list[tuple[crypto.NodeId, crypto.NodeId | None]]:
         """(destination, next hop) pairs that have frames queued (copies of publications
         only when held for a subscriber: the others have a next hop, no destination)."""

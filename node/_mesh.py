@@ -372,10 +372,13 @@ class MeshRuntime:
         actions: list[mesh.Action] = []
         for node in sorted(current - self._peers, key=lambda n: n.raw):
             actions += self.router.add_neighbour(node, mesh.Role.PEER, now)
-        for node in sorted(self._peers - current, key=lambda n: n.raw):
+        gone = sorted(self._peers - current, key=lambda n: n.raw)
+        for node in gone:
             actions += self.router.remove_neighbour(node, mesh.Role.PEER, now)
         self._peers = current
         await self._apply(actions)
+        for node in gone:
+            await self._reroute_queued(node)
 
     async def add_peer(self, address: crypto.SignedAddress) -> None:
         """``address`` was just stored as a peer: greet it now."""
@@ -398,6 +401,16 @@ class MeshRuntime:
             await self._apply(self.router.add_neighbour(node, mesh.Role.ATTACHED, now))
         else:
             await self._apply(self.router.remove_neighbour(node, mesh.Role.ATTACHED, now))
+            await self._reroute_queued(node)
+
+    async def _reroute_queued(self, node: crypto.NodeId) -> None:
+        """``node`` went down or away: the frames still queued for it (the router
+        rerouted those it remembered sending that way) go where the router says now."""
+        if self.router.links.usable(node):
+            return
+        queued = await self.run_store(functools.partial(self.store.destinations_via, node))
+        if queued:
+            await self._apply(self.router.reroute_queued(node, queued, self.clock()))
 
     # -- actions ----------------------------------------------------------------------
 
@@ -1097,11 +1110,14 @@ class MeshRuntime:
     async def post_failed(self, node: crypto.NodeId, problem: str, after: float | None) -> float:
         self.statistics.send_retries += 1
         now = self.clock()
+        was_usable = self.router.links.usable(node)
         wait_ms, actions = self.router.send_failed(
             node, now, problem, retry_after_ms=None if after is None else int(after * 1000)
         )
         log.info("retrying %s in %.1f s: %s", node.short, wait_ms / 1000, problem)
         await self._apply(actions)
+        if was_usable:
+            await self._reroute_queued(node)
         return wait_ms / 1000
 
     async def _dropped(
