@@ -680,12 +680,15 @@ class Router:
         self._used(dst, held, now)
         return held[1]
 
-    def _used(self, dst: crypto.NodeId, held: _HeldCoordinates, now: int) -> None:
-        """A frame used ``dst``'s coordinates ``held``: they go last (least lately used
-        first)."""
-        if held[2] != now:
+    def _used(
+        self, dst: crypto.NodeId, held: _HeldCoordinates, now: int, *, looked_up: bool = False
+    ) -> None:
+        """A frame used ``dst``'s coordinates ``held`` (or we ``looked_up`` the same):
+        they go last (least lately used first)."""
+        looked_up = looked_up or held[3]
+        if held[2] != now or looked_up != held[3]:
             del self._coordinates[dst]
-            self._coordinates[dst] = (held[0], held[1], now, held[3])
+            self._coordinates[dst] = (held[0], held[1], now, looked_up)
 
     def _forget_idle_coordinates(self, now: int) -> None:
         """Forget the coordinates that expired, and those of frames passing through
@@ -742,7 +745,7 @@ class Router:
         ours (None, from the DHT) always."""
         held = self._coordinates.get(dst)
         if held is not None and held[1] == chain:
-            self._used(dst, held, now)
+            self._used(dst, held, now, looked_up=checker is None)
             return True
         if checker is not None and not self._hint_allowance.take(checker, now):
             return False

@@ -408,15 +408,21 @@ def test_coordinates_no_frame_used_for_the_idle_time_are_forgotten() -> None:
     assert b.coordinates_of(e, now + 20_000) == chain_of(routers["e"])
     b.tick(now + 45_000)
     assert b.coordinates_held == 2
-    # ... and a frame routed by them, 20 s later still.
-    assert classify(b, msg(ids["a"], e, now), a, now + 40_000) == ids["c"].node_id
-    b.tick(now + 65_000)
+    # ... and a frame routed by them, 30 s later still.
+    assert classify(b, msg(ids["a"], e, now), a, now + 50_000) == ids["c"].node_id
+    b.tick(now + 75_000)
     assert b.coordinates_held == 2
     # Then none for 30 s: forgotten, and the next frame for e is held (looked up).
-    b.tick(now + 70_000)
+    b.tick(now + 80_000)
     assert b.coordinates_held == 1
-    assert b.coordinates_of(e, now + 70_000) is None
-    assert classify(b, msg(ids["a"], e, now), a, now + 70_000) is None
+    assert b.coordinates_of(e, now + 80_000) is None
+    assert classify(b, msg(ids["a"], e, now), a, now + 80_000) is None
+    # Looked up, the same chain a frame brought is kept as ours.
+    assert classify(b, msg(ids["a"], e, now), a, now + 80_000, chain_of(routers["e"])) is not None
+    assert b._learn(e, chain_of(routers["e"]), now + 80_001, checker=None) is True
+    b.tick(now + 120_000)
+    assert b.coordinates_held == 2
+    del b._coordinates[e]  # out of the way: d's expiry next
     # d's go when their chain expires.
     expires = crypto.CoordChain.parse(chain_of(routers["d"]), now=now).exp
     b.tick(expires - 1)
