@@ -212,17 +212,19 @@ class RouterConfig:
 
 
 #: A destination's coordinates held for greedy routing: verified, the chain's wire
-#: form, when a frame last used them (ms), whether we looked them up.
+#: form, when a frame last used them (ms), whether we looked them up for frames of ours
+#: (kept until they expire; the others are forgotten when idle).
 _HeldCoordinates: TypeAlias = tuple[crypto.Coordinates, bytes, int, bool]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Wanted:
-    """A destination held here with no way on: when to look it up next, and how many
-    lookups of it were started."""
+    """A destination held here with no way on: when to look it up next, how many
+    lookups of it were started, and whether frames of ours are among those held."""
 
     retry_at: int
     attempts: int
+    ours: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -392,9 +394,10 @@ class Router:
         self.chains = VerifiedChains()
         #: Greedy routing (with the tree): per destination, its verified coordinates
         #: (without their chain: :meth:`VerifiedChains.verify`'s), the chain's wire
-        #: form, when a frame last used them, and whether we looked them up (least
-        #: lately used first, at most ``config.max_coordinates``; those of frames
-        #: passing through idle for at most ``config.coordinates_idle_ms``);
+        #: form, when a frame last used them, and whether we looked them up for frames
+        #: of ours (least lately used first, at most ``config.max_coordinates``; the
+        #: others, of frames passing through, idle for at most
+        #: ``config.coordinates_idle_ms``);
         #: the neighbour the last frame for it went to greedily; the destinations held
         #: here with no way on, and when a lookup of them may start again; the lookups
         #: of such destinations running, by id.
@@ -681,18 +684,18 @@ class Router:
         return held[1]
 
     def _used(
-        self, dst: crypto.NodeId, held: _HeldCoordinates, now: int, *, looked_up: bool = False
+        self, dst: crypto.NodeId, held: _HeldCoordinates, now: int, *, ours: bool = False
     ) -> None:
-        """A frame used ``dst``'s coordinates ``held`` (or we ``looked_up`` the same):
-        they go last (least lately used first)."""
-        looked_up = looked_up or held[3]
-        if held[2] != now or looked_up != held[3]:
+        """A frame used ``dst``'s coordinates ``held`` (or we looked the same up for
+        frames of ``ours``): they go last (least lately used first)."""
+        ours = ours or held[3]
+        if held[2] != now or ours != held[3]:
             del self._coordinates[dst]
-            self._coordinates[dst] = (held[0], held[1], now, looked_up)
+            self._coordinates[dst] = (held[0], held[1], now, ours)
 
     def _forget_idle_coordinates(self, now: int) -> None:
-        """Forget the coordinates that expired, and those of frames passing through
-        that no frame used for ``config.coordinates_idle_ms``."""
+        """Forget the coordinates that expired, and those not looked up for frames of
+        ours that no frame used for ``config.coordinates_idle_ms``."""
         idle = now - self.config.coordinates_idle_ms
         forget = []
         for dst, held in self._coordinates.items():
@@ -737,15 +740,22 @@ class Router:
         return hop
 
     def _learn(
-        self, dst: crypto.NodeId, chain: bytes, now: int, *, checker: crypto.NodeId | None
+        self,
+        dst: crypto.NodeId,
+        chain: bytes,
+        now: int,
+        *,
+        checker: crypto.NodeId | None,
+        ours: bool = False,
     ) -> bool:
         """Keep ``chain`` as ``dst``'s coordinates if it verifies, places ``dst`` and is
         no older than what we hold. A neighbour's (``checker``) are checked within its
         allowance (past it, ignored: the frame is held and its destination looked up);
-        ours (None, from the DHT) always."""
+        those from the DHT (None) always. Those looked up for frames of ``ours`` are
+        kept until they expire."""
         held = self._coordinates.get(dst)
         if held is not None and held[1] == chain:
-            self._used(dst, held, now, looked_up=checker is None)
+            self._used(dst, held, now, ours=ours)
             return True
         if checker is not None and not self._hint_allowance.take(checker, now):
             return False
@@ -760,8 +770,8 @@ class Router:
             oldest = next(iter(self._coordinates))
             del self._coordinates[oldest]
             self._greedy_via.pop(oldest, None)
-        looked_up = checker is None or (held is not None and held[3])
-        self._coordinates[dst] = (coordinates, self.chains.kept(chain), now, looked_up)
+        ours = ours or (held is not None and held[3])
+        self._coordinates[dst] = (coordinates, self.chains.kept(chain), now, ours)
         return True
 
     def _learn_origin(self, admitted: Admitted, sender: crypto.NodeId | None, now: int) -> None:
@@ -782,26 +792,35 @@ class Router:
                 return new.root == ours.root
         return new.ts >= held.ts
 
-    def held(self, dst: crypto.NodeId, now: int) -> list[Action]:
-        """A frame for ``dst`` is held here with no way on: with the tree, look its
-        coordinates up in the DHT (one lookup per destination at a time; again after
+    def held(self, dst: crypto.NodeId, now: int, *, ours: bool = False) -> list[Action]:
+        """A frame for ``dst`` is held here with no way on (one of ``ours``, sent or
+        published here, or one passing through): with the tree, look its coordinates
+        up in the DHT (one lookup per destination at a time; again after
         :data:`LOOKUP_RETRY_MS` while it is still held; each ends at the first place
         found, but one after a place that led nowhere from here, which asks the k nodes
         nearest it: :meth:`mesh.Dht.find`).
-        When found, frames for it are rerouted (:class:`Reroute`)."""
+        When found, frames for it are rerouted (:class:`Reroute`). Coordinates looked
+        up for frames of ours are kept until they expire (this node is likely to send
+        there again); the others as those that came with frames passing through."""
         if self.dht is None or dst == self.local:
             return []
+        wanted = self._wanted.get(dst)
+        if wanted is not None and ours and not wanted.ours:
+            wanted = self._wanted[dst] = dataclasses.replace(wanted, ours=True)
         if dst in self._finding.values():
             # Being looked up: its end reroutes what is held then (wanted or not before).
-            self._wanted.setdefault(dst, _Wanted(now + LOOKUP_RETRY_MS, 1))
+            if wanted is None:
+                self._wanted[dst] = _Wanted(now + LOOKUP_RETRY_MS, 1, ours)
             return []
-        wanted = self._wanted.pop(dst, None)
-        if wanted is not None and wanted.retry_at > now:
-            self._wanted[dst] = wanted
-            return []
+        if wanted is not None:
+            del self._wanted[dst]
+            ours = wanted.ours
+            if wanted.retry_at > now:
+                self._wanted[dst] = wanted
+                return []
         attempts = 1 if wanted is None else wanted.attempts + 1
         wait = min(LOOKUP_RETRY_MS * 2 ** min(attempts - 1, 16), LOOKUP_RETRY_MAX_MS)
-        _put_newest(self._wanted, dst, _Wanted(now + wait, attempts), MAX_WANTED)
+        _put_newest(self._wanted, dst, _Wanted(now + wait, attempts, ours), MAX_WANTED)
         dead_end = dst in self._coordinates and self.next_hop(dst, now) is None
         if dead_end:
             # A dead end with these (it moved, or the tree is re-forming): ask anew.
@@ -827,7 +846,11 @@ class Router:
                 out.append(action)
                 continue
             dst = self._finding.pop(action.lookup_id)
-            if action.value is not None and self._learn(dst, action.value, now, checker=None):
+            wanted = self._wanted.get(dst)
+            ours = wanted is not None and wanted.ours
+            if action.value is not None and self._learn(
+                dst, action.value, now, checker=None, ours=ours
+            ):
                 out += self._unhold(now, (dst,))
         return out
 

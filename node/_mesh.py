@@ -441,7 +441,8 @@ class MeshRuntime:
                 # Frames left with no way on (all of them, or those that came from the
                 # new next hop) are held: their destination is looked up. Also after a
                 # restart, and when they were held already (the lookup is not repeated
-                # before its time).
+                # before its time). Looked up as for frames passing through, unless the
+                # router knows frames of ours wait for it.
                 if (hop is None or instead is None) and self.router.dht is not None:
                     if await self.run_store(functools.partial(self.store.holds, dst)):
                         await self._apply(self.router.held(dst, self.clock()))
@@ -851,7 +852,7 @@ class MeshRuntime:
             self._forwarder(hop).poke()
         self.statistics.publications_forwarded += len(decision.next_hops)
         if decision.held:
-            await self._apply(self._held(decision.held, now))
+            await self._apply(self._held(decision.held, now, ours=True))
         if decision.deliver:
             self._hand_over(frame, hops=0, now=now)
         return published
@@ -940,7 +941,7 @@ class MeshRuntime:
         if None in hops:
             self.statistics.frames_held += 1
             held = {frame.dst for (frame, _), hop in zip(frames, hops, strict=True) if hop is None}
-            await self._apply(self._held(held, now))
+            await self._apply(self._held(held, now, ours=True))
         return hops
 
     def _hand(self, queued: Sequence[mesh.Queued]) -> None:
@@ -952,16 +953,19 @@ class MeshRuntime:
         for hop, items in by_hop.items():
             self._forwarder(hop).hand(items)
 
-    def _held(self, destinations: Iterable[crypto.NodeId | None], now: int) -> list[mesh.Action]:
-        """Frames for ``destinations`` are held here with no way on: the router may
-        look them up (with the tree)."""
+    def _held(
+        self, destinations: Iterable[crypto.NodeId | None], now: int, *, ours: bool
+    ) -> list[mesh.Action]:
+        """Frames for ``destinations`` are held here with no way on (``ours``: sent or
+        published here; else passing through): the router may look them up (with the
+        tree)."""
         actions: list[mesh.Action] = []
         if self.router.tree is not None:
             # In a fixed order (not a set's, which varies from process to process with
             # the hash of bytes): the lookups' queries and their ids, so that a
             # simulation's run is the same for its seed.
             for dst in sorted({d for d in destinations if d is not None}):
-                actions += self.router.held(dst, now)
+                actions += self.router.held(dst, now, ours=ours)
         return actions
 
     @contextlib.contextmanager
@@ -1415,7 +1419,7 @@ class MeshRuntime:
         if delivered:
             self.inbox_grew()
         if held:
-            actions += self._held(held, now)
+            actions += self._held(held, now, ours=False)
         await self._apply(actions)
         if refresh:
             await self.subscriptions.restate()

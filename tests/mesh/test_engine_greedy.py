@@ -398,8 +398,8 @@ def test_coordinates_no_frame_used_for_the_idle_time_are_forgotten() -> None:
     ids, routers, _, now = line("abcde")
     b, a, d, e = routers["b"], ids["a"].node_id, ids["d"].node_id, ids["e"].node_id
     b.config = dataclasses.replace(b.config, coordinates_idle_ms=30_000)
-    # d's, looked up (ours): kept while they last, used or not.
-    assert b._learn(d, chain_of(routers["d"]), now, checker=None) is True
+    # d's, looked up for frames of ours: kept while they last, used or not.
+    assert b._learn(d, chain_of(routers["d"]), now, checker=None, ours=True) is True
     assert b.coordinates_of(d, now + 1) == chain_of(routers["d"])
     # e's, brought by a frame passing through.
     assert classify(b, msg(ids["a"], e, now), a, now, chain_of(routers["e"])) == ids["c"].node_id
@@ -417,9 +417,9 @@ def test_coordinates_no_frame_used_for_the_idle_time_are_forgotten() -> None:
     assert b.coordinates_held == 1
     assert b.coordinates_of(e, now + 80_000) is None
     assert classify(b, msg(ids["a"], e, now), a, now + 80_000) is None
-    # Looked up, the same chain a frame brought is kept as ours.
+    # Looked up for frames of ours, the same chain a frame brought is kept as ours.
     assert classify(b, msg(ids["a"], e, now), a, now + 80_000, chain_of(routers["e"])) is not None
-    assert b._learn(e, chain_of(routers["e"]), now + 80_001, checker=None) is True
+    assert b._learn(e, chain_of(routers["e"]), now + 80_001, checker=None, ours=True) is True
     b.tick(now + 120_000)
     assert b.coordinates_held == 2
     del b._coordinates[e]  # out of the way: d's expiry next
@@ -429,6 +429,50 @@ def test_coordinates_no_frame_used_for_the_idle_time_are_forgotten() -> None:
     assert b.coordinates_held == 1
     b.tick(expires)
     assert b.coordinates_held == 0
+
+
+def test_coordinates_looked_up_for_frames_passing_through_are_forgotten_when_idle() -> None:
+    ids, routers, _, now = line("abcde")
+    b, d, e = routers["b"], ids["d"].node_id, ids["e"].node_id
+    b.config = dataclasses.replace(b.config, coordinates_idle_ms=30_000)
+
+    def found(dst: crypto.NodeId, at: int) -> None:
+        (lookup,) = b._finding
+        done = LookupDone(lookup, dst, (), chain_of(routers[dst_name[dst]]), 3)
+        (reroute,) = b._dht_actions([done], at)
+        assert isinstance(reroute, Reroute)
+        b.settled(dst)
+
+    dst_name = {d: "d", e: "e"}
+    # A frame passing through is held for e: what the lookup finds goes when idle ...
+    b.held(e, now)
+    found(e, now + 1)
+    # ... but one of ours for d, held while a frame passing through waited for the
+    # same lookup, keeps d's until they expire.
+    b.held(d, now + 2)
+    b.held(d, now + 3, ours=True)
+    found(d, now + 4)
+    assert b.coordinates_held == 2
+    b.tick(now + 40_000)
+    assert b.coordinates_of(e, now + 40_000) is None
+    assert b.coordinates_of(d, now + 40_000) == chain_of(routers["d"])
+
+
+def test_a_lookup_tried_again_remembers_that_frames_of_ours_wait() -> None:
+    ids, routers, _, now = line("abcde")
+    b, e = routers["b"], ids["e"].node_id
+    b.held(e, now, ours=True)
+    (lookup,) = b._finding
+    assert b._dht_actions([LookupDone(lookup, e, (), None, 3)], now + 1) == []
+    b.held(e, now + 2)  # one passing through, held meanwhile
+    b.tick(now + LOOKUP_RETRY_MS)  # looked up again
+    (lookup,) = b._finding
+    done = LookupDone(lookup, e, (), chain_of(routers["e"]), 3)
+    (reroute,) = b._dht_actions([done], now + LOOKUP_RETRY_MS + 1)
+    assert isinstance(reroute, Reroute)
+    later = now + LOOKUP_RETRY_MS + b.config.coordinates_idle_ms + 1
+    b._forget_idle_coordinates(later)
+    assert b.coordinates_of(e, later) == chain_of(routers["e"])
 
 
 def test_the_coordinates_forgotten_for_room_are_the_least_lately_used() -> None:

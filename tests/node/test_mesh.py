@@ -698,7 +698,8 @@ def test_held_destinations_are_looked_up_in_a_fixed_order() -> None:
     class Router:
         tree = object()
 
-        def held(self, dst: crypto.NodeId, now: int) -> list[mesh.Action]:
+        def held(self, dst: crypto.NodeId, now: int, *, ours: bool) -> list[mesh.Action]:
+            assert ours
             asked.append(dst)
             return []
 
@@ -706,5 +707,5 @@ def test_held_destinations_are_looked_up_in_a_fixed_order() -> None:
         router = Router()
 
     given_order = [*reversed(ids), None, ids[3]]
-    assert MeshRuntime._held(Runtime(), given_order, 0) == []  # type: ignore[arg-type]
+    assert MeshRuntime._held(Runtime(), given_order, 0, ours=True) == []  # type: ignore[arg-type]
     assert asked == ids
