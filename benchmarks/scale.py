@@ -293,6 +293,7 @@ async def measure(run: Run, data_dir: Path, progress: Callable[[str], None]) -> 
                 posts_delivery_ratio=report.chirp.delivery_ratio,
                 posts_duplicates=report.chirp.duplicates,
                 posts_lost=report.chirp.lost,
+                posts_unsent=report.chirp.unsent,
             )
         result.update(
             kib_per_node=(rss_bytes() - before) / run.nodes / 1024,

@@ -160,7 +160,9 @@ class SentPost:
 
     Times are virtual seconds since the simulation opened; ``exp`` is when the post
     expires. ``followers``: the names of the nodes following ``author`` when it posted;
-    ``arrivals``: when the post first reached each of them (its application).
+    ``arrivals``: when the post first reached each of them (its application);
+    ``unknown``: those of them whose follow had not reached the author's node yet (the
+    post does not go to them: a subscription counts from when the publisher knows it).
     """
 
     id: bytes
@@ -169,6 +171,7 @@ class SentPost:
     followers: tuple[str, ...]
     exp: float = math.inf
     arrivals: dict[str, float] = dataclasses.field(default_factory=dict)
+    unknown: frozenset[str] = frozenset()
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -320,8 +323,12 @@ class ChirpReport:
     #: running node still held (queued for a next hop, or unread in the follower's
     #: subscription): in flight when the run stopped.
     in_flight: int
-    #: Such pairs whose post no running node held any more: lost.
+    #: Such pairs whose post no running node held any more, though its author knew
+    #: the follower when it posted: lost.
     lost: int
+    #: Such pairs whose author did not know yet, when it posted, that the follower
+    #: followed it (the follow was on its way): the post never went to that follower.
+    unsent: int
     duplicates: int
     latency_p50: float | None
     latency_p95: float | None
@@ -377,7 +384,8 @@ class ChirpReport:
             f"posts       {self.posts} posted, {self.expected} expected (post x follower), "
             f"delivered {self.delivered} (ratio {ratio(self.delivery_ratio, 4)} of "
             f"non-expired), expired {self.expired}, in flight at the end "
-            f"{self.in_flight}, lost {self.lost}, duplicates {self.duplicates}",
+            f"{self.in_flight}, lost {self.lost}, posted before the follow reached "
+            f"the author {self.unsent}, duplicates {self.duplicates}",
             f"post lat.   p50 {ms(self.latency_p50)}, p95 {ms(self.latency_p95)}, "
             f"p99 {ms(self.latency_p99)}, max {ms(self.latency_max)}",
             f"pub/sub     {self.copies} copies handed on ({ratio(self.copies_per_post)} per "

@@ -423,14 +423,19 @@ class SimNode:
         followers now. Raises :class:`NodeDown` if this node is down, and what
         ``node.chirp.post`` raises."""
         node = self.node
+        followers = self.sim.followers_of(self)
+        router = node.mesh.router
+        known = router.interests.subscribers(chirp_topic(self.node_id), now=node.mesh.clock())
+        unknown = frozenset(name for name in followers if self.sim.nodes[name].node_id not in known)
         published = await node.chirp.post(text)
         self.sim.ledger.posted(
             SentPost(
                 id=published.id,
                 author=self.name,
                 posted_at=self.sim.now,
-                followers=self.sim.followers_of(self),
+                followers=followers,
                 exp=self.sim.now + POST_TTL,
+                unknown=unknown,
             )
         )
         return published
@@ -943,7 +948,12 @@ class Simulation:
                     lines.append("... (more undelivered posts)")
                     return lines
                 holders = self._holders(post, follower)
-                where = "held at " + ", ".join(holders) if holders else "held nowhere: lost"
+                if holders:
+                    where = "held at " + ", ".join(holders)
+                elif follower in post.unknown:
+                    where = "posted before its author knew this follower"
+                else:
+                    where = "held nowhere: lost"
                 lines.append(
                     f"{format_duration(post.posted_at)}: post {post.id.hex()[:12]} by "
                     f"{post.author} not at {follower} at the end; {where}"
@@ -1008,12 +1018,14 @@ class Simulation:
         ]
         expected = sum(len(post.followers) for post in posts)
         hours = now / 3600
-        in_flight = lost = 0
+        in_flight = lost = unsent = 0
         for post in posts:
             if post.exp > now:
                 for follower in post.missing:
                     if self._holders(post, follower):
                         in_flight += 1
+                    elif follower in post.unknown:
+                        unsent += 1
                     else:
                         lost += 1
         return ChirpReport(
@@ -1023,6 +1035,7 @@ class Simulation:
             expired=sum(len(post.missing) for post in posts if post.exp <= now),
             in_flight=in_flight,
             lost=lost,
+            unsent=unsent,
             duplicates=self.ledger.post_duplicates,
             latency_p50=_rounded(percentile(latencies, 0.50)),
             latency_p95=_rounded(percentile(latencies, 0.95)),

@@ -175,3 +175,34 @@ async def test_the_report_tells_a_post_in_flight_from_a_lost_one(
     assert (chirp.in_flight, chirp.lost) == (0, 1)
     assert report.failed
     assert report.events[-1].endswith("not at n2 at the end; held nowhere: lost")
+
+
+async def test_the_report_tells_a_post_made_before_its_author_knew_a_follower(
+    sim: Simulation, autojump_clock: trio.testing.MockClock
+) -> None:
+    author, relay, follower = await sim.add_nodes(3)
+    await sim.peer_all(chain([author, relay, follower]))
+    await follower.follow(author)
+    topic = chirp_topic(author.node_id)
+    assert not author.node.mesh.router.interests.subscribers(topic, now=author.node.mesh.clock())
+    await author.chirp("before the follow arrived")
+    with trio.fail_after(60):
+        await knows_follower(author, follower)
+        await author.chirp("after")
+        (post,) = await follower.wait_posts(1)
+    assert post.body == b"after"
+    await sim.advance(30)
+    report = sim.report()
+    chirp = chirp_of(report)
+    assert (chirp.expected, chirp.delivered, chirp.in_flight, chirp.lost, chirp.unsent) == (
+        2,
+        1,
+        0,
+        0,
+        1,
+    )
+    assert not report.failed
+    assert report.events[-1].endswith(
+        "by n0 not at n2 at the end; posted before its author knew this follower"
+    )
+    assert "lost 0, posted before the follow reached the author 1, " in report.to_text()
