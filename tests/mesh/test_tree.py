@@ -514,6 +514,24 @@ def test_next_hop_takes_the_nearest_strictly_nearer_neighbour_ties_to_the_least_
     assert child.next_hop(at(9), neighbours) is None  # another tree: unreachable
 
 
+def test_next_hop_follows_a_path_through_us_down_when_we_moved_since_it_was_taken() -> None:
+    _, child = settled_pair()  # child (1) is at (0, 1) now
+    n = IDENTITIES
+    # 4's place was taken while 1 was under 2: (0, 2, 1, 4). By 1's new place, 2 is
+    # nearer (greedy would go back up to where 1 was, and 2 would send it back), but 4
+    # is below 1 still: down the path.
+    stale = at(0, 2, 1, 4)
+    neighbours = {n[0].node_id: at(0), n[2].node_id: at(0, 2), n[4].node_id: at(0, 1, 4)}
+    assert child.next_hop(stale, neighbours) == n[4].node_id
+    # Not when the one below is not a neighbour we may use now, or is to be avoided.
+    without = {k: v for k, v in neighbours.items() if k != n[4].node_id}
+    assert child.next_hop(stale, without) == n[2].node_id
+    assert child.next_hop(stale, neighbours, avoid=n[4].node_id) == n[2].node_id
+    # A path that agrees with our place is routed greedily, shortcuts and all.
+    shortcut = {**neighbours, n[5].node_id: at(0, 1, 4, 5)}
+    assert child.next_hop(at(0, 1, 4, 5), shortcut) == n[5].node_id
+
+
 def test_offers_tell_where_our_other_neighbours_are() -> None:
     net = Mesh()
     hub, *spokes = (net.add(IDENTITIES[i]) for i in range(5))
