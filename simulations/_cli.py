@@ -10,7 +10,9 @@
 
 Bad input is one line on stderr and exit status 2; a run whose applications saw
 duplicates (messages or posts), or that lost a post (undelivered, unexpired, held by no
-running node), prints its report and exits with 1. Long runs print a
+running node, though its author knew the follower when it posted: a post made before a
+follow reached its author never goes to that follower, and is counted apart), prints
+its report and exits with 1. Long runs print a
 progress line on stderr every few seconds of wall time (``--quiet`` turns it off).
 """
 
