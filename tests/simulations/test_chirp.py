@@ -150,12 +150,18 @@ async def test_a_follower_down_while_posts_are_made_gets_them_after_restart(
     assert chirp.latency_max > 60  # the posts made while it was down waited for it
 
 
-async def test_the_report_tells_a_post_in_flight_from_a_lost_one(
-    sim: Simulation, autojump_clock: trio.testing.MockClock
-) -> None:
+async def followed_through_a_relay(sim: Simulation) -> tuple[SimNode, SimNode, SimNode]:
+    """An author, a relay and a follower in a line; the follow made (not yet known)."""
     author, relay, follower = await sim.add_nodes(3)
     await sim.peer_all(chain([author, relay, follower]))
     await follower.follow(author)
+    return author, relay, follower
+
+
+async def test_the_report_tells_a_post_in_flight_from_a_lost_one(
+    sim: Simulation, autojump_clock: trio.testing.MockClock
+) -> None:
+    author, relay, follower = await followed_through_a_relay(sim)
     with trio.fail_after(60):
         await knows_follower(author, follower)
     sim.partition([[author, relay], [follower]])
@@ -180,9 +186,7 @@ async def test_the_report_tells_a_post_in_flight_from_a_lost_one(
 async def test_the_report_tells_a_post_made_before_its_author_knew_a_follower(
     sim: Simulation, autojump_clock: trio.testing.MockClock
 ) -> None:
-    author, relay, follower = await sim.add_nodes(3)
-    await sim.peer_all(chain([author, relay, follower]))
-    await follower.follow(author)
+    author, _, follower = await followed_through_a_relay(sim)
     topic = chirp_topic(author.node_id)
     assert not author.node.mesh.router.interests.subscribers(topic, now=author.node.mesh.clock())
     await author.chirp("before the follow arrived")
