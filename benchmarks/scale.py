@@ -143,6 +143,12 @@ COSTS: Final = (
     ("interests_received_per_hour", "interests in/h", "interest frames received", "per hour"),
     ("routes_known", "destinations", "routing table: destinations", "entries"),
     ("interests_held", "interests held", "interest table: (subscriber, pattern)", "entries"),
+    (
+        "coordinates_held",
+        "coordinates",
+        "greedy routing: other nodes' coordinates held",
+        "entries",
+    ),
 )
 #: Also measured per node (in the JSON, not the table or the plot).
 MORE: Final = (
@@ -150,7 +156,6 @@ MORE: Final = (
     "tree_offers_received_per_hour",
     "dht_received_per_hour",
     "route_candidates",
-    "coordinates_held",
     "neighbours",
     "store_kib_per_node",
 )
