@@ -196,6 +196,15 @@ class Coordinates:
         """Hops from the root (0: the root itself)."""
         return len(self.path) - 1
 
+    def hops_below(self, node: NodeId) -> int | None:
+        """How many hops this path runs on below ``node`` (0: ``node`` is the one these
+        coordinates place); None if ``node`` is not on it."""
+        path, wanted = self.path, node._bytes  # (bytes compared, as in distance())
+        for index in range(len(path)):
+            if path[index]._bytes == wanted:
+                return len(path) - 1 - index
+        return None
+
     def distance(self, other: Coordinates) -> int:
         """Hops between the two nodes over tree links: depth(a) + depth(b) - 2
         depth(deepest common ancestor). 0 only for the same node.

@@ -363,9 +363,16 @@ class Tree:
             if self._coordinates is None
             else self._coordinates.distance(dest)
         )
-        below = self._down_the_path(dest, here)
-        if below is not None and below != avoid and below in neighbours:
-            return below
+        left = dest.hops_below(self.node_id)
+        if left and left < here:
+            # dest's place was taken before we moved, under the same root statement (a
+            # parent changed), so its path runs through us by a way we no longer have
+            # (fewer hops left on it than our own place says). Below us it is still the
+            # subtree we granted: down it, where greedy steps by our new place would
+            # lead back up to where we were, and the frame back to us.
+            below = dest.path[-left]
+            if below != avoid and below in neighbours:
+                return below
         seen: list[tuple[int, int, crypto.NodeId]] = []
         bound = here  # our own way on, two hops ahead by our neighbours' verified places
         for node, coordinates in neighbours.items():
@@ -384,22 +391,6 @@ class Tree:
             default=None,
         )
         return None if best is None else best[2]
-
-    def _down_the_path(self, dest: crypto.Coordinates, here: int) -> crypto.NodeId | None:
-        """The node after us on ``dest``'s path when that path runs through us by a way
-        we no longer have (``here``, our distance from ``dest`` by our own place, is
-        more than the hops left on it after us): ``dest``'s place was taken before we
-        moved, under the same root statement (a parent changed), so the two disagree
-        above us; below us the path is still the subtree we granted, and following it
-        down makes progress where greedy steps by our new place would lead back up to
-        where we were (and the frame back to us). None otherwise."""
-        path = dest.path
-        for index in range(len(path) - 1):
-            if path[index] == self.node_id:
-                if len(path) - 1 - index < here:
-                    return path[index + 1]
-                return None
-        return None
 
     # -- the choice ------------------------------------------------------------------------
 

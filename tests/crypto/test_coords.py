@@ -434,6 +434,22 @@ def test_distance_is_hops_over_tree_links(parents: list[int], data: st.DataObjec
     assert coordinates[a].distance(coordinates[c]) <= ab + coordinates[b].distance(coordinates[c])
 
 
+@given(parents=trees(), data=st.data())
+def test_hops_below_a_node_are_its_depth_subtracted_on_the_path_and_none_off_it(
+    parents: list[int], data: st.DataObject
+) -> None:
+    coordinates = coordinates_in(parents)
+    indices = st.integers(0, len(parents) - 1)
+    a, b = data.draw(indices), data.draw(indices)
+    place = coordinates[a]
+    if node(b) in place.path:
+        assert place.hops_below(node(b)) == place.depth - coordinates[b].depth
+        assert place.path[place.depth - (place.hops_below(node(b)) or 0)] == node(b)
+    else:
+        assert place.hops_below(node(b)) is None
+    assert place.hops_below(node(a)) == 0
+
+
 @given(parents=trees(), other=trees(), data=st.data())
 def test_nodes_in_different_trees_are_further_apart_than_any_in_one(
     parents: list[int], other: list[int], data: st.DataObject
