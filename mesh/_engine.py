@@ -805,18 +805,19 @@ class Router:
         if self.dht is None or dst == self.local:
             return []
         wanted = self._wanted.get(dst)
-        if wanted is not None and ours and not wanted.ours:
-            wanted = self._wanted[dst] = dataclasses.replace(wanted, ours=True)
+        ours = ours or (wanted is not None and wanted.ours)
         if dst in self._finding.values():
             # Being looked up: its end reroutes what is held then (wanted or not before).
-            if wanted is None:
-                self._wanted[dst] = _Wanted(now + LOOKUP_RETRY_MS, 1, ours)
+            self._wanted[dst] = (
+                _Wanted(now + LOOKUP_RETRY_MS, 1, ours)
+                if wanted is None
+                else dataclasses.replace(wanted, ours=ours)
+            )
             return []
         if wanted is not None:
-            del self._wanted[dst]
-            ours = wanted.ours
+            del self._wanted[dst]  # (put back last, as the newest)
             if wanted.retry_at > now:
-                self._wanted[dst] = wanted
+                self._wanted[dst] = dataclasses.replace(wanted, ours=ours)
                 return []
         attempts = 1 if wanted is None else wanted.attempts + 1
         wait = min(LOOKUP_RETRY_MS * 2 ** min(attempts - 1, 16), LOOKUP_RETRY_MAX_MS)
