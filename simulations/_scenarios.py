@@ -73,7 +73,6 @@ import trio
 from trio._core import _run as trio_run
 
 from node import NodeConfig
-from node._chirp import chirp_topic
 from simulations._clock import VirtualClock
 from simulations._engine import Fidelity
 from simulations._engine import fidelity as fidelity_of
@@ -443,12 +442,10 @@ async def _spread_follows(sim: Simulation, users: list[SimNode], *, until: float
 
 def _knows(author: SimNode, follower: SimNode) -> bool:
     """``author`` knows ``follower`` follows it, and a way to it."""
-    node = author.node
-    now = node.clock()
-    topic = chirp_topic(author.node_id)
-    router = node.mesh.router
-    subscribers = router.interests.subscribers(topic, now=now)
-    return follower.node_id in subscribers and router.next_hop(follower.node_id, now) is not None
+    mesh = author.node.mesh
+    return follower.node_id in author.followers_known() and (
+        mesh.router.next_hop(follower.node_id, mesh.clock()) is not None
+    )
 
 
 async def _post_at_random(sim: Simulation, users: list[SimNode], until: float) -> None:

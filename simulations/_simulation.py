@@ -424,8 +424,7 @@ class SimNode:
         ``node.chirp.post`` raises."""
         node = self.node
         followers = self.sim.followers_of(self)
-        router = node.mesh.router
-        known = router.interests.subscribers(chirp_topic(self.node_id), now=node.mesh.clock())
+        known = self.followers_known()
         unknown = frozenset(name for name in followers if self.sim.nodes[name].node_id not in known)
         published = await node.chirp.post(text)
         self.sim.ledger.posted(
@@ -439,6 +438,12 @@ class SimNode:
             )
         )
         return published
+
+    def followers_known(self) -> set[crypto.NodeId]:
+        """The followers whose follow reached this node (its posts go to them). Raises
+        :class:`NodeDown` if this node is down."""
+        mesh = self.node.mesh
+        return mesh.router.interests.subscribers(chirp_topic(self.node_id), now=mesh.clock())
 
     async def wait_posts(self, count: int) -> list[Delivery]:
         """Wait until the application has read ``count`` posts; return them."""

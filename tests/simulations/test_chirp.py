@@ -14,7 +14,6 @@ import functools
 import trio
 import trio.testing
 
-from node._chirp import chirp_topic
 from simulations import ChirpReport, Link, Report, SimNode, Simulation, chain, run_scenario
 
 #: The small run: big enough for hops, NATed nodes and a crash or two.
@@ -108,10 +107,8 @@ def test_reports_of_other_scenarios_say_nothing_of_posts() -> None:
 async def knows_follower(author: SimNode, follower: SimNode) -> None:
     """Wait until ``author``'s node knows ``follower`` follows it (posts made before
     would not go to it)."""
-    mesh = author.node.mesh
-    topic = chirp_topic(author.node_id)
-    while follower.node_id not in mesh.router.interests.subscribers(topic, now=mesh.clock()):
-        await mesh.interests_changed.wait()
+    while follower.node_id not in author.followers_known():
+        await author.node.mesh.interests_changed.wait()
 
 
 async def test_a_follower_down_while_posts_are_made_gets_them_after_restart(
@@ -187,8 +184,7 @@ async def test_the_report_tells_a_post_made_before_its_author_knew_a_follower(
     sim: Simulation, autojump_clock: trio.testing.MockClock
 ) -> None:
     author, _, follower = await followed_through_a_relay(sim)
-    topic = chirp_topic(author.node_id)
-    assert not author.node.mesh.router.interests.subscribers(topic, now=author.node.mesh.clock())
+    assert not author.followers_known()
     await author.chirp("before the follow arrived")
     with trio.fail_after(60):
         await knows_follower(author, follower)
